@@ -1,0 +1,47 @@
+{{/*
+Settings shared by both colors, as a map of strings; services.<name>.config
+entries win over the generated ones. Their hash is a pod annotation, so a
+change here rolls both colors (a flip of activeColor changes nothing here).
+*/}}
+{{- define "finmesh.configData" -}}
+{{- $root := .root -}}
+{{- $svc := index $root.Values.services .name -}}
+{{- $data := dict
+  "FINMESH_HOST" "0.0.0.0"
+  "FINMESH_PORT" (toString $root.Values.grpc.port)
+  "FINMESH_LOG_LEVEL" $root.Values.logLevel
+  "FINMESH_DATA_DIR" "/tmp/finmesh"
+  "FINMESH_DRAIN_DELAY_SECONDS" (toString $root.Values.shutdown.drainDelaySeconds)
+  "FINMESH_SHUTDOWN_GRACE_SECONDS" (toString $root.Values.shutdown.graceSeconds)
+  "FINMESH_MAX_CONNECTION_AGE_SECONDS" (toString $root.Values.maxConnectionAgeSeconds)
+  "OTEL_SERVICE_NAME" .name
+  "OTEL_TRACES_SAMPLER" $root.Values.otel.sampler
+  "OTEL_TRACES_SAMPLER_ARG" $root.Values.otel.samplerArg
+-}}
+{{- range $callee := $svc.calls -}}
+{{- if (index $root.Values.services $callee).enabled -}}
+{{- $target := printf "%s:%d" (include "finmesh.base" (dict "root" $root "name" $callee)) (int $root.Values.grpc.port) -}}
+{{- $_ := set $data (printf "FINMESH_%s_TARGET" (upper $callee)) $target -}}
+{{- end -}}
+{{- end -}}
+{{- with $root.Values.otel.endpoint -}}
+{{- $_ := set $data "OTEL_EXPORTER_OTLP_ENDPOINT" . -}}
+{{- $_ := set $data "OTEL_EXPORTER_OTLP_PROTOCOL" $root.Values.otel.protocol -}}
+{{- end -}}
+{{- range $key, $value := $svc.config -}}
+{{- $_ := set $data $key (toString $value) -}}
+{{- end -}}
+{{- toYaml $data -}}
+{{- end -}}
+
+{{- define "finmesh.configMap" -}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ include "finmesh.base" . }}-config
+  labels:
+    {{- include "finmesh.labels" . | nindent 4 }}
+data:
+  {{- include "finmesh.configData" . | nindent 2 }}
+{{- end -}}

@@ -1,0 +1,217 @@
+{{/*
+Shared helpers. Most templates take a context dict instead of the root:
+  root       the chart root ($)
+  name       service name: identity | payments | risk | notify
+  color      blue | green, for objects that belong to one color (optional)
+  component  server (default) | migration | helm-test
+*/}}
+
+{{- define "finmesh.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<fullname>-<service>": the active Service, and the stem of every other name. */}}
+{{- define "finmesh.base" -}}
+{{- printf "%s-%s" (include "finmesh.fullname" .root) .name -}}
+{{- end -}}
+
+{{/* The color the active Service selects. */}}
+{{- define "finmesh.activeColor" -}}
+{{- (index .root.Values.services .name).activeColor -}}
+{{- end -}}
+
+{{- define "finmesh.otherColor" -}}
+{{- ternary "green" "blue" (eq (include "finmesh.activeColor" .) "blue") -}}
+{{- end -}}
+
+{{/* The color whose image runs migrations: migration.color, else the preview color while preview is on, else the active color. */}}
+{{- define "finmesh.migrationColor" -}}
+{{- $svc := index .root.Values.services .name -}}
+{{- if $svc.migration.color -}}
+{{- $svc.migration.color -}}
+{{- else if $svc.preview.enabled -}}
+{{- include "finmesh.otherColor" . -}}
+{{- else -}}
+{{- $svc.activeColor -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Image tag of .color, or of the active color for objects shared by both. */}}
+{{- define "finmesh.tag" -}}
+{{- $svc := index .root.Values.services .name -}}
+{{- (index $svc (.color | default $svc.activeColor)).tag -}}
+{{- end -}}
+
+{{- define "finmesh.image" -}}
+{{- $svc := index .root.Values.services .name -}}
+{{- $repo := $svc.image.repository -}}
+{{- with .root.Values.image.registry }}{{ $repo = printf "%s/%s" (trimSuffix "/" .) $repo }}{{ end -}}
+{{- printf "%s:%s" $repo (include "finmesh.tag" .) -}}
+{{- end -}}
+
+{{- define "finmesh.version" -}}
+{{- include "finmesh.tag" . | trunc 63 | trimSuffix "-" | trimSuffix "." | trimSuffix "_" -}}
+{{- end -}}
+
+{{/* Labels that select a service's pods; a Deployment or Service adds finmesh.io/color. */}}
+{{- define "finmesh.selectorLabels" -}}
+app.kubernetes.io/name: {{ .name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component | default "server" }}
+{{- end -}}
+
+{{/* Labels of pods: no chart version, so a chart upgrade alone restarts no color. */}}
+{{- define "finmesh.podLabels" -}}
+{{ include "finmesh.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "finmesh.version" . | quote }}
+app.kubernetes.io/part-of: finmesh
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- with .color }}
+finmesh.io/color: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "finmesh.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "finmesh.podLabels" . }}
+{{- end -}}
+
+{{/* Hardened security contexts; uid/gid 10001 is the USER of deploy/docker/Dockerfile. */}}
+{{- define "finmesh.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "finmesh.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+allowPrivilegeEscalation: false
+privileged: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "finmesh.mtlsSecretName" -}}
+{{- $svc := index .root.Values.services .name -}}
+{{- $svc.mtls.secretName | default .root.Values.mtls.secretName | default (printf "%s-tls" (include "finmesh.base" .)) -}}
+{{- end -}}
+
+{{/* Environment naming the mTLS files (empty when mTLS is off). */}}
+{{- define "finmesh.mtlsEnv" -}}
+{{- if .root.Values.mtls.enabled }}
+{{- $dir := .root.Values.mtls.mountPath }}
+- name: FINMESH_TLS_CERT_FILE
+  value: {{ printf "%s/tls.crt" $dir | quote }}
+- name: FINMESH_TLS_KEY_FILE
+  value: {{ printf "%s/tls.key" $dir | quote }}
+- name: FINMESH_TLS_CA_FILE
+  value: {{ printf "%s/ca.crt" $dir | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Volume mounts of every finmesh container: a writable /tmp on a read-only root, and the mTLS files. */}}
+{{- define "finmesh.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .root.Values.mtls.enabled }}
+- name: mtls
+  mountPath: {{ .root.Values.mtls.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "finmesh.volumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- if .root.Values.mtls.enabled }}
+- name: mtls
+  secret:
+    secretName: {{ include "finmesh.mtlsSecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- end -}}
+
+{{- define "finmesh.databaseEnv" -}}
+{{- $svc := index .root.Values.services .name -}}
+- name: FINMESH_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $svc.database.existingSecret }}
+      key: {{ $svc.database.key }}
+{{- end -}}
+
+{{- define "finmesh.imagePullSecrets" -}}
+{{- with .root.Values.image.pullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Scheduling settings shared by every pod. */}}
+{{- define "finmesh.scheduling" -}}
+{{- with .root.Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .root.Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .root.Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Checks across values that values.schema.json cannot express. */}}
+{{- define "finmesh.validate" -}}
+{{- $svc := index .root.Values.services .name -}}
+{{- $active := $svc.activeColor -}}
+{{- $other := include "finmesh.otherColor" . -}}
+{{- if eq (int (index $svc $active).replicas) 0 -}}
+{{- fail (printf "services.%s.activeColor is %s but services.%s.%s.replicas is 0: the active Service would select no pods; scale %s up first" .name $active .name $active $active) -}}
+{{- end -}}
+{{- if and $svc.preview.enabled (eq (int (index $svc $other).replicas) 0) -}}
+{{- fail (printf "services.%s.preview.enabled is true but services.%s.%s.replicas is 0: the preview Service would select no pods" .name .name $other) -}}
+{{- end -}}
+{{- if $svc.autoscaling.enabled -}}
+{{- range $color := list "blue" "green" -}}
+{{- $replicas := int (index $svc $color).replicas -}}
+{{- if gt $replicas (int $svc.autoscaling.maxReplicas) -}}
+{{- fail (printf "services.%s.%s.replicas (%d) exceeds services.%s.autoscaling.maxReplicas (%d)" $.name $color $replicas $.name (int $svc.autoscaling.maxReplicas)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and .root.Values.mtls.enabled (eq (int .root.Values.mtls.healthPort) (int .root.Values.grpc.port)) -}}
+{{- fail (printf "mtls.healthPort (%d) must differ from grpc.port: the health port serves plaintext" (int .root.Values.mtls.healthPort)) -}}
+{{- end -}}
+{{- if has .name $svc.calls -}}
+{{- fail (printf "services.%s.calls lists %s itself" .name .name) -}}
+{{- end -}}
+{{- end -}}

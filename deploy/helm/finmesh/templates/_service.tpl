@@ -1,0 +1,23 @@
+{{/*
+Everything one service needs. templates/<service>.yaml calls it with
+(dict "root" $ "name" "<service>"); each kind lives in its own _<kind>.tpl.
+*/}}
+{{- define "finmesh.service" -}}
+{{- $svc := index .root.Values.services .name -}}
+{{- if $svc.enabled -}}
+{{- include "finmesh.validate" . -}}
+{{ include "finmesh.serviceAccount" . }}
+{{ include "finmesh.configMap" . }}
+{{ include "finmesh.activeService" . }}
+{{ include "finmesh.previewService" . }}
+{{ include "finmesh.networkPolicy" . }}
+{{- range $color := list "blue" "green" }}
+{{- $c := dict "root" $.root "name" $.name "color" $color }}
+{{ include "finmesh.deployment" $c }}
+{{ include "finmesh.hpa" $c }}
+{{ include "finmesh.pdb" $c }}
+{{- end }}
+{{ include "finmesh.migration" . }}
+{{ include "finmesh.tests" . }}
+{{- end -}}
+{{- end -}}

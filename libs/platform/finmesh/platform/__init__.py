@@ -1,0 +1,1 @@
+"""Shared runtime every finmesh service stands on: server, telemetry, logs, errors, storage, outbox."""

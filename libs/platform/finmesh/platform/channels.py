@@ -1,0 +1,67 @@
+"""Outgoing gRPC channels: tracing, retries only for idempotent methods, deadlines inherited."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from finmesh.platform.config import ServiceSettings
+
+# Leave a little of the caller's budget for our own reply.
+_DEADLINE_MARGIN_SECONDS = 0.05
+
+
+def _service_config(idempotent_methods: list[tuple[str, str]]) -> str:
+    """gRPC service config retrying UNAVAILABLE, for the named (service, method) pairs only."""
+    if not idempotent_methods:
+        return json.dumps({"methodConfig": []})
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [{"service": service, "method": method} for service, method in idempotent_methods],
+                    "retryPolicy": {
+                        "maxAttempts": 4,
+                        "initialBackoff": "0.05s",
+                        "maxBackoff": "1s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+    )
+
+
+def open_channel(
+    target: str,
+    settings: ServiceSettings,
+    *,
+    idempotent_methods: list[tuple[str, str]] | None = None,
+) -> grpc.aio.Channel:
+    """An insecure aio channel to `target` with tracing and per-method retry policy."""
+    interceptors = []
+    if settings.tracing_enabled:
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+        interceptors = aio_client_interceptors()
+    options = [
+        ("grpc.service_config", _service_config(idempotent_methods or [])),
+        ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", 30_000),
+    ]
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+
+
+def remaining_timeout(context: grpc.aio.ServicerContext | None, default: float) -> float:
+    """Timeout for a downstream call: the caller's remaining time (less a margin), capped at `default`.
+
+    Python gRPC does not propagate deadlines by itself.
+    """
+    if context is None:
+        return default
+    remaining = context.time_remaining()
+    if remaining is None:
+        return default
+    return max(min(default, remaining - _DEADLINE_MARGIN_SECONDS), 0.001)

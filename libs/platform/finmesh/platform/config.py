@@ -1,0 +1,47 @@
+"""Service configuration: read once from FINMESH_* environment variables into a frozen object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service shares. OTEL_* variables are left to the OTel SDK."""
+
+    model_config = SettingsConfigDict(env_prefix="FINMESH_", frozen=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    # 0 asks the OS for a free port; the server reports the one it got.
+    port: int = Field(default=0, ge=0, le=65535)
+    # SQLAlchemy async URL; empty means a SQLite file in data_dir.
+    database_url: str = ""
+    data_dir: Path = Path(".finmesh")
+    log_level: str = "info"
+    service_version: str = "0.1.0"
+    deployment_color: str = "local"
+    # Where spans go when OTEL_EXPORTER_OTLP_ENDPOINT is unset; empty keeps them in memory only.
+    span_file: str = ""
+    tracing_enabled: bool = True
+    # On SIGTERM: report NOT_SERVING this long before refusing new calls, so
+    # load balancers stop routing here, then give in-flight calls this grace.
+    drain_delay_seconds: float = Field(default=0.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # Bound HTTP/2 connection age so clients re-resolve after a blue-green flip.
+    max_connection_age_seconds: int = Field(default=300, ge=1)
+    # Default deadline for outgoing calls that have no incoming deadline to inherit.
+    call_timeout_seconds: float = Field(default=2.0, gt=0)
+    # Targets (host:port) of the other services.
+    identity_target: str = ""
+    payments_target: str = ""
+    risk_target: str = ""
+    notify_target: str = ""
+
+    def database_url_for(self, service: str) -> str:
+        """The configured URL, or the embedded SQLite default for this service."""
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{self.data_dir / (service + '.db')}"

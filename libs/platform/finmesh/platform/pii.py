@@ -1,0 +1,65 @@
+"""Masking of personal data (identity numbers, phones, e-mail, card and account numbers) in text."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# Keys whose values are never shown, whatever they look like.
+SENSITIVE_KEYS = frozenset(
+    {
+        "password", "token", "access_token", "refresh_token", "secret", "code", "otp",
+        "id_number", "phone", "email", "legal_name", "address", "authorization",
+        "signing_secret", "private_key", "data_key",
+    }
+)
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+# PRC resident identity numbers (18 chars, last may be X) and long digit runs
+# such as card or bank account numbers (13-19 digits).
+_ID_OR_CARD = re.compile(r"(?<![\w])(?:\d{17}[\dXx]|\d{13,19})(?![\w])")
+# E.164 phones and bare mainland mobile numbers.
+_PHONE = re.compile(r"(?<![\w+])(?:\+\d{8,15}|1[3-9]\d{9})(?![\w])")
+
+
+def mask_text(text: str) -> str:
+    """Replace anything that looks like personal data with a fixed-width mask."""
+    if not text or not any(ch.isdigit() or ch == "@" for ch in text):
+        return text  # fast path: most log strings carry neither digits nor '@'
+    text = _EMAIL.sub("***@***", text)
+    text = _ID_OR_CARD.sub(_keep_last4, text)
+    return _PHONE.sub(_keep_last4, text)
+
+
+def _keep_last4(match: re.Match[str]) -> str:
+    return "*" * 4 + match.group(0)[-4:] if len(match.group(0)) > 12 else "****"
+
+
+def mask_value(key: str, value: Any) -> Any:
+    """Mask one structured value: sensitive keys entirely, strings by pattern, containers recursively."""
+    if key.lower() in SENSITIVE_KEYS and value not in (None, ""):
+        return "***"
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, dict):
+        return {k: mask_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_value(key, v) for v in value]
+    return value
+
+
+def mask_name(name: str) -> str:
+    """Show a legal name's first character only: 张三丰 -> 张**."""
+    return name[:1] + "*" * max(len(name) - 1, 1) if name else ""
+
+
+def mask_middle(value: str, keep_start: int, keep_end: int) -> str:
+    """Keep the first and last few characters, e.g. an ID number as 1101**********123X."""
+    if len(value) <= keep_start + keep_end:
+        return "*" * len(value)
+    return value[:keep_start] + "*" * (len(value) - keep_start - keep_end) + value[-keep_end:]
+
+
+def mask_email(email: str) -> str:
+    local, _, domain = email.partition("@")
+    return (local[:1] + "***@" + domain) if domain else "***"

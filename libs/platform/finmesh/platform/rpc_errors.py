@@ -1,0 +1,132 @@
+"""Maps domain errors to gRPC status with google.rpc details, and guards servicer methods."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from finmesh.platform.errors import DomainError, InvalidArgument
+from finmesh.platform.idempotency import StoredRefusal
+from finmesh.platform.logs import get_logger
+
+ERROR_DOMAIN = "finmesh.io"
+
+_CODES = {
+    "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "already_exists": grpc.StatusCode.ALREADY_EXISTS,
+    "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
+    "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
+    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+_log = get_logger("finmesh.rpc")
+
+
+def to_status(error: DomainError) -> status_pb2.Status:
+    """A google.rpc.Status carrying ErrorInfo (and BadRequest for field violations)."""
+    code = _CODES.get(error.kind, grpc.StatusCode.FAILED_PRECONDITION)
+    details = []
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
+    details.append(_pack(info))
+    if isinstance(error, InvalidArgument):
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in error.violations
+            ]
+        )
+        details.append(_pack(bad))
+    return status_pb2.Status(code=code.value[0], message=error.message, details=details)
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+async def abort_with(context: grpc.aio.ServicerContext, status: status_pb2.Status) -> None:
+    # context.abort (not abort_with_status) so the OTel server span records the code.
+    converted = rpc_status.to_status(status)
+    await context.abort(converted.code, converted.details, converted.trailing_metadata)
+
+
+def _unexpected_status(exc: BaseException) -> status_pb2.Status:
+    if _is_connection_error(exc):
+        # The transaction did not commit: the caller may retry with the same idempotency key.
+        return status_pb2.Status(code=code_pb2.UNAVAILABLE, message="storage temporarily unavailable; retry")
+    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    if isinstance(exc, (ConnectionError, TimeoutError, OperationalError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def guarded(method: Handler) -> Handler:
+    """Wrap one servicer method: domain errors become rich statuses, bugs become a bare INTERNAL."""
+
+    @functools.wraps(method)
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(request, context)
+        except DomainError as error:
+            await abort_with(context, to_status(error))
+        except StoredRefusal as refusal:
+            await abort_with(context, refusal.status)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - last line of defence: never leak a stack trace
+            _log.exception("rpc_failed", method=method.__qualname__)
+            await abort_with(context, _unexpected_status(exc))
+
+    return call
+
+
+def guard_servicer(servicer: Any, service_descriptor: Any) -> Any:
+    """Replace every RPC method of `servicer` (per the proto descriptor) with its guarded form."""
+    for rpc in service_descriptor.methods:
+        method = getattr(servicer, rpc.name, None)
+        if method is not None and inspect.iscoroutinefunction(method):
+            setattr(servicer, rpc.name, guarded(method))
+    return servicer
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason carried by a failed call, or "" (for clients and tests)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return ""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
+
+
+def field_violations_of(error: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    fields: list[str] = []
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields.extend(v.field for v in bad.field_violations)
+    return fields

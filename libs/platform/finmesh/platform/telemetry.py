@@ -1,0 +1,128 @@
+"""OpenTelemetry tracing: one provider per process, OTLP or a local JSONL span file, PII-masked."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from finmesh.platform.pii import mask_value
+
+
+class JsonlSpanExporter(SpanExporter):
+    """Appends one JSON object per finished span to a file; `finmesh trace` renders them."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = "".join(json.dumps(span_to_dict(s), ensure_ascii=False) + "\n" for s in spans)
+        with self._lock, self._path.open("a", encoding="utf-8") as f:
+            f.write(lines)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+class MaskingExporter(SpanExporter):
+    """Masks personal data in span attributes and events before any exporter sees them."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self._inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._inner.export([_masked(s) for s in spans])
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def _masked(span: ReadableSpan) -> ReadableSpan:
+    attrs = {k: mask_value(k, v) for k, v in (span.attributes or {}).items()}
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attrs,
+        events=span.events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
+    ctx = span.context
+    return {
+        "trace_id": format(ctx.trace_id, "032x"),
+        "span_id": format(ctx.span_id, "016x"),
+        "parent_span_id": format(span.parent.span_id, "016x") if span.parent else None,
+        "name": span.name,
+        "kind": span.kind.name,
+        "service": span.resource.attributes.get("service.name", ""),
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": dict(span.attributes or {}),
+        "links": [
+            {"trace_id": format(link.context.trace_id, "032x"), "span_id": format(link.context.span_id, "016x")}
+            for link in span.links
+        ],
+    }
+
+
+def setup_tracing(service: str, *, version: str, color: str, span_file: str = "") -> TracerProvider:
+    """Install the process-wide tracer provider for `service` and return it (call shutdown on exit)."""
+    resource = Resource.create(
+        {
+            "service.name": service,
+            "service.namespace": "finmesh",
+            "service.version": version,
+            "deployment.color": color,
+        }
+    )
+    provider = TracerProvider(resource=resource)
+    exporter = _choose_exporter(span_file)
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(MaskingExporter(exporter)))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def _choose_exporter(span_file: str) -> SpanExporter | None:
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if span_file:
+        return JsonlSpanExporter(span_file)
+    return None
+
+
+def inject_context() -> dict[str, str]:
+    """The current W3C trace context as a carrier dict (traceparent, tracestate)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract_context(carrier: dict[str, str]) -> Any:
+    return propagate.extract(carrier)

@@ -1,0 +1,1 @@
+"""Identity rules without I/O: identity numbers, contact formats, masking."""

@@ -1,0 +1,1 @@
+"""Identity persistence: users with encrypted personal data."""

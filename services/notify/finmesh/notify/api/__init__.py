@@ -1,0 +1,1 @@
+"""Notify gRPC surface."""

@@ -1,0 +1,1 @@
+"""Notify rules without I/O: which notifications an event asks for, templates."""

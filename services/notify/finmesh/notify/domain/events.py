@@ -1,0 +1,54 @@
+"""Which notifications each incoming event produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from finmesh.platform.money import CURRENCIES
+
+
+@dataclass(frozen=True)
+class Planned:
+    user_id: str
+    template: str
+    category: str  # SECURITY | TRANSACTIONAL | MARKETING
+    channel: str  # INBOX | SMS | EMAIL | WEBHOOK
+    params: dict[str, str]
+
+
+def format_amount(minor_units: str, currency: str) -> str:
+    """Exact decimal text of an amount: "12345" CNY -> "123.45" (no floats)."""
+    exponent = CURRENCIES.get(currency, 2)
+    value = int(minor_units)
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    if exponent == 0:
+        return f"{sign}{value}"
+    return f"{sign}{value // 10**exponent}.{value % 10**exponent:0{exponent}d}"
+
+
+def plan(event_type: str, user_id: str, payload: dict[str, str]) -> list[Planned]:
+    """Notifications for one event; events nobody needs to hear about plan none."""
+    if event_type.startswith("payments.payment."):
+        params = {
+            "amount": format_amount(payload.get("amount_minor_units", "0"), payload.get("currency_code", "")),
+            "currency": payload.get("currency_code", ""),
+            "payment_id": payload.get("payment_id", ""),
+        }
+        status = payload.get("status", "")
+        if status == "CAPTURED":
+            return [
+                Planned(payload.get("payer_user_id", user_id), "payment_sent", "TRANSACTIONAL", "INBOX", params),
+                Planned(payload.get("payee_user_id", ""), "payment_received", "TRANSACTIONAL", "INBOX", params),
+            ]
+        if status in ("IN_REVIEW", "AUTHORIZED"):
+            return [Planned(payload.get("payer_user_id", user_id), "payment_held", "TRANSACTIONAL", "INBOX", params)]
+        return []
+    if event_type == "payments.topup.succeeded.v1":
+        params = {
+            "amount": format_amount(payload.get("amount_minor_units", "0"), payload.get("currency_code", "")),
+            "currency": payload.get("currency_code", ""),
+        }
+        return [Planned(user_id, "topup_succeeded", "TRANSACTIONAL", "INBOX", params)]
+    if event_type == "identity.user.registered.v1":
+        return [Planned(user_id, "welcome", "TRANSACTIONAL", "INBOX", {})]
+    return []

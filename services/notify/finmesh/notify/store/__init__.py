@@ -1,0 +1,1 @@
+"""Notify persistence: received events (dedupe) and notifications."""

@@ -1,0 +1,1 @@
+"""Payments gRPC surface: protobuf in and out, domain calls in between."""

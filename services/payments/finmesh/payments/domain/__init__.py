@@ -1,0 +1,1 @@
+"""Payments rules without I/O: ledger transfers, payment lifecycle, validation."""

@@ -1,0 +1,1 @@
+"""Payments persistence over SQLAlchemy Core: SQLite or PostgreSQL, same statements."""

@@ -1,0 +1,1 @@
+"""Risk rules without I/O: features in, score and decision out."""

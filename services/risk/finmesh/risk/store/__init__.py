@@ -1,0 +1,1 @@
+"""Risk persistence: assessments (velocity state shared by every replica)."""
