@@ -61,7 +61,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     provider.shutdown()
     print(f"registered users {result.payer_user_id} and {result.payee_user_id}")
     print(f"paid {result.paid_minor_units} CNY minor units: payment {result.payment_id}")
-    print(f"payee notifications recorded by notify: {result.payee_notifications}")
+    print(f"payment receipts notify recorded for the payee: {result.payee_receipts}")
     print(f"trace id: {result.trace_id}  (render it with: finmesh trace {result.trace_id})")
     return 0
 

@@ -17,7 +17,6 @@ from finmesh.notify.v1 import notify_service_pb2_grpc as no_grpc
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pay_grpc
 
-_tracer = trace.get_tracer("finmesh.cli")
 
 
 @dataclass(frozen=True)
@@ -43,25 +42,31 @@ class SliceResult:
     payment_id: str
     top_up_minor_units: int
     paid_minor_units: int
-    payee_notifications: int
+    payee_receipts: int
 
 
-def _channel(target: str) -> grpc.aio.Channel:
+def _channel(target: str, provider: trace.TracerProvider | None) -> grpc.aio.Channel:
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-    return grpc.aio.insecure_channel(target, interceptors=aio_client_interceptors())
+    return grpc.aio.insecure_channel(target, interceptors=aio_client_interceptors(tracer_provider=provider))
 
 
 async def run_slice(targets: dict[str, str], *, people: tuple[Person, Person] = (ALICE, BOB),
-                    top_up: int = 100_000, pay: int = 12_345, wait_seconds: float = 10.0) -> SliceResult:
-    """Register two users, open CNY wallets, top one up, pay the other, wait for notify's receipt."""
+                    top_up: int = 100_000, pay: int = 12_345, wait_seconds: float = 10.0,
+                    tracer_provider: trace.TracerProvider | None = None) -> SliceResult:
+    """Register two users, open CNY wallets, top one up, pay the other, wait for notify's receipt.
+
+    The whole run is one trace, rooted in a client span from `tracer_provider` (default: global).
+    """
     run = uuid.uuid4().hex[:8]
-    async with _channel(targets["identity"]) as id_ch, _channel(targets["payments"]) as pay_ch, \
-            _channel(targets["notify"]) as no_ch:
+    tracer = trace.get_tracer("finmesh.cli", tracer_provider=tracer_provider)
+    async with _channel(targets["identity"], tracer_provider) as id_ch, \
+            _channel(targets["payments"], tracer_provider) as pay_ch, \
+            _channel(targets["notify"], tracer_provider) as no_ch:
         identity = id_grpc.IdentityServiceStub(id_ch)
         payments = pay_grpc.PaymentsServiceStub(pay_ch)
         notify = no_grpc.NotifyServiceStub(no_ch)
-        with _tracer.start_as_current_span("onboard and pay") as root:
+        with tracer.start_as_current_span("onboard and pay") as root:
             trace_id = format(root.get_span_context().trace_id, "032x")
             users = []
             for i, person in enumerate(people):
@@ -93,11 +98,12 @@ async def run_slice(targets: dict[str, str], *, people: tuple[Person, Person] = 
 
 
 async def _wait_for_receipt(notify: no_grpc.NotifyServiceStub, user_id: str, wait_seconds: float) -> int:
-    """Notifications recorded for `user_id` once the relay delivered (asynchronous: poll briefly)."""
+    """Payment receipts notify recorded for `user_id` (delivery is asynchronous: poll briefly)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
     while True:
         reply = await notify.ListNotifications(no_pb.ListNotificationsRequest(user_id=user_id), timeout=5)
-        if reply.notifications or loop.time() > deadline:
-            return len(reply.notifications)
+        receipts = [n for n in reply.notifications if n.template == "payment_received"]
+        if receipts or loop.time() > deadline:
+            return len(receipts)
         await asyncio.sleep(0.1)

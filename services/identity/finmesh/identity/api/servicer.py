@@ -21,6 +21,7 @@ from finmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from finmesh.identity.vault import Vault
 from finmesh.platform.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from finmesh.platform.idempotency import IdempotencyStore
+from finmesh.platform.logs import get_logger
 from finmesh.platform.outbox import enqueue
 from finmesh.platform.rpc_errors import to_status
 
@@ -30,6 +31,7 @@ _KINDS = {
     pb.USER_KIND_ENTERPRISE: "ENTERPRISE",
     pb.USER_KIND_INSTITUTION: "INSTITUTION",
 }
+_log = get_logger("finmesh.identity")
 _DUPLICATE = "an account with some of these details already exists"
 
 
@@ -73,6 +75,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         except IntegrityError:
             raise AlreadyExists("DUPLICATE_IDENTITY", _DUPLICATE) from None  # lost a race on a blind index
         self._on_commit()
+        _log.info("user_registered", user_id=reply.user.user_id, kind=reg.kind)
         return reply
 
     async def GetUser(self, request: pb.GetUserRequest, context: grpc.aio.ServicerContext) -> Any:

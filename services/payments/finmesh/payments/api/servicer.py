@@ -21,7 +21,7 @@ from finmesh.payments.store.schema import accounts, idempotency
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.platform.channels import remaining_timeout
-from finmesh.platform.errors import FieldViolation, InvalidArgument, Unavailable, Validator
+from finmesh.platform.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable, Validator
 from finmesh.platform.idempotency import IdempotencyStore
 from finmesh.platform.logs import get_logger
 from finmesh.platform.money import Money, parse_amount, validate_amount, validate_currency
@@ -164,15 +164,25 @@ class PaymentsServicer(pb_grpc.PaymentsServiceServicer):
 
         reply = await self._idem.commit("CreatePayment", request, pb.CreatePaymentResponse, record)
         self._on_commit()
+        _log.info("payment_created", payment_id=payment_id, status=pb.PaymentStatus.Name(reply.payment.status),
+                  risk_decision=verdict.decision.value)
         return reply
 
     async def _assess(self, payment_id: str, payment: PaymentRequest, risk_context: pb.RiskContext,
                       context: grpc.aio.ServicerContext) -> RiskVerdict:
         async with self._engine.connect() as conn:
             payer = await ledger.get_account(conn, payment.payer_account_id)
+            payee = await ledger.get_account(conn, payment.payee_account_id)
+        # Refuse what cannot succeed before spending risk's capacity (and velocity budget) on it.
+        for row, account_id in ((payer, payment.payer_account_id), (payee, payment.payee_account_id)):
+            if row is None:
+                raise FailedPrecondition("ACCOUNT_NOT_FOUND", "account not found", account_id=account_id)
+            if row.currency != payment.amount.currency:
+                raise FailedPrecondition("CURRENCY_MISMATCH", f"account is in {row.currency}",
+                                         account_id=account_id)
         facts = PaymentFacts(
             payment_id=payment_id,
-            payer_user_id=payer.owner_id if payer is not None else "",
+            payer_user_id=payer.owner_id,
             payer_account_id=payment.payer_account_id,
             payee_account_id=payment.payee_account_id,
             amount=payment.amount,

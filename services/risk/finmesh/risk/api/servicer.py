@@ -12,12 +12,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.platform.errors import FieldViolation, Validator
+from finmesh.platform.logs import get_logger
 from finmesh.platform.money import validate_amount
 from finmesh.risk.domain.scoring import Features, Rules, assess
 from finmesh.risk.store import assessments
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
 
+_log = get_logger("finmesh.risk")
 MAX_ID = 64
 
 
@@ -64,6 +66,8 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
             # The same payment was assessed concurrently (a retry); its verdict stands.
             async with self._engine.connect() as conn:
                 row = await assessments.find_by_payment(conn, request.payment_id)
+        _log.info("payment_assessed", payment_id=row.payment_id, decision=row.decision, score=row.score,
+                  rules_version=row.rules_version)
         return pb.AssessPaymentResponse(assessment=_to_proto(row))
 
 
