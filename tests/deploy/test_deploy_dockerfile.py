@@ -85,10 +85,20 @@ def test_builder_refuses_unknown_service_and_installs_the_distribution(stages: l
     assert 'ln -s "finmesh-${SERVICE}" /opt/venv/bin/finmesh-service' in runs
 
 
+def _source_roots(pyproject: dict[str, Any]) -> set[str]:
+    """Top-level folders the wheel is built from (hatchling or setuptools configuration)."""
+    tool = pyproject.get("tool", {})
+    wheel = tool.get("hatch", {}).get("build", {}).get("targets", {}).get("wheel", {})
+    paths = [*wheel.get("only-include", []), *wheel.get("packages", []), *wheel.get("sources", {})]
+    paths += tool.get("setuptools", {}).get("packages", {}).get("find", {}).get("where", [])
+    return {Path(path).parts[0] for path in paths}
+
+
 def test_builder_copies_every_package_root(stages: list[Stage], pyproject: dict[str, Any]) -> None:
-    """Each source root that setuptools searches is in the build context and copied (else the wheel lacks it)."""
+    """Each source root of the wheel is in the build context and copied (else the image lacks code)."""
     copied = {Path(i.value[0]).parts[0] for i in stages[0].of("COPY")}
-    roots = {Path(where).parts[0] for where in pyproject["tool"]["setuptools"]["packages"]["find"]["where"]}
+    roots = _source_roots(pyproject)
+    assert roots, "pyproject.toml names no source roots this test understands"
     assert roots <= copied
     assert "pyproject.toml" in copied
     for extra in ("readme", "license"):

@@ -50,8 +50,8 @@ class Client:
     async def pay(self, payer: str, payee: str, minor: int, idem: str | None = None,
                   mode: int = pb.CAPTURE_MODE_AUTOMATIC) -> pb.Payment:
         reply = await self.stub.CreatePayment(pb.CreatePaymentRequest(
-            idempotency_key=key() if idem is None else idem, payer_account_id=payer, payee_account_id=payee, amount=cny(minor),
-            capture_mode=mode))
+            idempotency_key=key() if idem is None else idem, payer_account_id=payer, payee_account_id=payee,
+            amount=cny(minor), capture_mode=mode))
         return reply.payment
 
 
@@ -245,7 +245,8 @@ async def test_frozen_account_cannot_pay(databases, tmp_path: Path) -> None:
         c = Client(mesh.channel("payments"))
         alice, bob = await c.wallet(), await c.wallet()
         await c.top_up(alice, 1_000)
-        await c.stub.FreezeAccount(pb.FreezeAccountRequest(idempotency_key=key(), account_id=alice, reason="OPERATOR"))
+        await c.stub.FreezeAccount(pb.FreezeAccountRequest(idempotency_key=key(), account_id=alice,
+                                                            reason="OPERATOR"))
         with pytest.raises(grpc.aio.AioRpcError) as frozen:
             await c.pay(alice, bob, 100)
         assert reason_of(frozen.value) == "ACCOUNT_FROZEN"

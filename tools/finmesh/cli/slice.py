@@ -18,7 +18,6 @@ from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pay_grpc
 
 
-
 @dataclass(frozen=True)
 class Person:
     legal_name: str

@@ -13,7 +13,7 @@ from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, String,
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from finmesh.platform.errors import DomainError, FailedPrecondition, InvalidArgument, FieldViolation
+from finmesh.platform.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument
 
 M = TypeVar("M", bound=Message)
 

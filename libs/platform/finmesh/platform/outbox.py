@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from collections.abc import Awaitable, Callable
@@ -13,8 +14,21 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 from opentelemetry import trace
 from sqlalchemy import (
-    JSON, BigInteger, Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, UniqueConstraint,
-    func, insert, select, update,
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    func,
+    insert,
+    select,
+    update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -181,10 +195,8 @@ class OutboxRelay:
             if handled:
                 continue
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._policy.poll_interval_seconds)
-            except TimeoutError:
-                pass
 
     async def drain_once(self) -> int:
         """Try every due event once; return how many were delivered."""

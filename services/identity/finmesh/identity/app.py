@@ -13,9 +13,9 @@ from finmesh.identity.store.schema import metadata, outbox
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from finmesh.identity.vault import Vault
-from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
 from finmesh.platform.channels import open_channel
 from finmesh.platform.db import create_engine, create_schema
+from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
 from finmesh.platform.outbox import OutboxRelay
 from finmesh.platform.server import Registration
 

@@ -8,13 +8,13 @@ import grpc
 
 from finmesh.payments.api.servicer import PaymentsServicer
 from finmesh.payments.clients import RISK_IDEMPOTENT_METHODS, RiskClient
-from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
 from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.store.schema import metadata, outbox
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.platform.channels import open_channel
 from finmesh.platform.db import create_engine, create_schema
+from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
 from finmesh.platform.outbox import OutboxRelay
 from finmesh.platform.server import Registration
 

@@ -33,7 +33,9 @@ class NotifyServicer(pb_grpc.NotifyServiceServicer):
         event = request.event
         _validate_event(event)
         async with self._engine.connect() as conn:
-            seen = await conn.scalar(select(received_events.c.event_id).where(received_events.c.event_id == event.event_id))
+            seen = await conn.scalar(
+                select(received_events.c.event_id).where(received_events.c.event_id == event.event_id)
+            )
         if seen:
             return pb.DeliverEventResponse(duplicate=True)
         payload = {k: str(v) for k, v in json_format.MessageToDict(event.payload).items()}

@@ -66,7 +66,8 @@ class PaymentsServicer(pb_grpc.PaymentsServiceServicer):
                   "one of CUSTOMER_WALLET, MERCHANT, PLATFORM_FEE, RISK_RESERVE (clearing accounts open by themselves)")
         v.violations.extend(validate_currency(request.currency_code))
         v.require(len(request.owner_id) <= MAX_ID, "owner_id", f"at most {MAX_ID} characters")
-        v.require(bool(request.owner_id) or request.kind in (pb.ACCOUNT_KIND_PLATFORM_FEE, pb.ACCOUNT_KIND_RISK_RESERVE),
+        platform_kinds = (pb.ACCOUNT_KIND_PLATFORM_FEE, pb.ACCOUNT_KIND_RISK_RESERVE)
+        v.require(bool(request.owner_id) or request.kind in platform_kinds,
                   "owner_id", "required for customer and merchant accounts")
         v.raise_if_any()
 
@@ -219,7 +220,8 @@ class PaymentsServicer(pb_grpc.PaymentsServiceServicer):
         _require_id(request.payment_id, "payment_id")
 
         async def void(conn: Any) -> pb.VoidPaymentResponse:
-            return pb.VoidPaymentResponse(payment=convert.payment(await operations.void_payment(conn, request.payment_id)))
+            row = await operations.void_payment(conn, request.payment_id)
+            return pb.VoidPaymentResponse(payment=convert.payment(row))
 
         reply = await self._idem.run("VoidPayment", request, pb.VoidPaymentResponse, void)
         self._on_commit()
