@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${1:-libs/contracts}
+# protoc finds the mypy plugins on PATH.
+export PATH="$(cd "$(dirname "$PY")" && pwd):$PATH"
 rm -rf "$OUT/finmesh"
 mkdir -p "$OUT"
 mapfile -t files < <(cd protos && find finmesh -name '*.proto' | sort)
