@@ -1,0 +1,66 @@
+"""A no-op gRPC hop for benchmarks: answers after (optionally) calling the next hop.
+
+Run as a process: `python -m bench.chain PORT [NEXT_TARGET]`. Tracing follows
+FINMESH_TRACING_ENABLED like the services, through the same platform code
+(server interceptor, client interceptors, exporter), so the chain measures
+what tracing costs the mesh, with empty handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import grpc
+
+from finmesh.platform.channels import open_channel
+from finmesh.platform.config import ServiceSettings
+from finmesh.platform.server import wait_for_termination_signal
+from finmesh.platform.telemetry import setup_tracing
+
+METHOD = "/finmesh.bench.v1.ChainService/Hop"
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+async def serve(port: int, next_target: str) -> None:
+    settings = ServiceSettings()
+    provider = None
+    if settings.tracing_enabled:
+        provider = setup_tracing(f"hop-{port}", version="bench", color="bench", span_file=settings.span_file)
+    call_next = None
+    channel = None
+    if next_target:
+        channel = open_channel(next_target, settings)
+        call_next = channel.unary_unary(METHOD, request_serializer=_identity, response_deserializer=_identity)
+
+    async def hop(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if call_next is not None:
+            return await call_next(request, timeout=5)
+        return request
+
+    interceptors = []
+    if settings.tracing_enabled:
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+        interceptors.append(aio_server_interceptor())
+    server = grpc.aio.server(interceptors=interceptors)
+    handler = grpc.unary_unary_rpc_method_handler(hop, request_deserializer=_identity, response_serializer=_identity)
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("finmesh.bench.v1.ChainService", {"Hop": handler})]
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print("ready", flush=True)
+    await wait_for_termination_signal()
+    await server.stop(1)
+    if channel is not None:
+        await channel.close()
+    if provider is not None:
+        provider.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""))
