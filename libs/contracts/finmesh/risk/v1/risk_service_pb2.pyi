@@ -355,9 +355,15 @@ class GetRulesResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     ACTIVATED_AT_FIELD_NUMBER: _builtins.int
+    RULES_FILE_ERROR_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     source: _builtins.str
     """The rules file as loaded (YAML or JSON)."""
+    rules_file_error: _builtins.str
+    """Why this replica refused the latest content of its watched rules file
+    (FINMESH_RISK_RULES_FILE); empty when that content was accepted. The
+    rules above stay active meanwhile.
+    """
     @_builtins.property
     def activated_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -366,10 +372,11 @@ class GetRulesResponse(_message.Message):
         version: _builtins.str = ...,
         source: _builtins.str = ...,
         activated_at: _timestamp_pb2.Timestamp | None = ...,
+        rules_file_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at", "source", b"source", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at", "rules_file_error", b"rules_file_error", "source", b"source", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
