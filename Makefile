@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup proto proto-check lint test test-fast run demo trace bench helm-check check clean
+.PHONY: setup proto proto-check lint test test-fast run demo trace bench helm-check image check clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,16 @@ trace: setup
 
 bench: setup
 	$(PY) -m bench.run
+
+# helm lint/template of every value set, Kubernetes schemas, values schema, Dockerfile (hadolint).
+helm-check: setup
+	tools/helm_tools.sh >/dev/null
+	$(BIN)/pytest tests/deploy -q
+
+# Only where a container engine exists (not on these machines).
+image:
+	docker build -f deploy/docker/Dockerfile --build-arg SERVICE=$(SERVICE) --build-arg VERSION=$(VERSION) \
+	  -t finmesh/$(SERVICE):$(VERSION) .
 
 check: proto-check lint test
 

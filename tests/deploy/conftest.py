@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "finmesh"
-DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
 VALUES_DIR = Path(__file__).resolve().parent / "values"
 INVALID_DIR = VALUES_DIR / "invalid"
 HELM_TOOLS = REPO / "tools" / "helm_tools.sh"
@@ -28,8 +27,6 @@ HELM_TOOLS = REPO / "tools" / "helm_tools.sh"
 KUBE_VERSION = "1.30.0"
 RELEASE = "fm"
 FULLNAME = "fm-finmesh"
-SERVICES = ("identity", "payments", "risk", "notify")
-COLORS = ("blue", "green")
 
 # "default" is the chart's values.yaml alone; the others are files in values/.
 VALUE_SETS = ("default", *sorted(p.stem for p in VALUES_DIR.glob("*.yaml")))
@@ -43,7 +40,7 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"{reason} (CI=true: deployment checks must run)", pytrace=False)
     if reason not in _skip_reasons:
@@ -57,7 +54,6 @@ def need(module: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         _unavailable(f"dev dependency {module!r} is not installed: {exc}")
-        raise  # unreachable: _unavailable always raises
 
 
 def need_tool(name: str, package: str) -> Path:
@@ -116,6 +112,11 @@ class Helm:
         )
         return HelmRun(proc.returncode, proc.stdout, proc.stderr)
 
+    @staticmethod
+    def values_args(value_set: str) -> list[str]:
+        """helm arguments selecting a value set ("default": the chart's values.yaml alone)."""
+        return [] if value_set == "default" else ["-f", str(VALUES_DIR / f"{value_set}.yaml")]
+
     def lint(self, *values_args: str) -> HelmRun:
         return self.run("lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), *values_args)
 
@@ -127,13 +128,9 @@ class Helm:
     @cache  # noqa: B019 -- one Helm per session; the cache is the point
     def render(self, value_set: str, *extra: str) -> tuple[dict[str, Any], ...]:
         """Rendered objects of a value set (plus extra helm args); fails the test if helm fails."""
-        result = self.template(*values_args(value_set), *extra)
+        result = self.template(*self.values_args(value_set), *extra)
         assert result.returncode == 0, f"helm template {value_set} {extra} failed:\n{result.output}"
         return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
-
-
-def values_args(value_set: str) -> list[str]:
-    return [] if value_set == "default" else ["-f", str(VALUES_DIR / f"{value_set}.yaml")]
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:

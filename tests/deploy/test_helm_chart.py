@@ -14,7 +14,6 @@ import yaml
 # `invalid_values` parametrization live in conftest.py.
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "finmesh"
-VALUES_DIR = Path(__file__).resolve().parent / "values"
 SERVICES = ("identity", "payments", "risk", "notify")
 COLORS = ("blue", "green")
 RELEASE = "fm"  # conftest renders every value set as release "fm"
@@ -76,10 +75,6 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {item["name"]: item.get("value", item.get("valueFrom")) for item in container.get("env", [])}
 
 
-def values_args(value_set: str) -> list[str]:
-    return [] if value_set == "default" else ["-f", str(VALUES_DIR / f"{value_set}.yaml")]
-
-
 def _enabled(values: dict[str, Any]) -> list[str]:
     return [name for name in SERVICES if values["services"][name]["enabled"]]
 
@@ -101,7 +96,7 @@ def test_every_value_set_has_expected_selectors(value_sets: tuple[str, ...]) -> 
 
 def test_helm_lint_passes_without_warnings(helm: Any, value_set: str) -> None:
     """helm lint --strict passes; the only message is the optional-icon info."""
-    result = helm.lint(*values_args(value_set))
+    result = helm.lint(*helm.values_args(value_set))
     assert result.returncode == 0, result.output
     findings = [line for line in result.output.splitlines() if line.startswith("[")]
     assert findings == ["[INFO] Chart.yaml: icon is recommended"], result.output
@@ -399,11 +394,46 @@ def test_migration_hook_jobs(helm: Any, value_set: str, chart_values: Any) -> No
         assert spec["serviceAccountName"] == job_name
         (container,) = spec["containers"]
         assert container["command"] + container["args"] == [f"finmesh-{name}", "migrate"]
-        other = {"blue": "green", "green": "blue"}[svc["activeColor"]]
-        expected_color = svc["migration"]["color"] or (other if svc["preview"]["enabled"] else svc["activeColor"])
-        assert container["image"].endswith(f":{svc[expected_color]['tag']}")
-        assert job["metadata"]["labels"]["finmesh.io/color"] == expected_color
+        color = job["metadata"]["labels"]["finmesh.io/color"]
+        assert svc[color]["replicas"] > 0, "migrations run the image of a color that runs"
+        assert container["image"].endswith(f":{svc[color]['tag']}")
+        assert env_of(container)["FINMESH_SERVICE_VERSION"] == svc[color]["tag"]
         assert "secretKeyRef" in env_of(container)["FINMESH_DATABASE_URL"]
+
+
+# (--set arguments for payments, color whose image must run its migration)
+MIGRATION_CASES = {
+    "steady state: the active color": ([], "blue"),
+    "staging green 0.2.0: the new version": (["green.tag=0.2.0", "green.replicas=2", "preview.enabled=true"], "green"),
+    "green promoted, blue kept, preview on: still the newer green": (
+        ["green.tag=0.2.0", "green.replicas=2", "activeColor=green", "preview.enabled=true"],
+        "green",
+    ),
+    "rolled back to blue, green still up: still the newer green": (
+        ["green.tag=0.2.0", "green.replicas=2", "activeColor=blue"],
+        "green",
+    ),
+    "a pre-release is newer than the release before it": (["green.tag=0.2.0-rc.1", "green.replicas=1"], "green"),
+    "a pre-release is older than its release": (["green.tag=0.1.0-rc.1", "green.replicas=1"], "blue"),
+    "a newer tag on a color that is off does not migrate": (["green.tag=9.0.0", "green.replicas=0"], "blue"),
+    "tags that are not versions, preview on: the preview color": (
+        ["blue.tag=sha-aaa", "green.tag=sha-bbb", "green.replicas=1", "preview.enabled=true"],
+        "green",
+    ),
+    "tags that are not versions, preview off: the active color": (
+        ["blue.tag=sha-aaa", "green.tag=sha-bbb", "green.replicas=1"],
+        "blue",
+    ),
+    "migration.color wins": (["green.tag=0.2.0", "green.replicas=1", "migration.color=blue"], "blue"),
+}
+
+
+def test_migration_runs_the_newest_running_color(helm: Any) -> None:
+    """The migration Job never runs an older image than a running color's: expand first, in every rollout step."""
+    for case, (settings, color) in MIGRATION_CASES.items():
+        args = [arg for setting in settings for arg in ("--set", f"services.payments.{setting}")]
+        job = objects(helm.render("default", *args), "Job")[f"{base_name('payments')}-migrate"]
+        assert job["metadata"]["labels"]["finmesh.io/color"] == color, case
 
 
 def test_helm_test_pods_check_health_of_active_and_preview(helm: Any, value_set: str, chart_values: Any) -> None:

@@ -33,15 +33,30 @@ Shared helpers. Most templates take a context dict instead of the root:
 {{- ternary "green" "blue" (eq (include "finmesh.activeColor" .) "blue") -}}
 {{- end -}}
 
-{{/* The color whose image runs migrations: migration.color, else the preview color while preview is on, else the active color. */}}
+{{/*
+The color whose image runs the migration Job: services.<name>.migration.color
+if set; else the active color if the other one is off; else, when both tags
+are semantic versions, the color with the newer one (so promotion and
+rollback never run an older migrate against a newer schema); else the
+preview color while preview is on; else the active color.
+*/}}
 {{- define "finmesh.migrationColor" -}}
 {{- $svc := index .root.Values.services .name -}}
+{{- $active := $svc.activeColor -}}
+{{- $other := include "finmesh.otherColor" . -}}
+{{- $activeTag := (index $svc $active).tag -}}
+{{- $otherTag := (index $svc $other).tag -}}
+{{- $semver := `^v?[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$` -}}
 {{- if $svc.migration.color -}}
 {{- $svc.migration.color -}}
+{{- else if eq (int (index $svc $other).replicas) 0 -}}
+{{- $active -}}
+{{- else if and (regexMatch $semver $activeTag) (regexMatch $semver $otherTag) -}}
+{{- ternary $other $active ((semver $otherTag).GreaterThan (semver $activeTag)) -}}
 {{- else if $svc.preview.enabled -}}
-{{- include "finmesh.otherColor" . -}}
+{{- $other -}}
 {{- else -}}
-{{- $svc.activeColor -}}
+{{- $active -}}
 {{- end -}}
 {{- end -}}
 
