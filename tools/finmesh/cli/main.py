@@ -14,6 +14,8 @@ from finmesh.cli.traces import latest_trace_id, load_spans, render_tree
 
 DEFAULT_BASE_PORT = 50051
 NAMES = ("identity", "payments", "risk", "notify")
+# `finmesh demo` leaves its trace id here so a bare `finmesh trace` shows that run.
+LAST_TRACE_FILE = "last-demo-trace"
 
 
 def _targets(base_port: int) -> dict[str, str]:
@@ -62,13 +64,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"registered users {result.payer_user_id} and {result.payee_user_id}")
     print(f"paid {result.paid_minor_units} CNY minor units: payment {result.payment_id}")
     print(f"payment receipts notify recorded for the payee: {result.payee_receipts}")
-    print(f"trace id: {result.trace_id}  (render it with: finmesh trace {result.trace_id})")
+    print(f"trace id: {result.trace_id}  (render it with: finmesh trace)")
+    (Path(args.data_dir) / LAST_TRACE_FILE).write_text(result.trace_id + "\n", encoding="utf-8")
     return 0
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     spans = load_spans(Path(args.data_dir) / "spans")
-    trace_id = args.trace_id or latest_trace_id(spans)
+    last_demo = Path(args.data_dir) / LAST_TRACE_FILE
+    trace_id = args.trace_id or (last_demo.read_text().strip() if last_demo.exists() else latest_trace_id(spans))
     if not trace_id:
         print("no spans recorded yet", file=sys.stderr)
         return 1
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="run the four services locally until Ctrl-C").set_defaults(func=cmd_up)
     sub.add_parser("demo", help="run the thin slice against a running mesh").set_defaults(func=cmd_demo)
     trace = sub.add_parser("trace", help="render a trace from the local span files as a tree")
-    trace.add_argument("trace_id", nargs="?", help="default: the latest trace")
+    trace.add_argument("trace_id", nargs="?", help="default: the last demo's trace, else the latest trace")
     trace.set_defaults(func=cmd_trace)
     health = sub.add_parser("health", help="gRPC health check of one service")
     health.add_argument("target", help="host:port")
