@@ -1,35 +1,89 @@
-"""Wires the risk service: database and servicer."""
+"""Wires the risk service: database, rules watch, outbox relay to notify, emergency freezes through payments."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from finmesh.platform.channels import open_channel
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.db import create_engine, create_schema
+from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
+from finmesh.platform.logs import get_logger
+from finmesh.platform.outbox import OutboxRelay
 from finmesh.platform.server import Registration
 from finmesh.risk.api.servicer import RiskServicer
-from finmesh.risk.store.schema import metadata
+from finmesh.risk.clients import PAYMENTS_IDEMPOTENT_METHODS, PaymentsClient
+from finmesh.risk.config import RiskSettings
+from finmesh.risk.emergency import EmergencyResponder, ResponsePolicy
+from finmesh.risk.ruleset import RulesRegistry
+from finmesh.risk.store.schema import metadata, outbox
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
+
+_log = get_logger("finmesh.risk")
 
 
 @dataclass
 class RiskApp:
     registrations: list[Registration]
     engine: AsyncEngine
+    rules: RulesRegistry
+    relay: OutboxRelay | None = None
+    responder: EmergencyResponder | None = None
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     async def start(self) -> None:
-        return None
+        self.rules.start()
+        if self.relay is not None:
+            self.relay.start()
+        if self.responder is not None:
+            self.responder.start()
 
     async def close(self) -> None:
+        if self.responder is not None:
+            await self.responder.stop()
+        if self.relay is not None:
+            await self.relay.stop()
+        await self.rules.stop()
+        for channel in self.channels:
+            await channel.close()
         await self.engine.dispose()
 
 
 async def build(settings: ServiceSettings) -> RiskApp:
-    engine = create_engine(settings.database_url_for("risk"))
+    config = RiskSettings.of(settings)
+    engine = create_engine(config.database_url_for("risk"))
     await create_schema(engine, metadata)
-    registration = Registration(RiskServicer(engine), pb_grpc.add_RiskServiceServicer_to_server,
+    rules = RulesRegistry(engine, file=Path(config.risk_rules_file) if config.risk_rules_file else None,
+                          poll_seconds=config.risk_rules_poll_seconds)
+    await rules.load()
+    channels: list[grpc.aio.Channel] = []
+    relay = None
+    if config.notify_target:
+        notify = open_channel(config.notify_target, config, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS)
+        channels.append(notify)
+        relay = OutboxRelay(engine, outbox, "risk", NotifyEventSink(notify, config.call_timeout_seconds).deliver)
+    else:
+        _log.warning("operator_alerts_disabled", why="no notify target: alert events wait in the outbox")
+    responder = None
+    if config.payments_target:
+        payments = open_channel(config.payments_target, config, idempotent_methods=PAYMENTS_IDEMPOTENT_METHODS)
+        channels.append(payments)
+        responder = EmergencyResponder(engine, PaymentsClient(payments).freeze, ResponsePolicy(
+            poll_seconds=config.risk_emergency_poll_seconds, call_timeout_seconds=config.call_timeout_seconds))
+    else:
+        _log.warning("emergency_freeze_disabled", why="no payments target: incidents wait unfrozen")
+
+    def on_incident() -> None:
+        for worker in (relay, responder):
+            if worker is not None:
+                worker.wake()
+
+    servicer = RiskServicer(engine, rules, on_incident=on_incident)
+    registration = Registration(servicer, pb_grpc.add_RiskServiceServicer_to_server,
                                 pb.DESCRIPTOR.services_by_name["RiskService"])
-    return RiskApp([registration], engine)
+    return RiskApp([registration], engine, rules, relay, responder, channels)

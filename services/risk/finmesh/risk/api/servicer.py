@@ -1,101 +1,182 @@
-"""RiskService servicer: assessment of payments (idempotent on payment id)."""
+"""RiskService servicer: protobuf in, domain values to the use cases, protobuf out; refusals as domain errors."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.platform.errors import FieldViolation, Validator
+from finmesh.platform.errors import AlreadyExists, InvalidArgument, NotFound
+from finmesh.platform.idempotency import IdempotencyStore, validate_key
 from finmesh.platform.logs import get_logger
-from finmesh.platform.money import validate_amount
-from finmesh.risk.domain.scoring import Features, Rules, assess
-from finmesh.risk.store import assessments
+from finmesh.platform.rpc_errors import to_status
+from finmesh.risk import assessing, onboarding
+from finmesh.risk.api import convert, validate
+from finmesh.risk.domain.rules import RulesError, parse_rules
+from finmesh.risk.domain.values import WarningLevel
+from finmesh.risk.domain.windows import bucket_starts, rate_bp
+from finmesh.risk.ruleset import RulesRegistry
+from finmesh.risk.store import alerts, aml, assessments, blocklist, indicators
+from finmesh.risk.store.schema import idempotency
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
 
 _log = get_logger("finmesh.risk")
-MAX_ID = 64
 
 
 class RiskServicer(pb_grpc.RiskServiceServicer):
-    def __init__(self, engine: AsyncEngine, rules: Rules | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, rules: RulesRegistry, on_incident: Callable[[], None] | None = None):
         self._engine = engine
-        self._rules = rules or Rules()
+        self._rules = rules
+        self._idem = IdempotencyStore(engine, idempotency, to_status)
+        # Wakes the outbox relay and the emergency responder after a new incident commits.
+        self._on_incident = on_incident or (lambda: None)
+
+    # -- assessments ------------------------------------------------------------
 
     async def AssessPayment(self, request: pb.AssessPaymentRequest, context: grpc.aio.ServicerContext) -> Any:
-        _validate(request)
+        facts = validate.payment_facts(request)
+        # Fast path for retries: the recorded verdict stands, whatever the rules are now.
         async with self._engine.connect() as conn:
-            prior = await assessments.find_by_payment(conn, request.payment_id)
+            prior = await assessments.find_by_payment(conn, facts.payment_id)
+            await conn.rollback()
         if prior is not None:
-            return pb.AssessPaymentResponse(assessment=_to_proto(prior))
-        rules = self._rules
-        now = datetime.now(UTC)
-        try:
-            async with self._engine.begin() as conn:
-                recent = await assessments.count_since(
-                    conn, request.payer_user_id, now - timedelta(seconds=rules.velocity_window_seconds)
-                )
-                verdict = assess(
-                    Features(request.amount.minor_units, request.amount.currency_code, recent_count=recent), rules
-                )
-                row = await assessments.insert_assessment(
-                    conn,
-                    assessment_id=str(uuid.uuid4()),
-                    payment_id=request.payment_id,
-                    user_id=request.payer_user_id,
-                    account_id=request.payer_account_id,
-                    currency=request.amount.currency_code,
-                    amount=request.amount.minor_units,
-                    device_id=request.device_id,
-                    ip_address=request.ip_address,
-                    score=verdict.score,
-                    decision=verdict.decision.value,
-                    warning_level=verdict.warning_level.value,
-                    reasons=[{"code": r.code, "score": r.score, "detail": r.detail} for r in verdict.reasons],
-                    rules_version=rules.version,
-                    synthetic=int(request.synthetic),
-                    created_at=now,
-                )
-        except IntegrityError:
-            # The same payment was assessed concurrently (a retry); its verdict stands.
-            async with self._engine.connect() as conn:
-                row = await assessments.find_by_payment(conn, request.payment_id)
+            return pb.AssessPaymentResponse(assessment=convert.assessment(prior))
+        outcome = await assessing.assess_payment(self._engine, self._rules.active.rules, facts, datetime.now(UTC))
+        if outcome.raised_alert:
+            self._on_incident()
+        row = outcome.row
         _log.info("payment_assessed", payment_id=row.payment_id, decision=row.decision, score=row.score,
+                  warning_level=row.warning_level, reasons=[r["code"] for r in row.reasons],
                   rules_version=row.rules_version)
-        return pb.AssessPaymentResponse(assessment=_to_proto(row))
+        return pb.AssessPaymentResponse(assessment=convert.assessment(row))
+
+    async def AssessOnboarding(self, request: pb.AssessOnboardingRequest, context: grpc.aio.ServicerContext) -> Any:
+        validate_key(request.idempotency_key)
+        ip, country = validate.onboarding(request)
+        rules = self._rules.active.rules
+
+        async def run(conn: Any) -> pb.AssessOnboardingResponse:
+            verdict = await onboarding.assess_user(
+                conn, rules, user_id=request.user_id, age_years=request.age_years, user_kind=request.user_kind,
+                device_id=request.device_id, ip_address=ip, ip_country=country, now=datetime.now(UTC))
+            return pb.AssessOnboardingResponse(tier=pb.RiskTier.Value(f"RISK_TIER_{verdict.tier.value}"),
+                                               score=verdict.score, reasons=convert.domain_reasons(verdict.reasons))
+
+        reply = await self._idem.run("AssessOnboarding", request, pb.AssessOnboardingResponse, run)
+        _log.info("onboarding_assessed", tier=pb.RiskTier.Name(reply.tier), score=reply.score,
+                  rules_version=rules.version)
+        return reply
+
+    # -- rules --------------------------------------------------------------------
+
+    async def GetRules(self, request: pb.GetRulesRequest, context: grpc.aio.ServicerContext) -> Any:
+        await self._rules.refresh()  # another replica may have activated newer rules since the last poll
+        active = self._rules.active
+        return pb.GetRulesResponse(version=active.rules.version, source=active.source,
+                                   activated_at=convert.timestamp(active.activated_at),
+                                   rules_file_error=self._rules.file_error)
+
+    async def UpdateRules(self, request: pb.UpdateRulesRequest, context: grpc.aio.ServicerContext) -> Any:
+        validate_key(request.idempotency_key)
+        try:
+            rules = parse_rules(request.source)
+        except RulesError as error:
+            raise InvalidArgument(error.violations, f"rules refused, the active rules stay: {error}") from None
+
+        async def activate(conn: Any) -> pb.UpdateRulesResponse:
+            await self._rules.activate(conn, request.source, rules, "rpc")
+            return pb.UpdateRulesResponse(version=rules.version)
+
+        reply = await self._idem.run("UpdateRules", request, pb.UpdateRulesResponse, activate)
+        await self._rules.refresh()
+        return reply
+
+    # -- block lists ----------------------------------------------------------------
+
+    async def AddBlockListEntry(self, request: pb.AddBlockListEntryRequest,
+                                context: grpc.aio.ServicerContext) -> Any:
+        validate_key(request.idempotency_key)
+        now = datetime.now(UTC)
+        kind, value, expires = validate.block_entry(request, now)
+
+        async def add(conn: Any) -> pb.AddBlockListEntryResponse:
+            existing = await blocklist.find_active(conn, kind.value, value, now)
+            if existing is not None:
+                raise AlreadyExists("BLOCK_LIST_ENTRY_EXISTS", "an active entry already blocks this value",
+                                    entry_id=existing.entry_id)
+            row = await blocklist.add(conn, entry_id=str(uuid.uuid4()), kind=kind.value, value=value,
+                                      reason=request.reason, created_at=now, expires_at=expires)
+            return pb.AddBlockListEntryResponse(entry=convert.block_entry(row))
+
+        reply = await self._idem.run("AddBlockListEntry", request, pb.AddBlockListEntryResponse, add)
+        _log.info("block_list_entry_added", entry_id=reply.entry.entry_id, kind=kind.value)
+        return reply
+
+    async def RemoveBlockListEntry(self, request: pb.RemoveBlockListEntryRequest,
+                                   context: grpc.aio.ServicerContext) -> Any:
+        validate_key(request.idempotency_key)
+        validate.entry_id(request.entry_id)
+
+        async def remove(conn: Any) -> pb.RemoveBlockListEntryResponse:
+            if not await blocklist.remove(conn, request.entry_id, datetime.now(UTC)):
+                raise NotFound("BLOCK_LIST_ENTRY_NOT_FOUND", "no active block list entry with this id",
+                               entry_id=request.entry_id)
+            return pb.RemoveBlockListEntryResponse()
+
+        reply = await self._idem.run("RemoveBlockListEntry", request, pb.RemoveBlockListEntryResponse, remove)
+        _log.info("block_list_entry_removed", entry_id=request.entry_id)
+        return reply
+
+    async def ListBlockListEntries(self, request: pb.ListBlockListEntriesRequest,
+                                   context: grpc.aio.ServicerContext) -> Any:
+        kind = validate.optional_kind(request.kind, validate.BLOCK_KINDS, pb.BLOCK_LIST_KIND_UNSPECIFIED, "kind")
+        size, before = validate.page(request.page_size, request.page_token)
+        async with self._engine.connect() as conn:
+            rows = await blocklist.page(conn, kind, datetime.now(UTC), before, size)
+        return pb.ListBlockListEntriesResponse(entries=[convert.block_entry(r) for r in rows[:size]],
+                                               next_page_token=_next_token(rows, size))
+
+    # -- reports, alerts, indicators ----------------------------------------------------
+
+    async def ListAmlReports(self, request: pb.ListAmlReportsRequest, context: grpc.aio.ServicerContext) -> Any:
+        kind = validate.optional_kind(request.kind, validate.AML_KINDS, pb.AML_REPORT_KIND_UNSPECIFIED, "kind")
+        size, before = validate.page(request.page_size, request.page_token)
+        async with self._engine.connect() as conn:
+            rows = await aml.page(conn, kind, before, size)
+        return pb.ListAmlReportsResponse(reports=[convert.aml_report(r) for r in rows[:size]],
+                                         next_page_token=_next_token(rows, size))
+
+    async def ListAlerts(self, request: pb.ListAlertsRequest, context: grpc.aio.ServicerContext) -> Any:
+        level = validate.optional_kind(request.min_level, validate.LEVELS, pb.WARNING_LEVEL_UNSPECIFIED, "min_level")
+        levels = WarningLevel(level).at_least() if level else tuple(WarningLevel)
+        size, before = validate.page(request.page_size, request.page_token)
+        async with self._engine.connect() as conn:
+            rows = await alerts.page(conn, [lv.value for lv in levels], before, size)
+        return pb.ListAlertsResponse(alerts=[convert.alert(r) for r in rows[:size]],
+                                     next_page_token=_next_token(rows, size))
+
+    async def GetRiskIndicators(self, request: pb.GetRiskIndicatorsRequest,
+                                context: grpc.aio.ServicerContext) -> Any:
+        start, end, size = validate.indicator_range(request)
+        async with self._engine.connect() as conn:
+            counted = await indicators.assessment_buckets(conn, start, end, size)
+            raised = await indicators.alert_buckets(conn, start, end, size)
+        buckets = []
+        for i, bucket_start in enumerate(bucket_starts(start, end, size)):
+            total, declines, reviews = counted.get(i, (0, 0, 0))
+            buckets.append(pb.IndicatorBucket(
+                start=convert.timestamp(bucket_start), assessments=total, declines=declines, reviews=reviews,
+                alerts=raised.get(i, 0), decline_rate_bp=rate_bp(declines, total),
+                review_rate_bp=rate_bp(reviews, total),
+            ))
+        return pb.GetRiskIndicatorsResponse(buckets=buckets)
 
 
-def _validate(request: pb.AssessPaymentRequest) -> None:
-    v = Validator()
-    v.require(0 < len(request.payment_id) <= MAX_ID, "payment_id", f"required, at most {MAX_ID} characters")
-    v.require(len(request.payer_user_id) <= MAX_ID, "payer_user_id", f"at most {MAX_ID} characters")
-    v.require(0 < len(request.payer_account_id) <= MAX_ID, "payer_account_id", "required")
-    v.require(len(request.device_id) <= MAX_ID, "device_id", f"at most {MAX_ID} characters")
-    v.require(len(request.ip_address) <= MAX_ID, "ip_address", f"at most {MAX_ID} characters")
-    if not request.HasField("amount"):
-        v.violations.append(FieldViolation("amount", "required"))
-    else:
-        v.violations.extend(validate_amount(request.amount.currency_code, request.amount.minor_units))
-    v.raise_if_any()
-
-
-def _to_proto(row: Any) -> pb.Assessment:
-    assessed_at = timestamp_pb2.Timestamp()
-    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-    assessed_at.FromDatetime(created)
-    return pb.Assessment(
-        assessment_id=row.assessment_id,
-        payment_id=row.payment_id,
-        score=row.score,
-        decision=pb.Decision.Value(f"DECISION_{row.decision}"),
-        warning_level=pb.WarningLevel.Value(f"WARNING_LEVEL_{row.warning_level}"),
-        reasons=[pb.Reason(code=r["code"], score=r["score"], detail=r["detail"]) for r in row.reasons],
-        rules_version=row.rules_version,
-        assessed_at=assessed_at,
-    )
+def _next_token(rows: list[Any], size: int) -> str:
+    """More rows than asked for means another page: it starts below the last seq shown."""
+    return str(rows[size - 1].seq) if len(rows) > size else ""

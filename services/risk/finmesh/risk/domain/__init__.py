@@ -1,1 +1,1 @@
-"""Risk rules without I/O: features in, score and decision out."""
+"""Risk rules without I/O: features in, score, decision, warning level and AML findings out."""

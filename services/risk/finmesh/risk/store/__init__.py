@@ -1,1 +1,1 @@
-"""Risk persistence: assessments (velocity state shared by every replica)."""
+"""Risk persistence over SQLAlchemy Core: the state every replica shares (velocity, devices, incidents, rules)."""

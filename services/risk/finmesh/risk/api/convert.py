@@ -1,0 +1,77 @@
+"""Rows and domain values to protobuf messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from finmesh.common.v1 import money_pb2
+from finmesh.risk.domain.values import Reason
+from finmesh.risk.store.common import aware
+from finmesh.risk.v1 import risk_service_pb2 as pb
+
+
+def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(aware(moment))  # type: ignore[arg-type]
+    return ts
+
+
+def reasons(stored: list[dict[str, Any]]) -> list[pb.Reason]:
+    return [pb.Reason(code=r["code"], score=r["score"], detail=r["detail"]) for r in stored]
+
+
+def domain_reasons(values: tuple[Reason, ...]) -> list[pb.Reason]:
+    return [pb.Reason(code=r.code, score=r.score, detail=r.detail) for r in values]
+
+
+def assessment(row: Any) -> pb.Assessment:
+    return pb.Assessment(
+        assessment_id=row.assessment_id,
+        payment_id=row.payment_id,
+        score=row.score,
+        decision=pb.Decision.Value(f"DECISION_{row.decision}"),
+        warning_level=pb.WarningLevel.Value(f"WARNING_LEVEL_{row.warning_level}"),
+        reasons=reasons(row.reasons),
+        rules_version=row.rules_version,
+        assessed_at=timestamp(row.created_at),
+    )
+
+
+def block_entry(row: Any) -> pb.BlockListEntry:
+    entry = pb.BlockListEntry(
+        entry_id=row.entry_id,
+        kind=pb.BlockListKind.Value(f"BLOCK_LIST_KIND_{row.kind}"),
+        value=row.value,
+        reason=row.reason,
+        created_at=timestamp(row.created_at),
+    )
+    if row.expires_at is not None:
+        entry.expires_at.CopyFrom(timestamp(row.expires_at))
+    return entry
+
+
+def aml_report(row: Any) -> pb.AmlReport:
+    return pb.AmlReport(
+        report_id=row.report_id,
+        kind=pb.AmlReportKind.Value(f"AML_REPORT_KIND_{row.kind}"),
+        user_id=row.user_id,
+        payment_ids=list(row.payment_ids),
+        total=money_pb2.Money(currency_code=row.currency, minor_units=int(row.total)),
+        created_at=timestamp(row.created_at),
+    )
+
+
+def alert(row: Any) -> pb.Alert:
+    return pb.Alert(
+        alert_id=row.alert_id,
+        level=pb.WarningLevel.Value(f"WARNING_LEVEL_{row.level}"),
+        user_id=row.user_id,
+        account_id=row.account_id,
+        payment_id=row.payment_id,
+        reasons=reasons(row.reasons),
+        emergency_response_done=bool(row.emergency_response_done),
+        created_at=timestamp(row.created_at),
+    )

@@ -1,0 +1,24 @@
+"""Risk settings (FINMESH_* environment variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from finmesh.platform.config import ServiceSettings
+
+
+class RiskSettings(ServiceSettings):
+    # A rules file to watch (YAML or JSON). Empty: rules come from the
+    # database (UpdateRules) or, on a fresh database, the packaged default.
+    risk_rules_file: str = ""
+    # How often each replica looks for a changed file or newer activation.
+    risk_rules_poll_seconds: float = Field(default=1.0, gt=0)
+    # How often unfinished emergency responses (freezes) are retried.
+    risk_emergency_poll_seconds: float = Field(default=1.0, gt=0)
+
+    @classmethod
+    def of(cls, settings: ServiceSettings) -> RiskSettings:
+        """Risk's view of shared settings (callers that only know ServiceSettings, such as test meshes)."""
+        if isinstance(settings, RiskSettings):
+            return settings
+        return cls(**settings.model_dump())
