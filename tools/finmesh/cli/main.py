@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
+
 from finmesh.cli.mesh import Mesh, is_serving
 from finmesh.cli.traces import latest_trace_id, load_spans, render_tree
 
@@ -59,8 +61,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     provider = setup_tracing("finmesh-cli", version="cli", color="local",
                              span_file=str(Path(args.data_dir) / "spans" / "cli.jsonl"))
-    result = asyncio.run(run_slice(_targets(args.base_port)))
-    provider.shutdown()
+    try:
+        result = asyncio.run(run_slice(_targets(args.base_port)))
+    except grpc.aio.AioRpcError as error:
+        print(f"demo failed: {error.code().name}: {error.details()}", file=sys.stderr)
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            print("is the mesh running? Start it with `make run` (or `finmesh up`).", file=sys.stderr)
+        return 1
+    finally:
+        provider.shutdown()
     print(f"registered users {result.payer_user_id} and {result.payee_user_id}")
     print(f"paid {result.paid_minor_units} CNY minor units: payment {result.payment_id}")
     print(f"payment receipts notify recorded for the payee: {result.payee_receipts}")
