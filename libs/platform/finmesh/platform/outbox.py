@@ -1,4 +1,12 @@
-"""Transactional outbox: events written with the change they describe, relayed in order per aggregate."""
+"""Transactional outbox: events written with the change they describe, relayed in order per aggregate.
+
+Delivery is at least once (consumers dedupe on event_id). A relay claims the
+head run of each aggregate with a short lease, so several replicas never send
+the same event at the same time, and never send a later event of an aggregate
+before an earlier one. An event that keeps failing is parked (`dead`) after
+RelayPolicy.max_attempts; list_dead() and redrive_dead() are the operator's
+tools (`finmesh outbox`).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +14,12 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 from opentelemetry import trace
 from sqlalchemy import (
@@ -25,6 +34,8 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    delete,
+    exists,
     func,
     insert,
     select,
@@ -56,6 +67,8 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("occurred_at", DateTime(timezone=True), nullable=False),
         Column("delivered_at", DateTime(timezone=True), nullable=True),
         Column("attempts", Integer, nullable=False, default=0),
+        # Doubles as the claim lease: a relay that takes an event pushes it
+        # into the future, so other replicas see it (and its aggregate) as busy.
         Column("next_attempt_at", DateTime(timezone=True), nullable=False),
         Column("last_error", String(500), nullable=False, default=""),
         Column("dead", Boolean, nullable=False, default=False),
@@ -142,18 +155,44 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+class SinkUnavailable(Exception):
+    """The destination as a whole is unreachable (not this event's fault).
+
+    Such failures do not count toward an event's dead-letter attempts: a
+    consumer that is down for an hour must not bury every event in the dead
+    letters. The relay instead pauses as a whole and probes with backoff.
+    """
+
+
+def _sink_is_down(exc: BaseException) -> bool:
+    if isinstance(exc, (SinkUnavailable, ConnectionError)):
+        return True
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
+        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
 @dataclass(frozen=True)
 class RelayPolicy:
     batch_size: int = 200
     poll_interval_seconds: float = 0.5
+    # Failures of one event (the consumer refused or timed out on it) before it is parked as dead.
     max_attempts: int = 25
     base_backoff_seconds: float = 0.2
-    max_backoff_seconds: float = 60.0
+    max_backoff_seconds: float = 300.0
     concurrency: int = 16
+    # How long a claimed run of events stays reserved for one relay replica;
+    # a crashed replica's claims come free after this.
+    lease_seconds: float = 30.0
+    # While the consumer is down, probe it at least this often.
+    max_probe_interval_seconds: float = 5.0
 
     def backoff(self, attempts: int) -> float:
-        """Exponential backoff with full jitter (attempts counts failures so far)."""
+        """Exponential backoff with jitter in [ceiling/2, ceiling] (attempts counts failures so far)."""
         ceiling = min(self.max_backoff_seconds, self.base_backoff_seconds * 2 ** min(attempts, 30))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def probe_delay(self, outages: int) -> float:
+        ceiling = min(self.max_probe_interval_seconds, self.base_backoff_seconds * 2 ** min(outages, 30))
         return random.uniform(ceiling / 2, ceiling)
 
 
@@ -172,6 +211,13 @@ class OutboxRelay:
         self._policy = policy or RelayPolicy()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Consecutive rounds in which the consumer was unreachable.
+        self._outages = 0
+        self._held: set[int] = set()
+
+    @property
+    def policy(self) -> RelayPolicy:
+        return self._policy
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"{self._source}-outbox-relay")
@@ -180,6 +226,10 @@ class OutboxRelay:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        # Give back what we claimed but did not finish, so a restart need not wait out the lease.
+        with contextlib.suppress(Exception):
+            await self._release(sorted(self._held))
 
     def wake(self) -> None:
         """Called after a commit that wrote events, so delivery does not wait for the next poll."""
@@ -190,8 +240,12 @@ class OutboxRelay:
             try:
                 handled = await self.drain_once()
             except Exception:  # noqa: BLE001 - the relay must outlive a database hiccup
-                _log.exception("outbox_drain_failed")
+                _log.exception("outbox_drain_failed", source=self._source)
                 handled = 0
+            if self._outages:
+                # Wakes are ignored while the consumer is down: each commit must not become a probe.
+                await asyncio.sleep(self._policy.probe_delay(self._outages))
+                continue
             if handled:
                 continue
             self._wake.clear()
@@ -199,37 +253,99 @@ class OutboxRelay:
                 await asyncio.wait_for(self._wake.wait(), self._policy.poll_interval_seconds)
 
     async def drain_once(self) -> int:
-        """Try every due event once; return how many were delivered."""
-        t = self._table
-        now = datetime.now(UTC)
-        async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(t)
-                    .where(t.c.delivered_at.is_(None), t.c.dead.is_(False))
-                    .order_by(t.c.id)
-                    .limit(self._policy.batch_size)
-                )
-            ).all()
-            await conn.rollback()
-        by_aggregate: dict[str, list[Any]] = {}
-        for row in rows:
-            by_aggregate.setdefault(row.aggregate_id, []).append(row)
-        gate = asyncio.Semaphore(self._policy.concurrency)
+        """Claim due events and try each once, in order per aggregate; return how many were delivered."""
+        runs = await self._claim()
+        if not runs:
+            return 0
+        # While the consumer is down, one aggregate probes it; the rest wait.
+        gate = asyncio.Semaphore(1 if self._outages else self._policy.concurrency)
+        round_state = _Round(deadline=asyncio.get_running_loop().time() + self._policy.lease_seconds * 0.8)
 
-        async def one_aggregate(events: list[Any]) -> int:
+        async def one_run(run: list[Any]) -> int:
             async with gate:
                 done = 0
-                for row in events:
-                    # An earlier event of this aggregate not yet delivered blocks the later ones.
-                    if _aware(row.next_attempt_at) > now or not await self._deliver_one(row):
+                for index, row in enumerate(run):
+                    if round_state.sink_down or asyncio.get_running_loop().time() > round_state.deadline:
+                        await self._release([r.id for r in run[index:]])
+                        break
+                    outcome = await self._deliver_one(row)
+                    if outcome != "delivered":
+                        round_state.sink_down |= outcome == "sink_down"
+                        await self._release([r.id for r in run[index + 1:]])
                         break
                     done += 1
                 return done
 
-        return sum(await asyncio.gather(*(one_aggregate(events) for events in by_aggregate.values())))
+        delivered = sum(await asyncio.gather(*(one_run(run) for run in runs)))
+        if round_state.sink_down:
+            self._outages += 1
+        else:
+            if self._outages:
+                _log.info("outbox_sink_back", source=self._source, outages=self._outages)
+            self._outages = 0
+        return delivered
 
-    async def _deliver_one(self, row: Any) -> bool:
+    async def _claim(self) -> list[list[Any]]:
+        """Lease the deliverable head run of each aggregate among the due events.
+
+        FOR UPDATE SKIP LOCKED (PostgreSQL; SQLite serialises writers anyway)
+        keeps concurrent claims apart; the head check keeps a replica from
+        starting an aggregate in the middle while another holds its head.
+        """
+        t = self._table
+        now = datetime.now(UTC)
+        live = (t.c.delivered_at.is_(None), t.c.dead.is_(False))
+        earlier = t.alias("earlier")
+        is_head = ~exists().where(earlier.c.aggregate_id == t.c.aggregate_id, earlier.c.sequence < t.c.sequence,
+                                  earlier.c.delivered_at.is_(None), earlier.c.dead.is_(False))
+        batch = self._policy.batch_size
+        # While the consumer is down, a single head is enough to probe it.
+        head_limit = 1 if self._outages else batch
+        async with self._engine.begin() as conn:
+            # Heads first, so one aggregate stuck in backoff cannot fill the batch and starve the others.
+            heads = (
+                await conn.execute(
+                    select(t).where(*live, t.c.next_attempt_at <= now, is_head)
+                    .order_by(t.c.id).limit(head_limit).with_for_update(skip_locked=True, of=t)
+                )
+            ).all()
+            if not heads:
+                return []
+            aggregates = {row.aggregate_id for row in heads}
+            followers = (
+                await conn.execute(
+                    select(t).where(*live, t.c.next_attempt_at <= now, t.c.aggregate_id.in_(aggregates))
+                    .order_by(t.c.id).limit(batch).with_for_update(skip_locked=True, of=t)
+                )
+            ).all()
+            candidates = list({row.id: row for row in [*heads, *followers]}.values())
+            pending = (
+                await conn.execute(
+                    select(t.c.id, t.c.aggregate_id)
+                    .where(*live, t.c.aggregate_id.in_(aggregates), t.c.id <= max(row.id for row in candidates))
+                    .order_by(t.c.id)
+                )
+            ).all()
+            runs = head_runs(candidates, pending)
+            ids = [row.id for run in runs for row in run]
+            if ids:
+                lease = now + timedelta(seconds=self._policy.lease_seconds)
+                await conn.execute(update(t).where(t.c.id.in_(ids)).values(next_attempt_at=lease))
+        self._held.update(ids)
+        return runs
+
+    async def _release(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        t = self._table
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(t).where(t.c.id.in_(ids), t.c.delivered_at.is_(None), t.c.dead.is_(False))
+                .values(next_attempt_at=datetime.now(UTC))
+            )
+        self._held.difference_update(ids)
+
+    async def _deliver_one(self, row: Any) -> str:
         t = self._table
         parent = extract_context({"traceparent": row.traceparent, "tracestate": row.tracestate})
         with _tracer.start_as_current_span(
@@ -247,37 +363,39 @@ class OutboxRelay:
                 await self._deliver(row_to_event(row, self._source))
             except Exception as exc:  # noqa: BLE001 - any failure is retried later
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+                if _sink_is_down(exc):
+                    if not self._outages:
+                        _log.warning("outbox_sink_unavailable", source=self._source, error=type(exc).__name__)
+                    await self._release([row.id])
+                    return "sink_down"
                 await self._record_failure(row, exc)
-                return False
+                return "failed"
         async with self._engine.begin() as conn:
             await conn.execute(update(t).where(t.c.id == row.id).values(delivered_at=datetime.now(UTC)))
-        return True
+        self._held.discard(row.id)
+        return "delivered"
 
     async def _record_failure(self, row: Any, exc: Exception) -> None:
         t = self._table
         attempts = row.attempts + 1
         dead = attempts >= self._policy.max_attempts
         retry_at = datetime.now(UTC) + timedelta(seconds=self._policy.backoff(row.attempts))
-        _log.warning("outbox_delivery_failed", event_id=row.event_id, attempts=attempts, dead=dead,
-                     error=type(exc).__name__)
+        _log.warning("outbox_delivery_failed", source=self._source, event_id=row.event_id, attempts=attempts,
+                     dead=dead, error=type(exc).__name__)
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(t)
                 .where(t.c.id == row.id)
-                .values(attempts=attempts, dead=dead, next_attempt_at=retry_at, last_error=str(exc)[:500])
+                .values(attempts=attempts, dead=dead, next_attempt_at=retry_at,
+                        last_error=f"{type(exc).__name__}: {exc}"[:500])
             )
+        self._held.discard(row.id)
 
     async def redrive(self, event_id: str) -> bool:
         """Put a dead event back in line (after an operator fixed the cause)."""
-        t = self._table
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(t)
-                .where(t.c.event_id == event_id, t.c.dead.is_(True))
-                .values(dead=False, attempts=0, next_attempt_at=datetime.now(UTC))
-            )
+        count = await redrive_dead(self._engine, self._table, [event_id])
         self.wake()
-        return bool(result.rowcount)
+        return bool(count)
 
     async def pending_count(self) -> int:
         t = self._table
@@ -285,3 +403,113 @@ class OutboxRelay:
             count = await conn.scalar(select(func.count()).where(t.c.delivered_at.is_(None)))
             await conn.rollback()
         return int(count or 0)
+
+
+@dataclass
+class _Round:
+    deadline: float
+    sink_down: bool = False
+
+
+def head_runs(candidates: Sequence[Any], pending: Sequence[Any]) -> list[list[Any]]:
+    """Per aggregate, the candidates that form an unbroken run from its oldest pending event.
+
+    `pending` lists (id, aggregate_id) of every undelivered, live event up to
+    the last candidate, in id order. An aggregate whose oldest pending event
+    is not a candidate (leased elsewhere, or backing off) yields nothing.
+    """
+    by_id = {row.id: row for row in candidates}
+    runs: dict[str, list[Any]] = {}
+    broken: set[str] = set()
+    for row in pending:
+        if row.aggregate_id in broken:
+            continue
+        if row.id in by_id:
+            runs.setdefault(row.aggregate_id, []).append(by_id[row.id])
+        else:
+            broken.add(row.aggregate_id)
+    return [run for run in runs.values() if run]
+
+
+# -- operator tools ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeadEvent:
+    id: int
+    event_id: str
+    event_type: str
+    aggregate_id: str
+    sequence: int
+    attempts: int
+    last_error: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    pending: int
+    dead: int
+    delivered: int
+    oldest_pending_at: datetime | None
+
+
+async def list_dead(engine: AsyncEngine, table: Table, *, limit: int = 100, after_id: int = 0) -> list[DeadEvent]:
+    """Dead (parked) events in id order, `limit` at a time after `after_id` (for paging)."""
+    t = table
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(t).where(t.c.dead.is_(True), t.c.delivered_at.is_(None), t.c.id > after_id)
+                .order_by(t.c.id).limit(limit)
+            )
+        ).all()
+        await conn.rollback()
+    return [
+        DeadEvent(r.id, r.event_id, r.event_type, r.aggregate_id, r.sequence, r.attempts, r.last_error,
+                  _aware(r.occurred_at))
+        for r in rows
+    ]
+
+
+async def redrive_dead(engine: AsyncEngine, table: Table, event_ids: Sequence[str] | None = None) -> int:
+    """Put dead events (the given ones, or all when None) back in line; return how many.
+
+    Attempts restart at zero: the operator fixed the cause, so the event gets a
+    full retry budget again. A redriven event may reach the consumer after
+    later events of its aggregate: order is kept among live events only.
+    """
+    t = table
+    query = update(t).where(t.c.dead.is_(True), t.c.delivered_at.is_(None))
+    if event_ids is not None:
+        if not event_ids:
+            return 0
+        query = query.where(t.c.event_id.in_(list(event_ids)))
+    async with engine.begin() as conn:
+        result = await conn.execute(query.values(dead=False, attempts=0, next_attempt_at=datetime.now(UTC)))
+    return int(result.rowcount or 0)
+
+
+async def outbox_stats(engine: AsyncEngine, table: Table) -> OutboxStats:
+    t = table
+    async with engine.connect() as conn:
+        pending = await conn.scalar(
+            select(func.count()).where(t.c.delivered_at.is_(None), t.c.dead.is_(False)))
+        dead = await conn.scalar(select(func.count()).where(t.c.delivered_at.is_(None), t.c.dead.is_(True)))
+        delivered = await conn.scalar(select(func.count()).where(t.c.delivered_at.is_not(None)))
+        oldest = await conn.scalar(
+            select(func.min(t.c.occurred_at)).where(t.c.delivered_at.is_(None), t.c.dead.is_(False)))
+        await conn.rollback()
+    return OutboxStats(int(pending or 0), int(dead or 0), int(delivered or 0), _aware(oldest) if oldest else None)
+
+
+async def purge_delivered(engine: AsyncEngine, table: Table, older_than: timedelta) -> int:
+    """Delete delivered events older than `older_than` (keeps the newest per aggregate for sequencing)."""
+    t = table
+    cutoff = datetime.now(UTC) - older_than
+    newest = select(func.max(t.c.id)).group_by(t.c.aggregate_id)
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            delete(t).where(t.c.delivered_at.is_not(None), t.c.delivered_at < cutoff, t.c.id.not_in(newest))
+        )
+    return int(result.rowcount or 0)
