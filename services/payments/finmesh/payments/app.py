@@ -1,21 +1,29 @@
-"""Wires the payments service: database, clients, servicer, outbox relay."""
+"""Wires the payments service: database, ledger writer, clients, channels, servicer, background tasks."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from finmesh.payments.api.common import Dependencies
 from finmesh.payments.api.servicer import PaymentsServicer
+from finmesh.payments.channels import ChannelRegistry
 from finmesh.payments.clients import RISK_IDEMPOTENT_METHODS, RiskClient
 from finmesh.payments.config import PaymentsSettings
-from finmesh.payments.store.schema import metadata, outbox
+from finmesh.payments.store.schema import idempotency, metadata, outbox
+from finmesh.payments.store.tiers import TableTierSource, TierSource
+from finmesh.payments.sweeper import PendingOperationSweeper
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
+from finmesh.payments.writer import LedgerWriter
 from finmesh.platform.channels import open_channel
 from finmesh.platform.db import create_engine, create_schema
 from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
+from finmesh.platform.idempotency import IdempotencyStore
 from finmesh.platform.outbox import OutboxRelay
+from finmesh.platform.rpc_errors import to_status
 from finmesh.platform.server import Registration
 
 
@@ -24,26 +32,39 @@ class PaymentsApp:
     settings: PaymentsSettings
     registrations: list[Registration]
     relay: OutboxRelay
+    writer: LedgerWriter
+    sweeper: PendingOperationSweeper
+    engine: AsyncEngine
     channels: list[grpc.aio.Channel] = field(default_factory=list)
-    engine: object = None
 
     async def start(self) -> None:
+        await self.writer.prepare()
+        self.writer.start()
         self.relay.start()
+        self.sweeper.start()
 
     async def close(self) -> None:
+        await self.sweeper.stop()
+        await self.writer.stop()
         await self.relay.stop()
         for channel in self.channels:
             await channel.close()
-        await self.engine.dispose()  # type: ignore[attr-defined]
+        await self.engine.dispose()
 
 
-async def build(settings: PaymentsSettings) -> PaymentsApp:
+async def build(settings: PaymentsSettings, tier_source: TierSource | None = None) -> PaymentsApp:
     engine = create_engine(settings.database_url_for("payments"))
     await create_schema(engine, metadata)
     risk_channel = open_channel(settings.risk_target, settings, idempotent_methods=RISK_IDEMPOTENT_METHODS)
     notify_channel = open_channel(settings.notify_target, settings, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS)
     relay = OutboxRelay(engine, outbox, "payments", NotifyEventSink(notify_channel).deliver)
-    servicer = PaymentsServicer(engine, RiskClient(risk_channel), settings, on_commit=relay.wake)
-    registration = Registration(servicer, pb_grpc.add_PaymentsServiceServicer_to_server,
+    writer = LedgerWriter(engine, tier_source or TableTierSource(settings.default_tier), to_status,
+                          max_batch=settings.writer_max_batch, on_commit=relay.wake)
+    channels = ChannelRegistry(settings.channel_urls, settings.channel_timeout_seconds, settings.channel_sandbox)
+    sweeper = PendingOperationSweeper(engine, writer, channels, grace_seconds=settings.channel_pending_grace_seconds,
+                                      interval_seconds=settings.channel_sweep_interval_seconds)
+    deps = Dependencies(engine=engine, writer=writer, idempotency=IdempotencyStore(engine, idempotency, to_status),
+                        risk=RiskClient(risk_channel), channels=channels, settings=settings)
+    registration = Registration(PaymentsServicer(deps), pb_grpc.add_PaymentsServiceServicer_to_server,
                                 pb.DESCRIPTOR.services_by_name["PaymentsService"])
-    return PaymentsApp(settings, [registration], relay, [risk_channel, notify_channel], engine)
+    return PaymentsApp(settings, [registration], relay, writer, sweeper, engine, [risk_channel, notify_channel])

@@ -1,9 +1,13 @@
-"""Payments settings (FINMESH_* environment variables)."""
+"""Payments settings (FINMESH_* environment variables; dicts as JSON)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
+from finmesh.payments.domain.limits import DEFAULT_LIMITS, Limits
+from finmesh.payments.domain.settlement import FeeSchedule
 from finmesh.platform.config import ServiceSettings
 
 
@@ -11,3 +15,41 @@ class PaymentsSettings(ServiceSettings):
     # What a payment does when risk does not answer in time: hold the funds
     # for a risk officer ("review"), or refuse with RISK_UNAVAILABLE ("decline").
     risk_unavailable_policy: Literal["review", "decline"] = "review"
+
+    # Per-tier limits, tier -> currency -> {single, daily_amount, daily_count}
+    # in minor units, e.g. FINMESH_TIER_LIMITS='{"low": {"CNY": {"single": 5000000, ...}}}'.
+    tier_limits: dict[str, dict[str, dict[str, int]]] = Field(
+        default_factory=lambda: {tier: {currency: vars(limits) for currency, limits in row.items()}
+                                 for tier, row in DEFAULT_LIMITS.items()}
+    )
+    # Tier of users payments has no tier for (see store.tiers).
+    default_tier: str = "medium"
+    # Daily limits count calendar days at this offset from UTC (China: +8 h, no DST).
+    limits_utc_offset_minutes: int = Field(default=480, ge=-720, le=840)
+
+    # Settlement: fee rate and risk-reserve share in basis points, fixed fee per payment in minor units.
+    settlement_fee_rate_bp: int = Field(default=60, ge=0, le=10_000)
+    settlement_fee_fixed_minor_units: int = Field(default=0, ge=0)
+    settlement_reserve_bp: int = Field(default=500, ge=0, le=10_000)
+
+    # Channels: name -> base URL of its HTTP API, e.g. FINMESH_CHANNEL_URLS='{"icbc": "http://10.0.0.5:8080"}'.
+    channel_urls: dict[str, str] = Field(default_factory=dict)
+    channel_timeout_seconds: float = Field(default=2.0, gt=0)
+    # test_* channels without a URL confirm at once, in-process; production sets false.
+    channel_sandbox: bool = True
+    # PENDING operations older than this are looked up at the channel and finished by the sweeper.
+    channel_pending_grace_seconds: float = Field(default=60.0, gt=0)
+    channel_sweep_interval_seconds: float = Field(default=15.0, gt=0)
+
+    # Most commands one ledger transaction carries (group commit).
+    writer_max_batch: int = Field(default=256, ge=1, le=5000)
+    # Fault injection for crash tests: methods after whose commit the process
+    # SIGKILLs itself before replying. Never set in production.
+    failpoint_kill_after_commit: list[str] = Field(default_factory=list)
+
+    def limit_table(self) -> dict[str, dict[str, Limits]]:
+        return {tier: {cur: Limits(**values) for cur, values in row.items()} for tier, row in self.tier_limits.items()}
+
+    def fee_schedule(self) -> FeeSchedule:
+        return FeeSchedule(self.settlement_fee_rate_bp, self.settlement_fee_fixed_minor_units,
+                           self.settlement_reserve_bp)

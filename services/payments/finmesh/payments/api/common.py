@@ -1,0 +1,110 @@
+"""What every part of the servicer shares: its dependencies, request checks, page tokens, command submission."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.message import Message
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from finmesh.payments.channels import ChannelRegistry
+from finmesh.payments.clients import RiskClient
+from finmesh.payments.config import PaymentsSettings
+from finmesh.payments.domain.limits import LimitPolicy
+from finmesh.payments.usecases.payments import LimitRules
+from finmesh.payments.writer import Action, Command, LedgerWriter
+from finmesh.platform.errors import FieldViolation, InvalidArgument
+from finmesh.platform.idempotency import IdempotencyStore, request_fingerprint, validate_key
+from finmesh.platform.money import validate_amount
+
+MAX_ID = 64
+MAX_PAGE = 500
+
+
+@dataclass
+class Dependencies:
+    engine: AsyncEngine
+    writer: LedgerWriter
+    idempotency: IdempotencyStore
+    risk: RiskClient
+    channels: ChannelRegistry
+    settings: PaymentsSettings
+
+    @property
+    def limits(self) -> LimitRules:
+        return LimitRules(LimitPolicy(self.settings.limit_table()), self.settings.limits_utc_offset_minutes)
+
+
+class ServicerBase:
+    deps: Dependencies
+
+    async def submit(self, method: str, request: Any, response_type: type[Message], action: Action,
+                     render: Callable[[Any], Message], *, record_success: bool = True,
+                     exclusive: bool = False) -> Any:
+        """Run `action` in the ledger writer under the request's idempotency key."""
+        validate_key(request.idempotency_key)
+        reply = await self.deps.writer.submit(Command(
+            method=method, key=request.idempotency_key, fingerprint=request_fingerprint(request),
+            response_type=response_type, action=action, render=render, record_success=record_success,
+            exclusive=exclusive,
+        ))
+        if record_success and method in self.deps.settings.failpoint_kill_after_commit:
+            # Fault injection for crash tests: the answer is committed, the reply never leaves.
+            os.kill(os.getpid(), signal.SIGKILL)
+        return reply
+
+
+def valid_id(value: str) -> bool:
+    return 0 < len(value) <= MAX_ID and value.isprintable()
+
+
+def require_id(value: str, field: str) -> None:
+    if not valid_id(value):
+        raise InvalidArgument(FieldViolation(field, f"required, at most {MAX_ID} printable characters"))
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument(FieldViolation("page_size", "must not be negative"))
+    return min(requested or 50, MAX_PAGE)
+
+
+def amount_violations(request: Any, field: str = "amount", *, required: bool = True) -> list[FieldViolation]:
+    if not request.HasField(field):
+        return [FieldViolation(field, "required")] if required else []
+    money = getattr(request, field)
+    return validate_amount(money.currency_code, money.minor_units, field)
+
+
+def encode_token(*parts: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps([str(p) for p in parts]).encode()).decode()
+
+
+def decode_token(token: str, arity: int) -> list[str] | None:
+    """The parts of a page token, None for no token; INVALID_ARGUMENT for one we did not issue."""
+    if not token:
+        return None
+    try:
+        parts = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, UnicodeDecodeError):
+        parts = None
+    if not isinstance(parts, list) or len(parts) != arity or not all(isinstance(p, str) for p in parts):
+        raise InvalidArgument(FieldViolation("page_token", "not a token this service issued"))
+    return parts
+
+
+def decode_time_token(token: str) -> tuple[datetime, str] | None:
+    parts = decode_token(token, 2)
+    if parts is None:
+        return None
+    try:
+        return datetime.fromisoformat(parts[0]), parts[1]
+    except ValueError:
+        raise InvalidArgument(FieldViolation("page_token", "not a token this service issued")) from None

@@ -1,0 +1,166 @@
+"""Money in and out (top-up, payout through channels), batch transfers, and account statements."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import grpc
+
+from finmesh.payments.api import convert
+from finmesh.payments.api.common import (
+    MAX_ID,
+    ServicerBase,
+    amount_violations,
+    decode_token,
+    encode_token,
+    page_size,
+    require_id,
+    valid_id,
+)
+from finmesh.payments.channels import ChannelAdapter, ChannelUnavailable
+from finmesh.payments.store import queries
+from finmesh.payments.store.uow import UnitOfWork
+from finmesh.payments.usecases import channels as usecase
+from finmesh.payments.usecases import transfers
+from finmesh.payments.v1 import payments_service_pb2 as pb
+from finmesh.platform.errors import FieldViolation, InvalidArgument, Unavailable, Validator
+from finmesh.platform.idempotency import request_fingerprint, validate_key
+from finmesh.platform.money import validate_amount
+
+# Operation ids are derived from (method, idempotency key): the channel sees the same id on every retry.
+_OPERATION_NAMESPACE = uuid.UUID("3b6f0d3a-2c1e-4f53-8a9e-3f5d8f7c2b41")
+MAX_BATCH = 1000
+MAX_TOKEN = 128
+
+
+class MoneyMovementRpcs(ServicerBase):
+    async def TopUp(self, request: pb.TopUpRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._channel_operation("TopUp", usecase.TOP_UP, request, pb.TopUpResponse)
+
+    async def Payout(self, request: pb.PayoutRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._channel_operation("Payout", usecase.PAYOUT, request, pb.PayoutResponse)
+
+    async def _channel_operation(self, method: str, kind: str, request: Any, response_type: Any) -> Any:
+        adapter = self._validate_channel_request(request, payout=kind == usecase.PAYOUT)
+        prior = await self.deps.idempotency.replay(method, request, response_type)
+        if prior is not None:
+            return prior
+        operation = usecase.ChannelRequest(
+            operation_id=str(uuid.uuid5(_OPERATION_NAMESPACE, f"{method}:{request.idempotency_key}")),
+            kind=kind, account_id=request.account_id, channel=request.channel,
+            currency=request.amount.currency_code, amount=request.amount.minor_units,
+            destination_token=getattr(request, "destination_token", ""),
+            idempotency_key=request.idempotency_key, request_hash=request_fingerprint(request),
+        )
+
+        async def begin(uow: UnitOfWork) -> Any:
+            return await usecase.begin(uow, operation)
+
+        # Step 1: record the operation (a payout also holds the funds). Only a refusal is final here.
+        await self.submit(method, request, response_type, begin, lambda _: response_type(), record_success=False)
+        try:
+            answer = await adapter.execute(operation)
+        except ChannelUnavailable:
+            raise Unavailable("CHANNEL_UNAVAILABLE",
+                              f"channel {request.channel} did not answer; retry with the same key") from None
+
+        async def finish(uow: UnitOfWork) -> Any:
+            return await usecase.finish(uow, operation.operation_id, answer)
+
+        return await self.submit(method, request, response_type, finish, channel_reply(response_type))
+
+    def _validate_channel_request(self, request: Any, *, payout: bool) -> ChannelAdapter:
+        validate_key(request.idempotency_key)
+        v = Validator()
+        v.require(valid_id(request.account_id), "account_id", f"required, at most {MAX_ID} characters")
+        adapter = self.deps.channels.get(request.channel) if request.channel.isidentifier() else None
+        v.require(valid_id(request.channel) and adapter is not None, "channel", "required: a configured channel")
+        v.violations.extend(amount_violations(request))
+        if payout:
+            token = request.destination_token
+            v.require(0 < len(token) <= MAX_TOKEN and token.isprintable(), "destination_token",
+                      f"required: the channel's opaque destination reference, at most {MAX_TOKEN} characters")
+        v.raise_if_any()
+        assert adapter is not None
+        return adapter
+
+    async def BatchCreateTransfers(self, request: pb.BatchCreateTransfersRequest,
+                                   context: grpc.aio.ServicerContext) -> Any:
+        validate_key(request.idempotency_key)
+        items = _batch_items(request)
+
+        async def action(uow: UnitOfWork) -> Any:
+            return await transfers.run(uow, items)
+
+        return await self.submit("BatchCreateTransfers", request, pb.BatchCreateTransfersResponse, action,
+                                 _render_batch)
+
+    async def ListLedgerEntries(self, request: pb.ListLedgerEntriesRequest,
+                                context: grpc.aio.ServicerContext) -> Any:
+        require_id(request.account_id, "account_id")
+        size = page_size(request.page_size)
+        token = decode_token(request.page_token, 1)
+        if token is not None and not token[0].isdigit():
+            raise InvalidArgument(FieldViolation("page_token", "not a token this service issued"))
+        async with self.deps.engine.connect() as conn:
+            found = await queries.entries_of(conn, request.account_id, int(token[0]) if token else None, size + 1)
+        more = len(found) > size
+        found = found[:size]
+        return pb.ListLedgerEntriesResponse(entries=[convert.ledger_entry(r) for r in found],
+                                            next_page_token=encode_token(found[-1].entry_id) if more else "")
+
+
+def channel_reply(response_type: Any) -> Any:
+    def render(result: Any) -> Any:
+        op, account = result
+        return response_type(operation=convert.channel_operation(op), account=convert.account(account))
+
+    return render
+
+
+def _batch_items(request: pb.BatchCreateTransfersRequest) -> list[transfers.Item]:
+    """Items to run; request-level problems (size, references) refuse the whole batch."""
+    count = len(request.transfers)
+    if not 0 < count <= MAX_BATCH:
+        raise InvalidArgument(FieldViolation("transfers", f"between 1 and {MAX_BATCH} items"))
+    seen: set[str] = set()
+    bad_references = []
+    items = []
+    for index, spec in enumerate(request.transfers):
+        if not valid_id(spec.reference) or spec.reference in seen:
+            bad_references.append(FieldViolation(f"transfers[{index}].reference",
+                                                 "required, unique within the batch, at most 64 characters"))
+        seen.add(spec.reference)
+        v = Validator()
+        v.require(valid_id(spec.from_account_id), f"transfers[{index}].from_account_id", "required")
+        v.require(valid_id(spec.to_account_id), f"transfers[{index}].to_account_id", "required")
+        if spec.from_account_id and spec.from_account_id == spec.to_account_id:
+            v.violations.append(FieldViolation(f"transfers[{index}].to_account_id", "must differ from from_account_id"))
+        if spec.HasField("amount"):
+            v.violations.extend(validate_amount(spec.amount.currency_code, spec.amount.minor_units,
+                                                f"transfers[{index}].amount"))
+        else:
+            v.violations.append(FieldViolation(f"transfers[{index}].amount", "required"))
+        problem = InvalidArgument(v.violations) if v.violations else None
+        items.append(transfers.Item(spec.reference, spec.from_account_id, spec.to_account_id,
+                                    spec.amount.currency_code, spec.amount.minor_units, problem))
+    if bad_references:
+        raise InvalidArgument(bad_references[:20])
+    return items
+
+
+def _render_batch(results: list[transfers.ItemResult]) -> pb.BatchCreateTransfersResponse:
+    reply = pb.BatchCreateTransfersResponse()
+    posted = 0
+    for result in results:
+        if result.error is None:
+            posted += 1
+            reply.results.add(reference=result.reference, transfer_id=result.transfer_id, status_code="OK")
+        else:
+            # DomainError kinds are the gRPC code names in lower case.
+            reply.results.add(reference=result.reference, status_code=result.error.kind.upper(),
+                              reason=result.error.reason, message=result.error.message)
+    reply.posted_count = posted
+    reply.refused_count = len(results) - posted
+    return reply

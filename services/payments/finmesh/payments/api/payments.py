@@ -1,0 +1,212 @@
+"""Payment RPCs: create (risk first), capture, void, review, refund, read, list."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+
+from finmesh.payments.api import convert
+from finmesh.payments.api.common import (
+    MAX_ID,
+    ServicerBase,
+    amount_violations,
+    decode_time_token,
+    encode_token,
+    page_size,
+    require_id,
+)
+from finmesh.payments.clients import PaymentFacts, RiskVerdict
+from finmesh.payments.domain.ledger import AccountState, AccountStatus
+from finmesh.payments.domain.payments import PaymentRequest, RiskDecision, validate_payment_request
+from finmesh.payments.store import queries, rows
+from finmesh.payments.store.uow import UnitOfWork
+from finmesh.payments.usecases import payments as usecase
+from finmesh.payments.v1 import payments_service_pb2 as pb
+from finmesh.platform.channels import remaining_timeout
+from finmesh.platform.errors import (
+    DomainError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Validator,
+)
+from finmesh.platform.logs import get_logger
+from finmesh.platform.money import Money
+
+_log = get_logger("finmesh.payments")
+
+# Namespace for payment ids derived from idempotency keys: a retried call
+# asks risk about the same payment id, so risk counts it once.
+_PAYMENT_NAMESPACE = uuid.UUID("8f0e6c1e-6a35-4a4e-9d3b-6f1f2b9c1a10")
+MAX_NOTE = 500
+MAX_REASON = 200
+
+
+def _payment_reply(response_type: Any) -> Any:
+    return lambda state: response_type(payment=convert.payment(state))
+
+
+class PaymentRpcs(ServicerBase):
+    async def CreatePayment(self, request: pb.CreatePaymentRequest, context: grpc.aio.ServicerContext) -> Any:
+        validate_payment_request(request.payer_account_id, request.payee_account_id, request.amount.currency_code,
+                                 request.amount.minor_units, request.description, request.HasField("amount"))
+        if request.capture_mode not in convert.CAPTURE_MODES:
+            raise InvalidArgument(FieldViolation("capture_mode", "unknown capture mode"))
+        payment = PaymentRequest(
+            payer_account_id=request.payer_account_id,
+            payee_account_id=request.payee_account_id,
+            amount=Money(request.amount.currency_code, request.amount.minor_units),
+            capture_mode=convert.CAPTURE_MODES[request.capture_mode],
+            description=request.description,
+        )
+        prior = await self.deps.idempotency.replay("CreatePayment", request, pb.CreatePaymentResponse)
+        if prior is not None:
+            return prior
+        payment_id = str(uuid.uuid5(_PAYMENT_NAMESPACE, request.idempotency_key))
+        try:
+            payer = await self._precheck(payment)
+        except DomainError as error:
+            await self._record_refusal("CreatePayment", request, pb.CreatePaymentResponse, error)
+            raise
+        verdict = await self._assess(payment_id, payment, payer, request.risk_context, context)
+        limits = self.deps.limits
+
+        async def action(uow: UnitOfWork) -> Any:
+            return await usecase.create_payment(uow, payment_id, payment, verdict, limits)
+
+        reply = await self.submit("CreatePayment", request, pb.CreatePaymentResponse, action,
+                                  _payment_reply(pb.CreatePaymentResponse))
+        _log.info("payment_created", payment_id=payment_id, status=pb.PaymentStatus.Name(reply.payment.status),
+                  risk_decision=verdict.decision.value)
+        return reply
+
+    async def _precheck(self, payment: PaymentRequest) -> AccountState:
+        """Refuse what cannot succeed before spending risk's capacity (and the payer's velocity budget) on it.
+
+        The same rules run again, authoritatively, inside the ledger writer.
+        """
+        async with self.deps.engine.connect() as conn:
+            uow = UnitOfWork(conn, datetime.now(UTC), self.deps.writer.tier_source)
+            payer, _ = await usecase.parties(uow, payment.payer_account_id, payment.payee_account_id,
+                                             payment.amount.currency)
+            if payer.status is AccountStatus.FROZEN:
+                raise FailedPrecondition("ACCOUNT_FROZEN", "account is frozen", account_id=payer.account_id)
+            await usecase.check_limits(uow, self.deps.limits, payer, payment.amount.minor_units)
+            if payer.available < payment.amount.minor_units:
+                raise FailedPrecondition("INSUFFICIENT_FUNDS", "insufficient available balance",
+                                         account_id=payer.account_id)
+            await conn.rollback()
+        return payer
+
+    async def _record_refusal(self, method: str, request: Any, response_type: Any, error: DomainError) -> None:
+        """Store a refusal found before the writer, so a retry with this key is refused the same way."""
+        if isinstance(error, InvalidArgument) or error.kind == "unavailable":
+            return
+
+        async def refuse(uow: UnitOfWork) -> Any:
+            raise error
+
+        await self.submit(method, request, response_type, refuse, _payment_reply(response_type))
+
+    async def _assess(self, payment_id: str, payment: PaymentRequest, payer: AccountState,
+                      risk_context: pb.RiskContext, context: grpc.aio.ServicerContext) -> RiskVerdict:
+        facts = PaymentFacts(
+            payment_id=payment_id,
+            payer_user_id=payer.owner_id,
+            payer_account_id=payment.payer_account_id,
+            payee_account_id=payment.payee_account_id,
+            amount=payment.amount,
+            device_id=risk_context.device_id[:MAX_ID],
+            ip_address=risk_context.ip_address[:MAX_ID],
+            ip_country=risk_context.ip_country[:2],
+        )
+        settings = self.deps.settings
+        try:
+            return await self.deps.risk.assess(facts, remaining_timeout(context, settings.call_timeout_seconds))
+        except grpc.aio.AioRpcError as error:
+            _log.warning("risk_unavailable", code=error.code().name, policy=settings.risk_unavailable_policy)
+            if settings.risk_unavailable_policy == "decline":
+                raise Unavailable("RISK_UNAVAILABLE", "risk control did not answer; retry with the same key") from None
+            return RiskVerdict("", 0, RiskDecision.REVIEW, ("RISK_UNAVAILABLE",))
+
+    async def CapturePayment(self, request: pb.CapturePaymentRequest, context: grpc.aio.ServicerContext) -> Any:
+        require_id(request.payment_id, "payment_id")
+        problems = amount_violations(request, required=False)
+        if problems:
+            raise InvalidArgument(problems)
+        minor_units = request.amount.minor_units if request.HasField("amount") else None
+
+        async def action(uow: UnitOfWork) -> Any:
+            return await usecase.capture_payment(uow, request.payment_id, minor_units)
+
+        return await self.submit("CapturePayment", request, pb.CapturePaymentResponse, action,
+                                 _payment_reply(pb.CapturePaymentResponse))
+
+    async def VoidPayment(self, request: pb.VoidPaymentRequest, context: grpc.aio.ServicerContext) -> Any:
+        require_id(request.payment_id, "payment_id")
+
+        async def action(uow: UnitOfWork) -> Any:
+            return await usecase.void_payment(uow, request.payment_id)
+
+        return await self.submit("VoidPayment", request, pb.VoidPaymentResponse, action,
+                                 _payment_reply(pb.VoidPaymentResponse))
+
+    async def ReviewPayment(self, request: pb.ReviewPaymentRequest, context: grpc.aio.ServicerContext) -> Any:
+        v = Validator()
+        v.require(0 < len(request.payment_id) <= MAX_ID, "payment_id", "required")
+        v.require(request.decision in convert.REVIEW_DECISIONS, "decision", "APPROVE or DECLINE")
+        v.require(len(request.note) <= MAX_NOTE, "note", f"at most {MAX_NOTE} characters")
+        v.raise_if_any()
+        decision = convert.REVIEW_DECISIONS[request.decision]
+
+        async def action(uow: UnitOfWork) -> Any:
+            return await usecase.review_payment(uow, request.payment_id, decision, request.note)
+
+        return await self.submit("ReviewPayment", request, pb.ReviewPaymentResponse, action,
+                                 _payment_reply(pb.ReviewPaymentResponse))
+
+    async def RefundPayment(self, request: pb.RefundPaymentRequest, context: grpc.aio.ServicerContext) -> Any:
+        v = Validator()
+        v.require(0 < len(request.payment_id) <= MAX_ID, "payment_id", "required")
+        v.violations.extend(amount_violations(request, required=False))
+        v.require(len(request.reason) <= MAX_REASON, "reason", f"at most {MAX_REASON} characters")
+        v.raise_if_any()
+        has_amount = request.HasField("amount")
+        currency = request.amount.currency_code if has_amount else None
+        minor_units = request.amount.minor_units if has_amount else None
+
+        async def action(uow: UnitOfWork) -> Any:
+            return await usecase.refund_payment(uow, request.payment_id, currency, minor_units, request.reason)
+
+        def render(result: usecase.RefundResult) -> pb.RefundPaymentResponse:
+            refund = pb.Refund(refund_id=result.refund_id, payment_id=result.payment.payment_id,
+                               amount=convert.money(result.payment.currency, result.amount), reason=result.reason,
+                               created_at=convert.timestamp(result.payment.updated_at))
+            return pb.RefundPaymentResponse(refund=refund, payment=convert.payment(result.payment))
+
+        return await self.submit("RefundPayment", request, pb.RefundPaymentResponse, action, render)
+
+    async def GetPayment(self, request: pb.GetPaymentRequest, context: grpc.aio.ServicerContext) -> Any:
+        require_id(request.payment_id, "payment_id")
+        async with self.deps.engine.connect() as conn:
+            row = await queries.payment_by_id(conn, request.payment_id)
+        if row is None:
+            raise NotFound("PAYMENT_NOT_FOUND", "payment not found", payment_id=request.payment_id)
+        return pb.GetPaymentResponse(payment=convert.payment(rows.payment_state(row)))
+
+    async def ListPayments(self, request: pb.ListPaymentsRequest, context: grpc.aio.ServicerContext) -> Any:
+        require_id(request.account_id, "account_id")
+        size = page_size(request.page_size)
+        after = decode_time_token(request.page_token)
+        async with self.deps.engine.connect() as conn:
+            found = await queries.payments_of(conn, request.account_id, after, size + 1)
+        more = len(found) > size
+        found = found[:size]
+        token = encode_token(found[-1].created_at.isoformat(), found[-1].payment_id) if more else ""
+        return pb.ListPaymentsResponse(payments=[convert.payment(rows.payment_state(r)) for r in found],
+                                       next_page_token=token)

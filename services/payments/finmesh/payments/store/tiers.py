@@ -1,0 +1,55 @@
+"""Where a user's risk tier comes from: a small protocol, and the default that reads payments' own table.
+
+Identity owns tiers (set at onboarding from risk's assessment). Until they
+travel inside identity's access tokens, payments keeps a copy per user in
+`account_tiers`, written through the internal admin command
+(`python -m finmesh.payments.admin set-tier USER TIER`); a user without a row
+gets FINMESH_DEFAULT_TIER. A token-based source only has to implement
+TierSource.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import UTC, datetime
+from typing import Protocol
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from finmesh.payments.store.schema import account_tiers
+
+MAX_TIER = 20
+
+
+class TierSource(Protocol):
+    async def tiers(self, conn: AsyncConnection, owner_ids: Collection[str]) -> dict[str, str]:
+        """The tier of every owner asked about (unknown owners get a default, never a gap)."""
+        ...
+
+
+class TableTierSource:
+    def __init__(self, default_tier: str) -> None:
+        self._default = default_tier
+
+    async def tiers(self, conn: AsyncConnection, owner_ids: Collection[str]) -> dict[str, str]:
+        wanted = sorted(set(owner_ids))
+        found: dict[str, str] = {}
+        if wanted:
+            t = account_tiers.c
+            found = {r.owner_id: r.tier for r in await conn.execute(
+                select(t.owner_id, t.tier).where(t.owner_id.in_(wanted)))}
+        return {owner: found.get(owner, self._default) for owner in wanted}
+
+
+async def set_tier(engine: AsyncEngine, owner_id: str, tier: str) -> None:
+    """Record `owner_id`'s tier (insert or replace)."""
+    if not owner_id or len(owner_id) > 64 or not tier or len(tier) > MAX_TIER:
+        raise ValueError("owner id (1..64 chars) and tier (1..20 chars) are required")
+    now = datetime.now(UTC)
+    t = account_tiers.c
+    async with engine.begin() as conn:
+        result = await conn.execute(update(account_tiers).where(t.owner_id == owner_id).values(tier=tier,
+                                                                                                 updated_at=now))
+        if result.rowcount == 0:
+            await conn.execute(insert(account_tiers).values(owner_id=owner_id, tier=tier, updated_at=now))

@@ -1,0 +1,95 @@
+"""Finishes channel operations nobody came back for: a caller that timed out and never retried.
+
+A PENDING operation older than the grace period is looked up at its channel
+(never re-sent: the lookup only asks what happened) and finished through the
+writer under the caller's own idempotency key, so a late retry gets the same
+answer. An operation the channel never received failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from finmesh.payments.api.money_movement import channel_reply
+from finmesh.payments.channels import ChannelRegistry, ChannelUnavailable
+from finmesh.payments.store import rows
+from finmesh.payments.store.schema import channel_operations
+from finmesh.payments.store.uow import UnitOfWork
+from finmesh.payments.usecases import channels as usecase
+from finmesh.payments.v1 import payments_service_pb2 as pb
+from finmesh.payments.writer import Command, LedgerWriter
+from finmesh.platform.errors import DomainError
+from finmesh.platform.idempotency import StoredRefusal
+from finmesh.platform.logs import get_logger
+
+_log = get_logger("finmesh.payments.sweeper")
+_METHODS = {usecase.TOP_UP: ("TopUp", pb.TopUpResponse), usecase.PAYOUT: ("Payout", pb.PayoutResponse)}
+
+
+class PendingOperationSweeper:
+    def __init__(self, engine: AsyncEngine, writer: LedgerWriter, channels: ChannelRegistry, *,
+                 grace_seconds: float, interval_seconds: float) -> None:
+        self._engine = engine
+        self._writer = writer
+        self._channels = channels
+        self._grace = timedelta(seconds=grace_seconds)
+        self._interval = interval_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="payments-channel-sweeper")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.sweep_once()
+            except Exception:  # noqa: BLE001 - the sweeper must outlive a database or channel hiccup
+                _log.exception("channel_sweep_failed")
+
+    async def sweep_once(self, now: datetime | None = None) -> int:
+        """Finish every overdue PENDING operation the channel can tell us about; return how many."""
+        c = channel_operations.c
+        cutoff = (now or datetime.now(UTC)) - self._grace
+        async with self._engine.connect() as conn:
+            overdue = [rows.channel_operation(r) for r in await conn.execute(
+                select(channel_operations).where(c.status == "PENDING", c.created_at <= cutoff)
+                .order_by(c.created_at).limit(200))]
+            await conn.rollback()
+        finished = 0
+        for op in overdue:
+            finished += await self._finish(op)
+        return finished
+
+    async def _finish(self, op: rows.ChannelOperation) -> int:
+        adapter = self._channels.get(op.channel)
+        if adapter is None:
+            return 0
+        try:
+            answer = await adapter.lookup(op.operation_id)
+        except ChannelUnavailable:
+            return 0
+        if answer is None:
+            answer = usecase.ChannelAnswer("FAILED", failure_reason="NOT_RECEIVED_BY_CHANNEL")
+        method, response_type = _METHODS[op.kind]
+
+        async def finish(uow: UnitOfWork) -> Any:
+            return await usecase.finish(uow, op.operation_id, answer)
+
+        command = Command(method=method, key=op.idempotency_key, fingerprint=op.request_hash or b"",
+                          response_type=response_type, action=finish, render=channel_reply(response_type))
+        with contextlib.suppress(DomainError, StoredRefusal):
+            await self._writer.submit(command)
+        _log.info("channel_operation_swept", operation_id=op.operation_id, status=answer.status)
+        return 1
