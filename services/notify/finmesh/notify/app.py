@@ -1,4 +1,4 @@
-"""Wires the notify service: database and servicer."""
+"""Wires the notify service: database, sealing, channel adapters, send worker, complaint SLA sweeper."""
 
 from __future__ import annotations
 
@@ -7,9 +7,20 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.notify.api.servicer import NotifyServicer
+from finmesh.notify.channels import Sender, Unconfigured
+from finmesh.notify.channels.email import SmtpSender
+from finmesh.notify.channels.sms import HttpSmsSender
+from finmesh.notify.channels.webhook import WebhookSender
+from finmesh.notify.clock import Clock, SystemClock
+from finmesh.notify.compose import Composer
+from finmesh.notify.config import NotifySettings, notify_settings
+from finmesh.notify.intake import EventIntake
+from finmesh.notify.sealing import Sealer
+from finmesh.notify.sla import ComplaintSla
 from finmesh.notify.store.schema import metadata
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as pb_grpc
+from finmesh.notify.worker import DeliveryWorker
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.db import create_engine, create_schema
 from finmesh.platform.server import Registration
@@ -19,17 +30,49 @@ from finmesh.platform.server import Registration
 class NotifyApp:
     registrations: list[Registration]
     engine: AsyncEngine
+    settings: NotifySettings
+    worker: DeliveryWorker
+    sla: ComplaintSla
+    senders: dict[str, Sender]
 
     async def start(self) -> None:
-        return None
+        self.worker.start()
+        self.sla.start()
 
     async def close(self) -> None:
+        await self.sla.stop()
+        await self.worker.stop()
+        for sender in self.senders.values():
+            await sender.close()
         await self.engine.dispose()
 
 
-async def build(settings: ServiceSettings) -> NotifyApp:
-    engine = create_engine(settings.database_url_for("notify"))
+def build_senders(s: NotifySettings) -> dict[str, Sender]:
+    """One adapter per external channel, from settings; a channel without an endpoint dead-letters its messages."""
+    return {
+        "EMAIL": SmtpSender(s.smtp_host, s.smtp_port, s.smtp_sender, username=s.smtp_username,
+                            password=s.smtp_password.get_secret_value(), starttls=s.smtp_starttls,
+                            timeout=s.smtp_timeout_seconds) if s.smtp_host else Unconfigured("EMAIL"),
+        "SMS": HttpSmsSender(s.sms_url, s.sms_api_key.get_secret_value(), s.sms_timeout_seconds)
+        if s.sms_url else Unconfigured("SMS"),
+        "WEBHOOK": WebhookSender(s.webhook_timeout_seconds),
+    }
+
+
+async def build(settings: ServiceSettings, *, clock: Clock | None = None,
+                senders: dict[str, Sender] | None = None) -> NotifyApp:
+    s = notify_settings(settings)
+    clock = clock or SystemClock()
+    engine = create_engine(s.database_url_for("notify"))
     await create_schema(engine, metadata)
-    registration = Registration(NotifyServicer(engine), pb_grpc.add_NotifyServiceServicer_to_server,
+    sealer = Sealer(s.master_key())
+    composer = Composer(sealer)
+    senders = senders or build_senders(s)
+    worker = DeliveryWorker(engine, composer, senders, s, clock)
+    sla = ComplaintSla(engine, composer, s, clock, worker.wake)
+    intake = EventIntake(engine, composer, s, clock, worker.wake)
+    servicer = NotifyServicer(engine, sealer=sealer, settings=s, clock=clock, intake=intake, sla=sla,
+                              wake=worker.wake)
+    registration = Registration(servicer, pb_grpc.add_NotifyServiceServicer_to_server,
                                 pb.DESCRIPTOR.services_by_name["NotifyService"])
-    return NotifyApp([registration], engine)
+    return NotifyApp([registration], engine, s, worker, sla, senders)

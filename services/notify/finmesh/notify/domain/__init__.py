@@ -1,1 +1,1 @@
-"""Notify rules without I/O: which notifications an event asks for, templates."""
+"""Notify rules without I/O: event plans, templates, consent, retry schedule, business days, complaints."""

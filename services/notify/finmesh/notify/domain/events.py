@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from finmesh.platform.money import CURRENCIES
 
+OPERATORS = "operators"  # pseudo user id under which operator alerts are recorded
+
 
 @dataclass(frozen=True)
 class Planned:
@@ -27,28 +29,53 @@ def format_amount(minor_units: str, currency: str) -> str:
 
 
 def plan(event_type: str, user_id: str, payload: dict[str, str]) -> list[Planned]:
-    """Notifications for one event; events nobody needs to hear about plan none."""
+    """Notifications for one event; events nobody needs to hear about plan none.
+
+    Operator alerts come back as OPERATORS/INBOX; the caller fans them out to
+    the operators' configured addresses.
+    """
     if event_type.startswith("payments.payment."):
-        params = {
-            "amount": format_amount(payload.get("amount_minor_units", "0"), payload.get("currency_code", "")),
-            "currency": payload.get("currency_code", ""),
-            "payment_id": payload.get("payment_id", ""),
-        }
-        status = payload.get("status", "")
-        if status == "CAPTURED":
-            return [
-                Planned(payload.get("payer_user_id", user_id), "payment_sent", "TRANSACTIONAL", "INBOX", params),
-                Planned(payload.get("payee_user_id", ""), "payment_received", "TRANSACTIONAL", "INBOX", params),
-            ]
-        if status in ("IN_REVIEW", "AUTHORIZED"):
-            return [Planned(payload.get("payer_user_id", user_id), "payment_held", "TRANSACTIONAL", "INBOX", params)]
-        return []
+        return _payment(user_id, payload)
     if event_type == "payments.topup.succeeded.v1":
         params = {
             "amount": format_amount(payload.get("amount_minor_units", "0"), payload.get("currency_code", "")),
             "currency": payload.get("currency_code", ""),
         }
         return [Planned(user_id, "topup_succeeded", "TRANSACTIONAL", "INBOX", params)]
+    if event_type == "payments.account.frozen.v1":
+        return [Planned(user_id, "account_frozen", "SECURITY", "INBOX",
+                        {"account_id": payload.get("account_id", "")})]
     if event_type == "identity.user.registered.v1":
         return [Planned(user_id, "welcome", "TRANSACTIONAL", "INBOX", {})]
+    if event_type.startswith("risk.alert.raised."):
+        keys = ("alert_id", "level", "user_id", "account_id", "payment_id", "reasons")
+        params = {k: payload.get(k, "") or "-" for k in keys}
+        return [Planned(OPERATORS, "operator_risk_alert", "SECURITY", "INBOX", params)]
     return []
+
+
+def _payment(user_id: str, payload: dict[str, str]) -> list[Planned]:
+    params = {
+        "amount": format_amount(payload.get("amount_minor_units", "0"), payload.get("currency_code", "")),
+        "currency": payload.get("currency_code", ""),
+        "payment_id": payload.get("payment_id", ""),
+    }
+    status = payload.get("status", "")
+    if status == "CAPTURED":
+        return [
+            Planned(payload.get("payer_user_id", user_id), "payment_sent", "TRANSACTIONAL", "INBOX", params),
+            Planned(payload.get("payee_user_id", ""), "payment_received", "TRANSACTIONAL", "INBOX", params),
+        ]
+    if status in ("IN_REVIEW", "AUTHORIZED"):
+        return [Planned(payload.get("payer_user_id", user_id), "payment_held", "TRANSACTIONAL", "INBOX", params)]
+    return []
+
+
+def webhook_matches(patterns: list[str], event_type: str) -> bool:
+    """ "payments.payment.*" matches every payment event; "*" matches all."""
+    for pattern in patterns:
+        if pattern == "*" or pattern == event_type:
+            return True
+        if pattern.endswith(".*") and event_type.startswith(pattern[:-1]):
+            return True
+    return False

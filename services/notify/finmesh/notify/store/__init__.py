@@ -1,1 +1,1 @@
-"""Notify persistence: received events (dedupe) and notifications."""
+"""Notify persistence (SQLAlchemy Core): events, the send queue, dead letters, consent, webhooks, complaints."""

@@ -1,0 +1,91 @@
+"""Complaint deadlines: a sweeper escalates every missed one to the operators, once per deadline."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from finmesh.notify.clock import Clock
+from finmesh.notify.compose import Composer, operator_drafts
+from finmesh.notify.config import NotifySettings
+from finmesh.notify.domain.complaints import Deadlines, breached_stages
+from finmesh.notify.store import complaints as store
+from finmesh.notify.store.schema import notifications
+from finmesh.platform.logs import get_logger
+
+_log = get_logger("finmesh.notify.sla")
+
+_STAGE_NAMES = {"zh-CN": {"accept": "受理", "respond": "答复", "resolve": "办结"},
+                "en": {"accept": "accept", "respond": "respond", "resolve": "resolve"}}
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def deadlines_of(row: Any) -> Deadlines:
+    return Deadlines(_aware(row.accept_due), _aware(row.respond_due), _aware(row.resolve_due))
+
+
+class ComplaintSla:
+    def __init__(self, engine: AsyncEngine, composer: Composer, settings: NotifySettings, clock: Clock,
+                 wake: Callable[[str], None]) -> None:
+        self._engine = engine
+        self._composer = composer
+        self._settings = settings
+        self._clock = clock
+        self._wake = wake
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="notify-complaint-sla")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except Exception:  # noqa: BLE001 - the sweeper must outlive a database hiccup
+                _log.exception("complaint_sweep_failed")
+            await asyncio.sleep(self._settings.sla_check_seconds)
+
+    async def sweep_once(self) -> int:
+        """Escalate every deadline that passed unmet; return how many escalations were raised."""
+        now = self._clock.now()
+        raised = 0
+        async with self._engine.connect() as conn:
+            candidates = await store.overdue(conn, now)
+        for row in candidates:
+            async with self._engine.begin() as conn:
+                raised += len(await self.escalate_due(conn, row, now))
+        if raised:
+            self._wake("TRANSACTIONAL")
+        return raised
+
+    async def escalate_due(self, conn: AsyncConnection, row: Any, now: datetime) -> list[str]:
+        """In the caller's transaction: record each newly missed deadline and alert the operators."""
+        already = await store.escalated_stages(conn, row.complaint_id)
+        raised = []
+        for stage in breached_stages(row.state, deadlines_of(row), now, already):
+            if not await store.claim_escalation(conn, row.complaint_id, stage, now):
+                continue
+            raised.append(stage)
+            s = self._settings
+            locale = s.operator_locale if s.operator_locale in _STAGE_NAMES else "zh-CN"
+            params = {"complaint_id": row.complaint_id, "stage": _STAGE_NAMES[locale][stage],
+                      "due": deadlines_of(row).due(stage).isoformat(timespec="minutes"), "state": row.state}
+            drafts = operator_drafts("complaint_escalated", "TRANSACTIONAL", params, locale=locale,
+                                     emails=s.operator_emails, phones=[])
+            await conn.execute(insert(notifications), [self._composer.row(d, now) for d in drafts])
+            _log.warning("complaint_escalated", complaint_id=row.complaint_id, stage=stage)
+        return raised

@@ -1,0 +1,1 @@
+"""Fakes of outside systems for tests and local runs: real servers speaking the real protocol."""
