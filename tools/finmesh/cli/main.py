@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from finmesh.cli.mesh import Mesh, is_serving
+from finmesh.cli.outbox_cmd import add_outbox_parser
 from finmesh.cli.traces import latest_trace_id, load_spans, render_tree
 
 DEFAULT_BASE_PORT = 50051
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("target", help="host:port")
     health.add_argument("--timeout", type=float, default=2.0)
     health.set_defaults(func=cmd_health)
+    add_outbox_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -1,0 +1,89 @@
+"""`finmesh outbox`: what an operator needs for a service's relay dead letters: stats, list, redrive, purge.
+
+    finmesh outbox --service payments stats
+    finmesh outbox --service payments list
+    finmesh outbox --service payments redrive EVENT_ID [EVENT_ID ...]   (or --all)
+    finmesh outbox --database-url postgresql+asyncpg://... purge --older-than-days 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import MetaData
+
+from finmesh.platform.db import create_engine
+from finmesh.platform.outbox import list_dead, outbox_stats, outbox_table, purge_delivered, redrive_dead
+
+PRODUCERS = ("payments", "identity", "risk")
+
+
+def add_outbox_parser(sub: Any) -> None:
+    parser = sub.add_parser("outbox", help="inspect a service's outbox; list and redrive dead events")
+    parser.add_argument("--service", choices=PRODUCERS, default="payments",
+                        help="whose outbox (its SQLite file in --data-dir unless --database-url)")
+    parser.add_argument("--database-url", default="", help="SQLAlchemy async URL of the service's database")
+    actions = parser.add_subparsers(dest="outbox_command", required=True)
+    actions.add_parser("stats", help="pending, dead and delivered counts")
+    listing = actions.add_parser("list", help="dead events, oldest first")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--after-id", type=int, default=0, help="page on from this row id")
+    redrive = actions.add_parser("redrive", help="put dead events back in line after fixing the cause")
+    redrive.add_argument("event_ids", nargs="*")
+    redrive.add_argument("--all", action="store_true", help="every dead event")
+    purge = actions.add_parser("purge", help="delete delivered events older than N days")
+    purge.add_argument("--older-than-days", type=float, default=30.0)
+    parser.set_defaults(func=cmd_outbox)
+
+
+def _url(args: argparse.Namespace) -> str:
+    if args.database_url:
+        return str(args.database_url)
+    path = Path(args.data_dir) / f"{args.service}.db"
+    if not path.exists():
+        raise FileNotFoundError(f"no database at {path}; pass --database-url")
+    return f"sqlite+aiosqlite:///{path}"
+
+
+async def _run(args: argparse.Namespace) -> int:
+    engine = create_engine(_url(args))
+    table = outbox_table(MetaData())
+    try:
+        if args.outbox_command == "stats":
+            stats = await outbox_stats(engine, table)
+            oldest = stats.oldest_pending_at.isoformat() if stats.oldest_pending_at else "-"
+            print(f"pending {stats.pending}  dead {stats.dead}  delivered {stats.delivered}  oldest pending {oldest}")
+        elif args.outbox_command == "list":
+            dead = await list_dead(engine, table, limit=args.limit, after_id=args.after_id)
+            for e in dead:
+                print(f"{e.id}\t{e.event_id}\t{e.event_type}\t{e.aggregate_id}#{e.sequence}\t"
+                      f"attempts={e.attempts}\t{e.occurred_at.isoformat()}\t{e.last_error}")
+            print(f"{len(dead)} dead event(s)", file=sys.stderr)
+        elif args.outbox_command == "redrive":
+            if not args.all and not args.event_ids:
+                print("name event ids, or pass --all", file=sys.stderr)
+                return 2
+            count = await redrive_dead(engine, table, None if args.all else args.event_ids)
+            print(f"redriven {count} event(s)")
+            if not args.all and count < len(args.event_ids):
+                print("some ids were not dead (or unknown)", file=sys.stderr)
+                return 1
+        else:
+            count = await purge_delivered(engine, table, timedelta(days=args.older_than_days))
+            print(f"purged {count} delivered event(s)")
+    finally:
+        await engine.dispose()
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_run(args))
+    except FileNotFoundError as error:
+        print(error, file=sys.stderr)
+        return 2
