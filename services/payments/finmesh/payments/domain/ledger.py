@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from finmesh.platform.errors import FailedPrecondition
-from finmesh.platform.money import MAX_MINOR_UNITS
+from finmesh.platform.money import MAX_MINOR_UNITS, Money
 
 
 class AccountKind(StrEnum):
@@ -103,7 +103,9 @@ class Transfer:
             raise ValueError("a transfer needs at least two postings")
         if sum(p.amount for p in self.postings) != 0:
             raise ValueError("unbalanced transfer")
-        if any(p.amount == 0 or abs(p.amount) > MAX_MINOR_UNITS for p in self.postings):
+        if any(p.amount == 0 for p in self.postings):
+            raise ValueError("zero posting")
+        if any(abs(p.amount) > MAX_MINOR_UNITS for p in self.postings):
             raise ValueError("posting amount out of range")
 
     @property
@@ -112,12 +114,12 @@ class Transfer:
         return sum(p.amount for p in self.postings if p.amount > 0)
 
 
-def move(kind: TransferKind, source: str, destination: str, currency: str, amount: int, *,
+def move(kind: TransferKind, source: str, destination: str, amount: Money, *,
          reference: str = "", source_bucket: Bucket = Bucket.AVAILABLE,
          destination_bucket: Bucket = Bucket.AVAILABLE) -> Transfer:
     """The simple transfer: debit `source`, credit `destination`."""
-    return Transfer(kind, currency, (Posting(source, -amount, source_bucket),
-                                     Posting(destination, amount, destination_bucket)), reference)
+    return Transfer(kind, amount.currency, (Posting(source, -amount.minor_units, source_bucket),
+                                            Posting(destination, amount.minor_units, destination_bucket)), reference)
 
 
 def post(accounts: dict[str, AccountState], transfer: Transfer, *,
