@@ -1,0 +1,188 @@
+"""Notify's channels through real local servers: SMS over HTTP, e-mail over SMTP, signed webhooks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from structlog.testing import capture_logs
+
+from finmesh.common.v1 import event_pb2
+from finmesh.notify.v1 import notify_service_pb2 as pb
+from finmesh.platform.rpc_errors import field_violations_of, reason_of
+from tests.notify.conftest import running_notify
+
+PHONE = "+8613800138000"
+
+
+def key() -> str:
+    return uuid.uuid4().hex
+
+
+def code_sms(user: str, code: str = "482913", phone: str = PHONE, **extra: str) -> pb.SendNotificationRequest:
+    return pb.SendNotificationRequest(
+        idempotency_key=key(), user_id=user, channel=pb.CHANNEL_SMS, category=pb.CATEGORY_SECURITY,
+        template="verification_code", params={"code": code, "minutes": "5"}, address=phone, **extra)
+
+
+async def test_sms_provider_failing_intermittently_is_retried_until_sent(databases, tmp_path: Path, sms) -> None:
+    """Two 503s from the provider, then success: the code is sent exactly once, on the third attempt."""
+    sms.fail_next(2)
+    async with running_notify(databases, tmp_path, sms=sms) as notify:
+        with capture_logs() as logs:
+            sent = await notify.stub.SendNotification(code_sms("u-1"))
+            assert sent.notification.status == pb.NOTIFICATION_STATUS_QUEUED
+            done = await notify.wait_status(sent.notification.notification_id, pb.NOTIFICATION_STATUS_SENT)
+    assert done.attempts == 3
+    assert sms.requests == 3
+    assert [m["to"] for m in sms.messages] == [PHONE]
+    assert "482913" in sms.messages[0]["text"]
+    # Neither the phone number nor the code ever reached a log line.
+    assert not [entry for entry in logs if PHONE in repr(entry) or "482913" in repr(entry)]
+
+
+async def test_permanently_failing_sms_is_dead_lettered_then_redriven_after_the_fix(
+        databases, tmp_path: Path, sms) -> None:
+    """After max attempts the message is parked; ListDeadLetters shows it; a redrive after the fix sends it once."""
+    sms.fail_number(PHONE)
+    async with running_notify(databases, tmp_path, sms=sms) as notify:
+        sent = await notify.stub.SendNotification(code_sms("u-2"))
+        nid = sent.notification.notification_id
+        dead = await notify.wait_status(nid, pb.NOTIFICATION_STATUS_DEAD_LETTERED)
+        assert dead.attempts == 4
+        letters = (await notify.stub.ListDeadLetters(pb.ListDeadLettersRequest())).dead_letters
+        assert [(d.notification_id, d.channel, d.attempts, d.redriven) for d in letters] == [
+            (nid, pb.CHANNEL_SMS, 4, False)]
+        assert "503" in letters[0].last_error and PHONE not in letters[0].last_error
+        assert sms.messages == []
+
+        sms.recover()
+        redrive = pb.RedriveDeadLetterRequest(idempotency_key=key(), dead_letter_id=letters[0].dead_letter_id)
+        first = await notify.stub.RedriveDeadLetter(redrive)
+        assert first.notification.status == pb.NOTIFICATION_STATUS_QUEUED
+        again = await notify.stub.RedriveDeadLetter(redrive)  # same key: the same answer, no second send
+        assert again == first
+        await notify.wait_status(nid, pb.NOTIFICATION_STATUS_SENT)
+        assert len(sms.to(PHONE)) == 1
+        with pytest.raises(grpc.aio.AioRpcError) as twice:
+            await notify.stub.RedriveDeadLetter(pb.RedriveDeadLetterRequest(
+                idempotency_key=key(), dead_letter_id=letters[0].dead_letter_id))
+        assert twice.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert reason_of(twice.value) == "INVALID_STATE"
+        listed = (await notify.stub.ListDeadLetters(pb.ListDeadLettersRequest())).dead_letters
+        assert [d.redriven for d in listed] == [True]
+
+
+async def test_provider_rejecting_the_request_dead_letters_without_retrying(databases, tmp_path: Path, sms) -> None:
+    """A 4xx (here: a wrong API key) cannot be fixed by retrying: one attempt, then the dead letters."""
+    sms.api_key = "rotated-key"
+    async with running_notify(databases, tmp_path, sms=sms, sms_api_key="stale-key") as notify:
+        sent = await notify.stub.SendNotification(code_sms("u-3"))
+        dead = await notify.wait_status(sent.notification.notification_id, pb.NOTIFICATION_STATUS_DEAD_LETTERED)
+    assert dead.attempts == 1
+    assert sms.requests == 1
+
+
+async def test_email_goes_over_smtp_in_the_users_locale_after_a_temporary_refusal(
+        databases, tmp_path: Path, smtp) -> None:
+    """The user registered with locale en: the code goes out in English, retried past a 451."""
+    smtp.fail_next(1)
+    async with running_notify(databases, tmp_path, smtp=smtp) as notify:
+        registered = event_pb2.Event(event_id=str(uuid.uuid4()), source="identity",
+                                     event_type="identity.user.registered.v1", aggregate_id="u-4", sequence=1,
+                                     user_id="u-4")
+        registered.payload.update({"user_id": "u-4", "locale": "en"})
+        await notify.stub.DeliverEvent(pb.DeliverEventRequest(event=registered))
+        sent = await notify.stub.SendNotification(pb.SendNotificationRequest(
+            idempotency_key=key(), user_id="u-4", channel=pb.CHANNEL_EMAIL, category=pb.CATEGORY_SECURITY,
+            template="verification_code", params={"code": "771234", "minutes": "10"}, address="li.lei@example.com"))
+        assert sent.notification.locale == "en"
+        done = await notify.wait_status(sent.notification.notification_id, pb.NOTIFICATION_STATUS_SENT)
+    assert done.attempts == 2
+    [mail] = smtp.to("li.lei@example.com")
+    assert mail["Subject"] == "Your verification code"
+    assert "771234" in mail.get_content()
+    assert mail["Message-ID"] == f"<{done.notification_id}@finmesh>"
+
+
+async def test_smtp_permanent_refusal_and_unconfigured_channel_go_to_dead_letters(
+        databases, tmp_path: Path, smtp) -> None:
+    """550 for the mailbox is final; a channel without settings parks its messages for a later redrive."""
+    smtp.refused_recipients.add("nobody@example.com")
+    async with running_notify(databases, tmp_path, smtp=smtp) as notify:
+        mail = await notify.stub.SendNotification(pb.SendNotificationRequest(
+            idempotency_key=key(), user_id="u-5", channel=pb.CHANNEL_EMAIL, category=pb.CATEGORY_TRANSACTIONAL,
+            template="welcome", address="nobody@example.com"))
+        text = await notify.stub.SendNotification(code_sms("u-5"))  # no SMS provider configured
+        for sent in (mail, text):
+            dead = await notify.wait_status(sent.notification.notification_id,
+                                            pb.NOTIFICATION_STATUS_DEAD_LETTERED)
+            assert dead.attempts == 1
+        letters = (await notify.stub.ListDeadLetters(pb.ListDeadLettersRequest(page_size=1)))
+        assert len(letters.dead_letters) == 1 and letters.next_page_token
+        rest = await notify.stub.ListDeadLetters(pb.ListDeadLettersRequest(page_token=letters.next_page_token))
+        assert {d.last_error for d in [*letters.dead_letters, *rest.dead_letters]} >= {
+            "SMS channel is not configured"}
+
+
+async def test_webhook_is_signed_verified_by_the_receiver_and_a_replay_is_refused(
+        databases, tmp_path: Path, receiver) -> None:
+    """The receiver checks HMAC-SHA256 over timestamp.body; one failed attempt is retried; a stale replay fails."""
+    receiver.fail_next(1)
+    async with running_notify(databases, tmp_path) as notify:
+        created = await notify.stub.CreateWebhook(pb.CreateWebhookRequest(
+            idempotency_key="hook-1", url=receiver.url, event_types=["payments.payment.*"]))
+        assert created.signing_secret.startswith("whsec_")
+        replay = await notify.stub.CreateWebhook(pb.CreateWebhookRequest(
+            idempotency_key="hook-1", url=receiver.url, event_types=["payments.payment.*"]))
+        assert replay == created  # the retry of a lost answer gets the secret too
+        receiver.secret = created.signing_secret
+        event = event_pb2.Event(event_id=str(uuid.uuid4()), source="payments",
+                                event_type="payments.payment.captured.v1", aggregate_id="acc-1", sequence=1,
+                                user_id="u-6")
+        event.payload.update({"payment_id": "p-1", "status": "CAPTURED", "amount_minor_units": "1234"})
+        delivered = await notify.stub.DeliverEvent(pb.DeliverEventRequest(event=event))
+        again = await notify.stub.DeliverEvent(pb.DeliverEventRequest(event=event))
+        assert again.duplicate and not again.notification_ids
+        [body] = await receiver.wait_for(1)
+        hook_ids = [i for i in delivered.notification_ids
+                    if (await notify.notification(i)).channel == pb.CHANNEL_WEBHOOK]
+        [hook] = [await notify.wait_status(i, pb.NOTIFICATION_STATUS_SENT) for i in hook_ids]
+    assert hook.attempts == 2
+    assert body["event_id"] == event.event_id and body["data"]["amount_minor_units"] == "1234"
+    assert receiver.rejected == [] and receiver.duplicates == 0
+
+    # An attacker who captured the request replays it ten minutes later: refused as stale.
+    raw = json.dumps(body).encode()
+    old = str(int(time.time()) - 600)
+    signature = "v1=" + hmac.new(created.signing_secret.encode(), old.encode() + b"." + raw,
+                                 hashlib.sha256).hexdigest()
+    forged = "v1=" + hmac.new(b"guess", raw, hashlib.sha256).hexdigest()
+    async with aiohttp.ClientSession() as session:
+        for stamp, sig in ((old, signature), (str(int(time.time())), forged)):
+            async with session.post(receiver.url, data=raw, headers={
+                    "X-Finmesh-Timestamp": stamp, "X-Finmesh-Signature": sig,
+                    "X-Finmesh-Event-Id": event.event_id}) as response:
+                assert response.status == 401
+    assert receiver.rejected == ["stale", "bad_signature"]
+
+
+async def test_webhook_urls_must_be_https_or_loopback(databases, tmp_path: Path) -> None:
+    """Plain http to another host, credentials in the URL and bad patterns are INVALID_ARGUMENT, by field."""
+    async with running_notify(databases, tmp_path) as notify:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await notify.stub.CreateWebhook(pb.CreateWebhookRequest(
+                idempotency_key=key(), url="http://example.com/hook", event_types=["Bad Type", "*"]))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field_violations_of(refused.value) == ["url", "event_types[0]"]
+        with pytest.raises(grpc.aio.AioRpcError) as creds:
+            await notify.stub.CreateWebhook(pb.CreateWebhookRequest(
+                idempotency_key=key(), url="https://user:pw@example.com/hook", event_types=["*"]))
+        assert field_violations_of(creds.value) == ["url"]
