@@ -105,3 +105,21 @@ async def risk_node(url: str, tmp: Path, interceptors: list[Any] | None = None,
         await channel.close()
         await server.server.stop(0)
         await app.close()
+
+
+async def wait_until(condition: Any, timeout: float = 10.0, interval: float = 0.05) -> None:
+    """Poll `condition` (sync or async) until true; fail the test with a clear message on timeout."""
+    import asyncio
+    import inspect
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)

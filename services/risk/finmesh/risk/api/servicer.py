@@ -20,7 +20,7 @@ from finmesh.risk.domain.rules import RulesError, parse_rules
 from finmesh.risk.domain.values import WarningLevel
 from finmesh.risk.domain.windows import bucket_starts, rate_bp
 from finmesh.risk.ruleset import RulesRegistry
-from finmesh.risk.store import alerts, aml, assessments, blocklist, indicators
+from finmesh.risk.store import alerts, aml, blocklist, indicators
 from finmesh.risk.store.schema import idempotency
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
@@ -40,12 +40,7 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
 
     async def AssessPayment(self, request: pb.AssessPaymentRequest, context: grpc.aio.ServicerContext) -> Any:
         facts = validate.payment_facts(request)
-        # Fast path for retries: the recorded verdict stands, whatever the rules are now.
-        async with self._engine.connect() as conn:
-            prior = await assessments.find_by_payment(conn, facts.payment_id)
-            await conn.rollback()
-        if prior is not None:
-            return pb.AssessPaymentResponse(assessment=convert.assessment(prior))
+        # A retry gets the recorded verdict (looked up under the payer's lock), whatever the rules are now.
         outcome = await assessing.assess_payment(self._engine, self._rules.active.rules, facts, datetime.now(UTC))
         if outcome.raised_alert:
             self._on_incident()
