@@ -1,20 +1,23 @@
 """A no-op gRPC hop for benchmarks: answers after (optionally) calling the next hop.
 
-Run as a process: `python -m bench.chain PORT [NEXT_TARGET]`. Tracing follows
-FINMESH_TRACING_ENABLED like the services, through the same platform code
-(server interceptor, client interceptors, exporter), so the chain measures
-what tracing costs the mesh, with empty handlers.
+Run as a process: `python -m bench.chain PORT [NEXT_TARGET]`. BENCH_TRACING
+picks the tracing: "off"; "lean", the platform's own (the servicer guard
+opens server spans, the channel's interceptor client spans) exactly as the
+services run it; or "stock", the opentelemetry-instrumentation-grpc
+interceptors, kept as a reference. Spans go to FINMESH_SPAN_FILE.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import grpc
 
 from finmesh.platform.channels import open_channel
 from finmesh.platform.config import ServiceSettings
+from finmesh.platform.rpc_errors import guarded
 from finmesh.platform.server import wait_for_termination_signal
 from finmesh.platform.telemetry import setup_tracing
 
@@ -26,14 +29,20 @@ def _identity(data: bytes) -> bytes:
 
 
 async def serve(port: int, next_target: str) -> None:
-    settings = ServiceSettings()
+    mode = os.environ.get("BENCH_TRACING", "off")
+    settings = ServiceSettings(tracing_enabled=mode == "lean")
     provider = None
-    if settings.tracing_enabled:
+    if mode != "off":
         provider = setup_tracing(f"hop-{port}", version="bench", color="bench", span_file=settings.span_file)
     call_next = None
     channel = None
     if next_target:
-        channel = open_channel(next_target, settings)
+        if mode == "stock":
+            from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+            channel = grpc.aio.insecure_channel(next_target, interceptors=aio_client_interceptors())
+        else:
+            channel = open_channel(next_target, settings)
         call_next = channel.unary_unary(METHOD, request_serializer=_identity, response_deserializer=_identity)
 
     async def hop(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -42,12 +51,14 @@ async def serve(port: int, next_target: str) -> None:
         return request
 
     interceptors = []
-    if settings.tracing_enabled:
+    if mode == "stock":
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
         interceptors.append(aio_server_interceptor())
     server = grpc.aio.server(interceptors=interceptors)
-    handler = grpc.unary_unary_rpc_method_handler(hop, request_deserializer=_identity, response_serializer=_identity)
+    behavior = guarded(hop, METHOD, traced=mode == "lean")
+    handler = grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=_identity,
+                                                  response_serializer=_identity)
     server.add_generic_rpc_handlers(
         [grpc.method_handlers_generic_handler("finmesh.bench.v1.ChainService", {"Hop": handler})]
     )

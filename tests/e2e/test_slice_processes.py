@@ -80,14 +80,14 @@ async def test_slice_across_four_processes(mesh: Mesh) -> None:
 
     risk_server = next(s for s in spans if s["service"] == "risk" and s["kind"] == "SERVER")
     assert chain(risk_server)[1:3] == [
-        "payments:CLIENT:/finmesh.risk.v1.RiskService/AssessPayment",
-        "payments:SERVER:/finmesh.payments.v1.PaymentsService/CreatePayment",
+        "payments:CLIENT:finmesh.risk.v1.RiskService/AssessPayment",
+        "payments:SERVER:finmesh.payments.v1.PaymentsService/CreatePayment",
     ]
     # The asynchronous hop: notify's server span descends from the relay's PRODUCER span,
     # which descends from the CreatePayment server span that wrote the event.
     captured = next(s for s in spans if s["name"] == "payments.payment.captured.v1 send")
     assert captured["kind"] == "PRODUCER"
-    assert by_id[captured["parent_span_id"]]["name"] == "/finmesh.payments.v1.PaymentsService/CreatePayment"
+    assert by_id[captured["parent_span_id"]]["name"] == "finmesh.payments.v1.PaymentsService/CreatePayment"
     notify_hop = [s for s in spans if s["service"] == "notify" and s["kind"] == "SERVER"
                   and captured["span_id"] in [p.split(":")[0] for p in _ancestors(s, by_id)]]
     assert notify_hop, "notify's DeliverEvent is not a descendant of the relay span"

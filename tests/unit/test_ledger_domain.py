@@ -9,13 +9,12 @@ from hypothesis import strategies as st
 from finmesh.payments.domain.ledger import Posting, Transfer, TransferKind, move
 from finmesh.payments.domain.payments import CaptureMode, PaymentStatus, RiskDecision, decide
 from finmesh.platform.errors import FailedPrecondition
-from finmesh.platform.money import Money
 
 
 @given(st.integers(1, 2**62), st.text(min_size=1, max_size=8), st.text(min_size=1, max_size=8))
 def test_move_is_balanced(amount: int, source: str, destination: str) -> None:
     """A simple move debits and credits the same amount: postings sum to zero."""
-    transfer = move(TransferKind.PAYMENT, source, destination, Money("CNY", amount))
+    transfer = move(TransferKind.PAYMENT, source, destination, "CNY", amount)
     assert sum(p.amount for p in transfer.postings) == 0
     assert transfer.amount == amount
 
@@ -23,7 +22,7 @@ def test_move_is_balanced(amount: int, source: str, destination: str) -> None:
 def test_unbalanced_or_zero_postings_are_refused() -> None:
     with pytest.raises(ValueError, match="unbalanced"):
         Transfer(TransferKind.TRANSFER, "CNY", (Posting("a", -5), Posting("b", 4)))
-    with pytest.raises(ValueError, match="zero"):
+    with pytest.raises(ValueError, match="out of range"):
         Transfer(TransferKind.TRANSFER, "CNY", (Posting("a", 0), Posting("b", 0)))
 
 

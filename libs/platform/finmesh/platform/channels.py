@@ -7,6 +7,7 @@ import json
 import grpc
 
 from finmesh.platform.config import ServiceSettings
+from finmesh.platform.rpc_tracing import TracingClientInterceptor
 
 # Leave a little of the caller's budget for our own reply.
 _DEADLINE_MARGIN_SECONDS = 0.05
@@ -41,11 +42,7 @@ def open_channel(
     idempotent_methods: list[tuple[str, str]] | None = None,
 ) -> grpc.aio.Channel:
     """An insecure aio channel to `target` with tracing and per-method retry policy."""
-    interceptors = []
-    if settings.tracing_enabled:
-        from opentelemetry.instrumentation.grpc import aio_client_interceptors
-
-        interceptors = aio_client_interceptors()
+    interceptors = [TracingClientInterceptor()] if settings.tracing_enabled else []
     options = [
         ("grpc.service_config", _service_config(idempotent_methods or [])),
         ("grpc.enable_retries", 1),

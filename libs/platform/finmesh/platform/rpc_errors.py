@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from finmesh.platform.errors import DomainError, InvalidArgument
 from finmesh.platform.idempotency import StoredRefusal
 from finmesh.platform.logs import get_logger
+from finmesh.platform.rpc_tracing import finish_server_span, rpc_attributes, server_span
 
 ERROR_DOMAIN = "finmesh.io"
 
@@ -32,6 +34,7 @@ _CODES = {
 }
 
 _log = get_logger("finmesh.rpc")
+_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def to_status(error: DomainError) -> status_pb2.Status:
@@ -79,32 +82,42 @@ def _is_connection_error(exc: BaseException) -> bool:
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def guarded(method: Handler) -> Handler:
-    """Wrap one servicer method: domain errors become rich statuses, bugs become a bare INTERNAL."""
+def guarded(method: Handler, full_method: str = "", traced: bool = True) -> Handler:
+    """Wrap one servicer method: a server span, domain errors as rich statuses, bugs as a bare INTERNAL."""
+    name = full_method.lstrip("/") or method.__qualname__
+    attributes = rpc_attributes(full_method or name)
 
     @functools.wraps(method)
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await method(request, context)
-        except DomainError as error:
-            await abort_with(context, to_status(error))
-        except StoredRefusal as refusal:
-            await abort_with(context, refusal.status)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - last line of defence: never leak a stack trace
-            _log.exception("rpc_failed", method=method.__qualname__)
-            await abort_with(context, _unexpected_status(exc))
+        with server_span(name, attributes, context) if traced else contextlib.nullcontext() as span:
+            try:
+                response = await method(request, context)
+            except DomainError as error:
+                status = to_status(error)
+            except StoredRefusal as refusal:
+                status = refusal.status
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - last line of defence: never leak a stack trace
+                _log.exception("rpc_failed", method=name)
+                status = _unexpected_status(exc)
+            else:
+                if span is not None:
+                    finish_server_span(span, grpc.StatusCode.OK)
+                return response
+            if span is not None:
+                finish_server_span(span, _CODE_BY_NUMBER[status.code])
+            await abort_with(context, status)
 
     return call
 
 
-def guard_servicer(servicer: Any, service_descriptor: Any) -> Any:
+def guard_servicer(servicer: Any, service_descriptor: Any, *, traced: bool = True) -> Any:
     """Replace every RPC method of `servicer` (per the proto descriptor) with its guarded form."""
     for rpc in service_descriptor.methods:
         method = getattr(servicer, rpc.name, None)
         if method is not None and inspect.iscoroutinefunction(method):
-            setattr(servicer, rpc.name, guarded(method))
+            setattr(servicer, rpc.name, guarded(method, f"/{service_descriptor.full_name}/{rpc.name}", traced))
     return servicer
 
 

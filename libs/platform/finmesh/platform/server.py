@@ -68,15 +68,11 @@ async def create_server(
     interceptors: list[grpc.aio.ServerInterceptor] | None = None,
 ) -> RunningServer:
     """Build and start a server on settings.host:settings.port (0 = any free port)."""
-    chain = list(interceptors or [])
-    if settings.tracing_enabled:
-        from opentelemetry.instrumentation.grpc import aio_server_interceptor
-
-        chain.insert(0, aio_server_interceptor())  # outermost: its span sees the final status
-    server = grpc.aio.server(interceptors=chain, options=server_options(settings))
+    # Tracing is not an interceptor: guard_servicer opens each RPC's server span (see rpc_tracing).
+    server = grpc.aio.server(interceptors=list(interceptors or []), options=server_options(settings))
     names = []
     for reg in registrations:
-        reg.add_to_server(guard_servicer(reg.servicer, reg.descriptor), server)
+        reg.add_to_server(guard_servicer(reg.servicer, reg.descriptor, traced=settings.tracing_enabled), server)
         names.append(reg.descriptor.full_name)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
