@@ -16,6 +16,7 @@ from finmesh.notify.v1 import notify_service_pb2 as no_pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as no_grpc
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pay_grpc
+from finmesh.platform.rpc_tracing import TracingClientInterceptor
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,7 @@ class SliceResult:
 
 
 def _channel(target: str, provider: trace.TracerProvider | None) -> grpc.aio.Channel:
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors
-
-    return grpc.aio.insecure_channel(target, interceptors=aio_client_interceptors(tracer_provider=provider))
+    return grpc.aio.insecure_channel(target, interceptors=[TracingClientInterceptor(provider)])
 
 
 async def run_slice(targets: dict[str, str], *, people: tuple[Person, Person] = (ALICE, BOB),

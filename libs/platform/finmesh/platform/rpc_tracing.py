@@ -60,7 +60,8 @@ def finish_server_span(span: Any, code: grpc.StatusCode) -> None:
 class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """A CLIENT span around each unary call, with the W3C context injected into the metadata."""
 
-    def __init__(self) -> None:
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer("finmesh.grpc", tracer_provider=tracer_provider) if tracer_provider else _tracer
         self._attributes: dict[str, dict[str, str]] = {}
 
     async def intercept_unary_unary(self, continuation: Any, details: grpc.aio.ClientCallDetails,
@@ -69,7 +70,7 @@ class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         attributes = self._attributes.get(method)
         if attributes is None:
             attributes = self._attributes[method] = rpc_attributes(method)
-        with _tracer.start_as_current_span(
+        with self._tracer.start_as_current_span(
             method.lstrip("/"), kind=SpanKind.CLIENT, attributes=attributes,
             record_exception=False, set_status_on_exception=False,
         ) as span:
