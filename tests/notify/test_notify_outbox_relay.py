@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from finmesh.platform.outbox import (
     list_dead,
     outbox_stats,
     outbox_table,
+    purge_delivered,
     redrive_dead,
 )
 
@@ -210,3 +212,17 @@ async def test_cli_outbox_commands_exit_cleanly(databases, argv: list[str]) -> N
     await engine.dispose()
     code = await asyncio.to_thread(cli_main, ["outbox", "--database-url", url, *argv])
     assert code == (2 if argv == ["redrive"] else 0)
+
+
+async def test_purge_keeps_the_newest_event_of_each_aggregate_so_sequences_continue(databases) -> None:
+    """Old delivered events can go; the last one per aggregate stays, so the next event gets the next number."""
+    engine, table, _ = await outbox_db(databases)
+    await write(engine, table, ["acc-a"], 3)
+    sink = Recorder()
+    relay = OutboxRelay(engine, table, "test", sink.deliver, RelayPolicy(**FAST))
+    assert await relay.drain_once() == 3
+    assert await purge_delivered(engine, table, timedelta(0)) == 2
+    await write(engine, table, ["acc-a"], 1)
+    assert await relay.drain_once() == 1
+    await engine.dispose()
+    assert sink.order_per_aggregate() == {"acc-a": [1, 2, 3, 4]}

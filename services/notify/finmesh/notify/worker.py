@@ -41,6 +41,7 @@ class DeliveryWorker:
         self._clock = clock
         self._wakes = {lane: asyncio.Event() for lane in LANES}
         self._tasks: list[asyncio.Task[None]] = []
+        self._in_hand: set[str] = set()  # claimed, not yet settled
         self._concurrency = {
             "SECURITY": settings.security_concurrency,
             "TRANSACTIONAL": settings.transactional_concurrency,
@@ -55,6 +56,11 @@ class DeliveryWorker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        try:
+            await queue.release(self._engine, sorted(self._in_hand), self._clock.now())
+        except Exception:  # noqa: BLE001 - best effort: the lease runs out anyway
+            _log.warning("notify_release_failed", claimed=len(self._in_hand))
+        self._in_hand.clear()
 
     def wake(self, lane: str) -> None:
         if lane in self._wakes:
@@ -89,9 +95,12 @@ class DeliveryWorker:
         rows = await queue.claim(self._engine, lane, self._clock.now(), limit, self._settings.worker_lease_seconds)
         gate = asyncio.Semaphore(self._concurrency[lane])
 
+        self._in_hand.update(row.notification_id for row in rows)
+
         async def one(row: Any) -> None:
             async with gate:
                 await self._send(row)
+            self._in_hand.discard(row.notification_id)
 
         await asyncio.gather(*(one(row) for row in rows))
         return len(rows)

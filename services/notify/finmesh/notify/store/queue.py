@@ -37,6 +37,18 @@ async def claim(engine: AsyncEngine, category: str, now: datetime, limit: int, l
     return rows
 
 
+async def release(engine: AsyncEngine, notification_ids: list[str], now: datetime) -> None:
+    """Give claimed messages back (on shutdown) so another worker need not wait out the lease."""
+    if not notification_ids:
+        return
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(n).where(n.c.notification_id.in_(notification_ids), n.c.status == QUEUED,
+                            n.c.next_attempt_at > now)
+            .values(next_attempt_at=now)
+        )
+
+
 async def next_due(engine: AsyncEngine, category: str) -> datetime | None:
     async with engine.connect() as conn:
         return await conn.scalar(
