@@ -96,6 +96,11 @@ class IdentityServiceStub:
                 request_serializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetPublicKeysRequest.SerializeToString,
                 response_deserializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetPublicKeysResponse.FromString,
                 _registered_method=True)
+        self.IssueServiceToken = channel.unary_unary(
+                '/finmesh.identity.v1.IdentityService/IssueServiceToken',
+                request_serializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.IssueServiceTokenRequest.SerializeToString,
+                response_deserializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.IssueServiceTokenResponse.FromString,
+                _registered_method=True)
         self.RotateSigningKey = channel.unary_unary(
                 '/finmesh.identity.v1.IdentityService/RotateSigningKey',
                 request_serializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.RotateSigningKeyRequest.SerializeToString,
@@ -219,6 +224,15 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueServiceToken(self, request, context):
+        """Issues a short-lived access token (ROLE_SERVICE) to another finmesh
+        service that proves its service credential (OAuth 2.0 client
+        credentials). Services attach it to their calls to each other.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RotateSigningKey(self, request, context):
         """Starts signing with a new key; old keys stay published until their tokens expire.
         """
@@ -323,6 +337,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.GetPublicKeys,
                     request_deserializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetPublicKeysRequest.FromString,
                     response_serializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetPublicKeysResponse.SerializeToString,
+            ),
+            'IssueServiceToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueServiceToken,
+                    request_deserializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.IssueServiceTokenRequest.FromString,
+                    response_serializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.IssueServiceTokenResponse.SerializeToString,
             ),
             'RotateSigningKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateSigningKey,
@@ -681,6 +700,33 @@ class IdentityService:
             '/finmesh.identity.v1.IdentityService/GetPublicKeys',
             finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetPublicKeysRequest.SerializeToString,
             finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetPublicKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueServiceToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finmesh.identity.v1.IdentityService/IssueServiceToken',
+            finmesh_dot_identity_dot_v1_dot_identity__service__pb2.IssueServiceTokenRequest.SerializeToString,
+            finmesh_dot_identity_dot_v1_dot_identity__service__pb2.IssueServiceTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

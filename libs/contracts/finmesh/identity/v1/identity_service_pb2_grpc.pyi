@@ -63,6 +63,11 @@ class IdentityServiceStub:
     """Confirms TOTP enrolment with a first code."""
     GetPublicKeys: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.GetPublicKeysRequest, _identity_service_pb2.GetPublicKeysResponse]
     """Public keys that verify access tokens; every service caches them."""
+    IssueServiceToken: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.IssueServiceTokenRequest, _identity_service_pb2.IssueServiceTokenResponse]
+    """Issues a short-lived access token (ROLE_SERVICE) to another finmesh
+    service that proves its service credential (OAuth 2.0 client
+    credentials). Services attach it to their calls to each other.
+    """
     RotateSigningKey: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.RotateSigningKeyRequest, _identity_service_pb2.RotateSigningKeyResponse]
     """Starts signing with a new key; old keys stay published until their tokens expire."""
     AssignRole: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.AssignRoleRequest, _identity_service_pb2.AssignRoleResponse]
@@ -111,6 +116,11 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """Confirms TOTP enrolment with a first code."""
     GetPublicKeys: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.GetPublicKeysRequest, _identity_service_pb2.GetPublicKeysResponse]  # type: ignore[assignment]
     """Public keys that verify access tokens; every service caches them."""
+    IssueServiceToken: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.IssueServiceTokenRequest, _identity_service_pb2.IssueServiceTokenResponse]  # type: ignore[assignment]
+    """Issues a short-lived access token (ROLE_SERVICE) to another finmesh
+    service that proves its service credential (OAuth 2.0 client
+    credentials). Services attach it to their calls to each other.
+    """
     RotateSigningKey: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.RotateSigningKeyRequest, _identity_service_pb2.RotateSigningKeyResponse]  # type: ignore[assignment]
     """Starts signing with a new key; old keys stay published until their tokens expire."""
     AssignRole: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.AssignRoleRequest, _identity_service_pb2.AssignRoleResponse]  # type: ignore[assignment]
@@ -228,6 +238,17 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_service_pb2.GetPublicKeysResponse, _abc.Awaitable[_identity_service_pb2.GetPublicKeysResponse]]:
         """Public keys that verify access tokens; every service caches them."""
+
+    @_abc_1.abstractmethod
+    def IssueServiceToken(
+        self,
+        request: _identity_service_pb2.IssueServiceTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.IssueServiceTokenResponse, _abc.Awaitable[_identity_service_pb2.IssueServiceTokenResponse]]:
+        """Issues a short-lived access token (ROLE_SERVICE) to another finmesh
+        service that proves its service credential (OAuth 2.0 client
+        credentials). Services attach it to their calls to each other.
+        """
 
     @_abc_1.abstractmethod
     def RotateSigningKey(
