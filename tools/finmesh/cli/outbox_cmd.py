@@ -24,7 +24,8 @@ PRODUCERS = ("payments", "identity", "risk")
 
 
 def add_outbox_parser(sub: Any) -> None:
-    parser = sub.add_parser("outbox", help="inspect a service's outbox; list and redrive dead events")
+    parser = sub.add_parser("outbox", help="inspect a service's outbox; list and redrive dead events",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--service", choices=PRODUCERS, default="payments",
                         help="whose outbox (its SQLite file in --data-dir unless --database-url)")
     parser.add_argument("--database-url", default="", help="SQLAlchemy async URL of the service's database")

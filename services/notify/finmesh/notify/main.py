@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from finmesh.notify.app import build
-from finmesh.platform.config import ServiceSettings
+from finmesh.notify.config import NotifySettings
 from finmesh.platform.runner import run_service
 
 
 def main() -> None:
-    settings = ServiceSettings()
+    # Loaded (and validated) once at start: a bad channel setting stops the process before it serves.
+    settings = NotifySettings()
     run_service("notify", settings, lambda: build(settings))
 
 
