@@ -186,3 +186,19 @@ async def test_webhook_urls_must_be_https_or_loopback(databases, tmp_path: Path)
             await notify.stub.CreateWebhook(pb.CreateWebhookRequest(
                 idempotency_key=key(), url="https://user:pw@example.com/hook", event_types=["*"]))
         assert field_violations_of(creds.value) == ["url"]
+
+
+async def test_the_send_joins_the_requests_trace_by_a_link_without_personal_data(
+        databases, tmp_path: Path, sms, spans) -> None:
+    """The worker's send span links to the trace of the call that queued it; no phone or code in attributes."""
+    if databases.kind != "sqlite":
+        pytest.skip("tracing does not depend on storage; once is enough")
+    async with running_notify(databases, tmp_path, sms=sms) as notify:
+        sent = await notify.stub.SendNotification(code_sms("u-7", code="135790"))
+        await notify.wait_status(sent.notification.notification_id, pb.NOTIFICATION_STATUS_SENT)
+    finished = spans.get_finished_spans()
+    [server] = [s for s in finished if s.name.endswith("/SendNotification")]
+    [send] = [s for s in finished if s.name == "notify send sms"]
+    assert [link.context.trace_id for link in send.links] == [server.context.trace_id]
+    attributes = repr([dict(s.attributes or {}) for s in finished])
+    assert PHONE not in attributes and "135790" not in attributes
