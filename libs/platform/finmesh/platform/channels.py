@@ -47,6 +47,9 @@ def open_channel(
         ("grpc.service_config", _service_config(idempotent_methods or [])),
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", 30_000),
+        # gRPC's default reconnect backoff grows to 120 s; after a long outage of
+        # the callee that, not our own retry policy, would set the recovery time.
+        ("grpc.max_reconnect_backoff_ms", 5_000),
     ]
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 

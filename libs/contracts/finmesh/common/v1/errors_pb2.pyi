@@ -33,6 +33,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """NOT_FOUND reasons."""
     ERROR_REASON_PAYMENT_NOT_FOUND: _ErrorReason.ValueType  # 4
     ERROR_REASON_USER_NOT_FOUND: _ErrorReason.ValueType  # 5
+    ERROR_REASON_NOTIFICATION_NOT_FOUND: _ErrorReason.ValueType  # 6
+    ERROR_REASON_DEAD_LETTER_NOT_FOUND: _ErrorReason.ValueType  # 7
+    ERROR_REASON_COMPLAINT_NOT_FOUND: _ErrorReason.ValueType  # 8
     ERROR_REASON_INSUFFICIENT_FUNDS: _ErrorReason.ValueType  # 10
     """FAILED_PRECONDITION reasons from payments."""
     ERROR_REASON_ACCOUNT_FROZEN: _ErrorReason.ValueType  # 11
@@ -87,6 +90,9 @@ ERROR_REASON_ACCOUNT_NOT_FOUND: ErrorReason.ValueType  # 3
 """NOT_FOUND reasons."""
 ERROR_REASON_PAYMENT_NOT_FOUND: ErrorReason.ValueType  # 4
 ERROR_REASON_USER_NOT_FOUND: ErrorReason.ValueType  # 5
+ERROR_REASON_NOTIFICATION_NOT_FOUND: ErrorReason.ValueType  # 6
+ERROR_REASON_DEAD_LETTER_NOT_FOUND: ErrorReason.ValueType  # 7
+ERROR_REASON_COMPLAINT_NOT_FOUND: ErrorReason.ValueType  # 8
 ERROR_REASON_INSUFFICIENT_FUNDS: ErrorReason.ValueType  # 10
 """FAILED_PRECONDITION reasons from payments."""
 ERROR_REASON_ACCOUNT_FROZEN: ErrorReason.ValueType  # 11
