@@ -868,7 +868,7 @@ class GetPublicKeysResponse(_message.Message):
 Global___GetPublicKeysResponse: _TypeAlias = GetPublicKeysResponse  # noqa: Y015
 
 @_typing.final
-class IssueServiceTokenRequest(_message.Message):
+class GetServiceTokenRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SERVICE_FIELD_NUMBER: _builtins.int
@@ -889,10 +889,10 @@ class IssueServiceTokenRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___IssueServiceTokenRequest: _TypeAlias = IssueServiceTokenRequest  # noqa: Y015
+Global___GetServiceTokenRequest: _TypeAlias = GetServiceTokenRequest  # noqa: Y015
 
 @_typing.final
-class IssueServiceTokenResponse(_message.Message):
+class GetServiceTokenResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
@@ -912,7 +912,7 @@ class IssueServiceTokenResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___IssueServiceTokenResponse: _TypeAlias = IssueServiceTokenResponse  # noqa: Y015
+Global___GetServiceTokenResponse: _TypeAlias = GetServiceTokenResponse  # noqa: Y015
 
 @_typing.final
 class RotateSigningKeyRequest(_message.Message):

@@ -96,10 +96,10 @@ class IdentityServiceStub:
                 request_serializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetPublicKeysRequest.SerializeToString,
                 response_deserializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetPublicKeysResponse.FromString,
                 _registered_method=True)
-        self.IssueServiceToken = channel.unary_unary(
-                '/finmesh.identity.v1.IdentityService/IssueServiceToken',
-                request_serializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.IssueServiceTokenRequest.SerializeToString,
-                response_deserializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.IssueServiceTokenResponse.FromString,
+        self.GetServiceToken = channel.unary_unary(
+                '/finmesh.identity.v1.IdentityService/GetServiceToken',
+                request_serializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetServiceTokenRequest.SerializeToString,
+                response_deserializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetServiceTokenResponse.FromString,
                 _registered_method=True)
         self.RotateSigningKey = channel.unary_unary(
                 '/finmesh.identity.v1.IdentityService/RotateSigningKey',
@@ -224,10 +224,11 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def IssueServiceToken(self, request, context):
+    def GetServiceToken(self, request, context):
         """Issues a short-lived access token (ROLE_SERVICE) to another finmesh
         service that proves its service credential (OAuth 2.0 client
-        credentials). Services attach it to their calls to each other.
+        credentials). Services attach it to their calls to each other. Changes
+        no state (nothing is stored), so it is safe to retry without a key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -338,10 +339,10 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     request_deserializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetPublicKeysRequest.FromString,
                     response_serializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetPublicKeysResponse.SerializeToString,
             ),
-            'IssueServiceToken': grpc.unary_unary_rpc_method_handler(
-                    servicer.IssueServiceToken,
-                    request_deserializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.IssueServiceTokenRequest.FromString,
-                    response_serializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.IssueServiceTokenResponse.SerializeToString,
+            'GetServiceToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServiceToken,
+                    request_deserializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetServiceTokenRequest.FromString,
+                    response_serializer=finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetServiceTokenResponse.SerializeToString,
             ),
             'RotateSigningKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateSigningKey,
@@ -711,7 +712,7 @@ class IdentityService:
             _registered_method=True)
 
     @staticmethod
-    def IssueServiceToken(request,
+    def GetServiceToken(request,
             target,
             options=(),
             channel_credentials=None,
@@ -724,9 +725,9 @@ class IdentityService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/finmesh.identity.v1.IdentityService/IssueServiceToken',
-            finmesh_dot_identity_dot_v1_dot_identity__service__pb2.IssueServiceTokenRequest.SerializeToString,
-            finmesh_dot_identity_dot_v1_dot_identity__service__pb2.IssueServiceTokenResponse.FromString,
+            '/finmesh.identity.v1.IdentityService/GetServiceToken',
+            finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetServiceTokenRequest.SerializeToString,
+            finmesh_dot_identity_dot_v1_dot_identity__service__pb2.GetServiceTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

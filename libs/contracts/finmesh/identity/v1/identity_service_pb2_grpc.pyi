@@ -63,10 +63,11 @@ class IdentityServiceStub:
     """Confirms TOTP enrolment with a first code."""
     GetPublicKeys: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.GetPublicKeysRequest, _identity_service_pb2.GetPublicKeysResponse]
     """Public keys that verify access tokens; every service caches them."""
-    IssueServiceToken: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.IssueServiceTokenRequest, _identity_service_pb2.IssueServiceTokenResponse]
+    GetServiceToken: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.GetServiceTokenRequest, _identity_service_pb2.GetServiceTokenResponse]
     """Issues a short-lived access token (ROLE_SERVICE) to another finmesh
     service that proves its service credential (OAuth 2.0 client
-    credentials). Services attach it to their calls to each other.
+    credentials). Services attach it to their calls to each other. Changes
+    no state (nothing is stored), so it is safe to retry without a key.
     """
     RotateSigningKey: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.RotateSigningKeyRequest, _identity_service_pb2.RotateSigningKeyResponse]
     """Starts signing with a new key; old keys stay published until their tokens expire."""
@@ -116,10 +117,11 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """Confirms TOTP enrolment with a first code."""
     GetPublicKeys: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.GetPublicKeysRequest, _identity_service_pb2.GetPublicKeysResponse]  # type: ignore[assignment]
     """Public keys that verify access tokens; every service caches them."""
-    IssueServiceToken: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.IssueServiceTokenRequest, _identity_service_pb2.IssueServiceTokenResponse]  # type: ignore[assignment]
+    GetServiceToken: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.GetServiceTokenRequest, _identity_service_pb2.GetServiceTokenResponse]  # type: ignore[assignment]
     """Issues a short-lived access token (ROLE_SERVICE) to another finmesh
     service that proves its service credential (OAuth 2.0 client
-    credentials). Services attach it to their calls to each other.
+    credentials). Services attach it to their calls to each other. Changes
+    no state (nothing is stored), so it is safe to retry without a key.
     """
     RotateSigningKey: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.RotateSigningKeyRequest, _identity_service_pb2.RotateSigningKeyResponse]  # type: ignore[assignment]
     """Starts signing with a new key; old keys stay published until their tokens expire."""
@@ -240,14 +242,15 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         """Public keys that verify access tokens; every service caches them."""
 
     @_abc_1.abstractmethod
-    def IssueServiceToken(
+    def GetServiceToken(
         self,
-        request: _identity_service_pb2.IssueServiceTokenRequest,
+        request: _identity_service_pb2.GetServiceTokenRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_service_pb2.IssueServiceTokenResponse, _abc.Awaitable[_identity_service_pb2.IssueServiceTokenResponse]]:
+    ) -> _typing.Union[_identity_service_pb2.GetServiceTokenResponse, _abc.Awaitable[_identity_service_pb2.GetServiceTokenResponse]]:
         """Issues a short-lived access token (ROLE_SERVICE) to another finmesh
         service that proves its service credential (OAuth 2.0 client
-        credentials). Services attach it to their calls to each other.
+        credentials). Services attach it to their calls to each other. Changes
+        no state (nothing is stored), so it is safe to retry without a key.
         """
 
     @_abc_1.abstractmethod
