@@ -6,6 +6,7 @@ import json
 
 import grpc
 
+from finmesh.platform.auth_service import BearerTokenInterceptor, TokenSource, default_token_source
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.rpc_tracing import TracingClientInterceptor
 
@@ -40,9 +41,15 @@ def open_channel(
     settings: ServiceSettings,
     *,
     idempotent_methods: list[tuple[str, str]] | None = None,
+    token_source: TokenSource | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure aio channel to `target` with tracing and per-method retry policy."""
-    interceptors = [TracingClientInterceptor()] if settings.tracing_enabled else []
+    """An insecure aio channel to `target` with tracing, per-method retry policy and, when
+    FINMESH_AUTH_MODE=enforce, this service's token on every call (see auth_service)."""
+    interceptors: list[grpc.aio.ClientInterceptor] = [TracingClientInterceptor()] if settings.tracing_enabled else []
+    if token_source is None and settings.auth_mode == "enforce":
+        token_source = default_token_source(settings)
+    if token_source is not None:
+        interceptors.append(BearerTokenInterceptor(token_source))
     options = [
         ("grpc.service_config", _service_config(idempotent_methods or [])),
         ("grpc.enable_retries", 1),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +39,18 @@ class ServiceSettings(BaseSettings):
     payments_target: str = ""
     risk_target: str = ""
     notify_target: str = ""
+    # "enforce": every RPC checks the caller's token against the permission its proto declares
+    # (finmesh.platform.auth). "off" lets every call through; it is the default only until the
+    # payments, risk and notify suites carry tokens, then it flips to "enforce".
+    auth_mode: Literal["enforce", "off"] = "off"
+    # How often cached token-verification keys are refreshed from identity.
+    auth_keys_refresh_seconds: float = Field(default=60.0, gt=0)
+    # Service-to-service tokens (finmesh.platform.auth_service): this service's name and credential
+    # ("<service>.<mac>"); or the mesh's service secret, from which identity checks credentials and
+    # local runs derive them. Empty secret: one is generated into data_dir.
+    service_name: str = ""
+    service_credential: SecretStr = SecretStr("")
+    service_secret: SecretStr = SecretStr("")
 
     def database_url_for(self, service: str) -> str:
         """The configured URL, or the embedded SQLite default for this service."""

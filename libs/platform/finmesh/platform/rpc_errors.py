@@ -15,6 +15,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from finmesh.platform.auth_context import acting_as
 from finmesh.platform.errors import DomainError, InvalidArgument
 from finmesh.platform.idempotency import StoredRefusal
 from finmesh.platform.logs import get_logger
@@ -80,18 +81,26 @@ def _is_connection_error(exc: BaseException) -> bool:
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+# Authorizes one call before its handler runs (finmesh.platform.auth.Authorizer.bind); returns the caller.
+AuthCheck = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def guarded(method: Handler, full_method: str = "", traced: bool = True) -> Handler:
-    """Wrap one servicer method: a server span, domain errors as rich statuses, bugs as a bare INTERNAL."""
+def guarded(method: Handler, full_method: str = "", traced: bool = True, check: AuthCheck | None = None) -> Handler:
+    """Wrap one servicer method: a server span, the auth check, domain errors as rich statuses, bugs as INTERNAL."""
     name = full_method.lstrip("/") or method.__qualname__
     attributes = rpc_attributes(full_method or name)
+
+    async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if check is None:
+            return await method(request, context)
+        with acting_as(await check(request, context)):
+            return await method(request, context)
 
     @functools.wraps(method)
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         with server_span(name, attributes, context) if traced else contextlib.nullcontext() as span:
             try:
-                response = await method(request, context)
+                response = await run(request, context)
             except DomainError as error:
                 status = to_status(error)
             except StoredRefusal as refusal:
@@ -112,12 +121,18 @@ def guarded(method: Handler, full_method: str = "", traced: bool = True) -> Hand
     return call
 
 
-def guard_servicer(servicer: Any, service_descriptor: Any, *, traced: bool = True) -> Any:
-    """Replace every RPC method of `servicer` (per the proto descriptor) with its guarded form."""
+def guard_servicer(servicer: Any, service_descriptor: Any, *, traced: bool = True, authorizer: Any = None) -> Any:
+    """Replace every RPC method of `servicer` (per the proto descriptor) with its guarded form.
+
+    With an `authorizer` (finmesh.platform.auth.Authorizer), each RPC first checks the caller
+    against the access policy its proto declares.
+    """
     for rpc in service_descriptor.methods:
         method = getattr(servicer, rpc.name, None)
         if method is not None and inspect.iscoroutinefunction(method):
-            setattr(servicer, rpc.name, guarded(method, f"/{service_descriptor.full_name}/{rpc.name}", traced))
+            full_method = f"/{service_descriptor.full_name}/{rpc.name}"
+            check = authorizer.bind(rpc, full_method) if authorizer is not None else None
+            setattr(servicer, rpc.name, guarded(method, full_method, traced, check))
     return servicer
 
 

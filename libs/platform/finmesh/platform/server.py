@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from finmesh.platform.auth import remote_authorizer
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.logs import get_logger
 from finmesh.platform.rpc_errors import guard_servicer
@@ -26,6 +27,9 @@ class Registration:
     servicer: Any
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     descriptor: Any  # google.protobuf.descriptor.ServiceDescriptor
+    # Checks callers when FINMESH_AUTH_MODE=enforce; None: keys fetched from identity
+    # (finmesh.platform.auth.remote_authorizer). Identity passes one over its own keys.
+    authorizer: Any = None
 
 
 @dataclass
@@ -34,6 +38,7 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     service_names: list[str] = field(default_factory=list)
+    authorizers: list[Any] = field(default_factory=list)
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -46,6 +51,8 @@ class RunningServer:
         if settings.drain_delay_seconds:
             await asyncio.sleep(settings.drain_delay_seconds)
         await self.server.stop(settings.shutdown_grace_seconds)
+        for authorizer in self.authorizers:
+            await authorizer.close()
 
 
 def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
@@ -71,15 +78,22 @@ async def create_server(
     # Tracing is not an interceptor: guard_servicer opens each RPC's server span (see rpc_tracing).
     server = grpc.aio.server(interceptors=list(interceptors or []), options=server_options(settings))
     names = []
+    authorizers = []
     for reg in registrations:
-        reg.add_to_server(guard_servicer(reg.servicer, reg.descriptor, traced=settings.tracing_enabled), server)
+        authorizer = None
+        if settings.auth_mode == "enforce":
+            authorizer = reg.authorizer or remote_authorizer(settings)
+            authorizers.append(authorizer)
+        reg.add_to_server(guard_servicer(reg.servicer, reg.descriptor, traced=settings.tracing_enabled,
+                                         authorizer=authorizer), server)
         names.append(reg.descriptor.full_name)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
-    running = RunningServer(server=server, port=port, health=health_servicer, service_names=names)
+    running = RunningServer(server=server, port=port, health=health_servicer, service_names=names,
+                            authorizers=authorizers)
     await running.set_serving(True)
     return running
 
