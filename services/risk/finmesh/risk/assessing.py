@@ -25,6 +25,7 @@ from finmesh.risk.domain.values import AmlKind, BlockKind, Subject, Tier, Warnin
 from finmesh.risk.domain.windows import window_start
 from finmesh.risk.store import alerts, assessments, blocklist, subjects
 from finmesh.risk.store import aml as aml_store
+from finmesh.risk.store.common import write_gate
 from finmesh.risk.store.schema import outbox
 
 ALERT_EVENT = "risk.alert.raised.v1"
@@ -60,7 +61,7 @@ class Outcome:
 async def assess_payment(engine: AsyncEngine, rules: Rules, facts: PaymentFacts, now: datetime) -> Outcome:
     """Assess once per payment id; a concurrent or repeated call gets the recorded assessment."""
     try:
-        async with engine.begin() as conn:
+        async with write_gate(engine), engine.begin() as conn:
             await subjects.lock(conn, facts.lock_key, now)
             prior = await assessments.find_by_payment(conn, facts.payment_id)
             if prior is not None:
@@ -76,7 +77,7 @@ async def assess_payment(engine: AsyncEngine, rules: Rules, facts: PaymentFacts,
 
 
 async def _assess_locked(conn: AsyncConnection, rules: Rules, facts: PaymentFacts, now: datetime) -> Outcome:
-    features, earlier = await _features(conn, rules, facts, now)
+    features, earlier, known_device = await _features(conn, rules, facts, now)
     verdict = assess(features, rules)
     row = await assessments.insert_assessment(
         conn,
@@ -100,7 +101,7 @@ async def _assess_locked(conn: AsyncConnection, rules: Rules, facts: PaymentFact
         synthetic=int(facts.synthetic),
         created_at=now,
     )
-    if facts.payer_user_id and facts.device_id:
+    if facts.payer_user_id and facts.device_id and not known_device:
         await subjects.remember_device(conn, facts.payer_user_id, facts.device_id, now)
     if facts.synthetic:
         return Outcome(row)  # load-test traffic is scored like any other, but files no report and freezes nothing
@@ -110,16 +111,13 @@ async def _assess_locked(conn: AsyncConnection, rules: Rules, facts: PaymentFact
 
 
 async def _features(conn: AsyncConnection, rules: Rules, facts: PaymentFacts,
-                    now: datetime) -> tuple[PaymentFeatures, list[Any]]:
+                    now: datetime) -> tuple[PaymentFeatures, list[Any], bool]:
     subject_values = {Subject.USER: facts.payer_user_id, Subject.DEVICE: facts.device_id,
                       Subject.IP: facts.ip_address}
     tallies = await assessments.tallies(conn, subject_values, rules.velocity_windows(), facts.amount.currency, now)
-    new_device = False
+    known, has_devices = False, False
     if facts.payer_user_id and facts.device_id:
-        new_device = is_new_device(
-            known=await subjects.is_known_device(conn, facts.payer_user_id, facts.device_id),
-            user_has_devices=await subjects.has_any_device(conn, facts.payer_user_id),
-        )
+        known, has_devices = await subjects.device_history(conn, facts.payer_user_id, facts.device_id)
     hits = await blocklist.hits(conn, [
         (BlockKind.USER.value, facts.payer_user_id),
         (BlockKind.DEVICE.value, facts.device_id),
@@ -135,14 +133,14 @@ async def _features(conn: AsyncConnection, rules: Rules, facts: PaymentFacts,
         amount=facts.amount,
         tier=facts.tier,
         tallies=tallies,
-        new_device=new_device,
+        new_device=is_new_device(known=known, user_has_devices=has_devices),
         blocked=blocked,
         payee_blocked=(BlockKind.ACCOUNT.value, facts.payee_account_id) in hits,
         ip_country=facts.ip_country,
         home_country=facts.home_country,
         earlier_just_under=len(earlier),
     )
-    return features, earlier
+    return features, earlier, known
 
 
 async def _earlier_just_under(conn: AsyncConnection, rules: Rules, facts: PaymentFacts, now: datetime) -> list[Any]:

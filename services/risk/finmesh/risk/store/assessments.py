@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, select
+from sqlalchemy import and_, bindparam, case, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.risk.domain.scoring import Tally
@@ -26,8 +27,7 @@ async def find_by_payment(conn: AsyncConnection, payment_id: str) -> Any:
 
 
 async def insert_assessment(conn: AsyncConnection, **values: Any) -> Any:
-    await conn.execute(insert(assessments).values(**values))
-    return await find_by_payment(conn, values["payment_id"])
+    return (await conn.execute(insert(assessments).values(**values).returning(*assessments.c))).one()
 
 
 async def tallies(
@@ -48,22 +48,30 @@ async def tallies(
         value = subjects.get(subject, "")
         if not value or not seconds_set:
             continue
-        ordered = sorted(seconds_set)
-        column = _SUBJECT_COLUMNS[subject]
-        counted = assessments.c.decision != Decision.DECLINE.value
-        columns = []
-        for seconds in ordered:
-            since = window_start(now, seconds)
-            inside = assessments.c.created_at > since
-            columns.append(func.coalesce(func.sum(case((inside, 1), else_=0)), 0))
-            columns.append(func.coalesce(func.sum(case(
-                (and_(inside, assessments.c.currency == currency, counted), assessments.c.amount), else_=0)), 0))
-        query = select(*columns).where(column == value,
-                                       assessments.c.created_at > window_start(now, ordered[-1]))
-        row = (await conn.execute(query)).one()
+        ordered = tuple(sorted(seconds_set))
+        params: dict[str, Any] = {"value": value, "currency": currency}
+        params.update({f"since_{i}": window_start(now, seconds) for i, seconds in enumerate(ordered)})
+        row = (await conn.execute(_tally_query(subject, len(ordered)), params)).one()
         for i, seconds in enumerate(ordered):
             result[(subject, seconds)] = Tally(count=int(row[2 * i]), amount=int(row[2 * i + 1]))
     return result
+
+
+@functools.cache
+def _tally_query(subject: Subject, windows: int) -> Any:
+    """Built once per shape and reused with bound values: building SQL expressions costs more than running them."""
+    column = _SUBJECT_COLUMNS[subject]
+    counted = assessments.c.decision != Decision.DECLINE.value
+    same_currency = assessments.c.currency == bindparam("currency")
+    columns = []
+    for i in range(windows):
+        inside = assessments.c.created_at > bindparam(f"since_{i}")
+        columns.append(func.coalesce(func.sum(case((inside, 1), else_=0)), 0))
+        columns.append(func.coalesce(func.sum(case((and_(inside, same_currency, counted), assessments.c.amount),
+                                                   else_=0)), 0))
+    # The widest window (sorted last) bounds the rows read through the (subject, created_at) index.
+    return select(*columns).where(column == bindparam("value"),
+                                  assessments.c.created_at > bindparam(f"since_{windows - 1}"))
 
 
 async def earlier_just_under(

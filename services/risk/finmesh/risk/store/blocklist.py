@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.risk.store.schema import block_list
@@ -22,9 +23,19 @@ async def hits(conn: AsyncConnection, candidates: Iterable[tuple[str, str]], now
     pairs = [(k, v) for k, v in candidates if v]
     if not pairs:
         return set()
-    matches = or_(*(and_(block_list.c.kind == k, block_list.c.value == v) for k, v in pairs))
-    rows = (await conn.execute(select(block_list.c.kind, block_list.c.value).where(matches, _active(now)))).all()
+    params: dict[str, Any] = {"now": now}
+    for i, (kind, value) in enumerate(pairs):
+        params[f"kind_{i}"], params[f"value_{i}"] = kind, value
+    rows = (await conn.execute(_hits_query(len(pairs)), params)).all()
     return {(r.kind, r.value) for r in rows}
+
+
+@functools.cache
+def _hits_query(pairs: int) -> Any:
+    """Built once per number of pairs and reused with bound values (expression building is the costly part)."""
+    matches = or_(*(and_(block_list.c.kind == bindparam(f"kind_{i}"), block_list.c.value == bindparam(f"value_{i}"))
+                    for i in range(pairs)))
+    return select(block_list.c.kind, block_list.c.value).where(matches, _active(bindparam("now")))
 
 
 async def find_active(conn: AsyncConnection, kind: str, value: str, now: datetime) -> Any:

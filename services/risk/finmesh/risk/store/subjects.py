@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.risk.store.common import insert_ignoring_duplicates
@@ -17,19 +17,21 @@ async def lock(conn: AsyncConnection, subject_key: str, now: datetime) -> None:
     Two replicas assessing the same payer at once would otherwise both read
     the velocity count before either wrote, and both approve. The UPDATE
     takes the row lock on PostgreSQL; SQLite transactions here begin
-    IMMEDIATE, which already serialises writers.
+    IMMEDIATE, which already serialises writers, so the row is skipped there.
     """
+    if conn.dialect.name == "sqlite":
+        return
     await insert_ignoring_duplicates(conn, subjects, subject_key=subject_key, touched_at=now)
     await conn.execute(update(subjects).where(subjects.c.subject_key == subject_key).values(touched_at=now))
 
 
-async def is_known_device(conn: AsyncConnection, user_id: str, device_id: str) -> bool:
-    query = select(exists().where(known_devices.c.user_id == user_id, known_devices.c.device_id == device_id))
-    return bool(await conn.scalar(query))
-
-
-async def has_any_device(conn: AsyncConnection, user_id: str) -> bool:
-    return bool(await conn.scalar(select(exists().where(known_devices.c.user_id == user_id))))
+async def device_history(conn: AsyncConnection, user_id: str, device_id: str) -> tuple[bool, bool]:
+    """(this device is known for the user, the user has any known device), in one round trip."""
+    d = known_devices.c
+    query = select(func.count(), func.coalesce(func.sum(case((d.device_id == device_id, 1), else_=0)), 0)).where(
+        d.user_id == user_id)
+    total, this = (await conn.execute(query)).one()
+    return bool(this), bool(total)
 
 
 async def remember_device(conn: AsyncConnection, user_id: str, device_id: str, now: datetime) -> None:
