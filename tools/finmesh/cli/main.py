@@ -11,8 +11,10 @@ from pathlib import Path
 
 import grpc
 
-from finmesh.cli.mesh import Mesh, is_serving
+from finmesh.cli.mesh import Mesh
 from finmesh.cli.outbox_cmd import add_outbox_parser
+from finmesh.cli.rollout import add_rollout_parser
+from finmesh.cli.tls import TlsConfigError, health_status
 from finmesh.cli.traces import latest_trace_id, load_spans, render_tree
 
 DEFAULT_BASE_PORT = 50051
@@ -91,9 +93,14 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    ok = is_serving(args.target, timeout=args.timeout)
-    print("SERVING" if ok else "NOT_SERVING")
-    return 0 if ok else 1
+    # TLS when FINMESH_TLS_* are set: the chart's mTLS test pods run this command.
+    try:
+        status = health_status(args.target, timeout=args.timeout, server_name=args.tls_server_name)
+    except TlsConfigError as error:
+        print(f"health: {error}", file=sys.stderr)
+        return 2
+    print(status)
+    return 0 if status == "SERVING" else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     health = sub.add_parser("health", help="gRPC health check of one service")
     health.add_argument("target", help="host:port")
     health.add_argument("--timeout", type=float, default=2.0)
+    health.add_argument("--tls-server-name", default="", help="name the server certificate must carry "
+                        "(default: the target's host), e.g. the Service name through a port-forward")
     health.set_defaults(func=cmd_health)
     add_outbox_parser(sub)
+    add_rollout_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
