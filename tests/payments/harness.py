@@ -24,8 +24,8 @@ from tests.inprocess import InProcessMesh, running_mesh
 
 # "payments" keeps the whole directory within its time budget on two cores;
 # FINMESH_HYPOTHESIS_PROFILE=payments-thorough runs many more sequences.
-settings.register_profile("payments", max_examples=int(os.environ.get("FINMESH_PROPERTY_EXAMPLES", "8")),
-                          stateful_step_count=25, deadline=None,
+settings.register_profile("payments", max_examples=int(os.environ.get("FINMESH_PROPERTY_EXAMPLES", "20")),
+                          stateful_step_count=25, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("payments-thorough", max_examples=200, stateful_step_count=50, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
