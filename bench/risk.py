@@ -1,0 +1,149 @@
+"""Risk assessment cost: AssessPayment beside a no-op RPC (health Check) on the same server, same run.
+
+`python -m bench.risk [--rounds N] [--seconds S] [--concurrency C] [--databases sqlite,postgres]`
+
+One in-process risk server per database kind, configured as in production
+(tracing interceptor on, info-level JSON logs rendered, to /dev/null here).
+Each round runs the no-op and AssessPayment closed loops back to back, in
+alternating order so machine drift hits both alike. Payments come from a
+pool of 10,000 payers, devices and IPs, so velocity and device lookups touch
+real rows. Reported: medians over rounds of throughput and p50/p99, and the
+ratios AssessPayment / no-op.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import tempfile
+import uuid
+from pathlib import Path
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.load import Round, closed_loop, median
+from finmesh.common.v1 import money_pb2
+from finmesh.platform.logs import configure_logging
+from finmesh.platform.runner import start_app
+from finmesh.risk import app as risk_app
+from finmesh.risk.config import RiskSettings
+from finmesh.risk.v1 import risk_service_pb2 as pb
+from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
+
+PG = {"host": os.environ.get("FINMESH_TEST_PG_HOST", "127.0.0.1"),
+      "port": int(os.environ.get("FINMESH_TEST_PG_PORT", "5432")),
+      "user": os.environ.get("FINMESH_TEST_PG_USER", "postgres")}
+POOL = 10_000
+
+
+def _request() -> pb.AssessPaymentRequest:
+    n = random.randrange(POOL)
+    return pb.AssessPaymentRequest(
+        payment_id=uuid.uuid4().hex, payer_user_id=f"bench-user-{n}", payer_account_id=f"bench-acct-{n}",
+        payee_account_id="bench-merchant", amount=money_pb2.Money(currency_code="CNY",
+                                                                   minor_units=random.randint(100, 200_000)),
+        device_id=f"bench-device-{n}", ip_address=f"10.{n // 256 % 256}.{n % 256}.7", ip_country="CN",
+        home_country="CN", payer_tier=pb.RISK_TIER_LOW)
+
+
+async def _postgres_url() -> tuple[str, str] | None:
+    """A fresh database on the local PostgreSQL, or None when it is not reachable."""
+    try:
+        admin = await asyncpg.connect(database="postgres", timeout=3, **PG)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return None
+    name = f"fmbench_risk_{uuid.uuid4().hex[:8]}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return f"postgresql+asyncpg://{PG['user']}@{PG['host']}:{PG['port']}/{name}", name
+
+
+async def _drop(name: str) -> None:
+    admin = await asyncpg.connect(database="postgres", timeout=3, **PG)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def measure(url: str, tmp: Path, rounds: int, seconds: float, concurrency: int) -> dict[str, list[Round]]:
+    settings = RiskSettings(host="127.0.0.1", port=0, database_url=url, data_dir=tmp, shutdown_grace_seconds=0.5)
+    app = await risk_app.build(settings)
+    running = await start_app(app, settings)
+    results: dict[str, list[Round]] = {"noop": [], "assess": []}
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            risk = pb_grpc.RiskServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            calls = {
+                "noop": lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10),
+                "assess": lambda: risk.AssessPayment(_request(), timeout=10),
+            }
+            for call in calls.values():  # warm-up: connections, caches, first rows
+                await closed_loop(call, concurrency=concurrency, seconds=1.0)
+            for i in range(rounds):
+                for mode in ("noop", "assess") if i % 2 == 0 else ("assess", "noop"):
+                    r = await closed_loop(calls[mode], concurrency=concurrency, seconds=seconds)
+                    results[mode].append(r)
+                    print(f"  round {i + 1} {mode:>6}: {r.rate:8.0f} calls/s  p50 {r.percentile(50):7.2f} ms"
+                          f"  p99 {r.percentile(99):7.2f} ms  errors {r.errors}", flush=True)
+    finally:
+        await running.server.stop(0)
+        await app.close()
+    return results
+
+
+def report(kind: str, results: dict[str, list[Round]], concurrency: int) -> None:
+    figures = {}
+    for mode, rounds in results.items():
+        figures[mode] = (median([r.rate for r in rounds]), median([r.percentile(50) for r in rounds]),
+                         median([r.percentile(99) for r in rounds]), sum(r.errors for r in rounds))
+    print(f"\nrisk on {kind}, closed loop, concurrency {concurrency}, medians of {len(results['noop'])} rounds")
+    names = {"noop": "no-op (health Check)", "assess": "AssessPayment"}
+    for mode, (rate, p50, p99, errors) in figures.items():
+        print(f"  {names[mode]:<22} {rate:8.0f} calls/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}")
+    (a_rate, _, a_p99, _), (n_rate, _, n_p99, _) = figures["assess"], figures["noop"]
+    print(f"  AssessPayment / no-op: throughput {a_rate / n_rate:.3f}x, p99 latency {a_p99 / n_p99:.1f}x")
+
+
+async def run(kinds: list[str], rounds: int, seconds: float, concurrency: int) -> None:
+    # As in production: info-level JSON lines rendered (to /dev/null, so the terminal is not the bottleneck).
+    configure_logging("risk", level="info", version="bench", color="bench", stream=open(os.devnull, "w"))  # noqa: SIM115
+    for kind in kinds:
+        with tempfile.TemporaryDirectory() as tmp:
+            if kind == "sqlite":
+                url, drop = f"sqlite+aiosqlite:///{Path(tmp) / 'risk.db'}", None
+            else:
+                made = await _postgres_url()
+                if made is None:
+                    print(f"== postgres at {PG['host']}:{PG['port']} unreachable: skipped")
+                    continue
+                url, drop = made
+            print(f"== risk on {kind}", flush=True)
+            try:
+                results = await measure(url, Path(tmp), rounds, seconds, concurrency)
+            finally:
+                if drop:
+                    await _drop(drop)
+            report(kind, results, concurrency)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--databases", default="sqlite,postgres")
+    args = parser.parse_args()
+    asyncio.run(run([k.strip() for k in args.databases.split(",") if k.strip()], args.rounds, args.seconds,
+                    args.concurrency))
+
+
+if __name__ == "__main__":
+    main()
