@@ -129,11 +129,18 @@ def guard_servicer(servicer: Any, service_descriptor: Any, *, traced: bool = Tru
     """
     for rpc in service_descriptor.methods:
         method = getattr(servicer, rpc.name, None)
+        full_method = f"/{service_descriptor.full_name}/{rpc.name}"
+        check = authorizer.bind(rpc, full_method) if authorizer is not None else None
         if method is not None and inspect.iscoroutinefunction(method):
-            full_method = f"/{service_descriptor.full_name}/{rpc.name}"
-            check = authorizer.bind(rpc, full_method) if authorizer is not None else None
             setattr(servicer, rpc.name, guarded(method, full_method, traced, check))
+        elif check is not None:
+            # Not implemented yet: still authorize first, so an unimplemented RPC tells strangers nothing.
+            setattr(servicer, rpc.name, guarded(_unimplemented, full_method, traced, check))
     return servicer
+
+
+async def _unimplemented(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
 
 
 def reason_of(error: grpc.aio.AioRpcError) -> str:

@@ -1,23 +1,49 @@
-"""Wires the identity service: database, vault, servicer, outbox relay to notify."""
+"""Wires the identity service: database, vault, signing keys, clients, servicer, outbox relay to notify."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from finmesh.identity.api.deps import Deps
 from finmesh.identity.api.servicer import IdentityServicer
+from finmesh.identity.clients import NOTIFY_IDEMPOTENT_METHODS, RISK_IDEMPOTENT_METHODS, NotifyClient, RiskClient
 from finmesh.identity.config import IdentitySettings
+from finmesh.identity.domain.claims import service_claims
+from finmesh.identity.keyring import KeyRing
+from finmesh.identity.registry import HttpRegistry, NoRegistry, Registry
 from finmesh.identity.store.schema import metadata, outbox
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from finmesh.identity.vault import Vault
+from finmesh.platform.auth import Authorizer
+from finmesh.platform.auth_keys import KeyCache, TokenVerifier
+from finmesh.platform.auth_service import mesh_secret
 from finmesh.platform.channels import open_channel
 from finmesh.platform.db import create_engine, create_schema
-from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
+from finmesh.platform.event_sink import NotifyEventSink
 from finmesh.platform.outbox import OutboxRelay
 from finmesh.platform.server import Registration
+
+
+class LocalServiceTokens:
+    """Identity's own service token for its outgoing calls: signed here, no round trip."""
+
+    def __init__(self, keys: KeyRing, ttl: int) -> None:
+        self._keys = keys
+        self._ttl = ttl
+        self._token: str | None = None
+        self._renew_at = 0.0
+
+    async def token(self) -> str | None:
+        now = time.time()
+        if self._token is None or now >= self._renew_at:
+            self._token = await self._keys.sign(service_claims("identity", int(now), self._ttl))
+            self._renew_at = now + self._ttl / 2
+        return self._token
 
 
 @dataclass
@@ -25,23 +51,50 @@ class IdentityApp:
     registrations: list[Registration]
     engine: AsyncEngine
     relay: OutboxRelay
-    channel: grpc.aio.Channel
+    deps: Deps
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     async def start(self) -> None:
         self.relay.start()
 
     async def close(self) -> None:
         await self.relay.stop()
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
         await self.engine.dispose()
+
+
+def _registry(settings: IdentitySettings) -> Registry:
+    if not settings.identity_registry_url:
+        return NoRegistry()
+    return HttpRegistry(settings.identity_registry_url, settings.identity_registry_api_key.get_secret_value(),
+                        timeout=settings.call_timeout_seconds)
 
 
 async def build(settings: IdentitySettings) -> IdentityApp:
     engine = create_engine(settings.database_url_for("identity"))
     await create_schema(engine, metadata)
-    notify_channel = open_channel(settings.notify_target, settings, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS)
+    vault = Vault(settings.master_key())
+    keys = KeyRing(engine, vault, max_token_ttl=max(settings.identity_access_token_ttl_seconds,
+                                                    settings.identity_service_token_ttl_seconds))
+    await keys.ensure_key()
+    tokens = LocalServiceTokens(keys, settings.identity_service_token_ttl_seconds)
+    timeout = settings.call_timeout_seconds
+    notify_channel = open_channel(settings.notify_target, settings, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS,
+                                  token_source=tokens)
+    channels = [notify_channel]
+    risk = None
+    if settings.risk_target:
+        risk_channel = open_channel(settings.risk_target, settings, idempotent_methods=RISK_IDEMPOTENT_METHODS,
+                                    token_source=tokens)
+        channels.append(risk_channel)
+        risk = RiskClient(risk_channel, timeout)
     relay = OutboxRelay(engine, outbox, "identity", NotifyEventSink(notify_channel).deliver)
-    servicer = IdentityServicer(engine, Vault(settings.master_key()), on_commit=relay.wake)
-    registration = Registration(servicer, pb_grpc.add_IdentityServiceServicer_to_server,
-                                pb.DESCRIPTOR.services_by_name["IdentityService"])
-    return IdentityApp([registration], engine, relay, notify_channel)
+    deps = Deps(engine=engine, vault=vault, keys=keys, settings=settings, mesh_secret=mesh_secret(settings),
+                notify=NotifyClient(notify_channel, timeout), risk=risk, registry=_registry(settings),
+                on_commit=relay.wake)
+    # Identity verifies tokens from its own key table: no call to itself, and rotations seen at once.
+    authorizer = Authorizer(TokenVerifier(KeyCache(keys.published, refresh_seconds=5.0, unknown_kid_interval=0.5)))
+    registration = Registration(IdentityServicer(deps), pb_grpc.add_IdentityServiceServicer_to_server,
+                                pb.DESCRIPTOR.services_by_name["IdentityService"], authorizer=authorizer)
+    return IdentityApp([registration], engine, relay, deps, channels)

@@ -23,6 +23,7 @@ class Vault:
     def __init__(self, master_key: bytes) -> None:
         if len(master_key) != 32:
             raise ValueError("master key must be 32 bytes")
+        self._master = master_key
         self._kek = AESGCM(_derive(master_key, b"key-encryption"))
         self._index_key = _derive(master_key, b"blind-index")
 
@@ -40,6 +41,19 @@ class Vault:
     def blind_index(self, field: str, value: str) -> str:
         """Keyed hash for uniqueness and lookup: equal values match, the value itself is not stored."""
         return hmac.new(self._index_key, f"{field}:{value}".encode(), hashlib.sha256).hexdigest()
+
+    def mac(self, purpose: str, value: str) -> str:
+        """Keyed hash of a secret (one-time codes, request fingerprints): useless without the master key."""
+        key = _derive(self._master, b"mac:" + purpose.encode())
+        return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
+    def seal(self, purpose: str, aad: str, plaintext: bytes) -> bytes:
+        """Service secrets (signing keys, stored token responses) under a key derived from the master key."""
+        return self._seal(AESGCM(_derive(self._master, b"seal:" + purpose.encode())), plaintext, aad.encode())
+
+    def unseal(self, purpose: str, aad: str, sealed: bytes) -> bytes:
+        cipher = AESGCM(_derive(self._master, b"seal:" + purpose.encode()))
+        return cipher.decrypt(sealed[:_NONCE], sealed[_NONCE:], aad.encode())
 
     def _data_cipher(self, wrapped_key: bytes, user_id: str) -> AESGCM:
         return AESGCM(self._kek.decrypt(wrapped_key[:_NONCE], wrapped_key[_NONCE:], user_id.encode()))

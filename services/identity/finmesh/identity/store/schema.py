@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table
 
 from finmesh.platform.idempotency import idempotency_table
 from finmesh.platform.outbox import outbox_table
@@ -39,6 +39,82 @@ users = Table(
     Column("roles", String(200), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("erased_at", DateTime(timezone=True), nullable=True),
+)
+
+# Token signing keys. The private half is sealed with a key derived from the master key and
+# destroyed when the key is retired; the public half stays published until not_after.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(40), primary_key=True),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("private_key_enc", LargeBinary, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retired_at", DateTime(timezone=True), nullable=True),
+    Column("not_after", DateTime(timezone=True), nullable=True),
+)
+
+# Refresh tokens: opaque, single use, only their SHA-256 stored. A family is one login's chain
+# of refreshes; presenting a spent token again revokes the whole family (token theft).
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("session_id", String(36), primary_key=True),
+    Column("family_id", String(36), nullable=False, index=True),
+    Column("user_id", String(36), nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+# One-time codes (contact verification, login second factor): only a keyed hash of the code.
+challenges = Table(
+    "challenges",
+    metadata,
+    Column("challenge_id", String(36), primary_key=True),
+    Column("user_id", String(36), nullable=False),
+    Column("purpose", String(12), nullable=False),  # CONTACT or LOGIN
+    Column("channel", String(8), nullable=False),  # SMS, EMAIL or TOTP
+    Column("code_hash", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("used_at", DateTime(timezone=True), nullable=True),
+    Index("ix_challenges_user_created", "user_id", "created_at"),
+)
+
+# TOTP (RFC 6238): the secret is sealed with the user's data key, so erasure destroys it too.
+totp = Table(
+    "totp",
+    metadata,
+    Column("user_id", String(36), primary_key=True),
+    Column("secret_enc", LargeBinary, nullable=False),
+    Column("enabled", Boolean, nullable=False, default=False),
+    # Last accepted time step: a code is accepted once (RFC 6238 section 5.2).
+    Column("last_step", BigInteger, nullable=False, default=0),
+)
+
+# Failed password logins per user: a run of failures locks the login for a while.
+login_throttle = Table(
+    "login_throttle",
+    metadata,
+    Column("user_id", String(36), primary_key=True),
+    Column("failures", Integer, nullable=False, default=0),
+    Column("locked_until", DateTime(timezone=True), nullable=True),
+)
+
+# Who read clear personal data, when and why (seed 3.4).
+pii_access_log = Table(
+    "pii_access_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("user_id", String(36), nullable=False, index=True),
+    Column("accessor_id", String(64), nullable=False),
+    Column("fields", String(100), nullable=False),
+    Column("purpose", String(200), nullable=False),
+    Column("accessed_at", DateTime(timezone=True), nullable=False),
 )
 
 idempotency = idempotency_table(metadata)

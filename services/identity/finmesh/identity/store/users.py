@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, or_, select
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.identity.domain.registration import Registration
@@ -65,3 +65,46 @@ async def insert_user(conn: AsyncConnection, vault: Vault, user_id: str, reg: Re
 
 async def get_user(conn: AsyncConnection, user_id: str) -> Any:
     return (await conn.execute(select(users).where(users.c.user_id == user_id))).first()
+
+
+async def find_by_login(conn: AsyncConnection, vault: Vault, login: str) -> Any:
+    """The user whose phone (E.164) or e-mail is `login`, through the blind index."""
+    column, field = (users.c.phone_index, "phone") if login.startswith("+") else (users.c.email_index, "email")
+    value = login if field == "phone" else login.strip().lower()
+    query = select(users).where(column == vault.blind_index(field, value))
+    return (await conn.execute(query)).first()
+
+
+async def set_check(conn: AsyncConnection, user_id: str, check: str, state: str) -> None:
+    """Record a verification step: check is id_number, contact or real_name; state PASSED or FAILED."""
+    column = {"id_number": "id_number_check", "contact": "contact_check", "real_name": "real_name_check"}[check]
+    await conn.execute(update(users).where(users.c.user_id == user_id).values({column: state}))
+
+
+async def set_roles(conn: AsyncConnection, user_id: str, roles: list[str]) -> None:
+    await conn.execute(update(users).where(users.c.user_id == user_id).values(roles=",".join(roles)))
+
+
+async def set_tier(conn: AsyncConnection, user_id: str, tier: str) -> None:
+    await conn.execute(update(users).where(users.c.user_id == user_id).values(risk_tier=tier))
+
+
+async def erase(conn: AsyncConnection, user_id: str, now: datetime) -> None:
+    """Crypto-shredding: destroy the wrapped data key; the ciphertexts stay but nothing can open them.
+
+    Blind indexes go too (the person may register again, and a keyed hash
+    still singles them out); masked forms go because they are partly clear.
+    The user id stays, so ledger and audit records keep their pseudonymous owner.
+    """
+    await conn.execute(update(users).where(users.c.user_id == user_id).values(
+        wrapped_key=None, id_number_index=None, phone_index=None, email_index=None,
+        legal_name_masked="", id_number_masked="", phone_masked="", email_masked="",
+        password_hash="", roles="", erased_at=now,
+    ))
+
+
+def reveal(vault: Vault, row: Any, field: str) -> str:
+    """Decrypt one personal-data field (legal_name, id_number, phone, email) of a user row."""
+    if row.wrapped_key is None:
+        raise ValueError("the user's data key was destroyed")
+    return vault.decrypt(row.wrapped_key, row.user_id, field, getattr(row, f"{field}_enc"))

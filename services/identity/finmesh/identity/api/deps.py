@@ -1,0 +1,90 @@
+"""What every identity RPC group shares: storage, vault, keys, clients, clock and settings."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from argon2 import PasswordHasher
+from google.protobuf.message import Message
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from finmesh.identity.clients import NotifyClient, RiskClient
+from finmesh.identity.config import IdentitySettings
+from finmesh.identity.keyring import KeyRing
+from finmesh.identity.registry import NoRegistry, Registry
+from finmesh.identity.store import users
+from finmesh.identity.store.schema import idempotency
+from finmesh.identity.store.sealed_idempotency import SealedIdempotencyStore
+from finmesh.identity.vault import Vault
+from finmesh.platform.errors import FailedPrecondition, NotFound
+from finmesh.platform.idempotency import IdempotencyStore
+from finmesh.platform.rpc_errors import to_status
+
+
+@dataclass
+class Deps:
+    engine: AsyncEngine
+    vault: Vault
+    keys: KeyRing
+    settings: IdentitySettings
+    mesh_secret: bytes
+    notify: NotifyClient | None = None
+    risk: RiskClient | None = None
+    registry: Registry = field(default_factory=NoRegistry)
+    clock: Callable[[], float] = time.time
+    on_commit: Callable[[], None] = lambda: None
+    hasher: PasswordHasher = field(default_factory=PasswordHasher)
+    idem: IdempotencyStore = field(init=False)
+    # For answers that carry secrets (tokens, TOTP secrets): stored encrypted.
+    sealed: SealedIdempotencyStore = field(init=False)
+
+    _dummy_hash: str = field(init=False, default="")
+
+    async def dummy_hash(self) -> str:
+        if not self._dummy_hash:
+            self._dummy_hash = await asyncio.to_thread(self.hasher.hash, secrets.token_hex(16))
+        return self._dummy_hash
+
+    def __post_init__(self) -> None:
+        self.idem = IdempotencyStore(self.engine, idempotency, to_status)
+        self.sealed = SealedIdempotencyStore(self.engine, idempotency, to_status, self.vault)
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    def today(self) -> date:
+        return self.now().date()
+
+    def fingerprinted(self, request: Message, *secret_fields: str) -> Message:
+        """A copy with secret fields replaced by keyed hashes, for idempotency fingerprints.
+
+        The idempotency table keeps a plain SHA-256 of each request; over a
+        password or a six-digit code that would be an offline-guessable hash.
+        """
+        copy = type(request)()
+        copy.CopyFrom(request)
+        for name in secret_fields:
+            value = getattr(copy, name)
+            if value:
+                setattr(copy, name, self.vault.mac("fingerprint", f"{name}:{value}"))
+        return copy
+
+
+async def load_user(conn: AsyncConnection, user_id: str, *, allow_erased: bool = False) -> Any:
+    row = await users.get_user(conn, user_id)
+    if row is None:
+        raise NotFound("USER_NOT_FOUND", "user not found")
+    if row.erased_at is not None and not allow_erased:
+        raise FailedPrecondition("USER_ERASED", "this user's personal data was erased")
+    return row
+
+
+def fully_verified(row: Any) -> bool:
+    return (row.id_number_check, row.contact_check, row.real_name_check) == ("PASSED",) * 3 \
+        and row.erased_at is None

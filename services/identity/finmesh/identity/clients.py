@@ -1,0 +1,53 @@
+"""Typed clients of the services identity calls: notify (one-time codes) and risk (onboarding tier)."""
+
+from __future__ import annotations
+
+import grpc
+
+from finmesh.notify.v1 import notify_service_pb2 as notify_pb
+from finmesh.notify.v1 import notify_service_pb2_grpc as notify_grpc
+from finmesh.platform.errors import Unavailable
+from finmesh.risk.v1 import risk_service_pb2 as risk_pb
+from finmesh.risk.v1 import risk_service_pb2_grpc as risk_grpc
+
+# SendNotification carries an idempotency key (the challenge id), so the channel may retry it.
+NOTIFY_IDEMPOTENT_METHODS = [("finmesh.notify.v1.NotifyService", "SendNotification"),
+                             ("finmesh.notify.v1.NotifyService", "DeliverEvent")]
+RISK_IDEMPOTENT_METHODS = [("finmesh.risk.v1.RiskService", "AssessOnboarding")]
+
+_CHANNELS = {"SMS": notify_pb.CHANNEL_SMS, "EMAIL": notify_pb.CHANNEL_EMAIL}
+_TIERS = {risk_pb.RISK_TIER_LOW: "LOW", risk_pb.RISK_TIER_MEDIUM: "MEDIUM", risk_pb.RISK_TIER_HIGH: "HIGH"}
+
+
+class NotifyClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = notify_grpc.NotifyServiceStub(channel)
+        self._timeout = timeout
+
+    async def send_code(self, *, challenge_id: str, user_id: str, channel: str, address: str, code: str,
+                        minutes: int, locale: str) -> None:
+        """Deliver a one-time code (category SECURITY); the challenge id makes a retry a replay at notify."""
+        request = notify_pb.SendNotificationRequest(
+            idempotency_key=f"identity-code-{challenge_id}", user_id=user_id, channel=_CHANNELS[channel],
+            category=notify_pb.CATEGORY_SECURITY, template="verification_code", locale=locale,
+            params={"code": code, "minutes": str(minutes)}, address=address,
+        )
+        try:
+            await self._stub.SendNotification(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            # Nothing was stored yet: the caller may retry with the same idempotency key.
+            raise Unavailable("CHANNEL_UNAVAILABLE",
+                              f"could not send the code (notify {error.code().name}); retry") from None
+
+
+class RiskClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = risk_grpc.RiskServiceStub(channel)
+        self._timeout = timeout
+
+    async def onboarding_tier(self, *, user_id: str, age_years: int, kind: str) -> str:
+        """LOW, MEDIUM or HIGH from risk's onboarding assessment (raises grpc errors to the caller)."""
+        reply = await self._stub.AssessOnboarding(risk_pb.AssessOnboardingRequest(
+            idempotency_key=f"identity-onboarding-{user_id}", user_id=user_id, age_years=age_years,
+            user_kind=kind.lower()), timeout=self._timeout)
+        return _TIERS.get(reply.tier, "")

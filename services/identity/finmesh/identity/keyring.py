@@ -1,0 +1,102 @@
+"""Identity's token signing keys: Ed25519, private halves sealed by the master key, rotated with overlap.
+
+Rotation retires the active key (its private half is destroyed at once) and
+keeps its public half published until every token it signed has expired
+(`max_token_ttl` plus clock leeway), so verifiers never refuse a live token.
+Replicas re-read the active key every few seconds, so a rotation on one
+replica reaches the others without a restart.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from finmesh.identity.store import keys
+from finmesh.identity.store.times import utc_or_none
+from finmesh.identity.vault import Vault
+from finmesh.platform.auth_keys import PublishedKey
+from finmesh.platform.auth_tokens import sign
+
+_SEAL_PURPOSE = "signing-key"
+# Verifiers accept this much clock skew on exp (finmesh.platform.auth_keys.TokenVerifier).
+LEEWAY_SECONDS = 60
+
+
+class KeyRing:
+    def __init__(self, engine: AsyncEngine, vault: Vault, *, max_token_ttl: int,
+                 clock: Callable[[], float] = time.time, reload_seconds: float = 5.0) -> None:
+        self._engine = engine
+        self._vault = vault
+        self._overlap = timedelta(seconds=max_token_ttl + LEEWAY_SECONDS)
+        self._clock = clock
+        self._reload_seconds = reload_seconds
+        self._signer: tuple[str, Ed25519PrivateKey] | None = None
+        self._loaded_at = -1e18
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    async def ensure_key(self) -> None:
+        """Create the first key of a fresh database."""
+        async with self._engine.begin() as conn:
+            if await keys.active(conn) is None:
+                await self._add(conn)
+
+    async def sign(self, claims: dict[str, Any]) -> str:
+        kid, private_key = await self._active()
+        return sign(claims, private_key, kid)
+
+    async def active_kid(self) -> str:
+        return (await self._active())[0]
+
+    async def published_rows(self) -> list[Any]:
+        async with self._engine.connect() as conn:
+            rows = await keys.published(conn, self.now())
+            await conn.rollback()
+        return rows
+
+    async def published(self) -> list[PublishedKey]:
+        """Identity's own verifier reads the keys straight from its database (no RPC to itself)."""
+        return [PublishedKey(r.kid, Ed25519PublicKey.from_public_bytes(r.public_key),
+                             n.timestamp() if (n := utc_or_none(r.not_after)) else None)
+                for r in await self.published_rows()]
+
+    async def rotate(self, conn: AsyncConnection) -> str:
+        """Inside the caller's transaction: retire the active key, start a new one. Returns its kid."""
+        now = self.now()
+        await keys.retire_active(conn, now, now + self._overlap)
+        return await self._add(conn)
+
+    def forget(self) -> None:
+        """Re-read the active key on next use (call after a rotation committed)."""
+        self._loaded_at = -1e18
+
+    async def _add(self, conn: AsyncConnection) -> str:
+        kid = f"ed25519-{uuid.uuid4().hex[:16]}"
+        private_key = Ed25519PrivateKey.generate()
+        raw_private = private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        raw_public = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        await keys.add(conn, kid, raw_public, self._vault.seal(_SEAL_PURPOSE, kid, raw_private), self.now())
+        return kid
+
+    async def _active(self) -> tuple[str, Ed25519PrivateKey]:
+        if self._signer is None or time.monotonic() - self._loaded_at > self._reload_seconds:
+            async with self._engine.connect() as conn:
+                row = await keys.active(conn)
+                await conn.rollback()
+            if row is None:
+                await self.ensure_key()
+                return await self._active()
+            if self._signer is None or self._signer[0] != row.kid:
+                raw = self._vault.unseal(_SEAL_PURPOSE, row.kid, row.private_key_enc)
+                self._signer = (row.kid, Ed25519PrivateKey.from_private_bytes(raw))
+            self._loaded_at = time.monotonic()
+        return self._signer
