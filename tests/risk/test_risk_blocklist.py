@@ -66,12 +66,12 @@ async def test_bad_entries_are_invalid_argument(databases, tmp_path: Path) -> No
     async with risk_node(await databases.new("risk"), tmp_path) as risk:
         with pytest.raises(grpc.aio.AioRpcError) as bad:
             await risk.stub.AddBlockListEntry(pb.AddBlockListEntryRequest(
-                idempotency_key=key(), expires_at=at(datetime.now(UTC) - timedelta(minutes=1))))
-        assert sorted(field_violations_of(bad.value)) == ["expires_at", "kind", "value"]
+                expires_at=at(datetime.now(UTC) - timedelta(minutes=1))))
+        assert sorted(field_violations_of(bad.value)) == ["expires_at", "idempotency_key", "kind", "value"]
         with pytest.raises(grpc.aio.AioRpcError) as ip:
             await risk.stub.AddBlockListEntry(pb.AddBlockListEntryRequest(
                 idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_IP, value="999.1.1.1"))
         assert field_violations_of(ip.value) == ["value"]
         with pytest.raises(grpc.aio.AioRpcError) as no_key:
-            await risk.stub.RemoveBlockListEntry(pb.RemoveBlockListEntryRequest(entry_id="x"))
-        assert field_violations_of(no_key.value) == ["idempotency_key"]
+            await risk.stub.RemoveBlockListEntry(pb.RemoveBlockListEntryRequest())
+        assert field_violations_of(no_key.value) == ["idempotency_key", "entry_id"]

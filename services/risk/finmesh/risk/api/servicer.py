@@ -11,7 +11,7 @@ import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.platform.errors import AlreadyExists, InvalidArgument, NotFound
-from finmesh.platform.idempotency import IdempotencyStore, validate_key
+from finmesh.platform.idempotency import IdempotencyStore
 from finmesh.platform.logs import get_logger
 from finmesh.platform.rpc_errors import to_status
 from finmesh.risk import assessing, onboarding
@@ -51,7 +51,6 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
         return pb.AssessPaymentResponse(assessment=convert.assessment(row))
 
     async def AssessOnboarding(self, request: pb.AssessOnboardingRequest, context: grpc.aio.ServicerContext) -> Any:
-        validate_key(request.idempotency_key)
         ip, country = validate.onboarding(request)
         rules = self._rules.active.rules
 
@@ -77,7 +76,7 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
                                    rules_file_error=self._rules.file_error)
 
     async def UpdateRules(self, request: pb.UpdateRulesRequest, context: grpc.aio.ServicerContext) -> Any:
-        validate_key(request.idempotency_key)
+        validate.idempotency_key(request.idempotency_key)
         try:
             rules = parse_rules(request.source)
         except RulesError as error:
@@ -95,7 +94,6 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
 
     async def AddBlockListEntry(self, request: pb.AddBlockListEntryRequest,
                                 context: grpc.aio.ServicerContext) -> Any:
-        validate_key(request.idempotency_key)
         now = datetime.now(UTC)
         kind, value, expires = validate.block_entry(request, now)
 
@@ -114,8 +112,7 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
 
     async def RemoveBlockListEntry(self, request: pb.RemoveBlockListEntryRequest,
                                    context: grpc.aio.ServicerContext) -> Any:
-        validate_key(request.idempotency_key)
-        validate.entry_id(request.entry_id)
+        validate.removal(request)
 
         async def remove(conn: Any) -> pb.RemoveBlockListEntryResponse:
             if not await blocklist.remove(conn, request.entry_id, datetime.now(UTC)):

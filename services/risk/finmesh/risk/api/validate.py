@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Validator
+from finmesh.platform.idempotency import MAX_KEY_LENGTH
 from finmesh.platform.money import Money, validate_amount
 from finmesh.risk.assessing import PaymentFacts
 from finmesh.risk.domain.onboarding import USER_KINDS
@@ -72,6 +73,20 @@ def _time(v: Validator, ts: timestamp_pb2.Timestamp, field: str) -> datetime | N
     return ts.ToDatetime(tzinfo=UTC)
 
 
+def _key(v: Validator, key: str) -> None:
+    """The idempotency key, checked with the other fields so a caller hears about everything at once."""
+    if not key:
+        v.violations.append(FieldViolation("idempotency_key", "required on every mutating call"))
+    elif len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        v.violations.append(FieldViolation("idempotency_key", f"at most {MAX_KEY_LENGTH} printable characters"))
+
+
+def idempotency_key(key: str) -> None:
+    v = Validator()
+    _key(v, key)
+    v.raise_if_any()
+
+
 def payment_facts(request: pb.AssessPaymentRequest) -> PaymentFacts:
     v = Validator()
     _id(v, request.payment_id, "payment_id", required=True)
@@ -106,6 +121,7 @@ def payment_facts(request: pb.AssessPaymentRequest) -> PaymentFacts:
 def onboarding(request: pb.AssessOnboardingRequest) -> tuple[str, str]:
     """Validated (ip_address, ip_country) of an onboarding request."""
     v = Validator()
+    _key(v, request.idempotency_key)
     _id(v, request.user_id, "user_id", required=True)
     _id(v, request.device_id, "device_id", required=False)
     v.require(0 <= request.age_years <= 150, "age_years", "whole years between 0 and 150")
@@ -118,6 +134,7 @@ def onboarding(request: pb.AssessOnboardingRequest) -> tuple[str, str]:
 
 def block_entry(request: pb.AddBlockListEntryRequest, now: datetime) -> tuple[BlockKind, str, datetime | None]:
     v = Validator()
+    _key(v, request.idempotency_key)
     v.require(request.kind in BLOCK_KINDS, "kind", "one of USER, DEVICE, IP, ACCOUNT")
     value = request.value
     if request.kind == pb.BLOCK_LIST_KIND_IP:
@@ -132,9 +149,13 @@ def block_entry(request: pb.AddBlockListEntryRequest, now: datetime) -> tuple[Bl
     return BLOCK_KINDS[request.kind], value, expires
 
 
-def entry_id(value: str) -> None:
-    if not value or len(value) > MAX_ID or not value.isprintable():
-        raise InvalidArgument(FieldViolation("entry_id", "required: an id returned by AddBlockListEntry"))
+def removal(request: pb.RemoveBlockListEntryRequest) -> None:
+    v = Validator()
+    _key(v, request.idempotency_key)
+    value = request.entry_id
+    v.require(0 < len(value) <= MAX_ID and value.isprintable(), "entry_id",
+              "required: an id returned by AddBlockListEntry")
+    v.raise_if_any()
 
 
 def optional_kind(value: int, kinds: dict[int, str], zero: int, field: str) -> str | None:
