@@ -1,0 +1,255 @@
+"""The local blue-green drill: payments blue → green → blue under a steady load, with real processes on loopback.
+
+A forwarder stands in for the Kubernetes Service (new connections go to the
+active color). Servers bound connection age to 2 s, so pinned HTTP/2
+connections follow a flip, and drain on SIGTERM. The rollback is done the
+hard way: green gets SIGTERM right after the flip, while it still carries
+connections and calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from sqlalchemy import text
+
+from finmesh.common.v1 import money_pb2
+from finmesh.drill.collector import SpanCollector
+from finmesh.drill.forwarder import Forwarder
+from finmesh.drill.load import LoadReport, LoadShape, PaymentLoad
+from finmesh.drill.processes import DrainReport, ServiceProcess, start_service, terminate, wait_serving
+from finmesh.payments.store.ledger import totals_by_currency
+from finmesh.payments.v1 import payments_service_pb2 as pb
+from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
+from finmesh.platform.db import create_engine
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
+
+# 32 payers keep each one under risk's velocity rule (20 payments per user in 10 minutes).
+PAYERS, PAYEES, TOP_UP = 32, 8, 1_000_000
+LOAD = LoadShape(count=450, rate=25.0, clients=4)
+CREATE_PAYMENT = "finmesh.payments.v1.PaymentsService/CreatePayment"
+SERVER_SETTINGS = {
+    # Short, so a flip moves pinned connections within seconds instead of minutes.
+    "FINMESH_MAX_CONNECTION_AGE_SECONDS": "2",
+    # Health says NOT_SERVING this long before the server stops taking calls.
+    "FINMESH_DRAIN_DELAY_SECONDS": "1",
+    "FINMESH_SHUTDOWN_GRACE_SECONDS": "5",
+    "FINMESH_LOG_LEVEL": "info",
+    "OTEL_BSP_SCHEDULE_DELAY": "200",
+    "OTEL_EXPORTER_OTLP_INSECURE": "true",
+}
+
+
+@pytest.fixture
+def collector() -> Iterator[SpanCollector]:
+    collector = SpanCollector().start()
+    yield collector
+    collector.stop()
+
+
+class Drill:
+    """The processes of one drill run; stop() leaves nothing running whatever happened."""
+
+    def __init__(self, tmp: Path, collector: SpanCollector) -> None:
+        self.log_dir = tmp / "logs"
+        self.log_dir.mkdir()
+        self.env = {**SERVER_SETTINGS, "FINMESH_DATA_DIR": str(tmp / "data"),
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint}
+        self.processes: list[ServiceProcess] = []
+
+    def start(self, service: str, color: str, version: str, label: str, **env: str) -> ServiceProcess:
+        proc = start_service(service, color=color, version=version, env={**self.env, **env},
+                             log_dir=self.log_dir, label=label)
+        self.processes.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.processes:
+            if proc.process.poll() is None:
+                proc.process.terminate()
+        for proc in self.processes:
+            try:
+                proc.process.wait(15)
+            except Exception:  # noqa: BLE001 -- whatever went wrong, never leave a process behind
+                proc.process.kill()
+                proc.process.wait()
+
+
+async def _open_accounts(target: str, run_id: str) -> tuple[list[str], list[str]]:
+    """Payer wallets topped up with TOP_UP each, and payee wallets, opened through the forwarder."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.PaymentsServiceStub(channel)
+
+        async def wallet(i: int) -> str:
+            reply = await stub.OpenAccount(pb.OpenAccountRequest(
+                idempotency_key=f"{run_id}-open-{i}", owner_id=f"drill-{run_id}-user-{i}",
+                kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code="CNY"), timeout=10)
+            return reply.account.account_id
+
+        accounts = await asyncio.gather(*(wallet(i) for i in range(PAYERS + PAYEES)))
+        payers, payees = list(accounts[:PAYERS]), list(accounts[PAYERS:])
+        await asyncio.gather(*(stub.TopUp(pb.TopUpRequest(
+            idempotency_key=f"{run_id}-topup-{i}", account_id=account, channel="test_bank",
+            amount=money_pb2.Money(currency_code="CNY", minor_units=TOP_UP)), timeout=10)
+            for i, account in enumerate(payers)))
+    return payers, payees
+
+
+async def _payment_rows(database_url: str, run_id: str) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """Read-only: (payment_id, description) of this run's payments, and payments' own per-currency totals."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(text("SELECT payment_id, description FROM payments WHERE description LIKE :p"),
+                                      {"p": f"drill {run_id} #%"})
+            found = [(r.payment_id, r.description) for r in rows]
+            totals = await totals_by_currency(conn)
+    finally:
+        await engine.dispose()
+    return found, totals
+
+
+async def _check_books(target: str, report: LoadReport, payers: list[str], payees: list[str]) -> None:
+    """Every acknowledged payment reads back as answered; every balance is exactly what those payments imply."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.PaymentsServiceStub(channel)
+        stored = await asyncio.gather(*(stub.GetPayment(pb.GetPaymentRequest(payment_id=r.payment_id), timeout=10)
+                                        for r in report.acknowledged))
+        expected: dict[str, Counter[str]] = {a: Counter() for a in payers + payees}
+        for record, reply in zip(report.acknowledged, stored, strict=True):
+            p = reply.payment
+            assert (p.payer_account_id, p.payee_account_id, p.amount.minor_units, p.status) == (
+                record.payer, record.payee, record.amount, record.status), record
+            assert p.status in (pb.PAYMENT_STATUS_CAPTURED, pb.PAYMENT_STATUS_IN_REVIEW), p
+            if p.status == pb.PAYMENT_STATUS_CAPTURED:
+                expected[record.payer]["available"] -= record.amount
+                expected[record.payee]["available"] += record.amount
+            else:  # in review: the payer's funds are held, the payee has nothing yet
+                expected[record.payer]["available"] -= record.amount
+                expected[record.payer]["held"] += record.amount
+        for account in payers + payees:
+            balance = (await stub.GetAccount(pb.GetAccountRequest(account_id=account), timeout=10)).account.balance
+            top_up = TOP_UP if account in payers else 0
+            want = (top_up + expected[account]["available"], expected[account]["held"])
+            assert (balance.available_minor_units, balance.held_minor_units) == want, account
+        audit = await stub.VerifyAuditLog(pb.VerifyAuditLogRequest(), timeout=30)
+        assert audit.intact, f"audit chain broken at {audit.first_broken_sequence} (two writers on one chain?)"
+
+
+def _served_during_drain(spans: list[Any], color: str, version: str, drain: DrainReport) -> tuple[int, int]:
+    """(calls in flight at SIGTERM, calls started after SIGTERM) that this color finished successfully."""
+    mine = [s for s in spans if s.service == "payments" and s.color == color and s.version == version
+            and s.kind == "SPAN_KIND_SERVER" and s.name == CREATE_PAYMENT and s.ok]
+    in_flight = sum(1 for s in mine if s.start_ns < drain.sigterm_ns < s.end_ns)
+    after = sum(1 for s in mine if s.start_ns >= drain.sigterm_ns)
+    return in_flight, after
+
+
+async def test_blue_green_drill_under_load(databases: Any, tmp_path: Path, collector: SpanCollector) -> None:
+    """Blue → green → blue while payments flow: none fails, none is lost or doubled, the books balance,
+    each color drains (NOT_SERVING first, calls finished, exit 0), and spans and logs carry their color."""
+    started = time.monotonic()
+    run_id = uuid.uuid4().hex[:8]
+    urls = {name: await databases.new(name) for name in ("notify", "risk", "payments")}
+    drill = Drill(tmp_path, collector)
+    forwarder: Forwarder | None = None
+    try:
+        notify = drill.start("notify", "local", "1", "notify", FINMESH_DATABASE_URL=urls["notify"])
+        risk = drill.start("risk", "local", "1", "risk", FINMESH_DATABASE_URL=urls["risk"])
+        await asyncio.gather(wait_serving(notify), wait_serving(risk))
+        payments_env = {"FINMESH_DATABASE_URL": urls["payments"], "FINMESH_RISK_TARGET": risk.target,
+                        "FINMESH_NOTIFY_TARGET": notify.target,
+                        "FINMESH_CHANNEL_SWEEP_INTERVAL_SECONDS": "3600"}
+        blue = drill.start("payments", "blue", "1", "payments-blue", **payments_env)
+        await wait_serving(blue)
+        forwarder = Forwarder(blue.target)
+        await forwarder.start()
+        payers, payees = await _open_accounts(forwarder.target, run_id)
+
+        load = asyncio.create_task(PaymentLoad(forwarder.target, payers, payees, run_id, LOAD).run())
+        # Green starts against the same database while blue serves the load.
+        green = drill.start("payments", "green", "2", "payments-green", **payments_env)
+        green_ready = await wait_serving(green)
+
+        # Blue → green: flip, let connection age move the pinned connections, then drain blue.
+        forwarder.switch(green.target)
+        blue_moved_after = await forwarder.wait_idle(blue.target, timeout=10)
+        assert blue_moved_after is not None, f"connections still pinned to blue 10 s after the flip: {forwarder.open}"
+        blue_drain = await terminate(blue)
+
+        # Green → blue, at once: a new blue, flip, and SIGTERM green while it still carries the load.
+        blue2 = drill.start("payments", "blue", "1", "payments-blue-2", **payments_env)
+        await wait_serving(blue2)
+        forwarder.switch(blue2.target)
+        green_open_at_sigterm = forwarder.open[green.target]
+        assert not load.done(), "the load ended before the rollback: the drill would prove nothing about it"
+        green_drain = await terminate(green)
+
+        report = await load
+        rows, totals = await _payment_rows(urls["payments"], run_id)
+        await _check_books(blue2.target, report, payers, payees)
+        drill.stop()  # flushes every exporter, so the collector has all spans
+        exit_codes = {proc.name: proc.process.returncode for proc in drill.processes}
+        elapsed = time.monotonic() - started
+    finally:
+        if forwarder is not None:
+            await forwarder.close()
+        drill.stop()
+
+    figures = {
+        "database": databases.kind, "load": report.summary(), "green ready after": f"{green_ready:.1f}s",
+        "blue connections gone after flip": f"{blue_moved_after:.2f}s", "blue drain": blue_drain.summary(),
+        "green connections open at its SIGTERM": green_open_at_sigterm, "green drain": green_drain.summary(),
+        "connections routed": dict(forwarder.accepted), "connections refused": dict(forwarder.refused),
+        "retried codes": Counter(c for r in report.records for c in r.retried_codes),
+        "drill seconds": round(elapsed, 1),
+    }
+    print("\nblue-green drill: " + json.dumps(figures, default=str, indent=1))
+
+    assert set(exit_codes.values()) == {0}, exit_codes
+    # Zero failed calls after the client's retry policy.
+    assert report.failed == [], [(r.index, r.attempts, r.error) for r in report.failed][:10]
+    # Exactly once: one row per acknowledged call, the row the client was told about, and no row for anything else.
+    by_description = Counter(description for _, description in rows)
+    assert [d for d, n in by_description.items() if n > 1] == [], "payments doubled"
+    assert {(r.payment_id, r.description) for r in report.acknowledged} == set(rows)
+    assert all(total == 0 for total in totals.values()), f"ledger does not sum to zero: {totals}"
+
+    # Each drain: health NOT_SERVING first, still answering calls during the drain delay, then exit 0.
+    for drain in (blue_drain, green_drain):
+        assert drain.returncode == 0, drain.summary()
+        assert drain.not_serving_after is not None, drain.summary()
+        assert drain.refused_after is None or drain.not_serving_after < drain.refused_after, drain.summary()
+
+    spans = collector.spans
+    green_in_flight, green_after = _served_during_drain(spans, "green", "2", green_drain)
+    print(f"green finished {green_in_flight} calls in flight at SIGTERM and {green_after} more during its drain")
+    assert green_in_flight + green_after > 0, "green had no calls to drain: the rollback did not test draining"
+    _check_colors(spans, drill.processes)
+
+
+def _check_colors(spans: list[Any], processes: list[ServiceProcess]) -> None:
+    """Every span's resource and every log line name the deployment color and version of its process."""
+    served = Counter((s.color, s.version) for s in spans
+                     if s.service == "payments" and s.kind == "SPAN_KIND_SERVER" and s.name == CREATE_PAYMENT)
+    assert served[("blue", "1")] > 0 and served[("green", "2")] > 0, served
+    assert {(s.color, s.version) for s in spans if s.service == "payments"} == {("blue", "1"), ("green", "2")}
+    assert {s.color for s in spans if s.service in ("risk", "notify")} <= {"local"}
+    for proc in processes:
+        lines = proc.log_lines()
+        events = [line.get("event") for line in lines]
+        assert lines and {(line.get("deployment_color"), line.get("service_version")) for line in lines} == {
+            (proc.color, proc.version)}, proc.name
+        # SIGTERM is handled: the runner logs the drain and a clean stop (docs/DEPLOY.md contract).
+        assert "draining" in events and "stopped" in events, (proc.name, events[-5:])
+        assert events.index("draining") < events.index("stopped"), proc.name

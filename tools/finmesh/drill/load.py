@@ -1,0 +1,145 @@
+"""A steady, bounded payment load: a fixed number of payments at a fixed rate, each with its own idempotency key.
+
+The client's retry policy is the one the contracts make safe: UNAVAILABLE
+(nothing answered, or the server refused the call while draining) is retried
+with the same key and the same request, so a payment that did commit is
+answered from the stored reply instead of being made twice. Anything else is a
+failure the drill reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from finmesh.common.v1 import money_pb2
+from finmesh.payments.v1 import payments_service_pb2 as pb
+from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
+
+
+@dataclass
+class CallRecord:
+    """One logical payment call and everything its attempts saw."""
+
+    index: int
+    key: str
+    description: str
+    payer: str
+    payee: str
+    amount: int
+    attempts: int = 0
+    retried_codes: list[str] = field(default_factory=list)
+    payment_id: str = ""
+    status: int = 0
+    error: str = ""
+    started: float = 0.0
+    ended: float = 0.0
+
+    @property
+    def acknowledged(self) -> bool:
+        return bool(self.payment_id)
+
+
+@dataclass
+class LoadReport:
+    records: list[CallRecord]
+    seconds: float
+
+    @property
+    def acknowledged(self) -> list[CallRecord]:
+        return [r for r in self.records if r.acknowledged]
+
+    @property
+    def failed(self) -> list[CallRecord]:
+        return [r for r in self.records if not r.acknowledged]
+
+    @property
+    def retries(self) -> int:
+        return sum(len(r.retried_codes) for r in self.records)
+
+    def summary(self) -> str:
+        latencies = sorted(r.ended - r.started for r in self.acknowledged)
+        p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else 0.0
+        return (f"{len(self.records)} calls in {self.seconds:.1f}s, {len(self.acknowledged)} acknowledged, "
+                f"{len(self.failed)} failed, {self.retries} retries "
+                f"({sum(1 for r in self.records if r.retried_codes)} calls retried), p99 {p99 * 1000:.0f} ms")
+
+
+@dataclass(frozen=True)
+class LoadShape:
+    count: int = 400
+    rate: float = 25.0  # calls started per second
+    clients: int = 4  # channels, i.e. HTTP/2 connections through the Service stand-in
+    max_in_flight: int = 32
+    attempts: int = 8
+    deadline: float = 5.0  # per attempt
+    currency: str = "CNY"
+
+
+class PaymentLoad:
+    """Pays from `payers` to `payees` in rotation through `target`; the run stops by itself after shape.count."""
+
+    def __init__(self, target: str, payers: list[str], payees: list[str], run_id: str,
+                 shape: LoadShape | None = None) -> None:
+        self._target = target
+        self._payers = payers
+        self._payees = payees
+        self._run_id = run_id
+        self.shape = shape or LoadShape()
+
+    def record(self, i: int) -> CallRecord:
+        """The i-th call: fixed by i alone, so a retry sends the identical request."""
+        return CallRecord(index=i, key=f"drill-{self._run_id}-{i}", description=f"drill {self._run_id} #{i}",
+                          payer=self._payers[i % len(self._payers)], payee=self._payees[i % len(self._payees)],
+                          amount=100 + i % 7)
+
+    async def run(self) -> LoadReport:
+        s = self.shape
+        # A local subchannel pool per channel: otherwise channels to one target share a
+        # single HTTP/2 connection, and the drill would have one client, not several.
+        channels = [grpc.aio.insecure_channel(self._target, options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(s.clients)]
+        stubs = [pb_grpc.PaymentsServiceStub(c) for c in channels]
+        gate = asyncio.Semaphore(s.max_in_flight)
+        records = [self.record(i) for i in range(s.count)]
+        start = time.monotonic()
+
+        async def one(record: CallRecord) -> None:
+            await asyncio.sleep(max(0.0, start + record.index / s.rate - time.monotonic()))
+            async with gate:
+                await self._call(stubs[record.index % len(stubs)], record)
+
+        try:
+            await asyncio.gather(*(one(r) for r in records))
+        finally:
+            for channel in channels:
+                await channel.close()
+        return LoadReport(records, time.monotonic() - start)
+
+    async def _call(self, stub: pb_grpc.PaymentsServiceStub, record: CallRecord) -> None:
+        s = self.shape
+        request = pb.CreatePaymentRequest(
+            idempotency_key=record.key, payer_account_id=record.payer, payee_account_id=record.payee,
+            amount=money_pb2.Money(currency_code=s.currency, minor_units=record.amount),
+            capture_mode=pb.CAPTURE_MODE_AUTOMATIC, description=record.description)
+        record.started = time.monotonic()
+        backoff = 0.05
+        while True:
+            record.attempts += 1
+            try:
+                reply = await stub.CreatePayment(request, timeout=s.deadline)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE and record.attempts < s.attempts:
+                    record.retried_codes.append(error.code().name)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 0.5)
+                    continue
+                record.error = f"{error.code().name}: {error.details()}"
+                break
+            record.payment_id = reply.payment.payment_id
+            record.status = reply.payment.status
+            break
+        record.ended = time.monotonic()
