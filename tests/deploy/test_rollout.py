@@ -7,6 +7,7 @@ The fakes are executables on PATH that speak the real CLIs' argv and JSON
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -22,7 +23,11 @@ import pytest
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from finmesh.common.v1 import money_pb2
+from finmesh.payments.v1 import payments_service_pb2 as pay_pb
+from finmesh.payments.v1 import payments_service_pb2_grpc as pay_grpc
 from finmesh.rollout.plan import Cluster, RolloutPlan, fullname, judge_pods, parse_pods
+from tests.inprocess import running_mesh
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "finmesh"
@@ -113,14 +118,15 @@ def pod(name: str, *, uid: str = "", restarts: int = 0, ready: bool = True, wait
 HEALTHY = [pod("fm-finmesh-risk-green-a"), pod("fm-finmesh-risk-green-b")]
 
 
-def release_values(active: str = "blue", inactive_replicas: int = 0, mtls: bool = False) -> dict[str, Any]:
+def release_values(active: str = "blue", inactive_replicas: int = 0, mtls: bool = False,
+                   service: str = "risk") -> dict[str, Any]:
     """What `helm get values --all -o json` prints for the release (the part the rollout reads)."""
     other = "green" if active == "blue" else "blue"
     return {
         "fullnameOverride": "", "nameOverride": "", "grpc": {"port": 50051}, "mtls": {"enabled": mtls},
-        "services": {"risk": {"enabled": True, "activeColor": active, "preview": {"enabled": False},
-                              active: {"tag": "0.1.0", "replicas": 2},
-                              other: {"tag": "0.1.0", "replicas": inactive_replicas}}},
+        "services": {service: {"enabled": True, "activeColor": active, "preview": {"enabled": False},
+                               active: {"tag": "0.1.0", "replicas": 2},
+                               other: {"tag": "0.1.0", "replicas": inactive_replicas}}},
     }
 
 
@@ -157,16 +163,21 @@ class FakeCluster:
         self.scenario = tmp / "scenario.json"
         self.log = tmp / "calls.jsonl"
 
-    def rollout(self, scenario: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
+    def prepare(self, scenario: dict[str, Any], service: str, *extra: str) -> tuple[list[str], dict[str, str]]:
+        """The rollout's argv (short windows) and an environment whose PATH finds the fakes first."""
         self.scenario.write_text(json.dumps(scenario))
         env = {**os.environ, "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
                "FAKE_KUBE_SCENARIO": str(self.scenario), "FAKE_KUBE_LOG": str(self.log)}
         for name in ("FINMESH_HELM", "FINMESH_KUBECTL", "FINMESH_TLS_CERT_FILE", "FINMESH_TLS_KEY_FILE",
                      "FINMESH_TLS_CA_FILE"):
             env.pop(name, None)
-        argv = [sys.executable, "-m", "finmesh.cli.main", "rollout", "risk", "--to", "0.2.0",
+        argv = [sys.executable, "-m", "finmesh.cli.main", "rollout", service, "--to", "0.2.0",
                 "--release", "fm", "--chart", str(CHART), "--analysis-seconds", "0.6", "--watch-seconds", "0.6",
                 "--probe-interval", "0.1", "--scale-down-delay", "0", *extra]
+        return argv, env
+
+    def rollout(self, scenario: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
+        argv, env = self.prepare(scenario, "risk", *extra)
         return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=90, check=False)
 
     def calls(self) -> list[list[str]]:
@@ -486,3 +497,50 @@ def test_real_helm_and_kubectl_accept_every_command(helm: Any, tmp_path: Path) -
         assert proc.returncode != 0
         assert "connection refused" in proc.stderr or "cluster unreachable" in proc.stderr, (argv, proc.stderr)
         assert "unknown flag" not in proc.stderr and "unknown command" not in proc.stderr, (argv, proc.stderr)
+
+
+# --- the synthetic payment, against real payments ------------------------------------------------------
+
+
+async def _run(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI without blocking the event loop that serves the in-process payments."""
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 90)
+    return int(proc.returncode or 0), out.decode()
+
+
+@pytest.mark.parametrize(("funded", "expected_exit"), [(True, 0), (False, 1)], ids=["funded", "unfunded"])
+async def test_payments_analysis_pays_between_the_test_accounts(
+        databases: Any, tmp_path: Path, cluster: FakeCluster, funded: bool, expected_exit: int) -> None:
+    """Through the forwarded Service the rollout pays 7 units at the start and end of each window (4 payments);
+    a synthetic payment that payments refuses (payer without funds) stops the rollout before the flip."""
+    async with running_mesh(databases, tmp_path, names=("risk", "payments")) as mesh:
+        stub = pay_grpc.PaymentsServiceStub(mesh.channel("payments"))
+        accounts = []
+        for i in range(2):
+            reply = await stub.OpenAccount(pay_pb.OpenAccountRequest(
+                idempotency_key=f"synthetic-open-{i}", owner_id=f"rollout-test-{i}",
+                kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code="CNY"))
+            accounts.append(reply.account.account_id)
+        payer, payee = accounts
+        if funded:
+            await stub.TopUp(pay_pb.TopUpRequest(idempotency_key="synthetic-topup", account_id=payer,
+                                                 channel="test_bank",
+                                                 amount=money_pb2.Money(currency_code="CNY", minor_units=1000)))
+        port = mesh.services["payments"].server.port
+        scenario = {"values": release_values(service="payments"), "pods": {"green": [HEALTHY]},
+                    "forward": {"fm-finmesh-payments-preview": port, "fm-finmesh-payments": port}}
+        argv, env = cluster.prepare(scenario, "payments", "--synthetic-payer", payer, "--synthetic-payee", payee,
+                                    "--synthetic-amount", "7")
+        code, out = await _run(argv, env)
+        received = (await stub.GetAccount(pay_pb.GetAccountRequest(account_id=payee))).account.balance
+    assert code == expected_exit, out
+    actives = [_sets(c)["services.payments.activeColor"] for c in cluster.upgrades()]
+    if funded:
+        assert received.available_minor_units == 4 * 7
+        assert actives == ["blue", "blue", "green", "green"]
+    else:
+        assert received.available_minor_units == 0
+        assert "ABORT: analysis: synthetic payment: " in out
+        assert "green" not in actives
