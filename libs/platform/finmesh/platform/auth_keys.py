@@ -2,9 +2,11 @@
 
 Keys come from identity's GetPublicKeys. They are refreshed in the
 background when older than `refresh_seconds`, and at once when a token
-names an unknown kid (a rotation), at most every `unknown_kid_interval`
-seconds so junk tokens cannot hammer identity. A failed refresh keeps the
-cached keys: a service goes on verifying while identity is unreachable.
+names an unknown kid (a rotation). So that junk tokens cannot hammer
+identity, one kid triggers at most one fetch per `unknown_kid_interval` and
+all unknown kids together at most `unknown_kid_fetches_per_second`. A
+failed refresh keeps the cached keys: a service goes on verifying while
+identity is unreachable.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -63,16 +66,19 @@ def remote_fetcher(identity_target: str, timeout: float = 2.0) -> KeyFetcher:
 
 
 class KeyCache:
-    def __init__(self, fetch: KeyFetcher, *, refresh_seconds: float = 60.0, unknown_kid_interval: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, fetch: KeyFetcher, *, refresh_seconds: float = 60.0, unknown_kid_interval: float = 5.0,
+                 unknown_kid_fetches_per_second: int = 5, clock: Callable[[], float] = time.monotonic) -> None:
         self._fetch = fetch
         self._refresh_seconds = refresh_seconds
         self._unknown_kid_interval = unknown_kid_interval
+        self._unknown_budget = unknown_kid_fetches_per_second
         self._clock = clock
         self._keys: dict[str, PublishedKey] = {}
         self._fetched_at: float | None = None
         self._attempted_at = -1e18
         self._inflight: asyncio.Task[bool] | None = None
+        self._misses: OrderedDict[str, float] = OrderedDict()  # unknown kid -> when it last caused a fetch
+        self._unknown_fetches: deque[float] = deque()
 
     async def get(self, kid: str) -> PublishedKey | None:
         now = self._clock()
@@ -82,9 +88,24 @@ class KeyCache:
                 self._refresh_in_background()
             return key
         # Unknown kid: a rotation we have not seen yet, or a forged token. Ask identity, rate-limited.
-        if now - self._attempted_at >= self._unknown_kid_interval or self._inflight is not None:
+        if self._inflight is not None or self._may_fetch_for(kid, now):
             await self.refresh()
         return self._keys.get(kid)
+
+    def _may_fetch_for(self, kid: str, now: float) -> bool:
+        last = self._misses.get(kid)
+        if last is not None and now - last < self._unknown_kid_interval:
+            return False
+        while self._unknown_fetches and now - self._unknown_fetches[0] > 1.0:
+            self._unknown_fetches.popleft()
+        if len(self._unknown_fetches) >= self._unknown_budget:
+            return False
+        self._unknown_fetches.append(now)
+        self._misses[kid] = now
+        self._misses.move_to_end(kid)
+        if len(self._misses) > 1024:
+            self._misses.popitem(last=False)
+        return True
 
     async def refresh(self) -> bool:
         """Fetch now (joining a fetch already under way); False, keeping the cache, if identity is unreachable."""
@@ -98,7 +119,8 @@ class KeyCache:
                 self._inflight = None
 
     def _refresh_in_background(self) -> None:
-        if self._inflight is None and self._clock() - self._attempted_at >= self._unknown_kid_interval:
+        # A failed refresh is not retried on every request: identity may be down for a while.
+        if self._inflight is None and self._clock() - self._attempted_at >= min(self._refresh_seconds, 5.0):
             self._inflight = asyncio.create_task(self._do_refresh())
             self._inflight.add_done_callback(self._clear_inflight)
 

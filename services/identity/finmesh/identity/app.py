@@ -94,7 +94,7 @@ async def build(settings: IdentitySettings) -> IdentityApp:
                 notify=NotifyClient(notify_channel, timeout), risk=risk, registry=_registry(settings),
                 on_commit=relay.wake)
     # Identity verifies tokens from its own key table: no call to itself, and rotations seen at once.
-    authorizer = Authorizer(TokenVerifier(KeyCache(keys.published, refresh_seconds=5.0, unknown_kid_interval=0.5)))
+    authorizer = Authorizer(TokenVerifier(KeyCache(keys.published, refresh_seconds=5.0)))
     registration = Registration(IdentityServicer(deps), pb_grpc.add_IdentityServiceServicer_to_server,
                                 pb.DESCRIPTOR.services_by_name["IdentityService"], authorizer=authorizer)
     return IdentityApp([registration], engine, relay, deps, channels)
