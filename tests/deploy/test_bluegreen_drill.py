@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -80,7 +81,7 @@ class Drill:
         for proc in self.processes:
             try:
                 proc.process.wait(15)
-            except Exception:  # noqa: BLE001 -- whatever went wrong, never leave a process behind
+            except subprocess.TimeoutExpired:
                 proc.process.kill()
                 proc.process.wait()
 

@@ -89,6 +89,8 @@ else:
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
     elif rest[0] == "port-forward":
         service = rest[1].split("/", 1)[1]
+        if service not in scenario["forward"]:
+            fail('Error from server (NotFound): services "%s" not found' % service)
         print("Forwarding from 127.0.0.1:%d -> %s" % (scenario["forward"][service], rest[2][1:]), flush=True)
         time.sleep(600)
     else:
@@ -371,6 +373,14 @@ def test_preview_never_points_at_pods_that_are_not_ready(cluster: FakeCluster,
     previews = [_sets(c)["services.risk.preview.enabled"] for c in cluster.upgrades()]
     assert previews == ["false", "false"]
     assert "did not become ready" in proc.stdout
+
+
+def test_port_forward_failure_stops_before_the_flip(cluster: FakeCluster, health_servers: dict[str, int]) -> None:
+    """No way to probe the preview Service is a failed analysis, with kubectl's reason in the log."""
+    proc = cluster.rollout(_scenario(health_servers, forward={}))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert [_sets(c)["services.risk.activeColor"] for c in cluster.upgrades()] == ["blue", "blue", "blue"]
+    assert 'services "fm-finmesh-risk-preview" not found' in proc.stdout
 
 
 def test_failed_rollback_asks_for_a_human(cluster: FakeCluster, health_servers: dict[str, int]) -> None:

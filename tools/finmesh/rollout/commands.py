@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import shlex
@@ -74,11 +75,16 @@ class Runner:
 
 
 def _wait_for_port(proc: subprocess.Popen[str], argv: tuple[str, ...], timeout: float) -> int:
-    """Read port-forward's stdout (in a thread, so the timeout holds) until it names its local port."""
+    """Read port-forward's output until it names its local port.
+
+    Both pipes are read by threads for the whole life of the process: kubectl
+    prints a line per forwarded connection, and a full pipe would stall it.
+    """
     found: list[int] = []
+    errors: collections.deque[str] = collections.deque(maxlen=3)
     ready = threading.Event()
 
-    def read() -> None:
+    def read_stdout() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             match = _FORWARDING.search(line)
@@ -87,11 +93,18 @@ def _wait_for_port(proc: subprocess.Popen[str], argv: tuple[str, ...], timeout: 
                 ready.set()
         ready.set()  # stdout closed: the process ended
 
-    threading.Thread(target=read, daemon=True).start()
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            errors.append(line.strip())
+
+    threading.Thread(target=read_stdout, daemon=True).start()
+    stderr_reader = threading.Thread(target=read_stderr, daemon=True)
+    stderr_reader.start()
     ready.wait(timeout)
     if found:
         return found[0]
     if proc.poll() is not None:
-        err = (proc.stderr.read() if proc.stderr else "").strip().splitlines()[-1:] or [""]
-        raise CommandFailed(argv, f"exit {proc.returncode}: {err[0]}")
+        stderr_reader.join(2)  # its last words are the reason
+        raise CommandFailed(argv, f"exit {proc.returncode}: {' | '.join(errors)}")
     raise CommandFailed(argv, f"no 'Forwarding from' line within {timeout:g}s")

@@ -11,6 +11,7 @@ from finmesh.rollout.plan import (
     EXIT_NEEDS_HUMAN,
     EXIT_PROMOTED,
     EXIT_ROLLED_BACK,
+    PodState,
     ProbeTally,
     RolloutPlan,
     judge_pods,
@@ -75,7 +76,7 @@ class Driver:
         except CommandFailed as error:
             raise _Abort(f"{what}: {error.reason}") from error
 
-    def _pods(self, expected: int, baseline: list | None = None) -> tuple[list, list[str]]:
+    def _pods(self, expected: int, baseline: list[PodState] | None = None) -> tuple[list[PodState], list[str]]:
         doc = self.runner.run_json(self.plan.get_pods(self.plan.to_color), timeout=30)
         pods = parse_pods(doc or {})
         return pods, judge_pods(pods, expected, baseline)
