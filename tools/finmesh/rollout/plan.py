@@ -128,14 +128,13 @@ class RolloutPlan:
         --set-string, because --set reads a tag such as 42 or 20250601 as an
         integer, which the schema rightly refuses.
         """
-        sets = [
+        return [
             "--set", f"{self._key('activeColor')}={active}",
             "--set-string", f"{self._key(self.to_color, 'tag')}={self.version}",
             "--set", f"{self._key(self.to_color, 'replicas')}={new_replicas}",
             "--set", f"{self._key('preview', 'enabled')}={'true' if preview else 'false'}",
             "--set-string", f"{self._key('migration', 'color')}={migration_color}",
         ]
-        return sets
 
     def _upgrade(self, sets: list[str], *, hooks: bool) -> tuple[str, ...]:
         c = self.cluster
