@@ -78,6 +78,8 @@ def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
         "name": span.name,
         "kind": span.kind.name,
         "service": span.resource.attributes.get("service.name", ""),
+        # Color and version let an SRE split a local run's spans as in the collector.
+        "resource": {k: v for k, v in span.resource.attributes.items() if not k.startswith("telemetry.")},
         "start_ns": span.start_time,
         "end_ns": span.end_time,
         "status": span.status.status_code.name,
