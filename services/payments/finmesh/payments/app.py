@@ -12,6 +12,7 @@ from finmesh.payments.api.servicer import PaymentsServicer
 from finmesh.payments.channels import ChannelRegistry
 from finmesh.payments.clients import RISK_IDEMPOTENT_METHODS, RiskClient
 from finmesh.payments.config import PaymentsSettings
+from finmesh.payments.store.engines import create_read_engine
 from finmesh.payments.store.schema import idempotency, metadata, outbox
 from finmesh.payments.store.tiers import TableTierSource, TierSource
 from finmesh.payments.sweeper import PendingOperationSweeper
@@ -35,6 +36,7 @@ class PaymentsApp:
     writer: LedgerWriter
     sweeper: PendingOperationSweeper
     engine: AsyncEngine
+    reader: AsyncEngine
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -50,6 +52,7 @@ class PaymentsApp:
         for channel in self.channels:
             await channel.close()
         await self.engine.dispose()
+        await self.reader.dispose()
 
 
 async def build(settings: PaymentsSettings, tier_source: TierSource | None = None) -> PaymentsApp:
@@ -59,12 +62,16 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
     notify_channel = open_channel(settings.notify_target, settings, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS)
     relay = OutboxRelay(engine, outbox, "payments", NotifyEventSink(notify_channel).deliver)
     writer = LedgerWriter(engine, tier_source or TableTierSource(settings.default_tier), to_status,
-                          max_batch=settings.writer_max_batch, on_commit=relay.wake)
+                          max_batch=settings.writer_max_batch, on_commit=relay.wake,
+                          limits_utc_offset_minutes=settings.limits_utc_offset_minutes)
     channels = ChannelRegistry(settings.channel_urls, settings.channel_timeout_seconds, settings.channel_sandbox)
     sweeper = PendingOperationSweeper(engine, writer, channels, grace_seconds=settings.channel_pending_grace_seconds,
                                       interval_seconds=settings.channel_sweep_interval_seconds)
-    deps = Dependencies(engine=engine, writer=writer, idempotency=IdempotencyStore(engine, idempotency, to_status),
+    reader = create_read_engine(settings.database_url_for("payments"))
+    deps = Dependencies(engine=engine, reader=reader, writer=writer,
+                        idempotency=IdempotencyStore(engine, idempotency, to_status),
                         risk=RiskClient(risk_channel), channels=channels, settings=settings)
     registration = Registration(PaymentsServicer(deps), pb_grpc.add_PaymentsServiceServicer_to_server,
                                 pb.DESCRIPTOR.services_by_name["PaymentsService"])
-    return PaymentsApp(settings, [registration], relay, writer, sweeper, engine, [risk_channel, notify_channel])
+    return PaymentsApp(settings, [registration], relay, writer, sweeper, engine, reader,
+                       [risk_channel, notify_channel])

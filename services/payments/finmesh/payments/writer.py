@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.payments.domain.audit import GENESIS_HASH
+from finmesh.payments.domain.limits import limit_day
 from finmesh.payments.store.schema import audit_head, idempotency
 from finmesh.payments.store.tiers import TierSource
 from finmesh.payments.store.uow import UnitOfWork
@@ -60,6 +61,9 @@ class Command:
     record_success: bool = True
     # Runs in a batch of its own (settlement reads rows with queries that must see every earlier change).
     exclusive: bool = False
+    # Accounts the command will touch: the writer loads a batch's accounts (and their owners' limit
+    # state) in a few queries instead of a few per command.
+    accounts: tuple[str, ...] = ()
     carrier: dict[str, str] = field(default_factory=inject_context)
     future: asyncio.Future[Message] | None = None
 
@@ -73,7 +77,8 @@ class _Outcome:
 class LedgerWriter:
     def __init__(self, engine: AsyncEngine, tier_source: TierSource,
                  to_status: Callable[[DomainError], status_pb2.Status], *, max_batch: int = 256,
-                 on_commit: Callable[[], None] | None = None) -> None:
+                 on_commit: Callable[[], None] | None = None, limits_utc_offset_minutes: int = 480) -> None:
+        self._limits_offset = limits_utc_offset_minutes
         self._engine = engine
         self.tier_source = tier_source
         self._to_status = to_status
@@ -160,6 +165,10 @@ class LedgerWriter:
             )).one()
             stored = await self._stored_answers(conn, batch)
             uow = UnitOfWork(conn, now, self.tier_source)
+            fresh = [c for c in batch if (c.method, c.key) not in stored]
+            await uow.load_accounts(a for c in fresh for a in c.accounts)
+            if any(c.accounts for c in fresh):
+                await uow.prefetch_limit_state(limit_day(now, self._limits_offset))
             outcomes: list[_Outcome] = []
             answers: dict[tuple[str, str], dict[str, Any]] = {}
             for command in batch:
@@ -221,10 +230,25 @@ def _answer(command: Command, now: datetime, *, response: Message | None = None,
 
 
 def _replay(prior: Any, command: Command) -> _Outcome:
-    """The stored answer to this key, as platform.idempotency replays it."""
-    if prior["request_hash"] != command.fingerprint:
-        return _Outcome(error=FailedPrecondition(
-            "IDEMPOTENCY_KEY_REUSED", "this idempotency key was already used with a different request"))
+    try:
+        return _Outcome(reply=replay_stored(prior, command.fingerprint, command.response_type))
+    except (FailedPrecondition, StoredRefusal) as error:
+        return _Outcome(error=error)
+
+
+def replay_stored(prior: Any, fingerprint: bytes, response_type: type[Message]) -> Message:
+    """The stored answer to a key (a refusal is raised), as platform.idempotency replays it."""
+    if prior["request_hash"] != fingerprint:
+        raise FailedPrecondition("IDEMPOTENCY_KEY_REUSED",
+                                 "this idempotency key was already used with a different request")
     if prior["refusal"] is not None:
-        return _Outcome(error=StoredRefusal(status_pb2.Status.FromString(prior["refusal"])))
-    return _Outcome(reply=command.response_type.FromString(prior["response"]))
+        raise StoredRefusal(status_pb2.Status.FromString(prior["refusal"]))
+    return response_type.FromString(prior["response"])
+
+
+async def stored_answer(conn: Any, method: str, key: str, fingerprint: bytes,
+                        response_type: type[Message]) -> Message | None:
+    """The answer stored for (method, key), or None for a key not used yet."""
+    t = idempotency.c
+    row = (await conn.execute(select(idempotency).where(t.method == method, t.key == key))).first()
+    return None if row is None else replay_stored(row._mapping, fingerprint, response_type)

@@ -43,7 +43,7 @@ class AccountsRpcs(ServicerBase):
 
     async def GetAccount(self, request: pb.GetAccountRequest, context: grpc.aio.ServicerContext) -> Any:
         require_id(request.account_id, "account_id")
-        async with self.deps.engine.connect() as conn:
+        async with self.deps.reader.connect() as conn:
             row = (await queries.accounts_by_id(conn, [request.account_id])).get(request.account_id)
         if row is None:
             raise NotFound("ACCOUNT_NOT_FOUND", "account not found", account_id=request.account_id)
@@ -52,7 +52,7 @@ class AccountsRpcs(ServicerBase):
     async def ListAccounts(self, request: pb.ListAccountsRequest, context: grpc.aio.ServicerContext) -> Any:
         require_id(request.owner_id, "owner_id")
         size = page_size(request.page_size)
-        async with self.deps.engine.connect() as conn:
+        async with self.deps.reader.connect() as conn:
             found = await queries.accounts_of(conn, request.owner_id, request.page_token[:MAX_ID], size + 1)
         more = len(found) > size
         found = found[:size]

@@ -51,7 +51,7 @@ class BackOfficeRpcs(ServicerBase):
         require_id(request.merchant_account_id, "merchant_account_id")
         size = page_size(request.page_size)
         after = decode_time_token(request.page_token)
-        async with self.deps.engine.connect() as conn:
+        async with self.deps.reader.connect() as conn:
             found = await queries.settlements_of(conn, request.merchant_account_id, after, size + 1)
         more = len(found) > size
         found = found[:size]
@@ -83,8 +83,7 @@ class BackOfficeRpcs(ServicerBase):
                                                reconcile)
 
     async def VerifyAuditLog(self, request: pb.VerifyAuditLogRequest, context: grpc.aio.ServicerContext) -> Any:
-        async with self.deps.engine.connect() as conn:
+        async with self.deps.reader.connect() as conn:
             result = await queries.verify_audit(conn)
-            await conn.rollback()
         return pb.VerifyAuditLogResponse(intact=result.intact, rows_checked=result.rows_checked,
                                          first_broken_sequence=result.first_broken_sequence)

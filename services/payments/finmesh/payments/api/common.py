@@ -19,7 +19,7 @@ from finmesh.payments.clients import RiskClient
 from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.domain.limits import LimitPolicy
 from finmesh.payments.usecases.payments import LimitRules
-from finmesh.payments.writer import Action, Command, LedgerWriter
+from finmesh.payments.writer import Action, Command, LedgerWriter, stored_answer
 from finmesh.platform.errors import FieldViolation, InvalidArgument
 from finmesh.platform.idempotency import IdempotencyStore, request_fingerprint, validate_key
 from finmesh.platform.money import validate_amount
@@ -31,6 +31,7 @@ MAX_PAGE = 500
 @dataclass
 class Dependencies:
     engine: AsyncEngine
+    reader: AsyncEngine  # reads only (see store.engines)
     writer: LedgerWriter
     idempotency: IdempotencyStore
     risk: RiskClient
@@ -45,15 +46,25 @@ class Dependencies:
 class ServicerBase:
     deps: Dependencies
 
+    async def replay(self, method: str, request: Any, response_type: type[Message],
+                     conn: Any = None) -> Any:
+        """The stored answer to this request's key (a stored refusal is raised), or None."""
+        validate_key(request.idempotency_key)
+        fingerprint = request_fingerprint(request)
+        if conn is not None:
+            return await stored_answer(conn, method, request.idempotency_key, fingerprint, response_type)
+        async with self.deps.reader.connect() as own:
+            return await stored_answer(own, method, request.idempotency_key, fingerprint, response_type)
+
     async def submit(self, method: str, request: Any, response_type: type[Message], action: Action,
                      render: Callable[[Any], Message], *, record_success: bool = True,
-                     exclusive: bool = False) -> Any:
+                     exclusive: bool = False, accounts: tuple[str, ...] = ()) -> Any:
         """Run `action` in the ledger writer under the request's idempotency key."""
         validate_key(request.idempotency_key)
         reply = await self.deps.writer.submit(Command(
             method=method, key=request.idempotency_key, fingerprint=request_fingerprint(request),
             response_type=response_type, action=action, render=render, record_success=record_success,
-            exclusive=exclusive,
+            exclusive=exclusive, accounts=accounts,
         ))
         if record_success and method in self.deps.settings.failpoint_kill_after_commit:
             # Fault injection for crash tests: the answer is committed, the reply never leaves.

@@ -43,7 +43,7 @@ class MoneyMovementRpcs(ServicerBase):
 
     async def _channel_operation(self, method: str, kind: str, request: Any, response_type: Any) -> Any:
         adapter = self._validate_channel_request(request, payout=kind == usecase.PAYOUT)
-        prior = await self.deps.idempotency.replay(method, request, response_type)
+        prior = await self.replay(method, request, response_type)
         if prior is not None:
             return prior
         operation = usecase.ChannelRequest(
@@ -103,7 +103,7 @@ class MoneyMovementRpcs(ServicerBase):
         token = decode_token(request.page_token, 1)
         if token is not None and not token[0].isdigit():
             raise InvalidArgument(FieldViolation("page_token", "not a token this service issued"))
-        async with self.deps.engine.connect() as conn:
+        async with self.deps.reader.connect() as conn:
             found = await queries.entries_of(conn, request.account_id, int(token[0]) if token else None, size + 1)
         more = len(found) > size
         found = found[:size]

@@ -64,15 +64,20 @@ class PaymentRpcs(ServicerBase):
             capture_mode=convert.CAPTURE_MODES[request.capture_mode],
             description=request.description,
         )
-        prior = await self.deps.idempotency.replay("CreatePayment", request, pb.CreatePaymentResponse)
-        if prior is not None:
-            return prior
+        async with self.deps.reader.connect() as conn:
+            prior = await self.replay("CreatePayment", request, pb.CreatePaymentResponse, conn)
+            if prior is not None:
+                return prior
+            try:
+                payer = await self._precheck(conn, payment)
+            except DomainError as error:
+                refusal = error
+            else:
+                refusal = None
+        if refusal is not None:
+            await self._record_refusal("CreatePayment", request, pb.CreatePaymentResponse, refusal)
+            raise refusal
         payment_id = str(uuid.uuid5(_PAYMENT_NAMESPACE, request.idempotency_key))
-        try:
-            payer = await self._precheck(payment)
-        except DomainError as error:
-            await self._record_refusal("CreatePayment", request, pb.CreatePaymentResponse, error)
-            raise
         verdict = await self._assess(payment_id, payment, payer, request.risk_context, context)
         limits = self.deps.limits
 
@@ -80,27 +85,27 @@ class PaymentRpcs(ServicerBase):
             return await usecase.create_payment(uow, payment_id, payment, verdict, limits)
 
         reply = await self.submit("CreatePayment", request, pb.CreatePaymentResponse, action,
-                                  _payment_reply(pb.CreatePaymentResponse))
+                                  _payment_reply(pb.CreatePaymentResponse),
+                                  accounts=(payment.payer_account_id, payment.payee_account_id))
         _log.info("payment_created", payment_id=payment_id, status=pb.PaymentStatus.Name(reply.payment.status),
                   risk_decision=verdict.decision.value)
         return reply
 
-    async def _precheck(self, payment: PaymentRequest) -> AccountState:
+    async def _precheck(self, conn: Any, payment: PaymentRequest) -> AccountState:
         """Refuse what cannot succeed before spending risk's capacity (and the payer's velocity budget) on it.
 
-        The same rules run again, authoritatively, inside the ledger writer.
+        Reads a snapshot through a unit of work that is never flushed; the
+        same rules run again, authoritatively, inside the ledger writer.
         """
-        async with self.deps.engine.connect() as conn:
-            uow = UnitOfWork(conn, datetime.now(UTC), self.deps.writer.tier_source)
-            payer, _ = await usecase.parties(uow, payment.payer_account_id, payment.payee_account_id,
-                                             payment.amount.currency)
-            if payer.status is AccountStatus.FROZEN:
-                raise FailedPrecondition("ACCOUNT_FROZEN", "account is frozen", account_id=payer.account_id)
-            await usecase.check_limits(uow, self.deps.limits, payer, payment.amount.minor_units)
-            if payer.available < payment.amount.minor_units:
-                raise FailedPrecondition("INSUFFICIENT_FUNDS", "insufficient available balance",
-                                         account_id=payer.account_id)
-            await conn.rollback()
+        uow = UnitOfWork(conn, datetime.now(UTC), self.deps.writer.tier_source)
+        payer, _ = await usecase.parties(uow, payment.payer_account_id, payment.payee_account_id,
+                                         payment.amount.currency)
+        if payer.status is AccountStatus.FROZEN:
+            raise FailedPrecondition("ACCOUNT_FROZEN", "account is frozen", account_id=payer.account_id)
+        await usecase.check_limits(uow, self.deps.limits, payer, payment.amount.minor_units)
+        if payer.available < payment.amount.minor_units:
+            raise FailedPrecondition("INSUFFICIENT_FUNDS", "insufficient available balance",
+                                     account_id=payer.account_id)
         return payer
 
     async def _record_refusal(self, method: str, request: Any, response_type: Any, error: DomainError) -> None:
@@ -193,7 +198,7 @@ class PaymentRpcs(ServicerBase):
 
     async def GetPayment(self, request: pb.GetPaymentRequest, context: grpc.aio.ServicerContext) -> Any:
         require_id(request.payment_id, "payment_id")
-        async with self.deps.engine.connect() as conn:
+        async with self.deps.reader.connect() as conn:
             row = await queries.payment_by_id(conn, request.payment_id)
         if row is None:
             raise NotFound("PAYMENT_NOT_FOUND", "payment not found", payment_id=request.payment_id)
@@ -203,7 +208,7 @@ class PaymentRpcs(ServicerBase):
         require_id(request.account_id, "account_id")
         size = page_size(request.page_size)
         after = decode_time_token(request.page_token)
-        async with self.deps.engine.connect() as conn:
+        async with self.deps.reader.connect() as conn:
             found = await queries.payments_of(conn, request.account_id, after, size + 1)
         more = len(found) > size
         found = found[:size]
