@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -246,3 +247,24 @@ async def test_bad_input_is_invalid_argument_with_fields(databases, tmp_path: Pa
 async def test_client_for_other_tests_is_exported() -> None:
     """The harness client is importable on its own (used by the benchmarks)."""
     assert Client.__name__ == "Client"
+
+
+async def test_authorizations_nobody_captures_expire(databases, tmp_path: Path) -> None:
+    """An authorization older than its time to live is voided once and its hold released."""
+    async with payments_mesh(databases, tmp_path, authorization_ttl_seconds=3_600) as pay:
+        c = pay.client
+        alice, bob = await c.wallet(), await c.wallet()
+        await c.top_up(alice, 1_000)
+        old = await c.pay(alice, bob, 600, mode=MANUAL)
+        captured = await c.pay(alice, bob, 100, mode=MANUAL)
+        await c.capture(captured.payment_id)
+        sweeper = pay.app.sweeper
+        assert await sweeper.expire_authorizations(datetime.now(UTC)) == 0
+        later = datetime.now(UTC) + timedelta(hours=2)
+        assert await sweeper.expire_authorizations(later) == 1
+        assert await sweeper.expire_authorizations(later) == 0
+        got = await c.stub.GetPayment(pb.GetPaymentRequest(payment_id=old.payment_id))
+        assert got.payment.status == pb.PAYMENT_STATUS_VOIDED
+        assert await c.triple(alice) == (900, 0, 900)
+        assert (await refusal(c.capture(old.payment_id))).reason == "INVALID_STATE"
+        await pay.check_books()

@@ -66,7 +66,8 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
                           limits_utc_offset_minutes=settings.limits_utc_offset_minutes)
     channels = ChannelRegistry(settings.channel_urls, settings.channel_timeout_seconds, settings.channel_sandbox)
     sweeper = PendingOperationSweeper(engine, writer, channels, grace_seconds=settings.channel_pending_grace_seconds,
-                                      interval_seconds=settings.channel_sweep_interval_seconds)
+                                      interval_seconds=settings.channel_sweep_interval_seconds,
+                                      authorization_ttl_seconds=settings.authorization_ttl_seconds)
     reader = create_read_engine(settings.database_url_for("payments"))
     deps = Dependencies(engine=engine, reader=reader, writer=writer,
                         idempotency=IdempotencyStore(engine, idempotency, to_status),

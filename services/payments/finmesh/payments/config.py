@@ -41,6 +41,9 @@ class PaymentsSettings(ServiceSettings):
     channel_pending_grace_seconds: float = Field(default=60.0, gt=0)
     channel_sweep_interval_seconds: float = Field(default=15.0, gt=0)
 
+    # Authorized (manually captured) payments not captured within this time are voided, releasing the hold.
+    authorization_ttl_seconds: float = Field(default=7 * 24 * 3600, gt=0)
+
     # Most commands one ledger transaction carries (group commit).
     writer_max_batch: int = Field(default=256, ge=1, le=5000)
     # Fault injection for crash tests: methods after whose commit the process

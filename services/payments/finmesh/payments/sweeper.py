@@ -1,9 +1,12 @@
-"""Finishes channel operations nobody came back for: a caller that timed out and never retried.
+"""Background clean-up: channel operations nobody came back for, and authorizations nobody captured.
 
 A PENDING operation older than the grace period is looked up at its channel
 (never re-sent: the lookup only asks what happened) and finished through the
 writer under the caller's own idempotency key, so a late retry gets the same
 answer. An operation the channel never received failed.
+
+An authorization older than its time to live is voided (the hold is
+released), so held funds are posted, voided or expire, exactly once.
 """
 
 from __future__ import annotations
@@ -16,16 +19,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from finmesh.payments.api import convert
 from finmesh.payments.api.money_movement import channel_reply
 from finmesh.payments.channels import ChannelRegistry, ChannelUnavailable
 from finmesh.payments.store import rows
-from finmesh.payments.store.schema import channel_operations
+from finmesh.payments.store.schema import channel_operations, payments
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.payments.usecases import channels as usecase
+from finmesh.payments.usecases import payments as payments_usecase
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.writer import Command, LedgerWriter
 from finmesh.platform.errors import DomainError
-from finmesh.platform.idempotency import StoredRefusal
+from finmesh.platform.idempotency import StoredRefusal, request_fingerprint
 from finmesh.platform.logs import get_logger
 
 _log = get_logger("finmesh.payments.sweeper")
@@ -34,7 +39,9 @@ _METHODS = {usecase.TOP_UP: ("TopUp", pb.TopUpResponse), usecase.PAYOUT: ("Payou
 
 class PendingOperationSweeper:
     def __init__(self, engine: AsyncEngine, writer: LedgerWriter, channels: ChannelRegistry, *,
-                 grace_seconds: float, interval_seconds: float) -> None:
+                 grace_seconds: float, interval_seconds: float,
+                 authorization_ttl_seconds: float = 7 * 24 * 3600) -> None:
+        self._authorization_ttl = timedelta(seconds=authorization_ttl_seconds)
         self._engine = engine
         self._writer = writer
         self._channels = channels
@@ -55,8 +62,9 @@ class PendingOperationSweeper:
             await asyncio.sleep(self._interval)
             try:
                 await self.sweep_once()
+                await self.expire_authorizations()
             except Exception:  # noqa: BLE001 - the sweeper must outlive a database or channel hiccup
-                _log.exception("channel_sweep_failed")
+                _log.exception("sweep_failed")
 
     async def sweep_once(self, now: datetime | None = None) -> int:
         """Finish every overdue PENDING operation the channel can tell us about; return how many."""
@@ -71,6 +79,31 @@ class PendingOperationSweeper:
         for op in overdue:
             finished += await self._finish(op)
         return finished
+
+    async def expire_authorizations(self, now: datetime | None = None) -> int:
+        """Void every authorization older than its time to live; return how many were voided."""
+        p = payments.c
+        cutoff = (now or datetime.now(UTC)) - self._authorization_ttl
+        async with self._engine.connect() as conn:
+            stale = [r.payment_id for r in await conn.execute(
+                select(p.payment_id).where(p.status == "AUTHORIZED", p.created_at <= cutoff)
+                .order_by(p.created_at).limit(500))]
+            await conn.rollback()
+        expired = 0
+        for payment_id in stale:
+            request = pb.VoidPaymentRequest(idempotency_key=f"expire:{payment_id}", payment_id=payment_id)
+
+            async def action(uow: UnitOfWork, payment_id: str = payment_id) -> Any:
+                return await payments_usecase.expire_authorization(uow, payment_id)
+
+            reply = await self._writer.submit(Command(
+                method="ExpireAuthorization", key=request.idempotency_key, fingerprint=request_fingerprint(request),
+                response_type=pb.VoidPaymentResponse, action=action,
+                render=lambda state: pb.VoidPaymentResponse(payment=convert.payment(state))))
+            expired += reply.payment.status == pb.PAYMENT_STATUS_VOIDED
+        if expired:
+            _log.info("authorizations_expired", count=expired)
+        return expired
 
     async def _finish(self, op: rows.ChannelOperation) -> int:
         adapter = self._channels.get(op.channel)

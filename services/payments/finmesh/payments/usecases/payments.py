@@ -128,6 +128,14 @@ async def void_payment(uow: UnitOfWork, payment_id: str) -> PaymentState:
     return voided
 
 
+async def expire_authorization(uow: UnitOfWork, payment_id: str) -> PaymentState:
+    """Void an authorization nobody captured in time; one captured or voided meanwhile is left alone."""
+    payment = await _require(uow, payment_id)
+    if payment.status is not PaymentStatus.AUTHORIZED:
+        return payment
+    return await void_payment(uow, payment_id)
+
+
 async def review_payment(uow: UnitOfWork, payment_id: str, decision: rules.ReviewDecision, note: str) -> PaymentState:
     payment = await _require(uow, payment_id)
     reviewed = rules.review(payment, decision, note, uow.now)
