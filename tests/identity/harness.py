@@ -24,12 +24,16 @@ from finmesh.identity.domain.claims import Subject, user_claims
 from finmesh.identity.domain.id_number import check_char
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
+from finmesh.notify import app as notify_app
 from finmesh.notify.v1 import notify_service_pb2 as notify_pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as notify_grpc
+from finmesh.payments import app as payments_app
+from finmesh.payments.config import PaymentsSettings
 from finmesh.platform.auth_context import current_principal
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.runner import start_app
 from finmesh.platform.server import Registration, RunningServer, create_server
+from finmesh.risk import app as risk_app
 from finmesh.risk.v1 import risk_service_pb2 as risk_pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as risk_grpc
 
@@ -209,3 +213,26 @@ async def identity_env(databases: Any, tmp: Path, **extra: Any) -> AsyncIterator
         stack.push_async_callback(channel.close)
         yield IdentityEnv(app, server, channel, pb_grpc.IdentityServiceStub(channel), recorder, risk, registry,
                           settings, url, [notify_server, risk_server])
+
+
+async def start_enforcing_services(stack: AsyncExitStack, databases: Any, tmp: Path,
+                                   identity_target: str) -> dict[str, str]:
+    """The real notify, risk and payments in-process, enforcing auth, each with its own database and its
+    own service credential (derived from the mesh secret). Returns their targets."""
+    targets: dict[str, str] = {}
+    for name in ("notify", "risk", "payments"):
+        common = {"host": "127.0.0.1", "port": 0, "data_dir": tmp / name, "shutdown_grace_seconds": 0.5,
+                  "database_url": await databases.new(name), "auth_mode": "enforce", "service_name": name,
+                  "service_secret": SERVICE_SECRET, "identity_target": identity_target,
+                  **{f"{n}_target": t for n, t in targets.items()}}
+        if name == "payments":
+            settings: ServiceSettings = PaymentsSettings(**common)
+            app = await payments_app.build(settings)
+        else:
+            settings = ServiceSettings(**common)
+            app = await (notify_app if name == "notify" else risk_app).build(settings)
+        stack.push_async_callback(app.close)
+        server = await start_app(app, settings)
+        stack.push_async_callback(stop_server, server)
+        targets[name] = f"127.0.0.1:{server.port}"
+    return targets

@@ -15,19 +15,13 @@ from pathlib import Path
 import grpc
 
 from finmesh.identity.v1 import identity_service_pb2
-from finmesh.notify import app as notify_app
 from finmesh.notify.v1 import notify_service_pb2
-from finmesh.payments import app as payments_app
-from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.v1 import payments_service_pb2
 from finmesh.platform.auth import access_policy
 from finmesh.platform.auth_roles import ALL_ROLES, ROLE_PERMISSIONS, SERVICE
-from finmesh.platform.config import ServiceSettings
 from finmesh.platform.rpc_errors import reason_of
-from finmesh.platform.runner import start_app
-from finmesh.risk import app as risk_app
 from finmesh.risk.v1 import risk_service_pb2
-from tests.identity.harness import SERVICE_SECRET, identity_env, md, stop_server
+from tests.identity.harness import identity_env, md, start_enforcing_services
 
 SERVICES = {
     "identity": identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"],
@@ -47,31 +41,10 @@ def _granted(method, role: str | None) -> bool:
     return policy.permission in ROLE_PERMISSIONS[role] and (not policy.internal_only or role == SERVICE)
 
 
-async def _start_others(stack: AsyncExitStack, databases, tmp: Path, identity_target: str) -> dict[str, str]:
-    """Notify, risk and payments in-process, enforcing, each with its own database and service credential."""
-    targets: dict[str, str] = {}
-    for name in ("notify", "risk", "payments"):
-        common = {"host": "127.0.0.1", "port": 0, "data_dir": tmp / name, "shutdown_grace_seconds": 0.5,
-                  "database_url": await databases.new(name), "auth_mode": "enforce", "service_name": name,
-                  "service_secret": SERVICE_SECRET, "identity_target": identity_target,
-                  **{f"{n}_target": t for n, t in targets.items()}}
-        if name == "payments":
-            settings: ServiceSettings = PaymentsSettings(**common)
-            app = await payments_app.build(settings)
-        else:
-            settings = ServiceSettings(**common)
-            app = await (notify_app if name == "notify" else risk_app).build(settings)
-        stack.push_async_callback(app.close)
-        server = await start_app(app, settings)
-        stack.push_async_callback(stop_server, server)
-        targets[name] = f"127.0.0.1:{server.port}"
-    return targets
-
-
 async def test_every_rpc_against_every_role(databases, tmp_path: Path) -> None:
     """Every (RPC, role) pair and every RPC without a token is refused or let through exactly as granted."""
     async with identity_env(databases, tmp_path) as env, AsyncExitStack() as stack:
-        targets = {"identity": env.target, **await _start_others(stack, databases, tmp_path, env.target)}
+        targets = {"identity": env.target, **await start_enforcing_services(stack, databases, tmp_path, env.target)}
         tokens: dict[str | None, str | None] = {None: None}
         for role in ALL_ROLES:
             sub = f"service:test-{uuid.uuid4().hex[:6]}" if role == SERVICE else str(uuid.uuid4())
