@@ -120,7 +120,7 @@ class KeyCache:
 
     def _refresh_in_background(self) -> None:
         # A failed refresh is not retried on every request: identity may be down for a while.
-        if self._inflight is None and self._clock() - self._attempted_at >= min(self._refresh_seconds, 5.0):
+        if self._inflight is None and self._clock() - self._attempted_at >= min(max(self._refresh_seconds, 1.0), 5.0):
             self._inflight = asyncio.create_task(self._do_refresh())
             self._inflight.add_done_callback(self._clear_inflight)
 
