@@ -31,8 +31,7 @@ def test_random_transfers_keep_the_sum_and_never_overdraw(moves: list[tuple[int,
     for source, destination, amount in moves:
         if source == destination:
             continue
-        transfer = ledger.move(ledger.TransferKind.TRANSFER, names[source], names[destination],
-                               ledger.Money("CNY", amount))
+        transfer = ledger.move(ledger.TransferKind.TRANSFER, names[source], names[destination], "CNY", amount)
         before = dict(books)
         try:
             books.update(ledger.post(books, transfer))
@@ -47,17 +46,17 @@ def test_posting_rules_name_the_first_broken_rule() -> None:
     """Currency, freezing, funds and held-bucket rules, in that order; a frozen account's hold still settles."""
     frozen = account("f", available=100, held=50, status=AccountStatus.FROZEN)
     books = {"f": frozen, "w": account("w", 10), "usd": replace(account("usd"), currency="USD")}
-    cny = ledger.Money("CNY", 20)
+    cny = ("CNY", 20)
     with pytest.raises(FailedPrecondition) as refused:
-        ledger.post(books, ledger.move(ledger.TransferKind.TRANSFER, "w", "usd", ledger.Money("CNY", 5)))
+        ledger.post(books, ledger.move(ledger.TransferKind.TRANSFER, "w", "usd", "CNY", 5))
     assert refused.value.reason == "CURRENCY_MISMATCH"
     with pytest.raises(FailedPrecondition) as refused:
-        ledger.post(books, ledger.move(ledger.TransferKind.TRANSFER, "f", "w", cny))
+        ledger.post(books, ledger.move(ledger.TransferKind.TRANSFER, "f", "w", *cny))
     assert refused.value.reason == "ACCOUNT_FROZEN"
     with pytest.raises(FailedPrecondition) as refused:
-        ledger.post(books, ledger.move(ledger.TransferKind.TRANSFER, "w", "f", cny))
+        ledger.post(books, ledger.move(ledger.TransferKind.TRANSFER, "w", "f", *cny))
     assert refused.value.reason == "INSUFFICIENT_FUNDS"
-    after = ledger.post(books, ledger.move(ledger.TransferKind.CAPTURE, "f", "w", cny, source_bucket=Bucket.HELD))
+    after = ledger.post(books, ledger.move(ledger.TransferKind.CAPTURE, "f", "w", *cny, source_bucket=Bucket.HELD))
     assert (after["f"].held, after["w"].available) == (30, 30)
     with pytest.raises(ValueError, match="zero"):
         Transfer(ledger.TransferKind.TRANSFER, "CNY", (Posting("a", 0), Posting("b", 0)))

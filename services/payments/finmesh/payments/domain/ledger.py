@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from finmesh.platform.errors import FailedPrecondition
-from finmesh.platform.money import MAX_MINOR_UNITS, Money
+from finmesh.platform.money import MAX_MINOR_UNITS
 
 
 class AccountKind(StrEnum):
@@ -103,10 +103,8 @@ class Transfer:
             raise ValueError("a transfer needs at least two postings")
         if sum(p.amount for p in self.postings) != 0:
             raise ValueError("unbalanced transfer")
-        if any(p.amount == 0 for p in self.postings):
-            raise ValueError("zero posting")
-        if any(abs(p.amount) > MAX_MINOR_UNITS for p in self.postings):
-            raise ValueError("posting amount out of range")
+        if any(not 0 < abs(p.amount) <= MAX_MINOR_UNITS for p in self.postings):
+            raise ValueError("posting amount out of range: zero, or beyond the supported range")
 
     @property
     def amount(self) -> int:
@@ -114,12 +112,12 @@ class Transfer:
         return sum(p.amount for p in self.postings if p.amount > 0)
 
 
-def move(kind: TransferKind, source: str, destination: str, amount: Money, *,
+def move(kind: TransferKind, source: str, destination: str, currency: str, amount: int, *,
          reference: str = "", source_bucket: Bucket = Bucket.AVAILABLE,
          destination_bucket: Bucket = Bucket.AVAILABLE) -> Transfer:
     """The simple transfer: debit `source`, credit `destination`."""
-    return Transfer(kind, amount.currency, (Posting(source, -amount.minor_units, source_bucket),
-                                            Posting(destination, amount.minor_units, destination_bucket)), reference)
+    return Transfer(kind, currency, (Posting(source, -amount, source_bucket),
+                                     Posting(destination, amount, destination_bucket)), reference)
 
 
 def post(accounts: dict[str, AccountState], transfer: Transfer, *,

@@ -25,7 +25,6 @@ from finmesh.payments.domain.ledger import (
 from finmesh.payments.store.rows import ChannelOperation
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.platform.errors import FailedPrecondition
-from finmesh.platform.money import Money
 
 TOP_UP = "TOP_UP"
 PAYOUT = "PAYOUT"
@@ -107,10 +106,10 @@ async def _apply_answer(uow: UnitOfWork, op: ChannelOperation, answer: ChannelAn
     if answer.status == "SUCCEEDED":
         await uow.ensure_account(clearing, kind=AccountKind.CLEARING, currency=op.currency, channel=op.channel)
         if op.kind == TOP_UP:
-            transfer = move(TransferKind.TOP_UP, clearing, op.account_id, Money(op.currency, op.amount),
+            transfer = move(TransferKind.TOP_UP, clearing, op.account_id, op.currency, op.amount,
                             reference=op.operation_id)
         else:
-            transfer = move(TransferKind.PAYOUT, op.account_id, clearing, Money(op.currency, op.amount),
+            transfer = move(TransferKind.PAYOUT, op.account_id, clearing, op.currency, op.amount,
                             reference=op.operation_id, source_bucket=Bucket.HELD)
         transfer_id = await uow.transfer(transfer)
     elif op.kind == PAYOUT:

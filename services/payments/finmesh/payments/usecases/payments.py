@@ -21,7 +21,6 @@ from finmesh.payments.domain.limits import LimitPolicy, limit_day
 from finmesh.payments.domain.payments import PaymentRequest, PaymentState, PaymentStatus
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.platform.errors import FailedPrecondition, NotFound
-from finmesh.platform.money import Money
 
 
 @dataclass(frozen=True)
@@ -74,8 +73,9 @@ async def create_payment(uow: UnitOfWork, payment_id: str, request: PaymentReque
     outcome = rules.decide(verdict.decision, request.capture_mode)
     await check_limits(uow, limits, payer, amount.minor_units)
     if outcome.capture:
-        await uow.transfer(move(TransferKind.PAYMENT, payer.account_id, payee.account_id, amount,
-                                reference=payment_id, destination_bucket=takings_bucket(payee.kind)))
+        await uow.transfer(move(TransferKind.PAYMENT, payer.account_id, payee.account_id, amount.currency,
+                                amount.minor_units, reference=payment_id,
+                                destination_bucket=takings_bucket(payee.kind)))
     else:
         await uow.hold(payer.account_id, amount.minor_units, reference=payment_id)
     payment = PaymentState(
@@ -103,7 +103,7 @@ async def _capture_hold(uow: UnitOfWork, payment: PaymentState, amount: int) -> 
     payee = await uow.account(payment.payee_account_id)
     assert payee is not None  # payments reference accounts that exist; accounts are never deleted
     await uow.transfer(move(TransferKind.CAPTURE, payment.payer_account_id, payment.payee_account_id,
-                            Money(payment.currency, amount), reference=payment.payment_id, source_bucket=Bucket.HELD,
+                            payment.currency, amount, reference=payment.payment_id, source_bucket=Bucket.HELD,
                             destination_bucket=takings_bucket(payee.kind)))
 
 
@@ -158,7 +158,7 @@ async def refund_payment(uow: UnitOfWork, payment_id: str, currency: str | None,
     source = takings_bucket(payee.kind) if payment.settlement_batch_id is None else Bucket.AVAILABLE
     refund_id = str(uuid.uuid4())
     transfer_id = await uow.transfer(move(TransferKind.REFUND, payment.payee_account_id, payment.payer_account_id,
-                                          Money(payment.currency, amount), reference=payment_id,
+                                          payment.currency, amount, reference=payment_id,
                                           source_bucket=source))
     uow.put_payment(refunded)
     uow.add_refund({"refund_id": refund_id, "payment_id": payment_id, "currency": payment.currency,

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from finmesh.payments.domain.ledger import MAY_GO_NEGATIVE, TransferKind, move
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.platform.errors import DomainError, FailedPrecondition
-from finmesh.platform.money import Money
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ async def run(uow: UnitOfWork, items: list[Item]) -> list[ItemResult]:
                     raise FailedPrecondition("INVALID_STATE", "clearing accounts move only through channel operations",
                                              account_id=account_id)
             transfer_id = await uow.transfer(move(TransferKind.TRANSFER, item.source, item.destination,
-                                                  Money(item.currency, item.amount), reference=item.reference))
+                                                  item.currency, item.amount, reference=item.reference))
         except DomainError as error:
             uow.rollback(token)
             results.append(ItemResult(item.reference, error=error))
