@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -267,4 +268,19 @@ async def test_authorizations_nobody_captures_expire(databases, tmp_path: Path) 
         assert got.payment.status == pb.PAYMENT_STATUS_VOIDED
         assert await c.triple(alice) == (900, 0, 900)
         assert (await refusal(c.capture(old.payment_id))).reason == "INVALID_STATE"
+        await pay.check_books()
+
+
+async def test_concurrent_retries_with_one_key_pay_once(databases, tmp_path: Path) -> None:
+    """Eight identical requests at once (one key, funds for one payment): one payment, eight identical answers."""
+    async with payments_mesh(databases, tmp_path) as pay:
+        c = pay.client
+        alice, bob = await c.wallet(), await c.wallet()
+        await c.top_up(alice, 1_000)
+        idem = "same-key"
+        replies = await asyncio.gather(*(c.pay(alice, bob, 1_000, idem=idem) for _ in range(8)))
+        assert len({r.SerializeToString() for r in replies}) == 1
+        assert replies[0].status == pb.PAYMENT_STATUS_CAPTURED
+        assert await c.triple(alice) == (0, 0, 0)
+        assert await c.triple(bob) == (1_000, 0, 1_000)
         await pay.check_books()

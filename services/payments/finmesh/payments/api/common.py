@@ -7,7 +7,7 @@ import json
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -38,9 +38,10 @@ class Dependencies:
     channels: ChannelRegistry
     settings: PaymentsSettings
 
-    @property
-    def limits(self) -> LimitRules:
-        return LimitRules(LimitPolicy(self.settings.limit_table()), self.settings.limits_utc_offset_minutes)
+    limits: LimitRules = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limits = LimitRules(LimitPolicy(self.settings.limit_table()), self.settings.limits_utc_offset_minutes)
 
 
 class ServicerBase:

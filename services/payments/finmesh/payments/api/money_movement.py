@@ -57,8 +57,12 @@ class MoneyMovementRpcs(ServicerBase):
         async def begin(uow: UnitOfWork) -> Any:
             return await usecase.begin(uow, operation)
 
-        # Step 1: record the operation (a payout also holds the funds). Only a refusal is final here.
-        await self.submit(method, request, response_type, begin, lambda _: response_type(), record_success=False)
+        # Step 1: record the operation (a payout also holds the funds). Only a refusal is final here,
+        # unless a concurrent call with this key has finished meanwhile: then its answer is.
+        started = await self.submit(method, request, response_type, begin, lambda _: response_type(),
+                                    record_success=False)
+        if started.HasField("operation"):
+            return started
         try:
             answer = await adapter.execute(operation)
         except ChannelUnavailable:

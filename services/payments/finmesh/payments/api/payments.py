@@ -75,8 +75,7 @@ class PaymentRpcs(ServicerBase):
             else:
                 refusal = None
         if refusal is not None:
-            await self._record_refusal("CreatePayment", request, pb.CreatePaymentResponse, refusal)
-            raise refusal
+            return await self._refuse("CreatePayment", request, pb.CreatePaymentResponse, refusal)
         payment_id = str(uuid.uuid5(_PAYMENT_NAMESPACE, request.idempotency_key))
         verdict = await self._assess(payment_id, payment, payer, request.risk_context, context)
         limits = self.deps.limits
@@ -108,15 +107,19 @@ class PaymentRpcs(ServicerBase):
                                      account_id=payer.account_id)
         return payer
 
-    async def _record_refusal(self, method: str, request: Any, response_type: Any, error: DomainError) -> None:
-        """Store a refusal found before the writer, so a retry with this key is refused the same way."""
+    async def _refuse(self, method: str, request: Any, response_type: Any, error: DomainError) -> Any:
+        """Store a refusal found before the writer, so a retry with this key is refused the same way.
+
+        The writer checks the key first: if a concurrent call with the same
+        key has committed meanwhile, its answer is returned instead.
+        """
         if isinstance(error, InvalidArgument) or error.kind == "unavailable":
-            return
+            raise error
 
         async def refuse(uow: UnitOfWork) -> Any:
             raise error
 
-        await self.submit(method, request, response_type, refuse, _payment_reply(response_type))
+        return await self.submit(method, request, response_type, refuse, _payment_reply(response_type))
 
     async def _assess(self, payment_id: str, payment: PaymentRequest, payer: AccountState,
                       risk_context: pb.RiskContext, context: grpc.aio.ServicerContext) -> RiskVerdict:
