@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlparse
 import grpc
 import pytest
 
+from finmesh.identity.admin import grant_role
 from finmesh.identity.domain import totp
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.auth_service import credential_for
@@ -176,3 +177,23 @@ async def test_service_tokens_need_the_service_credential(env: IdentityEnv) -> N
         refused = await _refused(env.stub.GetServiceToken(pb.GetServiceTokenRequest(
             service=service, credential=credential)))
         assert (refused.code(), reason_of(refused)) == (grpc.StatusCode.UNAUTHENTICATED, "BAD_CREDENTIALS")
+
+
+async def test_first_admin_is_bootstrapped_then_grants_roles(env: IdentityEnv) -> None:
+    """The operator tool grants the first admin; that admin's login token can then AssignRole; customers
+    cannot, and service or customer roles are not assignable."""
+    founder, colleague = new_person(), new_person()
+    founder_id, colleague_id = await env.onboard(founder), await env.register(colleague)
+    assert await grant_role(env.database_url, founder_id, "ADMIN") == ["PERSONAL", "ADMIN"]
+    admin_token = (await env.login(founder)).access_token
+    assert _part(admin_token, 1)["roles"] == ["admin", "personal"]
+    granted = await env.stub.AssignRole(pb.AssignRoleRequest(
+        idempotency_key=key(), user_id=colleague_id, role=pb.ROLE_RISK_OFFICER), metadata=md(admin_token))
+    assert list(granted.user.roles) == [pb.ROLE_PERSONAL, pb.ROLE_RISK_OFFICER]
+    bad = await _refused(env.stub.AssignRole(pb.AssignRoleRequest(
+        idempotency_key=key(), user_id=colleague_id, role=pb.ROLE_SERVICE), metadata=md(admin_token)))
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+    customer = await env.mint(["personal"], sub=colleague_id)
+    denied = await _refused(env.stub.AssignRole(pb.AssignRoleRequest(
+        idempotency_key=key(), user_id=colleague_id, role=pb.ROLE_ADMIN), metadata=md(customer)))
+    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -3,7 +3,8 @@
 A service proves who it is with its credential, `<service>.<mac>` where mac
 is HMAC-SHA256 of the service name under the mesh's service secret. Only
 identity needs the secret itself; in production each service gets just its
-own credential (FINMESH_SERVICE_CREDENTIAL, see `finmesh service-credential`).
+own credential (FINMESH_SERVICE_CREDENTIAL; `python -m finmesh.platform.auth_service
+payments` prints it from FINMESH_SERVICE_SECRET).
 Local runs share a secret generated once into the data dir and derive it.
 Identity answers GetServiceToken with a short-lived token carrying
 ROLE_SERVICE, signed like every access token, so callees verify it locally.
@@ -160,3 +161,17 @@ class BearerTokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             metadata = [*(details.metadata or ()), ("authorization", f"Bearer {token}")]
             details = details._replace(metadata=metadata)
         return await continuation(details, request)
+
+
+def main() -> None:
+    """Print a service's credential, derived from FINMESH_SERVICE_SECRET (for deployment secrets)."""
+    if len(sys.argv) != 2 or sys.argv[1] not in KNOWN_SERVICES:
+        sys.exit(f"usage: python -m finmesh.platform.auth_service {{{'|'.join(KNOWN_SERVICES)}}}")
+    settings = ServiceSettings()
+    if not settings.service_secret.get_secret_value():
+        sys.exit("FINMESH_SERVICE_SECRET is not set")
+    print(credential_for(mesh_secret(settings), sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()
