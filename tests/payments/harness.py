@@ -75,8 +75,10 @@ class Client:
         self.stub = pb_grpc.PaymentsServiceStub(channel)
 
     async def open(self, kind: int = pb.ACCOUNT_KIND_CUSTOMER_WALLET, owner: str = "", currency: str = "CNY") -> str:
+        platform = kind in (pb.ACCOUNT_KIND_PLATFORM_FEE, pb.ACCOUNT_KIND_RISK_RESERVE)
         reply = await self.stub.OpenAccount(pb.OpenAccountRequest(
-            idempotency_key=key(), owner_id=owner or uuid.uuid4().hex, kind=kind, currency_code=currency))
+            idempotency_key=key(), owner_id="" if platform else owner or uuid.uuid4().hex, kind=kind,
+            currency_code=currency))
         return reply.account.account_id
 
     async def wallet(self, owner: str = "", currency: str = "CNY") -> str:

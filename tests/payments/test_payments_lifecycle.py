@@ -121,6 +121,10 @@ async def test_refusals_name_their_reason(databases, tmp_path: Path) -> None:
         assert (await c.pay(bob, alice, 50)).status == pb.PAYMENT_STATUS_CAPTURED
         overflow = await refusal(c.pay(alice, bob, 2**62 + 1))
         assert (overflow.code, overflow.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["amount.minor_units"])
+        rich = await c.wallet()
+        await c.top_up(rich, 2**62 - 5_000)
+        too_rich = await refusal(c.top_up(rich, 10_000))
+        assert (too_rich.code, too_rich.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "AMOUNT_OVERFLOW")
         await pay.check_books()
 
 

@@ -36,6 +36,8 @@ async def test_settlement_splits_gross_and_only_settled_funds_leave(databases, t
                 batch.net.minor_units, batch.payment_count) == (29_333, 206, 1_466, 27_661, 3)
         assert await c.triple(shop) == (27_661, 0, 27_661)
         assert (await c.balance("platform-fee:CNY")).total_minor_units == 206
+        # Opening the platform's fee account returns the one settlement credits (one per currency).
+        assert await c.open(pb.ACCOUNT_KIND_PLATFORM_FEE) == "platform-fee:CNY"
         assert (await c.balance("risk-reserve:CNY")).total_minor_units == 1_466
 
         assert (await refusal(c.payout(shop, 27_662))).reason == "INSUFFICIENT_FUNDS"

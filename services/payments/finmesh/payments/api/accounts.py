@@ -28,8 +28,9 @@ class AccountsRpcs(ServicerBase):
         v.require(len(request.owner_id) <= MAX_ID and request.owner_id.isprintable(), "owner_id",
                   f"at most {MAX_ID} printable characters")
         kind = convert.OPENABLE_KINDS.get(request.kind)
-        v.require(bool(request.owner_id) or kind in (AccountKind.PLATFORM_FEE, AccountKind.RISK_RESERVE),
-                  "owner_id", "required for customer and merchant accounts")
+        platform = kind in (AccountKind.PLATFORM_FEE, AccountKind.RISK_RESERVE)
+        v.require(bool(request.owner_id) != platform, "owner_id",
+                  "platform accounts have no owner" if platform else "required for customer and merchant accounts")
         v.require(not request.channel, "channel", "only clearing accounts have a channel")
         v.raise_if_any()
         assert kind is not None

@@ -139,7 +139,8 @@ def post(accounts: dict[str, AccountState], transfer: Transfer, *,
         if posting.amount < 0:
             _check_debit(account, posting, allow_frozen=allow_frozen)
         balance = account.bucket(posting.bucket) + posting.amount
-        if balance > MAX_MINOR_UNITS or account.total + posting.amount > MAX_MINOR_UNITS:
+        total = account.total + posting.amount
+        if not -MAX_MINOR_UNITS <= balance <= MAX_MINOR_UNITS or not -MAX_MINOR_UNITS <= total <= MAX_MINOR_UNITS:
             raise FailedPrecondition("AMOUNT_OVERFLOW", "the balance would leave the supported range",
                                      account_id=account.account_id)
         after[posting.account_id] = account.with_bucket(posting.bucket, balance)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from finmesh.payments.domain.ledger import AccountKind, AccountState, AccountStatus
+from finmesh.payments.domain.ledger import AccountKind, AccountState, AccountStatus, platform_account_id
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.platform.errors import NotFound
 
 
 async def open_account(uow: UnitOfWork, *, owner_id: str, kind: AccountKind, currency: str) -> AccountState:
+    """A new customer or merchant account; the platform's fee and reserve accounts are one per currency."""
+    if kind in (AccountKind.PLATFORM_FEE, AccountKind.RISK_RESERVE):
+        return await uow.ensure_account(platform_account_id(kind, currency), kind=kind, currency=currency)
     account = await uow.open_account(owner_id=owner_id, kind=kind, currency=currency)
     uow.emit("payments.account.opened.v1", account.account_id, owner_id,
              {"account_id": account.account_id, "kind": kind.value, "currency_code": currency})

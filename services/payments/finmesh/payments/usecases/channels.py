@@ -25,6 +25,7 @@ from finmesh.payments.domain.ledger import (
 from finmesh.payments.store.rows import ChannelOperation
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.platform.errors import FailedPrecondition
+from finmesh.platform.money import MAX_MINOR_UNITS
 
 TOP_UP = "TOP_UP"
 PAYOUT = "PAYOUT"
@@ -73,7 +74,11 @@ async def begin(uow: UnitOfWork, request: ChannelRequest) -> ChannelOperation:
             raise FailedPrecondition("IDEMPOTENCY_KEY_REUSED",
                                      "this idempotency key was already used with a different request")
         return existing
-    await _account_for(uow, request)
+    account = await _account_for(uow, request)
+    if request.kind == TOP_UP and account.total + request.amount > MAX_MINOR_UNITS:
+        # Refuse before the channel collects money we could not credit.
+        raise FailedPrecondition("AMOUNT_OVERFLOW", "the balance would leave the supported range",
+                                 account_id=request.account_id)
     if request.kind == PAYOUT:
         # Frozen accounts cannot be paid out; only settled (collected) funds leave.
         await uow.hold(request.account_id, request.amount, reference=request.operation_id, settled_only=True)
