@@ -79,7 +79,6 @@ async def build(settings: IdentitySettings) -> IdentityApp:
                                                     settings.identity_service_token_ttl_seconds))
     await keys.ensure_key()
     tokens = LocalServiceTokens(keys, settings.identity_service_token_ttl_seconds)
-    timeout = settings.call_timeout_seconds
     notify_channel = open_channel(settings.notify_target, settings, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS,
                                   token_source=tokens)
     channels = [notify_channel]
@@ -88,10 +87,10 @@ async def build(settings: IdentitySettings) -> IdentityApp:
         risk_channel = open_channel(settings.risk_target, settings, idempotent_methods=RISK_IDEMPOTENT_METHODS,
                                     token_source=tokens)
         channels.append(risk_channel)
-        risk = RiskClient(risk_channel, timeout)
+        risk = RiskClient(risk_channel)
     relay = OutboxRelay(engine, outbox, "identity", NotifyEventSink(notify_channel).deliver)
     deps = Deps(engine=engine, vault=vault, keys=keys, settings=settings, mesh_secret=mesh_secret(settings),
-                notify=NotifyClient(notify_channel, timeout), risk=risk, registry=_registry(settings),
+                notify=NotifyClient(notify_channel), risk=risk, registry=_registry(settings),
                 on_commit=relay.wake)
     # Identity verifies tokens from its own key table: no call to itself, and rotations seen at once.
     authorizer = Authorizer(TokenVerifier(KeyCache(keys.published, refresh_seconds=5.0)))

@@ -20,12 +20,11 @@ _TIERS = {risk_pb.RISK_TIER_LOW: "LOW", risk_pb.RISK_TIER_MEDIUM: "MEDIUM", risk
 
 
 class NotifyClient:
-    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = notify_grpc.NotifyServiceStub(channel)
-        self._timeout = timeout
 
     async def send_code(self, *, challenge_id: str, user_id: str, channel: str, address: str, code: str,
-                        minutes: int, locale: str) -> None:
+                        minutes: int, locale: str, timeout: float) -> None:
         """Deliver a one-time code (category SECURITY); the challenge id makes a retry a replay at notify."""
         request = notify_pb.SendNotificationRequest(
             idempotency_key=f"identity-code-{challenge_id}", user_id=user_id, channel=_CHANNELS[channel],
@@ -33,7 +32,7 @@ class NotifyClient:
             params={"code": code, "minutes": str(minutes)}, address=address,
         )
         try:
-            await self._stub.SendNotification(request, timeout=self._timeout)
+            await self._stub.SendNotification(request, timeout=timeout)
         except grpc.aio.AioRpcError as error:
             # Nothing was stored yet: the caller may retry with the same idempotency key.
             raise Unavailable("CHANNEL_UNAVAILABLE",
@@ -41,13 +40,12 @@ class NotifyClient:
 
 
 class RiskClient:
-    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = risk_grpc.RiskServiceStub(channel)
-        self._timeout = timeout
 
-    async def onboarding_tier(self, *, user_id: str, age_years: int, kind: str) -> str:
+    async def onboarding_tier(self, *, user_id: str, age_years: int, kind: str, timeout: float) -> str:
         """LOW, MEDIUM or HIGH from risk's onboarding assessment (raises grpc errors to the caller)."""
         reply = await self._stub.AssessOnboarding(risk_pb.AssessOnboardingRequest(
             idempotency_key=f"identity-onboarding-{user_id}", user_id=user_id, age_years=age_years,
-            user_kind=kind.lower()), timeout=self._timeout)
+            user_kind=kind.lower()), timeout=timeout)
         return _TIERS.get(reply.tier, "")

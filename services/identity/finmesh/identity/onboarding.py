@@ -10,6 +10,7 @@ from finmesh.identity.api.deps import Deps, fully_verified
 from finmesh.identity.domain.id_number import age_on, parse_id_number
 from finmesh.identity.store import users
 from finmesh.identity.store.schema import outbox
+from finmesh.platform.channels import remaining_timeout
 from finmesh.platform.logs import get_logger
 from finmesh.platform.outbox import enqueue
 
@@ -23,7 +24,7 @@ async def record_verified(conn: Any, user_id: str, row: Any) -> None:
                       user_id=user_id, payload={"user_id": user_id})
 
 
-async def assess_if_ready(d: Deps, user_id: str) -> None:
+async def assess_if_ready(d: Deps, user_id: str, context: grpc.aio.ServicerContext | None = None) -> None:
     """Once verified and not yet tiered, ask risk (AssessOnboarding). Risk down: the tier stays unset
     (payments applies its default tier) and the next verification call or a risk officer sets it."""
     if d.risk is None:
@@ -36,7 +37,8 @@ async def assess_if_ready(d: Deps, user_id: str) -> None:
     id_number = users.reveal(d.vault, row, "id_number")
     age = age_on(parse_id_number(id_number, d.today()).birth_date, d.today())
     try:
-        tier = await d.risk.onboarding_tier(user_id=user_id, age_years=age, kind=row.kind)
+        tier = await d.risk.onboarding_tier(user_id=user_id, age_years=age, kind=row.kind,
+                                            timeout=remaining_timeout(context, d.settings.call_timeout_seconds))
     except grpc.aio.AioRpcError as error:
         _log.warning("onboarding_assessment_failed", user_id=user_id, code=error.code().name)
         return

@@ -90,7 +90,7 @@ class LoginRpcs:
         code = None
         if not totp_on:
             code = new_code()
-            await send_code(d, row, challenge_id, "SMS", users.reveal(d.vault, row, "phone"), code)
+            await send_code(d, context, row, challenge_id, "SMS", users.reveal(d.vault, row, "phone"), code)
 
         async def op(conn: Any) -> pb.LoginResponse:
             await mfa.clear_failures(conn, row.user_id)

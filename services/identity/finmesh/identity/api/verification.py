@@ -18,6 +18,7 @@ from finmesh.identity.registry import RegistryUnavailable
 from finmesh.identity.store import challenges, mfa, users
 from finmesh.identity.store.times import utc
 from finmesh.identity.v1 import identity_service_pb2 as pb
+from finmesh.platform.channels import remaining_timeout
 from finmesh.platform.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -85,7 +86,7 @@ class VerificationRpcs:
         challenge_id, code = str(uuid.uuid4()), new_code()
         expires_at = now + timedelta(seconds=d.settings.identity_code_ttl_seconds)
         # Send first, store after: a failed send leaves nothing behind and the same key can be retried.
-        await send_code(d, row, challenge_id, channel, users.reveal(d.vault, row, field), code)
+        await send_code(d, context, row, challenge_id, channel, users.reveal(d.vault, row, field), code)
 
         async def op(conn: Any) -> pb.StartVerificationResponse:
             await challenges.add(conn, challenge_id=challenge_id, user_id=row.user_id, purpose="CONTACT",
@@ -126,7 +127,7 @@ class VerificationRpcs:
         reply = await d.idem.commit("ConfirmVerification", keyed, pb.ConfirmVerificationResponse, op)
         d.on_commit()
         _log.info("contact_verified", user_id=reply.user.user_id)
-        await onboarding.assess_if_ready(d, reply.user.user_id)
+        await onboarding.assess_if_ready(d, reply.user.user_id, context)
         return reply
 
     async def CheckRealName(self, request: pb.CheckRealNameRequest, context: grpc.aio.ServicerContext) -> Any:
@@ -165,13 +166,14 @@ class VerificationRpcs:
         finally:
             _log.info("real_name_checked", user_id=row.user_id, matched=matched)
         d.on_commit()
-        await onboarding.assess_if_ready(d, reply.user.user_id)
+        await onboarding.assess_if_ready(d, reply.user.user_id, context)
         return reply
 
 
-async def send_code(d: Deps, row: Any, challenge_id: str, channel: str, address: str, code: str) -> None:
+async def send_code(d: Deps, context: grpc.aio.ServicerContext, row: Any, challenge_id: str, channel: str,
+                    address: str, code: str) -> None:
     if d.notify is None:
         raise Unavailable("CHANNEL_UNAVAILABLE", "no notify target configured: codes cannot be sent")
     await d.notify.send_code(challenge_id=challenge_id, user_id=row.user_id, channel=channel, address=address,
                              code=code, minutes=max(d.settings.identity_code_ttl_seconds // 60, 1),
-                             locale=row.locale)
+                             locale=row.locale, timeout=remaining_timeout(context, d.settings.call_timeout_seconds))
