@@ -87,6 +87,7 @@ class LedgerWriter:
         self._queue: collections.deque[Command] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._busy = False
         self.batches = 0  # for benchmarks: how many transactions carried the commands
 
     async def prepare(self) -> None:
@@ -99,7 +100,11 @@ class LedgerWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="payments-ledger-writer")
 
-    async def stop(self) -> None:
+    async def stop(self, drain_seconds: float = 5.0) -> None:
+        """Finish what is queued (up to `drain_seconds`), then stop; later submissions are refused."""
+        deadline = asyncio.get_running_loop().time() + drain_seconds
+        while (self._queue or self._busy) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -124,10 +129,13 @@ class LedgerWriter:
                 await self._wake.wait()
                 continue
             batch = self._take()
+            self._busy = True
             try:
                 await self._process(batch)
             except Exception:  # noqa: BLE001 - the writer must outlive any one batch
                 _log.exception("ledger_batch_failed", size=len(batch))
+            finally:
+                self._busy = False
 
     def _take(self) -> list[Command]:
         first = self._queue.popleft()
