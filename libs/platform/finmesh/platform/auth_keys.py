@@ -150,13 +150,32 @@ class KeyCache:
 class TokenVerifier:
     """Checks an access token locally and says who holds it."""
 
-    def __init__(self, keys: KeyCache, *, leeway_seconds: float = 30.0,
+    def __init__(self, keys: KeyCache, *, leeway_seconds: float = 30.0, cache_size: int = 4096,
                  clock: Callable[[], float] = time.time) -> None:
         self._keys = keys
         self._leeway = leeway_seconds
         self._clock = clock
+        # Tokens already verified, until they expire: a client sends the same token many times, and
+        # a signature check costs more than the rest of a small RPC's auth.
+        self._verified: OrderedDict[str, tuple[Principal, float | None]] = OrderedDict()
+        self._cache_size = cache_size
 
     async def verify(self, token: str) -> Principal:
+        hit = self._verified.get(token)
+        if hit is not None:
+            principal, not_after = hit
+            now = self._clock()
+            if principal.expires_at > now - self._leeway and (not_after is None or now <= not_after):
+                self._verified.move_to_end(token)
+                return principal
+            del self._verified[token]
+        principal, not_after = await self._verify(token)
+        self._verified[token] = (principal, not_after)
+        if len(self._verified) > self._cache_size:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float | None]:
         parsed = parse(token)
         key = await self._keys.get(parsed.kid)
         if key is None:
@@ -175,7 +194,7 @@ class TokenVerifier:
             verified=claims.get("vrf") is True,
             token_id=str(claims.get("jti", "")),
             expires_at=claims["exp"],
-        )
+        ), key.not_after
 
     async def close(self) -> None:
         await self._keys.close()

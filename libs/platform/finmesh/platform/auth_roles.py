@@ -9,6 +9,7 @@ real task of that role needs it; anything not listed is PERMISSION_DENIED.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 PERSONAL = "personal"
 ENTERPRISE = "enterprise"
@@ -99,7 +100,9 @@ VERIFIED_ONLY = frozenset({
 })
 
 
-def permissions_of(roles: Iterable[str]) -> frozenset[str]:
+@lru_cache(maxsize=256)
+def permissions_of(roles: frozenset[str]) -> frozenset[str]:
+    """Union of the roles' permissions (cached: a handful of role sets recur on every call)."""
     granted: set[str] = set()
     for role in roles:
         granted |= ROLE_PERMISSIONS.get(role, frozenset())
