@@ -1,4 +1,4 @@
-"""`finmesh` command: up, demo, trace, health."""
+"""`finmesh` command: up, demo, trace, health, outbox, rollout, audit."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from finmesh.cli import audit
 from finmesh.cli.mesh import Mesh
 from finmesh.cli.outbox_cmd import add_outbox_parser
 from finmesh.cli.rollout import add_rollout_parser
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     health.set_defaults(func=cmd_health)
     add_outbox_parser(sub)
     add_rollout_parser(sub)
+    audit.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
