@@ -9,6 +9,7 @@ import grpc
 from finmesh.platform.auth_service import BearerTokenInterceptor, TokenSource, default_token_source
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.rpc_tracing import TracingClientInterceptor
+from finmesh.platform.tls import TlsFiles, channel_credentials
 
 # Leave a little of the caller's budget for our own reply.
 _DEADLINE_MARGIN_SECONDS = 0.05
@@ -43,8 +44,9 @@ def open_channel(
     idempotent_methods: list[tuple[str, str]] | None = None,
     token_source: TokenSource | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure aio channel to `target` with tracing, per-method retry policy and, when
-    FINMESH_AUTH_MODE=enforce, this service's token on every call (see auth_service)."""
+    """An aio channel to `target` with tracing, per-method retry policy, mutual TLS when
+    FINMESH_TLS_* files are set and, when FINMESH_AUTH_MODE=enforce, this service's token on
+    every call (see auth_service)."""
     interceptors: list[grpc.aio.ClientInterceptor] = [TracingClientInterceptor()] if settings.tracing_enabled else []
     if token_source is None and settings.auth_mode == "enforce":
         token_source = default_token_source(settings)
@@ -58,6 +60,9 @@ def open_channel(
         # the callee that, not our own retry policy, would set the recovery time.
         ("grpc.max_reconnect_backoff_ms", 5_000),
     ]
+    tls = TlsFiles.from_settings(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+    if tls is not None:
+        return grpc.aio.secure_channel(target, channel_credentials(tls), options=options, interceptors=interceptors)
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 

@@ -52,6 +52,14 @@ class ServiceSettings(BaseSettings):
     service_credential: SecretStr = SecretStr("")
     service_secret: SecretStr = SecretStr("")
 
+    # Mutual TLS: all three files, or none for plaintext (finmesh.platform.tls).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    # With TLS on, also serve grpc.health.v1 alone in plaintext here, for the kubelet's gRPC
+    # probe (it cannot present a client certificate); 0 = off.
+    health_port: int = Field(default=0, ge=0, le=65535)
+
     def database_url_for(self, service: str) -> str:
         """The configured URL, or the embedded SQLite default for this service."""
         if self.database_url:

@@ -16,6 +16,7 @@ from finmesh.platform.auth import remote_authorizer
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.logs import get_logger
 from finmesh.platform.rpc_errors import guard_servicer
+from finmesh.platform.tls import TlsFiles, server_credentials
 
 _log = get_logger("finmesh.server")
 
@@ -39,6 +40,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     service_names: list[str] = field(default_factory=list)
     authorizers: list[Any] = field(default_factory=list)
+    probe_server: grpc.aio.Server | None = None
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -51,6 +53,8 @@ class RunningServer:
         if settings.drain_delay_seconds:
             await asyncio.sleep(settings.drain_delay_seconds)
         await self.server.stop(settings.shutdown_grace_seconds)
+        if self.probe_server is not None:
+            await self.probe_server.stop(0)
         for authorizer in self.authorizers:
             await authorizer.close()
 
@@ -90,12 +94,24 @@ async def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    tls = TlsFiles.from_settings(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+    port = server.add_secure_port(address, server_credentials(tls)) if tls else server.add_insecure_port(address)
     await server.start()
+    probe_server = await _start_probe_server(settings, health_servicer) if tls and settings.health_port else None
     running = RunningServer(server=server, port=port, health=health_servicer, service_names=names,
-                            authorizers=authorizers)
+                            authorizers=authorizers, probe_server=probe_server)
     await running.set_serving(True)
     return running
+
+
+async def _start_probe_server(settings: ServiceSettings, health_servicer: Any) -> grpc.aio.Server:
+    """Plaintext health only, sharing the main server's health state (so drain shows here too)."""
+    probe = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe)
+    probe.add_insecure_port(f"{settings.host}:{settings.health_port}")
+    await probe.start()
+    return probe
 
 
 async def wait_for_termination_signal() -> None:
