@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,6 +26,26 @@ from finmesh.platform.runner import start_app
 from finmesh.platform.server import RunningServer
 
 OPERATOR_EMAIL = "ops@finmesh.test"
+
+
+class SqliteDatabases:
+    """Fresh SQLite files, with the interface of the shared `databases` fixture (kind, new)."""
+
+    kind = "sqlite"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self._tmp = tmp_path
+
+    async def new(self, label: str) -> str:
+        return f"sqlite+aiosqlite:///{self._tmp / (label + '-' + uuid.uuid4().hex[:6] + '.db')}"
+
+
+@pytest.fixture
+def sqlite_databases(tmp_path: Path) -> SqliteDatabases:
+    """For tests whose subject does not depend on storage (validation, tracing, calendar arithmetic, the
+    CLI's argument handling): they run once, on SQLite, instead of being parametrized over both databases
+    and skipping the PostgreSQL half, so CI shows no skip for something it could have run."""
+    return SqliteDatabases(tmp_path)
 
 
 @pytest.fixture

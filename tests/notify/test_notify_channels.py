@@ -189,11 +189,9 @@ async def test_webhook_urls_must_be_https_or_loopback(databases, tmp_path: Path)
 
 
 async def test_the_send_joins_the_requests_trace_by_a_link_without_personal_data(
-        databases, tmp_path: Path, sms, spans) -> None:
+        sqlite_databases, tmp_path: Path, sms, spans) -> None:
     """The worker's send span links to the trace of the call that queued it; no phone or code in attributes."""
-    if databases.kind != "sqlite":
-        pytest.skip("tracing does not depend on storage; once is enough")
-    async with running_notify(databases, tmp_path, sms=sms) as notify:
+    async with running_notify(sqlite_databases, tmp_path, sms=sms) as notify:
         sent = await notify.stub.SendNotification(code_sms("u-7", code="135790"))
         await notify.wait_status(sent.notification.notification_id, pb.NOTIFICATION_STATUS_SENT)
     finished = spans.get_finished_spans()

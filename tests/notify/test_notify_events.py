@@ -58,10 +58,8 @@ async def test_concurrent_redeliveries_record_one_set_of_receipts(databases, tmp
     assert [n.template for n in payee.notifications] == ["payment_received"]
 
 
-async def test_malformed_events_are_invalid_argument_by_field(databases, tmp_path: Path) -> None:
-    if databases.kind != "sqlite":
-        pytest.skip("validation happens before storage; once is enough")
-    async with running_notify(databases, tmp_path) as notify:
+async def test_malformed_events_are_invalid_argument_by_field(sqlite_databases, tmp_path: Path) -> None:
+    async with running_notify(sqlite_databases, tmp_path) as notify:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await notify.stub.DeliverEvent(pb.DeliverEventRequest(event=event_pb2.Event(
                 event_id="x" * 40, aggregate_id="a" * 70)))

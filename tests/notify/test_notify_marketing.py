@@ -107,11 +107,9 @@ async def test_security_codes_are_not_delayed_by_a_marketing_backlog(databases, 
     assert offers_sent_by_then < 12
 
 
-async def test_send_validation_names_every_bad_field(databases, tmp_path: Path) -> None:
+async def test_send_validation_names_every_bad_field(sqlite_databases, tmp_path: Path) -> None:
     """Wrong category for the template, missing params, a bad phone and locale: INVALID_ARGUMENT by field."""
-    if databases.kind != "sqlite":
-        pytest.skip("validation happens before storage; once is enough")
-    async with running_notify(databases, tmp_path) as notify:
+    async with running_notify(sqlite_databases, tmp_path) as notify:
         error = await refused(notify.stub.SendNotification(pb.SendNotificationRequest(
             idempotency_key=key(), user_id="m-5", channel=pb.CHANNEL_SMS, category=pb.CATEGORY_MARKETING,
             template="verification_code", locale="fr", params={"code": "1"}, address="13800138000")))
@@ -131,11 +129,9 @@ async def test_send_validation_names_every_bad_field(databases, tmp_path: Path) 
         assert field_violations_of(error) == ["user_id", "channel", "template"]
 
 
-async def test_inbox_messages_are_recorded_as_sent_and_listed(databases, tmp_path: Path) -> None:
+async def test_inbox_messages_are_recorded_as_sent_and_listed(sqlite_databases, tmp_path: Path) -> None:
     """The in-app inbox needs no channel: recorded is delivered; paging walks every message once."""
-    if databases.kind != "sqlite":
-        pytest.skip("paging is plain SQL; once is enough")
-    async with running_notify(databases, tmp_path) as notify:
+    async with running_notify(sqlite_databases, tmp_path) as notify:
         for _ in range(3):
             sent = await notify.stub.SendNotification(pb.SendNotificationRequest(
                 idempotency_key=key(), user_id="m-6", channel=pb.CHANNEL_INBOX,

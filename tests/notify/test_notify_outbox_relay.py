@@ -204,11 +204,9 @@ async def test_two_relay_replicas_never_send_an_event_twice_or_out_of_order(data
 
 
 @pytest.mark.parametrize("argv", [["stats"], ["redrive"], ["redrive", "--all"]])
-async def test_cli_outbox_commands_exit_cleanly(databases, argv: list[str]) -> None:
+async def test_cli_outbox_commands_exit_cleanly(sqlite_databases, argv: list[str]) -> None:
     """`finmesh outbox` answers on an empty outbox; redrive without ids is a usage error."""
-    if databases.kind != "sqlite":
-        pytest.skip("the CLI's database handling is the same on both; once is enough")
-    engine, _, url = await outbox_db(databases)
+    engine, _, url = await outbox_db(sqlite_databases)
     await engine.dispose()
     code = await asyncio.to_thread(cli_main, ["outbox", "--database-url", url, *argv])
     assert code == (2 if argv == ["redrive"] else 0)
