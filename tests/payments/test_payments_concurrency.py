@@ -11,6 +11,7 @@ from finmesh.payments import app as payments_app
 from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.platform.runner import start_app
+from tests.auth import channel as acting_channel
 from tests.payments.harness import GENEROUS_LIMITS, Client, key, money, payments_mesh
 
 
@@ -55,11 +56,12 @@ async def test_two_replicas_on_one_database_share_the_ledger(databases, tmp_path
         first = pay.mesh.services["payments"]
         settings = PaymentsSettings(host="127.0.0.1", port=0, data_dir=tmp_path, database_url=first.database_url,
                                     risk_target=pay.mesh.services["risk"].target, notify_target="127.0.0.1:1",
-                                    tier_limits=GENEROUS_LIMITS)
+                                    tier_limits=GENEROUS_LIMITS, service_name="payments",
+                                    **pay.mesh.issuer.settings())
         second_app = await payments_app.build(settings)
         second = await start_app(second_app, settings)
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+            async with acting_channel(f"127.0.0.1:{second.port}", pay.mesh.issuer, pay.mesh.book) as channel:
                 blue, green = pay.client, Client(channel)
                 alice, bob = await blue.wallet(), await green.wallet()
                 await green.top_up(alice, 8_000)
@@ -74,4 +76,6 @@ async def test_two_replicas_on_one_database_share_the_ledger(databases, tmp_path
         finally:
             await second.server.stop(0)
             await second_app.close()
+            for authorizer in second.authorizers:
+                await authorizer.close()
         await pay.check_books()

@@ -12,6 +12,8 @@ import pytest
 
 from finmesh.cli.mesh import Mesh, ServiceProcess, free_port
 from finmesh.payments.v1 import payments_service_pb2 as pb
+from tests.auth import SERVICE_SECRET
+from tests.auth import channel as acting_channel
 from tests.inprocess import running_mesh
 from tests.payments.harness import Client, Database, key, refusal
 
@@ -36,7 +38,10 @@ async def risk_and_payments(databases, tmp_path: Path):
     async with running_mesh(databases, tmp_path, names=("risk",)) as inprocess:
         url = await databases.new("payments")
         mesh = Mesh(tmp_path / "mesh", database_urls={"payments": url})
-        yield mesh, inprocess.services["risk"].target, url
+        # The child verifies tokens with the in-process issuer's keys and gets its service token there.
+        mesh.extra_env.update({"FINMESH_AUTH_MODE": "enforce", "FINMESH_IDENTITY_TARGET": inprocess.issuer.target,
+                               "FINMESH_SERVICE_SECRET": SERVICE_SECRET})
+        yield mesh, inprocess.services["risk"].target, url, inprocess
         for proc in mesh.processes.values():
             if proc.process.poll() is None:
                 _kill(proc)
@@ -44,9 +49,9 @@ async def risk_and_payments(databases, tmp_path: Path):
 
 async def test_replay_after_sigkill_and_restart(risk_and_payments) -> None:
     """Pay, SIGKILL the process, start it again: the same key returns the identical bytes and moves money once."""
-    mesh, risk_target, _ = risk_and_payments
+    mesh, risk_target, _, inprocess = risk_and_payments
     first_process = await _start_payments(mesh, risk_target)
-    async with grpc.aio.insecure_channel(first_process.target) as channel:
+    async with acting_channel(first_process.target, inprocess.issuer, inprocess.book) as channel:
         c = Client(channel)
         alice, bob = await c.wallet(), await c.wallet()
         await c.top_up(alice, 10_000)
@@ -55,7 +60,7 @@ async def test_replay_after_sigkill_and_restart(risk_and_payments) -> None:
     assert _kill(first_process) == -signal.SIGKILL
 
     second_process = await _start_payments(mesh, risk_target)
-    async with grpc.aio.insecure_channel(second_process.target) as channel:
+    async with acting_channel(second_process.target, inprocess.issuer, inprocess.book) as channel:
         c = Client(channel)
         again = await c.pay(alice, bob, 4_321, idem=idem)
         assert again.SerializeToString() == first.SerializeToString()
@@ -65,11 +70,11 @@ async def test_replay_after_sigkill_and_restart(risk_and_payments) -> None:
 
 async def test_killed_between_commit_and_reply(risk_and_payments) -> None:
     """The process dies right after committing (failpoint): the caller saw no answer; its retry gets the stored one."""
-    mesh, risk_target, url = risk_and_payments
+    mesh, risk_target, url, inprocess = risk_and_payments
     mesh.extra_env["FINMESH_FAILPOINT_KILL_AFTER_COMMIT"] = json.dumps(["CreatePayment"])
     doomed = await _start_payments(mesh, risk_target)
     idem = key()
-    async with grpc.aio.insecure_channel(doomed.target) as channel:
+    async with acting_channel(doomed.target, inprocess.issuer, inprocess.book) as channel:
         c = Client(channel)
         alice, bob = await c.wallet(), await c.wallet()
         await c.top_up(alice, 10_000)
@@ -79,7 +84,7 @@ async def test_killed_between_commit_and_reply(risk_and_payments) -> None:
 
     del mesh.extra_env["FINMESH_FAILPOINT_KILL_AFTER_COMMIT"]
     restarted = await _start_payments(mesh, risk_target)
-    async with grpc.aio.insecure_channel(restarted.target) as channel:
+    async with acting_channel(restarted.target, inprocess.issuer, inprocess.book) as channel:
         c = Client(channel)
         retried = await c.pay(alice, bob, 2_500, idem=idem)
         assert (await c.pay(alice, bob, 2_500, idem=idem)).SerializeToString() == retried.SerializeToString()
