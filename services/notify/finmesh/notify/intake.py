@@ -17,11 +17,13 @@ from finmesh.notify.compose import Composer, Draft, operator_drafts
 from finmesh.notify.config import NotifySettings
 from finmesh.notify.domain.events import OPERATORS, plan, webhook_matches
 from finmesh.notify.domain.templates import resolve_locale
-from finmesh.notify.store import profiles, webhooks
+from finmesh.notify.store import erasure, profiles, webhooks
 from finmesh.notify.store.schema import notifications, received_events
 from finmesh.platform.logs import get_logger
 
 _log = get_logger("finmesh.notify.intake")
+
+USER_ERASED_EVENT = "identity.user.erased.v1"
 
 
 def flat_payload(event: event_pb2.Event) -> dict[str, str]:
@@ -73,7 +75,10 @@ class EventIntake:
                 await conn.execute(insert(received_events).values(
                     event_id=event.event_id, source=event.source, event_type=event.event_type,
                     aggregate_id=event.aggregate_id, sequence=event.sequence, received_at=now))
-                if event.event_type == "identity.user.registered.v1" and payload.get("locale"):
+                if event.event_type == USER_ERASED_EVENT:
+                    await self._forget(conn, event, now)
+                if (event.event_type == "identity.user.registered.v1" and payload.get("locale")
+                        and not await erasure.is_erased(conn, event.user_id)):
                     await profiles.remember(conn, event.user_id, now, locale=payload["locale"])
                 drafts = await self._drafts(conn, event, payload)
                 rows = [self._composer.row(d, now) for d in drafts]
@@ -86,8 +91,22 @@ class EventIntake:
         _log.info("event_received", event_id=event.event_id, event_type=event.event_type, notifications=len(rows))
         return False, [r["notification_id"] for r in rows]
 
+    async def _forget(self, conn: Any, event: event_pb2.Event, now: Any) -> None:
+        """Erasure happens before this event's own drafts, so a webhook subscribed to erasures still hears of it
+        (subscribers may hold copies to erase too)."""
+        user_id = event.user_id or flat_payload(event).get("user_id", "")
+        if not user_id:
+            _log.error("erasure_without_user", event_id=event.event_id)
+            return
+        forgotten = await erasure.forget(conn, user_id, event.event_id, now)
+        _log.info("user_forgotten", event_id=event.event_id, cancelled=forgotten.cancelled,
+                  messages=forgotten.messages, complaints=forgotten.complaints)
+
     async def _drafts(self, conn: Any, event: event_pb2.Event, payload: dict[str, str]) -> list[Draft]:
         planned = [p for p in plan(event.event_type, event.user_id, payload) if p.user_id]
+        # Nothing more is said to an erased person, whichever producer's event arrives later.
+        erased = await erasure.erased_among(conn, {p.user_id for p in planned})
+        planned = [p for p in planned if p.user_id not in erased]
         known = await profiles.locales(conn, {p.user_id for p in planned if p.user_id != OPERATORS})
         drafts: list[Draft] = []
         s = self._settings

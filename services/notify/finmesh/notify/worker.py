@@ -20,7 +20,7 @@ from finmesh.notify.clock import Clock
 from finmesh.notify.compose import Composer
 from finmesh.notify.config import NotifySettings
 from finmesh.notify.domain.consent import decide_marketing
-from finmesh.notify.store import consents, queue
+from finmesh.notify.store import consents, erasure, queue
 from finmesh.notify.store import webhooks as webhook_store
 from finmesh.platform.logs import get_logger
 from finmesh.platform.telemetry import extract_context
@@ -114,6 +114,8 @@ class DeliveryWorker:
             attributes={"notify.notification_id": row.notification_id, "notify.channel": row.channel,
                         "notify.category": row.category, "notify.attempt": row.attempts + 1},
         ) as span:
+            if row.channel != "WEBHOOK" and await self._recipient_erased(row):
+                return
             if row.category == "MARKETING" and not await self._marketing_still_allowed(row):
                 return
             attempts = row.attempts + 1
@@ -141,6 +143,16 @@ class DeliveryWorker:
         sealer = self._composer.sealer
         return self._composer.outgoing(row, url=sealer.open(f"{hook.webhook_id}:url", hook.url_sealed),
                                        secret=sealer.open(f"{hook.webhook_id}:secret", hook.secret_sealed))
+
+    async def _recipient_erased(self, row: Any) -> bool:
+        """The erasure cancels queued messages; this catches one accepted while the erasure committed."""
+        async with self._engine.connect() as conn:
+            if not await erasure.is_erased(conn, row.user_id):
+                return False
+        async with self._engine.begin() as conn:
+            await erasure.withdraw(conn, row.notification_id)
+        _log.info("notification_withdrawn", notification_id=row.notification_id, reason=erasure.USER_ERASED)
+        return True
 
     async def _marketing_still_allowed(self, row: Any) -> bool:
         """Consent is checked again at send time: an opt-out while the message waited wins."""

@@ -18,7 +18,7 @@ from finmesh.notify.domain.templates import resolve_locale
 from finmesh.notify.sealing import Sealer
 from finmesh.notify.sla import ComplaintSla
 from finmesh.notify.store import complaints as store
-from finmesh.notify.store import profiles
+from finmesh.notify.store import erasure, profiles
 from finmesh.notify.store.schema import notifications
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.platform.errors import NotFound, Validator
@@ -31,6 +31,13 @@ _log = get_logger("finmesh.notify.complaints")
 def new_complaint_id(millis: int) -> str:
     """Time-ordered (so listing pages run in opening order), unique by its random tail; 36 characters."""
     return f"{millis:012x}-{uuid.uuid4().hex[:23]}"
+
+
+def _without_text(complaint: pb.Complaint) -> pb.Complaint:
+    """Stored replies are not sealed (idempotency rows), so they keep no complaint text: erasure could not
+    reach it there. The caller's copy gets the subject back from the sealed row."""
+    complaint.subject = ""
+    return complaint
 
 
 class ComplaintRpcs:
@@ -47,6 +54,7 @@ class ComplaintRpcs:
 
         async def op(conn: Any) -> pb.OpenComplaintResponse:
             now = self._clock.now()
+            await erasure.refuse_if_erased(conn, request.user_id)
             cid = new_complaint_id(int(now.timestamp() * 1000))
             due = deadlines(now, self._settings.calendar())
             row = await store.insert_complaint(conn, {
@@ -60,9 +68,10 @@ class ComplaintRpcs:
             receipt = Draft(request.user_id, "INBOX", "TRANSACTIONAL", "complaint_received",
                             resolve_locale("", known.get(request.user_id, "")), {"complaint_id": cid})
             await conn.execute(insert(notifications).values(**self._composer.row(receipt, now)))
-            return pb.OpenComplaintResponse(complaint=convert.complaint(row._mapping, self._sealer))
+            return pb.OpenComplaintResponse(complaint=_without_text(convert.complaint(row._mapping, self._sealer)))
 
         reply = await self._idem.run("OpenComplaint", request, pb.OpenComplaintResponse, op)
+        await self._add_text(reply.complaint)
         _log.info("complaint_opened", complaint_id=reply.complaint.complaint_id)
         return reply
 
@@ -82,11 +91,18 @@ class ComplaintRpcs:
             moved = await store.move(conn, row, target, note, now)
             if moved is None:
                 check_transition((await store.get(conn, row.complaint_id)).state, target)
-            return pb.AdvanceComplaintResponse(complaint=convert.complaint(moved._mapping, self._sealer))
+            return pb.AdvanceComplaintResponse(complaint=_without_text(convert.complaint(moved._mapping, self._sealer)))
 
         reply = await self._idem.run("AdvanceComplaint", request, pb.AdvanceComplaintResponse, op)
+        await self._add_text(reply.complaint)
         _log.info("complaint_advanced", complaint_id=request.complaint_id, state=target)
         return reply
+
+    async def _add_text(self, complaint: pb.Complaint) -> None:
+        """The subject, read from its sealed row (so a replay after an erasure shows it erased)."""
+        async with self._engine.connect() as conn:
+            row = await store.get(conn, complaint.complaint_id)
+        complaint.subject = convert.complaint(row._mapping, self._sealer).subject if row is not None else ""
 
     async def GetComplaint(self, request: pb.GetComplaintRequest, context: grpc.aio.ServicerContext) -> Any:
         validate.required_id(request.complaint_id, "complaint_id")

@@ -65,7 +65,8 @@ def complaint(row: Mapping[str, Any], sealer: Sealer) -> pb.Complaint:
     return pb.Complaint(
         complaint_id=cid,
         user_id=row["user_id"],
-        subject=sealer.open(f"{cid}:subject", row["subject_sealed"]),
+        # An erased complainant's texts are overwritten with b"" (finmesh.notify.store.erasure).
+        subject=sealer.open(f"{cid}:subject", row["subject_sealed"]) if row["subject_sealed"] else "",
         state=pb.ComplaintState.Value(f"COMPLAINT_STATE_{row['state']}"),
         opened_at=ts(row["opened_at"]),
         accept_due=ts(row["accept_due"]),

@@ -21,7 +21,7 @@ from finmesh.notify.domain.templates import resolve_locale
 from finmesh.notify.intake import EventIntake
 from finmesh.notify.sealing import Sealer
 from finmesh.notify.sla import ComplaintSla
-from finmesh.notify.store import consents, profiles, queue
+from finmesh.notify.store import consents, erasure, profiles, queue
 from finmesh.notify.store import webhooks as webhook_store
 from finmesh.notify.store.schema import idempotency, notifications, webhooks
 from finmesh.notify.v1 import notify_service_pb2 as pb
@@ -67,6 +67,7 @@ class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
 
         async def op(conn: Any) -> pb.SendNotificationResponse:
             now = self._clock.now()
+            await erasure.refuse_if_erased(conn, send.user_id)
             not_before = None
             if send.category == "MARKETING":
                 record = consents.to_record(await consents.get(conn, send.user_id, "MARKETING"))
@@ -120,6 +121,7 @@ class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
 
         async def op(conn: Any) -> pb.SetConsentResponse:
             now = self._clock.now()
+            await erasure.refuse_if_erased(conn, c.user_id)
             zone = c.time_zone or DEFAULT_TIME_ZONE
             row = await consents.record(conn, {
                 "user_id": c.user_id, "category": "MARKETING", "granted": c.granted,

@@ -13,6 +13,8 @@ from finmesh.notify.store.schema import dead_letters, notifications
 from finmesh.platform.errors import FailedPrecondition, NotFound
 
 QUEUED, SENT, FAILED, DEAD = "QUEUED", "SENT", "FAILED", "DEAD_LETTERED"
+# The last_error of a message withdrawn because identity erased its recipient (finmesh.notify.store.erasure).
+USER_ERASED = "USER_ERASED"
 
 n = notifications
 
@@ -112,6 +114,10 @@ async def redrive(conn: AsyncConnection, dead_letter_id: str, now: datetime) -> 
         raise NotFound("DEAD_LETTER_NOT_FOUND", "dead letter not found")
     if letter.redriven:
         raise FailedPrecondition("INVALID_STATE", "this dead letter was already redriven")
+    message = (await conn.execute(select(n.c.status, n.c.last_error)
+                                  .where(n.c.notification_id == letter.notification_id))).one()
+    if message.status == FAILED and message.last_error == USER_ERASED:
+        raise FailedPrecondition(USER_ERASED, "the recipient was erased; the message is gone")
     claimed = await conn.execute(
         update(d).where(d.c.dead_letter_id == dead_letter_id, d.c.redriven.is_(False))
         .values(redriven=True, redriven_at=now)

@@ -52,6 +52,16 @@ profiles = Table(
     _at("updated_at"),
 )
 
+# Users identity erased (identity.user.erased.v1). The marker is all notify keeps of them: it refuses
+# later messages (USER_ERASED) and stops queued ones, even when they raced the erasure.
+erased_users = Table(
+    "erased_users",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("event_id", String(36), nullable=False),
+    _at("erased_at"),
+)
+
 # Every message, whatever the channel; external ones are also the send queue.
 notifications = Table(
     "notifications",
