@@ -1,4 +1,5 @@
-"""Wires the risk service: database, rules watch, outbox relay to notify, emergency freezes through payments."""
+"""Wires the risk service: database, rules watch, outbox relay to notify, emergency response (freezes through
+payments, tier raises through identity)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ from finmesh.platform.logs import get_logger
 from finmesh.platform.outbox import OutboxRelay
 from finmesh.platform.server import Registration
 from finmesh.risk.api.servicer import RiskServicer
-from finmesh.risk.clients import PAYMENTS_IDEMPOTENT_METHODS, PaymentsClient
+from finmesh.risk.clients import (
+    IDENTITY_IDEMPOTENT_METHODS,
+    PAYMENTS_IDEMPOTENT_METHODS,
+    IdentityClient,
+    PaymentsClient,
+)
 from finmesh.risk.config import RiskSettings
 from finmesh.risk.emergency import EmergencyResponder, ResponsePolicy
 from finmesh.risk.ruleset import RulesRegistry
@@ -73,8 +79,16 @@ async def build(settings: ServiceSettings) -> RiskApp:
     if config.payments_target:
         payments = open_channel(config.payments_target, config, idempotent_methods=PAYMENTS_IDEMPOTENT_METHODS)
         channels.append(payments)
+        raise_tier = None
+        if config.identity_target:
+            identity = open_channel(config.identity_target, config, idempotent_methods=IDENTITY_IDEMPOTENT_METHODS)
+            channels.append(identity)
+            raise_tier = IdentityClient(identity).raise_tier
+        else:
+            _log.warning("risk_tier_updates_disabled", why="no identity target: incidents do not raise tiers")
         responder = EmergencyResponder(engine, PaymentsClient(payments).freeze, ResponsePolicy(
-            poll_seconds=config.risk_emergency_poll_seconds, call_timeout_seconds=config.call_timeout_seconds))
+            poll_seconds=config.risk_emergency_poll_seconds, call_timeout_seconds=config.call_timeout_seconds),
+            raise_tier=raise_tier)
     else:
         _log.warning("emergency_freeze_disabled", why="no payments target: incidents wait unfrozen")
 

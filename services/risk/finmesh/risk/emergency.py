@@ -1,12 +1,17 @@
-"""Emergency response to critical warnings: freeze the payer's account through payments, from durable state.
+"""Emergency response to critical warnings, from durable state: freeze the payer's account through payments
+and raise the payer's risk tier to HIGH through identity.
 
 An incident row is written in the same transaction as the critical
 assessment and the operator alert event. This worker (on every replica)
-leases unfinished incidents, freezes the account with an idempotency key
-derived from the incident, and marks the incident done once the account is
-frozen and the alert event has reached notify. A crash anywhere in between
-leaves the row unfinished: the next attempt repeats the call with the same
-key, which payments answers as a replay, so the freeze happens once.
+leases unfinished incidents, freezes the account and raises the tier with
+idempotency keys derived from the incident, records each step as it
+succeeds (frozen_at, tier_raised_at), and marks the incident done once both
+are recorded and the alert event has reached notify. A crash anywhere in
+between leaves the row unfinished: the next attempt repeats only the
+unrecorded steps, with the same keys, which payments and identity answer as
+replays, so each effect happens once per incident. A service that does not
+answer is retried with backoff; one that refuses for good parks the incident
+for an operator.
 """
 
 from __future__ import annotations
@@ -22,16 +27,21 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.platform.logs import get_logger
-from finmesh.risk.clients import FreezeRefused
+from finmesh.risk.clients import Refused
 from finmesh.risk.store import alerts
 
 _log = get_logger("finmesh.risk.emergency")
 
 Freeze = Callable[[str, str, float], Awaitable[None]]  # (account_id, idempotency_key, timeout)
+RaiseTier = Callable[[str, str, float], Awaitable[None]]  # (user_id, idempotency_key, timeout)
 
 
 def freeze_key(alert_id: str) -> str:
     return f"risk-incident-{alert_id}"
+
+
+def tier_key(alert_id: str) -> str:
+    return f"risk-incident-{alert_id}-tier"
 
 
 @dataclass(frozen=True)
@@ -50,9 +60,12 @@ class ResponsePolicy:
 
 
 class EmergencyResponder:
-    def __init__(self, engine: AsyncEngine, freeze: Freeze, policy: ResponsePolicy | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, freeze: Freeze, policy: ResponsePolicy | None = None, *,
+                 raise_tier: RaiseTier | None = None) -> None:
         self._engine = engine
         self._freeze = freeze
+        # None: no identity to tell (a deployment without FINMESH_IDENTITY_TARGET); incidents finish untiered.
+        self._raise_tier = raise_tier
         self._policy = policy or ResponsePolicy()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -94,34 +107,52 @@ class EmergencyResponder:
         async with self._engine.begin() as conn:
             if not await alerts.claim(conn, row.alert_id, now, lease):
                 return 0  # another replica has it
-        frozen_at = row.frozen_at
-        if frozen_at is None:
-            try:
-                await self._freeze(row.account_id, freeze_key(row.alert_id), self._policy.call_timeout_seconds)
-            except FreezeRefused as refused:
-                _log.error("emergency_freeze_refused", alert_id=row.alert_id, reason=refused.reason)
-                await self._settle(row.alert_id, parked=True, last_error=refused.reason[:200])
+        timeout = self._policy.call_timeout_seconds
+        # Steps that succeeded in this attempt, saved with whatever happens next so they are not repeated.
+        progress: dict[str, Any] = {}
+        if row.frozen_at is None:
+            if not await self._step(row, progress, "freeze",
+                                    lambda: self._freeze(row.account_id, freeze_key(row.alert_id), timeout)):
                 return 0
-            except Exception as error:  # noqa: BLE001 - payments down or slow: retry later with the same key
-                delay = self._policy.backoff(row.attempts)
-                _log.warning("emergency_freeze_retry", alert_id=row.alert_id, attempts=row.attempts + 1,
-                             error=type(error).__name__, retry_in_seconds=round(delay, 2))
-                await self._settle(row.alert_id, attempts=row.attempts + 1, last_error=type(error).__name__,
-                                   next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay))
-                return 0
-            frozen_at = datetime.now(UTC)
+            progress["frozen_at"] = datetime.now(UTC)
             _log.info("emergency_account_frozen", alert_id=row.alert_id)
+        if self._raise_tier is not None and row.user_id and row.tier_raised_at is None:
+            raise_tier = self._raise_tier
+            if not await self._step(row, progress, "tier",
+                                    lambda: raise_tier(row.user_id, tier_key(row.alert_id), timeout)):
+                return 0
+            progress["tier_raised_at"] = datetime.now(UTC)
+            _log.info("emergency_tier_raised", alert_id=row.alert_id)
         async with self._engine.connect() as conn:
             alerted = await alerts.event_delivered(conn, row.event_id)
             await conn.rollback()
         if not alerted:
-            # Frozen; the operator alert is still on its way through the outbox: look again soon.
-            await self._settle(row.alert_id, frozen_at=frozen_at,
+            # Acted on; the operator alert is still on its way through the outbox: look again soon.
+            await self._settle(row.alert_id, **progress,
                                next_attempt_at=datetime.now(UTC) + timedelta(seconds=self._policy.poll_seconds))
             return 0
-        await self._settle(row.alert_id, frozen_at=frozen_at, emergency_response_done=True, last_error="")
+        await self._settle(row.alert_id, **progress, emergency_response_done=True, last_error="")
         _log.info("emergency_response_done", alert_id=row.alert_id)
         return 1
+
+    async def _step(self, row: Any, progress: dict[str, Any], step: str,
+                    call: Callable[[], Awaitable[None]]) -> bool:
+        """Make one call; on failure record it (retry with backoff, or park on a final refusal) and say so."""
+        try:
+            await call()
+        except Refused as refused:
+            _log.error("emergency_step_refused", alert_id=row.alert_id, step=step, reason=refused.reason)
+            await self._settle(row.alert_id, **progress, parked=True, last_error=refused.reason[:200])
+            return False
+        except Exception as error:  # noqa: BLE001 - the other service down or slow: retry later with the same key
+            delay = self._policy.backoff(row.attempts)
+            _log.warning("emergency_step_retry", alert_id=row.alert_id, step=step, attempts=row.attempts + 1,
+                         error=type(error).__name__, retry_in_seconds=round(delay, 2))
+            await self._settle(row.alert_id, **progress, attempts=row.attempts + 1,
+                               last_error=f"{step}: {type(error).__name__}"[:200],
+                               next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay))
+            return False
+        return True
 
     async def _settle(self, alert_id: str, **values: Any) -> None:
         async with self._engine.begin() as conn:

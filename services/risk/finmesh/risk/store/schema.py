@@ -107,6 +107,8 @@ alerts = Table(
     Column("event_id", String(36), nullable=False),  # the outbox event that alerts an operator
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("frozen_at", DateTime(timezone=True), nullable=True),
+    # When identity accepted the payer's tier raised to HIGH for this incident (SetRiskTier, reason RISK_EVENT).
+    Column("tier_raised_at", DateTime(timezone=True), nullable=True),
     Column("emergency_response_done", Boolean, nullable=False, default=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", DateTime(timezone=True), nullable=False),
