@@ -249,3 +249,21 @@ async def test_identity_down_the_tier_is_retried_until_it_answers(databases, tmp
         row = await incident(mesh.urls["risk"], user)
     assert changes == [{"user_id": user, "tier": "HIGH", "reason": "RISK_EVENT"}]
     assert not row.parked and row.last_error == ""
+
+
+async def test_a_user_identity_does_not_know_parks_the_incident_after_the_freeze(databases, tmp_path: Path) -> None:
+    """Identity refusing for good (USER_NOT_FOUND) is not retried: the account stays frozen, the incident is
+    parked for an operator with the reason, and no tier changes anywhere."""
+    async with tiering_mesh(databases, tmp_path) as mesh:
+        stranger = str(uuid.uuid4())  # holds a token and a wallet, but identity never registered them
+        owner = await mesh.token(user_claims(Subject(stranger, ("PERSONAL",), "LOW", True), int(time.time()), 600))
+        account = (await mesh.pay.OpenAccount(pay_pb.OpenAccountRequest(
+            idempotency_key=key(), owner_id=stranger, kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET,
+            currency_code="CNY"), metadata=owner)).account.account_id
+        await mesh.critical(stranger, account)
+        await wait_until(lambda: count(mesh.urls["risk"], alerts, alerts.c.parked.is_(True)), timeout=15)
+        row = await incident(mesh.urls["risk"], stranger)
+        assert await freezes(mesh, account) == 1
+        assert await tier_changes(mesh, stranger) == []
+    assert (row.last_error, row.attempts, row.tier_raised_at) == ("USER_NOT_FOUND", 0, None)
+    assert row.frozen_at is not None and not row.emergency_response_done
