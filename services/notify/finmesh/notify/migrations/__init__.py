@@ -1,0 +1,5 @@
+"""Alembic environment of the notify database, run by finmesh.platform.migrations (env.py, versions/)."""
+
+from finmesh.notify.store.schema import metadata
+
+__all__ = ["metadata"]

@@ -1,0 +1,6 @@
+"""Alembic env of notify: migrate on the connection finmesh.platform.migrations hands over."""
+
+from finmesh.notify.migrations import metadata
+from finmesh.platform.migrations import run_env
+
+run_env(metadata)

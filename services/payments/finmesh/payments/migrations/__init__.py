@@ -1,0 +1,5 @@
+"""Alembic environment of the payments database, run by finmesh.platform.migrations (env.py, versions/)."""
+
+from finmesh.payments.store.schema import metadata
+
+__all__ = ["metadata"]

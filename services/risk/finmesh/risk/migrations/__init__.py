@@ -1,0 +1,5 @@
+"""Alembic environment of the risk database, run by finmesh.platform.migrations (env.py, versions/)."""
+
+from finmesh.risk.store.schema import metadata
+
+__all__ = ["metadata"]
