@@ -26,6 +26,10 @@ class ServiceSettings(BaseSettings):
     # Where spans go when OTEL_EXPORTER_OTLP_ENDPOINT is unset; empty keeps them in memory only.
     span_file: str = ""
     tracing_enabled: bool = True
+    # At start, upgrade the database to this code's newest migration (finmesh.platform.migrations), so
+    # `make run` works on a fresh machine. Production sets it false: the Helm Job runs `migrate` first,
+    # and a server then only checks that no migration it needs is missing.
+    auto_migrate: bool = True
     # On SIGTERM: report NOT_SERVING this long before refusing new calls, so
     # load balancers stop routing here, then give in-flight calls this grace.
     drain_delay_seconds: float = Field(default=0.0, ge=0)

@@ -9,7 +9,9 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from finmesh.platform.config import ServiceSettings
+from finmesh.platform.db import create_engine
 from finmesh.platform.logs import configure_logging, get_logger
+from finmesh.platform.migrations import MigrationResult, upgrade
 from finmesh.platform.server import Registration, RunningServer, create_server, wait_for_termination_signal
 from finmesh.platform.telemetry import setup_tracing
 
@@ -58,3 +60,44 @@ def run_service(name: str, settings: ServiceSettings, build: Callable[[], Awaita
     finally:
         if provider is not None:
             provider.shutdown()  # flushes spans still in the batch queue
+
+
+def migrate_requested(name: str, argv: list[str] | None = None) -> bool:
+    """True for `finmesh-<name> migrate` (the Helm hook Job's command); no arguments means serve."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args != ["migrate"]:
+        # An unknown word must not start a server the caller did not ask for.
+        sys.exit(f"usage: finmesh-{name} [migrate]")
+    return bool(args)
+
+
+async def _migrate(name: str, settings: ServiceSettings) -> MigrationResult:
+    engine = create_engine(settings.database_url_for(name))
+    try:
+        return await upgrade(engine, name)
+    finally:
+        await engine.dispose()
+
+
+def run_migrate(name: str) -> int:
+    """`finmesh-<name> migrate`: upgrade the database to head and exit; starts no server, calls no service.
+
+    Exit 0 also when the database is ahead of this code (an older image after a rollback runs the Job
+    again); non-zero only when the upgrade failed. Reads only the shared settings (database, logs), so
+    a service's own settings cannot block a migration.
+    """
+    settings = ServiceSettings()
+    configure_logging(name, level=settings.log_level, version=settings.service_version,
+                      color=settings.deployment_color, stream=sys.stderr)
+    log = get_logger(f"finmesh.{name}")
+    try:
+        result = asyncio.run(_migrate(name, settings))
+    except Exception as error:  # whatever failed, the exit status and this line are all the Job reports
+        log.error("migration failed", error=f"{type(error).__name__}: {error}", exc_info=True)
+        return 1
+    if result.ahead:
+        log.info("database ahead of code", revision=list(result.before))
+    else:
+        log.info("migrated" if result.changed else "already at head", revision=list(result.after),
+                 before=list(result.before), adopted=result.adopted)
+    return 0

@@ -15,7 +15,7 @@ from finmesh.identity.config import IdentitySettings
 from finmesh.identity.domain.claims import service_claims
 from finmesh.identity.keyring import KeyRing
 from finmesh.identity.registry import HttpRegistry, NoRegistry, Registry
-from finmesh.identity.store.schema import metadata, outbox
+from finmesh.identity.store.schema import outbox
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from finmesh.identity.vault import Vault
@@ -23,8 +23,9 @@ from finmesh.platform.auth import Authorizer
 from finmesh.platform.auth_keys import KeyCache, TokenVerifier
 from finmesh.platform.auth_service import mesh_secret
 from finmesh.platform.channels import open_channel
-from finmesh.platform.db import create_engine, create_schema
+from finmesh.platform.db import create_engine
 from finmesh.platform.event_sink import NotifyEventSink
+from finmesh.platform.migrations import prepare_schema
 from finmesh.platform.outbox import OutboxRelay
 from finmesh.platform.server import Registration
 
@@ -73,7 +74,7 @@ def _registry(settings: IdentitySettings) -> Registry:
 
 async def build(settings: IdentitySettings) -> IdentityApp:
     engine = create_engine(settings.database_url_for("identity"))
-    await create_schema(engine, metadata)
+    await prepare_schema(engine, "identity", migrate=settings.auto_migrate)
     vault = Vault(settings.master_key())
     keys = KeyRing(engine, vault, max_token_ttl=max(settings.identity_access_token_ttl_seconds,
                                                     settings.identity_service_token_ttl_seconds))

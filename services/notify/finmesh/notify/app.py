@@ -17,12 +17,12 @@ from finmesh.notify.config import NotifySettings, notify_settings
 from finmesh.notify.intake import EventIntake
 from finmesh.notify.sealing import Sealer
 from finmesh.notify.sla import ComplaintSla
-from finmesh.notify.store.schema import metadata
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as pb_grpc
 from finmesh.notify.worker import DeliveryWorker
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.db import create_engine, create_schema
+from finmesh.platform.db import create_engine
+from finmesh.platform.migrations import prepare_schema
 from finmesh.platform.server import Registration
 
 
@@ -64,7 +64,7 @@ async def build(settings: ServiceSettings, *, clock: Clock | None = None,
     s = notify_settings(settings)
     clock = clock or SystemClock()
     engine = create_engine(s.database_url_for("notify"))
-    await create_schema(engine, metadata)
+    await prepare_schema(engine, "notify", migrate=s.auto_migrate)
     sealer = Sealer(s.master_key())
     composer = Composer(sealer)
     senders = senders or build_senders(s)

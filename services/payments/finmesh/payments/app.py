@@ -13,16 +13,17 @@ from finmesh.payments.channels import ChannelRegistry
 from finmesh.payments.clients import RISK_IDEMPOTENT_METHODS, RiskClient
 from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.store.engines import create_read_engine
-from finmesh.payments.store.schema import idempotency, metadata, outbox
+from finmesh.payments.store.schema import idempotency, outbox
 from finmesh.payments.store.tiers import TableTierSource, TierSource
 from finmesh.payments.sweeper import PendingOperationSweeper
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.payments.writer import LedgerWriter
 from finmesh.platform.channels import open_channel
-from finmesh.platform.db import create_engine, create_schema
+from finmesh.platform.db import create_engine
 from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
 from finmesh.platform.idempotency import IdempotencyStore
+from finmesh.platform.migrations import prepare_schema
 from finmesh.platform.outbox import OutboxRelay
 from finmesh.platform.rpc_errors import to_status
 from finmesh.platform.server import Registration
@@ -57,7 +58,7 @@ class PaymentsApp:
 
 async def build(settings: PaymentsSettings, tier_source: TierSource | None = None) -> PaymentsApp:
     engine = create_engine(settings.database_url_for("payments"))
-    await create_schema(engine, metadata)
+    await prepare_schema(engine, "payments", migrate=settings.auto_migrate)
     risk_channel = open_channel(settings.risk_target, settings, idempotent_methods=RISK_IDEMPOTENT_METHODS)
     notify_channel = open_channel(settings.notify_target, settings, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS)
     relay = OutboxRelay(engine, outbox, "payments", NotifyEventSink(notify_channel).deliver)

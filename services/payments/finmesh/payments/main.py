@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from finmesh.payments.app import build
 from finmesh.payments.config import PaymentsSettings
-from finmesh.platform.runner import run_service
+from finmesh.platform.runner import migrate_requested, run_migrate, run_service
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    if migrate_requested("payments", argv):
+        raise SystemExit(run_migrate("payments"))
     settings = PaymentsSettings()
     run_service("payments", settings, lambda: build(settings))
 

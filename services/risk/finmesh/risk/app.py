@@ -11,9 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.platform.channels import open_channel
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.db import create_engine, create_schema
+from finmesh.platform.db import create_engine
 from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
 from finmesh.platform.logs import get_logger
+from finmesh.platform.migrations import prepare_schema
 from finmesh.platform.outbox import OutboxRelay
 from finmesh.platform.server import Registration
 from finmesh.risk.api.servicer import RiskServicer
@@ -26,7 +27,7 @@ from finmesh.risk.clients import (
 from finmesh.risk.config import RiskSettings
 from finmesh.risk.emergency import EmergencyResponder, ResponsePolicy
 from finmesh.risk.ruleset import RulesRegistry
-from finmesh.risk.store.schema import metadata, outbox
+from finmesh.risk.store.schema import outbox
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
 
@@ -63,7 +64,7 @@ class RiskApp:
 async def build(settings: ServiceSettings) -> RiskApp:
     config = RiskSettings.of(settings)
     engine = create_engine(config.database_url_for("risk"))
-    await create_schema(engine, metadata)
+    await prepare_schema(engine, "risk", migrate=config.auto_migrate)
     rules = RulesRegistry(engine, file=Path(config.risk_rules_file) if config.risk_rules_file else None,
                           poll_seconds=config.risk_rules_poll_seconds)
     await rules.load()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.runner import run_service
+from finmesh.platform.runner import migrate_requested, run_migrate, run_service
 from finmesh.risk.app import build
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    if migrate_requested("risk", argv):
+        raise SystemExit(run_migrate("risk"))
     settings = ServiceSettings()
     run_service("risk", settings, lambda: build(settings))
 
