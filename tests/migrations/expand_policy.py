@@ -158,7 +158,12 @@ def problems(directory: ScriptDirectory, released: str) -> dict[str, list[str]]:
         if verdict.contract_after is None:
             found[script.revision] = [*verdict.violations,
                                       f"mark it with {MARKER} = '<first release that no longer reads it>'"]
-        elif _is_released(str(verdict.contract_after), released) is False:
+            continue
+        shipped = _is_released(str(verdict.contract_after), released)
+        if shipped is None:
+            # Fail closed: without history nobody can tell whether the drop is safe yet.
+            found[script.revision] = [f"{MARKER}: git cannot tell whether {verdict.contract_after!r} is released"]
+        elif not shipped:
             found[script.revision] = [f"{MARKER} = {verdict.contract_after!r} is not a release at or "
                                       f"before deploy/RELEASED ({released[:12]}): the previous release may "
                                       "still read what it removes"]

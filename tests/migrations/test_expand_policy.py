@@ -10,7 +10,8 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from finmesh.platform.migrations import script_directory
-from tests.migrations.expand_policy import problems, released_commit
+from tests.migrations.expand_policy import REPO, problems, released_commit
+from tests.migrations.support import require_history
 
 SERVICES = ("identity", "payments", "risk", "notify")
 
@@ -94,6 +95,7 @@ def test_unmarked_contract_steps_are_rejected(tmp_path: Path, body: str, why: st
 
 def test_contract_step_marked_with_a_shipped_release_passes(tmp_path: Path) -> None:
     """Naming the released commit (the first release that no longer reads the column) allows the drop."""
+    require_history(REPO, released_commit())
     header = f"CONTRACT_AFTER_RELEASE = {released_commit()!r}"
     assert problems(_synthetic(tmp_path, CONTRACTS["drop column"][0], header), released_commit()) == {}
 

@@ -25,12 +25,11 @@ from sqlalchemy import text
 from finmesh.platform.db import create_engine
 from finmesh.platform.migrations import head_revisions
 from tests.migrations.expand_policy import REPO, released_commit
-from tests.migrations.support import SERVICES, diffs, migrate, revision
+from tests.migrations.support import SERVICES, diffs, migrate, require_history, revision, unavailable
 
 PG = {"host": os.environ.get("FINMESH_TEST_PG_HOST", "127.0.0.1"),
       "port": int(os.environ.get("FINMESH_TEST_PG_PORT", "5432")),
       "user": os.environ.get("FINMESH_TEST_PG_USER", "postgres")}
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 OLD_TEST = ["tests/integration/test_payments_slice.py", "-k", "payment_moves_exact_amounts and postgres"]
 # The previous release's imports must come from its tree, not from HEAD's editable install: this
 # drops every sys.path entry outside that tree that holds a `finmesh` package before anything imports
@@ -45,13 +44,6 @@ sys.path[:] = [p for p in sys.path if not foreign(p)]
 import pytest
 sys.exit(pytest.main(sys.argv[1:]))
 """
-
-
-def _unavailable(reason: str) -> None:
-    print(f"old-code test not run: {reason}")
-    if IN_CI:
-        pytest.fail(f"{reason}; CI has full history and PostgreSQL, so this must run")
-    pytest.skip(reason)
 
 
 def _git(*args: str) -> subprocess.CompletedProcess[str]:
@@ -77,7 +69,7 @@ async def templates(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, s
     try:
         await _admin("SELECT 1")
     except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-        _unavailable(f"PostgreSQL at {PG['host']}:{PG['port']} unreachable ({error})")
+        unavailable(f"PostgreSQL at {PG['host']}:{PG['port']} unreachable ({error})")
     names = {service: f"fmtmpl_{service}_{uuid.uuid4().hex[:8]}" for service in SERVICES}
     try:
         for service, name in names.items():
@@ -95,11 +87,8 @@ async def templates(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, s
 @pytest.fixture
 def released_tree(tmp_path: Path) -> AsyncIterator[Path]:
     """The released commit checked out beside this repository, removed afterwards."""
-    if _git("rev-parse", "--is-shallow-repository").stdout.strip() != "false":
-        _unavailable("git history unavailable (not a repository, or a shallow clone)")
     commit = released_commit()
-    if _git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
-        _unavailable(f"released commit {commit} is not in this clone's history")
+    require_history(REPO, commit)
     tree = tmp_path / "released"
     added = _git("worktree", "add", "--detach", str(tree), commit)
     assert added.returncode == 0, added.stderr
