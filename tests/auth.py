@@ -144,6 +144,9 @@ class Book:
 
     owners: dict[str, tuple[str, int]] = field(default_factory=dict)  # account id -> (owner id, kind)
     payments: dict[str, tuple[str, str]] = field(default_factory=dict)  # payment id -> (payer acct, payee acct)
+    # Owner id -> the `tier` claim of their tokens. Unset: "" (risk has not tiered the user yet), so
+    # payments falls back to its own table, which some tests set.
+    tiers: dict[str, str] = field(default_factory=dict)
 
     def learn(self, reply: Any) -> None:
         for name in ("account", "payment", "payments", "accounts", "results"):
@@ -167,7 +170,7 @@ def _account_holder(issuer: Issuer, book: Book, account_id: str, fallback: str =
     a customer role is a fresh verified customer of that role, anything else an operator."""
     owner, kind = book.owners.get(account_id, ("", 0))
     if owner:
-        return issuer.customer(owner, role=_customer_role(kind))
+        return issuer.customer(owner, role=_customer_role(kind), tier=book.tiers.get(owner, ""))
     if fallback in ("personal", "enterprise", "institution"):
         return issuer.customer(uuid.uuid4().hex, role=fallback)
     return issuer.mint(fallback)
@@ -183,7 +186,8 @@ def _payee_merchant(issuer: Issuer, book: Book, payment_id: str) -> str:
 def _open_account(issuer: Issuer, book: Book, request: Any) -> str:
     if request.kind in _PLATFORM_KINDS or not request.owner_id:
         return issuer.mint("admin")
-    return issuer.customer(request.owner_id, role=_customer_role(request.kind))
+    owner = request.owner_id
+    return issuer.customer(owner, role=_customer_role(request.kind), tier=book.tiers.get(owner, ""))
 
 
 Caller = Callable[[Issuer, Book, Any], str]

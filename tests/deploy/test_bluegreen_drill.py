@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from sqlalchemy import text
 
@@ -32,6 +31,8 @@ from finmesh.payments.store.ledger import totals_by_currency
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.platform.db import create_engine
+from tests.auth import SERVICE_SECRET, ActingAs, Book, Issuer
+from tests.auth import channel as acting_channel
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
@@ -46,9 +47,9 @@ SERVER_SETTINGS = {
     "FINMESH_DRAIN_DELAY_SECONDS": "1",
     "FINMESH_SHUTDOWN_GRACE_SECONDS": "5",
     "FINMESH_LOG_LEVEL": "info",
-    # Pinned, not inherited: the drill is about the rollout, and its load client carries no token.
-    # With auth enforced it would also need identity running and a service token for the client.
-    "FINMESH_AUTH_MODE": "off",
+    # Auth enforced as in production: keys and service tokens from the test issuer (tests.auth), the
+    # load client presents each payer's token.
+    "FINMESH_AUTH_MODE": "enforce",
     "OTEL_BSP_SCHEDULE_DELAY": "200",
     "OTEL_EXPORTER_OTLP_INSECURE": "true",
 }
@@ -64,11 +65,12 @@ def collector() -> Iterator[SpanCollector]:
 class Drill:
     """The processes of one drill run; stop() leaves nothing running whatever happened."""
 
-    def __init__(self, tmp: Path, collector: SpanCollector) -> None:
+    def __init__(self, tmp: Path, collector: SpanCollector, issuer: Issuer) -> None:
         self.log_dir = tmp / "logs"
         self.log_dir.mkdir()
         self.env = {**SERVER_SETTINGS, "FINMESH_DATA_DIR": str(tmp / "data"),
-                    "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint}
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+                    "FINMESH_IDENTITY_TARGET": issuer.target, "FINMESH_SERVICE_SECRET": SERVICE_SECRET}
         self.processes: list[ServiceProcess] = []
 
     def start(self, service: str, color: str, version: str, label: str, **env: str) -> ServiceProcess:
@@ -89,9 +91,9 @@ class Drill:
                 proc.process.wait()
 
 
-async def _open_accounts(target: str, run_id: str) -> tuple[list[str], list[str]]:
-    """Payer wallets topped up with TOP_UP each, and payee wallets, opened through the forwarder."""
-    async with grpc.aio.insecure_channel(target) as channel:
+async def _open_accounts(target: str, run_id: str, issuer: Issuer, book: Book) -> tuple[list[str], list[str]]:
+    """Payer wallets topped up with TOP_UP each, and payee wallets, opened through the forwarder by their owners."""
+    async with acting_channel(target, issuer, book) as channel:
         stub = pb_grpc.PaymentsServiceStub(channel)
 
         async def wallet(i: int) -> str:
@@ -123,9 +125,10 @@ async def _payment_rows(database_url: str, run_id: str) -> tuple[list[tuple[str,
     return found, totals
 
 
-async def _check_books(target: str, report: LoadReport, payers: list[str], payees: list[str]) -> None:
+async def _check_books(target: str, report: LoadReport, payers: list[str], payees: list[str], issuer: Issuer,
+                       book: Book) -> None:
     """Every acknowledged payment reads back as answered; every balance is exactly what those payments imply."""
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with acting_channel(target, issuer, book) as channel:
         stub = pb_grpc.PaymentsServiceStub(channel)
         stored = await asyncio.gather(*(stub.GetPayment(pb.GetPaymentRequest(payment_id=r.payment_id), timeout=10)
                                         for r in report.acknowledged))
@@ -165,7 +168,8 @@ async def test_blue_green_drill_under_load(databases: Any, tmp_path: Path, colle
     started = time.monotonic()
     run_id = uuid.uuid4().hex[:8]
     urls = {name: await databases.new(name) for name in ("notify", "risk", "payments")}
-    drill = Drill(tmp_path, collector)
+    issuer, book = await Issuer().start(), Book()
+    drill = Drill(tmp_path, collector, issuer)
     forwarder: Forwarder | None = None
     try:
         notify = drill.start("notify", "local", "1", "notify", FINMESH_DATABASE_URL=urls["notify"])
@@ -178,9 +182,10 @@ async def test_blue_green_drill_under_load(databases: Any, tmp_path: Path, colle
         await wait_serving(blue)
         forwarder = Forwarder(blue.target)
         await forwarder.start()
-        payers, payees = await _open_accounts(forwarder.target, run_id)
+        payers, payees = await _open_accounts(forwarder.target, run_id, issuer, book)
 
-        load = asyncio.create_task(PaymentLoad(forwarder.target, payers, payees, run_id, LOAD).run())
+        load = asyncio.create_task(PaymentLoad(forwarder.target, payers, payees, run_id, LOAD,
+                                               interceptors=[ActingAs(issuer, book)]).run())
         # Green starts against the same database while blue serves the load.
         green = drill.start("payments", "green", "2", "payments-green", **payments_env)
         green_ready = await wait_serving(green)
@@ -201,7 +206,7 @@ async def test_blue_green_drill_under_load(databases: Any, tmp_path: Path, colle
 
         report = await load
         rows, totals = await _payment_rows(urls["payments"], run_id)
-        await _check_books(blue2.target, report, payers, payees)
+        await _check_books(blue2.target, report, payers, payees, issuer, book)
         drill.stop()  # flushes every exporter, so the collector has all spans
         exit_codes = {proc.name: proc.process.returncode for proc in drill.processes}
         elapsed = time.monotonic() - started
@@ -209,6 +214,7 @@ async def test_blue_green_drill_under_load(databases: Any, tmp_path: Path, colle
         if forwarder is not None:
             await forwarder.close()
         drill.stop()
+        await issuer.stop()
 
     figures = {
         "database": databases.kind, "load": report.summary(), "green ready after": f"{green_ready:.1f}s",

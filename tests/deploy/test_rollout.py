@@ -543,6 +543,8 @@ async def test_payments_analysis_pays_between_the_test_accounts(
                     "forward": {"fm-finmesh-payments-preview": port, "fm-finmesh-payments": port}}
         argv, env = cluster.prepare(scenario, "payments", "--synthetic-payer", payer, "--synthetic-payee", payee,
                                     "--synthetic-amount", "7")
+        # The probes act as the test accounts' owner (auth is enforced); the token goes by environment.
+        env["FINMESH_TOKEN"] = mesh.issuer.customer("rollout-test-0")
         code, out = await _run(argv, env)
         received = (await stub.GetAccount(pay_pb.GetAccountRequest(account_id=payee))).account.balance
     assert code == expected_exit, out

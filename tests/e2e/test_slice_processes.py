@@ -12,10 +12,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from finmesh.cli.mesh import Mesh
-from finmesh.cli.slice import ALICE, BOB, run_slice
+from finmesh.cli.slice import ALICE, BOB, bearer, run_slice
 from finmesh.cli.traces import load_spans
+from finmesh.common.v1 import money_pb2
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
+from finmesh.platform.rpc_errors import reason_of
 from finmesh.platform.telemetry import JsonlSpanExporter
 
 pytestmark = pytest.mark.e2e
@@ -34,11 +36,39 @@ async def mesh(databases, tmp_path: Path):
     assert codes == dict.fromkeys(codes, 0), f"a service did not exit cleanly: {codes}"
 
 
-async def _balances(target: str, *accounts: str) -> list[int]:
+async def _balances(target: str, *accounts_and_tokens: tuple[str, str]) -> list[int]:
+    """Each account's available balance, read by its owner with the token the demo logged in with."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.PaymentsServiceStub(channel)
-        replies = [await stub.GetAccount(pb.GetAccountRequest(account_id=a)) for a in accounts]
+        replies = [await stub.GetAccount(pb.GetAccountRequest(account_id=a), metadata=bearer(t))
+                   for a, t in accounts_and_tokens]
     return [r.account.balance.available_minor_units for r in replies]
+
+
+async def _refusal(call) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error
+    raise AssertionError("expected a refusal")
+
+
+async def _enforcement(target: str, result) -> None:  # type: ignore[no-untyped-def]
+    """Auth is on by default in the processes: no token, a forged token, another customer's account all refused."""
+    payer_token = result.tokens[result.payer_user_id]
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.PaymentsServiceStub(channel)
+        missing = await _refusal(stub.GetAccount(pb.GetAccountRequest(account_id=result.payer_account_id)))
+        assert (missing.code(), reason_of(missing)) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
+        head, body, sig = payer_token.split(".")
+        forged = f"{head}.{body}.{sig[:-4]}{'AAAA' if sig[-4:] != 'AAAA' else 'BBBB'}"
+        tampered = await _refusal(stub.GetAccount(pb.GetAccountRequest(account_id=result.payer_account_id),
+                                                  metadata=bearer(forged)))
+        assert (tampered.code(), reason_of(tampered)) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
+        other = await _refusal(stub.TopUp(pb.TopUpRequest(
+            idempotency_key="e2e-not-mine", account_id=result.payee_account_id, channel="test_bank",
+            amount=money_pb2.Money(currency_code="CNY", minor_units=1)), metadata=bearer(payer_token)))
+        assert (other.code(), reason_of(other)) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_MISSING")
 
 
 def _client_provider(span_file: Path) -> TracerProvider:
@@ -48,15 +78,18 @@ def _client_provider(span_file: Path) -> TracerProvider:
 
 
 async def test_slice_across_four_processes(mesh: Mesh) -> None:
-    """Register, open, top up, pay: balances exact, one connected trace over all four services, clean logs."""
+    """Onboard (three checks, codes from the fake SMS provider), log in, open, top up, pay, all with tokens:
+    balances exact, calls without a valid token refused, one connected trace over all four services, clean logs."""
     provider = _client_provider(mesh.span_dir / "client.jsonl")
-    result = await run_slice(mesh.targets(), top_up=100_000, pay=12_345, tracer_provider=provider)
+    result = await run_slice(mesh.targets(), mesh.fakes["sms"], top_up=100_000, pay=12_345,
+                             tracer_provider=provider)
     provider.shutdown()
 
     assert result.payee_receipts == 1
-    assert await _balances(mesh.targets()["payments"], result.payer_account_id, result.payee_account_id) == [
-        87_655, 12_345,
-    ]
+    assert await _balances(mesh.targets()["payments"],
+                           (result.payer_account_id, result.tokens[result.payer_user_id]),
+                           (result.payee_account_id, result.tokens[result.payee_user_id])) == [87_655, 12_345]
+    await _enforcement(mesh.targets()["payments"], result)
 
     await asyncio.sleep(0.5)  # let the services' batch span processors export
     codes = mesh.stop()
@@ -78,7 +111,9 @@ async def test_slice_across_four_processes(mesh: Mesh) -> None:
             span = by_id.get(span["parent_span_id"])
         return names
 
-    risk_server = next(s for s in spans if s["service"] == "risk" and s["kind"] == "SERVER")
+    # Onboarding also reaches risk (identity -> AssessOnboarding); this chain is the payment's.
+    risk_server = next(s for s in spans if s["service"] == "risk" and s["kind"] == "SERVER"
+                       and s["name"] == "finmesh.risk.v1.RiskService/AssessPayment")
     assert chain(risk_server)[1:3] == [
         "payments:CLIENT:finmesh.risk.v1.RiskService/AssessPayment",
         "payments:SERVER:finmesh.payments.v1.PaymentsService/CreatePayment",

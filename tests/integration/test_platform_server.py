@@ -14,6 +14,8 @@ from finmesh.platform.rpc_errors import field_violations_of, reason_of
 from finmesh.platform.server import Registration, create_server
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
+from tests.auth import Issuer
+from tests.auth import channel as acting_channel
 
 
 class _Scripted(pb_grpc.RiskServiceServicer):
@@ -31,14 +33,18 @@ class _Scripted(pb_grpc.RiskServiceServicer):
 @pytest.fixture
 async def server():
     servicer = _Scripted()
-    settings = ServiceSettings(port=0, drain_delay_seconds=0, shutdown_grace_seconds=0.5)
+    issuer = await Issuer().start()
+    settings = ServiceSettings(port=0, drain_delay_seconds=0, shutdown_grace_seconds=0.5, **issuer.settings())
     running = await create_server(settings, [
         Registration(servicer, pb_grpc.add_RiskServiceServicer_to_server, pb.DESCRIPTOR.services_by_name["RiskService"])
     ])
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    channel = acting_channel(f"127.0.0.1:{running.port}", issuer)  # GetRules as a risk officer
     yield running, servicer, channel, settings
     await channel.close()
     await running.server.stop(0)
+    for authorizer in running.authorizers:
+        await authorizer.close()
+    await issuer.stop()
 
 
 async def test_health_reports_serving_for_server_and_service(server) -> None:

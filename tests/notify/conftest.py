@@ -6,7 +6,7 @@ import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as pb_grpc
 from finmesh.platform.runner import start_app
 from finmesh.platform.server import RunningServer
+from tests.auth import Issuer
+from tests.auth import channel as acting_channel
 
 OPERATOR_EMAIL = "ops@finmesh.test"
 
@@ -82,6 +84,7 @@ class Notify:
     channel: grpc.aio.Channel
     stub: pb_grpc.NotifyServiceStub
     database_url: str
+    issuer: Issuer
 
     @property
     def target(self) -> str:
@@ -129,15 +132,23 @@ def settings_for(database_url: str, tmp: Path, *, smtp: FakeSmtpServer | None = 
 
 @asynccontextmanager
 async def running_notify(databases: Any, tmp: Path, *, clock: Clock | None = None, database_url: str = "",
-                         **kwargs: Any) -> AsyncIterator[Notify]:
-    url = database_url or await databases.new("notify")
-    settings = settings_for(url, tmp, **kwargs)
-    app = await notify_app.build(settings, clock=clock)
-    server = await start_app(app, settings)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    try:
-        yield Notify(app, server, channel, pb_grpc.NotifyServiceStub(channel), url)
-    finally:
-        await channel.close()
-        await server.server.stop(0)
-        await app.close()
+                         issuer: Issuer | None = None, **kwargs: Any) -> AsyncIterator[Notify]:
+    """Notify with auth enforced (keys from `issuer`, one started when not given); its client channel
+    presents each RPC's production caller (tests.auth)."""
+    async with AsyncExitStack() as stack:
+        if issuer is None:
+            issuer = await Issuer().start()
+            stack.push_async_callback(issuer.stop)
+        url = database_url or await databases.new("notify")
+        settings = settings_for(url, tmp, **{"service_name": "notify", **issuer.settings(), **kwargs})
+        app = await notify_app.build(settings, clock=clock)
+        server = await start_app(app, settings)
+        channel = acting_channel(f"127.0.0.1:{server.port}", issuer)
+        try:
+            yield Notify(app, server, channel, pb_grpc.NotifyServiceStub(channel), url, issuer)
+        finally:
+            await channel.close()
+            await server.server.stop(0)
+            await app.close()
+            for authorizer in server.authorizers:
+                await authorizer.close()

@@ -67,7 +67,7 @@ async def test_notify_down_then_back_every_event_once_in_order_per_account(datab
         assert backlog >= 15  # 3 top-ups + 12 payments, none delivered
 
         outbox = outbox_table(MetaData())
-        async with running_notify(databases, tmp_path, port=port) as notify:
+        async with running_notify(databases, tmp_path, port=port, issuer=mesh.issuer) as notify:
             await eventually(relay.pending_count, lambda pending: pending == 0, timeout=30)
             produced = await rows(mesh.services["payments"].database_url,
                                   select(outbox.c.event_id, outbox.c.aggregate_id, outbox.c.sequence, outbox.c.dead,

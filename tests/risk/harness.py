@@ -6,7 +6,7 @@ import copy
 import os
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from finmesh.risk.config import RiskSettings
 from finmesh.risk.ruleset import DEFAULT_RULES_FILE
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
+from tests.auth import Issuer
+from tests.auth import channel as acting_channel
 
 DEFAULT_RULES: dict[str, Any] = yaml.safe_load(DEFAULT_RULES_FILE.read_text(encoding="utf-8"))
 
@@ -69,6 +71,7 @@ class RiskNode:
     app: Any
     server: RunningServer
     channel: grpc.aio.Channel
+    issuer: Issuer
 
     @property
     def target(self) -> str:
@@ -89,22 +92,29 @@ def settings(url: str, tmp: Path, **extra: Any) -> RiskSettings:
 
 
 @asynccontextmanager
-async def risk_node(url: str, tmp: Path, interceptors: list[Any] | None = None,
+async def risk_node(url: str, tmp: Path, interceptors: list[Any] | None = None, issuer: Issuer | None = None,
                     **extra: Any) -> AsyncIterator[RiskNode]:
-    config = settings(url, tmp, **extra)
-    app = await risk_app.build(config)
-    if interceptors:
-        await app.start()
-        server = await create_server(config, app.registrations, interceptors=interceptors)
-    else:
-        server = await start_app(app, config)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    try:
-        yield RiskNode(app, server, channel)
-    finally:
-        await channel.close()
-        await server.server.stop(0)
-        await app.close()
+    """Risk with auth enforced; its client channel presents each RPC's production caller (tests.auth)."""
+    async with AsyncExitStack() as stack:
+        if issuer is None:
+            issuer = await Issuer().start()
+            stack.push_async_callback(issuer.stop)
+        config = settings(url, tmp, **{"service_name": "risk", **issuer.settings(), **extra})
+        app = await risk_app.build(config)
+        if interceptors:
+            await app.start()
+            server = await create_server(config, app.registrations, interceptors=interceptors)
+        else:
+            server = await start_app(app, config)
+        channel = acting_channel(f"127.0.0.1:{server.port}", issuer)
+        try:
+            yield RiskNode(app, server, channel, issuer)
+        finally:
+            await channel.close()
+            await server.server.stop(0)
+            await app.close()
+            for authorizer in server.authorizers:
+                await authorizer.close()
 
 
 async def wait_until(condition: Any, timeout: float = 10.0, interval: float = 0.05) -> None:

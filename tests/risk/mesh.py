@@ -23,6 +23,8 @@ from finmesh.platform.config import ServiceSettings
 from finmesh.platform.db import create_engine
 from finmesh.platform.runner import start_app
 from finmesh.platform.server import RunningServer
+from tests.auth import Issuer
+from tests.auth import channel as acting_channel
 from tests.risk.harness import RiskNode, cny, key, risk_node
 
 
@@ -34,6 +36,8 @@ class Running:
     async def stop(self) -> None:
         await self.server.server.stop(0)
         await self.app.close()
+        for authorizer in self.server.authorizers:
+            await authorizer.close()
 
 
 @asynccontextmanager
@@ -45,8 +49,9 @@ async def serving(app: Any, settings: ServiceSettings) -> AsyncIterator[Running]
         await running.stop()
 
 
-def _common(tmp: Path, url: str, port: int = 0) -> dict[str, Any]:
-    return {"host": "127.0.0.1", "port": port, "data_dir": tmp, "database_url": url, "shutdown_grace_seconds": 0.5}
+def _common(tmp: Path, url: str, issuer: Issuer, name: str, port: int = 0) -> dict[str, Any]:
+    return {"host": "127.0.0.1", "port": port, "data_dir": tmp, "database_url": url, "shutdown_grace_seconds": 0.5,
+            "service_name": name, **issuer.settings()}
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Mesh:
     risk: RiskNode
     payments_settings: PaymentsSettings
     urls: dict[str, str]
+    issuer: Issuer
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     payments: Running | None = None
 
@@ -62,7 +68,7 @@ class Mesh:
         return f"127.0.0.1:{self.payments_settings.port}"
 
     def pay_stub(self) -> pay_grpc.PaymentsServiceStub:
-        channel = grpc.aio.insecure_channel(self.payments_target)
+        channel = acting_channel(self.payments_target, self.issuer)
         self.channels.append(channel)
         return pay_grpc.PaymentsServiceStub(channel)
 
@@ -83,16 +89,18 @@ async def risk_mesh(databases: Any, tmp: Path, risk_interceptors: list[Any] | No
     urls = {name: await databases.new(name) for name in ("notify", "risk", "payments")}
     risk_port, payments_port = free_port(), free_port()
     async with AsyncExitStack() as stack:
-        notify_settings = ServiceSettings(**_common(tmp, urls["notify"]))
+        issuer = await Issuer().start()
+        stack.push_async_callback(issuer.stop)
+        notify_settings = ServiceSettings(**_common(tmp, urls["notify"], issuer, "notify"))
         notify = await stack.enter_async_context(serving(await notify_app.build(notify_settings), notify_settings))
         notify_target = f"127.0.0.1:{notify.server.port}"
-        payments_settings = PaymentsSettings(**_common(tmp, urls["payments"], payments_port),
+        payments_settings = PaymentsSettings(**_common(tmp, urls["payments"], issuer, "payments", payments_port),
                                              risk_target=f"127.0.0.1:{risk_port}", notify_target=notify_target,
                                              **payments_extra)
         risk = await stack.enter_async_context(risk_node(
-            urls["risk"], tmp, interceptors=risk_interceptors, port=risk_port,
+            urls["risk"], tmp, interceptors=risk_interceptors, issuer=issuer, port=risk_port,
             payments_target=f"127.0.0.1:{payments_port}", notify_target=notify_target))
-        mesh = Mesh(risk, payments_settings, urls)
+        mesh = Mesh(risk, payments_settings, urls, issuer)
         await mesh.start_payments()
         try:
             yield mesh

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import grpc
-
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
+from tests.auth import SERVICE_SECRET, Issuer
+from tests.auth import channel as acting_channel
 from tests.risk.harness import payment, risk_node, rules_yaml, write_atomically
 
 # Three payments per user per minute; the fourth trips the rule, whichever replica sees it.
@@ -26,9 +26,12 @@ TIGHT_VELOCITY = [
 
 
 @contextmanager
-def risk_process(url: str, rules_file: Path, data_dir: Path) -> Iterator[str]:
-    """`finmesh.risk.main` as a child process; yields its target once it reports its port."""
-    env = {**os.environ, "FINMESH_DATABASE_URL": url, "FINMESH_RISK_RULES_FILE": str(rules_file),
+def risk_process(url: str, rules_file: Path, data_dir: Path, issuer: Issuer) -> Iterator[str]:
+    """`finmesh.risk.main` as a child process (auth enforced, keys from `issuer`); yields its target once it
+    reports its port."""
+    env = {**os.environ, "FINMESH_AUTH_MODE": "enforce", "FINMESH_IDENTITY_TARGET": issuer.target,
+           "FINMESH_SERVICE_SECRET": SERVICE_SECRET, "FINMESH_DATABASE_URL": url,
+           "FINMESH_RISK_RULES_FILE": str(rules_file),
            "FINMESH_PORT": "0", "FINMESH_DATA_DIR": str(data_dir), "FINMESH_TRACING_ENABLED": "false",
            "FINMESH_SHUTDOWN_GRACE_SECONDS": "0.5"}
     proc = subprocess.Popen([sys.executable, "-m", "finmesh.risk.main"], env=env, stdout=subprocess.PIPE,
@@ -49,8 +52,8 @@ async def test_two_risk_processes_share_velocity(databases, tmp_path: Path) -> N
     rules_file = tmp_path / "rules.yaml"
     write_atomically(rules_file, rules_yaml("shared-1", velocity=TIGHT_VELOCITY))
     async with risk_node(url, tmp_path, risk_rules_file=str(rules_file)) as local:
-        with risk_process(url, rules_file, tmp_path / "child") as target:
-            async with grpc.aio.insecure_channel(target) as channel:
+        with risk_process(url, rules_file, tmp_path / "child", local.issuer) as target:
+            async with acting_channel(target, local.issuer) as channel:
                 remote = pb_grpc.RiskServiceStub(channel)
 
                 async def remote_assess(request: pb.AssessPaymentRequest) -> pb.Assessment:

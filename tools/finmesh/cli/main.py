@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 
 from finmesh.cli import audit
-from finmesh.cli.mesh import Mesh
+from finmesh.cli.mesh import Mesh, load_fakes
 from finmesh.cli.outbox_cmd import add_outbox_parser
 from finmesh.cli.rollout import add_rollout_parser
 from finmesh.cli.tls import TlsConfigError, health_status
@@ -39,6 +39,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     for name, target in mesh.targets().items():
         print(f"  {name:<9} {target}   log: {mesh.processes[name].log_path}")
+    for name, fake in mesh.fakes.items():
+        print(f"  fake {name:<8} {fake.url}   (API key in {mesh.data_dir / 'fakes.json'})")
+    print("auth is enforced: clients need tokens; `finmesh demo` onboards users and logs them in to get them.")
     print("ready. Try `finmesh demo` in another terminal; Ctrl-C stops the mesh.", flush=True)
     stop = False
 
@@ -60,13 +63,23 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import aiohttp
+
     from finmesh.cli.slice import run_slice
     from finmesh.platform.telemetry import setup_tracing
 
+    sms = load_fakes(Path(args.data_dir)).get("sms")
+    if sms is None:
+        print(f"no local fakes recorded in {args.data_dir}: start the mesh with `make run` (or `finmesh up`) "
+              "so the demo can read one-time codes from the fake SMS provider", file=sys.stderr)
+        return 1
     provider = setup_tracing("finmesh-cli", version="cli", color="local",
                              span_file=str(Path(args.data_dir) / "spans" / "cli.jsonl"))
     try:
-        result = asyncio.run(run_slice(_targets(args.base_port)))
+        result = asyncio.run(run_slice(_targets(args.base_port), sms))
+    except (TimeoutError, OSError, aiohttp.ClientError) as error:
+        print(f"demo failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
     except grpc.aio.AioRpcError as error:
         print(f"demo failed: {error.code().name}: {error.details()}", file=sys.stderr)
         if error.code() == grpc.StatusCode.UNAVAILABLE:
@@ -74,7 +87,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
     finally:
         provider.shutdown()
-    print(f"registered users {result.payer_user_id} and {result.payee_user_id}")
+    print(f"registered, verified (identity number, SMS code, real name) and logged in (password + SMS code): "
+          f"users {result.payer_user_id} and {result.payee_user_id}")
     print(f"paid {result.paid_minor_units} CNY minor units: payment {result.payment_id}")
     print(f"payment receipts notify recorded for the payee: {result.payee_receipts}")
     print(f"trace id: {result.trace_id}  (render it with: finmesh trace)")

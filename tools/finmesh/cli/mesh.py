@@ -1,8 +1,17 @@
-"""Starts the four services as separate processes on loopback and stops them cleanly."""
+"""Starts the four services as separate processes on loopback, with the local fakes they need, and stops them.
+
+Auth is enforced (the default): the services share the data dir, so they
+derive their service credentials from the one mesh secret generated there.
+The fakes are the SMS provider (one-time codes reach a "handset" the demo
+reads) and the identity registry (real-name checks); their API keys are
+generated once into `<data dir>/fakes.json` (mode 0600, never printed).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -36,6 +45,51 @@ class ServiceProcess:
         return f"127.0.0.1:{self.port}"
 
 
+@dataclass(frozen=True)
+class Fake:
+    """A local fake HTTP server: where it listens and the API key it wants."""
+
+    url: str
+    api_key: str = field(repr=False)
+
+
+FAKES_FILE = "fakes.json"
+# Fake name -> (module, the env a service reads its URL and key from).
+_FAKES = {
+    "sms": ("finmesh.fakes.sms", "FINMESH_SMS_URL", "FINMESH_SMS_API_KEY"),
+    "registry": ("finmesh.fakes.registry", "FINMESH_IDENTITY_REGISTRY_URL", "FINMESH_IDENTITY_REGISTRY_API_KEY"),
+}
+
+
+def load_fakes(data_dir: Path) -> dict[str, Fake]:
+    """The fakes a mesh in `data_dir` runs (empty when none was started there)."""
+    path = Path(data_dir) / FAKES_FILE
+    if not path.exists():
+        return {}
+    return {name: Fake(**values) for name, values in json.loads(path.read_text(encoding="utf-8")).items()}
+
+
+def _write_fakes(data_dir: Path, fakes: dict[str, Fake]) -> None:
+    path = data_dir / FAKES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({n: {"url": x.url, "api_key": x.api_key} for n, x in fakes.items()}, f)
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if process.poll() is not None:
+            raise RuntimeError(f"fake {name} exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fake {name} not listening after {timeout}s")
+        time.sleep(0.05)
+
+
 @dataclass
 class Mesh:
     """The mesh as child processes. `database_urls` maps a service to a URL; others use SQLite in data_dir."""
@@ -45,6 +99,10 @@ class Mesh:
     database_urls: dict[str, str] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    # Start the fake SMS provider and identity registry with the services (see module docstring).
+    with_fakes: bool = True
+    fakes: dict[str, Fake] = field(default_factory=dict)
+    fake_processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def span_dir(self) -> Path:
@@ -64,9 +122,30 @@ class Mesh:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         ports = self.ports()
         targets = {f"FINMESH_{name.upper()}_TARGET": f"127.0.0.1:{port}" for name, port in ports.items()}
+        if self.with_fakes:
+            targets.update(self.start_fakes(timeout))
         for name in SERVICES:
             self.start_one(name, ports[name], targets)
         self.wait_ready(timeout)
+
+    def start_fakes(self, timeout: float = 30.0) -> dict[str, str]:
+        """Start the fakes (ports after the services' with a base port), record them; returns the services' env."""
+        known = load_fakes(self.data_dir)
+        env: dict[str, str] = {}
+        for i, (name, (module, url_var, key_var)) in enumerate(_FAKES.items()):
+            port = self.base_port + 4 + i if self.base_port else free_port()
+            # One key per data dir, reused across restarts.
+            key = known[name].api_key if name in known else secrets.token_urlsafe(24)
+            with (self.log_dir / f"fake-{name}.log").open("ab") as log:
+                process = subprocess.Popen([sys.executable, "-m", module, "--port", str(port)],
+                                           env={**os.environ, "FINMESH_FAKE_API_KEY": key},
+                                           stdout=subprocess.DEVNULL, stderr=log)
+            self.fake_processes[name] = process
+            _wait_listening(port, process, name, timeout)
+            self.fakes[name] = Fake(f"http://127.0.0.1:{port}", key)
+            env.update({url_var: self.fakes[name].url, key_var: key})
+        _write_fakes(self.data_dir, self.fakes)
+        return env
 
     def start_one(self, name: str, port: int, targets: dict[str, str]) -> ServiceProcess:
         env = {
@@ -113,6 +192,14 @@ class Mesh:
             except subprocess.TimeoutExpired:
                 proc.process.kill()
                 codes[name] = proc.process.wait()
+        for process in self.fake_processes.values():
+            if process.poll() is None:
+                process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         return codes
 
 

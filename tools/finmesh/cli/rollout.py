@@ -69,6 +69,9 @@ def add_rollout_parser(sub: Any) -> None:
     p.add_argument("--synthetic-currency", default="CNY")
     p.add_argument("--no-synthetic-payment", action="store_true",
                    help="payments: probe with health calls only (no test accounts in this cluster)")
+    p.add_argument("--token", default=os.environ.get("FINMESH_TOKEN", ""),
+                   help="payments: access token of the test accounts' owner, presented by the read and synthetic "
+                        "probes (auth is enforced). Prefer FINMESH_TOKEN: a command line shows in the process list")
     p.set_defaults(func=cmd_rollout)
 
 
@@ -196,6 +199,9 @@ def _rollout(args: argparse.Namespace) -> int:
         return 0
     if args.current_color is not None:
         raise Refused("--current-color is for --dry-run; a live rollout reads the active color from helm")
+    if synthetic is not None and not args.token:
+        raise Refused("payments' probes need the test accounts' owner's access token (FINMESH_TOKEN or --token): "
+                      "auth is enforced, a probe without one is refused UNAUTHENTICATED")
     cluster = _cluster(args, dry_run=False)
     runner = Runner(_log)
     plan, values = _live_plan(args, cluster, runner)
@@ -208,7 +214,7 @@ def _rollout(args: argparse.Namespace) -> int:
                       "FINMESH_TLS_CA_FILE so the probes can present a client certificate")
 
     def prober(target: str, server_name: str) -> Prober:
-        return Prober(plan.service, target, server_name=server_name, synthetic=synthetic)
+        return Prober(plan.service, target, server_name=server_name, synthetic=synthetic, token=args.token)
 
     driver = Driver(plan, runner, prober, _log, max_error_rate=args.max_error_rate)
     return driver.run()

@@ -83,8 +83,11 @@ class PaymentLoad:
     """Pays from `payers` to `payees` in rotation through `target`; the run stops by itself after shape.count."""
 
     def __init__(self, target: str, payers: list[str], payees: list[str], run_id: str,
-                 shape: LoadShape | None = None) -> None:
+                 shape: LoadShape | None = None,
+                 interceptors: list[grpc.aio.ClientInterceptor] | None = None) -> None:
         self._target = target
+        # E.g. one that presents each payer's access token (auth is enforced by default).
+        self._interceptors = interceptors or []
         self._payers = payers
         self._payees = payees
         self._run_id = run_id
@@ -100,7 +103,8 @@ class PaymentLoad:
         s = self.shape
         # A local subchannel pool per channel: otherwise channels to one target share a
         # single HTTP/2 connection, and the drill would have one client, not several.
-        channels = [grpc.aio.insecure_channel(self._target, options=[("grpc.use_local_subchannel_pool", 1)])
+        channels = [grpc.aio.insecure_channel(self._target, options=[("grpc.use_local_subchannel_pool", 1)],
+                                              interceptors=self._interceptors)
                     for _ in range(s.clients)]
         stubs = [pb_grpc.PaymentsServiceStub(c) for c in channels]
         gate = asyncio.Semaphore(s.max_in_flight)

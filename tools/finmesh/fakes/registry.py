@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -137,7 +138,8 @@ def _handler_for(registry: FakeRegistry) -> type[BaseHTTPRequestHandler]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="fake identity registry")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--api-key", default="test-registry-key")
+    # The key from the environment keeps it off the process list (`finmesh up` passes it so).
+    parser.add_argument("--api-key", default=os.environ.get("FINMESH_FAKE_API_KEY", "test-registry-key"))
     args = parser.parse_args()
     registry = FakeRegistry(args.api_key, port=args.port)
     print(json.dumps({"service": "registry", "port": registry.port}), flush=True)

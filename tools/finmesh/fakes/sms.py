@@ -5,6 +5,11 @@ Protocol (what finmesh.notify.channels.sms speaks): POST /messages with JSON
 "Idempotency-Key" header; 202 {"message_id"} on success. A repeated
 idempotency key is acknowledged without sending again, as real providers do.
 
+GET /messages?to=<E.164 number> (same bearer key) lists what was accepted for
+that number, oldest first: {"messages": [{"message_id", "to", "text",
+"reference"}]}. It is the fake's "handset": `finmesh demo` reads one-time
+codes from it. Nothing is logged.
+
     python -m finmesh.fakes.sms --port 8025
 """
 
@@ -12,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import uuid
 from typing import Any
 
@@ -42,6 +49,7 @@ class FakeSmsProvider:
     async def start(self) -> FakeSmsProvider:
         app = web.Application()
         app.router.add_post("/messages", self._handle)
+        app.router.add_get("/messages", self._read)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self._port)
@@ -105,16 +113,27 @@ class FakeSmsProvider:
         return web.json_response({"message_id": message_id}, status=202)
 
 
+    async def _read(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        number = request.query.get("to", "")
+        if not number:
+            return web.json_response({"error": "to is required"}, status=400)
+        return web.json_response({"messages": self.to(number)})
+
+
 async def _serve(port: int, api_key: str) -> None:
     provider = await FakeSmsProvider(api_key=api_key, port=port).start()
-    print(f"fake SMS provider on {provider.url} (key {api_key!r})", flush=True)
+    # The key is not printed: local runs generate it into the data dir.
+    print(json.dumps({"service": "sms", "port": provider._site_port}), flush=True)
     await asyncio.Event().wait()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8025)
-    parser.add_argument("--api-key", default="test-sms-key")
+    # The key from the environment keeps it off the process list (`finmesh up` passes it so).
+    parser.add_argument("--api-key", default=os.environ.get("FINMESH_FAKE_API_KEY", "test-sms-key"))
     args = parser.parse_args()
     asyncio.run(_serve(args.port, args.api_key))
 

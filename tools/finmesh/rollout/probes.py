@@ -33,9 +33,11 @@ class Prober:
     """Probe calls against one target. Each method returns None on success, else a short failure reason."""
 
     def __init__(self, service: str, target: str, *, server_name: str = "",
-                 synthetic: SyntheticPayment | None = None, timeout: float = 3.0) -> None:
+                 synthetic: SyntheticPayment | None = None, timeout: float = 3.0, token: str = "") -> None:
         self._service = service
         self._synthetic = synthetic
+        # The test accounts' owner's access token, for the read and the synthetic payment (never logged).
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._timeout = timeout
         self._channel = open_channel(target, server_name=server_name)
 
@@ -58,7 +60,8 @@ class Prober:
                     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             if self._synthetic is not None:
                 pay_grpc.PaymentsServiceStub(self._channel).GetAccount(
-                    pay_pb.GetAccountRequest(account_id=self._synthetic.payer_account_id), timeout=self._timeout)
+                    pay_pb.GetAccountRequest(account_id=self._synthetic.payer_account_id), timeout=self._timeout,
+                    metadata=self._metadata)
         except grpc.RpcError as error:
             return error.code().name  # type: ignore[attr-defined, no-any-return]  # RpcError is also a Call
         return None
@@ -75,9 +78,9 @@ class Prober:
                 payer_account_id=s.payer_account_id, payee_account_id=s.payee_account_id,
                 amount=money_pb2.Money(currency_code=s.currency, minor_units=s.amount),
                 capture_mode=pay_pb.CAPTURE_MODE_AUTOMATIC, description="finmesh rollout synthetic payment",
-            ), timeout=self._timeout).payment
+            ), timeout=self._timeout, metadata=self._metadata).payment
             read = stub.GetPayment(pay_pb.GetPaymentRequest(payment_id=created.payment_id),
-                                   timeout=self._timeout).payment
+                                   timeout=self._timeout, metadata=self._metadata).payment
         except grpc.RpcError as error:
             return f"synthetic payment: {error.code().name}: {error.details()}"  # type: ignore[attr-defined]
         if read.payment_id != created.payment_id or read.status not in _ACCEPTED:

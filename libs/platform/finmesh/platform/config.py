@@ -43,10 +43,10 @@ class ServiceSettings(BaseSettings):
     payments_target: str = ""
     risk_target: str = ""
     notify_target: str = ""
-    # "enforce": every RPC checks the caller's token against the permission its proto declares
-    # (finmesh.platform.auth). "off" lets every call through; it is the default only until the
-    # payments, risk and notify suites carry tokens, then it flips to "enforce".
-    auth_mode: Literal["enforce", "off"] = "off"
+    # "enforce" (the default): every RPC checks the caller's token against the permission its proto
+    # declares (finmesh.platform.auth). "off" lets every call through: only for a test or drill that
+    # says why it needs it.
+    auth_mode: Literal["enforce", "off"] = "enforce"
     # How often cached token-verification keys are refreshed from identity.
     auth_keys_refresh_seconds: float = Field(default=60.0, gt=0)
     # Service-to-service tokens (finmesh.platform.auth_service): this service's name and credential

@@ -18,6 +18,8 @@ _DECISIONS = {
     risk_pb.DECISION_DECLINE: RiskDecision.DECLINE,
 }
 
+_TIERS = {"low": risk_pb.RISK_TIER_LOW, "medium": risk_pb.RISK_TIER_MEDIUM, "high": risk_pb.RISK_TIER_HIGH}
+
 
 @dataclass(frozen=True)
 class RiskVerdict:
@@ -39,6 +41,8 @@ class PaymentFacts:
     device_id: str = ""
     ip_address: str = ""
     ip_country: str = ""
+    payer_tier: str = ""  # "low" | "medium" | "high"; anything else is sent as unspecified
+    synthetic: bool = False
 
 
 class RiskClient:
@@ -56,6 +60,8 @@ class RiskClient:
                 device_id=facts.device_id,
                 ip_address=facts.ip_address,
                 ip_country=facts.ip_country,
+                payer_tier=_TIERS.get(facts.payer_tier, risk_pb.RISK_TIER_UNSPECIFIED),
+                synthetic=facts.synthetic,
             ),
             timeout=timeout,
         )

@@ -24,6 +24,9 @@ class PaymentsSettings(ServiceSettings):
     )
     # Tier of users payments has no tier for (see store.tiers).
     default_tier: str = "medium"
+    # Owners of the rollout probes' dedicated accounts: payments from them reach risk marked synthetic
+    # (kept out of velocity, AML and indicators), e.g. FINMESH_SYNTHETIC_OWNER_IDS='["rollout-probe"]'.
+    synthetic_owner_ids: list[str] = Field(default_factory=list)
     # Daily limits count calendar days at this offset from UTC (China: +8 h, no DST).
     limits_utc_offset_minutes: int = Field(default=480, ge=-720, le=840)
 

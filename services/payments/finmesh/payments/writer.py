@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from finmesh.payments.domain.audit import GENESIS_HASH
 from finmesh.payments.domain.limits import limit_day
 from finmesh.payments.store.schema import audit_head, idempotency
-from finmesh.payments.store.tiers import TierSource
+from finmesh.payments.store.tiers import PrincipalTierSource, TierSource
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.platform.errors import DomainError, FailedPrecondition, InvalidArgument
 from finmesh.platform.idempotency import StoredRefusal
@@ -80,7 +80,8 @@ class LedgerWriter:
                  on_commit: Callable[[], None] | None = None, limits_utc_offset_minutes: int = 480) -> None:
         self._limits_offset = limits_utc_offset_minutes
         self._engine = engine
-        self.tier_source = tier_source
+        # The paying customer's token tier first; `tier_source` (payments' table by default) for other callers.
+        self.tier_source: TierSource = PrincipalTierSource(tier_source)
         self._to_status = to_status
         self._max_batch = max_batch
         self._on_commit = on_commit or (lambda: None)

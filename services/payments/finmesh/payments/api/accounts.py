@@ -8,11 +8,13 @@ import grpc
 
 from finmesh.payments.api import convert
 from finmesh.payments.api.common import MAX_ID, ServicerBase, page_size, require_id
+from finmesh.payments.api.ownership import require_openable
 from finmesh.payments.domain.ledger import AccountKind
 from finmesh.payments.store import queries, rows
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.payments.usecases import accounts as usecase
 from finmesh.payments.v1 import payments_service_pb2 as pb
+from finmesh.platform.auth_context import require_owner
 from finmesh.platform.errors import NotFound, Validator
 from finmesh.platform.money import validate_currency
 
@@ -21,6 +23,9 @@ MAX_REASON = 100
 
 class AccountsRpcs(ServicerBase):
     async def OpenAccount(self, request: pb.OpenAccountRequest, context: grpc.aio.ServicerContext) -> Any:
+        if request.kind in convert.OPENABLE_KINDS:
+            # Before the field checks: a customer asking for a platform account hears "not yours to open".
+            require_openable(convert.OPENABLE_KINDS[request.kind])
         v = Validator()
         v.require(request.kind in convert.OPENABLE_KINDS, "kind",
                   "one of CUSTOMER_WALLET, MERCHANT, PLATFORM_FEE, RISK_RESERVE (clearing accounts open by themselves)")
@@ -48,10 +53,12 @@ class AccountsRpcs(ServicerBase):
             row = (await queries.accounts_by_id(conn, [request.account_id])).get(request.account_id)
         if row is None:
             raise NotFound("ACCOUNT_NOT_FOUND", "account not found", account_id=request.account_id)
+        require_owner(row.owner_id, "accounts")
         return pb.GetAccountResponse(account=convert.account(rows.account_state(row)))
 
     async def ListAccounts(self, request: pb.ListAccountsRequest, context: grpc.aio.ServicerContext) -> Any:
         require_id(request.owner_id, "owner_id")
+        require_owner(request.owner_id, "accounts")  # the authorizer checks it too (OWNED_FIELDS): belt and braces
         size = page_size(request.page_size)
         async with self.deps.reader.connect() as conn:
             found = await queries.accounts_of(conn, request.owner_id, request.page_token[:MAX_ID], size + 1)

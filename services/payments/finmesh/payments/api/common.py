@@ -20,6 +20,7 @@ from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.domain.limits import LimitPolicy
 from finmesh.payments.usecases.payments import LimitRules
 from finmesh.payments.writer import Action, Command, LedgerWriter, stored_answer
+from finmesh.platform.auth_context import acting_as, current_principal
 from finmesh.platform.errors import FieldViolation, InvalidArgument
 from finmesh.platform.idempotency import IdempotencyStore, request_fingerprint, validate_key
 from finmesh.platform.money import validate_amount
@@ -64,13 +65,27 @@ class ServicerBase:
         validate_key(request.idempotency_key)
         reply = await self.deps.writer.submit(Command(
             method=method, key=request.idempotency_key, fingerprint=request_fingerprint(request),
-            response_type=response_type, action=action, render=render, record_success=record_success,
+            response_type=response_type, action=_as_caller(action), render=render, record_success=record_success,
             exclusive=exclusive, accounts=accounts,
         ))
         if record_success and method in self.deps.settings.failpoint_kill_after_commit:
             # Fault injection for crash tests: the answer is committed, the reply never leaves.
             os.kill(os.getpid(), signal.SIGKILL)
         return reply
+
+
+def _as_caller(action: Action) -> Action:
+    """`action` run as the current caller: the writer's task does not share the handler's context (the
+    tier source reads the caller's token tier)."""
+    principal = current_principal()
+    if principal is None:
+        return action
+
+    async def run(uow: Any) -> Any:
+        with acting_as(principal):
+            return await action(uow)
+
+    return run
 
 
 def valid_id(value: str) -> bool:

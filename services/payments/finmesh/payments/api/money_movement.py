@@ -18,6 +18,7 @@ from finmesh.payments.api.common import (
     require_id,
     valid_id,
 )
+from finmesh.payments.api.ownership import require_account_owner
 from finmesh.payments.channels import ChannelAdapter, ChannelUnavailable
 from finmesh.payments.store import queries
 from finmesh.payments.store.uow import UnitOfWork
@@ -43,6 +44,8 @@ class MoneyMovementRpcs(ServicerBase):
 
     async def _channel_operation(self, method: str, kind: str, request: Any, response_type: Any) -> Any:
         adapter = self._validate_channel_request(request, payout=kind == usecase.PAYOUT)
+        # Before the replay: another customer's key must not read this one's stored answer.
+        await require_account_owner(self.deps.reader, request.account_id)
         prior = await self.replay(method, request, response_type)
         if prior is not None:
             return prior
@@ -103,6 +106,7 @@ class MoneyMovementRpcs(ServicerBase):
     async def ListLedgerEntries(self, request: pb.ListLedgerEntriesRequest,
                                 context: grpc.aio.ServicerContext) -> Any:
         require_id(request.account_id, "account_id")
+        await require_account_owner(self.deps.reader, request.account_id)
         size = page_size(request.page_size)
         token = decode_token(request.page_token, 1)
         if token is not None and not token[0].isdigit():

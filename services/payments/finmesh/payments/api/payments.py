@@ -18,6 +18,8 @@ from finmesh.payments.api.common import (
     page_size,
     require_id,
 )
+from finmesh.payments.api.ownership import require_account_owner, require_payment_party
+from finmesh.payments.api.risk_context import RiskFacts, validate_risk_context
 from finmesh.payments.clients import PaymentFacts, RiskVerdict
 from finmesh.payments.domain.ledger import AccountState, AccountStatus
 from finmesh.payments.domain.payments import PaymentRequest, RiskDecision, validate_payment_request
@@ -44,6 +46,8 @@ _log = get_logger("finmesh.payments")
 # asks risk about the same payment id, so risk counts it once.
 _PAYMENT_NAMESPACE = uuid.UUID("8f0e6c1e-6a35-4a4e-9d3b-6f1f2b9c1a10")
 MAX_NOTE = 500
+# Only these mean risk is down or slow (the unavailable policy applies); any other refusal is a fault.
+_RISK_DOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 MAX_REASON = 200
 
 
@@ -57,6 +61,9 @@ class PaymentRpcs(ServicerBase):
                                  request.amount.minor_units, request.description, request.HasField("amount"))
         if request.capture_mode not in convert.CAPTURE_MODES:
             raise InvalidArgument(FieldViolation("capture_mode", "unknown capture mode"))
+        risk_context = validate_risk_context(request.risk_context)
+        # Before the replay: another customer's key must not read this one's stored answer.
+        await require_account_owner(self.deps.reader, request.payer_account_id)
         payment = PaymentRequest(
             payer_account_id=request.payer_account_id,
             payee_account_id=request.payee_account_id,
@@ -69,7 +76,7 @@ class PaymentRpcs(ServicerBase):
             if prior is not None:
                 return prior
             try:
-                payer = await self._precheck(conn, payment)
+                payer, tier = await self._precheck(conn, payment)
             except DomainError as error:
                 refusal = error
             else:
@@ -77,7 +84,7 @@ class PaymentRpcs(ServicerBase):
         if refusal is not None:
             return await self._refuse("CreatePayment", request, pb.CreatePaymentResponse, refusal)
         payment_id = str(uuid.uuid5(_PAYMENT_NAMESPACE, request.idempotency_key))
-        verdict = await self._assess(payment_id, payment, payer, request.risk_context, context)
+        verdict = await self._assess(payment_id, payment, payer, tier, risk_context, context)
         limits = self.deps.limits
 
         async def action(uow: UnitOfWork) -> Any:
@@ -90,11 +97,12 @@ class PaymentRpcs(ServicerBase):
                   risk_decision=verdict.decision.value)
         return reply
 
-    async def _precheck(self, conn: Any, payment: PaymentRequest) -> AccountState:
+    async def _precheck(self, conn: Any, payment: PaymentRequest) -> tuple[AccountState, str]:
         """Refuse what cannot succeed before spending risk's capacity (and the payer's velocity budget) on it.
 
         Reads a snapshot through a unit of work that is never flushed; the
         same rules run again, authoritatively, inside the ledger writer.
+        Returns the payer and their tier (from the caller's token, see store.tiers).
         """
         uow = UnitOfWork(conn, datetime.now(UTC), self.deps.writer.tier_source)
         payer, _ = await usecase.parties(uow, payment.payer_account_id, payment.payee_account_id,
@@ -105,7 +113,7 @@ class PaymentRpcs(ServicerBase):
         if payer.available < payment.amount.minor_units:
             raise FailedPrecondition("INSUFFICIENT_FUNDS", "insufficient available balance",
                                      account_id=payer.account_id)
-        return payer
+        return payer, (await uow.tier(payer.owner_id) if payer.owner_id else "")
 
     async def _refuse(self, method: str, request: Any, response_type: Any, error: DomainError) -> Any:
         """Store a refusal found before the writer, so a retry with this key is refused the same way.
@@ -121,22 +129,32 @@ class PaymentRpcs(ServicerBase):
 
         return await self.submit(method, request, response_type, refuse, _payment_reply(response_type))
 
-    async def _assess(self, payment_id: str, payment: PaymentRequest, payer: AccountState,
-                      risk_context: pb.RiskContext, context: grpc.aio.ServicerContext) -> RiskVerdict:
+    async def _assess(self, payment_id: str, payment: PaymentRequest, payer: AccountState, tier: str,
+                      risk_context: RiskFacts, context: grpc.aio.ServicerContext) -> RiskVerdict:
+        settings = self.deps.settings
         facts = PaymentFacts(
             payment_id=payment_id,
             payer_user_id=payer.owner_id,
             payer_account_id=payment.payer_account_id,
             payee_account_id=payment.payee_account_id,
             amount=payment.amount,
-            device_id=risk_context.device_id[:MAX_ID],
-            ip_address=risk_context.ip_address[:MAX_ID],
-            ip_country=risk_context.ip_country[:2],
+            device_id=risk_context.device_id,
+            ip_address=risk_context.ip_address,
+            ip_country=risk_context.ip_country,
+            payer_tier=tier,
+            # Rollout probes pay between dedicated accounts; risk keeps them out of velocity, AML and
+            # indicators. Decided here from configuration, never from the caller, so nobody opts out of risk.
+            synthetic=bool(payer.owner_id) and payer.owner_id in settings.synthetic_owner_ids,
         )
-        settings = self.deps.settings
         try:
             return await self.deps.risk.assess(facts, remaining_timeout(context, settings.call_timeout_seconds))
         except grpc.aio.AioRpcError as error:
+            if error.code() not in _RISK_DOWN:
+                # Risk answered, but refused the call: a bug or a misconfiguration (credentials, keys, contract).
+                # Never approve or hold funds on a risk check that did not happen: refuse, retryable once fixed.
+                _log.error("risk_call_refused", code=error.code().name)
+                raise Unavailable("RISK_UNAVAILABLE",
+                                  "risk control refused the check; retry with the same key later") from None
             _log.warning("risk_unavailable", code=error.code().name, policy=settings.risk_unavailable_policy)
             if settings.risk_unavailable_policy == "decline":
                 raise Unavailable("RISK_UNAVAILABLE", "risk control did not answer; retry with the same key") from None
@@ -205,10 +223,12 @@ class PaymentRpcs(ServicerBase):
             row = await queries.payment_by_id(conn, request.payment_id)
         if row is None:
             raise NotFound("PAYMENT_NOT_FOUND", "payment not found", payment_id=request.payment_id)
+        await require_payment_party(self.deps.reader, row.payer_account_id, row.payee_account_id)
         return pb.GetPaymentResponse(payment=convert.payment(rows.payment_state(row)))
 
     async def ListPayments(self, request: pb.ListPaymentsRequest, context: grpc.aio.ServicerContext) -> Any:
         require_id(request.account_id, "account_id")
+        await require_account_owner(self.deps.reader, request.account_id)
         size = page_size(request.page_size)
         after = decode_time_token(request.page_token)
         async with self.deps.reader.connect() as conn:

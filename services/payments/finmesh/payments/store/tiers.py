@@ -1,11 +1,13 @@
-"""Where a user's risk tier comes from: a small protocol, and the default that reads payments' own table.
+"""Where a user's risk tier comes from: the caller's access token, else payments' own table.
 
-Identity owns tiers (set at onboarding from risk's assessment). Until they
-travel inside identity's access tokens, payments keeps a copy per user in
-`account_tiers`, written through the internal admin command
+Identity owns tiers (set at onboarding from risk's assessment) and signs
+them into access tokens (`tier` claim). A customer paying presents their own
+token, so `PrincipalTierSource` takes their tier from it without a read.
+For anyone else (an operator or service acting on a user's account, or
+FINMESH_AUTH_MODE=off) payments keeps a copy per user in `account_tiers`,
+written through the internal admin command
 (`python -m finmesh.payments.admin set-tier USER TIER`); a user without a row
-gets FINMESH_DEFAULT_TIER. A token-based source only has to implement
-TierSource.
+gets FINMESH_DEFAULT_TIER.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finmesh.payments.store.schema import account_tiers
+from finmesh.platform.auth_context import current_principal
 
 MAX_TIER = 20
 
@@ -40,6 +43,32 @@ class TableTierSource:
             found = {r.owner_id: r.tier for r in await conn.execute(
                 select(t.owner_id, t.tier).where(t.owner_id.in_(wanted)))}
         return {owner: found.get(owner, self._default) for owner in wanted}
+
+
+class PrincipalTierSource:
+    """The tier in the calling customer's token for their own user id; `fallback` for everyone else.
+
+    The ledger writer runs commands in its own task: the servicer hands it the
+    caller (finmesh.payments.api.common.ServicerBase.submit), so this reads the
+    same principal there as in the handler.
+    """
+
+    TOKEN_TIERS = frozenset({"low", "medium", "high"})
+
+    def __init__(self, fallback: TierSource) -> None:
+        self._fallback = fallback
+
+    async def tiers(self, conn: AsyncConnection, owner_ids: Collection[str]) -> dict[str, str]:
+        wanted = set(owner_ids)
+        principal = current_principal()
+        found: dict[str, str] = {}
+        if (principal is not None and principal.is_customer and principal.subject in wanted
+                and principal.risk_tier in self.TOKEN_TIERS):
+            found[principal.subject] = principal.risk_tier
+        rest = wanted - found.keys()
+        if rest:
+            found.update(await self._fallback.tiers(conn, rest))
+        return found
 
 
 async def set_tier(engine: AsyncEngine, owner_id: str, tier: str) -> None:

@@ -1,0 +1,59 @@
+"""Customers act only on their own accounts and payments; what kinds of account a customer may open.
+
+The platform's authorizer has already checked the permission each RPC
+declares and that a customer names only themselves where a request carries a
+user id. Accounts and payments are named by their own ids, so payments looks
+their owner up here (only for customer callers: operators, services and
+FINMESH_AUTH_MODE=off pass without a read). A missing account is left to the
+handler, which answers NOT_FOUND as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from finmesh.payments.domain.ledger import AccountKind
+from finmesh.payments.store import queries
+from finmesh.platform.auth_context import current_principal, require_owner
+from finmesh.platform.auth_roles import ENTERPRISE, INSTITUTION
+from finmesh.platform.errors import PermissionDenied
+
+# Merchants are businesses: a personal customer holds wallets only.
+_MERCHANT_ROLES = frozenset({ENTERPRISE, INSTITUTION})
+
+
+def customer_caller() -> bool:
+    principal = current_principal()
+    return principal is not None and principal.is_customer
+
+
+async def require_account_owner(reader: Any, account_id: str) -> None:
+    """PERMISSION_DENIED when a customer names an account someone else owns."""
+    if not customer_caller():
+        return
+    async with reader.connect() as conn:
+        row = (await queries.accounts_by_id(conn, [account_id])).get(account_id)
+    if row is not None:
+        require_owner(row.owner_id, "accounts")
+
+
+async def require_payment_party(reader: Any, payer_account_id: str, payee_account_id: str) -> None:
+    """A customer may read a payment they pay or receive, no other."""
+    principal = current_principal()
+    if principal is None or not principal.is_customer:
+        return
+    async with reader.connect() as conn:
+        found = await queries.accounts_by_id(conn, [payer_account_id, payee_account_id])
+    if not any(row.owner_id == principal.subject for row in found.values()):
+        raise PermissionDenied("PERMISSION_MISSING", "customers may only act on their own payments")
+
+
+def require_openable(kind: AccountKind) -> None:
+    """Customers open wallets; enterprises and institutions also merchant accounts; platform accounts are
+    operators' (admin)."""
+    principal = current_principal()
+    if principal is None or not principal.is_customer or kind is AccountKind.CUSTOMER_WALLET:
+        return
+    if kind is AccountKind.MERCHANT and principal.roles & _MERCHANT_ROLES:
+        return
+    raise PermissionDenied("PERMISSION_MISSING", f"customers of this kind may not open {kind.value} accounts")
