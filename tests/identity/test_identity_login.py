@@ -197,3 +197,18 @@ async def test_first_admin_is_bootstrapped_then_grants_roles(env: IdentityEnv) -
     denied = await _refused(env.stub.AssignRole(pb.AssignRoleRequest(
         idempotency_key=key(), user_id=colleague_id, role=pb.ROLE_ADMIN), metadata=md(customer)))
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_login_while_the_signing_key_is_due_for_a_reread(env: IdentityEnv) -> None:
+    """Tokens are signed inside the login's write transaction; re-reading the active key then must not wait
+    behind that transaction (on SQLite it would queue for the write lock until the busy timeout)."""
+    person = new_person()
+    await env.onboard(person)
+    env.app.deps.keys._reload_seconds = 0.0  # every signature finds the cached key due for a re-read
+    for _ in range(3):
+        challenge = await env.stub.Login(pb.LoginRequest(idempotency_key=key(), login=person.phone,
+                                                         password=PASSWORD), timeout=5)
+        reply = await env.stub.CompleteLogin(pb.CompleteLoginRequest(
+            idempotency_key=key(), challenge_id=challenge.challenge_id, code=env.notify.last_code_to(person.phone)),
+            timeout=5)
+        assert _part(reply.tokens.access_token, 1)["sub"]

@@ -4,11 +4,16 @@ Rotation retires the active key (its private half is destroyed at once) and
 keeps its public half published until every token it signed has expired
 (`max_token_ttl` plus clock leeway), so verifiers never refuse a live token.
 Replicas re-read the active key every few seconds, so a rotation on one
-replica reaches the others without a restart.
+replica reaches the others without a restart. The re-read runs in the
+background: tokens are signed inside the callers' write transactions
+(CompleteLogin, RefreshToken), and on SQLite a re-read on another connection
+would queue behind that very transaction's write lock (BEGIN IMMEDIATE) until
+the busy timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -40,15 +45,17 @@ class KeyRing:
         self._reload_seconds = reload_seconds
         self._signer: tuple[str, Ed25519PrivateKey] | None = None
         self._loaded_at = -1e18
+        self._reloading: asyncio.Task[None] | None = None
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
     async def ensure_key(self) -> None:
-        """Create the first key of a fresh database."""
+        """Create the first key of a fresh database, and load the signer (at start, outside any transaction)."""
         async with self._engine.begin() as conn:
             if await keys.active(conn) is None:
                 await self._add(conn)
+        await self._reload()
 
     async def sign(self, claims: dict[str, Any]) -> str:
         kid, private_key = await self._active()
@@ -75,9 +82,9 @@ class KeyRing:
         await keys.retire_active(conn, now, now + self._overlap)
         return await self._add(conn)
 
-    def forget(self) -> None:
-        """Re-read the active key on next use (call after a rotation committed)."""
-        self._loaded_at = -1e18
+    async def reload_now(self) -> None:
+        """Re-read the active key at once; call after a rotation committed, outside any transaction."""
+        await self._reload()
 
     async def _add(self, conn: AsyncConnection) -> str:
         kid = f"ed25519-{uuid.uuid4().hex[:16]}"
@@ -88,15 +95,22 @@ class KeyRing:
         return kid
 
     async def _active(self) -> tuple[str, Ed25519PrivateKey]:
-        if self._signer is None or time.monotonic() - self._loaded_at > self._reload_seconds:
-            async with self._engine.connect() as conn:
-                row = await keys.active(conn)
-                await conn.rollback()
-            if row is None:
-                await self.ensure_key()
-                return await self._active()
-            if self._signer is None or self._signer[0] != row.kid:
-                raw = self._vault.unseal(_SEAL_PURPOSE, row.kid, row.private_key_enc)
-                self._signer = (row.kid, Ed25519PrivateKey.from_private_bytes(raw))
-            self._loaded_at = time.monotonic()
+        if self._signer is None:
+            await self._reload()  # only before ensure_key ran: no caller transaction to wait behind
+        elif time.monotonic() - self._loaded_at > self._reload_seconds and (
+                self._reloading is None or self._reloading.done()):
+            self._reloading = asyncio.create_task(self._reload())
+        assert self._signer is not None
         return self._signer
+
+    async def _reload(self) -> None:
+        async with self._engine.connect() as conn:
+            row = await keys.active(conn)
+            await conn.rollback()
+        if row is None:
+            await self.ensure_key()
+            return
+        if self._signer is None or self._signer[0] != row.kid:
+            raw = self._vault.unseal(_SEAL_PURPOSE, row.kid, row.private_key_enc)
+            self._signer = (row.kid, Ed25519PrivateKey.from_private_bytes(raw))
+        self._loaded_at = time.monotonic()

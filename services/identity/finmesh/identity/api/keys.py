@@ -40,6 +40,6 @@ class KeyRpcs:
             return pb.RotateSigningKeyResponse(active_key_id=await d.keys.rotate(conn))
 
         reply = await d.idem.run("RotateSigningKey", request, pb.RotateSigningKeyResponse, op)
-        d.keys.forget()
+        await d.keys.reload_now()  # this replica signs with the new key from the next token on
         _log.info("signing_key_rotated", active_key_id=reply.active_key_id)
         return reply
