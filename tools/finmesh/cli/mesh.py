@@ -122,11 +122,15 @@ class Mesh:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         ports = self.ports()
         targets = {f"FINMESH_{name.upper()}_TARGET": f"127.0.0.1:{port}" for name, port in ports.items()}
-        if self.with_fakes:
-            targets.update(self.start_fakes(timeout))
-        for name in SERVICES:
-            self.start_one(name, ports[name], targets)
-        self.wait_ready(timeout)
+        try:
+            if self.with_fakes:
+                targets.update(self.start_fakes(timeout))
+            for name in SERVICES:
+                self.start_one(name, ports[name], targets)
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()  # leave no fake or service behind
+            raise
 
     def start_fakes(self, timeout: float = 30.0) -> dict[str, str]:
         """Start the fakes (ports after the services' with a base port), record them; returns the services' env."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import uuid
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ from opentelemetry import trace
 
 from finmesh.cli.mesh import Fake
 from finmesh.common.v1 import money_pb2
+from finmesh.identity.domain.id_number import check_char
 from finmesh.identity.v1 import identity_service_pb2 as id_pb
 from finmesh.identity.v1 import identity_service_pb2_grpc as id_grpc
 from finmesh.notify.v1 import notify_service_pb2 as no_pb
@@ -30,9 +32,16 @@ class Person:
     email: str
 
 
-# Synthetic people: identity numbers with valid check digits, reserved-looking contacts.
-ALICE = Person("测试甲", "11010519491231002X", "+8613800138000", "alice@example.com")
-BOB = Person("测试乙", "440305198511204563", "+8613900139000", "bob@example.com")
+def new_people() -> tuple[Person, Person]:
+    """Two synthetic people (valid check digits, example.com mail) no earlier run registered: identity
+    refuses a second registration of anyone, and `finmesh demo` may run again against one mesh."""
+    people = []
+    for name, region, birth in (("测试甲", "110105", "19900517"), ("测试乙", "440305", "19851120")):
+        tag = secrets.randbelow(10**8)
+        first17 = f"{region}{birth}{secrets.randbelow(1000):03d}"
+        people.append(Person(name, first17 + check_char(first17), f"+86138{tag:08d}",
+                             f"demo-{tag:08d}-{len(people)}@example.com"))
+    return people[0], people[1]
 
 
 @dataclass
@@ -48,6 +57,8 @@ class SliceResult:
     payee_receipts: int
     # user id -> the access token the demo logged in with; kept out of repr so it is never printed.
     tokens: dict[str, str] = field(default_factory=dict, repr=False)
+    # Who was onboarded (personal data: out of repr too; tests look for it in logs and spans).
+    people: tuple[Person, ...] = field(default=(), repr=False)
 
 
 def _channel(target: str, provider: trace.TracerProvider | None) -> grpc.aio.Channel:
@@ -120,7 +131,7 @@ async def _onboard(identity: id_grpc.IdentityServiceStub, handset: Handset, pers
     return user_id, done.tokens.access_token
 
 
-async def run_slice(targets: dict[str, str], sms: Fake, *, people: tuple[Person, Person] = (ALICE, BOB),
+async def run_slice(targets: dict[str, str], sms: Fake, *, people: tuple[Person, Person] | None = None,
                     top_up: int = 100_000, pay: int = 12_345, wait_seconds: float = 10.0,
                     tracer_provider: trace.TracerProvider | None = None) -> SliceResult:
     """Onboard two users (all three checks, codes read from the fake SMS provider `sms`), log both in with
@@ -131,6 +142,7 @@ async def run_slice(targets: dict[str, str], sms: Fake, *, people: tuple[Person,
     Tokens stay in memory: nothing here prints or logs them.
     """
     run = uuid.uuid4().hex[:8]
+    people = people or new_people()
     password = f"correct horse {run}"
     tracer = trace.get_tracer("finmesh.cli", tracer_provider=tracer_provider)
     async with _channel(targets["identity"], tracer_provider) as id_ch, \
@@ -166,7 +178,7 @@ async def run_slice(targets: dict[str, str], sms: Fake, *, people: tuple[Person,
             ), metadata=bearer(tokens[0]), timeout=5)
         received = await _wait_for_receipt(notify, users[1], tokens[1], wait_seconds)
     return SliceResult(trace_id, users[0], users[1], wallets[0], wallets[1], payment.payment.payment_id,
-                       top_up, pay, received, {users[0]: tokens[0], users[1]: tokens[1]})
+                       top_up, pay, received, {users[0]: tokens[0], users[1]: tokens[1]}, tuple(people))
 
 
 async def _wait_for_receipt(notify: no_grpc.NotifyServiceStub, user_id: str, token: str, wait_seconds: float) -> int:
