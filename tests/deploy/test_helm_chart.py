@@ -40,6 +40,8 @@ EXPECTED_SELECTORS: dict[str, dict[str, tuple[str, str | None]]] = {
     },
     "mtls-on": {**_ALL_BLUE, "payments": ("blue", "green")},
     "minimal": {"identity": ("blue", None), "payments": ("blue", None), "risk": ("blue", None)},
+    "auth-registry-rules": _ALL_BLUE,
+    "auth-off": _ALL_BLUE,
 }
 
 # Who may connect to whom (the callers in values.yaml: services.<caller>.calls).
@@ -367,6 +369,76 @@ def test_service_config_overrides_and_optional_parts(helm: Any) -> None:
     assert set(objects(docs, "Job")) == {f"{base_name('identity')}-migrate", f"{base_name('payments')}-migrate"}
     spec = objects(docs, "Deployment")[f"{base_name('payments')}-blue"]["spec"]["template"]["spec"]
     assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+def _secret_ref(env: dict[str, Any], name: str) -> tuple[str, str]:
+    ref = env[name]["secretKeyRef"]
+    return ref["name"], ref["key"]
+
+
+def test_auth_is_enforced_with_credentials_from_secrets(helm: Any) -> None:
+    """Default values: FINMESH_AUTH_MODE=enforce everywhere; each caller's credential, identity's service
+    secret and master key come from Secrets by reference, never through a ConfigMap."""
+    docs = helm.render("default")
+    configmaps = objects(docs, "ConfigMap")
+    for name in SERVICES:
+        data = configmaps[f"{base_name(name)}-config"]["data"]
+        assert data["FINMESH_AUTH_MODE"] == "enforce"
+        assert data["FINMESH_SERVICE_NAME"] == name
+        assert not [k for k in data if any(word in k for word in ("SECRET", "CREDENTIAL", "MASTER_KEY", "API_KEY"))]
+        assert "FINMESH_IDENTITY_REGISTRY_URL" not in data and "FINMESH_RISK_RULES_FILE" not in data
+        for color in ("blue", "green"):
+            env = env_of(_container(objects(docs, "Deployment")[f"{base_name(name)}-{color}"]))
+            if name == "identity":
+                assert _secret_ref(env, "FINMESH_SERVICE_SECRET") == ("finmesh-service-secret", "secret")
+                assert _secret_ref(env, "FINMESH_IDENTITY_MASTER_KEY") == ("finmesh-identity-master-key", "key")
+                assert "FINMESH_SERVICE_CREDENTIAL" not in env  # identity signs its own service tokens
+            else:
+                assert _secret_ref(env, "FINMESH_SERVICE_CREDENTIAL") == (
+                    f"finmesh-{name}-service-credential", "credential")
+                assert "FINMESH_SERVICE_SECRET" not in env, "only identity holds the mesh secret"
+                assert "FINMESH_IDENTITY_MASTER_KEY" not in env
+            assert "FINMESH_IDENTITY_REGISTRY_API_KEY" not in env
+
+
+def test_registry_rules_and_auth_off(helm: Any) -> None:
+    """auth-registry-rules: registry URL in identity's ConfigMap and its key by Secret reference; risk's inline
+    rules in their own ConfigMap, mounted read-only where FINMESH_RISK_RULES_FILE points, and a rules edit rolls
+    no pods (risk reloads the file). auth-off: FINMESH_AUTH_MODE=off and no credential references."""
+    docs = helm.render("auth-registry-rules")
+    configmaps = objects(docs, "ConfigMap")
+    deployments = objects(docs, "Deployment")
+    identity = configmaps[f"{base_name('identity')}-config"]["data"]
+    assert identity["FINMESH_IDENTITY_REGISTRY_URL"] == "https://registry.example.com/api"
+    env = env_of(_container(deployments[f"{base_name('identity')}-blue"]))
+    assert _secret_ref(env, "FINMESH_IDENTITY_REGISTRY_API_KEY") == ("finmesh-registry", "token")
+    notify_env = env_of(_container(deployments[f"{base_name('notify')}-blue"]))
+    assert _secret_ref(notify_env, "FINMESH_SERVICE_CREDENTIAL") == ("notify-credential", "cred")
+
+    rules = configmaps[f"{base_name('risk')}-rules"]["data"]["rules.yaml"]
+    assert yaml.safe_load(rules) == {"version": "2026.01-cluster.1", "amount_tiers": []}
+    risk_data = configmaps[f"{base_name('risk')}-config"]["data"]
+    assert risk_data["FINMESH_RISK_RULES_FILE"] == "/etc/finmesh/risk/rules.yaml"
+    for color in ("blue", "green"):
+        pod = deployments[f"{base_name('risk')}-{color}"]["spec"]["template"]["spec"]
+        mounts = {m["name"]: m for m in _container(deployments[f"{base_name('risk')}-{color}"])["volumeMounts"]}
+        assert mounts["rules"] == {"name": "rules", "mountPath": "/etc/finmesh/risk", "readOnly": True}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["rules"]["configMap"]["name"] == f"{base_name('risk')}-rules"
+    assert not any(f"{base_name(n)}-rules" in configmaps for n in SERVICES if n != "risk")
+    edited = helm.render("auth-registry-rules", "--set-string", "services.risk.rules=version: other")
+    assert objects(edited, "ConfigMap")[f"{base_name('risk')}-rules"]["data"]["rules.yaml"].strip() == \
+        "version: other"
+    before = {n: d["spec"]["template"] for n, d in deployments.items()}
+    after = {n: d["spec"]["template"] for n, d in objects(edited, "Deployment").items()}
+    assert before == after, "a rules edit must not restart pods"
+
+    off = helm.render("auth-off")
+    for name in SERVICES:
+        assert objects(off, "ConfigMap")[f"{base_name(name)}-config"]["data"]["FINMESH_AUTH_MODE"] == "off"
+        if name != "identity":
+            env = env_of(_container(objects(off, "Deployment")[f"{base_name(name)}-blue"]))
+            assert "FINMESH_SERVICE_CREDENTIAL" not in env
 
 
 def test_migration_hook_jobs(helm: Any, value_set: str, chart_values: Any) -> None:

@@ -17,7 +17,17 @@ change here rolls both colors (a flip of activeColor changes nothing here).
   "OTEL_SERVICE_NAME" .name
   "OTEL_TRACES_SAMPLER" $root.Values.otel.sampler
   "OTEL_TRACES_SAMPLER_ARG" $root.Values.otel.samplerArg
+  "FINMESH_AUTH_MODE" $root.Values.auth.mode
+  "FINMESH_SERVICE_NAME" .name
 -}}
+{{- with $svc.registry -}}
+{{- if .url -}}
+{{- $_ := set $data "FINMESH_IDENTITY_REGISTRY_URL" .url -}}
+{{- end -}}
+{{- end -}}
+{{- if $svc.rules -}}
+{{- $_ := set $data "FINMESH_RISK_RULES_FILE" (printf "%s/rules.yaml" (include "finmesh.rulesDir" .)) -}}
+{{- end -}}
 {{- range $callee := $svc.calls -}}
 {{- if (index $root.Values.services $callee).enabled -}}
 {{- $target := printf "%s:%d" (include "finmesh.base" (dict "root" $root "name" $callee)) (int $root.Values.grpc.port) -}}
@@ -44,4 +54,29 @@ metadata:
     {{- include "finmesh.labels" . | nindent 4 }}
 data:
   {{- include "finmesh.configData" . | nindent 2 }}
+{{- end -}}
+
+
+{{/* Where risk's rules ConfigMap is mounted. */}}
+{{- define "finmesh.rulesDir" -}}/etc/finmesh/risk{{- end -}}
+
+{{/*
+risk's rules (services.risk.rules), a ConfigMap of their own mounted as a
+directory: the kubelet replaces the file in one step on an edit, and risk
+reloads it without a restart, so a rules change rolls no pods.
+*/}}
+{{- define "finmesh.rulesConfigMap" -}}
+{{- $svc := index .root.Values.services .name -}}
+{{- if $svc.rules }}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ include "finmesh.base" . }}-rules
+  labels:
+    {{- include "finmesh.labels" . | nindent 4 }}
+data:
+  rules.yaml: |
+    {{- $svc.rules | nindent 4 }}
+{{- end -}}
 {{- end -}}

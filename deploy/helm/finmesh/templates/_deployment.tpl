@@ -83,6 +83,7 @@ spec:
                 name: {{ include "finmesh.base" . }}-config
           env:
             {{- include "finmesh.databaseEnv" . | nindent 12 }}
+            {{- with include "finmesh.authEnv" . | trim }}{{ . | nindent 12 }}{{ end }}
             - name: K8S_POD_NAME
               valueFrom:
                 fieldRef:

@@ -145,6 +145,11 @@ seccompProfile:
 {{- define "finmesh.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if (index .root.Values.services .name).rules }}
+- name: rules
+  mountPath: {{ include "finmesh.rulesDir" . }}
+  readOnly: true
+{{- end }}
 {{- if .root.Values.mtls.enabled }}
 - name: mtls
   mountPath: {{ .root.Values.mtls.mountPath }}
@@ -156,6 +161,12 @@ seccompProfile:
 - name: tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- if (index .root.Values.services .name).rules }}
+- name: rules
+  configMap:
+    name: {{ include "finmesh.base" . }}-rules
+    defaultMode: 0444
+{{- end }}
 {{- if .root.Values.mtls.enabled }}
 - name: mtls
   secret:
@@ -168,6 +179,44 @@ seccompProfile:
         path: tls.key
       - key: ca.crt
         path: ca.crt
+{{- end }}
+{{- end -}}
+
+{{/*
+Secrets of the auth setup (services.<name>.auth, identity's registry key):
+never in the ConfigMap, always by secretKeyRef.
+*/}}
+{{- define "finmesh.authEnv" -}}
+{{- $svc := index .root.Values.services .name -}}
+{{- with $svc.auth.credentialSecret }}
+- name: FINMESH_SERVICE_CREDENTIAL
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $svc.auth.credentialKey }}
+{{- end }}
+{{- with $svc.auth.serviceSecret }}
+- name: FINMESH_SERVICE_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .key }}
+{{- end }}
+{{- with $svc.auth.masterKey }}
+- name: FINMESH_IDENTITY_MASTER_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .key }}
+{{- end }}
+{{- with $svc.registry }}
+{{- if .url }}
+- name: FINMESH_IDENTITY_REGISTRY_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .apiKeySecret }}
+      key: {{ .apiKeyKey }}
+{{- end }}
 {{- end }}
 {{- end -}}
 

@@ -8,6 +8,7 @@ Everything one service needs. templates/<service>.yaml calls it with
 {{- include "finmesh.validate" . -}}
 {{ include "finmesh.serviceAccount" . }}
 {{ include "finmesh.configMap" . }}
+{{ include "finmesh.rulesConfigMap" . }}
 {{ include "finmesh.activeService" . }}
 {{ include "finmesh.previewService" . }}
 {{ include "finmesh.networkPolicy" . }}
