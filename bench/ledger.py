@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, func, insert, select
 
 from finmesh.common.v1 import money_pb2
@@ -51,6 +50,8 @@ from finmesh.platform.idempotency import request_fingerprint
 from finmesh.platform.logs import configure_logging
 from finmesh.platform.money import Money
 from finmesh.platform.server import create_server
+from tests.auth import Issuer, bearer
+from tests.auth import channel as acting_channel
 
 WALLETS = 200
 UNLIMITED = {tier: {"CNY": {"single": 10**15, "daily_amount": 10**17, "daily_count": 10**9}}
@@ -189,8 +190,11 @@ async def run_database(kind: str, rounds: int, batch_size: int, payments: int, c
 
 async def _measure(kind: str, url: str, tmp: Path, rounds: int, batch_size: int, payments: int,
                    concurrency: int) -> Figures:
+    # Auth enforced as in production: the clients carry their owners' tokens (tests/auth.py).
+    issuer = await Issuer().start()
     settings = PaymentsSettings(host="127.0.0.1", port=0, data_dir=tmp, database_url=url, tracing_enabled=False,
-                                tier_limits=UNLIMITED, risk_target="127.0.0.1:1", notify_target="127.0.0.1:1")
+                                tier_limits=UNLIMITED, risk_target="127.0.0.1:1", notify_target="127.0.0.1:1",
+                                service_name="payments", **issuer.settings())
     app = await payments_app.build(settings)
     servicer = app.registrations[0].servicer
     servicer.deps.risk = ApprovingRisk()
@@ -200,21 +204,39 @@ async def _measure(kind: str, url: str, tmp: Path, rounds: int, batch_size: int,
     raw_engine = create_engine(url)
     await create_schema(raw_engine, _raw_metadata)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        async with acting_channel(f"127.0.0.1:{running.port}", issuer) as channel:
             stub = pb_grpc.PaymentsServiceStub(channel)
             wallets = await _funded_wallets(stub)
             batch = await _batch_rounds(stub, app.engine, raw_engine, wallets, rounds, batch_size)
         pay_rounds = max(2, rounds // 2)
         pay = await _payment_rounds(servicer, app.writer, raw_engine, wallets, pay_rounds, payments, concurrency,
                                     through_handler=False)
+        # The handler path skips gRPC but not the guard: each call presents its payer's token.
+        contexts = {wallet: _Context(bearer(issuer.customer(f"user-{i}"))) for i, wallet in enumerate(wallets)}
         handler = await _payment_rounds(servicer, app.writer, raw_engine, wallets, pay_rounds, payments,
-                                        concurrency, through_handler=True)
+                                        concurrency, through_handler=True, contexts=contexts)
     finally:
         await running.server.stop(0)
         await app.writer.stop()
         await raw_engine.dispose()
+        for authorizer in running.authorizers:
+            await authorizer.close()
+        await issuer.stop()
         await app.close()
     return Figures(kind, *batch, *pay, handler_payments_per_s=handler[0], handler_payments_per_commit=handler[1])
+
+
+class _Context:
+    """What the servicer guard reads from a gRPC context: the caller's metadata and remaining time."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def time_remaining(self) -> None:
+        return None
 
 
 async def _funded_wallets(stub: pb_grpc.PaymentsServiceStub) -> list[str]:
@@ -272,7 +294,8 @@ def ledger_payment(writer: LedgerWriter, request: pb.CreatePaymentRequest) -> Aw
 
 
 async def _payment_rounds(servicer: Any, writer: Any, raw_engine: Any, wallets: list[str], rounds: int,
-                          payments: int, concurrency: int, *, through_handler: bool) -> tuple[float, float, float]:
+                          payments: int, concurrency: int, *, through_handler: bool,
+                          contexts: dict[str, Any] | None = None) -> tuple[float, float, float]:
     """Concurrent payments through the whole handler, or straight into the ledger writer."""
     rng = random.Random(11 + through_handler)
     rates, per_commit, raw = [], [], []
@@ -289,7 +312,7 @@ async def _payment_rounds(servicer: Any, writer: Any, raw_engine: Any, wallets: 
             while queue:
                 request = queue.pop()
                 if through_handler:
-                    reply = await servicer.CreatePayment(request, None)
+                    reply = await servicer.CreatePayment(request, (contexts or {}).get(request.payer_account_id))
                 else:
                     reply = await ledger_payment(writer, request)
                 assert reply.payment.status == pb.PAYMENT_STATUS_CAPTURED

@@ -33,6 +33,7 @@ from finmesh.risk import app as risk_app
 from finmesh.risk.config import RiskSettings
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
+from tests.auth import Issuer, bearer
 
 PG = {"host": os.environ.get("FINMESH_TEST_PG_HOST", "127.0.0.1"),
       "port": int(os.environ.get("FINMESH_TEST_PG_PORT", "5432")),
@@ -73,17 +74,22 @@ async def _drop(name: str) -> None:
 
 
 async def measure(url: str, tmp: Path, rounds: int, seconds: float, concurrency: int) -> dict[str, list[Round]]:
-    settings = RiskSettings(host="127.0.0.1", port=0, database_url=url, data_dir=tmp, shutdown_grace_seconds=0.5)
+    # Auth enforced as in production: payments' service token on every AssessPayment (tests/auth.py's issuer
+    # stands in for identity; a verified token is cached, so this is the steady-state cost).
+    issuer = await Issuer().start()
+    settings = RiskSettings(host="127.0.0.1", port=0, database_url=url, data_dir=tmp, shutdown_grace_seconds=0.5,
+                            service_name="risk", **issuer.settings())
     app = await risk_app.build(settings)
     running = await start_app(app, settings)
     results: dict[str, list[Round]] = {"noop": [], "assess": []}
+    payments_token = bearer(issuer.service("payments"))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             risk = pb_grpc.RiskServiceStub(channel)
             health = health_pb2_grpc.HealthStub(channel)
             calls = {
                 "noop": lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10),
-                "assess": lambda: risk.AssessPayment(_request(), timeout=10),
+                "assess": lambda: risk.AssessPayment(_request(), timeout=10, metadata=payments_token),
             }
             for call in calls.values():  # warm-up: connections, caches, first rows
                 await closed_loop(call, concurrency=concurrency, seconds=1.0)
@@ -96,6 +102,9 @@ async def measure(url: str, tmp: Path, rounds: int, seconds: float, concurrency:
     finally:
         await running.server.stop(0)
         await app.close()
+        for authorizer in running.authorizers:
+            await authorizer.close()
+        await issuer.stop()
     return results
 
 

@@ -27,11 +27,14 @@ def customer_caller() -> bool:
     return principal is not None and principal.is_customer
 
 
-async def require_account_owner(reader: Any, account_id: str) -> None:
-    """PERMISSION_DENIED when a customer names an account someone else owns."""
+async def require_account_owner(reader: Any, account_id: str, conn: Any = None) -> None:
+    """PERMISSION_DENIED when a customer names an account someone else owns (on `conn` when given)."""
     if not customer_caller():
         return
-    async with reader.connect() as conn:
+    if conn is None:
+        async with reader.connect() as own:
+            row = (await queries.accounts_by_id(own, [account_id])).get(account_id)
+    else:
         row = (await queries.accounts_by_id(conn, [account_id])).get(account_id)
     if row is not None:
         require_owner(row.owner_id, "accounts")

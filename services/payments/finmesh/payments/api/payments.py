@@ -62,8 +62,6 @@ class PaymentRpcs(ServicerBase):
         if request.capture_mode not in convert.CAPTURE_MODES:
             raise InvalidArgument(FieldViolation("capture_mode", "unknown capture mode"))
         risk_context = validate_risk_context(request.risk_context)
-        # Before the replay: another customer's key must not read this one's stored answer.
-        await require_account_owner(self.deps.reader, request.payer_account_id)
         payment = PaymentRequest(
             payer_account_id=request.payer_account_id,
             payee_account_id=request.payee_account_id,
@@ -72,6 +70,8 @@ class PaymentRpcs(ServicerBase):
             description=request.description,
         )
         async with self.deps.reader.connect() as conn:
+            # Before the replay: another customer's key must not read this one's stored answer.
+            await require_account_owner(self.deps.reader, request.payer_account_id, conn)
             prior = await self.replay("CreatePayment", request, pb.CreatePaymentResponse, conn)
             if prior is not None:
                 return prior
