@@ -354,6 +354,9 @@ def test_targets_point_at_active_services_of_callees(helm: Any, chart_values: An
         assert data["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http")
         for key in ("FINMESH_SHUTDOWN_GRACE_SECONDS", "FINMESH_MAX_CONNECTION_AGE_SECONDS"):
             assert int(data[key]) > 0
+        # Pods never run DDL during a rollout: the pre-upgrade Job migrates; a pod on a database
+        # that is behind refuses to start with a clear message instead.
+        assert data["FINMESH_AUTO_MIGRATE"] == "false"
 
 
 def test_service_config_overrides_and_optional_parts(helm: Any) -> None:

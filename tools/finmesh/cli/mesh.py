@@ -143,7 +143,7 @@ class Mesh:
             with (self.log_dir / f"fake-{name}.log").open("ab") as log:
                 process = subprocess.Popen([sys.executable, "-m", module, "--port", str(port)],
                                            env={**os.environ, "FINMESH_FAKE_API_KEY": key},
-                                           stdout=subprocess.DEVNULL, stderr=log)
+                                           stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
             self.fake_processes[name] = process
             _wait_listening(port, process, name, timeout)
             self.fakes[name] = Fake(f"http://127.0.0.1:{port}", key)
@@ -165,8 +165,11 @@ class Mesh:
             env["FINMESH_DATABASE_URL"] = self.database_urls[name]
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as log:
+            # A session of its own: Ctrl-C in the terminal reaches only `finmesh up`, which then
+            # stops the services callers-first; a second signal racing their shutdown would kill them.
             process = subprocess.Popen(
                 [sys.executable, "-m", f"finmesh.{name}.main"], env=env, stdout=subprocess.DEVNULL, stderr=log,
+                start_new_session=True,
             )
         self.processes[name] = ServiceProcess(name, port, process, log_path)
         return self.processes[name]

@@ -14,6 +14,7 @@ change here rolls both colors (a flip of activeColor changes nothing here).
   "FINMESH_DRAIN_DELAY_SECONDS" (toString $root.Values.shutdown.drainDelaySeconds)
   "FINMESH_SHUTDOWN_GRACE_SECONDS" (toString $root.Values.shutdown.graceSeconds)
   "FINMESH_MAX_CONNECTION_AGE_SECONDS" (toString $root.Values.maxConnectionAgeSeconds)
+  "FINMESH_AUTO_MIGRATE" "false"
   "OTEL_SERVICE_NAME" .name
   "OTEL_TRACES_SAMPLER" $root.Values.otel.sampler
   "OTEL_TRACES_SAMPLER_ARG" $root.Values.otel.samplerArg
