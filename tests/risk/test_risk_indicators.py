@@ -8,8 +8,10 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+from sqlalchemy import select
 
 from finmesh.platform.rpc_errors import field_violations_of
+from finmesh.risk.store.schema import assessments
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from tests.risk.harness import key, payment, risk_node
 
@@ -18,6 +20,15 @@ def at(moment: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(moment)
     return ts
+
+
+async def _raw_rows(risk) -> str:
+    """Every stored assessment's time, decision and synthetic flag, for the failure message."""
+    async with risk.app.engine.connect() as conn:
+        rows = (await conn.execute(select(assessments.c.created_at, assessments.c.decision,
+                                          assessments.c.synthetic))).all()
+        raw = (await conn.exec_driver_sql("SELECT created_at FROM assessments")).all()
+    return f"rows={rows!r} raw={raw!r}"
 
 
 async def _block_user(risk, user: str) -> None:
@@ -46,7 +57,7 @@ async def test_indicators_count_decisions_and_alerts_per_bucket(databases, tmp_p
         now_bucket = 1 if datetime.now(UTC) < hour + timedelta(hours=1) else 2
         expected = [(0, 0, 0, 0, 0, 0)] * 3
         expected[now_bucket] = (9, 1, 2, 1, 1111, 2222)
-        assert figures == expected
+        assert figures == expected, await _raw_rows(risk)  # the rows themselves, should this ever differ
         assert [b.start.ToDatetime(tzinfo=UTC) for b in reply.buckets] == [
             hour - timedelta(hours=1), hour, hour + timedelta(hours=1)]
 
