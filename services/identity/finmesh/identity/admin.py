@@ -16,8 +16,8 @@ import sys
 
 from finmesh.identity.config import IdentitySettings
 from finmesh.identity.store import users
-from finmesh.identity.store.schema import metadata
-from finmesh.platform.db import create_engine, create_schema
+from finmesh.platform.db import create_engine
+from finmesh.platform.migrations import upgrade
 
 OPERATOR_ROLES = ("SUPPORT", "RISK_OFFICER", "ADMIN")
 
@@ -28,7 +28,8 @@ async def grant_role(database_url: str, user_id: str, role: str) -> list[str]:
         raise ValueError(f"role must be one of {', '.join(OPERATOR_ROLES)}")
     engine = create_engine(database_url)
     try:
-        await create_schema(engine, metadata)
+        # Same schema path as the service: a database this tool creates is one `migrate` recognises.
+        await upgrade(engine, "identity")
         async with engine.begin() as conn:
             row = await users.get_user(conn, user_id)
             if row is None or row.erased_at is not None:
