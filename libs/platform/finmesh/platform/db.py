@@ -1,7 +1,16 @@
-"""Async SQLAlchemy engines: SQLite (WAL, immediate transactions) or PostgreSQL, same code paths."""
+"""Async SQLAlchemy engines: SQLite (WAL, immediate transactions) or PostgreSQL, same code paths.
+
+Besides the writer engine: create_read_engine for read-heavy services (on SQLite its transactions
+begin DEFERRED, so reads see a WAL snapshot instead of queueing behind writers), and write_gate,
+which makes one process's SQLite writers take turns in arrival order.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import weakref
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from sqlalchemy import MetaData, event
@@ -46,3 +55,49 @@ async def create_schema(engine: AsyncEngine, metadata: MetaData) -> None:
     """Create missing tables (the embedded default; production runs Alembic migrations)."""
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
+
+
+def create_read_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
+    """An engine for reads only: on SQLite, transactions begin DEFERRED (a WAL snapshot, never
+    waiting for the writer) and query_only makes an accidental write an error; on PostgreSQL, a
+    pool of its own so reads never starve the writer of connections. The pool has no overflow:
+    under a burst, reads queue for a connection instead of opening and closing one per request."""
+    if make_url(url).get_backend_name() != "sqlite":
+        # No pre-ping: a read on a connection that died fails as UNAVAILABLE and is simply retried,
+        # and the ping would double the round trips of every short read.
+        return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_recycle=300)
+    engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=pool_size, max_overflow=0)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+_GATES: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def write_gate(engine: AsyncEngine) -> AbstractAsyncContextManager[Any]:
+    """On SQLite, let this process's write transactions take turns in arrival order.
+
+    SQLite admits one writer; the others wait in its busy handler, which
+    sleeps in growing steps and is not first-come-first-served, so under
+    load some calls starve for a second or more. Queueing on an asyncio
+    lock first leaves the database lock nearly always free when asked for.
+    PostgreSQL locks rows, not the database: no gate there.
+    """
+    if engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    gate = _GATES.get(engine)
+    if gate is None:
+        gate = _GATES[engine] = asyncio.Lock()
+    return gate

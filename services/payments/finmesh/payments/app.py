@@ -12,7 +12,6 @@ from finmesh.payments.api.servicer import PaymentsServicer
 from finmesh.payments.channels import ChannelRegistry
 from finmesh.payments.clients import RISK_IDEMPOTENT_METHODS, RiskClient
 from finmesh.payments.config import PaymentsSettings
-from finmesh.payments.store.engines import create_read_engine
 from finmesh.payments.store.schema import idempotency, outbox
 from finmesh.payments.store.tiers import TableTierSource, TierSource
 from finmesh.payments.sweeper import PendingOperationSweeper
@@ -20,7 +19,7 @@ from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.payments.writer import LedgerWriter
 from finmesh.platform.channels import open_channel
-from finmesh.platform.db import create_engine
+from finmesh.platform.db import create_engine, create_read_engine
 from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
 from finmesh.platform.idempotency import IdempotencyStore
 from finmesh.platform.migrations import prepare_schema

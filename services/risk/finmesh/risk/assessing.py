@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from finmesh.platform.db import write_gate
 from finmesh.platform.money import Money
 from finmesh.platform.outbox import enqueue
 from finmesh.risk.domain import aml
@@ -25,7 +26,6 @@ from finmesh.risk.domain.values import AmlKind, BlockKind, Subject, Tier, Warnin
 from finmesh.risk.domain.windows import window_start
 from finmesh.risk.store import alerts, assessments, blocklist, subjects
 from finmesh.risk.store import aml as aml_store
-from finmesh.risk.store.common import write_gate
 from finmesh.risk.store.schema import outbox
 
 ALERT_EVENT = "risk.alert.raised.v1"

@@ -32,7 +32,7 @@ MAX_PAGE = 500
 @dataclass
 class Dependencies:
     engine: AsyncEngine
-    reader: AsyncEngine  # reads only (see store.engines)
+    reader: AsyncEngine  # reads only (see finmesh.platform.db.create_read_engine)
     writer: LedgerWriter
     idempotency: IdempotencyStore
     risk: RiskClient
