@@ -15,12 +15,17 @@ from finmesh.platform.tls import TlsFiles, channel_credentials
 _DEADLINE_MARGIN_SECONDS = 0.05
 
 
-def _service_config(idempotent_methods: list[tuple[str, str]]) -> str:
-    """gRPC service config retrying UNAVAILABLE, for the named (service, method) pairs only."""
+def _service_config(idempotent_methods: list[tuple[str, str]], spread: bool = False) -> str:
+    """gRPC service config retrying UNAVAILABLE, for the named (service, method) pairs only.
+
+    `spread`: balance calls round robin over the target's addresses (gRPC's default, pick_first,
+    would send them all to the first one)."""
+    balancing = {"loadBalancingConfig": [{"round_robin": {}}]} if spread else {}
     if not idempotent_methods:
-        return json.dumps({"methodConfig": []})
+        return json.dumps({"methodConfig": [], **balancing})
     return json.dumps(
         {
+            **balancing,
             "methodConfig": [
                 {
                     "name": [{"service": service, "method": method} for service, method in idempotent_methods],
@@ -53,7 +58,9 @@ def open_channel(
     if token_source is not None:
         interceptors.append(BearerTokenInterceptor(token_source))
     options = [
-        ("grpc.service_config", _service_config(idempotent_methods or [])),
+        # A target naming several addresses (`ipv4:10.0.0.1:50051,10.0.0.2:50051`, replicas without a
+        # balancer in front) is spread over them.
+        ("grpc.service_config", _service_config(idempotent_methods or [], spread="," in target)),
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", 30_000),
         # gRPC's default reconnect backoff grows to 120 s; after a long outage of
