@@ -2,7 +2,8 @@
 
 Besides the writer engine: create_read_engine for read-heavy services (on SQLite its transactions
 begin DEFERRED, so reads see a WAL snapshot instead of queueing behind writers), and write_gate,
-which makes one process's SQLite writers take turns in arrival order.
+which makes one process's SQLite writers take turns in arrival order; is_transient tells a
+database error worth retrying (a dropped connection, a server restarting) from a bug.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
@@ -81,6 +84,39 @@ def create_read_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
         conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+# PostgreSQL SQLSTATEs after which the transaction is gone and the same call may succeed on another try:
+# class 08 (connection exceptions) by prefix, and these: the server terminated the backend (57P01, e.g.
+# pg_terminate_backend or a restart), crashed (57P02), is starting or stopping (57P03), has no connection
+# slot free (53300); a serialization failure (40001) or deadlock (40P01) rolled the transaction back.
+_TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "40001", "40P01"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when `exc` means the database was unreachable or dropped the call, not that the call is wrong.
+
+    A retry is safe: either nothing committed, or (the connection died during COMMIT) the change did
+    commit, and mutating RPCs then answer the retry from the idempotency key's stored reply.
+    """
+    if isinstance(exc, (ConnectionError, TimeoutError, PoolTimeout, OperationalError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        state = _sqlstate(exc.orig)
+        return state is not None and (state.startswith("08") or state in _TRANSIENT_SQLSTATES)
+    return False
+
+
+def _sqlstate(error: BaseException | None) -> str | None:
+    # The driver's error, or (asyncpg through SQLAlchemy's adapter) the error it was raised from.
+    while error is not None:
+        state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+        if isinstance(state, str):
+            return state
+        error = error.__cause__
+    return None
 
 
 _GATES: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()

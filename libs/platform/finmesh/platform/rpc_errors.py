@@ -13,9 +13,9 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from finmesh.platform.auth_context import acting_as
+from finmesh.platform.db import is_transient
 from finmesh.platform.errors import DomainError, InvalidArgument
 from finmesh.platform.idempotency import StoredRefusal
 from finmesh.platform.logs import get_logger
@@ -67,17 +67,19 @@ async def abort_with(context: grpc.aio.ServicerContext, status: status_pb2.Statu
     await context.abort(converted.code, converted.details, converted.trailing_metadata)
 
 
-def _unexpected_status(exc: BaseException) -> status_pb2.Status:
-    if _is_connection_error(exc):
-        # The transaction did not commit: the caller may retry with the same idempotency key.
-        return status_pb2.Status(code=code_pb2.UNAVAILABLE, message="storage temporarily unavailable; retry")
+# The reason a caller (or its retry policy) reads on UNAVAILABLE when the service's own database failed it.
+STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+
+
+def unexpected_status(exc: BaseException) -> status_pb2.Status:
+    """The status for an exception no domain rule raised: UNAVAILABLE for a database outage, else INTERNAL."""
+    if is_transient(exc):
+        # The call may be retried with the same idempotency key: what did not commit is rolled back,
+        # what did commit is answered from its stored reply.
+        info = error_details_pb2.ErrorInfo(reason=STORAGE_UNAVAILABLE, domain=ERROR_DOMAIN)
+        return status_pb2.Status(code=code_pb2.UNAVAILABLE, message="storage temporarily unavailable; retry",
+                                 details=[_pack(info)])
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    if isinstance(exc, (ConnectionError, TimeoutError, OperationalError)):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -108,8 +110,12 @@ def guarded(method: Handler, full_method: str = "", traced: bool = True, check: 
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:  # noqa: BLE001 - last line of defence: never leak a stack trace
-                _log.exception("rpc_failed", method=name)
-                status = _unexpected_status(exc)
+                status = unexpected_status(exc)
+                if status.code == code_pb2.UNAVAILABLE:
+                    # An outage, not a bug: no traceback, and no SQL text (its parameters may be personal data).
+                    _log.warning("rpc_storage_unavailable", method=name, error=type(exc).__name__)
+                else:
+                    _log.exception("rpc_failed", method=name)
             else:
                 if span is not None:
                     finish_server_span(span, grpc.StatusCode.OK)
