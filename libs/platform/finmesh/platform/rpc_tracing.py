@@ -44,11 +44,19 @@ def server_span(name: str, attributes: dict[str, str], context: grpc.aio.Service
     """A SERVER span continuing the caller's trace from the request metadata."""
     carrier = {key: value for key, value in (context.invocation_metadata() or ()) if key in _PROPAGATED}
     parent = propagate.extract(carrier) if carrier else otel_context.Context()
-    with _tracer.start_as_current_span(
-        name, context=parent, kind=SpanKind.SERVER, attributes=attributes,
-        record_exception=False, set_status_on_exception=False,
-    ) as span:
-        yield span
+    # start_as_current_span makes only the span current, not the rest of `parent`: the caller's
+    # baggage (e.g. the synthetic-traffic mark, see finmesh.platform.synthetic) is attached first so
+    # the handler sees it and outgoing calls forward it.
+    token = otel_context.attach(parent) if "baggage" in carrier else None
+    try:
+        with _tracer.start_as_current_span(
+            name, context=parent, kind=SpanKind.SERVER, attributes=attributes,
+            record_exception=False, set_status_on_exception=False,
+        ) as span:
+            yield span
+    finally:
+        if token is not None:
+            otel_context.detach(token)
 
 
 def finish_server_span(span: Any, code: grpc.StatusCode) -> None:
