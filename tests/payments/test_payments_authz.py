@@ -176,15 +176,15 @@ class _RecordingRisk(risk_grpc.RiskServiceServicer):
 
 
 async def test_risk_hears_the_payers_token_tier_and_synthetic_probes(databases, tmp_path: Path) -> None:
-    """payer_tier comes from the payer's token; payments from the configured probe owner are synthetic,
-    others never, whatever the caller says."""
+    """payer_tier comes from the payer's token; payments between the configured probe owners' accounts are
+    synthetic, others never (a probe paying a customer included), whatever the caller says."""
     issuer = await Issuer().start()
     recorder = _RecordingRisk()
     risk = await create_server(ServiceSettings(host="127.0.0.1", port=0, **issuer.settings()), [Registration(
         recorder, risk_grpc.add_RiskServiceServicer_to_server, risk_pb.DESCRIPTOR.services_by_name["RiskService"])])
     probe_owner = "rollout-probe"
     extra = {"tier_limits": GENEROUS_LIMITS, "risk_target": f"127.0.0.1:{risk.port}",
-             "synthetic_owner_ids": [probe_owner]}
+             "synthetic_owner_ids": [probe_owner, "rollout-probe-payee"]}
     try:
         async with running_mesh(databases, tmp_path, names=("payments",), payments_extra=extra,
                                 issuer=issuer) as mesh:
@@ -194,14 +194,17 @@ async def test_risk_hears_the_payers_token_tier_and_synthetic_probes(databases, 
             customer, shop = _owner(), _owner()
             mesh.book.tiers[customer] = "medium"
             payer, probe, payee = await c.wallet(customer), await c.wallet(probe_owner), await c.wallet(shop)
+            probe_payee = await c.wallet("rollout-probe-payee")
             await c.top_up(payer, 10_000)
             await c.top_up(probe, 10_000)
             await c.pay(payer, payee, 100)
+            await c.pay(probe, probe_payee, 1)
             await c.pay(probe, payee, 1)
-        first, second = recorder.requests
+        first, second, third = recorder.requests
         assert (first.payer_user_id, first.payer_tier, first.synthetic) == (customer, risk_pb.RISK_TIER_MEDIUM,
                                                                             False)
         assert (second.payer_user_id, second.synthetic) == (probe_owner, True)
+        assert (third.payer_user_id, third.synthetic) == (probe_owner, False)
     finally:
         await risk.server.stop(0)
         for authorizer in risk.authorizers:

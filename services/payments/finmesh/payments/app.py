@@ -63,7 +63,8 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
     relay = OutboxRelay(engine, outbox, "payments", NotifyEventSink(notify_channel).deliver)
     writer = LedgerWriter(engine, tier_source or TableTierSource(settings.default_tier), to_status,
                           max_batch=settings.writer_max_batch, on_commit=relay.wake,
-                          limits_utc_offset_minutes=settings.limits_utc_offset_minutes)
+                          limits_utc_offset_minutes=settings.limits_utc_offset_minutes,
+                          test_owners=frozenset(settings.synthetic_owner_ids))
     channels = ChannelRegistry(settings.channel_urls, settings.channel_timeout_seconds, settings.channel_sandbox)
     sweeper = PendingOperationSweeper(engine, writer, channels, grace_seconds=settings.channel_pending_grace_seconds,
                                       interval_seconds=settings.channel_sweep_interval_seconds,

@@ -77,8 +77,10 @@ class _Outcome:
 class LedgerWriter:
     def __init__(self, engine: AsyncEngine, tier_source: TierSource,
                  to_status: Callable[[DomainError], status_pb2.Status], *, max_batch: int = 256,
-                 on_commit: Callable[[], None] | None = None, limits_utc_offset_minutes: int = 480) -> None:
+                 on_commit: Callable[[], None] | None = None, limits_utc_offset_minutes: int = 480,
+                 test_owners: frozenset[str] = frozenset()) -> None:
         self._limits_offset = limits_utc_offset_minutes
+        self.test_owners = test_owners
         self._engine = engine
         # The paying customer's token tier first; `tier_source` (payments' table by default) for other callers.
         self.tier_source: TierSource = PrincipalTierSource(tier_source)
@@ -173,7 +175,7 @@ class LedgerWriter:
                 select(audit_head.c.sequence, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
             )).one()
             stored = await self._stored_answers(conn, batch)
-            uow = UnitOfWork(conn, now, self.tier_source)
+            uow = UnitOfWork(conn, now, self.tier_source, self.test_owners)
             fresh = [c for c in batch if (c.method, c.key) not in stored]
             await uow.load_accounts(a for c in fresh for a in c.accounts)
             if any(c.accounts for c in fresh):

@@ -17,9 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from finmesh.payments.channels import ChannelRegistry
 from finmesh.payments.clients import RiskClient
 from finmesh.payments.config import PaymentsSettings
+from finmesh.payments.domain import synthetic as synthetic_rules
 from finmesh.payments.domain.limits import LimitPolicy
+from finmesh.payments.store import queries
 from finmesh.payments.usecases.payments import LimitRules
 from finmesh.payments.writer import Action, Command, LedgerWriter, stored_answer
+from finmesh.platform import synthetic
 from finmesh.platform.auth_context import acting_as, current_principal
 from finmesh.platform.errors import FieldViolation, InvalidArgument
 from finmesh.platform.idempotency import IdempotencyStore, request_fingerprint, validate_key
@@ -57,6 +60,25 @@ class ServicerBase:
             return await stored_answer(conn, method, request.idempotency_key, fingerprint, response_type)
         async with self.deps.reader.connect() as own:
             return await stored_answer(own, method, request.idempotency_key, fingerprint, response_type)
+
+    async def require_test_accounts(self, context: Any, account_ids: list[str]) -> None:
+        """A call marked synthetic (finmesh.platform.synthetic) may touch test accounts only: PERMISSION_DENIED
+        SYNTHETIC_REAL_ACCOUNT otherwise, before anything is written. Unmarked calls pass without a read."""
+        if not synthetic.requested(context):
+            return
+        async with self.deps.reader.connect() as conn:
+            found = await queries.accounts_by_id(conn, account_ids)
+        owners = {account_id: found[account_id].owner_id if account_id in found else "" for account_id in account_ids}
+        synthetic_rules.require_test_accounts(owners, self.deps.writer.test_owners)
+
+    async def require_test_payment(self, context: Any, payment_id: str) -> None:
+        """As require_test_accounts, for both parties of a payment (an unknown payment is left to the handler)."""
+        if not synthetic.requested(context):
+            return
+        async with self.deps.reader.connect() as conn:
+            row = await queries.payment_by_id(conn, payment_id)
+        if row is not None:
+            await self.require_test_accounts(context, [row.payer_account_id, row.payee_account_id])
 
     async def submit(self, method: str, request: Any, response_type: type[Message], action: Action,
                      render: Callable[[Any], Message], *, record_success: bool = True,

@@ -37,15 +37,17 @@ MAX_TOKEN = 128
 
 class MoneyMovementRpcs(ServicerBase):
     async def TopUp(self, request: pb.TopUpRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._channel_operation("TopUp", usecase.TOP_UP, request, pb.TopUpResponse)
+        return await self._channel_operation("TopUp", usecase.TOP_UP, request, pb.TopUpResponse, context)
 
     async def Payout(self, request: pb.PayoutRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._channel_operation("Payout", usecase.PAYOUT, request, pb.PayoutResponse)
+        return await self._channel_operation("Payout", usecase.PAYOUT, request, pb.PayoutResponse, context)
 
-    async def _channel_operation(self, method: str, kind: str, request: Any, response_type: Any) -> Any:
+    async def _channel_operation(self, method: str, kind: str, request: Any, response_type: Any,
+                                 context: grpc.aio.ServicerContext) -> Any:
         adapter = self._validate_channel_request(request, payout=kind == usecase.PAYOUT)
         # Before the replay: another customer's key must not read this one's stored answer.
         await require_account_owner(self.deps.reader, request.account_id)
+        await self.require_test_accounts(context, [request.account_id])
         prior = await self.replay(method, request, response_type)
         if prior is not None:
             return prior
@@ -96,6 +98,7 @@ class MoneyMovementRpcs(ServicerBase):
                                    context: grpc.aio.ServicerContext) -> Any:
         validate_key(request.idempotency_key)
         items = _batch_items(request)
+        await self.require_test_accounts(context, sorted({a for i in items for a in (i.source, i.destination) if a}))
 
         async def action(uow: UnitOfWork) -> Any:
             return await transfers.run(uow, items)

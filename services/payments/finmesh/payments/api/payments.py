@@ -23,10 +23,12 @@ from finmesh.payments.api.risk_context import RiskFacts, validate_risk_context
 from finmesh.payments.clients import PaymentFacts, RiskVerdict
 from finmesh.payments.domain.ledger import AccountState, AccountStatus
 from finmesh.payments.domain.payments import PaymentRequest, RiskDecision, validate_payment_request
+from finmesh.payments.domain.synthetic import between_test_accounts, require_test_accounts
 from finmesh.payments.store import queries, rows
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.payments.usecases import payments as usecase
 from finmesh.payments.v1 import payments_service_pb2 as pb
+from finmesh.platform import synthetic
 from finmesh.platform.channels import remaining_timeout
 from finmesh.platform.errors import (
     DomainError,
@@ -76,7 +78,7 @@ class PaymentRpcs(ServicerBase):
             if prior is not None:
                 return prior
             try:
-                payer, tier = await self._precheck(conn, payment)
+                payer, payee, tier = await self._precheck(conn, payment, synthetic.requested(context))
             except DomainError as error:
                 refusal = error
             else:
@@ -84,7 +86,8 @@ class PaymentRpcs(ServicerBase):
         if refusal is not None:
             return await self._refuse("CreatePayment", request, pb.CreatePaymentResponse, refusal)
         payment_id = str(uuid.uuid5(_PAYMENT_NAMESPACE, request.idempotency_key))
-        verdict = await self._assess(payment_id, payment, payer, tier, risk_context, context)
+        test_payment = between_test_accounts((payer.owner_id, payee.owner_id), self.deps.writer.test_owners)
+        verdict = await self._assess(payment_id, payment, payer, tier, risk_context, context, test_payment)
         limits = self.deps.limits
 
         async def action(uow: UnitOfWork) -> Any:
@@ -94,26 +97,31 @@ class PaymentRpcs(ServicerBase):
                                   _payment_reply(pb.CreatePaymentResponse),
                                   accounts=(payment.payer_account_id, payment.payee_account_id))
         _log.info("payment_created", payment_id=payment_id, status=pb.PaymentStatus.Name(reply.payment.status),
-                  risk_decision=verdict.decision.value)
+                  risk_decision=verdict.decision.value, **({"synthetic": True} if test_payment else {}))
         return reply
 
-    async def _precheck(self, conn: Any, payment: PaymentRequest) -> tuple[AccountState, str]:
+    async def _precheck(self, conn: Any, payment: PaymentRequest,
+                        marked: bool) -> tuple[AccountState, AccountState, str]:
         """Refuse what cannot succeed before spending risk's capacity (and the payer's velocity budget) on it.
 
         Reads a snapshot through a unit of work that is never flushed; the
         same rules run again, authoritatively, inside the ledger writer.
-        Returns the payer and their tier (from the caller's token, see store.tiers).
+        Returns the payer, the payee and the payer's tier (from the caller's token, see store.tiers).
+        A call marked synthetic must name test accounts only (owners never change, so this check holds).
         """
         uow = UnitOfWork(conn, datetime.now(UTC), self.deps.writer.tier_source)
-        payer, _ = await usecase.parties(uow, payment.payer_account_id, payment.payee_account_id,
-                                         payment.amount.currency)
+        payer, payee = await usecase.parties(uow, payment.payer_account_id, payment.payee_account_id,
+                                             payment.amount.currency)
+        if marked:
+            require_test_accounts({payer.account_id: payer.owner_id, payee.account_id: payee.owner_id},
+                                  self.deps.writer.test_owners)
         if payer.status is AccountStatus.FROZEN:
             raise FailedPrecondition("ACCOUNT_FROZEN", "account is frozen", account_id=payer.account_id)
         await usecase.check_limits(uow, self.deps.limits, payer, payment.amount.minor_units)
         if payer.available < payment.amount.minor_units:
             raise FailedPrecondition("INSUFFICIENT_FUNDS", "insufficient available balance",
                                      account_id=payer.account_id)
-        return payer, (await uow.tier(payer.owner_id) if payer.owner_id else "")
+        return payer, payee, (await uow.tier(payer.owner_id) if payer.owner_id else "")
 
     async def _refuse(self, method: str, request: Any, response_type: Any, error: DomainError) -> Any:
         """Store a refusal found before the writer, so a retry with this key is refused the same way.
@@ -121,7 +129,7 @@ class PaymentRpcs(ServicerBase):
         The writer checks the key first: if a concurrent call with the same
         key has committed meanwhile, its answer is returned instead.
         """
-        if isinstance(error, InvalidArgument) or error.kind == "unavailable":
+        if isinstance(error, InvalidArgument) or error.kind in ("unavailable", "permission_denied"):
             raise error
 
         async def refuse(uow: UnitOfWork) -> Any:
@@ -130,7 +138,7 @@ class PaymentRpcs(ServicerBase):
         return await self.submit(method, request, response_type, refuse, _payment_reply(response_type))
 
     async def _assess(self, payment_id: str, payment: PaymentRequest, payer: AccountState, tier: str,
-                      risk_context: RiskFacts, context: grpc.aio.ServicerContext) -> RiskVerdict:
+                      risk_context: RiskFacts, context: grpc.aio.ServicerContext, test_payment: bool) -> RiskVerdict:
         settings = self.deps.settings
         facts = PaymentFacts(
             payment_id=payment_id,
@@ -142,9 +150,9 @@ class PaymentRpcs(ServicerBase):
             ip_address=risk_context.ip_address,
             ip_country=risk_context.ip_country,
             payer_tier=tier,
-            # Rollout probes pay between dedicated accounts; risk keeps them out of velocity, AML and
-            # indicators. Decided here from configuration, never from the caller, so nobody opts out of risk.
-            synthetic=bool(payer.owner_id) and payer.owner_id in settings.synthetic_owner_ids,
+            # Probes and load tests pay between dedicated test accounts; risk keeps them out of velocity, AML
+            # and indicators. Decided from configuration, never from the caller, so nobody opts out of risk.
+            synthetic=test_payment,
         )
         try:
             return await self.deps.risk.assess(facts, remaining_timeout(context, settings.call_timeout_seconds))
@@ -165,6 +173,7 @@ class PaymentRpcs(ServicerBase):
         problems = amount_violations(request, required=False)
         if problems:
             raise InvalidArgument(problems)
+        await self.require_test_payment(context, request.payment_id)
         minor_units = request.amount.minor_units if request.HasField("amount") else None
 
         async def action(uow: UnitOfWork) -> Any:
@@ -175,6 +184,7 @@ class PaymentRpcs(ServicerBase):
 
     async def VoidPayment(self, request: pb.VoidPaymentRequest, context: grpc.aio.ServicerContext) -> Any:
         require_id(request.payment_id, "payment_id")
+        await self.require_test_payment(context, request.payment_id)
 
         async def action(uow: UnitOfWork) -> Any:
             return await usecase.void_payment(uow, request.payment_id)
@@ -188,6 +198,7 @@ class PaymentRpcs(ServicerBase):
         v.require(request.decision in convert.REVIEW_DECISIONS, "decision", "APPROVE or DECLINE")
         v.require(len(request.note) <= MAX_NOTE, "note", f"at most {MAX_NOTE} characters")
         v.raise_if_any()
+        await self.require_test_payment(context, request.payment_id)
         decision = convert.REVIEW_DECISIONS[request.decision]
 
         async def action(uow: UnitOfWork) -> Any:
@@ -202,6 +213,7 @@ class PaymentRpcs(ServicerBase):
         v.violations.extend(amount_violations(request, required=False))
         v.require(len(request.reason) <= MAX_REASON, "reason", f"at most {MAX_REASON} characters")
         v.raise_if_any()
+        await self.require_test_payment(context, request.payment_id)
         has_amount = request.HasField("amount")
         currency = request.amount.currency_code if has_amount else None
         minor_units = request.amount.minor_units if has_amount else None

@@ -44,10 +44,13 @@ _CHUNK = 500  # ids per IN (...) list
 
 
 class UnitOfWork:
-    def __init__(self, conn: AsyncConnection, now: datetime, tier_source: TierSource) -> None:
+    def __init__(self, conn: AsyncConnection, now: datetime, tier_source: TierSource,
+                 test_owners: frozenset[str] = frozenset()) -> None:
         self.conn = conn
         self.now = now
         self._tier_source = tier_source
+        # Owners of the dedicated test accounts (domain.synthetic): events between them are marked synthetic.
+        self.test_owners = test_owners
         # Current (possibly changed) states and the states as loaded; None means "not in the database".
         self._accounts: dict[str, AccountState | None] = {}
         self._accounts_loaded: dict[str, AccountState | None] = {}

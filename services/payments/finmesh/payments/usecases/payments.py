@@ -19,6 +19,7 @@ from finmesh.payments.domain.ledger import (
 )
 from finmesh.payments.domain.limits import LimitPolicy, limit_day
 from finmesh.payments.domain.payments import PaymentRequest, PaymentState, PaymentStatus
+from finmesh.payments.domain.synthetic import between_test_accounts
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.platform.errors import FailedPrecondition, NotFound
 
@@ -171,6 +172,9 @@ async def _announce(uow: UnitOfWork, payment: PaymentState, **extra: Any) -> Non
     payer = await uow.account(payment.payer_account_id)
     payee = await uow.account(payment.payee_account_id)
     assert payer is not None and payee is not None
+    if between_test_accounts((payer.owner_id, payee.owner_id), uow.test_owners):
+        # Consumers (notify) keep test traffic away from people and out of their figures.
+        extra["synthetic"] = True
     uow.emit(f"payments.payment.{payment.status.value.lower()}.v1", payment.payer_account_id, payer.owner_id, {
         "payment_id": payment.payment_id,
         "status": payment.status.value,
