@@ -1,4 +1,4 @@
-"""`finmesh` command: up, demo, trace, health, outbox, rollout, audit."""
+"""`finmesh` command: up, demo, trace, health, outbox, rollout, audit, load."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from finmesh.cli.outbox_cmd import add_outbox_parser
 from finmesh.cli.rollout import add_rollout_parser
 from finmesh.cli.tls import TlsConfigError, health_status
 from finmesh.cli.traces import latest_trace_id, load_spans, render_tree
+from finmesh.load import cli as load_cli
 
 DEFAULT_BASE_PORT = 50051
 NAMES = ("identity", "payments", "risk", "notify")
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     add_outbox_parser(sub)
     add_rollout_parser(sub)
     audit.add_parser(sub)
+    load_cli.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
