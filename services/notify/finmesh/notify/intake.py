@@ -15,7 +15,7 @@ from finmesh.common.v1 import event_pb2
 from finmesh.notify.clock import Clock
 from finmesh.notify.compose import Composer, Draft, operator_drafts
 from finmesh.notify.config import NotifySettings
-from finmesh.notify.domain.events import OPERATORS, plan, webhook_matches
+from finmesh.notify.domain.events import OPERATORS, is_synthetic, plan, webhook_matches
 from finmesh.notify.domain.templates import resolve_locale
 from finmesh.notify.store import erasure, profiles, webhooks
 from finmesh.notify.store.schema import notifications, received_events
@@ -69,6 +69,7 @@ class EventIntake:
         if seen:
             return True, []
         payload = flat_payload(event)
+        synthetic = is_synthetic(payload)
         now = self._clock.now()
         try:
             async with self._engine.begin() as conn:
@@ -80,7 +81,9 @@ class EventIntake:
                 if (event.event_type == "identity.user.registered.v1" and payload.get("locale")
                         and not await erasure.is_erased(conn, event.user_id)):
                     await profiles.remember(conn, event.user_id, now, locale=payload["locale"])
-                drafts = await self._drafts(conn, event, payload)
+                # Synthetic traffic is recorded as received (dedupe holds) but tells nobody anything: no
+                # customer, operator or webhook receiver hears of test money moving between test accounts.
+                drafts = [] if synthetic else await self._drafts(conn, event, payload)
                 rows = [self._composer.row(d, now) for d in drafts]
                 if rows:
                     await conn.execute(insert(notifications), rows)
@@ -88,7 +91,13 @@ class EventIntake:
             return True, []  # a concurrent redelivery won
         for category in {r["category"] for r in rows if r["status"] == "QUEUED"}:
             self._wake(category)
-        _log.info("event_received", event_id=event.event_id, event_type=event.event_type, notifications=len(rows))
+        if synthetic:
+            # Counted apart from real traffic, so figures drawn from these lines can leave it out.
+            _log.info("event_received", event_id=event.event_id, event_type=event.event_type, notifications=0,
+                      synthetic=True, suppressed=len(plan(event.event_type, event.user_id, payload)))
+        else:
+            _log.info("event_received", event_id=event.event_id, event_type=event.event_type,
+                      notifications=len(rows))
         return False, [r["notification_id"] for r in rows]
 
     async def _forget(self, conn: Any, event: event_pb2.Event, now: Any) -> None:

@@ -28,6 +28,11 @@ def format_amount(minor_units: str, currency: str) -> str:
     return f"{sign}{value // 10**exponent}.{value % 10**exponent:0{exponent}d}"
 
 
+def is_synthetic(payload: dict[str, str]) -> bool:
+    """Producers mark events of synthetic traffic (load tests, rollout probes between test accounts)."""
+    return payload.get("synthetic", "").lower() == "true"
+
+
 def plan(event_type: str, user_id: str, payload: dict[str, str]) -> list[Planned]:
     """Notifications for one event; events nobody needs to hear about plan none.
 
