@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from finmesh.platform.auth import remote_authorizer
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.logs import get_logger
+from finmesh.platform.ratelimit import LimitedAuthorizer, RateLimiter
 from finmesh.platform.rpc_errors import guard_servicer
 from finmesh.platform.tls import TlsFiles, server_credentials
 
@@ -41,6 +42,7 @@ class RunningServer:
     service_names: list[str] = field(default_factory=list)
     authorizers: list[Any] = field(default_factory=list)
     probe_server: grpc.aio.Server | None = None
+    limiter: RateLimiter | None = None
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -80,7 +82,9 @@ async def create_server(
 ) -> RunningServer:
     """Build and start a server on settings.host:settings.port (0 = any free port)."""
     # Tracing is not an interceptor: guard_servicer opens each RPC's server span (see rpc_tracing).
-    server = grpc.aio.server(interceptors=list(interceptors or []), options=server_options(settings))
+    server = grpc.aio.server(interceptors=list(interceptors or []), options=server_options(settings),
+                             maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None)
+    limiter = RateLimiter.from_settings(settings)
     names = []
     authorizers = []
     for reg in registrations:
@@ -88,6 +92,9 @@ async def create_server(
         if settings.auth_mode == "enforce":
             authorizer = reg.authorizer or remote_authorizer(settings)
             authorizers.append(authorizer)
+        if limiter is not None:
+            # One limiter per server: a caller's bucket is shared by all the services it hosts.
+            authorizer = LimitedAuthorizer(authorizer, limiter)
         reg.add_to_server(guard_servicer(reg.servicer, reg.descriptor, traced=settings.tracing_enabled,
                                          authorizer=authorizer), server)
         names.append(reg.descriptor.full_name)
@@ -100,7 +107,7 @@ async def create_server(
     await server.start()
     probe_server = await _start_probe_server(settings, health_servicer) if tls and settings.health_port else None
     running = RunningServer(server=server, port=port, health=health_servicer, service_names=names,
-                            authorizers=authorizers, probe_server=probe_server)
+                            authorizers=authorizers, probe_server=probe_server, limiter=limiter)
     await running.set_serving(True)
     return running
 
