@@ -1,0 +1,94 @@
+"""SIGKILL payments, then risk, then notify while a bounded payment load runs; each comes back on its port.
+
+Afterwards nothing is lost or doubled: every acknowledged payment exists
+exactly once as the payment its caller was told, no payment is half-written
+(transfer, entries, outbox event, stored answer all there or none), the
+ledger sums to zero and every balance equals its entries, and every event in
+payments' outbox reached notify exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.auth import Book, Issuer
+from tests.reliability.crash_support import (
+    Fleet,
+    RetryingLoad,
+    audit_delivery,
+    audit_payments,
+    expected_balances_hold,
+    open_wallets,
+    run_id,
+    wait_drained,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
+
+# 30 payments a second for 12 s: ~15 per payer, under risk's velocity rule (20 per user in 10 minutes).
+COUNT, RATE, PAYERS, PAYEES, TOP_UP = 360, 30.0, 24, 8, 1_000_000
+# Seconds into the load at which each service is killed (and at once restarted).
+KILLS = (("payments", 2.0), ("risk", 5.0), ("notify", 8.0))
+# A killed relay's claimed events come free after its 30 s lease; then they must drain.
+DRAIN_TIMEOUT = 50.0
+
+
+@pytest.mark.parametrize("databases", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+async def test_sigkill_each_service_under_load(databases: Any, tmp_path: Path) -> None:
+    started = time.monotonic()
+    run = run_id()
+    urls = {name: await databases.new(name) for name in ("notify", "risk", "payments")}
+    issuer, book = await Issuer().start(), Book()
+    fleet = Fleet(tmp_path / "mesh", urls, issuer)
+    try:
+        await fleet.start()
+        target = fleet.target("payments")
+        payers, payees = await open_wallets(target, run, issuer, book, PAYERS, PAYEES, TOP_UP)
+
+        load = RetryingLoad(target, payers, payees, run, issuer, book, count=COUNT, rate=RATE)
+        running = asyncio.create_task(load.run())
+        await load.started.wait()
+        load_start = time.monotonic()
+        for name, at in KILLS:
+            await asyncio.sleep(max(0.0, load_start + at - time.monotonic()))
+            assert not running.done(), f"the load ended before {name} was killed: the kill would prove nothing"
+            await fleet.kill_and_restart(name)
+        result = await running
+
+        drain_seconds, (pending, dead) = await wait_drained(urls["payments"], DRAIN_TIMEOUT)
+        books = await audit_payments(urls["payments"], run, result.calls)
+        delivery = await audit_delivery(urls["payments"], urls["notify"])
+        wrong_balances = await expected_balances_hold(target, result.calls, payers, payees, TOP_UP, issuer, book)
+    finally:
+        codes = fleet.stop()
+        await issuer.stop()
+
+    figures = {
+        "database": databases.kind, "load": result.figures(), "kills": dict(fleet.kills),
+        "restart_to_serving_s": [round(s, 2) for s in fleet.restart_seconds],
+        "payments": {"written": books.payments, "captured": books.captured, "in_review": books.in_review},
+        "payment_events": books.outbox_events, "outbox_drained_after_load_s": round(drain_seconds, 1),
+        "losses": books.losses() + sum(len(v) for v in delivery.values()) + len(wrong_balances),
+        "test_seconds": round(time.monotonic() - started, 1),
+    }
+    print("\ncrash under load: " + json.dumps(figures))
+
+    failed = [(c.description, c.error, dict(c.failures)) for c in result.calls if not c.payment_id]
+    assert failed == [], f"calls not acknowledged after retries: {failed[:10]}"
+    # A crash shows as UNAVAILABLE (or a deadline while a peer restarts); never INTERNAL, UNKNOWN or a refusal.
+    assert set(result.codes()) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, result.codes()
+    assert sum(result.codes().values()) > 0, "no call ever failed: the kills did not hit the load"
+    assert books.problems == {}, books.problems
+    assert books.payments == COUNT
+    assert (pending, dead) == (0, 0), f"outbox {DRAIN_TIMEOUT}s after the load: {pending} pending, {dead} dead"
+    assert {k: v for k, v in delivery.items() if v} == {}, delivery
+    assert books.outbox_events >= COUNT
+    assert wrong_balances == [], wrong_balances[:10]
+    # The restarted services stop cleanly.
+    assert set(codes.values()) == {0}, codes
