@@ -16,9 +16,10 @@ from grpc_status import rpc_status
 
 from finmesh.platform.auth_context import acting_as
 from finmesh.platform.db import is_transient
-from finmesh.platform.errors import DomainError, InvalidArgument
+from finmesh.platform.errors import DomainError, FieldViolation, InvalidArgument
 from finmesh.platform.idempotency import StoredRefusal
 from finmesh.platform.logs import get_logger
+from finmesh.platform.rpc_decoding import Undecodable
 from finmesh.platform.rpc_tracing import finish_server_span, rpc_attributes, server_span
 
 ERROR_DOMAIN = "finmesh.io"
@@ -94,9 +95,14 @@ def guarded(method: Handler, full_method: str = "", traced: bool = True, check: 
 
     async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if check is None:
-            return await method(request, context)
+            return await handle(request, context)
         with acting_as(await check(request, context)):
-            return await method(request, context)
+            return await handle(request, context)
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Undecodable):  # see rpc_decoding: refused after the caller is authorized
+            raise InvalidArgument(FieldViolation("request", f"not a valid request message: {request.problem}"))
+        return await method(request, context)
 
     @functools.wraps(method)
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -16,6 +16,7 @@ from finmesh.platform.auth import remote_authorizer
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.logs import get_logger
 from finmesh.platform.ratelimit import LimitedAuthorizer, RateLimiter
+from finmesh.platform.rpc_decoding import tolerant_server
 from finmesh.platform.rpc_errors import guard_servicer
 from finmesh.platform.tls import TlsFiles, server_credentials
 
@@ -96,7 +97,7 @@ async def create_server(
             # One limiter per server: a caller's bucket is shared by all the services it hosts.
             authorizer = LimitedAuthorizer(authorizer, limiter)
         reg.add_to_server(guard_servicer(reg.servicer, reg.descriptor, traced=settings.tracing_enabled,
-                                         authorizer=authorizer), server)
+                                         authorizer=authorizer), tolerant_server(server))
         names.append(reg.descriptor.full_name)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,0 +1,413 @@
+"""Hostile input against every RPC of the mesh: generated messages, undecodable bytes, raw garbage on the port.
+
+The four services run in-process on SQLite with auth enforced (identity signs every token, as in
+production). Every unary method of every service found in the generated descriptors gets
+hypothesis-generated requests (tests.reliability.hostile_messages): missing fields, integer extremes,
+NaN, undeclared enum numbers, odd Unicode, megabyte strings, non-UTF-8 bytes. Each call carries the
+token of a role allowed to make it (so input reaches validation), sometimes none or a forged one.
+
+Whatever comes in, a service answers with a status it means: never INTERNAL or UNKNOWN (a bug
+talking), never a hang (DEADLINE_EXCEEDED), and a refused call leaves its database exactly as it
+was. Payments' books balance after every call. The port survives bytes that are not gRPC at all.
+
+The servers run on their own event loop in a background thread, so hypothesis drives plain
+synchronous calls and shrinks any failure to a small input. FINMESH_HOSTILE_EXAMPLES sets the
+examples per method (default sized for CI on two cores); derandomized, so CI runs the same inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib
+import os
+import pkgutil
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Coroutine, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import finmesh
+from finmesh.common.v1 import money_pb2
+from finmesh.identity.domain.claims import Subject, service_claims, user_claims
+from finmesh.payments.v1 import payments_service_pb2 as pay_pb
+from finmesh.platform.auth import access_policy
+from finmesh.platform.auth_roles import ALL_ROLES, ROLE_PERMISSIONS, SERVICE
+from tests.identity.harness import identity_env, start_enforcing_services
+from tests.reliability.hostile_messages import INVALID_UTF8, request_strategy, string_fields, wire_with_invalid_utf8
+
+# The services' background tasks (relay jitter) use `random` on their own thread while hypothesis draws.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module:hypothesis.errors.HypothesisDeprecationWarning")
+
+EXAMPLES = int(os.environ.get("FINMESH_HOSTILE_EXAMPLES", "12"))
+CALL_TIMEOUT = 15.0  # seconds; far above any honest answer, so hitting it means the server hung
+# Statuses that mean "a bug answered": an unhandled exception, or no answer at all.
+BUG_STATUSES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
+# Tables a refused call may still write, and why:
+#  idempotency_keys: a refusal is stored under its key so a retry gets the same answer (platform.idempotency);
+#  outbox: relays mark rows sent in the background, whatever the call in flight.
+UNCHECKED_TABLES = {"idempotency_keys", "outbox", "alembic_version"}
+# Operators first: they act for anyone, so ownership checks do not stop the input before validation.
+ROLE_ORDER = ("admin", "risk_officer", "support", "institution", "enterprise", "personal", "service")
+
+
+# --- the services under test, enumerated from the generated code -----------------------------------
+
+def _service_modules() -> Iterator[Any]:
+    """Every finmesh.<area>.v1.*_pb2 module that declares a service (new services join automatically)."""
+    for root in finmesh.__path__:
+        for area in sorted(p for p in Path(root).iterdir() if (p / "v1").is_dir()):
+            for info in pkgutil.iter_modules([str(area / "v1")]):
+                if info.name.endswith("_pb2"):
+                    module = importlib.import_module(f"finmesh.{area.name}.v1.{info.name}")
+                    if module.DESCRIPTOR.services_by_name:
+                        yield module
+
+
+def _methods() -> list[MethodDescriptor]:
+    found = {m.full_name: m for module in _service_modules()
+             for service in module.DESCRIPTOR.services_by_name.values() for m in service.methods}
+    return [found[name] for name in sorted(found)]
+
+
+METHODS = _methods()
+
+
+def _short(service_full_name: str) -> str:
+    """finmesh.payments.v1.PaymentsService -> payments (the mesh's name for the server hosting it)."""
+    return service_full_name.split(".")[1]
+
+
+def _path(method: MethodDescriptor) -> str:
+    return f"/{method.containing_service.full_name}/{method.name}"
+
+
+# --- a mesh on a background loop ----------------------------------------------------------------------
+
+class _SqliteDatabases:
+    """The `databases` fixture's interface, SQLite only, remembering each service's file."""
+
+    kind = "sqlite"
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.files: dict[str, Path] = {}
+
+    async def new(self, label: str) -> str:
+        path = self.tmp / f"{label}-{uuid.uuid4().hex[:6]}.db"
+        self.files[label] = path
+        return f"sqlite+aiosqlite:///{path}"
+
+
+@dataclass
+class Mesh:
+    tmp: Path
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    targets: dict[str, str] = field(default_factory=dict)
+    owner: str = field(default_factory=lambda: str(uuid.uuid4()))
+    ids: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+    _channels: dict[str, grpc.Channel] = field(default_factory=dict)
+    _thread: threading.Thread | None = None
+    _env: Any = None
+    _dbs: _SqliteDatabases | None = None
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 120) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.loop.run_forever, name="hostile-mesh", daemon=True)
+        self._thread.start()
+        self.run(self._start())
+
+    async def _start(self) -> None:
+        self._dbs = _SqliteDatabases(self.tmp)
+        self._env = await self._stack.enter_async_context(identity_env(self._dbs, self.tmp))
+        self.targets = {"identity": self._env.target,
+                        **await start_enforcing_services(self._stack, self._dbs, self.tmp, self._env.target)}
+
+    def stop(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        try:
+            self.run(self._stack.aclose())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            if self._thread is not None:
+                self._thread.join(30)
+            self.loop.close()
+
+    def channel(self, service: str) -> grpc.Channel:
+        if service not in self._channels:
+            assert service in self.targets, f"no server in the mesh hosts {service}: add it to this test"
+            self._channels[service] = grpc.insecure_channel(
+                self.targets[service], options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+        return self._channels[service]
+
+    # tokens, signed by identity's active key as CompleteLogin and GetServiceToken sign them
+    def token(self, roles: tuple[str, ...], sub: str | None = None) -> str:
+        now = int(time.time())
+        if roles == (SERVICE,):
+            claims = service_claims("payments", now, 600)
+        else:
+            claims = user_claims(Subject(sub or self.owner, tuple(r.upper() for r in roles), "LOW", True), now, 600)
+        return self.run(self._env.app.deps.keys.sign(claims))
+
+    def database(self, service: str) -> Path:
+        assert self._dbs is not None
+        return self._dbs.files[service]
+
+    def call(self, method: MethodDescriptor, payload: bytes, token: str | None) -> grpc.StatusCode:
+        """Send `payload` as the serialized request; the status code the server answered."""
+        service = _short(method.containing_service.full_name)
+        response_cls = message_factory.GetMessageClass(method.output_type)
+        rpc = self.channel(service).unary_unary(_path(method), request_serializer=None,
+                                                response_deserializer=response_cls.FromString)
+        metadata = (("authorization", f"Bearer {token}"),) if token is not None else None
+        try:
+            rpc(payload, timeout=CALL_TIMEOUT, metadata=metadata)
+        except grpc.RpcError as error:
+            return error.code()  # type: ignore[no-any-return, attr-defined]
+        return grpc.StatusCode.OK
+
+    def serving(self, service: str) -> bool:
+        stub = health_pb2_grpc.HealthStub(self.channel(service))
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _seed_payments(mesh: Mesh) -> None:
+    """Two funded wallets and a payment of the fuzzing customer, so generated ids can name real things."""
+    stub_call = mesh.channel("payments").unary_unary
+    customer = {"metadata": (("authorization", f"Bearer {mesh.token(('personal',))}"),), "timeout": 30}
+
+    def rpc(name: str, request: Any, response: Any) -> Any:
+        return stub_call(f"/finmesh.payments.v1.PaymentsService/{name}",
+                         request_serializer=type(request).SerializeToString,
+                         response_deserializer=response.FromString)(request, **customer)
+
+    for _ in range(2):
+        opened = rpc("OpenAccount", pay_pb.OpenAccountRequest(
+            idempotency_key=uuid.uuid4().hex, owner_id=mesh.owner, kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET,
+            currency_code="CNY"), pay_pb.OpenAccountResponse)
+        mesh.ids["account_id"].append(opened.account.account_id)
+        rpc("TopUp", pay_pb.TopUpRequest(idempotency_key=uuid.uuid4().hex, account_id=opened.account.account_id,
+                                         channel="test_bank", amount=money_pb2.Money(currency_code="CNY",
+                                                                                     minor_units=100_000)),
+            pay_pb.TopUpResponse)
+    payer, payee = mesh.ids["account_id"]
+    paid = rpc("CreatePayment", pay_pb.CreatePaymentRequest(
+        idempotency_key=uuid.uuid4().hex, payer_account_id=payer, payee_account_id=payee,
+        amount=money_pb2.Money(currency_code="CNY", minor_units=1_000),
+        capture_mode=pay_pb.CAPTURE_MODE_MANUAL), pay_pb.CreatePaymentResponse)
+    mesh.ids["payment_id"].append(paid.payment.payment_id)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    running = Mesh(tmp_path_factory.mktemp("hostile"))
+    running.start()
+    try:
+        _seed_payments(running)
+        yield running
+    finally:
+        running.stop()
+
+
+# --- what a call may touch ----------------------------------------------------------------------------
+
+def _snapshot(database: Path) -> dict[str, str]:
+    """A digest of every table's rows: a refused call must leave each one as it found it."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as conn:
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        digests = {}
+        for table in sorted(set(tables) - UNCHECKED_TABLES):
+            digest = hashlib.sha256()
+            for row in conn.execute(f'SELECT * FROM "{table}" ORDER BY 1'):  # table names from sqlite_master
+                digest.update(repr(row).encode())
+            digests[table] = digest.hexdigest()
+    conn.close()
+    return digests
+
+
+def _books_balance(database: Path) -> None:
+    """Payments' invariants: every transfer's entries sum to zero, and so do all balances per currency."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as conn:
+        unbalanced = conn.execute("SELECT transfer_id, currency, SUM(amount) FROM ledger_entries "
+                                  "GROUP BY transfer_id, currency HAVING SUM(amount) != 0").fetchall()
+        totals = conn.execute("SELECT currency, SUM(available + held + unsettled) FROM accounts "
+                              "GROUP BY currency HAVING SUM(available + held + unsettled) != 0").fetchall()
+    conn.close()
+    assert not unbalanced, f"transfers whose entries do not sum to zero: {unbalanced}"
+    assert not totals, f"balances that do not sum to zero: {totals}"
+
+
+# --- who calls ----------------------------------------------------------------------------------------
+
+def _granted_roles(method: MethodDescriptor) -> tuple[str, ...] | None:
+    """The least surprising role allowed to call `method`; None for public RPCs."""
+    policy = access_policy(method)
+    if policy is None or policy.allow_unauthenticated:
+        return None
+    if policy.internal_only:
+        return (SERVICE,)
+    for role in ROLE_ORDER:
+        if policy.permission in ROLE_PERMISSIONS[role]:
+            return (role,)
+    raise AssertionError(f"no role in {ALL_ROLES} may call {method.full_name}: its policy cannot be tested")
+
+
+# Mostly the granted role; sometimes no token, a forged one, or an operator who lacks the permission.
+CALLERS = ("granted", "granted", "granted", "granted", "none", "forged")
+
+
+def _token_for(mesh: Mesh, method: MethodDescriptor, caller: str) -> str | None:
+    if caller == "none":
+        return None
+    if caller == "forged":
+        head, body, signature = mesh.token(("admin",)).split(".")
+        return f"{head}.{body}.{signature[::-1]}"
+    roles = _granted_roles(method)
+    return mesh.token(roles) if roles else None
+
+
+# --- tallies for the summary --------------------------------------------------------------------------
+
+TRIED: Counter[str] = Counter()
+CODES: dict[str, Counter[str]] = defaultdict(Counter)
+FAILURES: list[str] = []
+
+
+def _record(kind: str, service: str, code: grpc.StatusCode) -> None:
+    TRIED[(kind, service)] += 1
+    CODES[service][code.name] += 1
+
+
+def _check(mesh: Mesh, method: MethodDescriptor, payload: bytes, token: str | None, kind: str) -> grpc.StatusCode:
+    service = _short(method.containing_service.full_name)
+    database = mesh.database(service)
+    before = _snapshot(database)
+    code = mesh.call(method, payload, token)
+    _record(kind, service, code)
+    if code in BUG_STATUSES:
+        FAILURES.append(f"{method.full_name} {code.name} ({kind}, {len(payload)} bytes)")
+    assert code not in BUG_STATUSES, f"{method.full_name} answered {code.name} to a {len(payload)}-byte {kind} input"
+    if code != grpc.StatusCode.OK:
+        after = _snapshot(database)
+        changed = sorted(t for t in after if after[t] != before.get(t))
+        assert not changed, f"{method.full_name} refused ({code.name}) but wrote to {changed}"
+    if service == "payments":
+        _books_balance(database)
+    return code
+
+
+def _hints(mesh: Mesh) -> dict[str, st.SearchStrategy]:
+    """Real ids and currencies next to the random ones, so some inputs get past the lookups."""
+    accounts = st.sampled_from(mesh.ids["account_id"])
+    return {"account_id": accounts, "payer_account_id": accounts, "payee_account_id": accounts,
+            "source_account_id": accounts, "destination_account_id": accounts, "merchant_account_id": accounts,
+            "payment_id": st.sampled_from(mesh.ids["payment_id"]), "owner_id": st.just(mesh.owner),
+            "user_id": st.just(mesh.owner), "currency_code": st.sampled_from(["CNY", "USD", "cny", "CN"])}
+
+
+# --- the tests ----------------------------------------------------------------------------------------
+
+SETTINGS = settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None, print_blob=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.large_base_example])
+
+
+@pytest.mark.parametrize("method", METHODS, ids=[m.full_name.removeprefix("finmesh.") for m in METHODS])
+def test_generated_requests_get_a_meaningful_status(mesh: Mesh, method: MethodDescriptor) -> None:
+    service = _short(method.containing_service.full_name)
+    tokens = {caller: _token_for(mesh, method, caller) for caller in set(CALLERS)}
+    requests = request_strategy(method.input_type, hints=_hints(mesh))
+
+    @SETTINGS
+    @given(request=requests, caller=st.sampled_from(CALLERS))
+    def probe(request: Any, caller: str) -> None:
+        _check(mesh, method, request.SerializeToString(), tokens[caller], "generated")
+
+    probe()
+    assert mesh.serving(service), f"{service} stopped serving after hostile {method.name} requests"
+
+
+@pytest.mark.parametrize("method", METHODS, ids=[m.full_name.removeprefix("finmesh.") for m in METHODS])
+def test_undecodable_requests_are_invalid_arguments(mesh: Mesh, method: MethodDescriptor) -> None:
+    """Bytes that are not the request message: random bytes, and string fields holding invalid UTF-8."""
+    token = _token_for(mesh, method, "granted")
+    payloads = [wire_with_invalid_utf8(f, bad) for f in string_fields(method.input_type) for bad in INVALID_UTF8[:3]]
+    # Truncated varints and lengths that run past the end: never a valid message.
+    payloads += [b"\x08", b"\x0a\x05ab", b"\x0a\xff\xff\xff\xff\x0f", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"]
+    for payload in payloads:
+        code = _check(mesh, method, payload, token, "undecodable")
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{method.full_name}: {payload!r} answered {code.name}"
+
+    @SETTINGS
+    @given(payload=st.binary(max_size=512))
+    def probe(payload: bytes) -> None:
+        _check(mesh, method, payload, token, "random bytes")
+
+    probe()
+    assert mesh.serving(_short(method.containing_service.full_name))
+
+
+def _raw(target: str, payload: bytes) -> None:
+    host, port = target.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(payload)
+        sock.settimeout(2)
+        try:
+            while sock.recv(4096):  # the server may answer (a GOAWAY) before it hangs up
+                pass
+        except (TimeoutError, ConnectionResetError):
+            pass
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+RAW_PAYLOADS = {
+    "random bytes": bytes(range(256)) * 8,
+    "http/1.1 request": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    "truncated preface": PREFACE[:11],
+    "preface then garbage frames": PREFACE + b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" + b"\xff" * 64,
+    "preface, oversized frame header": PREFACE + b"\xff\xff\xff\x00\x00\x00\x00\x00\x01",
+    "tls client hello to a plaintext port": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,
+}
+
+
+@pytest.mark.parametrize("service", ["identity", "payments", "risk", "notify"])
+def test_the_port_survives_bytes_that_are_not_grpc(mesh: Mesh, service: str) -> None:
+    for name, payload in RAW_PAYLOADS.items():
+        _raw(mesh.targets[service], payload)
+        TRIED[("raw", service)] += 1
+        assert mesh.serving(service), f"{service} stopped serving after {name}"
+
+
+def test_zz_summary(mesh: Mesh, capsys: pytest.CaptureFixture[str]) -> None:
+    """The figures for docs/RELIABILITY.md (runs last: pytest keeps a module's order)."""
+    services = sorted({service for _, service in TRIED})
+    kinds = sorted({kind for kind, _ in TRIED})
+    with capsys.disabled():
+        print(f"\nhostile input: {len(METHODS)} RPCs, {EXAMPLES} generated examples per RPC and kind")
+        for service in services:
+            by_kind = ", ".join(f"{kind} {TRIED[(kind, service)]}" for kind in kinds if TRIED[(kind, service)])
+            print(f"  {service:9} {sum(TRIED[(k, service)] for k in kinds):6} inputs ({by_kind}); "
+                  f"statuses {dict(CODES[service].most_common())}")
+        print(f"  total     {sum(TRIED.values()):6} inputs; bug statuses or partial writes: {len(FAILURES)}")
+    assert TRIED, "no input was tried"
