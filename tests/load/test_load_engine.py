@@ -47,7 +47,7 @@ async def test_closed_loop_hides_the_same_stall_in_one_sample() -> None:
     result = await closed_loop(stalling_call(stall_at=60, work_s=0.008), concurrency=1, count=200, warmup_s=0.1)
     assert result.calls == 200
     assert result.latency_ms()["max"] >= 0.8 * STALL_S * 1000
-    assert result.percentile_ms(99) < 0.2 * STALL_S * 1000, result.latency_ms()
+    assert result.percentile_ms(99) < 0.5 * STALL_S * 1000, result.latency_ms()
 
 
 async def test_counts_add_up_and_warmup_is_left_out() -> None:

@@ -10,6 +10,7 @@ import re
 import uuid
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import grpc
 
@@ -61,6 +62,7 @@ def _cli(*argv: str) -> int:
 
 
 async def test_calls_carry_the_synthetic_mark_and_the_report_adds_up(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A mix against a server that records what arrives, then the payment path against the no-op baseline."""
     recorder = Recorder()
     server = grpc.aio.server()
     pay_grpc.add_PaymentsServiceServicer_to_server(recorder, server)
@@ -74,7 +76,7 @@ async def test_calls_carry_the_synthetic_mark_and_the_report_adds_up(tmp_path: P
         code = await asyncio.to_thread(
             _cli, "--target", f"127.0.0.1:{port}", "--scenario", "mix", "--mix", "payment=2,balance=1,registration=1",
             "--mode", "open", "--rate", "40", "--count", "80", "--warmup", "0.5", "--token-env", TOKEN_ENV,
-            "--accounts-file", str(_accounts_file(tmp_path)), "--out", str(out))
+            "--accounts-file", str(_accounts_file(tmp_path)), "--out", str(out), "--baseline")
     finally:
         await server.stop(0)
     assert code == 0
@@ -103,9 +105,18 @@ async def test_calls_carry_the_synthetic_mark_and_the_report_adds_up(tmp_path: P
     assert (doc["calls"], doc["ok"], doc["error_count"], doc["warmup_calls"]) == (80, 80, 0, 20)
     assert sum(row["ok"] for row in doc["timeline"]) == doc["ok"]
     assert doc["throughput"] > 0 and 0 < doc["latency_ms"]["p50"] <= doc["latency_ms"]["max"]
+    # The no-op baseline ran the payment path the same way, in the same run, and every ratio is there.
+    assert (doc["baseline"]["calls"], doc["baseline"]["ok"]) == (80, 80)
+    assert set(doc["ratio_to_baseline"]) == {"latency_p50", "latency_p90", "latency_p99", "latency_p99_9",
+                                             "latency_max", "throughput"}
+    assert all(ratio > 0 for ratio in doc["ratio_to_baseline"].values())
+
     report = (out / "report.html").read_text(encoding="utf-8")
-    assert report.count("<svg") == 3 and "http://" not in report.replace("http://www.w3.org/2000/svg", "")
-    for series in ("p50 per second", "p99 per second", "this run"):
+    svgs = re.findall(r"<svg.*?</svg>", report, re.S)
+    assert len(svgs) == 3 and "http://" not in report.replace("http://www.w3.org/2000/svg", "")
+    for svg in svgs:
+        ElementTree.fromstring(svg)  # well-formed, so browsers draw it
+    for series in ("p50 per second", "p99 per second", "this run", "no-op baseline"):
         points = re.search(rf'data-name="{series}"[^>]*points="([^"]+)"', report)
         assert points and len(points.group(1).split()) >= 2, series
 

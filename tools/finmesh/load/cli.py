@@ -13,7 +13,7 @@ import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from finmesh.cli.tls import TlsConfigError
@@ -22,7 +22,7 @@ from finmesh.load.accounts import AccountsFileError, TestAccounts, load_accounts
 from finmesh.load.engine import LoadResult
 from finmesh.load.progress import ProgressLine
 from finmesh.load.run import Plan, result_document, run_load, summary, write_outputs
-from finmesh.load.target import Endpoint, Tls, token_from_env
+from finmesh.load.target import Endpoint, Targets, Tls, token_from_env
 
 DEFAULT_TOKEN_ENV = "FINMESH_LOAD_TOKEN"
 NOOP_ACCOUNTS = 8
@@ -30,15 +30,6 @@ NOOP_ACCOUNTS = 8
 
 class SetupError(Exception):
     """The run cannot start: a missing option, file, token, or a target that could not be started."""
-
-
-@dataclass
-class Targets:
-    description: str
-    payments: Endpoint | None = None
-    identity: Endpoint | None = None
-    accounts: TestAccounts | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -57,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--connections", type=int, default=1, help="HTTP/2 connections per target")
     p.add_argument("--timeout", type=float, default=10.0, help="per-call deadline in seconds")
     p.add_argument("--target", required=True, help="payments host:port, `noop` or `local`")
+    p.add_argument("--mesh-dir", type=Path, help="--target local: keep the mesh's databases, spans and logs here "
+                   "(default: a temporary directory, removed after the run)")
     p.add_argument("--identity-target", help="identity host:port for registrations (default: --target)")
     p.add_argument("--tls-ca", help="CA file: TLS (default FINMESH_TLS_CA_FILE)")
     p.add_argument("--tls-cert", help="client certificate for mTLS (default FINMESH_TLS_CERT_FILE)")
@@ -127,7 +120,7 @@ def _targets(args: argparse.Namespace, plan: Plan) -> contextlib.AbstractAsyncCo
     if args.target == "local":
         from finmesh.load.localmesh import local_targets
 
-        return local_targets(plan, quiet=args.quiet)
+        return local_targets(data_dir=args.mesh_dir, quiet=args.quiet)
     return _remote(args, plan)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from finmesh.cli.tls import CA_ENV, CERT_ENV, KEY_ENV, TlsConfigError
+from finmesh.load.accounts import TestAccounts
 
 BAGGAGE = ("baggage", "synthetic=true")
 
@@ -73,6 +74,17 @@ class Endpoint:
         if self.tls.server_name:
             options.append(("grpc.ssl_target_name_override", self.tls.server_name))
         return grpc.aio.secure_channel(self.target, self.tls.credentials(), options=options)
+
+
+@dataclass
+class Targets:
+    """Where a run sends its calls, and the test accounts it may move money between."""
+
+    description: str
+    payments: Endpoint | None = None
+    identity: Endpoint | None = None
+    accounts: TestAccounts | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def token_from_env(name: str) -> str:
