@@ -24,6 +24,7 @@ from finmesh.load.target import Endpoint
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pay_grpc
 from tests.payments.harness import payments_mesh
+from tests.pki import issue, write_pair
 
 TOKEN_ENV = "FINMESH_LOAD_TEST_TOKEN"
 
@@ -51,6 +52,17 @@ class Recorder(pay_grpc.PaymentsServiceServicer, id_grpc.IdentityServiceServicer
         return id_pb.RegisterUserResponse()
 
 
+async def _recording_server(credentials: grpc.ServerCredentials | None = None) -> tuple[Recorder, Any, int]:
+    recorder = Recorder()
+    server = grpc.aio.server()
+    pay_grpc.add_PaymentsServiceServicer_to_server(recorder, server)
+    id_grpc.add_IdentityServiceServicer_to_server(recorder, server)
+    address = "127.0.0.1:0"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    await server.start()
+    return recorder, server, port
+
+
 def _accounts_file(tmp_path: Path, accounts: tuple[str, ...] = ("test-a", "test-b", "test-c")) -> Path:
     path = tmp_path / "accounts.json"
     TestAccounts("load-owner", accounts).save(path)
@@ -63,12 +75,7 @@ def _cli(*argv: str) -> int:
 
 async def test_calls_carry_the_synthetic_mark_and_the_report_adds_up(tmp_path: Path, monkeypatch, capsys) -> None:
     """A mix against a server that records what arrives, then the payment path against the no-op baseline."""
-    recorder = Recorder()
-    server = grpc.aio.server()
-    pay_grpc.add_PaymentsServiceServicer_to_server(recorder, server)
-    id_grpc.add_IdentityServiceServicer_to_server(recorder, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    recorder, server, port = await _recording_server()
     token = "tok-" + uuid.uuid4().hex
     monkeypatch.setenv(TOKEN_ENV, token)
     out = tmp_path / "out"
@@ -119,6 +126,30 @@ async def test_calls_carry_the_synthetic_mark_and_the_report_adds_up(tmp_path: P
     for series in ("p50 per second", "p99 per second", "this run", "no-op baseline"):
         points = re.search(rf'data-name="{series}"[^>]*points="([^"]+)"', report)
         assert points and len(points.group(1).split()) >= 2, series
+
+
+async def test_mutual_tls_target(tmp_path: Path, monkeypatch) -> None:
+    """A target that wants a client certificate, reached through a name other than the address (a port-forward)."""
+    ca = issue("load-ca")
+    ca_cert, _ = write_pair(tmp_path, "ca", ca)
+    server_cert, server_key = write_pair(tmp_path, "server", issue("payments", ca, dns="payments.finmesh"))
+    client_cert, client_key = write_pair(tmp_path, "client", issue("load", ca))
+    credentials = grpc.ssl_server_credentials([(server_key.read_bytes(), server_cert.read_bytes())],
+                                              root_certificates=ca_cert.read_bytes(), require_client_auth=True)
+    recorder, server, port = await _recording_server(credentials)
+    monkeypatch.setenv(TOKEN_ENV, "tok")
+    out = tmp_path / "out"
+    try:
+        code = await asyncio.to_thread(
+            _cli, "--target", f"127.0.0.1:{port}", "--scenario", "balance", "--mode", "closed", "--count", "10",
+            "--warmup", "0", "--tls-ca", str(ca_cert), "--tls-cert", str(client_cert), "--tls-key", str(client_key),
+            "--tls-server-name", "payments.finmesh", "--token-env", TOKEN_ENV,
+            "--accounts-file", str(_accounts_file(tmp_path)), "--out", str(out))
+    finally:
+        await server.stop(0)
+    assert code == 0
+    assert json.loads((out / "result.json").read_text(encoding="utf-8"))["ok"] == 10
+    assert len(recorder.calls) == 10 and all(md["baggage"] == "synthetic=true" for _, md, _ in recorder.calls)
 
 
 def test_errors_are_counted_by_status_code_and_the_harness_exits_cleanly(tmp_path: Path, monkeypatch,
