@@ -22,7 +22,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import strategies as st
 
 Strategy = st.SearchStrategy
-# Field name -> extra values for that field, mixed in with the generic ones (e.g. ids that exist).
+# String field name -> extra values for it, mixed in with the generic ones (e.g. ids that exist).
 Hints = Mapping[str, Strategy]
 
 _INT_RANGES: dict[int, tuple[int, int]] = {
@@ -88,6 +88,24 @@ def binaries(max_bytes: int) -> Strategy:
     return st.integers(0, 29).flatmap(lambda roll: huge if roll == 0 else ordinary)
 
 
+_WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)
+
+
+def usual_text(name: str) -> Strategy:
+    """What a string field of this name usually holds, judged by its name alone."""
+    if name.endswith("_id") or name.endswith("key") or name == "token":
+        return st.uuids().map(str)
+    if name.endswith("currency_code"):
+        return st.sampled_from(["CNY", "USD"])
+    if "email" in name:
+        return st.just("someone@example.com")
+    if "phone" in name:
+        return st.just("+8613800138000")
+    if name.endswith("_at") or name.endswith("date"):
+        return st.sampled_from(["2026-01-01", "2026-01-01T00:00:00Z"])
+    return _WORDS
+
+
 def enums_for(field: FieldDescriptor) -> Strategy:
     declared = [v.number for v in field.enum_type.values]
     # Open (proto3) enums carry undeclared numbers; a server must refuse them, not index a table with them.
@@ -96,10 +114,19 @@ def enums_for(field: FieldDescriptor) -> Strategy:
 
 
 class MessageStrategies:
-    """Builds (and caches) one strategy per message type and remaining depth."""
+    """Builds (and caches) one strategy per message type and remaining depth.
+
+    `plausible=True` builds near-valid messages instead: every field present with a value of the
+    shape a real caller sends (ids, keys, currency codes, small amounts, declared enum values), and
+    about one field in `hostile_one_in` replaced by a hostile value or left out. Wholly random
+    messages mostly stop at validation; near-valid ones reach the rules and the database with one
+    bad value, where a missed check does harm.
+    """
 
     def __init__(self, *, max_depth: int = 3, max_repeated: int = 4, max_chars: int = 2_000_000,
-                 hints: Hints | None = None) -> None:
+                 hints: Hints | None = None, plausible: bool = False, hostile_one_in: int = 8) -> None:
+        self.plausible = plausible
+        self.hostile_one_in = hostile_one_in
         self.max_depth = max_depth
         self.max_repeated = max_repeated
         self.max_chars = max_chars
@@ -120,7 +147,8 @@ class MessageStrategies:
                                          for f in oneof.fields])
                   for oneof in descriptor.oneofs]
         # Every plain field is optional: a missing field is as hostile as a wrong one.
-        parts = st.tuples(st.fixed_dictionaries({}, optional=plain), *oneofs)
+        present = st.fixed_dictionaries(plain) if self.plausible else st.fixed_dictionaries({}, optional=plain)
+        parts = st.tuples(present, *oneofs)
         return parts.map(lambda dicts: _assemble(cls, descriptor, dicts))
 
     def _field(self, field: FieldDescriptor, depth: int) -> Strategy:
@@ -136,8 +164,33 @@ class MessageStrategies:
 
     def _single(self, field: FieldDescriptor, depth: int) -> Strategy:
         generic = self._generic(field, depth)
-        hint = self.hints.get(field.name)
+        # Hints are strings: an enum or message field that shares a hinted name keeps its own values.
+        hint = self.hints.get(field.name) if field.type == FieldDescriptor.TYPE_STRING else None
+        if self.plausible:
+            usual = self._usual(field, depth) if hint is None else hint
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                return usual  # its own fields carry the hostile values
+            return st.integers(0, self.hostile_one_in - 1).flatmap(lambda roll: generic if roll == 0 else usual)
         return st.one_of(hint, generic) if hint is not None else generic
+
+    def _usual(self, field: FieldDescriptor, depth: int) -> Strategy:
+        """A value of the shape an honest caller sends for this field."""
+        kind, name = field.type, field.name
+        if kind == FieldDescriptor.TYPE_MESSAGE:
+            return self.message(field.message_type, depth - 1) if depth > 0 else st.just(
+                message_factory.GetMessageClass(field.message_type)())
+        if kind == FieldDescriptor.TYPE_STRING:
+            return usual_text(name)
+        if kind in _INT_RANGES:
+            return st.integers(1, 10_000)
+        if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+            return st.floats(0, 1_000)
+        if kind == FieldDescriptor.TYPE_ENUM:
+            declared = [v.number for v in field.enum_type.values if v.number] or [0]
+            return st.sampled_from(declared)
+        if kind == FieldDescriptor.TYPE_BOOL:
+            return st.booleans()
+        return st.binary(min_size=1, max_size=16)
 
     def _generic(self, field: FieldDescriptor, depth: int) -> Strategy:
         kind = field.type

@@ -26,6 +26,14 @@ from finmesh.platform.errors import FieldViolation, InvalidArgument, Validator
 from finmesh.platform.idempotency import validate_key
 
 _BATCH_NAMESPACE = uuid.UUID("0c9d3f4e-5b7a-4e21-9a6b-2d8c1e0f7a35")
+# google.protobuf.Timestamp's valid range, 0001-01-01..9999-12-31: outside it ToDatetime raises.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def _cutoff(ts: Any) -> datetime:
+    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+        raise InvalidArgument(FieldViolation("cutoff", "outside 0001-01-01..9999-12-31"))
+    return ts.ToDatetime(tzinfo=UTC)
 
 
 class BackOfficeRpcs(ServicerBase):
@@ -33,7 +41,7 @@ class BackOfficeRpcs(ServicerBase):
         validate_key(request.idempotency_key)
         require_id(request.merchant_account_id, "merchant_account_id")
         now = datetime.now(UTC)
-        cutoff = request.cutoff.ToDatetime(tzinfo=UTC) if request.HasField("cutoff") else now
+        cutoff = _cutoff(request.cutoff) if request.HasField("cutoff") else now
         if cutoff > now:
             raise InvalidArgument(FieldViolation("cutoff", "must not be in the future"))
         batch_id = str(uuid.uuid5(_BATCH_NAMESPACE, request.idempotency_key))
