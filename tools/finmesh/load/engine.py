@@ -7,7 +7,8 @@ have been sent during it (coordinated-omission correction); a sender that could 
 from the real send; it answers "how much can this take", not "how does it behave at this rate".
 
 `call` is `async (i: int) -> None`; any exception is an error, classified by gRPC status name when it carries one.
-Calls started during warm-up are run but left out of every figure.
+Calls started during warm-up are run but left out of every figure. The per-second timeline buckets calls by
+when they completed (seconds since warm-up ended), so a stall shows where its backlog drained.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 # A send that starts this much after its intended time counts as late: the sender, not the server, fell behind.
 LATE_AFTER_S = 0.005
 PROGRESS_EVERY_S = 1.0
+# A sender that is behind schedule sends without sleeping; it still yields this often.
+YIELD_EVERY = 64
 
 
 def new_histogram() -> HdrHistogram:
@@ -259,6 +262,8 @@ async def open_loop(call: Call, *, rate: float, duration_s: float | None = None,
             delay = intended - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            elif i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # catching up after a stall: let the calls already sent run meanwhile
             await slots.acquire()
             lag = loop.time() - intended
             if intended >= recorder.measure_from:
