@@ -30,6 +30,7 @@ from finmesh.risk.ruleset import RulesRegistry
 from finmesh.risk.store.schema import outbox
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
+from finmesh.risk.writer import AssessmentWriter
 
 _log = get_logger("finmesh.risk")
 
@@ -39,12 +40,14 @@ class RiskApp:
     registrations: list[Registration]
     engine: AsyncEngine
     rules: RulesRegistry
+    writer: AssessmentWriter
     relay: OutboxRelay | None = None
     responder: EmergencyResponder | None = None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     async def start(self) -> None:
         self.rules.start()
+        self.writer.start()
         if self.relay is not None:
             self.relay.start()
         if self.responder is not None:
@@ -55,6 +58,7 @@ class RiskApp:
             await self.responder.stop()
         if self.relay is not None:
             await self.relay.stop()
+        await self.writer.stop()
         await self.rules.stop()
         for channel in self.channels:
             await channel.close()
@@ -98,7 +102,8 @@ async def build(settings: ServiceSettings) -> RiskApp:
             if worker is not None:
                 worker.wake()
 
-    servicer = RiskServicer(engine, rules, on_incident=on_incident)
+    writer = AssessmentWriter(engine, lambda: rules.active.rules)
+    servicer = RiskServicer(engine, rules, on_incident=on_incident, writer=writer)
     registration = Registration(servicer, pb_grpc.add_RiskServiceServicer_to_server,
                                 pb.DESCRIPTOR.services_by_name["RiskService"])
-    return RiskApp([registration], engine, rules, relay, responder, channels)
+    return RiskApp([registration], engine, rules, writer, relay, responder, channels)

@@ -1,18 +1,24 @@
-"""Assessing one payment: gather its features from the shared database, score it, and record the outcome.
+"""Assessing payments: gather their features from the shared database, score them, and record the outcomes.
 
-Everything an assessment writes (the assessment, the device it came from,
-AML reports, an incident and the operator alert event) commits in one
-transaction, under the payer's lock, so replicas never count a payer's
-velocity concurrently and an incident is raised once.
+Assessments come in batches (see writer.py): everything a batch writes (the
+assessments, the devices they came from, AML reports, incidents and their
+operator alert events) commits in one transaction, under the locks of all of
+the batch's payers, so replicas never count a payer's velocity concurrently
+and an incident is raised once. Inside a batch payments are decided one
+after the other, each seeing the ones before it (domain.activity), as if
+each had committed alone.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
+from opentelemetry import context as otel_context
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -20,9 +26,10 @@ from finmesh.platform.db import write_gate
 from finmesh.platform.money import Money
 from finmesh.platform.outbox import enqueue
 from finmesh.risk.domain import aml
+from finmesh.risk.domain.activity import RecentActivity
 from finmesh.risk.domain.rules import Rules
 from finmesh.risk.domain.scoring import PaymentFeatures, Verdict, assess, is_new_device
-from finmesh.risk.domain.values import AmlKind, BlockKind, Subject, Tier, WarningLevel
+from finmesh.risk.domain.values import AmlKind, BlockKind, Decision, Subject, Tier, WarningLevel
 from finmesh.risk.domain.windows import window_start
 from finmesh.risk.store import alerts, assessments, blocklist, subjects
 from finmesh.risk.store import aml as aml_store
@@ -51,6 +58,15 @@ class PaymentFacts:
     def lock_key(self) -> str:
         return f"user:{self.payer_user_id}" if self.payer_user_id else f"account:{self.payer_account_id}"
 
+    @property
+    def subject_values(self) -> dict[Subject, str]:
+        return {Subject.USER: self.payer_user_id, Subject.DEVICE: self.device_id, Subject.IP: self.ip_address}
+
+    def block_candidates(self) -> list[tuple[str, str]]:
+        return [(BlockKind.USER.value, self.payer_user_id), (BlockKind.DEVICE.value, self.device_id),
+                (BlockKind.IP.value, self.ip_address), (BlockKind.ACCOUNT.value, self.payer_account_id),
+                (BlockKind.ACCOUNT.value, self.payee_account_id)]
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -58,29 +74,88 @@ class Outcome:
     raised_alert: bool = False  # a new incident: wake the relay and the emergency responder
 
 
-async def assess_payment(engine: AsyncEngine, rules: Rules, facts: PaymentFacts, now: datetime) -> Outcome:
-    """Assess once per payment id; a concurrent or repeated call gets the recorded assessment."""
+async def assess_payments(engine: AsyncEngine, rules: Rules, batch: Sequence[PaymentFacts], now: datetime,
+                          traces: Sequence[Any] | None = None) -> list[Outcome]:
+    """Assess each payment once per payment id; a repeated id gets the recorded assessment.
+
+    A batch that fails (a payment id recorded meanwhile by another replica
+    under another payer, a deadlock) raises; the caller retries its payments
+    one by one, and a single payment whose id was recorded meanwhile gets
+    that record. `traces` are the callers' trace contexts (OpenTelemetry), one per payment: the alert event
+    a payment raises carries its caller's trace.
+    """
     try:
         async with write_gate(engine), engine.begin() as conn:
-            await subjects.lock(conn, facts.lock_key, now)
-            prior = await assessments.find_by_payment(conn, facts.payment_id)
-            if prior is not None:
-                return Outcome(prior)
-            return await _assess_locked(conn, rules, facts, now)
+            return await _assess_batch(conn, rules, batch, now, traces or [None] * len(batch))
     except IntegrityError:
+        if len(batch) != 1:
+            raise
         # Two calls for one payment id under different lock keys (the caller changed the payer): first wins.
         async with engine.connect() as conn:
-            row = await assessments.find_by_payment(conn, facts.payment_id)
+            row = await assessments.find_by_payment(conn, batch[0].payment_id)
         if row is None:
             raise
-        return Outcome(row)
+        return [Outcome(row)]
 
 
-async def _assess_locked(conn: AsyncConnection, rules: Rules, facts: PaymentFacts, now: datetime) -> Outcome:
-    features, earlier, known_device = await _features(conn, rules, facts, now)
+class _Batch:
+    """What one batch's transaction reads once and then keeps up to date in memory."""
+
+    def __init__(self, conn: AsyncConnection, rules: Rules, now: datetime, activity: RecentActivity,
+                 listed: set[tuple[str, str]]) -> None:
+        self.conn, self.rules, self.now = conn, rules, now
+        self.activity = activity
+        self.listed = listed
+        self.pending: list[dict[str, Any]] = []  # assessment rows not yet inserted
+        self.new_devices: list[tuple[str, str]] = []
+
+    async def flush(self) -> None:
+        """Insert the pending rows: before anything reads the assessments table again."""
+        await assessments.insert_many(self.conn, self.pending)
+        self.pending = []
+
+
+async def _assess_batch(conn: AsyncConnection, rules: Rules, facts: Sequence[PaymentFacts], now: datetime,
+                        traces: Sequence[Any]) -> list[Outcome]:
+    await subjects.lock_many(conn, (f.lock_key for f in facts), now)
+    recorded = await assessments.find_by_payments(conn, (f.payment_id for f in facts))
+    fresh = [f for f in facts if f.payment_id not in recorded]
+    batch = _Batch(conn, rules, now, await _activity(conn, rules, fresh, now),
+                   await blocklist.listed(conn, (c for f in fresh for c in f.block_candidates()), now))
+    outcomes: dict[str, Outcome] = {pid: Outcome(row) for pid, row in recorded.items()}
+    answers = []
+    for f, trace in zip(facts, traces, strict=True):
+        if f.payment_id not in outcomes:  # a payment named twice in one batch is assessed once
+            token = otel_context.attach(trace) if trace is not None else None
+            try:
+                outcomes[f.payment_id] = await _assess_one(batch, f)
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
+            answers.append(outcomes[f.payment_id])
+        else:
+            answers.append(Outcome(outcomes[f.payment_id].row))
+    await batch.flush()
+    await subjects.remember_devices(conn, batch.new_devices, now)
+    return answers
+
+
+async def _activity(conn: AsyncConnection, rules: Rules, facts: Sequence[PaymentFacts],
+                    now: datetime) -> RecentActivity:
+    windows = {subject: tuple(sorted(seconds)) for subject, seconds in rules.velocity_windows().items() if seconds}
+    totals = []
+    for subject, seconds in windows.items():
+        totals += await assessments.window_totals(conn, subject, (f.subject_values[subject] for f in facts),
+                                                  seconds, now)
+    devices = await subjects.devices_of(conn, (f.payer_user_id for f in facts if f.device_id))
+    return RecentActivity.of(windows, totals, devices)
+
+
+async def _assess_one(batch: _Batch, facts: PaymentFacts) -> Outcome:
+    rules, now = batch.rules, batch.now
+    features, earlier, known_device = await _features(batch, facts)
     verdict = assess(features, rules)
-    row = await assessments.insert_assessment(
-        conn,
+    values = dict(
         assessment_id=str(uuid.uuid4()),
         payment_id=facts.payment_id,
         user_id=facts.payer_user_id,
@@ -101,41 +176,35 @@ async def _assess_locked(conn: AsyncConnection, rules: Rules, facts: PaymentFact
         synthetic=int(facts.synthetic),
         created_at=now,
     )
+    batch.pending.append(values)
+    batch.activity.record(facts.subject_values, facts.amount.currency, facts.amount.minor_units,
+                          declined=verdict.decision is Decision.DECLINE, user=facts.payer_user_id,
+                          device=facts.device_id)
     if facts.payer_user_id and facts.device_id and not known_device:
-        await subjects.remember_device(conn, facts.payer_user_id, facts.device_id, now)
+        batch.new_devices.append((facts.payer_user_id, facts.device_id))
+    row = SimpleNamespace(**values)  # what the inserted row will read back as
     if facts.synthetic:
         return Outcome(row)  # load-test traffic is scored like any other, but files no report and freezes nothing
-    await _file_aml_reports(conn, rules, facts, verdict, earlier, now)
-    raised = await _raise_incident(conn, rules, facts, verdict, now)
+    await _file_aml_reports(batch.conn, rules, facts, verdict, earlier, now)
+    raised = await _raise_incident(batch.conn, rules, facts, verdict, now)
     return Outcome(row, raised_alert=raised)
 
 
-async def _features(conn: AsyncConnection, rules: Rules, facts: PaymentFacts,
-                    now: datetime) -> tuple[PaymentFeatures, list[Any], bool]:
-    subject_values = {Subject.USER: facts.payer_user_id, Subject.DEVICE: facts.device_id,
-                      Subject.IP: facts.ip_address}
-    tallies = await assessments.tallies(conn, subject_values, rules.velocity_windows(), facts.amount.currency, now)
+async def _features(batch: _Batch, facts: PaymentFacts) -> tuple[PaymentFeatures, list[Any], bool]:
     known, has_devices = False, False
     if facts.payer_user_id and facts.device_id:
-        known, has_devices = await subjects.device_history(conn, facts.payer_user_id, facts.device_id)
-    hits = await blocklist.hits(conn, [
-        (BlockKind.USER.value, facts.payer_user_id),
-        (BlockKind.DEVICE.value, facts.device_id),
-        (BlockKind.IP.value, facts.ip_address),
-        (BlockKind.ACCOUNT.value, facts.payer_account_id),
-        (BlockKind.ACCOUNT.value, facts.payee_account_id),
-    ], now)
+        known, has_devices = batch.activity.device_history(facts.payer_user_id, facts.device_id)
     payer_hits = {(BlockKind.USER, facts.payer_user_id), (BlockKind.DEVICE, facts.device_id),
                   (BlockKind.IP, facts.ip_address), (BlockKind.ACCOUNT, facts.payer_account_id)}
-    blocked = frozenset(kind for kind, value in payer_hits if value and (kind.value, value) in hits)
-    earlier = await _earlier_just_under(conn, rules, facts, now)
+    blocked = frozenset(kind for kind, value in payer_hits if value and (kind.value, value) in batch.listed)
+    earlier = await _earlier_just_under(batch, facts)
     features = PaymentFeatures(
         amount=facts.amount,
         tier=facts.tier,
-        tallies=tallies,
+        tallies=batch.activity.tallies(facts.subject_values, facts.amount.currency),
         new_device=is_new_device(known=known, user_has_devices=has_devices),
         blocked=blocked,
-        payee_blocked=(BlockKind.ACCOUNT.value, facts.payee_account_id) in hits,
+        payee_blocked=(BlockKind.ACCOUNT.value, facts.payee_account_id) in batch.listed,
         ip_country=facts.ip_country,
         home_country=facts.home_country,
         earlier_just_under=len(earlier),
@@ -143,13 +212,14 @@ async def _features(conn: AsyncConnection, rules: Rules, facts: PaymentFacts,
     return features, earlier, known
 
 
-async def _earlier_just_under(conn: AsyncConnection, rules: Rules, facts: PaymentFacts, now: datetime) -> list[Any]:
-    rule = rules.aml.structuring
+async def _earlier_just_under(batch: _Batch, facts: PaymentFacts) -> list[Any]:
+    rule = batch.rules.aml.structuring
     if facts.synthetic or not facts.payer_user_id or not aml.is_just_under(facts.amount, rule):
         return []  # only a payment that is itself just under the threshold can complete the pattern
     low, high = aml.just_under_range(facts.amount.currency, rule) or (0, 0)
-    return await assessments.earlier_just_under(conn, facts.payer_user_id, facts.amount.currency, low, high,
-                                                window_start(now, rule.window_seconds))
+    await batch.flush()  # rare: the batch's earlier payments must be in the table this reads
+    return await assessments.earlier_just_under(batch.conn, facts.payer_user_id, facts.amount.currency, low, high,
+                                                window_start(batch.now, rule.window_seconds))
 
 
 async def _file_aml_reports(conn: AsyncConnection, rules: Rules, facts: PaymentFacts, verdict: Verdict,

@@ -14,7 +14,7 @@ from finmesh.platform.errors import AlreadyExists, InvalidArgument, NotFound
 from finmesh.platform.idempotency import IdempotencyStore
 from finmesh.platform.logs import get_logger
 from finmesh.platform.rpc_errors import to_status
-from finmesh.risk import assessing, onboarding
+from finmesh.risk import onboarding
 from finmesh.risk.api import convert, validate
 from finmesh.risk.domain.rules import RulesError, parse_rules
 from finmesh.risk.domain.values import WarningLevel
@@ -24,14 +24,17 @@ from finmesh.risk.store import alerts, aml, blocklist, indicators
 from finmesh.risk.store.schema import idempotency
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
+from finmesh.risk.writer import AssessmentWriter
 
 _log = get_logger("finmesh.risk")
 
 
 class RiskServicer(pb_grpc.RiskServiceServicer):
-    def __init__(self, engine: AsyncEngine, rules: RulesRegistry, on_incident: Callable[[], None] | None = None):
+    def __init__(self, engine: AsyncEngine, rules: RulesRegistry, on_incident: Callable[[], None] | None = None,
+                 writer: AssessmentWriter | None = None):
         self._engine = engine
         self._rules = rules
+        self.writer = writer or AssessmentWriter(engine, lambda: rules.active.rules)
         self._idem = IdempotencyStore(engine, idempotency, to_status)
         # Wakes the outbox relay and the emergency responder after a new incident commits.
         self._on_incident = on_incident or (lambda: None)
@@ -41,7 +44,7 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
     async def AssessPayment(self, request: pb.AssessPaymentRequest, context: grpc.aio.ServicerContext) -> Any:
         facts = validate.payment_facts(request)
         # A retry gets the recorded verdict (looked up under the payer's lock), whatever the rules are now.
-        outcome = await assessing.assess_payment(self._engine, self._rules.active.rules, facts, datetime.now(UTC))
+        outcome = await self.writer.submit(facts)
         if outcome.raised_alert:
             self._on_incident()
         row = outcome.row

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from finmesh.risk.domain.scoring import Tally
+from finmesh.risk.domain.activity import WindowTotals
 from finmesh.risk.domain.values import Decision, Subject
 from finmesh.risk.domain.windows import window_start
 from finmesh.risk.store.schema import assessments
@@ -26,52 +26,53 @@ async def find_by_payment(conn: AsyncConnection, payment_id: str) -> Any:
     return (await conn.execute(select(assessments).where(assessments.c.payment_id == payment_id))).first()
 
 
-async def insert_assessment(conn: AsyncConnection, **values: Any) -> Any:
-    return (await conn.execute(insert(assessments).values(**values).returning(*assessments.c))).one()
+# Built once: an expanding IN takes any number of ids without a new statement (and compile) per length.
+_BY_PAYMENTS = select(assessments).where(assessments.c.payment_id.in_(bindparam("ids", expanding=True)))
+_INSERT = insert(assessments)
 
 
-async def tallies(
-    conn: AsyncConnection,
-    subjects: Mapping[Subject, str],
-    windows: Mapping[Subject, set[int]],
-    currency: str,
-    now: datetime,
-) -> dict[tuple[Subject, int], Tally]:
-    """Earlier payments per (subject, window), read from the shared table so every replica counts alike.
+async def find_by_payments(conn: AsyncConnection, payment_ids: Iterable[str]) -> dict[str, Any]:
+    ids = sorted(set(payment_ids))
+    if not ids:
+        return {}
+    return {r.payment_id: r for r in await conn.execute(_BY_PAYMENTS, {"ids": ids})}
 
-    One query per subject computes all of its windows at once. A subject
-    with no value (no device id given) gets no tally: an empty id is not
-    one busy device.
+
+async def insert_many(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """One statement for a batch of assessments (executemany)."""
+    if rows:
+        await conn.execute(_INSERT, list(rows))
+
+
+async def window_totals(conn: AsyncConnection, subject: Subject, values: Iterable[str], windows: Sequence[int],
+                        now: datetime) -> list[WindowTotals]:
+    """Earlier payments of many values of one subject, per currency and window (`windows` sorted, widest last).
+
+    One statement for a whole batch; values with no payments in the widest window are simply absent.
     """
-    result: dict[tuple[Subject, int], Tally] = {}
-    for subject, seconds_set in windows.items():
-        value = subjects.get(subject, "")
-        if not value or not seconds_set:
-            continue
-        ordered = tuple(sorted(seconds_set))
-        params: dict[str, Any] = {"value": value, "currency": currency}
-        params.update({f"since_{i}": window_start(now, seconds) for i, seconds in enumerate(ordered)})
-        row = (await conn.execute(_tally_query(subject, len(ordered)), params)).one()
-        for i, seconds in enumerate(ordered):
-            result[(subject, seconds)] = Tally(count=int(row[2 * i]), amount=int(row[2 * i + 1]))
-    return result
+    wanted = sorted({v for v in values if v})
+    if not wanted or not windows:
+        return []
+    params: dict[str, Any] = {"values": wanted}
+    params.update({f"since_{i}": window_start(now, seconds) for i, seconds in enumerate(windows)})
+    rows = await conn.execute(_totals_query(subject, len(windows)), params)
+    n = len(windows)
+    return [WindowTotals(subject, r[0], r[1], tuple(int(c) for c in r[2:2 + n]), tuple(int(a) for a in r[2 + n:]))
+            for r in rows]
 
 
 @functools.cache
-def _tally_query(subject: Subject, windows: int) -> Any:
-    """Built once per shape and reused with bound values: building SQL expressions costs more than running them."""
+def _totals_query(subject: Subject, windows: int) -> Any:
     column = _SUBJECT_COLUMNS[subject]
     counted = assessments.c.decision != Decision.DECLINE.value
-    same_currency = assessments.c.currency == bindparam("currency")
-    columns = []
-    for i in range(windows):
-        inside = assessments.c.created_at > bindparam(f"since_{i}")
-        columns.append(func.coalesce(func.sum(case((inside, 1), else_=0)), 0))
-        columns.append(func.coalesce(func.sum(case((and_(inside, same_currency, counted), assessments.c.amount),
-                                                   else_=0)), 0))
+    insides = [assessments.c.created_at > bindparam(f"since_{i}") for i in range(windows)]
+    counts = [func.sum(case((inside, 1), else_=0)) for inside in insides]
+    amounts = [func.sum(case((and_(inside, counted), assessments.c.amount), else_=0)) for inside in insides]
     # The widest window (sorted last) bounds the rows read through the (subject, created_at) index.
-    return select(*columns).where(column == bindparam("value"),
-                                  assessments.c.created_at > bindparam(f"since_{windows - 1}"))
+    return (select(column, assessments.c.currency, *counts, *amounts)
+            .where(column.in_(bindparam("values", expanding=True)),
+                   assessments.c.created_at > bindparam(f"since_{windows - 1}"))
+            .group_by(column, assessments.c.currency))
 
 
 async def earlier_just_under(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,3 +25,14 @@ async def insert_ignoring_duplicates(conn: AsyncConnection, table: Table, **valu
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     result = await conn.execute(insert(table).values(**values).on_conflict_do_nothing())
     return bool(result.rowcount)
+
+
+async def insert_ignoring_duplicates_many(conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """insert_ignoring_duplicates() for many rows at once (executemany of one statement built once)."""
+    if rows:
+        await conn.execute(_ignoring_duplicates(conn.dialect.name, table), list(rows))
+
+
+@functools.cache
+def _ignoring_duplicates(dialect: str, table: Table) -> Any:
+    return (pg_insert if dialect == "postgresql" else sqlite_insert)(table).on_conflict_do_nothing()

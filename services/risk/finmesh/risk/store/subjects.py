@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from finmesh.risk.store.common import insert_ignoring_duplicates
+from finmesh.risk.store.common import insert_ignoring_duplicates, insert_ignoring_duplicates_many
 from finmesh.risk.store.schema import known_devices, subjects
 
 
@@ -25,13 +27,43 @@ async def lock(conn: AsyncConnection, subject_key: str, now: datetime) -> None:
     await conn.execute(update(subjects).where(subjects.c.subject_key == subject_key).values(touched_at=now))
 
 
-async def device_history(conn: AsyncConnection, user_id: str, device_id: str) -> tuple[bool, bool]:
-    """(this device is known for the user, the user has any known device), in one round trip."""
-    d = known_devices.c
-    query = select(func.count(), func.coalesce(func.sum(case((d.device_id == device_id, 1), else_=0)), 0)).where(
-        d.user_id == user_id)
-    total, this = (await conn.execute(query)).one()
-    return bool(this), bool(total)
+async def lock_many(conn: AsyncConnection, subject_keys: Iterable[str], now: datetime) -> None:
+    """lock() for a batch of payers in one statement.
+
+    The upsert takes the row locks in key order, the same order in every
+    replica, so two replicas' batches that share payers wait for each other
+    instead of deadlocking.
+    """
+    if conn.dialect.name == "sqlite":
+        return
+    keys = sorted(set(subject_keys))
+    if not keys:
+        return
+    # executemany runs the rows in list order (asyncpg sends them as one multi-row statement).
+    await conn.execute(_LOCK, [{"subject_key": k, "touched_at": now} for k in keys])
+
+
+_upsert = pg_insert(subjects)
+_LOCK = _upsert.on_conflict_do_update(index_elements=[subjects.c.subject_key],
+                                      set_={"touched_at": _upsert.excluded.touched_at})
+
+
+_DEVICES_OF = select(known_devices.c.user_id, known_devices.c.device_id).where(
+    known_devices.c.user_id.in_(bindparam("users", expanding=True)))
+
+
+async def devices_of(conn: AsyncConnection, user_ids: Iterable[str]) -> list[tuple[str, str]]:
+    """(user, device) for every device known for any of the users."""
+    users = sorted({u for u in user_ids if u})
+    if not users:
+        return []
+    return [(r.user_id, r.device_id) for r in await conn.execute(_DEVICES_OF, {"users": users})]
+
+
+async def remember_devices(conn: AsyncConnection, pairs: Iterable[tuple[str, str]], now: datetime) -> None:
+    """remember_device() for a batch of (user, device) pairs in one statement."""
+    rows = [{"user_id": u, "device_id": d, "first_seen_at": now} for u, d in sorted(set(pairs))]
+    await insert_ignoring_duplicates_many(conn, known_devices, rows)
 
 
 async def remember_device(conn: AsyncConnection, user_id: str, device_id: str, now: datetime) -> None:
