@@ -108,7 +108,8 @@ async def _noop(plan: Plan) -> AsyncIterator[Targets]:
 
     if scenarios.needs(plan.scenario, plan.mix) != {"payment"}:
         raise SetupError("the no-op baseline serves CreatePayment only: use --scenario payment with --target noop")
-    async with NoopMesh(tracing=True) as mesh:
+    # As on the local mesh, one customer sends every call: its per-caller rate limit must not be what is measured.
+    async with NoopMesh(tracing=True, extra_env={"FINMESH_RATE_LIMIT_PER_CALLER_RPS": "0"}) as mesh:
         # The stand-ins keep no accounts: any ids do, and no money exists to move.
         accounts = TestAccounts("noop", tuple(f"noop-account-{k}" for k in range(NOOP_ACCOUNTS)))
         yield Targets("noop", Endpoint(mesh.target, token=mesh.customer_token), accounts=accounts)
