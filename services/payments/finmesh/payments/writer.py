@@ -36,6 +36,7 @@ from finmesh.payments.domain.limits import limit_day
 from finmesh.payments.store.schema import audit_head, idempotency
 from finmesh.payments.store.tiers import PrincipalTierSource, TierSource
 from finmesh.payments.store.uow import UnitOfWork
+from finmesh.platform.db import is_transient
 from finmesh.platform.errors import DomainError, FailedPrecondition, InvalidArgument
 from finmesh.platform.idempotency import StoredRefusal
 from finmesh.platform.logs import get_logger
@@ -153,12 +154,16 @@ class LedgerWriter:
         try:
             outcomes = await self._commit(batch)
         except Exception as exc:  # noqa: BLE001 - retried one by one below, or handed to the caller
-            if len(batch) > 1:
+            if len(batch) > 1 and not is_transient(exc):
                 _log.warning("ledger_batch_retried_alone", size=len(batch), error=type(exc).__name__)
                 for command in batch:
                     await self._process([command])
                 return
-            outcomes = [_Outcome(error=exc)]
+            # A dropped connection is no command's fault: retried alone, a large batch would take a
+            # transaction each, queue behind itself past the callers' deadlines while they retry.
+            # Each caller gets UNAVAILABLE at once and retries with its key (a commit that did land
+            # answers from its stored reply).
+            outcomes = [_Outcome(error=exc) for _ in batch]
         for command, outcome in zip(batch, outcomes, strict=True):
             assert command.future is not None
             if command.future.done():
