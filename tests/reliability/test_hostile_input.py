@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 import finmesh
 from finmesh.common.v1 import money_pb2
 from finmesh.identity.domain.claims import Subject, service_claims, user_claims
+from finmesh.identity.v1 import identity_service_pb2 as id_pb
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.platform.auth import access_policy
 from finmesh.platform.auth_roles import ALL_ROLES, ROLE_PERMISSIONS, SERVICE
@@ -401,23 +402,30 @@ def test_undecodable_requests_are_invalid_arguments(mesh: Mesh, method: MethodDe
     assert mesh.serving(_short(method.containing_service.full_name))
 
 
-# Inputs the fuzzing found answering INTERNAL, kept as plain cases (each fixed in the commit that added it).
-REGRESSIONS: dict[str, tuple[str, Callable[[Mesh], Any]]] = {
+# Inputs the fuzzing found answering INTERNAL, kept as plain cases (each fixed in the commit that added it):
+# case -> (method, request, the status it must get).
+REGRESSIONS: dict[str, tuple[str, Callable[[Mesh], Any], grpc.StatusCode]] = {
     "settlement cutoff before year 1": ("finmesh.payments.v1.PaymentsService.RunSettlement", lambda mesh: (
         pay_pb.RunSettlementRequest(idempotency_key=uuid.uuid4().hex, merchant_account_id=mesh.ids["account_id"][0],
-                                    cutoff=timestamp_pb2.Timestamp(seconds=-(2**63))))),
+                                    cutoff=timestamp_pb2.Timestamp(seconds=-(2**63)))),
+        grpc.StatusCode.INVALID_ARGUMENT),
     "settlement cutoff with negative nanos": ("finmesh.payments.v1.PaymentsService.RunSettlement", lambda mesh: (
         pay_pb.RunSettlementRequest(idempotency_key=uuid.uuid4().hex, merchant_account_id=mesh.ids["account_id"][0],
-                                    cutoff=timestamp_pb2.Timestamp(seconds=1, nanos=-(2**31))))),
+                                    cutoff=timestamp_pb2.Timestamp(seconds=1, nanos=-(2**31)))),
+        grpc.StatusCode.INVALID_ARGUMENT),
+    "service credential with non-ASCII characters": ("finmesh.identity.v1.IdentityService.GetServiceToken",
+                                                     lambda mesh: id_pb.GetServiceTokenRequest(
+                                                         service="payments", credential="\u202eevil"),
+                                                     grpc.StatusCode.UNAUTHENTICATED),
 }
 
 
 @pytest.mark.parametrize("case", sorted(REGRESSIONS))
 def test_inputs_that_once_failed_are_refused(mesh: Mesh, case: str) -> None:
-    name, build = REGRESSIONS[case]
+    name, build, expected = REGRESSIONS[case]
     method = next(m for m in METHODS if m.full_name == name)
     code = _check(mesh, method, build(mesh).SerializeToString(), _token_for(mesh, method, "granted"), "regression")
-    assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{case}: {code.name}"
+    assert code == expected, f"{case}: {code.name}"
 
 
 def _raw(target: str, payload: bytes) -> None:

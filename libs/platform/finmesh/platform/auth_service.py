@@ -70,7 +70,9 @@ def credential_for(secret: bytes, service: str) -> str:
 
 
 def check_credential(secret: bytes, service: str, credential: str) -> bool:
-    return service in KNOWN_SERVICES and hmac.compare_digest(credential_for(secret, service), credential)
+    # As bytes: compare_digest refuses str with non-ASCII characters (TypeError), and a caller chooses this one.
+    expected = credential_for(secret, service).encode()
+    return service in KNOWN_SERVICES and hmac.compare_digest(expected, credential.encode())
 
 
 def _entry_point_service() -> str:
