@@ -15,6 +15,12 @@ change here rolls both colors (a flip of activeColor changes nothing here).
   "FINMESH_SHUTDOWN_GRACE_SECONDS" (toString $root.Values.shutdown.graceSeconds)
   "FINMESH_MAX_CONNECTION_AGE_SECONDS" (toString $root.Values.maxConnectionAgeSeconds)
   "FINMESH_AUTO_MIGRATE" "false"
+  "FINMESH_RATE_LIMIT_PER_CALLER_RPS" (toString $root.Values.overload.perCallerRps)
+  "FINMESH_RATE_LIMIT_PER_CALLER_BURST" (toString $root.Values.overload.perCallerBurst)
+  "FINMESH_RATE_LIMIT_PER_SERVICE_RPS" (toString $root.Values.overload.perServiceRps)
+  "FINMESH_RATE_LIMIT_PER_SERVICE_BURST" (toString $root.Values.overload.perServiceBurst)
+  "FINMESH_RATE_LIMIT_MAX_CALLERS" (toString $root.Values.overload.maxCallers)
+  "FINMESH_MAX_CONCURRENT_RPCS" (toString $root.Values.overload.maxConcurrentRpcs)
   "OTEL_SERVICE_NAME" .name
   "OTEL_TRACES_SAMPLER" $root.Values.otel.sampler
   "OTEL_TRACES_SAMPLER_ARG" $root.Values.otel.samplerArg

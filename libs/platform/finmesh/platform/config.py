@@ -59,11 +59,12 @@ class ServiceSettings(BaseSettings):
     # Overload (finmesh.platform.ratelimit): each caller's token bucket, refilled at _RPS up to _BURST;
     # past it a call is refused RESOURCE_EXHAUSTED RATE_LIMITED at once. Service tokens get their own,
     # larger buckets (one carries many users' traffic). PER_CALLER_RPS=0 turns limits off. Defaults are
-    # generous: they stop a runaway client, not a busy user.
-    rate_limit_per_caller_rps: float = Field(default=200.0, ge=0)
-    rate_limit_per_caller_burst: int = Field(default=400, ge=1)
-    rate_limit_per_service_rps: float = Field(default=2000.0, gt=0)
-    rate_limit_per_service_burst: int = Field(default=4000, ge=1)
+    # generous (above what one process serves, so local load runs and benchmarks measure the services, not
+    # the limiter); the Helm chart sets production's.
+    rate_limit_per_caller_rps: float = Field(default=1000.0, ge=0)
+    rate_limit_per_caller_burst: int = Field(default=2000, ge=1)
+    rate_limit_per_service_rps: float = Field(default=5000.0, gt=0)
+    rate_limit_per_service_burst: int = Field(default=10000, ge=1)
     # Most callers remembered (least recently seen forgotten first): bounds the limiter's memory.
     rate_limit_max_callers: int = Field(default=10_000, ge=1)
     # In-flight calls per server (gRPC answers RESOURCE_EXHAUSTED beyond it, never queues); 0 = no cap.
