@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 import time
 
 import grpc
 import pytest
 
 from finmesh.load.engine import closed_loop, error_code, open_loop
-from finmesh.load.scenarios import UnexpectedOutcome, mix_order, parse_mix
+from finmesh.load.progress import ProgressLine
+from finmesh.load.scenarios import UnexpectedOutcome
 
 STALL_S = 0.5
 
@@ -32,8 +35,11 @@ def stalling_call(stall_at: int, work_s: float = 0.002):
 async def test_open_loop_charges_a_stall_to_every_call_due_during_it() -> None:
     """100/s for 2 s with one 500 ms stall: ~50 sends were due during the stall; measured from their intended
     send times they waited up to 500 ms, so p99 shows the stall and they are counted as late sends."""
-    result = await open_loop(stalling_call(stall_at=60), rate=100, count=200, warmup_s=0.2)
+    shown = io.StringIO()
+    result = await open_loop(stalling_call(stall_at=60), rate=100, count=200, warmup_s=0.2,
+                             progress=ProgressLine(shown))
     assert result.calls == 200 and result.ok == 200
+    assert re.search(r"ok/s  ok \d+  errors 0 .* p99 [1-9][\d.]* ms", shown.getvalue()), shown.getvalue()
     assert result.percentile_ms(99) >= 0.8 * STALL_S * 1000, result.latency_ms()
     # A tenth of the calls were due during the stall, so even p90 carries part of it.
     assert result.percentile_ms(90) >= 0.1 * STALL_S * 1000, result.latency_ms()
@@ -86,11 +92,3 @@ async def test_open_loop_duration_bounds_the_run() -> None:
     assert error_code(ValueError("x")) == "ValueError"
     with pytest.raises(ValueError, match="bound"):
         await open_loop(call, rate=50)
-
-
-def test_mix_weights_interleave() -> None:
-    order = mix_order(parse_mix("payment=8,balance=2,registration=1"))
-    assert len(order) == 11 and order.count("payment") == 8 and order.count("registration") == 1
-    assert "balance" in order[:6]  # spread out, not bunched at the end
-    with pytest.raises(ValueError, match="unknown scenario"):
-        parse_mix("payment=1,refund=2")
