@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -51,7 +52,11 @@ async def _onboard_owner(mesh: Mesh) -> tuple[str, str]:
 def _restart_payments(mesh: Mesh, owner_id: str) -> None:
     proc = mesh.processes["payments"]
     proc.process.send_signal(signal.SIGTERM)
-    proc.process.wait(30)
+    try:
+        proc.process.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.process.kill()
+        proc.process.wait()
     mesh.extra_env["FINMESH_SYNTHETIC_OWNER_IDS"] = json.dumps([owner_id])
     targets = {f"FINMESH_{name.upper()}_TARGET": target for name, target in mesh.targets().items()}
     mesh.start_one("payments", proc.port, targets)
