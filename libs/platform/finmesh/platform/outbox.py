@@ -44,6 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finmesh.common.v1 import event_pb2
+from finmesh.platform.db import is_transient
 from finmesh.platform.logs import get_logger
 from finmesh.platform.telemetry import extract_context, inject_context
 
@@ -346,7 +347,6 @@ class OutboxRelay:
         self._held.difference_update(ids)
 
     async def _deliver_one(self, row: Any) -> str:
-        t = self._table
         parent = extract_context({"traceparent": row.traceparent, "tracestate": row.tracestate})
         with _tracer.start_as_current_span(
             f"{row.event_type} send",
@@ -370,10 +370,23 @@ class OutboxRelay:
                     return "sink_down"
                 await self._record_failure(row, exc)
                 return "failed"
-        async with self._engine.begin() as conn:
-            await conn.execute(update(t).where(t.c.id == row.id).values(delivered_at=datetime.now(UTC)))
-        self._held.discard(row.id)
+        await self._mark_delivered(row.id)
         return "delivered"
+
+    async def _mark_delivered(self, row_id: int) -> None:
+        t = self._table
+        for attempt in (1, 2):
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(update(t).where(t.c.id == row_id).values(delivered_at=datetime.now(UTC)))
+                break
+            except Exception as exc:
+                # The consumer has the event: a dropped connection here would leave it (and every later
+                # event of its aggregate) leased for lease_seconds and then sent again. One more try on a
+                # fresh connection; if that fails too, the lease and the consumer's dedupe take over.
+                if attempt == 2 or not is_transient(exc):
+                    raise
+        self._held.discard(row_id)
 
     async def _record_failure(self, row: Any, exc: Exception) -> None:
         t = self._table
