@@ -170,7 +170,7 @@ class RetryingLoad:
     """
 
     def __init__(self, target: str, payers: list[str], payees: list[str], run_id: str, issuer: Issuer,
-                 book: Book, *, count: int, rate: float, clients: int = 4, attempt_timeout: float = 5.0,
+                 book: Book, *, count: int, rate: float, clients: int = 4, attempt_timeout: float = 10.0,
                  give_up_after: float = 45.0) -> None:
         self.target, self.payers, self.payees, self.run_id = target, payers, payees, run_id
         self.interceptor = ActingAs(issuer, book)
