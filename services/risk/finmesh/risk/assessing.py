@@ -143,10 +143,8 @@ async def _assess_batch(conn: AsyncConnection, rules: Rules, facts: Sequence[Pay
 async def _activity(conn: AsyncConnection, rules: Rules, facts: Sequence[PaymentFacts],
                     now: datetime) -> RecentActivity:
     windows = {subject: tuple(sorted(seconds)) for subject, seconds in rules.velocity_windows().items() if seconds}
-    totals = []
-    for subject, seconds in windows.items():
-        totals += await assessments.window_totals(conn, subject, (f.subject_values[subject] for f in facts),
-                                                  seconds, now)
+    totals = await assessments.window_totals(
+        conn, {s: (w, [f.subject_values[s] for f in facts]) for s, w in windows.items()}, now)
     devices = await subjects.devices_of(conn, (f.payer_user_id for f in facts if f.device_id))
     return RecentActivity.of(windows, totals, devices)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,9 +41,11 @@ class _Job:
 
 
 class AssessmentWriter:
-    def __init__(self, engine: AsyncEngine, rules: Callable[[], Rules], *, max_batch: int = 128) -> None:
+    def __init__(self, engine: AsyncEngine, rules: Callable[[], Rules], *, max_batch: int = 128,
+                 assess: Callable[..., Awaitable[list[Outcome]]] = assess_payments) -> None:
         self._engine = engine
         self._rules = rules  # the active rules, read when a batch starts
+        self._assess = assess
         self._max_batch = max_batch
         self._queue: collections.deque[_Job] = collections.deque()
         self._wake = asyncio.Event()
@@ -95,7 +97,7 @@ class AssessmentWriter:
 
     async def _process(self, batch: list[_Job]) -> None:
         try:
-            outcomes: list[Outcome | BaseException] = list(await assess_payments(
+            outcomes: list[Outcome | BaseException] = list(await self._assess(
                 self._engine, self._rules(), [j.facts for j in batch], datetime.now(UTC), [j.trace for j in batch]))
             self.batches += 1
         except Exception as error:  # noqa: BLE001 - retried one by one below, or handed to the caller

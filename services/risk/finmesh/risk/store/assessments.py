@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, insert, select
+from sqlalchemy import and_, bindparam, case, func, insert, literal_column, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.risk.domain.activity import WindowTotals
@@ -44,35 +44,51 @@ async def insert_many(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> 
         await conn.execute(_INSERT, list(rows))
 
 
-async def window_totals(conn: AsyncConnection, subject: Subject, values: Iterable[str], windows: Sequence[int],
+async def window_totals(conn: AsyncConnection, wanted: Mapping[Subject, tuple[Sequence[int], Iterable[str]]],
                         now: datetime) -> list[WindowTotals]:
-    """Earlier payments of many values of one subject, per currency and window (`windows` sorted, widest last).
+    """Earlier payments of many values of each subject, per currency and window, in one statement.
 
-    One statement for a whole batch; values with no payments in the widest window are simply absent.
+    `wanted` maps a subject to (its windows sorted widest last, the values to count). Values with no
+    payments inside their subject's widest window are simply absent.
     """
-    wanted = sorted({v for v in values if v})
-    if not wanted or not windows:
+    counted = [(subject, windows, values) for subject, (windows, values) in wanted.items() if windows]
+    if not counted:
         return []
-    params: dict[str, Any] = {"values": wanted}
-    params.update({f"since_{i}": window_start(now, seconds) for i, seconds in enumerate(windows)})
-    rows = await conn.execute(_totals_query(subject, len(windows)), params)
-    n = len(windows)
-    return [WindowTotals(subject, r[0], r[1], tuple(int(c) for c in r[2:2 + n]), tuple(int(a) for a in r[2 + n:]))
-            for r in rows]
+    shape = tuple((subject, len(windows)) for subject, windows, _ in counted)
+    params: dict[str, Any] = {}
+    for i, (_, windows, values) in enumerate(counted):
+        params[f"values_{i}"] = sorted({v for v in values if v})
+        params.update({f"since_{i}_{w}": window_start(now, seconds) for w, seconds in enumerate(windows)})
+    totals = []
+    for r in await conn.execute(_totals_query(shape), params):
+        subject, n = shape[r[0]]
+        width = (len(r) - 3) // 2
+        totals.append(WindowTotals(subject, r[1], r[2], tuple(int(c) for c in r[3:3 + n]),
+                                   tuple(int(a) for a in r[3 + width:3 + width + n])))
+    return totals
 
 
 @functools.cache
-def _totals_query(subject: Subject, windows: int) -> Any:
-    column = _SUBJECT_COLUMNS[subject]
+def _totals_query(shape: tuple[tuple[Subject, int], ...]) -> Any:
+    """Built once per shape and reused with bound values: building SQL expressions costs more than running them.
+
+    One SELECT per subject, joined by UNION ALL; a subject with fewer windows than the widest pads with zeros.
+    """
+    width = max(n for _, n in shape)
     counted = assessments.c.decision != Decision.DECLINE.value
-    insides = [assessments.c.created_at > bindparam(f"since_{i}") for i in range(windows)]
-    counts = [func.sum(case((inside, 1), else_=0)) for inside in insides]
-    amounts = [func.sum(case((and_(inside, counted), assessments.c.amount), else_=0)) for inside in insides]
-    # The widest window (sorted last) bounds the rows read through the (subject, created_at) index.
-    return (select(column, assessments.c.currency, *counts, *amounts)
-            .where(column.in_(bindparam("values", expanding=True)),
-                   assessments.c.created_at > bindparam(f"since_{windows - 1}"))
-            .group_by(column, assessments.c.currency))
+    parts = []
+    for i, (subject, windows) in enumerate(shape):
+        column = _SUBJECT_COLUMNS[subject]
+        insides = [assessments.c.created_at > bindparam(f"since_{i}_{w}") for w in range(windows)]
+        pad = [literal_column("0")] * (width - windows)
+        counts = [func.sum(case((inside, 1), else_=0)) for inside in insides] + pad
+        amounts = [func.sum(case((and_(inside, counted), assessments.c.amount), else_=0)) for inside in insides]
+        # The subject's widest window (sorted last) bounds the rows read through its (subject, created_at) index.
+        parts.append(select(literal_column(str(i)), column, assessments.c.currency, *counts, *amounts, *pad)
+                     .where(column.in_(bindparam(f"values_{i}", expanding=True)),
+                            assessments.c.created_at > bindparam(f"since_{i}_{windows - 1}"))
+                     .group_by(column, assessments.c.currency))
+    return union_all(*parts)
 
 
 async def earlier_just_under(

@@ -1,0 +1,117 @@
+"""Group commit of assessments: concurrent payments assessed in one batch decide exactly as if one after another."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from finmesh.platform.money import Money
+from finmesh.risk.assessing import Outcome, PaymentFacts
+from finmesh.risk.store.schema import assessments
+from finmesh.risk.v1 import risk_service_pb2 as pb
+from finmesh.risk.writer import AssessmentWriter
+from tests.risk.harness import payment, risk_node, rules_yaml, write_atomically
+
+THREE_PER_MINUTE = [
+    {"code": "VELOCITY_USER_COUNT", "subject": "user", "window_seconds": 60, "max_count": 3, "score": 50},
+    {"code": "VELOCITY_DEVICE_AMOUNT", "subject": "device", "window_seconds": 60, "max_amount": {"CNY": 250_000},
+     "score": 50},
+]
+JUST_UNDER = 4_900_000  # inside the default structuring margin below 50,000.00 CNY
+
+
+def codes(assessment: pb.Assessment) -> set[str]:
+    return {r.code for r in assessment.reasons}
+
+
+async def _stored(risk: Any, payment_id: str) -> int:
+    async with risk.app.engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).where(assessments.c.payment_id == payment_id)))
+
+
+async def test_concurrent_payments_of_one_payer_see_each_other(databases, tmp_path: Path) -> None:
+    """Twelve simultaneous payments by one user: exactly three approved, in fewer transactions than payments.
+
+    The same burst also checks the device amount window, the new-device
+    rule and a payment id sent three times at once, all inside batches.
+    """
+    rules_file = tmp_path / "rules.yaml"
+    write_atomically(rules_file, rules_yaml("batch-1", velocity=THREE_PER_MINUTE))
+    async with risk_node(await databases.new("risk"), tmp_path, risk_rules_file=str(rules_file)) as risk:
+        before = risk.app.writer.batches
+        burst = await asyncio.gather(*(risk.assess(payment("burst-user", 1_000)) for _ in range(12)))
+        assert sorted(a.decision for a in burst) == [pb.DECISION_APPROVE] * 3 + [pb.DECISION_REVIEW] * 9
+        print(f"12 concurrent assessments in {risk.app.writer.batches - before} transactions")
+        assert risk.app.writer.batches - before < 12
+
+        # 1000 + 1000 CNY fit the device's 2500 CNY a minute; the third 1000 does not, in whatever order.
+        kiosk = await asyncio.gather(*(risk.assess(payment(minor=100_000, device_id="kiosk-1")) for _ in range(3)))
+        assert sorted(len(codes(a)) for a in kiosk) == [0, 0, 1]
+
+        # A user seen on phone-1 pays twice at once from laptop-2: only the first is a new device.
+        await risk.assess(payment("mover", device_id="phone-1"))
+        moved = await asyncio.gather(*(risk.assess(payment("mover", device_id="laptop-2")) for _ in range(2)))
+        assert sorted(codes(a) == {"NEW_DEVICE"} for a in moved) == [False, True]
+
+        same = payment(minor=2_000)
+        replies = await asyncio.gather(*(risk.assess(same) for _ in range(3)))
+        assert len({r.SerializeToString() for r in replies}) == 1
+        assert await _stored(risk, same.payment_id) == 1
+
+
+async def test_concurrent_structuring_files_one_report(databases, tmp_path: Path) -> None:
+    """Four simultaneous payments just under the threshold: the 3rd and 4th complete the pattern, one report."""
+    async with risk_node(await databases.new("risk"), tmp_path) as risk:
+        split = [payment("smurf", JUST_UNDER - i) for i in range(4)]
+        results = await asyncio.gather(*(risk.assess(p) for p in split))
+        assert sorted("AML_STRUCTURING" in codes(a) for a in results) == [False, False, True, True]
+        reports = (await risk.stub.ListAmlReports(pb.ListAmlReportsRequest(
+            kind=pb.AML_REPORT_KIND_STRUCTURING))).reports
+        assert len(reports) == 1 and len(reports[0].payment_ids) == 3
+        assert set(reports[0].payment_ids) < {p.payment_id for p in split}
+
+
+def _facts(payment_id: str) -> PaymentFacts:
+    return PaymentFacts(payment_id=payment_id, payer_user_id="u", payer_account_id="a", payee_account_id="b",
+                        amount=Money("CNY", 100))
+
+
+async def test_a_failing_batch_is_retried_one_by_one() -> None:
+    """One payment that fails its batch fails alone: its neighbours get their outcomes, the writer goes on."""
+    sizes: list[int] = []
+
+    async def assess(engine: Any, rules: Any, batch: list[PaymentFacts], now: Any, traces: Any) -> list[Outcome]:
+        sizes.append(len(batch))
+        await asyncio.sleep(0.01)  # long enough for the other submissions to queue behind the first
+        if any(f.payment_id == "bad" for f in batch):
+            raise RuntimeError("this payment breaks its batch")
+        return [Outcome(f.payment_id) for f in batch]
+
+    writer = AssessmentWriter(None, lambda: None, assess=assess)  # type: ignore[arg-type]
+    try:
+        results = await asyncio.gather(*(writer.submit(_facts(p)) for p in ["a", "b", "bad", "c", "d"]),
+                                       return_exceptions=True)
+        assert [r.row if isinstance(r, Outcome) else str(r) for r in results] == [
+            "a", "b", "this payment breaks its batch", "c", "d"]
+        assert max(sizes) > 1 and sizes[-4:] == [1, 1, 1, 1]  # a batch failed, then its payments went alone
+        assert (await writer.submit(_facts("e"))).row == "e"
+    finally:
+        await writer.stop()
+
+
+@pytest.mark.parametrize("size", [1, 5])
+async def test_stop_drains_what_is_queued(size: int) -> None:
+    """Stopping the writer finishes queued assessments instead of dropping their callers."""
+    async def assess(engine: Any, rules: Any, batch: list[PaymentFacts], now: Any, traces: Any) -> list[Outcome]:
+        await asyncio.sleep(0.01)
+        return [Outcome(f.payment_id) for f in batch]
+
+    writer = AssessmentWriter(None, lambda: None, assess=assess)  # type: ignore[arg-type]
+    pending = [asyncio.create_task(writer.submit(_facts(str(i)))) for i in range(size)]
+    await asyncio.sleep(0)
+    await writer.stop()
+    assert [(await p).row for p in pending] == [str(i) for i in range(size)]
