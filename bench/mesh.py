@@ -304,12 +304,15 @@ class Target:
         return pay
 
 
-class RssSampler:
-    """Peak VmRSS per process while a round runs, sampled twice a second in a thread."""
+class ProcessSampler:
+    """While a round runs: peak VmRSS per process (sampled twice a second in a thread) and the CPU time each
+    process, and this load-generating client, used over the round."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self.peak: dict[str, int] = dict.fromkeys(pids, 0)
+        self.cpu_s: dict[str, float] = {}
+        self._cpu_before: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -318,13 +321,20 @@ class RssSampler:
             for name, pid in self.pids.items():
                 self.peak[name] = max(self.peak[name], rss_kib(pid))
 
-    def __enter__(self) -> RssSampler:
+    def _cpu(self) -> dict[str, float]:
+        times = os.times()
+        return {**{name: cpu_seconds(pid) for name, pid in self.pids.items()}, "client": times.user + times.system}
+
+    def __enter__(self) -> ProcessSampler:
+        self._cpu_before = self._cpu()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        after = self._cpu()
+        self.cpu_s = {name: after[name] - self._cpu_before[name] for name in after}
 
 
 def rss_kib(pid: int) -> int:
@@ -337,18 +347,41 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-async def closed_round(target: Target, concurrency: int, seconds: float, warmup: float,
-                       rss: dict[str, list[int]] | None = None) -> LoadResult:
-    target.open()
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads (fields 14 and 15 of /proc/<pid>/stat)."""
     try:
-        with RssSampler(target.pids()) as sampler:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Usage:
+    """Per process: peak RSS (KiB) and CPU ms per answered payment, one entry per round."""
+
+    rss: dict[str, list[int]] = field(default_factory=dict)
+    cpu_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, sampler: ProcessSampler, payments: int) -> None:
+        for name, kib in sampler.peak.items():
+            self.rss.setdefault(name, []).append(kib)
+        for name, seconds in sampler.cpu_s.items():
+            self.cpu_ms.setdefault(name, []).append(1000 * seconds / max(payments, 1))
+
+
+async def closed_round(target: Target, concurrency: int, seconds: float, warmup: float,
+                       usage: Usage | None = None) -> LoadResult:
+    target.open()
+    answered = sum(target.statuses.values())
+    try:
+        with ProcessSampler(target.pids()) as sampler:
             result = await closed_loop(target.call(uuid.uuid4().hex[:10]), concurrency=concurrency,
                                        duration_s=seconds, warmup_s=warmup)
     finally:
         await target.close()
-    if rss is not None:
-        for name, kib in sampler.peak.items():
-            rss.setdefault(name, []).append(kib)
+    if usage is not None:
+        usage.add(sampler, sum(target.statuses.values()) - answered)  # warm-up included, as in the CPU time
     return result
 
 
@@ -424,14 +457,13 @@ async def measure(args: Args) -> None:
 
         # a, c, e: closed loop, rounds rotating over the four set-ups.
         closed: dict[str, list[LoadResult]] = {name: [] for name in targets}
-        rss: dict[str, list[int]] = {}
+        usage = {name: Usage() for name in targets}
         for r in range(args.rounds):
             order = list(targets.values())
             order = order[r % len(order):] + order[:r % len(order)]
             for target in order:
                 closed[target.name].append(await closed_round(
-                    target, args.concurrency, args.seconds, args.warmup,
-                    rss if target.name in ("real traced", "no-op traced") else None))
+                    target, args.concurrency, args.seconds, args.warmup, usage[target.name]))
             print(f"closed-loop round {r + 1}/{args.rounds}: " + ", ".join(
                 f"{n} {closed[n][-1].throughput:.0f}/s" for n in targets) + f"; load {load_average()}; errors "
                 + _errors([closed[n][-1] for n in targets]), flush=True)
@@ -483,7 +515,7 @@ async def measure(args: Args) -> None:
                       f"no-op {scaling[-1][3]:.0f}/s; load {load_average()}", flush=True)
 
         _print_report(args, rate, p50c, p99c, closed, open_rate, p50o, p99o, late, opened, starts, noop_starts,
-                      idle, rss, scaling, replica_db, targets)
+                      idle, usage, scaling, replica_db, targets)
     finally:
         for mesh in (real_on, real_off, replica_mesh):
             if mesh is not None and mesh.mesh is not None:
@@ -501,7 +533,7 @@ def _print_report(args: Args, rate: dict[str, float], p50c: dict[str, float], p9
                   closed: dict[str, list[LoadResult]], open_rate: float, p50o: dict[str, float],
                   p99o: dict[str, float], late: dict[str, int], opened: dict[str, list[LoadResult]],
                   starts: dict[str, list[float]], noop_starts: dict[str, list[float]], idle: dict[str, int],
-                  rss: dict[str, list[int]], scaling: list[tuple[int, int, float, float]], replica_db: str,
+                  usage: dict[str, Usage], scaling: list[tuple[int, int, float, float]], replica_db: str,
                   targets: dict[str, Target]) -> None:
     print()
     print(f"closed loop, {args.concurrency} concurrent, {args.rounds} x {args.seconds:g} s rounds (medians), "
@@ -529,9 +561,14 @@ def _print_report(args: Args, rate: dict[str, float], p50c: dict[str, float], p9
     print()
     print("(e) resident memory, MiB: idle, and peak under load (median over the closed-loop rounds):")
     for name, kib in idle.items():
-        under = rss.get(name, [])
+        under = usage["real traced"].rss.get(name) or usage["no-op traced"].rss.get(name, [])
         loaded = _mib(med([float(v) for v in under])) if under else "-"
         print(f"  {name:<16}idle {_mib(kib):>5}   under load {loaded:>5}")
+    print()
+    print("CPU time per answered payment, ms, by process (median over the closed-loop rounds; client = this bench):")
+    for name, used in usage.items():
+        print(f"  {name:<16}" + "  ".join(f"{process} {med(ms):.2f}" for process, ms in used.cpu_ms.items())
+              + f"  = {sum(med(ms) for ms in used.cpu_ms.values()):.2f}")
     if scaling:
         print()
         print(f"(f) replicas, closed loop {args.concurrency} concurrent, real on {replica_db}:")
