@@ -111,6 +111,8 @@ async def test_calls_carry_the_synthetic_mark_and_the_report_adds_up(tmp_path: P
     assert doc["run"]["scenario"] == "mix" and doc["run"]["mode"] == "open" and doc["run"]["rate"] == 40
     assert (doc["calls"], doc["ok"], doc["error_count"], doc["warmup_calls"]) == (80, 80, 0, 20)
     assert sum(row["ok"] for row in doc["timeline"]) == doc["ok"]
+    assert {name: part["calls"] for name, part in doc["by_label"].items()} == {"payment": 40, "balance": 20,
+                                                                              "registration": 20}
     assert doc["throughput"] > 0 and 0 < doc["latency_ms"]["p50"] <= doc["latency_ms"]["max"]
     # The no-op baseline ran the payment path the same way, in the same run, and every ratio is there.
     assert (doc["baseline"]["calls"], doc["baseline"]["ok"]) == (80, 80)
@@ -123,6 +125,7 @@ async def test_calls_carry_the_synthetic_mark_and_the_report_adds_up(tmp_path: P
     assert len(svgs) == 3 and "http://" not in report.replace("http://www.w3.org/2000/svg", "")
     for svg in svgs:
         ElementTree.fromstring(svg)  # well-formed, so browsers draw it
+    assert "<h2>By scenario</h2>" in report
     for series in ("p50 per second", "p99 per second", "this run", "no-op baseline"):
         points = re.search(rf'data-name="{series}"[^>]*points="([^"]+)"', report)
         assert points and len(points.group(1).split()) >= 2, series

@@ -24,6 +24,8 @@ import grpc
 from hdrh.histogram import HdrHistogram
 
 Call = Callable[[int], Awaitable[None]]
+# Names call i's kind (e.g. the scenario of a mix) for figures by kind.
+Label = Callable[[int], str]
 Progress = Callable[["Snapshot"], None]
 
 LOWEST_US = 1
@@ -86,6 +88,8 @@ class LoadResult:
     warmup_calls: int = 0
     rate: float | None = None
     concurrency: int | None = None
+    # Figures by label (see Label), when the run was given one.
+    parts: dict[str, LoadResult] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -111,8 +115,13 @@ class LoadResult:
                   for item in self.histogram.get_percentile_iterator(ticks_per_half_distance)]
         return points
 
+    def summary_dict(self) -> dict[str, Any]:
+        return {"calls": self.calls, "ok": self.ok, "errors": dict(sorted(self.errors.items())),
+                "throughput": round(self.throughput, 3), "latency_ms": self.latency_ms()}
+
     def to_dict(self) -> dict[str, Any]:
         encoded = self.histogram.encode()
+        by_label = {"by_label": {name: part.summary_dict() for name, part in sorted(self.parts.items())}}
         return {
             "mode": self.mode,
             "rate": self.rate,
@@ -130,6 +139,7 @@ class LoadResult:
             "timeline": self.timeline,
             "distribution": self.distribution(),
             "histogram_hdr": encoded.decode() if isinstance(encoded, bytes) else encoded,
+            **(by_label if self.parts else {}),
         }
 
 
@@ -144,20 +154,27 @@ class _Recorder:
         self._second_errors: Counter[int] = Counter()
         self._done: dict[int, dict[str, Any]] = {}
 
-    def record(self, started: float, ended: float, error: BaseException | None) -> None:
+    def record(self, started: float, ended: float, error: BaseException | None, label: str = "") -> None:
         if started < self.measure_from:
             self.result.warmup_calls += 1
             return
-        self.result.calls += 1
         self.last_end = max(self.last_end, ended)
         second = int(ended - self.measure_from)
-        if error is None:
-            latency = _to_us(ended - started)
-            self.result.ok += 1
-            self.result.histogram.record_value(latency)
+        latency = _to_us(ended - started)
+        code = None if error is None else error_code(error)
+        targets = [self.result]
+        if label:
+            targets.append(self.result.parts.setdefault(label, LoadResult(mode=self.result.mode)))
+        for result in targets:
+            result.calls += 1
+            if code is None:
+                result.ok += 1
+                result.histogram.record_value(latency)
+            else:
+                result.errors[code] += 1
+        if code is None:
             self._seconds.setdefault(second, []).append(latency)
         else:
-            self.result.errors[error_code(error)] += 1
             self._second_errors[second] += 1
             self._seconds.setdefault(second, [])
 
@@ -176,6 +193,8 @@ class _Recorder:
     def finish(self) -> None:
         self.fold_before(math.inf)
         self.result.elapsed_s = max(0.0, self.last_end - self.measure_from)
+        for part in self.result.parts.values():
+            part.elapsed_s = self.result.elapsed_s
         last = max(self._done, default=-1)
         empty = {"ok": 0, "errors": 0, "p50_ms": None, "p99_ms": None}
         self.result.timeline = [self._done.get(s, {"second": s, **empty}) for s in range(last + 1)]
@@ -190,13 +209,14 @@ def _check_bounds(duration_s: float | None, count: int | None) -> None:
         raise ValueError("count must be positive")
 
 
-async def _run_one(call: Call, i: int, intended: float, recorder: _Recorder, loop: asyncio.AbstractEventLoop) -> None:
+async def _run_one(call: Call, i: int, intended: float, recorder: _Recorder, loop: asyncio.AbstractEventLoop,
+                   label: Label | None) -> None:
     error: BaseException | None = None
     try:
         await call(i)
     except Exception as exc:  # noqa: BLE001 - every failure is a counted outcome, classified by code
         error = exc
-    recorder.record(intended, loop.time(), error)
+    recorder.record(intended, loop.time(), error, label(i) if label else "")
 
 
 async def _report_progress(progress: Progress, recorder: _Recorder, in_flight: Callable[[], int],
@@ -231,7 +251,8 @@ async def _with_progress(body: Awaitable[None], progress: Progress | None, recor
 
 
 async def open_loop(call: Call, *, rate: float, duration_s: float | None = None, count: int | None = None,
-                    warmup_s: float = 0.0, max_in_flight: int = 10_000, progress: Progress | None = None) -> LoadResult:
+                    warmup_s: float = 0.0, max_in_flight: int = 10_000, progress: Progress | None = None,
+                    label: Label | None = None) -> LoadResult:
     """Send at `rate` calls/s; latency runs from each call's intended send time. `count` counts measured calls."""
     _check_bounds(duration_s, count)
     if rate <= 0:
@@ -251,7 +272,7 @@ async def open_loop(call: Call, *, rate: float, duration_s: float | None = None,
 
     async def one(i: int, intended: float) -> None:
         try:
-            await _run_one(call, i, intended, recorder, loop)
+            await _run_one(call, i, intended, recorder, loop, label)
         finally:
             slots.release()
 
@@ -283,7 +304,8 @@ async def open_loop(call: Call, *, rate: float, duration_s: float | None = None,
 
 
 async def closed_loop(call: Call, *, concurrency: int, duration_s: float | None = None, count: int | None = None,
-                      warmup_s: float = 0.0, progress: Progress | None = None) -> LoadResult:
+                      warmup_s: float = 0.0, progress: Progress | None = None,
+                      label: Label | None = None) -> LoadResult:
     """Keep `concurrency` calls in flight; each worker sends its next call when the last one answers."""
     _check_bounds(duration_s, count)
     if concurrency <= 0:
@@ -311,7 +333,7 @@ async def closed_loop(call: Call, *, concurrency: int, duration_s: float | None 
             next_index += 1
             busy += 1
             try:
-                await _run_one(call, i, started, recorder, loop)
+                await _run_one(call, i, started, recorder, loop, label)
             finally:
                 busy -= 1
 

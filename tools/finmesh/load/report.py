@@ -142,6 +142,19 @@ def _figures(result: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _by_label(parts: dict[str, dict[str, Any]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in ("scenario", "calls", "ok", "errors", "ok/s", "p50 ms", "p99 ms",
+                                                 "max ms"))
+    rows = []
+    for name, p in parts.items():
+        lat = p["latency_ms"]
+        errors = ", ".join(f"{k}={v}" for k, v in p["errors"].items()) or "0"
+        cells = (name, str(p["calls"]), str(p["ok"]), errors, f'{p["throughput"]:.1f}', f'{lat["p50"]:.2f}',
+                 f'{lat["p99"]:.2f}', f'{lat["max"]:.2f}')
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:820px}
 table{border-collapse:collapse;margin:8px 0 16px}th,td{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}
 th{font-weight:600}svg.plot{display:block;margin:8px 0 20px}h2{margin-top:28px}code{background:#f4f4f4}"""
@@ -158,6 +171,8 @@ def render(data: dict[str, Any]) -> str:
              "<h2>Figures</h2>", _table(_figures(data))]
     if data["errors"]:
         parts += ["<h2>Errors by status code</h2>", _table([(k, str(v)) for k, v in data["errors"].items()])]
+    if data.get("by_label"):
+        parts += ["<h2>By scenario</h2>", _by_label(data["by_label"])]
     if baseline is not None:
         ratios = data.get("ratio_to_baseline", {})
         parts += ["<h2>No-op baseline (same machine, same run)</h2>", _table(_figures(baseline)),

@@ -66,11 +66,13 @@ async def run_load(plan: Plan, *, payments: Endpoint | None = None, identity: En
                 channels.append(identity.channel())
                 ctx.identity.append(id_grpc.IdentityServiceStub(channels[-1]))
         call = scenarios.build(plan.scenario, ctx, plan.mix)
+        label = scenarios.labeler(plan.scenario, plan.mix)
         if plan.mode == "closed":
             return await engine.closed_loop(call, concurrency=plan.concurrency, duration_s=plan.duration_s,
-                                            count=plan.count, warmup_s=plan.warmup_s, progress=progress)
+                                            count=plan.count, warmup_s=plan.warmup_s, progress=progress, label=label)
         return await engine.open_loop(call, rate=plan.rate, duration_s=plan.duration_s, count=plan.count,
-                                      warmup_s=plan.warmup_s, max_in_flight=plan.max_in_flight, progress=progress)
+                                      warmup_s=plan.warmup_s, max_in_flight=plan.max_in_flight, progress=progress,
+                                      label=label)
     finally:
         for channel in channels:
             await channel.close()
@@ -115,6 +117,11 @@ def summary(doc: dict[str, Any]) -> str:
         line += "; errors: " + ", ".join(f"{k}={v}" for k, v in doc["errors"].items())
     if doc["late_sends"]:
         line += f"; {doc['late_sends']} late sends (the harness fell behind; latencies still count from schedule)"
+    for name, part in doc.get("by_label", {}).items():
+        lat = part["latency_ms"]
+        errors = sum(part["errors"].values())
+        line += (f"\n  {name}: {part['calls']} calls, {part['ok']} ok, {errors} errors; "
+                 f"p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} max {lat['max']:.2f} ms")
     if "ratio_to_baseline" in doc:
         r = doc["ratio_to_baseline"]
         line += "\nvs no-op baseline (same run): " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items())

@@ -190,6 +190,14 @@ def build(name: str, ctx: Context, mix_text: str = "") -> Call:
     return SCENARIOS[name](ctx)
 
 
+def labeler(name: str, mix_text: str = "") -> Callable[[int], str] | None:
+    """For a mix, which scenario call i runs (the engine then reports figures by scenario)."""
+    if name != "mix":
+        return None
+    order = mix_order(parse_mix(mix_text))
+    return lambda i: order[i % len(order)]
+
+
 def needs(name: str, mix_text: str = "") -> set[str]:
     """Which scenarios a run uses (to know which targets and accounts it needs)."""
     return set(parse_mix(mix_text)) if name == "mix" else {name}
