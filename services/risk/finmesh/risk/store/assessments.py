@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from finmesh.risk.domain.activity import WindowTotals
 from finmesh.risk.domain.values import Decision, Subject
 from finmesh.risk.domain.windows import window_start
+from finmesh.risk.store.common import one_of
 from finmesh.risk.store.schema import assessments
 
 _SUBJECT_COLUMNS = {
@@ -26,16 +27,19 @@ async def find_by_payment(conn: AsyncConnection, payment_id: str) -> Any:
     return (await conn.execute(select(assessments).where(assessments.c.payment_id == payment_id))).first()
 
 
-# Built once: an expanding IN takes any number of ids without a new statement (and compile) per length.
-_BY_PAYMENTS = select(assessments).where(assessments.c.payment_id.in_(bindparam("ids", expanding=True)))
 _INSERT = insert(assessments)
+
+
+@functools.cache
+def _by_payments(dialect: str) -> Any:
+    return select(assessments).where(one_of(dialect, assessments.c.payment_id, "ids"))
 
 
 async def find_by_payments(conn: AsyncConnection, payment_ids: Iterable[str]) -> dict[str, Any]:
     ids = sorted(set(payment_ids))
     if not ids:
         return {}
-    return {r.payment_id: r for r in await conn.execute(_BY_PAYMENTS, {"ids": ids})}
+    return {r.payment_id: r for r in await conn.execute(_by_payments(conn.dialect.name), {"ids": ids})}
 
 
 async def insert_many(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
@@ -60,7 +64,7 @@ async def window_totals(conn: AsyncConnection, wanted: Mapping[Subject, tuple[Se
         params[f"values_{i}"] = sorted({v for v in values if v})
         params.update({f"since_{i}_{w}": window_start(now, seconds) for w, seconds in enumerate(windows)})
     totals = []
-    for r in await conn.execute(_totals_query(shape), params):
+    for r in await conn.execute(_totals_query(shape, conn.dialect.name), params):
         subject, n = shape[r[0]]
         width = (len(r) - 3) // 2
         totals.append(WindowTotals(subject, r[1], r[2], tuple(int(c) for c in r[3:3 + n]),
@@ -69,7 +73,7 @@ async def window_totals(conn: AsyncConnection, wanted: Mapping[Subject, tuple[Se
 
 
 @functools.cache
-def _totals_query(shape: tuple[tuple[Subject, int], ...]) -> Any:
+def _totals_query(shape: tuple[tuple[Subject, int], ...], dialect: str) -> Any:
     """Built once per shape and reused with bound values: building SQL expressions costs more than running them.
 
     One SELECT per subject, joined by UNION ALL; a subject with fewer windows than the widest pads with zeros.
@@ -85,7 +89,7 @@ def _totals_query(shape: tuple[tuple[Subject, int], ...]) -> Any:
         amounts = [func.sum(case((and_(inside, counted), assessments.c.amount), else_=0)) for inside in insides]
         # The subject's widest window (sorted last) bounds the rows read through its (subject, created_at) index.
         parts.append(select(literal_column(str(i)), column, assessments.c.currency, *counts, *amounts, *pad)
-                     .where(column.in_(bindparam(f"values_{i}", expanding=True)),
+                     .where(one_of(dialect, column, f"values_{i}"),
                             assessments.c.created_at > bindparam(f"since_{i}_{windows - 1}"))
                      .group_by(column, assessments.c.currency))
     return union_all(*parts)

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from finmesh.risk.store.common import one_of
 from finmesh.risk.store.schema import block_list
 
 
@@ -38,10 +39,11 @@ def _hits_query(pairs: int) -> Any:
     return select(block_list.c.kind, block_list.c.value).where(matches, _active(bindparam("now")))
 
 
-_LISTED = select(block_list.c.kind, block_list.c.value).where(
-    block_list.c.kind.in_(bindparam("kinds", expanding=True)),
-    block_list.c.value.in_(bindparam("values", expanding=True)),
-    _active(bindparam("now")))
+@functools.cache
+def _listed(dialect: str) -> Any:
+    return select(block_list.c.kind, block_list.c.value).where(
+        one_of(dialect, block_list.c.kind, "kinds"), one_of(dialect, block_list.c.value, "values"),
+        _active(bindparam("now")))
 
 
 async def listed(conn: AsyncConnection, candidates: Iterable[tuple[str, str]], now: datetime) -> set[tuple[str, str]]:
@@ -51,7 +53,7 @@ async def listed(conn: AsyncConnection, candidates: Iterable[tuple[str, str]], n
     if not pairs:
         return set()
     params = {"kinds": sorted({k for k, _ in pairs}), "values": sorted({v for _, v in pairs}), "now": now}
-    return {(r.kind, r.value) for r in await conn.execute(_LISTED, params)} & pairs
+    return {(r.kind, r.value) for r in await conn.execute(_listed(conn.dialect.name), params)} & pairs
 
 
 async def find_active(conn: AsyncConnection, kind: str, value: str, now: datetime) -> Any:

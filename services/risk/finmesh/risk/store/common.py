@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import String, Table, any_, bindparam
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -18,6 +19,17 @@ def aware(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def one_of(dialect: str, column: Any, name: str) -> Any:
+    """`column` equals one of the strings bound as `name`, as a statement that is the same for any number of them.
+
+    PostgreSQL takes one array parameter (one prepared statement, whatever the batch size); SQLite an
+    expanding IN, which SQLAlchemy spells out per call.
+    """
+    if dialect == "postgresql":
+        return column == any_(bindparam(name, type_=ARRAY(String)))
+    return column.in_(bindparam(name, expanding=True))
 
 
 async def insert_ignoring_duplicates(conn: AsyncConnection, table: Table, **values: Any) -> bool:

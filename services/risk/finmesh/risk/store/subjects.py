@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from finmesh.risk.store.common import insert_ignoring_duplicates, insert_ignoring_duplicates_many
+from finmesh.risk.store.common import insert_ignoring_duplicates, insert_ignoring_duplicates_many, one_of
 from finmesh.risk.store.schema import known_devices, subjects
 
 
@@ -48,8 +50,10 @@ _LOCK = _upsert.on_conflict_do_update(index_elements=[subjects.c.subject_key],
                                       set_={"touched_at": _upsert.excluded.touched_at})
 
 
-_DEVICES_OF = select(known_devices.c.user_id, known_devices.c.device_id).where(
-    known_devices.c.user_id.in_(bindparam("users", expanding=True)))
+@functools.cache
+def _devices_of(dialect: str) -> Any:
+    return select(known_devices.c.user_id, known_devices.c.device_id).where(
+        one_of(dialect, known_devices.c.user_id, "users"))
 
 
 async def devices_of(conn: AsyncConnection, user_ids: Iterable[str]) -> list[tuple[str, str]]:
@@ -57,7 +61,7 @@ async def devices_of(conn: AsyncConnection, user_ids: Iterable[str]) -> list[tup
     users = sorted({u for u in user_ids if u})
     if not users:
         return []
-    return [(r.user_id, r.device_id) for r in await conn.execute(_DEVICES_OF, {"users": users})]
+    return [(r.user_id, r.device_id) for r in await conn.execute(_devices_of(conn.dialect.name), {"users": users})]
 
 
 async def remember_devices(conn: AsyncConnection, pairs: Iterable[tuple[str, str]], now: datetime) -> None:
