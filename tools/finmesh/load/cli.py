@@ -47,7 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--max-in-flight", type=int, default=10_000, help="open loop: cap on outstanding calls")
     p.add_argument("--connections", type=int, default=1, help="HTTP/2 connections per target")
     p.add_argument("--timeout", type=float, default=10.0, help="per-call deadline in seconds")
-    p.add_argument("--target", required=True, help="payments host:port, `noop` or `local`")
+    p.add_argument("--target", required=True, help="payments host:port (replicas: ipv4:host:port,host:port), "
+                   "`noop` or `local`")
     p.add_argument("--mesh-dir", type=Path, help="--target local: keep the mesh's databases, spans and logs here "
                    "(default: a temporary directory, removed after the run)")
     p.add_argument("--identity-target", help="identity host:port for registrations (default: --target)")

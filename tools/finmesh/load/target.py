@@ -69,6 +69,8 @@ class Endpoint:
     def channel(self) -> grpc.aio.Channel:
         """A channel of its own (own connection): several spread the load over HTTP/2 connections."""
         options: list[tuple[str, str | int]] = [("grpc.use_local_subchannel_pool", 1)]
+        if "," in self.target:  # `ipv4:host:port,host:port`: replicas without a balancer, spread the calls
+            options.append(("grpc.lb_policy_name", "round_robin"))
         if self.tls is None:
             return grpc.aio.insecure_channel(self.target, options=options)
         if self.tls.server_name:
