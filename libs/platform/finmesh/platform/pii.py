@@ -10,7 +10,7 @@ SENSITIVE_KEYS = frozenset(
     {
         "password", "token", "access_token", "refresh_token", "secret", "code", "otp",
         "id_number", "phone", "email", "legal_name", "address", "authorization",
-        "signing_secret", "private_key", "data_key",
+        "signing_secret", "private_key", "data_key", "credential", "service_credential", "service_secret",
     }
 )
 
@@ -20,10 +20,15 @@ _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 _ID_OR_CARD = re.compile(r"(?<![\w])(?:\d{17}[\dXx]|\d{13,19})(?![\w])")
 # E.164 phones and bare mainland mobile numbers.
 _PHONE = re.compile(r"(?<![\w+])(?:\+\d{8,15}|1[3-9]\d{9})(?![\w])")
+# Signed tokens (a JWS header always encodes to "eyJ...") and whatever follows "Bearer ": a token quoted in
+# an error message or a metadata dump is as good as a password.
+_TOKEN = re.compile(r"eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}|(?<=[Bb]earer )\S{8,}", re.ASCII)
 
 
 def mask_text(text: str) -> str:
-    """Replace anything that looks like personal data with a fixed-width mask."""
+    """Replace anything that looks like personal data or a token with a fixed-width mask."""
+    if text and ("eyJ" in text or "earer " in text):
+        text = _TOKEN.sub("***", text)
     if not text or not any(ch.isdigit() or ch == "@" for ch in text):
         return text  # fast path: most log strings carry neither digits nor '@'
     text = _EMAIL.sub("***@***", text)
