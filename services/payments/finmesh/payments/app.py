@@ -23,7 +23,7 @@ from finmesh.platform.db import create_engine, create_read_engine
 from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
 from finmesh.platform.idempotency import IdempotencyStore
 from finmesh.platform.migrations import prepare_schema
-from finmesh.platform.outbox import OutboxRelay
+from finmesh.platform.outbox import OutboxRelay, RelayPolicy
 from finmesh.platform.rpc_errors import to_status
 from finmesh.platform.server import Registration
 
@@ -60,7 +60,8 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
     await prepare_schema(engine, "payments", migrate=settings.auto_migrate)
     risk_channel = open_channel(settings.risk_target, settings, idempotent_methods=RISK_IDEMPOTENT_METHODS)
     notify_channel = open_channel(settings.notify_target, settings, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS)
-    relay = OutboxRelay(engine, outbox, "payments", NotifyEventSink(notify_channel).deliver)
+    relay = OutboxRelay(engine, outbox, "payments", NotifyEventSink(notify_channel).deliver,
+                        RelayPolicy(lease_seconds=settings.outbox_lease_seconds))
     writer = LedgerWriter(engine, tier_source or TableTierSource(settings.default_tier), to_status,
                           max_batch=settings.writer_max_batch, on_commit=relay.wake,
                           limits_utc_offset_minutes=settings.limits_utc_offset_minutes,

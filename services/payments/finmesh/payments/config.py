@@ -47,6 +47,10 @@ class PaymentsSettings(ServiceSettings):
     # Authorized (manually captured) payments not captured within this time are voided, releasing the hold.
     authorization_ttl_seconds: float = Field(default=7 * 24 * 3600, gt=0)
 
+    # How long the outbox relay's claim on events lasts: after a crash, events it had claimed (and their
+    # accounts' later events) wait this long before a restarted or other replica sends them.
+    outbox_lease_seconds: float = Field(default=30.0, gt=0)
+
     # Most commands one ledger transaction carries (group commit).
     writer_max_batch: int = Field(default=256, ge=1, le=5000)
     # Fault injection for crash tests: methods after whose commit the process
