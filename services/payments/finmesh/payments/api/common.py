@@ -82,11 +82,12 @@ class ServicerBase:
 
     async def submit(self, method: str, request: Any, response_type: type[Message], action: Action,
                      render: Callable[[Any], Message], *, record_success: bool = True,
-                     exclusive: bool = False, accounts: tuple[str, ...] = ()) -> Any:
-        """Run `action` in the ledger writer under the request's idempotency key."""
+                     exclusive: bool = False, accounts: tuple[str, ...] = (), fingerprint: bytes = b"") -> Any:
+        """Run `action` in the ledger writer under the request's idempotency key (`fingerprint`: the request's,
+        when the caller has it already)."""
         validate_key(request.idempotency_key)
         reply = await self.deps.writer.submit(Command(
-            method=method, key=request.idempotency_key, fingerprint=request_fingerprint(request),
+            method=method, key=request.idempotency_key, fingerprint=fingerprint or request_fingerprint(request),
             response_type=response_type, action=_as_caller(action), render=render, record_success=record_success,
             exclusive=exclusive, accounts=accounts,
         ))

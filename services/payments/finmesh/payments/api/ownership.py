@@ -36,8 +36,13 @@ async def require_account_owner(reader: Any, account_id: str, conn: Any = None) 
             row = (await queries.accounts_by_id(own, [account_id])).get(account_id)
     else:
         row = (await queries.accounts_by_id(conn, [account_id])).get(account_id)
-    if row is not None:
-        require_owner(row.owner_id, "accounts")
+    require_own_account(row)
+
+
+def require_own_account(account: Any) -> None:
+    """As require_account_owner, for an account (row or state) already read; None is left to the handler."""
+    if account is not None and customer_caller():
+        require_owner(account.owner_id, "accounts")
 
 
 async def require_payment_party(reader: Any, payer_account_id: str, payee_account_id: str) -> None:

@@ -18,16 +18,18 @@ from finmesh.payments.api.common import (
     page_size,
     require_id,
 )
-from finmesh.payments.api.ownership import require_account_owner, require_payment_party
+from finmesh.payments.api.ownership import require_account_owner, require_own_account, require_payment_party
 from finmesh.payments.api.risk_context import RiskFacts, validate_risk_context
 from finmesh.payments.clients import PaymentFacts, RiskVerdict
 from finmesh.payments.domain.ledger import AccountState, AccountStatus
+from finmesh.payments.domain.limits import limit_day
 from finmesh.payments.domain.payments import PaymentRequest, RiskDecision, validate_payment_request
 from finmesh.payments.domain.synthetic import between_test_accounts, require_test_accounts
-from finmesh.payments.store import queries, rows
+from finmesh.payments.store import precheck, queries, rows
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.payments.usecases import payments as usecase
 from finmesh.payments.v1 import payments_service_pb2 as pb
+from finmesh.payments.writer import replay_stored
 from finmesh.platform import synthetic
 from finmesh.platform.channels import remaining_timeout
 from finmesh.platform.errors import (
@@ -39,6 +41,7 @@ from finmesh.platform.errors import (
     Unavailable,
     Validator,
 )
+from finmesh.platform.idempotency import request_fingerprint, validate_key
 from finmesh.platform.logs import get_logger
 from finmesh.platform.money import Money
 
@@ -71,14 +74,22 @@ class PaymentRpcs(ServicerBase):
             capture_mode=convert.CAPTURE_MODES[request.capture_mode],
             description=request.description,
         )
+        validate_key(request.idempotency_key)
+        fingerprint = request_fingerprint(request)
+        now = datetime.now(UTC)
+        parties = (payment.payer_account_id, payment.payee_account_id)
         async with self.deps.reader.connect() as conn:
+            # One statement for the owner check, the replay check and the pre-checks (store.precheck).
+            snapshot = await precheck.payment_snapshot(conn, "CreatePayment", request.idempotency_key, parties,
+                                                       limit_day(now, self.deps.limits.utc_offset_minutes))
             # Before the replay: another customer's key must not read this one's stored answer.
-            await require_account_owner(self.deps.reader, request.payer_account_id, conn)
-            prior = await self.replay("CreatePayment", request, pb.CreatePaymentResponse, conn)
-            if prior is not None:
-                return prior
+            require_own_account(snapshot.accounts.get(payment.payer_account_id))
+            if snapshot.prior is not None:
+                return replay_stored(snapshot.prior, fingerprint, pb.CreatePaymentResponse)
+            uow = UnitOfWork(conn, now, self.deps.writer.tier_source)
+            uow.preload(parties, snapshot.accounts, snapshot.usage)
             try:
-                payer, payee, tier = await self._precheck(conn, payment, synthetic.requested(context))
+                payer, payee, tier = await self._precheck(uow, payment, synthetic.requested(context))
             except DomainError as error:
                 refusal = error
             else:
@@ -95,21 +106,20 @@ class PaymentRpcs(ServicerBase):
 
         reply = await self.submit("CreatePayment", request, pb.CreatePaymentResponse, action,
                                   _payment_reply(pb.CreatePaymentResponse),
-                                  accounts=(payment.payer_account_id, payment.payee_account_id))
+                                  accounts=parties, fingerprint=fingerprint)
         _log.info("payment_created", payment_id=payment_id, status=pb.PaymentStatus.Name(reply.payment.status),
                   risk_decision=verdict.decision.value, **({"synthetic": True} if test_payment else {}))
         return reply
 
-    async def _precheck(self, conn: Any, payment: PaymentRequest,
+    async def _precheck(self, uow: UnitOfWork, payment: PaymentRequest,
                         marked: bool) -> tuple[AccountState, AccountState, str]:
         """Refuse what cannot succeed before spending risk's capacity (and the payer's velocity budget) on it.
 
-        Reads a snapshot through a unit of work that is never flushed; the
+        Reads a snapshot through a unit of work that is never flushed (`uow`, preloaded); the
         same rules run again, authoritatively, inside the ledger writer.
         Returns the payer, the payee and the payer's tier (from the caller's token, see store.tiers).
         A call marked synthetic must name test accounts only (owners never change, so this check holds).
         """
-        uow = UnitOfWork(conn, datetime.now(UTC), self.deps.writer.tier_source)
         payer, payee = await usecase.parties(uow, payment.payer_account_id, payment.payee_account_id,
                                              payment.amount.currency)
         if marked:

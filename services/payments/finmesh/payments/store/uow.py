@@ -101,6 +101,14 @@ class UnitOfWork:
             for account_id in chunk:
                 self._accounts[account_id] = self._accounts_loaded[account_id] = found.get(account_id)
 
+    def preload(self, account_ids: Iterable[str], found: dict[str, AccountState],
+                usage: dict[tuple[str, str, str], Usage | None]) -> None:
+        """Take states read elsewhere (store.precheck) instead of reading them again; missing ids are unknown."""
+        for account_id in account_ids:
+            self._accounts[account_id] = self._accounts_loaded[account_id] = found.get(account_id)
+        for key, value in usage.items():
+            self._usage[key] = self._usage_loaded[key] = value
+
     async def account(self, account_id: str) -> AccountState | None:
         await self.load_accounts([account_id])
         return self._accounts[account_id]

@@ -1,0 +1,64 @@
+"""What CreatePayment reads before calling risk, in one statement: both parties, the stored answer to the
+request's key, and each party's usage of the day.
+
+Each statement on the read engine is a round trip (to the server, or to
+aiosqlite's thread); the handler used to make four per payment (owner check,
+replay check, the parties, the payer's usage). The ledger writer reads all of
+it again, authoritatively, in its own transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, bindparam, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from finmesh.payments.domain.ledger import AccountState
+from finmesh.payments.domain.limits import Usage
+from finmesh.payments.store import rows
+from finmesh.payments.store.schema import accounts, daily_usage, idempotency
+
+_prior = idempotency.alias("prior")
+_usage = daily_usage.alias("usage")
+# Built once with bound parameters: constructing a statement costs more than running this one on SQLite.
+_QUERY = (
+    select(accounts, _prior.c.request_hash, _prior.c.response, _prior.c.refusal,
+           _usage.c.amount.label("usage_amount"), _usage.c.count.label("usage_count"))
+    .select_from(
+        accounts
+        .outerjoin(_prior, and_(_prior.c.method == bindparam("method"), _prior.c.key == bindparam("key")))
+        .outerjoin(_usage, and_(_usage.c.owner_id == accounts.c.owner_id, _usage.c.currency == accounts.c.currency,
+                                _usage.c.day == bindparam("day")))
+    )
+    .where(accounts.c.account_id.in_(bindparam("account_ids", expanding=True)))
+)
+
+
+@dataclass
+class PaymentSnapshot:
+    accounts: dict[str, AccountState] = field(default_factory=dict)
+    # (owner, currency, day) -> usage, None for none yet; only for the parties found.
+    usage: dict[tuple[str, str, str], Usage | None] = field(default_factory=dict)
+    prior: Mapping[str, Any] | None = None  # the idempotency row of (method, key), if any
+
+
+async def payment_snapshot(conn: AsyncConnection, method: str, key: str, account_ids: tuple[str, ...],
+                           day: str) -> PaymentSnapshot:
+    """The parties found among `account_ids`, their owners' usage on `day` and the answer stored for the key.
+
+    An unknown key and unknown accounts are simply absent (if no party exists the stored answer is not
+    seen here either; the writer, which checks the key first, still replays it).
+    """
+    snapshot = PaymentSnapshot()
+    result = await conn.execute(_QUERY, {"method": method, "key": key, "day": day, "account_ids": list(account_ids)})
+    for row in result:
+        state = rows.account_state(row)
+        snapshot.accounts[state.account_id] = state
+        snapshot.usage[(state.owner_id, state.currency, day)] = (
+            None if row.usage_count is None else Usage(int(row.usage_amount), row.usage_count))
+        if row.request_hash is not None:
+            snapshot.prior = {"request_hash": row.request_hash, "response": row.response, "refusal": row.refusal}
+    return snapshot
