@@ -12,8 +12,12 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from finmesh.platform.logs import configure_logging
+from finmesh.platform.telemetry import JsonlSpanExporter, MaskingExporter
+from tests.reliability.secret_scan import scan_tree
 
 PG_HOST = os.environ.get("FINMESH_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("FINMESH_TEST_PG_PORT", "5432"))
@@ -95,3 +99,43 @@ async def databases(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     dbs = Databases(request.param, tmp_path)
     yield dbs
     await dbs.drop_all()
+
+
+# --- The session-wide scan for personal data and secrets (tests/reliability/secret_scan.py) ----------------------
+# In-process services log and export spans the way deployed ones do (masked JSON lines, masked spans), into files
+# under basetemp, beside the log and span files of the process tests; when the session ends every such file is
+# scanned and any identity number, phone, e-mail, password, token or key found fails the run.
+
+_SCAN_SPANS: BatchSpanProcessor | None = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _SCAN_SPANS
+    base = session.config._tmp_path_factory.getbasetemp()  # pytest's own; no public way before a test runs
+    stream = (base / "inprocess-services.log").open("a", encoding="utf-8", buffering=1)
+    configure_logging("tests", level="info", stream=stream)
+    _SCAN_SPANS = BatchSpanProcessor(MaskingExporter(JsonlSpanExporter(base / "inprocess-spans.jsonl")))
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.add_span_processor(_SCAN_SPANS)
+
+
+@pytest.hookimpl(trylast=True)  # after session fixtures are torn down: their last log lines count too
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SCAN_SPANS is not None:
+        _SCAN_SPANS.force_flush()
+    base = session.config._tmp_path_factory.getbasetemp()
+    report = scan_tree([base])
+    if report.findings:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is None:
+        return
+    terminal.write_line("")  # -q leaves the cursor after the progress dots
+    terminal.write_sep("-", f"secret scan: {report.files} log/span files, {report.bytes / 1e6:.1f} MB under {base}: "
+                            f"{len(report.findings)} findings")
+    for finding in report.findings[:50]:
+        terminal.write_line(str(finding), red=True)
+    if report.findings:
+        terminal.write_line("personal data or secrets reached a log or span file: fix the masking "
+                            "(finmesh.platform.logs / pii / telemetry), not the scan", red=True)
