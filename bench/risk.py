@@ -18,6 +18,7 @@ import asyncio
 import os
 import random
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -74,7 +75,7 @@ async def _drop(name: str) -> None:
 
 
 async def measure(url: str, tmp: Path, rounds: int, seconds: float, concurrency: int,
-                  per_batch: list[float]) -> dict[str, list[Round]]:
+                  extra: dict[str, list[float]]) -> dict[str, list[Round]]:
     # Auth enforced as in production: payments' service token on every AssessPayment (tests/auth.py's issuer
     # stands in for identity; a verified token is cached, so this is the steady-state cost).
     issuer = await Issuer().start()
@@ -96,15 +97,19 @@ async def measure(url: str, tmp: Path, rounds: int, seconds: float, concurrency:
                 await closed_loop(call, concurrency=concurrency, seconds=1.0)
             for i in range(rounds):
                 for mode in ("noop", "assess") if i % 2 == 0 else ("assess", "noop"):
-                    batches = app.writer.batches
+                    batches, cpu = app.writer.batches, time.process_time()
                     r = await closed_loop(calls[mode], concurrency=concurrency, seconds=seconds)
                     results[mode].append(r)
+                    # This process's CPU (client, server, SQLite's thread; not the PostgreSQL server) per call:
+                    # steadier than rates on a shared machine.
+                    extra[f"cpu_{mode}"].append((time.process_time() - cpu) * 1000 / max(1, r.calls))
                     batched = ""
                     if mode == "assess":
-                        per_batch.append(r.calls / max(1, app.writer.batches - batches))
-                        batched = f"  {per_batch[-1]:5.1f} per transaction"
+                        extra["batch"].append(r.calls / max(1, app.writer.batches - batches))
+                        batched = f"  {extra['batch'][-1]:5.1f} per transaction"
                     print(f"  round {i + 1} {mode:>6}: {r.rate:8.0f} calls/s  p50 {r.percentile(50):7.2f} ms"
-                          f"  p99 {r.percentile(99):7.2f} ms  errors {r.errors}{batched}", flush=True)
+                          f"  p99 {r.percentile(99):7.2f} ms  errors {r.errors}  cpu {extra[f'cpu_{mode}'][-1]:.3f} ms"
+                          f"/call{batched}", flush=True)
     finally:
         await running.server.stop(0)
         await app.close()
@@ -114,7 +119,7 @@ async def measure(url: str, tmp: Path, rounds: int, seconds: float, concurrency:
     return results
 
 
-def report(kind: str, results: dict[str, list[Round]], concurrency: int, per_batch: list[float]) -> None:
+def report(kind: str, results: dict[str, list[Round]], concurrency: int, extra: dict[str, list[float]]) -> None:
     figures = {}
     for mode, rounds in results.items():
         figures[mode] = (median([r.rate for r in rounds]), median([r.percentile(50) for r in rounds]),
@@ -125,7 +130,10 @@ def report(kind: str, results: dict[str, list[Round]], concurrency: int, per_bat
         print(f"  {names[mode]:<22} {rate:8.0f} calls/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}")
     (a_rate, _, a_p99, _), (n_rate, _, n_p99, _) = figures["assess"], figures["noop"]
     print(f"  AssessPayment / no-op: throughput {a_rate / n_rate:.3f}x, p99 latency {a_p99 / n_p99:.1f}x")
-    print(f"  assessments per write transaction (group commit): median {median(per_batch):.1f}")
+    cpu_noop, cpu_assess = median(extra["cpu_noop"]), median(extra["cpu_assess"])
+    print(f"  process CPU per call: no-op {cpu_noop:.3f} ms, AssessPayment {cpu_assess:.3f} ms "
+          f"({cpu_assess / cpu_noop:.1f}x)")
+    print(f"  assessments per write transaction (group commit): median {median(extra['batch']):.1f}")
 
 
 async def run(kinds: list[str], rounds: int, seconds: float, concurrency: int) -> None:
@@ -142,13 +150,13 @@ async def run(kinds: list[str], rounds: int, seconds: float, concurrency: int) -
                     continue
                 url, drop = made
             print(f"== risk on {kind}", flush=True)
-            per_batch: list[float] = []
+            extra: dict[str, list[float]] = {"batch": [], "cpu_noop": [], "cpu_assess": []}
             try:
-                results = await measure(url, Path(tmp), rounds, seconds, concurrency, per_batch)
+                results = await measure(url, Path(tmp), rounds, seconds, concurrency, extra)
             finally:
                 if drop:
                     await _drop(drop)
-            report(kind, results, concurrency, per_batch)
+            report(kind, results, concurrency, extra)
 
 
 def main() -> None:

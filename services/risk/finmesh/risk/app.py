@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.platform.channels import open_channel
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.db import create_engine
+from finmesh.platform.db import create_engine, is_sqlite
 from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
 from finmesh.platform.logs import get_logger
 from finmesh.platform.migrations import prepare_schema
@@ -102,7 +102,8 @@ async def build(settings: ServiceSettings) -> RiskApp:
             if worker is not None:
                 worker.wake()
 
-    writer = AssessmentWriter(engine, lambda: rules.active.rules)
+    writer = AssessmentWriter(engine, lambda: rules.active.rules,
+                              lanes=1 if is_sqlite(engine) else config.risk_writer_lanes)
     servicer = RiskServicer(engine, rules, on_incident=on_incident, writer=writer)
     registration = Registration(servicer, pb_grpc.add_RiskServiceServicer_to_server,
                                 pb.DESCRIPTOR.services_by_name["RiskService"])

@@ -31,7 +31,7 @@ from finmesh.risk.domain.rules import Rules
 from finmesh.risk.domain.scoring import PaymentFeatures, Verdict, assess, is_new_device
 from finmesh.risk.domain.values import AmlKind, BlockKind, Decision, Subject, Tier, WarningLevel
 from finmesh.risk.domain.windows import window_start
-from finmesh.risk.store import alerts, assessments, blocklist, subjects
+from finmesh.risk.store import alerts, assessments, batch_reads, subjects
 from finmesh.risk.store import aml as aml_store
 from finmesh.risk.store.schema import outbox
 
@@ -118,10 +118,14 @@ class _Batch:
 async def _assess_batch(conn: AsyncConnection, rules: Rules, facts: Sequence[PaymentFacts], now: datetime,
                         traces: Sequence[Any]) -> list[Outcome]:
     await subjects.lock_many(conn, (f.lock_key for f in facts), now)
-    recorded = await assessments.find_by_payments(conn, (f.payment_id for f in facts))
-    fresh = [f for f in facts if f.payment_id not in recorded]
-    batch = _Batch(conn, rules, now, await _activity(conn, rules, fresh, now),
-                   await blocklist.listed(conn, (c for f in fresh for c in f.block_candidates()), now))
+    windows = {subject: tuple(sorted(seconds)) for subject, seconds in rules.velocity_windows().items() if seconds}
+    reads = await batch_reads.read(
+        conn, payment_ids=[f.payment_id for f in facts], device_users=[f.payer_user_id for f in facts if f.device_id],
+        block_candidates=[c for f in facts for c in f.block_candidates()],
+        velocity={s: (w, [f.subject_values[s] for f in facts]) for s, w in windows.items()}, now=now)
+    # Replays are rare: only they fetch whole stored rows.
+    recorded = await assessments.find_by_payments(conn, reads.recorded) if reads.recorded else {}
+    batch = _Batch(conn, rules, now, RecentActivity.of(windows, reads.totals, reads.devices), reads.listed)
     outcomes: dict[str, Outcome] = {pid: Outcome(row) for pid, row in recorded.items()}
     answers = []
     for f, trace in zip(facts, traces, strict=True):
@@ -138,15 +142,6 @@ async def _assess_batch(conn: AsyncConnection, rules: Rules, facts: Sequence[Pay
     await batch.flush()
     await subjects.remember_devices(conn, batch.new_devices, now)
     return answers
-
-
-async def _activity(conn: AsyncConnection, rules: Rules, facts: Sequence[PaymentFacts],
-                    now: datetime) -> RecentActivity:
-    windows = {subject: tuple(sorted(seconds)) for subject, seconds in rules.velocity_windows().items() if seconds}
-    totals = await assessments.window_totals(
-        conn, {s: (w, [f.subject_values[s] for f in facts]) for s, w in windows.items()}, now)
-    devices = await subjects.devices_of(conn, (f.payer_user_id for f in facts if f.device_id))
-    return RecentActivity.of(windows, totals, devices)
 
 
 async def _assess_one(batch: _Batch, facts: PaymentFacts) -> Outcome:

@@ -15,6 +15,8 @@ class RiskSettings(ServiceSettings):
     risk_rules_poll_seconds: float = Field(default=1.0, gt=0)
     # How often unfinished emergency responses (freezes) are retried.
     risk_emergency_poll_seconds: float = Field(default=1.0, gt=0)
+    # Assessment batches in flight at once on PostgreSQL (SQLite takes one writer at a time: always 1 there).
+    risk_writer_lanes: int = Field(default=2, ge=1, le=16)
 
     @classmethod
     def of(cls, settings: ServiceSettings) -> RiskSettings:

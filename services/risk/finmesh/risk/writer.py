@@ -41,33 +41,37 @@ class _Job:
 
 
 class AssessmentWriter:
-    def __init__(self, engine: AsyncEngine, rules: Callable[[], Rules], *, max_batch: int = 128,
+    def __init__(self, engine: AsyncEngine, rules: Callable[[], Rules], *, max_batch: int = 128, lanes: int = 1,
                  assess: Callable[..., Awaitable[list[Outcome]]] = assess_payments) -> None:
         self._engine = engine
         self._rules = rules  # the active rules, read when a batch starts
         self._assess = assess
         self._max_batch = max_batch
+        # Batches in flight at once. One on SQLite (one writer at a time anyway); on PostgreSQL a few, so one
+        # batch's round trips overlap another's: batches that share a payer wait on its row lock, as replicas do.
+        self._lanes = lanes
         self._queue: collections.deque[_Job] = collections.deque()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._busy = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._busy = 0
         self.batches = 0  # for benchmarks and tests: how many transactions carried the assessments
 
     def start(self) -> None:
-        if self._task is None or self._task.done():
-            # A context of its own: the task must not run inside the first caller's trace.
-            self._task = asyncio.create_task(self._run(), name="risk-assessment-writer",
-                                             context=contextvars.Context())
+        if not self._tasks or any(t.done() for t in self._tasks):
+            # A context of its own: the tasks must not run inside the first caller's trace.
+            self._tasks = [asyncio.create_task(self._run(), name=f"risk-assessment-writer-{i}",
+                                               context=contextvars.Context()) for i in range(self._lanes)]
 
     async def stop(self, drain_seconds: float = 5.0) -> None:
         """Finish what is queued (up to `drain_seconds`), then stop; what is left is cancelled."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_seconds
-        while (self._queue or self._busy) and loop.time() < deadline and self._task and not self._task.done():
+        while ((self._queue or self._busy) and loop.time() < deadline and self._tasks
+               and not all(t.done() for t in self._tasks)):
             await asyncio.sleep(0.01)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for job in self._queue:
             job.future.cancel()
         self._queue.clear()
@@ -87,13 +91,13 @@ class AssessmentWriter:
                 await self._wake.wait()
                 continue
             batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
-            self._busy = True
+            self._busy += 1
             try:
                 await self._process(batch)
             except Exception:  # noqa: BLE001 - the writer must outlive any one batch
                 _log.exception("assessment_batch_failed", size=len(batch))
             finally:
-                self._busy = False
+                self._busy -= 1
 
     async def _process(self, batch: list[_Job]) -> None:
         try:

@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from finmesh.risk.store.common import one_of
 from finmesh.risk.store.schema import block_list
 
 
@@ -37,23 +36,6 @@ def _hits_query(pairs: int) -> Any:
     matches = or_(*(and_(block_list.c.kind == bindparam(f"kind_{i}"), block_list.c.value == bindparam(f"value_{i}"))
                     for i in range(pairs)))
     return select(block_list.c.kind, block_list.c.value).where(matches, _active(bindparam("now")))
-
-
-@functools.cache
-def _listed(dialect: str) -> Any:
-    return select(block_list.c.kind, block_list.c.value).where(
-        one_of(dialect, block_list.c.kind, "kinds"), one_of(dialect, block_list.c.value, "values"),
-        _active(bindparam("now")))
-
-
-async def listed(conn: AsyncConnection, candidates: Iterable[tuple[str, str]], now: datetime) -> set[tuple[str, str]]:
-    """Like hits(), for a whole batch in one statement whatever its size (the (kind, value) pairs are
-    matched here: a few extra rows of a kind named for another value cost less than a statement per size)."""
-    pairs = {(k, v) for k, v in candidates if v}
-    if not pairs:
-        return set()
-    params = {"kinds": sorted({k for k, _ in pairs}), "values": sorted({v for _, v in pairs}), "now": now}
-    return {(r.kind, r.value) for r in await conn.execute(_listed(conn.dialect.name), params)} & pairs
 
 
 async def find_active(conn: AsyncConnection, kind: str, value: str, now: datetime) -> Any:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from finmesh.risk.store.common import insert_ignoring_duplicates, insert_ignoring_duplicates_many, one_of
+from finmesh.risk.store.common import insert_ignoring_duplicates, insert_ignoring_duplicates_many
 from finmesh.risk.store.schema import known_devices, subjects
 
 
@@ -48,20 +46,6 @@ async def lock_many(conn: AsyncConnection, subject_keys: Iterable[str], now: dat
 _upsert = pg_insert(subjects)
 _LOCK = _upsert.on_conflict_do_update(index_elements=[subjects.c.subject_key],
                                       set_={"touched_at": _upsert.excluded.touched_at})
-
-
-@functools.cache
-def _devices_of(dialect: str) -> Any:
-    return select(known_devices.c.user_id, known_devices.c.device_id).where(
-        one_of(dialect, known_devices.c.user_id, "users"))
-
-
-async def devices_of(conn: AsyncConnection, user_ids: Iterable[str]) -> list[tuple[str, str]]:
-    """(user, device) for every device known for any of the users."""
-    users = sorted({u for u in user_ids if u})
-    if not users:
-        return []
-    return [(r.user_id, r.device_id) for r in await conn.execute(_devices_of(conn.dialect.name), {"users": users})]
 
 
 async def remember_devices(conn: AsyncConnection, pairs: Iterable[tuple[str, str]], now: datetime) -> None:

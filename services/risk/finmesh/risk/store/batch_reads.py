@@ -1,0 +1,105 @@
+"""Everything a batch of assessments reads before deciding, in one statement (one round trip).
+
+Which of the payments were assessed before, the devices known for the
+payers, the block-list entries naming any of the batch's users, devices,
+IPs or accounts, and the velocity totals of every subject: four kinds of
+rows, tagged and joined by UNION ALL into one shape (tag, two strings,
+counts and amounts per window). A round trip through SQLAlchemy and the
+driver costs more than these indexed reads themselves, and on SQLite every
+statement is a hop to the driver's thread and back.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, case, func, literal_column, or_, select, union_all
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from finmesh.risk.domain.activity import WindowTotals
+from finmesh.risk.domain.values import Decision, Subject
+from finmesh.risk.domain.windows import window_start
+from finmesh.risk.store.common import one_of
+from finmesh.risk.store.schema import assessments, block_list, known_devices
+
+_SUBJECT_COLUMNS = {
+    Subject.USER: assessments.c.user_id,
+    Subject.DEVICE: assessments.c.device_id,
+    Subject.IP: assessments.c.ip_address,
+}
+_RECORDED, _DEVICE, _LISTED, _VELOCITY = 0, 1, 2, 3  # row tags; velocity rows are tagged 3 + subject index
+
+
+@dataclass(frozen=True)
+class BatchReads:
+    recorded: set[str]  # payment ids assessed before
+    devices: list[tuple[str, str]]  # (user, device) known
+    listed: set[tuple[str, str]]  # (kind, value) actively block-listed, among those asked about
+    totals: list[WindowTotals]
+
+
+async def read(conn: AsyncConnection, *, payment_ids: Iterable[str], device_users: Iterable[str],
+               block_candidates: Iterable[tuple[str, str]],
+               velocity: Mapping[Subject, tuple[Sequence[int], Iterable[str]]], now: datetime) -> BatchReads:
+    """`velocity` maps a subject to (its windows sorted widest last, the values to count)."""
+    counted = [(subject, windows, values) for subject, (windows, values) in velocity.items() if windows]
+    shape = tuple((subject, len(windows)) for subject, windows, _ in counted)
+    pairs = {(k, v) for k, v in block_candidates if v}
+    params: dict[str, Any] = {
+        "ids": sorted(set(payment_ids)), "users": sorted({u for u in device_users if u}),
+        "kinds": sorted({k for k, _ in pairs}), "values": sorted({v for _, v in pairs}), "now": now,
+    }
+    for i, (_, windows, values) in enumerate(counted):
+        params[f"values_{i}"] = sorted({v for v in values if v})
+        params.update({f"since_{i}_{w}": window_start(now, seconds) for w, seconds in enumerate(windows)})
+    width = max((n for _, n in shape), default=1)
+    reads = BatchReads(set(), [], set(), [])
+    for r in await conn.execute(_query(shape, conn.dialect.name), params):
+        tag = r[0]
+        if tag == _RECORDED:
+            reads.recorded.add(r[1])
+        elif tag == _DEVICE:
+            reads.devices.append((r[1], r[2]))
+        elif tag == _LISTED:
+            if (r[1], r[2]) in pairs:  # kinds and values are matched apart: keep the pairs asked about
+                reads.listed.add((r[1], r[2]))
+        else:
+            subject, n = shape[tag - _VELOCITY]
+            reads.totals.append(WindowTotals(subject, r[1], r[2], tuple(int(c) for c in r[3:3 + n]),
+                                             tuple(int(a) for a in r[3 + width:3 + width + n])))
+    return reads
+
+
+@functools.cache
+def _query(shape: tuple[tuple[Subject, int], ...], dialect: str) -> Any:
+    """Built once per shape and dialect, reused with bound values (building SQL costs more than running it)."""
+    width = max((n for _, n in shape), default=1)
+
+    def row(tag: int, first: Any, second: Any, numbers: Sequence[Any] = ()) -> list[Any]:
+        zeros = [literal_column("0")] * (2 * width - len(numbers))
+        return [literal_column(str(tag)), first, second, *numbers, *zeros]
+
+    a, d, b = assessments.c, known_devices.c, block_list.c
+    active = and_(b.removed_at.is_(None), or_(b.expires_at.is_(None), b.expires_at > bindparam("now")))
+    parts = [
+        select(*row(_RECORDED, a.payment_id, literal_column("''"))).where(one_of(dialect, a.payment_id, "ids")),
+        select(*row(_DEVICE, d.user_id, d.device_id)).where(one_of(dialect, d.user_id, "users")),
+        select(*row(_LISTED, b.kind, b.value)).where(one_of(dialect, b.kind, "kinds"),
+                                                     one_of(dialect, b.value, "values"), active),
+    ]
+    counted = a.decision != Decision.DECLINE.value
+    for i, (subject, windows) in enumerate(shape):
+        column = _SUBJECT_COLUMNS[subject]
+        insides = [a.created_at > bindparam(f"since_{i}_{w}") for w in range(windows)]
+        pad = [literal_column("0")] * (width - windows)
+        counts = [func.sum(case((inside, 1), else_=0)) for inside in insides] + pad
+        amounts = [func.sum(case((and_(inside, counted), a.amount), else_=0)) for inside in insides] + pad
+        # The subject's widest window (sorted last) bounds the rows read through its (subject, created_at) index.
+        widest = a.created_at > bindparam(f"since_{i}_{windows - 1}")
+        parts.append(select(*row(_VELOCITY + i, column, a.currency, counts + amounts))
+                     .where(one_of(dialect, column, f"values_{i}"), widest).group_by(column, a.currency))
+    return union_all(*parts)
