@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from finmesh.platform.config import ServiceSettings
@@ -99,7 +100,8 @@ def _retry_delay(error: grpc.aio.AioRpcError) -> float:
 async def test_one_caller_past_its_burst_is_refused_while_others_are_served(tmp_path: Path) -> None:
     rate, burst = 2.0, 10
     async with risk_server(tmp_path, rate_limit_per_caller_rps=rate, rate_limit_per_caller_burst=burst,
-                           rate_limit_per_service_rps=1000, rate_limit_per_service_burst=1000) as (issuer, _, stub):
+                           rate_limit_per_service_rps=1000,
+                           rate_limit_per_service_burst=1000) as (issuer, server, stub):
         hammer = issuer.md(OFFICER)
         codes, elapsed = await _burst(stub, hammer, 40)
         granted = codes["OK"]
@@ -112,6 +114,12 @@ async def test_one_caller_past_its_burst_is_refused_while_others_are_served(tmp_
             await stub.GetRules(risk_pb.GetRulesRequest(), metadata=hammer, timeout=5)
         assert (refused.value.code(), reason_of(refused.value)) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
         assert 0 < _retry_delay(refused.value) <= 1 / rate + 0.01
+        # Probes are not rate limited: a busy server must not look dead to its orchestrator.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for _ in range(3 * burst):
+                reply = await health.Check(health_pb2.HealthCheckRequest(), metadata=hammer, timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
         # Another caller has its own bucket; a service (payments' token) its own, larger one.
         other, _ = await _burst(stub, issuer.md(OFFICER), burst)
