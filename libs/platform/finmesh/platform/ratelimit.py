@@ -10,8 +10,8 @@ runs. Who the caller is:
   service token carries the traffic of many users (all payments reach risk as
   "service:payments") and their callers were already limited one hop earlier;
 - the peer's address (host only: every connection has a new source port) for
-  public RPCs without a token, for FINMESH_AUTH_MODE=off, and for calls whose
-  token is refused, so a flood of bad tokens is limited too.
+  public RPCs without a token, for FINMESH_AUTH_MODE=off, and for calls the
+  auth check refuses, so a flood of bad tokens is limited too.
 
 Health checks and reflection are not guarded servicers and are not limited:
 probes must see a busy server as alive. Overall overload is bounded by the
@@ -37,7 +37,7 @@ from google.rpc import error_details_pb2
 
 from finmesh.platform.auth_context import Principal
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.errors import ResourceExhausted, Unauthenticated
+from finmesh.platform.errors import DomainError, ResourceExhausted
 from finmesh.platform.idempotency import StoredRefusal
 from finmesh.platform.logs import get_logger
 from finmesh.platform.rpc_errors import to_status
@@ -154,7 +154,8 @@ class RateLimiter:
         async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 principal = await check(request, context) if check is not None else None
-            except Unauthenticated:
+            except DomainError:
+                # Refused by auth: the caller is not established, its address is.
                 self.admit(None, context, method)
                 raise
             self.admit(principal, context, method)
