@@ -505,7 +505,7 @@ async def measure(args: Args) -> None:
                 with NoopMesh(tracing=True, payments=payments, risk=risk, extra_env=BASE_ENV) as noop:
                     baseline = Target("no-op", noop.target, [Payer("a", "b", noop.metadata())], lambda: {})
                     real_rates, noop_rates = [], []
-                    for _ in range(max(1, args.rounds - 1)):
+                    for _ in range(2):  # one alternation of real and no-op per round; two rounds keep the run short
                         real_rates.append((await closed_round(real, args.concurrency, args.seconds,
                                                               args.warmup)).throughput)
                         noop_rates.append((await closed_round(baseline, args.concurrency, args.seconds,
@@ -566,9 +566,16 @@ def _print_report(args: Args, rate: dict[str, float], p50c: dict[str, float], p9
         print(f"  {name:<16}idle {_mib(kib):>5}   under load {loaded:>5}")
     print()
     print("CPU time per answered payment, ms, by process (median over the closed-loop rounds; client = this bench):")
+    total = {name: sum(med(ms) for ms in used.cpu_ms.values()) for name, used in usage.items()}
+    cores = os.cpu_count() or 1
     for name, used in usage.items():
+        ceiling = 1000 * cores / total[name]
         print(f"  {name:<16}" + "  ".join(f"{process} {med(ms):.2f}" for process, ms in used.cpu_ms.items())
-              + f"  = {sum(med(ms) for ms in used.cpu_ms.values()):.2f}")
+              + f"  = {total[name]:.2f}  (all {cores} cores on it alone: at most {ceiling:.0f}/s)")
+    print(f"  CPU ratio no-op / real, both traced: {total['no-op traced'] / total['real traced']:.2f};  tracing's "
+          f"CPU per payment: real +{total['real traced'] - total['real untraced']:.2f} ms "
+          f"({1 - total['real untraced'] / total['real traced']:.0%}), no-op "
+          f"+{total['no-op traced'] - total['no-op untraced']:.2f} ms")
     if scaling:
         print()
         print(f"(f) replicas, closed loop {args.concurrency} concurrent, real on {replica_db}:")
