@@ -214,8 +214,13 @@ async def test_caller_deadline_shorter_than_the_risk_timeout_is_still_met(tmp_pa
         assert waited <= deadline + 0.2
         mesh.risk.heal()
         replayed, _ = await _timed_pay(stub, payer, payee, idem)
-        assert replayed.status == pay_pb.PAYMENT_STATUS_IN_REVIEW
-        assert await _balance(stub, payer) == (4_000, 1_000)  # held once
+        # IN_REVIEW if the hold committed before the caller gave up (then this is its replay); if the call was
+        # cancelled before anything committed, the key is fresh and risk, now back, approves. Paid once either way.
+        if answer == "PAYMENT_STATUS_IN_REVIEW":
+            assert replayed.status == pay_pb.PAYMENT_STATUS_IN_REVIEW
+        held = 1_000 if replayed.status == pay_pb.PAYMENT_STATUS_IN_REVIEW else 0
+        assert replayed.status in (pay_pb.PAYMENT_STATUS_IN_REVIEW, pay_pb.PAYMENT_STATUS_CAPTURED)
+        assert await _balance(stub, payer) == (4_000, held)
 
 
 async def _outbox(url: str) -> list[Any]:
