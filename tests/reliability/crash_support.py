@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 
 from finmesh.cli.mesh import Mesh, free_port, is_serving
 from finmesh.common.v1 import money_pb2
+from finmesh.drill.forwarder import Forwarder
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.platform.db import create_engine
@@ -38,6 +39,7 @@ FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconne
                   ("grpc.max_reconnect_backoff_ms", 500)]
 # Retrying these with the same key is safe: the server either did nothing or stored its answer.
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+LEASE_SECONDS = 5
 
 
 # --- services as processes ----------------------------------------------------------------------------
@@ -55,7 +57,10 @@ class Fleet:
         self.mesh = Mesh(data_dir, database_urls=urls, with_fakes=False)
         self.mesh.extra_env.update({
             "FINMESH_AUTH_MODE": "enforce", "FINMESH_IDENTITY_TARGET": issuer.target,
-            "FINMESH_SERVICE_SECRET": SERVICE_SECRET, "FINMESH_CHANNEL_SWEEP_INTERVAL_SECONDS": "3600"})
+            "FINMESH_SERVICE_SECRET": SERVICE_SECRET, "FINMESH_CHANNEL_SWEEP_INTERVAL_SECONDS": "3600",
+            # Events a killed (or cut off) relay had claimed come free after its lease: 30 s in production,
+            # short here so they are sent again, and deduplicated by notify, within the test.
+            "FINMESH_OUTBOX_LEASE_SECONDS": str(LEASE_SECONDS)})
         self.ports = {name: free_port() for name in ORDER}
         self.kills: Counter[str] = Counter()
         self.restart_seconds: list[float] = []
@@ -91,8 +96,10 @@ class Fleet:
         self.restart_seconds.append(time.monotonic() - started)
         return self.restart_seconds[-1]
 
-    def stop(self) -> dict[str, int]:
-        return self.mesh.stop()
+    async def stop(self) -> dict[str, int]:
+        """SIGTERM all, wait for their exit codes (off the event loop: a DatabaseLink in it must keep
+        piping while they shut down)."""
+        return await asyncio.to_thread(self.mesh.stop)
 
 
 # --- accounts and load --------------------------------------------------------------------------------
@@ -422,6 +429,43 @@ async def terminate_backends(admin: asyncpg.Connection, database: str) -> int:
     return int(await admin.fetchval(
         "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
         "WHERE datname = $1 AND pid <> pg_backend_pid()", database) or 0)
+
+
+class DatabaseLink:
+    """A TCP hop between one service and PostgreSQL, so that service alone can lose its database server
+    (the real server is shared with other tests and is never restarted)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._server = f"{make_url(url).host}:{make_url(url).port or 5432}"
+        self._forwarder = Forwarder(self._server)
+        self.outage_seconds = 0.0
+
+    async def start(self) -> str:
+        """The URL the service should use: through this link."""
+        port = await self._forwarder.start()
+        return make_url(self.url).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+
+    async def outage(self, admin: asyncpg.Connection, seconds: float) -> int:
+        """As if the server restarted: every connection dropped, new ones refused for `seconds`, then back.
+        Returns how many connections were dropped."""
+        started = time.monotonic()
+        self._forwarder.switch("127.0.0.1:1")  # nothing listens on port 1: connecting fails
+        try:
+            dropped = await terminate_backends(admin, database_name(self.url))
+            await asyncio.sleep(seconds)
+        finally:
+            self._forwarder.switch(self._server)
+        self.outage_seconds += time.monotonic() - started
+        return dropped
+
+    @property
+    def refused(self) -> int:
+        """Connections the service attempted during outages."""
+        return sum(self._forwarder.refused.values())
+
+    async def close(self) -> None:
+        await self._forwarder.close()
 
 
 def run_id() -> str:

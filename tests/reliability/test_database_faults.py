@@ -1,5 +1,6 @@
-"""PostgreSQL connections dropped mid-transaction (pg_terminate_backend on the services' own databases only:
-the server is shared with other tests, so it is never restarted here).
+"""PostgreSQL connections dropped mid-transaction (pg_terminate_backend on the services' own databases only)
+and payments' database server gone for a while, as in a restart (through a TCP hop the test cuts: the real
+server is shared with other tests, so it is never restarted here).
 
 Calls caught by a dropped connection fail with UNAVAILABLE and reason
 STORAGE_UNAVAILABLE, never INTERNAL or UNKNOWN; retried with the same key they
@@ -31,6 +32,7 @@ from tests.auth import Book, Issuer
 from tests.auth import channel as acting_channel
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
 from tests.reliability.crash_support import (
+    DatabaseLink,
     Fleet,
     RetryingLoad,
     audit_delivery,
@@ -45,9 +47,10 @@ from tests.reliability.crash_support import (
 POSTGRES_ONLY = pytest.mark.parametrize("databases", [pytest.param("postgres", marks=pytest.mark.postgres)],
                                         indirect=True)
 COUNT, RATE, PAYERS, PAYEES, TOP_UP = 240, 30.0, 16, 8, 1_000_000
-# Payments' connections are dropped every FAULT_INTERVAL seconds during the load, risk's and notify's every third time.
-FAULT_INTERVAL = 1.5
-DRAIN_TIMEOUT = 50.0
+# Payments' connections are dropped every FAULT_INTERVAL seconds during the load, risk's and notify's every
+# third time; in the second round payments' database server is gone for OUTAGE seconds instead.
+FAULT_INTERVAL, OUTAGE = 1.5, 2.0
+DRAIN_TIMEOUT = 40.0
 
 
 def _reason(status: Any) -> str:
@@ -98,13 +101,16 @@ async def _admin() -> asyncpg.Connection:
 
 
 @POSTGRES_ONLY
+@pytest.mark.e2e
+@pytest.mark.timeout(150)
 async def test_dropped_connections_under_load(databases: Any, tmp_path: Path) -> None:
     started = time.monotonic()
     run = run_id()
     urls = {name: await databases.new(name) for name in ("notify", "risk", "payments")}
     names = {service: database_name(url) for service, url in urls.items()}
     issuer, book = await Issuer().start(), Book()
-    fleet = Fleet(tmp_path / "mesh", urls, issuer)
+    link = DatabaseLink(urls["payments"])
+    fleet = Fleet(tmp_path / "mesh", {**urls, "payments": await link.start()}, issuer)
     admin = await _admin()
     dropped: Counter[str] = Counter()
     rounds = 0
@@ -132,6 +138,9 @@ async def test_dropped_connections_under_load(databases: Any, tmp_path: Path) ->
         while not running.done():
             await asyncio.sleep(FAULT_INTERVAL)
             rounds += 1
+            if rounds == 2:
+                dropped["payments"] += await link.outage(admin, OUTAGE)
+                continue
             for service in ("payments", "risk", "notify") if rounds % 3 == 0 else ("payments",):
                 dropped[service] += await terminate_backends(admin, names[service])
         result = await running
@@ -141,12 +150,14 @@ async def test_dropped_connections_under_load(databases: Any, tmp_path: Path) ->
         delivery = await audit_delivery(urls["payments"], urls["notify"])
     finally:
         await admin.close()
-        codes = fleet.stop()
+        codes = await fleet.stop()
+        await link.close()
         await issuer.stop()
 
     figures = {
         "database": databases.kind, "load": result.figures(), "fault_rounds": rounds,
-        "connections_dropped": dict(dropped),
+        "connections_dropped": dict(dropped), "payments_db_outage_s": round(link.outage_seconds, 1),
+        "connects_refused_in_outage": link.refused,
         "payments": {"written": books.payments, "captured": books.captured, "in_review": books.in_review},
         "payment_events": books.outbox_events, "outbox_drained_after_load_s": round(drain_seconds, 1),
         "losses": books.losses() + sum(len(v) for v in delivery.values()),
@@ -157,6 +168,7 @@ async def test_dropped_connections_under_load(databases: Any, tmp_path: Path) ->
     failed = [(c.description, c.error, dict(c.failures)) for c in result.calls if not c.payment_id]
     assert failed == [], f"calls not acknowledged after retries: {failed[:10]}"
     assert dropped["payments"] > rounds // 2, "hardly any connection was dropped: the faults proved nothing"
+    assert rounds >= 2 and link.refused > 0, "payments never tried its database during the outage"
     # A dropped connection is UNAVAILABLE (STORAGE_UNAVAILABLE); never INTERNAL, UNKNOWN or a refusal.
     # (DEADLINE_EXCEEDED is the client's own timer, on a machine short of CPU; such calls are retried too.)
     assert set(result.codes()) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, result.codes()
