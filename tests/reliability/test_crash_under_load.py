@@ -1,4 +1,5 @@
-"""SIGKILL payments, then risk, then notify while a bounded payment load runs; each comes back on its port.
+"""SIGKILL payments, then risk, then notify while a bounded payment load runs; each comes back on its port
+and database (SQLite files, and PostgreSQL).
 
 Afterwards nothing is lost or doubled: every acknowledged payment exists
 exactly once as the payment its caller was told, no payment is half-written
@@ -31,15 +32,14 @@ from tests.reliability.crash_support import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
-# 30 payments a second for 12 s: ~15 per payer, under risk's velocity rule (20 per user in 10 minutes).
-COUNT, RATE, PAYERS, PAYEES, TOP_UP = 360, 30.0, 24, 8, 1_000_000
+# 30 payments a second for 10 s: 15 per payer, under risk's velocity rule (20 per user in 10 minutes).
+COUNT, RATE, PAYERS, PAYEES, TOP_UP = 300, 30.0, 20, 8, 1_000_000
 # Seconds into the load at which each service is killed (and at once restarted).
-KILLS = (("payments", 2.0), ("risk", 5.0), ("notify", 8.0))
+KILLS = (("payments", 1.5), ("risk", 4.0), ("notify", 6.5))
 # The killed relay's claims come free after the lease (crash_support.LEASE_SECONDS), then all must drain.
 DRAIN_TIMEOUT = 40.0
 
 
-@pytest.mark.parametrize("databases", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 async def test_sigkill_each_service_under_load(databases: Any, tmp_path: Path) -> None:
     started = time.monotonic()
     run = run_id()
