@@ -71,6 +71,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_OPTED_OUT: _ErrorReason.ValueType  # 62
     ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 70
     """Overload."""
+    ERROR_REASON_STORAGE_UNAVAILABLE: _ErrorReason.ValueType  # 80
+    """UNAVAILABLE: the service's own database dropped or refused the call;
+    retry with the same idempotency key.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable reasons finmesh puts in
@@ -128,4 +132,8 @@ ERROR_REASON_QUIET_HOURS: ErrorReason.ValueType  # 61
 ERROR_REASON_OPTED_OUT: ErrorReason.ValueType  # 62
 ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 70
 """Overload."""
+ERROR_REASON_STORAGE_UNAVAILABLE: ErrorReason.ValueType  # 80
+"""UNAVAILABLE: the service's own database dropped or refused the call;
+retry with the same idempotency key.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
