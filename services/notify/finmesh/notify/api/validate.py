@@ -34,7 +34,9 @@ def _id(v: Validator, value: str, field: str) -> None:
 def page(v: Validator, page_size: int, token: str, *, numeric_token: bool = False) -> int:
     v.require(page_size >= 0, "page_size", "must not be negative")
     if token and numeric_token:
-        v.require(token.isdigit(), "page_token", "not a token this service issued")
+        # ASCII digits that fit a BIGINT: str.isdigit alone passes "²" (int() refuses it) and numbers past 2**63.
+        v.require(token.isascii() and token.isdigit() and len(token) <= 18, "page_token",
+                  "not a token this service issued")
     return min(page_size or 50, MAX_PAGE)
 
 

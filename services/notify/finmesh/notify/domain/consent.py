@@ -31,7 +31,8 @@ SEND = Decision(send=True)
 
 def parse_hhmm(text: str) -> time | None:
     """ "22:00" -> time(22, 0); anything else -> None."""
-    if len(text) != 5 or text[2] != ":" or not (text[:2].isdigit() and text[3:].isdigit()):
+    # isascii too: str.isdigit passes "¹²", which int() refuses.
+    if len(text) != 5 or text[2] != ":" or not (text.isascii() and text[:2].isdigit() and text[3:].isdigit()):
         return None
     hours, minutes = int(text[:2]), int(text[3:])
     return time(hours, minutes) if hours < 24 and minutes < 60 else None
