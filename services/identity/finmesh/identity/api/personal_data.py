@@ -80,7 +80,9 @@ class PersonalDataRpcs:
         v = Validator()
         v.require(len(request.user_id) <= 36, "user_id", "at most 36 characters")
         v.require(0 <= request.page_size <= MAX_PAGE, "page_size", f"0 to {MAX_PAGE}")
-        v.require(request.page_token == "" or (request.page_token.isdigit() and len(request.page_token) < 19),
+        # isascii too: str.isdigit passes "²", which int() refuses.
+        v.require(request.page_token == "" or (request.page_token.isascii() and request.page_token.isdigit()
+                                               and len(request.page_token) < 19),
                   "page_token", "a token from a previous page")
         v.raise_if_any()
         size = request.page_size or 50
