@@ -171,8 +171,9 @@ def page(page_size: int, page_token: str) -> tuple[int, int | None]:
     """(size, before_seq) of a newest-first page; the token is the last seq the caller saw."""
     v = Validator()
     v.require(page_size >= 0, "page_size", "must not be negative")
-    v.require(page_token == "" or (page_token.isdigit() and len(page_token) <= 19), "page_token",
-              "a token returned by the previous page")
+    # ASCII digits that fit a BIGINT: str.isdigit passes "²" (int() refuses it), 19 nines pass 2**63.
+    v.require(page_token == "" or (page_token.isascii() and page_token.isdigit() and len(page_token) <= 18),
+              "page_token", "a token returned by the previous page")
     v.raise_if_any()
     return min(page_size or 50, MAX_PAGE), int(page_token) if page_token else None
 
