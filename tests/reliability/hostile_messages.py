@@ -14,7 +14,7 @@ bytes are not UTF-8, which the server must refuse while decoding.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from google.protobuf import message_factory
@@ -43,7 +43,7 @@ _INT_RANGES: dict[int, tuple[int, int]] = {
 HOSTILE_TEXT = (
     "", " ", "\x00", "a\x00b", "\t\r\n", "\u202eevil", "\ufeff", "\u200b", "\u2028", "\uffff", "\U0010ffff",
     "\U0001f4b8" * 3, "e\u0301" * 4, "１２３４", "٣٤٥", "Ⅻ", "CNY", "cny", "XXX", "USD", "-1", "0", "1e309",
-    "NaN", "-0", "9" * 40, "0x7fffffffffffffff", "' OR 1=1 --", "%s%n%x", "${jndi:ldap://127.0.0.1/a}",
+    "NaN", "-0", "9" * 19, "9" * 40, "²", "¹²:³⁴", "24:60", "0x7fffffffffffffff", "' OR 1=1 --", "%s%n%x", "${jndi:ldap://127.0.0.1/a}",
     "../../etc/passwd", "<script>", "null", "true", "[]", "{}", "测试用户", "+86 138 0000 0000",
     "a@b", "@", "11010519900517001X",
 )
@@ -170,7 +170,9 @@ class MessageStrategies:
             usual = self._usual(field, depth) if hint is None else hint
             if field.type == FieldDescriptor.TYPE_MESSAGE:
                 return usual  # its own fields carry the hostile values
-            return st.integers(0, self.hostile_one_in - 1).flatmap(lambda roll: generic if roll == 0 else usual)
+            # The hostile roll is the highest, so a shrunk (minimal) example is the wholly plausible message.
+            last = self.hostile_one_in - 1
+            return st.integers(0, last).flatmap(lambda roll: generic if roll == last else usual)
         return st.one_of(hint, generic) if hint is not None else generic
 
     def _usual(self, field: FieldDescriptor, depth: int) -> Strategy:
@@ -254,6 +256,86 @@ def _set(message: Any, field: FieldDescriptor, value: Any) -> None:
 def request_strategy(descriptor: Descriptor, **options: Any) -> Strategy:
     """Arbitrary messages of `descriptor`'s type; options as MessageStrategies takes."""
     return MessageStrategies(**options).message(descriptor)
+
+
+# --- one field at a time ---------------------------------------------------------------------------------
+
+# Strings that pass str.isdigit() or a length check and still break int(), a BIGINT column or a time
+# parser: superscript and Arabic-Indic digits, a number past 2**63, one past int()'s 4300-digit limit.
+CONFUSED_TEXT = ("²", "¹²:³⁴", "١٢٣", "9" * 19, "9" * 5_000, "\x00", "-1")
+CONFUSED_INTEGERS = (-(2**63), -1, 2**63 - 1)
+
+
+def baseline(descriptor: Descriptor, examples: Mapping[str, str] | None = None, depth: int = 2) -> Any:
+    """One well-formed message, the same every run: each field holds a value of the shape an honest caller
+    sends (`examples` gives string fields by name), the first member of each oneof is set."""
+    examples = examples or {}
+    message = message_factory.GetMessageClass(descriptor)()
+    for field in descriptor.fields:
+        oneof = field.containing_oneof
+        if oneof is not None and oneof.fields[0] is not field:
+            continue
+        if _is_map(field):
+            entry = field.message_type
+            key = _usual_value(entry.fields_by_name["key"], examples, depth - 1)
+            value = _usual_value(entry.fields_by_name["value"], examples, depth - 1)
+            _set(message, field, {key: value})
+        elif _is_repeated(field):
+            _set(message, field, [_usual_value(field, examples, depth - 1)])
+        elif field.type != FieldDescriptor.TYPE_MESSAGE or depth > 0:
+            _set(message, field, _usual_value(field, examples, depth - 1))
+    return message
+
+
+def _usual_value(field: FieldDescriptor, examples: Mapping[str, str], depth: int) -> Any:
+    kind, name = field.type, field.name
+    if kind == FieldDescriptor.TYPE_MESSAGE:
+        return baseline(field.message_type, examples, depth)
+    if kind == FieldDescriptor.TYPE_STRING:
+        if name in examples:
+            return examples[name]
+        if name.endswith("_id") or name.endswith("key") or name == "token":
+            return "00000000-0000-4000-8000-000000000001"
+        return {"currency_code": "CNY", "email": "someone@example.com", "phone": "+8613800138000"}.get(name, "word")
+    if kind in _INT_RANGES:
+        return 100
+    if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return 1.0
+    if kind == FieldDescriptor.TYPE_ENUM:
+        return next((v.number for v in field.enum_type.values if v.number), 0)
+    if kind == FieldDescriptor.TYPE_BOOL:
+        return True
+    return b"x"
+
+
+def _sweepable(field: FieldDescriptor) -> bool:
+    return not _is_repeated(field) and (field.type == FieldDescriptor.TYPE_STRING or field.type in _INT_RANGES)
+
+
+def one_bad_field(base: Any) -> Iterator[tuple[str, Any]]:
+    """(field path, copy of `base` with that one scalar field confused), for every scalar field at the top
+    level and one message level down."""
+    for field in base.DESCRIPTOR.fields:
+        if _sweepable(field):
+            yield from _confused(base, [field])
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and not _is_repeated(field):
+            for inner in field.message_type.fields:
+                if _sweepable(inner):
+                    yield from _confused(base, [field, inner])
+
+
+def _confused(base: Any, path: list[FieldDescriptor]) -> Iterator[tuple[str, Any]]:
+    *parents, leaf = path
+    values = CONFUSED_TEXT if leaf.type == FieldDescriptor.TYPE_STRING else [
+        v for v in CONFUSED_INTEGERS if _INT_RANGES[leaf.type][0] <= v <= _INT_RANGES[leaf.type][1]]
+    for value in values:
+        message = type(base)()
+        message.CopyFrom(base)
+        target = message
+        for parent in parents:
+            target = getattr(target, parent.name)
+        setattr(target, leaf.name, value)
+        yield ".".join(f.name for f in path), message
 
 
 # --- hand-made wire bytes the protobuf runtime would refuse to serialize -----------------------------
