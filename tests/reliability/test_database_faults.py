@@ -25,6 +25,7 @@ from google.rpc import code_pb2, error_details_pb2
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from finmesh.common.v1 import errors_pb2
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.platform.rpc_errors import STORAGE_UNAVAILABLE, reason_of, unexpected_status
@@ -94,6 +95,11 @@ def test_database_errors_map_to_unavailable_only_when_retryable(error: BaseExcep
     else:
         assert (status.code, _reason(status)) == (code_pb2.INTERNAL, "")
     assert "UPDATE" not in status.message and "duplicate" not in status.message  # no SQL or driver text leaks
+
+
+def test_storage_unavailable_is_a_contract_reason() -> None:
+    assert errors_pb2.ErrorReason.Name(errors_pb2.ERROR_REASON_STORAGE_UNAVAILABLE) == \
+        f"ERROR_REASON_{STORAGE_UNAVAILABLE}"
 
 
 async def _admin() -> asyncpg.Connection:
