@@ -63,6 +63,16 @@ async def test_concurrent_payments_of_one_payer_see_each_other(databases, tmp_pa
         assert await _stored(risk, same.payment_id) == 1
 
 
+async def test_lanes_keep_one_payers_payments_in_turn(databases, tmp_path: Path) -> None:
+    """Several batches in flight (PostgreSQL): a payer's simultaneous payments still count each other."""
+    rules_file = tmp_path / "rules.yaml"
+    write_atomically(rules_file, rules_yaml("batch-2", velocity=THREE_PER_MINUTE))
+    async with risk_node(await databases.new("risk"), tmp_path, risk_rules_file=str(rules_file),
+                         risk_writer_lanes=3) as risk:
+        burst = await asyncio.gather(*(risk.assess(payment(f"lanes-user-{i % 4}", 1_000)) for i in range(48)))
+        assert sorted(a.decision for a in burst) == [pb.DECISION_APPROVE] * 12 + [pb.DECISION_REVIEW] * 36
+
+
 async def test_concurrent_structuring_files_one_report(databases, tmp_path: Path) -> None:
     """Four simultaneous payments just under the threshold: the 3rd and 4th complete the pattern, one report."""
     async with risk_node(await databases.new("risk"), tmp_path) as risk:

@@ -16,7 +16,10 @@ class RiskSettings(ServiceSettings):
     # How often unfinished emergency responses (freezes) are retried.
     risk_emergency_poll_seconds: float = Field(default=1.0, gt=0)
     # Assessment batches in flight at once on PostgreSQL (SQLite takes one writer at a time: always 1 there).
-    risk_writer_lanes: int = Field(default=2, ge=1, le=16)
+    # With one, this replica's assessments are decided strictly in turn. With more, a payer's payments still
+    # wait for each other (the payer's row lock), but device and IP velocity of different payers may race
+    # between batches, as they do between replicas.
+    risk_writer_lanes: int = Field(default=1, ge=1, le=16)
 
     @classmethod
     def of(cls, settings: ServiceSettings) -> RiskSettings:

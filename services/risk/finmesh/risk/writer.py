@@ -47,7 +47,7 @@ class AssessmentWriter:
         self._rules = rules  # the active rules, read when a batch starts
         self._assess = assess
         self._max_batch = max_batch
-        # Batches in flight at once. One on SQLite (one writer at a time anyway); on PostgreSQL a few, so one
+        # Batches in flight at once. One on SQLite (one writer at a time anyway); on PostgreSQL more let one
         # batch's round trips overlap another's: batches that share a payer wait on its row lock, as replicas do.
         self._lanes = lanes
         self._queue: collections.deque[_Job] = collections.deque()
