@@ -109,6 +109,15 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def failure_facts(exc: BaseException) -> dict[str, str]:
+    """What a log line may say about a database failure: class names and SQLSTATE, never the message
+    (it carries the SQL and its parameters, which may be personal data)."""
+    driver = getattr(exc, "orig", None)
+    cause = driver.__cause__ if driver is not None and driver.__cause__ is not None else driver
+    return {"error": type(exc).__name__, "driver_error": type(cause).__name__ if cause is not None else "",
+            "sqlstate": _sqlstate(driver) or ""}
+
+
 def _sqlstate(error: BaseException | None) -> str | None:
     # The driver's error, or (asyncpg through SQLAlchemy's adapter) the error it was raised from.
     while error is not None:

@@ -15,7 +15,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from finmesh.platform.auth_context import acting_as
-from finmesh.platform.db import is_transient
+from finmesh.platform.db import failure_facts, is_transient
 from finmesh.platform.errors import DomainError, FieldViolation, InvalidArgument
 from finmesh.platform.idempotency import StoredRefusal
 from finmesh.platform.logs import get_logger
@@ -119,7 +119,7 @@ def guarded(method: Handler, full_method: str = "", traced: bool = True, check: 
                 status = unexpected_status(exc)
                 if status.code == code_pb2.UNAVAILABLE:
                     # An outage, not a bug: no traceback, and no SQL text (its parameters may be personal data).
-                    _log.warning("rpc_storage_unavailable", method=name, error=type(exc).__name__)
+                    _log.warning("rpc_storage_unavailable", method=name, **failure_facts(exc))
                 else:
                     _log.exception("rpc_failed", method=name)
             else:
