@@ -50,7 +50,11 @@ def parse_statement(data: bytes) -> list[Booking]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidArgument(FieldViolation("statement_csv", "must be UTF-8 text")) from None
-    rows = list(csv.reader(io.StringIO(text)))
+    try:
+        # newline="" as the csv module asks: a bare "\r" inside a line is then data, not a parse error.
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as error:  # e.g. a cell past the csv module's 128 KiB field limit
+        raise InvalidArgument(FieldViolation("statement_csv", f"not CSV: {error}")) from None
     if not rows or tuple(cell.strip() for cell in rows[0]) != HEADER:
         raise InvalidArgument(FieldViolation("statement_csv", "header must be " + ",".join(HEADER)))
     bookings: list[Booking] = []
@@ -81,7 +85,8 @@ def _parse_row(row: list[str]) -> tuple[Booking, str | None]:
         return empty, f"channel_reference: required, at most {MAX_REFERENCE} characters"
     # Integers only: a statement with "12.34" is refused, never rounded.
     digits = amount_text[1:] if amount_text[:1] in "+-" else amount_text
-    if not digits.isdigit() or not digits.isascii():
+    # Length first: int() refuses more than 4300 digits, and 20 already exceed MAX_MINOR_UNITS.
+    if not digits.isdigit() or not digits.isascii() or len(digits) > 19:
         return empty, "amount_minor_units: an integer number of minor units"
     amount = int(amount_text)
     if amount == 0 or abs(amount) > MAX_MINOR_UNITS:
