@@ -14,7 +14,7 @@ bytes are not UTF-8, which the server must refuse while decoding.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from google.protobuf import message_factory
@@ -264,6 +264,8 @@ def request_strategy(descriptor: Descriptor, **options: Any) -> Strategy:
 # parser: superscript and Arabic-Indic digits, a number past 2**63, one past int()'s 4300-digit limit.
 CONFUSED_TEXT = ("²", "¹²:³⁴", "١٢٣", "9" * 19, "9" * 5_000, "\x00", "-1")
 CONFUSED_INTEGERS = (-(2**63), -1, 2**63 - 1)
+# Bytes fields carry files (statements, keys): not UTF-8, line breaks alone, a line past parsers' field limits.
+CONFUSED_BYTES = (b"\xff\xfe", b"\r\r\n\r", b"x" * 200_000)
 
 
 def baseline(descriptor: Descriptor, examples: Mapping[str, str] | None = None, depth: int = 2) -> Any:
@@ -309,7 +311,8 @@ def _usual_value(field: FieldDescriptor, examples: Mapping[str, str], depth: int
 
 
 def _sweepable(field: FieldDescriptor) -> bool:
-    return not _is_repeated(field) and (field.type == FieldDescriptor.TYPE_STRING or field.type in _INT_RANGES)
+    return not _is_repeated(field) and (field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES)
+                                        or field.type in _INT_RANGES)
 
 
 def one_bad_field(base: Any) -> Iterator[tuple[str, Any]]:
@@ -326,8 +329,13 @@ def one_bad_field(base: Any) -> Iterator[tuple[str, Any]]:
 
 def _confused(base: Any, path: list[FieldDescriptor]) -> Iterator[tuple[str, Any]]:
     *parents, leaf = path
-    values = CONFUSED_TEXT if leaf.type == FieldDescriptor.TYPE_STRING else [
-        v for v in CONFUSED_INTEGERS if _INT_RANGES[leaf.type][0] <= v <= _INT_RANGES[leaf.type][1]]
+    if leaf.type == FieldDescriptor.TYPE_STRING:
+        values: Sequence[Any] = CONFUSED_TEXT
+    elif leaf.type == FieldDescriptor.TYPE_BYTES:
+        values = CONFUSED_BYTES
+    else:
+        low, high = _INT_RANGES[leaf.type]
+        values = [v for v in CONFUSED_INTEGERS if low <= v <= high]
     for value in values:
         message = type(base)()
         message.CopyFrom(base)
