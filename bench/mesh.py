@@ -169,12 +169,18 @@ class RealMesh:
         return env
 
     def restart(self, name: str) -> float:
-        """Stop one service and start it again; seconds from spawn to SERVING."""
+        """Stop one service and start it again; seconds from spawn to SERVING (of a second try if the first
+        start failed: on a shared machine a start can fail for reasons of its own, e.g. the database's
+        connection limit, and the rest of the run needs the service)."""
         assert self.mesh is not None
         old = self.mesh.processes[name]
         old.process.terminate()
         old.process.wait(15)
-        return self._spawn_serving(name, old.port, primary=True)
+        try:
+            return self._spawn_serving(name, old.port, primary=True)
+        except RuntimeError as error:
+            print(f"  {error}; starting it again", flush=True)
+            return self._spawn_serving(name, old.port, primary=True)
 
     def _spawn_serving(self, name: str, port: int, *, primary: bool, index: int = 0) -> float:
         """Spawn a service like Mesh.start_one (stdout piped for the runner's port line) and time it to SERVING."""
@@ -190,7 +196,7 @@ class RealMesh:
         with (self.mesh.log_dir / f"{name}{suffix}.log").open("ab") as log:
             process = subprocess.Popen([sys.executable, "-m", f"finmesh.{name}.main"], env=env,
                                        stdout=subprocess.PIPE, stderr=log, start_new_session=True)
-        seconds = _wait_port_line(process, name, started)
+        seconds = _wait_port_line(process, name, started, self.mesh.log_dir / f"{name}{suffix}.log")
         if primary:
             self.mesh.processes[name].process = process
         else:
@@ -229,10 +235,13 @@ class RealMesh:
             for proc in self.mesh.processes.values():
                 if proc.process.stdout is not None:
                     proc.process.stdout.close()
+            self.mesh = None
         if self._pg_urls:
             await _drop_pg(self._pg_urls)
+            self._pg_urls = {}
         if self._tmp is not None:
             self._tmp.cleanup()
+            self._tmp = None
 
 
 def _velocity_lifted_rules(data_dir: Path) -> Path:
@@ -255,12 +264,14 @@ def _fake_env(fake: Any, mesh: Mesh) -> dict[str, str]:
     return {}
 
 
-def _wait_port_line(process: subprocess.Popen[bytes], name: str, started: float) -> float:
+def _wait_port_line(process: subprocess.Popen[bytes], name: str, started: float, log: Path) -> float:
     """The runner prints {"service", "port"} once its health reports SERVING; EOF means it died."""
     assert process.stdout is not None
     line = process.stdout.readline()
     if not line:
-        raise RuntimeError(f"{name} exited with {process.wait(15)} before serving; see its log")
+        code = process.wait(15)
+        last = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] if log.exists() else []
+        raise RuntimeError(f"{name} exited with {code} before serving ({last[0][:300] if last else 'no log'})")
     json.loads(line)
     return time.monotonic() - started
 
@@ -433,7 +444,6 @@ async def measure(args: Args) -> None:
     pg = await postgres_answers()
     if args.db == "postgres" and not pg:
         raise SystemExit("--db postgres: nothing answers on 127.0.0.1:5432")
-    replica_db = "postgres" if pg else "sqlite"
     real_on, real_off = RealMesh("traced", True, args.db), RealMesh("untraced", False, args.db)
     noop_on, noop_off = NoopMesh(tracing=True, extra_env=BASE_ENV), NoopMesh(tracing=False, extra_env=BASE_ENV)
     replica_mesh: RealMesh | None = None
@@ -454,116 +464,62 @@ async def measure(args: Args) -> None:
         }
         await asyncio.sleep(2)
         idle = {name: rss_kib(pid) for name, pid in {**real_on.pids(), **_noop_pids(noop_on)}.items()}
-
-        # a, c, e: closed loop, rounds rotating over the four set-ups.
-        closed: dict[str, list[LoadResult]] = {name: [] for name in targets}
-        usage = {name: Usage() for name in targets}
-        for r in range(args.rounds):
-            order = list(targets.values())
-            order = order[r % len(order):] + order[:r % len(order)]
-            for target in order:
-                closed[target.name].append(await closed_round(
-                    target, args.concurrency, args.seconds, args.warmup, usage[target.name]))
-            print(f"closed-loop round {r + 1}/{args.rounds}: " + ", ".join(
-                f"{n} {closed[n][-1].throughput:.0f}/s" for n in targets) + f"; load {load_average()}; errors "
-                + _errors([closed[n][-1] for n in targets]), flush=True)
-        rate = {n: med([x.throughput for x in rs]) for n, rs in closed.items()}
-        p99c = {n: med([x.percentile_ms(99) for x in rs]) for n, rs in closed.items()}
-        p50c = {n: med([x.percentile_ms(50) for x in rs]) for n, rs in closed.items()}
-
-        # b: open loop at 70% of the real path's maximum, real and no-op at that same rate.
-        open_rate = round(0.7 * rate["real traced"], 1)
-        opened: dict[str, list[LoadResult]] = {"real traced": [], "no-op traced": []}
-        for r in range(args.rounds):
-            names = ["real traced", "no-op traced"] if r % 2 == 0 else ["no-op traced", "real traced"]
-            for name in names:
-                opened[name].append(await open_round(targets[name], open_rate, args.seconds, args.warmup))
-        p99o = {n: med([x.percentile_ms(99) for x in rs]) for n, rs in opened.items()}
-        p50o = {n: med([x.percentile_ms(50) for x in rs]) for n, rs in opened.items()}
-        late = {n: sum(x.late_sends for x in rs) for n, rs in opened.items()}
-
-        # d: cold starts, the traced real mesh's services restarted one at a time; no-op stand-ins beside them.
-        starts: dict[str, list[float]] = {name: [] for name in SERVICES}
-        noop_starts: dict[str, list[float]] = {"payments": [], "risk": []}
-        for _ in range(args.starts):
-            for name in SERVICES:
-                starts[name].append(await asyncio.to_thread(real_on.restart, name))
-            fresh = await asyncio.to_thread(NoopMesh(tracing=True, extra_env=BASE_ENV).start)
-            for proc in fresh.processes:
-                noop_starts[proc.role].append(proc.serving_after)
-            await asyncio.to_thread(fresh.stop)
-
-        # f: replicas (a fresh mesh on PostgreSQL when it answers).
-        scaling: list[tuple[int, int, float, float]] = []
+        real_max = await closed_phase(args, targets, idle)
+        await open_phase(args, targets, round(0.7 * real_max, 1))
+        await cold_start_phase(args, real_on)
         if args.replicas:
             await real_off.stop()
+            replica_db = "postgres" if pg else "sqlite"
             replica_mesh = real_on if replica_db == args.db else await RealMesh("replicas", True, replica_db).start(
                 args.payers)
-            for payments, risk in args.replicas:
-                await asyncio.to_thread(replica_mesh.set_replicas, payments, risk)
-                real = Target("real", replica_mesh.target, replica_mesh.payers, replica_mesh.pids)
-                with NoopMesh(tracing=True, payments=payments, risk=risk, extra_env=BASE_ENV) as noop:
-                    baseline = Target("no-op", noop.target, [Payer("a", "b", noop.metadata())], lambda: {})
-                    real_rates, noop_rates = [], []
-                    for _ in range(2):  # one alternation of real and no-op per round; two rounds keep the run short
-                        real_rates.append((await closed_round(real, args.concurrency, args.seconds,
-                                                              args.warmup)).throughput)
-                        noop_rates.append((await closed_round(baseline, args.concurrency, args.seconds,
-                                                              args.warmup)).throughput)
-                scaling.append((payments, risk, med(real_rates), med(noop_rates)))
-                print(f"replicas payments {payments} risk {risk}: real {scaling[-1][2]:.0f}/s, "
-                      f"no-op {scaling[-1][3]:.0f}/s; load {load_average()}", flush=True)
-
-        _print_report(args, rate, p50c, p99c, closed, open_rate, p50o, p99o, late, opened, starts, noop_starts,
-                      idle, usage, scaling, replica_db, targets)
+            await replica_phase(args, replica_mesh)
     finally:
         for mesh in (real_on, real_off, replica_mesh):
-            if mesh is not None and mesh.mesh is not None:
+            if mesh is not None:
                 await mesh.stop()
-                mesh.mesh = None
         for noop in (noop_on, noop_off):
             await noop.__aexit__(None, None, None)
+        print(f"\nload average at end: {load_average()}")
 
 
-def _noop_pids(mesh: NoopMesh) -> dict[str, int]:
-    return {f"noop-{p.role}": p.process.pid for p in mesh.processes}
-
-
-def _print_report(args: Args, rate: dict[str, float], p50c: dict[str, float], p99c: dict[str, float],
-                  closed: dict[str, list[LoadResult]], open_rate: float, p50o: dict[str, float],
-                  p99o: dict[str, float], late: dict[str, int], opened: dict[str, list[LoadResult]],
-                  starts: dict[str, list[float]], noop_starts: dict[str, list[float]], idle: dict[str, int],
-                  usage: dict[str, Usage], scaling: list[tuple[int, int, float, float]], replica_db: str,
-                  targets: dict[str, Target]) -> None:
+async def closed_phase(args: Args, targets: dict[str, Target], idle: dict[str, int]) -> float:
+    """a, c, e: closed loop, rounds rotating over the four set-ups. Returns the real path's median rate."""
+    closed: dict[str, list[LoadResult]] = {name: [] for name in targets}
+    usage = {name: Usage() for name in targets}
+    for r in range(args.rounds):
+        order = list(targets.values())
+        order = order[r % len(order):] + order[:r % len(order)]
+        for target in order:
+            closed[target.name].append(await closed_round(
+                target, args.concurrency, args.seconds, args.warmup, usage[target.name]))
+        print(f"closed-loop round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{n} {closed[n][-1].throughput:.0f}/s" for n in targets) + f"; load {load_average()}; errors "
+            + _errors([closed[n][-1] for n in targets]), flush=True)
+    rate = {n: med([x.throughput for x in rs]) for n, rs in closed.items()}
     print()
     print(f"closed loop, {args.concurrency} concurrent, {args.rounds} x {args.seconds:g} s rounds (medians), "
           f"db {args.db}:")
     print(f"  {'set-up':<16}{'payments/s':>11}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}  errors")
-    for name in closed:
-        base = rate["no-op traced"] if "traced" in name and "untraced" not in name else rate["no-op untraced"]
-        print(f"  {name:<16}{rate[name]:>11.0f}{rate[name] / base:>8.2f}{p50c[name]:>9.1f}{p99c[name]:>9.1f}  "
-              f"{_errors(closed[name])}")
+    for name, results in closed.items():
+        base = rate["no-op untraced"] if "untraced" in name else rate["no-op traced"]
+        p50 = med([x.percentile_ms(50) for x in results])
+        p99 = med([x.percentile_ms(99) for x in results])
+        print(f"  {name:<16}{rate[name]:>11.0f}{rate[name] / base:>8.2f}{p50:>9.1f}{p99:>9.1f}  {_errors(results)}")
     print(f"  (a) real / no-op, both traced (100% sampling): {rate['real traced'] / rate['no-op traced']:.2f}")
     print(f"  (c) tracing overhead on the real path: {1 - rate['real traced'] / rate['real untraced']:.0%} of "
           f"throughput; on the no-op chain: {1 - rate['no-op traced'] / rate['no-op untraced']:.0%}")
     print(f"  payment outcomes (real traced): {dict(targets['real traced'].statuses)}")
-    print()
-    print(f"(b) open loop at {open_rate:.0f}/s (70% of the real path's maximum), {args.rounds} rounds (medians):")
-    for name in opened:
-        print(f"  {name:<16}p50 {p50o[name]:.1f} ms  p99 {p99o[name]:.1f} ms  late sends {late[name]}  "
-              f"errors {_errors(opened[name])}")
-    print()
-    print(f"(d) cold start, spawn -> SERVING, median of {args.starts} (traced, {args.db}):")
-    for name, values in starts.items():
-        print(f"  {name:<10}{med(values):.2f} s   [{', '.join(f'{v:.2f}' for v in values)}]")
-    for role, values in noop_starts.items():
-        print(f"  no-op {role:<10}{med(values):.2f} s")
+    _print_cpu(usage)
     print()
     print("(e) resident memory, MiB: idle, and peak under load (median over the closed-loop rounds):")
     for name, kib in idle.items():
         under = usage["real traced"].rss.get(name) or usage["no-op traced"].rss.get(name, [])
         loaded = _mib(med([float(v) for v in under])) if under else "-"
-        print(f"  {name:<16}idle {_mib(kib):>5}   under load {loaded:>5}")
+        print(f"  {name:<16}idle {_mib(kib):>5}   under load {loaded:>5}", flush=True)
+    return rate["real traced"]
+
+
+def _print_cpu(usage: dict[str, Usage]) -> None:
     print()
     print("CPU time per answered payment, ms, by process (median over the closed-loop rounds; client = this bench):")
     total = {name: sum(med(ms) for ms in used.cpu_ms.values()) for name, used in usage.items()}
@@ -576,14 +532,68 @@ def _print_report(args: Args, rate: dict[str, float], p50c: dict[str, float], p9
           f"CPU per payment: real +{total['real traced'] - total['real untraced']:.2f} ms "
           f"({1 - total['real untraced'] / total['real traced']:.0%}), no-op "
           f"+{total['no-op traced'] - total['no-op untraced']:.2f} ms")
-    if scaling:
-        print()
-        print(f"(f) replicas, closed loop {args.concurrency} concurrent, real on {replica_db}:")
-        one_real, one_noop = scaling[0][2], scaling[0][3]
-        for payments, risk, real, noop in scaling:
-            print(f"  payments x{payments} risk x{risk}: real {real:.0f}/s ({real / one_real:.2f}x), "
-                  f"no-op {noop:.0f}/s ({noop / one_noop:.2f}x), real/no-op {real / noop:.2f}")
-    print(f"\nload average at end: {load_average()}")
+
+
+async def open_phase(args: Args, targets: dict[str, Target], rate: float) -> None:
+    """b: open loop at 70% of the real path's maximum, real and no-op at that same rate."""
+    opened: dict[str, list[LoadResult]] = {"real traced": [], "no-op traced": []}
+    for r in range(args.rounds):
+        names = ["real traced", "no-op traced"] if r % 2 == 0 else ["no-op traced", "real traced"]
+        for name in names:
+            opened[name].append(await open_round(targets[name], rate, args.seconds, args.warmup))
+    print()
+    print(f"(b) open loop at {rate:.0f}/s (70% of the real path's maximum), {args.rounds} rounds (medians):")
+    for name, results in opened.items():
+        print(f"  {name:<16}p50 {med([x.percentile_ms(50) for x in results]):.1f} ms  "
+              f"p99 {med([x.percentile_ms(99) for x in results]):.1f} ms  "
+              f"late sends {sum(x.late_sends for x in results)}  errors {_errors(results)}", flush=True)
+
+
+async def cold_start_phase(args: Args, mesh: RealMesh) -> None:
+    """d: the traced real mesh's services restarted one at a time; no-op stand-ins started beside them."""
+    starts: dict[str, list[float]] = {name: [] for name in SERVICES}
+    noop_starts: dict[str, list[float]] = {"payments": [], "risk": []}
+    for _ in range(args.starts):
+        for name in SERVICES:
+            starts[name].append(await asyncio.to_thread(mesh.restart, name))
+        fresh = await asyncio.to_thread(NoopMesh(tracing=True, extra_env=BASE_ENV).start)
+        for proc in fresh.processes:
+            noop_starts[proc.role].append(proc.serving_after)
+        await asyncio.to_thread(fresh.stop)
+    print()
+    print(f"(d) cold start, spawn -> SERVING, median of {args.starts} (traced, {args.db}):")
+    for name, values in starts.items():
+        print(f"  {name:<10}{med(values):.2f} s   [{', '.join(f'{v:.2f}' for v in values)}]")
+    for role, values in noop_starts.items():
+        print(f"  no-op {role:<10}{med(values):.2f} s", flush=True)
+
+
+async def replica_phase(args: Args, mesh: RealMesh) -> None:
+    """f: 1-3 processes of payments and of risk, beside the no-op chain with as many stand-ins."""
+    scaling: list[tuple[int, int, float, float]] = []
+    for payments, risk in args.replicas:
+        await asyncio.to_thread(mesh.set_replicas, payments, risk)
+        real = Target("real", mesh.target, mesh.payers, mesh.pids)
+        with NoopMesh(tracing=True, payments=payments, risk=risk, extra_env=BASE_ENV) as noop:
+            baseline = Target("no-op", noop.target, [Payer("a", "b", noop.metadata())], lambda: {})
+            real_rates, noop_rates = [], []
+            for _ in range(2):  # one alternation of real and no-op per round; two rounds keep the run short
+                real_rates.append((await closed_round(real, args.concurrency, args.seconds, args.warmup)).throughput)
+                noop_rates.append((await closed_round(baseline, args.concurrency, args.seconds,
+                                                      args.warmup)).throughput)
+        scaling.append((payments, risk, med(real_rates), med(noop_rates)))
+        print(f"replicas payments {payments} risk {risk}: real {scaling[-1][2]:.0f}/s, "
+              f"no-op {scaling[-1][3]:.0f}/s; load {load_average()}", flush=True)
+    print()
+    print(f"(f) replicas, closed loop {args.concurrency} concurrent, real on {mesh.db}:")
+    one_real, one_noop = scaling[0][2], scaling[0][3]
+    for payments, risk, real_rate, noop_rate in scaling:
+        print(f"  payments x{payments} risk x{risk}: real {real_rate:.0f}/s ({real_rate / one_real:.2f}x), "
+              f"no-op {noop_rate:.0f}/s ({noop_rate / one_noop:.2f}x), real/no-op {real_rate / noop_rate:.2f}")
+
+
+def _noop_pids(mesh: NoopMesh) -> dict[str, int]:
+    return {f"noop-{p.role}": p.process.pid for p in mesh.processes}
 
 
 def parse(argv: list[str] | None) -> Args:
