@@ -51,7 +51,7 @@ from tests.reliability.tcp_proxy import TcpProxy
 from tests.risk.harness import cny, key
 from tests.risk.mesh import open_wallet, owner
 
-RISK_DEADLINE = 0.5  # payments' FINMESH_CALL_TIMEOUT_SECONDS in the risk tests: how long it waits for risk
+DEPENDENCY_DEADLINE = 0.5  # FINMESH_CALL_TIMEOUT_SECONDS: how long payments waits for risk, identity for notify
 CLIENT_DEADLINE = 3.0
 # What a caller may wait beyond the deadline that ends the dependency call: the rest of the handler (a
 # database commit on a busy 2-core CI machine) and the hop back.
@@ -119,7 +119,8 @@ async def payments_mesh(tmp: Path, policy: str) -> AsyncIterator[PaymentsMesh]:
         risk_proxy = await _proxy(stack, risk.port)
         await _serve(stack, payments_app.build, PaymentsSettings(
             **{**common("payments"), "port": (payments_port := free_port())}, risk_target=risk_proxy.target,
-            notify_target=notify_proxy.target, call_timeout_seconds=RISK_DEADLINE, risk_unavailable_policy=policy))
+            notify_target=notify_proxy.target, call_timeout_seconds=DEPENDENCY_DEADLINE,
+            risk_unavailable_policy=policy))
         channel = acting_channel(f"127.0.0.1:{payments_port}", issuer)
         stack.push_async_callback(channel.close)
         yield PaymentsMesh(pay_grpc.PaymentsServiceStub(channel), risk_proxy, notify_proxy, urls)
@@ -136,6 +137,12 @@ async def _timed_pay(stub: pay_grpc.PaymentsServiceStub, payer: str, payee: str,
     except grpc.aio.AioRpcError as error:
         outcome = error
     return outcome, time.monotonic() - started
+
+
+async def _pay_or_raise(stub: pay_grpc.PaymentsServiceStub, payer: str, payee: str, idem: str) -> Any:
+    return (await stub.CreatePayment(pay_pb.CreatePaymentRequest(
+        idempotency_key=idem, payer_account_id=payer, payee_account_id=payee, amount=cny(1_000)),
+        timeout=CLIENT_DEADLINE)).payment
 
 
 async def _balance(stub: pay_grpc.PaymentsServiceStub, account: str) -> tuple[int, int]:
@@ -162,7 +169,7 @@ async def test_risk_slowed_then_partitioned_past_the_payment_deadline(tmp_path: 
         assert captured.status == pay_pb.PAYMENT_STATUS_CAPTURED  # risk healthy: approved
 
         waited = {}
-        mesh.risk.slow(RISK_DEADLINE * 2)  # each way: an answer would come after 4x the deadline
+        mesh.risk.slow(DEPENDENCY_DEADLINE * 2)  # each way: an answer would come after 4x the deadline
         slow_key = key()
         outcome, waited["slow"] = await _timed_pay(stub, payer, payee, slow_key)
         _assert_policy(policy, outcome)
@@ -170,13 +177,14 @@ async def test_risk_slowed_then_partitioned_past_the_payment_deadline(tmp_path: 
         partitioned_key = key()
         outcome, waited["partitioned"] = await _timed_pay(stub, payer, payee, partitioned_key)
         _assert_policy(policy, outcome)
-        print(f"\npolicy {policy}: risk deadline {RISK_DEADLINE}s; the caller waited "
+        print(f"\npolicy {policy}: risk deadline {DEPENDENCY_DEADLINE}s; the caller waited "
               + ", ".join(f"{k} {v:.2f}s" for k, v in waited.items()))
-        assert max(waited.values()) <= RISK_DEADLINE + MARGIN
+        assert max(waited.values()) <= DEPENDENCY_DEADLINE + MARGIN
 
         # Risk is back: the same keys pay once (decline: now approved; review: the held payment replays).
         mesh.risk.heal()
-        again = [(await _timed_pay(stub, payer, payee, k))[0] for k in (slow_key, partitioned_key, slow_key)]
+        again = [(await _retry_unavailable(lambda k=k: _pay_or_raise(stub, payer, payee, k)))[0]
+                 for k in (slow_key, partitioned_key, slow_key)]
         assert not any(isinstance(p, grpc.aio.AioRpcError) for p in again), again
         assert again[0].payment_id == again[2].payment_id != again[1].payment_id
         if policy == "decline":
@@ -196,7 +204,7 @@ async def test_caller_deadline_shorter_than_the_risk_timeout_is_still_met(tmp_pa
         payer = await open_wallet(stub, owner(), top_up=5_000)
         payee = await open_wallet(stub, owner())
         mesh.risk.blackhole()
-        deadline, idem = RISK_DEADLINE * 0.6, key()
+        deadline, idem = DEPENDENCY_DEADLINE * 0.6, key()
         request = pay_pb.CreatePaymentRequest(idempotency_key=idem, payer_account_id=payer, payee_account_id=payee,
                                               amount=cny(1_000))
         started = time.monotonic()
@@ -208,7 +216,7 @@ async def test_caller_deadline_shorter_than_the_risk_timeout_is_still_met(tmp_pa
         waited = time.monotonic() - started
         answer = outcome.code().name if isinstance(outcome, grpc.aio.AioRpcError) else pay_pb.PaymentStatus.Name(
             outcome.status)
-        print(f"\ncaller deadline {deadline:.2f}s < payments' risk timeout {RISK_DEADLINE}s, risk blackholed: "
+        print(f"\ncaller deadline {deadline:.2f}s < payments' risk timeout {DEPENDENCY_DEADLINE}s, risk blackholed: "
               f"{answer} after {waited:.2f}s")
         assert answer in ("PAYMENT_STATUS_IN_REVIEW", "DEADLINE_EXCEEDED")
         assert waited <= deadline + 0.2
@@ -271,7 +279,7 @@ async def test_notify_partitioned_payments_commit_and_events_arrive_once_when_it
             payment, waited = await _timed_pay(stub, payer, payee, key())
             assert payment.status == pay_pb.PAYMENT_STATUS_CAPTURED
             waits.append(waited)
-        assert max(waits) <= RISK_DEADLINE + MARGIN
+        assert max(waits) <= DEPENDENCY_DEADLINE + MARGIN
         undelivered = [r for r in await _outbox(mesh.urls["payments"]) if r.delivered_at is None]
         assert undelivered, "with notify partitioned, the payments' events wait in the outbox"
 
@@ -293,6 +301,20 @@ async def _sms_to(sms: FakeSmsProvider, phone: str, timeout: float = 10.0) -> st
     raise AssertionError("no SMS arrived")
 
 
+async def _retry_unavailable(call: Any, attempts: int = 10) -> tuple[Any, int]:
+    """What a client does with UNAVAILABLE: retry the same request (same key). A channel whose first
+    connection attempt fell into the partition is in gRPC's reconnect backoff (about 1 s) when it heals,
+    and fails fast until then."""
+    for attempt in range(attempts):
+        try:
+            return await call(), attempt
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.3)
+    raise AssertionError("unreachable")
+
+
 async def test_notify_partitioned_identity_registers_and_codes_wait_for_it(tmp_path: Path) -> None:
     """Identity is the real token issuer here: notify verifies identity's own service token."""
     identity_port = free_port()
@@ -308,7 +330,7 @@ async def test_notify_partitioned_identity_registers_and_codes_wait_for_it(tmp_p
         proxy = await _proxy(stack, notify.port)
         await _serve(stack, identity_app.build, identity_settings(
             tmp_path, identity_url, port=identity_port, notify_target=proxy.target,
-            call_timeout_seconds=RISK_DEADLINE))
+            call_timeout_seconds=DEPENDENCY_DEADLINE))
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{identity_port}")
         stack.push_async_callback(channel.close)
         stub = id_grpc.IdentityServiceStub(channel)
@@ -332,11 +354,12 @@ async def test_notify_partitioned_identity_registers_and_codes_wait_for_it(tmp_p
         assert (refused.value.code(), reason_of(refused.value)) == (grpc.StatusCode.UNAVAILABLE,
                                                                     "CHANNEL_UNAVAILABLE")
         # Registration hashes a password (slow on purpose) but waits for nothing of notify.
-        assert registered_in <= CLIENT_DEADLINE and refused_in <= RISK_DEADLINE + MARGIN
+        assert registered_in <= CLIENT_DEADLINE and refused_in <= DEPENDENCY_DEADLINE + MARGIN
 
         proxy.heal()
-        started_again = await stub.StartVerification(id_pb.StartVerificationRequest(
-            idempotency_key=verify_key, user_id=user_id, channel=id_pb.VERIFICATION_CHANNEL_SMS), timeout=5)
+        started_again, retries = await _retry_unavailable(lambda: stub.StartVerification(
+            id_pb.StartVerificationRequest(idempotency_key=verify_key, user_id=user_id,
+                                           channel=id_pb.VERIFICATION_CHANNEL_SMS), timeout=5))
         code = re.search(r"\b(\d{6})\b", await _sms_to(sms, person.phone)).group(1)  # type: ignore[union-attr]
         confirmed = await stub.ConfirmVerification(id_pb.ConfirmVerificationRequest(
             idempotency_key=key(), verification_id=started_again.verification_id, code=code), timeout=5)
@@ -346,6 +369,6 @@ async def test_notify_partitioned_identity_registers_and_codes_wait_for_it(tmp_p
         drained = await _wait_delivered(identity_url, DRAIN_TIMEOUT)
         delivered = await _assert_exactly_once(identity_url, notify_url, "identity")
         print(f"\nnotify blackholed: registration answered in {registered_in:.2f}s, the code refused in "
-              f"{refused_in:.2f}s (deadline {RISK_DEADLINE}s); healed: code sent once, {delivered} identity "
-              f"events delivered exactly once within {drained:.1f}s")
+              f"{refused_in:.2f}s (deadline {DEPENDENCY_DEADLINE}s); healed: code sent once (after {retries} "
+              f"UNAVAILABLE retries), {delivered} identity events delivered exactly once within {drained:.1f}s")
         assert drained < DRAIN_TIMEOUT
