@@ -23,3 +23,25 @@ def test_sensitive_keys_are_hidden_whatever_their_value() -> None:
 
 def test_mask_middle_keeps_ends() -> None:
     assert mask_middle("11010519491231002X", 4, 4) == "1101**********002X"
+
+
+def test_span_attributes_events_and_status_are_masked_before_export() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import Status, StatusCode
+
+    from finmesh.platform.telemetry import MaskingExporter
+
+    sink = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(MaskingExporter(sink)))
+    with provider.get_tracer("test").start_as_current_span("register", record_exception=False) as span:
+        span.set_attribute("enduser.phone", "13800138000")
+        span.record_exception(ValueError("bad id 11010519491231002X for a.b@example.com"))
+        span.set_status(Status(StatusCode.ERROR, "phone 13800138000 refused"))
+    (exported,) = sink.get_finished_spans()
+    text = repr(exported.attributes) + repr([e.attributes for e in exported.events]) + exported.status.description
+    for secret in ("13800138000", "11010519491231002X", "a.b@example.com"):
+        assert secret not in text
+    assert exported.events and exported.events[0].name == "exception"

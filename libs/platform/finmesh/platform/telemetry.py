@@ -11,8 +11,9 @@ from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Status
 
 from finmesh.platform.pii import mask_value
 
@@ -51,18 +52,27 @@ class MaskingExporter(SpanExporter):
         return self._inner.force_flush(timeout_millis)
 
 
+def _masked_attributes(attributes: Any) -> dict[str, Any]:
+    return {k: mask_value(k, v) for k, v in (attributes or {}).items()}
+
+
 def _masked(span: ReadableSpan) -> ReadableSpan:
-    attrs = {k: mask_value(k, v) for k, v in (span.attributes or {}).items()}
+    attrs = _masked_attributes(span.attributes)
+    # Events carry free text too (an exception's message and stack trace quote the values that failed).
+    events = [Event(e.name, _masked_attributes(e.attributes), e.timestamp) for e in span.events]
+    status = span.status
+    if status.description:
+        status = Status(status.status_code, mask_value("description", status.description))
     return ReadableSpan(
         name=span.name,
         context=span.context,
         parent=span.parent,
         resource=span.resource,
         attributes=attrs,
-        events=span.events,
+        events=events,
         links=span.links,
         kind=span.kind,
-        status=span.status,
+        status=status,
         start_time=span.start_time,
         end_time=span.end_time,
         instrumentation_scope=span.instrumentation_scope,
