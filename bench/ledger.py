@@ -11,6 +11,10 @@
    no network hop, so the ledger is what is measured) against one-commit-per-row
    INSERTs. The writer commits concurrent payments together (group commit).
 
+Beside the rates, this process's CPU time per payment (event loop and driver
+threads) for the writer alone and the whole handler: on a busy machine the
+rates swing with the neighbours' load, the CPU per payment much less.
+
 Prints medians of the rounds and the ratios. Never passes or fails on a time.
 """
 
@@ -127,6 +131,9 @@ class Figures:
     raw_commit_rows_per_s: float
     handler_payments_per_s: float = 0.0
     handler_payments_per_commit: float = 0.0
+    # Process CPU (event loop and driver threads) per payment: steadier than rates on a busy machine.
+    payments_cpu_us: float = 0.0
+    handler_cpu_us: float = 0.0
 
     @property
     def batch_ratio_same_rows(self) -> float:
@@ -145,6 +152,11 @@ class Figures:
     @property
     def handler_ratio(self) -> float:
         return self.handler_payments_per_s / self.raw_commit_rows_per_s
+
+    @property
+    def handler_cpu_ratio(self) -> float:
+        """CPU per payment through the whole handler over CPU per payment of the ledger write alone."""
+        return self.handler_cpu_us / self.payments_cpu_us
 
 
 async def _database_url(kind: str, tmp: Path) -> str | None:
@@ -223,7 +235,8 @@ async def _measure(kind: str, url: str, tmp: Path, rounds: int, batch_size: int,
             await authorizer.close()
         await issuer.stop()
         await app.close()
-    return Figures(kind, *batch, *pay, handler_payments_per_s=handler[0], handler_payments_per_commit=handler[1])
+    return Figures(kind, *batch, *pay[:3], handler_payments_per_s=handler[0], handler_payments_per_commit=handler[1],
+                   payments_cpu_us=pay[3], handler_cpu_us=handler[3])
 
 
 class _Context:
@@ -295,10 +308,11 @@ def ledger_payment(writer: LedgerWriter, request: pb.CreatePaymentRequest) -> Aw
 
 async def _payment_rounds(servicer: Any, writer: Any, raw_engine: Any, wallets: list[str], rounds: int,
                           payments: int, concurrency: int, *, through_handler: bool,
-                          contexts: dict[str, Any] | None = None) -> tuple[float, float, float]:
-    """Concurrent payments through the whole handler, or straight into the ledger writer."""
+                          contexts: dict[str, Any] | None = None) -> tuple[float, float, float, float]:
+    """Concurrent payments through the whole handler, or straight into the ledger writer: medians of
+    payments/s, payments per commit, raw rows/s and this process's CPU microseconds per payment."""
     rng = random.Random(11 + through_handler)
-    rates, per_commit, raw = [], [], []
+    rates, per_commit, raw, cpu = [], [], [], []
     for round_number in range(rounds):
         requests = []
         for i in range(payments):
@@ -318,28 +332,30 @@ async def _payment_rounds(servicer: Any, writer: Any, raw_engine: Any, wallets: 
                 assert reply.payment.status == pb.PAYMENT_STATUS_CAPTURED
 
         batches_before = writer.batches
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker(queue) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        cpu.append((time.process_time() - cpu_started) / payments * 1e6)
         rates.append(payments / elapsed)
         per_commit.append(payments / max(1, writer.batches - batches_before))
         raw.append(await raw_commit_per_row_per_second(raw_engine, min(payments, 500)))
-    return statistics.median(rates), statistics.median(per_commit), statistics.median(raw)
+    return statistics.median(rates), statistics.median(per_commit), statistics.median(raw), statistics.median(cpu)
 
 
 def render(figures: list[Figures], command: str) -> str:
     lines = [
         "| database | batch API transfers/s | rows per transfer | raw batched rows/s | ratio, same rows "
         "| ratio, 1 row per transfer | concurrent payments/s | payments per commit | one-commit-per-row rows/s "
-        "| ratio | through the handler: payments/s (ratio) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ratio | through the handler: payments/s (ratio) | CPU µs per payment: writer / handler (ratio) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for f in figures:
         lines.append(
             f"| {f.database} | {f.batch_transfers_per_s:,.0f} | {f.batch_rows_per_transfer:.2f} "
             f"| {f.raw_batched_rows_per_s:,.0f} | {f.batch_ratio_same_rows:.0%} | {f.batch_ratio_per_transfer:.0%} "
             f"| {f.payments_per_s:,.0f} | {f.payments_per_commit:.1f} | {f.raw_commit_rows_per_s:,.0f} "
-            f"| {f.payments_ratio:.2f} | {f.handler_payments_per_s:,.0f} ({f.handler_ratio:.2f}) |")
+            f"| {f.payments_ratio:.2f} | {f.handler_payments_per_s:,.0f} ({f.handler_ratio:.2f}) "
+            f"| {f.payments_cpu_us:,.0f} / {f.handler_cpu_us:,.0f} ({f.handler_cpu_ratio:.2f}) |")
     lines.append("")
     lines.append(f"Reproduce: `{command}`")
     return "\n".join(lines)
