@@ -7,7 +7,7 @@ not UTF-8, nested messages down to a bounded depth. Oneofs set at most one membe
 
 The strategies stay inside what the protobuf runtime can serialize (a proto3 string
 holds valid UTF-8), so the message reaches the server's handler. What the runtime
-refuses to build, `wire_with_invalid_utf8` encodes by hand: a string field whose
+refuses to build, `raw_string_field` encodes by hand: a string field whose
 bytes are not UTF-8, which the server must refuse while decoding.
 """
 
@@ -364,6 +364,6 @@ def string_fields(descriptor: Descriptor) -> list[FieldDescriptor]:
     return [f for f in descriptor.fields if f.type == FieldDescriptor.TYPE_STRING]
 
 
-def wire_with_invalid_utf8(field: FieldDescriptor, payload: bytes) -> bytes:
-    """One length-delimited field carrying `payload` (not UTF-8) where a string belongs."""
+def raw_string_field(field: FieldDescriptor, payload: bytes) -> bytes:
+    """The wire bytes of `field` holding `payload` as is: bytes the runtime would refuse to put in a string."""
     return _varint(field.number << 3 | 2) + _varint(len(payload)) + payload

@@ -63,9 +63,9 @@ from tests.reliability.hostile_messages import (
     INVALID_UTF8,
     baseline,
     one_bad_field,
+    raw_string_field,
     request_strategy,
     string_fields,
-    wire_with_invalid_utf8,
 )
 
 # The services' background tasks (relay jitter) use `random` on their own thread while hypothesis draws.
@@ -439,7 +439,7 @@ def test_undecodable_requests_are_invalid_arguments(mesh: Mesh, method: MethodDe
     """Bytes that are not the request message: random bytes, and string fields holding invalid UTF-8."""
     token = _token_for(mesh, method, "granted")
     _settle(mesh)
-    payloads = [wire_with_invalid_utf8(f, INVALID_UTF8[i % len(INVALID_UTF8)])
+    payloads = [raw_string_field(f, INVALID_UTF8[i % len(INVALID_UTF8)])
                 for i, f in enumerate(string_fields(method.input_type))]
     # Truncated varints and lengths that run past the end: never a valid message.
     payloads += [b"\x08", b"\x0a\x05ab", b"\x0a\xff\xff\xff\xff\x0f", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"]
@@ -526,6 +526,17 @@ def test_inputs_that_once_failed_are_refused(mesh: Mesh, case: str) -> None:
         request.idempotency_key = uuid.uuid4().hex
     code = _check(mesh, method, request.SerializeToString(), _token_for(mesh, method, "granted"), "regression")
     assert code == expected, f"{case}: {code.name}"
+
+
+@pytest.mark.parametrize("service", ["identity", "payments", "risk", "notify"])
+def test_a_request_past_the_size_limit_is_refused(mesh: Mesh, service: str) -> None:
+    """9 MB in one string field, past the servers' 8 MB receive limit: RESOURCE_EXHAUSTED, and the server lives."""
+    method = next(m for m in METHODS if _short(m.containing_service.full_name) == service
+                  and string_fields(m.input_type))
+    payload = raw_string_field(string_fields(method.input_type)[0], b"a" * (9 * 1024 * 1024))
+    code = _check(mesh, method, payload, _token_for(mesh, method, "granted"), "oversized")
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, code.name
+    assert mesh.serving(service)
 
 
 def _raw(target: str, payload: bytes) -> None:
