@@ -13,9 +13,10 @@ import signal
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import grpc
@@ -27,7 +28,7 @@ from finmesh.common.v1 import money_pb2
 from finmesh.drill.forwarder import Forwarder
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from finmesh.platform.db import create_engine
+from finmesh.platform.db import create_engine, is_transient
 from finmesh.platform.rpc_errors import reason_of
 from tests.auth import SERVICE_SECRET, ActingAs, Book, Issuer
 from tests.auth import channel as acting_channel
@@ -40,6 +41,24 @@ FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconne
 # Retrying these with the same key is safe: the server either did nothing or stored its answer.
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 LEASE_SECONDS = 5
+T = TypeVar("T")
+
+
+async def patiently(make: Callable[[], Awaitable[T]], seconds: float = 30.0) -> T:
+    """`make()` again while it fails the retryable way (UNAVAILABLE, a dropped or refused database connection),
+    for up to `seconds`. The test's own set-up and read-backs use it: the PostgreSQL server is shared, and
+    other suites can fill its connection slots for a moment (53300, answered as STORAGE_UNAVAILABLE)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return await make()
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in RETRIED or time.monotonic() > deadline:
+                raise
+        except Exception as error:  # only database outages are retried; anything else is raised again
+            if not is_transient(error) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
 
 
 # --- services as processes ----------------------------------------------------------------------------
@@ -112,16 +131,15 @@ async def open_wallets(target: str, run_id: str, issuer: Issuer, book: Book, pay
         stub = pb_grpc.PaymentsServiceStub(channel)
 
         async def wallet(i: int) -> str:
-            reply = await stub.OpenAccount(pb.OpenAccountRequest(
-                idempotency_key=f"{run_id}-open-{i}", owner_id=f"crash-{run_id}-user-{i}",
-                kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code="CNY"), timeout=20)
-            return reply.account.account_id
+            request = pb.OpenAccountRequest(idempotency_key=f"{run_id}-open-{i}", owner_id=f"crash-{run_id}-user-{i}",
+                                            kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code="CNY")
+            return (await patiently(lambda: stub.OpenAccount(request, timeout=20))).account.account_id
 
         accounts = [await wallet(i) for i in range(payers + payees)]
         for i, account in enumerate(accounts[:payers]):
-            await stub.TopUp(pb.TopUpRequest(
-                idempotency_key=f"{run_id}-topup-{i}", account_id=account, channel="test_bank",
-                amount=money_pb2.Money(currency_code="CNY", minor_units=top_up)), timeout=20)
+            top = pb.TopUpRequest(idempotency_key=f"{run_id}-topup-{i}", account_id=account, channel="test_bank",
+                                  amount=money_pb2.Money(currency_code="CNY", minor_units=top_up))
+            await patiently(lambda top=top: stub.TopUp(top, timeout=20))
     return accounts[:payers], accounts[payers:]
 
 
@@ -139,6 +157,7 @@ class Call:
     payment_id: str = ""
     status: int = 0
     error: str = ""
+    seconds: float = 0.0  # from the first attempt to the answer, retries included
 
 
 @dataclass
@@ -163,8 +182,11 @@ class LoadResult:
         return total
 
     def figures(self) -> dict[str, Any]:
+        waits = sorted(c.seconds for c in self.acknowledged) or [0.0]
         return {"calls": len(self.calls), "acknowledged": len(self.acknowledged),
-                "rate_per_s": round(len(self.calls) / self.seconds, 1), "seconds": round(self.seconds, 1),
+                "completed_per_s": round(len(self.calls) / self.seconds, 1), "seconds": round(self.seconds, 1),
+                "answer_p50_ms": round(waits[len(waits) // 2] * 1000),
+                "answer_p99_ms": round(waits[min(len(waits) - 1, len(waits) * 99 // 100)] * 1000),
                 "failed_attempts_by_code": dict(self.codes()), "reasons": dict(self.reasons()),
                 "calls_retried": sum(1 for c in self.calls if c.failures)}
 
@@ -216,7 +238,8 @@ class RetryingLoad:
             idempotency_key=call.key, payer_account_id=call.payer, payee_account_id=call.payee,
             amount=money_pb2.Money(currency_code="CNY", minor_units=call.amount),
             capture_mode=pb.CAPTURE_MODE_AUTOMATIC, description=call.description)
-        deadline = time.monotonic() + self.give_up_after
+        began = time.monotonic()
+        deadline = began + self.give_up_after
         backoff = 0.05
         while True:
             try:
@@ -232,6 +255,7 @@ class RetryingLoad:
                 call.error = f"{error.code().name}: {error.details()}"
                 return
             call.payment_id, call.status = reply.payment.payment_id, reply.payment.status
+            call.seconds = time.monotonic() - began
             return
 
 
@@ -264,27 +288,7 @@ async def audit_payments(url: str, run_id: str, calls: list[Call]) -> Books:
     (acknowledged or not) is whole: its transfer and entries, its outbox event, its stored answer;
     every transfer balances, every currency sums to zero, every account's balance equals its entries."""
     books = Books()
-    engine = create_engine(url)
-    try:
-        async with engine.connect() as conn:
-            rows = (await conn.execute(text(
-                "SELECT payment_id, description, status, amount, payer_account_id, payee_account_id "
-                "FROM payments WHERE description LIKE :p"), {"p": f"crash {run_id} #%"})).all()
-            transfers = (await conn.execute(text(
-                "SELECT t.transfer_id, t.reference, t.kind, t.amount, COUNT(e.entry_id) AS legs, "
-                "COALESCE(SUM(e.amount), 0) AS net FROM transfers t LEFT JOIN ledger_entries e "
-                "ON e.transfer_id = t.transfer_id GROUP BY t.transfer_id, t.reference, t.kind, t.amount"))).all()
-            events = (await conn.execute(text(
-                "SELECT event_id, event_type, payload FROM outbox WHERE event_type LIKE 'payments.payment.%'"))).all()
-            answers = (await conn.execute(text(
-                "SELECT key, response FROM idempotency_keys WHERE method = 'CreatePayment' AND key LIKE :p"),
-                {"p": f"crash-{run_id}-%"})).all()
-            accounts = (await conn.execute(text(
-                "SELECT a.account_id, a.currency, a.available + a.held + a.unsettled AS balance, "
-                "COALESCE((SELECT SUM(e.amount) FROM ledger_entries e WHERE e.account_id = a.account_id), 0) "
-                "AS entries FROM accounts a"))).all()
-    finally:
-        await engine.dispose()
+    rows, transfers, events, answers, accounts = await patiently(lambda: _payment_rows(url, run_id))
 
     books.payments = len(rows)
     books.outbox_events = len(events)
@@ -339,6 +343,30 @@ async def audit_payments(url: str, run_id: str, calls: list[Call]) -> Books:
             books.problem("ledger_not_zero", (currency, total))
     return books
 
+async def _payment_rows(url: str, run_id: str) -> tuple[Any, ...]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text(
+                "SELECT payment_id, description, status, amount, payer_account_id, payee_account_id "
+                "FROM payments WHERE description LIKE :p"), {"p": f"crash {run_id} #%"})).all()
+            transfers = (await conn.execute(text(
+                "SELECT t.transfer_id, t.reference, t.kind, t.amount, COUNT(e.entry_id) AS legs, "
+                "COALESCE(SUM(e.amount), 0) AS net FROM transfers t LEFT JOIN ledger_entries e "
+                "ON e.transfer_id = t.transfer_id GROUP BY t.transfer_id, t.reference, t.kind, t.amount"))).all()
+            events = (await conn.execute(text(
+                "SELECT event_id, event_type, payload FROM outbox WHERE event_type LIKE 'payments.payment.%'"))).all()
+            answers = (await conn.execute(text(
+                "SELECT key, response FROM idempotency_keys WHERE method = 'CreatePayment' AND key LIKE :p"),
+                {"p": f"crash-{run_id}-%"})).all()
+            accounts = (await conn.execute(text(
+                "SELECT a.account_id, a.currency, a.available + a.held + a.unsettled AS balance, "
+                "COALESCE((SELECT SUM(e.amount) FROM ledger_entries e WHERE e.account_id = a.account_id), 0) "
+                "AS entries FROM accounts a"))).all()
+    finally:
+        await engine.dispose()
+    return rows, transfers, events, answers, accounts
+
 
 async def expected_balances_hold(target: str, calls: list[Call], payers: list[str], payees: list[str], top_up: int,
                                  issuer: Issuer, book: Book) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
@@ -357,7 +385,8 @@ async def expected_balances_hold(target: str, calls: list[Call], payers: list[st
     async with acting_channel(target, issuer, book) as channel:
         stub = pb_grpc.PaymentsServiceStub(channel)
         for account, (available, held) in expected.items():
-            balance = (await stub.GetAccount(pb.GetAccountRequest(account_id=account), timeout=20)).account.balance
+            read = pb.GetAccountRequest(account_id=account)
+            balance = (await patiently(lambda read=read: stub.GetAccount(read, timeout=20))).account.balance
             found = (balance.available_minor_units, balance.held_minor_units)
             if found != (available, held):
                 wrong.append((account, found, (available, held)))
@@ -369,6 +398,10 @@ async def expected_balances_hold(target: str, calls: list[Call], payers: list[st
 
 async def outbox_pending(url: str) -> tuple[int, int]:
     """(undelivered live events, dead events) in a service's outbox."""
+    return await patiently(lambda: _outbox_counts(url))
+
+
+async def _outbox_counts(url: str) -> tuple[int, int]:
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
@@ -393,6 +426,19 @@ async def audit_delivery(payments_url: str, notify_url: str) -> dict[str, list[A
     """Every event in payments' outbox reached notify exactly once: delivered, received once (the primary
     key of notify's received_events makes a second receipt impossible, so: none missing, none foreign),
     and no notification drafted twice for one event."""
+    outbox, received, drafted = await patiently(lambda: _delivery_rows(payments_url, notify_url))
+    sent = {r.event_id for r in outbox}
+    got = Counter(received)
+    return {
+        "undelivered": [r.event_id for r in outbox if r.delivered_at is None or r.dead],
+        "missing_in_notify": sorted(sent - set(got)),
+        "received_twice": [e for e, n in got.items() if n > 1],
+        "foreign_in_notify": sorted(set(got) - sent),
+        "drafted_twice": [tuple(r) for r in drafted],
+    }
+
+
+async def _delivery_rows(payments_url: str, notify_url: str) -> tuple[Any, list[str], Any]:
     p_engine, n_engine = create_engine(payments_url), create_engine(notify_url)
     try:
         async with p_engine.connect() as conn:
@@ -406,15 +452,7 @@ async def audit_delivery(payments_url: str, notify_url: str) -> dict[str, list[A
     finally:
         await p_engine.dispose()
         await n_engine.dispose()
-    sent = {r.event_id for r in outbox}
-    got = Counter(received)
-    return {
-        "undelivered": [r.event_id for r in outbox if r.delivered_at is None or r.dead],
-        "missing_in_notify": sorted(sent - set(got)),
-        "received_twice": [e for e, n in got.items() if n > 1],
-        "foreign_in_notify": sorted(set(got) - sent),
-        "drafted_twice": [tuple(r) for r in drafted],
-    }
+    return outbox, received, drafted
 
 
 # --- database faults --------------------------------------------------------------------------------

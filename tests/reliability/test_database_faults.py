@@ -40,6 +40,7 @@ from tests.reliability.crash_support import (
     audit_payments,
     database_name,
     open_wallets,
+    patiently,
     run_id,
     terminate_backends,
     wait_drained,
@@ -130,13 +131,13 @@ async def test_dropped_connections_under_load(databases: Any, tmp_path: Path) ->
         async with acting_channel(target, issuer, book) as channel:
             stub = pb_grpc.PaymentsServiceStub(channel)
             read = pb.GetAccountRequest(account_id=payers[0])
-            before = (await stub.GetAccount(read, timeout=10)).account
+            before = (await patiently(lambda: stub.GetAccount(read, timeout=10))).account
             dropped["payments"] += await terminate_backends(admin, names["payments"])
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.GetAccount(read, timeout=10)
             assert (refused.value.code(), reason_of(refused.value)) == (grpc.StatusCode.UNAVAILABLE,
                                                                         STORAGE_UNAVAILABLE)
-            assert (await stub.GetAccount(read, timeout=10)).account == before
+            assert (await patiently(lambda: stub.GetAccount(read, timeout=10))).account == before
 
         load = RetryingLoad(target, payers, payees, run, issuer, book, count=COUNT, rate=RATE)
         running = asyncio.create_task(load.run())
