@@ -155,6 +155,16 @@ class RealMesh:
         assert self.mesh is not None
         return multi_target([self.mesh.processes["payments"].target, *self.replica_targets["payments"]])
 
+    async def backend_pids(self) -> list[int]:
+        """The PostgreSQL backends connected to this mesh's databases (the pools keep them for the run)."""
+        names = [url.rsplit("/", 1)[1] for url in self._pg_urls.values()]
+        admin = await asyncpg.connect(database="postgres", timeout=5, **PG)
+        try:
+            rows = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = ANY($1::text[])", names)
+        finally:
+            await admin.close()
+        return [int(row["pid"]) for row in rows]
+
     def pids(self) -> dict[str, int]:
         assert self.mesh is not None
         return {name: p.process.pid for name, p in self.mesh.processes.items()}
@@ -287,6 +297,8 @@ class Target:
     address: str
     payers: list[Payer]
     pids: Callable[[], dict[str, int]]
+    # PostgreSQL server processes serving this target's databases (their CPU is part of a payment's).
+    server_pids: Callable[[], Awaitable[list[int]]] | None = None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
 
@@ -319,11 +331,13 @@ class ProcessSampler:
     """While a round runs: peak VmRSS per process (sampled twice a second in a thread) and the CPU time each
     process, and this load-generating client, used over the round."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], server_pids: list[int] | None = None) -> None:
         self.pids = pids
+        self.server_pids = server_pids or []
         self.peak: dict[str, int] = dict.fromkeys(pids, 0)
         self.cpu_s: dict[str, float] = {}
         self._cpu_before: dict[str, float] = {}
+        self._server_before: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -338,6 +352,7 @@ class ProcessSampler:
 
     def __enter__(self) -> ProcessSampler:
         self._cpu_before = self._cpu()
+        self._server_before = {pid: cpu_seconds(pid) for pid in self.server_pids}
         self._thread.start()
         return self
 
@@ -346,6 +361,10 @@ class ProcessSampler:
         self._thread.join()
         after = self._cpu()
         self.cpu_s = {name: after[name] - self._cpu_before[name] for name in after}
+        if self.server_pids:
+            # A backend that exited meanwhile reads 0: its last stretch is lost rather than counted negative.
+            self.cpu_s["postgres"] = sum(max(0.0, cpu_seconds(pid) - before)
+                                         for pid, before in self._server_before.items())
 
 
 def rss_kib(pid: int) -> int:
@@ -386,7 +405,8 @@ async def closed_round(target: Target, concurrency: int, seconds: float, warmup:
     target.open()
     answered = sum(target.statuses.values())
     try:
-        with ProcessSampler(target.pids()) as sampler:
+        server_pids = await target.server_pids() if target.server_pids is not None else None
+        with ProcessSampler(target.pids(), server_pids) as sampler:
             result = await closed_loop(target.call(uuid.uuid4().hex[:10]), concurrency=concurrency,
                                        duration_s=seconds, warmup_s=warmup)
     finally:
@@ -455,10 +475,12 @@ async def measure(args: Args) -> None:
         print(f"set up in {time.monotonic() - t:.0f} s ({args.payers} onboarded payers per mesh, {args.db})",
               flush=True)
         targets = {
-            "real traced": Target("real traced", real_on.target, real_on.payers, real_on.pids),
+            "real traced": Target("real traced", real_on.target, real_on.payers, real_on.pids,
+                                  real_on.backend_pids if args.db == "postgres" else None),
             "no-op traced": Target("no-op traced", noop_on.target, [Payer("a", "b", noop_on.metadata())],
                                    lambda: _noop_pids(noop_on)),
-            "real untraced": Target("real untraced", real_off.target, real_off.payers, real_off.pids),
+            "real untraced": Target("real untraced", real_off.target, real_off.payers, real_off.pids,
+                                    real_off.backend_pids if args.db == "postgres" else None),
             "no-op untraced": Target("no-op untraced", noop_off.target, [Payer("a", "b", noop_off.metadata())],
                                      lambda: _noop_pids(noop_off)),
         }
@@ -521,7 +543,8 @@ async def closed_phase(args: Args, targets: dict[str, Target], idle: dict[str, i
 
 def _print_cpu(usage: dict[str, Usage]) -> None:
     print()
-    print("CPU time per answered payment, ms, by process (median over the closed-loop rounds; client = this bench):")
+    print("CPU time per answered payment, ms, by process (median over the closed-loop rounds; client = this bench;"
+          " postgres = the server's backends for the mesh's databases):")
     total = {name: sum(med(ms) for ms in used.cpu_ms.values()) for name, used in usage.items()}
     cores = os.cpu_count() or 1
     for name, used in usage.items():
