@@ -132,3 +132,16 @@ async def test_the_synthetic_mark_travels_from_payments_to_risk(databases, tmp_p
         for authorizer in risk.authorizers:
             await authorizer.close()
         await issuer.stop()
+
+
+async def test_the_mark_is_honoured_on_a_server_running_without_tracing(databases, tmp_path: Path) -> None:
+    """With FINMESH_TRACING_ENABLED=false no baggage is extracted into the context; payments reads the mark from
+    the call's metadata instead, so a marked call on a customer's account is still refused."""
+    probe, customer = f"probe-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    async with payments_mesh(databases, tmp_path, synthetic_owner_ids=[probe], tracing_enabled=False) as pay:
+        c = pay.client
+        test_wallet, real = await c.wallet(probe), await c.wallet(customer)
+        await c.top_up(test_wallet, 1_000)
+        refused = await refusal(c.stub.CreatePayment(_pay(test_wallet, real, 10), metadata=MARK))
+        assert (refused.code, refused.reason) == REFUSED
+        assert await c.triple(real) == (0, 0, 0)
