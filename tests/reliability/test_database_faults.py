@@ -51,7 +51,7 @@ POSTGRES_ONLY = pytest.mark.parametrize("databases", [pytest.param("postgres", m
 COUNT, RATE, PAYERS, PAYEES, TOP_UP = 240, 30.0, 16, 8, 1_000_000
 # Payments' connections are dropped every FAULT_INTERVAL seconds while the load is offered, risk's and notify's
 # every third time; in the second round payments' database server is gone for OUTAGE seconds instead.
-FAULT_INTERVAL, OUTAGE = 1.5, 2.0
+FAULT_INTERVAL, OUTAGE = 1.0, 2.0
 DRAIN_TIMEOUT = 40.0
 
 
