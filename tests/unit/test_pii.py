@@ -45,3 +45,19 @@ def test_span_attributes_events_and_status_are_masked_before_export() -> None:
     for secret in ("13800138000", "11010519491231002X", "a.b@example.com"):
         assert secret not in text
     assert exported.events and exported.events[0].name == "exception"
+
+
+def test_the_span_file_is_masked_while_written(tmp_path) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from finmesh.platform.telemetry import JsonlSpanExporter
+
+    path = tmp_path / "spans.jsonl"
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(JsonlSpanExporter(path, mask=True)))
+    with provider.get_tracer("test").start_as_current_span("login") as span:
+        span.set_attributes({"phone": "13800138000", "note": "mail a.b@example.com", "rpc.method": "Login"})
+    text = path.read_text()
+    assert "13800138000" not in text and "a.b@example.com" not in text
+    assert '"rpc.method": "Login"' in text

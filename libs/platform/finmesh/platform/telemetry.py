@@ -21,13 +21,16 @@ from finmesh.platform.pii import mask_value
 class JsonlSpanExporter(SpanExporter):
     """Appends one JSON object per finished span to a file; `finmesh trace` renders them."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, mask: bool = False) -> None:
         self._path = Path(path)
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        # Masking while serialising spares the copy of every span MaskingExporter makes; the export thread
+        # competes with the handlers for the GIL, so its cost per span is the services' cost.
+        self._mask = mask
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = "".join(json.dumps(span_to_dict(s), ensure_ascii=False) + "\n" for s in spans)
+        lines = "".join(json.dumps(span_to_dict(s, mask=self._mask), ensure_ascii=False) + "\n" for s in spans)
         with self._lock, self._path.open("a", encoding="utf-8") as f:
             f.write(lines)
         return SpanExportResult.SUCCESS
@@ -79,8 +82,9 @@ def _masked(span: ReadableSpan) -> ReadableSpan:
     )
 
 
-def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
+def span_to_dict(span: ReadableSpan, *, mask: bool = False) -> dict[str, Any]:
     ctx = span.context
+    attributes = _masked_attributes(span.attributes) if mask else dict(span.attributes or {})
     return {
         "trace_id": format(ctx.trace_id, "032x"),
         "span_id": format(ctx.span_id, "016x"),
@@ -89,16 +93,31 @@ def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
         "kind": span.kind.name,
         "service": span.resource.attributes.get("service.name", ""),
         # Color and version let an SRE split a local run's spans as in the collector.
-        "resource": {k: v for k, v in span.resource.attributes.items() if not k.startswith("telemetry.")},
+        "resource": _resource_dict(span.resource),
         "start_ns": span.start_time,
         "end_ns": span.end_time,
         "status": span.status.status_code.name,
-        "attributes": dict(span.attributes or {}),
+        "attributes": attributes,
         "links": [
             {"trace_id": format(link.context.trace_id, "032x"), "span_id": format(link.context.span_id, "016x")}
             for link in span.links
         ],
     }
+
+
+# id(resource) -> (resource, its dict): a process has one resource, so build its dict once, not per span
+# (keyed by identity because Resource hashes by serialising its attributes; holding it keeps the id valid).
+_RESOURCE_DICTS: dict[int, tuple[Resource, dict[str, Any]]] = {}
+
+
+def _resource_dict(resource: Resource) -> dict[str, Any]:
+    cached = _RESOURCE_DICTS.get(id(resource))
+    if cached is None:
+        if len(_RESOURCE_DICTS) > 16:
+            _RESOURCE_DICTS.clear()
+        built = {k: v for k, v in resource.attributes.items() if not k.startswith("telemetry.")}
+        cached = _RESOURCE_DICTS[id(resource)] = (resource, built)
+    return cached[1]
 
 
 def setup_tracing(service: str, *, version: str, color: str, span_file: str = "") -> TracerProvider:
@@ -114,7 +133,8 @@ def setup_tracing(service: str, *, version: str, color: str, span_file: str = ""
     provider = TracerProvider(resource=resource)
     exporter = _choose_exporter(span_file)
     if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(MaskingExporter(exporter)))
+        masked = exporter if isinstance(exporter, JsonlSpanExporter) else MaskingExporter(exporter)
+        provider.add_span_processor(BatchSpanProcessor(masked))
     trace.set_tracer_provider(provider)
     return provider
 
@@ -125,7 +145,7 @@ def _choose_exporter(span_file: str) -> SpanExporter | None:
 
         return OTLPSpanExporter()
     if span_file:
-        return JsonlSpanExporter(span_file)
+        return JsonlSpanExporter(span_file, mask=True)
     return None
 
 
