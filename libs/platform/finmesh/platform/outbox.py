@@ -183,7 +183,7 @@ class RelayPolicy:
     concurrency: int = 16
     # How long a claimed run of events stays reserved for one relay replica;
     # a crashed replica's claims come free after this.
-    lease_seconds: float = 30.0
+    lease_seconds: float = 10.0
     # While the consumer is down, probe it at least this often.
     max_probe_interval_seconds: float = 5.0
 

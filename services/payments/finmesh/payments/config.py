@@ -49,7 +49,7 @@ class PaymentsSettings(ServiceSettings):
 
     # How long the outbox relay's claim on events lasts: after a crash, events it had claimed (and their
     # accounts' later events) wait this long before a restarted or other replica sends them.
-    outbox_lease_seconds: float = Field(default=30.0, gt=0)
+    outbox_lease_seconds: float = Field(default=10.0, gt=0)
 
     # Most commands one ledger transaction carries (group commit).
     writer_max_batch: int = Field(default=256, ge=1, le=5000)
