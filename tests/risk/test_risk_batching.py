@@ -38,10 +38,13 @@ async def test_concurrent_payments_of_one_payer_see_each_other(databases, tmp_pa
 
     The same burst also checks the device amount window, the new-device
     rule and a payment id sent three times at once, all inside batches.
+    With one writer lane (the default) a replica decides strictly in turn,
+    so even different payers on one device count each other.
     """
     rules_file = tmp_path / "rules.yaml"
     write_atomically(rules_file, rules_yaml("batch-1", velocity=THREE_PER_MINUTE))
-    async with risk_node(await databases.new("risk"), tmp_path, risk_rules_file=str(rules_file)) as risk:
+    async with risk_node(await databases.new("risk"), tmp_path, risk_rules_file=str(rules_file),
+                         risk_writer_lanes=1) as risk:
         before = risk.app.writer.batches
         burst = await asyncio.gather(*(risk.assess(payment("burst-user", 1_000)) for _ in range(12)))
         assert sorted(a.decision for a in burst) == [pb.DECISION_APPROVE] * 3 + [pb.DECISION_REVIEW] * 9
