@@ -262,9 +262,10 @@ class OutboxRelay:
         gate = asyncio.Semaphore(1 if self._outages else self._policy.concurrency)
         round_state = _Round(deadline=asyncio.get_running_loop().time() + self._policy.lease_seconds * 0.8)
 
-        async def one_run(run: list[Any]) -> int:
+        delivered_ids: list[int] = []
+
+        async def one_run(run: list[Any]) -> None:
             async with gate:
-                done = 0
                 for index, row in enumerate(run):
                     if round_state.sink_down or asyncio.get_running_loop().time() > round_state.deadline:
                         await self._release([r.id for r in run[index:]])
@@ -274,10 +275,16 @@ class OutboxRelay:
                         round_state.sink_down |= outcome == "sink_down"
                         await self._release([r.id for r in run[index + 1:]])
                         break
-                    done += 1
-                return done
+                    delivered_ids.append(row.id)
 
-        delivered = sum(await asyncio.gather(*(one_run(run) for run in runs)))
+        try:
+            await asyncio.gather(*(one_run(run) for run in runs))
+        finally:
+            # One transaction marks the round's deliveries, not one per event: on SQLite each commit is a
+            # sync to disk that the ledger writer queues behind. Until marked they stay leased, so no relay
+            # sends them again unless this one dies first (then the consumer's dedupe takes the repeat).
+            await self._mark_delivered(delivered_ids)
+        delivered = len(delivered_ids)
         if round_state.sink_down:
             self._outages += 1
         else:
@@ -370,23 +377,24 @@ class OutboxRelay:
                     return "sink_down"
                 await self._record_failure(row, exc)
                 return "failed"
-        await self._mark_delivered(row.id)
         return "delivered"
 
-    async def _mark_delivered(self, row_id: int) -> None:
+    async def _mark_delivered(self, row_ids: list[int]) -> None:
+        if not row_ids:
+            return
         t = self._table
         for attempt in (1, 2):
             try:
                 async with self._engine.begin() as conn:
-                    await conn.execute(update(t).where(t.c.id == row_id).values(delivered_at=datetime.now(UTC)))
+                    await conn.execute(update(t).where(t.c.id.in_(row_ids)).values(delivered_at=datetime.now(UTC)))
                 break
             except Exception as exc:
-                # The consumer has the event: a dropped connection here would leave it (and every later
-                # event of its aggregate) leased for lease_seconds and then sent again. One more try on a
+                # The consumer has the events: a dropped connection here would leave them (and every later
+                # event of their aggregates) leased for lease_seconds and then sent again. One more try on a
                 # fresh connection; if that fails too, the lease and the consumer's dedupe take over.
                 if attempt == 2 or not is_transient(exc):
                     raise
-        self._held.discard(row_id)
+        self._held.difference_update(row_ids)
 
     async def _record_failure(self, row: Any, exc: Exception) -> None:
         t = self._table
