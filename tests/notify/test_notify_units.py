@@ -218,6 +218,7 @@ def test_signature_verifies_and_rejects_stale_tampered_and_malformed() -> None:
     assert signing.verify(secret, str(now), header, b'{"a":2}', now) == "mismatch"
     assert signing.verify("other", str(now), header, body, now) == "mismatch"
     assert signing.verify(secret, "soon", header, body, now) == "malformed"
+    assert signing.verify(secret, "¹⁷⁰⁰", header, body, now) == "malformed"  # digits to isdigit(), not to int()
 
 
 # -- outbox ordering --------------------------------------------------------------------------

@@ -219,7 +219,9 @@ class LoginRpcs:
         v.require(0 < len(request.credential) <= 200, "credential", "required")
         v.raise_if_any()
         if not check_credential(d.mesh_secret, request.service, request.credential):
-            _log.warning("service_token_refused", service=request.service)
+            # The name comes from an unauthenticated caller: escape what a terminal would not show as is.
+            shown = request.service if request.service.isprintable() else ascii(request.service)
+            _log.warning("service_token_refused", service=shown)
             raise Unauthenticated("BAD_CREDENTIALS", "unknown service or wrong credential")
         now = int(d.clock())
         claims = service_claims(request.service, now, d.settings.identity_service_token_ttl_seconds)

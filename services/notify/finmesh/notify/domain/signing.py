@@ -22,7 +22,8 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 def verify(secret: str, timestamp_header: str, signature_header: str, body: bytes, now: float,
            tolerance: float = DEFAULT_TOLERANCE_SECONDS) -> str:
     """"" when valid, else why not ("stale", "malformed", "mismatch"). Comparison is constant-time."""
-    if not timestamp_header.isdigit():
+    # isascii: str.isdigit() accepts digits like "²" that int() refuses.
+    if not (timestamp_header.isascii() and timestamp_header.isdigit()):
         return "malformed"
     timestamp = int(timestamp_header)
     if abs(now - timestamp) > tolerance:
