@@ -49,17 +49,19 @@ async def test_indicators_count_decisions_and_alerts_per_bucket(databases, tmp_p
         assert declined.warning_level == pb.WARNING_LEVEL_CRITICAL
         await risk.assess(payment(minor=1_000, synthetic=True))  # load-test traffic stays out of the figures
 
-        hour = before.replace(minute=0, second=0, microsecond=0)
+        # Buckets start half an hour before the first assessment, so all of them fall in the middle one
+        # however the test's seconds sit on the clock (hour-aligned buckets split a run that crossed
+        # the hour: seen twice as 2 + 7 of the 9).
+        start = (before - timedelta(minutes=90)).replace(microsecond=0)
+        assert datetime.now(UTC) < start + timedelta(hours=2)
         reply = await risk.stub.GetRiskIndicators(pb.GetRiskIndicatorsRequest(
-            start=at(hour - timedelta(hours=1)), end=at(hour + timedelta(hours=2)), bucket_seconds=3600))
+            start=at(start), end=at(start + timedelta(hours=3)), bucket_seconds=3600))
         figures = [(b.assessments, b.declines, b.reviews, b.alerts, b.decline_rate_bp, b.review_rate_bp)
                    for b in reply.buckets]
-        now_bucket = 1 if datetime.now(UTC) < hour + timedelta(hours=1) else 2
-        expected = [(0, 0, 0, 0, 0, 0)] * 3
-        expected[now_bucket] = (9, 1, 2, 1, 1111, 2222)
+        expected = [(0, 0, 0, 0, 0, 0), (9, 1, 2, 1, 1111, 2222), (0, 0, 0, 0, 0, 0)]
         assert figures == expected, await _raw_rows(risk)  # the rows themselves, should this ever differ
         assert [b.start.ToDatetime(tzinfo=UTC) for b in reply.buckets] == [
-            hour - timedelta(hours=1), hour, hour + timedelta(hours=1)]
+            start, start + timedelta(hours=1), start + timedelta(hours=2)]
 
 
 async def test_indicator_requests_are_bounded(databases, tmp_path: Path) -> None:
