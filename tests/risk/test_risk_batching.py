@@ -128,3 +128,20 @@ async def test_stop_drains_what_is_queued(size: int) -> None:
     await asyncio.sleep(0)
     await writer.stop()
     assert [(await p).row for p in pending] == [str(i) for i in range(size)]
+
+
+async def test_load_test_traffic_stays_out_of_velocity(databases, tmp_path: Path) -> None:
+    """Synthetic payments are scored but counted in nobody's velocity: not a customer's on the same device,
+    not their own (a harness against a live deployment must not trip itself after a few payments)."""
+    rules_file = tmp_path / "rules.yaml"
+    write_atomically(rules_file, rules_yaml("synthetic-1", velocity=THREE_PER_MINUTE))
+    async with risk_node(await databases.new("risk"), tmp_path, risk_rules_file=str(rules_file)) as risk:
+        probes = [await risk.assess(payment("probe-user", 1_000, device_id="shared-1", synthetic=True))
+                  for _ in range(4)]
+        probes += await asyncio.gather(*(risk.assess(payment("probe-user", 1_000, device_id="shared-1",
+                                                                 synthetic=True)) for _ in range(4)))
+        assert [codes(a) for a in probes] == [set()] * 8
+        # A customer on the same device starts from zero: three approvals, then the user's own count trips.
+        real = [await risk.assess(payment("customer", 1_000, device_id="shared-1")) for _ in range(4)]
+        assert [a.decision for a in real] == [pb.DECISION_APPROVE] * 3 + [pb.DECISION_REVIEW]
+        assert codes(real[-1]) == {"VELOCITY_USER_COUNT"}

@@ -172,7 +172,7 @@ async def _assess_one(batch: _Batch, facts: PaymentFacts) -> Outcome:
     batch.pending.append(values)
     batch.activity.record(facts.subject_values, facts.amount.currency, facts.amount.minor_units,
                           declined=verdict.decision is Decision.DECLINE, user=facts.payer_user_id,
-                          device=facts.device_id)
+                          device=facts.device_id, velocity=not facts.synthetic)
     if facts.payer_user_id and facts.device_id and not known_device:
         batch.new_devices.append((facts.payer_user_id, facts.device_id))
     row = SimpleNamespace(**values)  # what the inserted row will read back as

@@ -98,6 +98,9 @@ def _query(shape: tuple[tuple[Subject, int], ...], dialect: str) -> Any:
                                                      one_of(dialect, b.value, "values"), active),
     ]
     counted = a.decision != Decision.DECLINE.value
+    # Load-test traffic is scored but stays out of everyone's velocity (its own included): a harness
+    # running against a live deployment must neither hold customers sharing an address nor trip itself.
+    real = a.synthetic == 0
     for i, (subject, windows) in enumerate(shape):
         column = _SUBJECT_COLUMNS[subject]
         insides = [a.created_at > bindparam(f"since_{i}_{w}") for w in range(windows)]
@@ -107,5 +110,5 @@ def _query(shape: tuple[tuple[Subject, int], ...], dialect: str) -> Any:
         # The subject's widest window (sorted last) bounds the rows read through its (subject, created_at) index.
         widest = a.created_at > bindparam(f"since_{i}_{windows - 1}")
         parts.append(select(*row(_VELOCITY + i, column, a.currency, counts + amounts))
-                     .where(one_of(dialect, column, f"values_{i}"), widest).group_by(column, a.currency))
+                     .where(one_of(dialect, column, f"values_{i}"), widest, real).group_by(column, a.currency))
     return union_all(*parts)
