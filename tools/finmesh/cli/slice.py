@@ -104,7 +104,7 @@ class Handset:
             return list((await reply.json())["messages"])
 
 
-async def _onboard(identity: id_grpc.IdentityServiceStub, handset: Handset, person: Person, password: str,
+async def onboard(identity: id_grpc.IdentityServiceStub, handset: Handset, person: Person, password: str,
                    run: str, i: int, wait_seconds: float) -> tuple[str, str]:
     """Register, pass all three checks (identity number at registration, SMS code, real name), then log in
     with password + SMS code. Returns (user id, access token)."""
@@ -157,7 +157,7 @@ async def run_slice(targets: dict[str, str], sms: Fake, *, people: tuple[Person,
             trace_id = format(root.get_span_context().trace_id, "032x")
             users, tokens = [], []
             for i, person in enumerate(people):
-                user_id, token = await _onboard(identity, handset, person, password, run, i, wait_seconds)
+                user_id, token = await onboard(identity, handset, person, password, run, i, wait_seconds)
                 users.append(user_id)
                 tokens.append(token)
             wallets = []

@@ -24,7 +24,7 @@ import aiohttp
 import grpc
 
 from finmesh.cli.mesh import Mesh
-from finmesh.cli.slice import Handset, _onboard, new_people
+from finmesh.cli.slice import Handset, new_people, onboard
 from finmesh.identity.v1 import identity_service_pb2_grpc as id_grpc
 from finmesh.load.accounts import provision
 from finmesh.load.target import Endpoint, Targets
@@ -45,7 +45,7 @@ async def _onboard_owner(mesh: Mesh) -> tuple[str, str]:
     person = new_people()[0]
     async with grpc.aio.insecure_channel(mesh.targets()["identity"]) as channel, \
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        return await _onboard(id_grpc.IdentityServiceStub(channel), Handset(mesh.fakes["sms"], http), person,
+        return await onboard(id_grpc.IdentityServiceStub(channel), Handset(mesh.fakes["sms"], http), person,
                               f"load owner {uuid.uuid4().hex}", f"load-{uuid.uuid4().hex[:8]}", 0, wait_seconds=20)
 
 
