@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 # Fixtures (helm, chart_values, need, value_sets) and the `value_set` /
@@ -674,3 +675,20 @@ def test_chart_metadata() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
     assert chart["kubeVersion"] == ">=1.27.0-0"
     assert f"{RELEASE}-{chart['name']}" == FULLNAME
+
+
+def test_pool_and_overload_values_reach_the_service_settings(helm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart's connection pools and limits arrive under the names the services read (a misspelt
+    variable would be ignored silently and leave the code defaults, sized for one local process)."""
+    from finmesh.platform.config import ServiceSettings
+
+    configmaps = objects(helm.render("default"), "ConfigMap")
+    for name in SERVICES:
+        data = configmaps[f"{base_name(name)}-config"]["data"]
+        with monkeypatch.context() as env:
+            for key, value in data.items():
+                if key.startswith("FINMESH_"):
+                    env.setenv(key, value)
+            settings = ServiceSettings()
+        assert (settings.db_pool_size, settings.db_read_pool_size) == (5, 10), name
+        assert (settings.rate_limit_per_caller_rps, settings.max_concurrent_rpcs) == (200, 1000), name

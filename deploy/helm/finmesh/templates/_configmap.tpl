@@ -21,6 +21,8 @@ change here rolls both colors (a flip of activeColor changes nothing here).
   "FINMESH_RATE_LIMIT_PER_SERVICE_BURST" (toString $root.Values.overload.perServiceBurst)
   "FINMESH_RATE_LIMIT_MAX_CALLERS" (toString $root.Values.overload.maxCallers)
   "FINMESH_MAX_CONCURRENT_RPCS" (toString $root.Values.overload.maxConcurrentRpcs)
+  "FINMESH_DB_POOL_SIZE" (toString $root.Values.databasePool.poolSize)
+  "FINMESH_DB_READ_POOL_SIZE" (toString $root.Values.databasePool.readPoolSize)
   "OTEL_SERVICE_NAME" .name
   "OTEL_TRACES_SAMPLER" $root.Values.otel.sampler
   "OTEL_TRACES_SAMPLER_ARG" $root.Values.otel.samplerArg

@@ -69,6 +69,11 @@ class ServiceSettings(BaseSettings):
     rate_limit_max_callers: int = Field(default=10_000, ge=1)
     # In-flight calls per server (gRPC answers RESOURCE_EXHAUSTED beyond it, never queues); 0 = no cap.
     max_concurrent_rpcs: int = Field(default=1000, ge=0)
+    # PostgreSQL connections per process: the main engine keeps db_pool_size and may open as many again
+    # under a burst; a service with a separate read engine (payments) keeps db_read_pool_size more. Every
+    # pod of both colors counts against the server's max_connections (100 by default).
+    db_pool_size: int = Field(default=10, ge=1, le=500)
+    db_read_pool_size: int = Field(default=20, ge=1, le=500)
 
     # Mutual TLS: all three files, or none for plaintext (finmesh.platform.tls).
     tls_cert_file: str = ""

@@ -72,7 +72,7 @@ def migrate_requested(name: str, argv: list[str] | None = None) -> bool:
 
 
 async def _migrate(name: str, settings: ServiceSettings) -> MigrationResult:
-    engine = create_engine(settings.database_url_for(name))
+    engine = create_engine(settings.database_url_for(name), pool_size=settings.db_pool_size)
     try:
         return await upgrade(engine, name)
     finally:

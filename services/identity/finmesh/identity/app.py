@@ -73,7 +73,7 @@ def _registry(settings: IdentitySettings) -> Registry:
 
 
 async def build(settings: IdentitySettings) -> IdentityApp:
-    engine = create_engine(settings.database_url_for("identity"))
+    engine = create_engine(settings.database_url_for("identity"), pool_size=settings.db_pool_size)
     await prepare_schema(engine, "identity", migrate=settings.auto_migrate)
     vault = Vault(settings.master_key())
     keys = KeyRing(engine, vault, max_token_ttl=max(settings.identity_access_token_ttl_seconds,

@@ -63,7 +63,7 @@ async def build(settings: ServiceSettings, *, clock: Clock | None = None,
                 senders: dict[str, Sender] | None = None) -> NotifyApp:
     s = notify_settings(settings)
     clock = clock or SystemClock()
-    engine = create_engine(s.database_url_for("notify"))
+    engine = create_engine(s.database_url_for("notify"), pool_size=s.db_pool_size)
     await prepare_schema(engine, "notify", migrate=s.auto_migrate)
     sealer = Sealer(s.master_key())
     composer = Composer(sealer)

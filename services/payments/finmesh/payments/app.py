@@ -56,7 +56,7 @@ class PaymentsApp:
 
 
 async def build(settings: PaymentsSettings, tier_source: TierSource | None = None) -> PaymentsApp:
-    engine = create_engine(settings.database_url_for("payments"))
+    engine = create_engine(settings.database_url_for("payments"), pool_size=settings.db_pool_size)
     await prepare_schema(engine, "payments", migrate=settings.auto_migrate)
     risk_channel = open_channel(settings.risk_target, settings, idempotent_methods=RISK_IDEMPOTENT_METHODS)
     notify_channel = open_channel(settings.notify_target, settings, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS)
@@ -70,7 +70,7 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
     sweeper = PendingOperationSweeper(engine, writer, channels, grace_seconds=settings.channel_pending_grace_seconds,
                                       interval_seconds=settings.channel_sweep_interval_seconds,
                                       authorization_ttl_seconds=settings.authorization_ttl_seconds)
-    reader = create_read_engine(settings.database_url_for("payments"))
+    reader = create_read_engine(settings.database_url_for("payments"), pool_size=settings.db_read_pool_size)
     deps = Dependencies(engine=engine, reader=reader, writer=writer,
                         idempotency=IdempotencyStore(engine, idempotency, to_status),
                         risk=RiskClient(risk_channel), channels=channels, settings=settings)

@@ -67,7 +67,7 @@ class RiskApp:
 
 async def build(settings: ServiceSettings) -> RiskApp:
     config = RiskSettings.of(settings)
-    engine = create_engine(config.database_url_for("risk"))
+    engine = create_engine(config.database_url_for("risk"), pool_size=config.db_pool_size)
     await prepare_schema(engine, "risk", migrate=config.auto_migrate)
     rules = RulesRegistry(engine, file=Path(config.risk_rules_file) if config.risk_rules_file else None,
                           poll_seconds=config.risk_rules_poll_seconds)
