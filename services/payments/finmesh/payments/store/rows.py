@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import functools
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,17 @@ def aware(moment: datetime | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+@functools.cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(kind))
+
+
+def _values(state: Any) -> dict[str, Any]:
+    """A flat state's fields as a dict. Not dataclasses.asdict: that deep-copies every value (a datetime's
+    copy alone costs more than the rest), ~130 µs per payment row on the ledger writer's hot path."""
+    return {name: getattr(state, name) for name in _field_names(type(state))}
+
+
 def account_state(row: Any) -> AccountState:
     return AccountState(
         account_id=row.account_id, owner_id=row.owner_id, kind=AccountKind(row.kind), currency=row.currency,
@@ -25,7 +37,7 @@ def account_state(row: Any) -> AccountState:
 
 
 def account_values(state: AccountState) -> dict[str, Any]:
-    values = asdict(state)
+    values = _values(state)
     values["kind"] = state.kind.value
     values["status"] = state.status.value
     return values
@@ -45,7 +57,7 @@ def payment_state(row: Any) -> PaymentState:
 
 
 def payment_values(state: PaymentState) -> dict[str, Any]:
-    values = asdict(state)
+    values = _values(state)
     values["status"] = state.status.value
     values["capture_mode"] = state.capture_mode.value
     return values
@@ -81,4 +93,4 @@ def channel_operation(row: Any) -> ChannelOperation:
 
 
 def channel_operation_values(op: ChannelOperation) -> dict[str, Any]:
-    return asdict(op)
+    return _values(op)
