@@ -88,6 +88,41 @@ NOTIFICATION_STATUS_FAILED: NotificationStatus.ValueType  # 3
 NOTIFICATION_STATUS_DEAD_LETTERED: NotificationStatus.ValueType  # 4
 Global___NotificationStatus: _TypeAlias = NotificationStatus  # noqa: Y015
 
+class _EventOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_OUTCOME_UNSPECIFIED: _EventOutcome.ValueType  # 0
+    EVENT_OUTCOME_DELIVERED: _EventOutcome.ValueType  # 1
+    """Recorded now, with the notifications it asked for."""
+    EVENT_OUTCOME_DUPLICATE: _EventOutcome.ValueType  # 2
+    """Delivered before (or earlier in the same request); nothing was done again."""
+    EVENT_OUTCOME_REFUSED: _EventOutcome.ValueType  # 3
+    """Not taken (see field_violations); the producer should retry it later or park it."""
+    EVENT_OUTCOME_DEFERRED: _EventOutcome.ValueType  # 4
+    """Not taken because an earlier event of the same source and aggregate in
+    this request was refused: taking it would break the aggregate's order.
+    Send it again after that event.
+    """
+
+class EventOutcome(_EventOutcome, metaclass=_EventOutcomeEnumTypeWrapper): ...
+
+EVENT_OUTCOME_UNSPECIFIED: EventOutcome.ValueType  # 0
+EVENT_OUTCOME_DELIVERED: EventOutcome.ValueType  # 1
+"""Recorded now, with the notifications it asked for."""
+EVENT_OUTCOME_DUPLICATE: EventOutcome.ValueType  # 2
+"""Delivered before (or earlier in the same request); nothing was done again."""
+EVENT_OUTCOME_REFUSED: EventOutcome.ValueType  # 3
+"""Not taken (see field_violations); the producer should retry it later or park it."""
+EVENT_OUTCOME_DEFERRED: EventOutcome.ValueType  # 4
+"""Not taken because an earlier event of the same source and aggregate in
+this request was refused: taking it would break the aggregate's order.
+Send it again after that event.
+"""
+Global___EventOutcome: _TypeAlias = EventOutcome  # noqa: Y015
+
 class _ComplaintState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -206,6 +241,108 @@ class DeliverEventResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeliverEventResponse: _TypeAlias = DeliverEventResponse  # noqa: Y015
+
+@_typing.final
+class DeliverEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.Event]:
+        """In delivery order; at most 500."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_event_pb2.Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverEventsRequest: _TypeAlias = DeliverEventsRequest  # noqa: Y015
+
+@_typing.final
+class DeliverEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventResult]:
+        """One per request event, in request order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___EventResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverEventsResponse: _TypeAlias = DeliverEventsResponse  # noqa: Y015
+
+@_typing.final
+class EventResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_IDS_FIELD_NUMBER: _builtins.int
+    FIELD_VIOLATIONS_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    outcome: Global___EventOutcome.ValueType
+    @_builtins.property
+    def notification_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Notifications (receipts) the event produced, when delivered."""
+
+    @_builtins.property
+    def field_violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldViolation]:
+        """Why the event was refused, fields named by position ("events[3].event_id")."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        outcome: Global___EventOutcome.ValueType = ...,
+        notification_ids: _abc.Iterable[_builtins.str] | None = ...,
+        field_violations: _abc.Iterable[Global___FieldViolation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "field_violations", b"field_violations", "notification_ids", b"notification_ids", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventResult: _TypeAlias = EventResult  # noqa: Y015
+
+@_typing.final
+class FieldViolation(_message.Message):
+    """The shape of google.rpc.BadRequest.FieldViolation, per event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldViolation: _TypeAlias = FieldViolation  # noqa: Y015
 
 @_typing.final
 class SendNotificationRequest(_message.Message):

@@ -41,6 +41,11 @@ class NotifyServiceStub:
                 request_serializer=finmesh_dot_notify_dot_v1_dot_notify__service__pb2.DeliverEventRequest.SerializeToString,
                 response_deserializer=finmesh_dot_notify_dot_v1_dot_notify__service__pb2.DeliverEventResponse.FromString,
                 _registered_method=True)
+        self.DeliverEvents = channel.unary_unary(
+                '/finmesh.notify.v1.NotifyService/DeliverEvents',
+                request_serializer=finmesh_dot_notify_dot_v1_dot_notify__service__pb2.DeliverEventsRequest.SerializeToString,
+                response_deserializer=finmesh_dot_notify_dot_v1_dot_notify__service__pb2.DeliverEventsResponse.FromString,
+                _registered_method=True)
         self.SendNotification = channel.unary_unary(
                 '/finmesh.notify.v1.NotifyService/SendNotification',
                 request_serializer=finmesh_dot_notify_dot_v1_dot_notify__service__pb2.SendNotificationRequest.SerializeToString,
@@ -111,6 +116,18 @@ class NotifyServiceServicer:
     def DeliverEvent(self, request, context):
         """Accepts one event from a producer's outbox relay. Idempotent on
         event_id: a redelivered event is acknowledged and never sent twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeliverEvents(self, request, context):
+        """Accepts a relay round's events in one call (at most 500), in the order
+        given: an aggregate's events arrive in sequence order. Idempotent on each
+        event_id. Every event gets its own result, so a refused event does not
+        fail its neighbours; a malformed request as a whole (no events, too
+        many) is INVALID_ARGUMENT. Producers that meet UNIMPLEMENTED (an older
+        notify) fall back to DeliverEvent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -200,6 +217,11 @@ def add_NotifyServiceServicer_to_server(servicer, server):
                     servicer.DeliverEvent,
                     request_deserializer=finmesh_dot_notify_dot_v1_dot_notify__service__pb2.DeliverEventRequest.FromString,
                     response_serializer=finmesh_dot_notify_dot_v1_dot_notify__service__pb2.DeliverEventResponse.SerializeToString,
+            ),
+            'DeliverEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverEvents,
+                    request_deserializer=finmesh_dot_notify_dot_v1_dot_notify__service__pb2.DeliverEventsRequest.FromString,
+                    response_serializer=finmesh_dot_notify_dot_v1_dot_notify__service__pb2.DeliverEventsResponse.SerializeToString,
             ),
             'SendNotification': grpc.unary_unary_rpc_method_handler(
                     servicer.SendNotification,
@@ -291,6 +313,33 @@ class NotifyService:
             '/finmesh.notify.v1.NotifyService/DeliverEvent',
             finmesh_dot_notify_dot_v1_dot_notify__service__pb2.DeliverEventRequest.SerializeToString,
             finmesh_dot_notify_dot_v1_dot_notify__service__pb2.DeliverEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finmesh.notify.v1.NotifyService/DeliverEvents',
+            finmesh_dot_notify_dot_v1_dot_notify__service__pb2.DeliverEventsRequest.SerializeToString,
+            finmesh_dot_notify_dot_v1_dot_notify__service__pb2.DeliverEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,14 @@ class NotifyServiceStub:
     """Accepts one event from a producer's outbox relay. Idempotent on
     event_id: a redelivered event is acknowledged and never sent twice.
     """
+    DeliverEvents: _grpc.UnaryUnaryMultiCallable[_notify_service_pb2.DeliverEventsRequest, _notify_service_pb2.DeliverEventsResponse]
+    """Accepts a relay round's events in one call (at most 500), in the order
+    given: an aggregate's events arrive in sequence order. Idempotent on each
+    event_id. Every event gets its own result, so a refused event does not
+    fail its neighbours; a malformed request as a whole (no events, too
+    many) is INVALID_ARGUMENT. Producers that meet UNIMPLEMENTED (an older
+    notify) fall back to DeliverEvent.
+    """
     SendNotification: _grpc.UnaryUnaryMultiCallable[_notify_service_pb2.SendNotificationRequest, _notify_service_pb2.SendNotificationResponse]
     """Sends a message from a template to one recipient."""
     GetNotification: _grpc.UnaryUnaryMultiCallable[_notify_service_pb2.GetNotificationRequest, _notify_service_pb2.GetNotificationResponse]
@@ -67,6 +75,14 @@ class NotifyServiceAsyncStub(NotifyServiceStub):
     DeliverEvent: _aio.UnaryUnaryMultiCallable[_notify_service_pb2.DeliverEventRequest, _notify_service_pb2.DeliverEventResponse]  # type: ignore[assignment]
     """Accepts one event from a producer's outbox relay. Idempotent on
     event_id: a redelivered event is acknowledged and never sent twice.
+    """
+    DeliverEvents: _aio.UnaryUnaryMultiCallable[_notify_service_pb2.DeliverEventsRequest, _notify_service_pb2.DeliverEventsResponse]  # type: ignore[assignment]
+    """Accepts a relay round's events in one call (at most 500), in the order
+    given: an aggregate's events arrive in sequence order. Idempotent on each
+    event_id. Every event gets its own result, so a refused event does not
+    fail its neighbours; a malformed request as a whole (no events, too
+    many) is INVALID_ARGUMENT. Producers that meet UNIMPLEMENTED (an older
+    notify) fall back to DeliverEvent.
     """
     SendNotification: _aio.UnaryUnaryMultiCallable[_notify_service_pb2.SendNotificationRequest, _notify_service_pb2.SendNotificationResponse]  # type: ignore[assignment]
     """Sends a message from a template to one recipient."""
@@ -99,6 +115,20 @@ class NotifyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_notify_service_pb2.DeliverEventResponse, _abc.Awaitable[_notify_service_pb2.DeliverEventResponse]]:
         """Accepts one event from a producer's outbox relay. Idempotent on
         event_id: a redelivered event is acknowledged and never sent twice.
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverEvents(
+        self,
+        request: _notify_service_pb2.DeliverEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notify_service_pb2.DeliverEventsResponse, _abc.Awaitable[_notify_service_pb2.DeliverEventsResponse]]:
+        """Accepts a relay round's events in one call (at most 500), in the order
+        given: an aggregate's events arrive in sequence order. Idempotent on each
+        event_id. Every event gets its own result, so a refused event does not
+        fail its neighbours; a malformed request as a whole (no events, too
+        many) is INVALID_ARGUMENT. Producers that meet UNIMPLEMENTED (an older
+        notify) fall back to DeliverEvent.
         """
 
     @_abc_1.abstractmethod

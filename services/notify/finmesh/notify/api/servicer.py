@@ -59,6 +59,22 @@ class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
         duplicate, ids = await self._intake.deliver(request.event)
         return pb.DeliverEventResponse(duplicate=duplicate, notification_ids=ids)
 
+    async def DeliverEvents(self, request: pb.DeliverEventsRequest, context: grpc.aio.ServicerContext) -> Any:
+        validate.event_batch(request)
+        refused = _refusals(request.events)
+        taken = [e for i, e in enumerate(request.events) if i not in refused]
+        outcomes = iter(await self._intake.deliver_batch(taken) if taken else [])
+        results = []
+        for i, event in enumerate(request.events):
+            if i in refused:
+                results.append(refused[i])
+                continue
+            outcome = next(outcomes)
+            results.append(pb.EventResult(
+                event_id=event.event_id, notification_ids=outcome.notification_ids,
+                outcome=pb.EVENT_OUTCOME_DUPLICATE if outcome.duplicate else pb.EVENT_OUTCOME_DELIVERED))
+        return pb.DeliverEventsResponse(results=results)
+
     # -- notifications -----------------------------------------------------------------------
 
     async def SendNotification(self, request: pb.SendNotificationRequest,
@@ -202,3 +218,19 @@ class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
                   notification_id=reply.notification.notification_id)
         return reply
 
+
+
+def _refusals(events: Any) -> dict[int, pb.EventResult]:
+    """Results of the events not taken, by position: the invalid ones, and every later event of their
+    aggregate (taking those would put the aggregate's events out of order)."""
+    refused: dict[int, pb.EventResult] = {}
+    stopped: set[tuple[str, str]] = set()
+    for i, event in enumerate(events):
+        aggregate = (event.source, event.aggregate_id)
+        if aggregate in stopped:
+            refused[i] = pb.EventResult(event_id=event.event_id, outcome=pb.EVENT_OUTCOME_DEFERRED)
+        elif violations := validate.event_violations(event, f"events[{i}]"):
+            stopped.add(aggregate)
+            refused[i] = pb.EventResult(event_id=event.event_id, outcome=pb.EVENT_OUTCOME_REFUSED, field_violations=[
+                pb.FieldViolation(field=v.field, description=v.description) for v in violations])
+    return refused

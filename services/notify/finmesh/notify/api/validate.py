@@ -11,11 +11,13 @@ from finmesh.common.v1 import event_pb2
 from finmesh.notify.domain.consent import parse_hhmm, valid_time_zone
 from finmesh.notify.domain.templates import LOCALES, TEMPLATES, missing_params
 from finmesh.notify.v1 import notify_service_pb2 as pb
-from finmesh.platform.errors import Validator
+from finmesh.platform.errors import FieldViolation, Validator
 from finmesh.platform.idempotency import validate_key
 
 MAX_ID = 64
 MAX_PAGE = 500
+# Events per DeliverEvents call (the contract's bound; relays split bigger rounds).
+MAX_EVENTS = 500
 _E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)+$")
 _EVENT_PATTERN = re.compile(r"^(\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?)$")
@@ -42,11 +44,25 @@ def page(v: Validator, page_size: int, token: str, *, numeric_token: bool = Fals
 
 def event(e: event_pb2.Event) -> None:
     v = Validator()
-    v.require(0 < len(e.event_id) <= 36, "event.event_id", "required, at most 36 characters")
-    v.require(0 < len(e.source) <= 20, "event.source", "required, at most 20 characters")
-    v.require(0 < len(e.event_type) <= 100, "event.event_type", "required, at most 100 characters")
-    v.require(len(e.aggregate_id) <= MAX_ID, "event.aggregate_id", f"at most {MAX_ID} characters")
-    v.require(len(e.user_id) <= MAX_ID, "event.user_id", f"at most {MAX_ID} characters")
+    v.violations += event_violations(e, "event")
+    v.raise_if_any()
+
+
+def event_violations(e: event_pb2.Event, name: str) -> list[FieldViolation]:
+    """What is wrong with one event, its fields named under `name` ("event", "events[3]")."""
+    v = Validator()
+    v.require(0 < len(e.event_id) <= 36, f"{name}.event_id", "required, at most 36 characters")
+    v.require(0 < len(e.source) <= 20, f"{name}.source", "required, at most 20 characters")
+    v.require(0 < len(e.event_type) <= 100, f"{name}.event_type", "required, at most 100 characters")
+    v.require(len(e.aggregate_id) <= MAX_ID, f"{name}.aggregate_id", f"at most {MAX_ID} characters")
+    v.require(len(e.user_id) <= MAX_ID, f"{name}.user_id", f"at most {MAX_ID} characters")
+    return v.violations
+
+
+def event_batch(r: pb.DeliverEventsRequest) -> None:
+    """The request as a whole; each event is judged on its own (a bad one must not fail its neighbours)."""
+    v = Validator()
+    v.require(0 < len(r.events) <= MAX_EVENTS, "events", f"between 1 and {MAX_EVENTS} events")
     v.raise_if_any()
 
 
