@@ -220,6 +220,7 @@ CALLERS: dict[str, Caller] = {
     _RISK + "AssessOnboarding": lambda i, b, r: i.service("identity"),
     # notify: services deliver events and send messages; customers their own consent, receipts, complaints.
     _NOTIFY + "DeliverEvent": lambda i, b, r: i.service("payments"),
+    _NOTIFY + "DeliverEvents": lambda i, b, r: i.service("payments"),
     _NOTIFY + "SendNotification": lambda i, b, r: i.service("identity"),
     _NOTIFY + "GetNotification": lambda i, b, r: i.mint("support"),
     _NOTIFY + "ListNotifications": lambda i, b, r: i.customer(r.user_id) if r.user_id else i.mint("support"),

@@ -12,7 +12,8 @@ from finmesh.risk.v1 import risk_service_pb2_grpc as risk_grpc
 
 # SendNotification carries an idempotency key (the challenge id), so the channel may retry it.
 NOTIFY_IDEMPOTENT_METHODS = [("finmesh.notify.v1.NotifyService", "SendNotification"),
-                             ("finmesh.notify.v1.NotifyService", "DeliverEvent")]
+                             ("finmesh.notify.v1.NotifyService", "DeliverEvent"),
+                             ("finmesh.notify.v1.NotifyService", "DeliverEvents")]
 RISK_IDEMPOTENT_METHODS = [("finmesh.risk.v1.RiskService", "AssessOnboarding")]
 
 _CHANNELS = {"SMS": notify_pb.CHANNEL_SMS, "EMAIL": notify_pb.CHANNEL_EMAIL}
