@@ -1,19 +1,24 @@
-"""Where outbox relays hand events: notify's DeliverEvent (idempotent on event id, so retried)."""
+"""Where outbox relays hand events: notify's DeliverEvents, a round's events per call (DeliverEvent, one per
+call, for an older notify). Both are idempotent on event id, so retried."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import grpc
 
 from finmesh.common.v1 import event_pb2
 from finmesh.notify.v1 import notify_service_pb2 as notify_pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as notify_grpc
-from finmesh.platform.outbox import SinkUnavailable
+from finmesh.platform.outbox import BatchOutcome, BatchUnsupported, SinkUnavailable
 
-NOTIFY_IDEMPOTENT_METHODS = [("finmesh.notify.v1.NotifyService", "DeliverEvent")]
+NOTIFY_IDEMPOTENT_METHODS = [("finmesh.notify.v1.NotifyService", "DeliverEvent"),
+                             ("finmesh.notify.v1.NotifyService", "DeliverEvents")]
 
 # Notify is down or shedding load: the relay pauses as a whole instead of
 # charging the event an attempt (see finmesh.platform.outbox.SinkUnavailable).
 _SINK_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+_TAKEN = (notify_pb.EVENT_OUTCOME_DELIVERED, notify_pb.EVENT_OUTCOME_DUPLICATE)
 
 
 class NotifyEventSink:
@@ -28,3 +33,26 @@ class NotifyEventSink:
             if error.code() in _SINK_DOWN:
                 raise SinkUnavailable(f"notify {error.code().name}") from error
             raise
+
+    async def deliver_batch(self, events: Sequence[event_pb2.Event]) -> list[BatchOutcome]:
+        """One outcome per event, in order (OutboxRelay finds this beside `deliver` and prefers it)."""
+        try:
+            reply = await self._stub.DeliverEvents(notify_pb.DeliverEventsRequest(events=events),
+                                                   timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _SINK_DOWN:
+                raise SinkUnavailable(f"notify {error.code().name}") from error
+            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                # A notify from before DeliverEvents (blue-green rollouts run both for a while).
+                raise BatchUnsupported("notify has no DeliverEvents") from error
+            raise
+        return [_outcome(result) for result in reply.results]
+
+
+def _outcome(result: notify_pb.EventResult) -> BatchOutcome:
+    if result.outcome in _TAKEN:
+        return BatchOutcome(taken=True)
+    if result.outcome == notify_pb.EVENT_OUTCOME_DEFERRED:
+        return BatchOutcome(taken=False, deferred=True)
+    reasons = "; ".join(f"{v.field}: {v.description}" for v in result.field_violations)
+    return BatchOutcome(taken=False, error=f"notify refused {result.event_id}: {reasons or 'no reason given'}")

@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from sqlalchemy import (
     JSON,
@@ -200,15 +201,44 @@ class RelayPolicy:
 Deliver = Callable[[event_pb2.Event], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class BatchOutcome:
+    """The consumer's answer for one event of a batch: taken (new or a duplicate), or not, and why."""
+
+    taken: bool
+    error: str = ""
+    # Not taken only because an earlier event of its aggregate in the batch was refused.
+    deferred: bool = False
+
+
+DeliverBatch = Callable[[Sequence[event_pb2.Event]], Awaitable[Sequence[BatchOutcome]]]
+
+
+class BatchUnsupported(Exception):
+    """The consumer has no batch delivery (an older version): send one event per call for a while."""
+
+
+class EventRefused(Exception):
+    """The consumer refused one event of a batch (recorded as that event's failed attempt)."""
+
+
+# After an older consumer said it cannot take batches, ask again this often (a rollout may have reached it).
+BATCH_REPROBE_SECONDS = 60.0
+
+
 class OutboxRelay:
     """Delivers pending outbox events through `deliver`, in order per aggregate, at least once."""
 
     def __init__(self, engine: AsyncEngine, table: Table, source: str, deliver: Deliver,
-                 policy: RelayPolicy | None = None) -> None:
+                 policy: RelayPolicy | None = None, *, deliver_batch: DeliverBatch | None = None) -> None:
         self._engine = engine
         self._table = table
         self._source = source
         self._deliver = deliver
+        # Services wire a sink's bound `deliver`; a sink that also offers `deliver_batch` (NotifyEventSink)
+        # gets a round's events in one call without their wiring changing.
+        self._deliver_batch = deliver_batch or getattr(getattr(deliver, "__self__", None), "deliver_batch", None)
+        self._batch_off_until = 0.0
         self._policy = policy or RelayPolicy()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -258,11 +288,36 @@ class OutboxRelay:
         runs = await self._claim()
         if not runs:
             return 0
+        round_state = _Round(deadline=asyncio.get_running_loop().time() + self._policy.lease_seconds * 0.8)
+        delivered_ids: list[int] = []
+        try:
+            if self._batching():
+                await self._deliver_batched(runs, round_state, delivered_ids)
+            else:
+                await self._deliver_runs(runs, round_state, delivered_ids)
+        finally:
+            # One transaction marks the round's deliveries, not one per event: on SQLite each commit is a
+            # sync to disk that the ledger writer queues behind. Until marked they stay leased, so no relay
+            # sends them again unless this one dies first (then the consumer's dedupe takes the repeat).
+            await self._mark_delivered(delivered_ids)
+        delivered = len(delivered_ids)
+        if round_state.sink_down:
+            self._outages += 1
+        else:
+            if self._outages:
+                _log.info("outbox_sink_back", source=self._source, outages=self._outages)
+            self._outages = 0
+        return delivered
+
+    def _batching(self) -> bool:
+        # While the consumer is down a single event probes it, as one call per event always did.
+        return (self._deliver_batch is not None and not self._outages
+                and asyncio.get_running_loop().time() >= self._batch_off_until)
+
+    async def _deliver_runs(self, runs: list[list[Any]], round_state: _Round, delivered_ids: list[int]) -> None:
+        """One call per event, runs side by side, each run in order and stopped by its first failure."""
         # While the consumer is down, one aggregate probes it; the rest wait.
         gate = asyncio.Semaphore(1 if self._outages else self._policy.concurrency)
-        round_state = _Round(deadline=asyncio.get_running_loop().time() + self._policy.lease_seconds * 0.8)
-
-        delivered_ids: list[int] = []
 
         async def one_run(run: list[Any]) -> None:
             async with gate:
@@ -277,21 +332,71 @@ class OutboxRelay:
                         break
                     delivered_ids.append(row.id)
 
+        await asyncio.gather(*(one_run(run) for run in runs))
+
+    async def _deliver_batched(self, runs: list[list[Any]], round_state: _Round, delivered_ids: list[int]) -> None:
+        """The round's runs in as few calls as the consumer's bound allows, each run whole and in order.
+
+        A refused event stops its aggregate for this round (its failure recorded, its later events given
+        back); the other aggregates' events still count as delivered. When the batch call itself fails for a
+        reason other than the consumer being down, the rest of the round goes one event per call, so a
+        poison event is charged alone instead of every aggregate in its batch."""
+        rows = [row for run in runs for row in run]
+        stopped: set[str] = set()
+        # Events whose fate this round is decided (delivered, failure recorded, or sent one per call);
+        # the rest are given back at the end, so the next round (or another replica) can send them.
+        settled: set[int] = set()
         try:
-            await asyncio.gather(*(one_run(run) for run in runs))
+            for start in range(0, len(rows), BATCH_LIMIT):
+                if round_state.sink_down or asyncio.get_running_loop().time() > round_state.deadline:
+                    break
+                # An aggregate stopped by a refusal in an earlier chunk sends nothing more this round.
+                chunk = [row for row in rows[start:start + BATCH_LIMIT] if row.aggregate_id not in stopped]
+                if not chunk:
+                    continue
+                outcomes = await self._send_batch(chunk, round_state)
+                if outcomes is None:
+                    if not round_state.sink_down:
+                        rest = [row for row in rows[start:] if row.aggregate_id not in stopped]
+                        settled.update(row.id for row in rest)
+                        await self._deliver_runs(_runs_of(rest), round_state, delivered_ids)
+                    break
+                for row, outcome in zip(chunk, outcomes, strict=True):
+                    if row.aggregate_id in stopped:
+                        continue
+                    if outcome.taken:
+                        delivered_ids.append(row.id)
+                        settled.add(row.id)
+                        continue
+                    stopped.add(row.aggregate_id)
+                    if not outcome.deferred:
+                        settled.add(row.id)
+                        await self._record_failure(row, EventRefused(outcome.error))
         finally:
-            # One transaction marks the round's deliveries, not one per event: on SQLite each commit is a
-            # sync to disk that the ledger writer queues behind. Until marked they stay leased, so no relay
-            # sends them again unless this one dies first (then the consumer's dedupe takes the repeat).
-            await self._mark_delivered(delivered_ids)
-        delivered = len(delivered_ids)
-        if round_state.sink_down:
-            self._outages += 1
-        else:
-            if self._outages:
-                _log.info("outbox_sink_back", source=self._source, outages=self._outages)
-            self._outages = 0
-        return delivered
+            await self._release([row.id for row in rows if row.id not in settled])
+
+    async def _send_batch(self, chunk: list[Any], round_state: _Round) -> Sequence[BatchOutcome] | None:
+        """The consumer's outcomes for `chunk`, or None when the round must go on without batching."""
+        assert self._deliver_batch is not None
+        with _batch_span(chunk) as span:
+            try:
+                outcomes = await self._deliver_batch([row_to_event(row, self._source) for row in chunk])
+                if len(outcomes) != len(chunk):
+                    raise ValueError(f"{len(outcomes)} outcomes for {len(chunk)} events")
+                return outcomes
+            except BatchUnsupported:
+                _log.info("outbox_batch_unsupported", source=self._source, reprobe_s=BATCH_REPROBE_SECONDS)
+                self._batch_off_until = asyncio.get_running_loop().time() + BATCH_REPROBE_SECONDS
+            except Exception as exc:  # noqa: BLE001 - the round goes on one event per call
+                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+                if _sink_is_down(exc):
+                    if not self._outages:
+                        _log.warning("outbox_sink_unavailable", source=self._source, error=type(exc).__name__)
+                    round_state.sink_down = True
+                else:
+                    _log.warning("outbox_batch_failed", source=self._source, events=len(chunk),
+                                 error=type(exc).__name__)
+        return None
 
     async def _claim(self) -> list[list[Any]]:
         """Lease the deliverable head run of each aggregate among the due events.
@@ -354,18 +459,7 @@ class OutboxRelay:
         self._held.difference_update(ids)
 
     async def _deliver_one(self, row: Any) -> str:
-        parent = extract_context({"traceparent": row.traceparent, "tracestate": row.tracestate})
-        with _tracer.start_as_current_span(
-            f"{row.event_type} send",
-            context=parent,
-            kind=trace.SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "finmesh.outbox",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": "notify",
-                "messaging.message.id": row.event_id,
-            },
-        ) as span:
+        with _batch_span([row]) as span:
             try:
                 await self._deliver(row_to_event(row, self._source))
             except Exception as exc:  # noqa: BLE001 - any failure is retried later
@@ -424,6 +518,50 @@ class OutboxRelay:
             count = await conn.scalar(select(func.count()).where(t.c.delivered_at.is_(None)))
             await conn.rollback()
         return int(count or 0)
+
+
+# Events per batch call at most (notify's DeliverEvents bound).
+BATCH_LIMIT = 500
+
+
+def _runs_of(rows: list[Any]) -> list[list[Any]]:
+    """Rows back into per-aggregate runs, keeping their order (each aggregate's rows were contiguous)."""
+    runs: dict[str, list[Any]] = {}
+    for row in rows:
+        runs.setdefault(row.aggregate_id, []).append(row)
+    return list(runs.values())
+
+
+def _batch_span(rows: list[Any]) -> Any:
+    """The PRODUCER span of one batch call.
+
+    A batch of one is the single event's span, a child of the trace that wrote the event, exactly as one
+    call per event was. A bigger batch belongs to no one event's trace: it starts its own and links every
+    event's producing context (OTel messaging batch convention), so each trace still reaches the send."""
+    if len(rows) == 1:
+        row = rows[0]
+        return _tracer.start_as_current_span(
+            f"{row.event_type} send", context=_parent_of(row), kind=trace.SpanKind.PRODUCER,
+            attributes={**_SEND_ATTRIBUTES, "messaging.message.id": row.event_id})
+    links = []
+    for row in rows:
+        producer = trace.get_current_span(_parent_of(row)).get_span_context()
+        if producer.is_valid:
+            links.append(trace.Link(producer, {"messaging.message.id": row.event_id}))
+    return _tracer.start_as_current_span(
+        "outbox batch send", context=otel_context.Context(), kind=trace.SpanKind.PRODUCER, links=links,
+        attributes={**_SEND_ATTRIBUTES, "messaging.batch.message_count": len(rows)})
+
+
+def _parent_of(row: Any) -> Any:
+    return extract_context({"traceparent": row.traceparent, "tracestate": row.tracestate})
+
+
+_SEND_ATTRIBUTES = {
+    "messaging.system": "finmesh.outbox",
+    "messaging.operation.type": "send",
+    "messaging.destination.name": "notify",
+}
 
 
 @dataclass
