@@ -1,5 +1,7 @@
 """Async SQLAlchemy engines: SQLite (WAL, immediate transactions) or PostgreSQL, same code paths.
 
+SQLite goes through aiosqlite with one thread hop per statement (finmesh.platform.sqlite_driver).
+
 Besides the writer engine: create_read_engine for read-heavy services (on SQLite its transactions
 begin DEFERRED, so reads see a WAL snapshot instead of queueing behind writers), and write_gate,
 which makes one process's SQLite writers take turns in arrival order; is_transient tells a
@@ -20,6 +22,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from finmesh.platform import sqlite_driver
+
 
 def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
@@ -28,7 +32,7 @@ def is_sqlite(engine: AsyncEngine) -> bool:
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """Engine for `url`. SQLite gets WAL and BEGIN IMMEDIATE so writers queue instead of deadlocking."""
     if make_url(url).get_backend_name() == "sqlite":
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, module=sqlite_driver.dbapi())
         _tune_sqlite(engine)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
@@ -69,7 +73,8 @@ def create_read_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
         # No pre-ping: a read on a connection that died fails as UNAVAILABLE and is simply retried,
         # and the ping would double the round trips of every short read.
         return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_recycle=300)
-    engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=pool_size, max_overflow=0)
+    engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=pool_size, max_overflow=0,
+                                 module=sqlite_driver.dbapi())
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _: Any) -> None:
