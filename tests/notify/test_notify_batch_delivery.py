@@ -9,6 +9,7 @@ import asyncio
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -233,8 +234,8 @@ async def test_a_round_sent_again_after_a_relay_crash_is_all_duplicates(database
                 await relay.stop()
             counts = await _counts(notify)
             assert counts == {"received": 6, "notifications": 12}
-            async with engine.begin() as conn:  # the crash: delivered, never marked
-                await conn.execute(update(table).values(delivered_at=None))
+            async with engine.begin() as conn:  # the crash: delivered, never marked, and its lease ran out
+                await conn.execute(update(table).values(delivered_at=None, next_attempt_at=datetime.now(UTC)))
         await channel.close()
         arrival = await _arrival(notify)
     await engine.dispose()
