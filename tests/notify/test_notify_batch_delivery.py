@@ -15,13 +15,16 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry import trace
 from sqlalchemy import MetaData, func, select, update
 
 from finmesh.common.v1 import event_pb2
 from finmesh.notify.store.schema import notifications, received_events
 from finmesh.notify.v1 import notify_service_pb2 as pb
+from finmesh.platform.channels import open_channel
+from finmesh.platform.config import ServiceSettings
 from finmesh.platform.db import create_engine, create_schema
-from finmesh.platform.event_sink import NotifyEventSink
+from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
 from finmesh.platform.outbox import BatchOutcome, OutboxRelay, RelayPolicy, enqueue, outbox_table
 from finmesh.platform.rpc_errors import field_violations_of
 from tests.auth import channel as acting_channel
@@ -285,3 +288,56 @@ async def _arrival(notify: Notify) -> dict[str, list[int]]:
     for row in rows:
         arrival[row.aggregate_id].append(row.sequence)
     return dict(arrival)
+
+
+async def test_one_producer_span_per_batch_links_every_event_trace(databases, tmp_path: Path, spans) -> None:
+    """The batch call has one PRODUCER span counting its events and linking the span that wrote each; notify's
+    server span hangs under it, and each event's receipts carry the writer's trace for the delivery worker."""
+    engine, table = await _outbox(databases)
+    tracer = trace.get_tracer("test")
+    writers = {}
+    for n in range(4):
+        with tracer.start_as_current_span(f"payment {n}") as writer:
+            async with engine.begin() as conn:
+                event_id = await enqueue(conn, table, event_type="payments.payment.captured.v1",
+                                         aggregate_id=f"acc-{n % 2}", user_id="payer",
+                                         payload=_payment(f"p-{n}", "payee"))
+        writers[event_id] = writer.get_span_context()
+    async with running_notify(databases, tmp_path) as notify:
+        # Payments' own channel (client spans carry the context), with its service token from the issuer.
+        settings = ServiceSettings(service_name="payments", data_dir=tmp_path, **notify.issuer.settings())
+        channel = open_channel(notify.target, settings, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS)
+        relay = OutboxRelay(engine, table, "payments", NotifyEventSink(channel).deliver, FAST)
+        relay.start()
+        try:
+            await eventually(relay.pending_count, lambda pending: pending == 0)
+        finally:
+            await relay.stop()
+            await channel.close()
+        receipts = await _receipts(notify)
+    await engine.dispose()
+
+    [batch] = [s for s in spans.get_finished_spans() if s.name == "outbox batch send"]
+    assert batch.kind == trace.SpanKind.PRODUCER and batch.attributes["messaging.batch.message_count"] == 4
+    assert {(link.context.trace_id, link.context.span_id) for link in batch.links} == {
+        (w.trace_id, w.span_id) for w in writers.values()}
+    [server] = [s for s in spans.get_finished_spans()
+                if s.kind == trace.SpanKind.SERVER and s.name.endswith("NotifyService/DeliverEvents")]
+    assert server.context.trace_id == batch.context.trace_id
+    assert {event_id: {traceparent.split("-")[1] for traceparent in parents}
+            for event_id, parents in receipts.items()} == {
+        event_id: {f"{w.trace_id:032x}"} for event_id, w in writers.items()}
+
+
+async def _receipts(notify: Notify) -> dict[str, set[str]]:
+    """Each event's receipts' trace parents."""
+    engine = create_engine(notify.database_url)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(notifications.c.event_id, notifications.c.traceparent))).all()
+    finally:
+        await engine.dispose()
+    out: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        out[row.event_id].add(row.traceparent)
+    return dict(out)
