@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from finmesh.platform.db import create_engine, create_read_engine
+from finmesh.platform.db import autocommit_reads, create_engine, create_read_engine
 from finmesh.platform.sqlite_driver import OneHopConnection
 
 
@@ -50,23 +50,82 @@ async def test_errors_are_the_dbapi_errors_and_roll_back(engine) -> None:
         assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
 
 
-async def test_a_read_transaction_is_three_hops(engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+class HopCounter:
+    """Counts the calls aiosqlite hands its connection thread (each one a hop there and back)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.hops: list[str] = []
+        real = aiosqlite.Connection._execute
+
+        async def counted(connection, fn, *args, **kwargs):
+            self.hops.append(getattr(fn, "__name__", repr(fn)))
+            return await real(connection, fn, *args, **kwargs)
+
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+
+    def take(self) -> list[str]:
+        taken, self.hops[:] = list(self.hops), []
+        return taken
+
+
+async def test_hops_per_read_and_write(engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reader = create_read_engine(f"sqlite+aiosqlite:///{tmp_path / 'driver.db'}")
     async with reader.connect() as conn:  # the pool's connection is opened (and tuned) outside the count
         await conn.execute(text("SELECT 1"))
-    hops: list[str] = []
-    real = aiosqlite.Connection._execute
-
-    async def counted(self, fn, *args, **kwargs):
-        hops.append(getattr(fn, "__name__", repr(fn)))
-        return await real(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    counter = HopCounter(monkeypatch)
     try:
         async with reader.connect() as conn:
-            rows = (await conn.execute(text("SELECT id FROM t WHERE id IN (1, 2)"))).all()
-        taken = list(hops)
+            assert (await conn.execute(text("SELECT id FROM t WHERE id IN (1, 2)"))).all() == []
+        assert counter.take() == ["_run", "rollback"]  # BEGIN travels with the query (the stock adapter: ~10)
+        async with reader.connect() as conn:
+            conn = await autocommit_reads(conn)
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+        assert counter.take() == ["_run"]  # nothing to roll back
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO t (name) VALUES ('w')"))
+        assert counter.take() == ["_run", "commit"]
+        async with engine.begin():
+            pass
+        assert counter.take() == []  # a transaction that ran no statement never began
     finally:
         await reader.dispose()
-    assert rows == []
-    assert len(taken) == 3, taken  # BEGIN, the query, ROLLBACK (the stock adapter took about ten)
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT name FROM t"))).scalars().all() == ["w"]
+
+
+async def test_a_reader_keeps_its_snapshot_while_a_writer_commits(engine, tmp_path: Path) -> None:
+    """The BEGIN that waits for the first statement still opens the transaction before that statement."""
+    reader = create_read_engine(f"sqlite+aiosqlite:///{tmp_path / 'driver.db'}")
+    try:
+        async with reader.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+            async with engine.begin() as writer:
+                await writer.execute(text("INSERT INTO t (name) VALUES ('late')"))
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+        async with reader.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 1
+    finally:
+        await reader.dispose()
+
+
+async def test_a_failed_begin_surfaces_and_leaves_no_transaction(tmp_path: Path) -> None:
+    """BEGIN IMMEDIATE that cannot get the write lock fails with the statement it travels with."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'locked.db'}"
+    first, second = create_engine(url), create_engine(url)
+    try:
+        async with first.begin() as conn:
+            await conn.execute(text("CREATE TABLE u (id INTEGER PRIMARY KEY)"))
+        async with first.begin() as holder:
+            await holder.execute(text("INSERT INTO u (id) VALUES (1)"))
+            async with second.connect() as blocked:
+                raw = await blocked.get_raw_connection()
+                await raw.driver_connection.execute("PRAGMA busy_timeout=50")  # outside any transaction
+                with pytest.raises(OperationalError, match="locked"):
+                    await blocked.execute(text("INSERT INTO u (id) VALUES (2)"))
+                await blocked.rollback()
+                assert not blocked.sync_connection.connection.dbapi_connection._connection._conn.in_transaction
+        async with second.connect() as conn:
+            assert (await conn.execute(text("SELECT id FROM u"))).scalars().all() == [1]
+    finally:
+        await first.dispose()
+        await second.dispose()

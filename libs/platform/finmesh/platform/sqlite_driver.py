@@ -7,8 +7,12 @@ thread wake, a wake-up of the event loop through its self-pipe, a task step),
 which costs far more than SQLite answering a small indexed query from its
 cache. Here a statement is a single hop: the thread opens a cursor, executes,
 fetches every row and closes, and hands back the rows with what the DB-API
-reads after a statement (description, rowcount, lastrowid). A read-only
-transaction is three hops (BEGIN, the query, ROLLBACK) instead of about ten.
+reads after a statement (description, rowcount, lastrowid). BEGIN waits and
+travels with the transaction's first statement, and COMMIT or ROLLBACK of a
+connection that holds no transaction takes no hop at all. A read-only
+transaction is two hops (BEGIN with the query, ROLLBACK) instead of about ten;
+a single-statement read without BEGIN (finmesh.platform.db.autocommit_reads)
+is one.
 
 Everything else is aiosqlite and SQLAlchemy's dialect unchanged: the same
 connection thread, the same pool, the same error classes. Server-side
@@ -44,9 +48,15 @@ class _Outcome:
         """The real cursor was closed on the connection's thread."""
 
 
-def _run(connection: sqlite3.Connection, operation: str, parameters: Any,
+def _is_begin(operation: Any) -> bool:
+    return isinstance(operation, str) and operation.lstrip()[:5].upper() == "BEGIN"
+
+
+def _run(connection: sqlite3.Connection, begin: str | None, operation: str, parameters: Any,
          many: bool) -> tuple[Any, list[Any] | None, int, int | None]:
-    """On the connection's thread: the whole statement, cursor to close."""
+    """On the connection's thread: the transaction's BEGIN if it is pending, then the whole statement."""
+    if begin is not None:
+        connection.execute(begin)
     cursor = connection.cursor()
     try:
         if many:
@@ -80,17 +90,43 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
     async def _statement(self, operation: Any, parameters: Any, *, many: bool) -> None:
         driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]
-        async with self._adapt_connection._execute_mutex:
-            description, rows, rowcount, lastrowid = await driver._execute(
-                _run, driver._conn, operation, parameters, many)
+        adapter: OneHopConnection = self._adapt_connection  # type: ignore[assignment]
         outcome: _Outcome = self._cursor  # type: ignore[assignment]
+        if not many and not parameters and _is_begin(operation):
+            # Sent with the first statement: a transaction that runs none costs nothing.
+            adapter.pending_begin = operation
+            self._rows = collections.deque()
+            return
+        async with adapter._execute_mutex:
+            begin, adapter.pending_begin = adapter.pending_begin, None
+            description, rows, rowcount, lastrowid = await driver._execute(
+                _run, driver._conn, begin, operation, parameters, many)
         outcome.description, outcome.rowcount, outcome.lastrowid = description, rowcount, lastrowid
         self._rows = collections.deque(rows) if rows is not None else collections.deque()
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
+    __slots__ = ("pending_begin",)
     _cursor_cls = OneHopCursor
+
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        self.pending_begin: str | None = None
+
+    def _holds_transaction(self) -> bool:
+        """Whether there is anything to commit or roll back; a BEGIN that never ran is simply dropped.
+        (sqlite3 answers in_transaction from any thread: it asks SQLite's autocommit flag, no I/O.)"""
+        self.pending_begin = None
+        driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        return driver._connection is not None and driver._connection.in_transaction
+
+    def commit(self) -> None:
+        if self._holds_transaction():
+            super().commit()
+
+    def rollback(self) -> None:
+        if self._holds_transaction():
+            super().rollback()
 
 
 class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):

@@ -32,6 +32,7 @@ from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.writer import replay_stored
 from finmesh.platform import synthetic
 from finmesh.platform.channels import remaining_timeout
+from finmesh.platform.db import autocommit_reads
 from finmesh.platform.errors import (
     DomainError,
     FailedPrecondition,
@@ -79,7 +80,9 @@ class PaymentRpcs(ServicerBase):
         now = datetime.now(UTC)
         parties = (payment.payer_account_id, payment.payee_account_id)
         async with self.deps.reader.connect() as conn:
-            # One statement for the owner check, the replay check and the pre-checks (store.precheck).
+            # One statement for the owner check, the replay check and the pre-checks (store.precheck): it needs
+            # no transaction around it.
+            conn = await autocommit_reads(conn)
             snapshot = await precheck.payment_snapshot(conn, "CreatePayment", request.idempotency_key, parties,
                                                        limit_day(now, self.deps.limits.utc_offset_minutes))
             # Before the replay: another customer's key must not read this one's stored answer.

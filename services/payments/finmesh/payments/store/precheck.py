@@ -33,7 +33,8 @@ _QUERY = (
         .outerjoin(_usage, and_(_usage.c.owner_id == accounts.c.owner_id, _usage.c.currency == accounts.c.currency,
                                 _usage.c.day == bindparam("day")))
     )
-    .where(accounts.c.account_id.in_(bindparam("account_ids", expanding=True)))
+    # Two plain parameters, not an expanding list: an expanding IN is re-rendered on every execution.
+    .where(accounts.c.account_id.in_([bindparam("payer_id"), bindparam("payee_id")]))
 )
 
 
@@ -45,15 +46,17 @@ class PaymentSnapshot:
     prior: Mapping[str, Any] | None = None  # the idempotency row of (method, key), if any
 
 
-async def payment_snapshot(conn: AsyncConnection, method: str, key: str, account_ids: tuple[str, ...],
+async def payment_snapshot(conn: AsyncConnection, method: str, key: str, parties: tuple[str, str],
                            day: str) -> PaymentSnapshot:
-    """The parties found among `account_ids`, their owners' usage on `day` and the answer stored for the key.
+    """The parties (payer, payee) found, their owners' usage on `day` and the answer stored for the key.
 
     An unknown key and unknown accounts are simply absent (if no party exists the stored answer is not
     seen here either; the writer, which checks the key first, still replays it).
     """
     snapshot = PaymentSnapshot()
-    result = await conn.execute(_QUERY, {"method": method, "key": key, "day": day, "account_ids": list(account_ids)})
+    payer_id, payee_id = parties
+    result = await conn.execute(_QUERY, {"method": method, "key": key, "day": day, "payer_id": payer_id,
+                                         "payee_id": payee_id})
     for row in result:
         state = rows.account_state(row)
         snapshot.accounts[state.account_id] = state
