@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from finmesh.platform.rpc_errors import field_violations_of
 from finmesh.risk.store.schema import assessments
@@ -62,6 +62,25 @@ async def test_indicators_count_decisions_and_alerts_per_bucket(databases, tmp_p
         assert figures == expected, await _raw_rows(risk)  # the rows themselves, should this ever differ
         assert [b.start.ToDatetime(tzinfo=UTC) for b in reply.buckets] == [
             start, start + timedelta(hours=1), start + timedelta(hours=2)]
+
+
+async def test_indicator_buckets_count_rows_spread_over_the_bucket(databases, tmp_path: Path) -> None:
+    """Assessments minutes and seconds apart inside one bucket are all counted in it (on SQLite each second
+    used to be a group of its own, and only the bucket's last second was reported)."""
+    async with risk_node(await databases.new("risk"), tmp_path) as risk:
+        start = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+        offsets = [0, 1, 59, 61, 1800, 3599, 3600, 3601]  # seconds after start: six in the first bucket, two next
+        rows = [{"assessment_id": f"a-{i}", "payment_id": f"p-{i}", "user_id": "u", "account_id": "acct",
+                 "payee_account_id": "payee", "currency": "CNY", "amount": 100, "device_id": "", "ip_address": "",
+                 "ip_country": "", "home_country": "", "tier": "LOW", "score": 0,
+                 "decision": "DECLINE" if i == 2 else "APPROVE", "warning_level": "LOW", "reasons": [],
+                 "rules_version": "v", "synthetic": 0, "created_at": start + timedelta(seconds=s, microseconds=250)}
+                for i, s in enumerate(offsets)]
+        async with risk.app.engine.begin() as conn:
+            await conn.execute(insert(assessments), rows)
+        reply = await risk.stub.GetRiskIndicators(pb.GetRiskIndicatorsRequest(
+            start=at(start), end=at(start + timedelta(hours=2)), bucket_seconds=3600))
+        assert [(b.assessments, b.declines) for b in reply.buckets] == [(6, 1), (2, 0)]
 
 
 async def test_indicator_requests_are_bounded(databases, tmp_path: Path) -> None:

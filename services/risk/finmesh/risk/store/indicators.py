@@ -20,8 +20,10 @@ def _bucket(conn: AsyncConnection, column: Any, start: datetime, bucket_seconds:
     size = literal_column(str(int(bucket_seconds)))
     if conn.dialect.name == "postgresql":
         return cast(func.floor((func.extract("epoch", column) - start_epoch) / size), BigInteger)
-    # SQLite keeps datetimes as ISO text in UTC; strftime('%s') reads them as epoch seconds.
-    return (cast(func.strftime("%s", column), Integer) - start_epoch) / size
+    # SQLite keeps datetimes as ISO text in UTC; strftime('%s') reads them as epoch seconds. Floor division:
+    # SQLAlchemy's `/` is true division (it renders `/ (3600 + 0.0)`), which gave every second its own group,
+    # and the groups of one bucket then overwrote each other in the caller's dict (only the last second counted).
+    return (cast(func.strftime("%s", column), Integer) - start_epoch) // size
 
 
 async def assessment_buckets(conn: AsyncConnection, start: datetime, end: datetime,
