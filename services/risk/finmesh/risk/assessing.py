@@ -34,6 +34,7 @@ from finmesh.risk.domain.windows import window_start
 from finmesh.risk.store import alerts, assessments, batch_reads, subjects
 from finmesh.risk.store import aml as aml_store
 from finmesh.risk.store.schema import outbox
+from finmesh.risk.store.sqlite_thread import SqliteWriteThread
 
 ALERT_EVENT = "risk.alert.raised.v1"
 
@@ -74,23 +75,28 @@ class Outcome:
     raised_alert: bool = False  # a new incident: wake the relay and the emergency responder
 
 
-async def assess_payments(engine: AsyncEngine, rules: Rules, batch: Sequence[PaymentFacts], now: datetime,
-                          traces: Sequence[Any] | None = None) -> list[Outcome]:
+async def assess_payments(database: AsyncEngine | SqliteWriteThread, rules: Rules, batch: Sequence[PaymentFacts],
+                          now: datetime, traces: Sequence[Any] | None = None) -> list[Outcome]:
     """Assess each payment once per payment id; a repeated id gets the recorded assessment.
 
     A batch that fails (a payment id recorded meanwhile by another replica
     under another payer, a deadlock) raises; the caller retries its payments
     one by one, and a single payment whose id was recorded meanwhile gets
     that record. `traces` are the callers' trace contexts (OpenTelemetry), one per payment: the alert event
-    a payment raises carries its caller's trace.
+    a payment raises carries its caller's trace. On an SQLite file the batch's transaction runs whole on
+    the writer's thread (store/sqlite_thread.py), the same statements in the same order.
     """
+    traced = traces or [None] * len(batch)
     try:
-        async with write_gate(engine), engine.begin() as conn:
-            return await _assess_batch(conn, rules, batch, now, traces or [None] * len(batch))
+        if isinstance(database, SqliteWriteThread):
+            return await database.transaction(lambda conn: _assess_batch(conn, rules, batch, now, traced))
+        async with write_gate(database), database.begin() as conn:
+            return await _assess_batch(conn, rules, batch, now, traced)
     except IntegrityError:
         if len(batch) != 1:
             raise
         # Two calls for one payment id under different lock keys (the caller changed the payer): first wins.
+        engine = database.engine if isinstance(database, SqliteWriteThread) else database
         async with engine.connect() as conn:
             row = await assessments.find_by_payment(conn, batch[0].payment_id)
         if row is None:

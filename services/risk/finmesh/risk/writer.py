@@ -29,6 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from finmesh.platform.logs import get_logger
 from finmesh.risk.assessing import Outcome, PaymentFacts, assess_payments
 from finmesh.risk.domain.rules import Rules
+from finmesh.risk.store import sqlite_thread
+from finmesh.risk.store.sqlite_thread import SqliteWriteThread
 
 _log = get_logger("finmesh.risk.writer")
 
@@ -43,7 +45,9 @@ class _Job:
 class AssessmentWriter:
     def __init__(self, engine: AsyncEngine, rules: Callable[[], Rules], *, max_batch: int = 128, lanes: int = 1,
                  assess: Callable[..., Awaitable[list[Outcome]]] = assess_payments) -> None:
-        self._engine = engine
+        # On an SQLite file each batch runs on a thread of its own: one hand-off per batch, not one per driver call.
+        self._database: AsyncEngine | SqliteWriteThread = (
+            SqliteWriteThread(engine) if engine is not None and sqlite_thread.supports(engine) else engine)
         self._rules = rules  # the active rules, read when a batch starts
         self._assess = assess
         self._max_batch = max_batch
@@ -75,6 +79,8 @@ class AssessmentWriter:
         for job in self._queue:
             job.future.cancel()
         self._queue.clear()
+        if isinstance(self._database, SqliteWriteThread):
+            await self._database.close()
 
     async def submit(self, facts: PaymentFacts) -> Outcome:
         """Assess `facts` in the next batch; its outcome, or the error that failed it alone."""
@@ -102,7 +108,7 @@ class AssessmentWriter:
     async def _process(self, batch: list[_Job]) -> None:
         try:
             outcomes: list[Outcome | BaseException] = list(await self._assess(
-                self._engine, self._rules(), [j.facts for j in batch], datetime.now(UTC), [j.trace for j in batch]))
+                self._database, self._rules(), [j.facts for j in batch], datetime.now(UTC), [j.trace for j in batch]))
             self.batches += 1
         except Exception as error:  # noqa: BLE001 - retried one by one below, or handed to the caller
             if len(batch) > 1:
