@@ -46,18 +46,28 @@ class BatchReads:
 async def read(conn: AsyncConnection, *, payment_ids: Iterable[str], device_users: Iterable[str],
                block_candidates: Iterable[tuple[str, str]],
                velocity: Mapping[Subject, tuple[Sequence[int], Iterable[str]]], now: datetime) -> BatchReads:
-    """`velocity` maps a subject to (its windows sorted widest last, the values to count)."""
-    counted = [(subject, windows, values) for subject, (windows, values) in velocity.items() if windows]
-    shape = tuple((subject, len(windows)) for subject, windows, _ in counted)
+    """`velocity` maps a subject to (its windows sorted widest last, the values to count).
+
+    Parts with nothing to look up (no payment names a device, say) are left out of the statement: each
+    costs its parameters' processing on every call, and would read nothing.
+    """
     pairs = {(k, v) for k, v in block_candidates if v}
-    params: dict[str, Any] = {
-        "ids": sorted(set(payment_ids)), "users": sorted({u for u in device_users if u}),
-        "kinds": sorted({k for k, _ in pairs}), "values": sorted({v for _, v in pairs}), "now": now,
-    }
-    for i, (_, windows, values) in enumerate(counted):
-        params[f"values_{i}"] = sorted({v for v in values if v})
-        params.update({f"since_{i}_{w}": window_start(now, seconds) for w, seconds in enumerate(windows)})
-    width = max((n for _, n in shape), default=1)
+    users = sorted({u for u in device_users if u})
+    params: dict[str, Any] = {"ids": sorted(set(payment_ids))}
+    if users:
+        params["users"] = users
+    if pairs:
+        params.update(kinds=sorted({k for k, _ in pairs}), values=sorted({v for _, v in pairs}), now=now)
+    counted = []
+    for subject, (windows, values) in velocity.items():
+        present = sorted({v for v in values if v})
+        if windows and present:
+            i = len(counted)
+            counted.append((subject, len(windows)))
+            params[f"values_{i}"] = present
+            params.update({f"since_{i}_{w}": window_start(now, seconds) for w, seconds in enumerate(windows)})
+    shape = _Shape(devices=bool(users), listed=bool(pairs), velocity=tuple(counted))
+    width = shape.width
     if conn.dialect.name == "postgresql":
         # Plan this statement for its values each time. After five runs of a prepared statement PostgreSQL may
         # keep a generic plan, which cannot know how short the arrays or the windows are: measured at 4x the
@@ -74,16 +84,29 @@ async def read(conn: AsyncConnection, *, payment_ids: Iterable[str], device_user
             if (r[1], r[2]) in pairs:  # kinds and values are matched apart: keep the pairs asked about
                 reads.listed.add((r[1], r[2]))
         else:
-            subject, n = shape[tag - _VELOCITY]
+            subject, n = shape.velocity[tag - _VELOCITY]
             reads.totals.append(WindowTotals(subject, r[1], r[2], tuple(int(c) for c in r[3:3 + n]),
                                              tuple(int(a) for a in r[3 + width:3 + width + n])))
     return reads
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """Which parts a batch's statement has: known devices, block-list entries, and (subject, windows) counted."""
+
+    devices: bool
+    listed: bool
+    velocity: tuple[tuple[Subject, int], ...]
+
+    @property
+    def width(self) -> int:
+        return max((n for _, n in self.velocity), default=1)
+
+
 @functools.cache
-def _query(shape: tuple[tuple[Subject, int], ...], dialect: str) -> Any:
+def _query(shape: _Shape, dialect: str) -> Any:
     """Built once per shape and dialect, reused with bound values (building SQL costs more than running it)."""
-    width = max((n for _, n in shape), default=1)
+    width = shape.width
 
     def row(tag: int, first: Any, second: Any, numbers: Sequence[Any] = ()) -> list[Any]:
         zeros = [literal_column("0")] * (2 * width - len(numbers))
@@ -91,18 +114,18 @@ def _query(shape: tuple[tuple[Subject, int], ...], dialect: str) -> Any:
 
     a, d, b = assessments.c, known_devices.c, block_list.c
     active = and_(b.removed_at.is_(None), or_(b.expires_at.is_(None), b.expires_at > bindparam("now")))
-    parts = [
-        select(*row(_RECORDED, a.payment_id, literal_column("''"))).where(one_of(dialect, a.payment_id, "ids")),
-        select(*row(_DEVICE, d.user_id, d.device_id)).where(one_of(dialect, d.user_id, "users")),
-        select(*row(_LISTED, b.kind, b.value)).where(one_of(dialect, b.kind, "kinds"),
-                                                     one_of(dialect, b.value, "values"), active),
-    ]
+    parts = [select(*row(_RECORDED, a.payment_id, literal_column("''"))).where(one_of(dialect, a.payment_id, "ids"))]
+    if shape.devices:
+        parts.append(select(*row(_DEVICE, d.user_id, d.device_id)).where(one_of(dialect, d.user_id, "users")))
+    if shape.listed:
+        parts.append(select(*row(_LISTED, b.kind, b.value)).where(one_of(dialect, b.kind, "kinds"),
+                                                                  one_of(dialect, b.value, "values"), active))
     counted = a.decision != Decision.DECLINE.value
     # Load-test traffic is scored but stays out of everyone's velocity (its own included): a harness
     # running against a live deployment must neither hold customers sharing an address nor trip itself.
     real = a.synthetic == 0
     one, zero = literal_column("1"), literal_column("0")  # constants in the SQL, not parameters bound per call
-    for i, (subject, windows) in enumerate(shape):
+    for i, (subject, windows) in enumerate(shape.velocity):
         column = _SUBJECT_COLUMNS[subject]
         # The subject's widest window (sorted last) bounds the rows read through its (subject, created_at) index,
         # so every row read is inside it: only the narrower windows need a test per row.
