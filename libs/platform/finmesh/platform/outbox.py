@@ -6,6 +6,11 @@ the same event at the same time, and never send a later event of an aggregate
 before an earlier one. An event that keeps failing is parked (`dead`) after
 RelayPolicy.max_attempts; list_dead() and redrive_dead() are the operator's
 tools (`finmesh outbox`).
+
+A sink that offers `deliver_batch` gets each round's claimed runs in one call
+(each run contiguous and in sequence order); per-event outcomes let one refused
+event stop only its own aggregate. Sinks without it, and consumers too old to
+take batches, get one call per event.
 """
 
 from __future__ import annotations
