@@ -27,7 +27,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 from google.rpc import status_pb2
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import bindparam, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -45,6 +45,14 @@ from finmesh.platform.telemetry import inject_context
 _log = get_logger("finmesh.payments.writer")
 
 Action = Callable[[UnitOfWork], Awaitable[Any]]
+
+# Built once (see store.uow: building a statement costs more than running it).
+_HEAD_FOR_UPDATE = select(audit_head.c.sequence, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
+_MOVE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(sequence=bindparam("b_sequence"),
+                                                                   hash=bindparam("b_hash"))
+_STORED_ANSWERS = select(idempotency).where(
+    tuple_(idempotency.c.method, idempotency.c.key).in_(bindparam("keys", expanding=True)))
+_INSERT_ANSWERS = insert(idempotency)
 
 
 @dataclass
@@ -176,9 +184,7 @@ class LedgerWriter:
     async def _commit(self, batch: list[Command]) -> list[_Outcome]:
         now = datetime.now(UTC)
         async with self._engine.begin() as conn:
-            head = (await conn.execute(
-                select(audit_head.c.sequence, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
-            )).one()
+            head = (await conn.execute(_HEAD_FOR_UPDATE)).one()
             stored = await self._stored_answers(conn, batch)
             uow = UnitOfWork(conn, now, self.tier_source, self.test_owners)
             fresh = [c for c in batch if (c.method, c.key) not in stored]
@@ -198,10 +204,9 @@ class LedgerWriter:
                     answers[(command.method, command.key)] = answer
             sequence, head_hash = await uow.flush(head.sequence, head.hash)
             if answers:
-                await conn.execute(insert(idempotency), list(answers.values()))
+                await conn.execute(_INSERT_ANSWERS, list(answers.values()))
             if sequence != head.sequence:
-                await conn.execute(update(audit_head).where(audit_head.c.id == 1)
-                                   .values(sequence=sequence, hash=head_hash))
+                await conn.execute(_MOVE_HEAD, {"b_sequence": sequence, "b_hash": head_hash})
         self.batches += 1
         if uow.wrote_events:
             self._on_commit()
@@ -223,11 +228,10 @@ class LedgerWriter:
 
     async def _stored_answers(self, conn: Any, batch: list[Command]) -> dict[tuple[str, str], Any]:
         keys = sorted({(c.method, c.key) for c in batch})
-        t = idempotency.c
         found: dict[tuple[str, str], Any] = {}
         for start in range(0, len(keys), 300):
             chunk = keys[start:start + 300]
-            result = await conn.execute(select(idempotency).where(tuple_(t.method, t.key).in_(chunk)))
+            result = await conn.execute(_STORED_ANSWERS, {"keys": chunk})
             found.update({(r.method, r.key): r._mapping for r in result})
         return found
 

@@ -16,7 +16,7 @@ from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finmesh.payments.store.schema import account_tiers
@@ -31,6 +31,11 @@ class TierSource(Protocol):
         ...
 
 
+# Built once: building the statement costs more than running it.
+_TIERS_OF = select(account_tiers.c.owner_id, account_tiers.c.tier).where(
+    account_tiers.c.owner_id.in_(bindparam("owners", expanding=True)))
+
+
 class TableTierSource:
     def __init__(self, default_tier: str) -> None:
         self._default = default_tier
@@ -39,9 +44,7 @@ class TableTierSource:
         wanted = sorted(set(owner_ids))
         found: dict[str, str] = {}
         if wanted:
-            t = account_tiers.c
-            found = {r.owner_id: r.tier for r in await conn.execute(
-                select(t.owner_id, t.tier).where(t.owner_id.in_(wanted)))}
+            found = {r.owner_id: r.tier for r in await conn.execute(_TIERS_OF, {"owners": wanted})}
         return {owner: found.get(owner, self._default) for owner in wanted}
 
 

@@ -43,6 +43,55 @@ _MISSING = object()
 _CHUNK = 500  # ids per IN (...) list
 
 
+def _ids(name: str = "ids") -> Any:
+    return bindparam(name, expanding=True)
+
+
+# Statements are built once, with bound parameters: building a SELECT or UPDATE with a WHERE clause (and its
+# cache key) costs more CPU than SQLite takes to run it, and a writer batch runs about fifteen.
+_ACCOUNTS_BY_ID = select(accounts).where(accounts.c.account_id.in_(_ids()))
+_PAYMENTS_BY_ID = select(payments).where(payments.c.payment_id.in_(_ids()))
+_UNSETTLED = select(payments).where(
+    payments.c.payee_account_id == bindparam("payee"), payments.c.settlement_batch_id.is_(None),
+    payments.c.status.in_(_ids("statuses")), payments.c.captured_at <= bindparam("cutoff"),
+).order_by(payments.c.captured_at, payments.c.payment_id)
+_USAGE_OF_DAY = select(daily_usage).where(daily_usage.c.day == bindparam("day"),
+                                          daily_usage.c.owner_id.in_(_ids("owners")))
+_USAGE_ONE = select(daily_usage.c.amount, daily_usage.c.count).where(
+    daily_usage.c.owner_id == bindparam("owner"), daily_usage.c.currency == bindparam("currency"),
+    daily_usage.c.day == bindparam("day"))
+_OPERATION = select(channel_operations).where(channel_operations.c.operation_id == bindparam("operation_id"))
+_UPDATE_OPERATION = update(channel_operations).where(
+    channel_operations.c.operation_id == bindparam("b_operation_id")).values(
+    status=bindparam("b_status"), channel_reference=bindparam("b_channel_reference"),
+    failure_reason=bindparam("b_failure_reason"), transfer_id=bindparam("b_transfer_id"),
+    updated_at=bindparam("b_updated_at"))
+_UPDATE_BALANCES = update(accounts).where(accounts.c.account_id == bindparam("b_id")).values(
+    status=bindparam("b_status"), available=bindparam("b_available"), held=bindparam("b_held"),
+    unsettled=bindparam("b_unsettled"))
+_INSERT_USAGE = insert(daily_usage).values(
+    owner_id=bindparam("b_owner"), currency=bindparam("b_currency"), day=bindparam("b_day"),
+    amount=bindparam("b_amount"), count=bindparam("b_count"))
+_UPDATE_USAGE = update(daily_usage).where(
+    daily_usage.c.owner_id == bindparam("b_owner"), daily_usage.c.currency == bindparam("b_currency"),
+    daily_usage.c.day == bindparam("b_day"),
+).values(amount=bindparam("b_amount"), count=bindparam("b_count"))
+_LAST_SEQUENCES = select(outbox.c.aggregate_id, func.max(outbox.c.sequence)).where(
+    outbox.c.aggregate_id.in_(_ids())).group_by(outbox.c.aggregate_id)
+_INSERT = {table.name: insert(table) for table in (accounts, transfers, entries, payments, refunds,
+                                                    settlement_batches, channel_operations, outbox, audit_log)}
+_update_payments: Any = None
+
+
+def _payment_update(columns: Iterable[str]) -> Any:
+    """UPDATE payments of every column (bound as b_<column>); built on first use (its columns are the rows')."""
+    global _update_payments
+    if _update_payments is None:
+        _update_payments = update(payments).where(payments.c.payment_id == bindparam("b_payment_id")).values(
+            **{k: bindparam(f"b_{k}") for k in columns if k != "payment_id"})
+    return _update_payments
+
+
 class UnitOfWork:
     def __init__(self, conn: AsyncConnection, now: datetime, tier_source: TierSource,
                  test_owners: frozenset[str] = frozenset()) -> None:
@@ -97,7 +146,7 @@ class UnitOfWork:
         wanted = [a for a in set(account_ids) if a and a not in self._accounts]
         for chunk in _chunks(wanted):
             found = {r.account_id: rows.account_state(r) for r in
-                     await self.conn.execute(select(accounts).where(accounts.c.account_id.in_(chunk)))}
+                     await self.conn.execute(_ACCOUNTS_BY_ID, {"ids": chunk})}
             for account_id in chunk:
                 self._accounts[account_id] = self._accounts_loaded[account_id] = found.get(account_id)
 
@@ -110,7 +159,8 @@ class UnitOfWork:
             self._usage[key] = self._usage_loaded[key] = value
 
     async def account(self, account_id: str) -> AccountState | None:
-        await self.load_accounts([account_id])
+        if account_id not in self._accounts:  # a command asks for the same few accounts many times
+            await self.load_accounts([account_id])
         return self._accounts[account_id]
 
     def put_account(self, state: AccountState) -> None:
@@ -193,12 +243,13 @@ class UnitOfWork:
         wanted = [p for p in set(payment_ids) if p and p not in self._payments]
         for chunk in _chunks(wanted):
             found = {r.payment_id: rows.payment_state(r) for r in
-                     await self.conn.execute(select(payments).where(payments.c.payment_id.in_(chunk)))}
+                     await self.conn.execute(_PAYMENTS_BY_ID, {"ids": chunk})}
             for payment_id in chunk:
                 self._payments[payment_id] = self._payments_loaded[payment_id] = found.get(payment_id)
 
     async def payment(self, payment_id: str) -> PaymentState | None:
-        await self.load_payments([payment_id])
+        if payment_id not in self._payments:
+            await self.load_payments([payment_id])
         return self._payments[payment_id]
 
     async def unsettled_payments(self, payee_account_id: str, cutoff: datetime) -> list[PaymentState]:
@@ -206,12 +257,8 @@ class UnitOfWork:
 
         Settlement runs as an exclusive command, so the query sees every earlier change.
         """
-        p = payments.c
-        result = await self.conn.execute(
-            select(payments).where(
-                p.payee_account_id == payee_account_id, p.settlement_batch_id.is_(None),
-                p.status.in_([s.value for s in CAPTURED_STATES]), p.captured_at <= cutoff,
-            ).order_by(p.captured_at, p.payment_id))
+        result = await self.conn.execute(_UNSETTLED, {
+            "payee": payee_account_id, "statuses": [s.value for s in CAPTURED_STATES], "cutoff": cutoff})
         found = []
         for row in result:
             state = rows.payment_state(row)
@@ -240,9 +287,8 @@ class UnitOfWork:
         keys = {(a.owner_id, a.currency, day) for a in wallets} - self._usage.keys()
         if not keys:
             return
-        u = daily_usage.c
         for chunk in _chunks(sorted({k[0] for k in keys})):
-            result = await self.conn.execute(select(daily_usage).where(u.day == day, u.owner_id.in_(chunk)))
+            result = await self.conn.execute(_USAGE_OF_DAY, {"day": day, "owners": chunk})
             for row in result:
                 key = (row.owner_id, row.currency, day)
                 if key in keys:
@@ -258,10 +304,7 @@ class UnitOfWork:
     async def usage(self, owner_id: str, currency: str, day: str) -> Usage:
         key = (owner_id, currency, day)
         if key not in self._usage:
-            u = daily_usage.c
-            row = (await self.conn.execute(
-                select(u.amount, u.count).where(u.owner_id == owner_id, u.currency == currency, u.day == day)
-            )).first()
+            row = (await self.conn.execute(_USAGE_ONE, {"owner": owner_id, "currency": currency, "day": day})).first()
             self._usage[key] = self._usage_loaded[key] = None if row is None else Usage(int(row.amount), row.count)
         return self._usage[key] or Usage()
 
@@ -272,9 +315,7 @@ class UnitOfWork:
 
     async def channel_operation(self, operation_id: str) -> ChannelOperation | None:
         if operation_id not in self._ops:
-            row = (await self.conn.execute(
-                select(channel_operations).where(channel_operations.c.operation_id == operation_id)
-            )).first()
+            row = (await self.conn.execute(_OPERATION, {"operation_id": operation_id})).first()
             self._ops[operation_id] = self._ops_loaded[operation_id] = (
                 None if row is None else rows.channel_operation(row))
         return self._ops[operation_id]
@@ -298,24 +339,19 @@ class UnitOfWork:
         conn, appended = self.conn, self._appended
         new_accounts, changed_accounts = _diff(self._accounts, self._accounts_loaded)
         if new_accounts:
-            await conn.execute(insert(accounts), [rows.account_values(s) for s in new_accounts])
+            await conn.execute(_INSERT["accounts"], [rows.account_values(s) for s in new_accounts])
         if changed_accounts:
-            a = accounts.c
-            await conn.execute(
-                update(accounts).where(a.account_id == bindparam("b_id")).values(
-                    status=bindparam("b_status"), available=bindparam("b_available"), held=bindparam("b_held"),
-                    unsettled=bindparam("b_unsettled")),
-                [{"b_id": s.account_id, "b_status": s.status.value, "b_available": s.available,
-                  "b_held": s.held, "b_unsettled": s.unsettled} for s in changed_accounts],
-            )
+            await conn.execute(_UPDATE_BALANCES, [
+                {"b_id": s.account_id, "b_status": s.status.value, "b_available": s.available, "b_held": s.held,
+                 "b_unsettled": s.unsettled} for s in changed_accounts])
         if appended["transfers"]:
-            await conn.execute(insert(transfers), appended["transfers"])
-            await conn.execute(insert(entries), appended["entries"])
+            await conn.execute(_INSERT["transfers"], appended["transfers"])
+            await conn.execute(_INSERT["ledger_entries"], appended["entries"])
         await self._flush_payments()
         if appended["refunds"]:
-            await conn.execute(insert(refunds), appended["refunds"])
+            await conn.execute(_INSERT["refunds"], appended["refunds"])
         if appended["settlements"]:
-            await conn.execute(insert(settlement_batches), appended["settlements"])
+            await conn.execute(_INSERT["settlement_batches"], appended["settlements"])
         await self._flush_channel_operations()
         await self._flush_usage()
         await self._flush_events()
@@ -324,25 +360,22 @@ class UnitOfWork:
     async def _flush_payments(self) -> None:
         new, changed = _diff(self._payments, self._payments_loaded)
         if new:
-            await self.conn.execute(insert(payments), [rows.payment_values(p) for p in new])
+            await self.conn.execute(_INSERT["payments"], [rows.payment_values(p) for p in new])
         if changed:
             values = [{f"b_{k}": v for k, v in rows.payment_values(p).items()} for p in changed]
-            columns = {k: bindparam(f"b_{k}") for k in rows.payment_values(changed[0]) if k != "payment_id"}
-            await self.conn.execute(
-                update(payments).where(payments.c.payment_id == bindparam("b_payment_id")).values(**columns), values)
+            await self.conn.execute(_payment_update(rows.payment_values(changed[0])), values)
 
     async def _flush_channel_operations(self) -> None:
         new, changed = _diff(self._ops, self._ops_loaded)
         if new:
-            await self.conn.execute(insert(channel_operations), [rows.channel_operation_values(o) for o in new])
-        for op in changed:
-            await self.conn.execute(
-                update(channel_operations).where(channel_operations.c.operation_id == op.operation_id)
-                .values(status=op.status, channel_reference=op.channel_reference, failure_reason=op.failure_reason,
-                        transfer_id=op.transfer_id, updated_at=op.updated_at))
+            await self.conn.execute(_INSERT["channel_operations"], [rows.channel_operation_values(o) for o in new])
+        if changed:
+            await self.conn.execute(_UPDATE_OPERATION, [
+                {"b_operation_id": op.operation_id, "b_status": op.status, "b_channel_reference": op.channel_reference,
+                 "b_failure_reason": op.failure_reason, "b_transfer_id": op.transfer_id,
+                 "b_updated_at": op.updated_at} for op in changed])
 
     async def _flush_usage(self) -> None:
-        u = daily_usage.c
         new, changed = [], []
         for (owner_id, currency, day), usage in self._usage.items():
             loaded = self._usage_loaded.get((owner_id, currency, day))
@@ -352,24 +385,18 @@ class UnitOfWork:
                       "b_count": usage.count}
             (new if loaded is None else changed).append(values)
         if new:
-            await self.conn.execute(insert(daily_usage).values(
-                owner_id=bindparam("b_owner"), currency=bindparam("b_currency"), day=bindparam("b_day"),
-                amount=bindparam("b_amount"), count=bindparam("b_count")), new)
+            await self.conn.execute(_INSERT_USAGE, new)
         if changed:
-            await self.conn.execute(update(daily_usage).where(
-                u.owner_id == bindparam("b_owner"), u.currency == bindparam("b_currency"), u.day == bindparam("b_day"),
-            ).values(amount=bindparam("b_amount"), count=bindparam("b_count")), changed)
+            await self.conn.execute(_UPDATE_USAGE, changed)
 
     async def _flush_events(self) -> None:
         events = self._appended["events"]
         if not events:
             return
-        o = outbox.c
         aggregates = sorted({e[1] for e in events})
         last: dict[str, int] = {}
         for chunk in _chunks(aggregates):
-            result = await self.conn.execute(
-                select(o.aggregate_id, func.max(o.sequence)).where(o.aggregate_id.in_(chunk)).group_by(o.aggregate_id))
+            result = await self.conn.execute(_LAST_SEQUENCES, {"ids": chunk})
             last.update({aggregate: int(sequence) for aggregate, sequence in result})
         values = []
         for event_type, aggregate_id, user_id, payload, carrier in events:
@@ -380,7 +407,7 @@ class UnitOfWork:
                 "traceparent": carrier.get("traceparent", ""), "tracestate": carrier.get("tracestate", ""),
                 "occurred_at": self.now, "next_attempt_at": self.now, "attempts": 0, "last_error": "", "dead": False,
             })
-        await self.conn.execute(insert(outbox), values)
+        await self.conn.execute(_INSERT["outbox"], values)
 
     async def _flush_audit(self, sequence: int, prev_hash: str) -> tuple[int, str]:
         records = self._appended["audit"]
@@ -394,7 +421,7 @@ class UnitOfWork:
             prev_hash = record.hash
             values.append({"sequence": record.sequence, "recorded_at": record.recorded_at, "kind": record.kind,
                            "payload": record.payload, "prev_hash": record.prev_hash, "hash": record.hash})
-        await self.conn.execute(insert(audit_log), values)
+        await self.conn.execute(_INSERT["audit_log"], values)
         return sequence, prev_hash
 
     @property
