@@ -130,6 +130,37 @@ async def test_stop_drains_what_is_queued(size: int) -> None:
     assert [(await p).row for p in pending] == [str(i) for i in range(size)]
 
 
+@pytest.mark.parametrize("linger", [0.0, 0.3])
+async def test_under_load_a_batch_lingers_for_more_and_light_traffic_never_waits(linger: float) -> None:
+    """Submissions 20 ms apart share a transaction when the writer lingers (up to 0.3 s here), and go one by
+    one when it does not; the first submission after a quiet spell is assessed at once either way."""
+    sizes: list[int] = []
+
+    async def assess(engine: Any, rules: Any, batch: list[PaymentFacts], now: Any, traces: Any) -> list[Outcome]:
+        sizes.append(len(batch))
+        return [Outcome(f.payment_id) for f in batch]
+
+    writer = AssessmentWriter(None, lambda: None, linger_seconds=linger, assess=assess)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        assert (await writer.submit(_facts("quiet"))).row == "quiet"
+        assert loop.time() - started < 0.2  # nothing suggested more were coming: no wait
+
+        async def later(i: int) -> Outcome:
+            await asyncio.sleep(0.02 * i)
+            return await writer.submit(_facts(str(i)))
+
+        busy = await asyncio.gather(*(later(i) for i in range(1, 9)))
+        assert [o.row for o in busy] == [str(i) for i in range(1, 9)]
+        if linger:
+            assert len(sizes) < 6, sizes  # 8 payments over 160 ms, each batch waiting up to 300 ms
+        else:
+            assert sizes == [1] * 9
+    finally:
+        await writer.stop()
+
+
 async def test_load_test_traffic_stays_out_of_velocity(databases, tmp_path: Path) -> None:
     """Synthetic payments are scored but counted in nobody's velocity: not a customer's on the same device,
     not their own (a harness against a live deployment must not trip itself after a few payments)."""

@@ -103,7 +103,8 @@ async def build(settings: ServiceSettings) -> RiskApp:
                 worker.wake()
 
     writer = AssessmentWriter(engine, lambda: rules.active.rules,
-                              lanes=1 if is_sqlite(engine) else config.risk_writer_lanes)
+                              lanes=1 if is_sqlite(engine) else config.risk_writer_lanes,
+                              linger_seconds=config.risk_writer_linger_ms / 1000)
     servicer = RiskServicer(engine, rules, on_incident=on_incident, writer=writer)
     registration = Registration(servicer, pb_grpc.add_RiskServiceServicer_to_server,
                                 pb.DESCRIPTOR.services_by_name["RiskService"])

@@ -20,6 +20,9 @@ class RiskSettings(ServiceSettings):
     # wait for each other (the payer's row lock), but device and IP velocity of different payers may race
     # between batches, as they do between replicas.
     risk_writer_lanes: int = Field(default=1, ge=1, le=16)
+    # Group commit under load: how long an assessment may wait for others to share its transaction, only
+    # while they arrive more often than this (writer.py). 0 turns it off.
+    risk_writer_linger_ms: float = Field(default=10.0, ge=0, le=50)
 
     @classmethod
     def of(cls, settings: ServiceSettings) -> RiskSettings:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,11 +40,13 @@ _log = get_logger("finmesh.risk.writer")
 class _Job:
     facts: PaymentFacts
     future: asyncio.Future[Outcome]
+    queued_at: float
     trace: Any = field(default_factory=otel_context.get_current)
 
 
 class AssessmentWriter:
     def __init__(self, engine: AsyncEngine, rules: Callable[[], Rules], *, max_batch: int = 128, lanes: int = 1,
+                 linger_seconds: float = 0.0,
                  assess: Callable[..., Awaitable[list[Outcome]]] = assess_payments) -> None:
         # On an SQLite file each batch runs on a thread of its own: one hand-off per batch, not one per driver call.
         self._database: AsyncEngine | SqliteWriteThread = (
@@ -59,6 +62,13 @@ class AssessmentWriter:
         self._tasks: list[asyncio.Task[None]] = []
         self._busy = 0
         self.batches = 0  # for benchmarks and tests: how many transactions carried the assessments
+        # Group commit under load: a batch may wait up to `linger_seconds` after its oldest assessment arrived
+        # for more to join it, but only while assessments arrive often enough (on average at least one per two
+        # lingers) that the wait pays: a transaction's fixed cost, ~1 ms of CPU, is then shared by more
+        # payments. Light traffic never waits. In the mesh bench: 10 ms took batches from ~2.2 to ~3.7.
+        self._linger = linger_seconds
+        self._gap = math.inf  # moving average of the time between submissions
+        self._last_submit: float | None = None
 
     def start(self) -> None:
         if not self._tasks or any(t.done() for t in self._tasks):
@@ -85,7 +95,13 @@ class AssessmentWriter:
     async def submit(self, facts: PaymentFacts) -> Outcome:
         """Assess `facts` in the next batch; its outcome, or the error that failed it alone."""
         self.start()  # started on first use too, so an app that was never start()ed still answers
-        job = _Job(facts, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._last_submit is not None:
+            gap = now - self._last_submit
+            self._gap = gap if self._gap == math.inf else 0.8 * self._gap + 0.2 * gap
+        self._last_submit = now
+        job = _Job(facts, loop.create_future(), now)
         self._queue.append(job)
         self._wake.set()
         return await job.future
@@ -96,6 +112,9 @@ class AssessmentWriter:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            await self._linger_under_load()
+            if not self._queue:
+                continue  # another lane took them meanwhile
             batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
             self._busy += 1
             try:
@@ -104,6 +123,13 @@ class AssessmentWriter:
                 _log.exception("assessment_batch_failed", size=len(batch))
             finally:
                 self._busy -= 1
+
+    async def _linger_under_load(self) -> None:
+        if not self._linger or len(self._queue) >= self._max_batch or self._gap > 2 * self._linger:
+            return
+        wait = self._queue[0].queued_at + self._linger - asyncio.get_running_loop().time()
+        if wait > 0:  # jobs that already waited for the previous batch do not wait again
+            await asyncio.sleep(wait)
 
     async def _process(self, batch: list[_Job]) -> None:
         try:
