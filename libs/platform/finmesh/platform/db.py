@@ -13,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import MetaData, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 from finmesh.platform import sqlite_driver
 
@@ -93,6 +95,45 @@ def create_read_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
 
 
 _AUTOCOMMIT_READS = "finmesh_autocommit_reads"
+
+
+T = TypeVar("T")
+
+
+async def read_sync(engine: AsyncEngine, read: Callable[[Connection], T], *, autocommit: bool = False) -> T:
+    """`read(connection)` on a pooled connection of `engine`, as plain synchronous SQLAlchemy in one greenlet.
+
+    Each call on an AsyncConnection (connect, execute, close) bridges into a greenlet of its own; for a hot
+    read of one statement that bridging cost more CPU than the statement (CreatePayment's pre-check: ~0.66 ->
+    ~0.39 ms of the event loop's time). `read` must only read; `autocommit` as autocommit_reads."""
+    return await greenlet_spawn(_read_on_connection, engine.sync_engine, read, autocommit)
+
+
+def _read_on_connection(engine: Any, read: Callable[[Connection], T], autocommit: bool) -> T:
+    with engine.connect() as conn:
+        if autocommit:
+            conn.execution_options(**{_AUTOCOMMIT_READS: True})
+        return read(conn)
+
+
+class OnDemandReads:
+    """A read connection opened at its first statement, if any (a pre-check that usually has all it needs)."""
+
+    def __init__(self, engine: AsyncEngine, stack: contextlib.AsyncExitStack) -> None:
+        self._engine = engine
+        self._stack = stack
+        self._conn: AsyncConnection | None = None
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        if self._conn is None:
+            self._conn = await self._stack.enter_async_context(self._engine.connect())
+        return await self._conn.execute(*args, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def on_demand_reads(engine: AsyncEngine) -> AsyncIterator[OnDemandReads]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield OnDemandReads(engine, stack)
 
 
 async def autocommit_reads(conn: AsyncConnection) -> AsyncConnection:

@@ -32,7 +32,7 @@ from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.writer import replay_stored
 from finmesh.platform import synthetic
 from finmesh.platform.channels import remaining_timeout
-from finmesh.platform.db import autocommit_reads
+from finmesh.platform.db import on_demand_reads, read_sync
 from finmesh.platform.errors import (
     DomainError,
     FailedPrecondition,
@@ -79,17 +79,18 @@ class PaymentRpcs(ServicerBase):
         fingerprint = request_fingerprint(request)
         now = datetime.now(UTC)
         parties = (payment.payer_account_id, payment.payee_account_id)
-        async with self.deps.reader.connect() as conn:
-            # One statement for the owner check, the replay check and the pre-checks (store.precheck): it needs
-            # no transaction around it.
-            conn = await autocommit_reads(conn)
-            snapshot = await precheck.payment_snapshot(conn, "CreatePayment", request.idempotency_key, parties,
-                                                       limit_day(now, self.deps.limits.utc_offset_minutes))
-            # Before the replay: another customer's key must not read this one's stored answer.
-            require_own_account(snapshot.accounts.get(payment.payer_account_id))
-            if snapshot.prior is not None:
-                return replay_stored(snapshot.prior, fingerprint, pb.CreatePaymentResponse)
-            uow = UnitOfWork(conn, now, self.deps.writer.tier_source)
+        day = limit_day(now, self.deps.limits.utc_offset_minutes)
+        # One statement for the owner check, the replay check and the pre-checks (store.precheck), without a
+        # transaction around it (it needs none).
+        snapshot = await read_sync(self.deps.reader, lambda conn: precheck.payment_snapshot(
+            conn, "CreatePayment", request.idempotency_key, parties, day), autocommit=True)
+        # Before the replay: another customer's key must not read this one's stored answer.
+        require_own_account(snapshot.accounts.get(payment.payer_account_id))
+        if snapshot.prior is not None:
+            return replay_stored(snapshot.prior, fingerprint, pb.CreatePaymentResponse)
+        # The snapshot usually answers every pre-check; a connection opens only if one needs more (a tier).
+        async with on_demand_reads(self.deps.reader) as conn:
+            uow = UnitOfWork(conn, now, self.deps.writer.tier_source)  # type: ignore[arg-type]
             uow.preload(parties, snapshot.accounts, snapshot.usage)
             try:
                 payer, payee, tier = await self._precheck(uow, payment, synthetic.requested(context))

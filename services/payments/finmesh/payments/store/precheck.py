@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, bindparam, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from finmesh.payments.domain.ledger import AccountState
 from finmesh.payments.domain.limits import Usage
@@ -46,16 +46,17 @@ class PaymentSnapshot:
     prior: Mapping[str, Any] | None = None  # the idempotency row of (method, key), if any
 
 
-async def payment_snapshot(conn: AsyncConnection, method: str, key: str, parties: tuple[str, str],
-                           day: str) -> PaymentSnapshot:
+def payment_snapshot(conn: Connection, method: str, key: str, parties: tuple[str, str],
+                     day: str) -> PaymentSnapshot:
     """The parties (payer, payee) found, their owners' usage on `day` and the answer stored for the key.
 
     An unknown key and unknown accounts are simply absent (if no party exists the stored answer is not
-    seen here either; the writer, which checks the key first, still replays it).
+    seen here either; the writer, which checks the key first, still replays it). Synchronous: run it with
+    finmesh.platform.db.read_sync, one greenlet for the whole read.
     """
     snapshot = PaymentSnapshot()
     payer_id, payee_id = parties
-    result = await conn.execute(_QUERY, {"method": method, "key": key, "day": day, "payer_id": payer_id,
+    result = conn.execute(_QUERY, {"method": method, "key": key, "day": day, "payer_id": payer_id,
                                          "payee_id": payee_id})
     for row in result:
         state = rows.account_state(row)
