@@ -105,14 +105,19 @@ async def read_sync(engine: AsyncEngine, read: Callable[[Connection], T], *, aut
 
     Each call on an AsyncConnection (connect, execute, close) bridges into a greenlet of its own; for a hot
     read of one statement that bridging cost more CPU than the statement (CreatePayment's pre-check: ~0.66 ->
-    ~0.39 ms of the event loop's time). `read` must only read; `autocommit` as autocommit_reads."""
+    ~0.39 ms of the event loop's time). `read` must only read. `autocommit`: no transaction around the
+    statements (see autocommit_reads), for a read of one statement."""
     return await greenlet_spawn(_read_on_connection, engine.sync_engine, read, autocommit)
 
 
 def _read_on_connection(engine: Any, read: Callable[[Connection], T], autocommit: bool) -> T:
     with engine.connect() as conn:
-        if autocommit:
+        if autocommit and conn.dialect.name == "sqlite":
             conn.execution_options(**{_AUTOCOMMIT_READS: True})
+        elif autocommit:
+            # PostgreSQL: no BEGIN and ROLLBACK round trips around the statement (a flag on the connection;
+            # the pool resets it on return).
+            conn.execution_options(isolation_level="AUTOCOMMIT")
         return read(conn)
 
 
