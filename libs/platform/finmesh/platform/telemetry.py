@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
 
-from finmesh.platform.pii import mask_value
+from finmesh.platform.pii import SENSITIVE_KEYS, mask_text, mask_value
 from finmesh.platform.propagation import FinmeshPropagator
 
 
@@ -31,7 +31,7 @@ class JsonlSpanExporter(SpanExporter):
         self._mask = mask
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = "".join(json.dumps(span_to_dict(s, mask=self._mask), ensure_ascii=False) + "\n" for s in spans)
+        lines = "".join(span_to_json(s, mask=self._mask) + "\n" for s in spans)
         with self._lock, self._path.open("a", encoding="utf-8") as f:
             f.write(lines)
         return SpanExportResult.SUCCESS
@@ -56,8 +56,37 @@ class MaskingExporter(SpanExporter):
         return self._inner.force_flush(timeout_millis)
 
 
+# Attribute keys the platform sets (rpc_tracing, outbox) with a handful of values each (service, method and
+# topic names): masking such a value is a pure function of it, so its result is memoized instead of
+# scanned by the PII patterns on every span. Every other string is masked as before, every time.
+_PLATFORM_KEYS = frozenset({
+    "rpc.system", "rpc.service", "rpc.method",
+    "messaging.system", "messaging.operation.type", "messaging.destination.name",
+})
+_MASKED_PLATFORM_VALUES: dict[str, str] = {}
+_PLAIN_NUMBERS = (int, float, bool)
+
+
 def _masked_attributes(attributes: Any) -> dict[str, Any]:
-    return {k: mask_value(k, v) for k, v in (attributes or {}).items()}
+    masked: dict[str, Any] = {}
+    for key, value in (attributes or {}).items():
+        kind = type(value)
+        if kind in _PLAIN_NUMBERS and key.lower() not in SENSITIVE_KEYS:
+            masked[key] = value  # what mask_value returns for a number under a non-sensitive key
+        elif kind is str and key in _PLATFORM_KEYS:
+            masked[key] = _masked_platform_value(value)
+        else:
+            masked[key] = mask_value(key, value)
+    return masked
+
+
+def _masked_platform_value(value: str) -> str:
+    masked = _MASKED_PLATFORM_VALUES.get(value)
+    if masked is None:
+        if len(_MASKED_PLATFORM_VALUES) >= 1024:
+            _MASKED_PLATFORM_VALUES.clear()
+        masked = _MASKED_PLATFORM_VALUES[value] = mask_text(value)
+    return masked
 
 
 def _masked(span: ReadableSpan) -> ReadableSpan:
@@ -106,19 +135,78 @@ def span_to_dict(span: ReadableSpan, *, mask: bool = False) -> dict[str, Any]:
     }
 
 
-# id(resource) -> (resource, its dict): a process has one resource, so build its dict once, not per span
-# (keyed by identity because Resource hashes by serialising its attributes; holding it keeps the id valid).
-_RESOURCE_DICTS: dict[int, tuple[Resource, dict[str, Any]]] = {}
+# One encoder for every span: json.dumps with options builds a new encoder per call.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
+_JSON_NAMES: dict[str, str] = {}  # span name -> its JSON string: a process has a few dozen names
 
 
-def _resource_dict(resource: Resource) -> dict[str, Any]:
+def span_to_json(span: ReadableSpan, *, mask: bool = False) -> str:
+    """span_to_dict(span) as one JSON line, without re-encoding what every span of the process shares.
+
+    The resource and the span name are encoded once; only ids, times, status and attributes per span.
+    json.loads(span_to_json(s)) == span_to_dict(s) (tests/unit/test_telemetry_export.py).
+    """
+    ctx = span.context
+    parent = span.parent
+    attributes = _masked_attributes(span.attributes) if mask else dict(span.attributes or {})
+    parent_id = f'"{parent.span_id:016x}"' if parent else "null"
+    links = ",".join(
+        f'{{"trace_id":"{link.context.trace_id:032x}","span_id":"{link.context.span_id:016x}"}}'
+        for link in span.links
+    )
+    return (
+        f'{{"trace_id":"{ctx.trace_id:032x}","span_id":"{ctx.span_id:016x}",'
+        f'"parent_span_id":{parent_id},'
+        f'"name":{_json_name(span.name)},"kind":"{span.kind.name}",{_resource_json(span.resource)},'
+        f'"start_ns":{_json_int(span.start_time)},"end_ns":{_json_int(span.end_time)},'
+        f'"status":"{span.status.status_code.name}","attributes":{_ENCODE(attributes)},"links":[{links}]}}'
+    )
+
+
+def _plain_attributes(span: ReadableSpan) -> Any:
+    """The span's attributes as the dict inside the SDK's BoundedAttributes when there is one: iterating
+    span.attributes goes through a read-only proxy and a locked __getitem__ per key. Only read, never kept."""
+    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+    return inner if isinstance(inner, dict) else span.attributes
+
+
+def _json_int(value: int | None) -> str:
+    return "null" if value is None else str(int(value))
+
+
+def _json_name(name: str) -> str:
+    encoded = _JSON_NAMES.get(name)
+    if encoded is None:
+        if len(_JSON_NAMES) >= 1024:
+            _JSON_NAMES.clear()
+        encoded = _JSON_NAMES[name] = _ENCODE(name)
+    return encoded
+
+
+# id(resource) -> (resource, its dict, its '"service":...,"resource":{...}' JSON): a process has one
+# resource, so build these once, not per span (keyed by identity because Resource hashes by serialising
+# its attributes; holding it keeps the id valid).
+_RESOURCE_DICTS: dict[int, tuple[Resource, dict[str, Any], str]] = {}
+
+
+def _resource_entry(resource: Resource) -> tuple[Resource, dict[str, Any], str]:
     cached = _RESOURCE_DICTS.get(id(resource))
     if cached is None:
         if len(_RESOURCE_DICTS) > 16:
             _RESOURCE_DICTS.clear()
         built = {k: v for k, v in resource.attributes.items() if not k.startswith("telemetry.")}
-        cached = _RESOURCE_DICTS[id(resource)] = (resource, built)
-    return cached[1]
+        service = resource.attributes.get("service.name", "")
+        encoded = f'"service":{_ENCODE(service)},"resource":{_ENCODE(built)}'
+        cached = _RESOURCE_DICTS[id(resource)] = (resource, built, encoded)
+    return cached
+
+
+def _resource_dict(resource: Resource) -> dict[str, Any]:
+    return _resource_entry(resource)[1]
+
+
+def _resource_json(resource: Resource) -> str:
+    return _resource_entry(resource)[2]
 
 
 def setup_tracing(service: str, *, version: str, color: str, span_file: str = "") -> TracerProvider:
