@@ -51,7 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finmesh.common.v1 import event_pb2
-from finmesh.platform.db import is_transient
+from finmesh.platform.db import is_transient, write_gate
 from finmesh.platform.logs import get_logger
 from finmesh.platform.telemetry import extract_context, inject_context
 
@@ -438,7 +438,7 @@ class OutboxRelay:
         batch = self._policy.batch_size
         # While the consumer is down, a single head is enough to probe it.
         head_limit = 1 if self._outages else batch
-        async with self._engine.begin() as conn:
+        async with write_gate(self._engine), self._engine.begin() as conn:
             # Heads first, so one aggregate stuck in backoff cannot fill the batch and starve the others.
             heads = (
                 await conn.execute(
@@ -475,7 +475,7 @@ class OutboxRelay:
         if not ids:
             return
         t = self._table
-        async with self._engine.begin() as conn:
+        async with write_gate(self._engine), self._engine.begin() as conn:
             await conn.execute(
                 update(t).where(t.c.id.in_(ids), t.c.delivered_at.is_(None), t.c.dead.is_(False))
                 .values(next_attempt_at=datetime.now(UTC))
@@ -503,7 +503,7 @@ class OutboxRelay:
         t = self._table
         for attempt in (1, 2):
             try:
-                async with self._engine.begin() as conn:
+                async with write_gate(self._engine), self._engine.begin() as conn:
                     await conn.execute(update(t).where(t.c.id.in_(row_ids)).values(delivered_at=datetime.now(UTC)))
                 break
             except Exception as exc:
@@ -521,7 +521,7 @@ class OutboxRelay:
         retry_at = datetime.now(UTC) + timedelta(seconds=self._policy.backoff(row.attempts))
         _log.warning("outbox_delivery_failed", source=self._source, event_id=row.event_id, attempts=attempts,
                      dead=dead, error=type(exc).__name__)
-        async with self._engine.begin() as conn:
+        async with write_gate(self._engine), self._engine.begin() as conn:
             await conn.execute(
                 update(t)
                 .where(t.c.id == row.id)

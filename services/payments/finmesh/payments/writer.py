@@ -36,7 +36,7 @@ from finmesh.payments.domain.limits import limit_day
 from finmesh.payments.store.schema import audit_head, idempotency
 from finmesh.payments.store.tiers import PrincipalTierSource, TierSource
 from finmesh.payments.store.uow import UnitOfWork
-from finmesh.platform.db import is_transient
+from finmesh.platform.db import is_transient, write_gate
 from finmesh.platform.errors import DomainError, FailedPrecondition, InvalidArgument
 from finmesh.platform.idempotency import StoredRefusal
 from finmesh.platform.logs import get_logger
@@ -183,7 +183,9 @@ class LedgerWriter:
 
     async def _commit(self, batch: list[Command]) -> list[_Outcome]:
         now = datetime.now(UTC)
-        async with self._engine.begin() as conn:
+        # The gate: the outbox relay writes to the same SQLite file; taking turns here beats SQLite's busy
+        # handler, which sleeps in growing steps (1, 2, 5, 10 ms...) while the other transaction runs.
+        async with write_gate(self._engine), self._engine.begin() as conn:
             head = (await conn.execute(_HEAD_FOR_UPDATE)).one()
             stored = await self._stored_answers(conn, batch)
             uow = UnitOfWork(conn, now, self.tier_source, self.test_owners)
