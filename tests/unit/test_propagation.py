@@ -150,3 +150,28 @@ def test_extract_matches_opentelemetry_on_canonical_shapes(version: str, trace_i
                                                            flags: str) -> None:
     carrier = {"traceparent": f"{version}-{trace_id}-{span_id}-{flags}"}
     assert_same_context(FinmeshPropagator().extract(carrier), stock().extract(carrier))
+
+
+@pytest.mark.parametrize(("setting", "ours"), [
+    (None, True), ("tracecontext,baggage", True), (" tracecontext , baggage ", True),
+    ("tracecontext", False), ("baggage,tracecontext", False), ("none", False),
+])
+def test_setup_installs_the_propagator_only_for_the_default_setting(monkeypatch: pytest.MonkeyPatch,
+                                                                    setting: str | None, ours: bool) -> None:
+    from opentelemetry import propagate
+
+    from finmesh.platform.telemetry import install_propagator
+
+    if setting is None:
+        monkeypatch.delenv("OTEL_PROPAGATORS", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_PROPAGATORS", setting)
+    previous = propagate.get_global_textmap()
+    configured = stock()  # what OTel would have set up from the setting
+    propagate.set_global_textmap(configured)
+    try:
+        install_propagator()
+        assert isinstance(propagate.get_global_textmap(), FinmeshPropagator) is ours
+        assert ours or propagate.get_global_textmap() is configured
+    finally:
+        propagate.set_global_textmap(previous)
