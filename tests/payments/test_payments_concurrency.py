@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 
 from finmesh.payments import app as payments_app
 from finmesh.payments.config import PaymentsSettings
+from finmesh.payments.domain.limits import limit_day
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.platform.runner import start_app
 from tests.auth import channel as acting_channel
-from tests.payments.harness import GENEROUS_LIMITS, Client, key, money, payments_mesh
+from tests.payments.harness import GENEROUS_LIMITS, Client, key, money, payments_mesh, refusal
 
 
 async def _outcome(call) -> tuple[int, int]:
@@ -79,3 +81,44 @@ async def test_two_replicas_on_one_database_share_the_ledger(databases, tmp_path
             for authorizer in second.authorizers:
                 await authorizer.close()
         await pay.check_books()
+
+
+async def test_a_replica_precheck_on_stale_states_never_refuses_or_overdraws(databases, tmp_path: Path) -> None:
+    """Each payments process pre-checks on the states its own writer last committed (store.recent). Another
+    replica's top-up makes them stale: the payment must still go through (a refusal on a cached state is
+    re-checked against the database). Another replica's spending makes them stale the other way: the writer
+    refuses in its transaction, and nothing is overdrawn."""
+    async with payments_mesh(databases, tmp_path) as pay:
+        first = pay.mesh.services["payments"]
+        settings = PaymentsSettings(host="127.0.0.1", port=0, data_dir=tmp_path, database_url=first.database_url,
+                                    risk_target=pay.mesh.services["risk"].target, notify_target="127.0.0.1:1",
+                                    tier_limits=GENEROUS_LIMITS, service_name="payments",
+                                    **pay.mesh.issuer.settings())
+        second_app = await payments_app.build(settings)
+        second = await start_app(second_app, settings)
+        try:
+            async with acting_channel(f"127.0.0.1:{second.port}", pay.mesh.issuer, pay.mesh.book) as channel:
+                blue, green = pay.client, Client(channel)
+                alice, bob = await blue.wallet(), await blue.wallet()
+                await blue.top_up(alice, 1_000)
+                await blue.pay(alice, bob, 600)  # blue's writer now holds alice at 400
+                assert first.app.writer.recent.payment_states((alice, bob), _today(first)) is not None
+                await green.top_up(alice, 1_000)  # blue does not know: 1,400 in the database
+                paid = await blue.pay(alice, bob, 1_000)
+                assert paid.status == pb.PAYMENT_STATUS_CAPTURED
+                assert await green.triple(alice) == (400, 0, 400)
+                await green.pay(alice, bob, 400)  # alice is empty; blue's states say 400
+                refused = await refusal(blue.pay(alice, bob, 300))
+                assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS")
+                assert await blue.triple(alice) == (0, 0, 0)
+                assert await blue.triple(bob) == (2_000, 0, 2_000)
+        finally:
+            await second.server.stop(0)
+            await second_app.close()
+            for authorizer in second.authorizers:
+                await authorizer.close()
+        await pay.check_books()
+
+
+def _today(service) -> str:
+    return limit_day(datetime.now(UTC), service.app.registrations[0].servicer.deps.limits.utc_offset_minutes)

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.payments.domain.audit import GENESIS_HASH
 from finmesh.payments.domain.limits import limit_day
+from finmesh.payments.store.recent import RecentStates
 from finmesh.payments.store.schema import audit_head, idempotency
 from finmesh.payments.store.tiers import PrincipalTierSource, TierSource
 from finmesh.payments.store.uow import UnitOfWork
@@ -101,6 +102,7 @@ class LedgerWriter:
         self._task: asyncio.Task[None] | None = None
         self._busy = False
         self.batches = 0  # for benchmarks: how many transactions carried the commands
+        self.recent = RecentStates()
 
     async def prepare(self) -> None:
         """Create the audit head row if this is a fresh database."""
@@ -210,6 +212,8 @@ class LedgerWriter:
             if sequence != head.sequence:
                 await conn.execute(_MOVE_HEAD, {"b_sequence": sequence, "b_hash": head_hash})
         self.batches += 1
+        # Committed: these are the ledger's states now (until another replica writes), for the pre-checks.
+        self.recent.remember(uow.account_states(), uow.usage_states())
         if uow.wrote_events:
             self._on_commit()
         return outcomes

@@ -80,26 +80,24 @@ class PaymentRpcs(ServicerBase):
         now = datetime.now(UTC)
         parties = (payment.payer_account_id, payment.payee_account_id)
         day = limit_day(now, self.deps.limits.utc_offset_minutes)
-        # One statement for the owner check, the replay check and the pre-checks (store.precheck), without a
-        # transaction around it (it needs none).
-        snapshot = await read_sync(self.deps.reader, lambda conn: precheck.payment_snapshot(
-            conn, "CreatePayment", request.idempotency_key, parties, day), autocommit=True)
-        # Before the replay: another customer's key must not read this one's stored answer.
-        require_own_account(snapshot.accounts.get(payment.payer_account_id))
-        if snapshot.prior is not None:
-            return replay_stored(snapshot.prior, fingerprint, pb.CreatePaymentResponse)
-        # The snapshot usually answers every pre-check; a connection opens only if one needs more (a tier).
-        async with on_demand_reads(self.deps.reader) as conn:
-            uow = UnitOfWork(conn, now, self.deps.writer.tier_source)  # type: ignore[arg-type]
-            uow.preload(parties, snapshot.accounts, snapshot.usage)
+        marked = synthetic.requested(context)
+        checked = await self._precheck_recent(payment, parties, day, now, marked)
+        if checked is None:
+            # One statement for the owner check, the replay check and the pre-checks (store.precheck), without
+            # a transaction around it (it needs none).
+            snapshot = await read_sync(self.deps.reader, lambda conn: precheck.payment_snapshot(
+                conn, "CreatePayment", request.idempotency_key, parties, day), autocommit=True)
+            self.deps.writer.recent.fill(snapshot.accounts.values(),
+                                         [(k, v) for k, v in snapshot.usage.items() if v is not None])
+            # Before the replay: another customer's key must not read this one's stored answer.
+            require_own_account(snapshot.accounts.get(payment.payer_account_id))
+            if snapshot.prior is not None:
+                return replay_stored(snapshot.prior, fingerprint, pb.CreatePaymentResponse)
             try:
-                payer, payee, tier = await self._precheck(uow, payment, synthetic.requested(context))
+                checked = await self._precheck_on(snapshot.accounts, snapshot.usage, payment, parties, now, marked)
             except DomainError as error:
-                refusal = error
-            else:
-                refusal = None
-        if refusal is not None:
-            return await self._refuse("CreatePayment", request, pb.CreatePaymentResponse, refusal)
+                return await self._refuse("CreatePayment", request, pb.CreatePaymentResponse, error)
+        payer, payee, tier = checked
         payment_id = str(uuid.uuid5(_PAYMENT_NAMESPACE, request.idempotency_key))
         test_payment = between_test_accounts((payer.owner_id, payee.owner_id), self.deps.writer.test_owners)
         verdict = await self._assess(payment_id, payment, payer, tier, risk_context, context, test_payment)
@@ -114,6 +112,31 @@ class PaymentRpcs(ServicerBase):
         _log.info("payment_created", payment_id=payment_id, status=pb.PaymentStatus.Name(reply.payment.status),
                   risk_decision=verdict.decision.value, **({"synthetic": True} if test_payment else {}))
         return reply
+
+    async def _precheck_recent(self, payment: PaymentRequest, parties: tuple[str, str], day: str, now: datetime,
+                               marked: bool) -> tuple[AccountState, AccountState, str] | None:
+        """The pre-check on the states this process's ledger writer last committed (store.recent), when it has
+        them all and they pass; None means: read the database and check again. A possibly stale state never
+        refuses a payment; one that passes is checked again by the writer in its transaction. Replays need no
+        check here either: the writer answers a used key from its stored answer."""
+        states = self.deps.writer.recent.payment_states(parties, day)
+        if states is None:
+            return None
+        accounts, usage = states
+        try:
+            require_own_account(accounts[payment.payer_account_id])  # owners never change: a cached one holds
+            return await self._precheck_on(accounts, usage, payment, parties, now, marked)
+        except DomainError:
+            return None
+
+    async def _precheck_on(self, accounts: dict[str, AccountState], usage: dict[Any, Any], payment: PaymentRequest,
+                           parties: tuple[str, str], now: datetime,
+                           marked: bool) -> tuple[AccountState, AccountState, str]:
+        # The states usually answer every pre-check; a connection opens only if one needs more (a tier).
+        async with on_demand_reads(self.deps.reader) as conn:
+            uow = UnitOfWork(conn, now, self.deps.writer.tier_source)  # type: ignore[arg-type]
+            uow.preload(parties, accounts, usage)
+            return await self._precheck(uow, payment, marked)
 
     async def _precheck(self, uow: UnitOfWork, payment: PaymentRequest,
                         marked: bool) -> tuple[AccountState, AccountState, str]:

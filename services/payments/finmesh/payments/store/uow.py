@@ -424,6 +424,13 @@ class UnitOfWork:
         await self.conn.execute(_INSERT["audit_log"], values)
         return sequence, prev_hash
 
+    def account_states(self) -> list[AccountState]:
+        """Every account state this unit holds (as flushed, once its transaction has committed)."""
+        return [state for state in self._accounts.values() if state is not None]
+
+    def usage_states(self) -> list[tuple[tuple[str, str, str], Usage]]:
+        return [(key, usage) for key, usage in self._usage.items() if usage is not None]
+
     @property
     def wrote_events(self) -> bool:
         return bool(self._appended["events"])
