@@ -82,6 +82,10 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("dead", Boolean, nullable=False, default=False),
         UniqueConstraint("aggregate_id", "sequence", name="uq_outbox_aggregate_sequence"),
         Index("ix_outbox_pending", "delivered_at", "dead", "id"),
+        # The claim's head check asks for an aggregate's earlier undelivered events: through the unique
+        # (aggregate_id, sequence) key it walked the aggregate's whole history, delivered events included, so a
+        # busy account's claims slowed down as it aged. Here it reads the undelivered ones only.
+        Index("ix_outbox_aggregate_pending", "aggregate_id", "delivered_at", "dead", "sequence"),
     )
 
 
