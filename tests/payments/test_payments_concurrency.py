@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,31 +57,18 @@ async def test_mixed_operations_racing_on_one_wallet_never_overdraw(databases, t
 async def test_two_replicas_on_one_database_share_the_ledger(databases, tmp_path: Path) -> None:
     """Blue and green write the same database at once: no overdraft, one unbroken audit chain."""
     async with payments_mesh(databases, tmp_path) as pay:
-        first = pay.mesh.services["payments"]
-        settings = PaymentsSettings(host="127.0.0.1", port=0, data_dir=tmp_path, database_url=first.database_url,
-                                    risk_target=pay.mesh.services["risk"].target, notify_target="127.0.0.1:1",
-                                    tier_limits=GENEROUS_LIMITS, service_name="payments",
-                                    **pay.mesh.issuer.settings())
-        second_app = await payments_app.build(settings)
-        second = await start_app(second_app, settings)
-        try:
-            async with acting_channel(f"127.0.0.1:{second.port}", pay.mesh.issuer, pay.mesh.book) as channel:
-                blue, green = pay.client, Client(channel)
-                alice, bob = await blue.wallet(), await green.wallet()
-                await green.top_up(alice, 8_000)
-                calls = [(blue if i % 2 else green).pay(alice, bob, 1_000) for i in range(16)]
-                results = await asyncio.gather(*calls, return_exceptions=True)
-                paid = [r for r in results if isinstance(r, pb.Payment)]
-                refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
-                assert len(paid) == 8 and len(refused) == 8
-                assert await green.triple(alice) == (0, 0, 0)
-                assert await blue.triple(bob) == (8_000, 0, 8_000)
-                assert (await green.verify_audit()).intact
-        finally:
-            await second.server.stop(0)
-            await second_app.close()
-            for authorizer in second.authorizers:
-                await authorizer.close()
+        async with second_replica(pay, tmp_path) as green:
+            blue = pay.client
+            alice, bob = await blue.wallet(), await green.wallet()
+            await green.top_up(alice, 8_000)
+            calls = [(blue if i % 2 else green).pay(alice, bob, 1_000) for i in range(16)]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            paid = [r for r in results if isinstance(r, pb.Payment)]
+            refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+            assert len(paid) == 8 and len(refused) == 8
+            assert await green.triple(alice) == (0, 0, 0)
+            assert await blue.triple(bob) == (8_000, 0, 8_000)
+            assert (await green.verify_audit()).intact
         await pay.check_books()
 
 
@@ -90,34 +79,41 @@ async def test_a_replica_precheck_on_stale_states_never_refuses_or_overdraws(dat
     refuses in its transaction, and nothing is overdrawn."""
     async with payments_mesh(databases, tmp_path) as pay:
         first = pay.mesh.services["payments"]
-        settings = PaymentsSettings(host="127.0.0.1", port=0, data_dir=tmp_path, database_url=first.database_url,
-                                    risk_target=pay.mesh.services["risk"].target, notify_target="127.0.0.1:1",
-                                    tier_limits=GENEROUS_LIMITS, service_name="payments",
-                                    **pay.mesh.issuer.settings())
-        second_app = await payments_app.build(settings)
-        second = await start_app(second_app, settings)
-        try:
-            async with acting_channel(f"127.0.0.1:{second.port}", pay.mesh.issuer, pay.mesh.book) as channel:
-                blue, green = pay.client, Client(channel)
-                alice, bob = await blue.wallet(), await blue.wallet()
-                await blue.top_up(alice, 1_000)
-                await blue.pay(alice, bob, 600)  # blue's writer now holds alice at 400
-                assert first.app.writer.recent.payment_states((alice, bob), _today(first)) is not None
-                await green.top_up(alice, 1_000)  # blue does not know: 1,400 in the database
-                paid = await blue.pay(alice, bob, 1_000)
-                assert paid.status == pb.PAYMENT_STATUS_CAPTURED
-                assert await green.triple(alice) == (400, 0, 400)
-                await green.pay(alice, bob, 400)  # alice is empty; blue's states say 400
-                refused = await refusal(blue.pay(alice, bob, 300))
-                assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS")
-                assert await blue.triple(alice) == (0, 0, 0)
-                assert await blue.triple(bob) == (2_000, 0, 2_000)
-        finally:
-            await second.server.stop(0)
-            await second_app.close()
-            for authorizer in second.authorizers:
-                await authorizer.close()
+        async with second_replica(pay, tmp_path) as green:
+            blue = pay.client
+            alice, bob = await blue.wallet(), await blue.wallet()
+            await blue.top_up(alice, 1_000)
+            await blue.pay(alice, bob, 600)  # blue's writer now holds alice at 400
+            assert first.app.writer.recent.payment_states((alice, bob), _today(first)) is not None
+            await green.top_up(alice, 1_000)  # blue does not know: 1,400 in the database
+            paid = await blue.pay(alice, bob, 1_000)
+            assert paid.status == pb.PAYMENT_STATUS_CAPTURED
+            assert await green.triple(alice) == (400, 0, 400)
+            await green.pay(alice, bob, 400)  # alice is empty; blue's states say 400
+            refused = await refusal(blue.pay(alice, bob, 300))
+            assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS")
+            assert await blue.triple(alice) == (0, 0, 0)
+            assert await blue.triple(bob) == (2_000, 0, 2_000)
         await pay.check_books()
+
+
+@asynccontextmanager
+async def second_replica(pay, tmp_path: Path) -> AsyncIterator[Client]:
+    """A second payments process on the first one's database (blue-green's other color), and a client to it."""
+    settings = PaymentsSettings(host="127.0.0.1", port=0, data_dir=tmp_path,
+                                database_url=pay.mesh.services["payments"].database_url,
+                                risk_target=pay.mesh.services["risk"].target, notify_target="127.0.0.1:1",
+                                tier_limits=GENEROUS_LIMITS, service_name="payments", **pay.mesh.issuer.settings())
+    app = await payments_app.build(settings)
+    running = await start_app(app, settings)
+    try:
+        async with acting_channel(f"127.0.0.1:{running.port}", pay.mesh.issuer, pay.mesh.book) as channel:
+            yield Client(channel)
+    finally:
+        await running.server.stop(0)
+        await app.close()
+        for authorizer in running.authorizers:
+            await authorizer.close()
 
 
 def _today(service) -> str:
