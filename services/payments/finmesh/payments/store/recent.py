@@ -48,7 +48,8 @@ class _Bounded(Generic[K, V]):
 
 
 class RecentStates:
-    def __init__(self, capacity: int = 50_000) -> None:
+    # ~0.4 KiB per account and per usage entry: 10,000 of each is ~8 MiB, and covers the accounts that pay often.
+    def __init__(self, capacity: int = 10_000) -> None:
         self._accounts: _Bounded[str, AccountState] = _Bounded(capacity)
         self._usage: _Bounded[tuple[str, str, str], Usage] = _Bounded(capacity)
 
