@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from finmesh.platform.db import autocommit_reads, create_engine, create_read_engine
+from finmesh.platform.db import create_engine, create_read_engine, read_sync
 from finmesh.platform.sqlite_driver import OneHopConnection
 
 
@@ -77,9 +77,9 @@ async def test_hops_per_read_and_write(engine, tmp_path: Path, monkeypatch: pyte
         async with reader.connect() as conn:
             assert (await conn.execute(text("SELECT id FROM t WHERE id IN (1, 2)"))).all() == []
         assert counter.take() == ["_run", "rollback"]  # BEGIN travels with the query (the stock adapter: ~10)
-        async with reader.connect() as conn:
-            conn = await autocommit_reads(conn)
-            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+        count = await read_sync(reader, lambda conn: conn.execute(text("SELECT count(*) FROM t")).scalar(),
+                                autocommit=True)
+        assert count == 0
         assert counter.take() == ["_run"]  # nothing to roll back
         async with engine.begin() as conn:
             await conn.execute(text("INSERT INTO t (name) VALUES ('w')"))

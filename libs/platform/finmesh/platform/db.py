@@ -35,13 +35,16 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """Engine for `url`. SQLite gets WAL and BEGIN IMMEDIATE so writers queue instead of deadlocking."""
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_async_engine(url, connect_args={"timeout": 30}, module=sqlite_driver.dbapi())
-        _tune_sqlite(engine)
+        tune_sqlite(engine.sync_engine)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
-def _tune_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def tune_sqlite(engine: Any) -> None:
+    """WAL, durable commits, foreign keys, a busy timeout, and BEGIN IMMEDIATE, for a (sync) SQLite Engine:
+    the service's writer engine, or any other engine that writes the same file (risk's writer thread)."""
+
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin.
         dbapi_connection.isolation_level = None
@@ -53,7 +56,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # Take the write lock up front: a read-then-write transaction cannot
         # be refused half-way with SQLITE_BUSY.
@@ -106,7 +109,8 @@ async def read_sync(engine: AsyncEngine, read: Callable[[Connection], T], *, aut
     Each call on an AsyncConnection (connect, execute, close) bridges into a greenlet of its own; for a hot
     read of one statement that bridging cost more CPU than the statement (CreatePayment's pre-check: ~0.66 ->
     ~0.39 ms of the event loop's time). `read` must only read. `autocommit`: no transaction around the
-    statements (see autocommit_reads), for a read of one statement."""
+    statements (each sees a snapshot of its own), for a read of one statement: on SQLite it spares the
+    two trips to the driver's thread that BEGIN and ROLLBACK cost, on PostgreSQL two round trips."""
     return await greenlet_spawn(_read_on_connection, engine.sync_engine, read, autocommit)
 
 
@@ -139,13 +143,6 @@ class OnDemandReads:
 async def on_demand_reads(engine: AsyncEngine) -> AsyncIterator[OnDemandReads]:
     async with contextlib.AsyncExitStack() as stack:
         yield OnDemandReads(engine, stack)
-
-
-async def autocommit_reads(conn: AsyncConnection) -> AsyncConnection:
-    """`conn` (from a read engine) with no transaction around its reads: each statement sees a snapshot of
-    its own. For a read of one statement, where a transaction adds nothing: on SQLite it spares the two
-    trips to the driver's thread that BEGIN and ROLLBACK cost. (PostgreSQL reads are unchanged.)"""
-    return await conn.execution_options(**{_AUTOCOMMIT_READS: True})
 
 
 # PostgreSQL SQLSTATEs after which the transaction is gone and the same call may succeed on another try:

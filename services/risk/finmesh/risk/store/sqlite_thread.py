@@ -20,11 +20,11 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.platform.db import write_gate
+from finmesh.platform.db import tune_sqlite, write_gate
 
 T = TypeVar("T")
 
@@ -66,7 +66,7 @@ class SqliteWriteThread:
         self.engine = engine  # the service's engine: its write gate orders this thread's transactions with the others
         self._sync = create_sync_engine(engine.url.set(drivername="sqlite"), connect_args={"timeout": 30},
                                         pool_size=1, max_overflow=0)
-        _tune(self._sync)
+        tune_sqlite(self._sync)  # the settings the service's own engine has
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="risk-sqlite-writer")
         # Kept open between transactions (used only on the worker thread): a pool checkout and the rollback
         # that resets a returned connection cost as much as a small statement.
@@ -102,21 +102,3 @@ class SqliteWriteThread:
         await loop.run_in_executor(self._executor, self._disconnect)  # on the thread that uses it
         await loop.run_in_executor(None, self._executor.shutdown)
         self._sync.dispose()
-
-
-def _tune(engine: Any) -> None:
-    """The settings finmesh.platform.db gives the service's own SQLite engine, for this connection too."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _: Any) -> None:
-        dbapi_connection.isolation_level = None  # SQLAlchemy, not the driver, decides when transactions begin
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not only a process crash
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock up front: never refused half-way with SQLITE_BUSY
