@@ -7,6 +7,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 
 import aiohttp
 import grpc
@@ -32,12 +33,19 @@ class Person:
     email: str
 
 
+_OLDEST_BIRTH = date(1960, 1, 1)
+_BIRTH_SPAN_DAYS = (date(2000, 12, 31) - _OLDEST_BIRTH).days
+
+
 def new_people() -> tuple[Person, Person]:
     """Two synthetic people (valid check digits, example.com mail) no earlier run registered: identity
     refuses a second registration of anyone, and `finmesh demo` may run again against one mesh."""
     people = []
-    for name, region, birth in (("测试甲", "110105", "19900517"), ("测试乙", "440305", "19851120")):
+    for name, region in (("测试甲", "110105"), ("测试乙", "440305")):
         tag = secrets.randbelow(10**8)
+        # A random adult birth date as well as a sequence number: with the date fixed there were 1,000 numbers
+        # per region, and a bench onboarding several payers per mesh drew a taken one (identity refuses it).
+        birth = (_OLDEST_BIRTH + timedelta(days=secrets.randbelow(_BIRTH_SPAN_DAYS))).strftime("%Y%m%d")
         first17 = f"{region}{birth}{secrets.randbelow(1000):03d}"
         people.append(Person(name, first17 + check_char(first17), f"+86138{tag:08d}",
                              f"demo-{tag:08d}-{len(people)}@example.com"))
