@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from sqlalchemy import text
 
@@ -263,3 +264,50 @@ def _check_colors(spans: list[Any], processes: list[ServiceProcess]) -> None:
         # SIGTERM is handled: the runner logs the drain and a clean stop (docs/DEPLOY.md contract).
         assert "draining" in events and "stopped" in events, (proc.name, events[-5:])
         assert events.index("draining") < events.index("stopped"), proc.name
+
+
+class _ScriptedStub:
+    """A PaymentsService stub whose CreatePayment answers with the next scripted status code, or a reply."""
+
+    def __init__(self, *outcomes: grpc.StatusCode | None) -> None:
+        self._outcomes = list(outcomes)
+        self.requests: list[pb.CreatePaymentRequest] = []
+
+    async def CreatePayment(self, request: pb.CreatePaymentRequest, timeout: float) -> pb.CreatePaymentResponse:
+        self.requests.append(request)
+        code = self._outcomes.pop(0)
+        if code is not None:
+            raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=code.name)
+        return pb.CreatePaymentResponse(payment=pb.Payment(payment_id="p-1", status=pb.PAYMENT_STATUS_CAPTURED))
+
+
+async def _one_call(stub: _ScriptedStub) -> Any:
+    load = PaymentLoad("unused:0", ["payer"], ["payee"], "run", LoadShape(attempts=4))
+    record = load.record(0)
+    await load._call(stub, record)  # type: ignore[arg-type]  # duck-typed: _call uses CreatePayment only
+    return record
+
+
+async def test_drill_client_retries_a_server_cancel_with_the_same_key() -> None:
+    """A CANCELLED from a draining server (grpc cancels the calls it had not handed to the handler) is
+    retried like UNAVAILABLE: the identical request, same idempotency key, until it is answered."""
+    stub = _ScriptedStub(grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE, None)
+    record = await _one_call(stub)
+    assert (record.payment_id, record.retried_codes, record.error) == ("p-1", ["CANCELLED", "UNAVAILABLE"], "")
+    assert len(stub.requests) == 3 and all(r == stub.requests[0] for r in stub.requests), stub.requests
+    assert stub.requests[0].idempotency_key == record.key
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED])
+async def test_drill_client_reports_other_errors_without_retrying(code: grpc.StatusCode) -> None:
+    """Any other code is a failure the drill reports, after one attempt."""
+    stub = _ScriptedStub(code, None)
+    record = await _one_call(stub)
+    assert (record.acknowledged, record.attempts, record.error) == (False, 1, f"{code.name}: {code.name}")
+
+
+async def test_drill_client_gives_up_after_its_attempts() -> None:
+    """Retries are bounded: a server that keeps cancelling fails the call after shape.attempts tries."""
+    stub = _ScriptedStub(*[grpc.StatusCode.CANCELLED] * 4)
+    record = await _one_call(stub)
+    assert (record.acknowledged, record.attempts, record.error) == (False, 4, "CANCELLED: CANCELLED")

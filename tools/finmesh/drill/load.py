@@ -1,10 +1,10 @@
 """A steady, bounded payment load: a fixed number of payments at a fixed rate, each with its own idempotency key.
 
 The client's retry policy is the one the contracts make safe: UNAVAILABLE
-(nothing answered, or the server refused the call while draining) is retried
-with the same key and the same request, so a payment that did commit is
-answered from the stored reply instead of being made twice. Anything else is a
-failure the drill reports.
+(nothing answered, or the server refused the call while draining) and a
+CANCELLED sent by the server (see _RETRYABLE) are retried with the same key and
+the same request, so a payment that did commit is answered from the stored
+reply instead of being made twice. Anything else is a failure the drill reports.
 """
 
 from __future__ import annotations
@@ -18,6 +18,15 @@ import grpc
 from finmesh.common.v1 import money_pb2
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
+
+# Codes after which the identical request goes again with the same idempotency key; either may have
+# committed, and the key makes a retry answer from the stored reply. CANCELLED is here because a
+# draining server sends it: grpc's C-core (1.85) cancels, rather than refuses, the calls it had
+# received but not yet handed to the application when stop() begins, and those that arrive before its
+# GOAWAY reaches the client (https://github.com/grpc/grpc/issues/41785); grpc.aio has no way to send
+# GOAWAY without stopping. Our own cancellation never shows up here: grpc.aio raises
+# asyncio.CancelledError for a locally cancelled call, not AioRpcError.
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 
 @dataclass
@@ -136,7 +145,7 @@ class PaymentLoad:
             try:
                 reply = await stub.CreatePayment(request, timeout=s.deadline)
             except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.UNAVAILABLE and record.attempts < s.attempts:
+                if error.code() in _RETRYABLE and record.attempts < s.attempts:
                     record.retried_codes.append(error.code().name)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 0.5)
