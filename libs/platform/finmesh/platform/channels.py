@@ -23,7 +23,7 @@ _DEADLINE_MARGIN_MAX_SECONDS = 0.25
 
 
 def _service_config(idempotent_methods: list[tuple[str, str]], spread: bool = False) -> str:
-    """gRPC service config retrying UNAVAILABLE, for the named (service, method) pairs only.
+    """gRPC service config retrying UNAVAILABLE and CANCELLED, for the named (service, method) pairs only.
 
     `spread`: balance calls round robin over the target's addresses (gRPC's default, pick_first,
     would send them all to the first one)."""
@@ -41,7 +41,11 @@ def _service_config(idempotent_methods: list[tuple[str, str]], spread: bool = Fa
                         "initialBackoff": "0.05s",
                         "maxBackoff": "1s",
                         "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
+                        # CANCELLED: a draining callee cancels the calls it holds undispatched when it
+                        # stops, instead of refusing them UNAVAILABLE (grpc C-core 1.85,
+                        # https://github.com/grpc/grpc/issues/41785). Only idempotent methods are named
+                        # here, and our own cancellation never retries (it ends the call).
+                        "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
                     },
                 }
             ]
