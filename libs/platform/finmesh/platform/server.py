@@ -51,7 +51,14 @@ class RunningServer:
             await self.health.set(name, status)
 
     async def drain(self, settings: ServiceSettings) -> None:
-        """Report NOT_SERVING, wait for balancers to notice, then stop with a grace period."""
+        """Report NOT_SERVING, wait for balancers to notice, then stop with a grace period.
+
+        The server keeps serving through the delay because stop() is the only GOAWAY grpc.aio can send
+        (besides max connection age), and at stop() grpc's C-core cancels, with CANCELLED rather than
+        UNAVAILABLE, the calls it holds not yet handed to a handler and those arriving before the
+        client reads the GOAWAY (https://github.com/grpc/grpc/issues/41785). No handler ran for them:
+        callers retry them (mesh channels on idempotent methods; clients with an idempotency key).
+        """
         await self.set_serving(False)
         if settings.drain_delay_seconds:
             await asyncio.sleep(settings.drain_delay_seconds)
