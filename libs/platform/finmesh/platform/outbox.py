@@ -41,6 +41,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    bindparam,
     delete,
     exists,
     func,
@@ -254,6 +255,45 @@ class EventRefused(Exception):
 BATCH_REPROBE_SECONDS = 60.0
 
 
+# The columns a relay reads of a claimed event: what the consumer gets and what a failure updates.
+_SENT_COLUMNS = ("id", "event_id", "event_type", "aggregate_id", "sequence", "user_id", "payload", "traceparent",
+                 "tracestate", "occurred_at", "attempts")
+
+
+class _RelayStatements:
+    """A relay's statements, built once per table: building a SELECT with a WHERE clause (and its cache key)
+    costs more CPU than SQLite takes to run it, and every round runs five of them."""
+
+    def __init__(self, t: Table, batch_size: int) -> None:
+        live = (t.c.delivered_at.is_(None), t.c.dead.is_(False))
+        due = (*live, t.c.next_attempt_at <= bindparam("now"))
+        earlier = t.alias("earlier")
+        is_head = ~exists().where(earlier.c.aggregate_id == t.c.aggregate_id, earlier.c.sequence < t.c.sequence,
+                                  earlier.c.delivered_at.is_(None), earlier.c.dead.is_(False))
+        sent = [t.c[name] for name in _SENT_COLUMNS]
+        aggregates = t.c.aggregate_id.in_(bindparam("aggregates", expanding=True))
+        ids = t.c.id.in_(bindparam("ids", expanding=True))
+
+        def heads(limit: int) -> Any:
+            return (select(*sent).where(*due, is_head).order_by(t.c.id).limit(limit)
+                    .with_for_update(skip_locked=True, of=t))
+
+        # Heads first, so one aggregate stuck in backoff cannot fill the batch and starve the others;
+        # while the consumer is down a single head is enough to probe it.
+        self.heads = heads(batch_size)
+        self.probe_head = heads(1)
+        self.followers = (select(*sent).where(*due, aggregates).order_by(t.c.id).limit(batch_size)
+                          .with_for_update(skip_locked=True, of=t))
+        self.pending = select(t.c.id, t.c.aggregate_id).where(*live, aggregates, t.c.id <= bindparam("last_id")) \
+            .order_by(t.c.id)
+        self.lease = update(t).where(ids).values(next_attempt_at=bindparam("until"))
+        self.release = update(t).where(ids, *live).values(next_attempt_at=bindparam("at"))
+        self.mark_delivered = update(t).where(ids).values(delivered_at=bindparam("at"))
+        self.record_failure = update(t).where(t.c.id == bindparam("b_id")).values(
+            attempts=bindparam("b_attempts"), dead=bindparam("b_dead"), next_attempt_at=bindparam("b_retry_at"),
+            last_error=bindparam("b_last_error"))
+
+
 class OutboxRelay:
     """Delivers pending outbox events through `deliver`, in order per aggregate, at least once."""
 
@@ -268,6 +308,7 @@ class OutboxRelay:
         self._deliver_batch = deliver_batch or getattr(getattr(deliver, "__self__", None), "deliver_batch", None)
         self._batch_off_until = 0.0
         self._policy = policy or RelayPolicy()
+        self._sql = _RelayStatements(table, self._policy.batch_size)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Consecutive rounds in which the consumer was unreachable.
@@ -433,57 +474,29 @@ class OutboxRelay:
         keeps concurrent claims apart; the head check keeps a replica from
         starting an aggregate in the middle while another holds its head.
         """
-        t = self._table
-        now = datetime.now(UTC)
-        live = (t.c.delivered_at.is_(None), t.c.dead.is_(False))
-        earlier = t.alias("earlier")
-        is_head = ~exists().where(earlier.c.aggregate_id == t.c.aggregate_id, earlier.c.sequence < t.c.sequence,
-                                  earlier.c.delivered_at.is_(None), earlier.c.dead.is_(False))
-        batch = self._policy.batch_size
-        # While the consumer is down, a single head is enough to probe it.
-        head_limit = 1 if self._outages else batch
+        sql, now = self._sql, datetime.now(UTC)
         async with write_gate(self._engine), self._engine.begin() as conn:
-            # Heads first, so one aggregate stuck in backoff cannot fill the batch and starve the others.
-            heads = (
-                await conn.execute(
-                    select(t).where(*live, t.c.next_attempt_at <= now, is_head)
-                    .order_by(t.c.id).limit(head_limit).with_for_update(skip_locked=True, of=t)
-                )
-            ).all()
+            heads = (await conn.execute(sql.probe_head if self._outages else sql.heads, {"now": now})).all()
             if not heads:
                 return []
-            aggregates = {row.aggregate_id for row in heads}
-            followers = (
-                await conn.execute(
-                    select(t).where(*live, t.c.next_attempt_at <= now, t.c.aggregate_id.in_(aggregates))
-                    .order_by(t.c.id).limit(batch).with_for_update(skip_locked=True, of=t)
-                )
-            ).all()
+            aggregates = sorted({row.aggregate_id for row in heads})
+            followers = (await conn.execute(sql.followers, {"now": now, "aggregates": aggregates})).all()
             candidates = list({row.id: row for row in [*heads, *followers]}.values())
-            pending = (
-                await conn.execute(
-                    select(t.c.id, t.c.aggregate_id)
-                    .where(*live, t.c.aggregate_id.in_(aggregates), t.c.id <= max(row.id for row in candidates))
-                    .order_by(t.c.id)
-                )
-            ).all()
+            pending = (await conn.execute(sql.pending, {"aggregates": aggregates,
+                                                        "last_id": max(row.id for row in candidates)})).all()
             runs = head_runs(candidates, pending)
             ids = [row.id for run in runs for row in run]
             if ids:
-                lease = now + timedelta(seconds=self._policy.lease_seconds)
-                await conn.execute(update(t).where(t.c.id.in_(ids)).values(next_attempt_at=lease))
+                await conn.execute(sql.lease, {"ids": ids,
+                                               "until": now + timedelta(seconds=self._policy.lease_seconds)})
         self._held.update(ids)
         return runs
 
     async def _release(self, ids: list[int]) -> None:
         if not ids:
             return
-        t = self._table
         async with write_gate(self._engine), self._engine.begin() as conn:
-            await conn.execute(
-                update(t).where(t.c.id.in_(ids), t.c.delivered_at.is_(None), t.c.dead.is_(False))
-                .values(next_attempt_at=datetime.now(UTC))
-            )
+            await conn.execute(self._sql.release, {"ids": ids, "at": datetime.now(UTC)})
         self._held.difference_update(ids)
 
     async def _deliver_one(self, row: Any) -> str:
@@ -504,11 +517,10 @@ class OutboxRelay:
     async def _mark_delivered(self, row_ids: list[int]) -> None:
         if not row_ids:
             return
-        t = self._table
         for attempt in (1, 2):
             try:
                 async with write_gate(self._engine), self._engine.begin() as conn:
-                    await conn.execute(update(t).where(t.c.id.in_(row_ids)).values(delivered_at=datetime.now(UTC)))
+                    await conn.execute(self._sql.mark_delivered, {"ids": row_ids, "at": datetime.now(UTC)})
                 break
             except Exception as exc:
                 # The consumer has the events: a dropped connection here would leave them (and every later
@@ -519,19 +531,15 @@ class OutboxRelay:
         self._held.difference_update(row_ids)
 
     async def _record_failure(self, row: Any, exc: Exception) -> None:
-        t = self._table
         attempts = row.attempts + 1
         dead = attempts >= self._policy.max_attempts
         retry_at = datetime.now(UTC) + timedelta(seconds=self._policy.backoff(row.attempts))
         _log.warning("outbox_delivery_failed", source=self._source, event_id=row.event_id, attempts=attempts,
                      dead=dead, error=type(exc).__name__)
         async with write_gate(self._engine), self._engine.begin() as conn:
-            await conn.execute(
-                update(t)
-                .where(t.c.id == row.id)
-                .values(attempts=attempts, dead=dead, next_attempt_at=retry_at,
-                        last_error=f"{type(exc).__name__}: {exc}"[:500])
-            )
+            await conn.execute(self._sql.record_failure, {"b_id": row.id, "b_attempts": attempts, "b_dead": dead,
+                                                          "b_retry_at": retry_at,
+                                                          "b_last_error": f"{type(exc).__name__}: {exc}"[:500]})
         self._held.discard(row.id)
 
     async def redrive(self, event_id: str) -> bool:
