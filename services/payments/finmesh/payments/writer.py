@@ -37,10 +37,12 @@ from finmesh.payments.store.recent import RecentStates
 from finmesh.payments.store.schema import audit_head, idempotency
 from finmesh.payments.store.tiers import PrincipalTierSource, TierSource
 from finmesh.payments.store.uow import UnitOfWork
+from finmesh.platform import sqlite_thread
 from finmesh.platform.db import is_transient, write_gate
 from finmesh.platform.errors import DomainError, FailedPrecondition, InvalidArgument
 from finmesh.platform.idempotency import StoredRefusal
 from finmesh.platform.logs import get_logger
+from finmesh.platform.sqlite_thread import SqliteWriteThread
 from finmesh.platform.telemetry import inject_context
 
 _log = get_logger("finmesh.payments.writer")
@@ -103,6 +105,10 @@ class LedgerWriter:
         self._busy = False
         self.batches = 0  # for benchmarks: how many transactions carried the commands
         self.recent = RecentStates()
+        # On an SQLite file each batch's transaction runs whole on a thread of its own: one hand-off per batch
+        # instead of a greenlet and a driver-thread hop per statement (about fifteen a batch). The commands'
+        # code is the same either way; PostgreSQL (and in-memory SQLite) keep the async engine.
+        self._thread = SqliteWriteThread(engine, "payments-ledger-writer") if sqlite_thread.supports(engine) else None
 
     async def prepare(self) -> None:
         """Create the audit head row if this is a fresh database."""
@@ -126,6 +132,8 @@ class LedgerWriter:
             if command.future and not command.future.done():
                 command.future.set_exception(asyncio.CancelledError())
         self._queue.clear()
+        if self._thread is not None:
+            await self._thread.close()
 
     async def submit(self, command: Command) -> Message:
         """Run `command` in the next batch; its reply, or its refusal raised."""
@@ -185,38 +193,50 @@ class LedgerWriter:
 
     async def _commit(self, batch: list[Command]) -> list[_Outcome]:
         now = datetime.now(UTC)
-        # The gate: the outbox relay writes to the same SQLite file; taking turns here beats SQLite's busy
-        # handler, which sleeps in growing steps (1, 2, 5, 10 ms...) while the other transaction runs.
-        async with write_gate(self._engine), self._engine.begin() as conn:
-            head = (await conn.execute(_HEAD_FOR_UPDATE)).one()
-            stored = await self._stored_answers(conn, batch)
-            uow = UnitOfWork(conn, now, self.tier_source, self.test_owners)
-            fresh = [c for c in batch if (c.method, c.key) not in stored]
-            await uow.load_accounts(a for c in fresh for a in c.accounts)
-            if any(c.accounts for c in fresh):
-                await uow.prefetch_limit_state(limit_day(now, self._limits_offset))
-            outcomes: list[_Outcome] = []
-            answers: dict[tuple[str, str], dict[str, Any]] = {}
-            for command in batch:
-                prior = stored.get((command.method, command.key)) or answers.get((command.method, command.key))
-                if prior is not None:
-                    outcomes.append(_replay(prior, command))
-                    continue
-                outcome, answer = await self._apply(uow, command, now)
-                outcomes.append(outcome)
-                if answer is not None:
-                    answers[(command.method, command.key)] = answer
-            sequence, head_hash = await uow.flush(head.sequence, head.hash)
-            if answers:
-                await conn.execute(_INSERT_ANSWERS, list(answers.values()))
-            if sequence != head.sequence:
-                await conn.execute(_MOVE_HEAD, {"b_sequence": sequence, "b_hash": head_hash})
+
+        async def work(conn: Any) -> tuple[list[_Outcome], UnitOfWork]:
+            return await self._transaction(conn, batch, now)
+
+        if self._thread is not None:
+            outcomes, uow = await self._thread.transaction(work)
+        else:
+            # The gate: the outbox relay writes to the same SQLite file; taking turns here beats SQLite's busy
+            # handler, which sleeps in growing steps (1, 2, 5, 10 ms...) while the other transaction runs.
+            async with write_gate(self._engine), self._engine.begin() as conn:
+                outcomes, uow = await work(conn)
         self.batches += 1
         # Committed: these are the ledger's states now (until another replica writes), for the pre-checks.
         self.recent.remember(uow.account_states(), uow.usage_states())
         if uow.wrote_events:
             self._on_commit()
         return outcomes
+
+    async def _transaction(self, conn: Any, batch: list[Command], now: datetime) -> tuple[list[_Outcome], UnitOfWork]:
+        """The batch's reads, commands and writes in the transaction `conn` is in (committed by the caller)."""
+        head = (await conn.execute(_HEAD_FOR_UPDATE)).one()
+        stored = await self._stored_answers(conn, batch)
+        uow = UnitOfWork(conn, now, self.tier_source, self.test_owners)
+        fresh = [c for c in batch if (c.method, c.key) not in stored]
+        await uow.load_accounts(a for c in fresh for a in c.accounts)
+        if any(c.accounts for c in fresh):
+            await uow.prefetch_limit_state(limit_day(now, self._limits_offset))
+        outcomes: list[_Outcome] = []
+        answers: dict[tuple[str, str], dict[str, Any]] = {}
+        for command in batch:
+            prior = stored.get((command.method, command.key)) or answers.get((command.method, command.key))
+            if prior is not None:
+                outcomes.append(_replay(prior, command))
+                continue
+            outcome, answer = await self._apply(uow, command, now)
+            outcomes.append(outcome)
+            if answer is not None:
+                answers[(command.method, command.key)] = answer
+        sequence, head_hash = await uow.flush(head.sequence, head.hash)
+        if answers:
+            await conn.execute(_INSERT_ANSWERS, list(answers.values()))
+        if sequence != head.sequence:
+            await conn.execute(_MOVE_HEAD, {"b_sequence": sequence, "b_hash": head_hash})
+        return outcomes, uow
 
     async def _apply(self, uow: UnitOfWork, command: Command, now: datetime) -> tuple[_Outcome, dict[str, Any] | None]:
         token = uow.checkpoint(command.carrier)

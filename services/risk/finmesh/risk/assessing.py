@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from finmesh.platform.db import write_gate
 from finmesh.platform.money import Money
 from finmesh.platform.outbox import enqueue
+from finmesh.platform.sqlite_thread import SqliteWriteThread
 from finmesh.risk.domain import aml
 from finmesh.risk.domain.activity import RecentActivity
 from finmesh.risk.domain.rules import Rules
@@ -34,7 +35,6 @@ from finmesh.risk.domain.windows import window_start
 from finmesh.risk.store import alerts, assessments, batch_reads, subjects
 from finmesh.risk.store import aml as aml_store
 from finmesh.risk.store.schema import outbox
-from finmesh.risk.store.sqlite_thread import SqliteWriteThread
 
 ALERT_EVENT = "risk.alert.raised.v1"
 
@@ -84,7 +84,7 @@ async def assess_payments(database: AsyncEngine | SqliteWriteThread, rules: Rule
     one by one, and a single payment whose id was recorded meanwhile gets
     that record. `traces` are the callers' trace contexts (OpenTelemetry), one per payment: the alert event
     a payment raises carries its caller's trace. On an SQLite file the batch's transaction runs whole on
-    the writer's thread (store/sqlite_thread.py), the same statements in the same order.
+    the writer's thread (finmesh.platform.sqlite_thread), the same statements in the same order.
     """
     traced = traces or [None] * len(batch)
     try:

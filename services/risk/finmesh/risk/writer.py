@@ -27,11 +27,11 @@ from typing import Any
 from opentelemetry import context as otel_context
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from finmesh.platform import sqlite_thread
 from finmesh.platform.logs import get_logger
+from finmesh.platform.sqlite_thread import SqliteWriteThread
 from finmesh.risk.assessing import Outcome, PaymentFacts, assess_payments
 from finmesh.risk.domain.rules import Rules
-from finmesh.risk.store import sqlite_thread
-from finmesh.risk.store.sqlite_thread import SqliteWriteThread
 
 _log = get_logger("finmesh.risk.writer")
 
@@ -49,8 +49,9 @@ class AssessmentWriter:
                  linger_seconds: float = 0.0,
                  assess: Callable[..., Awaitable[list[Outcome]]] = assess_payments) -> None:
         # On an SQLite file each batch runs on a thread of its own: one hand-off per batch, not one per driver call.
+        on_thread = engine is not None and sqlite_thread.supports(engine)
         self._database: AsyncEngine | SqliteWriteThread = (
-            SqliteWriteThread(engine) if engine is not None and sqlite_thread.supports(engine) else engine)
+            SqliteWriteThread(engine, "risk-sqlite-writer") if on_thread else engine)
         self._rules = rules  # the active rules, read when a batch starts
         self._assess = assess
         self._max_batch = max_batch

@@ -1,21 +1,25 @@
 """SQLite write transactions run whole on one worker thread: one hand-off per transaction, not one per driver call.
 
 aiosqlite runs every driver call (cursor, execute, fetch, close, BEGIN, COMMIT, the pool's reset) on its
-own thread and hands each result back through the event loop: about thirty hand-offs for one assessment
-batch with the stock adapter (six or so with one hop per statement), each a thread switch, a self-pipe
-write and a loop wake-up. Measured, they were most of a batch's CPU (3.3 ms for a batch of one with the
-stock adapter, 1.4 ms here). Here the transaction's code runs on a thread of its own over a plain
-sqlite3 connection to the same file, set up as the platform's async engine sets up its own (WAL,
-synchronous FULL, BEGIN IMMEDIATE), and the event loop waits for it once.
+own thread and hands each result back through the event loop: about thirty hand-offs for one risk
+assessment batch with the stock adapter (six or so with the platform's one hop per statement), each a thread
+switch, a self-pipe write and a loop wake-up, and SQLAlchemy's async layer adds a greenlet per statement.
+Measured, they were most of a batch's CPU (3.3 ms for a batch of one with the stock adapter, 1.4 ms here).
+Here the transaction's code runs on a thread of its own over a plain sqlite3 connection to the same file,
+set up as the platform's async engine sets up its own (WAL, synchronous FULL, BEGIN IMMEDIATE), and the
+event loop waits for it once. Risk's assessment writer and payments' ledger writer run their batches here.
 
 The transaction's code stays the async store code every other caller uses: it is given a connection
 whose `execute` and `scalar` complete at once, so its coroutine never suspends and runs to its end in a
 single step on the worker thread (run_to_end). Anything that would really suspend it is a bug, and says so.
+It runs in a copy of the submitting task's context (as asyncio.to_thread does), so context variables (the
+caller's principal, trace context) read the same on the thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -62,12 +66,12 @@ def supports(engine: AsyncEngine) -> bool:
 class SqliteWriteThread:
     """Runs write transactions on one thread with one connection of its own, in the order they are submitted."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, name: str = "sqlite-writer") -> None:
         self.engine = engine  # the service's engine: its write gate orders this thread's transactions with the others
         self._sync = create_sync_engine(engine.url.set(drivername="sqlite"), connect_args={"timeout": 30},
                                         pool_size=1, max_overflow=0)
         tune_sqlite(self._sync)  # the settings the service's own engine has
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="risk-sqlite-writer")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         # Kept open between transactions (used only on the worker thread): a pool checkout and the rollback
         # that resets a returned connection cost as much as a small statement.
         self._conn: Connection | None = None
@@ -76,7 +80,8 @@ class SqliteWriteThread:
     async def transaction(self, work: Callable[[InThreadConnection], Coroutine[Any, Any, T]]) -> T:
         """Run `work` in one write transaction (committed if it returns, rolled back if it raises)."""
         async with write_gate(self.engine):
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, work)
+            context = contextvars.copy_context()
+            return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, self._run, work)
 
     def _run(self, work: Callable[[InThreadConnection], Coroutine[Any, Any, T]]) -> T:
         if self._conn is None:

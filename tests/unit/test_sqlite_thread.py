@@ -1,4 +1,4 @@
-"""SQLite write transactions run whole on the writer's thread (store/sqlite_thread.py)."""
+"""SQLite write transactions run whole on a writer's thread (finmesh.platform.sqlite_thread)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select
 
+from finmesh.platform import sqlite_thread
 from finmesh.platform.db import create_engine
 from finmesh.platform.migrations import prepare_schema
-from finmesh.risk.store import sqlite_thread
+from finmesh.platform.sqlite_thread import SqliteWriteThread, run_to_end
 from finmesh.risk.store.schema import known_devices
-from finmesh.risk.store.sqlite_thread import SqliteWriteThread, run_to_end
 
 
 async def _devices(engine: Any) -> list[tuple[str, str]]:
