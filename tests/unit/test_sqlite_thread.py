@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    func,
+    insert,
+    select,
+)
 
 from finmesh.platform import sqlite_thread
 from finmesh.platform.db import create_engine
 from finmesh.platform.migrations import prepare_schema
-from finmesh.platform.sqlite_thread import SqliteWriteThread, run_to_end
+from finmesh.platform.sqlite_thread import SqliteWriteThread, insert_rows, run_to_end
 from finmesh.risk.store.schema import known_devices
 
 
@@ -58,3 +74,74 @@ async def test_commits_are_seen_by_the_service_engine_and_failures_roll_back(tmp
     finally:
         await thread.close()
         await engine.dispose()
+
+
+_kinds = MetaData()
+_sample = Table(
+    "sample", _kinds,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("name", String(50), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("maybe_at", DateTime(timezone=True), nullable=True),
+    Column("payload", JSON, nullable=False),
+    Column("flag", Boolean, nullable=False),
+    Column("blob", LargeBinary, nullable=True),
+    Column("note", String(20), nullable=False, default="(none)"),
+)
+
+
+def _sample_rows(count: int) -> list[dict[str, Any]]:
+    moment = datetime(2026, 11, 26, 12, 34, 56, 789012, tzinfo=UTC)
+    return [{"name": f"n{i} ü'\"", "amount": 10**15 + i, "at": moment, "maybe_at": None if i % 2 else moment,
+             "payload": {"amount": str(i), "nested": [1, {"x": None}], "text": "中文"}, "flag": bool(i % 2),
+             "blob": None if i % 3 else bytes([i, 0, 255]), "note": f"r{i}"} for i in range(count)]
+
+
+def _stored(path: Path) -> list[tuple[Any, ...]]:
+    """Every stored value as SQLite holds it (quote() shows type and bytes, not what a driver makes of them)."""
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        names = [c.name for c in _sample.columns]
+        return raw.execute(f"SELECT {', '.join(f'quote({n})' for n in names)} FROM sample ORDER BY id").fetchall()
+
+
+async def test_rows_inserted_on_the_thread_are_stored_exactly_as_sqlalchemy_stores_them(tmp_path: Path) -> None:
+    rows = _sample_rows(7)
+    stock = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'stock.db'}")
+    fast = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'fast.db'}")
+    thread = SqliteWriteThread(fast)
+    try:
+        for engine in (stock, fast):
+            async with engine.begin() as conn:
+                await conn.run_sync(_kinds.create_all)
+        async with stock.begin() as conn:
+            await insert_rows(conn, _sample, rows)  # not on the thread: SQLAlchemy's own executemany
+
+        async def add(conn: Any) -> None:
+            await insert_rows(conn, _sample, rows)
+
+        await thread.transaction(add)
+    finally:
+        await thread.close()
+        await stock.dispose()
+        await fast.dispose()
+    assert len(_stored(tmp_path / "fast.db")) == 7
+    assert _stored(tmp_path / "fast.db") == _stored(tmp_path / "stock.db")
+
+
+async def test_rows_that_leave_out_a_defaulted_column_get_the_default_on_the_thread(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'fast.db'}")
+    thread = SqliteWriteThread(engine)
+    rows = [{k: v for k, v in row.items() if k != "note"} for row in _sample_rows(2)]
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_kinds.create_all)
+
+        async def add(conn: Any) -> None:
+            await insert_rows(conn, _sample, rows)
+
+        await thread.transaction(add)
+    finally:
+        await thread.close()
+        await engine.dispose()
+    assert [row[-1] for row in _stored(tmp_path / "fast.db")] == ["'(none)'", "'(none)'"]

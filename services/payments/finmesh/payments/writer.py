@@ -42,7 +42,7 @@ from finmesh.platform.db import is_transient, write_gate
 from finmesh.platform.errors import DomainError, FailedPrecondition, InvalidArgument
 from finmesh.platform.idempotency import StoredRefusal
 from finmesh.platform.logs import get_logger
-from finmesh.platform.sqlite_thread import SqliteWriteThread
+from finmesh.platform.sqlite_thread import SqliteWriteThread, insert_rows
 from finmesh.platform.telemetry import inject_context
 
 _log = get_logger("finmesh.payments.writer")
@@ -55,7 +55,6 @@ _MOVE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(sequence=bind
                                                                    hash=bindparam("b_hash"))
 _STORED_ANSWERS = select(idempotency).where(
     tuple_(idempotency.c.method, idempotency.c.key).in_(bindparam("keys", expanding=True)))
-_INSERT_ANSWERS = insert(idempotency)
 
 
 @dataclass
@@ -233,7 +232,7 @@ class LedgerWriter:
                 answers[(command.method, command.key)] = answer
         sequence, head_hash = await uow.flush(head.sequence, head.hash)
         if answers:
-            await conn.execute(_INSERT_ANSWERS, list(answers.values()))
+            await insert_rows(conn, idempotency, list(answers.values()))
         if sequence != head.sequence:
             await conn.execute(_MOVE_HEAD, {"b_sequence": sequence, "b_hash": head_hash})
         return outcomes, uow

@@ -38,6 +38,7 @@ from finmesh.payments.store.schema import (
     transfers,
 )
 from finmesh.payments.store.tiers import TierSource
+from finmesh.platform.sqlite_thread import insert_rows
 
 _MISSING = object()
 _CHUNK = 500  # ids per IN (...) list
@@ -78,8 +79,6 @@ _UPDATE_USAGE = update(daily_usage).where(
 ).values(amount=bindparam("b_amount"), count=bindparam("b_count"))
 _LAST_SEQUENCES = select(outbox.c.aggregate_id, func.max(outbox.c.sequence)).where(
     outbox.c.aggregate_id.in_(_ids())).group_by(outbox.c.aggregate_id)
-_INSERT = {table.name: insert(table) for table in (accounts, transfers, entries, payments, refunds,
-                                                    settlement_batches, channel_operations, outbox, audit_log)}
 _update_payments: Any = None
 
 
@@ -339,19 +338,19 @@ class UnitOfWork:
         conn, appended = self.conn, self._appended
         new_accounts, changed_accounts = _diff(self._accounts, self._accounts_loaded)
         if new_accounts:
-            await conn.execute(_INSERT["accounts"], [rows.account_values(s) for s in new_accounts])
+            await insert_rows(conn, accounts, [rows.account_values(s) for s in new_accounts])
         if changed_accounts:
             await conn.execute(_UPDATE_BALANCES, [
                 {"b_id": s.account_id, "b_status": s.status.value, "b_available": s.available, "b_held": s.held,
                  "b_unsettled": s.unsettled} for s in changed_accounts])
         if appended["transfers"]:
-            await conn.execute(_INSERT["transfers"], appended["transfers"])
-            await conn.execute(_INSERT["ledger_entries"], appended["entries"])
+            await insert_rows(conn, transfers, appended["transfers"])
+            await insert_rows(conn, entries, appended["entries"])
         await self._flush_payments()
         if appended["refunds"]:
-            await conn.execute(_INSERT["refunds"], appended["refunds"])
+            await insert_rows(conn, refunds, appended["refunds"])
         if appended["settlements"]:
-            await conn.execute(_INSERT["settlement_batches"], appended["settlements"])
+            await insert_rows(conn, settlement_batches, appended["settlements"])
         await self._flush_channel_operations()
         await self._flush_usage()
         await self._flush_events()
@@ -360,7 +359,7 @@ class UnitOfWork:
     async def _flush_payments(self) -> None:
         new, changed = _diff(self._payments, self._payments_loaded)
         if new:
-            await self.conn.execute(_INSERT["payments"], [rows.payment_values(p) for p in new])
+            await insert_rows(self.conn, payments, [rows.payment_values(p) for p in new])
         if changed:
             values = [{f"b_{k}": v for k, v in rows.payment_values(p).items()} for p in changed]
             await self.conn.execute(_payment_update(rows.payment_values(changed[0])), values)
@@ -368,7 +367,7 @@ class UnitOfWork:
     async def _flush_channel_operations(self) -> None:
         new, changed = _diff(self._ops, self._ops_loaded)
         if new:
-            await self.conn.execute(_INSERT["channel_operations"], [rows.channel_operation_values(o) for o in new])
+            await insert_rows(self.conn, channel_operations, [rows.channel_operation_values(o) for o in new])
         if changed:
             await self.conn.execute(_UPDATE_OPERATION, [
                 {"b_operation_id": op.operation_id, "b_status": op.status, "b_channel_reference": op.channel_reference,
@@ -407,7 +406,7 @@ class UnitOfWork:
                 "traceparent": carrier.get("traceparent", ""), "tracestate": carrier.get("tracestate", ""),
                 "occurred_at": self.now, "next_attempt_at": self.now, "attempts": 0, "last_error": "", "dead": False,
             })
-        await self.conn.execute(_INSERT["outbox"], values)
+        await insert_rows(self.conn, outbox, values)
 
     async def _flush_audit(self, sequence: int, prev_hash: str) -> tuple[int, str]:
         records = self._appended["audit"]
@@ -421,7 +420,7 @@ class UnitOfWork:
             prev_hash = record.hash
             values.append({"sequence": record.sequence, "recorded_at": record.recorded_at, "kind": record.kind,
                            "payload": record.payload, "prev_hash": record.prev_hash, "hash": record.hash})
-        await self.conn.execute(_INSERT["audit_log"], values)
+        await insert_rows(self.conn, audit_log, values)
         return sequence, prev_hash
 
     def account_states(self) -> list[AccountState]:
