@@ -114,6 +114,11 @@ def supports(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite" and database not in ("", ":memory:") and not database.startswith("file:")
 
 
+def write_thread_for(engine: AsyncEngine, name: str) -> SqliteWriteThread | None:
+    """A write thread for `engine`'s SQLite file, or None where the async engine must do (PostgreSQL, in memory)."""
+    return SqliteWriteThread(engine, name) if supports(engine) else None
+
+
 class SqliteWriteThread:
     """Runs write transactions on one thread with one connection of its own, in the order they are submitted."""
 

@@ -26,6 +26,7 @@ from finmesh.platform.migrations import prepare_schema
 from finmesh.platform.outbox import OutboxRelay, RelayPolicy
 from finmesh.platform.rpc_errors import to_status
 from finmesh.platform.server import Registration
+from finmesh.platform.sqlite_thread import SqliteWriteThread, write_thread_for
 
 
 @dataclass
@@ -38,6 +39,7 @@ class PaymentsApp:
     engine: AsyncEngine
     reader: AsyncEngine
     channels: list[grpc.aio.Channel] = field(default_factory=list)
+    write_thread: SqliteWriteThread | None = None
 
     async def start(self) -> None:
         await self.writer.prepare()
@@ -49,6 +51,8 @@ class PaymentsApp:
         await self.sweeper.stop()
         await self.writer.stop()
         await self.relay.stop()
+        if self.write_thread is not None:
+            await self.write_thread.close()
         for channel in self.channels:
             await channel.close()
         await self.engine.dispose()
@@ -60,12 +64,14 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
     await prepare_schema(engine, "payments", migrate=settings.auto_migrate)
     risk_channel = open_channel(settings.risk_target, settings, idempotent_methods=RISK_IDEMPOTENT_METHODS)
     notify_channel = open_channel(settings.notify_target, settings, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS)
+    # On an SQLite file the ledger writer's and the relay's transactions run on one thread of their own.
+    write_thread = write_thread_for(engine, "payments-sqlite-writer")
     relay = OutboxRelay(engine, outbox, "payments", NotifyEventSink(notify_channel).deliver,
-                        RelayPolicy(lease_seconds=settings.outbox_lease_seconds))
+                        RelayPolicy(lease_seconds=settings.outbox_lease_seconds), thread=write_thread)
     writer = LedgerWriter(engine, tier_source or TableTierSource(settings.default_tier), to_status,
                           max_batch=settings.writer_max_batch, on_commit=relay.wake,
                           limits_utc_offset_minutes=settings.limits_utc_offset_minutes,
-                          test_owners=frozenset(settings.synthetic_owner_ids))
+                          test_owners=frozenset(settings.synthetic_owner_ids), thread=write_thread)
     channels = ChannelRegistry(settings.channel_urls, settings.channel_timeout_seconds, settings.channel_sandbox)
     sweeper = PendingOperationSweeper(engine, writer, channels, grace_seconds=settings.channel_pending_grace_seconds,
                                       interval_seconds=settings.channel_sweep_interval_seconds,
@@ -77,4 +83,4 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
     registration = Registration(PaymentsServicer(deps), pb_grpc.add_PaymentsServiceServicer_to_server,
                                 pb.DESCRIPTOR.services_by_name["PaymentsService"])
     return PaymentsApp(settings, [registration], relay, writer, sweeper, engine, reader,
-                       [risk_channel, notify_channel])
+                       [risk_channel, notify_channel], write_thread)

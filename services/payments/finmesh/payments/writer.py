@@ -37,7 +37,6 @@ from finmesh.payments.store.recent import RecentStates
 from finmesh.payments.store.schema import audit_head, idempotency
 from finmesh.payments.store.tiers import PrincipalTierSource, TierSource
 from finmesh.payments.store.uow import UnitOfWork
-from finmesh.platform import sqlite_thread
 from finmesh.platform.db import is_transient, write_gate
 from finmesh.platform.errors import DomainError, FailedPrecondition, InvalidArgument
 from finmesh.platform.idempotency import StoredRefusal
@@ -89,7 +88,7 @@ class LedgerWriter:
     def __init__(self, engine: AsyncEngine, tier_source: TierSource,
                  to_status: Callable[[DomainError], status_pb2.Status], *, max_batch: int = 256,
                  on_commit: Callable[[], None] | None = None, limits_utc_offset_minutes: int = 480,
-                 test_owners: frozenset[str] = frozenset()) -> None:
+                 test_owners: frozenset[str] = frozenset(), thread: SqliteWriteThread | None = None) -> None:
         self._limits_offset = limits_utc_offset_minutes
         self.test_owners = test_owners
         self._engine = engine
@@ -104,10 +103,10 @@ class LedgerWriter:
         self._busy = False
         self.batches = 0  # for benchmarks: how many transactions carried the commands
         self.recent = RecentStates()
-        # On an SQLite file each batch's transaction runs whole on a thread of its own: one hand-off per batch
-        # instead of a greenlet and a driver-thread hop per statement (about fifteen a batch). The commands'
-        # code is the same either way; PostgreSQL (and in-memory SQLite) keep the async engine.
-        self._thread = SqliteWriteThread(engine, "payments-ledger-writer") if sqlite_thread.supports(engine) else None
+        # On an SQLite file each batch's transaction runs whole on a write thread (its owner closes it): one
+        # hand-off per batch instead of a greenlet and a driver-thread hop per statement (about fifteen a batch).
+        # The commands' code is the same either way; PostgreSQL (and in-memory SQLite) keep the async engine.
+        self._thread = thread
 
     async def prepare(self) -> None:
         """Create the audit head row if this is a fresh database."""
@@ -131,8 +130,6 @@ class LedgerWriter:
             if command.future and not command.future.done():
                 command.future.set_exception(asyncio.CancelledError())
         self._queue.clear()
-        if self._thread is not None:
-            await self._thread.close()
 
     async def submit(self, command: Command) -> Message:
         """Run `command` in the next batch; its reply, or its refusal raised."""
