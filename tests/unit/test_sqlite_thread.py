@@ -21,9 +21,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     func,
     insert,
     select,
+    update,
 )
 
 from finmesh.platform import sqlite_thread
@@ -126,6 +128,35 @@ async def test_rows_inserted_on_the_thread_are_stored_exactly_as_sqlalchemy_stor
         await stock.dispose()
         await fast.dispose()
     assert len(_stored(tmp_path / "fast.db")) == 7
+    assert _stored(tmp_path / "fast.db") == _stored(tmp_path / "stock.db")
+
+
+async def test_many_rows_updated_on_the_thread_are_stored_exactly_as_sqlalchemy_stores_them(tmp_path: Path) -> None:
+    later = datetime(2027, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    change = update(_sample).where(_sample.c.name == bindparam("b_name")).values(
+        amount=bindparam("b_amount"), maybe_at=bindparam("b_at"), payload=bindparam("b_payload"),
+        flag=bindparam("b_flag"))
+    changes = [{"b_name": row["name"], "b_amount": -row["amount"], "b_at": None if i % 3 else later,
+                "b_payload": {"changed": [i, "é"]}, "b_flag": not row["flag"]} for i, row in enumerate(_sample_rows(7))]
+    stock = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'stock.db'}")
+    fast = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'fast.db'}")
+    thread = SqliteWriteThread(fast)
+    try:
+        for engine in (stock, fast):
+            async with engine.begin() as conn:
+                await conn.run_sync(_kinds.create_all)
+                await conn.execute(insert(_sample), _sample_rows(7))
+        async with stock.begin() as conn:
+            assert (await conn.execute(change, changes)).rowcount == 7
+
+        async def apply(conn: Any) -> int:
+            return int((await conn.execute(change, changes)).rowcount)
+
+        assert await thread.transaction(apply) == 7
+    finally:
+        await thread.close()
+        await stock.dispose()
+        await fast.dispose()
     assert _stored(tmp_path / "fast.db") == _stored(tmp_path / "stock.db")
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Table, insert
+from sqlalchemy import Connection, Insert, Table, Update, insert
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -40,39 +40,30 @@ class InThreadConnection:
         self.sync = conn
         self.dialect = conn.dialect
 
-    async def execute(self, statement: Any, parameters: Any = None) -> Any:
-        return self.sync.execute(statement, parameters)
-
     async def scalar(self, statement: Any, parameters: Any = None) -> Any:
         return self.sync.scalar(statement, parameters)
 
-    def insert_many(self, table: Table, rows: list[dict[str, Any]]) -> None:
-        plan = _insert_plan(table, tuple(rows[0]), self.dialect)
-        if plan is None:
-            self.sync.execute(_insert_of(table), rows)
-            return
-        sql, columns = plan
-        self.sync.exec_driver_sql(sql, [tuple(row[key] if process is None else process(row[key])
-                                              for key, process in columns) for row in rows])
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        if isinstance(parameters, list) and parameters:
+            plan = _executemany_plan(statement, tuple(parameters[0]), self.dialect)
+            if plan is not None:
+                sql, binds = plan
+                return self.sync.exec_driver_sql(sql, [tuple(row[key] if process is None else process(row[key])
+                                                             for key, process in binds) for row in parameters])
+        return self.sync.execute(statement, parameters)
 
 
 async def insert_rows(conn: Any, table: Table, rows: list[dict[str, Any]]) -> None:
-    """INSERT `rows` (dicts with the same keys) into `table` in `conn`'s transaction.
-
-    On the SQLite thread the rows go straight to the driver's executemany, each value through its column
-    type's own bind processor, so they are stored exactly as SQLAlchemy stores them: its per-row parameter
-    handling was about a fifth of a ledger batch's CPU. Elsewhere this is `conn.execute(insert(table), rows)`.
-    """
-    if not rows:
-        return
-    if isinstance(conn, InThreadConnection):
-        conn.insert_many(table, rows)
-    else:
+    """INSERT `rows` (dicts with the same keys) into `table` in `conn`'s transaction (an AsyncConnection, or
+    the write thread's connection), with an INSERT statement built once per table."""
+    if rows:
         await conn.execute(_insert_of(table), rows)
 
 
 _INSERTS: dict[Table, Any] = {}
-_PLANS: dict[tuple[Table, tuple[str, ...]], tuple[str, list[tuple[str, Any]]] | None] = {}
+# (id of a statement, the rows' keys) -> (the statement, kept so its id is not reused; its plan or None)
+_PLANS: dict[tuple[int, tuple[str, ...]], tuple[Any, tuple[str, list[tuple[str, Any]]] | None]] = {}
+_MAX_PLANS = 512
 
 
 def _insert_of(table: Table) -> Any:
@@ -81,21 +72,34 @@ def _insert_of(table: Table) -> Any:
     return _INSERTS[table]
 
 
-def _insert_plan(table: Table, keys: tuple[str, ...], dialect: Any) -> tuple[str, list[tuple[str, Any]]] | None:
-    """The INSERT's SQL (qmark style) and each key's bind processor; None when SQLAlchemy must fill a column
-    the rows leave out (a Python-side default), so the caller takes SQLAlchemy's own path."""
-    cache_key = (table, keys)
-    if cache_key not in _PLANS:
-        if dialect.paramstyle != "qmark" or any(
-                column.key not in keys and column.default is not None for column in table.columns):
-            _PLANS[cache_key] = None
-        else:
-            quote = dialect.identifier_preparer
-            columns = [table.c[key] for key in keys]
-            sql = (f"INSERT INTO {quote.format_table(table)} ({', '.join(quote.format_column(c) for c in columns)}) "
-                   f"VALUES ({', '.join('?' for _ in columns)})")
-            _PLANS[cache_key] = sql, [(c.key, c.type.dialect_impl(dialect).bind_processor(dialect)) for c in columns]
-    return _PLANS[cache_key]
+def _executemany_plan(statement: Any, keys: tuple[str, ...], dialect: Any) -> tuple[str, list[tuple[str, Any]]] | None:
+    """SQL and per-parameter bind processors to send rows of `keys` for `statement` straight to the driver.
+
+    SQLAlchemy's per-row parameter handling (construct_params, then the processors) was the largest single
+    part of a ledger batch's CPU. Here the statement is compiled once per key set by SQLAlchemy itself, and
+    each value goes through its own type's bind processor, so the driver gets exactly what SQLAlchemy would
+    send. None (SQLAlchemy's own path) for anything else: a SELECT, a column SQLAlchemy fills per row (a
+    Python-side default), RETURNING, expanding IN lists, or rows whose keys are not the statement's binds.
+    """
+    cache_key = (id(statement), keys)
+    entry = _PLANS.get(cache_key)
+    if entry is None or entry[0] is not statement:
+        if len(_PLANS) >= _MAX_PLANS:  # statements built per call would otherwise pile up here
+            _PLANS.clear()
+        entry = _PLANS[cache_key] = (statement, _plan(statement, keys, dialect))
+    return entry[1]
+
+
+def _plan(statement: Any, keys: tuple[str, ...], dialect: Any) -> tuple[str, list[tuple[str, Any]]] | None:
+    if not isinstance(statement, Insert | Update) or dialect.paramstyle != "qmark":
+        return None
+    compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+    if (not compiled.positional or compiled.insert_prefetch or compiled.update_prefetch
+            or compiled.effective_returning or compiled.literal_execute_params or compiled.post_compile_params
+            or sorted(compiled.positiontup or ()) != sorted(keys)):
+        return None
+    return compiled.string, [(name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+                             for name in compiled.positiontup or ()]
 
 
 def run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
