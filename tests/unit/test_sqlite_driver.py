@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from finmesh.platform.db import create_engine, create_read_engine, read_sync
+from finmesh.platform.db import create_engine, create_read_engine, on_demand_reads, read_sync
 from finmesh.platform.sqlite_driver import OneHopConnection
 
 
@@ -129,3 +129,17 @@ async def test_a_failed_begin_surfaces_and_leaves_no_transaction(tmp_path: Path)
     finally:
         await first.dispose()
         await second.dispose()
+
+
+async def test_on_demand_reads_open_a_connection_only_for_a_read(tmp_path: Path) -> None:
+    reader = create_read_engine(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    try:
+        async with on_demand_reads(reader):
+            assert reader.sync_engine.pool.checkedout() == 0  # a pre-check with all it needs reads nothing
+        async with on_demand_reads(reader) as conn:
+            assert (await conn.execute(text("SELECT 41 + 1"))).scalar() == 42
+            assert (await conn.execute(text("SELECT 7"))).scalar() == 7  # the same connection again
+            assert reader.sync_engine.pool.checkedout() == 1
+        assert reader.sync_engine.pool.checkedout() == 0  # given back on exit
+    finally:
+        await reader.dispose()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -126,23 +126,32 @@ def _read_on_connection(engine: Any, read: Callable[[Connection], T], autocommit
 
 
 class OnDemandReads:
-    """A read connection opened at its first statement, if any (a pre-check that usually has all it needs)."""
+    """A read connection opened at its first statement, if any (a pre-check that usually has all it needs).
 
-    def __init__(self, engine: AsyncEngine, stack: contextlib.AsyncExitStack) -> None:
+    A plain async context manager, not a generator one with an exit stack: CreatePayment enters one per call
+    and almost never reads through it, and the generator machinery cost more than the rest of the check."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._stack = stack
         self._conn: AsyncConnection | None = None
+
+    async def __aenter__(self) -> OnDemandReads:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         if self._conn is None:
-            self._conn = await self._stack.enter_async_context(self._engine.connect())
+            self._conn = await self._engine.connect()
         return await self._conn.execute(*args, **kwargs)
 
 
-@contextlib.asynccontextmanager
-async def on_demand_reads(engine: AsyncEngine) -> AsyncIterator[OnDemandReads]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield OnDemandReads(engine, stack)
+def on_demand_reads(engine: AsyncEngine) -> OnDemandReads:
+    """`async with on_demand_reads(engine) as conn`: reads through `conn` open a connection only when made."""
+    return OnDemandReads(engine)
 
 
 # PostgreSQL SQLSTATEs after which the transaction is gone and the same call may succeed on another try:
