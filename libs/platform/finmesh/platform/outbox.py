@@ -285,8 +285,9 @@ class _RelayStatements:
         # while the consumer is down a single head is enough to probe it.
         self.heads = heads(batch_size)
         self.probe_head = heads(1)
-        self.followers = (select(*sent).where(*due, aggregates).order_by(t.c.id).limit(batch_size)
-                          .with_for_update(skip_locked=True, of=t))
+        # The heads' aggregates' later due events (the heads themselves are read once, above).
+        self.followers = (select(*sent).where(*due, aggregates, t.c.id.not_in(bindparam("heads", expanding=True)))
+                          .order_by(t.c.id).limit(batch_size).with_for_update(skip_locked=True, of=t))
         self.pending = select(t.c.id, t.c.aggregate_id).where(*live, aggregates, t.c.id <= bindparam("last_id")) \
             .order_by(t.c.id)
         self.lease = update(t).where(ids).values(next_attempt_at=bindparam("until"))
@@ -496,7 +497,8 @@ class OutboxRelay:
             if not heads:
                 return []
             aggregates = sorted({row.aggregate_id for row in heads})
-            followers = (await conn.execute(sql.followers, {"now": now, "aggregates": aggregates})).all()
+            followers = (await conn.execute(sql.followers, {"now": now, "aggregates": aggregates,
+                                                            "heads": [row.id for row in heads]})).all()
             candidates = list({row.id: row for row in [*heads, *followers]}.values())
             pending = (await conn.execute(sql.pending, {"aggregates": aggregates,
                                                         "last_id": max(row.id for row in candidates)})).all()

@@ -24,7 +24,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Insert, Table, Update, insert
+from sqlalchemy import Connection, DateTime, Insert, Table, Update, insert
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -98,8 +98,27 @@ def _plan(statement: Any, keys: tuple[str, ...], dialect: Any) -> tuple[str, lis
             or compiled.effective_returning or compiled.literal_execute_params or compiled.post_compile_params
             or sorted(compiled.positiontup or ()) != sorted(keys)):
         return None
-    return compiled.string, [(name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+    return compiled.string, [(name, _processor(compiled.binds[name].type, dialect))
                              for name in compiled.positiontup or ()]
+
+
+def _processor(type_: Any, dialect: Any) -> Callable[[Any], Any] | None:
+    process = type_.dialect_impl(dialect).bind_processor(dialect)
+    if process is None or not isinstance(type_, DateTime):
+        return process
+    # A writer batch stamps most of its rows with one `now`: format that datetime once, not once a row.
+    # (Keyed by identity, and only for datetimes, which are immutable.)
+    last: list[tuple[Any, Any]] = [(None, None)]
+
+    def process_datetime(value: Any) -> Any:
+        seen, text = last[0]
+        if value is seen and value is not None:
+            return text
+        text = process(value)
+        last[0] = (value, text)  # one assignment: another write thread may share this plan
+        return text
+
+    return process_datetime
 
 
 def run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
