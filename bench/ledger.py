@@ -219,7 +219,9 @@ async def _measure(kind: str, url: str, tmp: Path, rounds: int, batch_size: int,
         async with acting_channel(f"127.0.0.1:{running.port}", issuer) as channel:
             stub = pb_grpc.PaymentsServiceStub(channel)
             wallets = await _funded_wallets(stub)
-            batch = await _batch_rounds(stub, app.engine, raw_engine, wallets, rounds, batch_size)
+            # A batch moves money out of its caller's own accounts: an institution's payroll accounts.
+            payroll = await _funded_wallets(stub, 20, owner="bench-payroll")
+            batch = await _batch_rounds(stub, app.engine, raw_engine, payroll, wallets, rounds, batch_size)
         pay_rounds = max(2, rounds // 2)
         pay = await _payment_rounds(servicer, app.writer, raw_engine, wallets, pay_rounds, payments, concurrency,
                                     through_handler=False)
@@ -252,26 +254,29 @@ class _Context:
         return None
 
 
-async def _funded_wallets(stub: pb_grpc.PaymentsServiceStub) -> list[str]:
+async def _funded_wallets(stub: pb_grpc.PaymentsServiceStub, count: int = WALLETS,
+                          owner: str = "") -> list[str]:
+    """`count` funded wallets, each of its own user (or all of `owner`'s)."""
     wallets = []
-    for i in range(WALLETS):
-        opened = await stub.OpenAccount(pb.OpenAccountRequest(idempotency_key=f"open-{i}", owner_id=f"user-{i}",
+    for i in range(count):
+        who = owner or f"user-{i}"
+        opened = await stub.OpenAccount(pb.OpenAccountRequest(idempotency_key=f"open-{who}-{i}", owner_id=who,
                                                               kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET,
                                                               currency_code="CNY"))
         wallets.append(opened.account.account_id)
-        await stub.TopUp(pb.TopUpRequest(idempotency_key=f"fund-{i}", account_id=wallets[-1], channel="test_bank",
-                                         amount=cny(10**12)))
+        await stub.TopUp(pb.TopUpRequest(idempotency_key=f"fund-{who}-{i}", account_id=wallets[-1],
+                                         channel="test_bank", amount=cny(10**12)))
     return wallets
 
 
-async def _batch_rounds(stub: pb_grpc.PaymentsServiceStub, engine: Any, raw_engine: Any, wallets: list[str],
-                        rounds: int, batch_size: int) -> tuple[float, float, float]:
+async def _batch_rounds(stub: pb_grpc.PaymentsServiceStub, engine: Any, raw_engine: Any, payroll: list[str],
+                        wallets: list[str], rounds: int, batch_size: int) -> tuple[float, float, float]:
     rng = random.Random(7)
     api, raw, rows_per_transfer = [], [], []
     for round_number in range(rounds + 1):
         specs = []
         for i in range(batch_size):
-            source, destination = rng.sample(wallets, 2)
+            source, destination = rng.choice(payroll), rng.choice(wallets)
             specs.append(pb.TransferSpec(reference=f"r{i}", from_account_id=source, to_account_id=destination,
                                          amount=cny(rng.randint(1, 10_000))))
         request = pb.BatchCreateTransfersRequest(idempotency_key=f"batch-{round_number}", transfers=specs)

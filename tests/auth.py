@@ -183,6 +183,14 @@ def _payee_merchant(issuer: Issuer, book: Book, payment_id: str) -> str:
     return issuer.customer(owner or uuid.uuid4().hex, role="enterprise")
 
 
+def _batch_caller(issuer: Issuer, book: Book, request: Any) -> str:
+    """An institution paying out of its own accounts: the owner of the batch's first source (a batch whose
+    sources other owners hold is refused, as in production)."""
+    first = request.transfers[0].from_account_id if request.transfers else ""
+    owner = book.owners.get(first, ("", 0))[0]
+    return issuer.customer(owner or uuid.uuid4().hex, role="institution")
+
+
 def _open_account(issuer: Issuer, book: Book, request: Any) -> str:
     if request.kind in _PLATFORM_KINDS or not request.owner_id:
         return issuer.mint("admin")
@@ -207,7 +215,7 @@ CALLERS: dict[str, Caller] = {
     _PAY + "VoidPayment": lambda i, b, r: _payee_merchant(i, b, r.payment_id),
     _PAY + "RefundPayment": lambda i, b, r: _payee_merchant(i, b, r.payment_id),
     _PAY + "ListSettlementBatches": lambda i, b, r: _account_holder(i, b, r.merchant_account_id, "admin"),
-    _PAY + "BatchCreateTransfers": lambda i, b, r: i.mint("institution"),
+    _PAY + "BatchCreateTransfers": lambda i, b, r: _batch_caller(i, b, r),
     _PAY + "ReviewPayment": lambda i, b, r: i.mint("risk_officer"),
     _PAY + "FreezeAccount": lambda i, b, r: i.mint("risk_officer"),
     _PAY + "UnfreezeAccount": lambda i, b, r: i.mint("risk_officer"),

@@ -73,6 +73,83 @@ async def test_customers_act_only_on_their_own_accounts_and_payments(databases, 
         await pay.check_books()
 
 
+async def test_merchants_capture_void_and_refund_only_payments_to_their_own_accounts(databases, tmp_path: Path) -> None:
+    """The capture permission is every merchant's; whose payments it covers is payments' check: another
+    merchant's token is PERMISSION_DENIED on capture, void and refund, and nothing moves; the payee's own
+    token is served (also for a replay of its own key)."""
+    async with payments_mesh(databases, tmp_path) as pay:
+        c, issuer = pay.client, pay.mesh.issuer
+        payer, shop_owner = _owner(), _owner()
+        wallet, shop = await c.wallet(payer), await c.merchant(shop_owner)
+        await c.top_up(wallet, 10_000)
+        held = await c.pay(wallet, shop, 3_000, mode=pb.CAPTURE_MODE_MANUAL)
+        held_too = await c.pay(wallet, shop, 1_000, mode=pb.CAPTURE_MODE_MANUAL)
+        captured = await c.pay(wallet, shop, 2_000)
+        before = (await c.triple(wallet), await c.triple(shop))
+        s = c.stub
+        rival = bearer(issuer.customer(_owner(), role="enterprise"))  # a merchant, of another shop
+        capture_key = key()
+        calls = {
+            "CapturePayment": s.CapturePayment(pb.CapturePaymentRequest(
+                idempotency_key=capture_key, payment_id=held.payment_id), metadata=rival),
+            "VoidPayment": s.VoidPayment(pb.VoidPaymentRequest(idempotency_key=key(), payment_id=held.payment_id),
+                                         metadata=rival),
+            "RefundPayment": s.RefundPayment(pb.RefundPaymentRequest(
+                idempotency_key=key(), payment_id=captured.payment_id, reason="not mine"), metadata=rival),
+        }
+        for name, call in calls.items():
+            refused = await refusal(call)
+            assert (refused.code, refused.reason) == DENIED, name
+        assert (await c.triple(wallet), await c.triple(shop)) == before  # nothing the rival tried moved money
+
+        own = bearer(issuer.customer(shop_owner, role="enterprise"))
+        done = await s.CapturePayment(pb.CapturePaymentRequest(idempotency_key=capture_key,
+                                                               payment_id=held.payment_id), metadata=own)
+        assert done.payment.status == pb.PAYMENT_STATUS_CAPTURED
+        again = await s.CapturePayment(pb.CapturePaymentRequest(idempotency_key=capture_key,
+                                                                payment_id=held.payment_id), metadata=own)
+        assert again == done
+        voided = await s.VoidPayment(pb.VoidPaymentRequest(idempotency_key=key(), payment_id=held_too.payment_id),
+                                     metadata=own)
+        assert voided.payment.status == pb.PAYMENT_STATUS_VOIDED
+        refunded = await s.RefundPayment(pb.RefundPaymentRequest(
+            idempotency_key=key(), payment_id=captured.payment_id, reason="returned"), metadata=own)
+        assert refunded.refund.amount.minor_units == 2_000
+        # A payment that does not exist is NOT_FOUND, not a permission question.
+        missing = await refusal(s.VoidPayment(pb.VoidPaymentRequest(idempotency_key=key(), payment_id="no-such"),
+                                              metadata=rival))
+        assert missing.code == grpc.StatusCode.NOT_FOUND
+        await pay.check_books()
+
+
+async def test_an_institution_batches_transfers_only_out_of_its_own_accounts(databases, tmp_path: Path) -> None:
+    """A customer's batch naming someone else's account as a source is PERMISSION_DENIED as a whole, nothing
+    moves; out of its own account it is served (to anyone's account)."""
+    async with payments_mesh(databases, tmp_path) as pay:
+        c, issuer = pay.client, pay.mesh.issuer
+        payroll_owner, victim, employee = _owner(), _owner(), _owner()
+        payroll, savings, salary = await c.wallet(payroll_owner), await c.wallet(victim), await c.wallet(employee)
+        await c.top_up(payroll, 10_000)
+        await c.top_up(savings, 10_000)
+        institution = bearer(issuer.customer(payroll_owner, role="institution"))
+
+        def batch(*sources: str) -> Any:
+            return c.stub.BatchCreateTransfers(pb.BatchCreateTransfersRequest(idempotency_key=key(), transfers=[
+                pb.TransferSpec(reference=f"r{n}", from_account_id=source, to_account_id=salary, amount=money(100))
+                for n, source in enumerate(sources)]), metadata=institution)
+
+        await c.top_up(payroll, 1)  # the platform's clearing account for the channel exists from here on
+        for sources in ((savings,), (payroll, savings), ("clearing:test_bank:CNY",)):
+            refused = await refusal(batch(*sources))
+            assert (refused.code, refused.reason) == DENIED, sources
+        assert (await c.triple(savings), await c.triple(salary)) == ((10_000, 0, 10_000), (0, 0, 0))
+        reply = await batch(payroll, payroll)
+        assert (reply.posted_count, reply.refused_count) == (2, 0)
+        assert await c.triple(salary) == (200, 0, 200)
+        assert await c.triple(payroll) == (9_801, 0, 9_801)
+        await pay.check_books()
+
+
 async def test_customers_open_only_the_accounts_their_kind_may_hold(databases, tmp_path: Path) -> None:
     """Personal: wallets only; enterprise: also merchant accounts; platform accounts: admins only."""
     async with payments_mesh(databases, tmp_path) as pay:

@@ -18,7 +18,7 @@ from finmesh.payments.api.common import (
     require_id,
     valid_id,
 )
-from finmesh.payments.api.ownership import require_account_owner
+from finmesh.payments.api.ownership import require_account_owner, require_own_sources
 from finmesh.payments.channels import ChannelAdapter, ChannelUnavailable
 from finmesh.payments.store import queries
 from finmesh.payments.store.uow import UnitOfWork
@@ -98,6 +98,7 @@ class MoneyMovementRpcs(ServicerBase):
                                    context: grpc.aio.ServicerContext) -> Any:
         validate_key(request.idempotency_key)
         items = _batch_items(request)
+        await require_own_sources(self.deps.reader, [i.source for i in items if i.source])
         await self.require_test_accounts(context, sorted({a for i in items for a in (i.source, i.destination) if a}))
 
         async def action(uow: UnitOfWork) -> Any:

@@ -56,6 +56,33 @@ async def require_payment_party(reader: Any, payer_account_id: str, payee_accoun
         raise PermissionDenied("PERMISSION_MISSING", "customers may only act on their own payments")
 
 
+async def require_payee_owner(reader: Any, payment_id: str) -> None:
+    """A merchant captures, voids and refunds only payments made to an account it owns (the permission says
+    a merchant may capture; this says whose payments). A missing payment is left to the handler (NOT_FOUND).
+    The payee of a payment and the owner of an account never change, so a read before the writer holds."""
+    if not customer_caller():
+        return
+    async with reader.connect() as conn:
+        payment = await queries.payment_by_id(conn, payment_id)
+        if payment is None:
+            return
+        payee = (await queries.accounts_by_id(conn, [payment.payee_account_id])).get(payment.payee_account_id)
+    if payee is None:
+        raise PermissionDenied("PERMISSION_MISSING", "customers may only act on payments to their own accounts")
+    require_owner(payee.owner_id, "payments")
+
+
+async def require_own_sources(reader: Any, account_ids: list[str]) -> None:
+    """A customer's batch (an institution's payroll) moves money out of its own accounts only; services and
+    operators with the permission pass. Missing accounts are left to each transfer's own refusal."""
+    if not customer_caller() or not account_ids:
+        return
+    async with reader.connect() as conn:
+        found = await queries.accounts_by_id(conn, sorted(set(account_ids)))
+    for account in found.values():
+        require_own_account(account)
+
+
 def require_openable(kind: AccountKind) -> None:
     """Customers open wallets; enterprises and institutions also merchant accounts; platform accounts are
     operators' (admin)."""

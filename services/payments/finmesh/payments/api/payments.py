@@ -18,7 +18,12 @@ from finmesh.payments.api.common import (
     page_size,
     require_id,
 )
-from finmesh.payments.api.ownership import require_account_owner, require_own_account, require_payment_party
+from finmesh.payments.api.ownership import (
+    require_account_owner,
+    require_own_account,
+    require_payee_owner,
+    require_payment_party,
+)
 from finmesh.payments.api.risk_context import RiskFacts, validate_risk_context
 from finmesh.payments.clients import PaymentFacts, RiskVerdict
 from finmesh.payments.domain.ledger import AccountState, AccountStatus
@@ -210,6 +215,7 @@ class PaymentRpcs(ServicerBase):
         problems = amount_violations(request, required=False)
         if problems:
             raise InvalidArgument(problems)
+        await require_payee_owner(self.deps.reader, request.payment_id)
         await self.require_test_payment(context, request.payment_id)
         minor_units = request.amount.minor_units if request.HasField("amount") else None
 
@@ -221,6 +227,7 @@ class PaymentRpcs(ServicerBase):
 
     async def VoidPayment(self, request: pb.VoidPaymentRequest, context: grpc.aio.ServicerContext) -> Any:
         require_id(request.payment_id, "payment_id")
+        await require_payee_owner(self.deps.reader, request.payment_id)
         await self.require_test_payment(context, request.payment_id)
 
         async def action(uow: UnitOfWork) -> Any:
@@ -250,6 +257,7 @@ class PaymentRpcs(ServicerBase):
         v.violations.extend(amount_violations(request, required=False))
         v.require(len(request.reason) <= MAX_REASON, "reason", f"at most {MAX_REASON} characters")
         v.raise_if_any()
+        await require_payee_owner(self.deps.reader, request.payment_id)
         await self.require_test_payment(context, request.payment_id)
         has_amount = request.HasField("amount")
         currency = request.amount.currency_code if has_amount else None
