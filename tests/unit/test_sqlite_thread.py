@@ -107,8 +107,10 @@ def _stored(path: Path) -> list[tuple[Any, ...]]:
         return raw.execute(f"SELECT {', '.join(f'quote({n})' for n in names)} FROM sample ORDER BY id").fetchall()
 
 
-async def test_rows_inserted_on_the_thread_are_stored_exactly_as_sqlalchemy_stores_them(tmp_path: Path) -> None:
-    rows = _sample_rows(7)
+async def _written_both_ways(tmp_path: Path, statement: Any, rows: list[dict[str, Any]], *,
+                             seeded: bool) -> tuple[int, int]:
+    """`statement` executed with `rows` by SQLAlchemy's own executemany (stock.db) and on the write thread
+    (fast.db), each on a new `sample` table (`seeded`: holding _sample_rows(7) first); both rowcounts."""
     stock = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'stock.db'}")
     fast = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'fast.db'}")
     thread = SqliteWriteThread(fast)
@@ -116,17 +118,23 @@ async def test_rows_inserted_on_the_thread_are_stored_exactly_as_sqlalchemy_stor
         for engine in (stock, fast):
             async with engine.begin() as conn:
                 await conn.run_sync(_kinds.create_all)
+                if seeded:
+                    await conn.execute(insert(_sample), _sample_rows(7))
         async with stock.begin() as conn:
-            await insert_rows(conn, _sample, rows)  # not on the thread: SQLAlchemy's own executemany
+            on_stock = (await conn.execute(statement, rows)).rowcount
 
-        async def add(conn: Any) -> None:
-            await insert_rows(conn, _sample, rows)
+        async def run(conn: Any) -> int:
+            return int((await conn.execute(statement, rows)).rowcount)
 
-        await thread.transaction(add)
+        return int(on_stock), await thread.transaction(run)
     finally:
         await thread.close()
         await stock.dispose()
         await fast.dispose()
+
+
+async def test_rows_inserted_on_the_thread_are_stored_exactly_as_sqlalchemy_stores_them(tmp_path: Path) -> None:
+    assert await _written_both_ways(tmp_path, insert(_sample), _sample_rows(7), seeded=False) == (7, 7)
     assert len(_stored(tmp_path / "fast.db")) == 7
     assert _stored(tmp_path / "fast.db") == _stored(tmp_path / "stock.db")
 
@@ -138,25 +146,7 @@ async def test_many_rows_updated_on_the_thread_are_stored_exactly_as_sqlalchemy_
         flag=bindparam("b_flag"))
     changes = [{"b_name": row["name"], "b_amount": -row["amount"], "b_at": None if i % 3 else later,
                 "b_payload": {"changed": [i, "é"]}, "b_flag": not row["flag"]} for i, row in enumerate(_sample_rows(7))]
-    stock = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'stock.db'}")
-    fast = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'fast.db'}")
-    thread = SqliteWriteThread(fast)
-    try:
-        for engine in (stock, fast):
-            async with engine.begin() as conn:
-                await conn.run_sync(_kinds.create_all)
-                await conn.execute(insert(_sample), _sample_rows(7))
-        async with stock.begin() as conn:
-            assert (await conn.execute(change, changes)).rowcount == 7
-
-        async def apply(conn: Any) -> int:
-            return int((await conn.execute(change, changes)).rowcount)
-
-        assert await thread.transaction(apply) == 7
-    finally:
-        await thread.close()
-        await stock.dispose()
-        await fast.dispose()
+    assert await _written_both_ways(tmp_path, change, changes, seeded=True) == (7, 7)
     assert _stored(tmp_path / "fast.db") == _stored(tmp_path / "stock.db")
 
 
