@@ -27,9 +27,8 @@ from typing import Any
 from opentelemetry import context as otel_context
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.platform import sqlite_thread
 from finmesh.platform.logs import get_logger
-from finmesh.platform.sqlite_thread import SqliteWriteThread
+from finmesh.platform.sqlite_thread import SqliteWriteThread, write_thread_for
 from finmesh.risk.assessing import Outcome, PaymentFacts, assess_payments
 from finmesh.risk.domain.rules import Rules
 
@@ -49,9 +48,8 @@ class AssessmentWriter:
                  linger_seconds: float = 0.0,
                  assess: Callable[..., Awaitable[list[Outcome]]] = assess_payments) -> None:
         # On an SQLite file each batch runs on a thread of its own: one hand-off per batch, not one per driver call.
-        on_thread = engine is not None and sqlite_thread.supports(engine)
-        self._database: AsyncEngine | SqliteWriteThread = (
-            SqliteWriteThread(engine, "risk-sqlite-writer") if on_thread else engine)
+        thread = write_thread_for(engine, "risk-sqlite-writer") if engine is not None else None
+        self._database: AsyncEngine | SqliteWriteThread = thread or engine
         self._rules = rules  # the active rules, read when a batch starts
         self._assess = assess
         self._max_batch = max_batch
