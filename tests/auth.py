@@ -225,6 +225,7 @@ CALLERS: dict[str, Caller] = {
     _PAY + "VerifyAuditLog": lambda i, b, r: i.mint("admin"),
     # risk: payments and identity call the assessments; risk officers own rules, lists and reports.
     _RISK + "AssessPayment": lambda i, b, r: i.service("payments"),
+    _RISK + "AssessPayments": lambda i, b, r: i.service("payments"),
     _RISK + "AssessOnboarding": lambda i, b, r: i.service("identity"),
     # notify: services deliver events and send messages; customers their own consent, receipts, complaints.
     _NOTIFY + "DeliverEvent": lambda i, b, r: i.service("payments"),

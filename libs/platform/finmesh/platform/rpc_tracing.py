@@ -107,6 +107,26 @@ def server_span(name: str, attributes: dict[str, str], context: grpc.aio.Service
         span.end()
 
 
+@contextmanager
+def batch_item_span(name: str, traceparent: str, tracestate: str, batch: trace.Link) -> Iterator[Any]:
+    """A span for one item of a batch call, current while the item is worked on.
+
+    The item carried its own W3C context, so its span joins the item's trace (e.g. the payment's) and links
+    the batch call's span, after OTel's convention for batch messaging. An item without context stays in the
+    batch call's trace.
+    """
+    parent = (propagate.extract({"traceparent": traceparent, "tracestate": tracestate}) if traceparent
+              else otel_context.get_current())
+    span = _tracer.start_span(name, context=parent, links=[batch] if batch.context.is_valid else None,
+                              record_exception=False, set_status_on_exception=False)
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    try:
+        yield span
+    finally:
+        otel_context.detach(token)
+        span.end()
+
+
 def finish_server_span(span: Any, code: grpc.StatusCode) -> None:
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if code in SERVER_FAULTS:

@@ -41,6 +41,11 @@ class RiskServiceStub:
                 request_serializer=finmesh_dot_risk_dot_v1_dot_risk__service__pb2.AssessPaymentRequest.SerializeToString,
                 response_deserializer=finmesh_dot_risk_dot_v1_dot_risk__service__pb2.AssessPaymentResponse.FromString,
                 _registered_method=True)
+        self.AssessPayments = channel.unary_unary(
+                '/finmesh.risk.v1.RiskService/AssessPayments',
+                request_serializer=finmesh_dot_risk_dot_v1_dot_risk__service__pb2.AssessPaymentsRequest.SerializeToString,
+                response_deserializer=finmesh_dot_risk_dot_v1_dot_risk__service__pb2.AssessPaymentsResponse.FromString,
+                _registered_method=True)
         self.AssessOnboarding = channel.unary_unary(
                 '/finmesh.risk.v1.RiskService/AssessOnboarding',
                 request_serializer=finmesh_dot_risk_dot_v1_dot_risk__service__pb2.AssessOnboardingRequest.SerializeToString,
@@ -96,6 +101,18 @@ class RiskServiceServicer:
     def AssessPayment(self, request, context):
         """Scores one payment before it moves money. Idempotent on payment_id:
         asking again for the same payment returns the recorded assessment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AssessPayments(self, request, context):
+        """Scores several payments in one call (at most 64), for a caller with many
+        payments waiting at once. Each is judged exactly as AssessPayment judges
+        it, idempotent on its payment_id, and gets its own result in request
+        order, so one malformed check does not fail its neighbours. A malformed
+        request as a whole (no checks, too many) is INVALID_ARGUMENT. Callers
+        that meet UNIMPLEMENTED (an older risk) fall back to AssessPayment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,6 +184,11 @@ def add_RiskServiceServicer_to_server(servicer, server):
                     servicer.AssessPayment,
                     request_deserializer=finmesh_dot_risk_dot_v1_dot_risk__service__pb2.AssessPaymentRequest.FromString,
                     response_serializer=finmesh_dot_risk_dot_v1_dot_risk__service__pb2.AssessPaymentResponse.SerializeToString,
+            ),
+            'AssessPayments': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssessPayments,
+                    request_deserializer=finmesh_dot_risk_dot_v1_dot_risk__service__pb2.AssessPaymentsRequest.FromString,
+                    response_serializer=finmesh_dot_risk_dot_v1_dot_risk__service__pb2.AssessPaymentsResponse.SerializeToString,
             ),
             'AssessOnboarding': grpc.unary_unary_rpc_method_handler(
                     servicer.AssessOnboarding,
@@ -243,6 +265,33 @@ class RiskService:
             '/finmesh.risk.v1.RiskService/AssessPayment',
             finmesh_dot_risk_dot_v1_dot_risk__service__pb2.AssessPaymentRequest.SerializeToString,
             finmesh_dot_risk_dot_v1_dot_risk__service__pb2.AssessPaymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssessPayments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finmesh.risk.v1.RiskService/AssessPayments',
+            finmesh_dot_risk_dot_v1_dot_risk__service__pb2.AssessPaymentsRequest.SerializeToString,
+            finmesh_dot_risk_dot_v1_dot_risk__service__pb2.AssessPaymentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

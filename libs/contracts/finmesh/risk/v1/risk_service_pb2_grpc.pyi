@@ -39,6 +39,14 @@ class RiskServiceStub:
     """Scores one payment before it moves money. Idempotent on payment_id:
     asking again for the same payment returns the recorded assessment.
     """
+    AssessPayments: _grpc.UnaryUnaryMultiCallable[_risk_service_pb2.AssessPaymentsRequest, _risk_service_pb2.AssessPaymentsResponse]
+    """Scores several payments in one call (at most 64), for a caller with many
+    payments waiting at once. Each is judged exactly as AssessPayment judges
+    it, idempotent on its payment_id, and gets its own result in request
+    order, so one malformed check does not fail its neighbours. A malformed
+    request as a whole (no checks, too many) is INVALID_ARGUMENT. Callers
+    that meet UNIMPLEMENTED (an older risk) fall back to AssessPayment.
+    """
     AssessOnboarding: _grpc.UnaryUnaryMultiCallable[_risk_service_pb2.AssessOnboardingRequest, _risk_service_pb2.AssessOnboardingResponse]
     """Assesses a newly registered user and yields the user's risk tier."""
     GetRules: _grpc.UnaryUnaryMultiCallable[_risk_service_pb2.GetRulesRequest, _risk_service_pb2.GetRulesResponse]
@@ -65,6 +73,14 @@ class RiskServiceAsyncStub(RiskServiceStub):
     AssessPayment: _aio.UnaryUnaryMultiCallable[_risk_service_pb2.AssessPaymentRequest, _risk_service_pb2.AssessPaymentResponse]  # type: ignore[assignment]
     """Scores one payment before it moves money. Idempotent on payment_id:
     asking again for the same payment returns the recorded assessment.
+    """
+    AssessPayments: _aio.UnaryUnaryMultiCallable[_risk_service_pb2.AssessPaymentsRequest, _risk_service_pb2.AssessPaymentsResponse]  # type: ignore[assignment]
+    """Scores several payments in one call (at most 64), for a caller with many
+    payments waiting at once. Each is judged exactly as AssessPayment judges
+    it, idempotent on its payment_id, and gets its own result in request
+    order, so one malformed check does not fail its neighbours. A malformed
+    request as a whole (no checks, too many) is INVALID_ARGUMENT. Callers
+    that meet UNIMPLEMENTED (an older risk) fall back to AssessPayment.
     """
     AssessOnboarding: _aio.UnaryUnaryMultiCallable[_risk_service_pb2.AssessOnboardingRequest, _risk_service_pb2.AssessOnboardingResponse]  # type: ignore[assignment]
     """Assesses a newly registered user and yields the user's risk tier."""
@@ -95,6 +111,20 @@ class RiskServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_risk_service_pb2.AssessPaymentResponse, _abc.Awaitable[_risk_service_pb2.AssessPaymentResponse]]:
         """Scores one payment before it moves money. Idempotent on payment_id:
         asking again for the same payment returns the recorded assessment.
+        """
+
+    @_abc_1.abstractmethod
+    def AssessPayments(
+        self,
+        request: _risk_service_pb2.AssessPaymentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_risk_service_pb2.AssessPaymentsResponse, _abc.Awaitable[_risk_service_pb2.AssessPaymentsResponse]]:
+        """Scores several payments in one call (at most 64), for a caller with many
+        payments waiting at once. Each is judged exactly as AssessPayment judges
+        it, idempotent on its payment_id, and gets its own result in request
+        order, so one malformed check does not fail its neighbours. A malformed
+        request as a whole (no checks, too many) is INVALID_ARGUMENT. Callers
+        that meet UNIMPLEMENTED (an older risk) fall back to AssessPayment.
         """
 
     @_abc_1.abstractmethod

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.platform.errors import AlreadyExists, InvalidArgument, NotFound
+from finmesh.platform.errors import AlreadyExists, DomainError, InvalidArgument, NotFound
 from finmesh.platform.idempotency import IdempotencyStore
 from finmesh.platform.logs import get_logger
 from finmesh.platform.rpc_errors import to_status
+from finmesh.platform.rpc_tracing import batch_item_span
 from finmesh.risk import onboarding
 from finmesh.risk.api import convert, validate
 from finmesh.risk.domain.rules import RulesError, parse_rules
@@ -42,6 +45,24 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
     # -- assessments ------------------------------------------------------------
 
     async def AssessPayment(self, request: pb.AssessPaymentRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.AssessPaymentResponse(assessment=await self._assess(request))
+
+    async def AssessPayments(self, request: pb.AssessPaymentsRequest, context: grpc.aio.ServicerContext) -> Any:
+        validate.check_count(len(request.checks))
+        # Each check is its own task, so each runs in its payment's trace; they meet in the writer's next batch.
+        batch = trace.Link(trace.get_current_span().get_span_context())
+        results = await asyncio.gather(*(self._check(i, check, batch) for i, check in enumerate(request.checks)))
+        return pb.AssessPaymentsResponse(results=results)
+
+    async def _check(self, index: int, check: pb.PaymentCheck, batch: trace.Link) -> pb.PaymentCheckResult:
+        """One check of a batch: its payment's verdict, or the refusal AssessPayment would have answered."""
+        with batch_item_span("risk.assess_payment", check.traceparent, check.tracestate, batch):
+            try:
+                return pb.PaymentCheckResult(assessment=await self._assess(check.payment))
+            except DomainError as error:
+                return pb.PaymentCheckResult(refusal=convert.refusal(error, f"checks[{index}].payment."))
+
+    async def _assess(self, request: pb.AssessPaymentRequest) -> pb.Assessment:
         facts = validate.payment_facts(request)
         # A retry gets the recorded verdict (looked up under the payer's lock), whatever the rules are now.
         outcome = await self.writer.submit(facts)
@@ -51,7 +72,7 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
         _log.info("payment_assessed", payment_id=row.payment_id, decision=row.decision, score=row.score,
                   warning_level=row.warning_level, reasons=[r["code"] for r in row.reasons],
                   rules_version=row.rules_version)
-        return pb.AssessPaymentResponse(assessment=convert.assessment(row))
+        return convert.assessment(row)
 
     async def AssessOnboarding(self, request: pb.AssessOnboardingRequest, context: grpc.aio.ServicerContext) -> Any:
         ip, country = validate.onboarding(request)

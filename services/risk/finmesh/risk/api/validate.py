@@ -19,6 +19,7 @@ from finmesh.risk.v1 import risk_service_pb2 as pb
 MAX_ID = 64
 MAX_PAGE = 500
 MAX_REASON = 200
+MAX_CHECKS = 64  # AssessPayments: checks per call
 
 TIERS = {pb.RISK_TIER_UNSPECIFIED: Tier.UNSPECIFIED, pb.RISK_TIER_LOW: Tier.LOW,
          pb.RISK_TIER_MEDIUM: Tier.MEDIUM, pb.RISK_TIER_HIGH: Tier.HIGH}
@@ -116,6 +117,11 @@ def payment_facts(request: pb.AssessPaymentRequest) -> PaymentFacts:
         home_country=home_country,
         synthetic=request.synthetic,
     )
+
+
+def check_count(count: int) -> None:
+    if not 0 < count <= MAX_CHECKS:
+        raise InvalidArgument(FieldViolation("checks", f"between 1 and {MAX_CHECKS} checks"))
 
 
 def onboarding(request: pb.AssessOnboardingRequest) -> tuple[str, str]:
