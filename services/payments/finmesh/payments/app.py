@@ -40,6 +40,7 @@ class PaymentsApp:
     reader: AsyncEngine
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     write_thread: SqliteWriteThread | None = None
+    risk: RiskClient | None = None
 
     async def start(self) -> None:
         await self.writer.prepare()
@@ -53,6 +54,8 @@ class PaymentsApp:
         await self.relay.stop()
         if self.write_thread is not None:
             await self.write_thread.close()
+        if self.risk is not None:
+            await self.risk.close()
         for channel in self.channels:
             await channel.close()
         await self.engine.dispose()
@@ -77,10 +80,11 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
                                       interval_seconds=settings.channel_sweep_interval_seconds,
                                       authorization_ttl_seconds=settings.authorization_ttl_seconds)
     reader = create_read_engine(settings.database_url_for("payments"), pool_size=settings.db_read_pool_size)
+    risk = RiskClient(risk_channel, max_in_flight=settings.risk_max_in_flight)
     deps = Dependencies(engine=engine, reader=reader, writer=writer,
                         idempotency=IdempotencyStore(engine, idempotency, to_status),
-                        risk=RiskClient(risk_channel), channels=channels, settings=settings)
+                        risk=risk, channels=channels, settings=settings)
     registration = Registration(PaymentsServicer(deps), pb_grpc.add_PaymentsServiceServicer_to_server,
                                 pb.DESCRIPTOR.services_by_name["PaymentsService"])
     return PaymentsApp(settings, [registration], relay, writer, sweeper, engine, reader,
-                       [risk_channel, notify_channel], write_thread)
+                       [risk_channel, notify_channel], write_thread, risk)
