@@ -21,8 +21,10 @@ class RiskSettings(ServiceSettings):
     # between batches, as they do between replicas.
     risk_writer_lanes: int = Field(default=1, ge=1, le=16)
     # Group commit under load: how long an assessment may wait for others to share its transaction, only
-    # while they arrive more often than this (writer.py). 0 turns it off.
-    risk_writer_linger_ms: float = Field(default=10.0, ge=0, le=50)
+    # while they arrive more often than this (writer.py). Off by default since payments sends the checks that
+    # wait together as one AssessPayments call: at 100 payments/s a 10 ms linger took the median from ~15 to
+    # ~22 ms, for ~0.3 ms less of risk's CPU per payment at saturation.
+    risk_writer_linger_ms: float = Field(default=0.0, ge=0, le=50)
 
     @classmethod
     def of(cls, settings: ServiceSettings) -> RiskSettings:
