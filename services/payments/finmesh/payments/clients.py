@@ -59,7 +59,7 @@ class RiskClient:
     than `max_in_flight` calls are out, each payment makes its own AssessPayment call, as before.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, *, max_in_flight: int = 2, max_batch: int = 64) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, max_in_flight: int = 1, max_batch: int = 64) -> None:
         self._stub = risk_grpc.RiskServiceStub(channel)
         self._calls: Coalescer[risk_pb.AssessPaymentRequest, RiskVerdict] = Coalescer(
             self._assess_one, self._assess_many, max_in_flight=max_in_flight, max_batch=max_batch)

@@ -15,10 +15,10 @@ class PaymentsSettings(ServiceSettings):
     # What a payment does when risk does not answer in time: hold the funds
     # for a risk officer ("review"), or refuse with RISK_UNAVAILABLE ("decline").
     risk_unavailable_policy: Literal["review", "decline"] = "review"
-    # Risk checks out at once; beyond that, payments wait and go to risk together as one AssessPayments
-    # call when a check comes back (see clients.RiskClient). Light traffic never waits. Fewer make bigger
-    # batches (less CPU per payment on both sides); keep it at least the number of risk replicas.
-    risk_max_in_flight: int = Field(default=2, ge=1, le=1000)
+    # Risk calls out at once; beyond that, checks wait and go to risk together as one AssessPayments call
+    # when a call comes back (see clients.RiskClient). Light traffic never waits. One makes the biggest
+    # batches (least CPU per payment on both sides); more let checks use several risk replicas at once.
+    risk_max_in_flight: int = Field(default=1, ge=1, le=1000)
 
     # Per-tier limits, tier -> currency -> {single, daily_amount, daily_count}
     # in minor units, e.g. FINMESH_TIER_LIMITS='{"low": {"CNY": {"single": 5000000, ...}}}'.
