@@ -27,7 +27,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 from google.rpc import status_pb2
-from sqlalchemy import bindparam, insert, select, tuple_, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -52,8 +52,11 @@ Action = Callable[[UnitOfWork], Awaitable[Any]]
 _HEAD_FOR_UPDATE = select(audit_head.c.sequence, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
 _MOVE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(sequence=bindparam("b_sequence"),
                                                                    hash=bindparam("b_hash"))
-_STORED_ANSWERS = select(idempotency).where(
-    tuple_(idempotency.c.method, idempotency.c.key).in_(bindparam("keys", expanding=True)))
+# One method and a list of keys, not a (method, key) row-value IN: SQLite answers that by scanning the whole
+# table (EXPLAIN: SCAN idempotency_keys), which made every batch slower as the ledger grew (bench: writer CPU
+# per payment 315 -> 780 us over 45,000 payments).
+_STORED_ANSWERS = select(idempotency).where(idempotency.c.method == bindparam("method"),
+                                            idempotency.c.key.in_(bindparam("keys", expanding=True)))
 
 
 @dataclass
@@ -249,12 +252,15 @@ class LedgerWriter:
         return _Outcome(reply=reply), _answer(command, now, response=reply)
 
     async def _stored_answers(self, conn: Any, batch: list[Command]) -> dict[tuple[str, str], Any]:
-        keys = sorted({(c.method, c.key) for c in batch})
+        by_method: dict[str, set[str]] = {}
+        for command in batch:
+            by_method.setdefault(command.method, set()).add(command.key)
         found: dict[tuple[str, str], Any] = {}
-        for start in range(0, len(keys), 300):
-            chunk = keys[start:start + 300]
-            result = await conn.execute(_STORED_ANSWERS, {"keys": chunk})
-            found.update({(r.method, r.key): r._mapping for r in result})
+        for method, key_set in sorted(by_method.items()):
+            keys = sorted(key_set)
+            for start in range(0, len(keys), 300):
+                result = await conn.execute(_STORED_ANSWERS, {"method": method, "keys": keys[start:start + 300]})
+                found.update({(r.method, r.key): r._mapping for r in result})
         return found
 
 
