@@ -39,7 +39,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
 # 32 payers keep each one under risk's velocity rule (20 payments per user in 10 minutes).
 PAYERS, PAYEES, TOP_UP = 32, 8, 1_000_000
-LOAD = LoadShape(count=450, rate=25.0, clients=4)
+# The drill stops the load after the rollback; the count only bounds it (80 s at this rate).
+LOAD = LoadShape(count=2000, rate=25.0, clients=4)
 CREATE_PAYMENT = "finmesh.payments.v1.PaymentsService/CreatePayment"
 SERVER_SETTINGS = {
     # Short, so a flip moves pinned connections within seconds instead of minutes.
@@ -185,8 +186,9 @@ async def test_blue_green_drill_under_load(databases: Any, tmp_path: Path, colle
         await forwarder.start()
         payers, payees = await _open_accounts(forwarder.target, run_id, issuer, book)
 
-        load = asyncio.create_task(PaymentLoad(forwarder.target, payers, payees, run_id, LOAD,
-                                               interceptors=[ActingAs(issuer, book)]).run())
+        payments_load = PaymentLoad(forwarder.target, payers, payees, run_id, LOAD,
+                                    interceptors=[ActingAs(issuer, book)])
+        load = asyncio.create_task(payments_load.run())
         # Green starts against the same database while blue serves the load.
         green = drill.start("payments", "green", "2", "payments-green", **payments_env)
         green_ready = await wait_serving(green)
@@ -204,6 +206,8 @@ async def test_blue_green_drill_under_load(databases: Any, tmp_path: Path, colle
         green_open_at_sigterm = forwarder.open[green.target]
         assert not load.done(), "the load ended before the rollback: the drill would prove nothing about it"
         green_drain = await terminate(green)
+        await asyncio.sleep(2)  # payments keep flowing on the rolled-back blue for a moment
+        payments_load.stop()
 
         report = await load
         rows, totals = await _payment_rows(urls["payments"], run_id)

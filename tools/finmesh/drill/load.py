@@ -10,6 +10,7 @@ reply instead of being made twice. Anything else is a failure the drill reports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -89,7 +90,11 @@ class LoadShape:
 
 
 class PaymentLoad:
-    """Pays from `payers` to `payees` in rotation through `target`; the run stops by itself after shape.count."""
+    """Pays from `payers` to `payees` in rotation through `target`, until `stop()` or shape.count calls.
+
+    A drill stops the load once its last step is done, so a slow machine (services that take long to
+    start) cannot run out of load before the step it wants to prove; the count is the bound.
+    """
 
     def __init__(self, target: str, payers: list[str], payees: list[str], run_id: str,
                  shape: LoadShape | None = None,
@@ -101,6 +106,11 @@ class PaymentLoad:
         self._payees = payees
         self._run_id = run_id
         self.shape = shape or LoadShape()
+        self._stopped = asyncio.Event()
+
+    def stop(self) -> None:
+        """Start no more calls; those already started finish (with their retries) and are reported."""
+        self._stopped.set()
 
     def record(self, i: int) -> CallRecord:
         """The i-th call: fixed by i alone, so a retry sends the identical request."""
@@ -117,17 +127,26 @@ class PaymentLoad:
                     for _ in range(s.clients)]
         stubs = [pb_grpc.PaymentsServiceStub(c) for c in channels]
         gate = asyncio.Semaphore(s.max_in_flight)
-        records = [self.record(i) for i in range(s.count)]
+        records: list[CallRecord] = []
+        calls: list[asyncio.Task[None]] = []
         start = time.monotonic()
 
         async def one(record: CallRecord) -> None:
-            await asyncio.sleep(max(0.0, start + record.index / s.rate - time.monotonic()))
             async with gate:
                 await self._call(stubs[record.index % len(stubs)], record)
 
         try:
-            await asyncio.gather(*(one(r) for r in records))
+            for i in range(s.count):  # open loop: call i starts at start + i / rate, whatever came back
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), start + i / s.rate - time.monotonic())
+                if self._stopped.is_set():
+                    break
+                records.append(self.record(i))
+                calls.append(asyncio.create_task(one(records[-1])))
+            await asyncio.gather(*calls)
         finally:
+            for call in calls:
+                call.cancel()
             for channel in channels:
                 await channel.close()
         return LoadReport(records, time.monotonic() - start)
