@@ -49,6 +49,16 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _one_call_out(max_batch: int = 8) -> tuple[Callee, Coalescer[int, int], asyncio.Task[int]]:
+    """A held callee, a coalescer that lets one call out, and that call (item 1) under way."""
+    callee = Callee()
+    callee.gate.clear()
+    calls = Coalescer(callee.one, callee.many, max_in_flight=1, max_batch=max_batch)
+    first = asyncio.create_task(_submit_as(calls, "a", 1))
+    await _settle()
+    return callee, calls, first
+
+
 async def test_light_traffic_makes_single_calls_only() -> None:
     callee = Callee()
     calls = Coalescer(callee.one, callee.many, max_in_flight=2, max_batch=8)
@@ -58,11 +68,7 @@ async def test_light_traffic_makes_single_calls_only() -> None:
 
 
 async def test_what_waits_goes_as_one_batch_each_with_its_own_result_and_caller_context() -> None:
-    callee = Callee()
-    callee.gate.clear()
-    calls = Coalescer(callee.one, callee.many, max_in_flight=1, max_batch=8)
-    first = asyncio.create_task(_submit_as(calls, "a", 1))
-    await _settle()
+    callee, calls, first = await _one_call_out()
     waiting = [asyncio.create_task(_submit_as(calls, name, item)) for name, item in [("b", 2), ("c", -3), ("d", 4)]]
     await _settle()
     assert callee.singles == [1] and callee.batches == []  # the others wait for the one call out
@@ -89,12 +95,8 @@ async def test_batches_are_capped_and_all_waiting_items_are_answered() -> None:
 
 
 async def test_a_failed_batch_fails_each_of_its_items_and_the_next_callers_still_get_through() -> None:
-    callee = Callee()
-    callee.gate.clear()
+    callee, calls, first = await _one_call_out()
     callee.fail_batches = ConnectionError("callee down")
-    calls = Coalescer(callee.one, callee.many, max_in_flight=1, max_batch=8)
-    first = asyncio.create_task(calls.submit(1, 5))
-    await _settle()
     waiting = [asyncio.create_task(calls.submit(i, 5)) for i in (2, 3)]
     await _settle()
     callee.gate.set()
@@ -106,11 +108,7 @@ async def test_a_failed_batch_fails_each_of_its_items_and_the_next_callers_still
 
 
 async def test_an_item_that_waits_past_its_timeout_times_out_and_is_left_out_of_the_batch() -> None:
-    callee = Callee()
-    callee.gate.clear()
-    calls = Coalescer(callee.one, callee.many, max_in_flight=1, max_batch=8)
-    first = asyncio.create_task(calls.submit(1, 5))
-    await _settle()
+    callee, calls, first = await _one_call_out()
     impatient = asyncio.create_task(calls.submit(2, 0.05))
     patient = asyncio.create_task(calls.submit(3, 5))
     with pytest.raises(TimeoutError):
@@ -121,11 +119,7 @@ async def test_an_item_that_waits_past_its_timeout_times_out_and_is_left_out_of_
 
 
 async def test_close_cancels_what_waits() -> None:
-    callee = Callee()
-    callee.gate.clear()
-    calls = Coalescer(callee.one, callee.many, max_in_flight=1, max_batch=8)
-    first = asyncio.create_task(calls.submit(1, 5))
-    await _settle()
+    callee, calls, first = await _one_call_out()
     waiting = asyncio.create_task(calls.submit(2, 5))
     await _settle()
     await calls.close()

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from finmesh.common.v1 import errors_pb2 as _errors_pb2
 from finmesh.common.v1 import money_pb2 as _money_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -383,7 +384,7 @@ class CheckRefusal(_message.Message):
     """Machine-readable reason, as ErrorInfo.reason."""
     message: _builtins.str
     @_builtins.property
-    def field_violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldViolation]:
+    def field_violations(self) -> _containers.RepeatedCompositeFieldContainer[_errors_pb2.FieldViolation]:
         """Fields named from the request ("checks[3].payment.amount")."""
 
     def __init__(
@@ -392,7 +393,7 @@ class CheckRefusal(_message.Message):
         code: _builtins.int = ...,
         reason: _builtins.str = ...,
         message: _builtins.str = ...,
-        field_violations: _abc.Iterable[Global___FieldViolation] | None = ...,
+        field_violations: _abc.Iterable[_errors_pb2.FieldViolation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -401,30 +402,6 @@ class CheckRefusal(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckRefusal: _TypeAlias = CheckRefusal  # noqa: Y015
-
-@_typing.final
-class FieldViolation(_message.Message):
-    """The shape of google.rpc.BadRequest.FieldViolation, per check."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    FIELD_FIELD_NUMBER: _builtins.int
-    DESCRIPTION_FIELD_NUMBER: _builtins.int
-    field: _builtins.str
-    description: _builtins.str
-    def __init__(
-        self,
-        *,
-        field: _builtins.str = ...,
-        description: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___FieldViolation: _TypeAlias = FieldViolation  # noqa: Y015
 
 @_typing.final
 class AssessOnboardingRequest(_message.Message):

@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
-from finmesh.common.v1 import money_pb2
+from finmesh.common.v1 import errors_pb2, money_pb2
 from finmesh.platform.errors import DomainError, InvalidArgument
 from finmesh.platform.rpc_errors import to_status
 from finmesh.risk.domain.values import Reason
@@ -83,5 +83,6 @@ def refusal(error: DomainError, field_prefix: str) -> pb.CheckRefusal:
     """A check's refusal: the status AssessPayment would have answered, fields named from the batch request."""
     violations = error.violations if isinstance(error, InvalidArgument) else []
     return pb.CheckRefusal(code=to_status(error).code, reason=error.reason, message=error.message,
-                           field_violations=[pb.FieldViolation(field=field_prefix + v.field, description=v.description)
+                           field_violations=[errors_pb2.FieldViolation(field=field_prefix + v.field,
+                                                                       description=v.description)
                                              for v in violations])
