@@ -94,13 +94,13 @@ async def test_an_older_risk_gets_one_call_per_payment_and_is_asked_for_batches_
             payments = await _burst(c, payer, payee, [10] * 8)
             assert all(p.status == pb.PAYMENT_STATUS_CAPTURED for p in payments)
             assert old.singles == 8  # the batch was refused UNIMPLEMENTED and each check went alone
-            assert client._batch_unsupported_until > 0
+            assert client.batches_refused_until > 0
 
-            tried_at = client._batch_unsupported_until
+            tried_at = client.batches_refused_until
             payments = await _burst(c, payer, payee, [10] * 8)
             assert all(p.status == pb.PAYMENT_STATUS_CAPTURED for p in payments)
             assert old.singles == 16
-            assert client._batch_unsupported_until == tried_at  # not asked again within the minute
+            assert client.batches_refused_until == tried_at  # not asked again within the minute
     finally:
         await risk.server.stop(0)
         for authorizer in risk.authorizers:

@@ -69,6 +69,11 @@ class RiskClient:
     def calls(self) -> Coalescer[risk_pb.AssessPaymentRequest, RiskVerdict]:
         return self._calls
 
+    @property
+    def batches_refused_until(self) -> float:
+        """time.monotonic() until which risk is sent no AssessPayments (it answered UNIMPLEMENTED); 0: never."""
+        return self._batch_unsupported_until
+
     async def assess(self, facts: PaymentFacts, timeout: float) -> RiskVerdict:
         """Risk's verdict; grpc.aio.AioRpcError when risk did not answer or refused the check."""
         try:
