@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 from sqlalchemy import func, select
 
 from finmesh.payments.v1 import payments_service_pb2 as pb
@@ -17,7 +20,7 @@ from finmesh.risk.v1 import risk_service_pb2 as risk_pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as risk_grpc
 from tests.auth import Issuer
 from tests.inprocess import running_mesh
-from tests.payments.harness import GENEROUS_LIMITS, Client, payments_mesh
+from tests.payments.harness import GENEROUS_LIMITS, Client, Refused, payments_mesh
 
 BURST = 16  # under the default rules' 20 payments per payer in 10 minutes
 
@@ -77,32 +80,61 @@ class _OldRisk(risk_grpc.RiskServiceServicer):
             assessment_id=uuid.uuid4().hex, payment_id=request.payment_id, decision=risk_pb.DECISION_APPROVE))
 
 
-async def test_an_older_risk_gets_one_call_per_payment_and_is_asked_for_batches_again_later(
-        databases, tmp_path: Path) -> None:
+@asynccontextmanager
+async def _payments_before(risk_servicer: Any, databases: Any, tmp_path: Path) -> AsyncIterator[tuple[Client, Any]]:
+    """Payments (one risk call out at a time) in front of a risk stand-in: its client and its RiskClient."""
     issuer = await Issuer().start()
-    old = _OldRisk()
     risk = await create_server(ServiceSettings(host="127.0.0.1", port=0, **issuer.settings()), [Registration(
-        old, risk_grpc.add_RiskServiceServicer_to_server, risk_pb.DESCRIPTOR.services_by_name["RiskService"])])
+        risk_servicer, risk_grpc.add_RiskServiceServicer_to_server,
+        risk_pb.DESCRIPTOR.services_by_name["RiskService"])])
     extra = {"tier_limits": GENEROUS_LIMITS, "risk_target": f"127.0.0.1:{risk.port}", "risk_max_in_flight": 1}
     try:
         async with running_mesh(databases, tmp_path, names=("payments",), payments_extra=extra,
                                 issuer=issuer) as mesh:
-            c = Client(mesh.channel("payments"))
-            payer, payee = await c.wallet(), await c.merchant()
-            await c.top_up(payer, 1_000_000)
-            client = mesh.services["payments"].app.risk
-            payments = await _burst(c, payer, payee, [10] * 8)
-            assert all(p.status == pb.PAYMENT_STATUS_CAPTURED for p in payments)
-            assert old.singles == 8  # the batch was refused UNIMPLEMENTED and each check went alone
-            assert client.batches_refused_until > 0
-
-            tried_at = client.batches_refused_until
-            payments = await _burst(c, payer, payee, [10] * 8)
-            assert all(p.status == pb.PAYMENT_STATUS_CAPTURED for p in payments)
-            assert old.singles == 16
-            assert client.batches_refused_until == tried_at  # not asked again within the minute
+            yield Client(mesh.channel("payments")), mesh.services["payments"].app.risk
     finally:
         await risk.server.stop(0)
         for authorizer in risk.authorizers:
             await authorizer.close()
         await issuer.stop()
+
+
+async def test_an_older_risk_gets_one_call_per_payment_and_is_asked_for_batches_again_later(
+        databases, tmp_path: Path) -> None:
+    old = _OldRisk()
+    async with _payments_before(old, databases, tmp_path) as (c, client):
+        payer, payee = await c.wallet(), await c.merchant()
+        await c.top_up(payer, 1_000_000)
+        payments = await _burst(c, payer, payee, [10] * 8)
+        assert all(p.status == pb.PAYMENT_STATUS_CAPTURED for p in payments)
+        assert old.singles == 8  # the batch was refused UNIMPLEMENTED and each check went alone
+        assert client.batches_refused_until > 0
+
+        tried_at = client.batches_refused_until
+        payments = await _burst(c, payer, payee, [10] * 8)
+        assert all(p.status == pb.PAYMENT_STATUS_CAPTURED for p in payments)
+        assert old.singles == 16
+        assert client.batches_refused_until == tried_at  # not asked again within the minute
+
+
+class _ShortRisk(_OldRisk):
+    """Answers a batch with one result too few: a broken contract."""
+
+    async def AssessPayments(self, request: Any, context: Any) -> Any:
+        return risk_pb.AssessPaymentsResponse(results=[
+            risk_pb.PaymentCheckResult(assessment=risk_pb.Assessment(
+                assessment_id=uuid.uuid4().hex, payment_id=check.payment.payment_id,
+                decision=risk_pb.DECISION_APPROVE)) for check in request.checks[1:]])
+
+
+async def test_a_batch_answered_with_the_wrong_number_of_results_refuses_its_payments_and_moves_nothing(
+        databases, tmp_path: Path) -> None:
+    async with _payments_before(_ShortRisk(), databases, tmp_path) as (c, _):
+        payer, payee = await c.wallet(), await c.merchant()
+        await c.top_up(payer, 1_000)
+        outcomes = await asyncio.gather(*(c.pay(payer, payee, 10) for _ in range(6)), return_exceptions=True)
+        refused = [Refused(o) for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        captured = [o for o in outcomes if isinstance(o, pb.Payment)]
+        assert len(captured) + len(refused) == 6 and refused, outcomes  # the first went alone; the rest batched
+        assert {(r.code, r.reason) for r in refused} == {(grpc.StatusCode.UNAVAILABLE, "RISK_UNAVAILABLE")}
+        assert await c.triple(payer) == (1_000 - 10 * len(captured), 0, 1_000 - 10 * len(captured))

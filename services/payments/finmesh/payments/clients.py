@@ -102,6 +102,8 @@ class RiskClient:
             # A risk from before AssessPayments (blue-green rollouts run both for a while): ask again later.
             self._batch_unsupported_until = time.monotonic() + BATCH_RETRY_SECONDS
             return await self._each_alone(requests, contexts, timeout)
+        if len(reply.results) != len(requests):  # a broken contract: refuse the checks, as any risk fault is
+            raise _error(grpc.StatusCode.UNKNOWN, f"risk answered {len(reply.results)} results for {len(requests)}")
         return [_verdict(result.assessment) if result.HasField("assessment") else _refused(result.refusal)
                 for result in reply.results]
 
