@@ -73,6 +73,27 @@ async def test_customers_act_only_on_their_own_accounts_and_payments(databases, 
         await pay.check_books()
 
 
+async def test_customers_read_the_ledger_of_their_own_accounts_only(databases, tmp_path: Path) -> None:
+    """The payments README promises customers their own ledger (a statement of their wallet): the owner's
+    token reads its entries, support reads them to answer the owner, another customer is refused."""
+    async with payments_mesh(databases, tmp_path) as pay:
+        c, issuer = pay.client, pay.mesh.issuer
+        alice, bob = _owner(), _owner()
+        a_wallet, b_wallet = await c.wallet(alice), await c.wallet(bob)
+        await c.top_up(a_wallet, 10_000)
+        await c.pay(a_wallet, b_wallet, 1_000)
+
+        def entries(account: str, token: str) -> Any:
+            return c.stub.ListLedgerEntries(pb.ListLedgerEntriesRequest(account_id=account), metadata=bearer(token))
+
+        own = await entries(a_wallet, issuer.customer(alice))
+        assert sorted(e.amount_minor_units for e in own.entries) == [-1_000, 10_000]
+        assert {e.account_id for e in own.entries} == {a_wallet}
+        assert len((await entries(a_wallet, issuer.mint("support"))).entries) == 2
+        refused = await refusal(entries(a_wallet, issuer.customer(bob)))
+        assert (refused.code, refused.reason) == DENIED
+
+
 async def test_merchants_capture_void_and_refund_only_payments_to_their_own_accounts(databases, tmp_path: Path) -> None:
     """The capture permission is every merchant's; whose payments it covers is payments' check: another
     merchant's token is PERMISSION_DENIED on capture, void and refund, and nothing moves; the payee's own

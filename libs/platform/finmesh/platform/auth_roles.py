@@ -29,6 +29,8 @@ _CUSTOMER = frozenset({
     "identity.user.read", "identity.session.revoke", "identity.mfa.manage", "identity.pii.reveal",
     "payments.account.open", "payments.account.read", "payments.topup.create", "payments.payout.create",
     "payments.payment.create", "payments.payment.read",
+    # Their own accounts' statements: payments checks ownership (api/ownership.py).
+    "payments.ledger.read",
     "notify.notification.read", "notify.consent.read", "notify.consent.write", "notify.complaint.open",
     # Not notify.complaint.read: ListComplaints is not scoped to a user, so it stays with support.
 })
@@ -46,6 +48,8 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     SUPPORT: frozenset({
         "identity.user.read", "identity.session.revoke", "identity.pii.reveal",
         "payments.account.read", "payments.payment.read", "payments.payment.refund",
+        # "Where is my money?": the account's statement, as its owner sees it.
+        "payments.ledger.read",
         "notify.notification.read", "notify.consent.read", "notify.consent.write",
         "notify.complaint.open", "notify.complaint.read", "notify.complaint.handle",
         "notify.deadletter.read", "risk.blocklist.read",
