@@ -30,7 +30,7 @@ def _targets(base_port: int) -> dict[str, str]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    mesh = Mesh(Path(args.data_dir), base_port=args.base_port)
+    mesh = Mesh(Path(args.data_dir), base_port=args.base_port or None)
     print(f"starting finmesh in {mesh.data_dir} (SQLite, spans and logs under it) ...", flush=True)
     try:
         mesh.start()
@@ -39,7 +39,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         mesh.stop()
         return 1
     for name, target in mesh.targets().items():
-        print(f"  {name:<9} {target}   log: {mesh.processes[name].log_path}")
+        proc = mesh.processes[name]
+        print(f"  {name:<9} {target}   pid {proc.process.pid}   log: {proc.log_path}")
     for name, fake in mesh.fakes.items():
         print(f"  fake {name:<8} {fake.url}   (API key in {mesh.data_dir / 'fakes.json'})")
     print("auth is enforced: clients need tokens; `finmesh demo` onboards users and logs them in to get them.")
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="finmesh", description=__doc__)
     parser.add_argument("--data-dir", default=".finmesh", help="SQLite files, span files and logs (default .finmesh)")
     parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
-                        help="identity listens here, payments +1, risk +2, notify +3")
+                        help="identity listens here, payments +1, risk +2, notify +3 (`up`: 0 picks free ports)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="run the four services locally until Ctrl-C").set_defaults(func=cmd_up)
     sub.add_parser("demo", help="run the thin slice against a running mesh").set_defaults(func=cmd_demo)
