@@ -6,6 +6,7 @@ need the four processes use `finmesh.cli.mesh.Mesh` directly (tests/e2e/test_sli
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -98,7 +99,5 @@ class FinmeshUp:
         except subprocess.TimeoutExpired:
             self.process.kill()
             for service in self.services.values():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(service.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
