@@ -44,7 +44,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     for name, fake in mesh.fakes.items():
         print(f"  fake {name:<8} {fake.url}   (API key in {mesh.data_dir / 'fakes.json'})")
     print("auth is enforced: clients need tokens; `finmesh demo` onboards users and logs them in to get them.")
-    print("ready. Try `finmesh demo` in another terminal; Ctrl-C stops the mesh.", flush=True)
+    print("ready. Try `finmesh demo` in another terminal. A service that dies is restarted (kill one to watch); "
+          "Ctrl-C stops the mesh.", flush=True)
     stop = False
 
     def _stop(*_: object) -> None:

@@ -1,5 +1,8 @@
 """Starts the four services as separate processes on loopback, with the local fakes they need, and stops them.
 
+A service that exited can be started again on its port (`Mesh.restart`); `finmesh up` decides when
+(finmesh.cli.supervisor).
+
 Auth is enforced (the default): the services share the data dir, so they
 derive their service credentials from the one mesh secret generated there.
 The fakes are the SMS provider (one-time codes reach a "handset" the demo
