@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import signal
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -15,6 +14,7 @@ from finmesh.cli import audit
 from finmesh.cli.mesh import Mesh, load_fakes
 from finmesh.cli.outbox_cmd import add_outbox_parser
 from finmesh.cli.rollout import add_rollout_parser
+from finmesh.cli.supervisor import RestartPolicy, Supervisor
 from finmesh.cli.tls import TlsConfigError, health_status
 from finmesh.cli.traces import latest_trace_id, load_spans, render_tree
 from finmesh.load import cli as load_cli
@@ -30,7 +30,7 @@ def _targets(base_port: int) -> dict[str, str]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    mesh = Mesh(Path(args.data_dir), base_port=args.base_port)
+    mesh = Mesh(Path(args.data_dir), base_port=args.base_port or None)
     print(f"starting finmesh in {mesh.data_dir} (SQLite, spans and logs under it) ...", flush=True)
     try:
         mesh.start()
@@ -39,11 +39,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         mesh.stop()
         return 1
     for name, target in mesh.targets().items():
-        print(f"  {name:<9} {target}   log: {mesh.processes[name].log_path}")
+        proc = mesh.processes[name]
+        print(f"  {name:<9} {target}   pid {proc.process.pid}   log: {proc.log_path}")
     for name, fake in mesh.fakes.items():
         print(f"  fake {name:<8} {fake.url}   (API key in {mesh.data_dir / 'fakes.json'})")
     print("auth is enforced: clients need tokens; `finmesh demo` onboards users and logs them in to get them.")
-    print("ready. Try `finmesh demo` in another terminal; Ctrl-C stops the mesh.", flush=True)
+    print("ready. Try `finmesh demo` in another terminal. A service that dies is restarted (kill one to watch); "
+          "Ctrl-C stops the mesh.", flush=True)
     stop = False
 
     def _stop(*_: object) -> None:
@@ -52,15 +54,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    while not stop:
-        for name, proc in mesh.processes.items():
-            if proc.process.poll() is not None:
-                print(f"{name} exited with {proc.process.returncode}; stopping", file=sys.stderr)
-                stop = True
-        time.sleep(0.2)
+    policy = RestartPolicy(restarts=args.restarts, first_delay=args.restart_delay)
+    gave_up = Supervisor(mesh, policy).run(lambda: stop)
+    if gave_up is not None:
+        print(gave_up, file=sys.stderr, flush=True)
     codes = mesh.stop()
-    print("stopped: " + ", ".join(f"{n}={c}" for n, c in codes.items()))
-    return 0
+    print("stopped: " + ", ".join(f"{n}={c}" for n, c in codes.items()), flush=True)
+    return 0 if gave_up is None else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -123,9 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="finmesh", description=__doc__)
     parser.add_argument("--data-dir", default=".finmesh", help="SQLite files, span files and logs (default .finmesh)")
     parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
-                        help="identity listens here, payments +1, risk +2, notify +3")
+                        help="identity listens here, payments +1, risk +2, notify +3 (`up`: 0 picks free ports)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="run the four services locally until Ctrl-C").set_defaults(func=cmd_up)
+    up = sub.add_parser("up", help="run the four services locally until Ctrl-C, restarting any that crashes")
+    up.add_argument("--restarts", type=int, default=RestartPolicy.restarts,
+                    help=f"fast crashes in a row (each within {RestartPolicy.stable_after:g} s of its start) "
+                         "restarted before giving up and stopping the mesh (default %(default)s; 0: stop at the "
+                         "first crash)")
+    up.add_argument("--restart-delay", type=float, default=RestartPolicy.first_delay,
+                    help="seconds before the first restart; doubles with each fast crash in a row, up to "
+                         f"{RestartPolicy.max_delay:g} (default %(default)s)")
+    up.set_defaults(func=cmd_up)
     sub.add_parser("demo", help="run the thin slice against a running mesh").set_defaults(func=cmd_demo)
     trace = sub.add_parser("trace", help="render a trace from the local span files as a tree")
     trace.add_argument("trace_id", nargs="?", help="default: the last demo's trace, else the latest trace")

@@ -1,5 +1,8 @@
 """Starts the four services as separate processes on loopback, with the local fakes they need, and stops them.
 
+A service that exited can be started again on its port (`Mesh.restart`); `finmesh up` decides when
+(finmesh.cli.supervisor).
+
 Auth is enforced (the default): the services share the data dir, so they
 derive their service credentials from the one mesh secret generated there.
 The fakes are the SMS provider (one-time codes reach a "handset" the demo
@@ -39,6 +42,7 @@ class ServiceProcess:
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def target(self) -> str:
@@ -103,6 +107,8 @@ class Mesh:
     with_fakes: bool = True
     fakes: dict[str, Fake] = field(default_factory=dict)
     fake_processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Where each service finds the others and the fakes: kept, so a restarted service gets the same.
+    service_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def span_dir(self) -> Path:
@@ -121,12 +127,12 @@ class Mesh:
         self.span_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         ports = self.ports()
-        targets = {f"FINMESH_{name.upper()}_TARGET": f"127.0.0.1:{port}" for name, port in ports.items()}
+        self.service_env = {f"FINMESH_{name.upper()}_TARGET": f"127.0.0.1:{port}" for name, port in ports.items()}
         try:
             if self.with_fakes:
-                targets.update(self.start_fakes(timeout))
+                self.service_env.update(self.start_fakes(timeout))
             for name in SERVICES:
-                self.start_one(name, ports[name], targets)
+                self.start_one(name, ports[name], self.service_env)
             self.wait_ready(timeout)
         except BaseException:
             self.stop()  # leave no fake or service behind
@@ -173,6 +179,10 @@ class Mesh:
             )
         self.processes[name] = ServiceProcess(name, port, process, log_path)
         return self.processes[name]
+
+    def restart(self, name: str) -> ServiceProcess:
+        """Start a service that exited again, on its port and data dir: callers and printed addresses still hold."""
+        return self.start_one(name, self.processes[name].port, self.service_env)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -1,4 +1,4 @@
-"""gRPC aio server bootstrap: health, reflection, tracing, bounded connection age, graceful drain."""
+"""gRPC aio server bootstrap: health, reflection (v1 and v1alpha), tracing, bounded connection age, graceful drain."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from finmesh.platform.auth import remote_authorizer
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.logs import get_logger
 from finmesh.platform.ratelimit import LimitedAuthorizer, RateLimiter
+from finmesh.platform.reflection import enable_reflection
 from finmesh.platform.rpc_decoding import tolerant_server
 from finmesh.platform.rpc_errors import guard_servicer
 from finmesh.platform.tls import TlsFiles, server_credentials
@@ -108,7 +108,7 @@ async def create_server(
         names.append(reg.descriptor.full_name)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    enable_reflection(server, [reg.descriptor for reg in registrations])
     address = f"{settings.host}:{settings.port}"
     tls = TlsFiles.from_settings(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
     port = server.add_secure_port(address, server_credentials(tls)) if tls else server.add_insecure_port(address)
