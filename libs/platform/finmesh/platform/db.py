@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
@@ -174,6 +174,31 @@ def is_transient(exc: BaseException) -> bool:
             return True
         state = _sqlstate(exc.orig)
         return state is not None and (state.startswith("08") or state in _TRANSIENT_SQLSTATES)
+    return False
+
+
+def is_refused_value(exc: BaseException) -> bool:
+    """True when `exc` means the database or its driver could not hold a value the statement carried.
+
+    A string with a NUL (PostgreSQL, SQLSTATE 22021) or an unpaired surrogate (no UTF-8 encoding: the
+    driver refuses it, asyncpg as an invalid query argument, sqlite3 as UnicodeEncodeError), a number
+    out of range: SQLSTATE class 22 ("data exception"). A constraint violation (class 23) is not: it says
+    the code wrote a row it should not have, not that the value cannot be stored.
+    """
+    if isinstance(exc, UnicodeEncodeError | DataError):
+        return True
+    if not isinstance(exc, DBAPIError) or is_transient(exc):
+        return False
+    state = _sqlstate(exc.orig)
+    if state is not None:
+        return state.startswith("22")
+    # asyncpg checks arguments before sending them: its DataError ("invalid input for query argument")
+    # is a ValueError, raised under the adapter's error.
+    error: BaseException | None = exc.orig
+    while error is not None:
+        if isinstance(error, ValueError):
+            return True
+        error = error.__cause__
     return False
 
 

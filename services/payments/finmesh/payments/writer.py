@@ -7,8 +7,9 @@ in conflicting orders), runs each command in memory against a unit of work,
 then writes all changes, their audit records and their idempotency answers,
 and commits once. A refused command rolls back to its checkpoint and records
 its refusal; the others in the batch are not affected. If the batch itself
-fails (a database error, a bug), each command is retried alone so one bad
-command cannot fail its neighbours.
+fails (a row the database refuses, a bug), it is committed again without the
+commands that fail it (finmesh.platform.group_commit): one bad command cannot
+fail its neighbours, and only its own caller gets the error.
 
 Why: a commit costs an fsync. Committing concurrent payments together turns
 N fsyncs into one, and the in-memory pass turns per-payment statements into
@@ -37,8 +38,9 @@ from finmesh.payments.store.recent import RecentStates
 from finmesh.payments.store.schema import audit_head, idempotency
 from finmesh.payments.store.tiers import PrincipalTierSource, TierSource
 from finmesh.payments.store.uow import UnitOfWork
-from finmesh.platform.db import is_transient, write_gate
+from finmesh.platform.db import write_gate
 from finmesh.platform.errors import DomainError, FailedPrecondition, InvalidArgument
+from finmesh.platform.group_commit import commit_apart
 from finmesh.platform.idempotency import StoredRefusal
 from finmesh.platform.logs import get_logger
 from finmesh.platform.sqlite_thread import SqliteWriteThread, insert_rows
@@ -168,24 +170,16 @@ class LedgerWriter:
         return batch
 
     async def _process(self, batch: list[Command]) -> None:
-        try:
-            outcomes = await self._commit(batch)
-        except Exception as exc:  # noqa: BLE001 - retried one by one below, or handed to the caller
-            if len(batch) > 1 and not is_transient(exc):
-                _log.warning("ledger_batch_retried_alone", size=len(batch), error=type(exc).__name__)
-                for command in batch:
-                    await self._process([command])
-                return
-            # A dropped connection is no command's fault: retried alone, a large batch would take a
-            # transaction each, queue behind itself past the callers' deadlines while they retry.
-            # Each caller gets UNAVAILABLE at once and retries with its key (a commit that did land
-            # answers from its stored reply).
-            outcomes = [_Outcome(error=exc) for _ in batch]
+        # A row the database refuses fails only its own command; a dropped connection fails all at once (each
+        # caller gets UNAVAILABLE and retries with its key; a commit that did land answers from its stored reply).
+        outcomes = await commit_apart(batch, self._commit, writer="payments-ledger")
         for command, outcome in zip(batch, outcomes, strict=True):
             assert command.future is not None
             if command.future.done():
                 continue  # the caller went away; the change stands and its answer is stored
-            if outcome.error is not None:
+            if isinstance(outcome, Exception):
+                command.future.set_exception(outcome)
+            elif outcome.error is not None:
                 command.future.set_exception(outcome.error)
             else:
                 command.future.set_result(outcome.reply)  # type: ignore[arg-type]

@@ -80,9 +80,11 @@ async def assess_payments(database: AsyncEngine | SqliteWriteThread, rules: Rule
     """Assess each payment once per payment id; a repeated id gets the recorded assessment.
 
     A batch that fails (a payment id recorded meanwhile by another replica
-    under another payer, a deadlock) raises; the caller retries its payments
-    one by one, and a single payment whose id was recorded meanwhile gets
-    that record. `traces` are the callers' trace contexts (OpenTelemetry), one per payment: the alert event
+    under another payer, a row the database refuses) raises; the writer
+    commits it again in halves without the payments that fail it
+    (finmesh.platform.group_commit), and a single payment whose id was
+    recorded meanwhile gets that record. `traces` are the callers' trace
+    contexts (OpenTelemetry), one per payment: the alert event
     a payment raises carries its caller's trace. On an SQLite file the batch's transaction runs whole on
     the writer's thread (finmesh.platform.sqlite_thread), the same statements in the same order.
     """

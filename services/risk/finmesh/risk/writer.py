@@ -4,8 +4,9 @@ Callers submit a payment's facts and await its outcome. One task takes
 whatever is queued and assesses it as one batch (assessing.assess_payments):
 a few statements read the whole batch's velocity, devices and block-list
 hits, the payments are decided in order in memory, and their rows are
-inserted together and committed once. If a batch fails, each payment is
-retried alone so one bad payment cannot fail its neighbours.
+inserted together and committed once. If a batch fails, it is committed again
+without the payments that fail it (finmesh.platform.group_commit): one bad
+payment cannot fail its neighbours, and only its own caller gets the error.
 
 Why: on SQLite a commit costs an fsync and writers take turns, and on both
 databases an assessment was ~8 statements, each a round trip through
@@ -27,6 +28,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from finmesh.platform.group_commit import commit_apart
 from finmesh.platform.logs import get_logger
 from finmesh.platform.sqlite_thread import SqliteWriteThread, write_thread_for
 from finmesh.risk.assessing import Outcome, PaymentFacts, assess_payments
@@ -131,17 +133,7 @@ class AssessmentWriter:
             await asyncio.sleep(wait)
 
     async def _process(self, batch: list[_Job]) -> None:
-        try:
-            outcomes: list[Outcome | BaseException] = list(await self._assess(
-                self._database, self._rules(), [j.facts for j in batch], datetime.now(UTC), [j.trace for j in batch]))
-            self.batches += 1
-        except Exception as error:  # noqa: BLE001 - retried one by one below, or handed to the caller
-            if len(batch) > 1:
-                _log.warning("assessment_batch_retried_alone", size=len(batch), error=type(error).__name__)
-                for job in batch:
-                    await self._process([job])
-                return
-            outcomes = [error]
+        outcomes = await commit_apart(batch, self._commit, writer="risk-assessments")
         for job, outcome in zip(batch, outcomes, strict=True):
             if job.future.done():
                 continue  # the caller went away; the assessment stands and a retry gets it
@@ -149,3 +141,9 @@ class AssessmentWriter:
                 job.future.set_exception(outcome)
             else:
                 job.future.set_result(outcome)
+
+    async def _commit(self, batch: list[_Job]) -> list[Outcome]:
+        outcomes = await self._assess(self._database, self._rules(), [j.facts for j in batch], datetime.now(UTC),
+                                      [j.trace for j in batch])
+        self.batches += 1
+        return outcomes

@@ -6,10 +6,11 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2
 
 from finmesh.common.v1 import errors_pb2, money_pb2
 from finmesh.platform.errors import DomainError, InvalidArgument
-from finmesh.platform.rpc_errors import to_status
+from finmesh.platform.rpc_errors import to_status, unexpected_status
 from finmesh.risk.domain.values import Reason
 from finmesh.risk.store.common import aware
 from finmesh.risk.v1 import risk_service_pb2 as pb
@@ -86,3 +87,11 @@ def refusal(error: DomainError, field_prefix: str) -> pb.CheckRefusal:
                            field_violations=[errors_pb2.FieldViolation(field=field_prefix + v.field,
                                                                        description=v.description)
                                              for v in violations])
+
+
+def unexpected_refusal(error: Exception) -> pb.CheckRefusal:
+    """A check a bug failed: the status AssessPayment would have answered for it, nothing of the error's text."""
+    status = unexpected_status(error)
+    info = error_details_pb2.ErrorInfo()
+    reason = next((info.reason for detail in status.details if detail.Unpack(info)), "")
+    return pb.CheckRefusal(code=status.code, reason=reason, message=status.message)

@@ -12,6 +12,7 @@ import grpc
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from finmesh.platform.db import is_transient
 from finmesh.platform.errors import AlreadyExists, DomainError, InvalidArgument, NotFound
 from finmesh.platform.idempotency import IdempotencyStore
 from finmesh.platform.logs import get_logger
@@ -61,6 +62,13 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
                 return pb.PaymentCheckResult(assessment=await self._assess(check.payment))
             except DomainError as error:
                 return pb.PaymentCheckResult(refusal=convert.refusal(error, f"checks[{index}].payment."))
+            except Exception as error:
+                if is_transient(error):
+                    # The database unreachable fails the call UNAVAILABLE, which the caller's channel retries
+                    # whole (checks are idempotent on payment id); a refusal inside an answer it would not.
+                    raise
+                _log.exception("assessment_check_failed", index=index)  # a bug fails its own check only
+                return pb.PaymentCheckResult(refusal=convert.unexpected_refusal(error))
 
     async def _assess(self, request: pb.AssessPaymentRequest) -> pb.Assessment:
         facts = validate.payment_facts(request)
