@@ -15,7 +15,7 @@ from finmesh.identity.domain import totp
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.auth_service import credential_for
 from finmesh.platform.rpc_errors import reason_of
-from tests.identity.harness import PASSWORD, SERVICE_SECRET, IdentityEnv, key, md, new_person
+from tests.identity.harness import PASSWORD, SERVICE_SECRET, IdentityEnv, key, md, new_person, violations
 
 
 def _part(token: str, index: int) -> dict:
@@ -73,6 +73,16 @@ async def test_bad_credentials_look_the_same_and_lock_after_a_run(env: IdentityE
         await _refused(_login(env, person.phone, "wrong password!"))
     locked = await _refused(_login(env, person.phone))
     assert (locked.code(), reason_of(locked)) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_ATTEMPTS")
+
+
+async def test_a_too_long_password_is_told_so(env: IdentityEnv) -> None:
+    """A 201-character password is INVALID_ARGUMENT "too long" with the bound, not "required"; an empty one
+    is "required"."""
+    too_long = await _refused(_login(env, "+8613000000000", "p" * 201))
+    assert too_long.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(too_long) == {"password": "too long: at most 128 characters"}
+    empty = await _refused(_login(env, "+8613000000000", ""))
+    assert violations(empty) == {"password": "required"}
 
 
 async def test_login_codes_are_limited_and_single_use(env: IdentityEnv) -> None:

@@ -15,7 +15,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from finmesh.identity.api import convert
 from finmesh.identity.api.deps import Deps, fully_verified
 from finmesh.identity.api.verification import check_code, code_hash, send_code, take_attempt, validate_code_request
-from finmesh.identity.domain import totp
+from finmesh.identity.domain import passwords, totp
 from finmesh.identity.domain.claims import Subject, service_claims, user_claims
 from finmesh.identity.domain.otp import ChallengeState, check_live, new_code
 from finmesh.identity.store import challenges, mfa, sessions, users
@@ -65,7 +65,8 @@ class LoginRpcs:
         validate_key(request.idempotency_key)
         v = Validator()
         v.require(0 < len(request.login) <= 254, "login", "phone (E.164) or e-mail")
-        v.require(0 < len(request.password) <= 128, "password", "required")
+        problem = passwords.problem_with_given(request.password)
+        v.require(problem is None, "password", problem or "")
         v.raise_if_any()
         keyed = d.fingerprinted(request, "login", "password")
         prior = await d.idem.replay("Login", keyed, pb.LoginResponse)
