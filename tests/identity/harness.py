@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from finmesh.fakes.registry import FakeRegistry
 from finmesh.identity import app as identity_app
@@ -83,6 +85,29 @@ def md(token: str) -> tuple[tuple[str, str], ...]:
 
 def key() -> str:
     return uuid.uuid4().hex
+
+
+def _details(error: grpc.aio.AioRpcError, kind: Any) -> list[Any]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    found = []
+    for detail in status.details if status else []:
+        if detail.Is(kind.DESCRIPTOR):
+            message = kind()
+            detail.Unpack(message)
+            found.append(message)
+    return found
+
+
+def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """Field -> description of a refusal's BadRequest field violations."""
+    return {v.field: v.description for bad in _details(error, error_details_pb2.BadRequest)
+            for v in bad.field_violations}
+
+
+def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
+    """Seconds of a refusal's google.rpc.RetryInfo, or None when it carries none."""
+    infos = _details(error, error_details_pb2.RetryInfo)
+    return infos[0].retry_delay.ToTimedelta().total_seconds() if infos else None
 
 
 class RecordingNotify(notify_grpc.NotifyServiceServicer):

@@ -15,7 +15,7 @@ from finmesh.identity.domain import totp
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.auth_service import credential_for
 from finmesh.platform.rpc_errors import reason_of
-from tests.identity.harness import PASSWORD, SERVICE_SECRET, IdentityEnv, key, md, new_person
+from tests.identity.harness import PASSWORD, SERVICE_SECRET, IdentityEnv, key, md, new_person, retry_delay, violations
 
 
 def _part(token: str, index: int) -> dict:
@@ -59,9 +59,10 @@ async def test_login_needs_the_second_factor_and_yields_a_signed_token(env: Iden
     assert (refused.code(), reason_of(refused)) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_MISSING")
 
 
-async def test_bad_credentials_look_the_same_and_lock_after_a_run(env: IdentityEnv) -> None:
-    """Unknown login and wrong password are both BAD_CREDENTIALS with the same words; five wrong
-    passwords in a row lock the login (TOO_MANY_ATTEMPTS) even for the right password."""
+async def test_bad_credentials_look_the_same_and_slow_down_after_a_run(env: IdentityEnv) -> None:
+    """Unknown login and wrong password are both BAD_CREDENTIALS with the same words; after five wrong
+    passwords in a row this address must wait (TOO_MANY_ATTEMPTS, with a retry delay), even with the right
+    password. test_identity_login_throttle.py has the rest: growing delays, and the owner elsewhere unharmed."""
     person = new_person()
     await env.register(person)
     unknown = await _refused(_login(env, "+8613000000000"))
@@ -71,8 +72,19 @@ async def test_bad_credentials_look_the_same_and_lock_after_a_run(env: IdentityE
         grpc.StatusCode.UNAUTHENTICATED, "BAD_CREDENTIALS", "wrong login or password")
     for _ in range(env.settings.identity_login_max_failures - 1):
         await _refused(_login(env, person.phone, "wrong password!"))
-    locked = await _refused(_login(env, person.phone))
-    assert (locked.code(), reason_of(locked)) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_ATTEMPTS")
+    slowed = await _refused(_login(env, person.phone))
+    assert (slowed.code(), reason_of(slowed)) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_ATTEMPTS")
+    assert 0 < (retry_delay(slowed) or 0) <= env.settings.identity_login_base_delay_seconds
+
+
+async def test_a_too_long_password_is_told_so(env: IdentityEnv) -> None:
+    """A 201-character password is INVALID_ARGUMENT "too long" with the bound, not "required"; an empty one
+    is "required"."""
+    too_long = await _refused(_login(env, "+8613000000000", "p" * 201))
+    assert too_long.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(too_long) == {"password": "too long: at most 128 characters"}
+    empty = await _refused(_login(env, "+8613000000000", ""))
+    assert violations(empty) == {"password": "required"}
 
 
 async def test_login_codes_are_limited_and_single_use(env: IdentityEnv) -> None:

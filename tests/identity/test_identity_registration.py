@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from finmesh.identity.domain.id_number import IdNumberError, check_char, parse_id_number
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.rpc_errors import field_violations_of, reason_of
-from tests.identity.harness import PASSWORD, IdentityEnv, Person, id_number, key, new_person
+from tests.identity.harness import PASSWORD, IdentityEnv, Person, id_number, key, new_person, violations
 
 
 def _request(person: Person, **overrides: object) -> pb.RegisterUserRequest:
@@ -103,12 +103,29 @@ async def test_under_18_is_refused_and_18_today_is_accepted(env: IdentityEnv) ->
 
 
 async def test_every_bad_field_is_reported_at_once(env: IdentityEnv) -> None:
-    """Name, number, phone, e-mail, password and locale wrong together: one answer listing all six."""
+    """Kind, name, number, phone, e-mail, password and locale wrong together: one answer listing all seven."""
     refused = await _refusal(env, pb.RegisterUserRequest(
         idempotency_key=key(), legal_name="", id_number="123", phone="13800138000", email="not-an-email",
         password="short", locale="fr"))
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert sorted(field_violations_of(refused)) == ["email", "id_number", "legal_name", "locale", "password", "phone"]
+    assert sorted(field_violations_of(refused)) == [
+        "email", "id_number", "kind", "legal_name", "locale", "password", "phone"]
+
+
+async def test_a_kind_must_be_chosen(env: IdentityEnv) -> None:
+    """USER_KIND_UNSPECIFIED is refused on kind, not taken for personal: the kind decides the user's roles."""
+    refused = await _refusal(env, _request(new_person(), kind=pb.USER_KIND_UNSPECIFIED))
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(refused) == {"kind": "required: one of PERSONAL, ENTERPRISE, INSTITUTION"}
+
+
+async def test_password_violations_say_what_is_wrong(env: IdentityEnv) -> None:
+    """Too short and too long are told apart, each with its bound (128 characters, as Login's)."""
+    too_long = await _refusal(env, _request(new_person(), password="p" * 201))
+    assert violations(too_long) == {"password": "too long: at most 128 characters"}
+    too_short = await _refusal(env, _request(new_person(), password="p" * 9))
+    assert violations(too_short) == {"password": "too short: at least 10 characters"}
+    assert await env.register(new_person(), password="p" * 128)
 
 
 @pytest.mark.parametrize("taken", ["id_number", "phone", "email"])

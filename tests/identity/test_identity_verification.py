@@ -14,6 +14,7 @@ from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.notify.v1 import notify_service_pb2 as notify_pb
 from finmesh.platform.db import create_engine
 from finmesh.platform.rpc_errors import field_violations_of, reason_of
+from finmesh.risk.v1 import risk_service_pb2 as risk_pb
 from tests.identity.harness import IdentityEnv, key, new_person
 
 
@@ -56,20 +57,37 @@ async def test_code_goes_through_notify_as_a_security_message(env: IdentityEnv) 
 
 
 async def test_only_all_three_steps_let_a_user_transact(env: IdentityEnv) -> None:
-    """Identity number passes at registration; contact and real name follow; then may_transact and a tier."""
+    """Identity number passes at registration; contact and real name follow; then may_transact and a tier,
+    which the reply of the last step already shows."""
     person = new_person()
     user_id = await env.register(person)
     user = await env.verify_contact(user_id, person)
     assert user.verifications.contact == pb.VERIFICATION_STATE_PASSED and not user.may_transact
     assert not env.risk.requests
-    reply = await env.stub.CheckRealName(pb.CheckRealNameRequest(idempotency_key=key(), user_id=user_id))
+    request = pb.CheckRealNameRequest(idempotency_key=key(), user_id=user_id)
+    reply = await env.stub.CheckRealName(request)
     assert reply.user.verifications.real_name == pb.VERIFICATION_STATE_PASSED and reply.user.may_transact
+    # The reply carries the tier the user got, as the token issued next will; so does its replay.
+    assert reply.user.risk_tier == pb.RISK_TIER_LOW
+    assert (await env.stub.CheckRealName(request)).user.risk_tier == pb.RISK_TIER_LOW
     # Risk assessed the newly verified user once, and the tier it answered is the user's.
     assert [(r.user_id, r.user_kind) for r in env.risk.requests] == [(user_id, "personal")]
     assert env.risk.requests[0].age_years >= 18
     token = await env.mint(["risk_officer"])
     got = await env.stub.GetUser(pb.GetUserRequest(user_id=user_id), metadata=(("authorization", f"Bearer {token}"),))
     assert got.user.risk_tier == pb.RISK_TIER_LOW
+
+
+async def test_contact_as_the_last_step_also_answers_the_tier(env: IdentityEnv) -> None:
+    """Real name first, contact last: ConfirmVerification's reply carries the onboarding tier."""
+    person = new_person()
+    user_id = await env.register(person)
+    first = await env.stub.CheckRealName(pb.CheckRealNameRequest(idempotency_key=key(), user_id=user_id))
+    assert not first.user.may_transact and first.user.risk_tier == pb.RISK_TIER_UNSPECIFIED
+    env.risk.tier = risk_pb.RISK_TIER_MEDIUM
+    user = await env.verify_contact(user_id, person)
+    assert user.may_transact and user.risk_tier == pb.RISK_TIER_MEDIUM
+    assert len(env.risk.requests) == 1
 
 
 async def test_codes_are_single_use(env: IdentityEnv) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 
 from finmesh.platform.config import ServiceSettings
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class IdentitySettings(ServiceSettings):
@@ -25,9 +28,35 @@ class IdentitySettings(ServiceSettings):
     identity_code_ttl_seconds: int = Field(default=300, ge=30, le=1800)
     identity_code_max_attempts: int = Field(default=5, ge=1, le=10)
     identity_codes_per_hour: int = Field(default=5, ge=1)
-    # Password guessing: this many failures in a row lock the login for identity_login_lock_seconds.
+    # Password guessing (finmesh.identity.domain.login_throttle): never a lockout. Per (account, client
+    # address): this many failures are free, then each waits twice as long as the one before, from the base
+    # delay up to the max delay. Per account: this many failures from all addresses within the window, and
+    # addresses the owner has not logged in from get the password's verdict only with the second factor.
     identity_login_max_failures: int = Field(default=5, ge=1)
-    identity_login_lock_seconds: int = Field(default=900, ge=1)
+    identity_login_base_delay_seconds: float = Field(default=1.0, gt=0)
+    # FINMESH_IDENTITY_LOGIN_LOCK_SECONDS (the old fixed lock) is still read, as the cap of the delays.
+    identity_login_max_delay_seconds: float = Field(default=900.0, gt=0, validation_alias=AliasChoices(
+        "identity_login_max_delay_seconds", "FINMESH_IDENTITY_LOGIN_MAX_DELAY_SECONDS",
+        "FINMESH_IDENTITY_LOGIN_LOCK_SECONDS"))
+    identity_login_account_failures: int = Field(default=20, ge=1)
+    identity_login_window_seconds: int = Field(default=86_400, ge=60)
+    # An address the owner completed a login from (second factor included) within this many days is theirs.
+    identity_login_known_address_days: int = Field(default=90, ge=1)
+    # Comma-separated addresses or networks (CIDR) of proxies whose X-Forwarded-For is believed. Empty: the
+    # client address is the gRPC peer's, and a forwarded header is ignored.
+    identity_login_trusted_proxies: str = ""
+
+    @field_validator("identity_login_trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)  # a ValueError names the bad entry
+        return value
+
+    def trusted_proxies(self) -> list[Network]:
+        return [ipaddress.ip_network(p.strip(), strict=False)
+                for p in self.identity_login_trusted_proxies.split(",") if p.strip()]
 
     def master_key(self) -> bytes:
         if self.identity_master_key.get_secret_value():

@@ -1,4 +1,4 @@
-"""After the last onboarding step passes: ask risk for the user's tier (best effort)."""
+"""The last onboarding step: the verified event and risk's tier, in the transaction that passes it."""
 
 from __future__ import annotations
 
@@ -17,34 +17,57 @@ from finmesh.platform.outbox import enqueue
 _log = get_logger("finmesh.identity")
 
 
-async def record_verified(conn: Any, user_id: str, row: Any) -> None:
-    """In the transaction that passed the last step: tell the mesh the user may now transact."""
-    if fully_verified(row):
-        await enqueue(conn, outbox, event_type="identity.user.verified.v1", aggregate_id=user_id,
-                      user_id=user_id, payload={"user_id": user_id})
+def completes_onboarding(row: Any, step: str) -> bool:
+    """Whether passing `step` (contact or real_name) leaves this user verified and still without a tier."""
+    checks = {"id_number": row.id_number_check, "contact": row.contact_check, "real_name": row.real_name_check}
+    checks[step] = "PASSED"
+    return set(checks.values()) == {"PASSED"} and row.erased_at is None and row.risk_tier == "UNSPECIFIED"
 
 
-async def assess_if_ready(d: Deps, user_id: str, context: grpc.aio.ServicerContext | None = None) -> None:
-    """Once verified and not yet tiered, ask risk (AssessOnboarding). Risk down: the tier stays unset
-    (payments applies its default tier) and the next verification call or a risk officer sets it."""
-    if d.risk is None:
-        return
-    async with d.engine.connect() as conn:
-        row = await users.get_user(conn, user_id)
-    if row is None or not fully_verified(row) or row.risk_tier != "UNSPECIFIED":
-        return
+async def tier_for_last_step(d: Deps, row: Any, step: str, context: grpc.aio.ServicerContext | None) -> str:
+    """Risk's tier for a user whom `step` is about to verify, else "".
+
+    Asked before the step commits, so the tier is written in the step's transaction and the step's
+    reply (stored for replays) shows the tier the next token will carry. Best effort: risk down, the
+    tier stays unset (payments applies its default tier) until a later call or a risk officer sets it.
+    """
+    if d.risk is None or not completes_onboarding(row, step):
+        return ""
     # Age from the verified identity number: decrypted here, never logged or returned.
     id_number = users.reveal(d.vault, row, "id_number")
     age = age_on(parse_id_number(id_number, d.today()).birth_date, d.today())
     try:
-        tier = await d.risk.onboarding_tier(user_id=user_id, age_years=age, kind=row.kind,
+        return await d.risk.onboarding_tier(user_id=row.user_id, age_years=age, kind=row.kind,
                                             timeout=remaining_timeout(context, d.settings.call_timeout_seconds))
     except grpc.aio.AioRpcError as error:
-        _log.warning("onboarding_assessment_failed", user_id=user_id, code=error.code().name)
+        _log.warning("onboarding_assessment_failed", user_id=row.user_id, code=error.code().name)
+        return ""
+
+
+async def record_verified(conn: Any, row: Any, tier: str) -> Any:
+    """In the transaction that passed a step: if that was the last, tell the mesh the user may now transact
+    and record the onboarding tier (if risk gave one). The user's row as it now stands."""
+    if not fully_verified(row):
+        return row
+    await enqueue(conn, outbox, event_type="identity.user.verified.v1", aggregate_id=row.user_id,
+                  user_id=row.user_id, payload={"user_id": row.user_id})
+    if not tier or row.risk_tier != "UNSPECIFIED":
+        return row
+    await write_tier(conn, row.user_id, tier, "ONBOARDING")
+    _log.info("risk_tier_set", user_id=row.user_id, tier=tier, reason="ONBOARDING")
+    return await users.get_user(conn, row.user_id)
+
+
+async def assess_if_ready(d: Deps, user_id: str, context: grpc.aio.ServicerContext | None = None) -> None:
+    """After a step committed: if the user is verified yet untiered (the other step passed meanwhile, so
+    the tier was not asked before), ask risk now."""
+    async with d.engine.connect() as conn:
+        row = await users.get_user(conn, user_id)
+    if row is None or not fully_verified(row) or row.risk_tier != "UNSPECIFIED":
         return
-    if not tier:
-        return
-    await set_tier(d, user_id, tier, "ONBOARDING")
+    tier = await tier_for_last_step(d, row, "real_name", context)
+    if tier:
+        await set_tier(d, user_id, tier, "ONBOARDING")
 
 
 async def write_tier(conn: Any, user_id: str, tier: str, reason: str) -> None:

@@ -10,8 +10,8 @@ from google.protobuf import timestamp_pb2
 from finmesh.identity.store.times import utc
 from finmesh.identity.v1 import identity_service_pb2 as pb
 
+# USER_KIND_UNSPECIFIED has no entry: a registration without a kind is refused, not taken for personal.
 KINDS = {
-    pb.USER_KIND_UNSPECIFIED: "PERSONAL",
     pb.USER_KIND_PERSONAL: "PERSONAL",
     pb.USER_KIND_ENTERPRISE: "ENTERPRISE",
     pb.USER_KIND_INSTITUTION: "INSTITUTION",

@@ -15,7 +15,8 @@ from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finmesh.identity.clients import NotifyClient, RiskClient
-from finmesh.identity.config import IdentitySettings
+from finmesh.identity.config import IdentitySettings, Network
+from finmesh.identity.domain.login_throttle import Policy
 from finmesh.identity.keyring import KeyRing
 from finmesh.identity.registry import NoRegistry, Registry
 from finmesh.identity.store import users
@@ -44,6 +45,9 @@ class Deps:
     # For answers that carry secrets (tokens, TOTP secrets): stored encrypted.
     sealed: SealedIdempotencyStore = field(init=False)
 
+    login_policy: Policy = field(init=False)
+    trusted_proxies: list[Network] = field(init=False)
+
     _dummy_hash: str = field(init=False, default="")
 
     async def dummy_hash(self) -> str:
@@ -54,6 +58,12 @@ class Deps:
     def __post_init__(self) -> None:
         self.idem = IdempotencyStore(self.engine, idempotency, to_status)
         self.sealed = SealedIdempotencyStore(self.engine, idempotency, to_status, self.vault)
+        s = self.settings
+        self.login_policy = Policy(free_failures=s.identity_login_max_failures,
+                                   base_delay=s.identity_login_base_delay_seconds,
+                                   max_delay=s.identity_login_max_delay_seconds,
+                                   account_failures=s.identity_login_account_failures)
+        self.trusted_proxies = s.trusted_proxies()
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)

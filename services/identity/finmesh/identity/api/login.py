@@ -6,6 +6,7 @@ import asyncio
 import base64
 import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,26 +14,29 @@ import grpc
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from finmesh.identity.api import convert
+from finmesh.identity.api.client_address import address_key, client_address
 from finmesh.identity.api.deps import Deps, fully_verified
 from finmesh.identity.api.verification import check_code, code_hash, send_code, take_attempt, validate_code_request
-from finmesh.identity.domain import totp
+from finmesh.identity.domain import login_throttle as throttle
+from finmesh.identity.domain import passwords, totp
 from finmesh.identity.domain.claims import Subject, service_claims, user_claims
 from finmesh.identity.domain.otp import ChallengeState, check_live, new_code
-from finmesh.identity.store import challenges, mfa, sessions, users
+from finmesh.identity.store import challenges, login_attempts, mfa, sessions, users
 from finmesh.identity.store.times import utc
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.auth_context import require_owner
 from finmesh.platform.auth_service import check_credential
 from finmesh.platform.errors import (
+    DomainError,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
-    ResourceExhausted,
     Unauthenticated,
     Validator,
 )
 from finmesh.platform.idempotency import validate_key
 from finmesh.platform.logs import get_logger
+from finmesh.platform.ratelimit import RateLimited
 
 _log = get_logger("finmesh.identity")
 _BAD_LOGIN = "wrong login or password"
@@ -65,45 +69,37 @@ class LoginRpcs:
         validate_key(request.idempotency_key)
         v = Validator()
         v.require(0 < len(request.login) <= 254, "login", "phone (E.164) or e-mail")
-        v.require(0 < len(request.password) <= 128, "password", "required")
+        problem = passwords.problem_with_given(request.password)
+        v.require(problem is None, "password", problem or "")
         v.raise_if_any()
         keyed = d.fingerprinted(request, "login", "password")
         prior = await d.idem.replay("Login", keyed, pb.LoginResponse)
         if prior is not None:
             return prior
         now = d.now()
-        async with d.engine.connect() as conn:
-            row = await users.find_by_login(conn, d.vault, request.login)
-            locked = await mfa.locked_until(conn, row.user_id) if row is not None else None
-            totp_on = row is not None and await mfa.totp_enabled(conn, row.user_id)
-        if locked is not None and utc(locked) > now:
-            raise ResourceExhausted("TOO_MANY_ATTEMPTS", "too many failed logins; try again later")
-        if not await self._password_ok(row, request.password):
-            if row is not None:
-                async with d.engine.begin() as conn:
-                    await mfa.record_failure(conn, row.user_id, max_failures=d.settings.identity_login_max_failures,
-                                             lock_until=now + timedelta(seconds=d.settings.identity_login_lock_seconds))
-            _log.info("login_refused", user_id=row.user_id if row is not None else "")
+        attempt = await _start_attempt(d, context, request.login, now)
+        # Counted as failed until the password is verified: guesses sent at once see each other.
+        ok = await self._password_ok(attempt.row, request.password)
+        answered = d.now()
+        if attempt.verdict.hold:
+            return await _held_challenge(d, keyed, attempt, ok, answered)
+        async with d.engine.begin() as conn:
+            await login_attempts.settle(conn, attempt.attempt_id, throttle.PASSED if ok else throttle.FAILED, answered)
+        if not ok:
+            _log.info("login_refused", user_id=attempt.user_id)
             raise Unauthenticated("BAD_CREDENTIALS", _BAD_LOGIN)
+        row = attempt.row
         challenge_id = str(uuid.uuid4())
-        expires_at = now + timedelta(seconds=d.settings.identity_code_ttl_seconds)
         code = None
-        if not totp_on:
+        if not attempt.totp_on:
             code = new_code()
             await send_code(d, context, row, challenge_id, "SMS", users.reveal(d.vault, row, "phone"), code)
 
         async def op(conn: Any) -> pb.LoginResponse:
-            await mfa.clear_failures(conn, row.user_id)
-            await challenges.add(conn, challenge_id=challenge_id, user_id=row.user_id, purpose="LOGIN",
-                                 channel="TOTP" if totp_on else "SMS",
-                                 code_hash=code_hash(d, challenge_id, code) if code else None,
-                                 now=now, expires_at=expires_at)
-            return pb.LoginResponse(
-                challenge_id=challenge_id, totp_accepted=totp_on,
-                challenge_channel=pb.VERIFICATION_CHANNEL_UNSPECIFIED if totp_on else pb.VERIFICATION_CHANNEL_SMS)
+            return await _add_challenge(d, conn, attempt, challenge_id, code, now, password_ok=None)
 
         reply = await d.idem.commit("Login", keyed, pb.LoginResponse, op)
-        _log.info("login_challenged", user_id=row.user_id, second_factor="TOTP" if totp_on else "SMS")
+        _log.info("login_challenged", user_id=row.user_id, second_factor="TOTP" if attempt.totp_on else "SMS")
         return reply
 
     async def _password_ok(self, row: Any, password: str) -> bool:
@@ -125,20 +121,25 @@ class LoginRpcs:
             return prior
         await take_attempt(d, request.challenge_id)
         now = d.now()
+        address = address_key(d.vault, client_address(context, d.trusted_proxies))
 
         async def op(conn: Any) -> pb.CompleteLoginResponse:
             challenge = await challenges.get(conn, request.challenge_id)
             if challenge is None or challenge.purpose != "LOGIN":
                 raise FailedPrecondition("CODE_INVALID", "unknown login challenge")
             row = await users.get_user(conn, challenge.user_id)
-            if row is None or row.erased_at is not None:
-                raise Unauthenticated("BAD_CREDENTIALS", _BAD_LOGIN)
-            if challenge.channel == "TOTP":
+            known = row is not None and row.erased_at is None
+            # The code first: a held verdict (below) is told only to whoever holds the second factor.
+            if challenge.channel == "TOTP" and known:
                 await _check_totp(d, conn, challenge, row, request.code, now)
             else:
                 check_code(d, challenge, request.code, now)
+            if not known or challenge.password_ok is False:
+                raise Unauthenticated("BAD_CREDENTIALS", _BAD_LOGIN)
             if not await challenges.use(conn, challenge.challenge_id, now):
                 raise FailedPrecondition("CODE_INVALID", "this code was already used")
+            await login_attempts.record(conn, subject=row.user_id, address=address, outcome=throttle.COMPLETED,
+                                        at=now)
             return pb.CompleteLoginResponse(tokens=await issue_tokens(d, conn, row, str(uuid.uuid4()), now))
 
         reply = await d.sealed.commit("CompleteLogin", keyed, pb.CompleteLoginResponse, op)
@@ -227,6 +228,87 @@ class LoginRpcs:
         claims = service_claims(request.service, now, d.settings.identity_service_token_ttl_seconds)
         expires = convert.timestamp(datetime.fromtimestamp(claims["exp"], d.now().tzinfo))  # type: ignore[arg-type]
         return pb.GetServiceTokenResponse(access_token=await d.keys.sign(claims), expires_at=expires)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A password attempt the throttle let through, recorded (as FAILED until its password is verified)."""
+
+    row: Any  # the user whose login it is, or None
+    subject: str  # the user id, or a keyed hash of a login no user has
+    attempt_id: int
+    verdict: throttle.Verdict
+    totp_on: bool
+
+    @property
+    def user_id(self) -> str:
+        return self.row.user_id if self.row is not None else ""
+
+
+async def _start_attempt(d: Deps, context: grpc.aio.ServicerContext, login: str, now: datetime) -> Attempt:
+    """Judge this attempt by the history of its account and address; refuse it for now, or record it."""
+    address = address_key(d.vault, client_address(context, d.trusted_proxies))
+    async with d.engine.connect() as conn:
+        row = await users.find_by_login(conn, d.vault, login)
+        # Logins no user has are throttled alike: the throttle must not tell which logins exist.
+        subject = row.user_id if row is not None else d.vault.mac("login-subject", users.normalized_login(login))[:32]
+        history = await login_attempts.history(
+            conn, subject=subject, address=address, now=now,
+            window=timedelta(seconds=d.settings.identity_login_window_seconds),
+            known_for=timedelta(days=d.settings.identity_login_known_address_days))
+        totp_on = row is not None and await mfa.totp_enabled(conn, row.user_id)
+    verdict = throttle.judge(history, d.login_policy, now)
+    if verdict.wait > 0:
+        # Not recorded and not logged one by one: refusals are what a flood is made of (the span has each).
+        raise RateLimited(verdict.wait, "TOO_MANY_ATTEMPTS", "too many failed logins from here; retry later")
+    async with d.engine.begin() as conn:
+        attempt_id = await login_attempts.record(conn, subject=subject, address=address, outcome=throttle.FAILED,
+                                                 at=now)
+    if history.address_failures + 1 >= d.login_policy.free_failures:
+        _log.info("login_slowed", user_id=row.user_id if row is not None else "",
+                  next_wait_seconds=throttle.backoff(history.address_failures + 1, d.login_policy))
+    return Attempt(row, subject, attempt_id, verdict, totp_on)
+
+
+async def _add_challenge(d: Deps, conn: Any, attempt: Attempt, challenge_id: str, code: str | None, now: datetime,
+                         *, password_ok: bool | None) -> pb.LoginResponse:
+    await challenges.add(conn, challenge_id=challenge_id, user_id=attempt.user_id, purpose="LOGIN",
+                         channel="TOTP" if attempt.totp_on else "SMS",
+                         code_hash=code_hash(d, challenge_id, code) if code else None, now=now,
+                         expires_at=now + timedelta(seconds=d.settings.identity_code_ttl_seconds),
+                         password_ok=password_ok)
+    return pb.LoginResponse(
+        challenge_id=challenge_id, totp_accepted=attempt.totp_on,
+        challenge_channel=pb.VERIFICATION_CHANNEL_UNSPECIFIED if attempt.totp_on else pb.VERIFICATION_CHANNEL_SMS)
+
+
+async def _held_challenge(d: Deps, keyed: Any, attempt: Attempt, ok: bool, now: datetime) -> pb.LoginResponse:
+    """Under the account's global throttle, from an address not the owner's: a challenge whatever the password,
+    its verdict told by CompleteLogin once the second factor passes. Only a right password sends an SMS, and
+    after the answer, so neither the answer nor its timing tells a guesser anything."""
+    challenge_id = str(uuid.uuid4())
+    code = new_code() if ok and not attempt.totp_on else None
+
+    async def op(conn: Any) -> pb.LoginResponse:
+        await login_attempts.settle(conn, attempt.attempt_id, throttle.HELD if ok else throttle.FAILED, now)
+        return await _add_challenge(d, conn, attempt, challenge_id, code, now, password_ok=ok)
+
+    reply = await d.idem.commit("Login", keyed, pb.LoginResponse, op)
+    _log.info("login_verdict_held", user_id=attempt.user_id)
+    if code is not None:
+        _sending.add(task := asyncio.create_task(_send_held_code(d, attempt.row, challenge_id, code)))
+        task.add_done_callback(_sending.discard)
+    return reply
+
+
+_sending: set[asyncio.Task[None]] = set()  # held codes on their way (a task must be referenced until done)
+
+
+async def _send_held_code(d: Deps, row: Any, challenge_id: str, code: str) -> None:
+    try:
+        await send_code(d, None, row, challenge_id, "SMS", users.reveal(d.vault, row, "phone"), code)
+    except DomainError as error:
+        _log.warning("login_code_not_sent", user_id=row.user_id, reason=error.reason)
 
 
 async def _check_totp(d: Deps, conn: Any, challenge: Any, row: Any, code: str, now: datetime) -> None:

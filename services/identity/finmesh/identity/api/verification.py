@@ -39,6 +39,15 @@ def code_hash(d: Deps, challenge_id: str, code: str) -> str:
     return d.vault.mac("one-time-code", f"{challenge_id}:{code}")
 
 
+def code_matches(d: Deps, row: Any, code: str, now: Any) -> bool:
+    """Whether check_code would pass, without refusing."""
+    try:
+        check_code(d, row, code, now)
+    except FailedPrecondition:
+        return False
+    return True
+
+
 def check_code(d: Deps, row: Any, code: str, now: Any) -> None:
     """Live, unspent, within attempts, and the right code; else the matching refusal."""
     check_live(ChallengeState(utc(row.expires_at), row.attempts, row.used_at is not None), now,
@@ -109,6 +118,7 @@ class VerificationRpcs:
             return prior
         await take_attempt(d, request.verification_id)
         now = d.now()
+        last_step, tier = await _contact_tier(d, request, now, context)
 
         async def op(conn: Any) -> pb.ConfirmVerificationResponse:
             row = await challenges.get(conn, request.verification_id)
@@ -119,15 +129,15 @@ class VerificationRpcs:
                 raise FailedPrecondition("CODE_INVALID", "this code was already used")
             await load_user(conn, row.user_id)
             await users.set_check(conn, row.user_id, "contact", "PASSED")
-            user = await users.get_user(conn, row.user_id)
-            await onboarding.record_verified(conn, row.user_id, user)
+            user = await onboarding.record_verified(conn, await users.get_user(conn, row.user_id), tier)
             return pb.ConfirmVerificationResponse(
                 user=convert.user(user, totp_enabled=await mfa.totp_enabled(conn, row.user_id)))
 
         reply = await d.idem.commit("ConfirmVerification", keyed, pb.ConfirmVerificationResponse, op)
         d.on_commit()
         _log.info("contact_verified", user_id=reply.user.user_id)
-        await onboarding.assess_if_ready(d, reply.user.user_id, context)
+        if not last_step:
+            await onboarding.assess_if_ready(d, reply.user.user_id, context)
         return reply
 
     async def CheckRealName(self, request: pb.CheckRealNameRequest, context: grpc.aio.ServicerContext) -> Any:
@@ -152,12 +162,14 @@ class VerificationRpcs:
                 async with d.engine.begin() as conn:
                     await users.set_check(conn, row.user_id, "real_name", "FAILED")
 
+        last_step = matched and onboarding.completes_onboarding(row, "real_name")
+        tier = await onboarding.tier_for_last_step(d, row, "real_name", context) if last_step else ""
+
         async def op(conn: Any) -> pb.CheckRealNameResponse:
             if not matched:
                 raise FailedPrecondition("REAL_NAME_MISMATCH", "the registry does not hold this name for this number")
             await users.set_check(conn, row.user_id, "real_name", "PASSED")
-            user = await users.get_user(conn, row.user_id)
-            await onboarding.record_verified(conn, row.user_id, user)
+            user = await onboarding.record_verified(conn, await users.get_user(conn, row.user_id), tier)
             return pb.CheckRealNameResponse(
                 user=convert.user(user, totp_enabled=await mfa.totp_enabled(conn, row.user_id)))
 
@@ -166,8 +178,25 @@ class VerificationRpcs:
         finally:
             _log.info("real_name_checked", user_id=row.user_id, matched=matched)
         d.on_commit()
-        await onboarding.assess_if_ready(d, reply.user.user_id, context)
+        if not last_step:
+            await onboarding.assess_if_ready(d, reply.user.user_id, context)
         return reply
+
+
+async def _contact_tier(d: Deps, request: pb.ConfirmVerificationRequest, now: Any,
+                        context: grpc.aio.ServicerContext) -> tuple[bool, str]:
+    """Whether this confirmation is the user's last onboarding step, and if so risk's tier for them.
+    Risk is asked only for a code that will pass: a wrong guess costs no assessment."""
+    async with d.engine.connect() as conn:
+        challenge = await challenges.get(conn, request.verification_id)
+        if challenge is None or challenge.purpose != "CONTACT":
+            return False, ""
+        user = await users.get_user(conn, challenge.user_id)
+    if user is None or not onboarding.completes_onboarding(user, "contact"):
+        return False, ""
+    if not code_matches(d, challenge, request.code, now):
+        return True, ""
+    return True, await onboarding.tier_for_last_step(d, user, "contact", context)
 
 
 async def send_code(d: Deps, context: grpc.aio.ServicerContext, row: Any, challenge_id: str, channel: str,

@@ -6,13 +6,12 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
+from finmesh.identity.domain import passwords
 from finmesh.identity.domain.id_number import IdNumberError, parse_id_number
 from finmesh.platform.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 _E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}$")
-MIN_PASSWORD = 10
-MAX_PASSWORD = 128
 LOCALES = ("zh-CN", "en")
 KINDS = ("PERSONAL", "ENTERPRISE", "INSTITUTION")
 
@@ -37,7 +36,8 @@ def validate_registration(
     if not 0 < len(name) <= 50 or not name.isprintable():
         violations.append(FieldViolation("legal_name", "required, 1 to 50 printable characters"))
     if kind not in KINDS:
-        violations.append(FieldViolation("kind", "one of PERSONAL, ENTERPRISE, INSTITUTION"))
+        # No default: the kind decides the user's roles and risk's onboarding rules, so the caller says it.
+        violations.append(FieldViolation("kind", f"required: one of {', '.join(KINDS)}"))
     parsed = None
     underage = False
     try:
@@ -51,8 +51,8 @@ def validate_registration(
     normalized_email = email.strip().lower()
     if len(normalized_email) > 254 or not _EMAIL.match(normalized_email):
         violations.append(FieldViolation("email", "a valid e-mail address"))
-    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
-        violations.append(FieldViolation("password", f"{MIN_PASSWORD} to {MAX_PASSWORD} characters"))
+    if (problem := passwords.problem_with_new(password)) is not None:
+        violations.append(FieldViolation("password", problem))
     if locale and locale not in LOCALES:
         violations.append(FieldViolation("locale", f"one of {', '.join(LOCALES)}"))
     if violations:

@@ -12,10 +12,10 @@ from finmesh.identity.store.schema import challenges as t
 
 
 async def add(conn: AsyncConnection, *, challenge_id: str, user_id: str, purpose: str, channel: str,
-              code_hash: str | None, now: datetime, expires_at: datetime) -> None:
+              code_hash: str | None, now: datetime, expires_at: datetime, password_ok: bool | None = None) -> None:
     await conn.execute(insert(t).values(challenge_id=challenge_id, user_id=user_id, purpose=purpose,
                                         channel=channel, code_hash=code_hash, created_at=now,
-                                        expires_at=expires_at, attempts=0))
+                                        expires_at=expires_at, attempts=0, password_ok=password_ok))
 
 
 async def get(conn: AsyncConnection, challenge_id: str) -> Any:

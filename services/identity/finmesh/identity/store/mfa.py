@@ -1,14 +1,13 @@
-"""TOTP enrolments and failed-login counters."""
+"""TOTP enrolments."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from finmesh.identity.store.schema import login_throttle, totp
+from finmesh.identity.store.schema import totp
 
 
 async def get_totp(conn: AsyncConnection, user_id: str) -> Any:
@@ -38,24 +37,3 @@ async def accept_step(conn: AsyncConnection, user_id: str, step: int, *, enable:
 
 async def delete_totp(conn: AsyncConnection, user_id: str) -> None:
     await conn.execute(delete(totp).where(totp.c.user_id == user_id))
-
-
-async def locked_until(conn: AsyncConnection, user_id: str) -> datetime | None:
-    row = (await conn.execute(select(login_throttle).where(login_throttle.c.user_id == user_id))).first()
-    return None if row is None else row.locked_until
-
-
-async def record_failure(conn: AsyncConnection, user_id: str, *, max_failures: int, lock_until: datetime) -> None:
-    row = (await conn.execute(select(login_throttle).where(login_throttle.c.user_id == user_id))).first()
-    failures = (row.failures if row is not None else 0) + 1
-    locked = lock_until if failures >= max_failures else None
-    if row is None:
-        await conn.execute(insert(login_throttle).values(user_id=user_id, failures=failures, locked_until=locked))
-    else:
-        # A lock starts a new run of failures once it ends.
-        await conn.execute(update(login_throttle).where(login_throttle.c.user_id == user_id)
-                           .values(failures=0 if locked else failures, locked_until=locked or row.locked_until))
-
-
-async def clear_failures(conn: AsyncConnection, user_id: str) -> None:
-    await conn.execute(delete(login_throttle).where(login_throttle.c.user_id == user_id))

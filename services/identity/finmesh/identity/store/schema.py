@@ -82,6 +82,9 @@ challenges = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("used_at", DateTime(timezone=True), nullable=True),
+    # Login challenges issued under the global login throttle: whether the password was right, told only
+    # once the second factor passes. NULL: the password's verdict was given at Login.
+    Column("password_ok", Boolean, nullable=True),
     Index("ix_challenges_user_created", "user_id", "created_at"),
 )
 
@@ -96,7 +99,22 @@ totp = Table(
     Column("last_step", BigInteger, nullable=False, default=0),
 )
 
-# Failed password logins per user: a run of failures locks the login for a while.
+# Password login attempts (finmesh.identity.domain.login_throttle counts them): who (the user id, or a
+# keyed hash of a login no user has), from where (a keyed hash of the client address), when, and the outcome.
+login_attempts = Table(
+    "login_attempts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("subject", String(36), nullable=False),
+    Column("address", String(16), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("outcome", String(12), nullable=False),
+    Index("ix_login_attempts_subject_at", "subject", "at"),
+    Index("ix_login_attempts_subject_address_at", "subject", "address", "at"),
+)
+
+# The fixed lockout's counters, no longer written or read: kept while the previous release may still run
+# against this schema (expand/contract, docs/DEPLOY.md); a later release drops it.
 login_throttle = Table(
     "login_throttle",
     metadata,

@@ -67,11 +67,15 @@ async def get_user(conn: AsyncConnection, user_id: str) -> Any:
     return (await conn.execute(select(users).where(users.c.user_id == user_id))).first()
 
 
+def normalized_login(login: str) -> str:
+    """A phone (E.164) as given; an e-mail trimmed and lower-cased, as registration stored it."""
+    return login if login.startswith("+") else login.strip().lower()
+
+
 async def find_by_login(conn: AsyncConnection, vault: Vault, login: str) -> Any:
     """The user whose phone (E.164) or e-mail is `login`, through the blind index."""
     column, field = (users.c.phone_index, "phone") if login.startswith("+") else (users.c.email_index, "email")
-    value = login if field == "phone" else login.strip().lower()
-    query = select(users).where(column == vault.blind_index(field, value))
+    query = select(users).where(column == vault.blind_index(field, normalized_login(login)))
     return (await conn.execute(query)).first()
 
 
