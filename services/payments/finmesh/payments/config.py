@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from finmesh.payments.domain.limits import DEFAULT_CHANNEL_CAPS, DEFAULT_LIMITS, ChannelCaps, Limits
 from finmesh.payments.domain.settlement import FeeSchedule
@@ -69,6 +69,16 @@ class PaymentsSettings(ServiceSettings):
     # Fault injection for crash tests: methods after whose commit the process
     # SIGKILLs itself before replying. Never set in production.
     failpoint_kill_after_commit: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _tables_are_complete(self) -> PaymentsSettings:
+        """Refuse to start on a limit or cap entry with missing or unknown keys, naming the setting."""
+        for name, table in (("tier_limits", self.limit_table), ("channel_caps", self.channel_cap_table)):
+            try:
+                table()
+            except TypeError as error:
+                raise ValueError(f"{name}: {error}") from None
+        return self
 
     def limit_table(self) -> dict[str, dict[str, Limits]]:
         return {tier: {cur: Limits(**values) for cur, values in row.items()} for tier, row in self.tier_limits.items()}

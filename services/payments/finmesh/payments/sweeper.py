@@ -128,11 +128,12 @@ class PendingOperationSweeper:
         if answer is None:
             answer = usecase.ChannelAnswer("FAILED", failure_reason="NOT_RECEIVED_BY_CHANNEL")
         method, response_type = _METHODS[op.kind]
-        finished: list[rows.ChannelOperation] = []
+        finished: list[rows.ChannelOperation] = []  # what this pass finished (not another caller meanwhile)
 
         async def finish(uow: UnitOfWork) -> Any:
+            current = await uow.channel_operation(op.operation_id)
             result = await usecase.finish(uow, op.operation_id, answer)
-            finished[:] = [result[0]]
+            finished[:] = [result[0]] if current is not None and current.status == "PENDING" else []
             return result
 
         def command(method: str, key: str) -> Command:
@@ -150,6 +151,6 @@ class PendingOperationSweeper:
             _log.error("channel_operation_sweep_refused", operation_id=op.operation_id, error=type(error).__name__)
             return 0
         if not finished:
-            return 0  # answered from a stored reply: finished earlier
+            return 0  # finished meanwhile (a caller's retry), or answered from a stored reply
         _log.info("channel_operation_swept", operation_id=op.operation_id, status=finished[0].status)
         return 1
