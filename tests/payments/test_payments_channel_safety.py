@@ -181,6 +181,30 @@ async def test_posting_refused_after_the_bank_took_the_money_parks_once(database
         await pay.check_books()
 
 
+async def test_payout_refused_by_the_ledger_after_the_bank_paid_keeps_its_hold(databases, tmp_path: Path,
+                                                                                bank: FakeBank) -> None:
+    """The payout side of parking: the bank paid out, the clearing account cannot take it; the funds stay held
+    (the money has left: it must not be spendable again) until an operator reconciles."""
+    async with payments_mesh(databases, tmp_path, channel_urls={"bank": bank.url},
+                             channel_timeout_seconds=0.5, **NO_CAPS) as pay:
+        c = pay.client
+        whale, bob = await c.wallet(), await c.wallet()
+        await c.top_up(whale, HUGE - 500, channel="test_bank")
+        await c.top_up(bob, 1_000, channel="test_other")  # another clearing account: test_bank's is full
+        bank.script("timeout")
+        idem = key()
+        assert (await refusal(c.payout(bob, 1_000, channel="bank", idem=idem))).reason == "CHANNEL_UNAVAILABLE"
+        assert await c.triple(bob) == (0, 1_000, 1_000)
+        await c.payout(whale, HUGE - 500, channel="bank")  # clearing:bank:CNY now at HUGE - 500
+        parked = await c.payout(bob, 1_000, channel="bank", idem=idem)
+        assert parked.operation.status == PENDING
+        stored = await operations(pay)
+        assert stored[parked.operation.operation_id] == ("PARKED", "LEDGER_REFUSED:AMOUNT_OVERFLOW")
+        assert await c.triple(bob) == (0, 1_000, 1_000)
+        assert await pay.app.sweeper.sweep_once(now=datetime.now(UTC) + timedelta(hours=1)) == 0
+        await pay.check_books()
+
+
 async def _legacy_refusal(pay: Any, operation_id: str) -> None:
     """What the unfixed code left behind: the caller's key answered AMOUNT_OVERFLOW, the operation PENDING."""
     row = (await pay.db.execute("SELECT kind, idempotency_key, request_hash FROM channel_operations "
