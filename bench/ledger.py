@@ -60,6 +60,8 @@ from tests.auth import channel as acting_channel
 WALLETS = 200
 UNLIMITED = {tier: {"CNY": {"single": 10**15, "daily_amount": 10**17, "daily_count": 10**9}}
              for tier in ("low", "medium", "high")}
+# The wallets are funded with one large top-up each, past the channels' default caps.
+NO_CHANNEL_CAPS = {"*": {"CNY": {"top_up": 10**15, "payout": 10**15}}}
 
 _raw_metadata = MetaData()
 # About as wide as a ledger entry, with a primary key to maintain, like the ledger's tables.
@@ -205,7 +207,8 @@ async def _measure(kind: str, url: str, tmp: Path, rounds: int, batch_size: int,
     # Auth enforced as in production: the clients carry their owners' tokens (tests/auth.py).
     issuer = await Issuer().start()
     settings = PaymentsSettings(host="127.0.0.1", port=0, data_dir=tmp, database_url=url, tracing_enabled=False,
-                                tier_limits=UNLIMITED, risk_target="127.0.0.1:1", notify_target="127.0.0.1:1",
+                                tier_limits=UNLIMITED, channel_caps=NO_CHANNEL_CAPS,
+                                risk_target="127.0.0.1:1", notify_target="127.0.0.1:1",
                                 service_name="payments", **issuer.settings())
     app = await payments_app.build(settings)
     servicer = app.registrations[0].servicer

@@ -59,8 +59,11 @@ from finmesh.risk.ruleset import DEFAULT_RULES_FILE
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 UNLIMITED = {tier: {"CNY": {"single": 10**15, "daily_amount": 10**17, "daily_count": 10**9}}
              for tier in ("low", "medium", "high")}
+# The payers are funded with one large top-up each, past the channels' default caps.
+NO_CHANNEL_CAPS = {"*": {"CNY": {"top_up": 10**15, "payout": 10**15}}}
 BASE_ENV = {
     "FINMESH_TIER_LIMITS": json.dumps(UNLIMITED),
+    "FINMESH_CHANNEL_CAPS": json.dumps(NO_CHANNEL_CAPS),
     "FINMESH_IDENTITY_ACCESS_TOKEN_TTL_SECONDS": "3600",  # the payers' tokens outlive the run
     "FINMESH_DRAIN_DELAY_SECONDS": "0",
     "FINMESH_SHUTDOWN_GRACE_SECONDS": "1",

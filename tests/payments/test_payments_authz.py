@@ -199,8 +199,8 @@ async def test_customers_open_only_the_accounts_their_kind_may_hold(databases, t
 async def test_limits_follow_the_tier_in_the_token(databases, tmp_path: Path) -> None:
     """The paying customer's token tier decides the limits, over payments' table; no tier in the token:
     the table (which also serves operators and services)."""
-    limits = {"low": {"CNY": {"single": 10_000, "daily_amount": 100_000, "daily_count": 100}},
-              "high": {"CNY": {"single": 1_000, "daily_amount": 100_000, "daily_count": 100}}}
+    limits = {"low": {"CNY": {"single": 10_000, "daily_amount": 100_000, "daily_count": 100, "top_up": 50_000}},
+              "high": {"CNY": {"single": 1_000, "daily_amount": 100_000, "daily_count": 100, "top_up": 50_000}}}
     async with payments_mesh(databases, tmp_path, tier_limits=limits, default_tier="low") as pay:
         c, issuer, book = pay.client, pay.mesh.issuer, pay.mesh.book
         tiered, untiered = _owner(), _owner()

@@ -11,7 +11,17 @@ from hypothesis import strategies as st
 
 from finmesh.payments.domain import audit, ledger, reconciliation, settlement
 from finmesh.payments.domain.ledger import AccountKind, AccountState, AccountStatus, Bucket, Posting, Transfer
-from finmesh.payments.domain.limits import LimitPolicy, Limits, Usage, limit_day
+from finmesh.payments.domain.limits import (
+    ANY_CHANNEL,
+    PAYOUT,
+    TOP_UP,
+    ChannelCapPolicy,
+    ChannelCaps,
+    LimitPolicy,
+    Limits,
+    Usage,
+    limit_day,
+)
 from finmesh.platform.errors import FailedPrecondition, InvalidArgument
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -75,8 +85,10 @@ def test_payouts_name_unsettled_funds() -> None:
 
 
 def test_limits_strictest_for_unknown_tiers_and_days_in_china_time() -> None:
-    policy = LimitPolicy({"low": {"CNY": Limits(1_000, 5_000, 9)}, "high": {"CNY": Limits(2_000, 3_000, 5)}})
-    assert policy.limits_for("platinum", "CNY") == Limits(1_000, 3_000, 5)
+    policy = LimitPolicy({"low": {"CNY": Limits(1_000, 5_000, 9)},
+                          "high": {"CNY": Limits(2_000, 3_000, 5, top_up=1_500, payout=800)}})
+    # Top-up and payout caps left out are the tier's single limit; the strictest of each applies.
+    assert policy.limits_for("platinum", "CNY") == Limits(1_000, 3_000, 5, top_up=1_000, payout=800)
     assert policy.limits_for("low", "USD") is None
     assert policy.check("low", "CNY", 1_000, Usage(3_000, 1)) == Usage(4_000, 2)
     for amount, usage, limit in ((1_001, Usage(), "single"), (900, Usage(4_200, 1), "daily_amount"),
@@ -152,3 +164,32 @@ def test_statement_parsing_and_matching() -> None:
         ("A", "MATCHED"), ("B", "AMOUNT_MISMATCH"), ("C", "MISSING_IN_STATEMENT")]
     with pytest.raises(InvalidArgument):
         reconciliation.parse_statement(b"\xff\xfe")
+
+
+def test_channel_caps_then_tier_caps_name_the_cap_they_enforce() -> None:
+    """The channel's cap binds every account, the tier's only wallets (tier None: a merchant); both fail closed."""
+    tiers = LimitPolicy({"low": {"CNY": Limits(1_000, 5_000, 9, top_up=4_000, payout=2_000)}})
+    caps = ChannelCapPolicy({"bank": {"CNY": ChannelCaps(top_up=3_000, payout=9_000)},
+                             ANY_CHANNEL: {"CNY": ChannelCaps(top_up=500, payout=500)}}, tiers)
+    caps.check(TOP_UP, "bank", "CNY", 3_000, "low")
+    caps.check(PAYOUT, "bank", "CNY", 9_000, None)
+    refusals = {
+        (TOP_UP, "bank", "CNY", 3_001, None): {"limit": "top_up", "scope": "channel", "channel": "bank",
+                                               "limit_value": "3000"},
+        (PAYOUT, "bank", "CNY", 2_001, "low"): {"limit": "payout", "scope": "tier", "tier": "low",
+                                                "limit_value": "2000"},
+        (TOP_UP, "other", "CNY", 501, None): {"limit": "top_up", "scope": "channel", "channel": "other",
+                                              "limit_value": "500"},
+        (TOP_UP, "bank", "USD", 1, None): {"limit": "top_up", "scope": "channel", "channel": "bank"},
+        (PAYOUT, "bank", "CNY", 2_001, "platinum"): {"limit": "payout", "scope": "tier", "tier": "platinum",
+                                                     "limit_value": "2000"},
+    }
+    for args, metadata in refusals.items():
+        with pytest.raises(FailedPrecondition) as refused:
+            caps.check(*args)
+        assert (refused.value.reason, refused.value.metadata) == ("LIMIT_EXCEEDED", metadata), args
+    usd_tiers = ChannelCapPolicy({ANY_CHANNEL: {"USD": ChannelCaps(10**6, 10**6)}}, tiers)
+    usd_tiers.check(TOP_UP, "bank", "USD", 100, None)  # a merchant: the channel's cap only
+    with pytest.raises(FailedPrecondition) as refused:
+        usd_tiers.check(TOP_UP, "bank", "USD", 100, "low")  # a wallet in a currency no tier has limits for
+    assert refused.value.metadata == {"limit": "top_up", "scope": "tier", "tier": "low"}

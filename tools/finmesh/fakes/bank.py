@@ -59,6 +59,7 @@ class FakeBank:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, reply_delay: float = 3.0) -> None:
         self.operations: dict[str, Booking] = {}
         self.requests: list[tuple[str, str]] = []  # (path, operation_id), in arrival order
+        self.lookups: list[str] = []  # operation ids asked about (GET /v1/operations/{id}), in arrival order
         self.reply_delay = reply_delay
         self._script: collections.deque[str] = collections.deque()
         self._lock = threading.Lock()
@@ -143,6 +144,7 @@ class FakeBank:
 
     def lookup(self, operation_id: str) -> dict[str, Any] | None:
         with self._lock:
+            self.lookups.append(operation_id)
             booking = self.operations.get(operation_id)
         return None if booking is None else booking.answer()
 

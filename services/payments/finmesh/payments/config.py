@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from finmesh.payments.domain.limits import DEFAULT_LIMITS, Limits
+from finmesh.payments.domain.limits import DEFAULT_CHANNEL_CAPS, DEFAULT_LIMITS, ChannelCaps, Limits
 from finmesh.payments.domain.settlement import FeeSchedule
 from finmesh.platform.config import ServiceSettings
 
@@ -20,8 +20,9 @@ class PaymentsSettings(ServiceSettings):
     # batches (least CPU per payment on both sides); more let checks use several risk replicas at once.
     risk_max_in_flight: int = Field(default=1, ge=1, le=1000)
 
-    # Per-tier limits, tier -> currency -> {single, daily_amount, daily_count}
+    # Per-tier limits, tier -> currency -> {single, daily_amount, daily_count, top_up, payout}
     # in minor units, e.g. FINMESH_TIER_LIMITS='{"low": {"CNY": {"single": 5000000, ...}}}'.
+    # top_up / payout cap one top-up / payout of a customer wallet; left out, they are `single`.
     tier_limits: dict[str, dict[str, dict[str, int]]] = Field(
         default_factory=lambda: {tier: {currency: vars(limits) for currency, limits in row.items()}
                                  for tier, row in DEFAULT_LIMITS.items()}
@@ -42,6 +43,14 @@ class PaymentsSettings(ServiceSettings):
     # Channels: name -> base URL of its HTTP API, e.g. FINMESH_CHANNEL_URLS='{"icbc": "http://10.0.0.5:8080"}'.
     channel_urls: dict[str, str] = Field(default_factory=dict)
     channel_timeout_seconds: float = Field(default=2.0, gt=0)
+    # Caps on one top-up and one payout through a channel, for every account: channel -> currency ->
+    # {top_up, payout} in minor units; "*" covers channels not named (and currencies a channel's entry
+    # leaves out). A channel and currency with no cap is refused, e.g.
+    # FINMESH_CHANNEL_CAPS='{"icbc": {"CNY": {"top_up": 5000000, "payout": 5000000}}, "*": {...}}'.
+    channel_caps: dict[str, dict[str, dict[str, int]]] = Field(
+        default_factory=lambda: {channel: {currency: vars(caps) for currency, caps in row.items()}
+                                 for channel, row in DEFAULT_CHANNEL_CAPS.items()}
+    )
     # test_* channels without a URL confirm at once, in-process; production sets false.
     channel_sandbox: bool = True
     # PENDING operations older than this are looked up at the channel and finished by the sweeper.
@@ -61,8 +70,22 @@ class PaymentsSettings(ServiceSettings):
     # SIGKILLs itself before replying. Never set in production.
     failpoint_kill_after_commit: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _tables_are_complete(self) -> PaymentsSettings:
+        """Refuse to start on a limit or cap entry with missing or unknown keys, naming the setting."""
+        for name, table in (("tier_limits", self.limit_table), ("channel_caps", self.channel_cap_table)):
+            try:
+                table()
+            except TypeError as error:
+                raise ValueError(f"{name}: {error}") from None
+        return self
+
     def limit_table(self) -> dict[str, dict[str, Limits]]:
         return {tier: {cur: Limits(**values) for cur, values in row.items()} for tier, row in self.tier_limits.items()}
+
+    def channel_cap_table(self) -> dict[str, dict[str, ChannelCaps]]:
+        return {channel: {cur: ChannelCaps(**values) for cur, values in row.items()}
+                for channel, row in self.channel_caps.items()}
 
     def fee_schedule(self) -> FeeSchedule:
         return FeeSchedule(self.settlement_fee_rate_bp, self.settlement_fee_fixed_minor_units,

@@ -3,7 +3,12 @@
 A PENDING operation older than the grace period is looked up at its channel
 (never re-sent: the lookup only asks what happened) and finished through the
 writer under the caller's own idempotency key, so a late retry gets the same
-answer. An operation the channel never received failed.
+answer. An operation the channel never received failed. Finishing always
+leaves a final state (SUCCEEDED, FAILED, or PARKED when the ledger refuses
+what the channel did), so each operation is swept once. If the caller's key
+already holds an answer (a refusal recorded before operations could be
+parked), the operation is finished under the sweeper's own key for it: the
+caller keeps the answer it was given, the operation still converges.
 
 An authorization older than its time to live is voided (the hold is
 released), so held funds are posted, voided or expire, exactly once.
@@ -12,7 +17,6 @@ released), so held funds are posted, voided or expire, exactly once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,12 +33,15 @@ from finmesh.payments.usecases import channels as usecase
 from finmesh.payments.usecases import payments as payments_usecase
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.writer import Command, LedgerWriter
+from finmesh.platform.db import is_transient
 from finmesh.platform.errors import DomainError
 from finmesh.platform.idempotency import StoredRefusal, request_fingerprint
 from finmesh.platform.logs import get_logger
 
 _log = get_logger("finmesh.payments.sweeper")
 _METHODS = {usecase.TOP_UP: ("TopUp", pb.TopUpResponse), usecase.PAYOUT: ("Payout", pb.PayoutResponse)}
+# The idempotency method under which the sweeper finishes an operation whose caller's key is taken.
+_OWN_METHOD = "SweepChannelOperation"
 
 
 class PendingOperationSweeper:
@@ -77,7 +84,11 @@ class PendingOperationSweeper:
             await conn.rollback()
         finished = 0
         for op in overdue:
-            finished += await self._finish(op)
+            try:
+                finished += await self._finish(op)
+            except Exception as error:  # noqa: BLE001 - one operation's failure must not starve the ones after it
+                if not is_transient(error):
+                    _log.exception("channel_operation_sweep_failed", operation_id=op.operation_id)
         return finished
 
     async def expire_authorizations(self, now: datetime | None = None) -> int:
@@ -106,6 +117,7 @@ class PendingOperationSweeper:
         return expired
 
     async def _finish(self, op: rows.ChannelOperation) -> int:
+        """Finish one operation: 1 if this pass brought it to its final state, else 0 (tried again later)."""
         adapter = self._channels.get(op.channel)
         if adapter is None:
             return 0
@@ -116,13 +128,29 @@ class PendingOperationSweeper:
         if answer is None:
             answer = usecase.ChannelAnswer("FAILED", failure_reason="NOT_RECEIVED_BY_CHANNEL")
         method, response_type = _METHODS[op.kind]
+        finished: list[rows.ChannelOperation] = []  # what this pass finished (not another caller meanwhile)
 
         async def finish(uow: UnitOfWork) -> Any:
-            return await usecase.finish(uow, op.operation_id, answer)
+            current = await uow.channel_operation(op.operation_id)
+            result = await usecase.finish(uow, op.operation_id, answer)
+            finished[:] = [result[0]] if current is not None and current.status == "PENDING" else []
+            return result
 
-        command = Command(method=method, key=op.idempotency_key, fingerprint=op.request_hash or b"",
-                          response_type=response_type, action=finish, render=channel_reply(response_type))
-        with contextlib.suppress(DomainError, StoredRefusal):
-            await self._writer.submit(command)
-        _log.info("channel_operation_swept", operation_id=op.operation_id, status=answer.status)
+        def command(method: str, key: str) -> Command:
+            return Command(method=method, key=key, fingerprint=op.request_hash or b"", response_type=response_type,
+                           action=finish, render=channel_reply(response_type))
+
+        try:
+            try:
+                await self._writer.submit(command(method, op.idempotency_key))
+            except (StoredRefusal, DomainError):
+                # The caller's key holds another answer (a refusal from before parking existed): the writer
+                # replayed it and finished nothing. Finish under the sweeper's own key for this operation.
+                await self._writer.submit(command(_OWN_METHOD, op.operation_id))
+        except (StoredRefusal, DomainError) as error:
+            _log.error("channel_operation_sweep_refused", operation_id=op.operation_id, error=type(error).__name__)
+            return 0
+        if not finished:
+            return 0  # finished meanwhile (a caller's retry), or answered from a stored reply
+        _log.info("channel_operation_swept", operation_id=op.operation_id, status=finished[0].status)
         return 1

@@ -18,7 +18,7 @@ from finmesh.payments.channels import ChannelRegistry
 from finmesh.payments.clients import RiskClient
 from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.domain import synthetic as synthetic_rules
-from finmesh.payments.domain.limits import LimitPolicy
+from finmesh.payments.domain.limits import ChannelCapPolicy, LimitPolicy
 from finmesh.payments.store import queries
 from finmesh.payments.usecases.payments import LimitRules
 from finmesh.payments.writer import Action, Command, LedgerWriter, stored_answer
@@ -43,9 +43,12 @@ class Dependencies:
     settings: PaymentsSettings
 
     limits: LimitRules = field(init=False)
+    channel_caps: ChannelCapPolicy = field(init=False)
 
     def __post_init__(self) -> None:
-        self.limits = LimitRules(LimitPolicy(self.settings.limit_table()), self.settings.limits_utc_offset_minutes)
+        policy = LimitPolicy(self.settings.limit_table())
+        self.limits = LimitRules(policy, self.settings.limits_utc_offset_minutes)
+        self.channel_caps = ChannelCapPolicy(self.settings.channel_cap_table(), policy)
 
 
 class ServicerBase:

@@ -88,13 +88,18 @@ def payment(state: PaymentState) -> pb.Payment:
     )
 
 
+# A PARKED operation (the channel moved the money, the ledger could not post it) is an operator's to
+# reconcile: to its caller it is not finished yet.
+_CALLER_STATUS = {"PARKED": "PENDING"}
+
+
 def channel_operation(op: ChannelOperation) -> pb.ChannelOperation:
     return pb.ChannelOperation(
         operation_id=op.operation_id,
         account_id=op.account_id,
         amount=money(op.currency, op.amount),
         channel=op.channel,
-        status=pb.ChannelOperationStatus.Value(f"CHANNEL_OPERATION_STATUS_{op.status}"),
+        status=pb.ChannelOperationStatus.Value(f"CHANNEL_OPERATION_STATUS_{_CALLER_STATUS.get(op.status, op.status)}"),
         channel_reference=op.channel_reference,
         created_at=timestamp(op.created_at),
     )

@@ -60,10 +60,11 @@ class MoneyMovementRpcs(ServicerBase):
         )
 
         async def begin(uow: UnitOfWork) -> Any:
-            return await usecase.begin(uow, operation)
+            return await usecase.begin(uow, operation, self.deps.channel_caps)
 
-        # Step 1: record the operation (a payout also holds the funds). Only a refusal is final here,
-        # unless a concurrent call with this key has finished meanwhile: then its answer is.
+        # Step 1: check the caps and that the ledger could post it, record the operation (a payout also holds
+        # the funds). Only a refusal is final here, unless a concurrent call with this key has finished
+        # meanwhile: then its answer is.
         started = await self.submit(method, request, response_type, begin, lambda _: response_type(),
                                     record_success=False)
         if started.HasField("operation"):

@@ -7,17 +7,27 @@ Each is two writer commands around one call to the channel:
   then spend the hold on SUCCEEDED or release it on FAILED.
 The operation id is the channel's idempotency key, so a retry (by the caller
 with the same key, or by the sweeper) never moves money twice.
+
+Before the channel is asked, the operation must fit the channel's and the
+tier's caps, and the transfer its SUCCEEDED will post must fit the ledger on
+every leg. That check reads today's balances; if the posting still fails
+once the channel has moved the money (operations racing towards an account's
+range), the operation is PARKED with the ledger's reason: final, logged once,
+left for an operator to reconcile (see services/payments/README.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from finmesh.payments.domain import ledger
+from finmesh.payments.domain import limits as caps
 from finmesh.payments.domain.ledger import (
     CUSTOMER_KINDS,
     AccountKind,
     AccountState,
     Bucket,
+    Transfer,
     TransferKind,
     clearing_account_id,
     move,
@@ -25,10 +35,15 @@ from finmesh.payments.domain.ledger import (
 from finmesh.payments.store.rows import ChannelOperation
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.platform.errors import FailedPrecondition
-from finmesh.platform.money import MAX_MINOR_UNITS
+from finmesh.platform.logs import get_logger
 
 TOP_UP = "TOP_UP"
 PAYOUT = "PAYOUT"
+# Final: the channel moved the money but the ledger refused the posting; an operator reconciles it.
+PARKED = "PARKED"
+_CAPPED_AS = {TOP_UP: caps.TOP_UP, PAYOUT: caps.PAYOUT}
+
+_log = get_logger("finmesh.payments.channels")
 
 
 @dataclass(frozen=True)
@@ -66,8 +81,12 @@ async def _account_for(uow: UnitOfWork, request: ChannelRequest) -> AccountState
     return account
 
 
-async def begin(uow: UnitOfWork, request: ChannelRequest) -> ChannelOperation:
-    """Record the operation (and, for a payout, hold settled funds); a retry finds the one it recorded."""
+async def begin(uow: UnitOfWork, request: ChannelRequest, policy: caps.ChannelCapPolicy) -> ChannelOperation:
+    """Record the operation (and, for a payout, hold settled funds); a retry finds the one it recorded.
+
+    A new operation must fit its caps and the ledger's range first: nothing the ledger could not post
+    reaches the channel.
+    """
     existing = await uow.channel_operation(request.operation_id)
     if existing is not None:
         if existing.request_hash != request.request_hash:
@@ -75,10 +94,8 @@ async def begin(uow: UnitOfWork, request: ChannelRequest) -> ChannelOperation:
                                      "this idempotency key was already used with a different request")
         return existing
     account = await _account_for(uow, request)
-    if request.kind == TOP_UP and account.total + request.amount > MAX_MINOR_UNITS:
-        # Refuse before the channel collects money we could not credit.
-        raise FailedPrecondition("AMOUNT_OVERFLOW", "the balance would leave the supported range",
-                                 account_id=request.account_id)
+    tier = await uow.tier(account.owner_id) if account.kind is AccountKind.CUSTOMER_WALLET else None
+    policy.check(_CAPPED_AS[request.kind], request.channel, request.currency, request.amount, tier)
     if request.kind == PAYOUT:
         # Frozen accounts cannot be paid out; only settled (collected) funds leave.
         await uow.hold(request.account_id, request.amount, reference=request.operation_id, settled_only=True)
@@ -89,8 +106,35 @@ async def begin(uow: UnitOfWork, request: ChannelRequest) -> ChannelOperation:
         idempotency_key=request.idempotency_key, request_hash=request.request_hash, transfer_id=None,
         created_at=uow.now, updated_at=uow.now,
     )
+    await _require_postable(uow, op)
     uow.put_channel_operation(op)
     return op
+
+
+def _transfer(op: ChannelOperation) -> Transfer:
+    """What the channel's SUCCEEDED posts: a top-up credits the account, a payout spends its hold."""
+    clearing = clearing_account_id(op.channel, op.currency)
+    if op.kind == TOP_UP:
+        return move(TransferKind.TOP_UP, clearing, op.account_id, op.currency, op.amount, reference=op.operation_id)
+    return move(TransferKind.PAYOUT, op.account_id, clearing, op.currency, op.amount, reference=op.operation_id,
+                source_bucket=Bucket.HELD)
+
+
+async def _require_postable(uow: UnitOfWork, op: ChannelOperation) -> None:
+    """Refuse (AMOUNT_OVERFLOW naming the account) unless every leg of the operation's transfer fits the ledger.
+
+    A dry run of the same pure rule the posting applies, on the balances as they are now (a payout's hold
+    already taken), so the channel is never asked to move money the ledger would then refuse.
+    """
+    await _clearing_account(uow, op)
+    transfer = _transfer(op)
+    states = {p.account_id: await uow.account(p.account_id) for p in transfer.postings}
+    ledger.post({a: s for a, s in states.items() if s is not None}, transfer)
+
+
+async def _clearing_account(uow: UnitOfWork, op: ChannelOperation) -> AccountState:
+    return await uow.ensure_account(clearing_account_id(op.channel, op.currency), kind=AccountKind.CLEARING,
+                                    currency=op.currency, channel=op.channel)
 
 
 async def finish(uow: UnitOfWork, operation_id: str, answer: ChannelAnswer) -> tuple[ChannelOperation, AccountState]:
@@ -106,21 +150,25 @@ async def finish(uow: UnitOfWork, operation_id: str, answer: ChannelAnswer) -> t
 
 
 async def _apply_answer(uow: UnitOfWork, op: ChannelOperation, answer: ChannelAnswer) -> ChannelOperation:
-    clearing = clearing_account_id(op.channel, op.currency)
     transfer_id = None
+    status = "SUCCEEDED" if answer.status == "SUCCEEDED" else "FAILED"
+    failure_reason = answer.failure_reason
     if answer.status == "SUCCEEDED":
-        await uow.ensure_account(clearing, kind=AccountKind.CLEARING, currency=op.currency, channel=op.channel)
-        if op.kind == TOP_UP:
-            transfer = move(TransferKind.TOP_UP, clearing, op.account_id, op.currency, op.amount,
-                            reference=op.operation_id)
-        else:
-            transfer = move(TransferKind.PAYOUT, op.account_id, clearing, op.currency, op.amount,
-                            reference=op.operation_id, source_bucket=Bucket.HELD)
-        transfer_id = await uow.transfer(transfer)
+        await _clearing_account(uow, op)
+        try:
+            transfer_id = await uow.transfer(_transfer(op))
+        except FailedPrecondition as refusal:
+            # The channel has moved the money; the ledger cannot post it (the check in begin raced another
+            # operation). Retrying cannot help: park it, final, for an operator. A top-up credits nothing;
+            # a payout keeps its hold, so the money that left is not spendable twice.
+            status, failure_reason = PARKED, f"LEDGER_REFUSED:{refusal.reason}"
+            _log.error("channel_operation_parked", operation_id=op.operation_id, kind=op.kind, channel=op.channel,
+                       currency=op.currency, amount_minor_units=op.amount, reason=failure_reason,
+                       account_id=refusal.metadata.get("account_id", ""))
     elif op.kind == PAYOUT:
         await uow.release(op.account_id, op.amount, reference=op.operation_id)
-    done = replace(op, status="SUCCEEDED" if answer.status == "SUCCEEDED" else "FAILED",
-                   channel_reference=answer.channel_reference[:64], failure_reason=answer.failure_reason[:100],
+    done = replace(op, status=status,
+                   channel_reference=answer.channel_reference[:64], failure_reason=failure_reason[:100],
                    transfer_id=transfer_id, updated_at=uow.now)
     uow.put_channel_operation(done)
     account = await uow.account(op.account_id)
