@@ -30,7 +30,7 @@ from finmesh.payments.usecases import payments as payments_usecase
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.writer import Command, LedgerWriter
 from finmesh.platform.errors import DomainError
-from finmesh.platform.idempotency import StoredRefusal, request_fingerprint
+from finmesh.platform.idempotency import ANONYMOUS, StoredRefusal, request_fingerprint
 from finmesh.platform.logs import get_logger
 
 _log = get_logger("finmesh.payments.sweeper")
@@ -97,7 +97,9 @@ class PendingOperationSweeper:
                 return await payments_usecase.expire_authorization(uow, payment_id)
 
             reply = await self._writer.submit(Command(
-                method="ExpireAuthorization", key=request.idempotency_key, fingerprint=request_fingerprint(request),
+                # The service's own job: no caller, the anonymous scope.
+                method="ExpireAuthorization", scope=ANONYMOUS, key=request.idempotency_key,
+                fingerprint=request_fingerprint(request),
                 response_type=pb.VoidPaymentResponse, action=action,
                 render=lambda state: pb.VoidPaymentResponse(payment=convert.payment(state))))
             expired += reply.payment.status == pb.PAYMENT_STATUS_VOIDED
@@ -120,7 +122,9 @@ class PendingOperationSweeper:
         async def finish(uow: UnitOfWork) -> Any:
             return await usecase.finish(uow, op.operation_id, answer)
 
-        command = Command(method=method, key=op.idempotency_key, fingerprint=op.request_hash or b"",
+        # Under the key of the caller who began it, so that caller's retry finds the answer.
+        command = Command(method=method, scope=op.idempotency_scope, key=op.idempotency_key,
+                          fingerprint=op.request_hash or b"",
                           response_type=response_type, action=finish, render=channel_reply(response_type))
         with contextlib.suppress(DomainError, StoredRefusal):
             await self._writer.submit(command)
