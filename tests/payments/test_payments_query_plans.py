@@ -19,7 +19,8 @@ async def test_the_stored_answers_lookup_uses_the_idempotency_key_index(database
     engine = create_engine(await databases.new("payments"))
     try:
         await prepare_schema(engine, "payments", migrate=True)
-        lookup = _lookup_statement(idempotency).params(method="CreatePayment", keys=[uuid.uuid4().hex for _ in range(3)])
+        keys = [uuid.uuid4().hex for _ in range(3)]
+        lookup = _lookup_statement(idempotency).params(method="CreatePayment", keys=keys)
         async with engine.connect() as conn:
             sql = str(lookup.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
             if databases.kind == "sqlite":
