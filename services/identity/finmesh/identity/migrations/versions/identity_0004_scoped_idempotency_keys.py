@@ -17,7 +17,7 @@ up by (method, key) alone and relies on that key to catch concurrent retries. So
 Contract, in a later release once no color runs the previous one: stop the mirror, then drop
 idempotency_keys (docs/DEPLOY.md, "Idempotency keys per caller").
 
-Revision ID: identity_0003
+Revision ID: identity_0004
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = 'identity_0003'
-down_revision: str | Sequence[str] | None = 'identity_0002'
+revision: str = 'identity_0004'
+down_revision: str | Sequence[str] | None = 'identity_0003'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
