@@ -50,7 +50,7 @@ from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.payments.writer import Command, LedgerWriter
 from finmesh.platform.db import create_engine, create_schema
-from finmesh.platform.idempotency import request_fingerprint
+from finmesh.platform.idempotency import ANONYMOUS, request_fingerprint
 from finmesh.platform.logs import configure_logging
 from finmesh.platform.money import Money
 from finmesh.platform.server import create_server
@@ -117,7 +117,7 @@ async def raw_commit_per_row_per_second(engine: Any, rows: int) -> float:
 async def _count_rows(engine: Any) -> int:
     total = 0
     async with engine.connect() as conn:
-        for table in (transfers, entries, audit_log, idempotency):
+        for table in (transfers, entries, audit_log, idempotency.scoped):
             total += int(await conn.scalar(select(func.count()).select_from(table)))
     return total
 
@@ -308,7 +308,8 @@ def ledger_payment(writer: LedgerWriter, request: pb.CreatePaymentRequest) -> Aw
         return await usecase.create_payment(uow, payment_id, payment, APPROVED, LIMITS)
 
     return writer.submit(Command(
-        method="CreatePayment", key=request.idempotency_key, fingerprint=request_fingerprint(request),
+        method="CreatePayment", scope=ANONYMOUS, key=request.idempotency_key,
+        fingerprint=request_fingerprint(request),
         response_type=pb.CreatePaymentResponse, action=action,
         render=lambda state: pb.CreatePaymentResponse(payment=convert.payment(state)),
         accounts=(payment.payer_account_id, payment.payee_account_id)))

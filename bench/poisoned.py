@@ -34,6 +34,7 @@ from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.payments.writer import Command
 from finmesh.platform.db import is_transient
 from finmesh.platform.group_commit import commit_apart
+from finmesh.platform.idempotency import ANONYMOUS
 from finmesh.platform.logs import configure_logging
 from finmesh.platform.money import Money
 from finmesh.platform.server import create_server
@@ -61,7 +62,8 @@ def payment(payer: str, payee: str, description: str) -> Command:
     async def action(uow: Any) -> Any:
         return await usecase.create_payment(uow, payment_id, request, APPROVED, LIMITS)
 
-    return Command(method="CreatePayment", key=key, fingerprint=key.encode(), response_type=pb.CreatePaymentResponse,
+    return Command(method="CreatePayment", scope=ANONYMOUS, key=key,
+                   fingerprint=key.encode(), response_type=pb.CreatePaymentResponse,
                    action=action, render=lambda state: pb.CreatePaymentResponse(payment=convert.payment(state)),
                    accounts=(payer, payee))
 

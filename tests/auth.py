@@ -123,6 +123,11 @@ class Issuer:
     def customer(self, sub: str, *, role: str = "personal", verified: bool = True, tier: str = "low") -> str:
         return self.mint(role, sub=sub, verified=verified, tier=tier)
 
+    def operator(self, role: str) -> str:
+        """The token of the one operator of `role` on duty: the same subject on every call, as a person's own
+        tokens have (idempotency keys are per caller, so a retry must come from the same subject)."""
+        return self.mint(role, sub=f"{role}-on-duty")
+
     def md(self, *roles: str, **kwargs: Any) -> tuple[tuple[str, str], ...]:
         return bearer(self.mint(*roles, **kwargs))
 
@@ -173,7 +178,7 @@ def _account_holder(issuer: Issuer, book: Book, account_id: str, fallback: str =
         return issuer.customer(owner, role=_customer_role(kind), tier=book.tiers.get(owner, ""))
     if fallback in ("personal", "enterprise", "institution"):
         return issuer.customer(uuid.uuid4().hex, role=fallback)
-    return issuer.mint(fallback)
+    return issuer.operator(fallback)
 
 
 def _payee_merchant(issuer: Issuer, book: Book, payment_id: str) -> str:
@@ -193,7 +198,7 @@ def _batch_caller(issuer: Issuer, book: Book, request: Any) -> str:
 
 def _open_account(issuer: Issuer, book: Book, request: Any) -> str:
     if request.kind in _PLATFORM_KINDS or not request.owner_id:
-        return issuer.mint("admin")
+        return issuer.operator("admin")
     owner = request.owner_id
     return issuer.customer(owner, role=_customer_role(request.kind), tier=book.tiers.get(owner, ""))
 
@@ -204,7 +209,7 @@ CALLERS: dict[str, Caller] = {
     # payments: customers act on their own accounts; operators run the back office.
     _PAY + "OpenAccount": _open_account,
     _PAY + "GetAccount": lambda i, b, r: _account_holder(i, b, r.account_id, "support"),
-    _PAY + "ListAccounts": lambda i, b, r: i.customer(r.owner_id) if r.owner_id else i.mint("support"),
+    _PAY + "ListAccounts": lambda i, b, r: i.customer(r.owner_id) if r.owner_id else i.operator("support"),
     _PAY + "TopUp": lambda i, b, r: _account_holder(i, b, r.account_id),
     _PAY + "Payout": lambda i, b, r: _account_holder(i, b, r.account_id),
     _PAY + "CreatePayment": lambda i, b, r: _account_holder(i, b, r.payer_account_id),
@@ -216,13 +221,13 @@ CALLERS: dict[str, Caller] = {
     _PAY + "RefundPayment": lambda i, b, r: _payee_merchant(i, b, r.payment_id),
     _PAY + "ListSettlementBatches": lambda i, b, r: _account_holder(i, b, r.merchant_account_id, "admin"),
     _PAY + "BatchCreateTransfers": lambda i, b, r: _batch_caller(i, b, r),
-    _PAY + "ReviewPayment": lambda i, b, r: i.mint("risk_officer"),
-    _PAY + "FreezeAccount": lambda i, b, r: i.mint("risk_officer"),
-    _PAY + "UnfreezeAccount": lambda i, b, r: i.mint("risk_officer"),
-    _PAY + "ListLedgerEntries": lambda i, b, r: i.mint("risk_officer"),
-    _PAY + "RunSettlement": lambda i, b, r: i.mint("admin"),
-    _PAY + "ReconcileStatement": lambda i, b, r: i.mint("admin"),
-    _PAY + "VerifyAuditLog": lambda i, b, r: i.mint("admin"),
+    _PAY + "ReviewPayment": lambda i, b, r: i.operator("risk_officer"),
+    _PAY + "FreezeAccount": lambda i, b, r: i.operator("risk_officer"),
+    _PAY + "UnfreezeAccount": lambda i, b, r: i.operator("risk_officer"),
+    _PAY + "ListLedgerEntries": lambda i, b, r: i.operator("risk_officer"),
+    _PAY + "RunSettlement": lambda i, b, r: i.operator("admin"),
+    _PAY + "ReconcileStatement": lambda i, b, r: i.operator("admin"),
+    _PAY + "VerifyAuditLog": lambda i, b, r: i.operator("admin"),
     # risk: payments and identity call the assessments; risk officers own rules, lists and reports.
     _RISK + "AssessPayment": lambda i, b, r: i.service("payments"),
     _RISK + "AssessPayments": lambda i, b, r: i.service("payments"),
@@ -231,14 +236,14 @@ CALLERS: dict[str, Caller] = {
     _NOTIFY + "DeliverEvent": lambda i, b, r: i.service("payments"),
     _NOTIFY + "DeliverEvents": lambda i, b, r: i.service("payments"),
     _NOTIFY + "SendNotification": lambda i, b, r: i.service("identity"),
-    _NOTIFY + "GetNotification": lambda i, b, r: i.mint("support"),
-    _NOTIFY + "ListNotifications": lambda i, b, r: i.customer(r.user_id) if r.user_id else i.mint("support"),
+    _NOTIFY + "GetNotification": lambda i, b, r: i.operator("support"),
+    _NOTIFY + "ListNotifications": lambda i, b, r: i.customer(r.user_id) if r.user_id else i.operator("support"),
     _NOTIFY + "SetConsent": lambda i, b, r: i.customer(r.consent.user_id),
     _NOTIFY + "GetConsent": lambda i, b, r: i.customer(r.user_id),
-    _NOTIFY + "OpenComplaint": lambda i, b, r: i.customer(r.user_id) if r.user_id else i.mint("support"),
-    _NOTIFY + "CreateWebhook": lambda i, b, r: i.mint("admin"),
-    _NOTIFY + "ListDeadLetters": lambda i, b, r: i.mint("admin"),
-    _NOTIFY + "RedriveDeadLetter": lambda i, b, r: i.mint("admin"),
+    _NOTIFY + "OpenComplaint": lambda i, b, r: i.customer(r.user_id) if r.user_id else i.operator("support"),
+    _NOTIFY + "CreateWebhook": lambda i, b, r: i.operator("admin"),
+    _NOTIFY + "ListDeadLetters": lambda i, b, r: i.operator("admin"),
+    _NOTIFY + "RedriveDeadLetter": lambda i, b, r: i.operator("admin"),
 }
 _DEFAULT_ROLE = {_RISK: "risk_officer", _NOTIFY: "support", _PAY: "admin"}
 
@@ -256,7 +261,7 @@ class ActingAs(grpc.aio.UnaryUnaryClientInterceptor):
             return caller(self.issuer, self.book, request)
         for prefix, role in _DEFAULT_ROLE.items():
             if method.startswith(prefix):
-                return self.issuer.mint(role)
+                return self.issuer.operator(role)
         return ""
 
     async def intercept_unary_unary(self, continuation: Any, details: grpc.aio.ClientCallDetails,

@@ -92,8 +92,8 @@ async def test_killed_between_commit_and_reply(risk_and_payments) -> None:
         assert await c.triple(bob) == (2_500, 0, 2_500)
     db = Database(url)
     try:
-        stored = await db.scalar("SELECT response FROM idempotency_keys WHERE method = 'CreatePayment' AND key = :k",
-                                 k=idem)
+        stored = await db.scalar(
+            "SELECT response FROM scoped_idempotency_keys WHERE method = 'CreatePayment' AND key = :k", k=idem)
         assert pb.CreatePaymentResponse.FromString(stored).payment.SerializeToString() == retried.SerializeToString()
         assert await db.totals() == {"CNY": 0}
     finally:

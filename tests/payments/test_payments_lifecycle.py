@@ -10,6 +10,7 @@ import grpc
 
 from finmesh.payments.store.tiers import set_tier
 from finmesh.payments.v1 import payments_service_pb2 as pb
+from tests.auth import ActingAs, bearer
 from tests.payments.harness import Client, money, payments_mesh, refusal
 
 MANUAL = pb.CAPTURE_MODE_MANUAL
@@ -193,7 +194,8 @@ async def test_list_payments_and_ledger_entries_page_newest_first(databases, tmp
 
 
 async def test_every_mutating_call_replays_its_first_answer(databases, tmp_path: Path) -> None:
-    """Same key + same request: the first reply byte for byte; same key + other request: IDEMPOTENCY_KEY_REUSED."""
+    """Same key + same request: the first reply byte for byte; same key + other request from the same caller:
+    IDEMPOTENCY_KEY_REUSED (keys are per caller: the other request keeps the first one's token)."""
     async with payments_mesh(databases, tmp_path) as pay:
         c = pay.client
         alice, shop = await c.wallet(), await c.merchant()
@@ -202,7 +204,7 @@ async def test_every_mutating_call_replays_its_first_answer(databases, tmp_path:
         # (method, request, a change that keeps the request valid but makes it another request)
         requests = [
             ("OpenAccount", pb.OpenAccountRequest(idempotency_key="o1", owner_id="u", currency_code="CNY",
-                                                  kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET), "owner_id", "v"),
+                                                  kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET), "currency_code", "USD"),
             ("TopUp", pb.TopUpRequest(idempotency_key="t1", account_id=alice, channel="test_bank",
                                       amount=money(500)), "channel", "test_other"),
             ("CapturePayment", pb.CapturePaymentRequest(idempotency_key="c1", payment_id=held.payment_id,
@@ -218,13 +220,15 @@ async def test_every_mutating_call_replays_its_first_answer(databases, tmp_path:
         ]
         for method, request, field, value in requests:
             call = getattr(c.stub, method)
-            first = await call(request)
-            again = await call(request)
+            caller = bearer(ActingAs(pay.mesh.issuer, pay.mesh.book).token_for(
+                f"/finmesh.payments.v1.PaymentsService/{method}", request))
+            first = await call(request, metadata=caller)
+            again = await call(request, metadata=caller)
             assert first.SerializeToString() == again.SerializeToString(), method
             other = type(request)()
             other.CopyFrom(request)
             setattr(other, field, value)
-            reused = await refusal(call(other))
+            reused = await refusal(call(other, metadata=caller))
             assert reused.reason == "IDEMPOTENCY_KEY_REUSED", method
         assert await c.triple(alice) == (10_000 - 3_000 + 1_000 + 500 + 100 - 100, 0, 8_500)
         await pay.check_books()

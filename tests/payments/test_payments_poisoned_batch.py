@@ -24,6 +24,7 @@ from finmesh.payments.store.uow import UnitOfWork
 from finmesh.payments.usecases import payments as usecase
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.writer import Command
+from finmesh.platform.idempotency import ANONYMOUS
 from finmesh.platform.money import Money
 from tests.payments.harness import payments_mesh, refusal
 from tests.poisoned_rows import POISONS, assert_refused_as_expected, poisoned_text, refuse_rows, skip_where_harmless
@@ -53,7 +54,8 @@ def command(payer: str, payee: str, key: str, description: str, limits: usecase.
     async def action(uow: UnitOfWork) -> Any:
         return await usecase.create_payment(uow, payment_id, request, verdict, limits)
 
-    return Command(method="CreatePayment", key=key, fingerprint=f"{key}/{description}".encode("utf-8", "surrogatepass"),
+    return Command(method="CreatePayment", scope=ANONYMOUS, key=key,
+                   fingerprint=f"{key}/{description}".encode("utf-8", "surrogatepass"),
                    response_type=pb.CreatePaymentResponse, action=action,
                    render=lambda state: pb.CreatePaymentResponse(payment=convert.payment(state)),
                    accounts=(payer, payee))

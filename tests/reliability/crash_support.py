@@ -373,7 +373,7 @@ async def _payment_rows(url: str, run_id: str) -> tuple[Any, ...]:
             events = (await conn.execute(text(
                 "SELECT event_id, event_type, payload FROM outbox WHERE event_type LIKE 'payments.payment.%'"))).all()
             answers = (await conn.execute(text(
-                "SELECT key, response FROM idempotency_keys WHERE method = 'CreatePayment' AND key LIKE :p"),
+                "SELECT key, response FROM scoped_idempotency_keys WHERE method = 'CreatePayment' AND key LIKE :p"),
                 {"p": f"crash-{run_id}-%"})).all()
             accounts = (await conn.execute(text(
                 "SELECT a.account_id, a.currency, a.available + a.held + a.unsettled AS balance, "

@@ -78,9 +78,10 @@ CALL_TIMEOUT = 15.0  # seconds; far above any honest answer, so hitting it means
 # Statuses that mean "a bug answered": an unhandled exception, or no answer at all.
 BUG_STATUSES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
 # Tables a refused call may still write, and why:
-#  idempotency_keys: a refusal is stored under its key so a retry gets the same answer (platform.idempotency);
+#  (scoped_)idempotency_keys: a refusal is stored under its key so a retry gets the same answer
+#  (platform.idempotency);
 #  outbox: relays mark rows sent in the background, whatever the call in flight.
-UNCHECKED_TABLES = {"idempotency_keys", "outbox", "alembic_version"}
+UNCHECKED_TABLES = {"scoped_idempotency_keys", "idempotency_keys", "outbox", "alembic_version"}
 # Operators first: they act for anyone, so ownership checks do not stop the input before validation.
 ROLE_ORDER = ("admin", "risk_officer", "support", "institution", "enterprise", "personal", "service")
 

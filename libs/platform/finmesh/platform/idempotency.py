@@ -1,31 +1,64 @@
-"""Idempotency keys: the first answer to (method, key) is stored with the change and replayed byte for byte."""
+"""Idempotency keys: the first answer to a caller's (method, key) is stored with the change and replayed byte for byte.
+
+Keys belong to their caller, as Stripe scopes keys per account: the same key from another caller is an
+independent operation, never IDEMPOTENCY_KEY_REUSED, so no customer can block another's keys or learn which
+keys exist. The caller's scope (caller_scope) is the authenticated principal's subject; a service acting for
+an end user adds the user its request names.
+
+Two tables while that change rolls out (expand/contract, docs/DEPLOY.md):
+- `scoped_idempotency_keys`, keyed (method, key, scope): what this code reads and writes;
+- `idempotency_keys`, keyed (method, key): the previous release's table. This code also writes each answer
+  there (a "mirror", marked with its scope) when the key is free in it, so a retry that lands on the previous
+  release, on the other color or after a rollback, still finds the answer instead of running the operation
+  again; and it still honours rows the previous release wrote (scope NULL: nobody knows whose they are, so
+  they stand for every caller, as they did). A later release stops the mirror and drops the table.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from google.rpc import status_pb2
-from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, String, Table, insert, select
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    select,
+    union_all,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from finmesh.platform.auth_context import current_principal
 from finmesh.platform.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument
+from finmesh.platform.sqlite_thread import insert_rows
 
 M = TypeVar("M", bound=Message)
 
 MAX_KEY_LENGTH = 128
+MAX_SCOPE_LENGTH = 200
+# No authenticated caller: public RPCs (registration, login) and FINMESH_AUTH_MODE=off. They share one scope.
+ANONYMOUS = ""
+# The end user a service acts for, when its request names one (see caller_scope).
+_ACTING_FOR_FIELD = "user_id"
+_MAX_ACTING_FOR = 64
 
 
-def idempotency_table(metadata: MetaData) -> Table:
-    return Table(
-        "idempotency_keys",
-        metadata,
-        Column("method", String(100), primary_key=True),
-        Column("key", String(MAX_KEY_LENGTH), primary_key=True),
+def _columns() -> list[Column[Any]]:
+    return [
         Column("request_hash", LargeBinary(32), nullable=False),
         # Exactly one of response / refusal is set: a recorded refusal is
         # replayed as a refusal, never turned into a success by a retry.
@@ -33,7 +66,64 @@ def idempotency_table(metadata: MetaData) -> Table:
         Column("refusal", LargeBinary, nullable=True),
         Column("status_code", Integer, nullable=False, default=0),
         Column("created_at", DateTime(timezone=True), nullable=False),
+    ]
+
+
+def scoped_idempotency_table(metadata: MetaData) -> Table:
+    """Stored answers per caller. The key comes before the scope so that one indexed range serves a whole
+    batch of keys from different callers (payments' ledger writer looks a batch up in one statement)."""
+    return Table(
+        "scoped_idempotency_keys",
+        metadata,
+        Column("method", String(100), primary_key=True),
+        Column("key", String(MAX_KEY_LENGTH), primary_key=True),
+        Column("scope", String(MAX_SCOPE_LENGTH), primary_key=True),
+        *_columns(),
     )
+
+
+def idempotency_table(metadata: MetaData) -> Table:
+    """The previous release's table, global per method (dropped by a later contract release)."""
+    return Table(
+        "idempotency_keys",
+        metadata,
+        Column("method", String(100), primary_key=True),
+        Column("key", String(MAX_KEY_LENGTH), primary_key=True),
+        *_columns(),
+        # The scope of a mirror this code wrote; NULL on rows the previous release wrote.
+        Column("scope", String(MAX_SCOPE_LENGTH), nullable=True),
+    )
+
+
+@dataclass(frozen=True)
+class IdempotencyTables:
+    scoped: Table
+    legacy: Table
+
+
+def idempotency_tables(metadata: MetaData) -> IdempotencyTables:
+    return IdempotencyTables(scoped_idempotency_table(metadata), idempotency_table(metadata))
+
+
+def caller_scope(request: Message) -> str:
+    """Whose key this is: the authenticated principal's subject.
+
+    A service token acts for the end users of the calling service, so a service's scope is its subject plus
+    the user its request names in `user_id` (SendNotification, AssessOnboarding, SetRiskTier): a service
+    that uses one key for two users makes two operations, as those users would with their own tokens. No
+    metadata carries an acting-for user today, and the requests that name none (FreezeAccount: an account)
+    keep the service's own scope; services derive such keys from their own unique ids (an alert, a payment).
+    """
+    principal = current_principal()
+    if principal is None:
+        return ANONYMOUS
+    if not principal.is_service:
+        return principal.subject
+    fields = request.DESCRIPTOR.fields_by_name
+    user = getattr(request, _ACTING_FOR_FIELD) if _ACTING_FOR_FIELD in fields else ""
+    if not isinstance(user, str) or not 0 < len(user) <= _MAX_ACTING_FOR or not user.isprintable():
+        return principal.subject  # none named, or nothing a handler would accept as a user id anyway
+    return f"{principal.subject}|{user}"  # subjects of service tokens have no "|"
 
 
 def request_fingerprint(request: Message) -> bytes:
@@ -52,6 +142,12 @@ def validate_key(key: str) -> None:
         raise InvalidArgument(FieldViolation("idempotency_key", f"at most {MAX_KEY_LENGTH} printable characters"))
 
 
+def derived_id_name(method: str, scope: str, key: str) -> str:
+    """A name for ids derived from a caller's key (a payment id, a channel operation id): unambiguous
+    whatever the parts contain, and never equal to the previous release's f"{method}:{key}"."""
+    return json.dumps([method, scope, key], ensure_ascii=False)
+
+
 class StoredRefusal(Exception):
     """A refusal recorded earlier for this key; the api layer re-sends it as it was."""
 
@@ -60,12 +156,122 @@ class StoredRefusal(Exception):
         self.status = status
 
 
-class IdempotencyStore:
-    """Runs a mutating operation at most once per (method, key)."""
+# --- stored answers: looked up and recorded in batches (payments' ledger writer) or one at a time -------
 
-    def __init__(self, engine: AsyncEngine, table: Table, to_status: Callable[[DomainError], status_pb2.Status]):
+@dataclass(frozen=True)
+class Answer:
+    """The answer to one caller's key. `scope` None: nobody's in particular, for operations the previous
+    release began (payments' sweeper finishing one): recorded in the old table only, as that release would."""
+
+    method: str
+    scope: str | None
+    key: str
+    request_hash: bytes
+    response: bytes | None = None
+    refusal: bytes | None = None
+    status_code: int = 0
+    created_at: datetime | None = None
+
+    @classmethod
+    def of(cls, method: str, scope: str | None, key: str, fingerprint: bytes, *, response: Message | None = None,
+           refusal: status_pb2.Status | None = None, now: datetime | None = None) -> Answer:
+        return cls(method, scope, key, fingerprint,
+                   response=response.SerializeToString(deterministic=True) if response is not None else None,
+                   refusal=refusal.SerializeToString() if refusal is not None else None,
+                   status_code=refusal.code if refusal is not None else 0, created_at=now or datetime.now(UTC))
+
+    def row(self) -> dict[str, Any]:
+        return {"method": self.method, "key": self.key, "scope": self.scope, "request_hash": self.request_hash,
+                "response": self.response, "refusal": self.refusal, "status_code": self.status_code,
+                "created_at": self.created_at}
+
+
+@cache
+def _lookup_statement(tables: IdempotencyTables) -> Any:
+    """One statement for the answers to one method's keys: every caller's rows of the new table and the
+    previous release's own rows (its mirrors of ours are ours already). Built once per table pair."""
+    s, o = tables.scoped.c, tables.legacy.c
+    keys = bindparam("keys", expanding=True)
+    return union_all(
+        select(s.method, s.key, s.scope, s.request_hash, s.response, s.refusal)
+        .where(s.method == bindparam("method"), s.key.in_(keys)),
+        select(o.method, o.key, o.scope, o.request_hash, o.response, o.refusal)
+        .where(o.method == bindparam("method"), o.key.in_(keys), o.scope.is_(None)),
+    )
+
+
+class StoredAnswers:
+    """The answers found for a set of (method, key): each caller's own, else the previous release's."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str, str | None], Mapping[str, Any]] = {}
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        self._rows[(row["method"], row["key"], row["scope"])] = row
+
+    def get(self, method: str, scope: str | None, key: str) -> Mapping[str, Any] | None:
+        return self._rows.get((method, key, scope)) or self._rows.get((method, key, None))
+
+
+async def stored_answers(conn: Any, tables: IdempotencyTables, wanted: Iterable[tuple[str, str]]) -> StoredAnswers:
+    """The answers stored for `wanted` (method, key) pairs, whoever's they are: one indexed statement per
+    method and 300 keys (a row-value IN on (method, key) made SQLite scan the table)."""
+    by_method: dict[str, set[str]] = {}
+    for method, key in wanted:
+        by_method.setdefault(method, set()).add(key)
+    found = StoredAnswers()
+    for method, key_set in sorted(by_method.items()):
+        keys = sorted(key_set)
+        for start in range(0, len(keys), 300):
+            result = await conn.execute(_lookup_statement(tables), {"method": method, "keys": keys[start:start + 300]})
+            for row in result:
+                found.add(row._mapping)
+    return found
+
+
+@cache
+def _mirror_statement(legacy: Table, dialect: str) -> Any:
+    """INSERT into the old table that skips a key already there (another caller's, or the old release's)."""
+    if dialect == "postgresql":
+        return postgresql.insert(legacy).on_conflict_do_nothing()
+    return sqlite.insert(legacy).on_conflict_do_nothing()
+
+
+async def record_answers(conn: Any, tables: IdempotencyTables, scoped: list[dict[str, Any]],
+                         legacy: list[dict[str, Any]]) -> int:
+    """Store answer rows (Answer.row) in `conn`'s transaction: `scoped` in the new table (a key taken by the
+    same caller is an IntegrityError, as before), `legacy` in the old one where the key is free. Returns how
+    many old-table rows were written (-1 when the driver cannot tell)."""
+    await insert_rows(conn, tables.scoped, scoped)
+    if not legacy:
+        return 0
+    # One row alone, not as a list: a driver's executemany may not count the rows it wrote.
+    result = await conn.execute(_mirror_statement(tables.legacy, conn.dialect.name),
+                                legacy[0] if len(legacy) == 1 else legacy)
+    return result.rowcount if result.rowcount is not None else -1
+
+
+def replay_stored(prior: Mapping[str, Any], fingerprint: bytes, response_type: type[M]) -> M:
+    """The stored answer (a stored refusal is raised); IDEMPOTENCY_KEY_REUSED for another request."""
+    if prior["request_hash"] != fingerprint:
+        raise FailedPrecondition("IDEMPOTENCY_KEY_REUSED",
+                                 "this idempotency key was already used with a different request")
+    if prior["refusal"] is not None:
+        raise StoredRefusal(status_pb2.Status.FromString(prior["refusal"]))
+    return response_type.FromString(prior["response"])
+
+
+class _KeyTakenMeanwhile(Exception):
+    """The previous release stored an answer to this key after we looked: ours must not commit."""
+
+
+class IdempotencyStore:
+    """Runs a mutating operation at most once per caller and (method, key)."""
+
+    def __init__(self, engine: AsyncEngine, tables: IdempotencyTables,
+                 to_status: Callable[[DomainError], status_pb2.Status]):
         self._engine = engine
-        self._table = table
+        self._tables = tables
         self._to_status = to_status
 
     async def run(
@@ -82,13 +288,13 @@ class IdempotencyStore:
         return await self.commit(method, request, response_type, operation)
 
     async def replay(self, method: str, request: Message, response_type: type[M]) -> M | None:
-        """The stored answer for this key (raising a stored refusal), or None for a new key.
+        """The stored answer for the caller's key (raising a stored refusal), or None for a new key.
 
         Callers that must call another service before writing use replay()
         first, make the outside call, then commit().
         """
         validate_key(request.idempotency_key)  # type: ignore[attr-defined]
-        prior = await self._lookup(method, request.idempotency_key)  # type: ignore[attr-defined]
+        prior = await self._lookup(method, caller_scope(request), request.idempotency_key)  # type: ignore[attr-defined]
         return None if prior is None else self._replay(prior, request_fingerprint(request), response_type)
 
     async def commit(
@@ -100,60 +306,54 @@ class IdempotencyStore:
     ) -> M:
         """Run `operation` in a transaction that also stores its answer (or, on refusal, the refusal)."""
         key: str = request.idempotency_key  # type: ignore[attr-defined]
+        scope = caller_scope(request)
         fingerprint = request_fingerprint(request)
         try:
             async with self._engine.begin() as conn:
                 response = await operation(conn)
-                await conn.execute(insert(self._table).values(**self._row(method, key, fingerprint, response=response)))
+                await self._record(conn, Answer.of(method, scope, key, fingerprint, response=response))
             return response
         except DomainError as error:
-            await self._record_refusal(method, key, fingerprint, error)
+            await self._record_refusal(Answer.of(method, scope, key, fingerprint), error)
             raise
-        except IntegrityError:
+        except (IntegrityError, _KeyTakenMeanwhile):
             # A concurrent call with the same key won the race; its answer stands.
-            prior = await self._lookup(method, key)
+            prior = await self._lookup(method, scope, key)
             if prior is None:
                 raise
             return self._replay(prior, fingerprint, response_type)
 
-    async def _lookup(self, method: str, key: str) -> Any:
-        t = self._table
+    async def _lookup(self, method: str, scope: str, key: str) -> Any:
         async with self._engine.connect() as conn:
-            result = await conn.execute(select(t).where(t.c.method == method, t.c.key == key))
-            row = result.first()
+            found = await stored_answers(conn, self._tables, [(method, key)])
             await conn.rollback()
-        return row
+        return found.get(method, scope, key)
 
-    def _replay(self, row: Any, fingerprint: bytes, response_type: type[M]) -> M:
-        if row.request_hash != fingerprint:
-            raise FailedPrecondition(
-                "IDEMPOTENCY_KEY_REUSED", "this idempotency key was already used with a different request"
-            )
-        if row.refusal is not None:
-            raise StoredRefusal(status_pb2.Status.FromString(row.refusal))
-        return response_type.FromString(row.response)
+    def _replay(self, row: Mapping[str, Any], fingerprint: bytes, response_type: type[M]) -> M:
+        return replay_stored(row, fingerprint, response_type)
 
-    async def _record_refusal(self, method: str, key: str, fingerprint: bytes, error: DomainError) -> None:
+    async def _record(self, conn: AsyncConnection, answer: Answer) -> None:
+        scoped, legacy = self._rows(answer)
+        if await record_answers(conn, self._tables, [scoped], [legacy]) == 0:
+            # The old table has the key already. Another caller's mirror is no matter; a row of the previous
+            # release (scope NULL) committed since we looked may be this caller's own retry on the other color.
+            o = self._tables.legacy.c
+            holder = (await conn.execute(select(o.scope).where(o.method == answer.method,
+                                                               o.key == answer.key))).first()
+            if holder is not None and holder.scope is None:
+                raise _KeyTakenMeanwhile
+
+    def _rows(self, answer: Answer) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The new table's row and the old table's mirror of it (identity seals each differently)."""
+        return answer.row(), answer.row()
+
+    async def _record_refusal(self, answer: Answer, error: DomainError) -> None:
         if isinstance(error, InvalidArgument) or error.kind == "unavailable":
             return  # malformed or transient: a corrected retry with the same key may succeed
         status = self._to_status(error)
+        refused = Answer.of(answer.method, answer.scope, answer.key, answer.request_hash, refusal=status)
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(
-                    insert(self._table).values(**self._row(method, key, fingerprint, refusal=status))
-                )
-        except IntegrityError:
+                await self._record(conn, refused)
+        except (IntegrityError, _KeyTakenMeanwhile):
             pass  # a concurrent call recorded its answer first
-
-    @staticmethod
-    def _row(method: str, key: str, fingerprint: bytes, *, response: Message | None = None,
-             refusal: status_pb2.Status | None = None) -> dict[str, Any]:
-        return {
-            "method": method,
-            "key": key,
-            "request_hash": fingerprint,
-            "response": response.SerializeToString(deterministic=True) if response is not None else None,
-            "refusal": refusal.SerializeToString() if refusal is not None else None,
-            "status_code": refusal.code if refusal is not None else 0,
-            "created_at": datetime.now(UTC),
-        }

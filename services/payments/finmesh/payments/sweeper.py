@@ -35,7 +35,7 @@ from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.writer import Command, LedgerWriter
 from finmesh.platform.db import is_transient
 from finmesh.platform.errors import DomainError
-from finmesh.platform.idempotency import StoredRefusal, request_fingerprint
+from finmesh.platform.idempotency import ANONYMOUS, StoredRefusal, request_fingerprint
 from finmesh.platform.logs import get_logger
 
 _log = get_logger("finmesh.payments.sweeper")
@@ -108,7 +108,9 @@ class PendingOperationSweeper:
                 return await payments_usecase.expire_authorization(uow, payment_id)
 
             reply = await self._writer.submit(Command(
-                method="ExpireAuthorization", key=request.idempotency_key, fingerprint=request_fingerprint(request),
+                # The service's own job: no caller, the anonymous scope.
+                method="ExpireAuthorization", scope=ANONYMOUS, key=request.idempotency_key,
+                fingerprint=request_fingerprint(request),
                 response_type=pb.VoidPaymentResponse, action=action,
                 render=lambda state: pb.VoidPaymentResponse(payment=convert.payment(state))))
             expired += reply.payment.status == pb.PAYMENT_STATUS_VOIDED
@@ -136,17 +138,18 @@ class PendingOperationSweeper:
             finished[:] = [result[0]] if current is not None and current.status == "PENDING" else []
             return result
 
-        def command(method: str, key: str) -> Command:
-            return Command(method=method, key=key, fingerprint=op.request_hash or b"", response_type=response_type,
-                           action=finish, render=channel_reply(response_type))
+        def command(method: str, scope: str, key: str) -> Command:
+            return Command(method=method, scope=scope, key=key, fingerprint=op.request_hash or b"",
+                           response_type=response_type, action=finish, render=channel_reply(response_type))
 
         try:
             try:
-                await self._writer.submit(command(method, op.idempotency_key))
+                # Under the key of the caller who began it, so that caller's retry finds the answer.
+                await self._writer.submit(command(method, op.idempotency_scope, op.idempotency_key))
             except (StoredRefusal, DomainError):
                 # The caller's key holds another answer (a refusal from before parking existed): the writer
                 # replayed it and finished nothing. Finish under the sweeper's own key for this operation.
-                await self._writer.submit(command(_OWN_METHOD, op.operation_id))
+                await self._writer.submit(command(_OWN_METHOD, ANONYMOUS, op.operation_id))
         except (StoredRefusal, DomainError) as error:
             _log.error("channel_operation_sweep_refused", operation_id=op.operation_id, error=type(error).__name__)
             return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table
 
-from finmesh.platform.idempotency import idempotency_table
+from finmesh.platform.idempotency import idempotency_tables
 from finmesh.platform.outbox import outbox_table
 
 metadata = MetaData()
@@ -135,5 +135,6 @@ pii_access_log = Table(
     Column("accessed_at", DateTime(timezone=True), nullable=False),
 )
 
-idempotency = idempotency_table(metadata)
+# Stored answers per caller (and the previous release's table, see finmesh.platform.idempotency).
+idempotency = idempotency_tables(metadata)
 outbox = outbox_table(metadata)

@@ -16,7 +16,7 @@ from sqlalchemy import (
     Table,
 )
 
-from finmesh.platform.idempotency import idempotency_table
+from finmesh.platform.idempotency import idempotency_tables
 
 metadata = MetaData()
 
@@ -185,4 +185,5 @@ complaint_escalations = Table(
     _at("escalated_at"),
 )
 
-idempotency = idempotency_table(metadata)
+# Stored answers per caller (and the previous release's table, see finmesh.platform.idempotency).
+idempotency = idempotency_tables(metadata)

@@ -13,6 +13,7 @@ from finmesh.payments.api.common import (
     ServicerBase,
     decode_time_token,
     encode_token,
+    key_derived_id,
     page_size,
     require_id,
     valid_id,
@@ -44,7 +45,7 @@ class BackOfficeRpcs(ServicerBase):
         cutoff = _cutoff(request.cutoff) if request.HasField("cutoff") else now
         if cutoff > now:
             raise InvalidArgument(FieldViolation("cutoff", "must not be in the future"))
-        batch_id = str(uuid.uuid5(_BATCH_NAMESPACE, request.idempotency_key))
+        batch_id = key_derived_id(_BATCH_NAMESPACE, "RunSettlement", request)
         schedule = self.deps.settings.fee_schedule()
 
         async def action(uow: UnitOfWork) -> Any:

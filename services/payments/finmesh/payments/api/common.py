@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import signal
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +26,13 @@ from finmesh.payments.writer import Action, Command, LedgerWriter, stored_answer
 from finmesh.platform import synthetic
 from finmesh.platform.auth_context import acting_as, current_principal
 from finmesh.platform.errors import FieldViolation, InvalidArgument
-from finmesh.platform.idempotency import IdempotencyStore, request_fingerprint, validate_key
+from finmesh.platform.idempotency import (
+    IdempotencyStore,
+    caller_scope,
+    derived_id_name,
+    request_fingerprint,
+    validate_key,
+)
 from finmesh.platform.money import validate_amount
 
 MAX_ID = 64
@@ -59,10 +66,11 @@ class ServicerBase:
         """The stored answer to this request's key (a stored refusal is raised), or None."""
         validate_key(request.idempotency_key)
         fingerprint = request_fingerprint(request)
+        scope = caller_scope(request)
         if conn is not None:
-            return await stored_answer(conn, method, request.idempotency_key, fingerprint, response_type)
+            return await stored_answer(conn, method, scope, request.idempotency_key, fingerprint, response_type)
         async with self.deps.reader.connect() as own:
-            return await stored_answer(own, method, request.idempotency_key, fingerprint, response_type)
+            return await stored_answer(own, method, scope, request.idempotency_key, fingerprint, response_type)
 
     async def require_test_accounts(self, context: Any, account_ids: list[str]) -> None:
         """A call marked synthetic (finmesh.platform.synthetic) may touch test accounts only: PERMISSION_DENIED
@@ -90,7 +98,8 @@ class ServicerBase:
         when the caller has it already)."""
         validate_key(request.idempotency_key)
         reply = await self.deps.writer.submit(Command(
-            method=method, key=request.idempotency_key, fingerprint=fingerprint or request_fingerprint(request),
+            method=method, scope=caller_scope(request), key=request.idempotency_key,
+            fingerprint=fingerprint or request_fingerprint(request),
             response_type=response_type, action=_as_caller(action), render=render, record_success=record_success,
             exclusive=exclusive, accounts=accounts,
         ))
@@ -112,6 +121,12 @@ def _as_caller(action: Action) -> Action:
             return await action(uow)
 
     return run
+
+
+def key_derived_id(namespace: uuid.UUID, method: str, request: Any) -> str:
+    """An id derived from the caller's key (a payment's, a settlement batch's): the same on every retry by
+    that caller, another for the same key from another caller."""
+    return str(uuid.uuid5(namespace, derived_id_name(method, caller_scope(request), request.idempotency_key)))
 
 
 def valid_id(value: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -26,10 +27,11 @@ from finmesh.payments.usecases import channels as usecase
 from finmesh.payments.usecases import transfers
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Unavailable, Validator
-from finmesh.platform.idempotency import request_fingerprint, validate_key
+from finmesh.platform.idempotency import caller_scope, derived_id_name, request_fingerprint, validate_key
 from finmesh.platform.money import validate_amount
 
-# Operation ids are derived from (method, idempotency key): the channel sees the same id on every retry.
+# Operation ids are derived from (method, idempotency key), or for a key another caller's operation holds
+# already from (method, caller, key): the channel sees the same id on every retry.
 _OPERATION_NAMESPACE = uuid.UUID("3b6f0d3a-2c1e-4f53-8a9e-3f5d8f7c2b41")
 MAX_BATCH = 1000
 MAX_TOKEN = 128
@@ -51,16 +53,23 @@ class MoneyMovementRpcs(ServicerBase):
         prior = await self.replay(method, request, response_type)
         if prior is not None:
             return prior
+        scope = caller_scope(request)
         operation = usecase.ChannelRequest(
             operation_id=str(uuid.uuid5(_OPERATION_NAMESPACE, f"{method}:{request.idempotency_key}")),
-            kind=kind, account_id=request.account_id, channel=request.channel,
+            own_operation_id=str(uuid.uuid5(_OPERATION_NAMESPACE,
+                                            derived_id_name(method, scope, request.idempotency_key))),
+            idempotency_scope=scope, kind=kind, account_id=request.account_id, channel=request.channel,
             currency=request.amount.currency_code, amount=request.amount.minor_units,
             destination_token=getattr(request, "destination_token", ""),
             idempotency_key=request.idempotency_key, request_hash=request_fingerprint(request),
         )
 
+        begun: list[str] = []  # the id begin settled on (see usecase.begin), read once the writer has run it
+
         async def begin(uow: UnitOfWork) -> Any:
-            return await usecase.begin(uow, operation, self.deps.channel_caps)
+            op = await usecase.begin(uow, operation, self.deps.channel_caps)
+            begun[:] = [op.operation_id]
+            return op
 
         # Step 1: check the caps and that the ledger could post it, record the operation (a payout also holds
         # the funds). Only a refusal is final here, unless a concurrent call with this key has finished
@@ -69,6 +78,7 @@ class MoneyMovementRpcs(ServicerBase):
                                     record_success=False)
         if started.HasField("operation"):
             return started
+        operation = dataclasses.replace(operation, operation_id=begun[0])
         try:
             answer = await adapter.execute(operation)
         except ChannelUnavailable:

@@ -15,6 +15,7 @@ from finmesh.payments.api.common import (
     amount_violations,
     decode_time_token,
     encode_token,
+    key_derived_id,
     page_size,
     require_id,
 )
@@ -34,7 +35,6 @@ from finmesh.payments.store import precheck, queries, rows
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.payments.usecases import payments as usecase
 from finmesh.payments.v1 import payments_service_pb2 as pb
-from finmesh.payments.writer import replay_stored
 from finmesh.platform import synthetic
 from finmesh.platform.channels import remaining_timeout
 from finmesh.platform.db import on_demand_reads, read_sync
@@ -47,7 +47,7 @@ from finmesh.platform.errors import (
     Unavailable,
     Validator,
 )
-from finmesh.platform.idempotency import request_fingerprint, validate_key
+from finmesh.platform.idempotency import caller_scope, replay_stored, request_fingerprint, validate_key
 from finmesh.platform.logs import get_logger
 from finmesh.platform.money import Money
 
@@ -91,7 +91,8 @@ class PaymentRpcs(ServicerBase):
             # One statement for the owner check, the replay check and the pre-checks (store.precheck), without
             # a transaction around it (it needs none).
             snapshot = await read_sync(self.deps.reader, lambda conn: precheck.payment_snapshot(
-                conn, "CreatePayment", request.idempotency_key, parties, day), autocommit=True)
+                conn, "CreatePayment", caller_scope(request), request.idempotency_key, parties, day),
+                autocommit=True)
             self.deps.writer.recent.fill(snapshot.accounts.values(),
                                          [(k, v) for k, v in snapshot.usage.items() if v is not None])
             # Before the replay: another customer's key must not read this one's stored answer.
@@ -103,7 +104,7 @@ class PaymentRpcs(ServicerBase):
             except DomainError as error:
                 return await self._refuse("CreatePayment", request, pb.CreatePaymentResponse, error)
         payer, payee, tier = checked
-        payment_id = str(uuid.uuid5(_PAYMENT_NAMESPACE, request.idempotency_key))
+        payment_id = key_derived_id(_PAYMENT_NAMESPACE, "CreatePayment", request)
         test_payment = between_test_accounts((payer.owner_id, payee.owner_id), self.deps.writer.test_owners)
         verdict = await self._assess(payment_id, payment, payer, tier, risk_context, context, test_payment)
         limits = self.deps.limits

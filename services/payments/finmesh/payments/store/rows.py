@@ -80,6 +80,8 @@ class ChannelOperation:
     transfer_id: str | None
     created_at: datetime
     updated_at: datetime | None = None
+    # Whose key started it (finmesh.platform.idempotency.caller_scope); None when the previous release did.
+    idempotency_scope: str | None = None
 
 
 def channel_operation(row: Any) -> ChannelOperation:
@@ -89,6 +91,7 @@ def channel_operation(row: Any) -> ChannelOperation:
         destination_token=row.destination_token, failure_reason=row.failure_reason,
         idempotency_key=row.idempotency_key, request_hash=row.request_hash, transfer_id=row.transfer_id,
         created_at=aware(row.created_at), updated_at=aware(row.updated_at),  # type: ignore[arg-type]
+        idempotency_scope=row.idempotency_scope,
     )
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import (
     Text,
 )
 
-from finmesh.platform.idempotency import idempotency_table
+from finmesh.platform.idempotency import idempotency_tables
 from finmesh.platform.outbox import outbox_table
 
 metadata = MetaData()
@@ -121,6 +121,9 @@ channel_operations = Table(
     Column("destination_token", String(128), nullable=False, default=""),
     Column("failure_reason", String(100), nullable=False, default=""),
     Column("idempotency_key", String(128), nullable=False, default=""),
+    # Whose key it is (finmesh.platform.idempotency.caller_scope): the sweeper records the answer under it.
+    # NULL on operations the previous release began.
+    Column("idempotency_scope", String(200), nullable=True),
     Column("request_hash", LargeBinary(32), nullable=True),
     Column("transfer_id", String(36), nullable=True),
     Column("reconciliation_report_id", String(36), nullable=True),
@@ -211,5 +214,6 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
 )
 
-idempotency = idempotency_table(metadata)
+# Stored answers per caller (and the previous release's table, see finmesh.platform.idempotency).
+idempotency = idempotency_tables(metadata)
 outbox = outbox_table(metadata)

@@ -57,6 +57,10 @@ class ChannelRequest:
     destination_token: str
     idempotency_key: str
     request_hash: bytes
+    # Whose key (finmesh.platform.idempotency.caller_scope), and the id the operation takes when another
+    # caller's operation holds `operation_id` (the key's id as the previous release derived it).
+    idempotency_scope: str | None = None
+    own_operation_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,11 @@ async def begin(uow: UnitOfWork, request: ChannelRequest, policy: caps.ChannelCa
     reaches the channel.
     """
     existing = await uow.channel_operation(request.operation_id)
+    if existing is not None and existing.idempotency_scope not in (None, request.idempotency_scope):
+        # Keys are per caller: another caller's operation has the key's first id, this one takes its own. (The
+        # first id stays the usual one, so a retry on the previous release, which knows only that id, finds it.)
+        request = replace(request, operation_id=request.own_operation_id)
+        existing = await uow.channel_operation(request.operation_id)
     if existing is not None:
         if existing.request_hash != request.request_hash:
             raise FailedPrecondition("IDEMPOTENCY_KEY_REUSED",
@@ -104,7 +113,7 @@ async def begin(uow: UnitOfWork, request: ChannelRequest, policy: caps.ChannelCa
         channel=request.channel, currency=request.currency, amount=request.amount, status="PENDING",
         channel_reference="", destination_token=request.destination_token, failure_reason="",
         idempotency_key=request.idempotency_key, request_hash=request.request_hash, transfer_id=None,
-        created_at=uow.now, updated_at=uow.now,
+        created_at=uow.now, updated_at=uow.now, idempotency_scope=request.idempotency_scope,
     )
     await _require_postable(uow, op)
     uow.put_channel_operation(op)

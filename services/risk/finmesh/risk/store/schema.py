@@ -17,7 +17,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from finmesh.platform.idempotency import idempotency_table
+from finmesh.platform.idempotency import idempotency_tables
 from finmesh.platform.outbox import outbox_table
 
 metadata = MetaData()
@@ -170,5 +170,6 @@ onboarding_assessments = Table(
     Index("ix_onboarding_user", "user_id"),
 )
 
-idempotency = idempotency_table(metadata)
+# Stored answers per caller (and the previous release's table, see finmesh.platform.idempotency).
+idempotency = idempotency_tables(metadata)
 outbox = outbox_table(metadata)
