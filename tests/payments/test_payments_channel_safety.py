@@ -207,15 +207,15 @@ async def test_payout_refused_by_the_ledger_after_the_bank_paid_keeps_its_hold(d
 
 async def _legacy_refusal(pay: Any, operation_id: str) -> None:
     """What the unfixed code left behind: the caller's key answered AMOUNT_OVERFLOW, the operation PENDING."""
-    row = (await pay.db.execute("SELECT kind, idempotency_key, request_hash FROM channel_operations "
-                                "WHERE operation_id = :o", o=operation_id))[0]
+    row = (await pay.db.execute("SELECT kind, idempotency_key, request_hash, idempotency_scope "
+                                "FROM channel_operations WHERE operation_id = :o", o=operation_id))[0]
 
     async def refuse(_: Any) -> Any:
         raise FailedPrecondition("AMOUNT_OVERFLOW", "the balance would leave the supported range")
 
     method, response_type = ("TopUp", pb.TopUpResponse) if row[0] == "TOP_UP" else ("Payout", pb.PayoutResponse)
     try:
-        await pay.app.writer.submit(Command(method=method, key=row[1], fingerprint=bytes(row[2]),
+        await pay.app.writer.submit(Command(method=method, scope=row[3], key=row[1], fingerprint=bytes(row[2]),
                                             response_type=response_type, action=refuse, render=lambda r: r))
     except FailedPrecondition:
         pass
