@@ -101,8 +101,10 @@ class MoneyMovementRpcs(ServicerBase):
                                    context: grpc.aio.ServicerContext) -> Any:
         validate_key(request.idempotency_key)
         items = _batch_items(request)
-        await require_own_sources(self.deps.reader, [i.source for i in items if i.source])
-        await self.require_test_accounts(context, sorted({a for i in items for a in (i.source, i.destination) if a}))
+        # Items refused for their own fields move nothing, and their ids may not even be ids: not looked up.
+        valid = [i for i in items if i.problem is None]
+        await require_own_sources(self.deps.reader, [i.source for i in valid if i.source])
+        await self.require_test_accounts(context, sorted({a for i in valid for a in (i.source, i.destination) if a}))
 
         async def action(uow: UnitOfWork) -> Any:
             return await transfers.run(uow, items)
