@@ -84,7 +84,7 @@ def test_batch_items_are_left_to_their_handler_and_bounded_all_the_same() -> Non
     events = notify_pb.DeliverEventsRequest(events=[event_pb2.Event(event_id="e" * 37)])
     checker_for(notify_pb.DeliverEventsRequest.DESCRIPTOR).check(events)  # the guard lets it through
     assert checker_for(event_pb2.Event.DESCRIPTOR).violations(events.events[0], "events[0].") == [
-        FieldViolation("events[0].event_id", "at most 36 characters")]
+        FieldViolation("events[0].event_id", "too long: at most 36 characters")]
 
 
 def _violations(request: object) -> list[tuple[str, str]]:
@@ -101,7 +101,7 @@ def test_over_bound_fields_are_named_by_path_without_their_value() -> None:
     assert [f for f, _ in found] == ["payer_account_id", "payee_account_id", "description", "risk_context.device_id"]
     assert all(len(d) < 100 for _, d in found)
     batch = pay_pb.ReconcileStatementRequest(idempotency_key="k", channel="c", statement_csv=b"x" * (4 * 2**20 + 1))
-    assert _violations(batch) == [("statement_csv", "at most 4194304 bytes")]
+    assert _violations(batch) == [("statement_csv", "too long: at most 4194304 bytes")]
     webhook = notify_pb.CreateWebhookRequest(idempotency_key="k", url="https://x", event_types=["a", "b" * 101])
     assert [f for f, _ in _violations(webhook)] == ["event_types[1]"]
     params = notify_pb.SendNotificationRequest(idempotency_key="k", params={"amount": "1" * 501})

@@ -134,7 +134,7 @@ def _check_value(value: Any, step: _Step, path: str, out: list[FieldViolation]) 
     kind = step.kind
     if len(value) > step.max_length:
         unit = "bytes" if kind == BINARY else "characters"
-        out.append(FieldViolation(path, f"at most {step.max_length} {unit}"))
+        out.append(FieldViolation(path, f"too long: at most {step.max_length} {unit}"))
         return value
     if kind == BINARY:
         return value
@@ -177,7 +177,7 @@ def _check_map(message: Any, step: _Step, prefix: str, out: list[FieldViolation]
 def _check_struct(struct: Any, step: _Step, path: str, out: list[FieldViolation]) -> None:
     size = struct.ByteSize()
     if size > step.max_length:
-        out.append(FieldViolation(path, f"at most {step.max_length} bytes encoded"))
+        out.append(FieldViolation(path, f"too long: at most {step.max_length} bytes encoded"))
         return
     for text in _struct_strings(struct):
         if not text.isprintable() and _NOT_IN_TEXT.search(text) is not None:
