@@ -60,9 +60,11 @@ async def test_concurrent_redeliveries_record_one_set_of_receipts(databases, tmp
 
 async def test_malformed_events_are_invalid_argument_by_field(sqlite_databases, tmp_path: Path) -> None:
     async with running_notify(sqlite_databases, tmp_path) as notify:
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
+        with pytest.raises(grpc.aio.AioRpcError) as too_long:  # the contract's bounds, checked by the guard
             await notify.stub.DeliverEvent(pb.DeliverEventRequest(event=event_pb2.Event(
                 event_id="x" * 40, aggregate_id="a" * 70)))
-    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert field_violations_of(refused.value) == ["event.event_id", "event.source", "event.event_type",
-                                                  "event.aggregate_id"]
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await notify.stub.DeliverEvent(pb.DeliverEventRequest(event=event_pb2.Event(aggregate_id="a")))
+    assert too_long.value.code() == missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations_of(too_long.value) == ["event.event_id", "event.aggregate_id"]
+    assert field_violations_of(missing.value) == ["event.event_id", "event.source", "event.event_type"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from finmesh.platform.pan import CANDIDATE, mask_pans
+
 # Keys whose values are never shown, whatever they look like.
 SENSITIVE_KEYS = frozenset(
     {
@@ -16,7 +18,8 @@ SENSITIVE_KEYS = frozenset(
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 # PRC resident identity numbers (18 chars, last may be X) and long digit runs
-# such as card or bank account numbers (13-19 digits).
+# such as card or bank account numbers (13-19 digits). Card numbers written in
+# groups ("4111 1111 1111 1111") are finmesh.platform.pan's, as at the edge.
 _ID_OR_CARD = re.compile(r"(?<![\w])(?:\d{17}[\dXx]|\d{13,19})(?![\w])")
 # E.164 phones and bare mainland mobile numbers.
 _PHONE = re.compile(r"(?<![\w+])(?:\+\d{8,15}|1[3-9]\d{9})(?![\w])")
@@ -24,7 +27,7 @@ _PHONE = re.compile(r"(?<![\w+])(?:\+\d{8,15}|1[3-9]\d{9})(?![\w])")
 # an error message or a metadata dump is as good as a password.
 _TOKEN = re.compile(r"eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}|(?<=[Bb]earer )\S{8,}", re.ASCII)
 
-_ANY = re.compile("|".join(p.pattern for p in (_EMAIL, _ID_OR_CARD, _PHONE)))
+_ANY = re.compile("|".join(p.pattern for p in (_EMAIL, _ID_OR_CARD, _PHONE, CANDIDATE)))
 
 
 def mask_text(text: str) -> str:
@@ -35,7 +38,7 @@ def mask_text(text: str) -> str:
         return text  # fast path: one scan, and most strings (span names, ids, codes) match nothing
     text = _EMAIL.sub("***@***", text)
     text = _ID_OR_CARD.sub(_keep_last4, text)
-    return _PHONE.sub(_keep_last4, text)
+    return mask_pans(_PHONE.sub(_keep_last4, text))
 
 
 def _keep_last4(match: re.Match[str]) -> str:

@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 from finmesh.platform.auth_context import acting_as
 from finmesh.platform.db import failure_facts, is_transient
 from finmesh.platform.errors import DomainError, FieldViolation, InvalidArgument
+from finmesh.platform.field_rules import MAX_VIOLATIONS, FieldChecker, checker_for
 from finmesh.platform.idempotency import StoredRefusal
 from finmesh.platform.logs import get_logger
 from finmesh.platform.rpc_decoding import Undecodable
@@ -39,21 +40,41 @@ _log = get_logger("finmesh.rpc")
 _CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
+# An answer quotes caller input (an id in "account <id> not found", a field path) only as a short excerpt, so a
+# 1 MB field never comes back as a 1 MB trailer: clients refuse trailers over 8-16 KB and lose the answer. The
+# status travels twice (the message in grpc-message, percent-encoded; the whole base64 in grpc-status-details-bin):
+# these bounds keep the two under 7 KB together.
+MAX_MESSAGE = 256
+MAX_METADATA_ENTRIES = 8
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 128
+MAX_FIELD_PATH = 96
+MAX_DESCRIPTION = 128
+
+
+def excerpt(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters marked as cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def to_status(error: DomainError) -> status_pb2.Status:
-    """A google.rpc.Status carrying ErrorInfo (and BadRequest for field violations)."""
+    """A google.rpc.Status carrying ErrorInfo (and BadRequest for field violations), every text bounded."""
     code = _CODES.get(error.kind, grpc.StatusCode.FAILED_PRECONDITION)
     details = []
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
+    metadata = {excerpt(k, MAX_METADATA_KEY): excerpt(v, MAX_METADATA_VALUE)
+                for k, v in list(error.metadata.items())[:MAX_METADATA_ENTRIES]}
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
     details.append(_pack(info))
     if isinstance(error, InvalidArgument):
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in error.violations
+                error_details_pb2.BadRequest.FieldViolation(field=excerpt(v.field, MAX_FIELD_PATH),
+                                                            description=excerpt(v.description, MAX_DESCRIPTION))
+                for v in error.violations[:MAX_VIOLATIONS]
             ]
         )
         details.append(_pack(bad))
-    return status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    return status_pb2.Status(code=code.value[0], message=excerpt(error.message, MAX_MESSAGE), details=details)
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -88,8 +109,10 @@ Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 AuthCheck = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def guarded(method: Handler, full_method: str = "", traced: bool = True, check: AuthCheck | None = None) -> Handler:
-    """Wrap one servicer method: a server span, the auth check, domain errors as rich statuses, bugs as INTERNAL."""
+def guarded(method: Handler, full_method: str = "", traced: bool = True, check: AuthCheck | None = None,
+            fields: FieldChecker | None = None) -> Handler:
+    """Wrap one servicer method: a server span, the auth check, the request's field rules (finmesh.platform.
+    field_rules), domain errors as rich statuses, bugs as INTERNAL."""
     name = full_method.lstrip("/") or method.__qualname__
     attributes = rpc_attributes(full_method or name)
 
@@ -102,6 +125,8 @@ def guarded(method: Handler, full_method: str = "", traced: bool = True, check: 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, Undecodable):  # see rpc_decoding: refused after the caller is authorized
             raise InvalidArgument(FieldViolation("request", f"not a valid request message: {request.problem}"))
+        if fields:
+            fields.check(request)  # after authorization too: a stranger learns nothing of the contract's bounds
         return await method(request, context)
 
     @functools.wraps(method)
@@ -137,14 +162,14 @@ def guard_servicer(servicer: Any, service_descriptor: Any, *, traced: bool = Tru
     """Replace every RPC method of `servicer` (per the proto descriptor) with its guarded form.
 
     With an `authorizer` (finmesh.platform.auth.Authorizer), each RPC first checks the caller
-    against the access policy its proto declares.
+    against the access policy its proto declares; then the request against its fields' declared rules.
     """
     for rpc in service_descriptor.methods:
         method = getattr(servicer, rpc.name, None)
         full_method = f"/{service_descriptor.full_name}/{rpc.name}"
         check = authorizer.bind(rpc, full_method) if authorizer is not None else None
         if method is not None and inspect.iscoroutinefunction(method):
-            setattr(servicer, rpc.name, guarded(method, full_method, traced, check))
+            setattr(servicer, rpc.name, guarded(method, full_method, traced, check, checker_for(rpc.input_type)))
         elif check is not None:
             # Not implemented yet: still authorize first, so an unimplemented RPC tells strangers nothing.
             setattr(servicer, rpc.name, guarded(_unimplemented, full_method, traced, check))

@@ -22,17 +22,34 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from finmesh.common.v1 import options_pb2 as finmesh_dot_common_dot_v1_dot_options__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66inmesh/common/v1/event.proto\x12\x11\x66inmesh.common.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfa\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x03\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07payload\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12\x12\n\ntracestate\x18\t \x01(\t\x12\x0f\n\x07user_id\x18\n \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66inmesh/common/v1/event.proto\x12\x11\x66inmesh.common.v1\x1a\x1f\x66inmesh/common/v1/options.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x02\n\x05\x45vent\x12\x1a\n\x08\x65vent_id\x18\x01 \x01(\tB\x08\xd2\xf3\x18\x04\x08$\x10\x01\x12\x18\n\x06source\x18\x02 \x01(\tB\x08\xd2\xf3\x18\x04\x08\x14\x10\x01\x12\x1c\n\nevent_type\x18\x03 \x01(\tB\x08\xd2\xf3\x18\x04\x08\x64\x10\x01\x12\x1e\n\x0c\x61ggregate_id\x18\x04 \x01(\tB\x08\xd2\xf3\x18\x04\x08@\x10\x01\x12\x10\n\x08sequence\x18\x05 \x01(\x03\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x07payload\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\n\xd2\xf3\x18\x06\x08\x80\x80\x04\x10\x05\x12\x1e\n\x0btraceparent\x18\x08 \x01(\tB\t\xd2\xf3\x18\x05\x08\x80\x01\x10\x01\x12\x1d\n\ntracestate\x18\t \x01(\tB\t\xd2\xf3\x18\x05\x08\x80\x04\x10\x01\x12\x19\n\x07user_id\x18\n \x01(\tB\x08\xd2\xf3\x18\x04\x08@\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'finmesh.common.v1.event_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENT']._serialized_start=116
-  _globals['_EVENT']._serialized_end=366
+  _globals['_EVENT'].fields_by_name['event_id']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['event_id']._serialized_options = b'\322\363\030\004\010$\020\001'
+  _globals['_EVENT'].fields_by_name['source']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['source']._serialized_options = b'\322\363\030\004\010\024\020\001'
+  _globals['_EVENT'].fields_by_name['event_type']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['event_type']._serialized_options = b'\322\363\030\004\010d\020\001'
+  _globals['_EVENT'].fields_by_name['aggregate_id']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['aggregate_id']._serialized_options = b'\322\363\030\004\010@\020\001'
+  _globals['_EVENT'].fields_by_name['payload']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['payload']._serialized_options = b'\322\363\030\006\010\200\200\004\020\005'
+  _globals['_EVENT'].fields_by_name['traceparent']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['traceparent']._serialized_options = b'\322\363\030\005\010\200\001\020\001'
+  _globals['_EVENT'].fields_by_name['tracestate']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['tracestate']._serialized_options = b'\322\363\030\005\010\200\004\020\001'
+  _globals['_EVENT'].fields_by_name['user_id']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['user_id']._serialized_options = b'\322\363\030\004\010@\020\001'
+  _globals['_EVENT']._serialized_start=149
+  _globals['_EVENT']._serialized_end=483
 # @@protoc_insertion_point(module_scope)

@@ -22,15 +22,18 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from finmesh.common.v1 import options_pb2 as finmesh_dot_common_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66inmesh/common/v1/money.proto\x12\x11\x66inmesh.common.v1\"3\n\x05Money\x12\x15\n\rcurrency_code\x18\x01 \x01(\t\x12\x13\n\x0bminor_units\x18\x02 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66inmesh/common/v1/money.proto\x12\x11\x66inmesh.common.v1\x1a\x1f\x66inmesh/common/v1/options.proto\"=\n\x05Money\x12\x1f\n\rcurrency_code\x18\x01 \x01(\tB\x08\xd2\xf3\x18\x04\x08\x03\x10\x01\x12\x13\n\x0bminor_units\x18\x02 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'finmesh.common.v1.money_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MONEY']._serialized_start=52
-  _globals['_MONEY']._serialized_end=103
+  _globals['_MONEY'].fields_by_name['currency_code']._loaded_options = None
+  _globals['_MONEY'].fields_by_name['currency_code']._serialized_options = b'\322\363\030\004\010\003\020\001'
+  _globals['_MONEY']._serialized_start=85
+  _globals['_MONEY']._serialized_end=146
 # @@protoc_insertion_point(module_scope)

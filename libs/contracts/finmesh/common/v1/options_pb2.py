@@ -25,13 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66inmesh/common/v1/options.proto\x12\x11\x66inmesh.common.v1\x1a google/protobuf/descriptor.proto\"X\n\x0c\x41\x63\x63\x65ssPolicy\x12\x12\n\npermission\x18\x01 \x01(\t\x12\x1d\n\x15\x61llow_unauthenticated\x18\x02 \x01(\x08\x12\x15\n\rinternal_only\x18\x03 \x01(\x08:Q\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1f.finmesh.common.v1.AccessPolicyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66inmesh/common/v1/options.proto\x12\x11\x66inmesh.common.v1\x1a google/protobuf/descriptor.proto\"X\n\x0c\x41\x63\x63\x65ssPolicy\x12\x12\n\npermission\x18\x01 \x01(\t\x12\x1d\n\x15\x61llow_unauthenticated\x18\x02 \x01(\x08\x12\x15\n\rinternal_only\x18\x03 \x01(\x08\"u\n\nFieldRules\x12\x12\n\nmax_length\x18\x01 \x01(\r\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.finmesh.common.v1.TextKind\x12\x16\n\x0emax_key_length\x18\x03 \x01(\r\x12\x10\n\x08per_item\x18\x04 \x01(\x08*\xb1\x01\n\x08TextKind\x12\x19\n\x15TEXT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14TEXT_KIND_IDENTIFIER\x10\x01\x12\x13\n\x0fTEXT_KIND_TOKEN\x10\x02\x12\x17\n\x13TEXT_KIND_FREE_TEXT\x10\x03\x12\x14\n\x10TEXT_KIND_SECRET\x10\x04\x12\x16\n\x12TEXT_KIND_DOCUMENT\x10\x05\x12\x14\n\x10TEXT_KIND_BINARY\x10\x06:Q\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1f.finmesh.common.v1.AccessPolicy:M\n\x05\x66ield\x12\x1d.google.protobuf.FieldOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x1d.finmesh.common.v1.FieldRulesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'finmesh.common.v1.options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TEXTKIND']._serialized_start=298
+  _globals['_TEXTKIND']._serialized_end=475
   _globals['_ACCESSPOLICY']._serialized_start=88
   _globals['_ACCESSPOLICY']._serialized_end=176
+  _globals['_FIELDRULES']._serialized_start=178
+  _globals['_FIELDRULES']._serialized_end=295
 # @@protoc_insertion_point(module_scope)

@@ -29,7 +29,7 @@ from finmesh.notify.v1 import notify_service_pb2_grpc as pb_grpc
 from finmesh.platform.errors import FailedPrecondition, NotFound, Validator
 from finmesh.platform.idempotency import IdempotencyStore, validate_key
 from finmesh.platform.logs import get_logger
-from finmesh.platform.rpc_errors import to_status
+from finmesh.platform.rpc_errors import excerpt, to_status
 
 _log = get_logger("finmesh.notify")
 
@@ -228,9 +228,10 @@ def _refusals(events: Any) -> dict[int, pb.EventResult]:
     for i, event in enumerate(events):
         aggregate = (event.source, event.aggregate_id)
         if aggregate in stopped:
-            refused[i] = pb.EventResult(event_id=event.event_id, outcome=pb.EVENT_OUTCOME_DEFERRED)
+            refused[i] = pb.EventResult(event_id=excerpt(event.event_id, 64), outcome=pb.EVENT_OUTCOME_DEFERRED)
         elif violations := validate.event_violations(event, f"events[{i}]"):
             stopped.add(aggregate)
-            refused[i] = pb.EventResult(event_id=event.event_id, outcome=pb.EVENT_OUTCOME_REFUSED, field_violations=[
-                pb.FieldViolation(field=v.field, description=v.description) for v in violations])
+            refused[i] = pb.EventResult(event_id=excerpt(event.event_id, 64), outcome=pb.EVENT_OUTCOME_REFUSED,
+                                        field_violations=[pb.FieldViolation(field=v.field, description=v.description)
+                                                          for v in violations])
     return refused

@@ -27,6 +27,7 @@ from finmesh.payments.usecases import channels as usecase
 from finmesh.payments.usecases import transfers
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Unavailable, Validator
+from finmesh.platform.field_rules import checker_for
 from finmesh.platform.idempotency import caller_scope, derived_id_name, request_fingerprint, validate_key
 from finmesh.platform.money import validate_amount
 
@@ -35,6 +36,7 @@ from finmesh.platform.money import validate_amount
 _OPERATION_NAMESPACE = uuid.UUID("3b6f0d3a-2c1e-4f53-8a9e-3f5d8f7c2b41")
 MAX_BATCH = 1000
 MAX_TOKEN = 128
+_TRANSFER_RULES = checker_for(pb.TransferSpec.DESCRIPTOR)
 
 
 class MoneyMovementRpcs(ServicerBase):
@@ -109,8 +111,10 @@ class MoneyMovementRpcs(ServicerBase):
                                    context: grpc.aio.ServicerContext) -> Any:
         validate_key(request.idempotency_key)
         items = _batch_items(request)
-        await require_own_sources(self.deps.reader, [i.source for i in items if i.source])
-        await self.require_test_accounts(context, sorted({a for i in items for a in (i.source, i.destination) if a}))
+        # Items refused for their own fields move nothing, and their ids may not even be ids: not looked up.
+        valid = [i for i in items if i.problem is None]
+        await require_own_sources(self.deps.reader, [i.source for i in valid if i.source])
+        await self.require_test_accounts(context, sorted({a for i in valid for a in (i.source, i.destination) if a}))
 
         async def action(uow: UnitOfWork) -> Any:
             return await transfers.run(uow, items)
@@ -156,8 +160,11 @@ def _batch_items(request: pb.BatchCreateTransfersRequest) -> list[transfers.Item
                                                  "required, unique within the batch, at most 64 characters"))
         seen.add(spec.reference)
         v = Validator()
-        v.require(valid_id(spec.from_account_id), f"transfers[{index}].from_account_id", "required")
-        v.require(valid_id(spec.to_account_id), f"transfers[{index}].to_account_id", "required")
+        # The contract's field rules, which the guard leaves to each item (the transfers field is per_item).
+        v.violations += [found for found in _TRANSFER_RULES.violations(spec, f"transfers[{index}].")
+                         if not found.field.endswith(".reference")]
+        v.require(bool(spec.from_account_id), f"transfers[{index}].from_account_id", "required")
+        v.require(bool(spec.to_account_id), f"transfers[{index}].to_account_id", "required")
         if spec.from_account_id and spec.from_account_id == spec.to_account_id:
             v.violations.append(FieldViolation(f"transfers[{index}].to_account_id", "must differ from from_account_id"))
         if spec.HasField("amount"):

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.platform.db import is_transient
 from finmesh.platform.errors import AlreadyExists, DomainError, InvalidArgument, NotFound
+from finmesh.platform.field_rules import checker_for
 from finmesh.platform.idempotency import IdempotencyStore
 from finmesh.platform.logs import get_logger
 from finmesh.platform.rpc_errors import to_status
@@ -31,6 +32,7 @@ from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
 from finmesh.risk.writer import AssessmentWriter
 
 _log = get_logger("finmesh.risk")
+_CHECK_RULES = checker_for(pb.PaymentCheck.DESCRIPTOR)
 
 
 class RiskServicer(pb_grpc.RiskServiceServicer):
@@ -57,6 +59,9 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
 
     async def _check(self, index: int, check: pb.PaymentCheck, batch: trace.Link) -> pb.PaymentCheckResult:
         """One check of a batch: its payment's verdict, or the refusal AssessPayment would have answered."""
+        # The contract's field rules, which the guard leaves to each check (AssessPaymentsRequest.checks is per_item).
+        if violations := _CHECK_RULES.violations(check, f"checks[{index}]."):
+            return pb.PaymentCheckResult(refusal=convert.refusal(InvalidArgument(violations), ""))
         with batch_item_span("risk.assess_payment", check.traceparent, check.tracestate, batch):
             try:
                 return pb.PaymentCheckResult(assessment=await self._assess(check.payment))
