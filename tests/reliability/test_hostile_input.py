@@ -80,8 +80,9 @@ BUG_STATUSES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCo
 # Tables a refused call may still write, and why:
 #  (scoped_)idempotency_keys: a refusal is stored under its key so a retry gets the same answer
 #  (platform.idempotency);
-#  outbox: relays mark rows sent in the background, whatever the call in flight.
-UNCHECKED_TABLES = {"scoped_idempotency_keys", "idempotency_keys", "outbox", "alembic_version"}
+#  outbox: relays mark rows sent in the background, whatever the call in flight;
+#  login_attempts: identity records every refused login on purpose (its throttle counts them).
+UNCHECKED_TABLES = {"scoped_idempotency_keys", "idempotency_keys", "outbox", "login_attempts", "alembic_version"}
 # Operators first: they act for anyone, so ownership checks do not stop the input before validation.
 ROLE_ORDER = ("admin", "risk_officer", "support", "institution", "enterprise", "personal", "service")
 
