@@ -31,13 +31,20 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+# Every engine: a database error's text leaves out the statement's parameters. The servicer guard logs an
+# unexpected error with its text, and parameters are callers' data (names, phone numbers, free text).
+ENGINE_DEFAULTS: dict[str, Any] = {"hide_parameters": True}
+
+
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """Engine for `url`. SQLite gets WAL and BEGIN IMMEDIATE so writers queue instead of deadlocking."""
     if make_url(url).get_backend_name() == "sqlite":
-        engine = create_async_engine(url, connect_args={"timeout": 30}, module=sqlite_driver.dbapi())
+        engine = create_async_engine(url, connect_args={"timeout": 30}, module=sqlite_driver.dbapi(),
+                                     **ENGINE_DEFAULTS)
         tune_sqlite(engine.sync_engine)
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                               **ENGINE_DEFAULTS)
 
 
 def tune_sqlite(engine: Any) -> None:
@@ -77,9 +84,9 @@ def create_read_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     if make_url(url).get_backend_name() != "sqlite":
         # No pre-ping: a read on a connection that died fails as UNAVAILABLE and is simply retried,
         # and the ping would double the round trips of every short read.
-        return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_recycle=300)
+        return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_recycle=300, **ENGINE_DEFAULTS)
     engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=pool_size, max_overflow=0,
-                                 module=sqlite_driver.dbapi())
+                                 module=sqlite_driver.dbapi(), **ENGINE_DEFAULTS)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _: Any) -> None:

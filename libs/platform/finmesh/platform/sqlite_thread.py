@@ -28,7 +28,7 @@ from sqlalchemy import Connection, DateTime, Insert, Table, Update, insert
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.platform.db import tune_sqlite, write_gate
+from finmesh.platform.db import ENGINE_DEFAULTS, tune_sqlite, write_gate
 
 T = TypeVar("T")
 
@@ -148,7 +148,7 @@ class SqliteWriteThread:
     def __init__(self, engine: AsyncEngine, name: str = "sqlite-writer") -> None:
         self.engine = engine  # the service's engine: its write gate orders this thread's transactions with the others
         self._sync = create_sync_engine(engine.url.set(drivername="sqlite"), connect_args={"timeout": 30},
-                                        pool_size=1, max_overflow=0)
+                                        pool_size=1, max_overflow=0, **ENGINE_DEFAULTS)
         tune_sqlite(self._sync)  # the settings the service's own engine has
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         # Kept open between transactions (used only on the worker thread): a pool checkout and the rollback
