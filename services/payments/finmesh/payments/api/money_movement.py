@@ -110,11 +110,13 @@ class MoneyMovementRpcs(ServicerBase):
     async def BatchCreateTransfers(self, request: pb.BatchCreateTransfersRequest,
                                    context: grpc.aio.ServicerContext) -> Any:
         validate_key(request.idempotency_key)
-        items = _batch_items(request)
-        # Items refused for their own fields move nothing, and their ids may not even be ids: not looked up.
-        valid = [i for i in items if i.problem is None]
-        await require_own_sources(self.deps.reader, [i.source for i in valid if i.source])
-        await self.require_test_accounts(context, sorted({a for i in valid for a in (i.source, i.destination) if a}))
+        items, unreadable = _batch_items(request)
+        # Every source is checked (one foreign source refuses the whole call), except the ids that break the
+        # contract's field rules: such an item moves nothing, and its value may not even be storable.
+        looked_up = [i for index, i in enumerate(items) if index not in unreadable]
+        await require_own_sources(self.deps.reader, [i.source for i in looked_up if i.source])
+        await self.require_test_accounts(context,
+                                         sorted({a for i in looked_up for a in (i.source, i.destination) if a}))
 
         async def action(uow: UnitOfWork) -> Any:
             return await transfers.run(uow, items)
@@ -146,14 +148,16 @@ def channel_reply(response_type: Any) -> Any:
     return render
 
 
-def _batch_items(request: pb.BatchCreateTransfersRequest) -> list[transfers.Item]:
-    """Items to run; request-level problems (size, references) refuse the whole batch."""
+def _batch_items(request: pb.BatchCreateTransfersRequest) -> tuple[list[transfers.Item], set[int]]:
+    """Items to run, and the indexes of those whose account ids break the contract's field rules;
+    request-level problems (size, references) refuse the whole batch."""
     count = len(request.transfers)
     if not 0 < count <= MAX_BATCH:
         raise InvalidArgument(FieldViolation("transfers", f"between 1 and {MAX_BATCH} items"))
     seen: set[str] = set()
     bad_references = []
     items = []
+    unreadable: set[int] = set()
     for index, spec in enumerate(request.transfers):
         if not valid_id(spec.reference) or spec.reference in seen:
             bad_references.append(FieldViolation(f"transfers[{index}].reference",
@@ -161,8 +165,11 @@ def _batch_items(request: pb.BatchCreateTransfersRequest) -> list[transfers.Item
         seen.add(spec.reference)
         v = Validator()
         # The contract's field rules, which the guard leaves to each item (the transfers field is per_item).
-        v.violations += [found for found in _TRANSFER_RULES.violations(spec, f"transfers[{index}].")
-                         if not found.field.endswith(".reference")]
+        broken = [found for found in _TRANSFER_RULES.violations(spec, f"transfers[{index}].")
+                  if not found.field.endswith(".reference")]
+        v.violations += broken
+        if any(found.field.endswith("_account_id") for found in broken):
+            unreadable.add(index)
         v.require(bool(spec.from_account_id), f"transfers[{index}].from_account_id", "required")
         v.require(bool(spec.to_account_id), f"transfers[{index}].to_account_id", "required")
         if spec.from_account_id and spec.from_account_id == spec.to_account_id:
@@ -177,7 +184,7 @@ def _batch_items(request: pb.BatchCreateTransfersRequest) -> list[transfers.Item
                                     spec.amount.currency_code, spec.amount.minor_units, problem))
     if bad_references:
         raise InvalidArgument(bad_references[:20])
-    return items
+    return items, unreadable
 
 
 def _render_batch(results: list[transfers.ItemResult]) -> pb.BatchCreateTransfersResponse:
