@@ -18,8 +18,6 @@ from finmesh.platform.auth_context import require_owner
 from finmesh.platform.errors import NotFound, Validator
 from finmesh.platform.money import validate_currency
 
-MAX_REASON = 100
-
 
 class AccountsRpcs(ServicerBase):
     async def OpenAccount(self, request: pb.OpenAccountRequest, context: grpc.aio.ServicerContext) -> Any:
@@ -75,10 +73,9 @@ class AccountsRpcs(ServicerBase):
 
     async def _set_frozen(self, method: str, request: Any, frozen: bool, response_type: Any) -> Any:
         require_id(request.account_id, "account_id")
-        reason = request.reason[:MAX_REASON]
 
         async def action(uow: UnitOfWork) -> Any:
-            return await usecase.set_frozen(uow, request.account_id, frozen, reason)
+            return await usecase.set_frozen(uow, request.account_id, frozen, request.reason)
 
         return await self.submit(method, request, response_type, action,
                                  lambda state: response_type(account=convert.account(state)))

@@ -56,10 +56,8 @@ _log = get_logger("finmesh.payments")
 # Namespace for payment ids derived from idempotency keys: a retried call
 # asks risk about the same payment id, so risk counts it once.
 _PAYMENT_NAMESPACE = uuid.UUID("8f0e6c1e-6a35-4a4e-9d3b-6f1f2b9c1a10")
-MAX_NOTE = 500
 # Only these mean risk is down or slow (the unavailable policy applies); any other refusal is a fault.
 _RISK_DOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-MAX_REASON = 200
 
 
 def _payment_reply(response_type: Any) -> Any:
@@ -241,7 +239,6 @@ class PaymentRpcs(ServicerBase):
         v = Validator()
         v.require(0 < len(request.payment_id) <= MAX_ID, "payment_id", "required")
         v.require(request.decision in convert.REVIEW_DECISIONS, "decision", "APPROVE or DECLINE")
-        v.require(len(request.note) <= MAX_NOTE, "note", f"at most {MAX_NOTE} characters")
         v.raise_if_any()
         await self.require_test_payment(context, request.payment_id)
         decision = convert.REVIEW_DECISIONS[request.decision]
@@ -256,7 +253,6 @@ class PaymentRpcs(ServicerBase):
         v = Validator()
         v.require(0 < len(request.payment_id) <= MAX_ID, "payment_id", "required")
         v.violations.extend(amount_violations(request, required=False))
-        v.require(len(request.reason) <= MAX_REASON, "reason", f"at most {MAX_REASON} characters")
         v.raise_if_any()
         await require_payee_owner(self.deps.reader, request.payment_id)
         await self.require_test_payment(context, request.payment_id)
