@@ -15,11 +15,11 @@ import sys
 
 import grpc
 
-from finmesh.platform.channels import open_channel
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.rpc_errors import guarded
-from finmesh.platform.server import wait_for_termination_signal
-from finmesh.platform.telemetry import setup_tracing
+from finmesh.platform.observability.telemetry import setup_tracing
+from finmesh.platform.rpc.channels import open_channel
+from finmesh.platform.rpc.guard import guarded
+from finmesh.platform.rpc.server import wait_for_termination_signal
 
 METHOD = "/finmesh.bench.v1.ChainService/Hop"
 

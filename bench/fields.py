@@ -2,7 +2,7 @@
 
     python -m bench.fields [--calls 200000] [--rounds 5]
 
-Times finmesh.platform.field_rules on the hot path's request, a CreatePaymentRequest as a client sends
+Times finmesh.platform.rpc.field_rules on the hot path's request, a CreatePaymentRequest as a client sends
 it (ids, amount, a description, the risk context), against the same loop with no check (the baseline:
 the loop and the attribute reads a handler does anyway), and on the worst ordinary case: a description
 of 200 characters that is not plain printable text (line breaks, so the control-character scan runs)
@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from finmesh.common.v1 import money_pb2
 from finmesh.payments.v1 import payments_service_pb2 as pb
-from finmesh.platform.field_rules import checker_for
+from finmesh.platform.rpc.field_rules import checker_for
 
 PAYMENTS_PER_SECOND = 600
 

@@ -49,11 +49,11 @@ from finmesh.payments.usecases.payments import LimitRules
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.payments.writer import Command, LedgerWriter
-from finmesh.platform.db import create_engine, create_schema
-from finmesh.platform.idempotency import ANONYMOUS, request_fingerprint
-from finmesh.platform.logs import configure_logging
 from finmesh.platform.money import Money
-from finmesh.platform.server import create_server
+from finmesh.platform.observability.logs import configure_logging
+from finmesh.platform.rpc.server import create_server
+from finmesh.platform.storage.db import create_engine, create_schema
+from finmesh.platform.storage.idempotency import ANONYMOUS, request_fingerprint
 from tests.auth import Issuer, bearer
 from tests.auth import channel as acting_channel
 

@@ -4,7 +4,7 @@
 
 N payments are submitted to the ledger writer together (one batch), one of them poisoned (PostgreSQL: a NUL in
 its description; SQLite, which stores NUL: an unpaired surrogate, which no driver encodes). Two ways to commit
-the rest, measured in the same run on the same database: halves (finmesh.platform.group_commit, the writer's
+the rest, measured in the same run on the same database: halves (finmesh.platform.storage.group_commit, the writer's
 way) and each payment alone (the writers' way before). Prints the median seconds from submission until every
 caller has its answer, and the transactions that committed. Never passes or fails on a time.
 """
@@ -32,12 +32,12 @@ from finmesh.payments.usecases import payments as usecase
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.payments.writer import Command
-from finmesh.platform.db import is_transient
-from finmesh.platform.group_commit import commit_apart
-from finmesh.platform.idempotency import ANONYMOUS
-from finmesh.platform.logs import configure_logging
 from finmesh.platform.money import Money
-from finmesh.platform.server import create_server
+from finmesh.platform.observability.logs import configure_logging
+from finmesh.platform.rpc.server import create_server
+from finmesh.platform.storage.db import is_transient
+from finmesh.platform.storage.group_commit import commit_apart
+from finmesh.platform.storage.idempotency import ANONYMOUS
 from tests.auth import Issuer
 from tests.auth import channel as acting_channel
 

@@ -37,7 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.load import Round, closed_loop, median
 from finmesh.common.v1 import money_pb2
-from finmesh.platform.logs import configure_logging
+from finmesh.platform.observability.logs import configure_logging
 from finmesh.platform.runner import start_app
 from finmesh.risk import app as risk_app
 from finmesh.risk.config import RiskSettings

@@ -32,10 +32,10 @@ from google.protobuf import timestamp_pb2
 
 from finmesh.identity.v1 import identity_service_pb2 as id_pb
 from finmesh.identity.v1 import identity_service_pb2_grpc as id_grpc
-from finmesh.platform.auth_service import check_credential
-from finmesh.platform.auth_tokens import AUDIENCE, ISSUER, sign
+from finmesh.platform.auth.service_tokens import check_credential
+from finmesh.platform.auth.tokens import AUDIENCE, ISSUER, sign
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.server import Registration, RunningServer, create_server
+from finmesh.platform.rpc.server import Registration, RunningServer, create_server
 
 SERVICE_SECRET = "test-service-secret"  # tests only; production secrets come from a Secret
 

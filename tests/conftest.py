@@ -15,8 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from finmesh.platform.logs import configure_logging
-from finmesh.platform.telemetry import JsonlSpanExporter, MaskingExporter
+from finmesh.platform.observability.logs import configure_logging
+from finmesh.platform.observability.telemetry import JsonlSpanExporter, MaskingExporter
 from tests.reliability.secret_scan import scan_tree
 
 PG_HOST = os.environ.get("FINMESH_TEST_PG_HOST", "127.0.0.1")
@@ -138,4 +138,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         terminal.write_line(str(finding), red=True)
     if report.findings:
         terminal.write_line("personal data or secrets reached a log or span file: fix the masking "
-                            "(finmesh.platform.logs / pii / telemetry), not the scan", red=True)
+                            "(finmesh.platform.observability.logs / pii / telemetry), not the scan", red=True)

@@ -16,8 +16,8 @@ from finmesh.notify import app as notify_app
 from finmesh.payments import app as payments_app
 from finmesh.payments.config import PaymentsSettings
 from finmesh.platform.config import ServiceSettings
+from finmesh.platform.rpc.server import RunningServer
 from finmesh.platform.runner import start_app
-from finmesh.platform.server import RunningServer
 from finmesh.risk import app as risk_app
 from tests.auth import Book, Issuer
 from tests.auth import channel as acting_channel

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.platform.errors import InvalidArgument
-from finmesh.platform.rpc_errors import unexpected_status
+from finmesh.platform.rpc.guard import unexpected_status
 
 POISONS = ("nul", "surrogate", "trigger")
 TRIGGER_VALUE = "poisoned-by-trigger"

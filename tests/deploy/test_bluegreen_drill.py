@@ -31,7 +31,7 @@ from finmesh.drill.processes import DrainReport, ServiceProcess, start_service, 
 from finmesh.payments.store.ledger import totals_by_currency
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from finmesh.platform.db import create_engine
+from finmesh.platform.storage.db import create_engine
 from tests.auth import SERVICE_SECRET, ActingAs, Book, Issuer
 from tests.auth import channel as acting_channel
 

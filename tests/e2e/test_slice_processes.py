@@ -17,8 +17,8 @@ from finmesh.cli.traces import load_spans
 from finmesh.common.v1 import money_pb2
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from finmesh.platform.rpc_errors import reason_of
-from finmesh.platform.telemetry import JsonlSpanExporter
+from finmesh.platform.observability.telemetry import JsonlSpanExporter
+from finmesh.platform.rpc.guard import reason_of
 
 pytestmark = pytest.mark.e2e
 

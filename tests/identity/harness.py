@@ -31,10 +31,10 @@ from finmesh.notify.v1 import notify_service_pb2 as notify_pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as notify_grpc
 from finmesh.payments import app as payments_app
 from finmesh.payments.config import PaymentsSettings
-from finmesh.platform.auth_context import current_principal
+from finmesh.platform.auth.context import current_principal
 from finmesh.platform.config import ServiceSettings
+from finmesh.platform.rpc.server import Registration, RunningServer, create_server
 from finmesh.platform.runner import start_app
-from finmesh.platform.server import Registration, RunningServer, create_server
 from finmesh.risk import app as risk_app
 from finmesh.risk.v1 import risk_service_pb2 as risk_pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as risk_grpc

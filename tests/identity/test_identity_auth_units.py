@@ -12,11 +12,11 @@ from finmesh.identity.domain import totp
 from finmesh.identity.v1 import identity_service_pb2
 from finmesh.notify.v1 import notify_service_pb2
 from finmesh.payments.v1 import payments_service_pb2
-from finmesh.platform.auth import access_policy
-from finmesh.platform.auth_keys import KeyCache, PublishedKey, TokenVerifier
-from finmesh.platform.auth_roles import ALL_ROLES, OWNED_FIELDS, ROLE_PERMISSIONS, SERVICE, VERIFIED_ONLY
-from finmesh.platform.auth_service import check_credential, credential_for
-from finmesh.platform.auth_tokens import AUDIENCE, ISSUER, TokenError, sign
+from finmesh.platform.auth.access import access_policy
+from finmesh.platform.auth.keys import KeyCache, PublishedKey, TokenVerifier
+from finmesh.platform.auth.roles import ALL_ROLES, OWNED_FIELDS, ROLE_PERMISSIONS, SERVICE, VERIFIED_ONLY
+from finmesh.platform.auth.service_tokens import check_credential, credential_for
+from finmesh.platform.auth.tokens import AUDIENCE, ISSUER, TokenError, sign
 from finmesh.risk.v1 import risk_service_pb2
 
 DESCRIPTORS = [

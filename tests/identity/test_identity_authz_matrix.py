@@ -17,9 +17,9 @@ import grpc
 from finmesh.identity.v1 import identity_service_pb2
 from finmesh.notify.v1 import notify_service_pb2
 from finmesh.payments.v1 import payments_service_pb2
-from finmesh.platform.auth import access_policy
-from finmesh.platform.auth_roles import ALL_ROLES, ROLE_PERMISSIONS, SERVICE
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.auth.access import access_policy
+from finmesh.platform.auth.roles import ALL_ROLES, ROLE_PERMISSIONS, SERVICE
+from finmesh.platform.rpc.guard import reason_of
 from finmesh.risk.v1 import risk_service_pb2
 from tests.identity.harness import identity_env, md, start_enforcing_services
 

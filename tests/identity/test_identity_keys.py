@@ -13,9 +13,9 @@ from finmesh.identity.store.schema import signing_keys
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.notify.v1 import notify_service_pb2 as notify_pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as notify_grpc
-from finmesh.platform.auth_tokens import parse
-from finmesh.platform.db import create_engine
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.auth.tokens import parse
+from finmesh.platform.rpc.guard import reason_of
+from finmesh.platform.storage.db import create_engine
 from tests.identity.harness import IdentityEnv, key, md
 
 

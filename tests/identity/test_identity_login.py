@@ -13,8 +13,8 @@ import pytest
 from finmesh.identity.admin import grant_role
 from finmesh.identity.domain import totp
 from finmesh.identity.v1 import identity_service_pb2 as pb
-from finmesh.platform.auth_service import credential_for
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.auth.service_tokens import credential_for
+from finmesh.platform.rpc.guard import reason_of
 from tests.identity.harness import PASSWORD, SERVICE_SECRET, IdentityEnv, key, md, new_person, retry_delay, violations
 
 

@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 from finmesh.identity.domain import totp
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.rpc.guard import reason_of
 from tests.identity.harness import PASSWORD, IdentityEnv, identity_env, key, md, new_person, retry_delay
 
 WRONG = "not the password"

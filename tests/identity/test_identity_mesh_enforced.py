@@ -15,7 +15,7 @@ from finmesh.notify.v1 import notify_service_pb2 as notify_pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as notify_grpc
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pay_grpc
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.rpc.guard import reason_of
 from tests.identity.harness import identity_env, key, md, new_person, start_enforcing_services
 
 

@@ -30,10 +30,10 @@ from finmesh.payments import app as payments_app
 from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pay_grpc
-from finmesh.platform.auth_tokens import sign
-from finmesh.platform.db import create_engine
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.auth.tokens import sign
+from finmesh.platform.rpc.guard import reason_of
 from finmesh.platform.runner import start_app
+from finmesh.platform.storage.db import create_engine
 from tests.identity.harness import (
     MASTER_KEY,
     PASSWORD,

@@ -16,8 +16,8 @@ from finmesh.identity.store import users as user_store
 from finmesh.identity.store.schema import metadata, users
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.identity.vault import Vault
-from finmesh.platform.db import create_engine
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.rpc.guard import reason_of
+from finmesh.platform.storage.db import create_engine
 from tests.identity.harness import MASTER_KEY, IdentityEnv, Person, key, md, new_person
 
 ALL_FIELDS = [pb.PERSONAL_DATA_FIELD_LEGAL_NAME, pb.PERSONAL_DATA_FIELD_ID_NUMBER, pb.PERSONAL_DATA_FIELD_PHONE,

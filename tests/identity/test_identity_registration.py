@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from finmesh.identity.domain.id_number import IdNumberError, check_char, parse_id_number
 from finmesh.identity.v1 import identity_service_pb2 as pb
-from finmesh.platform.rpc_errors import field_violations_of, reason_of
+from finmesh.platform.rpc.guard import field_violations_of, reason_of
 from tests.identity.harness import PASSWORD, IdentityEnv, Person, id_number, key, new_person, violations
 
 

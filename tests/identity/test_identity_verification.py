@@ -12,8 +12,8 @@ from sqlalchemy import select
 from finmesh.identity.store.schema import challenges
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.notify.v1 import notify_service_pb2 as notify_pb
-from finmesh.platform.db import create_engine
-from finmesh.platform.rpc_errors import field_violations_of, reason_of
+from finmesh.platform.rpc.guard import field_violations_of, reason_of
+from finmesh.platform.storage.db import create_engine
 from finmesh.risk.v1 import risk_service_pb2 as risk_pb
 from tests.identity.harness import IdentityEnv, key, new_person
 

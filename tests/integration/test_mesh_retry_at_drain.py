@@ -9,9 +9,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from finmesh.drill.forwarder import Forwarder
-from finmesh.platform.channels import open_channel
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.server import RunningServer, create_server
+from finmesh.platform.rpc.channels import open_channel
+from finmesh.platform.rpc.server import RunningServer, create_server
 
 # Health.Check stands in for an idempotent method; 32 callers keep calls queued in the server at stop().
 HEALTH_CHECK = ("grpc.health.v1.Health", "Check")

@@ -17,8 +17,8 @@ from finmesh.payments.store.ledger import totals_by_currency
 from finmesh.payments.store.schema import entries, outbox, transfers
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from finmesh.platform.db import create_engine
-from finmesh.platform.rpc_errors import field_violations_of, reason_of
+from finmesh.platform.rpc.guard import field_violations_of, reason_of
+from finmesh.platform.storage.db import create_engine
 from tests.inprocess import running_mesh
 
 

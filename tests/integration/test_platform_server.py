@@ -10,8 +10,8 @@ from opentelemetry.trace import StatusCode
 
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from finmesh.platform.rpc_errors import field_violations_of, reason_of
-from finmesh.platform.server import Registration, create_server
+from finmesh.platform.rpc.guard import field_violations_of, reason_of
+from finmesh.platform.rpc.server import Registration, create_server
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
 from tests.auth import Issuer

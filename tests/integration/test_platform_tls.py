@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from finmesh.cli.mesh import free_port
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.server import Registration, create_server
+from finmesh.platform.rpc.server import Registration, create_server
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
 from tests.pki import issue, write_pair

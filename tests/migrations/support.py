@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from finmesh.platform.db import create_engine, create_schema
-from finmesh.platform.migrations import (
+from finmesh.platform.storage.db import create_engine, create_schema
+from finmesh.platform.storage.migrations import (
     MigrationResult,
     current_heads,
     schema_diffs,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from alembic.script import ScriptDirectory
 
-from finmesh.platform.migrations import script_directory
+from finmesh.platform.storage.migrations import script_directory
 from tests.migrations.expand_policy import REPO, problems, released_commit
 from tests.migrations.support import require_history
 

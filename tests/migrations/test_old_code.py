@@ -22,8 +22,8 @@ import asyncpg
 import pytest
 from sqlalchemy import text
 
-from finmesh.platform.db import create_engine
-from finmesh.platform.migrations import head_revisions
+from finmesh.platform.storage.db import create_engine
+from finmesh.platform.storage.migrations import head_revisions
 from tests.migrations.expand_policy import REPO, released_commit
 from tests.migrations.support import SERVICES, diffs, migrate, require_history, revision, unavailable
 

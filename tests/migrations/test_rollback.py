@@ -14,8 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from finmesh.payments import app as payments_app
 from finmesh.payments.config import PaymentsSettings
-from finmesh.platform.migrations import DatabaseBehind, head_revisions
 from finmesh.platform.runner import start_app
+from finmesh.platform.storage.migrations import DatabaseBehind, head_revisions
 from tests.migrations.support import diffs, execute, migrate, revision
 
 # An id in payments' namespace that no release has used: "a newer release's revision".

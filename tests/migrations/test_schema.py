@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from finmesh.platform.migrations import head_revisions
+from finmesh.platform.storage.migrations import head_revisions
 from tests.migrations.support import SERVICES, create_all, diffs, execute, migrate, revision
 
 

@@ -22,8 +22,8 @@ from finmesh.notify.clock import Clock
 from finmesh.notify.config import NotifySettings
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as pb_grpc
+from finmesh.platform.rpc.server import RunningServer
 from finmesh.platform.runner import start_app
-from finmesh.platform.server import RunningServer
 from tests.auth import Issuer
 from tests.auth import channel as acting_channel
 

@@ -21,12 +21,12 @@ from sqlalchemy import MetaData, func, select, update
 from finmesh.common.v1 import event_pb2
 from finmesh.notify.store.schema import notifications, received_events
 from finmesh.notify.v1 import notify_service_pb2 as pb
-from finmesh.platform.channels import open_channel
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.db import create_engine, create_schema
-from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
-from finmesh.platform.outbox import BatchOutcome, OutboxRelay, RelayPolicy, enqueue, outbox_table
-from finmesh.platform.rpc_errors import field_violations_of
+from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
+from finmesh.platform.messaging.outbox import BatchOutcome, OutboxRelay, RelayPolicy, enqueue, outbox_table
+from finmesh.platform.rpc.channels import open_channel
+from finmesh.platform.rpc.guard import field_violations_of
+from finmesh.platform.storage.db import create_engine, create_schema
 from tests.auth import channel as acting_channel
 from tests.notify.conftest import Notify, eventually, running_notify
 

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from finmesh.common.v1 import event_pb2
 from finmesh.notify.v1 import notify_service_pb2 as pb
-from finmesh.platform.rpc_errors import field_violations_of, reason_of
+from finmesh.platform.rpc.guard import field_violations_of, reason_of
 from tests.notify.conftest import running_notify
 
 PHONE = "+8613800138000"

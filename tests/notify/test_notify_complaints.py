@@ -12,7 +12,7 @@ import pytest
 
 from finmesh.notify.clock import OffsetClock
 from finmesh.notify.v1 import notify_service_pb2 as pb
-from finmesh.platform.rpc_errors import field_violations_of, reason_of
+from finmesh.platform.rpc.guard import field_violations_of, reason_of
 from tests.notify.conftest import OPERATOR_EMAIL, running_notify
 
 SH = ZoneInfo("Asia/Shanghai")

@@ -13,8 +13,8 @@ from finmesh.common.v1 import money_pb2
 from finmesh.notify.store.schema import notifications, received_events
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from finmesh.platform.db import create_engine
-from finmesh.platform.outbox import outbox_table
+from finmesh.platform.messaging.outbox import outbox_table
+from finmesh.platform.storage.db import create_engine
 from tests.inprocess import running_mesh
 from tests.notify.conftest import eventually, free_port, running_notify
 

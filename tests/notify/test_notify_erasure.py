@@ -25,8 +25,8 @@ from finmesh.notify.store.schema import (
     profiles,
 )
 from finmesh.notify.v1 import notify_service_pb2 as pb
-from finmesh.platform.db import create_engine
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.rpc.guard import reason_of
+from finmesh.platform.storage.db import create_engine
 from tests.notify.conftest import Notify, eventually, running_notify
 
 PHONE = "+8613800138000"

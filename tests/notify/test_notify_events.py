@@ -11,7 +11,7 @@ import pytest
 
 from finmesh.common.v1 import event_pb2
 from finmesh.notify.v1 import notify_service_pb2 as pb
-from finmesh.platform.rpc_errors import field_violations_of
+from finmesh.platform.rpc.guard import field_violations_of
 from tests.notify.conftest import OPERATOR_EMAIL, running_notify
 
 

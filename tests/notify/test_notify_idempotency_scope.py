@@ -1,4 +1,4 @@
-"""Idempotency keys belong to their caller in notify too (issue 16, defect 5; finmesh.platform.idempotency).
+"""Idempotency keys belong to their caller in notify too (issue 16, defect 5; finmesh.platform.storage.idempotency).
 
 A customer's key is scoped to the customer; a service's key to the service and the user its request names,
 so a service acting for two users makes two operations under one key, as the users would with their own
@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from finmesh.notify.v1 import notify_service_pb2 as pb
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.rpc.guard import reason_of
 from tests.auth import bearer
 from tests.notify.conftest import running_notify
 

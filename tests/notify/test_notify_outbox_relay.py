@@ -14,8 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.cli.main import main as cli_main
 from finmesh.common.v1 import event_pb2
-from finmesh.platform.db import create_engine, create_schema
-from finmesh.platform.outbox import (
+from finmesh.platform.messaging.outbox import (
     OutboxRelay,
     RelayPolicy,
     SinkUnavailable,
@@ -26,6 +25,7 @@ from finmesh.platform.outbox import (
     purge_delivered,
     redrive_dead,
 )
+from finmesh.platform.storage.db import create_engine, create_schema
 
 FAST = dict(poll_interval_seconds=0.05, base_backoff_seconds=0.01, max_backoff_seconds=0.05,
             max_probe_interval_seconds=0.1)

@@ -12,7 +12,7 @@ import grpc
 from finmesh.payments.store.tiers import set_tier
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.server import Registration, create_server
+from finmesh.platform.rpc.server import Registration, create_server
 from finmesh.risk.v1 import risk_service_pb2 as risk_pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as risk_grpc
 from tests.auth import Issuer, bearer

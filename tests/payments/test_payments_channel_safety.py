@@ -21,7 +21,7 @@ from finmesh.payments.store.tiers import set_tier
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.writer import Command
 from finmesh.platform.errors import FailedPrecondition
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.rpc.guard import reason_of
 from tests.payments.harness import GENEROUS_LIMITS, key, payments_mesh, refusal
 
 SUCCEEDED = pb.CHANNEL_OPERATION_STATUS_SUCCEEDED

@@ -1,5 +1,5 @@
 """Request-field hygiene at payments' edge, on SQLite and PostgreSQL: strings the databases cannot hold, card
-numbers and control characters never reach a handler (finmesh.platform.field_rules, run by the servicer guard)."""
+numbers and control characters never reach a handler (finmesh.platform.rpc.field_rules, run by the servicer guard)."""
 
 from __future__ import annotations
 

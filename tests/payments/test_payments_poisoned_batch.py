@@ -24,8 +24,8 @@ from finmesh.payments.store.uow import UnitOfWork
 from finmesh.payments.usecases import payments as usecase
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.writer import Command
-from finmesh.platform.idempotency import ANONYMOUS
 from finmesh.platform.money import Money
+from finmesh.platform.storage.idempotency import ANONYMOUS
 from tests.payments.harness import payments_mesh, refusal
 from tests.poisoned_rows import POISONS, assert_refused_as_expected, poisoned_text, refuse_rows, skip_where_harmless
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from finmesh.payments.v1 import payments_service_pb2 as pb
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.rpc.guard import reason_of
 from tests.payments.harness import PaymentsUnderTest, money, payments_mesh, payments_profile
 
 FEES = {"settlement_fee_rate_bp": 60, "settlement_fee_fixed_minor_units": 7, "settlement_reserve_bp": 500}

@@ -7,9 +7,9 @@ import uuid
 from sqlalchemy import text
 
 from finmesh.payments.store.schema import idempotency
-from finmesh.platform.db import create_engine
-from finmesh.platform.idempotency import _lookup_statement
-from finmesh.platform.migrations import prepare_schema
+from finmesh.platform.storage.db import create_engine
+from finmesh.platform.storage.idempotency import _lookup_statement
+from finmesh.platform.storage.migrations import prepare_schema
 
 
 async def test_the_stored_answers_lookup_uses_the_idempotency_key_index(databases) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.server import Registration, create_server
+from finmesh.platform.rpc.server import Registration, create_server
 from finmesh.risk.store.schema import assessments
 from finmesh.risk.v1 import risk_service_pb2 as risk_pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as risk_grpc

@@ -12,10 +12,10 @@ from sqlalchemy import select
 
 from finmesh.payments.store.schema import outbox
 from finmesh.payments.v1 import payments_service_pb2 as pb
-from finmesh.platform import synthetic
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.db import create_engine
-from finmesh.platform.server import Registration, create_server
+from finmesh.platform.observability import synthetic
+from finmesh.platform.rpc.server import Registration, create_server
+from finmesh.platform.storage.db import create_engine
 from finmesh.risk.store.schema import assessments
 from finmesh.risk.v1 import risk_service_pb2 as risk_pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as risk_grpc
@@ -110,7 +110,7 @@ class _BaggageRecordingRisk(risk_grpc.RiskServiceServicer):
 
 async def test_the_synthetic_mark_travels_from_payments_to_risk(databases, tmp_path: Path) -> None:
     """The caller's baggage is current in payments' handler and forwarded on its call to risk, whose handler
-    sees it through finmesh.platform.synthetic; an unmarked call carries no mark."""
+    sees it through finmesh.platform.observability.synthetic; an unmarked call carries no mark."""
     issuer = await Issuer().start()
     recorder = _BaggageRecordingRisk()
     risk = await create_server(ServiceSettings(host="127.0.0.1", port=0, **issuer.settings()), [Registration(

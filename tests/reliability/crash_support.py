@@ -28,8 +28,8 @@ from finmesh.common.v1 import money_pb2
 from finmesh.drill.forwarder import Forwarder
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from finmesh.platform.db import create_engine, is_transient
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.rpc.guard import reason_of
+from finmesh.platform.storage.db import create_engine, is_transient
 from tests.auth import SERVICE_SECRET, ActingAs, Book, Issuer
 from tests.auth import channel as acting_channel
 

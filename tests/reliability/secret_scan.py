@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from finmesh.platform.auth_service import KNOWN_SERVICES
+from finmesh.platform.auth.service_tokens import KNOWN_SERVICES
 
 LOG_SUFFIXES = frozenset({".log", ".jsonl", ".out", ".err"})
 # The mesh secret tests.auth gives every service (test_secret_scan checks the two agree).

@@ -28,7 +28,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from finmesh.common.v1 import errors_pb2
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from finmesh.platform.rpc_errors import STORAGE_UNAVAILABLE, reason_of, unexpected_status
+from finmesh.platform.rpc.guard import STORAGE_UNAVAILABLE, reason_of, unexpected_status
 from tests.auth import Book, Issuer
 from tests.auth import channel as acting_channel
 from tests.conftest import PG_HOST, PG_PORT, PG_USER

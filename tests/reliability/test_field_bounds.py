@@ -22,8 +22,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from finmesh.common.v1 import options_pb2
-from finmesh.platform.auth_roles import CUSTOMER_ROLES, OWNED_FIELDS
-from finmesh.platform.field_rules import rules_of
+from finmesh.platform.auth.roles import CUSTOMER_ROLES, OWNED_FIELDS
+from finmesh.platform.rpc.field_rules import rules_of
 from tests.reliability.hostile_messages import baseline
 from tests.reliability.test_hostile_input import METHODS, Mesh, _granted_roles, _path, _short
 

@@ -56,8 +56,8 @@ import finmesh
 from finmesh.common.v1 import money_pb2
 from finmesh.identity.domain.claims import Subject, service_claims, user_claims
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
-from finmesh.platform.auth import access_policy
-from finmesh.platform.auth_roles import ALL_ROLES, ROLE_PERMISSIONS, SERVICE
+from finmesh.platform.auth.access import access_policy
+from finmesh.platform.auth.roles import ALL_ROLES, ROLE_PERMISSIONS, SERVICE
 from tests.identity.harness import id_number, identity_env, start_enforcing_services
 from tests.reliability.hostile_messages import (
     INVALID_UTF8,

@@ -23,9 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.ratelimit import TokenBuckets
-from finmesh.platform.rpc_errors import reason_of
-from finmesh.platform.server import RunningServer, create_server
+from finmesh.platform.rpc.guard import reason_of
+from finmesh.platform.rpc.ratelimit import TokenBuckets
+from finmesh.platform.rpc.server import RunningServer, create_server
 from finmesh.risk import app as risk_app
 from finmesh.risk.v1 import risk_service_pb2 as risk_pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as risk_grpc

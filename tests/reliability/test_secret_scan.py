@@ -17,8 +17,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from finmesh.platform.auth_service import credential_for
-from finmesh.platform.logs import get_logger
+from finmesh.platform.auth.service_tokens import credential_for
+from finmesh.platform.observability.logs import get_logger
 from tests.auth import SERVICE_SECRET, Issuer
 from tests.identity.harness import PASSWORD, new_person
 from tests.reliability.secret_scan import TEST_SERVICE_SECRET, scan_text, scan_tree
@@ -69,7 +69,7 @@ def test_ordinary_lines_and_masked_values_are_not_findings() -> None:
                     "span_id": "00f067aa0ba902b7", "start_time": 1764137112345678901,
                     "amount_minor_units": 2_000, "port": 50051,
                     "url": "postgresql+asyncpg://postgres@127.0.0.1:5432/test", "password": "***", "token": "***"}),
-        # What finmesh.platform.pii makes of the same person.
+        # What finmesh.platform.privacy.pii makes of the same person.
         json.dumps({"id": "****" + person.id_number[-4:], "phone": "****" + person.phone[-4:], "email": "***@***"}),
     ]
     assert [_kinds(line) for line in ordinary] == [[], []]
@@ -89,7 +89,7 @@ def test_what_the_service_logger_writes_is_clean() -> None:
         # A child process: configuring logging here would re-point the session's own log file.
         code = (
             "import sys, json\n"
-            "from finmesh.platform.logs import configure_logging, get_logger\n"
+            "from finmesh.platform.observability.logs import configure_logging, get_logger\n"
             f"configure_logging('svc', stream=open({str(log)!r}, 'w'))\n"
             "get_logger('t').info('sample', **json.loads(sys.stdin.read()))\n"
         )

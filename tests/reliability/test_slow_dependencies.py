@@ -40,9 +40,9 @@ from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pay_grpc
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.db import create_engine
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.rpc.guard import reason_of
 from finmesh.platform.runner import start_app
+from finmesh.platform.storage.db import create_engine
 from finmesh.risk import app as risk_app
 from tests.auth import Issuer
 from tests.auth import channel as acting_channel

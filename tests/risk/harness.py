@@ -15,8 +15,8 @@ import grpc
 import yaml
 
 from finmesh.common.v1 import money_pb2
+from finmesh.platform.rpc.server import RunningServer, create_server
 from finmesh.platform.runner import start_app
-from finmesh.platform.server import RunningServer, create_server
 from finmesh.risk import app as risk_app
 from finmesh.risk.config import RiskSettings
 from finmesh.risk.ruleset import DEFAULT_RULES_FILE

@@ -20,9 +20,9 @@ from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pay_grpc
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.db import create_engine
+from finmesh.platform.rpc.server import RunningServer
 from finmesh.platform.runner import start_app
-from finmesh.platform.server import RunningServer
+from finmesh.platform.storage.db import create_engine
 from tests.auth import Issuer
 from tests.auth import channel as acting_channel
 from tests.risk.harness import RiskNode, cny, key, risk_node

@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from finmesh.platform.rpc_errors import field_violations_of
+from finmesh.platform.rpc.guard import field_violations_of
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from tests.risk.harness import payment, risk_node
 

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
-from finmesh.platform.rpc_errors import field_violations_of, reason_of
+from finmesh.platform.rpc.guard import field_violations_of, reason_of
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from tests.risk.harness import key, payment, risk_node
 

@@ -11,8 +11,8 @@ import pytest
 from finmesh.notify.store.schema import received_events
 from finmesh.payments.store.schema import outbox as payments_outbox
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
-from finmesh.platform.channels import open_channel
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.rpc.channels import open_channel
+from finmesh.platform.rpc.guard import reason_of
 from finmesh.risk.assessing import ALERT_EVENT
 from finmesh.risk.clients import PaymentsClient
 from finmesh.risk.emergency import freeze_key

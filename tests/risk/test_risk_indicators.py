@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 from sqlalchemy import insert, select
 
-from finmesh.platform.rpc_errors import field_violations_of
+from finmesh.platform.rpc.guard import field_violations_of
 from finmesh.risk.store.schema import assessments
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from tests.risk.harness import key, payment, risk_node

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.rpc.guard import reason_of
 from tests.risk.harness import cny, key
 from tests.risk.mesh import open_wallet, owner, risk_mesh
 

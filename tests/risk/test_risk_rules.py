@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from finmesh.platform.rpc_errors import field_violations_of, reason_of
+from finmesh.platform.rpc.guard import field_violations_of, reason_of
 from finmesh.risk.domain.rules import RulesError
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from tests.risk.harness import key, payment, risk_node, rules_yaml, wait_until, write_atomically

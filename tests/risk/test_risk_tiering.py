@@ -29,11 +29,11 @@ from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.store.schema import outbox as payments_outbox
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pay_grpc
-from finmesh.platform.channels import open_channel
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.db import create_engine
+from finmesh.platform.rpc.channels import open_channel
+from finmesh.platform.rpc.server import RunningServer
 from finmesh.platform.runner import start_app
-from finmesh.platform.server import RunningServer
+from finmesh.platform.storage.db import create_engine
 from finmesh.risk import app as risk_app
 from finmesh.risk.clients import IDENTITY_IDEMPOTENT_METHODS, IdentityClient
 from finmesh.risk.config import RiskSettings

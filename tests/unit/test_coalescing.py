@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from finmesh.platform.coalescing import Coalescer
+from finmesh.platform.rpc.coalescing import Coalescer
 
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
 

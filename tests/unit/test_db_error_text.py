@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import Column, MetaData, String, Table, insert
 from sqlalchemy.exc import IntegrityError
 
-from finmesh.platform.db import create_engine, create_read_engine, create_schema
-from finmesh.platform.sqlite_thread import write_thread_for
+from finmesh.platform.storage.db import create_engine, create_read_engine, create_schema
+from finmesh.platform.storage.sqlite_thread import write_thread_for
 
 SECRET = "13800138000-a-callers-data"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.db import create_engine, create_read_engine
+from finmesh.platform.storage.db import create_engine, create_read_engine
 
 URL = "postgresql+asyncpg://finmesh@127.0.0.1:5432/pools"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finmesh.platform.channels import remaining_timeout
+from finmesh.platform.rpc.channels import remaining_timeout
 
 
 class _Context:

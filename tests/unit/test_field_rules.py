@@ -18,10 +18,10 @@ from finmesh.common.v1 import event_pb2, options_pb2
 from finmesh.notify.v1 import notify_service_pb2 as notify_pb
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.platform.errors import FieldViolation, InvalidArgument, NotFound
-from finmesh.platform.field_rules import MAX_VIOLATIONS, checker_for, rules_of
-from finmesh.platform.pan import contains_pan, find_pans, luhn_ok, mask_pans
-from finmesh.platform.pii import mask_text
-from finmesh.platform.rpc_errors import to_status
+from finmesh.platform.privacy.pan import contains_pan, find_pans, luhn_ok, mask_pans
+from finmesh.platform.privacy.pii import mask_text
+from finmesh.platform.rpc.field_rules import MAX_VIOLATIONS, checker_for, rules_of
+from finmesh.platform.rpc.guard import to_status
 from finmesh.risk.v1 import risk_service_pb2 as risk_pb
 
 _TEXT_TYPES = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES)

@@ -7,9 +7,9 @@ import math
 import pytest
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from finmesh.platform.db import is_refused_value, is_transient
 from finmesh.platform.errors import InvalidArgument
-from finmesh.platform.group_commit import commit_apart
+from finmesh.platform.storage.db import is_refused_value, is_transient
+from finmesh.platform.storage.group_commit import commit_apart
 
 
 class Rejected(Exception):

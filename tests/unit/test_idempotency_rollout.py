@@ -1,7 +1,7 @@
 """Keys per caller while both colors run: the previous release's answers stand, ours reach it (issue 16, defect 5).
 
 During a blue-green rollout (docs/DEPLOY.md) the previous release keeps using idempotency_keys, keyed
-(method, key). finmesh.platform.idempotency must then (1) honour the rows that release wrote, for every
+(method, key). finmesh.platform.storage.idempotency must then (1) honour the rows that release wrote, for every
 caller (nobody knows whose they are), (2) mirror each answer into that table where the key is free, so a retry
 that lands on the previous release replays it instead of running the operation again, and (3) never commit an
 operation whose key the previous release answered after we looked. On SQLite and PostgreSQL.
@@ -20,10 +20,10 @@ from sqlalchemy import Column, MetaData, String, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.notify.v1 import notify_service_pb2 as pb
-from finmesh.platform.auth_context import Principal, acting_as
-from finmesh.platform.db import create_engine
+from finmesh.platform.auth.context import Principal, acting_as
 from finmesh.platform.errors import FailedPrecondition
-from finmesh.platform.idempotency import IdempotencyStore, idempotency_tables, request_fingerprint
+from finmesh.platform.storage.db import create_engine
+from finmesh.platform.storage.idempotency import IdempotencyStore, idempotency_tables, request_fingerprint
 
 metadata = MetaData()
 tables = idempotency_tables(metadata)

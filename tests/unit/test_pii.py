@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from finmesh.platform.pii import mask_middle, mask_text, mask_value
+from finmesh.platform.privacy.pii import mask_middle, mask_text, mask_value
 
 
 def test_identity_numbers_phones_emails_and_cards_are_masked() -> None:
@@ -31,7 +31,7 @@ def test_span_attributes_events_and_status_are_masked_before_export() -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import Status, StatusCode
 
-    from finmesh.platform.telemetry import MaskingExporter
+    from finmesh.platform.observability.telemetry import MaskingExporter
 
     sink = InMemorySpanExporter()
     provider = TracerProvider()
@@ -51,7 +51,7 @@ def test_the_span_file_is_masked_while_written(tmp_path) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    from finmesh.platform.telemetry import JsonlSpanExporter
+    from finmesh.platform.observability.telemetry import JsonlSpanExporter
 
     path = tmp_path / "spans.jsonl"
     provider = TracerProvider()

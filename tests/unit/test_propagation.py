@@ -13,7 +13,7 @@ from opentelemetry.context.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from finmesh.platform.propagation import FinmeshPropagator
+from finmesh.platform.observability.propagation import FinmeshPropagator
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -160,7 +160,7 @@ def test_setup_installs_the_propagator_only_for_the_default_setting(monkeypatch:
                                                                     setting: str | None, ours: bool) -> None:
     from opentelemetry import propagate
 
-    from finmesh.platform.telemetry import install_propagator
+    from finmesh.platform.observability.telemetry import install_propagator
 
     if setting is None:
         monkeypatch.delenv("OTEL_PROPAGATORS", raising=False)

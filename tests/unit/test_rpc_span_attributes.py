@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider, sa
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
-from finmesh.platform.rpc_tracing import ClientSpans, _start_span, rpc_attributes
+from finmesh.platform.observability.rpc_tracing import ClientSpans, _start_span, rpc_attributes
 
 METHOD = "/finmesh.payments.v1.PaymentsService/CreatePayment"
 

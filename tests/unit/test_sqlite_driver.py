@@ -1,4 +1,4 @@
-"""finmesh.platform.sqlite_driver: SQLAlchemy over aiosqlite, one thread hop per statement, same answers."""
+"""finmesh.platform.storage.sqlite_driver: SQLAlchemy over aiosqlite, one thread hop per statement, same answers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from finmesh.platform.db import create_engine, create_read_engine, on_demand_reads, read_sync
-from finmesh.platform.sqlite_driver import OneHopConnection
+from finmesh.platform.storage.db import create_engine, create_read_engine, on_demand_reads, read_sync
+from finmesh.platform.storage.sqlite_driver import OneHopConnection
 
 
 @pytest.fixture

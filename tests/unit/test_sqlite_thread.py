@@ -1,4 +1,4 @@
-"""SQLite write transactions run whole on a writer's thread (finmesh.platform.sqlite_thread)."""
+"""SQLite write transactions run whole on a writer's thread (finmesh.platform.storage.sqlite_thread)."""
 
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ from sqlalchemy import (
     update,
 )
 
-from finmesh.platform import sqlite_thread
-from finmesh.platform.db import create_engine
-from finmesh.platform.migrations import prepare_schema
-from finmesh.platform.sqlite_thread import SqliteWriteThread, insert_rows, run_to_end
+from finmesh.platform.storage import sqlite_thread
+from finmesh.platform.storage.db import create_engine
+from finmesh.platform.storage.migrations import prepare_schema
+from finmesh.platform.storage.sqlite_thread import SqliteWriteThread, insert_rows, run_to_end
 from finmesh.risk.store.schema import known_devices
 
 

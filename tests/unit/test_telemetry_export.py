@@ -12,8 +12,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from finmesh.platform.pii import mask_value
-from finmesh.platform.telemetry import JsonlSpanExporter, span_to_dict, span_to_json
+from finmesh.platform.observability.telemetry import JsonlSpanExporter, span_to_dict, span_to_json
+from finmesh.platform.privacy.pii import mask_value
 
 PHONE = "13812345678"
 ATTRIBUTE_SETS: list[dict[str, Any]] = [

@@ -1,4 +1,4 @@
-"""Who may call what: the role table (finmesh.platform.auth_roles) joined with each RPC's declared permission.
+"""Who may call what: the role table (finmesh.platform.auth.roles) joined with each RPC's declared permission.
 
 `python -m finmesh.cli.access > docs/ACCESS.md` writes the table compliance officers and reviewers read;
 tests/unit/test_access_doc.py fails when the file and the code disagree, so the docs cannot drift from the
@@ -12,8 +12,8 @@ from typing import Any
 from finmesh.identity.v1 import identity_service_pb2
 from finmesh.notify.v1 import notify_service_pb2
 from finmesh.payments.v1 import payments_service_pb2
-from finmesh.platform.auth import access_policy
-from finmesh.platform.auth_roles import ALL_ROLES, OWNED_FIELDS, ROLE_PERMISSIONS, SERVICE, VERIFIED_ONLY
+from finmesh.platform.auth.access import access_policy
+from finmesh.platform.auth.roles import ALL_ROLES, OWNED_FIELDS, ROLE_PERMISSIONS, SERVICE, VERIFIED_ONLY
 from finmesh.risk.v1 import risk_service_pb2
 
 SERVICES: dict[str, Any] = {
@@ -37,7 +37,7 @@ def markdown() -> str:
     lines = [
         "# Access: who may call what",
         "",
-        "Generated from the role table (`libs/platform/finmesh/platform/auth_roles.py`) and each RPC's",
+        "Generated from the role table (`libs/platform/finmesh/platform/auth/roles.py`) and each RPC's",
         "`finmesh.common.v1.access` option by `python -m finmesh.cli.access > docs/ACCESS.md`; a test fails",
         "when this file and the code disagree. Customers (personal, enterprise, institution) act only for",
         "themselves: *own* marks RPCs where a customer may only name their own user, and every RPC naming an",

@@ -67,7 +67,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import aiohttp
 
     from finmesh.cli.slice import run_slice
-    from finmesh.platform.telemetry import setup_tracing
+    from finmesh.platform.observability.telemetry import setup_tracing
 
     sms = load_fakes(Path(args.data_dir)).get("sms")
     if sms is None:

@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import MetaData
 
-from finmesh.platform.db import create_engine
-from finmesh.platform.outbox import list_dead, outbox_stats, outbox_table, purge_delivered, redrive_dead
+from finmesh.platform.messaging.outbox import list_dead, outbox_stats, outbox_table, purge_delivered, redrive_dead
+from finmesh.platform.storage.db import create_engine
 
 PRODUCERS = ("payments", "identity", "risk")
 

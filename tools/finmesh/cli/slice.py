@@ -22,7 +22,7 @@ from finmesh.notify.v1 import notify_service_pb2 as no_pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as no_grpc
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pay_grpc
-from finmesh.platform.rpc_tracing import TracingClientInterceptor
+from finmesh.platform.observability.rpc_tracing import TracingClientInterceptor
 
 
 @dataclass(frozen=True)

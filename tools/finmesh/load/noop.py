@@ -45,13 +45,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pay_grpc
-from finmesh.platform.auth import Authorizer
-from finmesh.platform.auth_keys import KeyCache, PublishedKey, TokenVerifier
-from finmesh.platform.auth_tokens import AUDIENCE, ISSUER, sign
-from finmesh.platform.channels import open_channel, remaining_timeout
+from finmesh.platform.auth.access import Authorizer
+from finmesh.platform.auth.keys import KeyCache, PublishedKey, TokenVerifier
+from finmesh.platform.auth.tokens import AUDIENCE, ISSUER, sign
 from finmesh.platform.config import ServiceSettings
+from finmesh.platform.rpc.channels import open_channel, remaining_timeout
+from finmesh.platform.rpc.server import Registration
 from finmesh.platform.runner import run_service
-from finmesh.platform.server import Registration
 from finmesh.risk.v1 import risk_service_pb2 as risk_pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as risk_grpc
 

@@ -26,7 +26,7 @@ class ServiceSettings(BaseSettings):
     # Where spans go when OTEL_EXPORTER_OTLP_ENDPOINT is unset; empty keeps them in memory only.
     span_file: str = ""
     tracing_enabled: bool = True
-    # At start, upgrade the database to this code's newest migration (finmesh.platform.migrations), so
+    # At start, upgrade the database to this code's newest migration (finmesh.platform.storage.migrations), so
     # `make run` works on a fresh machine. Production sets it false: the Helm Job runs `migrate` first,
     # and a server then only checks that no migration it needs is missing.
     auto_migrate: bool = True
@@ -44,19 +44,19 @@ class ServiceSettings(BaseSettings):
     risk_target: str = ""
     notify_target: str = ""
     # "enforce" (the default): every RPC checks the caller's token against the permission its proto
-    # declares (finmesh.platform.auth). "off" lets every call through: only for a test or drill that
+    # declares (finmesh.platform.auth.access). "off" lets every call through: only for a test or drill that
     # says why it needs it.
     auth_mode: Literal["enforce", "off"] = "enforce"
     # How often cached token-verification keys are refreshed from identity.
     auth_keys_refresh_seconds: float = Field(default=60.0, gt=0)
-    # Service-to-service tokens (finmesh.platform.auth_service): this service's name and credential
+    # Service-to-service tokens (finmesh.platform.auth.service_tokens): this service's name and credential
     # ("<service>.<mac>"); or the mesh's service secret, from which identity checks credentials and
     # local runs derive them. Empty secret: one is generated into data_dir.
     service_name: str = ""
     service_credential: SecretStr = SecretStr("")
     service_secret: SecretStr = SecretStr("")
 
-    # Overload (finmesh.platform.ratelimit): each caller's token bucket, refilled at _RPS up to _BURST;
+    # Overload (finmesh.platform.rpc.ratelimit): each caller's token bucket, refilled at _RPS up to _BURST;
     # past it a call is refused RESOURCE_EXHAUSTED RATE_LIMITED at once. Service tokens get their own,
     # larger buckets (one carries many users' traffic). PER_CALLER_RPS=0 turns limits off. Defaults are
     # generous (above what one process serves, so local load runs and benchmarks measure the services, not
@@ -75,7 +75,7 @@ class ServiceSettings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=500)
     db_read_pool_size: int = Field(default=20, ge=1, le=500)
 
-    # Mutual TLS: all three files, or none for plaintext (finmesh.platform.tls).
+    # Mutual TLS: all three files, or none for plaintext (finmesh.platform.rpc.tls).
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_ca_file: str = ""

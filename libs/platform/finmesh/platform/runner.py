@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.db import create_engine
-from finmesh.platform.logs import configure_logging, get_logger
-from finmesh.platform.migrations import MigrationResult, upgrade
-from finmesh.platform.server import Registration, RunningServer, create_server, wait_for_termination_signal
-from finmesh.platform.telemetry import setup_tracing
+from finmesh.platform.observability.logs import configure_logging, get_logger
+from finmesh.platform.observability.telemetry import setup_tracing
+from finmesh.platform.rpc.server import Registration, RunningServer, create_server, wait_for_termination_signal
+from finmesh.platform.storage.db import create_engine
+from finmesh.platform.storage.migrations import MigrationResult, upgrade
 
 
 class ServiceApp(Protocol):

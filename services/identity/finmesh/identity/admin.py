@@ -16,8 +16,8 @@ import sys
 
 from finmesh.identity.config import IdentitySettings
 from finmesh.identity.store import users
-from finmesh.platform.db import create_engine
-from finmesh.platform.migrations import upgrade
+from finmesh.platform.storage.db import create_engine
+from finmesh.platform.storage.migrations import upgrade
 
 OPERATOR_ROLES = ("SUPPORT", "RISK_OFFICER", "ADMIN")
 

@@ -19,15 +19,15 @@ from finmesh.identity.store.schema import outbox
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from finmesh.identity.vault import Vault
-from finmesh.platform.auth import Authorizer
-from finmesh.platform.auth_keys import KeyCache, TokenVerifier
-from finmesh.platform.auth_service import mesh_secret
-from finmesh.platform.channels import open_channel
-from finmesh.platform.db import create_engine
-from finmesh.platform.event_sink import NotifyEventSink
-from finmesh.platform.migrations import prepare_schema
-from finmesh.platform.outbox import OutboxRelay
-from finmesh.platform.server import Registration
+from finmesh.platform.auth.access import Authorizer
+from finmesh.platform.auth.keys import KeyCache, TokenVerifier
+from finmesh.platform.auth.service_tokens import mesh_secret
+from finmesh.platform.messaging.event_sink import NotifyEventSink
+from finmesh.platform.messaging.outbox import OutboxRelay
+from finmesh.platform.rpc.channels import open_channel
+from finmesh.platform.rpc.server import Registration
+from finmesh.platform.storage.db import create_engine
+from finmesh.platform.storage.migrations import prepare_schema
 
 
 class LocalServiceTokens:

@@ -27,11 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from finmesh.identity.store import keys
 from finmesh.identity.store.times import utc_or_none
 from finmesh.identity.vault import Vault
-from finmesh.platform.auth_keys import PublishedKey
-from finmesh.platform.auth_tokens import sign
+from finmesh.platform.auth.keys import PublishedKey
+from finmesh.platform.auth.tokens import sign
 
 _SEAL_PURPOSE = "signing-key"
-# Verifiers accept this much clock skew on exp (finmesh.platform.auth_keys.TokenVerifier).
+# Verifiers accept this much clock skew on exp (finmesh.platform.auth.keys.TokenVerifier).
 LEEWAY_SECONDS = 60
 
 

@@ -10,9 +10,9 @@ from finmesh.identity.api.deps import Deps, fully_verified
 from finmesh.identity.domain.id_number import age_on, parse_id_number
 from finmesh.identity.store import users
 from finmesh.identity.store.schema import outbox
-from finmesh.platform.channels import remaining_timeout
-from finmesh.platform.logs import get_logger
-from finmesh.platform.outbox import enqueue
+from finmesh.platform.messaging.outbox import enqueue
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.rpc.channels import remaining_timeout
 
 _log = get_logger("finmesh.identity")
 

@@ -21,9 +21,9 @@ from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as pb_grpc
 from finmesh.notify.worker import DeliveryWorker
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.db import create_engine
-from finmesh.platform.migrations import prepare_schema
-from finmesh.platform.server import Registration
+from finmesh.platform.rpc.server import Registration
+from finmesh.platform.storage.db import create_engine
+from finmesh.platform.storage.migrations import prepare_schema
 
 
 @dataclass

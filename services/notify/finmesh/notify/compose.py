@@ -11,7 +11,7 @@ from finmesh.notify.channels import Outgoing
 from finmesh.notify.domain.events import OPERATORS
 from finmesh.notify.domain.templates import render, render_subject
 from finmesh.notify.sealing import Sealer
-from finmesh.platform.telemetry import inject_context
+from finmesh.platform.observability.telemetry import inject_context
 
 
 @dataclass(frozen=True)

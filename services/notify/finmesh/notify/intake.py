@@ -30,8 +30,8 @@ from finmesh.notify.domain.events import OPERATORS, Planned, is_synthetic, plan,
 from finmesh.notify.domain.templates import resolve_locale
 from finmesh.notify.store import erasure, profiles, webhooks
 from finmesh.notify.store.schema import notifications, received_events
-from finmesh.platform.logs import get_logger
-from finmesh.platform.telemetry import extract_context
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.observability.telemetry import extract_context
 
 _log = get_logger("finmesh.notify.intake")
 

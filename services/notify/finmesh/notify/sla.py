@@ -16,7 +16,7 @@ from finmesh.notify.config import NotifySettings
 from finmesh.notify.domain.complaints import Deadlines, breached_stages
 from finmesh.notify.store import complaints as store
 from finmesh.notify.store.schema import notifications
-from finmesh.platform.logs import get_logger
+from finmesh.platform.observability.logs import get_logger
 
 _log = get_logger("finmesh.notify.sla")
 

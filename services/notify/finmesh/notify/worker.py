@@ -22,8 +22,8 @@ from finmesh.notify.config import NotifySettings
 from finmesh.notify.domain.consent import decide_marketing
 from finmesh.notify.store import consents, erasure, queue
 from finmesh.notify.store import webhooks as webhook_store
-from finmesh.platform.logs import get_logger
-from finmesh.platform.telemetry import extract_context
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.observability.telemetry import extract_context
 
 _log = get_logger("finmesh.notify.worker")
 _tracer = trace.get_tracer("finmesh.notify")

@@ -19,7 +19,7 @@ from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.domain.audit import Verification
 from finmesh.payments.store import queries
 from finmesh.payments.store.tiers import set_tier
-from finmesh.platform.db import create_engine
+from finmesh.platform.storage.db import create_engine
 
 
 def database_url(explicit: str) -> str:

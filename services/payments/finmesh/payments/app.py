@@ -18,15 +18,15 @@ from finmesh.payments.sweeper import PendingOperationSweeper
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.payments.writer import LedgerWriter
-from finmesh.platform.channels import open_channel
-from finmesh.platform.db import create_engine, create_read_engine
-from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
-from finmesh.platform.idempotency import IdempotencyStore
-from finmesh.platform.migrations import prepare_schema
-from finmesh.platform.outbox import OutboxRelay, RelayPolicy
-from finmesh.platform.rpc_errors import to_status
-from finmesh.platform.server import Registration
-from finmesh.platform.sqlite_thread import SqliteWriteThread, write_thread_for
+from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
+from finmesh.platform.messaging.outbox import OutboxRelay, RelayPolicy
+from finmesh.platform.rpc.channels import open_channel
+from finmesh.platform.rpc.guard import to_status
+from finmesh.platform.rpc.server import Registration
+from finmesh.platform.storage.db import create_engine, create_read_engine
+from finmesh.platform.storage.idempotency import IdempotencyStore
+from finmesh.platform.storage.migrations import prepare_schema
+from finmesh.platform.storage.sqlite_thread import SqliteWriteThread, write_thread_for
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from finmesh.payments.usecases.channels import PAYOUT, TOP_UP, ChannelAnswer, ChannelRequest
-from finmesh.platform.logs import get_logger
+from finmesh.platform.observability.logs import get_logger
 
 _log = get_logger("finmesh.payments.channels")
 

@@ -13,8 +13,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from finmesh.common.v1 import money_pb2
 from finmesh.payments.domain.payments import RiskDecision
-from finmesh.platform.coalescing import Coalescer
 from finmesh.platform.money import Money
+from finmesh.platform.rpc.coalescing import Coalescer
 from finmesh.risk.v1 import risk_service_pb2 as risk_pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as risk_grpc
 
@@ -55,7 +55,7 @@ class RiskClient:
     """Asks risk for a verdict on each payment.
 
     Under load, payments waiting for risk at the same time go as one AssessPayments call (see
-    finmesh.platform.coalescing): the per-call cost on both sides is then paid once per batch. While fewer
+    finmesh.platform.rpc.coalescing): the per-call cost on both sides is then paid once per batch. While fewer
     than `max_in_flight` calls are out, each payment makes its own AssessPayment call, as before.
     """
 

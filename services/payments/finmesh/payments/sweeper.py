@@ -33,10 +33,10 @@ from finmesh.payments.usecases import channels as usecase
 from finmesh.payments.usecases import payments as payments_usecase
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.writer import Command, LedgerWriter
-from finmesh.platform.db import is_transient
 from finmesh.platform.errors import DomainError
-from finmesh.platform.idempotency import ANONYMOUS, StoredRefusal, request_fingerprint
-from finmesh.platform.logs import get_logger
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.db import is_transient
+from finmesh.platform.storage.idempotency import ANONYMOUS, StoredRefusal, request_fingerprint
 
 _log = get_logger("finmesh.payments.sweeper")
 _METHODS = {usecase.TOP_UP: ("TopUp", pb.TopUpResponse), usecase.PAYOUT: ("Payout", pb.PayoutResponse)}

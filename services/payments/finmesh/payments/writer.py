@@ -8,7 +8,7 @@ then writes all changes, their audit records and their idempotency answers,
 and commits once. A refused command rolls back to its checkpoint and records
 its refusal; the others in the batch are not affected. If the batch itself
 fails (a row the database refuses, a bug), it is committed again without the
-commands that fail it (finmesh.platform.group_commit): one bad command cannot
+commands that fail it (finmesh.platform.storage.group_commit): one bad command cannot
 fail its neighbours, and only its own caller gets the error.
 
 Why: a commit costs an fsync. Committing concurrent payments together turns
@@ -38,13 +38,13 @@ from finmesh.payments.store.recent import RecentStates
 from finmesh.payments.store.schema import audit_head, idempotency
 from finmesh.payments.store.tiers import PrincipalTierSource, TierSource
 from finmesh.payments.store.uow import UnitOfWork
-from finmesh.platform.db import write_gate
 from finmesh.platform.errors import DomainError, FailedPrecondition, InvalidArgument
-from finmesh.platform.group_commit import commit_apart
-from finmesh.platform.idempotency import Answer, StoredRefusal, record_answers, replay_stored, stored_answers
-from finmesh.platform.logs import get_logger
-from finmesh.platform.sqlite_thread import SqliteWriteThread
-from finmesh.platform.telemetry import inject_context
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.observability.telemetry import inject_context
+from finmesh.platform.storage.db import write_gate
+from finmesh.platform.storage.group_commit import commit_apart
+from finmesh.platform.storage.idempotency import Answer, StoredRefusal, record_answers, replay_stored, stored_answers
+from finmesh.platform.storage.sqlite_thread import SqliteWriteThread
 
 _log = get_logger("finmesh.payments.writer")
 
@@ -61,7 +61,7 @@ class Command:
     """One ledger change. `render` turns the action's result into the reply stored under the key."""
 
     method: str
-    # Whose key (finmesh.platform.idempotency.caller_scope); None for an operation the previous release began.
+    # Whose key (finmesh.platform.storage.idempotency.caller_scope); None for an operation the previous release began.
     scope: str | None
     key: str
     fingerprint: bytes

@@ -9,14 +9,14 @@ from pathlib import Path
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.platform.channels import open_channel
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.db import create_engine, is_sqlite
-from finmesh.platform.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
-from finmesh.platform.logs import get_logger
-from finmesh.platform.migrations import prepare_schema
-from finmesh.platform.outbox import OutboxRelay
-from finmesh.platform.server import Registration
+from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
+from finmesh.platform.messaging.outbox import OutboxRelay
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.rpc.channels import open_channel
+from finmesh.platform.rpc.server import Registration
+from finmesh.platform.storage.db import create_engine, is_sqlite
+from finmesh.platform.storage.migrations import prepare_schema
 from finmesh.risk.api.servicer import RiskServicer
 from finmesh.risk.clients import (
     IDENTITY_IDEMPOTENT_METHODS,

@@ -22,10 +22,10 @@ from opentelemetry import context as otel_context
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from finmesh.platform.db import write_gate
+from finmesh.platform.messaging.outbox import enqueue
 from finmesh.platform.money import Money
-from finmesh.platform.outbox import enqueue
-from finmesh.platform.sqlite_thread import SqliteWriteThread
+from finmesh.platform.storage.db import write_gate
+from finmesh.platform.storage.sqlite_thread import SqliteWriteThread
 from finmesh.risk.domain import aml
 from finmesh.risk.domain.activity import RecentActivity
 from finmesh.risk.domain.rules import Rules
@@ -82,11 +82,11 @@ async def assess_payments(database: AsyncEngine | SqliteWriteThread, rules: Rule
     A batch that fails (a payment id recorded meanwhile by another replica
     under another payer, a row the database refuses) raises; the writer
     commits it again in halves without the payments that fail it
-    (finmesh.platform.group_commit), and a single payment whose id was
+    (finmesh.platform.storage.group_commit), and a single payment whose id was
     recorded meanwhile gets that record. `traces` are the callers' trace
     contexts (OpenTelemetry), one per payment: the alert event
     a payment raises carries its caller's trace. On an SQLite file the batch's transaction runs whole on
-    the writer's thread (finmesh.platform.sqlite_thread), the same statements in the same order.
+    the writer's thread (finmesh.platform.storage.sqlite_thread), the same statements in the same order.
     """
     traced = traces or [None] * len(batch)
     try:

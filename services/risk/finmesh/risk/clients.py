@@ -9,7 +9,7 @@ from finmesh.identity.v1 import identity_service_pb2 as id_pb
 from finmesh.identity.v1 import identity_service_pb2_grpc as id_grpc
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pay_grpc
-from finmesh.platform.rpc_errors import reason_of
+from finmesh.platform.rpc.guard import reason_of
 
 # FreezeAccount and SetRiskTier carry an idempotency key, so the channels may retry them.
 PAYMENTS_IDEMPOTENT_METHODS = [("finmesh.payments.v1.PaymentsService", "FreezeAccount")]

@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.platform.logs import get_logger
+from finmesh.platform.observability.logs import get_logger
 from finmesh.risk.clients import Refused
 from finmesh.risk.store import alerts
 

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finmesh.platform.errors import FailedPrecondition, FieldViolation
-from finmesh.platform.logs import get_logger
+from finmesh.platform.observability.logs import get_logger
 from finmesh.risk.domain.rules import Rules, RulesError, content_hash, parse_rules
 from finmesh.risk.store import rules as store
 from finmesh.risk.store.common import aware

@@ -5,7 +5,7 @@ whatever is queued and assesses it as one batch (assessing.assess_payments):
 a few statements read the whole batch's velocity, devices and block-list
 hits, the payments are decided in order in memory, and their rows are
 inserted together and committed once. If a batch fails, it is committed again
-without the payments that fail it (finmesh.platform.group_commit): one bad
+without the payments that fail it (finmesh.platform.storage.group_commit): one bad
 payment cannot fail its neighbours, and only its own caller gets the error.
 
 Why: on SQLite a commit costs an fsync and writers take turns, and on both
@@ -28,9 +28,9 @@ from typing import Any
 from opentelemetry import context as otel_context
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.platform.group_commit import commit_apart
-from finmesh.platform.logs import get_logger
-from finmesh.platform.sqlite_thread import SqliteWriteThread, write_thread_for
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.group_commit import commit_apart
+from finmesh.platform.storage.sqlite_thread import SqliteWriteThread, write_thread_for
 from finmesh.risk.assessing import Outcome, PaymentFacts, assess_payments
 from finmesh.risk.domain.rules import Rules
 

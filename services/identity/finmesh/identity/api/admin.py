@@ -14,8 +14,8 @@ from finmesh.identity.api.registration import require_user_id
 from finmesh.identity.store import mfa, users
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Validator
-from finmesh.platform.idempotency import validate_key
-from finmesh.platform.logs import get_logger
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.idempotency import validate_key
 
 _log = get_logger("finmesh.identity")
 # Customer roles follow the user's kind and ROLE_SERVICE belongs to services: only operator roles are granted.

@@ -24,8 +24,8 @@ from finmesh.identity.store.schema import idempotency
 from finmesh.identity.store.sealed_idempotency import SealedIdempotencyStore
 from finmesh.identity.vault import Vault
 from finmesh.platform.errors import FailedPrecondition, NotFound
-from finmesh.platform.idempotency import IdempotencyStore
-from finmesh.platform.rpc_errors import to_status
+from finmesh.platform.rpc.guard import to_status
+from finmesh.platform.storage.idempotency import IdempotencyStore
 
 
 @dataclass

@@ -24,8 +24,8 @@ from finmesh.identity.domain.otp import ChallengeState, check_live, new_code
 from finmesh.identity.store import challenges, login_attempts, mfa, sessions, users
 from finmesh.identity.store.times import utc
 from finmesh.identity.v1 import identity_service_pb2 as pb
-from finmesh.platform.auth_context import require_owner
-from finmesh.platform.auth_service import check_credential
+from finmesh.platform.auth.context import require_owner
+from finmesh.platform.auth.service_tokens import check_credential
 from finmesh.platform.errors import (
     DomainError,
     FailedPrecondition,
@@ -34,9 +34,9 @@ from finmesh.platform.errors import (
     Unauthenticated,
     Validator,
 )
-from finmesh.platform.idempotency import validate_key
-from finmesh.platform.logs import get_logger
-from finmesh.platform.ratelimit import RateLimited
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.rpc.ratelimit import RateLimited
+from finmesh.platform.storage.idempotency import validate_key
 
 _log = get_logger("finmesh.identity")
 _BAD_LOGIN = "wrong login or password"

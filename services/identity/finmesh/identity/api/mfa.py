@@ -15,10 +15,10 @@ from finmesh.identity.domain import totp
 from finmesh.identity.domain.otp import well_formed
 from finmesh.identity.store import mfa, users
 from finmesh.identity.v1 import identity_service_pb2 as pb
-from finmesh.platform.auth_context import require_owner
+from finmesh.platform.auth.context import require_owner
 from finmesh.platform.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from finmesh.platform.idempotency import validate_key
-from finmesh.platform.logs import get_logger
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.idempotency import validate_key
 
 _log = get_logger("finmesh.identity")
 

@@ -12,12 +12,12 @@ from finmesh.identity.api.registration import require_user_id
 from finmesh.identity.store import challenges, mfa, pii_log, sessions, users
 from finmesh.identity.store.schema import outbox
 from finmesh.identity.v1 import identity_service_pb2 as pb
-from finmesh.platform.auth_context import accessor_id
+from finmesh.platform.auth.context import accessor_id
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Validator
-from finmesh.platform.idempotency import validate_key
-from finmesh.platform.logs import get_logger
-from finmesh.platform.outbox import enqueue
-from finmesh.platform.pii import mask_text
+from finmesh.platform.messaging.outbox import enqueue
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.privacy.pii import mask_text
+from finmesh.platform.storage.idempotency import validate_key
 
 _log = get_logger("finmesh.identity")
 _FIELDS = {

@@ -16,8 +16,8 @@ from finmesh.identity.store import mfa, users
 from finmesh.identity.store.schema import outbox
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.errors import AlreadyExists, FieldViolation, InvalidArgument
-from finmesh.platform.logs import get_logger
-from finmesh.platform.outbox import enqueue
+from finmesh.platform.messaging.outbox import enqueue
+from finmesh.platform.observability.logs import get_logger
 
 _log = get_logger("finmesh.identity")
 # The same words whichever value is taken, and whoever holds it: no enumeration of users.

@@ -18,7 +18,6 @@ from finmesh.identity.registry import RegistryUnavailable
 from finmesh.identity.store import challenges, mfa, users
 from finmesh.identity.store.times import utc
 from finmesh.identity.v1 import identity_service_pb2 as pb
-from finmesh.platform.channels import remaining_timeout
 from finmesh.platform.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -27,8 +26,9 @@ from finmesh.platform.errors import (
     Unavailable,
     Validator,
 )
-from finmesh.platform.idempotency import validate_key
-from finmesh.platform.logs import get_logger
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.rpc.channels import remaining_timeout
+from finmesh.platform.storage.idempotency import validate_key
 
 _log = get_logger("finmesh.identity")
 _CHANNELS = {pb.VERIFICATION_CHANNEL_SMS: ("SMS", "phone"), pb.VERIFICATION_CHANNEL_EMAIL: ("EMAIL", "email")}

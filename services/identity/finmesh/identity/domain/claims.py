@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from finmesh.platform.auth_roles import SERVICE
-from finmesh.platform.auth_tokens import AUDIENCE, ISSUER
+from finmesh.platform.auth.roles import SERVICE
+from finmesh.platform.auth.tokens import AUDIENCE, ISSUER
 
 
 @dataclass(frozen=True)

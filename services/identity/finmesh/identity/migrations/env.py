@@ -1,6 +1,6 @@
-"""Alembic env of identity: migrate on the connection finmesh.platform.migrations hands over."""
+"""Alembic env of identity: migrate on the connection finmesh.platform.storage.migrations hands over."""
 
 from finmesh.identity.migrations import metadata
-from finmesh.platform.migrations import run_env
+from finmesh.platform.storage.migrations import run_env
 
 run_env(metadata)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table
 
-from finmesh.platform.idempotency import idempotency_tables
-from finmesh.platform.outbox import outbox_table
+from finmesh.platform.messaging.outbox import outbox_table
+from finmesh.platform.storage.idempotency import idempotency_tables
 
 metadata = MetaData()
 
@@ -135,6 +135,6 @@ pii_access_log = Table(
     Column("accessed_at", DateTime(timezone=True), nullable=False),
 )
 
-# Stored answers per caller (and the previous release's table, see finmesh.platform.idempotency).
+# Stored answers per caller (and the previous release's table, see finmesh.platform.storage.idempotency).
 idempotency = idempotency_tables(metadata)
 outbox = outbox_table(metadata)

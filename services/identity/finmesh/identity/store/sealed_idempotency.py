@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.identity.vault import Vault
 from finmesh.platform.errors import DomainError
-from finmesh.platform.idempotency import Answer, IdempotencyStore, IdempotencyTables, derived_id_name
+from finmesh.platform.storage.idempotency import Answer, IdempotencyStore, IdempotencyTables, derived_id_name
 
 M = TypeVar("M", bound=Message)
 _PURPOSE = "idempotent-response"

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from finmesh.identity.domain.registration import Registration
 from finmesh.identity.store.schema import users
 from finmesh.identity.vault import Vault
-from finmesh.platform.pii import mask_email, mask_middle, mask_name
+from finmesh.platform.privacy.pii import mask_email, mask_middle, mask_name
 
 
 async def any_holds(conn: AsyncConnection, vault: Vault, reg: Registration) -> bool:

@@ -22,8 +22,8 @@ from finmesh.notify.store import erasure, profiles
 from finmesh.notify.store.schema import notifications
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.platform.errors import NotFound, Validator
-from finmesh.platform.idempotency import IdempotencyStore
-from finmesh.platform.logs import get_logger
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.idempotency import IdempotencyStore
 
 _log = get_logger("finmesh.notify.complaints")
 

@@ -27,9 +27,9 @@ from finmesh.notify.store.schema import idempotency, notifications, webhooks
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as pb_grpc
 from finmesh.platform.errors import FailedPrecondition, NotFound, Validator
-from finmesh.platform.idempotency import IdempotencyStore, validate_key
-from finmesh.platform.logs import get_logger
-from finmesh.platform.rpc_errors import excerpt, to_status
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.rpc.guard import excerpt, to_status
+from finmesh.platform.storage.idempotency import IdempotencyStore, validate_key
 
 _log = get_logger("finmesh.notify")
 

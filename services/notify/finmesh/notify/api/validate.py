@@ -12,8 +12,8 @@ from finmesh.notify.domain.consent import parse_hhmm, valid_time_zone
 from finmesh.notify.domain.templates import LOCALES, TEMPLATES, missing_params
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.platform.errors import FieldViolation, Validator
-from finmesh.platform.field_rules import checker_for
-from finmesh.platform.idempotency import validate_key
+from finmesh.platform.rpc.field_rules import checker_for
+from finmesh.platform.storage.idempotency import validate_key
 
 MAX_ID = 64
 MAX_PAGE = 500

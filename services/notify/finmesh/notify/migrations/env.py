@@ -1,6 +1,6 @@
-"""Alembic env of notify: migrate on the connection finmesh.platform.migrations hands over."""
+"""Alembic env of notify: migrate on the connection finmesh.platform.storage.migrations hands over."""
 
 from finmesh.notify.migrations import metadata
-from finmesh.platform.migrations import run_env
+from finmesh.platform.storage.migrations import run_env
 
 run_env(metadata)

@@ -16,7 +16,7 @@ from sqlalchemy import (
     Table,
 )
 
-from finmesh.platform.idempotency import idempotency_tables
+from finmesh.platform.storage.idempotency import idempotency_tables
 
 metadata = MetaData()
 
@@ -185,5 +185,5 @@ complaint_escalations = Table(
     _at("escalated_at"),
 )
 
-# Stored answers per caller (and the previous release's table, see finmesh.platform.idempotency).
+# Stored answers per caller (and the previous release's table, see finmesh.platform.storage.idempotency).
 idempotency = idempotency_tables(metadata)

@@ -14,7 +14,7 @@ from finmesh.payments.store import queries, rows
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.payments.usecases import accounts as usecase
 from finmesh.payments.v1 import payments_service_pb2 as pb
-from finmesh.platform.auth_context import require_owner
+from finmesh.platform.auth.context import require_owner
 from finmesh.platform.errors import NotFound, Validator
 from finmesh.platform.money import validate_currency
 

@@ -24,7 +24,7 @@ from finmesh.payments.store.uow import UnitOfWork
 from finmesh.payments.usecases import settlement
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Validator
-from finmesh.platform.idempotency import validate_key
+from finmesh.platform.storage.idempotency import validate_key
 
 _BATCH_NAMESPACE = uuid.UUID("0c9d3f4e-5b7a-4e21-9a6b-2d8c1e0f7a35")
 # google.protobuf.Timestamp's valid range, 0001-01-01..9999-12-31: outside it ToDatetime raises.

@@ -23,17 +23,17 @@ from finmesh.payments.domain.limits import ChannelCapPolicy, LimitPolicy
 from finmesh.payments.store import queries
 from finmesh.payments.usecases.payments import LimitRules
 from finmesh.payments.writer import Action, Command, LedgerWriter, stored_answer
-from finmesh.platform import synthetic
-from finmesh.platform.auth_context import acting_as, current_principal
+from finmesh.platform.auth.context import acting_as, current_principal
 from finmesh.platform.errors import FieldViolation, InvalidArgument
-from finmesh.platform.idempotency import (
+from finmesh.platform.money import validate_amount
+from finmesh.platform.observability import synthetic
+from finmesh.platform.storage.idempotency import (
     IdempotencyStore,
     caller_scope,
     derived_id_name,
     request_fingerprint,
     validate_key,
 )
-from finmesh.platform.money import validate_amount
 
 MAX_ID = 64
 MAX_PAGE = 500
@@ -42,7 +42,7 @@ MAX_PAGE = 500
 @dataclass
 class Dependencies:
     engine: AsyncEngine
-    reader: AsyncEngine  # reads only (see finmesh.platform.db.create_read_engine)
+    reader: AsyncEngine  # reads only (see finmesh.platform.storage.db.create_read_engine)
     writer: LedgerWriter
     idempotency: IdempotencyStore
     risk: RiskClient
@@ -73,8 +73,9 @@ class ServicerBase:
             return await stored_answer(own, method, scope, request.idempotency_key, fingerprint, response_type)
 
     async def require_test_accounts(self, context: Any, account_ids: list[str]) -> None:
-        """A call marked synthetic (finmesh.platform.synthetic) may touch test accounts only: PERMISSION_DENIED
-        SYNTHETIC_REAL_ACCOUNT otherwise, before anything is written. Unmarked calls pass without a read."""
+        """A call marked synthetic (finmesh.platform.observability.synthetic) may touch test accounts only:
+        PERMISSION_DENIED SYNTHETIC_REAL_ACCOUNT otherwise, before anything is written. Unmarked calls pass without
+        a read."""
         if not synthetic.requested(context):
             return
         async with self.deps.reader.connect() as conn:

@@ -27,9 +27,9 @@ from finmesh.payments.usecases import channels as usecase
 from finmesh.payments.usecases import transfers
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Unavailable, Validator
-from finmesh.platform.field_rules import checker_for
-from finmesh.platform.idempotency import caller_scope, derived_id_name, request_fingerprint, validate_key
 from finmesh.platform.money import validate_amount
+from finmesh.platform.rpc.field_rules import checker_for
+from finmesh.platform.storage.idempotency import caller_scope, derived_id_name, request_fingerprint, validate_key
 
 # Operation ids are derived from (method, idempotency key), or for a key another caller's operation holds
 # already from (method, caller, key): the channel sees the same id on every retry.

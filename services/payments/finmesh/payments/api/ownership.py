@@ -14,8 +14,8 @@ from typing import Any
 
 from finmesh.payments.domain.ledger import AccountKind
 from finmesh.payments.store import queries
-from finmesh.platform.auth_context import current_principal, require_owner
-from finmesh.platform.auth_roles import ENTERPRISE, INSTITUTION
+from finmesh.platform.auth.context import current_principal, require_owner
+from finmesh.platform.auth.roles import ENTERPRISE, INSTITUTION
 from finmesh.platform.errors import PermissionDenied
 
 # Merchants are businesses: a personal customer holds wallets only.

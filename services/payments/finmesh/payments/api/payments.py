@@ -35,9 +35,6 @@ from finmesh.payments.store import precheck, queries, rows
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.payments.usecases import payments as usecase
 from finmesh.payments.v1 import payments_service_pb2 as pb
-from finmesh.platform import synthetic
-from finmesh.platform.channels import remaining_timeout
-from finmesh.platform.db import on_demand_reads, read_sync
 from finmesh.platform.errors import (
     DomainError,
     FailedPrecondition,
@@ -47,9 +44,12 @@ from finmesh.platform.errors import (
     Unavailable,
     Validator,
 )
-from finmesh.platform.idempotency import caller_scope, replay_stored, request_fingerprint, validate_key
-from finmesh.platform.logs import get_logger
 from finmesh.platform.money import Money
+from finmesh.platform.observability import synthetic
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.rpc.channels import remaining_timeout
+from finmesh.platform.storage.db import on_demand_reads, read_sync
+from finmesh.platform.storage.idempotency import caller_scope, replay_stored, request_fingerprint, validate_key
 
 _log = get_logger("finmesh.payments")
 

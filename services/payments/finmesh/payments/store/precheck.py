@@ -22,7 +22,7 @@ from finmesh.payments.store import rows
 from finmesh.payments.store.schema import accounts, daily_usage, idempotency
 
 # The caller's own answer to the key, and one the previous release stored (scope NULL: see
-# finmesh.platform.idempotency); each a primary-key probe.
+# finmesh.platform.storage.idempotency); each a primary-key probe.
 _prior = idempotency.scoped.alias("prior")
 _older = idempotency.legacy.alias("older")
 _usage = daily_usage.alias("usage")
@@ -57,11 +57,11 @@ class PaymentSnapshot:
 def payment_snapshot(conn: Connection, method: str, scope: str, key: str, parties: tuple[str, str],
                      day: str) -> PaymentSnapshot:
     """The parties (payer, payee) found, their owners' usage on `day` and the answer stored for the caller's
-    key (`scope`: finmesh.platform.idempotency.caller_scope).
+    key (`scope`: finmesh.platform.storage.idempotency.caller_scope).
 
     An unknown key and unknown accounts are simply absent (if no party exists the stored answer is not
     seen here either; the writer, which checks the key first, still replays it). Synchronous: run it with
-    finmesh.platform.db.read_sync, one greenlet for the whole read.
+    finmesh.platform.storage.db.read_sync, one greenlet for the whole read.
     """
     snapshot = PaymentSnapshot()
     payer_id, payee_id = parties

@@ -80,7 +80,7 @@ class ChannelOperation:
     transfer_id: str | None
     created_at: datetime
     updated_at: datetime | None = None
-    # Whose key started it (finmesh.platform.idempotency.caller_scope); None when the previous release did.
+    # Whose key started it (finmesh.platform.storage.idempotency.caller_scope); None when the previous release did.
     idempotency_scope: str | None = None
 
 

@@ -16,8 +16,8 @@ from sqlalchemy import (
     Text,
 )
 
-from finmesh.platform.idempotency import idempotency_tables
-from finmesh.platform.outbox import outbox_table
+from finmesh.platform.messaging.outbox import outbox_table
+from finmesh.platform.storage.idempotency import idempotency_tables
 
 metadata = MetaData()
 
@@ -121,7 +121,7 @@ channel_operations = Table(
     Column("destination_token", String(128), nullable=False, default=""),
     Column("failure_reason", String(100), nullable=False, default=""),
     Column("idempotency_key", String(128), nullable=False, default=""),
-    # Whose key it is (finmesh.platform.idempotency.caller_scope): the sweeper records the answer under it.
+    # Whose key it is (finmesh.platform.storage.idempotency.caller_scope): the sweeper records the answer under it.
     # NULL on operations the previous release began.
     Column("idempotency_scope", String(200), nullable=True),
     Column("request_hash", LargeBinary(32), nullable=True),
@@ -214,6 +214,6 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
 )
 
-# Stored answers per caller (and the previous release's table, see finmesh.platform.idempotency).
+# Stored answers per caller (and the previous release's table, see finmesh.platform.storage.idempotency).
 idempotency = idempotency_tables(metadata)
 outbox = outbox_table(metadata)

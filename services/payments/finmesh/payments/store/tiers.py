@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finmesh.payments.store.schema import account_tiers
-from finmesh.platform.auth_context import current_principal
+from finmesh.platform.auth.context import current_principal
 
 MAX_TIER = 20
 

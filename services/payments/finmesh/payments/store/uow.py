@@ -38,7 +38,7 @@ from finmesh.payments.store.schema import (
     transfers,
 )
 from finmesh.payments.store.tiers import TierSource
-from finmesh.platform.sqlite_thread import insert_rows
+from finmesh.platform.storage.sqlite_thread import insert_rows
 
 _MISSING = object()
 _CHUNK = 500  # ids per IN (...) list

@@ -35,7 +35,7 @@ from finmesh.payments.domain.ledger import (
 from finmesh.payments.store.rows import ChannelOperation
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.platform.errors import FailedPrecondition
-from finmesh.platform.logs import get_logger
+from finmesh.platform.observability.logs import get_logger
 
 TOP_UP = "TOP_UP"
 PAYOUT = "PAYOUT"
@@ -57,7 +57,7 @@ class ChannelRequest:
     destination_token: str
     idempotency_key: str
     request_hash: bytes
-    # Whose key (finmesh.platform.idempotency.caller_scope), and the id the operation takes when another
+    # Whose key (finmesh.platform.storage.idempotency.caller_scope), and the id the operation takes when another
     # caller's operation holds `operation_id` (the key's id as the previous release derived it).
     idempotency_scope: str | None = None
     own_operation_id: str = ""

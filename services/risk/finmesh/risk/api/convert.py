@@ -10,7 +10,7 @@ from google.rpc import error_details_pb2
 
 from finmesh.common.v1 import errors_pb2, money_pb2
 from finmesh.platform.errors import DomainError, InvalidArgument
-from finmesh.platform.rpc_errors import to_status, unexpected_status
+from finmesh.platform.rpc.guard import to_status, unexpected_status
 from finmesh.risk.domain.values import Reason
 from finmesh.risk.store.common import aware
 from finmesh.risk.v1 import risk_service_pb2 as pb

@@ -12,13 +12,13 @@ import grpc
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.platform.db import is_transient
 from finmesh.platform.errors import AlreadyExists, DomainError, InvalidArgument, NotFound
-from finmesh.platform.field_rules import checker_for
-from finmesh.platform.idempotency import IdempotencyStore
-from finmesh.platform.logs import get_logger
-from finmesh.platform.rpc_errors import to_status
-from finmesh.platform.rpc_tracing import batch_item_span
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.observability.rpc_tracing import batch_item_span
+from finmesh.platform.rpc.field_rules import checker_for
+from finmesh.platform.rpc.guard import to_status
+from finmesh.platform.storage.db import is_transient
+from finmesh.platform.storage.idempotency import IdempotencyStore
 from finmesh.risk import onboarding
 from finmesh.risk.api import convert, validate
 from finmesh.risk.domain.rules import RulesError, parse_rules

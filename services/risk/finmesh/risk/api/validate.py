@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Validator
-from finmesh.platform.idempotency import MAX_KEY_LENGTH
 from finmesh.platform.money import Money, validate_amount
+from finmesh.platform.storage.idempotency import MAX_KEY_LENGTH
 from finmesh.risk.assessing import PaymentFacts
 from finmesh.risk.domain.onboarding import USER_KINDS
 from finmesh.risk.domain.values import AmlKind, BlockKind, Tier, WarningLevel

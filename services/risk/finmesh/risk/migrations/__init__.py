@@ -1,4 +1,4 @@
-"""Alembic environment of the risk database, run by finmesh.platform.migrations (env.py, versions/)."""
+"""Alembic environment of the risk database, run by finmesh.platform.storage.migrations (env.py, versions/)."""
 
 from finmesh.risk.store.schema import metadata
 

@@ -1,6 +1,6 @@
-"""Alembic env of risk: migrate on the connection finmesh.platform.migrations hands over."""
+"""Alembic env of risk: migrate on the connection finmesh.platform.storage.migrations hands over."""
 
-from finmesh.platform.migrations import run_env
+from finmesh.platform.storage.migrations import run_env
 from finmesh.risk.migrations import metadata
 
 run_env(metadata)

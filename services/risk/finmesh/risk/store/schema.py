@@ -17,8 +17,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from finmesh.platform.idempotency import idempotency_tables
-from finmesh.platform.outbox import outbox_table
+from finmesh.platform.messaging.outbox import outbox_table
+from finmesh.platform.storage.idempotency import idempotency_tables
 
 metadata = MetaData()
 
@@ -170,6 +170,6 @@ onboarding_assessments = Table(
     Index("ix_onboarding_user", "user_id"),
 )
 
-# Stored answers per caller (and the previous release's table, see finmesh.platform.idempotency).
+# Stored answers per caller (and the previous release's table, see finmesh.platform.storage.idempotency).
 idempotency = idempotency_tables(metadata)
 outbox = outbox_table(metadata)

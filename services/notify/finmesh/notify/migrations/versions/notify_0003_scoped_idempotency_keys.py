@@ -2,7 +2,7 @@
 
 Keys were global per method: another caller's use of a key answered IDEMPOTENCY_KEY_REUSED, so one customer
 could block another's keys and learn which keys exist (issue 16). The scope is the caller
-(finmesh.platform.idempotency.caller_scope).
+(finmesh.platform.storage.idempotency.caller_scope).
 
 Why a new table and not a wider primary key on idempotency_keys: changing that key is a drop and an add of
 the constraint (a contract step), and the previous release, still running on the other color, looks answers

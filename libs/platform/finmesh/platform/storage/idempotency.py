@@ -42,9 +42,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from finmesh.platform.auth_context import current_principal
+from finmesh.platform.auth.context import current_principal
 from finmesh.platform.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument
-from finmesh.platform.sqlite_thread import insert_rows
+from finmesh.platform.storage.sqlite_thread import insert_rows
 
 M = TypeVar("M", bound=Message)
 

@@ -93,7 +93,7 @@ def server_span(name: str, attributes: dict[str, str], context: grpc.aio.Service
     """A SERVER span continuing the caller's trace from the request metadata.
 
     The span is made current together with the rest of the caller's context, so the handler sees the
-    caller's baggage (e.g. the synthetic-traffic mark, finmesh.platform.synthetic) and outgoing calls
+    caller's baggage (e.g. the synthetic-traffic mark, finmesh.platform.observability.synthetic) and outgoing calls
     forward it. One attach instead of start_as_current_span's context manager: cheaper per call.
     """
     carrier = {key: value for key, value in (context.invocation_metadata() or ()) if key in _PROPAGATED}

@@ -3,7 +3,7 @@
 A service proves who it is with its credential, `<service>.<mac>` where mac
 is HMAC-SHA256 of the service name under the mesh's service secret. Only
 identity needs the secret itself; in production each service gets just its
-own credential (FINMESH_SERVICE_CREDENTIAL; `python -m finmesh.platform.auth_service
+own credential (FINMESH_SERVICE_CREDENTIAL; `python -m finmesh.platform.auth.service_tokens
 payments` prints it from FINMESH_SERVICE_SECRET).
 Local runs share a secret generated once into the data dir and derive it.
 Identity answers GetServiceToken with a short-lived token carrying
@@ -32,7 +32,7 @@ import grpc
 from finmesh.identity.v1 import identity_service_pb2 as id_pb
 from finmesh.identity.v1 import identity_service_pb2_grpc as id_grpc
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.logs import get_logger
+from finmesh.platform.observability.logs import get_logger
 
 _log = get_logger("finmesh.auth")
 
@@ -168,7 +168,7 @@ class BearerTokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 def main() -> None:
     """Print a service's credential, derived from FINMESH_SERVICE_SECRET (for deployment secrets)."""
     if len(sys.argv) != 2 or sys.argv[1] not in KNOWN_SERVICES:
-        sys.exit(f"usage: python -m finmesh.platform.auth_service {{{'|'.join(KNOWN_SERVICES)}}}")
+        sys.exit(f"usage: python -m finmesh.platform.auth.service_tokens {{{'|'.join(KNOWN_SERVICES)}}}")
     settings = ServiceSettings()
     if not settings.service_secret.get_secret_value():
         sys.exit("FINMESH_SERVICE_SECRET is not set")

@@ -28,7 +28,7 @@ from sqlalchemy import Connection, DateTime, Insert, Table, Update, insert
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.platform.db import ENGINE_DEFAULTS, tune_sqlite, write_gate
+from finmesh.platform.storage.db import ENGINE_DEFAULTS, tune_sqlite, write_gate
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """Async SQLAlchemy engines: SQLite (WAL, immediate transactions) or PostgreSQL, same code paths.
 
-SQLite goes through aiosqlite with one thread hop per statement (finmesh.platform.sqlite_driver).
+SQLite goes through aiosqlite with one thread hop per statement (finmesh.platform.storage.sqlite_driver).
 
 Besides the writer engine: create_read_engine for read-heavy services (on SQLite its transactions
 begin DEFERRED, so reads see a WAL snapshot instead of queueing behind writers), and write_gate,
@@ -24,7 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
-from finmesh.platform import sqlite_driver
+from finmesh.platform.storage import sqlite_driver
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

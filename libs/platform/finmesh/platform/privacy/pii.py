@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from finmesh.platform.pan import CANDIDATE, mask_pans
+from finmesh.platform.privacy.pan import CANDIDATE, mask_pans
 
 # Keys whose values are never shown, whatever they look like.
 SENSITIVE_KEYS = frozenset(
@@ -19,7 +19,7 @@ SENSITIVE_KEYS = frozenset(
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 # PRC resident identity numbers (18 chars, last may be X) and long digit runs
 # such as card or bank account numbers (13-19 digits). Card numbers written in
-# groups ("4111 1111 1111 1111") are finmesh.platform.pan's, as at the edge.
+# groups ("4111 1111 1111 1111") are finmesh.platform.privacy.pan's, as at the edge.
 _ID_OR_CARD = re.compile(r"(?<![\w])(?:\d{17}[\dXx]|\d{13,19})(?![\w])")
 # E.164 phones and bare mainland mobile numbers.
 _PHONE = re.compile(r"(?<![\w+])(?:\+\d{8,15}|1[3-9]\d{9})(?![\w])")

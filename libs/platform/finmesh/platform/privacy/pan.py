@@ -6,8 +6,8 @@ number (a PAN followed by an expiry date, say) is searched for a stretch of whol
 unbroken run of more than 19 digits is not a card number. Any Unicode decimal digit counts (full-width digits are
 a card number all the same).
 
-Users: finmesh.platform.field_rules (TOKEN fields refuse a PAN, FREE_TEXT fields store it masked) and
-finmesh.platform.pii (log and span masking).
+Users: finmesh.platform.rpc.field_rules (TOKEN fields refuse a PAN, FREE_TEXT fields store it masked) and
+finmesh.platform.privacy.pii (log and span masking).
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from finmesh.identity.v1 import identity_service_pb2 as id_pb
 from finmesh.identity.v1 import identity_service_pb2_grpc as id_grpc
-from finmesh.platform.auth_context import Principal
-from finmesh.platform.auth_tokens import TokenError, check_claims, check_signature, parse
-from finmesh.platform.logs import get_logger
+from finmesh.platform.auth.context import Principal
+from finmesh.platform.auth.tokens import TokenError, check_claims, check_signature, parse
+from finmesh.platform.observability.logs import get_logger
 
 _log = get_logger("finmesh.auth")
 

@@ -14,14 +14,14 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from finmesh.platform.auth_context import acting_as
-from finmesh.platform.db import failure_facts, is_transient
+from finmesh.platform.auth.context import acting_as
 from finmesh.platform.errors import DomainError, FieldViolation, InvalidArgument
-from finmesh.platform.field_rules import MAX_VIOLATIONS, FieldChecker, checker_for
-from finmesh.platform.idempotency import StoredRefusal
-from finmesh.platform.logs import get_logger
-from finmesh.platform.rpc_decoding import Undecodable
-from finmesh.platform.rpc_tracing import finish_server_span, rpc_attributes, server_span
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.observability.rpc_tracing import finish_server_span, rpc_attributes, server_span
+from finmesh.platform.rpc.decoding import Undecodable
+from finmesh.platform.rpc.field_rules import MAX_VIOLATIONS, FieldChecker, checker_for
+from finmesh.platform.storage.db import failure_facts, is_transient
+from finmesh.platform.storage.idempotency import StoredRefusal
 
 ERROR_DOMAIN = "finmesh.io"
 
@@ -105,7 +105,7 @@ def unexpected_status(exc: BaseException) -> status_pb2.Status:
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-# Authorizes one call before its handler runs (finmesh.platform.auth.Authorizer.bind); returns the caller.
+# Authorizes one call before its handler runs (finmesh.platform.auth.access.Authorizer.bind); returns the caller.
 AuthCheck = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
@@ -161,7 +161,7 @@ def guarded(method: Handler, full_method: str = "", traced: bool = True, check: 
 def guard_servicer(servicer: Any, service_descriptor: Any, *, traced: bool = True, authorizer: Any = None) -> Any:
     """Replace every RPC method of `servicer` (per the proto descriptor) with its guarded form.
 
-    With an `authorizer` (finmesh.platform.auth.Authorizer), each RPC first checks the caller
+    With an `authorizer` (finmesh.platform.auth.access.Authorizer), each RPC first checks the caller
     against the access policy its proto declares; then the request against its fields' declared rules.
     """
     for rpc in service_descriptor.methods:

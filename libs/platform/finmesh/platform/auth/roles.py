@@ -84,7 +84,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
 # RPCs where a customer may only name themselves: full method -> request field (dotted path) holding
 # a user id.
 # Operators and services are not bound by it. Resources named by other ids (an account, a payment)
-# are checked by the owning service with finmesh.platform.auth_context.require_owner.
+# are checked by the owning service with finmesh.platform.auth.context.require_owner.
 OWNED_FIELDS: dict[str, str] = {
     "/finmesh.identity.v1.IdentityService/GetUser": "user_id",
     "/finmesh.identity.v1.IdentityService/EnrollTotp": "user_id",

@@ -20,8 +20,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.platform.db import create_engine
-from finmesh.platform.logs import get_logger
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.db import create_engine
 
 VERSION_TABLE = "alembic_version"
 # A DDL statement waits at most this long for a table lock, then the migration fails (and the Job
@@ -78,7 +78,7 @@ def run_env(metadata: MetaData) -> None:
 
     connection: Connection | None = context.config.attributes.get("connection")
     if connection is None or context.is_offline_mode():
-        raise RuntimeError("finmesh migrations run on a live connection: use finmesh.platform.migrations")
+        raise RuntimeError("finmesh migrations run on a live connection: use finmesh.platform.storage.migrations")
     context.configure(
         connection=connection,
         target_metadata=metadata,
@@ -227,12 +227,12 @@ async def new_revision(service: str, message: str, scratch_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m finmesh.platform.migrations revision SERVICE -m MESSAGE`: write the next revision."""
+    """`python -m finmesh.platform.storage.migrations revision SERVICE -m MESSAGE`: write the next revision."""
     import argparse
     import asyncio
     import tempfile
 
-    parser = argparse.ArgumentParser(prog="python -m finmesh.platform.migrations")
+    parser = argparse.ArgumentParser(prog="python -m finmesh.platform.storage.migrations")
     sub = parser.add_subparsers(dest="command", required=True)
     rev = sub.add_parser("revision", help="autogenerate the next revision from the schema modules")
     rev.add_argument("service", choices=("identity", "payments", "risk", "notify"))

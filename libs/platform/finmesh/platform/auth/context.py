@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from finmesh.platform.auth_roles import SERVICE, is_customer_only, permissions_of
+from finmesh.platform.auth.roles import SERVICE, is_customer_only, permissions_of
 from finmesh.platform.errors import PermissionDenied
 
 

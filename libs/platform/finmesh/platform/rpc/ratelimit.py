@@ -35,12 +35,12 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2
 
-from finmesh.platform.auth_context import Principal
+from finmesh.platform.auth.context import Principal
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.errors import DomainError, ResourceExhausted
-from finmesh.platform.idempotency import StoredRefusal
-from finmesh.platform.logs import get_logger
-from finmesh.platform.rpc_errors import to_status
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.rpc.guard import to_status
+from finmesh.platform.storage.idempotency import StoredRefusal
 
 _log = get_logger("finmesh.ratelimit")
 

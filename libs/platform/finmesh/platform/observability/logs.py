@@ -9,7 +9,7 @@ from typing import Any, TextIO
 import structlog
 from opentelemetry import trace
 
-from finmesh.platform.pii import mask_value
+from finmesh.platform.privacy.pii import mask_value
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import grpc
 
-from finmesh.platform.auth_service import TokenSource, default_token_source
+from finmesh.platform.auth.service_tokens import TokenSource, default_token_source
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.rpc_tracing import ClientSpans
-from finmesh.platform.tls import TlsFiles, channel_credentials
+from finmesh.platform.observability.rpc_tracing import ClientSpans
+from finmesh.platform.rpc.tls import TlsFiles, channel_credentials
 
 # Keep part of the caller's budget for what follows the downstream call: after risk times out, payments
 # still commits its policy's answer (a hold for review). A fixed 50 ms did not always fit that commit on a

@@ -15,8 +15,8 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
 
-from finmesh.platform.pii import SENSITIVE_KEYS, mask_text, mask_value
-from finmesh.platform.propagation import FinmeshPropagator
+from finmesh.platform.observability.propagation import FinmeshPropagator
+from finmesh.platform.privacy.pii import SENSITIVE_KEYS, mask_text, mask_value
 
 
 class JsonlSpanExporter(SpanExporter):

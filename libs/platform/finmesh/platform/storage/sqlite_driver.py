@@ -11,7 +11,7 @@ reads after a statement (description, rowcount, lastrowid). BEGIN waits and
 travels with the transaction's first statement, and COMMIT or ROLLBACK of a
 connection that holds no transaction takes no hop at all. A read-only
 transaction is two hops (BEGIN with the query, ROLLBACK) instead of about ten;
-a single-statement read without BEGIN (finmesh.platform.db.read_sync, autocommit)
+a single-statement read without BEGIN (finmesh.platform.storage.db.read_sync, autocommit)
 is one.
 
 Everything else is aiosqlite and SQLAlchemy's dialect unchanged: the same

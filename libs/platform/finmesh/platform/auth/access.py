@@ -18,10 +18,10 @@ from typing import Any, NoReturn
 import grpc
 
 from finmesh.common.v1 import options_pb2
-from finmesh.platform.auth_context import Principal
-from finmesh.platform.auth_keys import KeyCache, TokenVerifier, remote_fetcher
-from finmesh.platform.auth_roles import OWNED_FIELDS, VERIFIED_ONLY
-from finmesh.platform.auth_tokens import TokenError
+from finmesh.platform.auth.context import Principal
+from finmesh.platform.auth.keys import KeyCache, TokenVerifier, remote_fetcher
+from finmesh.platform.auth.roles import OWNED_FIELDS, VERIFIED_ONLY
+from finmesh.platform.auth.tokens import TokenError
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.errors import (
     FailedPrecondition,
@@ -30,7 +30,7 @@ from finmesh.platform.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from finmesh.platform.logs import get_logger
+from finmesh.platform.observability.logs import get_logger
 
 _log = get_logger("finmesh.auth")
 

@@ -25,7 +25,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from finmesh.common.v1 import options_pb2
 from finmesh.platform.errors import FieldViolation, InvalidArgument
-from finmesh.platform.pan import contains_pan, mask_pans
+from finmesh.platform.privacy.pan import contains_pan, mask_pans
 
 # A caller hears about this many bad fields at most (the rest are the same mistake again); rpc_errors.to_status
 # sends no more either, so the trailer stays small.

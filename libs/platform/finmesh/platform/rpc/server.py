@@ -11,14 +11,14 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from finmesh.platform.auth import remote_authorizer
+from finmesh.platform.auth.access import remote_authorizer
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.logs import get_logger
-from finmesh.platform.ratelimit import LimitedAuthorizer, RateLimiter
-from finmesh.platform.reflection import enable_reflection
-from finmesh.platform.rpc_decoding import tolerant_server
-from finmesh.platform.rpc_errors import guard_servicer
-from finmesh.platform.tls import TlsFiles, server_credentials
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.rpc.decoding import tolerant_server
+from finmesh.platform.rpc.guard import guard_servicer
+from finmesh.platform.rpc.ratelimit import LimitedAuthorizer, RateLimiter
+from finmesh.platform.rpc.reflection import enable_reflection
+from finmesh.platform.rpc.tls import TlsFiles, server_credentials
 
 _log = get_logger("finmesh.server")
 
@@ -31,7 +31,7 @@ class Registration:
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     descriptor: Any  # google.protobuf.descriptor.ServiceDescriptor
     # Checks callers when FINMESH_AUTH_MODE=enforce; None: keys fetched from identity
-    # (finmesh.platform.auth.remote_authorizer). Identity passes one over its own keys.
+    # (finmesh.platform.auth.access.remote_authorizer). Identity passes one over its own keys.
     authorizer: Any = None
 
 

@@ -13,7 +13,7 @@ of N, each a commit (an fsync) on the writer's path while new work queues behind
 against 255 and 3.5 s each alone; on PostgreSQL 1.6 s against 15 s. The cost: a batch whose every item
 fails takes 2N - 1 transactions instead of N + 1, all of them rolled back (no fsync).
 
-A transient failure (the database unreachable, finmesh.platform.db.is_transient) is no item's fault and
+A transient failure (the database unreachable, finmesh.platform.storage.db.is_transient) is no item's fault and
 splitting would only queue transaction after transaction behind an outage: every item of the failed batch
 gets it at once, and its caller retries with the same idempotency key. Committing an item again never
 doubles it: a writer records an item's idempotency answer in the same transaction as its change, and a
@@ -25,14 +25,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from finmesh.platform.db import failure_facts, is_refused_value, is_transient
 from finmesh.platform.errors import FieldViolation, InvalidArgument
-from finmesh.platform.logs import get_logger
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.db import failure_facts, is_refused_value, is_transient
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-_log = get_logger("finmesh.platform.group_commit")
+_log = get_logger("finmesh.platform.storage.group_commit")
 
 UNSTORABLE = "holds a value that cannot be stored (such as a NUL character, or an unpaired surrogate in text)"
 

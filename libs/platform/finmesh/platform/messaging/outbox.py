@@ -52,10 +52,10 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finmesh.common.v1 import event_pb2
-from finmesh.platform.db import is_transient, write_gate
-from finmesh.platform.logs import get_logger
-from finmesh.platform.sqlite_thread import SqliteWriteThread
-from finmesh.platform.telemetry import extract_context, inject_context
+from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.observability.telemetry import extract_context, inject_context
+from finmesh.platform.storage.db import is_transient, write_gate
+from finmesh.platform.storage.sqlite_thread import SqliteWriteThread
 
 T = TypeVar("T")
 
@@ -305,7 +305,7 @@ class OutboxRelay:
                  policy: RelayPolicy | None = None, *, deliver_batch: DeliverBatch | None = None,
                  thread: SqliteWriteThread | None = None) -> None:
         self._engine = engine
-        # On an SQLite file, the service's write thread (finmesh.platform.sqlite_thread) runs the relay's
+        # On an SQLite file, the service's write thread (finmesh.platform.storage.sqlite_thread) runs the relay's
         # transactions too: a hand-off per transaction instead of a greenlet and a hop per statement.
         self._thread = thread
         self._table = table

@@ -1,0 +1,1 @@
+"""gRPC plumbing: server, outgoing channels, the servicer guard, request decoding, field rules, rate limits, TLS."""

@@ -1,0 +1,1 @@
+"""Databases: engines (SQLite or PostgreSQL), migrations, idempotency keys, group commit, SQLite driver internals."""
