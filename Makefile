@@ -51,8 +51,11 @@ proto-check: setup
 	  if diff -r -q $$tmp/finmesh libs/contracts/finmesh; then echo "generated code is up to date"; \
 	  else echo "generated code is stale: run 'make proto' and commit"; rm -rf $$tmp; exit 1; fi; rm -rf $$tmp
 
+# buf breaking: the contracts stay wire-compatible with the last release's (deploy/RELEASED, a commit of this
+# repository's history, so a full clone or a worktree has it).
 lint: setup
 	$(BIN)/buf lint
+	released=$$(grep -Eom1 '^[0-9a-f]{40}' deploy/RELEASED) && $(BIN)/buf breaking --against ".git#ref=$$released"
 	$(BIN)/ruff check .
 
 test: setup
