@@ -39,13 +39,13 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.util import greenlet_spawn
 
-PROPAGATION = "finmesh.platform.propagation (FinmeshPropagator)"
-RPC_TRACING = "finmesh.platform.rpc_tracing (_attribute_blind, _start_span)"
-SQLITE_DRIVER = "finmesh.platform.sqlite_driver (OneHopCursor, OneHopConnection, OneHopDBAPI)"
-CHANNELS = "finmesh.platform.channels (MeshChannel.unary_unary)"
-RPC_DECODING = "finmesh.platform.rpc_decoding (_tolerant_handler, _TolerantServer)"
-INTERCEPTORS = "finmesh.platform.auth_service (BearerTokenInterceptor), finmesh.platform.rpc_tracing " \
-    "(TracingClientInterceptor)"
+PROPAGATION = "finmesh.platform.observability.propagation (FinmeshPropagator)"
+RPC_TRACING = "finmesh.platform.observability.rpc_tracing (_attribute_blind, _start_span)"
+SQLITE_DRIVER = "finmesh.platform.storage.sqlite_driver (OneHopCursor, OneHopConnection, OneHopDBAPI)"
+CHANNELS = "finmesh.platform.rpc.channels (MeshChannel.unary_unary)"
+RPC_DECODING = "finmesh.platform.rpc.decoding (_tolerant_handler, _TolerantServer)"
+INTERCEPTORS = ("finmesh.platform.auth.service_tokens (BearerTokenInterceptor), "
+                "finmesh.platform.observability.rpc_tracing (TracingClientInterceptor)")
 
 
 def moved(distribution: str, internal: str, dependent: str, detail: str = "") -> NoReturn:
@@ -67,7 +67,7 @@ def parameters(function: Any) -> list[str]:
     return list(inspect.signature(function).parameters)
 
 
-# --- opentelemetry-api: context keys and helpers finmesh.platform.propagation builds contexts with ----------
+# --- opentelemetry-api: the context keys and helpers observability.propagation builds contexts with -----------------
 
 
 def test_span_key_is_where_the_api_keeps_the_current_span() -> None:
@@ -123,7 +123,7 @@ def test_tracestate_length_limit_is_the_one_the_stock_propagator_applies() -> No
             "the stock propagator no longer cuts tracestate at that length")
 
 
-# --- opentelemetry-sdk: samplers and span attributes finmesh.platform.rpc_tracing's fast path reads -------------
+# --- opentelemetry-sdk: the samplers and span attributes observability.rpc_tracing's fast path reads ---------------
 
 
 class _Untouchable(Mapping[str, Any]):
@@ -205,7 +205,7 @@ def test_span_attributes_live_in_a_bounded_attributes_dict() -> None:
             f"the exported span carries {exporter.attributes!r}")
 
 
-# --- SQLAlchemy's aiosqlite adapter: the hooks finmesh.platform.sqlite_driver overrides -------------------------
+# --- SQLAlchemy's aiosqlite adapter: the hooks storage.sqlite_driver overrides -------------------------------------
 
 
 class _Statement:
@@ -371,7 +371,8 @@ async def test_channel_unary_unary_takes_registered_method_fourth() -> None:
 def test_method_handlers_are_namedtuples_with_a_request_deserializer() -> None:
     """rpc_decoding swaps a handler's request_deserializer with _replace (else the handler passes untouched and
     undecodable requests answer UNKNOWN again); the server takes them through add_registered_method_handlers."""
-    handlers = [grpc.unary_unary_rpc_method_handler(lambda r, c: r, request_deserializer=bytes),
+    # Any: the stubs describe the public interface, not the namedtuple underneath that this test is about.
+    handlers: list[Any] = [grpc.unary_unary_rpc_method_handler(lambda r, c: r, request_deserializer=bytes),
                 grpc.unary_stream_rpc_method_handler(lambda r, c: r, request_deserializer=bytes),
                 grpc.stream_unary_rpc_method_handler(lambda r, c: r, request_deserializer=bytes),
                 grpc.stream_stream_rpc_method_handler(lambda r, c: r, request_deserializer=bytes)]
@@ -388,7 +389,7 @@ def test_method_handlers_are_namedtuples_with_a_request_deserializer() -> None:
 
 def test_client_call_details_replace_metadata() -> None:
     """The client interceptors add metadata with details._replace(metadata=...)."""
-    details = grpc.aio.ClientCallDetails("/a.B/C", None, [("k", "v")], None, None)
+    details: Any = grpc.aio.ClientCallDetails("/a.B/C", None, grpc.aio.Metadata(("k", "v")), None, None)
     replaced = details._replace(metadata=[("authorization", "Bearer t")])
     require(type(replaced) is grpc.aio.ClientCallDetails and replaced.method == "/a.B/C"
             and replaced.metadata == [("authorization", "Bearer t")], "grpcio",
