@@ -5,16 +5,42 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup proto proto-check lint test test-fast run demo trace bench helm-check image check clean
+.PHONY: setup lock proto proto-check lint test test-fast run demo trace bench helm-check image check clean
 
 setup: $(STAMP)
 
-# Reinstall when the dependency list changes.
-$(STAMP): pyproject.toml
+# Every machine, CI and the image install the versions the locks pin, each file checked against its hash:
+# requirements.lock (runtime + dev + the build backend, what the venv gets), requirements-runtime.lock (the
+# image) and requirements-build.lock (the build backend alone, for the image's builder). `make lock` writes them.
+LOCKS := requirements.lock requirements-runtime.lock requirements-build.lock
+
+# Reinstall when the locks change (pyproject.toml too: `pip check` then says if the lock misses what it asks).
+# finmesh itself goes in without dependencies and with the locked hatchling, so nothing unpinned gets in.
+$(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check || { echo "requirements.lock does not satisfy pyproject.toml: run 'make lock'" >&2; exit 1; }
 	touch $(STAMP)
+
+# uv alone, at the locked version and hash: `make lock` must work when pyproject.toml no longer fits the lock.
+$(BIN)/uv:
+	test -x $(PY) || python3 -m venv $(VENV)
+	awk '/^uv==/ {found = 1} found && /^ *#/ {exit} found' requirements.lock > $(VENV)/uv.requirements
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/uv.requirements
+
+# Re-resolve the locks from pyproject.toml, keeping every pin that still fits; `make lock UPGRADE=pkg` (or
+# UPGRADE="pkg1 pkg2") bumps those to their newest allowed versions, `make lock UPGRADE=all` bumps everything.
+# The runtime and build locks are constrained by requirements.lock, so the image runs the versions tested.
+LOCK_FLAGS := --quiet --generate-hashes --universal --python-version 3.11 --custom-compile-command "make lock"
+# The build backend pyproject.toml names, and pip: locked with the rest (fed to uv on stdin).
+BUILD_REQUIRES := $(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], "pip", sep="\n")'
+lock: $(BIN)/uv
+	$(BUILD_REQUIRES) | $(BIN)/uv pip compile $(LOCK_FLAGS) \
+	  $(if $(filter all,$(UPGRADE)),--upgrade,$(foreach pkg,$(UPGRADE),--upgrade-package $(pkg))) \
+	  --extra dev pyproject.toml - -o requirements.lock
+	$(BIN)/uv pip compile $(LOCK_FLAGS) -c requirements.lock pyproject.toml -o requirements-runtime.lock
+	$(BUILD_REQUIRES) | $(BIN)/uv pip compile $(LOCK_FLAGS) -c requirements.lock - -o requirements-build.lock
 
 proto: setup
 	PY=$(PY) tools/gen_protos.sh
@@ -25,8 +51,11 @@ proto-check: setup
 	  if diff -r -q $$tmp/finmesh libs/contracts/finmesh; then echo "generated code is up to date"; \
 	  else echo "generated code is stale: run 'make proto' and commit"; rm -rf $$tmp; exit 1; fi; rm -rf $$tmp
 
+# buf breaking: the contracts stay wire-compatible with the last release's (deploy/RELEASED, a commit of this
+# repository's history, so a full clone or a worktree has it).
 lint: setup
 	$(BIN)/buf lint
+	released=$$(grep -Eom1 '^[0-9a-f]{40}' deploy/RELEASED) && $(BIN)/buf breaking --against ".git#ref=$$released"
 	$(BIN)/ruff check .
 
 test: setup

@@ -76,13 +76,54 @@ def test_multi_stage_build_on_python_311_slim(stages: list[Stage]) -> None:
 
 
 def test_builder_refuses_unknown_service_and_installs_the_distribution(stages: list[Stage]) -> None:
-    """The builder checks SERVICE, installs finmesh into /opt/venv and links the service's console script."""
+    """The builder checks SERVICE, installs the locked dependencies and finmesh into /opt/venv and links the
+    service's console script. Only the runtime lock installs dependencies (hash-checked); finmesh goes in with
+    --no-deps, built by the build lock's backend (--no-build-isolation), so nothing unpinned gets in."""
     builder = stages[0]
     assert [i.value for i in builder.of("ARG")] == [("SERVICE",)]
     runs = " ".join(i.value[0] for i in builder.of("RUN"))
     assert "identity|payments|risk|notify" in runs and "exit 1" in runs
-    assert "/opt/venv/bin/pip install ." in runs
+    commands = [" ".join(command.split()) for i in builder.of("RUN") for command in i.value[0].split("&&")]
+    installs = [c for c in commands if re.search(r"\bpip install\b", c)]
+    venv = [c for c in installs if c.startswith("/opt/venv/bin/pip install")]
+    assert "/opt/venv/bin/pip install --require-hashes -r requirements-runtime.lock" in venv
+    assert "pip install --require-hashes -r requirements-build.lock" in installs
+    finmesh = [c for c in venv if "requirements-runtime.lock" not in c]
+    assert finmesh and all("--no-deps" in c for c in finmesh), finmesh
+    assert set(installs) - set(venv) == {"pip install --require-hashes -r requirements-build.lock"}, installs
+    wheels = [c for c in commands if re.search(r"\bpip wheel\b", c)]
+    assert wheels and all("--no-deps" in c and "--no-build-isolation" in c for c in wheels), wheels
     assert 'ln -s "finmesh-${SERVICE}" /opt/venv/bin/finmesh-service' in runs
+
+
+def _pins(lock: str) -> dict[str, str]:
+    """name -> "version + its hashes" of a uv/pip-compile lock file."""
+    pins: dict[str, str] = {}
+    for entry in re.split(r"\n(?=[a-z0-9])", (REPO / lock).read_text()):
+        match = re.match(r"([a-z0-9][a-z0-9._-]*)==(\S+)", entry)
+        if match:
+            hashes = sorted(re.findall(r"--hash=(sha256:[0-9a-f]{64})", entry))
+            assert hashes, f"{lock}: {match[1]} has no hash"
+            pins[match[1]] = f"{match[2]} {hashes}"
+    return pins
+
+
+def test_image_locks_pin_what_the_suite_runs(pyproject: dict[str, Any]) -> None:
+    """The image's locks hold the very versions and hashes of requirements.lock (what make setup and CI install),
+    and the runtime lock covers every runtime dependency pyproject.toml names (else `make lock` is due)."""
+    tested = _pins("requirements.lock")
+    for lock in ("requirements-runtime.lock", "requirements-build.lock"):
+        pins = _pins(lock)
+        assert pins, f"{lock} pins nothing"
+        differ = {name: (pin, tested.get(name)) for name, pin in pins.items() if tested.get(name) != pin}
+        assert not differ, f"{lock} differs from requirements.lock: run `make lock`: {differ}"
+    runtime = _pins("requirements-runtime.lock")
+    for requirement in pyproject["project"]["dependencies"]:
+        name = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower().replace("_", "-").replace(".", "-")
+        assert name in runtime, f"{name} is not in requirements-runtime.lock: run `make lock`"
+    build = _pins("requirements-build.lock")
+    for requirement in pyproject["build-system"]["requires"]:
+        assert re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower() in build
 
 
 def _source_roots(pyproject: dict[str, Any]) -> set[str]:
@@ -96,7 +137,7 @@ def _source_roots(pyproject: dict[str, Any]) -> set[str]:
 
 def test_builder_copies_every_package_root(stages: list[Stage], pyproject: dict[str, Any]) -> None:
     """Each source root of the wheel is in the build context and copied (else the image lacks code)."""
-    copied = {Path(i.value[0]).parts[0] for i in stages[0].of("COPY")}
+    copied = {Path(source).parts[0] for i in stages[0].of("COPY") for source in i.value[:-1]}
     roots = _source_roots(pyproject)
     assert roots, "pyproject.toml names no source roots this test understands"
     assert roots <= copied
