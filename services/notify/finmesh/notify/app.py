@@ -1,4 +1,4 @@
-"""Wires the notify service: database, sealing, channel adapters, send worker, complaint SLA sweeper."""
+"""Wires the notify service: database, sealing, senders, send worker, complaint SLA sweeper."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.notify.api.servicer import NotifyServicer
-from finmesh.notify.channels import Sender, Unconfigured
-from finmesh.notify.channels.email import SmtpSender
-from finmesh.notify.channels.sms import HttpSmsSender
-from finmesh.notify.channels.webhook import WebhookSender
+from finmesh.notify.clients.senders import Sender, Unconfigured
+from finmesh.notify.clients.senders.email import SmtpSender
+from finmesh.notify.clients.senders.sms import HttpSmsSender
+from finmesh.notify.clients.senders.webhook import WebhookSender
 from finmesh.notify.clock import Clock, SystemClock
 from finmesh.notify.compose import Composer
 from finmesh.notify.config import NotifySettings, notify_settings
@@ -48,7 +48,7 @@ class NotifyApp:
 
 
 def build_senders(s: NotifySettings) -> dict[str, Sender]:
-    """One adapter per external channel, from settings; a channel without an endpoint dead-letters its messages."""
+    """One sender per external channel, from settings; a channel without an endpoint dead-letters its messages."""
     return {
         "EMAIL": SmtpSender(s.smtp_host, s.smtp_port, s.smtp_sender, username=s.smtp_username,
                             password=s.smtp_password.get_secret_value(), starttls=s.smtp_starttls,

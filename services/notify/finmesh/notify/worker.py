@@ -15,7 +15,7 @@ from typing import Any
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.notify.channels import Sender, SendError
+from finmesh.notify.clients.senders import Sender, SendError
 from finmesh.notify.clock import Clock
 from finmesh.notify.compose import Composer
 from finmesh.notify.config import NotifySettings
@@ -125,7 +125,7 @@ class DeliveryWorker:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
                 await self._failed(row, attempts, str(error), error.permanent)
                 return
-            except Exception as error:  # noqa: BLE001 - an adapter bug must not kill the lane; retried
+            except Exception as error:  # noqa: BLE001 - a sender bug must not kill the lane; retried
                 _log.exception("notify_send_crashed", notification_id=row.notification_id)
                 await self._failed(row, attempts, type(error).__name__, False)
                 return

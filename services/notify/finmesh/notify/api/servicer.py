@@ -1,4 +1,4 @@
-"""NotifyService servicer: protobuf in and out; the rules live in domain/, the I/O in store/ and channels/."""
+"""NotifyService servicer: protobuf in and out; the rules live in domain/, the I/O in store/ and clients/."""
 
 from __future__ import annotations
 
