@@ -74,7 +74,7 @@ notifications = Table(
     Column("category", String(15), nullable=False),
     Column("template", String(40), nullable=False),
     Column("locale", String(10), nullable=False),
-    # Sealed (finmesh.notify.sealing): bodies carry one-time codes, addresses are personal data.
+    # Sealed (finmesh.notify.store.sealing): bodies carry one-time codes, addresses are personal data.
     Column("subject_sealed", LargeBinary, nullable=True),
     Column("body_sealed", LargeBinary, nullable=False),
     Column("address_sealed", LargeBinary, nullable=True),
