@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -21,11 +23,11 @@ from finmesh.platform.storage.idempotency import idempotency_tables
 metadata = MetaData()
 
 
-def _serial() -> Column:  # type: ignore[type-arg]
+def _serial() -> Column[int]:
     return Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
 
 
-def _at(name: str, nullable: bool = False) -> Column:  # type: ignore[type-arg]
+def _at(name: str, nullable: bool = False) -> Column[datetime]:
     return Column(name, DateTime(timezone=True), nullable=nullable)
 
 
