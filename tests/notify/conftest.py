@@ -18,8 +18,8 @@ from finmesh.fakes.sms import FakeSmsProvider
 from finmesh.fakes.smtp import FakeSmtpServer
 from finmesh.fakes.webhook import FakeWebhookReceiver
 from finmesh.notify import app as notify_app
-from finmesh.notify.clock import Clock
 from finmesh.notify.config import NotifySettings
+from finmesh.notify.usecases.clock import Clock
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as pb_grpc
 from finmesh.platform.rpc.server import RunningServer

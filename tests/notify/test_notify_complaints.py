@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
-from finmesh.notify.clock import OffsetClock
+from finmesh.notify.usecases.clock import OffsetClock
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.platform.rpc.guard import field_violations_of, reason_of
 from tests.notify.conftest import OPERATOR_EMAIL, running_notify

@@ -1,6 +1,6 @@
 """A fake SMS provider: a real HTTP server on loopback that can fail on demand.
 
-Protocol (what finmesh.notify.channels.sms speaks): POST /messages with JSON
+Protocol (what finmesh.notify.clients.senders.sms speaks): POST /messages with JSON
 {"to", "text", "reference"}, "Authorization: Bearer <key>" and an
 "Idempotency-Key" header; 202 {"message_id"} on success. A repeated
 idempotency key is acknowledged without sending again, as real providers do.

@@ -1,4 +1,4 @@
-"""Wires the notify service: database, sealing, channel adapters, send worker, complaint SLA sweeper."""
+"""Wires the notify service: database, sealing, senders, use cases, send worker, complaint SLA sweeper."""
 
 from __future__ import annotations
 
@@ -7,22 +7,31 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.notify.api.servicer import NotifyServicer
-from finmesh.notify.channels import Sender, Unconfigured
-from finmesh.notify.channels.email import SmtpSender
-from finmesh.notify.channels.sms import HttpSmsSender
-from finmesh.notify.channels.webhook import WebhookSender
-from finmesh.notify.clock import Clock, SystemClock
-from finmesh.notify.compose import Composer
+from finmesh.notify.clients.senders import Sender, Unconfigured
+from finmesh.notify.clients.senders.email import SmtpSender
+from finmesh.notify.clients.senders.sms import HttpSmsSender
+from finmesh.notify.clients.senders.webhook import WebhookSender
 from finmesh.notify.config import NotifySettings, notify_settings
-from finmesh.notify.intake import EventIntake
-from finmesh.notify.sealing import Sealer
-from finmesh.notify.sla import ComplaintSla
+from finmesh.notify.store.schema import idempotency
+from finmesh.notify.store.sealing import Sealer
+from finmesh.notify.usecases.clock import Clock, SystemClock
+from finmesh.notify.usecases.complaints import Complaints
+from finmesh.notify.usecases.compose import Composer
+from finmesh.notify.usecases.consents import Consents
+from finmesh.notify.usecases.dead_letters import DeadLetters
+from finmesh.notify.usecases.deps import Deps
+from finmesh.notify.usecases.intake import EventIntake
+from finmesh.notify.usecases.notifications import Notifications
+from finmesh.notify.usecases.sla import ComplaintSla
+from finmesh.notify.usecases.webhooks import Webhooks
+from finmesh.notify.usecases.worker import DeliveryWorker
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as pb_grpc
-from finmesh.notify.worker import DeliveryWorker
 from finmesh.platform.config import ServiceSettings
+from finmesh.platform.rpc.guard import to_status
 from finmesh.platform.rpc.server import Registration
 from finmesh.platform.storage.db import create_engine
+from finmesh.platform.storage.idempotency import IdempotencyStore
 from finmesh.platform.storage.migrations import prepare_schema
 
 
@@ -48,7 +57,7 @@ class NotifyApp:
 
 
 def build_senders(s: NotifySettings) -> dict[str, Sender]:
-    """One adapter per external channel, from settings; a channel without an endpoint dead-letters its messages."""
+    """One sender per external channel, from settings; a channel without an endpoint dead-letters its messages."""
     return {
         "EMAIL": SmtpSender(s.smtp_host, s.smtp_port, s.smtp_sender, username=s.smtp_username,
                             password=s.smtp_password.get_secret_value(), starttls=s.smtp_starttls,
@@ -65,14 +74,15 @@ async def build(settings: ServiceSettings, *, clock: Clock | None = None,
     clock = clock or SystemClock()
     engine = create_engine(s.database_url_for("notify"), pool_size=s.db_pool_size)
     await prepare_schema(engine, "notify", migrate=s.auto_migrate)
-    sealer = Sealer(s.master_key())
-    composer = Composer(sealer)
+    composer = Composer(Sealer(s.master_key()))
     senders = senders or build_senders(s)
     worker = DeliveryWorker(engine, composer, senders, s, clock)
-    sla = ComplaintSla(engine, composer, s, clock, worker.wake)
-    intake = EventIntake(engine, composer, s, clock, worker.wake)
-    servicer = NotifyServicer(engine, sealer=sealer, settings=s, clock=clock, intake=intake, sla=sla,
-                              wake=worker.wake)
+    deps = Deps(engine, IdempotencyStore(engine, idempotency, to_status), composer, s, clock, worker.wake)
+    sla = ComplaintSla(deps)
+    servicer = NotifyServicer(
+        intake=EventIntake(deps), notifications=Notifications(deps), consents=Consents(deps),
+        webhooks=Webhooks(deps), dead_letters=DeadLetters(deps), complaints=Complaints(deps, sla),
+        webhook_allow_loopback_http=s.webhook_allow_loopback_http)
     registration = Registration(servicer, pb_grpc.add_NotifyServiceServicer_to_server,
                                 pb.DESCRIPTOR.services_by_name["NotifyService"])
     return NotifyApp([registration], engine, s, worker, sla, senders)

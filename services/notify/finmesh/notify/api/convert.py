@@ -1,4 +1,5 @@
-"""Rows to protobuf messages (the only place notify's storage shape meets the contract)."""
+"""Between the contract and notify's own shapes: incoming events in; rows (and the views use cases make of them)
+out as protobuf messages."""
 
 from __future__ import annotations
 
@@ -6,10 +7,26 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 
-from finmesh.notify.sealing import Sealer
+from finmesh.common.v1 import event_pb2
+from finmesh.notify.domain.events import IncomingEvent
 from finmesh.notify.v1 import notify_service_pb2 as pb
+
+
+def incoming_event(event: event_pb2.Event) -> IncomingEvent:
+    return IncomingEvent(
+        event_id=event.event_id,
+        source=event.source,
+        event_type=event.event_type,
+        aggregate_id=event.aggregate_id,
+        sequence=event.sequence,
+        user_id=event.user_id,
+        occurred_at=event.occurred_at.ToJsonString(),
+        data=json_format.MessageToDict(event.payload),
+        traceparent=event.traceparent,
+        tracestate=event.tracestate,
+    )
 
 
 def ts(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -60,13 +77,12 @@ def dead_letter(row: Mapping[str, Any]) -> pb.DeadLetter:
     )
 
 
-def complaint(row: Mapping[str, Any], sealer: Sealer) -> pb.Complaint:
-    cid = row["complaint_id"]
+def complaint(row: Mapping[str, Any]) -> pb.Complaint:
+    """`row` carries the opened `subject` (finmesh.notify.usecases.complaints)."""
     return pb.Complaint(
-        complaint_id=cid,
+        complaint_id=row["complaint_id"],
         user_id=row["user_id"],
-        # An erased complainant's texts are overwritten with b"" (finmesh.notify.store.erasure).
-        subject=sealer.open(f"{cid}:subject", row["subject_sealed"]) if row["subject_sealed"] else "",
+        subject=row["subject"],
         state=pb.ComplaintState.Value(f"COMPLAINT_STATE_{row['state']}"),
         opened_at=ts(row["opened_at"]),
         accept_due=ts(row["accept_due"]),
@@ -76,6 +92,7 @@ def complaint(row: Mapping[str, Any], sealer: Sealer) -> pb.Complaint:
     )
 
 
-def webhook(row: Mapping[str, Any], url: str) -> pb.Webhook:
-    return pb.Webhook(webhook_id=row["webhook_id"], url=url, event_types=list(row["event_types"]),
+def webhook(row: Mapping[str, Any]) -> pb.Webhook:
+    """`row` carries the opened `url` (finmesh.notify.usecases.webhooks)."""
+    return pb.Webhook(webhook_id=row["webhook_id"], url=row["url"], event_types=list(row["event_types"]),
                       created_at=ts(row["created_at"]))

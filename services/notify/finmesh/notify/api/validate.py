@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from finmesh.common.v1 import event_pb2
 from finmesh.notify.domain.consent import parse_hhmm, valid_time_zone
 from finmesh.notify.domain.templates import LOCALES, TEMPLATES, missing_params
+from finmesh.notify.usecases.notifications import SendRequest
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.platform.errors import FieldViolation, Validator
 from finmesh.platform.rpc.field_rules import checker_for
@@ -65,17 +65,6 @@ def event_batch(r: pb.DeliverEventsRequest) -> None:
     v = Validator()
     v.require(0 < len(r.events) <= MAX_EVENTS, "events", f"between 1 and {MAX_EVENTS} events")
     v.raise_if_any()
-
-
-@dataclass(frozen=True)
-class SendRequest:
-    user_id: str
-    channel: str
-    category: str
-    template: str
-    locale: str
-    params: dict[str, str]
-    address: str
 
 
 def send(r: pb.SendNotificationRequest) -> SendRequest:

@@ -1,12 +1,59 @@
-"""Which notifications each incoming event produces."""
+"""Events from the other services' outboxes, and which notifications each produces."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from finmesh.platform.money import CURRENCIES
 
 OPERATORS = "operators"  # pseudo user id under which operator alerts are recorded
+USER_ERASED = "identity.user.erased.v1"
+USER_REGISTERED = "identity.user.registered.v1"
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    """One event as a producer's relay delivered it."""
+
+    event_id: str
+    source: str
+    event_type: str
+    aggregate_id: str
+    sequence: int
+    user_id: str
+    occurred_at: str  # RFC 3339, as webhook receivers get it
+    data: dict[str, Any]  # the payload as JSON values
+    traceparent: str = ""
+    tracestate: str = ""
+
+
+def flat_payload(data: dict[str, Any]) -> dict[str, str]:
+    """The payload as text values: lists joined, nested values as JSON (templates take text)."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        if isinstance(value, list):
+            out[key] = ", ".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            out[key] = json.dumps(value, ensure_ascii=False, sort_keys=True)
+        else:
+            out[key] = "" if value is None else str(value)
+    return out
+
+
+def webhook_body(event: IncomingEvent) -> str:
+    """What a webhook receiver gets: the event itself, as JSON."""
+    return json.dumps({
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "source": event.source,
+        "aggregate_id": event.aggregate_id,
+        "sequence": event.sequence,
+        "occurred_at": event.occurred_at,
+        "user_id": event.user_id,
+        "data": event.data,
+    }, ensure_ascii=False, sort_keys=True)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
-"""Retry schedule for outgoing messages: exponential backoff with jitter, then the dead letters."""
+"""Retry schedule for outgoing messages: the mesh's backoff with jitter, then the dead letters."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+
+from finmesh.platform.backoff import Backoff
 
 
 @dataclass(frozen=True)
@@ -12,14 +14,17 @@ class RetryPolicy:
     base_seconds: float
     max_seconds: float
 
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.base_seconds, self.max_seconds)
+
     def ceiling(self, failures: int) -> float:
-        """Upper bound of the wait after `failures` failed attempts (1 = the first failure)."""
-        return min(self.max_seconds, self.base_seconds * 2 ** min(max(failures - 1, 0), 40))
+        """Upper bound of the wait after `failures` failed attempts: the first failure waits up to the base."""
+        return self.backoff.ceiling(failures - 1)
 
     def delay(self, failures: int, rng: random.Random | None = None) -> float:
         """Wait before the next attempt: uniform in [ceiling/2, ceiling] so retries of a burst spread out."""
-        ceiling = self.ceiling(failures)
-        return (rng or random).uniform(ceiling / 2, ceiling)
+        return self.backoff.delay(failures - 1, rng)
 
     def exhausted(self, attempts: int) -> bool:
         return attempts >= self.max_attempts

@@ -1,4 +1,4 @@
-"""The send queue: notifications waiting for an external channel, claimed with a lease, and the dead letters."""
+"""Every message notify records (the external ones are the send queue, claimed with a lease) and the dead letters."""
 
 from __future__ import annotations
 
@@ -19,10 +19,16 @@ USER_ERASED = "USER_ERASED"
 n = notifications
 
 
+async def add(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """New messages (finmesh.notify.usecases.compose makes the rows), in the caller's transaction."""
+    if rows:
+        await conn.execute(insert(n), rows)
+
+
 async def claim(engine: AsyncEngine, category: str, now: datetime, limit: int, lease_seconds: float) -> list[Any]:
     """Take up to `limit` due messages of one lane; other workers skip them until the lease runs out."""
     async with engine.begin() as conn:
-        rows = (
+        rows = list((
             await conn.execute(
                 select(n)
                 .where(n.c.status == QUEUED, n.c.category == category, n.c.next_attempt_at <= now)
@@ -30,7 +36,7 @@ async def claim(engine: AsyncEngine, category: str, now: datetime, limit: int, l
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             )
-        ).all()
+        ).all())
         if rows:
             await conn.execute(
                 update(n).where(n.c.notification_id.in_([r.notification_id for r in rows]))

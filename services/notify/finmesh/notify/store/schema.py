@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -21,11 +23,11 @@ from finmesh.platform.storage.idempotency import idempotency_tables
 metadata = MetaData()
 
 
-def _serial() -> Column:  # type: ignore[type-arg]
+def _serial() -> Column[int]:
     return Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
 
 
-def _at(name: str, nullable: bool = False) -> Column:  # type: ignore[type-arg]
+def _at(name: str, nullable: bool = False) -> Column[datetime]:
     return Column(name, DateTime(timezone=True), nullable=nullable)
 
 
@@ -74,7 +76,7 @@ notifications = Table(
     Column("category", String(15), nullable=False),
     Column("template", String(40), nullable=False),
     Column("locale", String(10), nullable=False),
-    # Sealed (finmesh.notify.sealing): bodies carry one-time codes, addresses are personal data.
+    # Sealed (finmesh.notify.store.sealing): bodies carry one-time codes, addresses are personal data.
     Column("subject_sealed", LargeBinary, nullable=True),
     Column("body_sealed", LargeBinary, nullable=False),
     Column("address_sealed", LargeBinary, nullable=True),

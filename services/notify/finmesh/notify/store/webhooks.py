@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.notify.store.schema import webhooks
@@ -18,3 +18,7 @@ async def active(conn: AsyncConnection) -> list[Any]:
 
 async def get(conn: AsyncConnection, webhook_id: str) -> Any:
     return (await conn.execute(select(w).where(w.c.webhook_id == webhook_id))).first()
+
+
+async def add(conn: AsyncConnection, values: dict[str, Any]) -> None:
+    await conn.execute(insert(w).values(**values))

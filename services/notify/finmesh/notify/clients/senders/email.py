@@ -8,7 +8,7 @@ import ssl
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from finmesh.notify.channels import Outgoing, SendError
+from finmesh.notify.clients.senders import Outgoing, SendError
 
 
 class SmtpSender:

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from finmesh.notify.clock import Clock
-from finmesh.notify.compose import Composer, operator_drafts
-from finmesh.notify.config import NotifySettings
 from finmesh.notify.domain.complaints import Deadlines, breached_stages
 from finmesh.notify.store import complaints as store
-from finmesh.notify.store.schema import notifications
+from finmesh.notify.store import queue
+from finmesh.notify.usecases.compose import operator_drafts
+from finmesh.notify.usecases.deps import Deps
 from finmesh.platform.observability.logs import get_logger
 
 _log = get_logger("finmesh.notify.sla")
@@ -33,13 +30,8 @@ def deadlines_of(row: Any) -> Deadlines:
 
 
 class ComplaintSla:
-    def __init__(self, engine: AsyncEngine, composer: Composer, settings: NotifySettings, clock: Clock,
-                 wake: Callable[[str], None]) -> None:
-        self._engine = engine
-        self._composer = composer
-        self._settings = settings
-        self._clock = clock
-        self._wake = wake
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -57,19 +49,19 @@ class ComplaintSla:
                 await self.sweep_once()
             except Exception:  # noqa: BLE001 - the sweeper must outlive a database hiccup
                 _log.exception("complaint_sweep_failed")
-            await asyncio.sleep(self._settings.sla_check_seconds)
+            await asyncio.sleep(self._deps.settings.sla_check_seconds)
 
     async def sweep_once(self) -> int:
         """Escalate every deadline that passed unmet; return how many escalations were raised."""
-        now = self._clock.now()
+        now = self._deps.clock.now()
         raised = 0
-        async with self._engine.connect() as conn:
+        async with self._deps.engine.connect() as conn:
             candidates = await store.overdue(conn, now)
         for row in candidates:
-            async with self._engine.begin() as conn:
+            async with self._deps.engine.begin() as conn:
                 raised += len(await self.escalate_due(conn, row, now))
         if raised:
-            self._wake("TRANSACTIONAL")
+            self._deps.wake("TRANSACTIONAL")
         return raised
 
     async def escalate_due(self, conn: AsyncConnection, row: Any, now: datetime) -> list[str]:
@@ -80,12 +72,12 @@ class ComplaintSla:
             if not await store.claim_escalation(conn, row.complaint_id, stage, now):
                 continue
             raised.append(stage)
-            s = self._settings
+            s = self._deps.settings
             locale = s.operator_locale if s.operator_locale in _STAGE_NAMES else "zh-CN"
             params = {"complaint_id": row.complaint_id, "stage": _STAGE_NAMES[locale][stage],
                       "due": deadlines_of(row).due(stage).isoformat(timespec="minutes"), "state": row.state}
             drafts = operator_drafts("complaint_escalated", "TRANSACTIONAL", params, locale=locale,
                                      emails=s.operator_emails, phones=[])
-            await conn.execute(insert(notifications), [self._composer.row(d, now) for d in drafts])
+            await queue.add(conn, [self._deps.composer.row(d, now) for d in drafts])
             _log.warning("complaint_escalated", complaint_id=row.complaint_id, stage=stage)
         return raised

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from finmesh.notify.channels import Outgoing
+from finmesh.notify.clients.senders import Outgoing
 from finmesh.notify.domain.events import OPERATORS
 from finmesh.notify.domain.templates import render, render_subject
-from finmesh.notify.sealing import Sealer
+from finmesh.notify.store.sealing import Sealer
 from finmesh.platform.observability.telemetry import inject_context
 
 

@@ -9,60 +9,37 @@ if each had come alone.
 from __future__ import annotations
 
 import contextlib
-import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from google.protobuf import json_format
 from opentelemetry import context as otel_context
-from sqlalchemy import insert
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from finmesh.common.v1 import event_pb2
-from finmesh.notify.clock import Clock
-from finmesh.notify.compose import Composer, Draft, operator_drafts
-from finmesh.notify.config import NotifySettings
-from finmesh.notify.domain.events import OPERATORS, Planned, is_synthetic, plan, webhook_matches
+from finmesh.notify.domain.events import (
+    OPERATORS,
+    USER_ERASED,
+    USER_REGISTERED,
+    IncomingEvent,
+    Planned,
+    flat_payload,
+    is_synthetic,
+    plan,
+    webhook_body,
+    webhook_matches,
+)
 from finmesh.notify.domain.templates import resolve_locale
-from finmesh.notify.store import erasure, profiles, webhooks
-from finmesh.notify.store.schema import notifications, received_events
+from finmesh.notify.store import erasure as erasure_store
+from finmesh.notify.store import profiles, queue, received, webhooks
+from finmesh.notify.usecases import erasure
+from finmesh.notify.usecases.compose import Draft, operator_drafts
+from finmesh.notify.usecases.deps import Deps
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.observability.telemetry import extract_context
 
 _log = get_logger("finmesh.notify.intake")
-
-USER_ERASED_EVENT = "identity.user.erased.v1"
-USER_REGISTERED_EVENT = "identity.user.registered.v1"
-
-
-def flat_payload(event: event_pb2.Event) -> dict[str, str]:
-    """Struct payload as text values: lists joined, nested values as JSON (templates take text)."""
-    out: dict[str, str] = {}
-    for key, value in json_format.MessageToDict(event.payload).items():
-        if isinstance(value, list):
-            out[key] = ", ".join(str(v) for v in value)
-        elif isinstance(value, dict):
-            out[key] = json.dumps(value, ensure_ascii=False, sort_keys=True)
-        else:
-            out[key] = "" if value is None else str(value)
-    return out
-
-
-def webhook_body(event: event_pb2.Event) -> str:
-    return json.dumps({
-        "event_id": event.event_id,
-        "event_type": event.event_type,
-        "source": event.source,
-        "aggregate_id": event.aggregate_id,
-        "sequence": event.sequence,
-        "occurred_at": event.occurred_at.ToJsonString(),
-        "user_id": event.user_id,
-        "data": json_format.MessageToDict(event.payload),
-    }, ensure_ascii=False, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -75,7 +52,7 @@ class Outcome:
 
 @dataclass
 class _Incoming:
-    event: event_pb2.Event
+    event: IncomingEvent
     payload: dict[str, str]
     synthetic: bool
     # What the event's type plans for its users (suppressed, not sent, when synthetic).
@@ -102,7 +79,7 @@ class _Lookups:
 
     async def erased(self) -> set[str]:
         if self._erased is None:
-            self._erased = await erasure.erased_among(self._conn, self._user_ids)
+            self._erased = await erasure_store.erased_among(self._conn, self._user_ids)
         return self._erased
 
     async def locales(self) -> dict[str, str]:
@@ -118,20 +95,15 @@ class _Lookups:
 
 
 class EventIntake:
-    def __init__(self, engine: AsyncEngine, composer: Composer, settings: NotifySettings, clock: Clock,
-                 wake: Callable[[str], None]) -> None:
-        self._engine = engine
-        self._composer = composer
-        self._settings = settings
-        self._clock = clock
-        self._wake = wake
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
 
-    async def deliver(self, event: event_pb2.Event) -> tuple[bool, list[str]]:
-        """(duplicate, notification ids) of one event: a batch of one."""
+    async def deliver(self, event: IncomingEvent) -> Outcome:
+        """One event: a batch of one."""
         [outcome] = await self.deliver_batch([event])
-        return outcome.duplicate, outcome.notification_ids
+        return outcome
 
-    async def deliver_batch(self, events: Sequence[event_pb2.Event]) -> list[Outcome]:
+    async def deliver_batch(self, events: Sequence[IncomingEvent]) -> list[Outcome]:
         """One outcome per event, in request order; the batch's new events commit in one transaction.
 
         The received_events key is the dedupe (insert ... on conflict do nothing, so a concurrent delivery of
@@ -144,21 +116,21 @@ class EventIntake:
                 _log.warning("event_batch_conflict", events=len(events))
         return [await self._take_alone(event) for event in events]
 
-    async def _take_alone(self, event: event_pb2.Event) -> Outcome:
+    async def _take_alone(self, event: IncomingEvent) -> Outcome:
         try:
             [outcome] = await self._take([event])
         except IntegrityError:
             return Outcome(True, [])  # a concurrent redelivery won
         return outcome
 
-    async def _take(self, events: Sequence[event_pb2.Event]) -> list[Outcome]:
-        now = self._clock.now()
+    async def _take(self, events: Sequence[IncomingEvent]) -> list[Outcome]:
+        now = self._deps.clock.now()
         # Within a request the first copy of an event id is the event; later copies are duplicates.
-        unique: dict[str, event_pb2.Event] = {}
+        unique: dict[str, IncomingEvent] = {}
         for event in events:
             unique.setdefault(event.event_id, event)
-        async with self._engine.begin() as conn:
-            fresh_ids = await _record_received(conn, list(unique.values()), now)
+        async with self._deps.engine.begin() as conn:
+            fresh_ids = await received.record(conn, list(unique.values()), now)
             fresh = [self._incoming(unique[event_id]) for event_id in unique if event_id in fresh_ids]
             await self._record_notifications(conn, fresh, now)
         taken = {item.event.event_id: item for item in fresh}
@@ -169,12 +141,12 @@ class EventIntake:
         self._after_commit(fresh, duplicates=len(events) - len(fresh))
         return outcomes
 
-    def _incoming(self, event: event_pb2.Event) -> _Incoming:
-        payload = flat_payload(event)
+    def _incoming(self, event: IncomingEvent) -> _Incoming:
+        payload = flat_payload(event.data)
         synthetic = is_synthetic(payload)
         return _Incoming(event, payload, synthetic, plan(event.event_type, event.user_id, payload))
 
-    async def _record_notifications(self, conn: AsyncConnection, fresh: list[_Incoming], now: Any) -> None:
+    async def _record_notifications(self, conn: AsyncConnection, fresh: list[_Incoming], now: datetime) -> None:
         """Apply each new event in order, writing the notifications of the whole batch with few statements."""
         # Synthetic traffic is recorded as received (dedupe holds) but tells nobody anything: no
         # customer, operator or webhook receiver hears of test money moving between test accounts.
@@ -188,25 +160,26 @@ class EventIntake:
         pending: list[dict[str, Any]] = []
         for item in real:
             event = item.event
-            if event.event_type == USER_ERASED_EVENT:
+            if event.event_type == USER_ERASED:
                 # Erasure withdraws what is queued for the user: the batch's earlier messages must be rows first.
-                await _insert_rows(conn, pending)
-                await self._forget(conn, event, now)
+                await _add_rows(conn, pending)
+                # Before this event's own drafts, so a webhook subscribed to erasures still hears of it.
+                await erasure.forget(conn, event, now)
                 lookups.invalidate()
-            if (event.event_type == USER_REGISTERED_EVENT and item.payload.get("locale")
-                    and not await erasure.is_erased(conn, event.user_id)):
+            if (event.event_type == USER_REGISTERED and item.payload.get("locale")
+                    and not await erasure_store.is_erased(conn, event.user_id)):
                 await profiles.remember(conn, event.user_id, now, locale=item.payload["locale"])
                 lookups.invalidate()
             drafts = await self._drafts(lookups, item)
             with _event_trace(event) if own_trace and event.traceparent else contextlib.nullcontext():
-                item.rows = [self._composer.row(d, now) for d in drafts]
+                item.rows = [self._deps.composer.row(d, now) for d in drafts]
             pending += item.rows
-        await _insert_rows(conn, pending)
+        await _add_rows(conn, pending)
 
     def _after_commit(self, fresh: list[_Incoming], duplicates: int) -> None:
         rows = [r for item in fresh for r in item.rows]
         for category in {r["category"] for r in rows if r["status"] == "QUEUED"}:
-            self._wake(category)
+            self._deps.wake(category)
         synthetic = [item for item in fresh if item.synthetic]
         if len(fresh) == 1 and not duplicates:
             self._log_one(fresh[0])
@@ -227,17 +200,6 @@ class EventIntake:
             _log.info("event_received", event_id=event.event_id, event_type=event.event_type,
                       notifications=len(item.rows))
 
-    async def _forget(self, conn: Any, event: event_pb2.Event, now: Any) -> None:
-        """Erasure happens before this event's own drafts, so a webhook subscribed to erasures still hears of it
-        (subscribers may hold copies to erase too)."""
-        user_id = event.user_id or flat_payload(event).get("user_id", "")
-        if not user_id:
-            _log.error("erasure_without_user", event_id=event.event_id)
-            return
-        forgotten = await erasure.forget(conn, user_id, event.event_id, now)
-        _log.info("user_forgotten", event_id=event.event_id, cancelled=forgotten.cancelled,
-                  messages=forgotten.messages, complaints=forgotten.complaints)
-
     async def _drafts(self, lookups: _Lookups, item: _Incoming) -> list[Draft]:
         event = item.event
         # Nothing more is said to an erased person, whichever producer's event arrives later.
@@ -246,7 +208,7 @@ class EventIntake:
         planned = [p for p in planned if p.user_id not in erased]
         known = await lookups.locales() if any(p.user_id != OPERATORS for p in planned) else {}
         drafts: list[Draft] = []
-        s = self._settings
+        s = self._deps.settings
         for p in planned:
             if p.user_id == OPERATORS:
                 drafts += operator_drafts(p.template, p.category, p.params, locale=s.operator_locale,
@@ -267,29 +229,8 @@ class EventIntake:
         return drafts
 
 
-async def _record_received(conn: AsyncConnection, events: list[event_pb2.Event], now: datetime) -> set[str]:
-    """Insert the events' dedupe rows, skipping ids already there; return the ids this insert took.
-
-    received_at steps a microsecond per event, so the batch's arrival order stays readable from the table
-    as it was when each event came in its own call."""
-    statement = _INSERT_RECEIVED[conn.dialect.name]
-    rows = [{"event_id": e.event_id, "source": e.source, "event_type": e.event_type, "aggregate_id": e.aggregate_id,
-             "sequence": e.sequence, "received_at": now + timedelta(microseconds=i)} for i, e in enumerate(events)]
-    # Parameters apart from the statement (executemany with RETURNING): the statement compiles once and is
-    # cached, where VALUES built from the rows compiled afresh for every batch (most of intake's CPU).
-    return set((await conn.execute(statement, rows)).scalars())
-
-
-def _insert_received(dialect: Any) -> Any:
-    return (dialect.insert(received_events).on_conflict_do_nothing(index_elements=[received_events.c.event_id])
-            .returning(received_events.c.event_id))
-
-
-_INSERT_RECEIVED = {"postgresql": _insert_received(postgresql), "sqlite": _insert_received(sqlite)}
-
-
 @contextlib.contextmanager
-def _event_trace(event: event_pb2.Event) -> Iterator[None]:
+def _event_trace(event: IncomingEvent) -> Iterator[None]:
     token = otel_context.attach(extract_context({"traceparent": event.traceparent, "tracestate": event.tracestate}))
     try:
         yield
@@ -297,7 +238,7 @@ def _event_trace(event: event_pb2.Event) -> Iterator[None]:
         otel_context.detach(token)
 
 
-async def _insert_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        await conn.execute(insert(notifications), rows)
-        rows.clear()
+async def _add_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Write the pending rows and empty the list for the events after."""
+    await queue.add(conn, rows)
+    rows.clear()

@@ -15,13 +15,14 @@ from typing import Any
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.notify.channels import Sender, SendError
-from finmesh.notify.clock import Clock
-from finmesh.notify.compose import Composer
+from finmesh.notify.clients.senders import Outgoing, Sender, SendError
 from finmesh.notify.config import NotifySettings
 from finmesh.notify.domain.consent import decide_marketing
-from finmesh.notify.store import consents, erasure, queue
+from finmesh.notify.store import consents, queue
 from finmesh.notify.store import webhooks as webhook_store
+from finmesh.notify.usecases import erasure
+from finmesh.notify.usecases.clock import Clock
+from finmesh.notify.usecases.compose import Composer
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.observability.telemetry import extract_context
 
@@ -114,7 +115,7 @@ class DeliveryWorker:
             attributes={"notify.notification_id": row.notification_id, "notify.channel": row.channel,
                         "notify.category": row.category, "notify.attempt": row.attempts + 1},
         ) as span:
-            if row.channel != "WEBHOOK" and await self._recipient_erased(row):
+            if row.channel != "WEBHOOK" and await erasure.withdrawn_at_send(self._engine, row):
                 return
             if row.category == "MARKETING" and not await self._marketing_still_allowed(row):
                 return
@@ -125,7 +126,7 @@ class DeliveryWorker:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
                 await self._failed(row, attempts, str(error), error.permanent)
                 return
-            except Exception as error:  # noqa: BLE001 - an adapter bug must not kill the lane; retried
+            except Exception as error:  # noqa: BLE001 - a sender bug must not kill the lane; retried
                 _log.exception("notify_send_crashed", notification_id=row.notification_id)
                 await self._failed(row, attempts, type(error).__name__, False)
                 return
@@ -133,7 +134,7 @@ class DeliveryWorker:
             _log.info("notification_sent", notification_id=row.notification_id, channel=row.channel,
                       attempts=attempts)
 
-    async def _open(self, row: Any) -> Any:
+    async def _open(self, row: Any) -> Outgoing:
         if row.channel != "WEBHOOK":
             return self._composer.outgoing(row)
         async with self._engine.connect() as conn:
@@ -143,16 +144,6 @@ class DeliveryWorker:
         sealer = self._composer.sealer
         return self._composer.outgoing(row, url=sealer.open(f"{hook.webhook_id}:url", hook.url_sealed),
                                        secret=sealer.open(f"{hook.webhook_id}:secret", hook.secret_sealed))
-
-    async def _recipient_erased(self, row: Any) -> bool:
-        """The erasure cancels queued messages; this catches one accepted while the erasure committed."""
-        async with self._engine.connect() as conn:
-            if not await erasure.is_erased(conn, row.user_id):
-                return False
-        async with self._engine.begin() as conn:
-            await erasure.withdraw(conn, row.notification_id)
-        _log.info("notification_withdrawn", notification_id=row.notification_id, reason=erasure.USER_ERASED)
-        return True
 
     async def _marketing_still_allowed(self, row: Any) -> bool:
         """Consent is checked again at send time: an opt-out while the message waited wins."""

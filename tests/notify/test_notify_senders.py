@@ -1,4 +1,4 @@
-"""Notify's channels through real local servers: SMS over HTTP, e-mail over SMTP, signed webhooks."""
+"""Notify's senders through real local servers: SMS over HTTP, e-mail over SMTP, signed webhooks."""
 
 from __future__ import annotations
 
@@ -7,17 +7,24 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 import grpc
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from finmesh.common.v1 import event_pb2
+from finmesh.notify.clients.senders import Outgoing, SendError
+from finmesh.notify.clients.senders.sms import HttpSmsSender
+from finmesh.notify.clients.senders.webhook import WebhookSender
+from finmesh.notify.domain import signing
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.platform.rpc.guard import field_violations_of, reason_of
-from tests.notify.conftest import running_notify
+from tests.notify.conftest import free_port, running_notify
 
 PHONE = "+8613800138000"
 
@@ -200,3 +207,135 @@ async def test_the_send_joins_the_requests_trace_by_a_link_without_personal_data
     assert [link.context.trace_id for link in send.links] == [server.context.trace_id]
     attributes = repr([dict(s.attributes or {}) for s in finished])
     assert PHONE not in attributes and "135790" not in attributes
+
+
+# -- the senders on their own, against a receiver that answers whatever the test asks ----------------------
+
+
+@asynccontextmanager
+async def answering(status: int, body: bytes = b"", content_type: str | None = None,
+                    location: str = "") -> AsyncIterator[tuple[str, list[web.Request], list[bytes]]]:
+    """A loopback server answering every POST with `status` and `body`; it records requests and bodies."""
+    seen: list[web.Request] = []
+    bodies: list[bytes] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request)
+        bodies.append(await request.read())
+        headers = {"Location": location} if location else {}
+        response = web.Response(status=status, body=body, headers=headers)
+        if content_type is not None:
+            response.content_type = content_type
+        return response
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}", seen, bodies
+    finally:
+        await runner.cleanup()
+
+
+def hook_message(url: str) -> Outgoing:
+    return Outgoing("n-1", "WEBHOOK", url, "", '{"event_id": "e-1"}', event_id="e-1", secret="whsec_test")
+
+
+def sms_message() -> Outgoing:
+    return Outgoing("n-2", "SMS", PHONE, "", "code 482913")
+
+
+@pytest.mark.parametrize(("body", "content_type"), [(b"ok", None), (b"ok", "text/plain"), (b"", None),
+                                                    (b'{"ok": true}', "application/json"), (b"\xff\xfe", None)])
+async def test_any_2xx_answer_delivers_whatever_its_body(body: bytes, content_type: str | None) -> None:
+    """Senders do not read answers: a receiver saying 200 "ok" without a content type has the message."""
+    sender, sms = WebhookSender(timeout=2), None
+    try:
+        async with answering(200, body, content_type) as (url, seen, _):
+            await sender.send(hook_message(url + "/hook"))
+            sms = HttpSmsSender(url, "key", timeout=2)
+            await sms.send(sms_message())
+        assert len(seen) == 2
+    finally:
+        await sender.close()
+        if sms is not None:
+            await sms.close()
+
+
+@pytest.mark.parametrize(("status", "permanent"), [(400, True), (401, True), (404, True), (408, False),
+                                                   (409, False), (425, False), (429, False), (500, False),
+                                                   (503, False), (302, True), (307, True)])
+async def test_answers_map_to_retry_or_dead_letter(status: int, permanent: bool) -> None:
+    """Throttling, timeouts and server errors are retried; other refusals, and redirects, are final."""
+    for make, what in ((lambda url: (WebhookSender(timeout=2), hook_message(url + "/hook")), "webhook receiver"),
+                       (lambda url: (HttpSmsSender(url, "key", timeout=2), sms_message()), "SMS provider")):
+        async with answering(status, b'{"error": "no"}', "application/json") as (url, _, _):
+            sender, message = make(url)
+            try:
+                with pytest.raises(SendError) as failed:
+                    await sender.send(message)
+            finally:
+                await sender.close()
+        assert failed.value.permanent is permanent
+        assert str(failed.value) == f"{what} answered HTTP {status}"
+
+
+async def test_a_webhook_redirect_is_not_followed() -> None:
+    """A signed event must not be bounced elsewhere: the redirect's target never hears of it."""
+    async with answering(200) as (elsewhere, bounced, _), \
+            answering(307, location=elsewhere + "/stolen") as (url, seen, _):
+        sender = WebhookSender(timeout=2)
+        try:
+            with pytest.raises(SendError) as failed:
+                await sender.send(hook_message(url + "/hook"))
+        finally:
+            await sender.close()
+    assert failed.value.permanent
+    assert len(seen) == 1 and bounced == []
+
+
+async def test_an_unreachable_party_is_retried_and_named_without_the_address() -> None:
+    port = free_port()  # nothing listens there
+    for sender, message, what in ((WebhookSender(timeout=2), hook_message(f"http://127.0.0.1:{port}/hook"),
+                                   "webhook receiver"),
+                                  (HttpSmsSender(f"http://127.0.0.1:{port}", "key", timeout=2), sms_message(),
+                                   "SMS provider")):
+        try:
+            with pytest.raises(SendError) as failed:
+                await sender.send(message)
+        finally:
+            await sender.close()
+        assert not failed.value.permanent
+        assert str(failed.value).startswith(f"{what} unreachable: ")
+        assert str(port) not in str(failed.value)
+
+
+async def test_what_the_senders_put_on_the_wire() -> None:
+    """SMS: bearer key, idempotency key and JSON; webhooks: the body as given, signed, with the event id."""
+    async with answering(202, b'{"message_id": "m-1"}', "application/json") as (url, seen, bodies):
+        sms = HttpSmsSender(url + "/", "sms-key", timeout=2)
+        hook = WebhookSender(timeout=2)
+        try:
+            await sms.send(sms_message())
+            before = int(time.time())
+            await hook.send(hook_message(url + "/hooks/1"))
+        finally:
+            await sms.close()
+            await hook.close()
+    sent_sms, sent_hook = seen
+    assert sent_sms.path == "/messages"
+    assert sent_sms.headers["Authorization"] == "Bearer sms-key"
+    assert sent_sms.headers["Idempotency-Key"] == "n-2"
+    assert sent_sms.headers["Content-Type"] == "application/json"
+    assert json.loads(bodies[0]) == {"to": PHONE, "text": "code 482913", "reference": "n-2"}
+    assert sent_hook.path == "/hooks/1"
+    assert sent_hook.headers["Content-Type"] == "application/json"
+    assert sent_hook.headers["X-Finmesh-Event-Id"] == "e-1"
+    assert bodies[1] == b'{"event_id": "e-1"}'
+    stamp = sent_hook.headers["X-Finmesh-Timestamp"]
+    assert int(stamp) >= before
+    assert signing.verify("whsec_test", stamp, sent_hook.headers["X-Finmesh-Signature"], bodies[1],
+                          time.time()) == ""

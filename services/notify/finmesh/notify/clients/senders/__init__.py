@@ -1,9 +1,17 @@
-"""Adapters that put a message on the wire: SMTP e-mail, an HTTP SMS provider, signed webhooks."""
+"""Senders put a message on the wire, one per external channel: SMTP e-mail, an HTTP SMS provider, signed webhooks."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+from finmesh.platform.http import HttpClient, HttpUnreachable
+
+# The platform client decodes a 2xx answer's body as JSON and reports one it cannot decode as unreachable.
+# Senders never read the body: a receiver answering 200 "ok" without a content type has the message, and
+# must not get it again on every retry until the dead letters.
+_UNDECODABLE_2XX = frozenset({"JSONDecodeError", "UnicodeDecodeError"})
 
 
 @dataclass(frozen=True)
@@ -39,8 +47,21 @@ def http_failure(status: int, what: str) -> SendError:
     return SendError(f"{what} answered HTTP {status}", permanent=not transient)
 
 
+async def post(client: HttpClient, path: str, what: str, *, json_body: Any = None, data: bytes | None = None,
+               headers: Mapping[str, str] | None = None) -> None:
+    """POST one message: any 2xx answer delivers it; anything else is a SendError (`what` names the party)."""
+    try:
+        answer = await client.request("POST", path, json_body=json_body, data=data, headers=headers)
+    except HttpUnreachable as error:
+        if str(error) in _UNDECODABLE_2XX:
+            return
+        raise SendError(f"{what} unreachable: {error}") from None
+    if answer.status >= 300:
+        raise http_failure(answer.status, what)
+
+
 class Unconfigured:
-    """A channel without endpoint settings: every message fails permanently, into the dead letters."""
+    """The sender of a channel without endpoint settings: every message fails permanently, into the dead letters."""
 
     def __init__(self, channel: str) -> None:
         self._channel = channel

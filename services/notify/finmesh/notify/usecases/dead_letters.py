@@ -1,0 +1,36 @@
+"""Dead letters: messages given up on after their retries (or at once, when refused for good), and redriving
+one once its cause is fixed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from finmesh.notify.store import queue
+from finmesh.notify.usecases.deps import Call, Deps, M
+
+
+class DeadLetters:
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+
+    async def page(self, after_seq: int, limit: int) -> list[Any]:
+        async with self._deps.engine.connect() as conn:
+            return await queue.list_dead_letters(conn, after_seq, limit)
+
+    async def redrive(self, call: Call[M], dead_letter_id: str, reply: Callable[[Mapping[str, Any]], M]) -> M:
+        """Queue the message again with a fresh retry budget (`reply` gets its notification row)."""
+        d = self._deps
+        lanes: list[str] = []
+
+        async def work(conn: AsyncConnection) -> M:
+            row = await queue.redrive(conn, dead_letter_id, d.clock.now())
+            lanes.append(row.category)
+            return reply(row._mapping)
+
+        answer = await call.once(d, work)
+        for lane in lanes:  # a repeat's stored answer wakes nothing: its first call did
+            d.wake(lane)
+        return answer

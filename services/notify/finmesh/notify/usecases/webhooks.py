@@ -1,0 +1,44 @@
+"""Webhooks: systems subscribe to event types and get each matching event, signed with their own secret."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from finmesh.notify.store import webhooks
+from finmesh.notify.usecases.deps import Call, Deps, M
+
+
+class Webhooks:
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+
+    async def create(self, call: Call[M], url: str, event_types: list[str],
+                     reply: Callable[[Mapping[str, Any]], M]) -> M:
+        """Register the endpoint with a new signing secret. The secret stays out of `reply`'s row: stored
+        replies are not sealed, so callers add it from signing_secret()."""
+        d = self._deps
+
+        async def work(conn: AsyncConnection) -> M:
+            webhook_id = str(uuid.uuid4())
+            values = {
+                "webhook_id": webhook_id,
+                "url_sealed": d.sealer.seal(f"{webhook_id}:url", url),
+                "event_types": event_types,
+                "secret_sealed": d.sealer.seal(f"{webhook_id}:secret", "whsec_" + secrets.token_urlsafe(32)),
+                "active": True,
+                "created_at": d.clock.now(),
+            }
+            await webhooks.add(conn, values)
+            return reply({**values, "url": url})
+
+        return await call.once(d, work)
+
+    async def signing_secret(self, webhook_id: str) -> str:
+        async with self._deps.engine.connect() as conn:
+            hook = await webhooks.get(conn, webhook_id)
+        return self._deps.sealer.open(f"{hook.webhook_id}:secret", hook.secret_sealed)
