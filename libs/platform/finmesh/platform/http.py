@@ -4,7 +4,7 @@ Each adapter holds one `HttpClient`: a pooled keep-alive session opened on the
 first call and closed with the service, a total timeout on every call, and
 redirects never followed (a 3xx is an answer, not a new destination: a
 webhook URL must not bounce a signed event elsewhere). Transport failures
-(refused, reset, DNS, timeout, unreadable JSON) come out as one exception,
+(refused, reset, DNS, timeout) come out as one exception,
 `HttpUnreachable`, whose text names only the failure's class: URLs and bodies
 can hold personal data and never reach logs through it.
 """
@@ -26,7 +26,9 @@ class HttpUnreachable(Exception):
 @dataclass(frozen=True)
 class HttpAnswer:
     status: int
-    body: Any  # the decoded JSON body of a 2xx answer that has one, else None
+    # The decoded JSON body of a 2xx answer, else None: also when it does not decode. A 2xx is the party's
+    # answer whatever its body; whether a body is required is the adapter's call (a bank's is, an SMS's is not).
+    body: Any
 
 
 class HttpClient:
@@ -50,15 +52,22 @@ class HttpClient:
             async with self._session.request(method, self._base + path, data=payload, headers=sent_headers,
                                              allow_redirects=False) as response:
                 raw = await response.read()
-                body = json.loads(raw) if raw and 200 <= response.status < 300 and _is_json(response) else None
-                return HttpAnswer(response.status, body)
-        except (TimeoutError, aiohttp.ClientError, ValueError) as error:
+                ok = 200 <= response.status < 300
+                return HttpAnswer(response.status, _json_or_none(raw) if ok and _is_json(response) else None)
+        except (TimeoutError, aiohttp.ClientError) as error:
             raise HttpUnreachable(type(error).__name__) from None
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        return None
 
 
 def _is_json(response: aiohttp.ClientResponse) -> bool:

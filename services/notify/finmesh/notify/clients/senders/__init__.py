@@ -8,11 +8,6 @@ from typing import Any, Protocol
 
 from finmesh.platform.http import HttpClient, HttpUnreachable
 
-# The platform client decodes a 2xx answer's body as JSON and reports one it cannot decode as unreachable.
-# Senders never read the body: a receiver answering 200 "ok" without a content type has the message, and
-# must not get it again on every retry until the dead letters.
-_UNDECODABLE_2XX = frozenset({"JSONDecodeError", "UnicodeDecodeError"})
-
 
 @dataclass(frozen=True)
 class Outgoing:
@@ -53,8 +48,6 @@ async def post(client: HttpClient, path: str, what: str, *, json_body: Any = Non
     try:
         answer = await client.request("POST", path, json_body=json_body, data=data, headers=headers)
     except HttpUnreachable as error:
-        if str(error) in _UNDECODABLE_2XX:
-            return
         raise SendError(f"{what} unreachable: {error}") from None
     if answer.status >= 300:
         raise http_failure(answer.status, what)
