@@ -25,9 +25,9 @@ from finmesh.risk.clients import (
     PaymentsClient,
 )
 from finmesh.risk.config import RiskSettings
-from finmesh.risk.emergency import EmergencyResponder, ResponsePolicy
-from finmesh.risk.ruleset import RulesRegistry
 from finmesh.risk.store.schema import outbox
+from finmesh.risk.usecases.emergency import EmergencyResponder, ResponsePolicy
+from finmesh.risk.usecases.rules import RulesRegistry
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
 from finmesh.risk.writer import AssessmentWriter

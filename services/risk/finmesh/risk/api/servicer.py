@@ -19,14 +19,14 @@ from finmesh.platform.rpc.field_rules import checker_for
 from finmesh.platform.rpc.guard import to_status
 from finmesh.platform.storage.db import is_transient
 from finmesh.platform.storage.idempotency import IdempotencyStore
-from finmesh.risk import onboarding
 from finmesh.risk.api import convert, validate
 from finmesh.risk.domain.rules import RulesError, parse_rules
 from finmesh.risk.domain.values import WarningLevel
 from finmesh.risk.domain.windows import bucket_starts, rate_bp
-from finmesh.risk.ruleset import RulesRegistry
 from finmesh.risk.store import alerts, aml, blocklist, indicators
 from finmesh.risk.store.schema import idempotency
+from finmesh.risk.usecases import onboarding
+from finmesh.risk.usecases.rules import RulesRegistry
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
 from finmesh.risk.writer import AssessmentWriter

@@ -10,10 +10,10 @@ from google.protobuf import timestamp_pb2
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Validator
 from finmesh.platform.money import Money, validate_amount
 from finmesh.platform.storage.idempotency import MAX_KEY_LENGTH
-from finmesh.risk.assessing import PaymentFacts
 from finmesh.risk.domain.onboarding import USER_KINDS
 from finmesh.risk.domain.values import AmlKind, BlockKind, Tier, WarningLevel
 from finmesh.risk.domain.windows import MAX_BUCKETS, bucket_count
+from finmesh.risk.usecases.assessing import PaymentFacts
 from finmesh.risk.v1 import risk_service_pb2 as pb
 
 MAX_ID = 64

@@ -24,7 +24,7 @@ from finmesh.risk.domain.rules import Rules, RulesError, content_hash, parse_rul
 from finmesh.risk.store import rules as store
 from finmesh.risk.store.common import aware
 
-DEFAULT_RULES_FILE = Path(__file__).with_name("default_rules.yaml")
+DEFAULT_RULES_FILE = Path(__file__).parent.parent / "default_rules.yaml"
 
 _log = get_logger("finmesh.risk.rules")
 
