@@ -13,7 +13,7 @@ from finmesh.payments.store.schema import outbox as payments_outbox
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.platform.rpc.channels import open_channel
 from finmesh.platform.rpc.guard import reason_of
-from finmesh.risk.clients import PaymentsClient
+from finmesh.risk.clients.payments import PaymentsClient
 from finmesh.risk.store.schema import alerts
 from finmesh.risk.store.schema import outbox as risk_outbox
 from finmesh.risk.usecases.assessing import ALERT_EVENT

@@ -35,7 +35,7 @@ from finmesh.platform.rpc.server import RunningServer
 from finmesh.platform.runner import start_app
 from finmesh.platform.storage.db import create_engine
 from finmesh.risk import app as risk_app
-from finmesh.risk.clients import IDENTITY_IDEMPOTENT_METHODS, IdentityClient
+from finmesh.risk.clients.identity import IDENTITY_IDEMPOTENT_METHODS, IdentityClient
 from finmesh.risk.config import RiskSettings
 from finmesh.risk.store.schema import alerts
 from finmesh.risk.usecases.emergency import tier_key

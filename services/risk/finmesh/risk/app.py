@@ -18,12 +18,8 @@ from finmesh.platform.rpc.server import Registration
 from finmesh.platform.storage.db import create_engine, is_sqlite
 from finmesh.platform.storage.migrations import prepare_schema
 from finmesh.risk.api.servicer import RiskServicer
-from finmesh.risk.clients import (
-    IDENTITY_IDEMPOTENT_METHODS,
-    PAYMENTS_IDEMPOTENT_METHODS,
-    IdentityClient,
-    PaymentsClient,
-)
+from finmesh.risk.clients.identity import IDENTITY_IDEMPOTENT_METHODS, IdentityClient
+from finmesh.risk.clients.payments import PAYMENTS_IDEMPOTENT_METHODS, PaymentsClient
 from finmesh.risk.config import RiskSettings
 from finmesh.risk.store.schema import outbox
 from finmesh.risk.usecases.emergency import EmergencyResponder, ResponsePolicy

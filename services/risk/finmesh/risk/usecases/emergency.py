@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.platform.observability.logs import get_logger
-from finmesh.risk.clients import Refused
+from finmesh.risk.clients.refusals import Refused
 from finmesh.risk.store import alerts
 
 _log = get_logger("finmesh.risk.emergency")
