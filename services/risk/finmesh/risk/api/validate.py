@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from google.protobuf import timestamp_pb2
 
@@ -15,6 +17,8 @@ from finmesh.risk.domain.values import AmlKind, BlockKind, Tier, WarningLevel
 from finmesh.risk.domain.windows import MAX_BUCKETS, bucket_count
 from finmesh.risk.usecases.assessing import PaymentFacts
 from finmesh.risk.v1 import risk_service_pb2 as pb
+
+K = TypeVar("K")
 
 MAX_ID = 64
 MAX_PAGE = 500
@@ -164,7 +168,7 @@ def removal(request: pb.RemoveBlockListEntryRequest) -> None:
     v.raise_if_any()
 
 
-def optional_kind(value: int, kinds: dict[int, str], zero: int, field: str) -> str | None:
+def optional_kind(value: int, kinds: Mapping[int, K], zero: int, field: str) -> K | None:
     """An optional enum filter: UNSPECIFIED means all."""
     if value == zero:
         return None
