@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2  # type: ignore[import-untyped]  # .pyi stubs but no py.typed marker
 
 from finmesh.common.v1 import errors_pb2, money_pb2
 from finmesh.platform.errors import DomainError, InvalidArgument
@@ -20,7 +20,7 @@ from finmesh.risk.v1 import risk_service_pb2 as pb
 
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(aware(moment))  # type: ignore[arg-type]
+    ts.FromDatetime(aware(moment))
     return ts
 
 

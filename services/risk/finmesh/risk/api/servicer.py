@@ -114,8 +114,9 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
                                 context: grpc.aio.ServicerContext) -> Any:
         now = datetime.now(UTC)
         kind, value, expires = validate.block_entry(request, now)
-        call = KeyedCall("AddBlockListEntry", request, pb.AddBlockListEntryResponse,
-                         lambda row: pb.AddBlockListEntryResponse(entry=convert.block_entry(row)))
+        call: KeyedCall[Any, pb.AddBlockListEntryResponse] = KeyedCall(
+            "AddBlockListEntry", request, pb.AddBlockListEntryResponse,
+            lambda row: pb.AddBlockListEntryResponse(entry=convert.block_entry(row)))
         reply = await self._block_list.add(call, kind=kind, value=value, reason=request.reason, expires_at=expires,
                                            now=now)
         _log.info("block_list_entry_added", entry_id=reply.entry.entry_id, kind=kind.value)
@@ -124,8 +125,9 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
     async def RemoveBlockListEntry(self, request: pb.RemoveBlockListEntryRequest,
                                    context: grpc.aio.ServicerContext) -> Any:
         validate.removal(request)
-        call = KeyedCall("RemoveBlockListEntry", request, pb.RemoveBlockListEntryResponse,
-                         lambda _: pb.RemoveBlockListEntryResponse())
+        call: KeyedCall[None, pb.RemoveBlockListEntryResponse] = KeyedCall(
+            "RemoveBlockListEntry", request, pb.RemoveBlockListEntryResponse,
+            lambda _: pb.RemoveBlockListEntryResponse())
         reply = await self._block_list.remove(call, request.entry_id)
         _log.info("block_list_entry_removed", entry_id=request.entry_id)
         return reply

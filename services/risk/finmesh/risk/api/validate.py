@@ -25,13 +25,21 @@ MAX_PAGE = 500
 MAX_REASON = 200
 MAX_CHECKS = 64  # AssessPayments: checks per call
 
-TIERS = {pb.RISK_TIER_UNSPECIFIED: Tier.UNSPECIFIED, pb.RISK_TIER_LOW: Tier.LOW,
-         pb.RISK_TIER_MEDIUM: Tier.MEDIUM, pb.RISK_TIER_HIGH: Tier.HIGH}
-BLOCK_KINDS = {pb.BLOCK_LIST_KIND_USER: BlockKind.USER, pb.BLOCK_LIST_KIND_DEVICE: BlockKind.DEVICE,
-               pb.BLOCK_LIST_KIND_IP: BlockKind.IP, pb.BLOCK_LIST_KIND_ACCOUNT: BlockKind.ACCOUNT}
-AML_KINDS = {pb.AML_REPORT_KIND_LARGE_VALUE: AmlKind.LARGE_VALUE, pb.AML_REPORT_KIND_STRUCTURING: AmlKind.STRUCTURING}
-LEVELS = {pb.WARNING_LEVEL_LOW: WarningLevel.LOW, pb.WARNING_LEVEL_MEDIUM: WarningLevel.MEDIUM,
-          pb.WARNING_LEVEL_HIGH: WarningLevel.HIGH, pb.WARNING_LEVEL_CRITICAL: WarningLevel.CRITICAL}
+TIERS: dict[int, Tier] = {
+    pb.RISK_TIER_UNSPECIFIED: Tier.UNSPECIFIED, pb.RISK_TIER_LOW: Tier.LOW, pb.RISK_TIER_MEDIUM: Tier.MEDIUM,
+    pb.RISK_TIER_HIGH: Tier.HIGH,
+}
+BLOCK_KINDS: dict[int, BlockKind] = {
+    pb.BLOCK_LIST_KIND_USER: BlockKind.USER, pb.BLOCK_LIST_KIND_DEVICE: BlockKind.DEVICE,
+    pb.BLOCK_LIST_KIND_IP: BlockKind.IP, pb.BLOCK_LIST_KIND_ACCOUNT: BlockKind.ACCOUNT,
+}
+AML_KINDS: dict[int, AmlKind] = {
+    pb.AML_REPORT_KIND_LARGE_VALUE: AmlKind.LARGE_VALUE, pb.AML_REPORT_KIND_STRUCTURING: AmlKind.STRUCTURING,
+}
+LEVELS: dict[int, WarningLevel] = {
+    pb.WARNING_LEVEL_LOW: WarningLevel.LOW, pb.WARNING_LEVEL_MEDIUM: WarningLevel.MEDIUM,
+    pb.WARNING_LEVEL_HIGH: WarningLevel.HIGH, pb.WARNING_LEVEL_CRITICAL: WarningLevel.CRITICAL,
+}
 
 
 def _id(v: Validator, value: str, field: str, *, required: bool) -> None:
