@@ -85,7 +85,8 @@ async def _drop(name: str) -> None:
 
 async def _canned(engine: object, rules: object, batch: list[Any], now: datetime, traces: object) -> list[Any]:
     """An approval for every payment without touching the database: what the request path costs alone."""
-    from finmesh.risk.assessing import Outcome  # imported here: the bench also measures builds before the writer
+    # imported here: the bench also measures builds before the writer
+    from finmesh.risk.usecases.assessing import Outcome
 
     return [Outcome(SimpleNamespace(assessment_id=str(uuid.uuid4()), payment_id=f.payment_id, score=0,
                                     decision="APPROVE", warning_level="LOW", reasons=[], rules_version="canned",

@@ -11,7 +11,7 @@ from finmesh.risk.domain.onboarding import OnboardingFacts, assess_onboarding, t
 from finmesh.risk.domain.rules import Rules, parse_rules
 from finmesh.risk.domain.scoring import PaymentFeatures, Tally, assess, decide, is_new_device, warning_level
 from finmesh.risk.domain.values import AmlKind, BlockKind, Decision, Subject, Tier, WarningLevel
-from finmesh.risk.ruleset import DEFAULT_RULES_FILE
+from finmesh.risk.usecases.rules import DEFAULT_RULES_FILE
 
 RULES: Rules = parse_rules(DEFAULT_RULES_FILE.read_text(encoding="utf-8"))
 ORDER = {Decision.APPROVE: 0, Decision.REVIEW: 1, Decision.DECLINE: 2}

@@ -13,11 +13,11 @@ from finmesh.payments.store.schema import outbox as payments_outbox
 from finmesh.payments.v1 import payments_service_pb2 as pay_pb
 from finmesh.platform.rpc.channels import open_channel
 from finmesh.platform.rpc.guard import reason_of
-from finmesh.risk.assessing import ALERT_EVENT
-from finmesh.risk.clients import PaymentsClient
-from finmesh.risk.emergency import freeze_key
+from finmesh.risk.clients.payments import PaymentsClient
 from finmesh.risk.store.schema import alerts
 from finmesh.risk.store.schema import outbox as risk_outbox
+from finmesh.risk.usecases.assessing import ALERT_EVENT
+from finmesh.risk.usecases.emergency import freeze_key
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from tests.risk.harness import cny, key, payment, wait_until
 from tests.risk.mesh import count_rows, open_wallet, owner, risk_mesh, settle_background

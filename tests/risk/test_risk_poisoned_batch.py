@@ -17,8 +17,8 @@ from sqlalchemy import select
 
 from finmesh.platform.money import Money
 from finmesh.platform.rpc.guard import reason_of
-from finmesh.risk.assessing import Outcome, PaymentFacts, assess_payments
 from finmesh.risk.store.schema import assessments
+from finmesh.risk.usecases.assessing import Outcome, PaymentFacts, assess_payments
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.writer import AssessmentWriter
 from tests.poisoned_rows import (

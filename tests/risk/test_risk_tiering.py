@@ -35,10 +35,10 @@ from finmesh.platform.rpc.server import RunningServer
 from finmesh.platform.runner import start_app
 from finmesh.platform.storage.db import create_engine
 from finmesh.risk import app as risk_app
-from finmesh.risk.clients import IDENTITY_IDEMPOTENT_METHODS, IdentityClient
+from finmesh.risk.clients.identity import IDENTITY_IDEMPOTENT_METHODS, IdentityClient
 from finmesh.risk.config import RiskSettings
-from finmesh.risk.emergency import tier_key
 from finmesh.risk.store.schema import alerts
+from finmesh.risk.usecases.emergency import tier_key
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
 from tests.identity.harness import SERVICE_SECRET, free_port, identity_settings, md, new_person

@@ -14,20 +14,21 @@ from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, Not
 from finmesh.platform.messaging.outbox import OutboxRelay
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.rpc.channels import open_channel
+from finmesh.platform.rpc.guard import to_status
 from finmesh.platform.rpc.server import Registration
 from finmesh.platform.storage.db import create_engine, is_sqlite
+from finmesh.platform.storage.idempotency import IdempotencyStore
 from finmesh.platform.storage.migrations import prepare_schema
 from finmesh.risk.api.servicer import RiskServicer
-from finmesh.risk.clients import (
-    IDENTITY_IDEMPOTENT_METHODS,
-    PAYMENTS_IDEMPOTENT_METHODS,
-    IdentityClient,
-    PaymentsClient,
-)
+from finmesh.risk.clients.identity import IDENTITY_IDEMPOTENT_METHODS, IdentityClient
+from finmesh.risk.clients.payments import PAYMENTS_IDEMPOTENT_METHODS, PaymentsClient
 from finmesh.risk.config import RiskSettings
-from finmesh.risk.emergency import EmergencyResponder, ResponsePolicy
-from finmesh.risk.ruleset import RulesRegistry
-from finmesh.risk.store.schema import outbox
+from finmesh.risk.store.schema import idempotency, outbox
+from finmesh.risk.usecases.blocklist import BlockList
+from finmesh.risk.usecases.emergency import EmergencyResponder, ResponsePolicy
+from finmesh.risk.usecases.monitoring import Monitoring
+from finmesh.risk.usecases.onboarding import Onboarding
+from finmesh.risk.usecases.rules import RulesRegistry
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
 from finmesh.risk.writer import AssessmentWriter
@@ -69,7 +70,9 @@ async def build(settings: ServiceSettings) -> RiskApp:
     config = RiskSettings.of(settings)
     engine = create_engine(config.database_url_for("risk"), pool_size=config.db_pool_size)
     await prepare_schema(engine, "risk", migrate=config.auto_migrate)
-    rules = RulesRegistry(engine, file=Path(config.risk_rules_file) if config.risk_rules_file else None,
+    # Stored answers to callers' idempotency keys (a refusal is stored as the status the caller got).
+    answers = IdempotencyStore(engine, idempotency, to_status)
+    rules = RulesRegistry(engine, answers, file=Path(config.risk_rules_file) if config.risk_rules_file else None,
                           poll_seconds=config.risk_rules_poll_seconds)
     await rules.load()
     channels: list[grpc.aio.Channel] = []
@@ -105,7 +108,9 @@ async def build(settings: ServiceSettings) -> RiskApp:
     writer = AssessmentWriter(engine, lambda: rules.active.rules,
                               lanes=1 if is_sqlite(engine) else config.risk_writer_lanes,
                               linger_seconds=config.risk_writer_linger_ms / 1000)
-    servicer = RiskServicer(engine, rules, on_incident=on_incident, writer=writer)
+    servicer = RiskServicer(rules=rules, writer=writer, onboarding=Onboarding(answers),
+                            block_list=BlockList(engine, answers), monitoring=Monitoring(engine),
+                            on_incident=on_incident)
     registration = Registration(servicer, pb_grpc.add_RiskServiceServicer_to_server,
                                 pb.DESCRIPTOR.services_by_name["RiskService"])
     return RiskApp([registration], engine, rules, writer, relay, responder, channels)

@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.storage.group_commit import commit_apart
 from finmesh.platform.storage.sqlite_thread import SqliteWriteThread, write_thread_for
-from finmesh.risk.assessing import Outcome, PaymentFacts, assess_payments
 from finmesh.risk.domain.rules import Rules
+from finmesh.risk.usecases.assessing import Outcome, PaymentFacts, assess_payments
 
 _log = get_logger("finmesh.risk.writer")
 

@@ -6,11 +6,13 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2  # type: ignore[import-untyped]  # .pyi stubs but no py.typed marker
 
 from finmesh.common.v1 import errors_pb2, money_pb2
 from finmesh.platform.errors import DomainError, InvalidArgument
 from finmesh.platform.rpc.guard import to_status, unexpected_status
+from finmesh.risk.domain.indicators import IndicatorBucket
+from finmesh.risk.domain.onboarding import OnboardingVerdict
 from finmesh.risk.domain.values import Reason
 from finmesh.risk.store.common import aware
 from finmesh.risk.v1 import risk_service_pb2 as pb
@@ -18,7 +20,7 @@ from finmesh.risk.v1 import risk_service_pb2 as pb
 
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(aware(moment))  # type: ignore[arg-type]
+    ts.FromDatetime(aware(moment))
     return ts
 
 
@@ -28,6 +30,19 @@ def reasons(stored: list[dict[str, Any]]) -> list[pb.Reason]:
 
 def domain_reasons(values: tuple[Reason, ...]) -> list[pb.Reason]:
     return [pb.Reason(code=r.code, score=r.score, detail=r.detail) for r in values]
+
+
+def onboarding_reply(verdict: OnboardingVerdict) -> pb.AssessOnboardingResponse:
+    return pb.AssessOnboardingResponse(tier=pb.RiskTier.Value(f"RISK_TIER_{verdict.tier.value}"),
+                                       score=verdict.score, reasons=domain_reasons(verdict.reasons))
+
+
+def indicator_bucket(bucket: IndicatorBucket) -> pb.IndicatorBucket:
+    return pb.IndicatorBucket(
+        start=timestamp(bucket.start), assessments=bucket.assessments, declines=bucket.declines,
+        reviews=bucket.reviews, alerts=bucket.alerts, decline_rate_bp=bucket.decline_rate_bp,
+        review_rate_bp=bucket.review_rate_bp,
+    )
 
 
 def assessment(row: Any) -> pb.Assessment:

@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from opentelemetry import trace
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.platform.errors import AlreadyExists, DomainError, InvalidArgument, NotFound
+from finmesh.platform.errors import DomainError, InvalidArgument
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.observability.rpc_tracing import batch_item_span
 from finmesh.platform.rpc.field_rules import checker_for
-from finmesh.platform.rpc.guard import to_status
 from finmesh.platform.storage.db import is_transient
-from finmesh.platform.storage.idempotency import IdempotencyStore
-from finmesh.risk import onboarding
 from finmesh.risk.api import convert, validate
-from finmesh.risk.domain.rules import RulesError, parse_rules
-from finmesh.risk.domain.values import WarningLevel
-from finmesh.risk.domain.windows import bucket_starts, rate_bp
-from finmesh.risk.ruleset import RulesRegistry
-from finmesh.risk.store import alerts, aml, blocklist, indicators
-from finmesh.risk.store.schema import idempotency
+from finmesh.risk.usecases.blocklist import BlockList
+from finmesh.risk.usecases.keyed import KeyedCall
+from finmesh.risk.usecases.monitoring import Monitoring
+from finmesh.risk.usecases.onboarding import Onboarding
+from finmesh.risk.usecases.rules import RulesRegistry
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
 from finmesh.risk.writer import AssessmentWriter
@@ -36,12 +30,13 @@ _CHECK_RULES = checker_for(pb.PaymentCheck.DESCRIPTOR)
 
 
 class RiskServicer(pb_grpc.RiskServiceServicer):
-    def __init__(self, engine: AsyncEngine, rules: RulesRegistry, on_incident: Callable[[], None] | None = None,
-                 writer: AssessmentWriter | None = None):
-        self._engine = engine
+    def __init__(self, *, rules: RulesRegistry, writer: AssessmentWriter, onboarding: Onboarding,
+                 block_list: BlockList, monitoring: Monitoring, on_incident: Callable[[], None] | None = None):
         self._rules = rules
-        self.writer = writer or AssessmentWriter(engine, lambda: rules.active.rules)
-        self._idem = IdempotencyStore(engine, idempotency, to_status)
+        self.writer = writer
+        self._onboarding = onboarding
+        self._block_list = block_list
+        self._monitoring = monitoring
         # Wakes the outbox relay and the emergency responder after a new incident commits.
         self._on_incident = on_incident or (lambda: None)
 
@@ -90,15 +85,10 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
     async def AssessOnboarding(self, request: pb.AssessOnboardingRequest, context: grpc.aio.ServicerContext) -> Any:
         ip, country = validate.onboarding(request)
         rules = self._rules.active.rules
-
-        async def run(conn: Any) -> pb.AssessOnboardingResponse:
-            verdict = await onboarding.assess_user(
-                conn, rules, user_id=request.user_id, age_years=request.age_years, user_kind=request.user_kind,
-                device_id=request.device_id, ip_address=ip, ip_country=country, now=datetime.now(UTC))
-            return pb.AssessOnboardingResponse(tier=pb.RiskTier.Value(f"RISK_TIER_{verdict.tier.value}"),
-                                               score=verdict.score, reasons=convert.domain_reasons(verdict.reasons))
-
-        reply = await self._idem.run("AssessOnboarding", request, pb.AssessOnboardingResponse, run)
+        call = KeyedCall("AssessOnboarding", request, pb.AssessOnboardingResponse, convert.onboarding_reply)
+        reply = await self._onboarding.assess(call, rules, user_id=request.user_id, age_years=request.age_years,
+                                              user_kind=request.user_kind, device_id=request.device_id,
+                                              ip_address=ip, ip_country=country)
         _log.info("onboarding_assessed", tier=pb.RiskTier.Name(reply.tier), score=reply.score,
                   rules_version=rules.version)
         return reply
@@ -114,18 +104,9 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
 
     async def UpdateRules(self, request: pb.UpdateRulesRequest, context: grpc.aio.ServicerContext) -> Any:
         validate.idempotency_key(request.idempotency_key)
-        try:
-            rules = parse_rules(request.source)
-        except RulesError as error:
-            raise InvalidArgument(error.violations, f"rules refused, the active rules stay: {error}") from None
-
-        async def activate(conn: Any) -> pb.UpdateRulesResponse:
-            await self._rules.activate(conn, request.source, rules, "rpc")
-            return pb.UpdateRulesResponse(version=rules.version)
-
-        reply = await self._idem.run("UpdateRules", request, pb.UpdateRulesResponse, activate)
-        await self._rules.refresh()
-        return reply
+        return await self._rules.update(KeyedCall("UpdateRules", request, pb.UpdateRulesResponse,
+                                                  lambda rules: pb.UpdateRulesResponse(version=rules.version)),
+                                        request.source)
 
     # -- block lists ----------------------------------------------------------------
 
@@ -133,31 +114,21 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
                                 context: grpc.aio.ServicerContext) -> Any:
         now = datetime.now(UTC)
         kind, value, expires = validate.block_entry(request, now)
-
-        async def add(conn: Any) -> pb.AddBlockListEntryResponse:
-            existing = await blocklist.find_active(conn, kind.value, value, now)
-            if existing is not None:
-                raise AlreadyExists("BLOCK_LIST_ENTRY_EXISTS", "an active entry already blocks this value",
-                                    entry_id=existing.entry_id)
-            row = await blocklist.add(conn, entry_id=str(uuid.uuid4()), kind=kind.value, value=value,
-                                      reason=request.reason, created_at=now, expires_at=expires)
-            return pb.AddBlockListEntryResponse(entry=convert.block_entry(row))
-
-        reply = await self._idem.run("AddBlockListEntry", request, pb.AddBlockListEntryResponse, add)
+        call: KeyedCall[Any, pb.AddBlockListEntryResponse] = KeyedCall(
+            "AddBlockListEntry", request, pb.AddBlockListEntryResponse,
+            lambda row: pb.AddBlockListEntryResponse(entry=convert.block_entry(row)))
+        reply = await self._block_list.add(call, kind=kind, value=value, reason=request.reason, expires_at=expires,
+                                           now=now)
         _log.info("block_list_entry_added", entry_id=reply.entry.entry_id, kind=kind.value)
         return reply
 
     async def RemoveBlockListEntry(self, request: pb.RemoveBlockListEntryRequest,
                                    context: grpc.aio.ServicerContext) -> Any:
         validate.removal(request)
-
-        async def remove(conn: Any) -> pb.RemoveBlockListEntryResponse:
-            if not await blocklist.remove(conn, request.entry_id, datetime.now(UTC)):
-                raise NotFound("BLOCK_LIST_ENTRY_NOT_FOUND", "no active block list entry with this id",
-                               entry_id=request.entry_id)
-            return pb.RemoveBlockListEntryResponse()
-
-        reply = await self._idem.run("RemoveBlockListEntry", request, pb.RemoveBlockListEntryResponse, remove)
+        call: KeyedCall[None, pb.RemoveBlockListEntryResponse] = KeyedCall(
+            "RemoveBlockListEntry", request, pb.RemoveBlockListEntryResponse,
+            lambda _: pb.RemoveBlockListEntryResponse())
+        reply = await self._block_list.remove(call, request.entry_id)
         _log.info("block_list_entry_removed", entry_id=request.entry_id)
         return reply
 
@@ -165,8 +136,7 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
                                    context: grpc.aio.ServicerContext) -> Any:
         kind = validate.optional_kind(request.kind, validate.BLOCK_KINDS, pb.BLOCK_LIST_KIND_UNSPECIFIED, "kind")
         size, before = validate.page(request.page_size, request.page_token)
-        async with self._engine.connect() as conn:
-            rows = await blocklist.page(conn, kind, datetime.now(UTC), before, size)
+        rows = await self._block_list.page(kind, before, size)
         return pb.ListBlockListEntriesResponse(entries=[convert.block_entry(r) for r in rows[:size]],
                                                next_page_token=_next_token(rows, size))
 
@@ -175,35 +145,22 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
     async def ListAmlReports(self, request: pb.ListAmlReportsRequest, context: grpc.aio.ServicerContext) -> Any:
         kind = validate.optional_kind(request.kind, validate.AML_KINDS, pb.AML_REPORT_KIND_UNSPECIFIED, "kind")
         size, before = validate.page(request.page_size, request.page_token)
-        async with self._engine.connect() as conn:
-            rows = await aml.page(conn, kind, before, size)
+        rows = await self._monitoring.aml_reports(kind, before, size)
         return pb.ListAmlReportsResponse(reports=[convert.aml_report(r) for r in rows[:size]],
                                          next_page_token=_next_token(rows, size))
 
     async def ListAlerts(self, request: pb.ListAlertsRequest, context: grpc.aio.ServicerContext) -> Any:
         level = validate.optional_kind(request.min_level, validate.LEVELS, pb.WARNING_LEVEL_UNSPECIFIED, "min_level")
-        levels = WarningLevel(level).at_least() if level else tuple(WarningLevel)
         size, before = validate.page(request.page_size, request.page_token)
-        async with self._engine.connect() as conn:
-            rows = await alerts.page(conn, [lv.value for lv in levels], before, size)
+        rows = await self._monitoring.alerts(level, before, size)
         return pb.ListAlertsResponse(alerts=[convert.alert(r) for r in rows[:size]],
                                      next_page_token=_next_token(rows, size))
 
     async def GetRiskIndicators(self, request: pb.GetRiskIndicatorsRequest,
                                 context: grpc.aio.ServicerContext) -> Any:
         start, end, size = validate.indicator_range(request)
-        async with self._engine.connect() as conn:
-            counted = await indicators.assessment_buckets(conn, start, end, size)
-            raised = await indicators.alert_buckets(conn, start, end, size)
-        buckets = []
-        for i, bucket_start in enumerate(bucket_starts(start, end, size)):
-            total, declines, reviews = counted.get(i, (0, 0, 0))
-            buckets.append(pb.IndicatorBucket(
-                start=convert.timestamp(bucket_start), assessments=total, declines=declines, reviews=reviews,
-                alerts=raised.get(i, 0), decline_rate_bp=rate_bp(declines, total),
-                review_rate_bp=rate_bp(reviews, total),
-            ))
-        return pb.GetRiskIndicatorsResponse(buckets=buckets)
+        buckets = await self._monitoring.indicators(start, end, size)
+        return pb.GetRiskIndicatorsResponse(buckets=[convert.indicator_bucket(b) for b in buckets])
 
 
 def _next_token(rows: list[Any], size: int) -> str:

@@ -3,31 +3,43 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from google.protobuf import timestamp_pb2
 
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Validator
 from finmesh.platform.money import Money, validate_amount
 from finmesh.platform.storage.idempotency import MAX_KEY_LENGTH
-from finmesh.risk.assessing import PaymentFacts
 from finmesh.risk.domain.onboarding import USER_KINDS
 from finmesh.risk.domain.values import AmlKind, BlockKind, Tier, WarningLevel
 from finmesh.risk.domain.windows import MAX_BUCKETS, bucket_count
+from finmesh.risk.usecases.assessing import PaymentFacts
 from finmesh.risk.v1 import risk_service_pb2 as pb
+
+K = TypeVar("K")
 
 MAX_ID = 64
 MAX_PAGE = 500
 MAX_REASON = 200
 MAX_CHECKS = 64  # AssessPayments: checks per call
 
-TIERS = {pb.RISK_TIER_UNSPECIFIED: Tier.UNSPECIFIED, pb.RISK_TIER_LOW: Tier.LOW,
-         pb.RISK_TIER_MEDIUM: Tier.MEDIUM, pb.RISK_TIER_HIGH: Tier.HIGH}
-BLOCK_KINDS = {pb.BLOCK_LIST_KIND_USER: BlockKind.USER, pb.BLOCK_LIST_KIND_DEVICE: BlockKind.DEVICE,
-               pb.BLOCK_LIST_KIND_IP: BlockKind.IP, pb.BLOCK_LIST_KIND_ACCOUNT: BlockKind.ACCOUNT}
-AML_KINDS = {pb.AML_REPORT_KIND_LARGE_VALUE: AmlKind.LARGE_VALUE, pb.AML_REPORT_KIND_STRUCTURING: AmlKind.STRUCTURING}
-LEVELS = {pb.WARNING_LEVEL_LOW: WarningLevel.LOW, pb.WARNING_LEVEL_MEDIUM: WarningLevel.MEDIUM,
-          pb.WARNING_LEVEL_HIGH: WarningLevel.HIGH, pb.WARNING_LEVEL_CRITICAL: WarningLevel.CRITICAL}
+TIERS: dict[int, Tier] = {
+    pb.RISK_TIER_UNSPECIFIED: Tier.UNSPECIFIED, pb.RISK_TIER_LOW: Tier.LOW, pb.RISK_TIER_MEDIUM: Tier.MEDIUM,
+    pb.RISK_TIER_HIGH: Tier.HIGH,
+}
+BLOCK_KINDS: dict[int, BlockKind] = {
+    pb.BLOCK_LIST_KIND_USER: BlockKind.USER, pb.BLOCK_LIST_KIND_DEVICE: BlockKind.DEVICE,
+    pb.BLOCK_LIST_KIND_IP: BlockKind.IP, pb.BLOCK_LIST_KIND_ACCOUNT: BlockKind.ACCOUNT,
+}
+AML_KINDS: dict[int, AmlKind] = {
+    pb.AML_REPORT_KIND_LARGE_VALUE: AmlKind.LARGE_VALUE, pb.AML_REPORT_KIND_STRUCTURING: AmlKind.STRUCTURING,
+}
+LEVELS: dict[int, WarningLevel] = {
+    pb.WARNING_LEVEL_LOW: WarningLevel.LOW, pb.WARNING_LEVEL_MEDIUM: WarningLevel.MEDIUM,
+    pb.WARNING_LEVEL_HIGH: WarningLevel.HIGH, pb.WARNING_LEVEL_CRITICAL: WarningLevel.CRITICAL,
+}
 
 
 def _id(v: Validator, value: str, field: str, *, required: bool) -> None:
@@ -164,7 +176,7 @@ def removal(request: pb.RemoveBlockListEntryRequest) -> None:
     v.raise_if_any()
 
 
-def optional_kind(value: int, kinds: dict[int, str], zero: int, field: str) -> str | None:
+def optional_kind(value: int, kinds: Mapping[int, K], zero: int, field: str) -> K | None:
     """An optional enum filter: UNSPECIFIED means all."""
     if value == zero:
         return None

@@ -35,7 +35,7 @@ def assess_onboarding(facts: OnboardingFacts, rules: Rules) -> OnboardingVerdict
         reasons.append(Reason("ONBOARDING_YOUNG", r.young.score, f"younger than {r.young.below}"))
     if facts.age_years >= r.senior.at_least and r.senior.score:
         reasons.append(Reason("ONBOARDING_SENIOR", r.senior.score, f"aged {r.senior.at_least} or more"))
-    kind_score = r.user_kind_scores.get(facts.user_kind, 0)  # type: ignore[call-overload]
+    kind_score = r.kind_score(facts.user_kind)
     if kind_score:
         reasons.append(Reason(f"ONBOARDING_KIND_{facts.user_kind.upper()}", kind_score, f"{facts.user_kind} user"))
     if facts.other_users_on_device >= r.shared_device.min_other_users and r.shared_device.score:

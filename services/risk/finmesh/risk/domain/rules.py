@@ -196,6 +196,10 @@ class OnboardingRules(_Section):
     high_risk_country_score: Score
     block_list_score: Score
 
+    def kind_score(self, user_kind: str) -> int:
+        """Points for a kind of user; 0 for a kind the rules leave out."""
+        return next((score for kind, score in self.user_kind_scores.items() if kind == user_kind), 0)
+
 
 class Rules(_Section):
     version: Annotated[StrictStr, Field(min_length=1, max_length=MAX_VERSION_LENGTH, pattern=r"^[\x21-\x7e]+$")]

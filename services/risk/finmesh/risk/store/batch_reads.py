@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, literal_column, or_, select, text, union_all
+from sqlalchemy import ColumnClause, and_, bindparam, case, func, literal_column, or_, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.risk.domain.activity import WindowTotals
@@ -58,7 +58,7 @@ async def read(conn: AsyncConnection, *, payment_ids: Iterable[str], device_user
         params["users"] = users
     if pairs:
         params.update(kinds=sorted({k for k, _ in pairs}), values=sorted({v for _, v in pairs}), now=now)
-    counted = []
+    counted: list[tuple[Subject, int]] = []
     for subject, (windows, values) in velocity.items():
         present = sorted({v for v in values if v})
         if windows and present:
@@ -109,7 +109,7 @@ def _query(shape: _Shape, dialect: str) -> Any:
     width = shape.width
 
     def row(tag: int, first: Any, second: Any, numbers: Sequence[Any] = ()) -> list[Any]:
-        zeros = [literal_column("0")] * (2 * width - len(numbers))
+        zeros: list[ColumnClause[Any]] = [literal_column("0")] * (2 * width - len(numbers))
         return [literal_column(str(tag)), first, second, *numbers, *zeros]
 
     a, d, b = assessments.c, known_devices.c, block_list.c
@@ -124,7 +124,8 @@ def _query(shape: _Shape, dialect: str) -> Any:
     # Load-test traffic is scored but stays out of everyone's velocity (its own included): a harness
     # running against a live deployment must neither hold customers sharing an address nor trip itself.
     real = a.synthetic == 0
-    one, zero = literal_column("1"), literal_column("0")  # constants in the SQL, not parameters bound per call
+    one: ColumnClause[Any] = literal_column("1")
+    zero: ColumnClause[Any] = literal_column("0")  # constants in the SQL, not parameters bound per call
     for i, (subject, windows) in enumerate(shape.velocity):
         column = _SUBJECT_COLUMNS[subject]
         # The subject's widest window (sorted last) bounds the rows read through its (subject, created_at) index,

@@ -7,13 +7,13 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import BindParameter, ColumnElement, and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.risk.store.schema import block_list
 
 
-def _active(now: datetime) -> Any:
+def _active(now: datetime | BindParameter[Any]) -> ColumnElement[bool]:
     return and_(block_list.c.removed_at.is_(None),
                 or_(block_list.c.expires_at.is_(None), block_list.c.expires_at > now))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, case, cast, func, literal_column, select
+from sqlalchemy import BigInteger, ColumnClause, Integer, case, cast, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.risk.domain.values import Decision
@@ -16,8 +16,8 @@ def _bucket(conn: AsyncConnection, column: Any, start: datetime, bucket_seconds:
     # Integers inlined on purpose (they are validated ints, not caller text):
     # PostgreSQL only accepts GROUP BY on an expression identical to the
     # selected one, and separately bound parameters would differ.
-    start_epoch = literal_column(str(int(start.astimezone(UTC).timestamp())))
-    size = literal_column(str(int(bucket_seconds)))
+    start_epoch: ColumnClause[Any] = literal_column(str(int(start.astimezone(UTC).timestamp())))
+    size: ColumnClause[Any] = literal_column(str(int(bucket_seconds)))
     if conn.dialect.name == "postgresql":
         return cast(func.floor((func.extract("epoch", column) - start_epoch) / size), BigInteger)
     # SQLite keeps datetimes as ISO text in UTC; strftime('%s') reads them as epoch seconds. Floor division:

@@ -18,13 +18,15 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from finmesh.platform.errors import FailedPrecondition, FieldViolation
+from finmesh.platform.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.idempotency import IdempotencyStore
 from finmesh.risk.domain.rules import Rules, RulesError, content_hash, parse_rules
 from finmesh.risk.store import rules as store
 from finmesh.risk.store.common import aware
+from finmesh.risk.usecases.keyed import KeyedCall, R
 
-DEFAULT_RULES_FILE = Path(__file__).with_name("default_rules.yaml")
+DEFAULT_RULES_FILE = Path(__file__).parent.parent / "default_rules.yaml"
 
 _log = get_logger("finmesh.risk.rules")
 
@@ -38,8 +40,10 @@ class ActiveRules:
 
 
 class RulesRegistry:
-    def __init__(self, engine: AsyncEngine, *, file: Path | None = None, poll_seconds: float = 1.0) -> None:
+    def __init__(self, engine: AsyncEngine, answers: IdempotencyStore, *, file: Path | None = None,
+                 poll_seconds: float = 1.0) -> None:
         self._engine = engine
+        self._answers = answers
         self._file = file
         self._poll_seconds = poll_seconds
         self._active: ActiveRules | None = None
@@ -102,6 +106,22 @@ class RulesRegistry:
                 if row is not None:
                     self._adopt(row)
             await conn.rollback()
+
+    async def update(self, call: KeyedCall[Rules, R], source: str) -> R:
+        """UpdateRules: activate `source` if it is valid rules, and run them here at once (other replicas at
+        their next poll). Refused rules change nothing: the active rules stay."""
+        try:
+            rules = parse_rules(source)
+        except RulesError as error:
+            raise InvalidArgument(error.violations, f"rules refused, the active rules stay: {error}") from None
+
+        async def activate(conn: AsyncConnection) -> Rules:
+            await self.activate(conn, source, rules, "rpc")
+            return rules
+
+        reply = await call.run(self._answers, activate)
+        await self.refresh()
+        return reply
 
     async def activate(self, conn: AsyncConnection, source: str, rules: Rules, origin: str) -> Any:
         """Record validated rules as the newest activation (in the caller's transaction).

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from sqlalchemy.exc import IntegrityError
@@ -91,7 +91,10 @@ async def assess_payments(database: AsyncEngine | SqliteWriteThread, rules: Rule
     traced = traces or [None] * len(batch)
     try:
         if isinstance(database, SqliteWriteThread):
-            return await database.transaction(lambda conn: _assess_batch(conn, rules, batch, now, traced))
+            # The thread's connection answers every call the stores make of an AsyncConnection (execute, scalar,
+            # dialect): the same store code runs on either.
+            return await database.transaction(
+                lambda conn: _assess_batch(cast(AsyncConnection, conn), rules, batch, now, traced))
         async with write_gate(database), database.begin() as conn:
             return await _assess_batch(conn, rules, batch, now, traced)
     except IntegrityError:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,8 +25,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from finmesh.platform.backoff import Backoff
 from finmesh.platform.observability.logs import get_logger
-from finmesh.risk.clients import Refused
+from finmesh.risk.clients.refusals import Refused
 from finmesh.risk.store import alerts
 
 _log = get_logger("finmesh.risk.emergency")
@@ -44,19 +44,17 @@ def tier_key(alert_id: str) -> str:
     return f"risk-incident-{alert_id}-tier"
 
 
+STEP_BACKOFF = Backoff(base_seconds=0.5, max_seconds=60.0)
+
+
 @dataclass(frozen=True)
 class ResponsePolicy:
     poll_seconds: float = 1.0
     lease_seconds: float = 30.0
     call_timeout_seconds: float = 2.0
-    base_backoff_seconds: float = 0.5
-    max_backoff_seconds: float = 60.0
+    # After a step failed: the base doubles with each failure of the incident so far (its `attempts`).
+    backoff: Backoff = STEP_BACKOFF
     batch_size: int = 50
-
-    def backoff(self, attempts: int) -> float:
-        """Exponential backoff with jitter (attempts counts failures so far)."""
-        ceiling = min(self.max_backoff_seconds, self.base_backoff_seconds * 2 ** min(attempts, 20))
-        return random.uniform(ceiling / 2, ceiling)
 
 
 class EmergencyResponder:
@@ -145,7 +143,9 @@ class EmergencyResponder:
             await self._settle(row.alert_id, **progress, parked=True, last_error=refused.reason[:200])
             return False
         except Exception as error:  # noqa: BLE001 - the other service down or slow: retry later with the same key
-            delay = self._policy.backoff(row.attempts)
+            # Doubling stops at 20 failures, as it did before the schedule was shared (the cap is reached long
+            # before with the default numbers).
+            delay = self._policy.backoff.delay(min(row.attempts, 20))
             _log.warning("emergency_step_retry", alert_id=row.alert_id, step=step, attempts=row.attempts + 1,
                          error=type(error).__name__, retry_in_seconds=round(delay, 2))
             await self._settle(row.alert_id, **progress, attempts=row.attempts + 1,

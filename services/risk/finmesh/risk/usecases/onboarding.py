@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from finmesh.platform.storage.idempotency import IdempotencyStore
 from finmesh.risk.domain.onboarding import OnboardingFacts, OnboardingVerdict, assess_onboarding
 from finmesh.risk.domain.rules import Rules
 from finmesh.risk.domain.values import BlockKind
 from finmesh.risk.store import blocklist, subjects
 from finmesh.risk.store import onboarding as store
+from finmesh.risk.usecases.keyed import KeyedCall, R
+
+
+class Onboarding:
+    def __init__(self, answers: IdempotencyStore) -> None:
+        self._answers = answers
+
+    async def assess(self, call: KeyedCall[OnboardingVerdict, R], rules: Rules, *, user_id: str, age_years: int,
+                     user_kind: str, device_id: str, ip_address: str, ip_country: str) -> R:
+        """AssessOnboarding: the user's tier under `rules`, recorded with the answer (a retry gets that tier)."""
+        return await call.run(self._answers, lambda conn: assess_user(
+            conn, rules, user_id=user_id, age_years=age_years, user_kind=user_kind, device_id=device_id,
+            ip_address=ip_address, ip_country=ip_country, now=datetime.now(UTC)))
 
 
 async def assess_user(conn: AsyncConnection, rules: Rules, *, user_id: str, age_years: int, user_kind: str,

@@ -1,0 +1,1 @@
+"""The services risk's emergency response acts through: payments freezes accounts, identity raises tiers."""
