@@ -15,11 +15,11 @@ from typing import Any
 from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.payments.channels import ChannelRegistry
-from finmesh.payments.clients import RiskClient
+from finmesh.payments.clients.banks import Banks
+from finmesh.payments.clients.risk import RiskClient
 from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.domain import synthetic as synthetic_rules
-from finmesh.payments.domain.limits import ChannelCapPolicy, LimitPolicy
+from finmesh.payments.domain.limits import BankCapPolicy, LimitPolicy
 from finmesh.payments.store import queries
 from finmesh.payments.usecases.payments import LimitRules
 from finmesh.payments.writer import Action, Command, LedgerWriter, stored_answer
@@ -46,16 +46,16 @@ class Dependencies:
     writer: LedgerWriter
     idempotency: IdempotencyStore
     risk: RiskClient
-    channels: ChannelRegistry
+    banks: Banks
     settings: PaymentsSettings
 
     limits: LimitRules = field(init=False)
-    channel_caps: ChannelCapPolicy = field(init=False)
+    bank_caps: BankCapPolicy = field(init=False)
 
     def __post_init__(self) -> None:
         policy = LimitPolicy(self.settings.limit_table())
         self.limits = LimitRules(policy, self.settings.limits_utc_offset_minutes)
-        self.channel_caps = ChannelCapPolicy(self.settings.channel_cap_table(), policy)
+        self.bank_caps = BankCapPolicy(self.settings.bank_cap_table(), policy)
 
 
 class ServicerBase:

@@ -26,7 +26,7 @@ from finmesh.payments.api.ownership import (
     require_payment_party,
 )
 from finmesh.payments.api.risk_context import RiskFacts, validate_risk_context
-from finmesh.payments.clients import PaymentFacts, RiskVerdict
+from finmesh.payments.clients.risk import PaymentFacts, RiskVerdict
 from finmesh.payments.domain.ledger import AccountState, AccountStatus
 from finmesh.payments.domain.limits import limit_day
 from finmesh.payments.domain.payments import PaymentRequest, RiskDecision, validate_payment_request

@@ -64,7 +64,7 @@ def payment_values(state: PaymentState) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class ChannelOperation:
+class BankOperation:
     operation_id: str
     kind: str  # TOP_UP or PAYOUT
     account_id: str
@@ -84,8 +84,8 @@ class ChannelOperation:
     idempotency_scope: str | None = None
 
 
-def channel_operation(row: Any) -> ChannelOperation:
-    return ChannelOperation(
+def bank_operation(row: Any) -> BankOperation:
+    return BankOperation(
         operation_id=row.operation_id, kind=row.kind, account_id=row.account_id, channel=row.channel,
         currency=row.currency, amount=int(row.amount), status=row.status, channel_reference=row.channel_reference,
         destination_token=row.destination_token, failure_reason=row.failure_reason,
@@ -95,5 +95,5 @@ def channel_operation(row: Any) -> ChannelOperation:
     )
 
 
-def channel_operation_values(op: ChannelOperation) -> dict[str, Any]:
+def bank_operation_values(op: BankOperation) -> dict[str, Any]:
     return _values(op)

@@ -24,7 +24,7 @@ from finmesh.payments.domain.ledger import AccountKind, AccountState, AccountSta
 from finmesh.payments.domain.limits import Usage
 from finmesh.payments.domain.payments import CAPTURED_STATES, PaymentState
 from finmesh.payments.store import rows
-from finmesh.payments.store.rows import ChannelOperation
+from finmesh.payments.store.rows import BankOperation
 from finmesh.payments.store.schema import (
     accounts,
     audit_log,
@@ -106,8 +106,8 @@ class UnitOfWork:
         self._payments_loaded: dict[str, PaymentState | None] = {}
         self._usage: dict[tuple[str, str, str], Usage | None] = {}
         self._usage_loaded: dict[tuple[str, str, str], Usage | None] = {}
-        self._ops: dict[str, ChannelOperation | None] = {}
-        self._ops_loaded: dict[str, ChannelOperation | None] = {}
+        self._ops: dict[str, BankOperation | None] = {}
+        self._ops_loaded: dict[str, BankOperation | None] = {}
         self._tiers: dict[str, str] = {}
         # Rows only ever appended; a checkpoint remembers their lengths.
         self._appended: dict[str, list[Any]] = {
@@ -312,14 +312,14 @@ class UnitOfWork:
 
     # -- channel operations ---------------------------------------------------------------
 
-    async def channel_operation(self, operation_id: str) -> ChannelOperation | None:
+    async def bank_operation(self, operation_id: str) -> BankOperation | None:
         if operation_id not in self._ops:
             row = (await self.conn.execute(_OPERATION, {"operation_id": operation_id})).first()
             self._ops[operation_id] = self._ops_loaded[operation_id] = (
-                None if row is None else rows.channel_operation(row))
+                None if row is None else rows.bank_operation(row))
         return self._ops[operation_id]
 
-    def put_channel_operation(self, op: ChannelOperation) -> None:
+    def put_bank_operation(self, op: BankOperation) -> None:
         self._set(self._ops, op.operation_id, op)
 
     # -- events and audit ---------------------------------------------------------------------
@@ -351,7 +351,7 @@ class UnitOfWork:
             await insert_rows(conn, refunds, appended["refunds"])
         if appended["settlements"]:
             await insert_rows(conn, settlement_batches, appended["settlements"])
-        await self._flush_channel_operations()
+        await self._flush_bank_operations()
         await self._flush_usage()
         await self._flush_events()
         return await self._flush_audit(head_sequence, head_hash)
@@ -364,10 +364,10 @@ class UnitOfWork:
             values = [{f"b_{k}": v for k, v in rows.payment_values(p).items()} for p in changed]
             await self.conn.execute(_payment_update(rows.payment_values(changed[0])), values)
 
-    async def _flush_channel_operations(self) -> None:
+    async def _flush_bank_operations(self) -> None:
         new, changed = _diff(self._ops, self._ops_loaded)
         if new:
-            await insert_rows(self.conn, channel_operations, [rows.channel_operation_values(o) for o in new])
+            await insert_rows(self.conn, channel_operations, [rows.bank_operation_values(o) for o in new])
         if changed:
             await self.conn.execute(_UPDATE_OPERATION, [
                 {"b_operation_id": op.operation_id, "b_status": op.status, "b_channel_reference": op.channel_reference,

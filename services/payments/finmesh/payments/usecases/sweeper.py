@@ -24,13 +24,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.payments.api import convert
-from finmesh.payments.api.money_movement import channel_reply
-from finmesh.payments.channels import ChannelRegistry, ChannelUnavailable
+from finmesh.payments.api.money_movement import operation_reply
+from finmesh.payments.clients.banks import BankAnswer, Banks, BankUnavailable
 from finmesh.payments.store import rows
 from finmesh.payments.store.schema import channel_operations, payments
 from finmesh.payments.store.uow import UnitOfWork
-from finmesh.payments.usecases import channels as usecase
 from finmesh.payments.usecases import payments as payments_usecase
+from finmesh.payments.usecases import top_ups_and_payouts as usecase
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.writer import Command, LedgerWriter
 from finmesh.platform.errors import DomainError
@@ -45,13 +45,13 @@ _OWN_METHOD = "SweepChannelOperation"
 
 
 class PendingOperationSweeper:
-    def __init__(self, engine: AsyncEngine, writer: LedgerWriter, channels: ChannelRegistry, *,
+    def __init__(self, engine: AsyncEngine, writer: LedgerWriter, banks: Banks, *,
                  grace_seconds: float, interval_seconds: float,
                  authorization_ttl_seconds: float = 7 * 24 * 3600) -> None:
         self._authorization_ttl = timedelta(seconds=authorization_ttl_seconds)
         self._engine = engine
         self._writer = writer
-        self._channels = channels
+        self._banks = banks
         self._grace = timedelta(seconds=grace_seconds)
         self._interval = interval_seconds
         self._task: asyncio.Task[None] | None = None
@@ -78,7 +78,7 @@ class PendingOperationSweeper:
         c = channel_operations.c
         cutoff = (now or datetime.now(UTC)) - self._grace
         async with self._engine.connect() as conn:
-            overdue = [rows.channel_operation(r) for r in await conn.execute(
+            overdue = [rows.bank_operation(r) for r in await conn.execute(
                 select(channel_operations).where(c.status == "PENDING", c.created_at <= cutoff)
                 .order_by(c.created_at).limit(200))]
             await conn.rollback()
@@ -118,29 +118,29 @@ class PendingOperationSweeper:
             _log.info("authorizations_expired", count=expired)
         return expired
 
-    async def _finish(self, op: rows.ChannelOperation) -> int:
+    async def _finish(self, op: rows.BankOperation) -> int:
         """Finish one operation: 1 if this pass brought it to its final state, else 0 (tried again later)."""
-        adapter = self._channels.get(op.channel)
-        if adapter is None:
+        bank = self._banks.get(op.channel)
+        if bank is None:
             return 0
         try:
-            answer = await adapter.lookup(op.operation_id)
-        except ChannelUnavailable:
+            answer = await bank.lookup(op.operation_id)
+        except BankUnavailable:
             return 0
         if answer is None:
-            answer = usecase.ChannelAnswer("FAILED", failure_reason="NOT_RECEIVED_BY_CHANNEL")
+            answer = BankAnswer("FAILED", failure_reason="NOT_RECEIVED_BY_CHANNEL")
         method, response_type = _METHODS[op.kind]
-        finished: list[rows.ChannelOperation] = []  # what this pass finished (not another caller meanwhile)
+        finished: list[rows.BankOperation] = []  # what this pass finished (not another caller meanwhile)
 
         async def finish(uow: UnitOfWork) -> Any:
-            current = await uow.channel_operation(op.operation_id)
+            current = await uow.bank_operation(op.operation_id)
             result = await usecase.finish(uow, op.operation_id, answer)
             finished[:] = [result[0]] if current is not None and current.status == "PENDING" else []
             return result
 
         def command(method: str, scope: str, key: str) -> Command:
             return Command(method=method, scope=scope, key=key, fingerprint=op.request_hash or b"",
-                           response_type=response_type, action=finish, render=channel_reply(response_type))
+                           response_type=response_type, action=finish, render=operation_reply(response_type))
 
         try:
             try:
