@@ -9,9 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.payments.api.common import Dependencies
 from finmesh.payments.api.servicer import PaymentsServicer
+from finmesh.payments.api.sweep_answers import SWEEP_ANSWERS
 from finmesh.payments.clients.banks import Banks
 from finmesh.payments.clients.risk import RISK_IDEMPOTENT_METHODS, RiskClient
 from finmesh.payments.config import PaymentsSettings
+from finmesh.payments.store.reads import Reads
 from finmesh.payments.store.schema import idempotency, outbox
 from finmesh.payments.store.tiers import TableTierSource, TierSource
 from finmesh.payments.usecases.sweeper import PendingOperationSweeper
@@ -77,13 +79,15 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
                           max_batch=settings.writer_max_batch, on_commit=relay.wake,
                           limits_utc_offset_minutes=settings.limits_utc_offset_minutes,
                           test_owners=frozenset(settings.synthetic_owner_ids), thread=write_thread)
+    # FINMESH_CHANNEL_*: the banks, by the payment channel each serves.
     banks = Banks(settings.channel_urls, settings.channel_timeout_seconds, settings.channel_sandbox)
-    sweeper = PendingOperationSweeper(engine, writer, banks, grace_seconds=settings.channel_pending_grace_seconds,
+    sweeper = PendingOperationSweeper(engine, writer, banks, SWEEP_ANSWERS,
+                                      grace_seconds=settings.channel_pending_grace_seconds,
                                       interval_seconds=settings.channel_sweep_interval_seconds,
                                       authorization_ttl_seconds=settings.authorization_ttl_seconds)
     reader = create_read_engine(settings.database_url_for("payments"), pool_size=settings.db_read_pool_size)
     risk = RiskClient(risk_channel, max_in_flight=settings.risk_max_in_flight)
-    deps = Dependencies(engine=engine, reader=reader, writer=writer,
+    deps = Dependencies(reads=Reads(reader), writer=writer,
                         idempotency=IdempotencyStore(engine, idempotency, to_status),
                         risk=risk, banks=banks, settings=settings)
     registration = Registration(PaymentsServicer(deps), pb_grpc.add_PaymentsServiceServicer_to_server,

@@ -6,11 +6,10 @@ import dataclasses
 import uuid
 from typing import Any
 
-import grpc
-
 from finmesh.payments.api import convert
 from finmesh.payments.api.common import (
     MAX_ID,
+    Context,
     ServicerBase,
     amount_violations,
     decode_token,
@@ -19,12 +18,11 @@ from finmesh.payments.api.common import (
     require_id,
     valid_id,
 )
-from finmesh.payments.api.ownership import require_account_owner, require_own_sources
 from finmesh.payments.clients.banks import Bank, BankUnavailable
-from finmesh.payments.store import queries
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.payments.usecases import top_ups_and_payouts as usecase
 from finmesh.payments.usecases import transfers
+from finmesh.payments.usecases.ownership import require_account_owner, require_own_sources
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Unavailable, Validator
 from finmesh.platform.money import validate_amount
@@ -39,17 +37,17 @@ _TRANSFER_RULES = checker_for(pb.TransferSpec.DESCRIPTOR)
 
 
 class MoneyMovementRpcs(ServicerBase):
-    async def TopUp(self, request: pb.TopUpRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def TopUp(self, request: pb.TopUpRequest, context: Context) -> Any:
         return await self._bank_operation("TopUp", usecase.TOP_UP, request, pb.TopUpResponse, context)
 
-    async def Payout(self, request: pb.PayoutRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def Payout(self, request: pb.PayoutRequest, context: Context) -> Any:
         return await self._bank_operation("Payout", usecase.PAYOUT, request, pb.PayoutResponse, context)
 
     async def _bank_operation(self, method: str, kind: str, request: Any, response_type: Any,
-                                 context: grpc.aio.ServicerContext) -> Any:
+                                 context: Context) -> Any:
         bank = self._validate_bank_request(request, payout=kind == usecase.PAYOUT)
         # Before the replay: another customer's key must not read this one's stored answer.
-        await require_account_owner(self.deps.reader, request.account_id)
+        await require_account_owner(self.deps.reads, request.account_id)
         await self.require_test_accounts(context, [request.account_id])
         prior = await self.replay(method, request, response_type)
         if prior is not None:
@@ -108,13 +106,13 @@ class MoneyMovementRpcs(ServicerBase):
         return bank
 
     async def BatchCreateTransfers(self, request: pb.BatchCreateTransfersRequest,
-                                   context: grpc.aio.ServicerContext) -> Any:
+                                   context: Context) -> Any:
         validate_key(request.idempotency_key)
         items, unreadable = _batch_items(request)
         # Every source is checked (one foreign source refuses the whole call), except the ids that break the
         # contract's field rules: such an item moves nothing, and its value may not even be storable.
         looked_up = [i for index, i in enumerate(items) if index not in unreadable]
-        await require_own_sources(self.deps.reader, [i.source for i in looked_up if i.source])
+        await require_own_sources(self.deps.reads, [i.source for i in looked_up if i.source])
         await self.require_test_accounts(context,
                                          sorted({a for i in looked_up for a in (i.source, i.destination) if a}))
 
@@ -125,15 +123,14 @@ class MoneyMovementRpcs(ServicerBase):
                                  _render_batch)
 
     async def ListLedgerEntries(self, request: pb.ListLedgerEntriesRequest,
-                                context: grpc.aio.ServicerContext) -> Any:
+                                context: Context) -> Any:
         require_id(request.account_id, "account_id")
-        await require_account_owner(self.deps.reader, request.account_id)
+        await require_account_owner(self.deps.reads, request.account_id)
         size = page_size(request.page_size)
         token = decode_token(request.page_token, 1)
         if token is not None and not token[0].isdigit():
             raise InvalidArgument(FieldViolation("page_token", "not a token this service issued"))
-        async with self.deps.reader.connect() as conn:
-            found = await queries.entries_of(conn, request.account_id, int(token[0]) if token else None, size + 1)
+        found = await self.deps.reads.entries_of(request.account_id, int(token[0]) if token else None, size + 1)
         more = len(found) > size
         found = found[:size]
         return pb.ListLedgerEntriesResponse(entries=[convert.ledger_entry(r) for r in found],
