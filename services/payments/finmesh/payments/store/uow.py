@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.payments.domain import ledger
 from finmesh.payments.domain.audit import append as audit_append
@@ -24,6 +23,7 @@ from finmesh.payments.domain.ledger import AccountKind, AccountState, AccountSta
 from finmesh.payments.domain.limits import Usage
 from finmesh.payments.domain.payments import CAPTURED_STATES, PaymentState
 from finmesh.payments.store import rows
+from finmesh.payments.store.connection import Connection
 from finmesh.payments.store.rows import BankOperation
 from finmesh.payments.store.schema import (
     accounts,
@@ -56,9 +56,11 @@ _UNSETTLED = select(payments).where(
     payments.c.payee_account_id == bindparam("payee"), payments.c.settlement_batch_id.is_(None),
     payments.c.status.in_(_ids("statuses")), payments.c.captured_at <= bindparam("cutoff"),
 ).order_by(payments.c.captured_at, payments.c.payment_id)
-_USAGE_OF_DAY = select(daily_usage).where(daily_usage.c.day == bindparam("day"),
-                                          daily_usage.c.owner_id.in_(_ids("owners")))
-_USAGE_ONE = select(daily_usage.c.amount, daily_usage.c.count).where(
+# `count` read as `usage_count`: a row's own count() (it is a tuple) would hide the column from the type checker.
+_USAGE_OF_DAY = select(daily_usage.c.owner_id, daily_usage.c.currency, daily_usage.c.amount,
+                       daily_usage.c.count.label("usage_count")).where(
+    daily_usage.c.day == bindparam("day"), daily_usage.c.owner_id.in_(_ids("owners")))
+_USAGE_ONE = select(daily_usage.c.amount, daily_usage.c.count.label("usage_count")).where(
     daily_usage.c.owner_id == bindparam("owner"), daily_usage.c.currency == bindparam("currency"),
     daily_usage.c.day == bindparam("day"))
 _OPERATION = select(channel_operations).where(channel_operations.c.operation_id == bindparam("operation_id"))
@@ -92,7 +94,7 @@ def _payment_update(columns: Iterable[str]) -> Any:
 
 
 class UnitOfWork:
-    def __init__(self, conn: AsyncConnection, now: datetime, tier_source: TierSource,
+    def __init__(self, conn: Connection, now: datetime, tier_source: TierSource,
                  test_owners: frozenset[str] = frozenset()) -> None:
         self.conn = conn
         self.now = now
@@ -291,7 +293,7 @@ class UnitOfWork:
             for row in result:
                 key = (row.owner_id, row.currency, day)
                 if key in keys:
-                    self._usage[key] = self._usage_loaded[key] = Usage(int(row.amount), row.count)
+                    self._usage[key] = self._usage_loaded[key] = Usage(int(row.amount), row.usage_count)
         for key in keys - self._usage.keys():
             self._usage[key] = self._usage_loaded[key] = None
 
@@ -304,7 +306,8 @@ class UnitOfWork:
         key = (owner_id, currency, day)
         if key not in self._usage:
             row = (await self.conn.execute(_USAGE_ONE, {"owner": owner_id, "currency": currency, "day": day})).first()
-            self._usage[key] = self._usage_loaded[key] = None if row is None else Usage(int(row.amount), row.count)
+            used = None if row is None else Usage(int(row.amount), row.usage_count)
+            self._usage[key] = self._usage_loaded[key] = used
         return self._usage[key] or Usage()
 
     def put_usage(self, owner_id: str, currency: str, day: str, usage: Usage) -> None:
@@ -375,7 +378,8 @@ class UnitOfWork:
                  "b_updated_at": op.updated_at} for op in changed])
 
     async def _flush_usage(self) -> None:
-        new, changed = [], []
+        new: list[dict[str, Any]] = []
+        changed: list[dict[str, Any]] = []
         for (owner_id, currency, day), usage in self._usage.items():
             loaded = self._usage_loaded.get((owner_id, currency, day))
             if usage is None or usage == loaded:
