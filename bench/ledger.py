@@ -39,7 +39,7 @@ from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, fu
 from finmesh.common.v1 import money_pb2
 from finmesh.payments import app as payments_app
 from finmesh.payments.api import convert
-from finmesh.payments.clients import RiskVerdict
+from finmesh.payments.clients.risk import RiskVerdict
 from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.domain.limits import LimitPolicy
 from finmesh.payments.domain.payments import CaptureMode, PaymentRequest, RiskDecision

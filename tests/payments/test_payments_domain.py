@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from finmesh.payments.domain import audit, ledger, reconciliation, settlement
 from finmesh.payments.domain.ledger import AccountKind, AccountState, AccountStatus, Bucket, Posting, Transfer
 from finmesh.payments.domain.limits import (
-    ANY_CHANNEL,
+    ANY_BANK,
     PAYOUT,
     TOP_UP,
-    ChannelCapPolicy,
-    ChannelCaps,
+    BankCapPolicy,
+    BankCaps,
     LimitPolicy,
     Limits,
     Usage,
@@ -169,8 +169,8 @@ def test_statement_parsing_and_matching() -> None:
 def test_channel_caps_then_tier_caps_name_the_cap_they_enforce() -> None:
     """The channel's cap binds every account, the tier's only wallets (tier None: a merchant); both fail closed."""
     tiers = LimitPolicy({"low": {"CNY": Limits(1_000, 5_000, 9, top_up=4_000, payout=2_000)}})
-    caps = ChannelCapPolicy({"bank": {"CNY": ChannelCaps(top_up=3_000, payout=9_000)},
-                             ANY_CHANNEL: {"CNY": ChannelCaps(top_up=500, payout=500)}}, tiers)
+    caps = BankCapPolicy({"bank": {"CNY": BankCaps(top_up=3_000, payout=9_000)},
+                             ANY_BANK: {"CNY": BankCaps(top_up=500, payout=500)}}, tiers)
     caps.check(TOP_UP, "bank", "CNY", 3_000, "low")
     caps.check(PAYOUT, "bank", "CNY", 9_000, None)
     refusals = {
@@ -188,7 +188,7 @@ def test_channel_caps_then_tier_caps_name_the_cap_they_enforce() -> None:
         with pytest.raises(FailedPrecondition) as refused:
             caps.check(*args)
         assert (refused.value.reason, refused.value.metadata) == ("LIMIT_EXCEEDED", metadata), args
-    usd_tiers = ChannelCapPolicy({ANY_CHANNEL: {"USD": ChannelCaps(10**6, 10**6)}}, tiers)
+    usd_tiers = BankCapPolicy({ANY_BANK: {"USD": BankCaps(10**6, 10**6)}}, tiers)
     usd_tiers.check(TOP_UP, "bank", "USD", 100, None)  # a merchant: the channel's cap only
     with pytest.raises(FailedPrecondition) as refused:
         usd_tiers.check(TOP_UP, "bank", "USD", 100, "low")  # a wallet in a currency no tier has limits for

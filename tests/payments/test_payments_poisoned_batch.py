@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from finmesh.payments.api import convert
-from finmesh.payments.clients import RiskVerdict
+from finmesh.payments.clients.risk import RiskVerdict
 from finmesh.payments.domain.limits import LimitPolicy
 from finmesh.payments.domain.payments import CaptureMode, PaymentRequest, RiskDecision
 from finmesh.payments.store.tiers import TierSource

@@ -1,4 +1,4 @@
-"""Wires the payments service: database, ledger writer, clients, channels, servicer, background tasks."""
+"""Wires the payments service: database, ledger writer, clients (risk, banks), servicer, background tasks."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.payments.api.common import Dependencies
 from finmesh.payments.api.servicer import PaymentsServicer
-from finmesh.payments.channels import ChannelRegistry
-from finmesh.payments.clients import RISK_IDEMPOTENT_METHODS, RiskClient
+from finmesh.payments.api.sweep_answers import SWEEP_ANSWERS
+from finmesh.payments.clients.banks import Banks
+from finmesh.payments.clients.risk import RISK_IDEMPOTENT_METHODS, RiskClient
 from finmesh.payments.config import PaymentsSettings
+from finmesh.payments.store.reads import Reads
 from finmesh.payments.store.schema import idempotency, outbox
 from finmesh.payments.store.tiers import TableTierSource, TierSource
-from finmesh.payments.sweeper import PendingOperationSweeper
+from finmesh.payments.usecases.sweeper import PendingOperationSweeper
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.payments.writer import LedgerWriter
@@ -38,6 +40,7 @@ class PaymentsApp:
     sweeper: PendingOperationSweeper
     engine: AsyncEngine
     reader: AsyncEngine
+    banks: Banks
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     write_thread: SqliteWriteThread | None = None
     risk: RiskClient | None = None
@@ -56,6 +59,7 @@ class PaymentsApp:
             await self.write_thread.close()
         if self.risk is not None:
             await self.risk.close()
+        await self.banks.close()
         for channel in self.channels:
             await channel.close()
         await self.engine.dispose()
@@ -75,16 +79,18 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
                           max_batch=settings.writer_max_batch, on_commit=relay.wake,
                           limits_utc_offset_minutes=settings.limits_utc_offset_minutes,
                           test_owners=frozenset(settings.synthetic_owner_ids), thread=write_thread)
-    channels = ChannelRegistry(settings.channel_urls, settings.channel_timeout_seconds, settings.channel_sandbox)
-    sweeper = PendingOperationSweeper(engine, writer, channels, grace_seconds=settings.channel_pending_grace_seconds,
+    # FINMESH_CHANNEL_*: the banks, by the payment channel each serves.
+    banks = Banks(settings.channel_urls, settings.channel_timeout_seconds, settings.channel_sandbox)
+    sweeper = PendingOperationSweeper(engine, writer, banks, SWEEP_ANSWERS,
+                                      grace_seconds=settings.channel_pending_grace_seconds,
                                       interval_seconds=settings.channel_sweep_interval_seconds,
                                       authorization_ttl_seconds=settings.authorization_ttl_seconds)
     reader = create_read_engine(settings.database_url_for("payments"), pool_size=settings.db_read_pool_size)
     risk = RiskClient(risk_channel, max_in_flight=settings.risk_max_in_flight)
-    deps = Dependencies(engine=engine, reader=reader, writer=writer,
+    deps = Dependencies(reads=Reads(reader), writer=writer,
                         idempotency=IdempotencyStore(engine, idempotency, to_status),
-                        risk=risk, channels=channels, settings=settings)
+                        risk=risk, banks=banks, settings=settings)
     registration = Registration(PaymentsServicer(deps), pb_grpc.add_PaymentsServiceServicer_to_server,
                                 pb.DESCRIPTOR.services_by_name["PaymentsService"])
-    return PaymentsApp(settings, [registration], relay, writer, sweeper, engine, reader,
+    return PaymentsApp(settings, [registration], relay, writer, sweeper, engine, reader, banks,
                        [risk_channel, notify_channel], write_thread, risk)

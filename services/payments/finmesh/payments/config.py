@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from finmesh.payments.domain.limits import DEFAULT_CHANNEL_CAPS, DEFAULT_LIMITS, ChannelCaps, Limits
+from finmesh.payments.domain.limits import DEFAULT_BANK_CAPS, DEFAULT_LIMITS, BankCaps, Limits
 from finmesh.payments.domain.settlement import FeeSchedule
 from finmesh.platform.config import ServiceSettings
 
@@ -16,7 +16,7 @@ class PaymentsSettings(ServiceSettings):
     # for a risk officer ("review"), or refuse with RISK_UNAVAILABLE ("decline").
     risk_unavailable_policy: Literal["review", "decline"] = "review"
     # Risk calls out at once; beyond that, checks wait and go to risk together as one AssessPayments call
-    # when a call comes back (see clients.RiskClient). Light traffic never waits. One makes the biggest
+    # when a call comes back (see clients.risk.RiskClient). Light traffic never waits. One makes the biggest
     # batches (least CPU per payment on both sides); more let checks use several risk replicas at once.
     risk_max_in_flight: int = Field(default=1, ge=1, le=1000)
 
@@ -40,20 +40,22 @@ class PaymentsSettings(ServiceSettings):
     settlement_fee_fixed_minor_units: int = Field(default=0, ge=0)
     settlement_reserve_bp: int = Field(default=500, ge=0, le=10_000)
 
-    # Channels: name -> base URL of its HTTP API, e.g. FINMESH_CHANNEL_URLS='{"icbc": "http://10.0.0.5:8080"}'.
+    # Banks, under the payment channel each serves (the `channel` of TopUp and Payout): channel -> base URL of
+    # the bank's HTTP API, e.g. FINMESH_CHANNEL_URLS='{"icbc": "http://10.0.0.5:8080"}'.
     channel_urls: dict[str, str] = Field(default_factory=dict)
     channel_timeout_seconds: float = Field(default=2.0, gt=0)
-    # Caps on one top-up and one payout through a channel, for every account: channel -> currency ->
+    # Caps on one top-up and one payout through a bank, for every account: channel -> currency ->
     # {top_up, payout} in minor units; "*" covers channels not named (and currencies a channel's entry
     # leaves out). A channel and currency with no cap is refused, e.g.
     # FINMESH_CHANNEL_CAPS='{"icbc": {"CNY": {"top_up": 5000000, "payout": 5000000}}, "*": {...}}'.
     channel_caps: dict[str, dict[str, dict[str, int]]] = Field(
         default_factory=lambda: {channel: {currency: vars(caps) for currency, caps in row.items()}
-                                 for channel, row in DEFAULT_CHANNEL_CAPS.items()}
+                                 for channel, row in DEFAULT_BANK_CAPS.items()}
     )
-    # test_* channels without a URL confirm at once, in-process; production sets false.
+    # test_* channels without a URL are served by an in-process sandbox bank that confirms at once;
+    # production sets false.
     channel_sandbox: bool = True
-    # PENDING operations older than this are looked up at the channel and finished by the sweeper.
+    # PENDING operations older than this are looked up at their bank and finished by the sweeper.
     channel_pending_grace_seconds: float = Field(default=60.0, gt=0)
     channel_sweep_interval_seconds: float = Field(default=15.0, gt=0)
 
@@ -73,7 +75,7 @@ class PaymentsSettings(ServiceSettings):
     @model_validator(mode="after")
     def _tables_are_complete(self) -> PaymentsSettings:
         """Refuse to start on a limit or cap entry with missing or unknown keys, naming the setting."""
-        for name, table in (("tier_limits", self.limit_table), ("channel_caps", self.channel_cap_table)):
+        for name, table in (("tier_limits", self.limit_table), ("channel_caps", self.bank_cap_table)):
             try:
                 table()
             except TypeError as error:
@@ -83,8 +85,8 @@ class PaymentsSettings(ServiceSettings):
     def limit_table(self) -> dict[str, dict[str, Limits]]:
         return {tier: {cur: Limits(**values) for cur, values in row.items()} for tier, row in self.tier_limits.items()}
 
-    def channel_cap_table(self) -> dict[str, dict[str, ChannelCaps]]:
-        return {channel: {cur: ChannelCaps(**values) for cur, values in row.items()}
+    def bank_cap_table(self) -> dict[str, dict[str, BankCaps]]:
+        return {channel: {cur: BankCaps(**values) for cur, values in row.items()}
                 for channel, row in self.channel_caps.items()}
 
     def fee_schedule(self) -> FeeSchedule:

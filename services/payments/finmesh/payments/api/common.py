@@ -10,19 +10,20 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
+import grpc
 from google.protobuf.message import Message
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.payments.channels import ChannelRegistry
-from finmesh.payments.clients import RiskClient
+from finmesh.payments.clients.banks import Banks
+from finmesh.payments.clients.risk import RiskClient
 from finmesh.payments.config import PaymentsSettings
-from finmesh.payments.domain import synthetic as synthetic_rules
-from finmesh.payments.domain.limits import ChannelCapPolicy, LimitPolicy
-from finmesh.payments.store import queries
+from finmesh.payments.domain.limits import BankCapPolicy, LimitPolicy
+from finmesh.payments.store.reads import Reads
+from finmesh.payments.usecases import ownership
+from finmesh.payments.usecases.payment_prechecks import PaymentPrechecks
 from finmesh.payments.usecases.payments import LimitRules
-from finmesh.payments.writer import Action, Command, LedgerWriter, stored_answer
+from finmesh.payments.writer import Action, Command, LedgerWriter
 from finmesh.platform.auth.context import acting_as, current_principal
 from finmesh.platform.errors import FieldViolation, InvalidArgument
 from finmesh.platform.money import validate_amount
@@ -31,6 +32,7 @@ from finmesh.platform.storage.idempotency import (
     IdempotencyStore,
     caller_scope,
     derived_id_name,
+    replay_stored,
     request_fingerprint,
     validate_key,
 )
@@ -38,59 +40,49 @@ from finmesh.platform.storage.idempotency import (
 MAX_ID = 64
 MAX_PAGE = 500
 
+# A handler's gRPC context (request and response types left open: each handler names its own request).
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
 
 @dataclass
 class Dependencies:
-    engine: AsyncEngine
-    reader: AsyncEngine  # reads only (see finmesh.platform.storage.db.create_read_engine)
+    reads: Reads
     writer: LedgerWriter
     idempotency: IdempotencyStore
     risk: RiskClient
-    channels: ChannelRegistry
+    banks: Banks
     settings: PaymentsSettings
 
     limits: LimitRules = field(init=False)
-    channel_caps: ChannelCapPolicy = field(init=False)
+    bank_caps: BankCapPolicy = field(init=False)
+    prechecks: PaymentPrechecks = field(init=False)
 
     def __post_init__(self) -> None:
         policy = LimitPolicy(self.settings.limit_table())
         self.limits = LimitRules(policy, self.settings.limits_utc_offset_minutes)
-        self.channel_caps = ChannelCapPolicy(self.settings.channel_cap_table(), policy)
+        self.bank_caps = BankCapPolicy(self.settings.bank_cap_table(), policy)
+        self.prechecks = PaymentPrechecks(self.reads, self.writer, self.limits)
 
 
 class ServicerBase:
     deps: Dependencies
 
-    async def replay(self, method: str, request: Any, response_type: type[Message],
-                     conn: Any = None) -> Any:
+    async def replay(self, method: str, request: Any, response_type: type[Message]) -> Any:
         """The stored answer to this request's key (a stored refusal is raised), or None."""
         validate_key(request.idempotency_key)
-        fingerprint = request_fingerprint(request)
-        scope = caller_scope(request)
-        if conn is not None:
-            return await stored_answer(conn, method, scope, request.idempotency_key, fingerprint, response_type)
-        async with self.deps.reader.connect() as own:
-            return await stored_answer(own, method, scope, request.idempotency_key, fingerprint, response_type)
+        prior = await self.deps.reads.stored_answer(method, caller_scope(request), request.idempotency_key)
+        return None if prior is None else replay_stored(prior, request_fingerprint(request), response_type)
 
     async def require_test_accounts(self, context: Any, account_ids: list[str]) -> None:
-        """A call marked synthetic (finmesh.platform.observability.synthetic) may touch test accounts only:
-        PERMISSION_DENIED SYNTHETIC_REAL_ACCOUNT otherwise, before anything is written. Unmarked calls pass without
-        a read."""
-        if not synthetic.requested(context):
-            return
-        async with self.deps.reader.connect() as conn:
-            found = await queries.accounts_by_id(conn, account_ids)
-        owners = {account_id: found[account_id].owner_id if account_id in found else "" for account_id in account_ids}
-        synthetic_rules.require_test_accounts(owners, self.deps.writer.test_owners)
+        """A call marked synthetic (finmesh.platform.observability.synthetic) may touch test accounts only
+        (usecases.ownership). Unmarked calls pass without a read."""
+        if synthetic.requested(context):
+            await ownership.require_test_accounts(self.deps.reads, account_ids, self.deps.writer.test_owners)
 
     async def require_test_payment(self, context: Any, payment_id: str) -> None:
         """As require_test_accounts, for both parties of a payment (an unknown payment is left to the handler)."""
-        if not synthetic.requested(context):
-            return
-        async with self.deps.reader.connect() as conn:
-            row = await queries.payment_by_id(conn, payment_id)
-        if row is not None:
-            await self.require_test_accounts(context, [row.payer_account_id, row.payee_account_id])
+        if synthetic.requested(context):
+            await ownership.require_test_payment(self.deps.reads, payment_id, self.deps.writer.test_owners)
 
     async def submit(self, method: str, request: Any, response_type: type[Message], action: Action,
                      render: Callable[[Any], Message], *, record_success: bool = True,

@@ -11,7 +11,7 @@ from finmesh.common.v1 import money_pb2
 from finmesh.payments.domain.ledger import AccountKind, AccountState
 from finmesh.payments.domain.payments import CaptureMode, PaymentState, ReviewDecision
 from finmesh.payments.domain.reconciliation import Line
-from finmesh.payments.store.rows import ChannelOperation
+from finmesh.payments.store.rows import BankOperation
 from finmesh.payments.usecases.settlement import Batch
 from finmesh.payments.v1 import payments_service_pb2 as pb
 
@@ -93,7 +93,7 @@ def payment(state: PaymentState) -> pb.Payment:
 _CALLER_STATUS = {"PARKED": "PENDING"}
 
 
-def channel_operation(op: ChannelOperation) -> pb.ChannelOperation:
+def bank_operation(op: BankOperation) -> pb.ChannelOperation:
     return pb.ChannelOperation(
         operation_id=op.operation_id,
         account_id=op.account_id,

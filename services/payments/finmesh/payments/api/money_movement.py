@@ -1,4 +1,4 @@
-"""Money in and out (top-up, payout through channels), batch transfers, and account statements."""
+"""Money in and out (top-up, payout through a bank), batch transfers, and account statements."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import dataclasses
 import uuid
 from typing import Any
 
-import grpc
-
 from finmesh.payments.api import convert
 from finmesh.payments.api.common import (
     MAX_ID,
+    Context,
     ServicerBase,
     amount_violations,
     decode_token,
@@ -19,12 +18,11 @@ from finmesh.payments.api.common import (
     require_id,
     valid_id,
 )
-from finmesh.payments.api.ownership import require_account_owner, require_own_sources
-from finmesh.payments.channels import ChannelAdapter, ChannelUnavailable
-from finmesh.payments.store import queries
+from finmesh.payments.clients.banks import Bank, BankUnavailable
 from finmesh.payments.store.uow import UnitOfWork
-from finmesh.payments.usecases import channels as usecase
+from finmesh.payments.usecases import top_ups_and_payouts as usecase
 from finmesh.payments.usecases import transfers
+from finmesh.payments.usecases.ownership import require_account_owner, require_own_sources
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Unavailable, Validator
 from finmesh.platform.money import validate_amount
@@ -32,30 +30,30 @@ from finmesh.platform.rpc.field_rules import checker_for
 from finmesh.platform.storage.idempotency import caller_scope, derived_id_name, request_fingerprint, validate_key
 
 # Operation ids are derived from (method, idempotency key), or for a key another caller's operation holds
-# already from (method, caller, key): the channel sees the same id on every retry.
+# already from (method, caller, key): the bank sees the same id on every retry.
 _OPERATION_NAMESPACE = uuid.UUID("3b6f0d3a-2c1e-4f53-8a9e-3f5d8f7c2b41")
 MAX_BATCH = 1000
 _TRANSFER_RULES = checker_for(pb.TransferSpec.DESCRIPTOR)
 
 
 class MoneyMovementRpcs(ServicerBase):
-    async def TopUp(self, request: pb.TopUpRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._channel_operation("TopUp", usecase.TOP_UP, request, pb.TopUpResponse, context)
+    async def TopUp(self, request: pb.TopUpRequest, context: Context) -> Any:
+        return await self._bank_operation("TopUp", usecase.TOP_UP, request, pb.TopUpResponse, context)
 
-    async def Payout(self, request: pb.PayoutRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._channel_operation("Payout", usecase.PAYOUT, request, pb.PayoutResponse, context)
+    async def Payout(self, request: pb.PayoutRequest, context: Context) -> Any:
+        return await self._bank_operation("Payout", usecase.PAYOUT, request, pb.PayoutResponse, context)
 
-    async def _channel_operation(self, method: str, kind: str, request: Any, response_type: Any,
-                                 context: grpc.aio.ServicerContext) -> Any:
-        adapter = self._validate_channel_request(request, payout=kind == usecase.PAYOUT)
+    async def _bank_operation(self, method: str, kind: str, request: Any, response_type: Any,
+                                 context: Context) -> Any:
+        bank = self._validate_bank_request(request, payout=kind == usecase.PAYOUT)
         # Before the replay: another customer's key must not read this one's stored answer.
-        await require_account_owner(self.deps.reader, request.account_id)
+        await require_account_owner(self.deps.reads, request.account_id)
         await self.require_test_accounts(context, [request.account_id])
         prior = await self.replay(method, request, response_type)
         if prior is not None:
             return prior
         scope = caller_scope(request)
-        operation = usecase.ChannelRequest(
+        operation = usecase.OperationRequest(
             operation_id=str(uuid.uuid5(_OPERATION_NAMESPACE, f"{method}:{request.idempotency_key}")),
             own_operation_id=str(uuid.uuid5(_OPERATION_NAMESPACE,
                                             derived_id_name(method, scope, request.idempotency_key))),
@@ -68,7 +66,7 @@ class MoneyMovementRpcs(ServicerBase):
         begun: list[str] = []  # the id begin settled on (see usecase.begin), read once the writer has run it
 
         async def begin(uow: UnitOfWork) -> Any:
-            op = await usecase.begin(uow, operation, self.deps.channel_caps)
+            op = await usecase.begin(uow, operation, self.deps.bank_caps)
             begun[:] = [op.operation_id]
             return op
 
@@ -81,39 +79,40 @@ class MoneyMovementRpcs(ServicerBase):
             return started
         operation = dataclasses.replace(operation, operation_id=begun[0])
         try:
-            answer = await adapter.execute(operation)
-        except ChannelUnavailable:
+            answer = await bank.execute(operation.order())
+        except BankUnavailable:
             raise Unavailable("CHANNEL_UNAVAILABLE",
                               f"channel {request.channel} did not answer; retry with the same key") from None
 
         async def finish(uow: UnitOfWork) -> Any:
             return await usecase.finish(uow, operation.operation_id, answer)
 
-        return await self.submit(method, request, response_type, finish, channel_reply(response_type))
+        return await self.submit(method, request, response_type, finish, operation_reply(response_type))
 
-    def _validate_channel_request(self, request: Any, *, payout: bool) -> ChannelAdapter:
+    def _validate_bank_request(self, request: Any, *, payout: bool) -> Bank:
         validate_key(request.idempotency_key)
         v = Validator()
         v.require(valid_id(request.account_id), "account_id", f"required, at most {MAX_ID} characters")
-        adapter = self.deps.channels.get(request.channel) if request.channel.isidentifier() else None
-        v.require(valid_id(request.channel) and adapter is not None, "channel", "required: a configured channel")
+        # The payment channel names the bank that serves it.
+        bank = self.deps.banks.get(request.channel) if request.channel.isidentifier() else None
+        v.require(valid_id(request.channel) and bank is not None, "channel", "required: a configured channel")
         v.violations.extend(amount_violations(request))
         if payout:
             # Its bound, and that it is no card number, are the contract's field rules (checked by the guard).
             v.require(bool(request.destination_token), "destination_token",
                       "required: the channel's opaque destination reference")
         v.raise_if_any()
-        assert adapter is not None
-        return adapter
+        assert bank is not None
+        return bank
 
     async def BatchCreateTransfers(self, request: pb.BatchCreateTransfersRequest,
-                                   context: grpc.aio.ServicerContext) -> Any:
+                                   context: Context) -> Any:
         validate_key(request.idempotency_key)
         items, unreadable = _batch_items(request)
         # Every source is checked (one foreign source refuses the whole call), except the ids that break the
         # contract's field rules: such an item moves nothing, and its value may not even be storable.
         looked_up = [i for index, i in enumerate(items) if index not in unreadable]
-        await require_own_sources(self.deps.reader, [i.source for i in looked_up if i.source])
+        await require_own_sources(self.deps.reads, [i.source for i in looked_up if i.source])
         await self.require_test_accounts(context,
                                          sorted({a for i in looked_up for a in (i.source, i.destination) if a}))
 
@@ -124,25 +123,24 @@ class MoneyMovementRpcs(ServicerBase):
                                  _render_batch)
 
     async def ListLedgerEntries(self, request: pb.ListLedgerEntriesRequest,
-                                context: grpc.aio.ServicerContext) -> Any:
+                                context: Context) -> Any:
         require_id(request.account_id, "account_id")
-        await require_account_owner(self.deps.reader, request.account_id)
+        await require_account_owner(self.deps.reads, request.account_id)
         size = page_size(request.page_size)
         token = decode_token(request.page_token, 1)
         if token is not None and not token[0].isdigit():
             raise InvalidArgument(FieldViolation("page_token", "not a token this service issued"))
-        async with self.deps.reader.connect() as conn:
-            found = await queries.entries_of(conn, request.account_id, int(token[0]) if token else None, size + 1)
+        found = await self.deps.reads.entries_of(request.account_id, int(token[0]) if token else None, size + 1)
         more = len(found) > size
         found = found[:size]
         return pb.ListLedgerEntriesResponse(entries=[convert.ledger_entry(r) for r in found],
                                             next_page_token=encode_token(found[-1].entry_id) if more else "")
 
 
-def channel_reply(response_type: Any) -> Any:
+def operation_reply(response_type: Any) -> Any:
     def render(result: Any) -> Any:
         op, account = result
-        return response_type(operation=convert.channel_operation(op), account=convert.account(account))
+        return response_type(operation=convert.bank_operation(op), account=convert.account(account))
 
     return render
 

@@ -11,6 +11,7 @@ import grpc
 from finmesh.payments.api import convert
 from finmesh.payments.api.common import (
     MAX_ID,
+    Context,
     ServicerBase,
     amount_violations,
     decode_time_token,
@@ -19,36 +20,22 @@ from finmesh.payments.api.common import (
     page_size,
     require_id,
 )
-from finmesh.payments.api.ownership import (
-    require_account_owner,
-    require_own_account,
-    require_payee_owner,
-    require_payment_party,
-)
 from finmesh.payments.api.risk_context import RiskFacts, validate_risk_context
-from finmesh.payments.clients import PaymentFacts, RiskVerdict
-from finmesh.payments.domain.ledger import AccountState, AccountStatus
+from finmesh.payments.clients.risk import PaymentFacts, RiskVerdict
+from finmesh.payments.domain.ledger import AccountState
 from finmesh.payments.domain.limits import limit_day
 from finmesh.payments.domain.payments import PaymentRequest, RiskDecision, validate_payment_request
-from finmesh.payments.domain.synthetic import between_test_accounts, require_test_accounts
-from finmesh.payments.store import precheck, queries, rows
+from finmesh.payments.domain.synthetic import between_test_accounts
+from finmesh.payments.store import rows
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.payments.usecases import payments as usecase
+from finmesh.payments.usecases.ownership import require_account_owner, require_payee_owner, require_payment_party
 from finmesh.payments.v1 import payments_service_pb2 as pb
-from finmesh.platform.errors import (
-    DomainError,
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-    Validator,
-)
+from finmesh.platform.errors import DomainError, FieldViolation, InvalidArgument, NotFound, Unavailable, Validator
 from finmesh.platform.money import Money
 from finmesh.platform.observability import synthetic
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.rpc.channels import remaining_timeout
-from finmesh.platform.storage.db import on_demand_reads, read_sync
 from finmesh.platform.storage.idempotency import caller_scope, replay_stored, request_fingerprint, validate_key
 
 _log = get_logger("finmesh.payments")
@@ -65,7 +52,7 @@ def _payment_reply(response_type: Any) -> Any:
 
 
 class PaymentRpcs(ServicerBase):
-    async def CreatePayment(self, request: pb.CreatePaymentRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def CreatePayment(self, request: pb.CreatePaymentRequest, context: Context) -> Any:
         validate_payment_request(request.payer_account_id, request.payee_account_id, request.amount.currency_code,
                                  request.amount.minor_units, request.description, request.HasField("amount"))
         if request.capture_mode not in convert.CAPTURE_MODES:
@@ -81,27 +68,16 @@ class PaymentRpcs(ServicerBase):
         validate_key(request.idempotency_key)
         fingerprint = request_fingerprint(request)
         now = datetime.now(UTC)
-        parties = (payment.payer_account_id, payment.payee_account_id)
         day = limit_day(now, self.deps.limits.utc_offset_minutes)
-        marked = synthetic.requested(context)
-        checked = await self._precheck_recent(payment, parties, day, now, marked)
-        if checked is None:
-            # One statement for the owner check, the replay check and the pre-checks (store.precheck), without
-            # a transaction around it (it needs none).
-            snapshot = await read_sync(self.deps.reader, lambda conn: precheck.payment_snapshot(
-                conn, "CreatePayment", caller_scope(request), request.idempotency_key, parties, day),
-                autocommit=True)
-            self.deps.writer.recent.fill(snapshot.accounts.values(),
-                                         [(k, v) for k, v in snapshot.usage.items() if v is not None])
-            # Before the replay: another customer's key must not read this one's stored answer.
-            require_own_account(snapshot.accounts.get(payment.payer_account_id))
-            if snapshot.prior is not None:
-                return replay_stored(snapshot.prior, fingerprint, pb.CreatePaymentResponse)
-            try:
-                checked = await self._precheck_on(snapshot.accounts, snapshot.usage, payment, parties, now, marked)
-            except DomainError as error:
-                return await self._refuse("CreatePayment", request, pb.CreatePaymentResponse, error)
-        payer, payee, tier = checked
+        found = await self.deps.prechecks.check(payment, "CreatePayment", caller_scope(request),
+                                                request.idempotency_key, day, now, synthetic.requested(context))
+        if found.prior is not None:
+            return replay_stored(found.prior, fingerprint, pb.CreatePaymentResponse)
+        if found.refusal is not None:
+            return await self._refuse("CreatePayment", request, pb.CreatePaymentResponse, found.refusal)
+        assert found.checked is not None
+        payer, payee, tier = found.checked.payer, found.checked.payee, found.checked.tier
+        parties = (payment.payer_account_id, payment.payee_account_id)
         payment_id = key_derived_id(_PAYMENT_NAMESPACE, "CreatePayment", request)
         test_payment = between_test_accounts((payer.owner_id, payee.owner_id), self.deps.writer.test_owners)
         verdict = await self._assess(payment_id, payment, payer, tier, risk_context, context, test_payment)
@@ -116,53 +92,6 @@ class PaymentRpcs(ServicerBase):
         _log.info("payment_created", payment_id=payment_id, status=pb.PaymentStatus.Name(reply.payment.status),
                   risk_decision=verdict.decision.value, **({"synthetic": True} if test_payment else {}))
         return reply
-
-    async def _precheck_recent(self, payment: PaymentRequest, parties: tuple[str, str], day: str, now: datetime,
-                               marked: bool) -> tuple[AccountState, AccountState, str] | None:
-        """The pre-check on the states this process's ledger writer last committed (store.recent), when it has
-        them all and they pass; None means: read the database and check again. A possibly stale state never
-        refuses a payment; one that passes is checked again by the writer in its transaction. Replays need no
-        check here either: the writer answers a used key from its stored answer."""
-        states = self.deps.writer.recent.payment_states(parties, day)
-        if states is None:
-            return None
-        accounts, usage = states
-        try:
-            require_own_account(accounts[payment.payer_account_id])  # owners never change: a cached one holds
-            return await self._precheck_on(accounts, usage, payment, parties, now, marked)
-        except DomainError:
-            return None
-
-    async def _precheck_on(self, accounts: dict[str, AccountState], usage: dict[Any, Any], payment: PaymentRequest,
-                           parties: tuple[str, str], now: datetime,
-                           marked: bool) -> tuple[AccountState, AccountState, str]:
-        # The states usually answer every pre-check; a connection opens only if one needs more (a tier).
-        async with on_demand_reads(self.deps.reader) as conn:
-            uow = UnitOfWork(conn, now, self.deps.writer.tier_source)  # type: ignore[arg-type]
-            uow.preload(parties, accounts, usage)
-            return await self._precheck(uow, payment, marked)
-
-    async def _precheck(self, uow: UnitOfWork, payment: PaymentRequest,
-                        marked: bool) -> tuple[AccountState, AccountState, str]:
-        """Refuse what cannot succeed before spending risk's capacity (and the payer's velocity budget) on it.
-
-        Reads a snapshot through a unit of work that is never flushed (`uow`, preloaded); the
-        same rules run again, authoritatively, inside the ledger writer.
-        Returns the payer, the payee and the payer's tier (from the caller's token, see store.tiers).
-        A call marked synthetic must name test accounts only (owners never change, so this check holds).
-        """
-        payer, payee = await usecase.parties(uow, payment.payer_account_id, payment.payee_account_id,
-                                             payment.amount.currency)
-        if marked:
-            require_test_accounts({payer.account_id: payer.owner_id, payee.account_id: payee.owner_id},
-                                  self.deps.writer.test_owners)
-        if payer.status is AccountStatus.FROZEN:
-            raise FailedPrecondition("ACCOUNT_FROZEN", "account is frozen", account_id=payer.account_id)
-        await usecase.check_limits(uow, self.deps.limits, payer, payment.amount.minor_units)
-        if payer.available < payment.amount.minor_units:
-            raise FailedPrecondition("INSUFFICIENT_FUNDS", "insufficient available balance",
-                                     account_id=payer.account_id)
-        return payer, payee, (await uow.tier(payer.owner_id) if payer.owner_id else "")
 
     async def _refuse(self, method: str, request: Any, response_type: Any, error: DomainError) -> Any:
         """Store a refusal found before the writer, so a retry with this key is refused the same way.
@@ -179,7 +108,7 @@ class PaymentRpcs(ServicerBase):
         return await self.submit(method, request, response_type, refuse, _payment_reply(response_type))
 
     async def _assess(self, payment_id: str, payment: PaymentRequest, payer: AccountState, tier: str,
-                      risk_context: RiskFacts, context: grpc.aio.ServicerContext, test_payment: bool) -> RiskVerdict:
+                      risk_context: RiskFacts, context: Context, test_payment: bool) -> RiskVerdict:
         settings = self.deps.settings
         facts = PaymentFacts(
             payment_id=payment_id,
@@ -209,12 +138,12 @@ class PaymentRpcs(ServicerBase):
                 raise Unavailable("RISK_UNAVAILABLE", "risk control did not answer; retry with the same key") from None
             return RiskVerdict("", 0, RiskDecision.REVIEW, ("RISK_UNAVAILABLE",))
 
-    async def CapturePayment(self, request: pb.CapturePaymentRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def CapturePayment(self, request: pb.CapturePaymentRequest, context: Context) -> Any:
         require_id(request.payment_id, "payment_id")
         problems = amount_violations(request, required=False)
         if problems:
             raise InvalidArgument(problems)
-        await require_payee_owner(self.deps.reader, request.payment_id)
+        await require_payee_owner(self.deps.reads, request.payment_id)
         await self.require_test_payment(context, request.payment_id)
         minor_units = request.amount.minor_units if request.HasField("amount") else None
 
@@ -224,9 +153,9 @@ class PaymentRpcs(ServicerBase):
         return await self.submit("CapturePayment", request, pb.CapturePaymentResponse, action,
                                  _payment_reply(pb.CapturePaymentResponse))
 
-    async def VoidPayment(self, request: pb.VoidPaymentRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def VoidPayment(self, request: pb.VoidPaymentRequest, context: Context) -> Any:
         require_id(request.payment_id, "payment_id")
-        await require_payee_owner(self.deps.reader, request.payment_id)
+        await require_payee_owner(self.deps.reads, request.payment_id)
         await self.require_test_payment(context, request.payment_id)
 
         async def action(uow: UnitOfWork) -> Any:
@@ -235,7 +164,7 @@ class PaymentRpcs(ServicerBase):
         return await self.submit("VoidPayment", request, pb.VoidPaymentResponse, action,
                                  _payment_reply(pb.VoidPaymentResponse))
 
-    async def ReviewPayment(self, request: pb.ReviewPaymentRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def ReviewPayment(self, request: pb.ReviewPaymentRequest, context: Context) -> Any:
         v = Validator()
         v.require(0 < len(request.payment_id) <= MAX_ID, "payment_id", "required")
         v.require(request.decision in convert.REVIEW_DECISIONS, "decision", "APPROVE or DECLINE")
@@ -249,12 +178,12 @@ class PaymentRpcs(ServicerBase):
         return await self.submit("ReviewPayment", request, pb.ReviewPaymentResponse, action,
                                  _payment_reply(pb.ReviewPaymentResponse))
 
-    async def RefundPayment(self, request: pb.RefundPaymentRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def RefundPayment(self, request: pb.RefundPaymentRequest, context: Context) -> Any:
         v = Validator()
         v.require(0 < len(request.payment_id) <= MAX_ID, "payment_id", "required")
         v.violations.extend(amount_violations(request, required=False))
         v.raise_if_any()
-        await require_payee_owner(self.deps.reader, request.payment_id)
+        await require_payee_owner(self.deps.reads, request.payment_id)
         await self.require_test_payment(context, request.payment_id)
         has_amount = request.HasField("amount")
         currency = request.amount.currency_code if has_amount else None
@@ -271,22 +200,20 @@ class PaymentRpcs(ServicerBase):
 
         return await self.submit("RefundPayment", request, pb.RefundPaymentResponse, action, render)
 
-    async def GetPayment(self, request: pb.GetPaymentRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def GetPayment(self, request: pb.GetPaymentRequest, context: Context) -> Any:
         require_id(request.payment_id, "payment_id")
-        async with self.deps.reader.connect() as conn:
-            row = await queries.payment_by_id(conn, request.payment_id)
+        row = await self.deps.reads.payment(request.payment_id)
         if row is None:
             raise NotFound("PAYMENT_NOT_FOUND", "payment not found", payment_id=request.payment_id)
-        await require_payment_party(self.deps.reader, row.payer_account_id, row.payee_account_id)
+        await require_payment_party(self.deps.reads, row.payer_account_id, row.payee_account_id)
         return pb.GetPaymentResponse(payment=convert.payment(rows.payment_state(row)))
 
-    async def ListPayments(self, request: pb.ListPaymentsRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def ListPayments(self, request: pb.ListPaymentsRequest, context: Context) -> Any:
         require_id(request.account_id, "account_id")
-        await require_account_owner(self.deps.reader, request.account_id)
+        await require_account_owner(self.deps.reads, request.account_id)
         size = page_size(request.page_size)
         after = decode_time_token(request.page_token)
-        async with self.deps.reader.connect() as conn:
-            found = await queries.payments_of(conn, request.account_id, after, size + 1)
+        found = await self.deps.reads.payments_of(request.account_id, after, size + 1)
         more = len(found) > size
         found = found[:size]
         token = encode_token(found[-1].created_at.isoformat(), found[-1].payment_id) if more else ""

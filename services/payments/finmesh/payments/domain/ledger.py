@@ -78,8 +78,11 @@ class AccountState:
         return {Bucket.AVAILABLE: self.available, Bucket.HELD: self.held, Bucket.UNSETTLED: self.unsettled}[bucket]
 
     def with_bucket(self, bucket: Bucket, value: int) -> AccountState:
-        field = bucket.value.lower()
-        return replace(self, **{field: value})
+        if bucket is Bucket.AVAILABLE:
+            return replace(self, available=value)
+        if bucket is Bucket.HELD:
+            return replace(self, held=value)
+        return replace(self, unsettled=value)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Per-tier payment limits (single payment, daily amount, daily count) and caps on one top-up or payout.
 
 All in integer minor units. Top-ups and payouts are capped twice: by the
-channel (whatever the account) and, for customer wallets, by the owner's tier.
+bank (whatever the account) and, for customer wallets, by the owner's tier.
+A bank's caps are configured under the name of the payment channel it serves
+(FINMESH_CHANNEL_CAPS); refusals name it as `channel`, as the contract does.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from finmesh.platform.money import CURRENCIES
 # What a cap bounds: one top-up (money in) or one payout (money out).
 TOP_UP = "top_up"
 PAYOUT = "payout"
-# The channel entry that covers channels (and currencies) the configuration does not name.
-ANY_CHANNEL = "*"
+# The entry that covers banks (and currencies) the configuration does not name.
+ANY_BANK = "*"
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,8 @@ class LimitPolicy:
 
 
 @dataclass(frozen=True)
-class ChannelCaps:
-    """The most one top-up and one payout through a channel may move, in one currency."""
+class BankCaps:
+    """The most one top-up and one payout through a bank may move, in one currency."""
 
     top_up: int
     payout: int
@@ -93,21 +95,21 @@ class ChannelCaps:
         return self.top_up if operation == TOP_UP else self.payout
 
 
-class ChannelCapPolicy:
-    """Caps on a single top-up or payout: the channel's for every account, the tier's for customer wallets.
+class BankCapPolicy:
+    """Caps on a single top-up or payout: the bank's for every account, the tier's for customer wallets.
 
-    Checked before the channel is asked. Both fail closed, as payment limits do: a channel and currency
+    Checked before the bank is asked. Both fail closed, as payment limits do: a bank and currency
     without a cap (its own entry or the "*" entry) is refused, and so is a wallet in a currency no tier
     has limits for.
     """
 
-    def __init__(self, channels: dict[str, dict[str, ChannelCaps]], tiers: LimitPolicy) -> None:
-        self._channels = channels
+    def __init__(self, banks: dict[str, dict[str, BankCaps]], tiers: LimitPolicy) -> None:
+        self._banks = banks  # by the payment channel each serves
         self._tiers = tiers
 
     def check(self, operation: str, channel: str, currency: str, amount: int, tier: str | None) -> None:
         """Refuse LIMIT_EXCEEDED naming the cap `amount` breaks; `tier` None: not a wallet, no tier cap."""
-        caps = self._channels.get(channel, {}).get(currency) or self._channels.get(ANY_CHANNEL, {}).get(currency)
+        caps = self._banks.get(channel, {}).get(currency) or self._banks.get(ANY_BANK, {}).get(currency)
         if caps is None:
             raise FailedPrecondition("LIMIT_EXCEEDED", f"no {_words(operation)} cap is configured for {currency} "
                                      "through this channel", limit=operation, scope="channel", channel=channel)
@@ -154,10 +156,10 @@ DEFAULT_LIMITS: dict[str, dict[str, Limits]] = {
                            top_up=500_000, payout=200_000)},
 }
 
-# Every channel by default: one million major units per top-up or payout in each supported currency
+# Every bank by default: one million major units per top-up or payout in each supported currency
 # (CNY 1,000,000.00, JPY 1,000,000), a bank transfer's order of size. Far below the ledger's range
 # (2^62 minor units), so no one operation can bring a clearing account near it.
-DEFAULT_CHANNEL_CAPS: dict[str, dict[str, ChannelCaps]] = {
-    ANY_CHANNEL: {currency: ChannelCaps(top_up=10 ** (6 + exponent), payout=10 ** (6 + exponent))
+DEFAULT_BANK_CAPS: dict[str, dict[str, BankCaps]] = {
+    ANY_BANK: {currency: BankCaps(top_up=10 ** (6 + exponent), payout=10 ** (6 + exponent))
                   for currency, exponent in CURRENCIES.items()},
 }

@@ -1,4 +1,5 @@
-"""Read paths for the api (lists with keyset pagination) and the reconciliation and audit stores."""
+"""Read paths for the api (lists with keyset pagination), the sweeper's finds, and the reconciliation and audit
+stores."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.payments.domain import audit
 from finmesh.payments.domain.reconciliation import Booking, Line, Outcome
+from finmesh.payments.store import rows
 from finmesh.payments.store.schema import (
     accounts,
     audit_head,
@@ -60,6 +62,25 @@ async def settlements_of(conn: AsyncConnection, merchant_id: str, after: tuple[d
         moment, batch_id = after
         query = query.where(or_(s.created_at < moment, and_(s.created_at == moment, s.batch_id < batch_id)))
     return (await conn.execute(query.order_by(s.created_at.desc(), s.batch_id.desc()).limit(limit))).all()
+
+
+# -- the sweeper --------------------------------------------------------------------
+
+
+async def overdue_operations(conn: AsyncConnection, cutoff: datetime, limit: int) -> list[rows.BankOperation]:
+    """PENDING top-ups and payouts created up to `cutoff`, oldest first."""
+    c = channel_operations.c
+    found = await conn.execute(select(channel_operations).where(c.status == "PENDING", c.created_at <= cutoff)
+                               .order_by(c.created_at).limit(limit))
+    return [rows.bank_operation(r) for r in found]
+
+
+async def stale_authorizations(conn: AsyncConnection, cutoff: datetime, limit: int) -> list[str]:
+    """Ids of payments AUTHORIZED (not captured) up to `cutoff`, oldest first."""
+    p = payments.c
+    found = await conn.execute(select(p.payment_id).where(p.status == "AUTHORIZED", p.created_at <= cutoff)
+                               .order_by(p.created_at).limit(limit))
+    return [r.payment_id for r in found]
 
 
 # -- reconciliation -----------------------------------------------------------------

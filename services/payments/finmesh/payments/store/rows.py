@@ -5,10 +5,18 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from finmesh.payments.domain.ledger import AccountKind, AccountState, AccountStatus
 from finmesh.payments.domain.payments import CaptureMode, PaymentState, PaymentStatus
+
+
+@overload
+def aware(moment: datetime) -> datetime: ...
+
+
+@overload
+def aware(moment: None) -> None: ...
 
 
 def aware(moment: datetime | None) -> datetime | None:
@@ -25,14 +33,14 @@ def _field_names(kind: type) -> tuple[str, ...]:
 def _values(state: Any) -> dict[str, Any]:
     """A flat state's fields as a dict. Not dataclasses.asdict: that deep-copies every value (a datetime's
     copy alone costs more than the rest), ~130 µs per payment row on the ledger writer's hot path."""
-    return {name: getattr(state, name) for name in _field_names(type(state))}
+    return {name: getattr(state, name) for name in _field_names(state.__class__)}
 
 
 def account_state(row: Any) -> AccountState:
     return AccountState(
         account_id=row.account_id, owner_id=row.owner_id, kind=AccountKind(row.kind), currency=row.currency,
         status=AccountStatus(row.status), channel=row.channel, available=int(row.available), held=int(row.held),
-        unsettled=int(row.unsettled), created_at=aware(row.created_at),  # type: ignore[arg-type]
+        unsettled=int(row.unsettled), created_at=aware(row.created_at),
     )
 
 
@@ -49,8 +57,8 @@ def payment_state(row: Any) -> PaymentState:
         currency=row.currency, amount=int(row.amount), captured=int(row.captured), refunded=int(row.refunded),
         status=PaymentStatus(row.status), capture_mode=CaptureMode(row.capture_mode), description=row.description,
         risk_assessment_id=row.risk_assessment_id, risk_score=row.risk_score, risk_decision=row.risk_decision,
-        risk_reasons=row.risk_reasons, created_at=aware(row.created_at),  # type: ignore[arg-type]
-        updated_at=aware(row.updated_at),  # type: ignore[arg-type]
+        risk_reasons=row.risk_reasons, created_at=aware(row.created_at),
+        updated_at=aware(row.updated_at),
         captured_at=aware(row.captured_at), settlement_batch_id=row.settlement_batch_id,
         review_note=row.review_note,
     )
@@ -64,7 +72,7 @@ def payment_values(state: PaymentState) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class ChannelOperation:
+class BankOperation:
     operation_id: str
     kind: str  # TOP_UP or PAYOUT
     account_id: str
@@ -84,16 +92,16 @@ class ChannelOperation:
     idempotency_scope: str | None = None
 
 
-def channel_operation(row: Any) -> ChannelOperation:
-    return ChannelOperation(
+def bank_operation(row: Any) -> BankOperation:
+    return BankOperation(
         operation_id=row.operation_id, kind=row.kind, account_id=row.account_id, channel=row.channel,
         currency=row.currency, amount=int(row.amount), status=row.status, channel_reference=row.channel_reference,
         destination_token=row.destination_token, failure_reason=row.failure_reason,
         idempotency_key=row.idempotency_key, request_hash=row.request_hash, transfer_id=row.transfer_id,
-        created_at=aware(row.created_at), updated_at=aware(row.updated_at),  # type: ignore[arg-type]
+        created_at=aware(row.created_at), updated_at=aware(row.updated_at),
         idempotency_scope=row.idempotency_scope,
     )
 
 
-def channel_operation_values(op: ChannelOperation) -> dict[str, Any]:
+def bank_operation_values(op: BankOperation) -> dict[str, Any]:
     return _values(op)

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from finmesh.payments.store.connection import Connection
 from finmesh.payments.store.schema import account_tiers
 from finmesh.platform.auth.context import current_principal
 
@@ -26,7 +27,7 @@ MAX_TIER = 20
 
 
 class TierSource(Protocol):
-    async def tiers(self, conn: AsyncConnection, owner_ids: Collection[str]) -> dict[str, str]:
+    async def tiers(self, conn: Connection, owner_ids: Collection[str]) -> dict[str, str]:
         """The tier of every owner asked about (unknown owners get a default, never a gap)."""
         ...
 
@@ -40,7 +41,7 @@ class TableTierSource:
     def __init__(self, default_tier: str) -> None:
         self._default = default_tier
 
-    async def tiers(self, conn: AsyncConnection, owner_ids: Collection[str]) -> dict[str, str]:
+    async def tiers(self, conn: Connection, owner_ids: Collection[str]) -> dict[str, str]:
         wanted = sorted(set(owner_ids))
         found: dict[str, str] = {}
         if wanted:
@@ -61,7 +62,7 @@ class PrincipalTierSource:
     def __init__(self, fallback: TierSource) -> None:
         self._fallback = fallback
 
-    async def tiers(self, conn: AsyncConnection, owner_ids: Collection[str]) -> dict[str, str]:
+    async def tiers(self, conn: Connection, owner_ids: Collection[str]) -> dict[str, str]:
         wanted = set(owner_ids)
         principal = current_principal()
         found: dict[str, str] = {}

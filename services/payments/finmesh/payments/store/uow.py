@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.payments.domain import ledger
 from finmesh.payments.domain.audit import append as audit_append
@@ -24,7 +23,8 @@ from finmesh.payments.domain.ledger import AccountKind, AccountState, AccountSta
 from finmesh.payments.domain.limits import Usage
 from finmesh.payments.domain.payments import CAPTURED_STATES, PaymentState
 from finmesh.payments.store import rows
-from finmesh.payments.store.rows import ChannelOperation
+from finmesh.payments.store.connection import Connection
+from finmesh.payments.store.rows import BankOperation
 from finmesh.payments.store.schema import (
     accounts,
     audit_log,
@@ -56,9 +56,11 @@ _UNSETTLED = select(payments).where(
     payments.c.payee_account_id == bindparam("payee"), payments.c.settlement_batch_id.is_(None),
     payments.c.status.in_(_ids("statuses")), payments.c.captured_at <= bindparam("cutoff"),
 ).order_by(payments.c.captured_at, payments.c.payment_id)
-_USAGE_OF_DAY = select(daily_usage).where(daily_usage.c.day == bindparam("day"),
-                                          daily_usage.c.owner_id.in_(_ids("owners")))
-_USAGE_ONE = select(daily_usage.c.amount, daily_usage.c.count).where(
+# `count` read as `usage_count`: a row's own count() (it is a tuple) would hide the column from the type checker.
+_USAGE_OF_DAY = select(daily_usage.c.owner_id, daily_usage.c.currency, daily_usage.c.amount,
+                       daily_usage.c.count.label("usage_count")).where(
+    daily_usage.c.day == bindparam("day"), daily_usage.c.owner_id.in_(_ids("owners")))
+_USAGE_ONE = select(daily_usage.c.amount, daily_usage.c.count.label("usage_count")).where(
     daily_usage.c.owner_id == bindparam("owner"), daily_usage.c.currency == bindparam("currency"),
     daily_usage.c.day == bindparam("day"))
 _OPERATION = select(channel_operations).where(channel_operations.c.operation_id == bindparam("operation_id"))
@@ -92,7 +94,7 @@ def _payment_update(columns: Iterable[str]) -> Any:
 
 
 class UnitOfWork:
-    def __init__(self, conn: AsyncConnection, now: datetime, tier_source: TierSource,
+    def __init__(self, conn: Connection, now: datetime, tier_source: TierSource,
                  test_owners: frozenset[str] = frozenset()) -> None:
         self.conn = conn
         self.now = now
@@ -106,8 +108,8 @@ class UnitOfWork:
         self._payments_loaded: dict[str, PaymentState | None] = {}
         self._usage: dict[tuple[str, str, str], Usage | None] = {}
         self._usage_loaded: dict[tuple[str, str, str], Usage | None] = {}
-        self._ops: dict[str, ChannelOperation | None] = {}
-        self._ops_loaded: dict[str, ChannelOperation | None] = {}
+        self._ops: dict[str, BankOperation | None] = {}
+        self._ops_loaded: dict[str, BankOperation | None] = {}
         self._tiers: dict[str, str] = {}
         # Rows only ever appended; a checkpoint remembers their lengths.
         self._appended: dict[str, list[Any]] = {
@@ -291,7 +293,7 @@ class UnitOfWork:
             for row in result:
                 key = (row.owner_id, row.currency, day)
                 if key in keys:
-                    self._usage[key] = self._usage_loaded[key] = Usage(int(row.amount), row.count)
+                    self._usage[key] = self._usage_loaded[key] = Usage(int(row.amount), row.usage_count)
         for key in keys - self._usage.keys():
             self._usage[key] = self._usage_loaded[key] = None
 
@@ -304,7 +306,8 @@ class UnitOfWork:
         key = (owner_id, currency, day)
         if key not in self._usage:
             row = (await self.conn.execute(_USAGE_ONE, {"owner": owner_id, "currency": currency, "day": day})).first()
-            self._usage[key] = self._usage_loaded[key] = None if row is None else Usage(int(row.amount), row.count)
+            used = None if row is None else Usage(int(row.amount), row.usage_count)
+            self._usage[key] = self._usage_loaded[key] = used
         return self._usage[key] or Usage()
 
     def put_usage(self, owner_id: str, currency: str, day: str, usage: Usage) -> None:
@@ -312,14 +315,14 @@ class UnitOfWork:
 
     # -- channel operations ---------------------------------------------------------------
 
-    async def channel_operation(self, operation_id: str) -> ChannelOperation | None:
+    async def bank_operation(self, operation_id: str) -> BankOperation | None:
         if operation_id not in self._ops:
             row = (await self.conn.execute(_OPERATION, {"operation_id": operation_id})).first()
             self._ops[operation_id] = self._ops_loaded[operation_id] = (
-                None if row is None else rows.channel_operation(row))
+                None if row is None else rows.bank_operation(row))
         return self._ops[operation_id]
 
-    def put_channel_operation(self, op: ChannelOperation) -> None:
+    def put_bank_operation(self, op: BankOperation) -> None:
         self._set(self._ops, op.operation_id, op)
 
     # -- events and audit ---------------------------------------------------------------------
@@ -351,7 +354,7 @@ class UnitOfWork:
             await insert_rows(conn, refunds, appended["refunds"])
         if appended["settlements"]:
             await insert_rows(conn, settlement_batches, appended["settlements"])
-        await self._flush_channel_operations()
+        await self._flush_bank_operations()
         await self._flush_usage()
         await self._flush_events()
         return await self._flush_audit(head_sequence, head_hash)
@@ -364,10 +367,10 @@ class UnitOfWork:
             values = [{f"b_{k}": v for k, v in rows.payment_values(p).items()} for p in changed]
             await self.conn.execute(_payment_update(rows.payment_values(changed[0])), values)
 
-    async def _flush_channel_operations(self) -> None:
+    async def _flush_bank_operations(self) -> None:
         new, changed = _diff(self._ops, self._ops_loaded)
         if new:
-            await insert_rows(self.conn, channel_operations, [rows.channel_operation_values(o) for o in new])
+            await insert_rows(self.conn, channel_operations, [rows.bank_operation_values(o) for o in new])
         if changed:
             await self.conn.execute(_UPDATE_OPERATION, [
                 {"b_operation_id": op.operation_id, "b_status": op.status, "b_channel_reference": op.channel_reference,
@@ -375,7 +378,8 @@ class UnitOfWork:
                  "b_updated_at": op.updated_at} for op in changed])
 
     async def _flush_usage(self) -> None:
-        new, changed = [], []
+        new: list[dict[str, Any]] = []
+        changed: list[dict[str, Any]] = []
         for (owner_id, currency, day), usage in self._usage.items():
             loaded = self._usage_loaded.get((owner_id, currency, day))
             if usage is None or usage == loaded:

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from finmesh.payments.clients import RiskVerdict
+from finmesh.payments.clients.risk import RiskVerdict
 from finmesh.payments.domain import payments as rules
 from finmesh.payments.domain.ledger import (
     CUSTOMER_KINDS,

@@ -1,4 +1,5 @@
-"""Customers act only on their own accounts and payments; what kinds of account a customer may open.
+"""Who may act on what: customers on their own accounts and payments (and the kinds of account they may open),
+calls marked synthetic on test accounts only.
 
 The platform's authorizer has already checked the permission each RPC
 declares and that a customer names only themselves where a request carries a
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from finmesh.payments.domain import synthetic as synthetic_rules
 from finmesh.payments.domain.ledger import AccountKind
-from finmesh.payments.store import queries
+from finmesh.payments.store.reads import Reads
 from finmesh.platform.auth.context import current_principal, require_owner
 from finmesh.platform.auth.roles import ENTERPRISE, INSTITUTION
 from finmesh.platform.errors import PermissionDenied
@@ -27,16 +29,11 @@ def customer_caller() -> bool:
     return principal is not None and principal.is_customer
 
 
-async def require_account_owner(reader: Any, account_id: str, conn: Any = None) -> None:
-    """PERMISSION_DENIED when a customer names an account someone else owns (on `conn` when given)."""
+async def require_account_owner(reads: Reads, account_id: str) -> None:
+    """PERMISSION_DENIED when a customer names an account someone else owns."""
     if not customer_caller():
         return
-    if conn is None:
-        async with reader.connect() as own:
-            row = (await queries.accounts_by_id(own, [account_id])).get(account_id)
-    else:
-        row = (await queries.accounts_by_id(conn, [account_id])).get(account_id)
-    require_own_account(row)
+    require_own_account(await reads.account(account_id))
 
 
 def require_own_account(account: Any) -> None:
@@ -45,40 +42,36 @@ def require_own_account(account: Any) -> None:
         require_owner(account.owner_id, "accounts")
 
 
-async def require_payment_party(reader: Any, payer_account_id: str, payee_account_id: str) -> None:
+async def require_payment_party(reads: Reads, payer_account_id: str, payee_account_id: str) -> None:
     """A customer may read a payment they pay or receive, no other."""
     principal = current_principal()
     if principal is None or not principal.is_customer:
         return
-    async with reader.connect() as conn:
-        found = await queries.accounts_by_id(conn, [payer_account_id, payee_account_id])
+    found = await reads.accounts([payer_account_id, payee_account_id])
     if not any(row.owner_id == principal.subject for row in found.values()):
         raise PermissionDenied("PERMISSION_MISSING", "customers may only act on their own payments")
 
 
-async def require_payee_owner(reader: Any, payment_id: str) -> None:
+async def require_payee_owner(reads: Reads, payment_id: str) -> None:
     """A merchant captures, voids and refunds only payments made to an account it owns (the permission says
     a merchant may capture; this says whose payments). A missing payment is left to the handler (NOT_FOUND).
     The payee of a payment and the owner of an account never change, so a read before the writer holds."""
     if not customer_caller():
         return
-    async with reader.connect() as conn:
-        payment = await queries.payment_by_id(conn, payment_id)
-        if payment is None:
-            return
-        payee = (await queries.accounts_by_id(conn, [payment.payee_account_id])).get(payment.payee_account_id)
+    payment, payee = await reads.payment_and_payee(payment_id)
+    if payment is None:
+        return
     if payee is None:
         raise PermissionDenied("PERMISSION_MISSING", "customers may only act on payments to their own accounts")
     require_owner(payee.owner_id, "payments")
 
 
-async def require_own_sources(reader: Any, account_ids: list[str]) -> None:
+async def require_own_sources(reads: Reads, account_ids: list[str]) -> None:
     """A customer's batch (an institution's payroll) moves money out of its own accounts only; services and
     operators with the permission pass. Missing accounts are left to each transfer's own refusal."""
     if not customer_caller() or not account_ids:
         return
-    async with reader.connect() as conn:
-        found = await queries.accounts_by_id(conn, sorted(set(account_ids)))
+    found = await reads.accounts(sorted(set(account_ids)))
     for account in found.values():
         require_own_account(account)
 
@@ -92,3 +85,18 @@ def require_openable(kind: AccountKind) -> None:
     if kind is AccountKind.MERCHANT and principal.roles & _MERCHANT_ROLES:
         return
     raise PermissionDenied("PERMISSION_MISSING", f"customers of this kind may not open {kind.value} accounts")
+
+
+async def require_test_accounts(reads: Reads, account_ids: list[str], test_owners: frozenset[str]) -> None:
+    """For a call marked synthetic (finmesh.platform.observability.synthetic): PERMISSION_DENIED
+    SYNTHETIC_REAL_ACCOUNT unless every account belongs to a test owner, before anything is written."""
+    found = await reads.accounts(account_ids)
+    owners = {account_id: found[account_id].owner_id if account_id in found else "" for account_id in account_ids}
+    synthetic_rules.require_test_accounts(owners, test_owners)
+
+
+async def require_test_payment(reads: Reads, payment_id: str, test_owners: frozenset[str]) -> None:
+    """As require_test_accounts, for both parties of a payment (an unknown payment is left to the handler)."""
+    row = await reads.payment(payment_id)
+    if row is not None:
+        await require_test_accounts(reads, [row.payer_account_id, row.payee_account_id], test_owners)
