@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -36,8 +36,8 @@ from finmesh.platform.messaging.outbox import row_to_event
 from finmesh.platform.messaging.outbox_admin import redrive_dead
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.observability.telemetry import extract_context
-from finmesh.platform.storage.db import is_transient, write_gate
-from finmesh.platform.storage.sqlite_thread import SqliteWriteThread
+from finmesh.platform.storage.db import is_transient
+from finmesh.platform.storage.sqlite_thread import SqliteWriteThread, write_transaction
 
 T = TypeVar("T")
 
@@ -330,12 +330,9 @@ class OutboxRelay:
                                  error=type(exc).__name__)
         return None
 
-    async def _transaction(self, work: Callable[[Any], Awaitable[T]]) -> T:
+    async def _transaction(self, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
         """Run `work(conn)` in one write transaction, taking turns with the service's other writers."""
-        if self._thread is not None:
-            return await self._thread.transaction(work)
-        async with write_gate(self._engine), self._engine.begin() as conn:
-            return await work(conn)
+        return await write_transaction(self._thread or self._engine, work)
 
     async def _claim(self) -> list[list[Any]]:
         """Lease the deliverable head run of each aggregate among the due events.
