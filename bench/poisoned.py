@@ -5,8 +5,9 @@
 N payments are submitted to the ledger writer together (one batch), one of them poisoned (PostgreSQL: a NUL in
 its description; SQLite, which stores NUL: an unpaired surrogate, which no driver encodes). Two ways to commit
 the rest, measured in the same run on the same database: halves (finmesh.platform.storage.group_commit, the writer's
-way) and each payment alone (the writers' way before). Prints the median seconds from submission until every
-caller has its answer, and the transactions that committed. Never passes or fails on a time.
+way) and each payment alone (the writers' way before), swapped in as the writer's `split`. Prints the median
+seconds from submission until every caller has its answer, and the transactions that committed. Never passes
+or fails on a time.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.ledger import APPROVED, LIMITS, UNLIMITED, _database_url, _drop, _funded_wallets
+from bench.ledger import APPROVED, LIMITS, NO_CHANNEL_CAPS, UNLIMITED, _database_url, _drop, _funded_wallets
 from finmesh.payments import app as payments_app
-from finmesh.payments import writer as ledger_writer
 from finmesh.payments.api import convert
 from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.domain.payments import CaptureMode, PaymentRequest
@@ -44,11 +44,11 @@ from tests.auth import channel as acting_channel
 POISON = {"sqlite": "poisoned \ud800", "postgres": "poisoned \x00"}
 
 
-async def each_alone(items: list[Any], commit: Callable[[list[Any]], Awaitable[list[Any]]],
+async def each_alone(items: Sequence[Any], commit: Callable[[list[Any]], Awaitable[Sequence[Any]]],
                      *, writer: str) -> list[Any]:
     """The writers' way before group_commit: a failed batch's items retried one transaction each."""
     try:
-        return list(await commit(items))
+        return list(await commit(list(items)))
     except Exception as error:  # noqa: BLE001 - as the writers did
         if len(items) == 1 or is_transient(error):
             return [error] * len(items)
@@ -87,7 +87,8 @@ async def measure(kind: str, rounds: int, sizes: list[int]) -> list[tuple[str, i
             return []
         issuer = await Issuer().start()
         settings = PaymentsSettings(host="127.0.0.1", port=0, data_dir=Path(tmp), database_url=url,
-                                    tracing_enabled=False, tier_limits=UNLIMITED, risk_target="127.0.0.1:1",
+                                    tracing_enabled=False, tier_limits=UNLIMITED, channel_caps=NO_CHANNEL_CAPS,
+                                    risk_target="127.0.0.1:1",
                                     notify_target="127.0.0.1:1", service_name="payments", **issuer.settings())
         app = await payments_app.build(settings)
         await app.writer.prepare()
@@ -99,13 +100,13 @@ async def measure(kind: str, rounds: int, sizes: list[int]) -> list[tuple[str, i
                 wallets = await _funded_wallets(pb_grpc.PaymentsServiceStub(channel), 50)
             for size in sizes:
                 for name, way in (("halves", commit_apart), ("each alone", each_alone)):
-                    ledger_writer.commit_apart = way  # type: ignore[assignment]
+                    app.writer.split = way
                     runs = [await one_round(app, wallets, size, POISON[kind]) for _ in range(rounds)]
                     found.append((kind, size, name, statistics.median(r[0] for r in runs),
                                   int(statistics.median(r[1] for r in runs))))
                     print(f"{kind} {size} {name}: {found[-1][3]:.3f} s, {found[-1][4]} commits", flush=True)
         finally:
-            ledger_writer.commit_apart = commit_apart
+            app.writer.split = commit_apart
             await running.server.stop(0)
             await app.writer.stop()
             for authorizer in running.authorizers:

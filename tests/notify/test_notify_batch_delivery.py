@@ -23,7 +23,8 @@ from finmesh.notify.store.schema import notifications, received_events
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
-from finmesh.platform.messaging.outbox import BatchOutcome, OutboxRelay, RelayPolicy, enqueue, outbox_table
+from finmesh.platform.messaging.outbox import enqueue, outbox_table
+from finmesh.platform.messaging.relay import BatchOutcome, OutboxRelay, RelayPolicy
 from finmesh.platform.rpc.channels import open_channel
 from finmesh.platform.rpc.guard import field_violations_of
 from finmesh.platform.storage.db import create_engine, create_schema

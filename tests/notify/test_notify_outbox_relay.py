@@ -14,17 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.cli.main import main as cli_main
 from finmesh.common.v1 import event_pb2
-from finmesh.platform.messaging.outbox import (
-    OutboxRelay,
-    RelayPolicy,
-    SinkUnavailable,
-    enqueue,
-    list_dead,
-    outbox_stats,
-    outbox_table,
-    purge_delivered,
-    redrive_dead,
-)
+from finmesh.platform.messaging.outbox import enqueue, outbox_table
+from finmesh.platform.messaging.outbox_admin import list_dead, outbox_stats, purge_delivered, redrive_dead
+from finmesh.platform.messaging.relay import OutboxRelay, RelayPolicy, SinkUnavailable
 from finmesh.platform.storage.db import create_engine, create_schema
 
 FAST = dict(poll_interval_seconds=0.05, base_backoff_seconds=0.01, max_backoff_seconds=0.05,

@@ -24,7 +24,7 @@ from finmesh.notify.domain.templates import (
     resolve_locale,
 )
 from finmesh.platform.errors import FailedPrecondition
-from finmesh.platform.messaging.outbox import RelayPolicy, head_runs
+from finmesh.platform.messaging.relay import RelayPolicy, head_runs
 
 SH = ZoneInfo("Asia/Shanghai")
 

@@ -10,7 +10,8 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from opentelemetry import trace
 
 from finmesh.common.v1 import event_pb2
-from finmesh.platform.messaging.outbox import _span_context, row_to_event
+from finmesh.platform.messaging.outbox import row_to_event
+from finmesh.platform.messaging.relay import _span_context
 from finmesh.platform.observability.telemetry import extract_context
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -44,8 +44,7 @@ RPC_TRACING = "finmesh.platform.observability.rpc_tracing (_attribute_blind, _st
 SQLITE_DRIVER = "finmesh.platform.storage.sqlite_driver (OneHopCursor, OneHopConnection, OneHopDBAPI)"
 CHANNELS = "finmesh.platform.rpc.channels (MeshChannel.unary_unary)"
 RPC_DECODING = "finmesh.platform.rpc.decoding (_tolerant_handler, _TolerantServer)"
-INTERCEPTORS = ("finmesh.platform.auth.service_tokens (BearerTokenInterceptor), "
-                "finmesh.platform.observability.rpc_tracing (TracingClientInterceptor)")
+INTERCEPTORS = "finmesh.platform.observability.rpc_tracing (TracingClientInterceptor)"
 
 
 def moved(distribution: str, internal: str, dependent: str, detail: str = "") -> NoReturn:
@@ -388,7 +387,7 @@ def test_method_handlers_are_namedtuples_with_a_request_deserializer() -> None:
 
 
 def test_client_call_details_replace_metadata() -> None:
-    """The client interceptors add metadata with details._replace(metadata=...)."""
+    """The client interceptor adds metadata with details._replace(metadata=...)."""
     details: Any = grpc.aio.ClientCallDetails("/a.B/C", None, grpc.aio.Metadata(("k", "v")), None, None)
     replaced = details._replace(metadata=[("authorization", "Bearer t")])
     require(type(replaced) is grpc.aio.ClientCallDetails and replaced.method == "/a.B/C"

@@ -17,7 +17,8 @@ from typing import Any
 
 from sqlalchemy import MetaData
 
-from finmesh.platform.messaging.outbox import list_dead, outbox_stats, outbox_table, purge_delivered, redrive_dead
+from finmesh.platform.messaging.outbox import outbox_table
+from finmesh.platform.messaging.outbox_admin import list_dead, outbox_stats, purge_delivered, redrive_dead
 from finmesh.platform.storage.db import create_engine
 
 PRODUCERS = ("payments", "identity", "risk")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from finmesh.cli.mesh import Mesh, is_serving
+from finmesh.platform.backoff import Backoff
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,9 @@ class RestartPolicy:
     stable_after: float = 30.0
 
     def delay(self, attempt: int) -> float:
-        return min(self.first_delay * 2 ** (attempt - 1), self.max_delay)
+        """The wait before restart `attempt` (1: the first): the ceiling alone, no jitter, so a developer
+        watching the mesh sees the same waits every time."""
+        return Backoff(self.first_delay, self.max_delay).ceiling(attempt - 1)
 
 
 @dataclass

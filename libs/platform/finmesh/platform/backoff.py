@@ -26,7 +26,7 @@ class Backoff:
 
     def ceiling(self, doublings: int) -> float:
         """The longest wait after the base has doubled `doublings` times (0: the base itself), at most the cap."""
-        return min(self.max_seconds, self.base_seconds * 2 ** min(max(doublings, 0), _MAX_DOUBLINGS))
+        return min(self.max_seconds, self.base_seconds * 2.0 ** min(max(doublings, 0), _MAX_DOUBLINGS))
 
     def delay(self, doublings: int, rng: random.Random | None = None) -> float:
         """A wait uniform in [ceiling/2, ceiling]."""

@@ -23,7 +23,7 @@ from finmesh.platform.auth.access import Authorizer
 from finmesh.platform.auth.keys import KeyCache, TokenVerifier
 from finmesh.platform.auth.service_tokens import mesh_secret
 from finmesh.platform.messaging.event_sink import NotifyEventSink
-from finmesh.platform.messaging.outbox import OutboxRelay
+from finmesh.platform.messaging.relay import OutboxRelay
 from finmesh.platform.rpc.channels import open_channel
 from finmesh.platform.rpc.server import Registration
 from finmesh.platform.storage.db import create_engine

@@ -21,7 +21,7 @@ from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.payments.writer import LedgerWriter
 from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
-from finmesh.platform.messaging.outbox import OutboxRelay, RelayPolicy
+from finmesh.platform.messaging.relay import OutboxRelay, RelayPolicy
 from finmesh.platform.rpc.channels import open_channel
 from finmesh.platform.rpc.guard import to_status
 from finmesh.platform.rpc.server import Registration

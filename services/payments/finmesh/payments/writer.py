@@ -18,8 +18,6 @@ a few multi-row ones.
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.message import Message
-from google.rpc import status_pb2
+from google.rpc import status_pb2  # type: ignore[import-untyped]  # googleapis-common-protos has .pyi files but no py.typed
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -39,14 +37,10 @@ from finmesh.payments.store.schema import audit_head, idempotency
 from finmesh.payments.store.tiers import PrincipalTierSource, TierSource
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.platform.errors import DomainError, FailedPrecondition, InvalidArgument
-from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.observability.telemetry import inject_context
-from finmesh.platform.storage.db import write_gate
-from finmesh.platform.storage.group_commit import commit_apart
+from finmesh.platform.storage.group_commit import GroupCommitWriter
 from finmesh.platform.storage.idempotency import Answer, StoredRefusal, record_answers, replay_stored, stored_answers
-from finmesh.platform.storage.sqlite_thread import SqliteWriteThread
-
-_log = get_logger("finmesh.payments.writer")
+from finmesh.platform.storage.sqlite_thread import SqliteWriteThread, write_transaction
 
 Action = Callable[[UnitOfWork], Awaitable[Any]]
 
@@ -77,38 +71,27 @@ class Command:
     # state) in a few queries instead of a few per command.
     accounts: tuple[str, ...] = ()
     carrier: dict[str, str] = field(default_factory=inject_context)
-    future: asyncio.Future[Message] | None = None
 
 
-@dataclass
-class _Outcome:
-    reply: Message | None = None
-    error: BaseException | None = None
-
-
-class LedgerWriter:
+class LedgerWriter(GroupCommitWriter[Command, Message]):
     def __init__(self, engine: AsyncEngine, tier_source: TierSource,
                  to_status: Callable[[DomainError], status_pb2.Status], *, max_batch: int = 256,
                  on_commit: Callable[[], None] | None = None, limits_utc_offset_minutes: int = 480,
                  test_owners: frozenset[str] = frozenset(), thread: SqliteWriteThread | None = None) -> None:
+        super().__init__("payments-ledger", self._commit_commands, max_batch=max_batch,
+                         exclusive=lambda command: command.exclusive)
         self._limits_offset = limits_utc_offset_minutes
         self.test_owners = test_owners
         self._engine = engine
         # The paying customer's token tier first; `tier_source` (payments' table by default) for other callers.
         self.tier_source: TierSource = PrincipalTierSource(tier_source)
         self._to_status = to_status
-        self._max_batch = max_batch
         self._on_commit = on_commit or (lambda: None)
-        self._queue: collections.deque[Command] = collections.deque()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._busy = False
-        self.batches = 0  # for benchmarks: how many transactions carried the commands
         self.recent = RecentStates()
         # On an SQLite file each batch's transaction runs whole on a write thread (its owner closes it): one
         # hand-off per batch instead of a greenlet and a driver-thread hop per statement (about fifteen a batch).
         # The commands' code is the same either way; PostgreSQL (and in-memory SQLite) keep the async engine.
-        self._thread = thread
+        self._database: AsyncEngine | SqliteWriteThread = thread or engine
 
     async def prepare(self) -> None:
         """Create the audit head row if this is a fresh database."""
@@ -117,91 +100,19 @@ class LedgerWriter:
                 with contextlib.suppress(IntegrityError):  # another replica created it first
                     await conn.execute(insert(audit_head).values(id=1, sequence=0, hash=GENESIS_HASH))
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="payments-ledger-writer")
-
-    async def stop(self, drain_seconds: float = 5.0) -> None:
-        """Finish what is queued (up to `drain_seconds`), then stop; later submissions are refused."""
-        deadline = asyncio.get_running_loop().time() + drain_seconds
-        while (self._queue or self._busy) and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        for command in self._queue:
-            if command.future and not command.future.done():
-                command.future.set_exception(asyncio.CancelledError())
-        self._queue.clear()
-
-    async def submit(self, command: Command) -> Message:
-        """Run `command` in the next batch; its reply, or its refusal raised."""
-        if self._task is None or self._task.done():
-            raise RuntimeError("ledger writer is not running")
-        command.future = asyncio.get_running_loop().create_future()
-        self._queue.append(command)
-        self._wake.set()
-        return await command.future
-
-    async def _run(self) -> None:
-        while True:
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch = self._take()
-            self._busy = True
-            try:
-                await self._process(batch)
-            except Exception:  # noqa: BLE001 - the writer must outlive any one batch
-                _log.exception("ledger_batch_failed", size=len(batch))
-            finally:
-                self._busy = False
-
-    def _take(self) -> list[Command]:
-        first = self._queue.popleft()
-        if first.exclusive:
-            return [first]
-        batch = [first]
-        while self._queue and len(batch) < self._max_batch and not self._queue[0].exclusive:
-            batch.append(self._queue.popleft())
-        return batch
-
-    async def _process(self, batch: list[Command]) -> None:
-        # A row the database refuses fails only its own command; a dropped connection fails all at once (each
-        # caller gets UNAVAILABLE and retries with its key; a commit that did land answers from its stored reply).
-        outcomes = await commit_apart(batch, self._commit, writer="payments-ledger")
-        for command, outcome in zip(batch, outcomes, strict=True):
-            assert command.future is not None
-            if command.future.done():
-                continue  # the caller went away; the change stands and its answer is stored
-            if isinstance(outcome, Exception):
-                command.future.set_exception(outcome)
-            elif outcome.error is not None:
-                command.future.set_exception(outcome.error)
-            else:
-                command.future.set_result(outcome.reply)  # type: ignore[arg-type]
-
-    async def _commit(self, batch: list[Command]) -> list[_Outcome]:
+    async def _commit_commands(self, batch: list[Command], traces: list[Any]) -> list[Message | Exception]:
+        """One batch's transaction; each command's reply, or its refusal (the callers' traces travel in their
+        commands' carriers, taken where each command was made)."""
         now = datetime.now(UTC)
-
-        async def work(conn: Any) -> tuple[list[_Outcome], UnitOfWork]:
-            return await self._transaction(conn, batch, now)
-
-        if self._thread is not None:
-            outcomes, uow = await self._thread.transaction(work)
-        else:
-            # The gate: the outbox relay writes to the same SQLite file; taking turns here beats SQLite's busy
-            # handler, which sleeps in growing steps (1, 2, 5, 10 ms...) while the other transaction runs.
-            async with write_gate(self._engine), self._engine.begin() as conn:
-                outcomes, uow = await work(conn)
-        self.batches += 1
+        outcomes, uow = await write_transaction(self._database, lambda conn: self._transaction(conn, batch, now))
         # Committed: these are the ledger's states now (until another replica writes), for the pre-checks.
         self.recent.remember(uow.account_states(), uow.usage_states())
         if uow.wrote_events:
             self._on_commit()
         return outcomes
 
-    async def _transaction(self, conn: Any, batch: list[Command], now: datetime) -> tuple[list[_Outcome], UnitOfWork]:
+    async def _transaction(self, conn: Any, batch: list[Command],
+                           now: datetime) -> tuple[list[Message | Exception], UnitOfWork]:
         """The batch's reads, commands and writes in the transaction `conn` is in (committed by the caller)."""
         head = (await conn.execute(_HEAD_FOR_UPDATE)).one()
         stored = await self._stored_answers(conn, batch)
@@ -210,7 +121,7 @@ class LedgerWriter:
         await uow.load_accounts(a for c in fresh for a in c.accounts)
         if any(c.accounts for c in fresh):
             await uow.prefetch_limit_state(limit_day(now, self._limits_offset))
-        outcomes: list[_Outcome] = []
+        outcomes: list[Message | Exception] = []
         answers: dict[tuple[str, str | None, str], Answer] = {}
         for command in batch:
             prior = stored.get(command.method, command.scope, command.key) or _row_of(
@@ -232,19 +143,20 @@ class LedgerWriter:
             await conn.execute(_MOVE_HEAD, {"b_sequence": sequence, "b_hash": head_hash})
         return outcomes, uow
 
-    async def _apply(self, uow: UnitOfWork, command: Command, now: datetime) -> tuple[_Outcome, Answer | None]:
+    async def _apply(self, uow: UnitOfWork, command: Command,
+                     now: datetime) -> tuple[Message | Exception, Answer | None]:
         token = uow.checkpoint(command.carrier)
         try:
             reply = command.render(await command.action(uow))
         except DomainError as error:
             uow.rollback(token)
             if isinstance(error, InvalidArgument) or error.kind == "unavailable":
-                return _Outcome(error=error), None  # a corrected retry with the same key may succeed
+                return error, None  # a corrected retry with the same key may succeed
             status = self._to_status(error)
-            return _Outcome(error=error), _answer(command, now, refusal=status)
+            return error, _answer(command, now, refusal=status)
         if not command.record_success:
-            return _Outcome(reply=reply), None
-        return _Outcome(reply=reply), _answer(command, now, response=reply)
+            return reply, None
+        return reply, _answer(command, now, response=reply)
 
     async def _stored_answers(self, conn: Any, batch: list[Command]) -> Any:
         return await stored_answers(conn, idempotency, ((c.method, c.key) for c in batch))
@@ -260,11 +172,11 @@ def _row_of(answer: Answer | None) -> dict[str, Any] | None:
     return None if answer is None else answer.row()
 
 
-def _replay(prior: Any, command: Command) -> _Outcome:
+def _replay(prior: Any, command: Command) -> Message | Exception:
     try:
-        return _Outcome(reply=replay_stored(prior, command.fingerprint, command.response_type))
+        return replay_stored(prior, command.fingerprint, command.response_type)
     except (FailedPrecondition, StoredRefusal) as error:
-        return _Outcome(error=error)
+        return error
 
 
 async def stored_answer(conn: Any, method: str, scope: str, key: str, fingerprint: bytes,

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
-from finmesh.platform.messaging.outbox import OutboxRelay
+from finmesh.platform.messaging.relay import OutboxRelay
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.rpc.channels import open_channel
 from finmesh.platform.rpc.guard import to_status

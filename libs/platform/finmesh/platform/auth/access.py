@@ -34,7 +34,7 @@ from finmesh.platform.observability.logs import get_logger
 
 _log = get_logger("finmesh.auth")
 
-Check = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Principal | None]]
+Check = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Principal | None]]
 
 
 def access_policy(method: Any) -> options_pb2.AccessPolicy | None:
@@ -43,7 +43,7 @@ def access_policy(method: Any) -> options_pb2.AccessPolicy | None:
     return options.Extensions[options_pb2.access] if options.HasExtension(options_pb2.access) else None
 
 
-def bearer_token(context: grpc.aio.ServicerContext) -> str:
+def bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization" and isinstance(value, str):
             scheme, _, token = value.partition(" ")
@@ -69,7 +69,7 @@ class Authorizer:
         owned_field = OWNED_FIELDS.get(full_method, "")
         name = full_method.lstrip("/")
 
-        async def check(request: Any, context: grpc.aio.ServicerContext) -> Principal | None:
+        async def check(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Principal | None:
             token = bearer_token(context)
             if policy is not None and policy.allow_unauthenticated:
                 # Public RPCs (register, login, keys) work without a token; a valid one still names the caller.

@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import grpc
 
@@ -148,21 +148,6 @@ def default_token_source(settings: ServiceSettings) -> TokenSource | None:
         return None
     return RemoteServiceTokens(settings.identity_target, service, credential,
                                timeout=settings.call_timeout_seconds)
-
-
-class BearerTokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """Adds `authorization: Bearer <service token>` to every unary call of a channel."""
-
-    def __init__(self, source: TokenSource) -> None:
-        self._source = source
-
-    async def intercept_unary_unary(self, continuation: Any, details: grpc.aio.ClientCallDetails,
-                                    request: Any) -> Any:
-        token = await self._source.token()
-        if token:
-            metadata = [*(details.metadata or ()), ("authorization", f"Bearer {token}")]
-            details = details._replace(metadata=metadata)
-        return await continuation(details, request)
 
 
 def main() -> None:

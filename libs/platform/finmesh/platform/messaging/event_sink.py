@@ -10,13 +10,13 @@ import grpc
 from finmesh.common.v1 import event_pb2
 from finmesh.notify.v1 import notify_service_pb2 as notify_pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as notify_grpc
-from finmesh.platform.messaging.outbox import BatchOutcome, BatchUnsupported, SinkUnavailable
+from finmesh.platform.messaging.relay import BatchOutcome, BatchUnsupported, SinkUnavailable
 
 NOTIFY_IDEMPOTENT_METHODS = [("finmesh.notify.v1.NotifyService", "DeliverEvent"),
                              ("finmesh.notify.v1.NotifyService", "DeliverEvents")]
 
 # Notify is down or shedding load: the relay pauses as a whole instead of
-# charging the event an attempt (see finmesh.platform.messaging.outbox.SinkUnavailable).
+# charging the event an attempt (see finmesh.platform.messaging.relay.SinkUnavailable).
 _SINK_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 _TAKEN = (notify_pb.EVENT_OUTCOME_DELIVERED, notify_pb.EVENT_OUTCOME_DUPLICATE)
 

@@ -8,13 +8,14 @@ from typing import Any, TextIO
 
 import structlog
 from opentelemetry import trace
+from structlog.typing import EventDict, FilteringBoundLogger, Processor
 
 from finmesh.platform.privacy.pii import mask_value
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def _add_trace_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _add_trace_context(_: Any, __: str, event: EventDict) -> EventDict:
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:
         event["trace_id"] = format(ctx.trace_id, "032x")
@@ -22,13 +23,13 @@ def _add_trace_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]
     return event
 
 
-def _mask_pii(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _mask_pii(_: Any, __: str, event: EventDict) -> EventDict:
     # Runs last before rendering, so nothing added by earlier processors escapes it.
     return {key: mask_value(key, value) for key, value in event.items()}
 
 
-def _static_fields(fields: dict[str, str]) -> structlog.types.Processor:
-    def add(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _static_fields(fields: dict[str, str]) -> Processor:
+    def add(_: Any, __: str, event: EventDict) -> EventDict:
         for key, value in fields.items():
             event.setdefault(key, value)
         return event
@@ -40,7 +41,7 @@ def configure_logging(
     service: str, *, level: str = "info", version: str = "", color: str = "", stream: TextIO | None = None
 ) -> None:
     """Send structlog and stdlib logging as one JSON object per line to `stream` (stderr)."""
-    shared: list[structlog.types.Processor] = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -69,5 +70,7 @@ def configure_logging(
     root.setLevel(logging.WARNING)
 
 
-def get_logger(name: str = "finmesh") -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)
+def get_logger(name: str = "finmesh") -> FilteringBoundLogger:
+    """A logger named `name`; what configure_logging set up (a filtering bound logger) once it has run."""
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger

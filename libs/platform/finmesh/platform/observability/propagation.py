@@ -20,7 +20,7 @@ OTEL_PROPAGATORS is unset or names the default "tracecontext,baggage".
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from opentelemetry import baggage as otel_baggage
 from opentelemetry import trace
@@ -38,14 +38,17 @@ _DELETE_HEX = str.maketrans("", "", "0123456789abcdef")
 _FLAGS = {f"{n:02x}": trace.TraceFlags(n) for n in range(256)}
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
+K = TypeVar("K")
+V = TypeVar("V")
+
 _CACHE_SIZE = 256  # distinct baggage/tracestate strings a process sees: a handful; bounded all the same
 _NO_CHANGE = object()  # cached "this baggage header adds nothing" (all entries invalid)
 
 
-class _BoundedCache(dict):  # type: ignore[type-arg]
+class _BoundedCache(dict[K, V]):
     """A dict that empties itself when full: the working set is tiny, so clearing beats LRU bookkeeping."""
 
-    def put(self, key: Any, value: Any) -> Any:
+    def put(self, key: K, value: V) -> V:
         if len(self) >= _CACHE_SIZE:
             self.clear()
         self[key] = value
@@ -59,9 +62,9 @@ class FinmeshPropagator(textmap.TextMapPropagator):
         self._tracecontext = TraceContextTextMapPropagator()
         self._baggage = W3CBaggagePropagator()
         self._stock = CompositePropagator([self._tracecontext, self._baggage])
-        self._parsed_baggage = _BoundedCache()
-        self._encoded_baggage = _BoundedCache()
-        self._tracestates = _BoundedCache()
+        self._parsed_baggage: _BoundedCache[str, Any] = _BoundedCache()
+        self._encoded_baggage: _BoundedCache[tuple[tuple[str, object], ...], str] = _BoundedCache()
+        self._tracestates: _BoundedCache[str, TraceState] = _BoundedCache()
 
     @property
     def fields(self) -> set[str]:
@@ -71,14 +74,15 @@ class FinmeshPropagator(textmap.TextMapPropagator):
                 getter: textmap.Getter[textmap.CarrierT] = textmap.default_getter) -> Context:
         if context is not None or getter is not textmap.default_getter or type(carrier) is not dict:
             return self._stock.extract(carrier, context, getter=getter)
-        traceparent = carrier.get("traceparent")
-        tracestate = carrier.get("tracestate")
-        header = carrier.get("baggage")
+        headers = cast("dict[str, Any]", carrier)  # checked just above: mypy narrows no TypeVar by type()
+        traceparent = headers.get("traceparent")
+        tracestate = headers.get("tracestate")
+        header = headers.get("baggage")
         if not _is_str_or_none(traceparent, tracestate, header):
             return self._stock.extract(carrier, context, getter=getter)
         values: dict[str, Any] = {}
         if traceparent is not None:
-            span = self._remote_span(traceparent, tracestate, carrier)
+            span = self._remote_span(traceparent, tracestate, headers)
             if span is not None:
                 values[_SPAN_KEY] = span
         if header:

@@ -89,7 +89,7 @@ def rpc_attributes(full_method: str) -> dict[str, str]:
 
 
 @contextmanager
-def server_span(name: str, attributes: dict[str, str], context: grpc.aio.ServicerContext) -> Iterator[Any]:
+def server_span(name: str, attributes: dict[str, str], context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[Any]:
     """A SERVER span continuing the caller's trace from the request metadata.
 
     The span is made current together with the rest of the caller's context, so the handler sees the
@@ -177,7 +177,8 @@ class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         code = None
         try:
             metadata = list(details.metadata or ()) + list(carrier.items())
-            call = await continuation(details._replace(metadata=metadata), request)
+            details = details._replace(metadata=metadata)  # type: ignore[attr-defined]  # a namedtuple, unlike its stub
+            call = await continuation(details, request)
             try:
                 response = await call
             except grpc.aio.AioRpcError as error:

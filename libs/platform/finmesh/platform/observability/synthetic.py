@@ -10,12 +10,10 @@ out), never to relax a check.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry import baggage
-from opentelemetry import context as otel_context
 
 KEY = "synthetic"
 _TRUE = "true"
@@ -49,16 +47,6 @@ def _has_mark(header: str) -> bool:
 def _is_true(value: str) -> bool:
     # Properties after ';' belong to the entry, not to its value (OTel's propagator keeps them in the value).
     return value.split(";", 1)[0].strip().lower() == _TRUE
-
-
-@contextmanager
-def synthetic_traffic() -> Iterator[None]:
-    """Calls made inside (through channels with tracing on) carry the mark."""
-    token = otel_context.attach(baggage.set_baggage(KEY, _TRUE))
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
 
 
 def call_metadata() -> tuple[tuple[str, str], ...]:

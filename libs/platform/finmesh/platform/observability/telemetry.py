@@ -163,13 +163,6 @@ def span_to_json(span: ReadableSpan, *, mask: bool = False) -> str:
     )
 
 
-def _plain_attributes(span: ReadableSpan) -> Any:
-    """The span's attributes as the dict inside the SDK's BoundedAttributes when there is one: iterating
-    span.attributes goes through a read-only proxy and a locked __getitem__ per key. Only read, never kept."""
-    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
-    return inner if isinstance(inner, dict) else span.attributes
-
-
 def _json_int(value: int | None) -> str:
     return "null" if value is None else str(int(value))
 

@@ -27,7 +27,7 @@ def _service_config(idempotent_methods: list[tuple[str, str]], spread: bool = Fa
 
     `spread`: balance calls round robin over the target's addresses (gRPC's default, pick_first,
     would send them all to the first one)."""
-    balancing = {"loadBalancingConfig": [{"round_robin": {}}]} if spread else {}
+    balancing: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]} if spread else {}
     if not idempotent_methods:
         return json.dumps({"methodConfig": [], **balancing})
     return json.dumps(
@@ -99,7 +99,8 @@ class MeshChannel(grpc.aio.Channel):
 
     def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                     _registered_method: bool | None = False) -> Any:
-        inner = self._channel.unary_unary(method, request_serializer, response_deserializer, _registered_method)
+        inner = self._channel.unary_unary(method, request_serializer, response_deserializer,
+                                          _registered_method)  # type: ignore[call-arg]  # grpc's own 4th, not in its stub
         return _MeshUnaryUnary(inner, method, self._spans, self._tokens)
 
     def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
@@ -114,7 +115,7 @@ class MeshChannel(grpc.aio.Channel):
     async def __aenter__(self) -> MeshChannel:
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> None:
+    async def __aexit__(self, *_exc_info: Any) -> None:
         await self._channel.close(None)
 
     async def close(self, grace: float | None = None) -> None:
@@ -168,7 +169,7 @@ class _MeshUnaryUnary:
             self._spans.finish(span, code)
 
 
-def remaining_timeout(context: grpc.aio.ServicerContext | None, default: float) -> float:
+def remaining_timeout(context: grpc.aio.ServicerContext[Any, Any] | None, default: float) -> float:
     """Timeout for a downstream call: the caller's remaining time (less a margin), capped at `default`.
 
     Python gRPC does not propagate deadlines by itself.

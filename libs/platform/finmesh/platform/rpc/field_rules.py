@@ -45,7 +45,7 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # ESC and with it every ANSI sequence), DEL and C1 controls, bidi embeddings/overrides and isolates.
 _NOT_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
-_SAYS = {
+_SAYS: dict[int, str] = {
     IDENTIFIER: "a single line of printable characters (no control or format characters)",
     TOKEN: "a single line of printable characters (no control or format characters)",
     FREE_TEXT: "no control characters (only tab and line breaks), ANSI escapes or bidi overrides",

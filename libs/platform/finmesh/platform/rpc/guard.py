@@ -11,8 +11,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]  # googleapis-common-protos has .pyi files but no py.typed
+from grpc_status import rpc_status  # type: ignore[import-untyped]  # its stubs (types-grpcio-status) are not in the dev set
 
 from finmesh.platform.auth.context import acting_as
 from finmesh.platform.errors import DomainError, FieldViolation, InvalidArgument
@@ -83,7 +83,7 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
-async def abort_with(context: grpc.aio.ServicerContext, status: status_pb2.Status) -> None:
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> None:
     # context.abort (not abort_with_status) so the OTel server span records the code.
     converted = rpc_status.to_status(status)
     await context.abort(converted.code, converted.details, converted.trailing_metadata)
@@ -104,9 +104,9 @@ def unexpected_status(exc: BaseException) -> status_pb2.Status:
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
 
 
-Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 # Authorizes one call before its handler runs (finmesh.platform.auth.access.Authorizer.bind); returns the caller.
-AuthCheck = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+AuthCheck = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
 def guarded(method: Handler, full_method: str = "", traced: bool = True, check: AuthCheck | None = None,
@@ -116,13 +116,13 @@ def guarded(method: Handler, full_method: str = "", traced: bool = True, check: 
     name = full_method.lstrip("/") or method.__qualname__
     attributes = rpc_attributes(full_method or name)
 
-    async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if check is None:
             return await handle(request, context)
         with acting_as(await check(request, context)):
             return await handle(request, context)
 
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, Undecodable):  # see rpc_decoding: refused after the caller is authorized
             raise InvalidArgument(FieldViolation("request", f"not a valid request message: {request.problem}"))
         if fields:
@@ -130,7 +130,7 @@ def guarded(method: Handler, full_method: str = "", traced: bool = True, check: 
         return await method(request, context)
 
     @functools.wraps(method)
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         with server_span(name, attributes, context) if traced else contextlib.nullcontext() as span:
             try:
                 response = await run(request, context)
@@ -176,25 +176,25 @@ def guard_servicer(servicer: Any, service_descriptor: Any, *, traced: bool = Tru
     return servicer
 
 
-async def _unimplemented(request: Any, context: grpc.aio.ServicerContext) -> Any:
+async def _unimplemented(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
 
 
 def reason_of(error: grpc.aio.AioRpcError) -> str:
     """The ErrorInfo reason carried by a failed call, or "" (for clients and tests)."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     if status is None:
         return ""
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return info.reason
+            return str(info.reason)
     return ""
 
 
 def field_violations_of(error: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     fields: list[str] = []
     for detail in status.details if status else []:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):

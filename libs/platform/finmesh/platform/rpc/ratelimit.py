@@ -33,7 +33,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2  # type: ignore[import-untyped]  # googleapis-common-protos has .pyi files but no py.typed
 
 from finmesh.platform.auth.context import Principal
 from finmesh.platform.config import ServiceSettings
@@ -44,7 +44,7 @@ from finmesh.platform.storage.idempotency import StoredRefusal
 
 _log = get_logger("finmesh.ratelimit")
 
-Check = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Check = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
 @dataclass
@@ -100,7 +100,7 @@ class RateLimited(StoredRefusal):
         super().__init__(status)
 
 
-def peer_host(context: grpc.aio.ServicerContext) -> str:
+def peer_host(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The caller's address without its port ("ipv4:127.0.0.1:5555" -> "ipv4:127.0.0.1")."""
     peer = context.peer() or "unknown"
     if peer.startswith(("ipv4:", "ipv6:")):
@@ -128,7 +128,7 @@ class RateLimiter:
         services = TokenBuckets(settings.rate_limit_per_service_rps, settings.rate_limit_per_service_burst, size)
         return cls(callers, services)
 
-    def admit(self, principal: Principal | None, context: grpc.aio.ServicerContext, method: str) -> None:
+    def admit(self, principal: Principal | None, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
         if principal is not None and principal.is_service:
             key, buckets = principal.subject, self.services
         else:
@@ -152,7 +152,7 @@ class RateLimiter:
         """The auth check (if any), then one token from the caller's bucket."""
         method = full_method.lstrip("/")
 
-        async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def limited(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 principal = await check(request, context) if check is not None else None
             except DomainError:

@@ -145,7 +145,7 @@ class OnDemandReads:
     async def __aenter__(self) -> OnDemandReads:
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(self, *_exc_info: object) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await conn.close()

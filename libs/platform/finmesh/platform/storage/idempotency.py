@@ -25,8 +25,9 @@ from functools import cache
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
-from google.rpc import status_pb2
+from google.rpc import status_pb2  # type: ignore[import-untyped]  # googleapis-common-protos has .pyi files but no py.typed
 from sqlalchemy import (
+    BindParameter,
     Column,
     DateTime,
     Integer,
@@ -131,7 +132,7 @@ def request_fingerprint(request: Message) -> bytes:
     copy = type(request)()
     copy.CopyFrom(request)
     if "idempotency_key" in copy.DESCRIPTOR.fields_by_name:
-        copy.ClearField("idempotency_key")  # type: ignore[arg-type]
+        copy.ClearField("idempotency_key")
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).digest()
 
 
@@ -191,7 +192,7 @@ def _lookup_statement(tables: IdempotencyTables) -> Any:
     """One statement for the answers to one method's keys: every caller's rows of the new table and the
     previous release's own rows (its mirrors of ours are ours already). Built once per table pair."""
     s, o = tables.scoped.c, tables.legacy.c
-    keys = bindparam("keys", expanding=True)
+    keys: BindParameter[Any] = bindparam("keys", expanding=True)
     return union_all(
         select(s.method, s.key, s.scope, s.request_hash, s.response, s.refusal)
         .where(s.method == bindparam("method"), s.key.in_(keys)),
@@ -293,8 +294,9 @@ class IdempotencyStore:
         Callers that must call another service before writing use replay()
         first, make the outside call, then commit().
         """
-        validate_key(request.idempotency_key)  # type: ignore[attr-defined]
-        prior = await self._lookup(method, caller_scope(request), request.idempotency_key)  # type: ignore[attr-defined]
+        key: str = request.idempotency_key  # type: ignore[attr-defined]  # each request type given here has the field; Message declares none
+        validate_key(key)
+        prior = await self._lookup(method, caller_scope(request), key)
         return None if prior is None else self._replay(prior, request_fingerprint(request), response_type)
 
     async def commit(
@@ -305,7 +307,7 @@ class IdempotencyStore:
         operation: Callable[[AsyncConnection], Awaitable[M]],
     ) -> M:
         """Run `operation` in a transaction that also stores its answer (or, on refusal, the refusal)."""
-        key: str = request.idempotency_key  # type: ignore[attr-defined]
+        key: str = request.idempotency_key  # type: ignore[attr-defined]  # each request type given here has the field; Message declares none
         scope = caller_scope(request)
         fingerprint = request_fingerprint(request)
         try:

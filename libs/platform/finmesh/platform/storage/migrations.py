@@ -220,7 +220,7 @@ async def new_revision(service: str, message: str, scratch_dir: Path) -> str:
                 config.attributes["connection"] = connection
                 made = command.revision(config, message=message, autogenerate=True,
                                         rev_id=f"{service}_{number:04d}")
-                return str(made.path)  # type: ignore[union-attr]
+                return str(made.path)  # type: ignore[union-attr]  # one head, so one Script (a list is for many)
             return await conn.run_sync(generate)
     finally:
         await engine.dispose()

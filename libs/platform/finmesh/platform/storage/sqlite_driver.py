@@ -89,9 +89,9 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         return await self._statement(operation, seq_of_parameters, many=True)
 
     async def _statement(self, operation: Any, parameters: Any, *, many: bool) -> None:
-        driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]
-        adapter: OneHopConnection = self._adapt_connection  # type: ignore[assignment]
-        outcome: _Outcome = self._cursor  # type: ignore[assignment]
+        driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]  # SQLAlchemy types it as its own wrapper
+        adapter: OneHopConnection = self._adapt_connection  # type: ignore[assignment]  # ours: OneHopConnection's cursor
+        outcome: _Outcome = self._cursor  # type: ignore[assignment]  # what _make_new_cursor made
         if not many and not parameters and _is_begin(operation):
             # Sent with the first statement: a transaction that runs none costs nothing.
             adapter.pending_begin = operation
@@ -99,7 +99,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
             return
         async with adapter._execute_mutex:
             begin, adapter.pending_begin = adapter.pending_begin, None
-            description, rows, rowcount, lastrowid = await driver._execute(
+            description, rows, rowcount, lastrowid = await driver._execute(  # type: ignore[no-untyped-call]  # aiosqlite's own, unannotated
                 _run, driver._conn, begin, operation, parameters, many)
         outcome.description, outcome.rowcount, outcome.lastrowid = description, rowcount, lastrowid
         self._rows = collections.deque(rows) if rows is not None else collections.deque()
@@ -117,7 +117,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         """Whether there is anything to commit or roll back; a BEGIN that never ran is simply dropped.
         (sqlite3 answers in_transaction from any thread: it asks SQLite's autocommit flag, no I/O.)"""
         self.pending_begin = None
-        driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]  # SQLAlchemy types it as its own wrapper
         return driver._connection is not None and driver._connection.in_transaction
 
     def commit(self) -> None:

@@ -103,7 +103,7 @@ def _plan(statement: Any, keys: tuple[str, ...], dialect: Any) -> tuple[str, lis
 
 
 def _processor(type_: Any, dialect: Any) -> Callable[[Any], Any] | None:
-    process = type_.dialect_impl(dialect).bind_processor(dialect)
+    process: Callable[[Any], Any] | None = type_.dialect_impl(dialect).bind_processor(dialect)
     if process is None or not isinstance(type_, DateTime):
         return process
     # A writer batch stamps most of its rows with one `now`: format that datetime once, not once a row.
@@ -126,7 +126,8 @@ def run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         coroutine.send(None)
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        value: T = done.value  # what the coroutine returned (StopIteration types it as Any)
+        return value
     coroutine.close()
     raise RuntimeError("a transaction run on the SQLite worker thread waited for the event loop")
 
@@ -186,3 +187,15 @@ class SqliteWriteThread:
         await loop.run_in_executor(self._executor, self._disconnect)  # on the thread that uses it
         await loop.run_in_executor(None, self._executor.shutdown)
         self._sync.dispose()
+
+
+async def write_transaction(database: AsyncEngine | SqliteWriteThread,
+                            work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    """Run `work(conn)` in one write transaction, taking turns with the process's other writers: on the
+    SQLite write thread where the service has one, else on the engine (behind its write gate)."""
+    if isinstance(database, SqliteWriteThread):
+        return await database.transaction(work)
+    # The gate: on SQLite, taking turns here beats SQLite's busy handler, which sleeps in growing steps
+    # (1, 2, 5, 10 ms...) while the other transaction runs.
+    async with write_gate(database), database.begin() as conn:
+        return await work(conn)
