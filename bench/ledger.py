@@ -45,10 +45,10 @@ from finmesh.payments.domain.limits import LimitPolicy
 from finmesh.payments.domain.payments import CaptureMode, PaymentRequest, RiskDecision
 from finmesh.payments.store.schema import audit_log, entries, idempotency, transfers
 from finmesh.payments.usecases import payments as usecase
+from finmesh.payments.usecases.ledger_writer import Command, LedgerWriter
 from finmesh.payments.usecases.payments import LimitRules
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from finmesh.payments.writer import Command, LedgerWriter
 from finmesh.platform.money import Money
 from finmesh.platform.observability.logs import configure_logging
 from finmesh.platform.rpc.server import create_server

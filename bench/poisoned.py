@@ -29,9 +29,9 @@ from finmesh.payments.api import convert
 from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.domain.payments import CaptureMode, PaymentRequest
 from finmesh.payments.usecases import payments as usecase
+from finmesh.payments.usecases.ledger_writer import Command
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from finmesh.payments.writer import Command
 from finmesh.platform.money import Money
 from finmesh.platform.observability.logs import configure_logging
 from finmesh.platform.rpc.server import create_server

@@ -130,7 +130,7 @@ async def measure(url: str, tmp: Path, rounds: int, seconds: float, concurrency:
                             service_name="risk", **issuer.settings())
     app = await risk_app.build(settings)
     if without_database:
-        from finmesh.risk.writer import AssessmentWriter
+        from finmesh.risk.usecases.assessment_writer import AssessmentWriter
 
         app.writer = AssessmentWriter(app.engine, lambda: app.rules.active.rules, assess=_canned)
         app.registrations[0].servicer.writer = app.writer

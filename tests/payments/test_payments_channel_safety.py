@@ -18,8 +18,8 @@ from structlog.testing import capture_logs
 
 from finmesh.fakes.bank import FakeBank
 from finmesh.payments.store.tiers import set_tier
+from finmesh.payments.usecases.ledger_writer import Command
 from finmesh.payments.v1 import payments_service_pb2 as pb
-from finmesh.payments.writer import Command
 from finmesh.platform.errors import FailedPrecondition
 from finmesh.platform.rpc.guard import reason_of
 from tests.payments.harness import GENEROUS_LIMITS, key, payments_mesh, refusal

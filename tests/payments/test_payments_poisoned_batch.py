@@ -22,8 +22,8 @@ from finmesh.payments.domain.payments import CaptureMode, PaymentRequest, RiskDe
 from finmesh.payments.store.tiers import TierSource
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.payments.usecases import payments as usecase
+from finmesh.payments.usecases.ledger_writer import Command
 from finmesh.payments.v1 import payments_service_pb2 as pb
-from finmesh.payments.writer import Command
 from finmesh.platform.money import Money
 from finmesh.platform.storage.idempotency import ANONYMOUS
 from tests.payments.harness import payments_mesh, refusal

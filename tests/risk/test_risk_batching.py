@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from finmesh.platform.money import Money
 from finmesh.risk.store.schema import assessments
 from finmesh.risk.usecases.assessing import Outcome, PaymentFacts
+from finmesh.risk.usecases.assessment_writer import AssessmentWriter
 from finmesh.risk.v1 import risk_service_pb2 as pb
-from finmesh.risk.writer import AssessmentWriter
 from tests.risk.harness import payment, risk_node, rules_yaml, write_atomically
 
 THREE_PER_MINUTE = [

@@ -19,8 +19,8 @@ from finmesh.platform.money import Money
 from finmesh.platform.rpc.guard import reason_of
 from finmesh.risk.store.schema import assessments
 from finmesh.risk.usecases.assessing import Outcome, PaymentFacts, assess_payments
+from finmesh.risk.usecases.assessment_writer import AssessmentWriter
 from finmesh.risk.v1 import risk_service_pb2 as pb
-from finmesh.risk.writer import AssessmentWriter
 from tests.poisoned_rows import (
     POISONS,
     TRIGGER_VALUE,

@@ -16,10 +16,10 @@ from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.store.reads import Reads
 from finmesh.payments.store.schema import idempotency, outbox
 from finmesh.payments.store.tiers import TableTierSource, TierSource
+from finmesh.payments.usecases.ledger_writer import LedgerWriter
 from finmesh.payments.usecases.sweeper import PendingOperationSweeper
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from finmesh.payments.writer import LedgerWriter
 from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
 from finmesh.platform.messaging.relay import OutboxRelay, RelayPolicy
 from finmesh.platform.rpc.channels import open_channel

@@ -24,6 +24,7 @@ from finmesh.risk.clients.identity import IDENTITY_IDEMPOTENT_METHODS, IdentityC
 from finmesh.risk.clients.payments import PAYMENTS_IDEMPOTENT_METHODS, PaymentsClient
 from finmesh.risk.config import RiskSettings
 from finmesh.risk.store.schema import idempotency, outbox
+from finmesh.risk.usecases.assessment_writer import AssessmentWriter
 from finmesh.risk.usecases.blocklist import BlockList
 from finmesh.risk.usecases.emergency import EmergencyResponder, ResponsePolicy
 from finmesh.risk.usecases.monitoring import Monitoring
@@ -31,7 +32,6 @@ from finmesh.risk.usecases.onboarding import Onboarding
 from finmesh.risk.usecases.rules import RulesRegistry
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
-from finmesh.risk.writer import AssessmentWriter
 
 _log = get_logger("finmesh.risk")
 

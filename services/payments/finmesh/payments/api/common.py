@@ -21,9 +21,9 @@ from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.domain.limits import BankCapPolicy, LimitPolicy
 from finmesh.payments.store.reads import Reads
 from finmesh.payments.usecases import ownership
+from finmesh.payments.usecases.ledger_writer import Action, Command, LedgerWriter
 from finmesh.payments.usecases.payment_prechecks import PaymentPrechecks
 from finmesh.payments.usecases.payments import LimitRules
-from finmesh.payments.writer import Action, Command, LedgerWriter
 from finmesh.platform.auth.context import acting_as, current_principal
 from finmesh.platform.errors import FieldViolation, InvalidArgument
 from finmesh.platform.money import validate_amount

@@ -20,9 +20,9 @@ from finmesh.payments.domain.synthetic import require_test_accounts
 from finmesh.payments.store.reads import Reads
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.payments.usecases import payments as usecase
+from finmesh.payments.usecases.ledger_writer import LedgerWriter
 from finmesh.payments.usecases.ownership import require_own_account
 from finmesh.payments.usecases.payments import LimitRules
-from finmesh.payments.writer import LedgerWriter
 from finmesh.platform.errors import DomainError, FailedPrecondition
 
 

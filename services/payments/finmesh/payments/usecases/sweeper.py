@@ -33,7 +33,7 @@ from finmesh.payments.store import queries, rows
 from finmesh.payments.store.uow import UnitOfWork
 from finmesh.payments.usecases import payments as payments_usecase
 from finmesh.payments.usecases import top_ups_and_payouts as usecase
-from finmesh.payments.writer import Command, LedgerWriter
+from finmesh.payments.usecases.ledger_writer import Command, LedgerWriter
 from finmesh.platform.errors import DomainError
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.storage.db import is_transient

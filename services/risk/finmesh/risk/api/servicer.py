@@ -16,6 +16,7 @@ from finmesh.platform.observability.rpc_tracing import batch_item_span
 from finmesh.platform.rpc.field_rules import checker_for
 from finmesh.platform.storage.db import is_transient
 from finmesh.risk.api import convert, validate
+from finmesh.risk.usecases.assessment_writer import AssessmentWriter
 from finmesh.risk.usecases.blocklist import BlockList
 from finmesh.risk.usecases.keyed import KeyedCall
 from finmesh.risk.usecases.monitoring import Monitoring
@@ -23,7 +24,6 @@ from finmesh.risk.usecases.onboarding import Onboarding
 from finmesh.risk.usecases.rules import RulesRegistry
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
-from finmesh.risk.writer import AssessmentWriter
 
 _log = get_logger("finmesh.risk")
 _CHECK_RULES = checker_for(pb.PaymentCheck.DESCRIPTOR)

@@ -63,7 +63,7 @@ class Command:
     action: Action
     render: Callable[[Any], Message]
     # False for the first half of a two-step operation (a payout's hold): only
-    # its refusal is final; the answer is recorded when the channel has spoken.
+    # its refusal is final; the answer is recorded when the bank has spoken.
     record_success: bool = True
     # Runs in a batch of its own (settlement reads rows with queries that must see every earlier change).
     exclusive: bool = False
@@ -178,9 +178,3 @@ def _replay(prior: Any, command: Command) -> Message | Exception:
     except (FailedPrecondition, StoredRefusal) as error:
         return error
 
-
-async def stored_answer(conn: Any, method: str, scope: str, key: str, fingerprint: bytes,
-                        response_type: type[Message]) -> Message | None:
-    """The answer stored for the caller's (method, key), or None for a key it has not used yet."""
-    row = (await stored_answers(conn, idempotency, [(method, key)])).get(method, scope, key)
-    return None if row is None else replay_stored(row, fingerprint, response_type)
