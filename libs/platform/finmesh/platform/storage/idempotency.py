@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 from google.rpc import status_pb2  # type: ignore[import-untyped]  # googleapis-common-protos has .pyi files but no py.typed
@@ -48,6 +48,9 @@ from finmesh.platform.errors import DomainError, FailedPrecondition, FieldViolat
 from finmesh.platform.storage.sqlite_thread import insert_rows
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+# A use case generic in the reply it stores: the api names the concrete message type.
+Reply = TypeVar("Reply", bound=Message)
 
 MAX_KEY_LENGTH = 128
 MAX_SCOPE_LENGTH = 200
@@ -264,6 +267,30 @@ def replay_stored(prior: Mapping[str, Any], fingerprint: bytes, response_type: t
 
 class _KeyTakenMeanwhile(Exception):
     """The previous release stored an answer to this key after we looked: ours must not commit."""
+
+
+@dataclass(frozen=True)
+class KeyedCall(Generic[T, Reply]):
+    """A mutating call under its caller's idempotency key, as an api hands it to a use case.
+
+    The request (its key and caller name the answer), the method and reply type the answer is stored under,
+    and how the use case's result becomes that reply. The use case stays free of the wire; the reply still
+    commits in the change's transaction, so a retry after a crash gets the same bytes and the change happens
+    once.
+    """
+
+    method: str
+    request: Message
+    reply_type: type[Reply]
+    reply: Callable[[T], Reply]
+
+    async def run(self, answers: IdempotencyStore, change: Callable[[AsyncConnection], Awaitable[T]]) -> Reply:
+        """The stored answer to the key, or `change` made and its reply stored in one transaction."""
+
+        async def answered(conn: AsyncConnection) -> Reply:
+            return self.reply(await change(conn))
+
+        return await answers.run(self.method, self.request, self.reply_type, answered)
 
 
 class IdempotencyStore:

@@ -6,10 +6,10 @@ from typing import Any
 
 from finmesh.notify.api import Context, convert, validate
 from finmesh.notify.usecases.complaints import Complaints
-from finmesh.notify.usecases.deps import Call
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.platform.errors import NotFound, Validator
 from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.idempotency import KeyedCall
 
 _log = get_logger("finmesh.notify.complaints")
 
@@ -20,8 +20,9 @@ class ComplaintRpcs:
     async def OpenComplaint(self, request: pb.OpenComplaintRequest, context: Context) -> Any:
         validate.complaint_open(request)
         reply = await self._complaints.open(
-            Call("OpenComplaint", request, pb.OpenComplaintResponse), request.user_id, request.subject,
-            request.body, lambda row: pb.OpenComplaintResponse(complaint=convert.complaint(row)))
+            KeyedCall("OpenComplaint", request, pb.OpenComplaintResponse,
+                      lambda row: pb.OpenComplaintResponse(complaint=convert.complaint(row))),
+            request.user_id, request.subject, request.body)
         # The stored reply holds no complaint text (an erasure could not reach it there).
         reply.complaint.subject = await self._complaints.subject(reply.complaint.complaint_id)
         _log.info("complaint_opened", complaint_id=reply.complaint.complaint_id)
@@ -30,8 +31,9 @@ class ComplaintRpcs:
     async def AdvanceComplaint(self, request: pb.AdvanceComplaintRequest, context: Context) -> Any:
         target = validate.complaint_advance(request)
         reply = await self._complaints.advance(
-            Call("AdvanceComplaint", request, pb.AdvanceComplaintResponse), request.complaint_id, target,
-            request.note, lambda row: pb.AdvanceComplaintResponse(complaint=convert.complaint(row)))
+            KeyedCall("AdvanceComplaint", request, pb.AdvanceComplaintResponse,
+                      lambda row: pb.AdvanceComplaintResponse(complaint=convert.complaint(row))),
+            request.complaint_id, target, request.note)
         reply.complaint.subject = await self._complaints.subject(reply.complaint.complaint_id)
         _log.info("complaint_advanced", complaint_id=request.complaint_id, state=target)
         return reply

@@ -10,7 +10,6 @@ from finmesh.notify.api.complaints import ComplaintRpcs
 from finmesh.notify.usecases.complaints import Complaints
 from finmesh.notify.usecases.consents import Consents
 from finmesh.notify.usecases.dead_letters import DeadLetters
-from finmesh.notify.usecases.deps import Call
 from finmesh.notify.usecases.intake import EventIntake
 from finmesh.notify.usecases.notifications import Notifications
 from finmesh.notify.usecases.webhooks import Webhooks
@@ -19,7 +18,7 @@ from finmesh.notify.v1 import notify_service_pb2_grpc as pb_grpc
 from finmesh.platform.errors import NotFound, Validator
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.rpc.guard import excerpt
-from finmesh.platform.storage.idempotency import validate_key
+from finmesh.platform.storage.idempotency import KeyedCall, validate_key
 
 _log = get_logger("finmesh.notify")
 
@@ -64,8 +63,9 @@ class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
     async def SendNotification(self, request: pb.SendNotificationRequest, context: Context) -> Any:
         send = validate.send(request)
         reply = await self._notifications.send(
-            Call("SendNotification", request, pb.SendNotificationResponse), send,
-            lambda row: pb.SendNotificationResponse(notification=convert.notification(row)))
+            KeyedCall("SendNotification", request, pb.SendNotificationResponse,
+                      lambda row: pb.SendNotificationResponse(notification=convert.notification(row))),
+            send)
         _log.info("notification_accepted", notification_id=reply.notification.notification_id,
                   channel=send.channel, category=send.category, template=send.template)
         return reply
@@ -96,8 +96,9 @@ class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
         validate.consent(request)
         c = request.consent
         reply = await self._consents.set_marketing(
-            Call("SetConsent", request, pb.SetConsentResponse), c.user_id, c.granted, c.quiet_hours_start,
-            c.quiet_hours_end, c.time_zone, lambda row: pb.SetConsentResponse(consent=convert.consent(row)))
+            KeyedCall("SetConsent", request, pb.SetConsentResponse,
+                      lambda row: pb.SetConsentResponse(consent=convert.consent(row))),
+            c.user_id, c.granted, c.quiet_hours_start, c.quiet_hours_end, c.time_zone)
         _log.info("consent_recorded", user_id=c.user_id, granted=c.granted)
         return reply
 
@@ -113,8 +114,9 @@ class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
     async def CreateWebhook(self, request: pb.CreateWebhookRequest, context: Context) -> Any:
         validate.webhook(request, self._webhook_allow_loopback_http)
         reply = await self._webhooks.create(
-            Call("CreateWebhook", request, pb.CreateWebhookResponse), request.url, list(request.event_types),
-            lambda row: pb.CreateWebhookResponse(webhook=convert.webhook(row)))
+            KeyedCall("CreateWebhook", request, pb.CreateWebhookResponse,
+                      lambda row: pb.CreateWebhookResponse(webhook=convert.webhook(row))),
+            request.url, list(request.event_types))
         reply.signing_secret = await self._webhooks.signing_secret(reply.webhook.webhook_id)
         _log.info("webhook_created", webhook_id=reply.webhook.webhook_id, event_types=list(request.event_types))
         return reply
@@ -139,8 +141,9 @@ class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
         validate_key(request.idempotency_key)
         v.raise_if_any()
         reply = await self._dead_letters.redrive(
-            Call("RedriveDeadLetter", request, pb.RedriveDeadLetterResponse), request.dead_letter_id,
-            lambda row: pb.RedriveDeadLetterResponse(notification=convert.notification(row)))
+            KeyedCall("RedriveDeadLetter", request, pb.RedriveDeadLetterResponse,
+                      lambda row: pb.RedriveDeadLetterResponse(notification=convert.notification(row))),
+            request.dead_letter_id)
         _log.info("dead_letter_redriven", dead_letter_id=request.dead_letter_id,
                   notification_id=reply.notification.notification_id)
         return reply

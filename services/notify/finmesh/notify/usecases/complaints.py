@@ -1,13 +1,13 @@
 """Complaint tickets: opened with three deadlines from the business calendar, moved one step at a time.
 
 A late step records its missed deadline itself (finmesh.notify.usecases.sla sweeps for the rest). Stored
-replies are not sealed (idempotency rows), so the views handed to a mutating call's `reply` carry no complaint
+replies are not sealed (idempotency rows), so the views a mutating call's reply is made from carry no complaint
 text, which an erasure could not reach there; callers add the subject from subject()."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -18,9 +18,10 @@ from finmesh.notify.store import complaints as store
 from finmesh.notify.store import erasure, profiles, queue
 from finmesh.notify.store.sealing import Sealer
 from finmesh.notify.usecases.compose import Draft
-from finmesh.notify.usecases.deps import Call, Deps, M
+from finmesh.notify.usecases.deps import Deps
 from finmesh.notify.usecases.sla import ComplaintSla
 from finmesh.platform.errors import NotFound
+from finmesh.platform.storage.idempotency import KeyedCall, Reply
 
 
 def new_complaint_id(millis: int) -> str:
@@ -42,12 +43,11 @@ class Complaints:
         self._deps = deps
         self._sla = sla
 
-    async def open(self, call: Call[M], user_id: str, subject: str, body: str,
-                   reply: Callable[[Mapping[str, Any]], M]) -> M:
+    async def open(self, call: KeyedCall[Mapping[str, Any], Reply], user_id: str, subject: str, body: str) -> Reply:
         """Open the ticket and put a receipt in the complainant's inbox."""
         d = self._deps
 
-        async def work(conn: AsyncConnection) -> M:
+        async def work(conn: AsyncConnection) -> Mapping[str, Any]:
             now = d.clock.now()
             await erasure.refuse_if_erased(conn, user_id)
             cid = new_complaint_id(int(now.timestamp() * 1000))
@@ -63,16 +63,16 @@ class Complaints:
             receipt = Draft(user_id, "INBOX", "TRANSACTIONAL", "complaint_received",
                             resolve_locale("", known.get(user_id, "")), {"complaint_id": cid})
             await queue.add(conn, [d.composer.row(receipt, now)])
-            return reply(_view(row, ""))
+            return _view(row, "")
 
-        return await call.once(d, work)
+        return await call.run(d.idempotency, work)
 
-    async def advance(self, call: Call[M], complaint_id: str, target: str, note: str,
-                      reply: Callable[[Mapping[str, Any]], M]) -> M:
+    async def advance(self, call: KeyedCall[Mapping[str, Any], Reply], complaint_id: str, target: str,
+                      note: str) -> Reply:
         """Accept, respond or resolve: the next step only."""
         d = self._deps
 
-        async def work(conn: AsyncConnection) -> M:
+        async def work(conn: AsyncConnection) -> Mapping[str, Any]:
             now = d.clock.now()
             row = await store.get(conn, complaint_id, lock=True)
             if row is None:
@@ -84,9 +84,9 @@ class Complaints:
             moved = await store.move(conn, row, target, sealed_note, now)
             if moved is None:
                 check_transition((await store.get(conn, row.complaint_id)).state, target)
-            return reply(_view(moved, ""))
+            return _view(moved, "")
 
-        return await call.once(d, work)
+        return await call.run(d.idempotency, work)
 
     async def subject(self, complaint_id: str) -> str:
         """Read from the sealed row, so a repeat's answer after an erasure shows it erased."""

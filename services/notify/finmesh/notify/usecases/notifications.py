@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +12,9 @@ from finmesh.notify.domain.consent import decide_marketing
 from finmesh.notify.domain.templates import resolve_locale
 from finmesh.notify.store import consents, erasure, profiles, queue
 from finmesh.notify.usecases.compose import Draft
-from finmesh.notify.usecases.deps import Call, Deps, M
+from finmesh.notify.usecases.deps import Deps
 from finmesh.platform.errors import FailedPrecondition
+from finmesh.platform.storage.idempotency import KeyedCall, Reply
 
 _REFUSALS = {
     "CONSENT_MISSING": "marketing needs the user's recorded consent",
@@ -36,12 +37,12 @@ class Notifications:
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
 
-    async def send(self, call: Call[M], send: SendRequest, reply: Callable[[Mapping[str, Any]], M]) -> M:
+    async def send(self, call: KeyedCall[Mapping[str, Any], Reply], send: SendRequest) -> Reply:
         """Record the message: the inbox's is delivered by that, the rest are queued for the worker. Marketing
         needs the user's consent, and waits out their quiet hours."""
         d = self._deps
 
-        async def work(conn: AsyncConnection) -> M:
+        async def work(conn: AsyncConnection) -> Mapping[str, Any]:
             now = d.clock.now()
             await erasure.refuse_if_erased(conn, send.user_id)
             not_before = None
@@ -57,9 +58,9 @@ class Notifications:
                           address=send.address)
             row = d.composer.row(draft, now, not_before)
             await queue.add(conn, [row])
-            return reply(row)
+            return row
 
-        answer = await call.once(d, work)
+        answer = await call.run(d.idempotency, work)
         if send.channel != "INBOX":  # queued (a repeat's stored answer too): the worker may have it now
             d.wake(send.category)
         return answer

@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.notify.store import webhooks
-from finmesh.notify.usecases.deps import Call, Deps, M
+from finmesh.notify.usecases.deps import Deps
+from finmesh.platform.storage.idempotency import KeyedCall, Reply
 
 
 class Webhooks:
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
 
-    async def create(self, call: Call[M], url: str, event_types: list[str],
-                     reply: Callable[[Mapping[str, Any]], M]) -> M:
-        """Register the endpoint with a new signing secret. The secret stays out of `reply`'s row: stored
-        replies are not sealed, so callers add it from signing_secret()."""
+    async def create(self, call: KeyedCall[Mapping[str, Any], Reply], url: str, event_types: list[str]) -> Reply:
+        """Register the endpoint with a new signing secret. The secret stays out of the row the reply is made
+        from: stored replies are not sealed, so callers add it from signing_secret()."""
         d = self._deps
 
-        async def work(conn: AsyncConnection) -> M:
+        async def work(conn: AsyncConnection) -> Mapping[str, Any]:
             webhook_id = str(uuid.uuid4())
             values = {
                 "webhook_id": webhook_id,
@@ -34,9 +34,9 @@ class Webhooks:
                 "created_at": d.clock.now(),
             }
             await webhooks.add(conn, values)
-            return reply({**values, "url": url})
+            return {**values, "url": url}
 
-        return await call.once(d, work)
+        return await call.run(d.idempotency, work)
 
     async def signing_secret(self, webhook_id: str) -> str:
         async with self._deps.engine.connect() as conn:

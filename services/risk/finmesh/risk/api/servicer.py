@@ -15,10 +15,10 @@ from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.observability.rpc_tracing import batch_item_span
 from finmesh.platform.rpc.field_rules import checker_for
 from finmesh.platform.storage.db import is_transient
+from finmesh.platform.storage.idempotency import KeyedCall
 from finmesh.risk.api import convert, validate
 from finmesh.risk.usecases.assessment_writer import AssessmentWriter
 from finmesh.risk.usecases.blocklist import BlockList
-from finmesh.risk.usecases.keyed import KeyedCall
 from finmesh.risk.usecases.monitoring import Monitoring
 from finmesh.risk.usecases.onboarding import Onboarding
 from finmesh.risk.usecases.rules import RulesRegistry

@@ -9,10 +9,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finmesh.platform.errors import AlreadyExists, NotFound
-from finmesh.platform.storage.idempotency import IdempotencyStore
+from finmesh.platform.storage.idempotency import IdempotencyStore, KeyedCall, Reply
 from finmesh.risk.domain.values import BlockKind
 from finmesh.risk.store import blocklist as store
-from finmesh.risk.usecases.keyed import KeyedCall, R
 
 
 class BlockList:
@@ -20,8 +19,8 @@ class BlockList:
         self._engine = engine
         self._answers = answers
 
-    async def add(self, call: KeyedCall[Any, R], *, kind: BlockKind, value: str, reason: str,
-                  expires_at: datetime | None, now: datetime) -> R:
+    async def add(self, call: KeyedCall[Any, Reply], *, kind: BlockKind, value: str, reason: str,
+                  expires_at: datetime | None, now: datetime) -> Reply:
         """List `value`; one active entry per (kind, value), so a second is refused with the first one's id."""
 
         async def add(conn: AsyncConnection) -> Any:
@@ -34,7 +33,7 @@ class BlockList:
 
         return await call.run(self._answers, add)
 
-    async def remove(self, call: KeyedCall[None, R], entry_id: str) -> R:
+    async def remove(self, call: KeyedCall[None, Reply], entry_id: str) -> Reply:
         """End an active entry; the row stays for audit."""
 
         async def remove(conn: AsyncConnection) -> None:

@@ -7,21 +7,20 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from finmesh.platform.storage.idempotency import IdempotencyStore
+from finmesh.platform.storage.idempotency import IdempotencyStore, KeyedCall, Reply
 from finmesh.risk.domain.onboarding import OnboardingFacts, OnboardingVerdict, assess_onboarding
 from finmesh.risk.domain.rules import Rules
 from finmesh.risk.domain.values import BlockKind
 from finmesh.risk.store import blocklist, subjects
 from finmesh.risk.store import onboarding as store
-from finmesh.risk.usecases.keyed import KeyedCall, R
 
 
 class Onboarding:
     def __init__(self, answers: IdempotencyStore) -> None:
         self._answers = answers
 
-    async def assess(self, call: KeyedCall[OnboardingVerdict, R], rules: Rules, *, user_id: str, age_years: int,
-                     user_kind: str, device_id: str, ip_address: str, ip_country: str) -> R:
+    async def assess(self, call: KeyedCall[OnboardingVerdict, Reply], rules: Rules, *, user_id: str, age_years: int,
+                     user_kind: str, device_id: str, ip_address: str, ip_country: str) -> Reply:
         """AssessOnboarding: the user's tier under `rules`, recorded with the answer (a retry gets that tier)."""
         return await call.run(self._answers, lambda conn: assess_user(
             conn, rules, user_id=user_id, age_years=age_years, user_kind=user_kind, device_id=device_id,

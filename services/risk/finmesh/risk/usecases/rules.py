@@ -20,11 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finmesh.platform.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from finmesh.platform.observability.logs import get_logger
-from finmesh.platform.storage.idempotency import IdempotencyStore
+from finmesh.platform.storage.idempotency import IdempotencyStore, KeyedCall, Reply
 from finmesh.risk.domain.rules import Rules, RulesError, content_hash, parse_rules
 from finmesh.risk.store import rules as store
 from finmesh.risk.store.common import aware
-from finmesh.risk.usecases.keyed import KeyedCall, R
 
 DEFAULT_RULES_FILE = Path(__file__).parent.parent / "default_rules.yaml"
 
@@ -107,7 +106,7 @@ class RulesRegistry:
                     self._adopt(row)
             await conn.rollback()
 
-    async def update(self, call: KeyedCall[Rules, R], source: str) -> R:
+    async def update(self, call: KeyedCall[Rules, Reply], source: str) -> Reply:
         """UpdateRules: activate `source` if it is valid rules, and run them here at once (other replicas at
         their next poll). Refused rules change nothing: the active rules stay."""
         try:
