@@ -151,7 +151,7 @@ class PaymentLoad:
                 await channel.close()
         return LoadReport(records, time.monotonic() - start)
 
-    async def _call(self, stub: pb_grpc.PaymentsServiceStub, record: CallRecord) -> None:
+    async def _call(self, stub: pb_grpc.PaymentsServiceAsyncStub, record: CallRecord) -> None:
         s = self.shape
         request = pb.CreatePaymentRequest(
             idempotency_key=record.key, payer_account_id=record.payer, payee_account_id=record.payee,

@@ -41,7 +41,7 @@ class HttpFake:
     NAME: ClassVar[str] = "fake"  # in the standalone announcement and the thread's name
     STEPS: ClassVar[tuple[str, ...]] = ()  # what script() accepts
     STEPS_ARE: ClassVar[str] = "steps"  # what the fake calls them, in the error a bad script gets
-    # None: "application/json" as the fakes written on http.server sent it; the aiohttp ones said utf-8.
+    # None: plain "application/json", as the bank and registry always answered; SMS and webhook said utf-8.
     CHARSET: ClassVar[str | None] = None
 
     def __init__(self, *, api_key: str = "", host: str = "127.0.0.1", port: int = 0) -> None:
