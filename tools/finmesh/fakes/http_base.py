@@ -34,7 +34,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A stopping fake owes nobody a graceful goodbye: an answer it holds back on purpose (a bank "timeout")
 # must not hold the test's teardown for as long.
 _SHUTDOWN_SECONDS = 0.2
-_THREAD_START_SECONDS = 10.0
+_THREAD_CALL_SECONDS = 10.0  # to start or stop a fake on its own thread's loop
 
 
 class HttpFake:
@@ -106,7 +106,7 @@ class HttpFake:
         thread = threading.Thread(target=loop.run_forever, name=f"fake-{self.NAME}", daemon=True)
         thread.start()
         try:
-            asyncio.run_coroutine_threadsafe(self.start(), loop).result(_THREAD_START_SECONDS)
+            asyncio.run_coroutine_threadsafe(self.start(), loop).result(_THREAD_CALL_SECONDS)
         except BaseException:
             _end_loop(loop, thread)
             raise
@@ -119,7 +119,7 @@ class HttpFake:
             return
         self._loop = self._thread = None
         try:
-            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(_THREAD_START_SECONDS)
+            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(_THREAD_CALL_SECONDS)
         finally:
             _end_loop(loop, thread)
 
