@@ -164,7 +164,7 @@ class Figures:
 async def _database_url(kind: str, tmp: Path) -> str | None:
     if kind == "sqlite":
         return f"sqlite+aiosqlite:///{tmp / 'bench-payments.db'}"
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
 
     name = f"fmbench_ledger_{uuid.uuid4().hex[:8]}"
     try:
@@ -257,7 +257,7 @@ class _Context:
         return None
 
 
-async def _funded_wallets(stub: pb_grpc.PaymentsServiceStub, count: int = WALLETS,
+async def _funded_wallets(stub: pb_grpc.PaymentsServiceAsyncStub, count: int = WALLETS,
                           owner: str = "") -> list[str]:
     """`count` funded wallets, each of its own user (or all of `owner`'s)."""
     wallets = []
@@ -272,7 +272,7 @@ async def _funded_wallets(stub: pb_grpc.PaymentsServiceStub, count: int = WALLET
     return wallets
 
 
-async def _batch_rounds(stub: pb_grpc.PaymentsServiceStub, engine: Any, raw_engine: Any, payroll: list[str],
+async def _batch_rounds(stub: pb_grpc.PaymentsServiceAsyncStub, engine: Any, raw_engine: Any, payroll: list[str],
                         wallets: list[str], rounds: int, batch_size: int) -> tuple[float, float, float]:
     rng = random.Random(7)
     api, raw, rows_per_transfer = [], [], []

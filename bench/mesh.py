@@ -42,12 +42,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
 import grpc
 
-from finmesh.cli.mesh import SERVICES, Mesh, free_port
+from finmesh.cli.mesh import SERVICES, Mesh, fake_env, free_port
 from finmesh.cli.slice import run_slice
 from finmesh.common.v1 import money_pb2
 from finmesh.load.engine import LoadResult, closed_loop, open_loop
@@ -175,8 +174,7 @@ class RealMesh:
     def _service_env(self) -> dict[str, str]:
         assert self.mesh is not None
         env = {f"FINMESH_{n.upper()}_TARGET": p.target for n, p in self.mesh.processes.items()}
-        for fake in self.mesh.fakes.values():  # identity reads the registry's, notify the SMS provider's
-            env.update(_fake_env(fake, self.mesh))
+        env.update(fake_env(self.mesh.fakes))  # identity reads the registry's, notify the SMS provider's
         risks = [self.mesh.processes["risk"].target, *self.replica_targets["risk"]]
         env["FINMESH_RISK_TARGET"] = multi_target(risks)
         return env
@@ -266,15 +264,6 @@ def _velocity_lifted_rules(data_dir: Path) -> Path:
     path = data_dir / "bench-rules.yaml"
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def _fake_env(fake: Any, mesh: Mesh) -> dict[str, str]:
-    from finmesh.cli.mesh import _FAKES
-
-    for name, (_, url_var, key_var) in _FAKES.items():
-        if mesh.fakes.get(name) is fake:
-            return {url_var: fake.url, key_var: fake.api_key}
-    return {}
 
 
 def _wait_port_line(process: subprocess.Popen[bytes], name: str, started: float, log: Path) -> float:

@@ -63,7 +63,7 @@ async def measure(target: str, seconds: float, concurrency: int,
                   processes: list[subprocess.Popen[bytes]]) -> tuple[Round, float]:
     """A round against the chain and the chain's CPU seconds per call in it (after the warm-up)."""
     async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(METHOD)
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(METHOD)  # raw bytes both ways
         await closed_loop(lambda: call(b"x", timeout=5), concurrency=concurrency, seconds=0.5)  # warm-up
         before = cpu_seconds(processes)
         r = await closed_loop(lambda: call(b"x", timeout=5), concurrency=concurrency, seconds=seconds)

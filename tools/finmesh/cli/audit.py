@@ -27,7 +27,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 reply = pb_grpc.PaymentsServiceStub(channel).VerifyAuditLog(pb.VerifyAuditLogRequest(),
                                                                             timeout=args.timeout, metadata=metadata)
         except grpc.RpcError as error:
-            code_name = error.code().name  # type: ignore[attr-defined]
+            code_name = error.code().name
             print(f"payments at {args.target} did not answer: {code_name}", file=sys.stderr)
             if code_name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
                 print("auth is enforced: set FINMESH_TOKEN to an admin's or risk officer's access token",
@@ -44,7 +44,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return code
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     audit = sub.add_parser("audit", help="payments audit log")
     verbs = audit.add_subparsers(dest="audit_command", required=True)
     verify = verbs.add_parser("verify", help="walk the hash chain and name the first broken record (exit 1)")

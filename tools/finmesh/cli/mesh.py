@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking ships no type hints
 
 # Start order: callees first, so a caller's first calls find them up.
 SERVICES = ("notify", "risk", "payments", "identity")
@@ -71,6 +71,15 @@ def load_fakes(data_dir: Path) -> dict[str, Fake]:
     if not path.exists():
         return {}
     return {name: Fake(**values) for name, values in json.loads(path.read_text(encoding="utf-8")).items()}
+
+
+def fake_env(fakes: dict[str, Fake]) -> dict[str, str]:
+    """Where a service finds each of these fakes, and its key, as the service's environment."""
+    env: dict[str, str] = {}
+    for name, fake in fakes.items():
+        _, url_var, key_var = _FAKES[name]
+        env.update({url_var: fake.url, key_var: fake.api_key})
+    return env
 
 
 def _write_fakes(data_dir: Path, fakes: dict[str, Fake]) -> None:
@@ -141,8 +150,7 @@ class Mesh:
     def start_fakes(self, timeout: float = 30.0) -> dict[str, str]:
         """Start the fakes (ports after the services' with a base port), record them; returns the services' env."""
         known = load_fakes(self.data_dir)
-        env: dict[str, str] = {}
-        for i, (name, (module, url_var, key_var)) in enumerate(_FAKES.items()):
+        for i, (name, (module, _, _)) in enumerate(_FAKES.items()):
             port = self.base_port + 4 + i if self.base_port else free_port()
             # One key per data dir, reused across restarts.
             key = known[name].api_key if name in known else secrets.token_urlsafe(24)
@@ -153,9 +161,8 @@ class Mesh:
             self.fake_processes[name] = process
             _wait_listening(port, process, name, timeout)
             self.fakes[name] = Fake(f"http://127.0.0.1:{port}", key)
-            env.update({url_var: self.fakes[name].url, key_var: key})
         _write_fakes(self.data_dir, self.fakes)
-        return env
+        return fake_env(self.fakes)
 
     def start_one(self, name: str, port: int, targets: dict[str, str]) -> ServiceProcess:
         env = {

@@ -40,7 +40,7 @@ _BIRTH_SPAN_DAYS = (date(2000, 12, 31) - _OLDEST_BIRTH).days
 def new_people() -> tuple[Person, Person]:
     """Two synthetic people (valid check digits, example.com mail) no earlier run registered: identity
     refuses a second registration of anyone, and `finmesh demo` may run again against one mesh."""
-    people = []
+    people: list[Person] = []
     for name, region in (("测试甲", "110105"), ("测试乙", "440305")):
         tag = secrets.randbelow(10**8)
         # A random adult birth date as well as a sequence number: with the date fixed there were 1,000 numbers
@@ -112,7 +112,7 @@ class Handset:
             return list((await reply.json())["messages"])
 
 
-async def onboard(identity: id_grpc.IdentityServiceStub, handset: Handset, person: Person, password: str,
+async def onboard(identity: id_grpc.IdentityServiceAsyncStub, handset: Handset, person: Person, password: str,
                    run: str, i: int, wait_seconds: float) -> tuple[str, str]:
     """Register, pass all three checks (identity number at registration, SMS code, real name), then log in
     with password + SMS code. Returns (user id, access token)."""
@@ -189,7 +189,8 @@ async def run_slice(targets: dict[str, str], sms: Fake, *, people: tuple[Person,
                        top_up, pay, received, {users[0]: tokens[0], users[1]: tokens[1]}, tuple(people))
 
 
-async def _wait_for_receipt(notify: no_grpc.NotifyServiceStub, user_id: str, token: str, wait_seconds: float) -> int:
+async def _wait_for_receipt(notify: no_grpc.NotifyServiceAsyncStub, user_id: str, token: str,
+                            wait_seconds: float) -> int:
     """Payment receipts notify recorded for `user_id`, read with their own token (delivery is asynchronous)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds

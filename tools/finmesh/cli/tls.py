@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking ships no type hints
 
 CERT_ENV, KEY_ENV, CA_ENV = "FINMESH_TLS_CERT_FILE", "FINMESH_TLS_KEY_FILE", "FINMESH_TLS_CA_FILE"
 
@@ -74,5 +74,5 @@ def health_status(target: str, *, service: str = "", timeout: float = 2.0, serve
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.RpcError as error:
-            return error.code().name  # type: ignore[attr-defined, no-any-return]  # RpcError is also a Call
+            return error.code().name
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))

@@ -9,7 +9,7 @@ from typing import Any
 
 
 def load_spans(span_dir: Path) -> list[dict[str, Any]]:
-    spans = []
+    spans: list[dict[str, Any]] = []
     for path in sorted(span_dir.glob("*.jsonl")):
         with path.open(encoding="utf-8") as f:
             spans.extend(json.loads(line) for line in f if line.strip())

@@ -32,7 +32,8 @@ class CollectedSpan:
 
 
 def _value(v: common_pb2.AnyValue) -> Any:
-    return getattr(v, v.WhichOneof("value")) if v.WhichOneof("value") else None
+    which = v.WhichOneof("value")
+    return getattr(v, which) if which else None
 
 
 class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):

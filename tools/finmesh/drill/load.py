@@ -19,6 +19,7 @@ import grpc
 from finmesh.common.v1 import money_pb2
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
+from finmesh.platform.backoff import Backoff
 
 # Codes after which the identical request goes again with the same idempotency key; either may have
 # committed, and the key makes a retry answer from the stored reply. CANCELLED is here because a
@@ -28,6 +29,8 @@ from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 # GOAWAY without stopping. Our own cancellation never shows up here: grpc.aio raises
 # asyncio.CancelledError for a locally cancelled call, not AioRpcError.
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+# The drill's client retry waits as before the one Backoff: 50 ms doubling to 0.5 s, ceilings without jitter.
+_RETRY_WAIT = Backoff(0.05, 0.5)
 
 
 @dataclass
@@ -151,14 +154,13 @@ class PaymentLoad:
                 await channel.close()
         return LoadReport(records, time.monotonic() - start)
 
-    async def _call(self, stub: pb_grpc.PaymentsServiceStub, record: CallRecord) -> None:
+    async def _call(self, stub: pb_grpc.PaymentsServiceAsyncStub, record: CallRecord) -> None:
         s = self.shape
         request = pb.CreatePaymentRequest(
             idempotency_key=record.key, payer_account_id=record.payer, payee_account_id=record.payee,
             amount=money_pb2.Money(currency_code=s.currency, minor_units=record.amount),
             capture_mode=pb.CAPTURE_MODE_AUTOMATIC, description=record.description)
         record.started = time.monotonic()
-        backoff = 0.05
         while True:
             record.attempts += 1
             try:
@@ -166,8 +168,7 @@ class PaymentLoad:
             except grpc.aio.AioRpcError as error:
                 if error.code() in _RETRYABLE and record.attempts < s.attempts:
                     record.retried_codes.append(error.code().name)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 0.5)
+                    await asyncio.sleep(_RETRY_WAIT.ceiling(record.attempts - 1))
                     continue
                 record.error = f"{error.code().name}: {error.details()}"
                 break

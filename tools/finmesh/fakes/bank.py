@@ -23,19 +23,21 @@ Run standalone: python -m finmesh.fakes.bank --port 0 (prints {"service": "bank"
 from __future__ import annotations
 
 import argparse
-import collections
-import contextlib
+import asyncio
 import csv
 import io
-import json
-import threading
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from aiohttp import web
+
+from finmesh.fakes.http_base import HttpFake
+
 BEHAVIOURS = ("ok", "fail", "timeout", "down")
+KINDS = {"/v1/debits": "DEBIT", "/v1/payouts": "PAYOUT"}
+LOOKUP = "/v1/operations/"
 
 
 @dataclass
@@ -55,53 +57,25 @@ class Booking:
                 "reason": self.reason}
 
 
-class FakeBank:
+class FakeBank(HttpFake):
+    """Takes one scripted behaviour per new operation (BEHAVIOURS; "ok" once the script is spent)."""
+
+    NAME = "bank"
+    STEPS_ARE = "behaviours"
+    STEPS = BEHAVIOURS
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0, reply_delay: float = 3.0) -> None:
+        super().__init__(host=host, port=port)
         self.operations: dict[str, Booking] = {}
-        self.requests: list[tuple[str, str]] = []  # (path, operation_id), in arrival order
+        self.requests: list[tuple[str, str]] = []  # (kind, operation_id), in arrival order
         self.lookups: list[str] = []  # operation ids asked about (GET /v1/operations/{id}), in arrival order
         self.reply_delay = reply_delay
-        self._script: collections.deque[str] = collections.deque()
-        self._lock = threading.Lock()
         self._counter = 0
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FakeBank:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-bank", daemon=True)
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        """Serve in the calling thread (the standalone process)."""
-        self._server.serve_forever()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FakeBank:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-    def script(self, *behaviours: str) -> None:
-        """How the next new operations are treated, in order; afterwards every operation succeeds."""
-        unknown = set(behaviours) - set(BEHAVIOURS)
-        if unknown:
-            raise ValueError(f"unknown behaviours {sorted(unknown)}; expected some of {BEHAVIOURS}")
-        with self._lock:
-            self._script.extend(behaviours)
+    def routes(self) -> Iterable[web.RouteDef]:
+        # Catch-alls dispatching on the raw request target, as the bank always did: a body that is not a
+        # JSON object is refused before the path is looked at, and a query string is part of the path.
+        return [web.post("/{target:.*}", self._post), web.get("/{target:.*}", self._get)]
 
     def statement_csv(self) -> str:
         out = io.StringIO()
@@ -112,8 +86,6 @@ class FakeBank:
         for b in booked:
             writer.writerow([b.reference, b.amount if b.kind == "DEBIT" else -b.amount, b.currency, b.booked_at])
         return out.getvalue()
-
-    # -- request handling (server threads) -------------------------------------------------
 
     def handle_operation(self, kind: str, body: dict[str, Any]) -> tuple[int, dict[str, Any] | None, float]:
         """(HTTP status, JSON answer, seconds to wait before answering)."""
@@ -128,7 +100,7 @@ class FakeBank:
                 if existing.body != body or existing.kind != kind:
                     return 409, {"error": "operation_id reused with a different request"}, 0.0
                 return 200, existing.answer(), 0.0
-            behaviour = self._script.popleft() if self._script else "ok"
+            behaviour = self.next_step() or "ok"
             if behaviour == "down":
                 return 503, {"error": "temporarily unavailable"}, 0.0
             self._counter += 1
@@ -153,64 +125,31 @@ class FakeBank:
             self.reply_delay = float(body["reply_delay"])
         self.script(*body.get("script", []))
 
+    async def _post(self, request: web.Request) -> web.Response:
+        try:
+            body = await self.read_json(request, if_empty={})
+            if not isinstance(body, dict):
+                raise ValueError("body must be an object")
+        except ValueError:
+            return self.json_reply({"error": "JSON object expected"}, 400)
+        if request.raw_path == "/v1/control":
+            self.control(body)
+            return self.json_reply({"ok": True})
+        kind = KINDS.get(request.raw_path)
+        if kind is None:
+            return self.json_reply({"error": "no such endpoint"}, 404)
+        status, answer, delay = self.handle_operation(kind, body)
+        if delay:
+            await asyncio.sleep(delay)  # the caller's timeout fires first; the booking stands
+        return self.json_reply(answer or {}, status)
 
-def _handler_for(bank: FakeBank) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *_: Any) -> None:  # keep test output quiet
-            return
-
-        def do_POST(self) -> None:
-            try:
-                length = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if not isinstance(body, dict):
-                    raise ValueError("body must be an object")
-            except ValueError:
-                self._send(400, {"error": "JSON object expected"})
-                return
-            if self.path == "/v1/control":
-                bank.control(body)
-                self._send(200, {"ok": True})
-                return
-            kinds = {"/v1/debits": "DEBIT", "/v1/payouts": "PAYOUT"}
-            if self.path not in kinds:
-                self._send(404, {"error": "no such endpoint"})
-                return
-            status, answer, delay = bank.handle_operation(kinds[self.path], body)
-            if delay:
-                time.sleep(delay)
-            self._send(status, answer)
-
-        def do_GET(self) -> None:
-            if self.path == "/v1/statement.csv":
-                data = bank.statement_csv().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/csv")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                return
-            prefix = "/v1/operations/"
-            if self.path.startswith(prefix):
-                answer = bank.lookup(self.path[len(prefix):])
-                self._send(200 if answer else 404, answer or {"error": "unknown operation"})
-                return
-            self._send(404, {"error": "no such endpoint"})
-
-        def _send(self, status: int, answer: dict[str, Any] | None) -> None:
-            data = json.dumps(answer or {}).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the caller gave up waiting (the "timeout" behaviour)
-
-    return Handler
+    async def _get(self, request: web.Request) -> web.Response:
+        if request.raw_path == "/v1/statement.csv":
+            return web.Response(body=self.statement_csv().encode(), content_type="text/csv")
+        if request.raw_path.startswith(LOOKUP):
+            answer = self.lookup(request.raw_path[len(LOOKUP):])
+            return self.json_reply(answer or {"error": "unknown operation"}, 200 if answer else 404)
+        return self.json_reply({"error": "no such endpoint"}, 404)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -218,10 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    bank = FakeBank(args.host, args.port)
-    print(json.dumps({"service": "bank", "port": bank.port}), flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        bank.serve_forever()
+    FakeBank(args.host, args.port).run()
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ class _Handler:
             owner.failures_left -= 1
             return owner.failure_reply
         message = email.message_from_bytes(envelope.content, policy=default_policy)
-        owner.messages.append(message)  # type: ignore[arg-type]
+        owner.messages.append(message)
         owner.arrived.set()
         return "250 OK"
 

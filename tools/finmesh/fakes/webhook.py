@@ -15,53 +15,48 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
+
+from finmesh.fakes.http_base import HttpFake
 
 TIMESTAMP_HEADER = "X-Finmesh-Timestamp"
 SIGNATURE_HEADER = "X-Finmesh-Signature"
 EVENT_ID_HEADER = "X-Finmesh-Event-Id"
 
 
-class FakeWebhookReceiver:
+class FakeWebhookReceiver(HttpFake):
+    """A scripted "fail" answers an authentic delivery with 503 (see fail_next)."""
+
+    NAME = "webhook"
+    STEPS = ("fail",)
+    CHARSET = "utf-8"
+
     def __init__(self, secret: str = "", tolerance_seconds: float = 300, host: str = "127.0.0.1",
                  port: int = 0, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(host=host, port=port)
         self.secret = secret
         self.tolerance_seconds = tolerance_seconds
-        self.host = host
-        self._port = port
         self._clock = clock
         self.accepted: list[dict[str, Any]] = []
         self.rejected: list[str] = []  # reasons: "stale", "bad_signature", "malformed"
         self.duplicates = 0
-        self.failures_left = 0
         self.arrived = asyncio.Event()
         self._seen: set[str] = set()
-        self._runner: web.AppRunner | None = None
-        self._site_port = 0
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self._site_port}/hooks"
+        return f"{super().url}/hooks"
 
-    async def start(self) -> FakeWebhookReceiver:
-        app = web.Application()
-        app.router.add_post("/hooks", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self._port)
-        await site.start()
-        self._site_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    def routes(self) -> Iterable[web.RouteDef]:
+        return [web.post("/hooks", self._handle)]
 
     def fail_next(self, count: int) -> None:
-        self.failures_left = count
+        """The next `count` authentic deliveries are answered 503 (the customer's endpoint in trouble)."""
+        self.clear_script()
+        self.script(*["fail"] * count)
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         async with asyncio.timeout(timeout):
@@ -85,24 +80,17 @@ class FakeWebhookReceiver:
                              body)
         if problem:
             self.rejected.append(problem)
-            return web.json_response({"error": problem}, status=401)
-        if self.failures_left:
-            self.failures_left -= 1
-            return web.json_response({"error": "try later"}, status=503)
+            return self.json_reply({"error": problem}, 401)
+        if self.next_step() == "fail":
+            return self.json_reply({"error": "try later"}, 503)
         event_id = request.headers.get(EVENT_ID_HEADER, "")
         if event_id in self._seen:
             self.duplicates += 1
-            return web.json_response({"duplicate": True})
+            return self.json_reply({"duplicate": True})
         self._seen.add(event_id)
         self.accepted.append(json.loads(body))
         self.arrived.set()
-        return web.json_response({"ok": True})
-
-
-async def _serve(port: int, secret: str) -> None:
-    receiver = await FakeWebhookReceiver(secret=secret, port=port).start()
-    print(f"fake webhook receiver on {receiver.url}", flush=True)
-    await asyncio.Event().wait()
+        return self.json_reply({"ok": True})
 
 
 def main() -> None:
@@ -110,7 +98,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8026)
     parser.add_argument("--secret", required=True)
     args = parser.parse_args()
-    asyncio.run(_serve(args.port, args.secret))
+    receiver = FakeWebhookReceiver(secret=args.secret, port=args.port)
+    receiver.run(lambda: f"fake webhook receiver on {receiver.url}")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def load_accounts(path: Path) -> TestAccounts:
     return TestAccounts(owner, accounts, str(data.get("currency", "CNY")))
 
 
-async def provision(payments: pay_grpc.PaymentsServiceStub, owner_id: str, metadata: tuple[tuple[str, str], ...],
+async def provision(payments: pay_grpc.PaymentsServiceAsyncStub, owner_id: str, metadata: tuple[tuple[str, str], ...],
                     *, count: int = 8, funding: int = DEFAULT_FUNDING, currency: str = "CNY") -> TestAccounts:
     """Open `count` wallets for the test owner (whose token is in `metadata`) and top each up with `funding`
     through the sandbox bank channel, as the demo funds its payer."""

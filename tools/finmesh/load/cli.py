@@ -32,7 +32,7 @@ class SetupError(Exception):
     """The run cannot start: a missing option, file, token, or a target that could not be started."""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("load", help="load-test a target: open or closed loop, HDR figures, JSON + HTML report",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenario", default="payment", choices=[*scenarios.NAMES, "mix"])

@@ -81,7 +81,7 @@ class NoopRisk(risk_grpc.RiskServiceServicer):
 
 
 class NoopPayments(pay_grpc.PaymentsServiceServicer):
-    def __init__(self, risk: risk_grpc.RiskServiceStub, timeout: float) -> None:
+    def __init__(self, risk: risk_grpc.RiskServiceAsyncStub, timeout: float) -> None:
         self._risk = risk
         self._timeout = timeout
 
@@ -119,13 +119,15 @@ class _StandIn:
 
 
 async def _build_risk() -> _StandIn:
-    return _StandIn([Registration(NoopRisk(), risk_grpc.add_RiskServiceServicer_to_server,
+    risk = NoopRisk()  # type: ignore[abstract]  # answers one RPC; the generated base the rest, UNIMPLEMENTED
+    return _StandIn([Registration(risk, risk_grpc.add_RiskServiceServicer_to_server,
                                   risk_pb.DESCRIPTOR.services_by_name["RiskService"], _authorizer())])
 
 
 async def _build_payments(settings: ServiceSettings) -> _StandIn:
     channel = open_channel(settings.risk_target, settings, token_source=_StaticToken(os.environ[_SERVICE_TOKEN_ENV]))
-    servicer = NoopPayments(risk_grpc.RiskServiceStub(channel), settings.call_timeout_seconds)
+    servicer = NoopPayments(  # type: ignore[abstract]  # answers one RPC; the generated base the rest, UNIMPLEMENTED
+        risk_grpc.RiskServiceStub(channel), settings.call_timeout_seconds)
     registration = Registration(servicer, pay_grpc.add_PaymentsServiceServicer_to_server,
                                 pay_pb.DESCRIPTOR.services_by_name["PaymentsService"], _authorizer())
     return _StandIn([registration], [channel])

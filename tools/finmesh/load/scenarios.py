@@ -43,8 +43,8 @@ class UnexpectedOutcome(Exception):
 @dataclass
 class Context:
     metadata: tuple[tuple[str, str], ...]
-    payments: list[pay_grpc.PaymentsServiceStub] = field(default_factory=list)
-    identity: list[id_grpc.IdentityServiceStub] = field(default_factory=list)
+    payments: list[pay_grpc.PaymentsServiceAsyncStub] = field(default_factory=list)
+    identity: list[id_grpc.IdentityServiceAsyncStub] = field(default_factory=list)
     accounts: TestAccounts | None = None
     timeout_s: float = 10.0
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:12])

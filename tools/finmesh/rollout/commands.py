@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import re
 import shlex
@@ -104,6 +105,11 @@ def _wait_for_port(proc: subprocess.Popen[str], argv: tuple[str, ...], timeout: 
     ready.wait(timeout)
     if found:
         return found[0]
+    if ready.is_set():
+        # stdout closed before the process was reaped: without this wait a kubectl that just failed read as
+        # one still starting, and its reason (on stderr) was lost.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
     if proc.poll() is not None:
         stderr_reader.join(2)  # its last words are the reason
         raise CommandFailed(argv, f"exit {proc.returncode}: {' | '.join(errors)}")

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking ships no type hints
 
 from finmesh.cli.tls import open_channel
 from finmesh.common.v1 import money_pb2
@@ -63,7 +63,7 @@ class Prober:
                     pay_pb.GetAccountRequest(account_id=self._synthetic.payer_account_id), timeout=self._timeout,
                     metadata=self._metadata)
         except grpc.RpcError as error:
-            return error.code().name  # type: ignore[attr-defined, no-any-return]  # RpcError is also a Call
+            return error.code().name
         return None
 
     def synthetic_call(self) -> str | None:
@@ -82,7 +82,7 @@ class Prober:
             read = stub.GetPayment(pay_pb.GetPaymentRequest(payment_id=created.payment_id),
                                    timeout=self._timeout, metadata=self._metadata).payment
         except grpc.RpcError as error:
-            return f"synthetic payment: {error.code().name}: {error.details()}"  # type: ignore[attr-defined]
+            return f"synthetic payment: {error.code().name}: {error.details()}"
         if read.payment_id != created.payment_id or read.status not in _ACCEPTED:
             status = pay_pb.PaymentStatus.Name(read.status)
             return f"synthetic payment {created.payment_id} read back as {status}"
