@@ -93,7 +93,8 @@ class Issuer:
     async def start(self) -> Issuer:
         settings = ServiceSettings(host="127.0.0.1", port=0, auth_mode="off", tracing_enabled=False)
         self.server = await create_server(settings, [Registration(
-            _KeysServicer(self), id_grpc.add_IdentityServiceServicer_to_server,
+            # Serves GetPublicKeys only; the generated base answers every other RPC UNIMPLEMENTED.
+            _KeysServicer(self), id_grpc.add_IdentityServiceServicer_to_server,  # type: ignore[abstract]
             id_pb.DESCRIPTOR.services_by_name["IdentityService"])])
         return self
 
@@ -162,7 +163,7 @@ class Book:
             for item in (value if hasattr(value, "__iter__") and not hasattr(value, "DESCRIPTOR") else [value]):
                 if hasattr(item, "owner_id") and item.account_id:
                     self.owners[item.account_id] = (item.owner_id, item.kind)
-                if hasattr(item, "payer_account_id") and getattr(item, "payment_id", ""):
+                if hasattr(item, "payer_account_id") and getattr(item, "payment_id", None):
                     self.payments[item.payment_id] = (item.payer_account_id, item.payee_account_id)
 
 
@@ -271,7 +272,8 @@ class ActingAs(grpc.aio.UnaryUnaryClientInterceptor):
         if not any(k == "authorization" for k, _ in metadata):
             token = self.token_for(method, request)
             if token:
-                details = details._replace(metadata=[*metadata, *bearer(token)])
+                # grpc.aio's ClientCallDetails is a namedtuple; its stub declares a plain class.
+                details = details._replace(metadata=[*metadata, *bearer(token)])  # type: ignore[attr-defined]
         call = await continuation(details, request)
         with contextlib.suppress(grpc.aio.AioRpcError):  # the caller's own await raises it again
             self.book.learn(await call)
