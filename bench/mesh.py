@@ -53,7 +53,7 @@ from finmesh.load.engine import LoadResult, closed_loop, open_loop
 from finmesh.load.noop import NoopMesh, multi_target
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from finmesh.risk.usecases.rules import DEFAULT_RULES_FILE
+from finmesh.risk.config import DEFAULT_RULES_FILE
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 UNLIMITED = {tier: {"CNY": {"single": 10**15, "daily_amount": 10**17, "daily_count": 10**9}}

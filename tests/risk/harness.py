@@ -18,8 +18,7 @@ from finmesh.common.v1 import money_pb2
 from finmesh.platform.rpc.server import RunningServer, create_server
 from finmesh.platform.runner import start_app
 from finmesh.risk import app as risk_app
-from finmesh.risk.config import RiskSettings
-from finmesh.risk.usecases.rules import DEFAULT_RULES_FILE
+from finmesh.risk.config import DEFAULT_RULES_FILE, RiskSettings
 from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
 from tests.auth import Issuer

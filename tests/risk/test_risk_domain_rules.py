@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
+from finmesh.risk.config import DEFAULT_RULES_FILE
 from finmesh.risk.domain.rules import MAX_SOURCE_BYTES, RulesError, parse_rules
-from finmesh.risk.usecases.rules import DEFAULT_RULES_FILE
 from tests.risk.harness import rules_dict, rules_yaml
 
 

@@ -6,12 +6,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from finmesh.platform.money import Money
+from finmesh.risk.config import DEFAULT_RULES_FILE
 from finmesh.risk.domain import aml
 from finmesh.risk.domain.onboarding import OnboardingFacts, assess_onboarding, tier_for
 from finmesh.risk.domain.rules import Rules, parse_rules
 from finmesh.risk.domain.scoring import PaymentFeatures, Tally, assess, decide, is_new_device, warning_level
 from finmesh.risk.domain.values import AmlKind, BlockKind, Decision, Subject, Tier, WarningLevel
-from finmesh.risk.usecases.rules import DEFAULT_RULES_FILE
 
 RULES: Rules = parse_rules(DEFAULT_RULES_FILE.read_text(encoding="utf-8"))
 ORDER = {Decision.APPROVE: 0, Decision.REVIEW: 1, Decision.DECLINE: 2}

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from finmesh.platform.config import ServiceSettings
+
+# The packaged rules, active until an operator activates others (and what `risk_rules_file` overrides).
+DEFAULT_RULES_FILE = Path(__file__).parent / "default_rules.yaml"
 
 
 class RiskSettings(ServiceSettings):
