@@ -10,15 +10,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.identity.api.deps import Deps
 from finmesh.identity.api.servicer import IdentityServicer
-from finmesh.identity.clients import NOTIFY_IDEMPOTENT_METHODS, RISK_IDEMPOTENT_METHODS, NotifyClient, RiskClient
+from finmesh.identity.clients.notify import NOTIFY_IDEMPOTENT_METHODS, NotifyClient
+from finmesh.identity.clients.registry import HttpRegistry, NoRegistry, Registry
+from finmesh.identity.clients.risk import RISK_IDEMPOTENT_METHODS, RiskClient
 from finmesh.identity.config import IdentitySettings
 from finmesh.identity.domain.claims import service_claims
-from finmesh.identity.keyring import KeyRing
-from finmesh.identity.registry import HttpRegistry, NoRegistry, Registry
+from finmesh.identity.domain.vault import Vault
 from finmesh.identity.store.schema import outbox
+from finmesh.identity.usecases.keys import KeyRing
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from finmesh.identity.vault import Vault
 from finmesh.platform.auth.access import Authorizer
 from finmesh.platform.auth.keys import KeyCache, TokenVerifier
 from finmesh.platform.auth.service_tokens import mesh_secret

@@ -10,7 +10,7 @@ from urllib.parse import unquote
 import grpc
 
 from finmesh.identity.config import Network
-from finmesh.identity.vault import Vault
+from finmesh.identity.domain.vault import Vault
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # An IPv6 host gets a whole /64 from any ISP: addresses inside it are one client, or rotating through

@@ -14,15 +14,16 @@ from argon2 import PasswordHasher
 from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from finmesh.identity.clients import NotifyClient, RiskClient
+from finmesh.identity.clients.notify import NotifyClient
+from finmesh.identity.clients.registry import NoRegistry, Registry
+from finmesh.identity.clients.risk import RiskClient
 from finmesh.identity.config import IdentitySettings, Network
 from finmesh.identity.domain.login_throttle import Policy
-from finmesh.identity.keyring import KeyRing
-from finmesh.identity.registry import NoRegistry, Registry
+from finmesh.identity.domain.vault import Vault
 from finmesh.identity.store import users
 from finmesh.identity.store.schema import idempotency
 from finmesh.identity.store.sealed_idempotency import SealedIdempotencyStore
-from finmesh.identity.vault import Vault
+from finmesh.identity.usecases.keys import KeyRing
 from finmesh.platform.errors import FailedPrecondition, NotFound
 from finmesh.platform.rpc.guard import to_status
 from finmesh.platform.storage.idempotency import IdempotencyStore

@@ -9,14 +9,14 @@ from typing import Any
 
 import grpc
 
-from finmesh.identity import onboarding
 from finmesh.identity.api import convert
 from finmesh.identity.api.deps import Deps, load_user
 from finmesh.identity.api.registration import require_user_id
+from finmesh.identity.clients.registry import RegistryUnavailable
 from finmesh.identity.domain.otp import ChallengeState, check_live, new_code, well_formed
-from finmesh.identity.registry import RegistryUnavailable
 from finmesh.identity.store import challenges, mfa, users
 from finmesh.identity.store.times import utc
+from finmesh.identity.usecases import onboarding
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.errors import (
     FailedPrecondition,

@@ -9,7 +9,7 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.identity.vault import Vault
+from finmesh.identity.domain.vault import Vault
 from finmesh.platform.errors import DomainError
 from finmesh.platform.storage.idempotency import Answer, IdempotencyStore, IdempotencyTables, derived_id_name
 

@@ -7,6 +7,7 @@ from typing import Any
 import grpc
 
 from finmesh.identity.api.deps import Deps, fully_verified
+from finmesh.identity.clients.risk import AssessmentFailed
 from finmesh.identity.domain.id_number import age_on, parse_id_number
 from finmesh.identity.store import users
 from finmesh.identity.store.schema import outbox
@@ -39,8 +40,8 @@ async def tier_for_last_step(d: Deps, row: Any, step: str, context: grpc.aio.Ser
     try:
         return await d.risk.onboarding_tier(user_id=row.user_id, age_years=age, kind=row.kind,
                                             timeout=remaining_timeout(context, d.settings.call_timeout_seconds))
-    except grpc.aio.AioRpcError as error:
-        _log.warning("onboarding_assessment_failed", user_id=row.user_id, code=error.code().name)
+    except AssessmentFailed as error:
+        _log.warning("onboarding_assessment_failed", user_id=row.user_id, code=error.code)
         return ""
 
 

@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from finmesh.identity.domain.vault import Vault
 from finmesh.identity.store import keys
 from finmesh.identity.store.times import utc_or_none
-from finmesh.identity.vault import Vault
 from finmesh.platform.auth.keys import PublishedKey
 from finmesh.platform.auth.tokens import sign
 
