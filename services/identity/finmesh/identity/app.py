@@ -61,6 +61,7 @@ class IdentityApp:
 
     async def close(self) -> None:
         await self.relay.stop()
+        await self.deps.registry.close()
         for channel in self.channels:
             await channel.close()
         await self.engine.dispose()
