@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.identity.api.deps import Deps
 from finmesh.identity.api.servicer import IdentityServicer
 from finmesh.identity.clients.notify import NOTIFY_IDEMPOTENT_METHODS, NotifyClient
 from finmesh.identity.clients.registry import HttpRegistry, NoRegistry, Registry
@@ -17,6 +16,7 @@ from finmesh.identity.config import IdentitySettings
 from finmesh.identity.domain.claims import service_claims
 from finmesh.identity.domain.vault import Vault
 from finmesh.identity.store.schema import outbox
+from finmesh.identity.usecases.deps import Deps
 from finmesh.identity.usecases.keys import KeyRing
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc

@@ -8,10 +8,10 @@ from typing import Any
 import grpc
 
 from finmesh.identity.api import convert
-from finmesh.identity.api.deps import Deps, load_user
 from finmesh.identity.api.registration import require_user_id
 from finmesh.identity.store import mfa, users
 from finmesh.identity.usecases import onboarding
+from finmesh.identity.usecases.deps import Deps, load_user
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Validator
 from finmesh.platform.observability.logs import get_logger

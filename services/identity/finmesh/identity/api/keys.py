@@ -7,8 +7,8 @@ from typing import Any
 import grpc
 
 from finmesh.identity.api import convert
-from finmesh.identity.api.deps import Deps
 from finmesh.identity.store.times import utc_or_none
+from finmesh.identity.usecases.deps import Deps
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.storage.idempotency import validate_key

@@ -15,14 +15,15 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from finmesh.identity.api import convert
 from finmesh.identity.api.client_address import address_key, client_address
-from finmesh.identity.api.deps import Deps, fully_verified
-from finmesh.identity.api.verification import check_code, code_hash, send_code, take_attempt, validate_code_request
+from finmesh.identity.api.verification import deadline_of, validate_code_request
 from finmesh.identity.domain import login_throttle as throttle
 from finmesh.identity.domain import passwords, totp
 from finmesh.identity.domain.claims import Subject, service_claims, user_claims
-from finmesh.identity.domain.otp import ChallengeState, check_live, new_code
-from finmesh.identity.store import challenges, login_attempts, mfa, sessions, users
+from finmesh.identity.domain.otp import new_code
+from finmesh.identity.store import login_attempts, mfa, sessions, users
 from finmesh.identity.store.times import utc
+from finmesh.identity.usecases import codes
+from finmesh.identity.usecases.deps import Deps, fully_verified
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.auth.context import require_owner
 from finmesh.platform.auth.service_tokens import check_credential
@@ -93,7 +94,8 @@ class LoginRpcs:
         code = None
         if not attempt.totp_on:
             code = new_code()
-            await send_code(d, context, row, challenge_id, "SMS", users.reveal(d.vault, row, "phone"), code)
+            await codes.send(d, deadline_of(d, context), row, challenge_id, "SMS", users.reveal(d.vault, row, "phone"),
+                             code)
 
         async def op(conn: Any) -> pb.LoginResponse:
             return await _add_challenge(d, conn, attempt, challenge_id, code, now, password_ok=None)
@@ -119,25 +121,22 @@ class LoginRpcs:
         prior = await d.sealed.replay("CompleteLogin", keyed, pb.CompleteLoginResponse)
         if prior is not None:
             return prior
-        await take_attempt(d, request.challenge_id)
+        await codes.take_attempt(d, request.challenge_id)
         now = d.now()
         address = address_key(d.vault, client_address(context, d.trusted_proxies))
 
         async def op(conn: Any) -> pb.CompleteLoginResponse:
-            challenge = await challenges.get(conn, request.challenge_id)
-            if challenge is None or challenge.purpose != "LOGIN":
-                raise FailedPrecondition("CODE_INVALID", "unknown login challenge")
+            challenge = await codes.get(conn, request.challenge_id, "LOGIN", unknown="unknown login challenge")
             row = await users.get_user(conn, challenge.user_id)
             known = row is not None and row.erased_at is None
             # The code first: a held verdict (below) is told only to whoever holds the second factor.
             if challenge.channel == "TOTP" and known:
                 await _check_totp(d, conn, challenge, row, request.code, now)
             else:
-                check_code(d, challenge, request.code, now)
+                codes.check(d, challenge, request.code, now)
             if not known or challenge.password_ok is False:
                 raise Unauthenticated("BAD_CREDENTIALS", _BAD_LOGIN)
-            if not await challenges.use(conn, challenge.challenge_id, now):
-                raise FailedPrecondition("CODE_INVALID", "this code was already used")
+            await codes.spend(conn, challenge.challenge_id, now)
             await login_attempts.record(conn, subject=row.user_id, address=address, outcome=throttle.COMPLETED,
                                         at=now)
             return pb.CompleteLoginResponse(tokens=await issue_tokens(d, conn, row, str(uuid.uuid4()), now))
@@ -272,11 +271,8 @@ async def _start_attempt(d: Deps, context: grpc.aio.ServicerContext, login: str,
 
 async def _add_challenge(d: Deps, conn: Any, attempt: Attempt, challenge_id: str, code: str | None, now: datetime,
                          *, password_ok: bool | None) -> pb.LoginResponse:
-    await challenges.add(conn, challenge_id=challenge_id, user_id=attempt.user_id, purpose="LOGIN",
-                         channel="TOTP" if attempt.totp_on else "SMS",
-                         code_hash=code_hash(d, challenge_id, code) if code else None, now=now,
-                         expires_at=now + timedelta(seconds=d.settings.identity_code_ttl_seconds),
-                         password_ok=password_ok)
+    await codes.add(conn, d, challenge_id=challenge_id, user_id=attempt.user_id, purpose="LOGIN",
+                    channel="TOTP" if attempt.totp_on else "SMS", code=code, now=now, password_ok=password_ok)
     return pb.LoginResponse(
         challenge_id=challenge_id, totp_accepted=attempt.totp_on,
         challenge_channel=pb.VERIFICATION_CHANNEL_UNSPECIFIED if attempt.totp_on else pb.VERIFICATION_CHANNEL_SMS)
@@ -306,14 +302,13 @@ _sending: set[asyncio.Task[None]] = set()  # held codes on their way (a task mus
 
 async def _send_held_code(d: Deps, row: Any, challenge_id: str, code: str) -> None:
     try:
-        await send_code(d, None, row, challenge_id, "SMS", users.reveal(d.vault, row, "phone"), code)
+        await codes.send(d, d.no_deadline, row, challenge_id, "SMS", users.reveal(d.vault, row, "phone"), code)
     except DomainError as error:
         _log.warning("login_code_not_sent", user_id=row.user_id, reason=error.reason)
 
 
 async def _check_totp(d: Deps, conn: Any, challenge: Any, row: Any, code: str, now: datetime) -> None:
-    check_live(ChallengeState(utc(challenge.expires_at), challenge.attempts, challenge.used_at is not None), now,
-               d.settings.identity_code_max_attempts)
+    codes.check_live(d, challenge, now)
     enrolment = await mfa.get_totp(conn, row.user_id)
     if enrolment is None or not enrolment.enabled:
         raise FailedPrecondition("CODE_INVALID", "no authenticator enrolled")

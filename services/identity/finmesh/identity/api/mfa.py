@@ -8,12 +8,12 @@ from typing import Any
 import grpc
 
 from finmesh.identity.api import convert
-from finmesh.identity.api.deps import Deps, load_user
 from finmesh.identity.api.login import totp_secret
 from finmesh.identity.api.registration import require_user_id
 from finmesh.identity.domain import totp
 from finmesh.identity.domain.otp import well_formed
 from finmesh.identity.store import mfa, users
+from finmesh.identity.usecases.deps import Deps, load_user
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.auth.context import require_owner
 from finmesh.platform.errors import FailedPrecondition, FieldViolation, InvalidArgument

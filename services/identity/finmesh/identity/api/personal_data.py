@@ -7,10 +7,10 @@ from typing import Any
 import grpc
 
 from finmesh.identity.api import convert
-from finmesh.identity.api.deps import Deps, load_user
 from finmesh.identity.api.registration import require_user_id
 from finmesh.identity.store import challenges, mfa, pii_log, sessions, users
 from finmesh.identity.store.schema import outbox
+from finmesh.identity.usecases.deps import Deps, load_user
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.auth.context import accessor_id
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Validator

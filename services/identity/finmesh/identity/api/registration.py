@@ -10,10 +10,10 @@ import grpc
 from sqlalchemy.exc import IntegrityError
 
 from finmesh.identity.api import convert
-from finmesh.identity.api.deps import Deps, load_user
 from finmesh.identity.domain.registration import validate_registration
 from finmesh.identity.store import mfa, users
 from finmesh.identity.store.schema import outbox
+from finmesh.identity.usecases.deps import Deps, load_user
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.errors import AlreadyExists, FieldViolation, InvalidArgument
 from finmesh.platform.messaging.outbox import enqueue

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -10,13 +9,12 @@ from typing import Any
 import grpc
 
 from finmesh.identity.api import convert
-from finmesh.identity.api.deps import Deps, load_user
 from finmesh.identity.api.registration import require_user_id
 from finmesh.identity.clients.registry import RegistryUnavailable
-from finmesh.identity.domain.otp import ChallengeState, check_live, new_code, well_formed
+from finmesh.identity.domain.otp import new_code, well_formed
 from finmesh.identity.store import challenges, mfa, users
-from finmesh.identity.store.times import utc
-from finmesh.identity.usecases import onboarding
+from finmesh.identity.usecases import codes, onboarding
+from finmesh.identity.usecases.deps import Deadline, Deps, load_user
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.errors import (
     FailedPrecondition,
@@ -32,34 +30,6 @@ from finmesh.platform.storage.idempotency import validate_key
 
 _log = get_logger("finmesh.identity")
 _CHANNELS = {pb.VERIFICATION_CHANNEL_SMS: ("SMS", "phone"), pb.VERIFICATION_CHANNEL_EMAIL: ("EMAIL", "email")}
-
-
-def code_hash(d: Deps, challenge_id: str, code: str) -> str:
-    # Keyed by a master-derived key: a stolen table does not give the codes away by brute force.
-    return d.vault.mac("one-time-code", f"{challenge_id}:{code}")
-
-
-def code_matches(d: Deps, row: Any, code: str, now: Any) -> bool:
-    """Whether check_code would pass, without refusing."""
-    try:
-        check_code(d, row, code, now)
-    except FailedPrecondition:
-        return False
-    return True
-
-
-def check_code(d: Deps, row: Any, code: str, now: Any) -> None:
-    """Live, unspent, within attempts, and the right code; else the matching refusal."""
-    check_live(ChallengeState(utc(row.expires_at), row.attempts, row.used_at is not None), now,
-               d.settings.identity_code_max_attempts)
-    if row.code_hash is None or not hmac.compare_digest(row.code_hash, code_hash(d, row.challenge_id, code)):
-        raise FailedPrecondition("CODE_INVALID", "wrong code")
-
-
-async def take_attempt(d: Deps, challenge_id: str) -> None:
-    """Count the attempt in its own transaction, so a wrong code costs one even though its answer rolls back."""
-    async with d.engine.begin() as conn:
-        await challenges.take_attempt(conn, challenge_id)
 
 
 def validate_code_request(key: str, challenge_id: str, code: str, id_field: str) -> None:
@@ -93,14 +63,13 @@ class VerificationRpcs:
         if recent >= d.settings.identity_codes_per_hour:
             raise ResourceExhausted("RATE_LIMITED", "too many codes requested; try again later")
         challenge_id, code = str(uuid.uuid4()), new_code()
-        expires_at = now + timedelta(seconds=d.settings.identity_code_ttl_seconds)
         # Send first, store after: a failed send leaves nothing behind and the same key can be retried.
-        await send_code(d, context, row, challenge_id, channel, users.reveal(d.vault, row, field), code)
+        await codes.send(d, deadline_of(d, context), row, challenge_id, channel, users.reveal(d.vault, row, field),
+                         code)
 
         async def op(conn: Any) -> pb.StartVerificationResponse:
-            await challenges.add(conn, challenge_id=challenge_id, user_id=row.user_id, purpose="CONTACT",
-                                 channel=channel, code_hash=code_hash(d, challenge_id, code), now=now,
-                                 expires_at=expires_at)
+            expires_at = await codes.add(conn, d, challenge_id=challenge_id, user_id=row.user_id, purpose="CONTACT",
+                                         channel=channel, code=code, now=now)
             return pb.StartVerificationResponse(verification_id=challenge_id,
                                                 expires_at=convert.timestamp(expires_at))
 
@@ -116,17 +85,14 @@ class VerificationRpcs:
         prior = await d.idem.replay("ConfirmVerification", keyed, pb.ConfirmVerificationResponse)
         if prior is not None:
             return prior
-        await take_attempt(d, request.verification_id)
+        await codes.take_attempt(d, request.verification_id)
         now = d.now()
         last_step, tier = await _contact_tier(d, request, now, context)
 
         async def op(conn: Any) -> pb.ConfirmVerificationResponse:
-            row = await challenges.get(conn, request.verification_id)
-            if row is None or row.purpose != "CONTACT":
-                raise FailedPrecondition("CODE_INVALID", "unknown verification")
-            check_code(d, row, request.code, now)
-            if not await challenges.use(conn, row.challenge_id, now):
-                raise FailedPrecondition("CODE_INVALID", "this code was already used")
+            row = await codes.get(conn, request.verification_id, "CONTACT", unknown="unknown verification")
+            codes.check(d, row, request.code, now)
+            await codes.spend(conn, row.challenge_id, now)
             await load_user(conn, row.user_id)
             await users.set_check(conn, row.user_id, "contact", "PASSED")
             user = await onboarding.record_verified(conn, await users.get_user(conn, row.user_id), tier)
@@ -188,21 +154,17 @@ async def _contact_tier(d: Deps, request: pb.ConfirmVerificationRequest, now: An
     """Whether this confirmation is the user's last onboarding step, and if so risk's tier for them.
     Risk is asked only for a code that will pass: a wrong guess costs no assessment."""
     async with d.engine.connect() as conn:
-        challenge = await challenges.get(conn, request.verification_id)
-        if challenge is None or challenge.purpose != "CONTACT":
+        challenge = await codes.find(conn, request.verification_id, "CONTACT")
+        if challenge is None:
             return False, ""
         user = await users.get_user(conn, challenge.user_id)
     if user is None or not onboarding.completes_onboarding(user, "contact"):
         return False, ""
-    if not code_matches(d, challenge, request.code, now):
+    if not codes.passes(d, challenge, request.code, now):
         return True, ""
     return True, await onboarding.tier_for_last_step(d, user, "contact", context)
 
 
-async def send_code(d: Deps, context: grpc.aio.ServicerContext, row: Any, challenge_id: str, channel: str,
-                    address: str, code: str) -> None:
-    if d.notify is None:
-        raise Unavailable("CHANNEL_UNAVAILABLE", "no notify target configured: codes cannot be sent")
-    await d.notify.send_code(challenge_id=challenge_id, user_id=row.user_id, channel=channel, address=address,
-                             code=code, minutes=max(d.settings.identity_code_ttl_seconds // 60, 1),
-                             locale=row.locale, timeout=remaining_timeout(context, d.settings.call_timeout_seconds))
+def deadline_of(d: Deps, context: grpc.aio.ServicerContext | None) -> Deadline:
+    """The caller's remaining time for a call to another service, read when the call is made."""
+    return lambda: remaining_timeout(context, d.settings.call_timeout_seconds)

@@ -6,11 +6,11 @@ from typing import Any
 
 import grpc
 
-from finmesh.identity.api.deps import Deps, fully_verified
 from finmesh.identity.clients.risk import AssessmentFailed
 from finmesh.identity.domain.id_number import age_on, parse_id_number
 from finmesh.identity.store import users
 from finmesh.identity.store.schema import outbox
+from finmesh.identity.usecases.deps import Deps, fully_verified
 from finmesh.platform.messaging.outbox import enqueue
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.rpc.channels import remaining_timeout

@@ -1,4 +1,4 @@
-"""What every identity RPC group shares: storage, vault, keys, clients, clock and settings."""
+"""What every identity use case shares: storage, vault, signing keys, clients, clock and settings."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ from finmesh.identity.usecases.keys import KeyRing
 from finmesh.platform.errors import FailedPrecondition, NotFound
 from finmesh.platform.rpc.guard import to_status
 from finmesh.platform.storage.idempotency import IdempotencyStore
+
+# Seconds a call to another service may still take, asked when the call is made: the api passes the
+# caller's remaining deadline (less a margin), capped at the call timeout.
+Deadline = Callable[[], float]
 
 
 @dataclass
@@ -65,6 +69,10 @@ class Deps:
                                    max_delay=s.identity_login_max_delay_seconds,
                                    account_failures=s.identity_login_account_failures)
         self.trusted_proxies = s.trusted_proxies()
+
+    def no_deadline(self) -> float:
+        """The Deadline of a call made for no caller (a held login's code, sent after the answer)."""
+        return self.settings.call_timeout_seconds
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
