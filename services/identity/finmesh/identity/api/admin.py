@@ -10,7 +10,7 @@ from finmesh.identity.usecases import roles, tiers
 from finmesh.identity.usecases.deps import Deps
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Validator
-from finmesh.platform.storage.idempotency import validate_key
+from finmesh.platform.storage.idempotency import KeyedCall, validate_key
 
 _ASSIGNABLE = {pb.ROLE_SUPPORT: "SUPPORT", pb.ROLE_RISK_OFFICER: "RISK_OFFICER", pb.ROLE_ADMIN: "ADMIN"}
 _REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
@@ -25,9 +25,10 @@ class AdminRpcs:
         require_user_id(request.user_id)
         if request.role not in _ASSIGNABLE:
             raise InvalidArgument(FieldViolation("role", "SUPPORT, RISK_OFFICER or ADMIN"))
-        call = d.idempotent("AssignRole", request, pb.AssignRoleResponse)
-        return await roles.assign_role(d, call, request.user_id, _ASSIGNABLE[request.role],
-                                       lambda user: pb.AssignRoleResponse(user=convert.user(user)))
+        return await roles.assign_role(
+            d, KeyedCall("AssignRole", request, pb.AssignRoleResponse,
+                         lambda user: pb.AssignRoleResponse(user=convert.user(user))),
+            request.user_id, _ASSIGNABLE[request.role])
 
     async def SetRiskTier(self, request: pb.SetRiskTierRequest, context: Context) -> pb.SetRiskTierResponse:
         d = self.deps
@@ -37,6 +38,7 @@ class AdminRpcs:
         v.require(request.tier in convert.TIERS, "tier", "LOW, MEDIUM or HIGH")
         v.require(bool(_REASON.match(request.reason)), "reason", "an upper-case code, e.g. ONBOARDING or RISK_EVENT")
         v.raise_if_any()
-        call = d.idempotent("SetRiskTier", request, pb.SetRiskTierResponse)
-        return await tiers.set_risk_tier(d, call, request.user_id, convert.TIERS[request.tier], request.reason,
-                                         lambda user: pb.SetRiskTierResponse(user=convert.user(user)))
+        return await tiers.set_risk_tier(
+            d, KeyedCall("SetRiskTier", request, pb.SetRiskTierResponse,
+                         lambda user: pb.SetRiskTierResponse(user=convert.user(user))),
+            request.user_id, convert.TIERS[request.tier], request.reason)

@@ -8,7 +8,7 @@ from finmesh.identity.usecases import keys
 from finmesh.identity.usecases.deps import Deps
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.observability.logs import get_logger
-from finmesh.platform.storage.idempotency import validate_key
+from finmesh.platform.storage.idempotency import KeyedCall, validate_key
 
 _log = get_logger("finmesh.identity")
 
@@ -31,8 +31,9 @@ class KeyRpcs:
                                context: Context) -> pb.RotateSigningKeyResponse:
         d = self.deps
         validate_key(request.idempotency_key)
-        call = d.idempotent("RotateSigningKey", request, pb.RotateSigningKeyResponse)
-        reply = await keys.rotate(d, call, lambda kid: pb.RotateSigningKeyResponse(active_key_id=kid))
+        reply = await keys.rotate(
+            d, KeyedCall("RotateSigningKey", request, pb.RotateSigningKeyResponse,
+                         lambda kid: pb.RotateSigningKeyResponse(active_key_id=kid)))
         # Here, where the key id is: in the answer, a replay's included.
         _log.info("signing_key_rotated", active_key_id=reply.active_key_id)
         return reply

@@ -11,7 +11,7 @@ from finmesh.identity.usecases.deps import Deps
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.errors import Validator
 from finmesh.platform.rpc.ratelimit import RateLimited
-from finmesh.platform.storage.idempotency import validate_key
+from finmesh.platform.storage.idempotency import KeyedCall, validate_key
 
 
 def _challenge(challenge: login.LoginChallenge) -> pb.LoginResponse:
@@ -31,10 +31,10 @@ class LoginRpcs:
         problem = passwords.problem_with_given(request.password)
         v.require(problem is None, "password", problem or "")
         v.raise_if_any()
-        call = d.idempotent("Login", request, pb.LoginResponse, "login", "password")
         try:
-            return await login.login(d, call, request.login, request.password,
-                                     client_address(context, d.trusted_proxies), deadline(context, d), _challenge)
+            return await login.login(
+                d, KeyedCall("Login", d.fingerprinted(request, "login", "password"), pb.LoginResponse, _challenge),
+                request.login, request.password, client_address(context, d.trusted_proxies), deadline(context, d))
         except login.TooManyAttempts as refused:
             # RESOURCE_EXHAUSTED with a RetryInfo saying when this address may try again.
             raise RateLimited(refused.wait, "TOO_MANY_ATTEMPTS", "too many failed logins from here; retry later") \
@@ -43,7 +43,7 @@ class LoginRpcs:
     async def CompleteLogin(self, request: pb.CompleteLoginRequest, context: Context) -> pb.CompleteLoginResponse:
         d = self.deps
         validate_code_request(request.idempotency_key, request.challenge_id, request.code, "challenge_id")
-        call = d.idempotent("CompleteLogin", request, pb.CompleteLoginResponse, "code", sealed=True)
-        return await login.complete(d, call, request.challenge_id, request.code,
-                                    client_address(context, d.trusted_proxies),
-                                    lambda tokens: pb.CompleteLoginResponse(tokens=convert.token_pair(tokens)))
+        return await login.complete(
+            d, KeyedCall("CompleteLogin", d.fingerprinted(request, "code"), pb.CompleteLoginResponse,
+                         lambda tokens: pb.CompleteLoginResponse(tokens=convert.token_pair(tokens))),
+            request.challenge_id, request.code, client_address(context, d.trusted_proxies))

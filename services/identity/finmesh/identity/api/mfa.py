@@ -10,7 +10,7 @@ from finmesh.identity.usecases.deps import Deps
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.auth.context import require_owner
 from finmesh.platform.errors import FieldViolation, InvalidArgument
-from finmesh.platform.storage.idempotency import validate_key
+from finmesh.platform.storage.idempotency import KeyedCall, validate_key
 
 
 class TotpRpcs:
@@ -21,8 +21,10 @@ class TotpRpcs:
         validate_key(request.idempotency_key)
         require_user_id(request.user_id)
         require_owner(request.user_id, "authenticator")
-        call = d.idempotent("EnrollTotp", request, pb.EnrollTotpResponse, sealed=True)
-        return await mfa.enroll(d, call, request.user_id, lambda uri: pb.EnrollTotpResponse(provisioning_uri=uri))
+        return await mfa.enroll(
+            d, KeyedCall("EnrollTotp", request, pb.EnrollTotpResponse,
+                         lambda uri: pb.EnrollTotpResponse(provisioning_uri=uri)),
+            request.user_id)
 
     async def ConfirmTotp(self, request: pb.ConfirmTotpRequest, context: Context) -> pb.ConfirmTotpResponse:
         d = self.deps
@@ -31,6 +33,7 @@ class TotpRpcs:
         if not well_formed(request.code):
             raise InvalidArgument(FieldViolation("code", "six digits"))
         require_owner(request.user_id, "authenticator")
-        call = d.idempotent("ConfirmTotp", request, pb.ConfirmTotpResponse, "code")
-        return await mfa.confirm(d, call, request.user_id, request.code,
-                                 lambda user: pb.ConfirmTotpResponse(user=convert.user(user)))
+        return await mfa.confirm(
+            d, KeyedCall("ConfirmTotp", d.fingerprinted(request, "code"), pb.ConfirmTotpResponse,
+                         lambda user: pb.ConfirmTotpResponse(user=convert.user(user))),
+            request.user_id, request.code)

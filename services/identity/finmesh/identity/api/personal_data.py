@@ -8,7 +8,7 @@ from finmesh.identity.usecases import personal_data
 from finmesh.identity.usecases.deps import Deps
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Validator
-from finmesh.platform.storage.idempotency import validate_key
+from finmesh.platform.storage.idempotency import KeyedCall, validate_key
 
 _FIELDS = {
     pb.PERSONAL_DATA_FIELD_LEGAL_NAME: "legal_name",
@@ -41,9 +41,10 @@ class PersonalDataRpcs:
         require_user_id(request.user_id)
         if not 0 < len(request.reason) <= 200:
             raise InvalidArgument(FieldViolation("reason", "required, at most 200 characters"))
-        call = d.idempotent("EraseUser", request, pb.EraseUserResponse)
-        return await personal_data.erase(d, call, request.user_id,
-                                         lambda user: pb.EraseUserResponse(user=convert.user(user)))
+        return await personal_data.erase(
+            d, KeyedCall("EraseUser", request, pb.EraseUserResponse,
+                         lambda user: pb.EraseUserResponse(user=convert.user(user))),
+            request.user_id)
 
     async def ListPiiAccessLog(self, request: pb.ListPiiAccessLogRequest,
                                context: Context) -> pb.ListPiiAccessLogResponse:

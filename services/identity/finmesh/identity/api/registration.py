@@ -9,6 +9,7 @@ from finmesh.identity.usecases import users
 from finmesh.identity.usecases.deps import Deps
 from finmesh.identity.usecases.registration import register_user
 from finmesh.identity.v1 import identity_service_pb2 as pb
+from finmesh.platform.storage.idempotency import KeyedCall
 
 
 class RegistrationRpcs:
@@ -21,9 +22,11 @@ class RegistrationRpcs:
             phone=request.phone, email=request.email, password=request.password, locale=request.locale,
             today=d.today(),
         )
-        call = d.idempotent("RegisterUser", request, pb.RegisterUserResponse,
-                            "legal_name", "id_number", "phone", "email", "password")
-        return await register_user(d, call, reg, lambda user: pb.RegisterUserResponse(user=convert.user(user)))
+        keyed = d.fingerprinted(request, "legal_name", "id_number", "phone", "email", "password")
+        return await register_user(
+            d, KeyedCall("RegisterUser", keyed, pb.RegisterUserResponse,
+                         lambda user: pb.RegisterUserResponse(user=convert.user(user))),
+            reg)
 
     async def GetUser(self, request: pb.GetUserRequest, context: Context) -> pb.GetUserResponse:
         require_user_id(request.user_id)

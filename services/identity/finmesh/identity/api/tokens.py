@@ -8,7 +8,7 @@ from finmesh.identity.usecases import tokens
 from finmesh.identity.usecases.deps import Deps
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.platform.errors import FieldViolation, InvalidArgument, Validator
-from finmesh.platform.storage.idempotency import validate_key
+from finmesh.platform.storage.idempotency import KeyedCall, validate_key
 
 
 class TokenRpcs:
@@ -19,9 +19,10 @@ class TokenRpcs:
         validate_key(request.idempotency_key)
         if not 0 < len(request.refresh_token) <= 200:
             raise InvalidArgument(FieldViolation("refresh_token", "required"))
-        call = d.idempotent("RefreshToken", request, pb.RefreshTokenResponse, "refresh_token", sealed=True)
-        return await tokens.refresh(d, call, request.refresh_token,
-                                    lambda pair: pb.RefreshTokenResponse(tokens=convert.token_pair(pair)))
+        return await tokens.refresh(
+            d, KeyedCall("RefreshToken", d.fingerprinted(request, "refresh_token"), pb.RefreshTokenResponse,
+                         lambda pair: pb.RefreshTokenResponse(tokens=convert.token_pair(pair))),
+            request.refresh_token)
 
     async def RevokeToken(self, request: pb.RevokeTokenRequest, context: Context) -> pb.RevokeTokenResponse:
         d = self.deps
@@ -31,9 +32,10 @@ class TokenRpcs:
                                    FieldViolation("user_id", "give a refresh token or a user id")])
         if len(request.refresh_token) > 200 or len(request.user_id) > 36:
             raise InvalidArgument(FieldViolation("refresh_token" if request.refresh_token else "user_id", "too long"))
-        call = d.idempotent("RevokeToken", request, pb.RevokeTokenResponse, "refresh_token")
-        return await tokens.revoke(d, call, refresh_token=request.refresh_token, user_id=request.user_id,
-                                   answer=lambda count: pb.RevokeTokenResponse(revoked_sessions=count))
+        return await tokens.revoke(
+            d, KeyedCall("RevokeToken", d.fingerprinted(request, "refresh_token"), pb.RevokeTokenResponse,
+                         lambda count: pb.RevokeTokenResponse(revoked_sessions=count)),
+            refresh_token=request.refresh_token, user_id=request.user_id)
 
     async def GetServiceToken(self, request: pb.GetServiceTokenRequest,
                               context: Context) -> pb.GetServiceTokenResponse:

@@ -20,7 +20,6 @@ from finmesh.identity.config import IdentitySettings, Network
 from finmesh.identity.domain.login_throttle import Policy
 from finmesh.identity.domain.vault import Vault
 from finmesh.identity.store.sealed_idempotency import SealedIdempotencyStore
-from finmesh.identity.usecases.idempotency import Idempotent, M, fingerprinted
 from finmesh.identity.usecases.keys import KeyRing
 from finmesh.platform.storage.idempotency import IdempotencyStore
 
@@ -74,9 +73,16 @@ class Deps:
             self._dummy_hash = await asyncio.to_thread(self.hasher.hash, secrets.token_hex(16))
         return self._dummy_hash
 
-    def idempotent(self, method: str, request: Message, answer_type: type[M], *secret_fields: str,
-                   sealed: bool = False) -> Idempotent[M]:
-        """The caller's key for `method`; `secret_fields` enter its fingerprint as keyed hashes, and `sealed`
-        stores the answer encrypted (it carries a secret)."""
-        keyed = fingerprinted(self.vault, request, secret_fields) if secret_fields else request
-        return Idempotent(self.sealed if sealed else self.idem, method, keyed, answer_type)
+    def fingerprinted(self, request: Message, *secret_fields: str) -> Message:
+        """A copy with secret fields replaced by keyed hashes, for idempotency fingerprints.
+
+        The idempotency table keeps a plain SHA-256 of each request; over a
+        password or a six-digit code that would be an offline-guessable hash.
+        """
+        copy = type(request)()
+        copy.CopyFrom(request)
+        for name in secret_fields:
+            value = getattr(copy, name)
+            if value:
+                setattr(copy, name, self.vault.mac("fingerprint", f"{name}:{value}"))
+        return copy

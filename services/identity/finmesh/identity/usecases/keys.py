@@ -29,9 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from finmesh.identity.domain.vault import Vault
 from finmesh.identity.store import keys
 from finmesh.identity.store.times import utc, utc_or_none
-from finmesh.identity.usecases.idempotency import Idempotent, M
 from finmesh.platform.auth.keys import PublishedKey
 from finmesh.platform.auth.tokens import sign
+from finmesh.platform.storage.idempotency import KeyedCall, Reply
 
 if TYPE_CHECKING:  # Deps holds the key ring: a run-time import would be circular
     from finmesh.identity.usecases.deps import Deps
@@ -139,12 +139,12 @@ async def public_keys(d: Deps) -> tuple[str, list[SigningKey]]:
                     for r in await d.keys.published_rows()]
 
 
-async def rotate(d: Deps, call: Idempotent[M], answer: Callable[[str], M]) -> M:
+async def rotate(d: Deps, call: KeyedCall[str, Reply]) -> Reply:
     """RotateSigningKey: the answer gets the new active key id."""
 
-    async def op(conn: AsyncConnection) -> M:
-        return answer(await d.keys.rotate(conn))
+    async def op(conn: AsyncConnection) -> str:
+        return await d.keys.rotate(conn)
 
-    reply = await call.run(op)
+    reply = await call.run(d.idem, op)
     await d.keys.reload_now()  # this replica signs with the new key from the next token on
     return reply

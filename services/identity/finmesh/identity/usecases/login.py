@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,10 +16,11 @@ from finmesh.identity.domain.otp import new_code
 from finmesh.identity.store import login_attempts, mfa, users
 from finmesh.identity.usecases import codes, tokens
 from finmesh.identity.usecases.deps import Deadline, Deps
-from finmesh.identity.usecases.idempotency import Idempotent, M
+from finmesh.identity.usecases.idempotency import commit, replay
 from finmesh.identity.usecases.mfa import check_login_code
 from finmesh.platform.errors import DomainError, Unauthenticated
 from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.idempotency import KeyedCall, Reply
 
 _log = get_logger("finmesh.identity")
 _BAD_LOGIN = "wrong login or password"
@@ -46,11 +46,11 @@ def address_key(d: Deps, address: str) -> str:
     return d.vault.mac("login-address", address)[:16]
 
 
-async def login(d: Deps, call: Idempotent[M], login_name: str, password: str, address: str, deadline: Deadline,
-                answer: Callable[[LoginChallenge], M]) -> M:
+async def login(d: Deps, call: KeyedCall[LoginChallenge, Reply], login_name: str, password: str, address: str,
+                deadline: Deadline) -> Reply:
     """Login from the client `address` (api.client_address): a challenge for the second factor, or
     BAD_CREDENTIALS; TooManyAttempts while the throttle makes this address wait."""
-    prior = await call.replay()
+    prior = await replay(d.idem, call)
     if prior is not None:
         return prior
     now = d.now()
@@ -59,7 +59,7 @@ async def login(d: Deps, call: Idempotent[M], login_name: str, password: str, ad
     ok = await _password_ok(d, attempt.row, password)
     answered = d.now()
     if attempt.verdict.hold:
-        return await _held_challenge(d, call, attempt, ok, answered, answer)
+        return await _held_challenge(d, call, attempt, ok, answered)
     async with d.engine.begin() as conn:
         await login_attempts.settle(conn, attempt.attempt_id, throttle.PASSED if ok else throttle.FAILED, answered)
     if not ok:
@@ -72,26 +72,27 @@ async def login(d: Deps, call: Idempotent[M], login_name: str, password: str, ad
         code = new_code()
         await codes.send(d, deadline, row, challenge_id, "SMS", users.reveal(d.vault, row, "phone"), code)
 
-    async def op(conn: Any) -> M:
+    async def op(conn: Any) -> LoginChallenge:
         await _add_challenge(d, conn, attempt, challenge_id, code, now, password_ok=None)
-        return answer(LoginChallenge(challenge_id, attempt.totp_on))
+        return LoginChallenge(challenge_id, attempt.totp_on)
 
-    reply = await call.commit(op)
+    reply = await commit(d.idem, call, op)
     _log.info("login_challenged", user_id=row.user_id, second_factor="TOTP" if attempt.totp_on else "SMS")
     return reply
 
 
-async def complete(d: Deps, call: Idempotent[M], challenge_id: str, code: str, address: str,
-                   answer: Callable[[tokens.Tokens], M]) -> M:
-    """CompleteLogin: the second factor, then (held under the throttle) the password's verdict, then tokens."""
-    prior = await call.replay()
+async def complete(d: Deps, call: KeyedCall[tokens.Tokens, Reply], challenge_id: str, code: str,
+                   address: str) -> Reply:
+    """CompleteLogin: the second factor, then (held under the throttle) the password's verdict, then tokens.
+    The answer carries tokens: stored sealed."""
+    prior = await replay(d.sealed, call)
     if prior is not None:
         return prior
     await codes.take_attempt(d, challenge_id)
     now = d.now()
     address = address_key(d, address)
 
-    async def op(conn: Any) -> M:
+    async def op(conn: Any) -> tokens.Tokens:
         challenge = await codes.get(conn, challenge_id, "LOGIN", unknown="unknown login challenge")
         row = await users.get_user(conn, challenge.user_id)
         known = row is not None and row.erased_at is None
@@ -104,9 +105,9 @@ async def complete(d: Deps, call: Idempotent[M], challenge_id: str, code: str, a
             raise Unauthenticated("BAD_CREDENTIALS", _BAD_LOGIN)
         await codes.spend(conn, challenge.challenge_id, now)
         await login_attempts.record(conn, subject=row.user_id, address=address, outcome=throttle.COMPLETED, at=now)
-        return answer(await tokens.issue(d, conn, row, str(uuid.uuid4()), now))
+        return await tokens.issue(d, conn, row, str(uuid.uuid4()), now)
 
-    reply = await call.commit(op)
+    reply = await commit(d.sealed, call, op)
     _log.info("login_completed", challenge_id=challenge_id)
     return reply
 
@@ -168,20 +169,20 @@ async def _add_challenge(d: Deps, conn: Any, attempt: _Attempt, challenge_id: st
                     channel="TOTP" if attempt.totp_on else "SMS", code=code, now=now, password_ok=password_ok)
 
 
-async def _held_challenge(d: Deps, call: Idempotent[M], attempt: _Attempt, ok: bool, now: datetime,
-                          answer: Callable[[LoginChallenge], M]) -> M:
+async def _held_challenge(d: Deps, call: KeyedCall[LoginChallenge, Reply], attempt: _Attempt, ok: bool,
+                          now: datetime) -> Reply:
     """Under the account's global throttle, from an address not the owner's: a challenge whatever the password,
     its verdict told by CompleteLogin once the second factor passes. Only a right password sends an SMS, and
     after the answer, so neither the answer nor its timing tells a guesser anything."""
     challenge_id = str(uuid.uuid4())
     code = new_code() if ok and not attempt.totp_on else None
 
-    async def op(conn: Any) -> M:
+    async def op(conn: Any) -> LoginChallenge:
         await login_attempts.settle(conn, attempt.attempt_id, throttle.HELD if ok else throttle.FAILED, now)
         await _add_challenge(d, conn, attempt, challenge_id, code, now, password_ok=ok)
-        return answer(LoginChallenge(challenge_id, attempt.totp_on))
+        return LoginChallenge(challenge_id, attempt.totp_on)
 
-    reply = await call.commit(op)
+    reply = await commit(d.idem, call, op)
     _log.info("login_verdict_held", user_id=attempt.user_id)
     if code is not None:
         _sending.add(task := asyncio.create_task(_send_held_code(d, attempt.row, challenge_id, code)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,12 +10,12 @@ from finmesh.identity.store import challenges, mfa, pii_log, sessions, users
 from finmesh.identity.store.schema import outbox
 from finmesh.identity.store.times import utc
 from finmesh.identity.usecases.deps import Deps
-from finmesh.identity.usecases.idempotency import Idempotent, M
 from finmesh.identity.usecases.users import UserView, load_user, view
 from finmesh.platform.auth.context import accessor_id
 from finmesh.platform.messaging.outbox import enqueue
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.privacy.pii import mask_text
+from finmesh.platform.storage.idempotency import KeyedCall, Reply
 
 _log = get_logger("finmesh.identity")
 
@@ -42,10 +41,10 @@ async def reveal(d: Deps, user_id: str, fields: list[str], purpose: str) -> dict
     return {name: users.reveal(d.vault, row, name) for name in fields}
 
 
-async def erase(d: Deps, call: Idempotent[M], user_id: str, answer: Callable[[UserView], M]) -> M:
+async def erase(d: Deps, call: KeyedCall[UserView, Reply], user_id: str) -> Reply:
     """EraseUser: the data key destroyed (every encrypted field with it), sessions revoked, open codes spent."""
 
-    async def op(conn: Any) -> M:
+    async def op(conn: Any) -> UserView:
         row = await load_user(conn, user_id, allow_erased=True)
         if row.erased_at is None:
             now = d.now()
@@ -55,9 +54,9 @@ async def erase(d: Deps, call: Idempotent[M], user_id: str, answer: Callable[[Us
             await challenges.forget_user(conn, row.user_id, now)
             await enqueue(conn, outbox, event_type="identity.user.erased.v1", aggregate_id=row.user_id,
                           user_id=row.user_id, payload={"user_id": row.user_id})
-        return answer(view(await users.get_user(conn, row.user_id)))
+        return view(await users.get_user(conn, row.user_id))
 
-    reply = await call.run(op)
+    reply = await call.run(d.idem, op)
     d.on_commit()
     _log.info("user_erased", user_id=user_id, accessor_id=accessor_id())
     return reply

@@ -4,16 +4,15 @@ services: only these are granted."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finmesh.identity.store import mfa, users
 from finmesh.identity.usecases.deps import Deps
-from finmesh.identity.usecases.idempotency import Idempotent, M
 from finmesh.identity.usecases.users import UserView, load_user, roles_of, view
 from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.idempotency import KeyedCall, Reply
 
 _log = get_logger("finmesh.identity")
 OPERATOR_ROLES = ("SUPPORT", "RISK_OFFICER", "ADMIN")
@@ -27,14 +26,13 @@ async def _add_role(conn: AsyncConnection, row: Any, role: str) -> list[str]:
     return roles
 
 
-async def assign_role(d: Deps, call: Idempotent[M], user_id: str, role: str, answer: Callable[[UserView], M]) -> M:
-    async def op(conn: Any) -> M:
+async def assign_role(d: Deps, call: KeyedCall[UserView, Reply], user_id: str, role: str) -> Reply:
+    async def op(conn: Any) -> UserView:
         row = await load_user(conn, user_id)
         await _add_role(conn, row, role)
-        return answer(view(await users.get_user(conn, row.user_id),
-                           totp_enabled=await mfa.totp_enabled(conn, row.user_id)))
+        return view(await users.get_user(conn, row.user_id), totp_enabled=await mfa.totp_enabled(conn, row.user_id))
 
-    reply = await call.run(op)
+    reply = await call.run(d.idem, op)
     _log.info("role_assigned", user_id=user_id, role=role)
     return reply
 

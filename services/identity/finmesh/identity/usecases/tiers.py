@@ -3,7 +3,6 @@ each change through the outbox."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -11,10 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from finmesh.identity.store import mfa, users
 from finmesh.identity.store.schema import outbox
 from finmesh.identity.usecases.deps import Deps
-from finmesh.identity.usecases.idempotency import Idempotent, M
 from finmesh.identity.usecases.users import UserView, load_user, view
 from finmesh.platform.messaging.outbox import enqueue
 from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.idempotency import KeyedCall, Reply
 
 _log = get_logger("finmesh.identity")
 
@@ -33,17 +32,16 @@ async def set_tier(d: Deps, user_id: str, tier: str, reason: str) -> None:
     _log.info("risk_tier_set", user_id=user_id, tier=tier, reason=reason)
 
 
-async def set_risk_tier(d: Deps, call: Idempotent[M], user_id: str, tier: str, reason: str,
-                        answer: Callable[[UserView], M]) -> M:
+async def set_risk_tier(d: Deps, call: KeyedCall[UserView, Reply], user_id: str, tier: str, reason: str) -> Reply:
     """SetRiskTier: a risk officer's (or risk's) tier, erased users included."""
 
-    async def op(conn: Any) -> M:
+    async def op(conn: Any) -> UserView:
         row = await load_user(conn, user_id, allow_erased=True)
         await write_tier(conn, row.user_id, tier, reason)
         totp_on = await mfa.totp_enabled(conn, row.user_id)
-        return answer(view(await users.get_user(conn, row.user_id), totp_enabled=totp_on))
+        return view(await users.get_user(conn, row.user_id), totp_enabled=totp_on)
 
-    reply = await call.run(op)
+    reply = await call.run(d.idem, op)
     d.on_commit()
     _log.info("risk_tier_set", user_id=user_id, tier=tier, reason=reason)
     return reply

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,13 +16,14 @@ from finmesh.identity.domain.onboarding import fully_verified
 from finmesh.identity.store import sessions, users
 from finmesh.identity.store.times import utc
 from finmesh.identity.usecases.deps import Deps
-from finmesh.identity.usecases.idempotency import Idempotent, M
+from finmesh.identity.usecases.idempotency import commit, commit_own, replay
 from finmesh.identity.usecases.keys import KeyRing
 from finmesh.identity.usecases.users import roles_of
 from finmesh.platform.auth.context import require_owner
 from finmesh.platform.auth.service_tokens import check_credential
 from finmesh.platform.errors import Unauthenticated
 from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.idempotency import KeyedCall, Reply
 
 _log = get_logger("finmesh.identity")
 
@@ -58,9 +58,10 @@ async def issue(d: Deps, conn: AsyncConnection, row: Any, family_id: str, now: d
                   refresh_token=refresh_token, refresh_expires_at=refresh_expires)
 
 
-async def refresh(d: Deps, call: Idempotent[M], refresh_token: str, answer: Callable[[Tokens], M]) -> M:
-    """RefreshToken: fresh claims (role, tier and verification changes reach the new access token)."""
-    prior = await call.replay()
+async def refresh(d: Deps, call: KeyedCall[Tokens, Reply], refresh_token: str) -> Reply:
+    """RefreshToken: fresh claims (role, tier and verification changes reach the new access token). The answer
+    carries tokens: stored sealed."""
+    prior = await replay(d.sealed, call)
     if prior is not None:
         return prior
     now = d.now()
@@ -76,7 +77,7 @@ async def refresh(d: Deps, call: Idempotent[M], refresh_token: str, answer: Call
     if reused:
         raise Unauthenticated("TOKEN_INVALID", "refresh token already used; log in again")
 
-    async def op(conn: Any) -> M:
+    async def op(conn: Any) -> Tokens:
         session = await sessions.find(conn, refresh_token)
         if session is None or session.revoked_at is not None or session.used_at is not None:
             raise Unauthenticated("TOKEN_INVALID", "unknown or revoked refresh token")
@@ -87,35 +88,34 @@ async def refresh(d: Deps, call: Idempotent[M], refresh_token: str, answer: Call
             raise Unauthenticated("TOKEN_INVALID", "the user no longer exists")
         if not await sessions.spend(conn, session.session_id, now):
             raise Unauthenticated("TOKEN_INVALID", "refresh token already used; log in again")
-        return answer(await issue(d, conn, row, session.family_id, now))
+        return await issue(d, conn, row, session.family_id, now)
 
-    return await call.commit(op)
+    return await commit(d.sealed, call, op)
 
 
-async def revoke(d: Deps, call: Idempotent[M], *, refresh_token: str, user_id: str,
-                 answer: Callable[[int], M]) -> M:
+async def revoke(d: Deps, call: KeyedCall[int, Reply], *, refresh_token: str, user_id: str) -> Reply:
     """RevokeToken: one login (by any of its refresh tokens) or every login of a user; the answer gets how
     many were live. Only the owner (or an operator) may."""
-    prior = await call.replay()
+    prior = await replay(d.idem, call)
     if prior is not None:
         return prior
     now = d.now()
     count = 0
 
-    async def op(conn: Any) -> M:
+    async def op(conn: Any) -> int:
         nonlocal count
         if user_id:
             require_owner(user_id, "sessions")
             count = await sessions.revoke_user(conn, user_id, now)
-            return answer(count)
+            return count
         session = await sessions.find(conn, refresh_token)
         if session is None:
-            return answer(0)
+            return 0
         require_owner(session.user_id, "sessions")
         count = 1 if await sessions.revoke_family(conn, session.family_id, now) else 0
-        return answer(count)
+        return count
 
-    reply, own = await call.commit_own(op)
+    reply, own = await commit_own(d.idem, call, op)
     if own:
         _log.info("sessions_revoked", count=count)
     return reply

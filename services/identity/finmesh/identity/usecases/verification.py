@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,20 +13,27 @@ from finmesh.identity.domain.otp import new_code
 from finmesh.identity.store import challenges, mfa, users
 from finmesh.identity.usecases import codes, onboarding
 from finmesh.identity.usecases.deps import Deadline, Deps
-from finmesh.identity.usecases.idempotency import Idempotent, M
+from finmesh.identity.usecases.idempotency import commit, replay
 from finmesh.identity.usecases.users import UserView, load_user, view
 from finmesh.platform.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.idempotency import KeyedCall, Reply
 
 _log = get_logger("finmesh.identity")
 # Where each channel's code goes.
 _ADDRESS_FIELD = {"SMS": "phone", "EMAIL": "email"}
 
 
-async def start_verification(d: Deps, call: Idempotent[M], user_id: str, channel: str, deadline: Deadline,
-                             answer: Callable[[str, datetime], M]) -> M:
-    """A code to the user's phone (SMS) or e-mail (EMAIL); the answer gets the challenge id and its expiry."""
-    prior = await call.replay()
+@dataclass(frozen=True)
+class CodeSent:
+    verification_id: str
+    expires_at: datetime
+
+
+async def start_verification(d: Deps, call: KeyedCall[CodeSent, Reply], user_id: str, channel: str,
+                             deadline: Deadline) -> Reply:
+    """A code to the user's phone (SMS) or e-mail (EMAIL)."""
+    prior = await replay(d.idem, call)
     if prior is not None:
         return prior
     now = d.now()
@@ -42,19 +49,18 @@ async def start_verification(d: Deps, call: Idempotent[M], user_id: str, channel
     await codes.send(d, deadline, row, challenge_id, channel, users.reveal(d.vault, row, _ADDRESS_FIELD[channel]),
                      code)
 
-    async def op(conn: Any) -> M:
-        expires_at = await codes.add(conn, d, challenge_id=challenge_id, user_id=row.user_id, purpose="CONTACT",
-                                     channel=channel, code=code, now=now)
-        return answer(challenge_id, expires_at)
+    async def op(conn: Any) -> CodeSent:
+        return CodeSent(challenge_id, await codes.add(conn, d, challenge_id=challenge_id, user_id=row.user_id,
+                                                      purpose="CONTACT", channel=channel, code=code, now=now))
 
-    reply = await call.commit(op)
+    reply = await commit(d.idem, call, op)
     _log.info("verification_started", user_id=row.user_id, channel=channel)
     return reply
 
 
-async def confirm_verification(d: Deps, call: Idempotent[M], verification_id: str, code: str, deadline: Deadline,
-                               answer: Callable[[UserView], M]) -> M:
-    prior = await call.replay()
+async def confirm_verification(d: Deps, call: KeyedCall[UserView, Reply], verification_id: str, code: str,
+                               deadline: Deadline) -> Reply:
+    prior = await replay(d.idem, call)
     if prior is not None:
         return prior
     await codes.take_attempt(d, verification_id)
@@ -62,7 +68,7 @@ async def confirm_verification(d: Deps, call: Idempotent[M], verification_id: st
     last_step, tier = await _contact_tier(d, verification_id, code, now, deadline)
     user_id = ""
 
-    async def op(conn: Any) -> M:
+    async def op(conn: Any) -> UserView:
         nonlocal user_id
         row = await codes.get(conn, verification_id, "CONTACT", unknown="unknown verification")
         user_id = row.user_id
@@ -71,10 +77,10 @@ async def confirm_verification(d: Deps, call: Idempotent[M], verification_id: st
         await load_user(conn, row.user_id)
         await users.set_check(conn, row.user_id, "contact", "PASSED")
         user = await onboarding.record_verified(conn, await users.get_user(conn, row.user_id), tier)
-        return answer(view(user, totp_enabled=await mfa.totp_enabled(conn, row.user_id)))
+        return view(user, totp_enabled=await mfa.totp_enabled(conn, row.user_id))
 
     # A concurrent call with the same key may answer instead: same request, so the same challenge and user.
-    reply = await call.commit(op)
+    reply = await commit(d.idem, call, op)
     d.on_commit()
     _log.info("contact_verified", user_id=user_id)
     if not last_step:
@@ -98,11 +104,10 @@ async def _contact_tier(d: Deps, verification_id: str, code: str, now: datetime,
     return True, await onboarding.tier_for_last_step(d, user, "contact", deadline)
 
 
-async def check_real_name(d: Deps, call: Idempotent[M], user_id: str, deadline: Deadline,
-                          answer: Callable[[UserView], M]) -> M:
+async def check_real_name(d: Deps, call: KeyedCall[UserView, Reply], user_id: str, deadline: Deadline) -> Reply:
     """Ask the registry whether it holds the user's legal name for their identity number (once passed, never
     again)."""
-    prior = await call.replay()
+    prior = await replay(d.idem, call)
     if prior is not None:
         return prior
     async with d.engine.connect() as conn:
@@ -123,15 +128,15 @@ async def check_real_name(d: Deps, call: Idempotent[M], user_id: str, deadline: 
     last_step = matched and completes_onboarding(row, "real_name")
     tier = await onboarding.tier_for_last_step(d, row, "real_name", deadline) if last_step else ""
 
-    async def op(conn: Any) -> M:
+    async def op(conn: Any) -> UserView:
         if not matched:
             raise FailedPrecondition("REAL_NAME_MISMATCH", "the registry does not hold this name for this number")
         await users.set_check(conn, row.user_id, "real_name", "PASSED")
         user = await onboarding.record_verified(conn, await users.get_user(conn, row.user_id), tier)
-        return answer(view(user, totp_enabled=await mfa.totp_enabled(conn, row.user_id)))
+        return view(user, totp_enabled=await mfa.totp_enabled(conn, row.user_id))
 
     try:
-        reply = await call.commit(op)
+        reply = await commit(d.idem, call, op)
     finally:
         _log.info("real_name_checked", user_id=row.user_id, matched=matched)
     d.on_commit()
