@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from finmesh.cli.mesh import is_serving
 from finmesh.fakes.registry import FakeRegistry
 from finmesh.identity.domain.claims import Subject, user_claims
-from finmesh.identity.keyring import KeyRing
+from finmesh.identity.domain.vault import Vault
+from finmesh.identity.usecases.keys import KeyRing
 from finmesh.identity.v1 import identity_service_pb2 as id_pb
 from finmesh.identity.v1 import identity_service_pb2_grpc as id_grpc
-from finmesh.identity.vault import Vault
 from finmesh.notify.v1 import notify_service_pb2 as notify_pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as notify_grpc
 from finmesh.payments import app as payments_app

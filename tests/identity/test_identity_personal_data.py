@@ -12,10 +12,10 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from sqlalchemy import select, text
 
+from finmesh.identity.domain.vault import Vault
 from finmesh.identity.store import users as user_store
 from finmesh.identity.store.schema import metadata, users
 from finmesh.identity.v1 import identity_service_pb2 as pb
-from finmesh.identity.vault import Vault
 from finmesh.platform.rpc.guard import reason_of
 from finmesh.platform.storage.db import create_engine
 from tests.identity.harness import MASTER_KEY, IdentityEnv, Person, key, md, new_person

@@ -15,11 +15,10 @@ import asyncio
 import sys
 
 from finmesh.identity.config import IdentitySettings
-from finmesh.identity.store import users
+from finmesh.identity.usecases import roles
+from finmesh.identity.usecases.roles import OPERATOR_ROLES
 from finmesh.platform.storage.db import create_engine
 from finmesh.platform.storage.migrations import upgrade
-
-OPERATOR_ROLES = ("SUPPORT", "RISK_OFFICER", "ADMIN")
 
 
 async def grant_role(database_url: str, user_id: str, role: str) -> list[str]:
@@ -30,15 +29,7 @@ async def grant_role(database_url: str, user_id: str, role: str) -> list[str]:
     try:
         # Same schema path as the service: a database this tool creates is one `migrate` recognises.
         await upgrade(engine, "identity")
-        async with engine.begin() as conn:
-            row = await users.get_user(conn, user_id)
-            if row is None or row.erased_at is not None:
-                raise ValueError("no such user (or erased)")
-            roles = [r for r in row.roles.split(",") if r]
-            if role not in roles:
-                roles.append(role)
-                await users.set_roles(conn, user_id, roles)
-        return roles
+        return await roles.grant_role(engine, user_id, role)
     finally:
         await engine.dispose()
 
@@ -52,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = IdentitySettings()
     try:
-        roles = asyncio.run(grant_role(settings.database_url_for("identity"), args.user_id, args.role))
+        roles_after = asyncio.run(grant_role(settings.database_url_for("identity"), args.user_id, args.role))
     except ValueError as error:
         print(f"refused: {error}", file=sys.stderr)
         return 1
-    print(f"{args.user_id}: {','.join(roles)}")
+    print(f"{args.user_id}: {','.join(roles_after)}")
     return 0
 
 

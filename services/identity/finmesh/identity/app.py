@@ -2,49 +2,35 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.identity.api.deps import Deps
 from finmesh.identity.api.servicer import IdentityServicer
-from finmesh.identity.clients import NOTIFY_IDEMPOTENT_METHODS, RISK_IDEMPOTENT_METHODS, NotifyClient, RiskClient
+from finmesh.identity.clients.notify import NOTIFY_IDEMPOTENT_METHODS, NotifyClient
+from finmesh.identity.clients.registry import HttpRegistry, NoRegistry, Registry
+from finmesh.identity.clients.risk import RISK_IDEMPOTENT_METHODS, RiskClient
 from finmesh.identity.config import IdentitySettings
-from finmesh.identity.domain.claims import service_claims
-from finmesh.identity.keyring import KeyRing
-from finmesh.identity.registry import HttpRegistry, NoRegistry, Registry
-from finmesh.identity.store.schema import outbox
+from finmesh.identity.domain.vault import Vault
+from finmesh.identity.store.schema import idempotency, outbox
+from finmesh.identity.store.sealed_idempotency import SealedIdempotencyStore
+from finmesh.identity.usecases.deps import Deps
+from finmesh.identity.usecases.keys import KeyRing
+from finmesh.identity.usecases.tokens import LocalServiceTokens
 from finmesh.identity.v1 import identity_service_pb2 as pb
 from finmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from finmesh.identity.vault import Vault
 from finmesh.platform.auth.access import Authorizer
 from finmesh.platform.auth.keys import KeyCache, TokenVerifier
 from finmesh.platform.auth.service_tokens import mesh_secret
 from finmesh.platform.messaging.event_sink import NotifyEventSink
 from finmesh.platform.messaging.relay import OutboxRelay
 from finmesh.platform.rpc.channels import open_channel
+from finmesh.platform.rpc.guard import to_status
 from finmesh.platform.rpc.server import Registration
 from finmesh.platform.storage.db import create_engine
+from finmesh.platform.storage.idempotency import IdempotencyStore
 from finmesh.platform.storage.migrations import prepare_schema
-
-
-class LocalServiceTokens:
-    """Identity's own service token for its outgoing calls: signed here, no round trip."""
-
-    def __init__(self, keys: KeyRing, ttl: int) -> None:
-        self._keys = keys
-        self._ttl = ttl
-        self._token: str | None = None
-        self._renew_at = 0.0
-
-    async def token(self) -> str | None:
-        now = time.time()
-        if self._token is None or now >= self._renew_at:
-            self._token = await self._keys.sign(service_claims("identity", int(now), self._ttl))
-            self._renew_at = now + self._ttl / 2
-        return self._token
 
 
 @dataclass
@@ -60,6 +46,7 @@ class IdentityApp:
 
     async def close(self) -> None:
         await self.relay.stop()
+        await self.deps.registry.close()
         for channel in self.channels:
             await channel.close()
         await self.engine.dispose()
@@ -91,8 +78,9 @@ async def build(settings: IdentitySettings) -> IdentityApp:
         risk = RiskClient(risk_channel)
     relay = OutboxRelay(engine, outbox, "identity", NotifyEventSink(notify_channel).deliver)
     deps = Deps(engine=engine, vault=vault, keys=keys, settings=settings, mesh_secret=mesh_secret(settings),
-                notify=NotifyClient(notify_channel), risk=risk, registry=_registry(settings),
-                on_commit=relay.wake)
+                idem=IdempotencyStore(engine, idempotency, to_status),
+                sealed=SealedIdempotencyStore(engine, idempotency, to_status, vault),
+                notify=NotifyClient(notify_channel), risk=risk, registry=_registry(settings), on_commit=relay.wake)
     # Identity verifies tokens from its own key table: no call to itself, and rotations seen at once.
     authorizer = Authorizer(TokenVerifier(KeyCache(keys.published, refresh_seconds=5.0)))
     registration = Registration(IdentityServicer(deps), pb_grpc.add_IdentityServiceServicer_to_server,

@@ -17,7 +17,7 @@ class IdentitySettings(ServiceSettings):
     # Base64 of 32 random bytes. Production takes it from a Secret (or KMS);
     # left empty, a key is generated once into data_dir for local runs.
     identity_master_key: SecretStr = SecretStr("")
-    # Real-name registry adapter (finmesh.identity.registry); empty: real-name checks are unavailable.
+    # Real-name registry adapter (finmesh.identity.clients.registry); empty: real-name checks are unavailable.
     identity_registry_url: str = ""
     identity_registry_api_key: SecretStr = SecretStr("")
     # Access tokens are short-lived: revocation and role or tier changes take effect within this.

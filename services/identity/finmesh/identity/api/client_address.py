@@ -1,5 +1,5 @@
 """Who is calling from where, for the login throttle: the gRPC peer's address, or behind a trusted proxy
-the client address it forwarded. Stored and compared only as a keyed hash."""
+the client address it forwarded. The use case stores and compares it only as a keyed hash."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import ipaddress
 from collections.abc import Sequence
 from urllib.parse import unquote
 
-import grpc
-
+from finmesh.identity.api.requests import Context
 from finmesh.identity.config import Network
-from finmesh.identity.vault import Vault
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # An IPv6 host gets a whole /64 from any ISP: addresses inside it are one client, or rotating through
@@ -28,7 +26,7 @@ def _parse(text: str) -> Address | None:
     return address
 
 
-def peer_address(context: grpc.aio.ServicerContext) -> Address | None:
+def peer_address(context: Context) -> Address | None:
     """The peer's IP ("ipv4:203.0.113.9:5555", "ipv6:%5B2001:db8::1%5D:5555"); None for other transports."""
     peer = unquote(context.peer() or "")
     kind, _, rest = peer.partition(":")
@@ -37,7 +35,7 @@ def peer_address(context: grpc.aio.ServicerContext) -> Address | None:
     return _parse(rest.rsplit(":", 1)[0])
 
 
-def client_address(context: grpc.aio.ServicerContext, trusted: Sequence[Network]) -> str:
+def client_address(context: Context, trusted: Sequence[Network]) -> str:
     """The client's address as the throttle keys it: IPv4 whole, IPv6 by its /64.
 
     X-Forwarded-For is read only when the peer is a trusted proxy, from the right: each trusted hop
@@ -60,8 +58,3 @@ def client_address(context: grpc.aio.ServicerContext, trusted: Sequence[Network]
         return str(ipaddress.ip_network(f"{address}/{_IPV6_PREFIX}", strict=False))
     return str(address)
 
-
-def address_key(vault: Vault, address: str) -> str:
-    """What is stored of an address: a keyed hash, 64 bits of it (unlike a plain hash, not reversible by
-    trying all 2**32 IPv4 addresses without the master key)."""
-    return vault.mac("login-address", address)[:16]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from finmesh.platform.auth.roles import SERVICE
 from finmesh.platform.auth.tokens import AUDIENCE, ISSUER
@@ -19,7 +20,7 @@ class Subject:
     verified: bool
 
 
-def user_claims(subject: Subject, now: int, ttl: int) -> dict[str, object]:
+def user_claims(subject: Subject, now: int, ttl: int) -> dict[str, Any]:
     return {
         "iss": ISSUER, "aud": AUDIENCE, "sub": subject.user_id,
         "roles": sorted(role.lower() for role in subject.roles),
@@ -30,7 +31,7 @@ def user_claims(subject: Subject, now: int, ttl: int) -> dict[str, object]:
     }
 
 
-def service_claims(service: str, now: int, ttl: int) -> dict[str, object]:
+def service_claims(service: str, now: int, ttl: int) -> dict[str, Any]:
     return {
         "iss": ISSUER, "aud": AUDIENCE, "sub": f"service:{service}", "roles": [SERVICE],
         "iat": now, "exp": now + ttl, "jti": str(uuid.uuid4()),

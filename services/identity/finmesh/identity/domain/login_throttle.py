@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from finmesh.platform.backoff import Backoff
+
 # Outcomes of a recorded attempt.
 FAILED = "FAILED"  # wrong password (an attempt counts as this until its password is verified)
 PASSED = "PASSED"  # right password, challenge issued
@@ -31,7 +33,6 @@ COMPLETED = "COMPLETED"  # second factor passed, tokens issued
 # HELD counts as a failure: it must look like one to whoever is guessing, delays included.
 COUNTED = (FAILED, HELD)
 _RESETS = (PASSED, COMPLETED)
-_MAX_DOUBLINGS = 60  # 2**60 base delays is past any cap; bounds the arithmetic
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,11 @@ class Verdict:
 
 
 def backoff(failures: int, policy: Policy) -> float:
-    """The wait after the `failures`-th failure in a row from one address."""
+    """The wait after the `failures`-th failure in a row from one address (no jitter: the throttle is a rule the
+    client can be told, and RetryInfo tells it)."""
     if failures < policy.free_failures:
         return 0.0
-    doublings = min(failures - policy.free_failures, _MAX_DOUBLINGS)
-    return min(policy.max_delay, policy.base_delay * 2**doublings)
+    return Backoff(policy.base_delay, policy.max_delay).ceiling(failures - policy.free_failures)
 
 
 def address_failures(attempts: Iterable[tuple[str, datetime]]) -> tuple[int, datetime | None]:

@@ -1,1 +1,1 @@
-"""Identity persistence: users with encrypted personal data."""
+"""Identity's tables (schema.py) and the queries on each: personal data only ever encrypted or keyed-hashed."""

@@ -6,10 +6,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
-from google.rpc import status_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.identity.vault import Vault
+from finmesh.identity.domain.vault import Vault
 from finmesh.platform.errors import DomainError
 from finmesh.platform.storage.idempotency import Answer, IdempotencyStore, IdempotencyTables, derived_id_name
 
@@ -27,7 +26,8 @@ class SealedIdempotencyStore(IdempotencyStore):
     """Same semantics as IdempotencyStore; tokens and TOTP secrets never lie in the table in clear."""
 
     def __init__(self, engine: AsyncEngine, tables: IdempotencyTables,
-                 to_status: Callable[[DomainError], status_pb2.Status], vault: Vault) -> None:
+                 to_status: Callable[[DomainError], Any], vault: Vault) -> None:
+        # to_status makes a google.rpc Status: typed Any here because that package ships no stubs.
         super().__init__(engine, tables, to_status)
         self._vault = vault
 

@@ -9,8 +9,8 @@ from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.identity.domain.registration import Registration
+from finmesh.identity.domain.vault import Vault
 from finmesh.identity.store.schema import users
-from finmesh.identity.vault import Vault
 from finmesh.platform.privacy.pii import mask_email, mask_middle, mask_name
 
 

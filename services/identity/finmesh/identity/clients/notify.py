@@ -1,4 +1,4 @@
-"""Typed clients of the services identity calls: notify (one-time codes) and risk (onboarding tier)."""
+"""Notify as identity calls it: one-time codes sent as SECURITY notifications."""
 
 from __future__ import annotations
 
@@ -7,17 +7,13 @@ import grpc
 from finmesh.notify.v1 import notify_service_pb2 as notify_pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as notify_grpc
 from finmesh.platform.errors import Unavailable
-from finmesh.risk.v1 import risk_service_pb2 as risk_pb
-from finmesh.risk.v1 import risk_service_pb2_grpc as risk_grpc
 
 # SendNotification carries an idempotency key (the challenge id), so the channel may retry it.
 NOTIFY_IDEMPOTENT_METHODS = [("finmesh.notify.v1.NotifyService", "SendNotification"),
                              ("finmesh.notify.v1.NotifyService", "DeliverEvent"),
                              ("finmesh.notify.v1.NotifyService", "DeliverEvents")]
-RISK_IDEMPOTENT_METHODS = [("finmesh.risk.v1.RiskService", "AssessOnboarding")]
 
 _CHANNELS = {"SMS": notify_pb.CHANNEL_SMS, "EMAIL": notify_pb.CHANNEL_EMAIL}
-_TIERS = {risk_pb.RISK_TIER_LOW: "LOW", risk_pb.RISK_TIER_MEDIUM: "MEDIUM", risk_pb.RISK_TIER_HIGH: "HIGH"}
 
 
 class NotifyClient:
@@ -38,15 +34,3 @@ class NotifyClient:
             # Nothing was stored yet: the caller may retry with the same idempotency key.
             raise Unavailable("CHANNEL_UNAVAILABLE",
                               f"could not send the code (notify {error.code().name}); retry") from None
-
-
-class RiskClient:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._stub = risk_grpc.RiskServiceStub(channel)
-
-    async def onboarding_tier(self, *, user_id: str, age_years: int, kind: str, timeout: float) -> str:
-        """LOW, MEDIUM or HIGH from risk's onboarding assessment (raises grpc errors to the caller)."""
-        reply = await self._stub.AssessOnboarding(risk_pb.AssessOnboardingRequest(
-            idempotency_key=f"identity-onboarding-{user_id}", user_id=user_id, age_years=age_years,
-            user_kind=kind.lower()), timeout=timeout)
-        return _TIERS.get(reply.tier, "")

@@ -1,4 +1,5 @@
-"""Identity's token signing keys: Ed25519, private halves sealed by the master key, rotated with overlap.
+"""Identity's token signing keys: Ed25519, private halves sealed by the master key, rotated with overlap;
+the key ring that signs, and GetPublicKeys / RotateSigningKey.
 
 Rotation retires the active key (its private half is destroyed at once) and
 keeps its public half published until every token it signed has expired
@@ -17,18 +18,23 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from finmesh.identity.domain.vault import Vault
 from finmesh.identity.store import keys
-from finmesh.identity.store.times import utc_or_none
-from finmesh.identity.vault import Vault
+from finmesh.identity.store.times import utc, utc_or_none
 from finmesh.platform.auth.keys import PublishedKey
 from finmesh.platform.auth.tokens import sign
+from finmesh.platform.storage.idempotency import KeyedCall, Reply
+
+if TYPE_CHECKING:  # Deps holds the key ring: a run-time import would be circular
+    from finmesh.identity.usecases.deps import Deps
 
 _SEAL_PURPOSE = "signing-key"
 # Verifiers accept this much clock skew on exp (finmesh.platform.auth.keys.TokenVerifier).
@@ -114,3 +120,31 @@ class KeyRing:
             raw = self._vault.unseal(_SEAL_PURPOSE, row.kid, row.private_key_enc)
             self._signer = (row.kid, Ed25519PrivateKey.from_private_bytes(raw))
         self._loaded_at = time.monotonic()
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A published verification key: the public half, and until when tokens it signed are accepted."""
+
+    kid: str
+    public_key: bytes  # raw Ed25519
+    created_at: datetime
+    not_after: datetime | None  # None: still the active key
+
+
+async def public_keys(d: Deps) -> tuple[str, list[SigningKey]]:
+    """GetPublicKeys: the active key id and every key whose tokens may still be live."""
+    active = await d.keys.active_kid()
+    return active, [SigningKey(r.kid, r.public_key, utc(r.created_at), utc_or_none(r.not_after))
+                    for r in await d.keys.published_rows()]
+
+
+async def rotate(d: Deps, call: KeyedCall[str, Reply]) -> Reply:
+    """RotateSigningKey: the answer gets the new active key id."""
+
+    async def op(conn: AsyncConnection) -> str:
+        return await d.keys.rotate(conn)
+
+    reply = await call.run(d.idem, op)
+    await d.keys.reload_now()  # this replica signs with the new key from the next token on
+    return reply

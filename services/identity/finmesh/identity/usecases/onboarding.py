@@ -4,27 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from finmesh.identity.api.deps import Deps, fully_verified
+from finmesh.identity.clients.risk import AssessmentFailed
 from finmesh.identity.domain.id_number import age_on, parse_id_number
+from finmesh.identity.domain.onboarding import completes_onboarding, fully_verified
 from finmesh.identity.store import users
 from finmesh.identity.store.schema import outbox
+from finmesh.identity.usecases.deps import Deadline, Deps
+from finmesh.identity.usecases.tiers import set_tier, write_tier
 from finmesh.platform.messaging.outbox import enqueue
 from finmesh.platform.observability.logs import get_logger
-from finmesh.platform.rpc.channels import remaining_timeout
 
 _log = get_logger("finmesh.identity")
 
 
-def completes_onboarding(row: Any, step: str) -> bool:
-    """Whether passing `step` (contact or real_name) leaves this user verified and still without a tier."""
-    checks = {"id_number": row.id_number_check, "contact": row.contact_check, "real_name": row.real_name_check}
-    checks[step] = "PASSED"
-    return set(checks.values()) == {"PASSED"} and row.erased_at is None and row.risk_tier == "UNSPECIFIED"
-
-
-async def tier_for_last_step(d: Deps, row: Any, step: str, context: grpc.aio.ServicerContext | None) -> str:
+async def tier_for_last_step(d: Deps, row: Any, step: str, deadline: Deadline) -> str:
     """Risk's tier for a user whom `step` is about to verify, else "".
 
     Asked before the step commits, so the tier is written in the step's transaction and the step's
@@ -37,14 +32,13 @@ async def tier_for_last_step(d: Deps, row: Any, step: str, context: grpc.aio.Ser
     id_number = users.reveal(d.vault, row, "id_number")
     age = age_on(parse_id_number(id_number, d.today()).birth_date, d.today())
     try:
-        return await d.risk.onboarding_tier(user_id=row.user_id, age_years=age, kind=row.kind,
-                                            timeout=remaining_timeout(context, d.settings.call_timeout_seconds))
-    except grpc.aio.AioRpcError as error:
-        _log.warning("onboarding_assessment_failed", user_id=row.user_id, code=error.code().name)
+        return await d.risk.onboarding_tier(user_id=row.user_id, age_years=age, kind=row.kind, timeout=deadline())
+    except AssessmentFailed as error:
+        _log.warning("onboarding_assessment_failed", user_id=row.user_id, code=error.code)
         return ""
 
 
-async def record_verified(conn: Any, row: Any, tier: str) -> Any:
+async def record_verified(conn: AsyncConnection, row: Any, tier: str) -> Any:
     """In the transaction that passed a step: if that was the last, tell the mesh the user may now transact
     and record the onboarding tier (if risk gave one). The user's row as it now stands."""
     if not fully_verified(row):
@@ -58,27 +52,13 @@ async def record_verified(conn: Any, row: Any, tier: str) -> Any:
     return await users.get_user(conn, row.user_id)
 
 
-async def assess_if_ready(d: Deps, user_id: str, context: grpc.aio.ServicerContext | None = None) -> None:
+async def assess_if_ready(d: Deps, user_id: str, deadline: Deadline) -> None:
     """After a step committed: if the user is verified yet untiered (the other step passed meanwhile, so
     the tier was not asked before), ask risk now."""
     async with d.engine.connect() as conn:
         row = await users.get_user(conn, user_id)
     if row is None or not fully_verified(row) or row.risk_tier != "UNSPECIFIED":
         return
-    tier = await tier_for_last_step(d, row, "real_name", context)
+    tier = await tier_for_last_step(d, row, "real_name", deadline)
     if tier:
         await set_tier(d, user_id, tier, "ONBOARDING")
-
-
-async def write_tier(conn: Any, user_id: str, tier: str, reason: str) -> None:
-    """In the caller's transaction: the new tier, and an event so the mesh hears of it."""
-    await users.set_tier(conn, user_id, tier)
-    await enqueue(conn, outbox, event_type="identity.user.tier_changed.v1", aggregate_id=user_id,
-                  user_id=user_id, payload={"user_id": user_id, "tier": tier, "reason": reason})
-
-
-async def set_tier(d: Deps, user_id: str, tier: str, reason: str) -> None:
-    async with d.engine.begin() as conn:
-        await write_tier(conn, user_id, tier, reason)
-    d.on_commit()
-    _log.info("risk_tier_set", user_id=user_id, tier=tier, reason=reason)
