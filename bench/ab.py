@@ -25,8 +25,15 @@ from bench.mesh import RealMesh, Target, Usage, closed_round, load_average
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where the finmesh namespace's portions live in a tree (as the editable install lists them).
-PORTIONS = ["libs/contracts", "libs/platform", "services/identity", "services/notify", "services/payments",
-            "services/risk", "tools"]
+PORTIONS = [
+    "libs/contracts",
+    "libs/platform",
+    "services/identity",
+    "services/notify",
+    "services/payments",
+    "services/risk",
+    "tools",
+]
 
 
 def unpack(commit: str, into: Path) -> str:
@@ -65,13 +72,19 @@ async def measure(args: argparse.Namespace) -> None:
             for r in range(args.rounds):
                 order = list(targets) if r % 2 == 0 else list(reversed(targets))
                 for name in order:
-                    results[name].append(await closed_round(targets[name], args.concurrency, args.seconds, 1.0,
-                                                            usage[name]))
-                print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-                    f"{n} {results[n][-1].throughput:.0f}/s" for n in targets) + f"; load {load_average()}",
-                    flush=True)
-            print(f"\nclosed loop, {args.concurrency} concurrent, {args.rounds} x {args.seconds:g} s (medians); "
-                  "CPU ms per answered payment by process:")
+                    results[name].append(
+                        await closed_round(targets[name], args.concurrency, args.seconds, 1.0, usage[name])
+                    )
+                print(
+                    f"round {r + 1}/{args.rounds}: "
+                    + ", ".join(f"{n} {results[n][-1].throughput:.0f}/s" for n in targets)
+                    + f"; load {load_average()}",
+                    flush=True,
+                )
+            print(
+                f"\nclosed loop, {args.concurrency} concurrent, {args.rounds} x {args.seconds:g} s (medians); "
+                "CPU ms per answered payment by process:"
+            )
             totals = {}
             for name, rounds in results.items():
                 cpu = {process: statistics.median(ms) for process, ms in usage[name].cpu_ms.items()}
@@ -79,8 +92,11 @@ async def measure(args: argparse.Namespace) -> None:
                 rate = statistics.median(x.throughput for x in rounds)
                 p50 = statistics.median(x.percentile_ms(50) for x in rounds)
                 p99 = statistics.median(x.percentile_ms(99) for x in rounds)
-                print(f"  {name:<22}{rate:>6.0f}/s  p50 {p50:>5.0f} ms  p99 {p99:>5.0f} ms  "
-                      + "  ".join(f"{p} {v:.2f}" for p, v in cpu.items()) + f"  = {totals[name]:.2f}")
+                print(
+                    f"  {name:<22}{rate:>6.0f}/s  p50 {p50:>5.0f} ms  p99 {p99:>5.0f} ms  "
+                    + "  ".join(f"{p} {v:.2f}" for p, v in cpu.items())
+                    + f"  = {totals[name]:.2f}"
+                )
             base, work = totals.values()
             print(f"  CPU per payment, working tree / base: {work / base:.2f}")
         finally:

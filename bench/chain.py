@@ -59,8 +59,9 @@ async def serve(port: int, next_target: str) -> None:
         interceptors.append(aio_server_interceptor())
     server = grpc.aio.server(interceptors=interceptors)
     behavior = guarded(hop, METHOD, traced=mode == "lean")
-    handler = grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=_identity,
-                                                  response_serializer=_identity)
+    handler = grpc.unary_unary_rpc_method_handler(
+        behavior, request_deserializer=_identity, response_serializer=_identity
+    )
     server.add_generic_rpc_handlers(
         [grpc.method_handlers_generic_handler("finmesh.bench.v1.ChainService", {"Hop": handler})]
     )

@@ -26,15 +26,19 @@ PAYMENTS_PER_SECOND = 600
 
 def _request(description: str) -> pb.CreatePaymentRequest:
     return pb.CreatePaymentRequest(
-        idempotency_key="3f2b8c1e-9d4a-4e21-b7f0-6a5c2d1e0f93", payer_account_id="acc-7c1e9d4a-4e21-b7f0-6a5c2d1e",
-        payee_account_id="acc-2d1e0f93-3f2b-8c1e-9d4a-4e21b7f0", amount=money_pb2.Money(currency_code="CNY",
-                                                                                         minor_units=12_345),
-        capture_mode=pb.CAPTURE_MODE_AUTOMATIC, description=description,
-        risk_context=pb.RiskContext(device_id="device-8c1e9d4a", ip_address="203.0.113.7", ip_country="CN"))
+        idempotency_key="3f2b8c1e-9d4a-4e21-b7f0-6a5c2d1e0f93",
+        payer_account_id="acc-7c1e9d4a-4e21-b7f0-6a5c2d1e",
+        payee_account_id="acc-2d1e0f93-3f2b-8c1e-9d4a-4e21b7f0",
+        amount=money_pb2.Money(currency_code="CNY", minor_units=12_345),
+        capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+        description=description,
+        risk_context=pb.RiskContext(device_id="device-8c1e9d4a", ip_address="203.0.113.7", ip_country="CN"),
+    )
 
 
-def _per_call_us(run: Callable[[pb.CreatePaymentRequest], object], make: Callable[[], pb.CreatePaymentRequest],
-                 calls: int) -> float:
+def _per_call_us(
+    run: Callable[[pb.CreatePaymentRequest], object], make: Callable[[], pb.CreatePaymentRequest], calls: int
+) -> float:
     requests = [make() for _ in range(256)]  # fresh messages: masking rewrites the description in place
     start = time.perf_counter()
     for i in range(calls):
@@ -55,17 +59,24 @@ def main() -> None:
     cases = {
         "no check (baseline)": (baseline, lambda: _request("dinner with Li, split two ways")),
         "field rules, usual request": (checker.check, lambda: _request("dinner with Li, split two ways")),
-        "field rules, lines + card to mask": (checker.check, lambda: _request(
-            ("rent for March\nflat 12B, paid with 4111 1111 1111 1111\n" * 4)[:200])),
+        "field rules, lines + card to mask": (
+            checker.check,
+            lambda: _request(("rent for March\nflat 12B, paid with 4111 1111 1111 1111\n" * 4)[:200]),
+        ),
     }
-    results = {name: statistics.median(_per_call_us(run, make, args.calls // 10 if "card" in name else args.calls)
-                                       for _ in range(args.rounds))
-               for name, (run, make) in cases.items()}
+    results = {
+        name: statistics.median(
+            _per_call_us(run, make, args.calls // 10 if "card" in name else args.calls) for _ in range(args.rounds)
+        )
+        for name, (run, make) in cases.items()
+    }
     base = results["no check (baseline)"]
     for name, micros in results.items():
         extra = micros - base
-        print(f"{name:36s} {micros:7.2f} us/call   +{extra:6.2f} us over baseline"
-              f"   {extra * PAYMENTS_PER_SECOND / 1e4:5.2f}% of one core at {PAYMENTS_PER_SECOND}/s")
+        print(
+            f"{name:36s} {micros:7.2f} us/call   +{extra:6.2f} us over baseline"
+            f"   {extra * PAYMENTS_PER_SECOND / 1e4:5.2f}% of one core at {PAYMENTS_PER_SECOND}/s"
+        )
 
 
 if __name__ == "__main__":

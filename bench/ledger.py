@@ -58,15 +58,18 @@ from tests.auth import Issuer, bearer
 from tests.auth import channel as acting_channel
 
 WALLETS = 200
-UNLIMITED = {tier: {"CNY": {"single": 10**15, "daily_amount": 10**17, "daily_count": 10**9}}
-             for tier in ("low", "medium", "high")}
+UNLIMITED = {
+    tier: {"CNY": {"single": 10**15, "daily_amount": 10**17, "daily_count": 10**9}}
+    for tier in ("low", "medium", "high")
+}
 # The wallets are funded with one large top-up each, past the channels' default caps.
 NO_CHANNEL_CAPS = {"*": {"CNY": {"top_up": 10**15, "payout": 10**15}}}
 
 _raw_metadata = MetaData()
 # About as wide as a ledger entry, with a primary key to maintain, like the ledger's tables.
 raw_rows = Table(
-    "bench_raw_rows", _raw_metadata,
+    "bench_raw_rows",
+    _raw_metadata,
     Column("row_id", String(36), primary_key=True),
     Column("account_id", String(64), nullable=False),
     Column("amount", BigInteger, nullable=False),
@@ -93,8 +96,17 @@ def cny(minor: int) -> money_pb2.Money:
 
 def _raw_values(count: int) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
-    return [{"row_id": str(uuid.uuid4()), "account_id": f"acct-{i % WALLETS}", "amount": i + 1, "currency": "CNY",
-             "kind": "BENCH", "created_at": now} for i in range(count)]
+    return [
+        {
+            "row_id": str(uuid.uuid4()),
+            "account_id": f"acct-{i % WALLETS}",
+            "amount": i + 1,
+            "currency": "CNY",
+            "kind": "BENCH",
+            "created_at": now,
+        }
+        for i in range(count)
+    ]
 
 
 async def raw_batched_rows_per_second(engine: Any, rows: int) -> float:
@@ -202,14 +214,24 @@ async def run_database(kind: str, rounds: int, batch_size: int, payments: int, c
             await _drop(url)
 
 
-async def _measure(kind: str, url: str, tmp: Path, rounds: int, batch_size: int, payments: int,
-                   concurrency: int) -> Figures:
+async def _measure(
+    kind: str, url: str, tmp: Path, rounds: int, batch_size: int, payments: int, concurrency: int
+) -> Figures:
     # Auth enforced as in production: the clients carry their owners' tokens (tests/auth.py).
     issuer = await Issuer().start()
-    settings = PaymentsSettings(host="127.0.0.1", port=0, data_dir=tmp, database_url=url, tracing_enabled=False,
-                                tier_limits=UNLIMITED, channel_caps=NO_CHANNEL_CAPS,
-                                risk_target="127.0.0.1:1", notify_target="127.0.0.1:1",
-                                service_name="payments", **issuer.settings())
+    settings = PaymentsSettings(
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp,
+        database_url=url,
+        tracing_enabled=False,
+        tier_limits=UNLIMITED,
+        channel_caps=NO_CHANNEL_CAPS,
+        risk_target="127.0.0.1:1",
+        notify_target="127.0.0.1:1",
+        service_name="payments",
+        **issuer.settings(),
+    )
     app = await payments_app.build(settings)
     servicer = app.registrations[0].servicer
     servicer.deps.risk = ApprovingRisk()
@@ -226,12 +248,22 @@ async def _measure(kind: str, url: str, tmp: Path, rounds: int, batch_size: int,
             payroll = await _funded_wallets(stub, 20, owner="bench-payroll")
             batch = await _batch_rounds(stub, app.engine, raw_engine, payroll, wallets, rounds, batch_size)
         pay_rounds = max(2, rounds // 2)
-        pay = await _payment_rounds(servicer, app.writer, raw_engine, wallets, pay_rounds, payments, concurrency,
-                                    through_handler=False)
+        pay = await _payment_rounds(
+            servicer, app.writer, raw_engine, wallets, pay_rounds, payments, concurrency, through_handler=False
+        )
         # The handler path skips gRPC but not the guard: each call presents its payer's token.
         contexts = {wallet: _Context(bearer(issuer.customer(f"user-{i}"))) for i, wallet in enumerate(wallets)}
-        handler = await _payment_rounds(servicer, app.writer, raw_engine, wallets, pay_rounds, payments,
-                                        concurrency, through_handler=True, contexts=contexts)
+        handler = await _payment_rounds(
+            servicer,
+            app.writer,
+            raw_engine,
+            wallets,
+            pay_rounds,
+            payments,
+            concurrency,
+            through_handler=True,
+            contexts=contexts,
+        )
     finally:
         await running.server.stop(0)
         await app.writer.stop()
@@ -240,8 +272,15 @@ async def _measure(kind: str, url: str, tmp: Path, rounds: int, batch_size: int,
             await authorizer.close()
         await issuer.stop()
         await app.close()
-    return Figures(kind, *batch, *pay[:3], handler_payments_per_s=handler[0], handler_payments_per_commit=handler[1],
-                   payments_cpu_us=pay[3], handler_cpu_us=handler[3])
+    return Figures(
+        kind,
+        *batch,
+        *pay[:3],
+        handler_payments_per_s=handler[0],
+        handler_payments_per_commit=handler[1],
+        payments_cpu_us=pay[3],
+        handler_cpu_us=handler[3],
+    )
 
 
 class _Context:
@@ -257,31 +296,51 @@ class _Context:
         return None
 
 
-async def _funded_wallets(stub: pb_grpc.PaymentsServiceAsyncStub, count: int = WALLETS,
-                          owner: str = "") -> list[str]:
+async def _funded_wallets(stub: pb_grpc.PaymentsServiceAsyncStub, count: int = WALLETS, owner: str = "") -> list[str]:
     """`count` funded wallets, each of its own user (or all of `owner`'s)."""
     wallets = []
     for i in range(count):
         who = owner or f"user-{i}"
-        opened = await stub.OpenAccount(pb.OpenAccountRequest(idempotency_key=f"open-{who}-{i}", owner_id=who,
-                                                              kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET,
-                                                              currency_code="CNY"))
+        opened = await stub.OpenAccount(
+            pb.OpenAccountRequest(
+                idempotency_key=f"open-{who}-{i}",
+                owner_id=who,
+                kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET,
+                currency_code="CNY",
+            )
+        )
         wallets.append(opened.account.account_id)
-        await stub.TopUp(pb.TopUpRequest(idempotency_key=f"fund-{who}-{i}", account_id=wallets[-1],
-                                         channel="test_bank", amount=cny(10**12)))
+        await stub.TopUp(
+            pb.TopUpRequest(
+                idempotency_key=f"fund-{who}-{i}", account_id=wallets[-1], channel="test_bank", amount=cny(10**12)
+            )
+        )
     return wallets
 
 
-async def _batch_rounds(stub: pb_grpc.PaymentsServiceAsyncStub, engine: Any, raw_engine: Any, payroll: list[str],
-                        wallets: list[str], rounds: int, batch_size: int) -> tuple[float, float, float]:
+async def _batch_rounds(
+    stub: pb_grpc.PaymentsServiceAsyncStub,
+    engine: Any,
+    raw_engine: Any,
+    payroll: list[str],
+    wallets: list[str],
+    rounds: int,
+    batch_size: int,
+) -> tuple[float, float, float]:
     rng = random.Random(7)
     api, raw, rows_per_transfer = [], [], []
     for round_number in range(rounds + 1):
         specs = []
         for i in range(batch_size):
             source, destination = rng.choice(payroll), rng.choice(wallets)
-            specs.append(pb.TransferSpec(reference=f"r{i}", from_account_id=source, to_account_id=destination,
-                                         amount=cny(rng.randint(1, 10_000))))
+            specs.append(
+                pb.TransferSpec(
+                    reference=f"r{i}",
+                    from_account_id=source,
+                    to_account_id=destination,
+                    amount=cny(rng.randint(1, 10_000)),
+                )
+            )
         request = pb.BatchCreateTransfersRequest(idempotency_key=f"batch-{round_number}", transfers=specs)
         before = await _count_rows(engine)
         started = time.perf_counter()
@@ -300,24 +359,44 @@ async def _batch_rounds(stub: pb_grpc.PaymentsServiceAsyncStub, engine: Any, raw
 
 def ledger_payment(writer: LedgerWriter, request: pb.CreatePaymentRequest) -> Awaitable[Any]:
     """What CreatePayment hands the ledger writer once risk has approved: the write path alone."""
-    payment = PaymentRequest(request.payer_account_id, request.payee_account_id,
-                             Money("CNY", request.amount.minor_units), CaptureMode.AUTOMATIC, "")
+    payment = PaymentRequest(
+        request.payer_account_id,
+        request.payee_account_id,
+        Money("CNY", request.amount.minor_units),
+        CaptureMode.AUTOMATIC,
+        "",
+    )
     payment_id = str(uuid.uuid4())
 
     async def action(uow: Any) -> Any:
         return await usecase.create_payment(uow, payment_id, payment, APPROVED, LIMITS)
 
-    return writer.submit(Command(
-        method="CreatePayment", scope=ANONYMOUS, key=request.idempotency_key,
-        fingerprint=request_fingerprint(request),
-        response_type=pb.CreatePaymentResponse, action=action,
-        render=lambda state: pb.CreatePaymentResponse(payment=convert.payment(state)),
-        accounts=(payment.payer_account_id, payment.payee_account_id)))
+    return writer.submit(
+        Command(
+            method="CreatePayment",
+            scope=ANONYMOUS,
+            key=request.idempotency_key,
+            fingerprint=request_fingerprint(request),
+            response_type=pb.CreatePaymentResponse,
+            action=action,
+            render=lambda state: pb.CreatePaymentResponse(payment=convert.payment(state)),
+            accounts=(payment.payer_account_id, payment.payee_account_id),
+        )
+    )
 
 
-async def _payment_rounds(servicer: Any, writer: Any, raw_engine: Any, wallets: list[str], rounds: int,
-                          payments: int, concurrency: int, *, through_handler: bool,
-                          contexts: dict[str, Any] | None = None) -> tuple[float, float, float, float]:
+async def _payment_rounds(
+    servicer: Any,
+    writer: Any,
+    raw_engine: Any,
+    wallets: list[str],
+    rounds: int,
+    payments: int,
+    concurrency: int,
+    *,
+    through_handler: bool,
+    contexts: dict[str, Any] | None = None,
+) -> tuple[float, float, float, float]:
     """Concurrent payments through the whole handler, or straight into the ledger writer: medians of
     payments/s, payments per commit, raw rows/s and this process's CPU microseconds per payment."""
     rng = random.Random(11 + through_handler)
@@ -326,9 +405,14 @@ async def _payment_rounds(servicer: Any, writer: Any, raw_engine: Any, wallets: 
         requests = []
         for i in range(payments):
             payer, payee = rng.sample(wallets, 2)
-            requests.append(pb.CreatePaymentRequest(idempotency_key=f"pay-{through_handler}-{round_number}-{i}",
-                                                    payer_account_id=payer, payee_account_id=payee,
-                                                    amount=cny(rng.randint(1, 10_000))))
+            requests.append(
+                pb.CreatePaymentRequest(
+                    idempotency_key=f"pay-{through_handler}-{round_number}-{i}",
+                    payer_account_id=payer,
+                    payee_account_id=payee,
+                    amount=cny(rng.randint(1, 10_000)),
+                )
+            )
         queue = list(reversed(requests))
 
         async def worker(queue: list[pb.CreatePaymentRequest]) -> None:
@@ -364,7 +448,8 @@ def render(figures: list[Figures], command: str) -> str:
             f"| {f.raw_batched_rows_per_s:,.0f} | {f.batch_ratio_same_rows:.0%} | {f.batch_ratio_per_transfer:.0%} "
             f"| {f.payments_per_s:,.0f} | {f.payments_per_commit:.1f} | {f.raw_commit_rows_per_s:,.0f} "
             f"| {f.payments_ratio:.2f} | {f.handler_payments_per_s:,.0f} ({f.handler_ratio:.2f}) "
-            f"| {f.payments_cpu_us:,.0f} / {f.handler_cpu_us:,.0f} ({f.handler_cpu_ratio:.2f}) |")
+            f"| {f.payments_cpu_us:,.0f} / {f.handler_cpu_us:,.0f} ({f.handler_cpu_ratio:.2f}) |"
+        )
     lines.append("")
     lines.append(f"Reproduce: `{command}`")
     return "\n".join(lines)
@@ -377,18 +462,21 @@ async def main_async(args: argparse.Namespace) -> list[Figures]:
         figures = await run_database(kind, args.rounds, args.batch_size, args.payments, args.concurrency)
         if figures is not None:
             found.append(figures)
-            print(f"{kind}: batch {figures.batch_transfers_per_s:,.0f} transfers/s "
-                  f"({figures.batch_ratio_same_rows:.0%} of raw for the same rows); "
-                  f"payments {figures.payments_per_s:,.0f}/s ({figures.payments_ratio:.2f}x one-commit-per-row)",
-                  flush=True)
+            print(
+                f"{kind}: batch {figures.batch_transfers_per_s:,.0f} transfers/s "
+                f"({figures.batch_ratio_same_rows:.0%} of raw for the same rows); "
+                f"payments {figures.payments_per_s:,.0f}/s ({figures.payments_ratio:.2f}x one-commit-per-row)",
+                flush=True,
+            )
     return found
 
 
 def main(argv: list[str] | None = None) -> int:
     # The service logs one info line per payment; a benchmark's terminal would measure itself.
     configure_logging("payments-bench", level="warning")
-    parser = argparse.ArgumentParser(prog="python -m bench.ledger", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ledger", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=1000)

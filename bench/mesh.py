@@ -56,8 +56,10 @@ from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.risk.config import DEFAULT_RULES_FILE
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-UNLIMITED = {tier: {"CNY": {"single": 10**15, "daily_amount": 10**17, "daily_count": 10**9}}
-             for tier in ("low", "medium", "high")}
+UNLIMITED = {
+    tier: {"CNY": {"single": 10**15, "daily_amount": 10**17, "daily_count": 10**9}}
+    for tier in ("low", "medium", "high")
+}
 # The payers are funded with one large top-up each, past the channels' default caps.
 NO_CHANNEL_CAPS = {"*": {"CNY": {"top_up": 10**15, "payout": 10**15}}}
 BASE_ENV = {
@@ -135,8 +137,11 @@ class RealMesh:
         self._tmp = tempfile.TemporaryDirectory(prefix=f"finmesh-bench-{self.label}-")
         if self.db == "postgres":
             self._pg_urls = await _pg_databases(uuid.uuid4().hex[:8])
-        env = {**BASE_ENV, "FINMESH_TRACING_ENABLED": "true" if self.tracing else "false",
-               "FINMESH_RISK_RULES_FILE": str(_velocity_lifted_rules(Path(self._tmp.name)))}
+        env = {
+            **BASE_ENV,
+            "FINMESH_TRACING_ENABLED": "true" if self.tracing else "false",
+            "FINMESH_RISK_RULES_FILE": str(_velocity_lifted_rules(Path(self._tmp.name))),
+        }
         self.mesh = Mesh(Path(self._tmp.name), database_urls=self._pg_urls, extra_env=env)
         await asyncio.to_thread(self.mesh.start, 60)
         targets = self.mesh.targets()
@@ -144,8 +149,13 @@ class RealMesh:
         for _ in range(payers):
             result = await run_slice(targets, self.mesh.fakes["sms"], top_up=10**12, pay=1)
             token = result.tokens[result.payer_user_id]
-            self.payers.append(Payer(result.payer_account_id, result.payee_account_id,
-                                     (("authorization", f"Bearer {token}"), ("baggage", "synthetic=true"))))
+            self.payers.append(
+                Payer(
+                    result.payer_account_id,
+                    result.payee_account_id,
+                    (("authorization", f"Bearer {token}"), ("baggage", "synthetic=true")),
+                )
+            )
             owners += [result.payer_user_id, result.payee_user_id]
         # Payments treats accounts as test accounts by their owners, from its configuration: restart it with them.
         self.mesh.extra_env["FINMESH_SYNTHETIC_OWNER_IDS"] = json.dumps(owners)
@@ -197,16 +207,26 @@ class RealMesh:
         """Spawn a service like Mesh.start_one (stdout piped for the runner's port line) and time it to SERVING."""
         assert self.mesh is not None
         suffix = "" if primary else f"-{index}"
-        env = {**os.environ, **self._service_env(), "FINMESH_PORT": str(port),
-               "FINMESH_DATA_DIR": str(self.mesh.data_dir),
-               "FINMESH_SPAN_FILE": str(self.mesh.span_dir / f"{name}{suffix}.jsonl"),
-               "OTEL_BSP_SCHEDULE_DELAY": "200", **self.mesh.extra_env}
+        env = {
+            **os.environ,
+            **self._service_env(),
+            "FINMESH_PORT": str(port),
+            "FINMESH_DATA_DIR": str(self.mesh.data_dir),
+            "FINMESH_SPAN_FILE": str(self.mesh.span_dir / f"{name}{suffix}.jsonl"),
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            **self.mesh.extra_env,
+        }
         if name in self.mesh.database_urls:
             env["FINMESH_DATABASE_URL"] = self.mesh.database_urls[name]
         started = time.monotonic()
         with (self.mesh.log_dir / f"{name}{suffix}.log").open("ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", f"finmesh.{name}.main"], env=env,
-                                       stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"finmesh.{name}.main"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+            )
         seconds = _wait_port_line(process, name, started, self.mesh.log_dir / f"{name}{suffix}.log")
         if primary:
             self.mesh.processes[name].process = process
@@ -260,7 +280,7 @@ def _velocity_lifted_rules(data_dir: Path) -> Path:
     minute, and past 20 per 10 minutes every payment would be held for review (still scored by every rule)."""
     text = DEFAULT_RULES_FILE.read_text(encoding="utf-8")
     text = re.sub(r"max_count: \d+", "max_count: 1000000000", text)
-    text = re.sub(r'^version: .*$', 'version: "bench-velocity-lifted"', text, count=1, flags=re.MULTILINE)
+    text = re.sub(r"^version: .*$", 'version: "bench-velocity-lifted"', text, count=1, flags=re.MULTILINE)
     path = data_dir / "bench-rules.yaml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -310,10 +330,18 @@ class Target:
 
         async def pay(i: int) -> None:
             payer = self.payers[i % len(self.payers)]
-            reply = await stubs[i % len(stubs)].CreatePayment(pb.CreatePaymentRequest(
-                idempotency_key=f"bench-{round_id}-{i}", payer_account_id=payer.account,
-                payee_account_id=payer.payee, amount=amount, capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
-                description="bench"), metadata=payer.metadata, timeout=10)
+            reply = await stubs[i % len(stubs)].CreatePayment(
+                pb.CreatePaymentRequest(
+                    idempotency_key=f"bench-{round_id}-{i}",
+                    payer_account_id=payer.account,
+                    payee_account_id=payer.payee,
+                    amount=amount,
+                    capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+                    description="bench",
+                ),
+                metadata=payer.metadata,
+                timeout=10,
+            )
             self.statuses[pb.PaymentStatus.Name(reply.payment.status)] += 1
 
         return pay
@@ -355,8 +383,9 @@ class ProcessSampler:
         self.cpu_s = {name: after[name] - self._cpu_before[name] for name in after}
         if self.server_pids:
             # A backend that exited meanwhile reads 0: its last stretch is lost rather than counted negative.
-            self.cpu_s["postgres"] = sum(max(0.0, cpu_seconds(pid) - before)
-                                         for pid, before in self._server_before.items())
+            self.cpu_s["postgres"] = sum(
+                max(0.0, cpu_seconds(pid) - before) for pid, before in self._server_before.items()
+            )
 
 
 def rss_kib(pid: int) -> int:
@@ -392,15 +421,17 @@ class Usage:
             self.cpu_ms.setdefault(name, []).append(1000 * seconds / max(payments, 1))
 
 
-async def closed_round(target: Target, concurrency: int, seconds: float, warmup: float,
-                       usage: Usage | None = None) -> LoadResult:
+async def closed_round(
+    target: Target, concurrency: int, seconds: float, warmup: float, usage: Usage | None = None
+) -> LoadResult:
     target.open()
     answered = sum(target.statuses.values())
     try:
         server_pids = await target.server_pids() if target.server_pids is not None else None
         with ProcessSampler(target.pids(), server_pids) as sampler:
-            result = await closed_loop(target.call(uuid.uuid4().hex[:10]), concurrency=concurrency,
-                                       duration_s=seconds, warmup_s=warmup)
+            result = await closed_loop(
+                target.call(uuid.uuid4().hex[:10]), concurrency=concurrency, duration_s=seconds, warmup_s=warmup
+            )
     finally:
         await target.close()
     if usage is not None:
@@ -411,8 +442,9 @@ async def closed_round(target: Target, concurrency: int, seconds: float, warmup:
 async def open_round(target: Target, rate: float, seconds: float, warmup: float) -> LoadResult:
     target.open()
     try:
-        return await open_loop(target.call(uuid.uuid4().hex[:10]), rate=rate, duration_s=seconds, warmup_s=warmup,
-                               max_in_flight=2000)
+        return await open_loop(
+            target.call(uuid.uuid4().hex[:10]), rate=rate, duration_s=seconds, warmup_s=warmup, max_in_flight=2000
+        )
     finally:
         await target.close()
 
@@ -464,17 +496,30 @@ async def measure(args: Args) -> None:
         await asyncio.gather(real_on.start(args.payers), real_off.start(args.payers))
         await noop_on.__aenter__()
         await noop_off.__aenter__()
-        print(f"set up in {time.monotonic() - t:.0f} s ({args.payers} onboarded payers per mesh, {args.db})",
-              flush=True)
+        print(
+            f"set up in {time.monotonic() - t:.0f} s ({args.payers} onboarded payers per mesh, {args.db})", flush=True
+        )
         targets = {
-            "real traced": Target("real traced", real_on.target, real_on.payers, real_on.pids,
-                                  real_on.backend_pids if args.db == "postgres" else None),
-            "no-op traced": Target("no-op traced", noop_on.target, [Payer("a", "b", noop_on.metadata())],
-                                   lambda: _noop_pids(noop_on)),
-            "real untraced": Target("real untraced", real_off.target, real_off.payers, real_off.pids,
-                                    real_off.backend_pids if args.db == "postgres" else None),
-            "no-op untraced": Target("no-op untraced", noop_off.target, [Payer("a", "b", noop_off.metadata())],
-                                     lambda: _noop_pids(noop_off)),
+            "real traced": Target(
+                "real traced",
+                real_on.target,
+                real_on.payers,
+                real_on.pids,
+                real_on.backend_pids if args.db == "postgres" else None,
+            ),
+            "no-op traced": Target(
+                "no-op traced", noop_on.target, [Payer("a", "b", noop_on.metadata())], lambda: _noop_pids(noop_on)
+            ),
+            "real untraced": Target(
+                "real untraced",
+                real_off.target,
+                real_off.payers,
+                real_off.pids,
+                real_off.backend_pids if args.db == "postgres" else None,
+            ),
+            "no-op untraced": Target(
+                "no-op untraced", noop_off.target, [Payer("a", "b", noop_off.metadata())], lambda: _noop_pids(noop_off)
+            ),
         }
         await asyncio.sleep(2)
         idle = {name: rss_kib(pid) for name, pid in {**real_on.pids(), **_noop_pids(noop_on)}.items()}
@@ -484,8 +529,9 @@ async def measure(args: Args) -> None:
         if args.replicas:
             await real_off.stop()
             replica_db = "postgres" if pg else "sqlite"
-            replica_mesh = real_on if replica_db == args.db else await RealMesh("replicas", True, replica_db).start(
-                args.payers)
+            replica_mesh = (
+                real_on if replica_db == args.db else await RealMesh("replicas", True, replica_db).start(args.payers)
+            )
             await replica_phase(args, replica_mesh)
     finally:
         for mesh in (real_on, real_off, replica_mesh):
@@ -502,17 +548,24 @@ async def closed_phase(args: Args, targets: dict[str, Target], idle: dict[str, i
     usage = {name: Usage() for name in targets}
     for r in range(args.rounds):
         order = list(targets.values())
-        order = order[r % len(order):] + order[:r % len(order)]
+        order = order[r % len(order) :] + order[: r % len(order)]
         for target in order:
-            closed[target.name].append(await closed_round(
-                target, args.concurrency, args.seconds, args.warmup, usage[target.name]))
-        print(f"closed-loop round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{n} {closed[n][-1].throughput:.0f}/s" for n in targets) + f"; load {load_average()}; errors "
-            + _errors([closed[n][-1] for n in targets]), flush=True)
+            closed[target.name].append(
+                await closed_round(target, args.concurrency, args.seconds, args.warmup, usage[target.name])
+            )
+        print(
+            f"closed-loop round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{n} {closed[n][-1].throughput:.0f}/s" for n in targets)
+            + f"; load {load_average()}; errors "
+            + _errors([closed[n][-1] for n in targets]),
+            flush=True,
+        )
     rate = {n: med([x.throughput for x in rs]) for n, rs in closed.items()}
     print()
-    print(f"closed loop, {args.concurrency} concurrent, {args.rounds} x {args.seconds:g} s rounds (medians), "
-          f"db {args.db}:")
+    print(
+        f"closed loop, {args.concurrency} concurrent, {args.rounds} x {args.seconds:g} s rounds (medians), "
+        f"db {args.db}:"
+    )
     print(f"  {'set-up':<16}{'payments/s':>11}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}  errors")
     for name, results in closed.items():
         base = rate["no-op untraced"] if "untraced" in name else rate["no-op traced"]
@@ -520,8 +573,10 @@ async def closed_phase(args: Args, targets: dict[str, Target], idle: dict[str, i
         p99 = med([x.percentile_ms(99) for x in results])
         print(f"  {name:<16}{rate[name]:>11.0f}{rate[name] / base:>8.2f}{p50:>9.1f}{p99:>9.1f}  {_errors(results)}")
     print(f"  (a) real / no-op, both traced (100% sampling): {rate['real traced'] / rate['no-op traced']:.2f}")
-    print(f"  (c) tracing overhead on the real path: {1 - rate['real traced'] / rate['real untraced']:.0%} of "
-          f"throughput; on the no-op chain: {1 - rate['no-op traced'] / rate['no-op untraced']:.0%}")
+    print(
+        f"  (c) tracing overhead on the real path: {1 - rate['real traced'] / rate['real untraced']:.0%} of "
+        f"throughput; on the no-op chain: {1 - rate['no-op traced'] / rate['no-op untraced']:.0%}"
+    )
     print(f"  payment outcomes (real traced): {dict(targets['real traced'].statuses)}")
     _print_cpu(usage)
     print()
@@ -535,18 +590,25 @@ async def closed_phase(args: Args, targets: dict[str, Target], idle: dict[str, i
 
 def _print_cpu(usage: dict[str, Usage]) -> None:
     print()
-    print("CPU time per answered payment, ms, by process (median over the closed-loop rounds; client = this bench;"
-          " postgres = the server's backends for the mesh's databases):")
+    print(
+        "CPU time per answered payment, ms, by process (median over the closed-loop rounds; client = this bench;"
+        " postgres = the server's backends for the mesh's databases):"
+    )
     total = {name: sum(med(ms) for ms in used.cpu_ms.values()) for name, used in usage.items()}
     cores = os.cpu_count() or 1
     for name, used in usage.items():
         ceiling = 1000 * cores / total[name]
-        print(f"  {name:<16}" + "  ".join(f"{process} {med(ms):.2f}" for process, ms in used.cpu_ms.items())
-              + f"  = {total[name]:.2f}  (all {cores} cores on it alone: at most {ceiling:.0f}/s)")
-    print(f"  CPU ratio no-op / real, both traced: {total['no-op traced'] / total['real traced']:.2f};  tracing's "
-          f"CPU per payment: real +{total['real traced'] - total['real untraced']:.2f} ms "
-          f"({1 - total['real untraced'] / total['real traced']:.0%}), no-op "
-          f"+{total['no-op traced'] - total['no-op untraced']:.2f} ms")
+        print(
+            f"  {name:<16}"
+            + "  ".join(f"{process} {med(ms):.2f}" for process, ms in used.cpu_ms.items())
+            + f"  = {total[name]:.2f}  (all {cores} cores on it alone: at most {ceiling:.0f}/s)"
+        )
+    print(
+        f"  CPU ratio no-op / real, both traced: {total['no-op traced'] / total['real traced']:.2f};  tracing's "
+        f"CPU per payment: real +{total['real traced'] - total['real untraced']:.2f} ms "
+        f"({1 - total['real untraced'] / total['real traced']:.0%}), no-op "
+        f"+{total['no-op traced'] - total['no-op untraced']:.2f} ms"
+    )
 
 
 async def open_phase(args: Args, targets: dict[str, Target], rate: float) -> None:
@@ -559,9 +621,12 @@ async def open_phase(args: Args, targets: dict[str, Target], rate: float) -> Non
     print()
     print(f"(b) open loop at {rate:.0f}/s (70% of the real path's maximum), {args.rounds} rounds (medians):")
     for name, results in opened.items():
-        print(f"  {name:<16}p50 {med([x.percentile_ms(50) for x in results]):.1f} ms  "
-              f"p99 {med([x.percentile_ms(99) for x in results]):.1f} ms  "
-              f"late sends {sum(x.late_sends for x in results)}  errors {_errors(results)}", flush=True)
+        print(
+            f"  {name:<16}p50 {med([x.percentile_ms(50) for x in results]):.1f} ms  "
+            f"p99 {med([x.percentile_ms(99) for x in results]):.1f} ms  "
+            f"late sends {sum(x.late_sends for x in results)}  errors {_errors(results)}",
+            flush=True,
+        )
 
 
 async def cold_start_phase(args: Args, mesh: RealMesh) -> None:
@@ -594,17 +659,23 @@ async def replica_phase(args: Args, mesh: RealMesh) -> None:
             real_rates, noop_rates = [], []
             for _ in range(2):  # one alternation of real and no-op per round; two rounds keep the run short
                 real_rates.append((await closed_round(real, args.concurrency, args.seconds, args.warmup)).throughput)
-                noop_rates.append((await closed_round(baseline, args.concurrency, args.seconds,
-                                                      args.warmup)).throughput)
+                noop_rates.append(
+                    (await closed_round(baseline, args.concurrency, args.seconds, args.warmup)).throughput
+                )
         scaling.append((payments, risk, med(real_rates), med(noop_rates)))
-        print(f"replicas payments {payments} risk {risk}: real {scaling[-1][2]:.0f}/s, "
-              f"no-op {scaling[-1][3]:.0f}/s; load {load_average()}", flush=True)
+        print(
+            f"replicas payments {payments} risk {risk}: real {scaling[-1][2]:.0f}/s, "
+            f"no-op {scaling[-1][3]:.0f}/s; load {load_average()}",
+            flush=True,
+        )
     print()
     print(f"(f) replicas, closed loop {args.concurrency} concurrent, real on {mesh.db}:")
     one_real, one_noop = scaling[0][2], scaling[0][3]
     for payments, risk, real_rate, noop_rate in scaling:
-        print(f"  payments x{payments} risk x{risk}: real {real_rate:.0f}/s ({real_rate / one_real:.2f}x), "
-              f"no-op {noop_rate:.0f}/s ({noop_rate / one_noop:.2f}x), real/no-op {real_rate / noop_rate:.2f}")
+        print(
+            f"  payments x{payments} risk x{risk}: real {real_rate:.0f}/s ({real_rate / one_real:.2f}x), "
+            f"no-op {noop_rate:.0f}/s ({noop_rate / one_noop:.2f}x), real/no-op {real_rate / noop_rate:.2f}"
+        )
 
 
 def _noop_pids(mesh: NoopMesh) -> dict[str, int]:
@@ -618,15 +689,13 @@ def parse(argv: list[str] | None) -> Args:
     parser.add_argument("--concurrency", type=int, default=48)
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--starts", type=int, default=3, help="cold starts per service")
-    parser.add_argument("--replicas", default="1x1,2x1,1x2,2x2,3x3",
-                        help="payments x risk process counts; empty: skip")
+    parser.add_argument("--replicas", default="1x1,2x1,1x2,2x2,3x3", help="payments x risk process counts; empty: skip")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 3 s, 1 cold start, replicas 1x1,2x2")
     a = parser.parse_args(argv)
     if a.quick:
         a.seconds, a.rounds, a.starts, a.replicas = 3.0, 2, 1, "1x1,2x2" if a.replicas else ""
     replicas = [tuple(int(x) for x in pair.split("x")) for pair in a.replicas.split(",") if pair]
-    return Args(a.seconds, a.rounds, a.concurrency, warmup=1.0, db=a.db, payers=3, starts=a.starts,
-                replicas=replicas)  # type: ignore[arg-type]
+    return Args(a.seconds, a.rounds, a.concurrency, warmup=1.0, db=a.db, payers=3, starts=a.starts, replicas=replicas)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,8 +44,9 @@ from tests.auth import channel as acting_channel
 POISON = {"sqlite": "poisoned \ud800", "postgres": "poisoned \x00"}
 
 
-async def each_alone(items: Sequence[Any], commit: Callable[[list[Any]], Awaitable[Sequence[Any]]],
-                     *, writer: str) -> list[Any]:
+async def each_alone(
+    items: Sequence[Any], commit: Callable[[list[Any]], Awaitable[Sequence[Any]]], *, writer: str
+) -> list[Any]:
     """The writers' way before group_commit: a failed batch's items retried one transaction each."""
     try:
         return list(await commit(list(items)))
@@ -62,15 +63,23 @@ def payment(payer: str, payee: str, description: str) -> Command:
     async def action(uow: Any) -> Any:
         return await usecase.create_payment(uow, payment_id, request, APPROVED, LIMITS)
 
-    return Command(method="CreatePayment", scope=ANONYMOUS, key=key,
-                   fingerprint=key.encode(), response_type=pb.CreatePaymentResponse,
-                   action=action, render=lambda state: pb.CreatePaymentResponse(payment=convert.payment(state)),
-                   accounts=(payer, payee))
+    return Command(
+        method="CreatePayment",
+        scope=ANONYMOUS,
+        key=key,
+        fingerprint=key.encode(),
+        response_type=pb.CreatePaymentResponse,
+        action=action,
+        render=lambda state: pb.CreatePaymentResponse(payment=convert.payment(state)),
+        accounts=(payer, payee),
+    )
 
 
 async def one_round(app: Any, wallets: list[str], size: int, poison: str) -> tuple[float, int]:
-    commands = [payment(wallets[i % len(wallets)], wallets[(i + 1) % len(wallets)],
-                        poison if i == size // 3 else "") for i in range(size)]
+    commands = [
+        payment(wallets[i % len(wallets)], wallets[(i + 1) % len(wallets)], poison if i == size // 3 else "")
+        for i in range(size)
+    ]
     batches = app.writer.batches
     started = time.perf_counter()
     results = await asyncio.gather(*(app.writer.submit(c) for c in commands), return_exceptions=True)
@@ -86,10 +95,19 @@ async def measure(kind: str, rounds: int, sizes: list[int]) -> list[tuple[str, i
         if url is None:
             return []
         issuer = await Issuer().start()
-        settings = PaymentsSettings(host="127.0.0.1", port=0, data_dir=Path(tmp), database_url=url,
-                                    tracing_enabled=False, tier_limits=UNLIMITED, channel_caps=NO_CHANNEL_CAPS,
-                                    risk_target="127.0.0.1:1",
-                                    notify_target="127.0.0.1:1", service_name="payments", **issuer.settings())
+        settings = PaymentsSettings(
+            host="127.0.0.1",
+            port=0,
+            data_dir=Path(tmp),
+            database_url=url,
+            tracing_enabled=False,
+            tier_limits=UNLIMITED,
+            channel_caps=NO_CHANNEL_CAPS,
+            risk_target="127.0.0.1:1",
+            notify_target="127.0.0.1:1",
+            service_name="payments",
+            **issuer.settings(),
+        )
         app = await payments_app.build(settings)
         await app.writer.prepare()
         app.writer.start()
@@ -102,8 +120,15 @@ async def measure(kind: str, rounds: int, sizes: list[int]) -> list[tuple[str, i
                 for name, way in (("halves", commit_apart), ("each alone", each_alone)):
                     app.writer.split = way
                     runs = [await one_round(app, wallets, size, POISON[kind]) for _ in range(rounds)]
-                    found.append((kind, size, name, statistics.median(r[0] for r in runs),
-                                  int(statistics.median(r[1] for r in runs))))
+                    found.append(
+                        (
+                            kind,
+                            size,
+                            name,
+                            statistics.median(r[0] for r in runs),
+                            int(statistics.median(r[1] for r in runs)),
+                        )
+                    )
                     print(f"{kind} {size} {name}: {found[-1][3]:.3f} s, {found[-1][4]} commits", flush=True)
         finally:
             app.writer.split = commit_apart
@@ -119,8 +144,9 @@ async def measure(kind: str, rounds: int, sizes: list[int]) -> list[tuple[str, i
 
 def main(argv: list[str] | None = None) -> int:
     configure_logging("payments-bench", level="error")  # a split logs a warning per failed part
-    parser = argparse.ArgumentParser(prog="python -m bench.poisoned", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.poisoned", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="21,64,256")

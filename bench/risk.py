@@ -45,20 +45,28 @@ from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
 from tests.auth import Issuer, bearer
 
-PG = {"host": os.environ.get("FINMESH_TEST_PG_HOST", "127.0.0.1"),
-      "port": int(os.environ.get("FINMESH_TEST_PG_PORT", "5432")),
-      "user": os.environ.get("FINMESH_TEST_PG_USER", "postgres")}
+PG = {
+    "host": os.environ.get("FINMESH_TEST_PG_HOST", "127.0.0.1"),
+    "port": int(os.environ.get("FINMESH_TEST_PG_PORT", "5432")),
+    "user": os.environ.get("FINMESH_TEST_PG_USER", "postgres"),
+}
 POOL = 10_000
 
 
 def _request() -> pb.AssessPaymentRequest:
     n = random.randrange(POOL)
     return pb.AssessPaymentRequest(
-        payment_id=uuid.uuid4().hex, payer_user_id=f"bench-user-{n}", payer_account_id=f"bench-acct-{n}",
-        payee_account_id="bench-merchant", amount=money_pb2.Money(currency_code="CNY",
-                                                                   minor_units=random.randint(100, 200_000)),
-        device_id=f"bench-device-{n}", ip_address=f"10.{n // 256 % 256}.{n % 256}.7", ip_country="CN",
-        home_country="CN", payer_tier=pb.RISK_TIER_LOW)
+        payment_id=uuid.uuid4().hex,
+        payer_user_id=f"bench-user-{n}",
+        payer_account_id=f"bench-acct-{n}",
+        payee_account_id="bench-merchant",
+        amount=money_pb2.Money(currency_code="CNY", minor_units=random.randint(100, 200_000)),
+        device_id=f"bench-device-{n}",
+        ip_address=f"10.{n // 256 % 256}.{n % 256}.7",
+        ip_country="CN",
+        home_country="CN",
+        payer_tier=pb.RISK_TIER_LOW,
+    )
 
 
 async def _postgres_url() -> tuple[str, str] | None:
@@ -88,9 +96,21 @@ async def _canned(engine: object, rules: object, batch: list[Any], now: datetime
     # imported here: the bench also measures builds before the writer
     from finmesh.risk.usecases.assessing import Outcome
 
-    return [Outcome(SimpleNamespace(assessment_id=str(uuid.uuid4()), payment_id=f.payment_id, score=0,
-                                    decision="APPROVE", warning_level="LOW", reasons=[], rules_version="canned",
-                                    created_at=now)) for f in batch]
+    return [
+        Outcome(
+            SimpleNamespace(
+                assessment_id=str(uuid.uuid4()),
+                payment_id=f.payment_id,
+                score=0,
+                decision="APPROVE",
+                warning_level="LOW",
+                reasons=[],
+                rules_version="canned",
+                created_at=now,
+            )
+        )
+        for f in batch
+    ]
 
 
 def _batches(app: object) -> int | None:
@@ -106,8 +126,10 @@ async def _server_cpu(url: str) -> float:
         return 0.0
     admin = await asyncpg.connect(database="postgres", timeout=3, **PG)
     try:
-        pids = [r["pid"] for r in await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1",
-                                                     url.rsplit("/", 1)[1])]
+        pids = [
+            r["pid"]
+            for r in await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", url.rsplit("/", 1)[1])
+        ]
     finally:
         await admin.close()
     ticks = os.sysconf("SC_CLK_TCK")
@@ -121,13 +143,27 @@ async def _server_cpu(url: str) -> float:
     return total
 
 
-async def measure(url: str, tmp: Path, rounds: int, seconds: float, concurrency: int,
-                  extra: dict[str, list[float]], without_database: bool = False) -> dict[str, list[Round]]:
+async def measure(
+    url: str,
+    tmp: Path,
+    rounds: int,
+    seconds: float,
+    concurrency: int,
+    extra: dict[str, list[float]],
+    without_database: bool = False,
+) -> dict[str, list[Round]]:
     # Auth enforced as in production: payments' service token on every AssessPayment (tests/auth.py's issuer
     # stands in for identity; a verified token is cached, so this is the steady-state cost).
     issuer = await Issuer().start()
-    settings = RiskSettings(host="127.0.0.1", port=0, database_url=url, data_dir=tmp, shutdown_grace_seconds=0.5,
-                            service_name="risk", **issuer.settings())
+    settings = RiskSettings(
+        host="127.0.0.1",
+        port=0,
+        database_url=url,
+        data_dir=tmp,
+        shutdown_grace_seconds=0.5,
+        service_name="risk",
+        **issuer.settings(),
+    )
     app = await risk_app.build(settings)
     if without_database:
         from finmesh.risk.usecases.assessment_writer import AssessmentWriter
@@ -160,9 +196,12 @@ async def measure(url: str, tmp: Path, rounds: int, seconds: float, concurrency:
                     if mode == "assess" and batches is not None:
                         extra["batch"].append(r.calls / max(1, (_batches(app) or 0) - batches))
                         batched = f"  {extra['batch'][-1]:5.1f} per transaction"
-                    print(f"  round {i + 1} {mode:>6}: {r.rate:8.0f} calls/s  p50 {r.percentile(50):7.2f} ms"
-                          f"  p99 {r.percentile(99):7.2f} ms  errors {r.errors}  cpu {extra[f'cpu_{mode}'][-1]:.3f} ms"
-                          f"/call{batched}", flush=True)
+                    print(
+                        f"  round {i + 1} {mode:>6}: {r.rate:8.0f} calls/s  p50 {r.percentile(50):7.2f} ms"
+                        f"  p99 {r.percentile(99):7.2f} ms  errors {r.errors}  cpu {extra[f'cpu_{mode}'][-1]:.3f} ms"
+                        f"/call{batched}",
+                        flush=True,
+                    )
     finally:
         await running.server.stop(0)
         await app.close()
@@ -175,8 +214,12 @@ async def measure(url: str, tmp: Path, rounds: int, seconds: float, concurrency:
 def report(kind: str, results: dict[str, list[Round]], concurrency: int, extra: dict[str, list[float]]) -> None:
     figures = {}
     for mode, rounds in results.items():
-        figures[mode] = (median([r.rate for r in rounds]), median([r.percentile(50) for r in rounds]),
-                         median([r.percentile(99) for r in rounds]), sum(r.errors for r in rounds))
+        figures[mode] = (
+            median([r.rate for r in rounds]),
+            median([r.percentile(50) for r in rounds]),
+            median([r.percentile(99) for r in rounds]),
+            sum(r.errors for r in rounds),
+        )
     print(f"\nrisk on {kind}, closed loop, concurrency {concurrency}, medians of {len(results['noop'])} rounds")
     names = {"noop": "no-op (health Check)", "assess": "AssessPayment"}
     for mode, (rate, p50, p99, errors) in figures.items():
@@ -184,8 +227,10 @@ def report(kind: str, results: dict[str, list[Round]], concurrency: int, extra: 
     (a_rate, _, a_p99, _), (n_rate, _, n_p99, _) = figures["assess"], figures["noop"]
     print(f"  AssessPayment / no-op: throughput {a_rate / n_rate:.3f}x, p99 latency {a_p99 / n_p99:.1f}x")
     cpu_noop, cpu_assess = median(extra["cpu_noop"]), median(extra["cpu_assess"])
-    print(f"  CPU per call (this process + its PostgreSQL backends): no-op {cpu_noop:.3f} ms, "
-          f"AssessPayment {cpu_assess:.3f} ms ({cpu_assess / cpu_noop:.1f}x)")
+    print(
+        f"  CPU per call (this process + its PostgreSQL backends): no-op {cpu_noop:.3f} ms, "
+        f"AssessPayment {cpu_assess:.3f} ms ({cpu_assess / cpu_noop:.1f}x)"
+    )
     if extra["batch"]:
         print(f"  assessments per write transaction (group commit): median {median(extra['batch']):.1f}")
 
@@ -210,8 +255,12 @@ async def run(kinds: list[str], rounds: int, seconds: float, concurrency: int, w
             finally:
                 if drop:
                     await _drop(drop)
-            report(kind + (" (database work replaced by a canned approval)" if without_database else ""), results,
-                   concurrency, extra)
+            report(
+                kind + (" (database work replaced by a canned approval)" if without_database else ""),
+                results,
+                concurrency,
+                extra,
+            )
 
 
 def main() -> None:
@@ -220,11 +269,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--databases", default="sqlite,postgres")
-    parser.add_argument("--without-database", action="store_true",
-                        help="answer every assessment with a canned approval: the cost of the request path alone")
+    parser.add_argument(
+        "--without-database",
+        action="store_true",
+        help="answer every assessment with a canned approval: the cost of the request path alone",
+    )
     args = parser.parse_args()
-    asyncio.run(run([k.strip() for k in args.databases.split(",") if k.strip()], args.rounds, args.seconds,
-                    args.concurrency, args.without_database))
+    asyncio.run(
+        run(
+            [k.strip() for k in args.databases.split(",") if k.strip()],
+            args.rounds,
+            args.seconds,
+            args.concurrency,
+            args.without_database,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -44,23 +44,29 @@ def start_chain(mode: str, span_dir: Path, baseline: Path | None = None) -> tupl
     """Start hops leaf-first; return the processes and the entry target."""
     env = {**os.environ, "BENCH_TRACING": "lean" if mode == "base" else mode, "OTEL_TRACES_SAMPLER": "always_on"}
     if mode == "base" and baseline is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(baseline / "libs" / "platform"),
-                                                          os.environ.get("PYTHONPATH", "")]))
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(baseline / "libs" / "platform"), os.environ.get("PYTHONPATH", "")])
+        )
     processes: list[subprocess.Popen[bytes]] = []
     next_target = ""
     for i in range(HOPS):
         port = free_port()
         hop_env = {**env, "FINMESH_SPAN_FILE": str(span_dir / f"{mode}-hop{i}.jsonl")}
-        proc = subprocess.Popen([sys.executable, "-m", "bench.chain", str(port), next_target], env=hop_env,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.chain", str(port), next_target],
+            env=hop_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         processes.append(proc)
         next_target = f"127.0.0.1:{port}"
     return processes, next_target
 
 
-async def measure(target: str, seconds: float, concurrency: int,
-                  processes: list[subprocess.Popen[bytes]]) -> tuple[Round, float]:
+async def measure(
+    target: str, seconds: float, concurrency: int, processes: list[subprocess.Popen[bytes]]
+) -> tuple[Round, float]:
     """A round against the chain and the chain's CPU seconds per call in it (after the warm-up)."""
     async with grpc.aio.insecure_channel(target) as channel:
         call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(METHOD)  # raw bytes both ways
@@ -86,8 +92,9 @@ def extract_baseline(revision: str, into: Path) -> Path:
     return into
 
 
-async def run(rounds: int, seconds: float, concurrency: int,
-              baseline: str = "") -> tuple[dict[str, list[Round]], dict[str, list[float]]]:
+async def run(
+    rounds: int, seconds: float, concurrency: int, baseline: str = ""
+) -> tuple[dict[str, list[Round]], dict[str, list[float]]]:
     modes = MODES + (("base",) if baseline else ())
     results: dict[str, list[Round]] = {mode: [] for mode in modes}
     cpu_per_call: dict[str, list[float]] = {mode: [] for mode in modes}
@@ -96,14 +103,17 @@ async def run(rounds: int, seconds: float, concurrency: int,
         chains = {mode: start_chain(mode, Path(tmp), base) for mode in modes}
         try:
             for i in range(rounds):
-                order = modes[i % len(modes):] + modes[:i % len(modes)]
+                order = modes[i % len(modes) :] + modes[: i % len(modes)]
                 for mode in order:
                     processes, target = chains[mode]
                     r, cpu = await measure(target, seconds, concurrency, processes)
                     results[mode].append(r)
                     cpu_per_call[mode].append(cpu)
-                    print(f"  round {i + 1} tracing {mode:>5}: {r.rate:8.0f} calls/s  p99 {r.percentile(99):6.2f} ms"
-                          f"  CPU {cpu * 1e6:6.0f} us/call  errors {r.errors}", flush=True)
+                    print(
+                        f"  round {i + 1} tracing {mode:>5}: {r.rate:8.0f} calls/s  p99 {r.percentile(99):6.2f} ms"
+                        f"  CPU {cpu * 1e6:6.0f} us/call  errors {r.errors}",
+                        flush=True,
+                    )
         finally:
             for processes, _ in chains.values():
                 for proc in processes:
@@ -122,9 +132,11 @@ def report(results: dict[str, list[Round]], cpu_per_call: dict[str, list[float]]
         p50 = median([r.percentile(50) for r in rs])
         p99 = median([r.percentile(99) for r in rs])
         cpu = median(cpu_per_call[mode])
-        print(f"  tracing {mode:>5}: {rate:8.0f} calls/s  ratio to off {rate / off:4.2f}"
-              f"  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  CPU {cpu * 1e6:5.0f} us/call"
-              f" (tracing {(cpu - cpu_off) * 1e6 / HOPS:+4.0f} us per hop)")
+        print(
+            f"  tracing {mode:>5}: {rate:8.0f} calls/s  ratio to off {rate / off:4.2f}"
+            f"  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  CPU {cpu * 1e6:5.0f} us/call"
+            f" (tracing {(cpu - cpu_off) * 1e6 / HOPS:+4.0f} us per hop)"
+        )
 
 
 def main() -> None:

@@ -55,15 +55,17 @@ class _KeysServicer(id_grpc.IdentityServiceServicer):
         raw = self._issuer.public_key_bytes
         return id_pb.GetPublicKeysResponse(
             keys=[id_pb.PublicKey(key_id=self._issuer.kid, algorithm="EdDSA", public_key=raw)],
-            active_key_id=self._issuer.kid)
+            active_key_id=self._issuer.kid,
+        )
 
     async def GetServiceToken(self, request: Any, context: Any) -> Any:
         if not check_credential(SERVICE_SECRET.encode(), request.service, request.credential):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown service or wrong credential")
         token = self._issuer.service(request.service)
         self._issuer.service_tokens_issued += 1
-        return id_pb.GetServiceTokenResponse(access_token=token,
-                                             expires_at=timestamp_pb2.Timestamp(seconds=int(time.time()) + 600))
+        return id_pb.GetServiceTokenResponse(
+            access_token=token, expires_at=timestamp_pb2.Timestamp(seconds=int(time.time()) + 600)
+        )
 
     async def SetRiskTier(self, request: Any, context: Any) -> Any:
         # Risk re-tiers users on events; the tests that care read this list.
@@ -92,10 +94,17 @@ class Issuer:
 
     async def start(self) -> Issuer:
         settings = ServiceSettings(host="127.0.0.1", port=0, auth_mode="off", tracing_enabled=False)
-        self.server = await create_server(settings, [Registration(
-            # Serves GetPublicKeys only; the generated base answers every other RPC UNIMPLEMENTED.
-            _KeysServicer(self), id_grpc.add_IdentityServiceServicer_to_server,  # type: ignore[abstract]
-            id_pb.DESCRIPTOR.services_by_name["IdentityService"])])
+        self.server = await create_server(
+            settings,
+            [
+                Registration(
+                    # Serves GetPublicKeys only; the generated base answers every other RPC UNIMPLEMENTED.
+                    _KeysServicer(self),  # type: ignore[abstract]
+                    id_grpc.add_IdentityServiceServicer_to_server,
+                    id_pb.DESCRIPTOR.services_by_name["IdentityService"],
+                )
+            ],
+        )
         return self
 
     async def stop(self) -> None:
@@ -107,18 +116,35 @@ class Issuer:
         """Settings for a service under test: enforce auth, keys and service tokens from this issuer."""
         return {"auth_mode": "enforce", "identity_target": self.target, "service_secret": SERVICE_SECRET}
 
-    def mint(self, *roles: str, sub: str = "", verified: bool = True, tier: str = "low", ttl: int = 600,
-             iat_offset: int = 0) -> str:
+    def mint(
+        self, *roles: str, sub: str = "", verified: bool = True, tier: str = "low", ttl: int = 600, iat_offset: int = 0
+    ) -> str:
         """A user or operator token as identity's CompleteLogin signs it."""
         now = int(time.time()) + iat_offset
-        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub or uuid.uuid4().hex, "roles": sorted(roles),
-                  "tier": tier, "vrf": verified, "iat": now, "exp": now + ttl, "jti": uuid.uuid4().hex}
+        claims = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": sub or uuid.uuid4().hex,
+            "roles": sorted(roles),
+            "tier": tier,
+            "vrf": verified,
+            "iat": now,
+            "exp": now + ttl,
+            "jti": uuid.uuid4().hex,
+        }
         return sign(claims, self.private_key, self.kid)
 
     def service(self, name: str, ttl: int = 600) -> str:
         now = int(time.time())
-        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": f"service:{name}", "roles": ["service"],
-                  "iat": now, "exp": now + ttl, "jti": uuid.uuid4().hex}
+        claims = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": f"service:{name}",
+            "roles": ["service"],
+            "iat": now,
+            "exp": now + ttl,
+            "jti": uuid.uuid4().hex,
+        }
         return sign(claims, self.private_key, self.kid)
 
     def customer(self, sub: str, *, role: str = "personal", verified: bool = True, tier: str = "low") -> str:
@@ -156,11 +182,14 @@ class Book:
 
     def learn(self, reply: Any) -> None:
         for name in ("account", "payment", "payments", "accounts", "results"):
-            value = getattr(reply, name, None) if hasattr(reply, "DESCRIPTOR") and \
-                name in reply.DESCRIPTOR.fields_by_name else None
+            value = (
+                getattr(reply, name, None)
+                if hasattr(reply, "DESCRIPTOR") and name in reply.DESCRIPTOR.fields_by_name
+                else None
+            )
             if value is None:
                 continue
-            for item in (value if hasattr(value, "__iter__") and not hasattr(value, "DESCRIPTOR") else [value]):
+            for item in value if hasattr(value, "__iter__") and not hasattr(value, "DESCRIPTOR") else [value]:
                 if hasattr(item, "owner_id") and item.account_id:
                     self.owners[item.account_id] = (item.owner_id, item.kind)
                 if hasattr(item, "payer_account_id") and getattr(item, "payment_id", None):
@@ -214,8 +243,7 @@ CALLERS: dict[str, Caller] = {
     _PAY + "TopUp": lambda i, b, r: _account_holder(i, b, r.account_id),
     _PAY + "Payout": lambda i, b, r: _account_holder(i, b, r.account_id),
     _PAY + "CreatePayment": lambda i, b, r: _account_holder(i, b, r.payer_account_id),
-    _PAY + "GetPayment": lambda i, b, r: _account_holder(i, b, b.payments.get(r.payment_id, ("", ""))[0],
-                                                         "support"),
+    _PAY + "GetPayment": lambda i, b, r: _account_holder(i, b, b.payments.get(r.payment_id, ("", ""))[0], "support"),
     _PAY + "ListPayments": lambda i, b, r: _account_holder(i, b, r.account_id, "support"),
     _PAY + "CapturePayment": lambda i, b, r: _payee_merchant(i, b, r.payment_id),
     _PAY + "VoidPayment": lambda i, b, r: _payee_merchant(i, b, r.payment_id),
@@ -265,8 +293,7 @@ class ActingAs(grpc.aio.UnaryUnaryClientInterceptor):
                 return self.issuer.operator(role)
         return ""
 
-    async def intercept_unary_unary(self, continuation: Any, details: grpc.aio.ClientCallDetails,
-                                    request: Any) -> Any:
+    async def intercept_unary_unary(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
         metadata = list(details.metadata or ())
         if not any(k == "authorization" for k, _ in metadata):

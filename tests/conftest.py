@@ -132,10 +132,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if terminal is None:
         return
     terminal.write_line("")  # -q leaves the cursor after the progress dots
-    terminal.write_sep("-", f"secret scan: {report.files} log/span files, {report.bytes / 1e6:.1f} MB under {base}: "
-                            f"{len(report.findings)} findings")
+    terminal.write_sep(
+        "-",
+        f"secret scan: {report.files} log/span files, {report.bytes / 1e6:.1f} MB under {base}: "
+        f"{len(report.findings)} findings",
+    )
     for finding in report.findings[:50]:
         terminal.write_line(str(finding), red=True)
     if report.findings:
-        terminal.write_line("personal data or secrets reached a log or span file: fix the masking "
-                            "(finmesh.platform.observability.logs / pii / telemetry), not the scan", red=True)
+        terminal.write_line(
+            "personal data or secrets reached a log or span file: fix the masking "
+            "(finmesh.platform.observability.logs / pii / telemetry), not the scan",
+            red=True,
+        )

@@ -65,14 +65,26 @@ class InProcessMesh:
 
 def _common(tmp: Path, issuer: Issuer, name: str, **extra: Any) -> dict[str, Any]:
     """Auth enforced: tokens verified with the issuer's keys, service tokens from it for `name`."""
-    return {"host": "127.0.0.1", "port": 0, "data_dir": tmp, "shutdown_grace_seconds": 1.0,
-            "service_name": name, **issuer.settings(), **extra}
+    return {
+        "host": "127.0.0.1",
+        "port": 0,
+        "data_dir": tmp,
+        "shutdown_grace_seconds": 1.0,
+        "service_name": name,
+        **issuer.settings(),
+        **extra,
+    }
 
 
 @asynccontextmanager
-async def running_mesh(databases: Any, tmp: Path, names: tuple[str, ...] = ("notify", "risk", "payments"),
-                       payments_extra: dict[str, Any] | None = None,
-                       notify_port: int = 0, issuer: Issuer | None = None) -> AsyncIterator[InProcessMesh]:
+async def running_mesh(
+    databases: Any,
+    tmp: Path,
+    names: tuple[str, ...] = ("notify", "risk", "payments"),
+    payments_extra: dict[str, Any] | None = None,
+    notify_port: int = 0,
+    issuer: Issuer | None = None,
+) -> AsyncIterator[InProcessMesh]:
     """Start `names` in dependency order; payments and identity get the others' targets.
 
     Auth is enforced everywhere; `issuer` (one is started when not given) signs the tokens
@@ -85,16 +97,18 @@ async def running_mesh(databases: Any, tmp: Path, names: tuple[str, ...] = ("not
             url = await databases.new(name)
             targets = {f"{n}_target": s.target for n, s in mesh.services.items()}
             if name == "notify":
-                settings: ServiceSettings = ServiceSettings(**_common(tmp, mesh.issuer, name, database_url=url,
-                                                                      port=notify_port))
+                settings: ServiceSettings = ServiceSettings(
+                    **_common(tmp, mesh.issuer, name, database_url=url, port=notify_port)
+                )
                 app = await notify_app.build(settings)
             elif name == "risk":
                 settings = ServiceSettings(**_common(tmp, mesh.issuer, name, database_url=url))
                 app = await risk_app.build(settings)
             elif name == "payments":
                 targets.setdefault("notify_target", f"127.0.0.1:{notify_port or 1}")
-                settings = PaymentsSettings(**_common(tmp, mesh.issuer, name, database_url=url, **targets,
-                                                     **(payments_extra or {})))
+                settings = PaymentsSettings(
+                    **_common(tmp, mesh.issuer, name, database_url=url, **targets, **(payments_extra or {}))
+                )
                 app = await payments_app.build(settings)
             else:
                 targets.setdefault("notify_target", f"127.0.0.1:{notify_port or 1}")

@@ -34,16 +34,25 @@ async def refuse_rows(engine: AsyncEngine, table: str, column: str) -> None:
     """A trigger that refuses any new row of `table` whose `column` is TRIGGER_VALUE (a constraint violation)."""
     async with engine.begin() as conn:
         if engine.dialect.name == "sqlite":
-            await conn.execute(text(
-                f"CREATE TRIGGER refuse_poisoned BEFORE INSERT ON {table} WHEN NEW.{column} = '{TRIGGER_VALUE}' "
-                "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"))
+            await conn.execute(
+                text(
+                    f"CREATE TRIGGER refuse_poisoned BEFORE INSERT ON {table} WHEN NEW.{column} = '{TRIGGER_VALUE}' "
+                    "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"
+                )
+            )
             return
-        await conn.execute(text(
-            "CREATE FUNCTION refuse_poisoned() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN RAISE EXCEPTION 'poisoned row' USING ERRCODE = 'check_violation'; END $$"))
-        await conn.execute(text(
-            f"CREATE TRIGGER refuse_poisoned BEFORE INSERT ON {table} FOR EACH ROW "
-            f"WHEN (NEW.{column} = '{TRIGGER_VALUE}') EXECUTE FUNCTION refuse_poisoned()"))
+        await conn.execute(
+            text(
+                "CREATE FUNCTION refuse_poisoned() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'poisoned row' USING ERRCODE = 'check_violation'; END $$"
+            )
+        )
+        await conn.execute(
+            text(
+                f"CREATE TRIGGER refuse_poisoned BEFORE INSERT ON {table} FOR EACH ROW "
+                f"WHEN (NEW.{column} = '{TRIGGER_VALUE}') EXECUTE FUNCTION refuse_poisoned()"
+            )
+        )
 
 
 def assert_refused_as_expected(error: BaseException, poison: str) -> None:

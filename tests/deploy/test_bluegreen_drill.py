@@ -70,14 +70,19 @@ class Drill:
     def __init__(self, tmp: Path, collector: SpanCollector, issuer: Issuer) -> None:
         self.log_dir = tmp / "logs"
         self.log_dir.mkdir()
-        self.env = {**SERVER_SETTINGS, "FINMESH_DATA_DIR": str(tmp / "data"),
-                    "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
-                    "FINMESH_IDENTITY_TARGET": issuer.target, "FINMESH_SERVICE_SECRET": SERVICE_SECRET}
+        self.env = {
+            **SERVER_SETTINGS,
+            "FINMESH_DATA_DIR": str(tmp / "data"),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+            "FINMESH_IDENTITY_TARGET": issuer.target,
+            "FINMESH_SERVICE_SECRET": SERVICE_SECRET,
+        }
         self.processes: list[ServiceProcess] = []
 
     def start(self, service: str, color: str, version: str, label: str, **env: str) -> ServiceProcess:
-        proc = start_service(service, color=color, version=version, env={**self.env, **env},
-                             log_dir=self.log_dir, label=label)
+        proc = start_service(
+            service, color=color, version=version, env={**self.env, **env}, log_dir=self.log_dir, label=label
+        )
         self.processes.append(proc)
         return proc
 
@@ -99,17 +104,33 @@ async def _open_accounts(target: str, run_id: str, issuer: Issuer, book: Book) -
         stub = pb_grpc.PaymentsServiceStub(channel)
 
         async def wallet(i: int) -> str:
-            reply = await stub.OpenAccount(pb.OpenAccountRequest(
-                idempotency_key=f"{run_id}-open-{i}", owner_id=f"drill-{run_id}-user-{i}",
-                kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code="CNY"), timeout=10)
+            reply = await stub.OpenAccount(
+                pb.OpenAccountRequest(
+                    idempotency_key=f"{run_id}-open-{i}",
+                    owner_id=f"drill-{run_id}-user-{i}",
+                    kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET,
+                    currency_code="CNY",
+                ),
+                timeout=10,
+            )
             return reply.account.account_id
 
         accounts = await asyncio.gather(*(wallet(i) for i in range(PAYERS + PAYEES)))
         payers, payees = list(accounts[:PAYERS]), list(accounts[PAYERS:])
-        await asyncio.gather(*(stub.TopUp(pb.TopUpRequest(
-            idempotency_key=f"{run_id}-topup-{i}", account_id=account, channel="test_bank",
-            amount=money_pb2.Money(currency_code="CNY", minor_units=TOP_UP)), timeout=10)
-            for i, account in enumerate(payers)))
+        await asyncio.gather(
+            *(
+                stub.TopUp(
+                    pb.TopUpRequest(
+                        idempotency_key=f"{run_id}-topup-{i}",
+                        account_id=account,
+                        channel="test_bank",
+                        amount=money_pb2.Money(currency_code="CNY", minor_units=TOP_UP),
+                    ),
+                    timeout=10,
+                )
+                for i, account in enumerate(payers)
+            )
+        )
     return payers, payees
 
 
@@ -118,8 +139,10 @@ async def _payment_rows(database_url: str, run_id: str) -> tuple[list[tuple[str,
     engine = create_engine(database_url)
     try:
         async with engine.connect() as conn:
-            rows = await conn.execute(text("SELECT payment_id, description FROM payments WHERE description LIKE :p"),
-                                      {"p": f"drill {run_id} #%"})
+            rows = await conn.execute(
+                text("SELECT payment_id, description FROM payments WHERE description LIKE :p"),
+                {"p": f"drill {run_id} #%"},
+            )
             found = [(r.payment_id, r.description) for r in rows]
             totals = await totals_by_currency(conn)
     finally:
@@ -127,18 +150,24 @@ async def _payment_rows(database_url: str, run_id: str) -> tuple[list[tuple[str,
     return found, totals
 
 
-async def _check_books(target: str, report: LoadReport, payers: list[str], payees: list[str], issuer: Issuer,
-                       book: Book) -> None:
+async def _check_books(
+    target: str, report: LoadReport, payers: list[str], payees: list[str], issuer: Issuer, book: Book
+) -> None:
     """Every acknowledged payment reads back as answered; every balance is exactly what those payments imply."""
     async with acting_channel(target, issuer, book) as channel:
         stub = pb_grpc.PaymentsServiceStub(channel)
-        stored = await asyncio.gather(*(stub.GetPayment(pb.GetPaymentRequest(payment_id=r.payment_id), timeout=10)
-                                        for r in report.acknowledged))
+        stored = await asyncio.gather(
+            *(stub.GetPayment(pb.GetPaymentRequest(payment_id=r.payment_id), timeout=10) for r in report.acknowledged)
+        )
         expected: dict[str, Counter[str]] = {a: Counter() for a in payers + payees}
         for record, reply in zip(report.acknowledged, stored, strict=True):
             p = reply.payment
             assert (p.payer_account_id, p.payee_account_id, p.amount.minor_units, p.status) == (
-                record.payer, record.payee, record.amount, record.status), record
+                record.payer,
+                record.payee,
+                record.amount,
+                record.status,
+            ), record
             assert p.status in (pb.PAYMENT_STATUS_CAPTURED, pb.PAYMENT_STATUS_IN_REVIEW), p
             if p.status == pb.PAYMENT_STATUS_CAPTURED:
                 expected[record.payer]["available"] -= record.amount
@@ -157,8 +186,16 @@ async def _check_books(target: str, report: LoadReport, payers: list[str], payee
 
 def _served_during_drain(spans: list[Any], color: str, version: str, drain: DrainReport) -> tuple[int, int]:
     """(calls in flight at SIGTERM, calls started after SIGTERM) that this color finished successfully."""
-    mine = [s for s in spans if s.service == "payments" and s.color == color and s.version == version
-            and s.kind == "SPAN_KIND_SERVER" and s.name == CREATE_PAYMENT and s.ok]
+    mine = [
+        s
+        for s in spans
+        if s.service == "payments"
+        and s.color == color
+        and s.version == version
+        and s.kind == "SPAN_KIND_SERVER"
+        and s.name == CREATE_PAYMENT
+        and s.ok
+    ]
     in_flight = sum(1 for s in mine if s.start_ns < drain.sigterm_ns < s.end_ns)
     after = sum(1 for s in mine if s.start_ns >= drain.sigterm_ns)
     return in_flight, after
@@ -177,17 +214,21 @@ async def test_blue_green_drill_under_load(databases: Any, tmp_path: Path, colle
         notify = drill.start("notify", "local", "1", "notify", FINMESH_DATABASE_URL=urls["notify"])
         risk = drill.start("risk", "local", "1", "risk", FINMESH_DATABASE_URL=urls["risk"])
         await asyncio.gather(wait_serving(notify), wait_serving(risk))
-        payments_env = {"FINMESH_DATABASE_URL": urls["payments"], "FINMESH_RISK_TARGET": risk.target,
-                        "FINMESH_NOTIFY_TARGET": notify.target,
-                        "FINMESH_CHANNEL_SWEEP_INTERVAL_SECONDS": "3600"}
+        payments_env = {
+            "FINMESH_DATABASE_URL": urls["payments"],
+            "FINMESH_RISK_TARGET": risk.target,
+            "FINMESH_NOTIFY_TARGET": notify.target,
+            "FINMESH_CHANNEL_SWEEP_INTERVAL_SECONDS": "3600",
+        }
         blue = drill.start("payments", "blue", "1", "payments-blue", **payments_env)
         await wait_serving(blue)
         forwarder = Forwarder(blue.target)
         await forwarder.start()
         payers, payees = await _open_accounts(forwarder.target, run_id, issuer, book)
 
-        payments_load = PaymentLoad(forwarder.target, payers, payees, run_id, LOAD,
-                                    interceptors=[ActingAs(issuer, book)])
+        payments_load = PaymentLoad(
+            forwarder.target, payers, payees, run_id, LOAD, interceptors=[ActingAs(issuer, book)]
+        )
         load = asyncio.create_task(payments_load.run())
         # Green starts against the same database while blue serves the load.
         green = drill.start("payments", "green", "2", "payments-green", **payments_env)
@@ -222,10 +263,15 @@ async def test_blue_green_drill_under_load(databases: Any, tmp_path: Path, colle
         await issuer.stop()
 
     figures = {
-        "database": databases.kind, "load": report.summary(), "green ready after": f"{green_ready:.1f}s",
-        "blue connections gone after flip": f"{blue_moved_after:.2f}s", "blue drain": blue_drain.summary(),
-        "green connections open at its SIGTERM": green_open_at_sigterm, "green drain": green_drain.summary(),
-        "connections routed": dict(forwarder.accepted), "connections refused": dict(forwarder.refused),
+        "database": databases.kind,
+        "load": report.summary(),
+        "green ready after": f"{green_ready:.1f}s",
+        "blue connections gone after flip": f"{blue_moved_after:.2f}s",
+        "blue drain": blue_drain.summary(),
+        "green connections open at its SIGTERM": green_open_at_sigterm,
+        "green drain": green_drain.summary(),
+        "connections routed": dict(forwarder.accepted),
+        "connections refused": dict(forwarder.refused),
         "retried codes": Counter(c for r in report.records for c in r.retried_codes),
         "drill seconds": round(elapsed, 1),
     }
@@ -255,8 +301,11 @@ async def test_blue_green_drill_under_load(databases: Any, tmp_path: Path, colle
 
 def _check_colors(spans: list[Any], processes: list[ServiceProcess]) -> None:
     """Every span's resource and every log line name the deployment color and version of its process."""
-    served = Counter((s.color, s.version) for s in spans
-                     if s.service == "payments" and s.kind == "SPAN_KIND_SERVER" and s.name == CREATE_PAYMENT)
+    served = Counter(
+        (s.color, s.version)
+        for s in spans
+        if s.service == "payments" and s.kind == "SPAN_KIND_SERVER" and s.name == CREATE_PAYMENT
+    )
     assert served[("blue", "1")] > 0 and served[("green", "2")] > 0, served
     assert {(s.color, s.version) for s in spans if s.service == "payments"} == {("blue", "1"), ("green", "2")}
     assert {s.color for s in spans if s.service in ("risk", "notify")} <= {"local"}
@@ -264,7 +313,8 @@ def _check_colors(spans: list[Any], processes: list[ServiceProcess]) -> None:
         lines = proc.log_lines()
         events = [line.get("event") for line in lines]
         assert lines and {(line.get("deployment_color"), line.get("service_version")) for line in lines} == {
-            (proc.color, proc.version)}, proc.name
+            (proc.color, proc.version)
+        }, proc.name
         # SIGTERM is handled: the runner logs the drain and a clean stop (docs/DEPLOY.md contract).
         assert "draining" in events and "stopped" in events, (proc.name, events[-5:])
         assert events.index("draining") < events.index("stopped"), proc.name

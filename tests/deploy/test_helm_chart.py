@@ -399,7 +399,9 @@ def test_auth_is_enforced_with_credentials_from_secrets(helm: Any) -> None:
                 assert "FINMESH_SERVICE_CREDENTIAL" not in env  # identity signs its own service tokens
             else:
                 assert _secret_ref(env, "FINMESH_SERVICE_CREDENTIAL") == (
-                    f"finmesh-{name}-service-credential", "credential")
+                    f"finmesh-{name}-service-credential",
+                    "credential",
+                )
                 assert "FINMESH_SERVICE_SECRET" not in env, "only identity holds the mesh secret"
                 assert "FINMESH_IDENTITY_MASTER_KEY" not in env
             assert "FINMESH_IDENTITY_REGISTRY_API_KEY" not in env
@@ -431,8 +433,7 @@ def test_registry_rules_and_auth_off(helm: Any) -> None:
         assert volumes["rules"]["configMap"]["name"] == f"{base_name('risk')}-rules"
     assert not any(f"{base_name(n)}-rules" in configmaps for n in SERVICES if n != "risk")
     edited = helm.render("auth-registry-rules", "--set-string", "services.risk.rules=version: other")
-    assert objects(edited, "ConfigMap")[f"{base_name('risk')}-rules"]["data"]["rules.yaml"].strip() == \
-        "version: other"
+    assert objects(edited, "ConfigMap")[f"{base_name('risk')}-rules"]["data"]["rules.yaml"].strip() == "version: other"
     before = {n: d["spec"]["template"] for n, d in deployments.items()}
     after = {n: d["spec"]["template"] for n, d in objects(edited, "Deployment").items()}
     assert before == after, "a rules edit must not restart pods"

@@ -104,15 +104,23 @@ def pod(name: str, *, uid: str = "", restarts: int = 0, ready: bool = True, wait
     state: dict[str, Any] = {"waiting": {"reason": waiting}} if waiting else running
     last = {"terminated": {"reason": "Error", "exitCode": 1}} if restarts else {}
     return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "uid": uid or f"uid-{name}", "namespace": "finmesh",
-                     "labels": {"app.kubernetes.io/name": "risk", "finmesh.io/color": "green"}},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "uid": uid or f"uid-{name}",
+            "namespace": "finmesh",
+            "labels": {"app.kubernetes.io/name": "risk", "finmesh.io/color": "green"},
+        },
         "status": {
             "phase": "Running",
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False"},
-                           {"type": "ContainersReady", "status": "True" if ready else "False"}],
-            "containerStatuses": [{"name": "server", "ready": ready, "restartCount": restarts,
-                                   "state": state, "lastState": last}],
+            "conditions": [
+                {"type": "Ready", "status": "True" if ready else "False"},
+                {"type": "ContainersReady", "status": "True" if ready else "False"},
+            ],
+            "containerStatuses": [
+                {"name": "server", "ready": ready, "restartCount": restarts, "state": state, "lastState": last}
+            ],
         },
     }
 
@@ -120,15 +128,25 @@ def pod(name: str, *, uid: str = "", restarts: int = 0, ready: bool = True, wait
 HEALTHY = [pod("fm-finmesh-risk-green-a"), pod("fm-finmesh-risk-green-b")]
 
 
-def release_values(active: str = "blue", inactive_replicas: int = 0, mtls: bool = False,
-                   service: str = "risk") -> dict[str, Any]:
+def release_values(
+    active: str = "blue", inactive_replicas: int = 0, mtls: bool = False, service: str = "risk"
+) -> dict[str, Any]:
     """What `helm get values --all -o json` prints for the release (the part the rollout reads)."""
     other = "green" if active == "blue" else "blue"
     return {
-        "fullnameOverride": "", "nameOverride": "", "grpc": {"port": 50051}, "mtls": {"enabled": mtls},
-        "services": {service: {"enabled": True, "activeColor": active, "preview": {"enabled": False},
-                               active: {"tag": "0.1.0", "replicas": 2},
-                               other: {"tag": "0.1.0", "replicas": inactive_replicas}}},
+        "fullnameOverride": "",
+        "nameOverride": "",
+        "grpc": {"port": 50051},
+        "mtls": {"enabled": mtls},
+        "services": {
+            service: {
+                "enabled": True,
+                "activeColor": active,
+                "preview": {"enabled": False},
+                active: {"tag": "0.1.0", "replicas": 2},
+                other: {"tag": "0.1.0", "replicas": inactive_replicas},
+            }
+        },
     }
 
 
@@ -136,8 +154,10 @@ def release_values(active: str = "blue", inactive_replicas: int = 0, mtls: bool 
 def health_servers() -> Iterator[dict[str, int]]:
     """Real gRPC health servers: "good" serves risk, "sick" reports the risk service NOT_SERVING."""
     servers, ports = [], {}
-    for name, status in (("good", health_pb2.HealthCheckResponse.SERVING),
-                         ("sick", health_pb2.HealthCheckResponse.NOT_SERVING)):
+    for name, status in (
+        ("good", health_pb2.HealthCheckResponse.SERVING),
+        ("sick", health_pb2.HealthCheckResponse.NOT_SERVING),
+    ):
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         servicer = health.HealthServicer()
         servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -168,14 +188,42 @@ class FakeCluster:
     def prepare(self, scenario: dict[str, Any], service: str, *extra: str) -> tuple[list[str], dict[str, str]]:
         """The rollout's argv (short windows) and an environment whose PATH finds the fakes first."""
         self.scenario.write_text(json.dumps(scenario))
-        env = {**os.environ, "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
-               "FAKE_KUBE_SCENARIO": str(self.scenario), "FAKE_KUBE_LOG": str(self.log)}
-        for name in ("FINMESH_HELM", "FINMESH_KUBECTL", "FINMESH_TLS_CERT_FILE", "FINMESH_TLS_KEY_FILE",
-                     "FINMESH_TLS_CA_FILE"):
+        env = {
+            **os.environ,
+            "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
+            "FAKE_KUBE_SCENARIO": str(self.scenario),
+            "FAKE_KUBE_LOG": str(self.log),
+        }
+        for name in (
+            "FINMESH_HELM",
+            "FINMESH_KUBECTL",
+            "FINMESH_TLS_CERT_FILE",
+            "FINMESH_TLS_KEY_FILE",
+            "FINMESH_TLS_CA_FILE",
+        ):
             env.pop(name, None)
-        argv = [sys.executable, "-m", "finmesh.cli.main", "rollout", service, "--to", "0.2.0",
-                "--release", "fm", "--chart", str(CHART), "--analysis-seconds", "0.6", "--watch-seconds", "0.6",
-                "--probe-interval", "0.1", "--scale-down-delay", "0", *extra]
+        argv = [
+            sys.executable,
+            "-m",
+            "finmesh.cli.main",
+            "rollout",
+            service,
+            "--to",
+            "0.2.0",
+            "--release",
+            "fm",
+            "--chart",
+            str(CHART),
+            "--analysis-seconds",
+            "0.6",
+            "--watch-seconds",
+            "0.6",
+            "--probe-interval",
+            "0.1",
+            "--scale-down-delay",
+            "0",
+            *extra,
+        ]
         return argv, env
 
     def rollout(self, scenario: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
@@ -198,16 +246,21 @@ def cluster(tmp_path: Path) -> FakeCluster:
 
 def _sets(argv: list[str]) -> dict[str, str]:
     """path -> value of every --set / --set-string in a helm argv."""
-    return {argv[i + 1].split("=", 1)[0]: argv[i + 1].split("=", 1)[1]
-            for i, flag in enumerate(argv) if flag in ("--set", "--set-string")}
+    return {
+        argv[i + 1].split("=", 1)[0]: argv[i + 1].split("=", 1)[1]
+        for i, flag in enumerate(argv)
+        if flag in ("--set", "--set-string")
+    }
 
 
 def _shape(call: list[str]) -> str:
     """A call reduced to what tells the steps apart."""
     if call[:2] == ["helm", "upgrade"]:
         s = _sets(call)
-        return (f"upgrade active={s['services.risk.activeColor']} preview={s['services.risk.preview.enabled']}"
-                f" green={s['services.risk.green.replicas']} blue={s.get('services.risk.blue.replicas', '-')}")
+        return (
+            f"upgrade active={s['services.risk.activeColor']} preview={s['services.risk.preview.enabled']}"
+            f" green={s['services.risk.green.replicas']} blue={s.get('services.risk.blue.replicas', '-')}"
+        )
     if call[0] == "helm":
         return " ".join(call[1:3])
     return " ".join(call[3:5])  # kubectl --namespace <ns> <verb> <object>
@@ -228,10 +281,27 @@ def _scenario(health_servers: dict[str, int], **overrides: Any) -> dict[str, Any
 
 def _dry_run(current: str, *extra: str) -> list[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "finmesh.cli.main", "rollout", "payments", "--to", "0.2.0", "--dry-run",
-         "--current-color", current, "--synthetic-payer", "acct-test-payer", "--synthetic-payee", "acct-test-payee",
-         *extra],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "finmesh.cli.main",
+            "rollout",
+            "payments",
+            "--to",
+            "0.2.0",
+            "--dry-run",
+            "--current-color",
+            current,
+            "--synthetic-payer",
+            "acct-test-payer",
+            "--synthetic-payee",
+            "acct-test-payee",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={**os.environ, "PATH": "/nonexistent"},  # proves it runs neither helm nor kubectl
     )
     assert proc.returncode == 0, proc.stderr
@@ -245,13 +315,17 @@ def _commands(lines: list[str]) -> list[str]:
 def test_dry_run_blue_to_green_prints_the_exact_commands() -> None:
     """From blue: deploy green (preview off), wait, preview on, analyse, flip to green, scale blue down; rollback."""
     commands = _commands(_dry_run("blue"))
-    base = ("helm upgrade finmesh deploy/helm/finmesh --namespace finmesh --reuse-values "
-            "--set services.payments.activeColor={active} --set-string services.payments.green.tag=0.2.0 "
-            "--set services.payments.green.replicas={green} --set services.payments.preview.enabled={preview} "
-            "--set-string services.payments.migration.color={migration}")
-    pods = ("kubectl --namespace finmesh get pods --selector app.kubernetes.io/name=payments,"
-            "app.kubernetes.io/instance=finmesh,app.kubernetes.io/component=server,finmesh.io/color=green "
-            "--output json")
+    base = (
+        "helm upgrade finmesh deploy/helm/finmesh --namespace finmesh --reuse-values "
+        "--set services.payments.activeColor={active} --set-string services.payments.green.tag=0.2.0 "
+        "--set services.payments.green.replicas={green} --set services.payments.preview.enabled={preview} "
+        "--set-string services.payments.migration.color={migration}"
+    )
+    pods = (
+        "kubectl --namespace finmesh get pods --selector app.kubernetes.io/name=payments,"
+        "app.kubernetes.io/instance=finmesh,app.kubernetes.io/component=server,finmesh.io/color=green "
+        "--output json"
+    )
     assert commands == [
         base.format(active="blue", green=2, preview="false", migration="green") + " --timeout 600s",
         "kubectl --namespace finmesh rollout status deployment/finmesh-payments-green --timeout=300s",
@@ -271,17 +345,21 @@ def test_dry_run_blue_to_green_prints_the_exact_commands() -> None:
 
 def test_dry_run_green_to_blue_mirrors_the_colors() -> None:
     """From green: every step targets blue, the flip selects blue, green is scaled down; values files are passed."""
-    lines = _dry_run("green", "--replicas", "3", "--values", "prod.yaml", "--release", "payments-prod",
-                     "--namespace", "fin")
+    lines = _dry_run(
+        "green", "--replicas", "3", "--values", "prod.yaml", "--release", "payments-prod", "--namespace", "fin"
+    )
     commands = _commands(lines)
     deploy, wait, preview, _, forward, _, promote, _, _, _, finish, rollback = commands
-    assert deploy.startswith("helm upgrade payments-prod deploy/helm/finmesh --namespace fin --reuse-values "
-                             "--values prod.yaml --set services.payments.activeColor=green "
-                             "--set-string services.payments.blue.tag=0.2.0 --set services.payments.blue.replicas=3 ")
+    assert deploy.startswith(
+        "helm upgrade payments-prod deploy/helm/finmesh --namespace fin --reuse-values "
+        "--values prod.yaml --set services.payments.activeColor=green "
+        "--set-string services.payments.blue.tag=0.2.0 --set services.payments.blue.replicas=3 "
+    )
     assert "--no-hooks" not in deploy and "services.payments.migration.color=blue" in deploy
     # Release "payments-prod" does not contain "finmesh": names are "<release>-finmesh-...".
-    assert wait == ("kubectl --namespace fin rollout status deployment/payments-prod-finmesh-payments-blue "
-                    "--timeout=300s")
+    assert wait == (
+        "kubectl --namespace fin rollout status deployment/payments-prod-finmesh-payments-blue --timeout=300s"
+    )
     assert "services.payments.preview.enabled=true" in preview and "activeColor=green" in preview
     assert forward.split()[4] == "service/payments-prod-finmesh-payments-preview"
     assert "services.payments.activeColor=blue" in promote
@@ -294,19 +372,22 @@ def test_dry_run_green_to_blue_mirrors_the_colors() -> None:
 def test_dry_run_refuses_without_current_color_and_payments_without_test_accounts() -> None:
     """--dry-run does not ask the cluster, so it needs the active color; payments needs its synthetic accounts."""
     base = [sys.executable, "-m", "finmesh.cli.main", "rollout", "payments", "--to", "0.2.0", "--dry-run"]
-    no_color = subprocess.run([*base, "--no-synthetic-payment"], capture_output=True, text=True, timeout=60,
-                              check=False)
+    no_color = subprocess.run(
+        [*base, "--no-synthetic-payment"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert no_color.returncode == 2 and "--current-color" in no_color.stderr
-    no_accounts = subprocess.run([*base, "--current-color", "blue"], capture_output=True, text=True, timeout=60,
-                                 check=False)
+    no_accounts = subprocess.run(
+        [*base, "--current-color", "blue"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert no_accounts.returncode == 2 and "--synthetic-payer" in no_accounts.stderr
 
 
 # --- decisions, with fake helm and kubectl -----------------------------------------------------------
 
 
-def test_healthy_rollout_promotes_and_scales_the_old_color_down(cluster: FakeCluster,
-                                                                health_servers: dict[str, int]) -> None:
+def test_healthy_rollout_promotes_and_scales_the_old_color_down(
+    cluster: FakeCluster, health_servers: dict[str, int]
+) -> None:
     """Every step in order; the preview Service goes on only after kubectl saw every new pod ready."""
     proc = cluster.rollout(_scenario(health_servers))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -315,24 +396,34 @@ def test_healthy_rollout_promotes_and_scales_the_old_color_down(cluster: FakeClu
         "upgrade active=blue preview=false green=2 blue=-",
         "rollout status",
         "upgrade active=blue preview=true green=2 blue=-",
-        "get pods", "port-forward service/fm-finmesh-risk-preview", "get pods",
+        "get pods",
+        "port-forward service/fm-finmesh-risk-preview",
+        "get pods",
         "upgrade active=green preview=true green=2 blue=-",
-        "get pods", "port-forward service/fm-finmesh-risk", "get pods",
+        "get pods",
+        "port-forward service/fm-finmesh-risk",
+        "get pods",
         "upgrade active=green preview=false green=2 blue=0",
     ]
     assert "done: risk 0.2.0 on green; blue scaled to 0" in proc.stdout
     assert "analysis: " in proc.stdout and " 0 failed" in proc.stdout
 
 
-@pytest.mark.parametrize(("case", "green_pods"), [
-    ("restarted during analysis", [HEALTHY, [pod("fm-finmesh-risk-green-a", restarts=1), HEALTHY[1]]]),
-    ("crash-looping at the start", [[pod("fm-finmesh-risk-green-a", ready=False, waiting="CrashLoopBackOff"),
-                                     HEALTHY[1]]]),
-    ("replaced during analysis", [HEALTHY, [pod("fm-finmesh-risk-green-a", uid="uid-new"), HEALTHY[1]]]),
-    ("one pod missing", [[HEALTHY[0]]]),
-])
+@pytest.mark.parametrize(
+    ("case", "green_pods"),
+    [
+        ("restarted during analysis", [HEALTHY, [pod("fm-finmesh-risk-green-a", restarts=1), HEALTHY[1]]]),
+        (
+            "crash-looping at the start",
+            [[pod("fm-finmesh-risk-green-a", ready=False, waiting="CrashLoopBackOff"), HEALTHY[1]]],
+        ),
+        ("replaced during analysis", [HEALTHY, [pod("fm-finmesh-risk-green-a", uid="uid-new"), HEALTHY[1]]]),
+        ("one pod missing", [[HEALTHY[0]]]),
+    ],
+)
 def test_never_promotes_when_the_preview_color_restarted_or_crashed(
-        cluster: FakeCluster, health_servers: dict[str, int], case: str, green_pods: list[Any]) -> None:
+    cluster: FakeCluster, health_servers: dict[str, int], case: str, green_pods: list[Any]
+) -> None:
     """A restart, crash loop, replaced or missing pod of the new color stops the rollout before the flip."""
     proc = cluster.rollout(_scenario(health_servers, pods={"green": green_pods}))
     assert proc.returncode == 1, f"{case}: {proc.stdout}{proc.stderr}"
@@ -365,8 +456,7 @@ def test_rolls_back_when_post_promotion_health_fails(cluster: FakeCluster, healt
     assert "error rate 100.0%" in proc.stdout and "NOT_SERVING" in proc.stdout
 
 
-def test_preview_never_points_at_pods_that_are_not_ready(cluster: FakeCluster,
-                                                         health_servers: dict[str, int]) -> None:
+def test_preview_never_points_at_pods_that_are_not_ready(cluster: FakeCluster, health_servers: dict[str, int]) -> None:
     """kubectl rollout status fails: the preview Service is never turned on, green is turned off again."""
     proc = cluster.rollout(_scenario(health_servers, never_ready=True))
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -390,12 +480,16 @@ def test_failed_rollback_asks_for_a_human(cluster: FakeCluster, health_servers: 
     assert "ROLLBACK FAILED" in proc.stdout
 
 
-@pytest.mark.parametrize(("case", "values", "message"), [
-    ("rollout unfinished", release_values(inactive_replicas=2), "green still runs 2 replicas"),
-    ("mTLS without client certificate", release_values(mtls=True), "FINMESH_TLS_CERT_FILE"),
-])
-def test_refuses_unsafe_starting_states(cluster: FakeCluster, health_servers: dict[str, int], case: str,
-                                        values: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(
+    ("case", "values", "message"),
+    [
+        ("rollout unfinished", release_values(inactive_replicas=2), "green still runs 2 replicas"),
+        ("mTLS without client certificate", release_values(mtls=True), "FINMESH_TLS_CERT_FILE"),
+    ],
+)
+def test_refuses_unsafe_starting_states(
+    cluster: FakeCluster, health_servers: dict[str, int], case: str, values: dict[str, Any], message: str
+) -> None:
     """States a rollout must not start from: exit 2 and no upgrade at all."""
     proc = cluster.rollout(_scenario(health_servers, values=values))
     assert proc.returncode == 2, f"{case}: {proc.stdout}{proc.stderr}"
@@ -425,13 +519,24 @@ def test_pod_judgement_reads_kubectl_json() -> None:
 
 
 def _plans(active: str) -> RolloutPlan:
-    return RolloutPlan(cluster=Cluster(release="fm", chart=str(CHART)), service="payments", version="0.3.0",
-                       from_color=active, replicas=2, fullname=fullname("fm"))
+    return RolloutPlan(
+        cluster=Cluster(release="fm", chart=str(CHART)),
+        service="payments",
+        version="0.3.0",
+        from_color=active,
+        replicas=2,
+        fullname=fullname("fm"),
+    )
 
 
 def _helm_commands(plan: RolloutPlan) -> dict[str, tuple[str, ...]]:
-    return {"deploy": plan.deploy(), "preview": plan.preview_on(), "promote": plan.promote(),
-            "finish": plan.finish(), "back": plan.back_to_old()}
+    return {
+        "deploy": plan.deploy(),
+        "preview": plan.preview_on(),
+        "promote": plan.promote(),
+        "finish": plan.finish(),
+        "back": plan.back_to_old(),
+    }
 
 
 def _step_values(argv: tuple[str, ...]) -> list[str]:
@@ -449,12 +554,20 @@ def _by_kind(docs: tuple[dict[str, Any], ...], kind: str) -> dict[str, dict[str,
 
 # (active Service color, preview Service color or None, running colors, new color's image tag) after each step.
 _EXPECTED = {
-    "blue": {"deploy": ("blue", None, {"blue", "green"}), "preview": ("blue", "green", {"blue", "green"}),
-             "promote": ("green", "blue", {"blue", "green"}), "finish": ("green", None, {"green"}),
-             "back": ("blue", None, {"blue"})},
-    "green": {"deploy": ("green", None, {"blue", "green"}), "preview": ("green", "blue", {"blue", "green"}),
-              "promote": ("blue", "green", {"blue", "green"}), "finish": ("blue", None, {"blue"}),
-              "back": ("green", None, {"green"})},
+    "blue": {
+        "deploy": ("blue", None, {"blue", "green"}),
+        "preview": ("blue", "green", {"blue", "green"}),
+        "promote": ("green", "blue", {"blue", "green"}),
+        "finish": ("green", None, {"green"}),
+        "back": ("blue", None, {"blue"}),
+    },
+    "green": {
+        "deploy": ("green", None, {"blue", "green"}),
+        "preview": ("green", "blue", {"blue", "green"}),
+        "promote": ("blue", "green", {"blue", "green"}),
+        "finish": ("blue", None, {"blue"}),
+        "back": ("green", None, {"green"}),
+    },
 }
 
 
@@ -497,8 +610,12 @@ def test_real_helm_and_kubectl_accept_every_command(helm: Any, tmp_path: Path) -
     server = f"http://127.0.0.1:{_closed_port()}"
     env = {**os.environ, "KUBECONFIG": str(tmp_path / "none"), "HOME": str(tmp_path)}
     plan = _plans("blue")
-    for argv in [*_helm_commands(plan).values(), plan.wait_ready(), plan.get_pods("green"),
-                 plan.port_forward(plan.preview_service)]:
+    for argv in [
+        *_helm_commands(plan).values(),
+        plan.wait_ready(),
+        plan.get_pods("green"),
+        plan.port_forward(plan.preview_service),
+    ]:
         if argv[0] == "helm":
             real = [str(helm.binary), *argv[1:], "--kube-apiserver", server]
         else:
@@ -514,35 +631,51 @@ def test_real_helm_and_kubectl_accept_every_command(helm: Any, tmp_path: Path) -
 
 async def _run(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
     """Run the CLI without blocking the event loop that serves the in-process payments."""
-    proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 90)
     return int(proc.returncode or 0), out.decode()
 
 
 @pytest.mark.parametrize(("funded", "expected_exit"), [(True, 0), (False, 1)], ids=["funded", "unfunded"])
 async def test_payments_analysis_pays_between_the_test_accounts(
-        databases: Any, tmp_path: Path, cluster: FakeCluster, funded: bool, expected_exit: int) -> None:
+    databases: Any, tmp_path: Path, cluster: FakeCluster, funded: bool, expected_exit: int
+) -> None:
     """Through the forwarded Service the rollout pays 7 units at the start and end of each window (4 payments);
     a synthetic payment that payments refuses (payer without funds) stops the rollout before the flip."""
     async with running_mesh(databases, tmp_path, names=("risk", "payments")) as mesh:
         stub = pay_grpc.PaymentsServiceStub(mesh.channel("payments"))
         accounts = []
         for i in range(2):
-            reply = await stub.OpenAccount(pay_pb.OpenAccountRequest(
-                idempotency_key=f"synthetic-open-{i}", owner_id=f"rollout-test-{i}",
-                kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code="CNY"))
+            reply = await stub.OpenAccount(
+                pay_pb.OpenAccountRequest(
+                    idempotency_key=f"synthetic-open-{i}",
+                    owner_id=f"rollout-test-{i}",
+                    kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET,
+                    currency_code="CNY",
+                )
+            )
             accounts.append(reply.account.account_id)
         payer, payee = accounts
         if funded:
-            await stub.TopUp(pay_pb.TopUpRequest(idempotency_key="synthetic-topup", account_id=payer,
-                                                 channel="test_bank",
-                                                 amount=money_pb2.Money(currency_code="CNY", minor_units=1000)))
+            await stub.TopUp(
+                pay_pb.TopUpRequest(
+                    idempotency_key="synthetic-topup",
+                    account_id=payer,
+                    channel="test_bank",
+                    amount=money_pb2.Money(currency_code="CNY", minor_units=1000),
+                )
+            )
         port = mesh.services["payments"].server.port
-        scenario = {"values": release_values(service="payments"), "pods": {"green": [HEALTHY]},
-                    "forward": {"fm-finmesh-payments-preview": port, "fm-finmesh-payments": port}}
-        argv, env = cluster.prepare(scenario, "payments", "--synthetic-payer", payer, "--synthetic-payee", payee,
-                                    "--synthetic-amount", "7")
+        scenario = {
+            "values": release_values(service="payments"),
+            "pods": {"green": [HEALTHY]},
+            "forward": {"fm-finmesh-payments-preview": port, "fm-finmesh-payments": port},
+        }
+        argv, env = cluster.prepare(
+            scenario, "payments", "--synthetic-payer", payer, "--synthetic-payee", payee, "--synthetic-amount", "7"
+        )
         # The probes act as the test accounts' owner (auth is enforced); the token goes by environment.
         env["FINMESH_TOKEN"] = mesh.issuer.customer("rollout-test-0")
         code, out = await _run(argv, env)

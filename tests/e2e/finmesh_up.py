@@ -39,7 +39,10 @@ class FinmeshUp:
         self._ended = False  # the reader's end-of-output marker was taken from the queue
         self.process = subprocess.Popen(
             [sys.executable, "-m", "finmesh.cli.main", "--data-dir", str(data_dir), "--base-port", "0", "up", *flags],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -57,12 +60,15 @@ class FinmeshUp:
             try:
                 line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"no line matching {pattern!r} within {timeout}s; output:\n"
-                                     + "\n".join(self.output)) from None
+                raise AssertionError(
+                    f"no line matching {pattern!r} within {timeout}s; output:\n" + "\n".join(self.output)
+                ) from None
             if line is None:
                 self._ended = True
-                raise AssertionError(f"`finmesh up` ended (exit {self.process.wait()}) before a line matching "
-                                     f"{pattern!r}; output:\n" + "\n".join(self.output))
+                raise AssertionError(
+                    f"`finmesh up` ended (exit {self.process.wait()}) before a line matching "
+                    f"{pattern!r}; output:\n" + "\n".join(self.output)
+                )
             self.output.append(line)
             if (service := _SERVICE_LINE.match(line)) is not None:
                 self.services[service[1]] = Service(service[2], int(service[3]))

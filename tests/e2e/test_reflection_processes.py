@@ -31,13 +31,19 @@ SERVICES = {
     "notify": notify_service_pb2.DESCRIPTOR.services_by_name["NotifyService"],
 }
 # What a refusal carries (google.rpc.Status of ErrorInfo with a finmesh reason, BadRequest, RetryInfo).
-DETAIL_TYPES = ("finmesh.common.v1.ErrorReason", "google.rpc.Status", "google.rpc.ErrorInfo",
-                "google.rpc.BadRequest", "google.rpc.RetryInfo")
+DETAIL_TYPES = (
+    "finmesh.common.v1.ErrorReason",
+    "google.rpc.Status",
+    "google.rpc.ErrorInfo",
+    "google.rpc.BadRequest",
+    "google.rpc.RetryInfo",
+)
 REFLECTION_SERVICES = ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection")
 # grpc.reflection.v1 is grpc.reflection.v1alpha renamed (same messages, same field numbers), so one set of
 # message classes speaks both; only the method path differs. buf curl below is a v1 client of its own.
-METHODS = {version: f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
-           for version in ("v1", "v1alpha")}
+METHODS = {
+    version: f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo" for version in ("v1", "v1alpha")
+}
 # buf comes with the dev dependencies (`make setup`), beside this Python.
 BUF = Path(sys.executable).parent / "buf"
 
@@ -50,12 +56,15 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     m.stop()
 
 
-def _ask(target: str, version: str, requests: list[reflection_pb2.ServerReflectionRequest]) \
-        -> list[reflection_pb2.ServerReflectionResponse]:
+def _ask(
+    target: str, version: str, requests: list[reflection_pb2.ServerReflectionRequest]
+) -> list[reflection_pb2.ServerReflectionResponse]:
     with grpc.insecure_channel(target) as channel:
-        call = channel.stream_stream(METHODS[version],
-                                     request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-                                     response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        call = channel.stream_stream(
+            METHODS[version],
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
         return list(call(iter(requests), timeout=10))
 
 
@@ -63,8 +72,10 @@ def _resolves(response: reflection_pb2.ServerReflectionResponse, symbol: str) ->
     """The files answered declare `symbol` and hold everything it needs (a client can build them in a pool)."""
     if not response.HasField("file_descriptor_response"):
         return False
-    files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
-             for raw in response.file_descriptor_response.file_descriptor_proto]
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in response.file_descriptor_response.file_descriptor_proto
+    ]
     pool, added = descriptor_pool.DescriptorPool(), set()
     while pending := [f for f in files if f.name not in added]:
         ready = [f for f in pending if set(f.dependency) <= added]
@@ -88,10 +99,14 @@ def test_reflection_lists_and_resolves_every_type_a_caller_meets(mesh: Mesh, nam
     service = SERVICES[name]
     messages = sorted({t.full_name for m in service.methods for t in (m.input_type, m.output_type)})
     symbols = [service.full_name, "grpc.health.v1.Health", *REFLECTION_SERVICES, *DETAIL_TYPES, *messages]
-    responses = _ask(mesh.targets()[name], version, [
-        reflection_pb2.ServerReflectionRequest(list_services=""),
-        *(reflection_pb2.ServerReflectionRequest(file_containing_symbol=s) for s in symbols),
-    ])
+    responses = _ask(
+        mesh.targets()[name],
+        version,
+        [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            *(reflection_pb2.ServerReflectionRequest(file_containing_symbol=s) for s in symbols),
+        ],
+    )
 
     listed = {s.name for s in responses[0].list_services_response.service}
     unlisted = {service.full_name, "grpc.health.v1.Health", *REFLECTION_SERVICES} - listed
@@ -102,8 +117,21 @@ def test_reflection_lists_and_resolves_every_type_a_caller_meets(mesh: Mesh, nam
 @pytest.mark.parametrize("version", ["grpc-v1", "grpc-v1alpha"])
 def test_buf_curl_lists_services_over_each_reflection_version(mesh: Mesh, version: str) -> None:
     """An outside client (buf curl, told which reflection protocol to speak) lists payments' API."""
-    listed = subprocess.run([str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--reflect-protocol",
-                             version, "--list-services", f"http://{mesh.targets()['payments']}"],
-                            capture_output=True, text=True, timeout=30)
+    listed = subprocess.run(
+        [
+            str(BUF),
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "--reflect-protocol",
+            version,
+            "--list-services",
+            f"http://{mesh.targets()['payments']}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert listed.returncode == 0, listed.stderr
     assert "finmesh.payments.v1.PaymentsService" in listed.stdout.split()

@@ -63,13 +63,22 @@ async def _pay_and_read_balances(target: str, demo: SliceResult, amount: int) ->
     payer, payee = demo.tokens[demo.payer_user_id], demo.tokens[demo.payee_user_id]
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.PaymentsServiceStub(channel)
-        paid = await stub.CreatePayment(pb.CreatePaymentRequest(
-            idempotency_key=f"after-restart-{demo.payment_id}", payer_account_id=demo.payer_account_id,
-            payee_account_id=demo.payee_account_id, amount=money_pb2.Money(currency_code="CNY", minor_units=amount),
-            capture_mode=pb.CAPTURE_MODE_AUTOMATIC), metadata=bearer(payer), timeout=10)
+        paid = await stub.CreatePayment(
+            pb.CreatePaymentRequest(
+                idempotency_key=f"after-restart-{demo.payment_id}",
+                payer_account_id=demo.payer_account_id,
+                payee_account_id=demo.payee_account_id,
+                amount=money_pb2.Money(currency_code="CNY", minor_units=amount),
+                capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+            ),
+            metadata=bearer(payer),
+            timeout=10,
+        )
         assert paid.payment.status == pb.PAYMENT_STATUS_CAPTURED, paid
-        accounts = [await stub.GetAccount(pb.GetAccountRequest(account_id=account), metadata=bearer(token))
-                    for account, token in ((demo.payer_account_id, payer), (demo.payee_account_id, payee))]
+        accounts = [
+            await stub.GetAccount(pb.GetAccountRequest(account_id=account), metadata=bearer(token))
+            for account, token in ((demo.payer_account_id, payer), (demo.payee_account_id, payee))
+        ]
     return [a.account.balance.available_minor_units for a in accounts]
 
 
@@ -99,8 +108,11 @@ def test_a_service_that_crashes_at_once_every_time_stops_the_mesh(up_factory) ->
     with _hold_port(services["payments"].target, 5):
         up.expect(r"^payments exited \(killed by SIGKILL\) .* restarting it in 0\.1s \(attempt 1 of 2\)", 10)
         up.expect(r"^payments exited \(exit code \d+\) .* restarting it in 0\.2s \(attempt 2 of 2\)", 30)
-        up.expect(r"^payments exited \(exit code \d+\) after [\d.]+s: 3 fast crashes in a row; giving up, "
-                  r"stopping the mesh \(see .*payments\.log\)", 30)
+        up.expect(
+            r"^payments exited \(exit code \d+\) after [\d.]+s: 3 fast crashes in a row; giving up, "
+            r"stopping the mesh \(see .*payments\.log\)",
+            30,
+        )
         assert up.wait_exit(30) == 1
     stopped = up.output[-1]
     assert stopped.startswith("stopped: ") and all(f"{n}=0" in stopped for n in ("identity", "risk", "notify")), stopped

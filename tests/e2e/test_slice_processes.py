@@ -40,8 +40,10 @@ async def _balances(target: str, *accounts_and_tokens: tuple[str, str]) -> list[
     """Each account's available balance, read by its owner with the token the demo logged in with."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.PaymentsServiceStub(channel)
-        replies = [await stub.GetAccount(pb.GetAccountRequest(account_id=a), metadata=bearer(t))
-                   for a, t in accounts_and_tokens]
+        replies = [
+            await stub.GetAccount(pb.GetAccountRequest(account_id=a), metadata=bearer(t))
+            for a, t in accounts_and_tokens
+        ]
     return [r.account.balance.available_minor_units for r in replies]
 
 
@@ -62,12 +64,21 @@ async def _enforcement(target: str, result) -> None:  # type: ignore[no-untyped-
         assert (missing.code(), reason_of(missing)) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
         head, body, sig = payer_token.split(".")
         forged = f"{head}.{body}.{sig[:-4]}{'AAAA' if sig[-4:] != 'AAAA' else 'BBBB'}"
-        tampered = await _refusal(stub.GetAccount(pb.GetAccountRequest(account_id=result.payer_account_id),
-                                                  metadata=bearer(forged)))
+        tampered = await _refusal(
+            stub.GetAccount(pb.GetAccountRequest(account_id=result.payer_account_id), metadata=bearer(forged))
+        )
         assert (tampered.code(), reason_of(tampered)) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
-        other = await _refusal(stub.TopUp(pb.TopUpRequest(
-            idempotency_key="e2e-not-mine", account_id=result.payee_account_id, channel="test_bank",
-            amount=money_pb2.Money(currency_code="CNY", minor_units=1)), metadata=bearer(payer_token)))
+        other = await _refusal(
+            stub.TopUp(
+                pb.TopUpRequest(
+                    idempotency_key="e2e-not-mine",
+                    account_id=result.payee_account_id,
+                    channel="test_bank",
+                    amount=money_pb2.Money(currency_code="CNY", minor_units=1),
+                ),
+                metadata=bearer(payer_token),
+            )
+        )
         assert (other.code(), reason_of(other)) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_MISSING")
 
 
@@ -81,14 +92,15 @@ async def test_slice_across_four_processes(mesh: Mesh) -> None:
     """Onboard (three checks, codes from the fake SMS provider), log in, open, top up, pay, all with tokens:
     balances exact, calls without a valid token refused, one connected trace over all four services, clean logs."""
     provider = _client_provider(mesh.span_dir / "client.jsonl")
-    result = await run_slice(mesh.targets(), mesh.fakes["sms"], top_up=100_000, pay=12_345,
-                             tracer_provider=provider)
+    result = await run_slice(mesh.targets(), mesh.fakes["sms"], top_up=100_000, pay=12_345, tracer_provider=provider)
     provider.shutdown()
 
     assert result.payee_receipts == 1
-    assert await _balances(mesh.targets()["payments"],
-                           (result.payer_account_id, result.tokens[result.payer_user_id]),
-                           (result.payee_account_id, result.tokens[result.payee_user_id])) == [87_655, 12_345]
+    assert await _balances(
+        mesh.targets()["payments"],
+        (result.payer_account_id, result.tokens[result.payer_user_id]),
+        (result.payee_account_id, result.tokens[result.payee_user_id]),
+    ) == [87_655, 12_345]
     await _enforcement(mesh.targets()["payments"], result)
 
     await asyncio.sleep(0.5)  # let the services' batch span processors export
@@ -112,8 +124,11 @@ async def test_slice_across_four_processes(mesh: Mesh) -> None:
         return names
 
     # Onboarding also reaches risk (identity -> AssessOnboarding); this chain is the payment's.
-    risk_server = next(s for s in spans if s["service"] == "risk" and s["kind"] == "SERVER"
-                       and s["name"] == "finmesh.risk.v1.RiskService/AssessPayment")
+    risk_server = next(
+        s
+        for s in spans
+        if s["service"] == "risk" and s["kind"] == "SERVER" and s["name"] == "finmesh.risk.v1.RiskService/AssessPayment"
+    )
     assert chain(risk_server)[1:3] == [
         "payments:CLIENT:finmesh.risk.v1.RiskService/AssessPayment",
         "payments:SERVER:finmesh.payments.v1.PaymentsService/CreatePayment",
@@ -123,8 +138,13 @@ async def test_slice_across_four_processes(mesh: Mesh) -> None:
     captured = next(s for s in spans if s["name"] == "payments.payment.captured.v1 send")
     assert captured["kind"] == "PRODUCER"
     assert by_id[captured["parent_span_id"]]["name"] == "finmesh.payments.v1.PaymentsService/CreatePayment"
-    notify_hop = [s for s in spans if s["service"] == "notify" and s["kind"] == "SERVER"
-                  and captured["span_id"] in [p.split(":")[0] for p in _ancestors(s, by_id)]]
+    notify_hop = [
+        s
+        for s in spans
+        if s["service"] == "notify"
+        and s["kind"] == "SERVER"
+        and captured["span_id"] in [p.split(":")[0] for p in _ancestors(s, by_id)]
+    ]
     assert notify_hop, "notify's DeliverEvent is not a descendant of the relay span"
 
     # Logs: each service logged under this trace; no identity number, phone or e-mail in clear anywhere.

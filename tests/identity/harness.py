@@ -75,8 +75,12 @@ def new_person(birth: date | None = None, name: str = "测试用户") -> Person:
     n = next(_counter)
     born = birth or date(1990, 5, 17) + timedelta(days=n // 1000)
     tag = uuid.uuid4().hex[:8]
-    return Person(name, id_number(born, seq=f"{n % 1000:03d}"), f"+86139{n % 10**4:04d}{random.randrange(10**4):04d}",
-                  f"u{n}.{tag}@example.com")
+    return Person(
+        name,
+        id_number(born, seq=f"{n % 1000:03d}"),
+        f"+86139{n % 10**4:04d}{random.randrange(10**4):04d}",
+        f"u{n}.{tag}@example.com",
+    )
 
 
 def md(token: str) -> tuple[tuple[str, str], ...]:
@@ -100,8 +104,9 @@ def _details(error: grpc.aio.AioRpcError, kind: Any) -> list[Any]:
 
 def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
     """Field -> description of a refusal's BadRequest field violations."""
-    return {v.field: v.description for bad in _details(error, error_details_pb2.BadRequest)
-            for v in bad.field_violations}
+    return {
+        v.field: v.description for bad in _details(error, error_details_pb2.BadRequest) for v in bad.field_violations
+    }
 
 
 def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
@@ -162,24 +167,46 @@ class IdentityEnv:
     def target(self) -> str:
         return f"127.0.0.1:{self.server.port}"
 
-    async def mint(self, roles: list[str], *, sub: str | None = None, verified: bool = True, tier: str = "LOW",
-                   ttl: int = 300, iat_offset: int = 0) -> str:
+    async def mint(
+        self,
+        roles: list[str],
+        *,
+        sub: str | None = None,
+        verified: bool = True,
+        tier: str = "LOW",
+        ttl: int = 300,
+        iat_offset: int = 0,
+    ) -> str:
         """An access token signed by identity's active key, as CompleteLogin would issue it."""
         subject = Subject(sub or str(uuid.uuid4()), tuple(r.upper() for r in roles), tier, verified)
         return await self.app.deps.keys.sign(user_claims(subject, int(time.time()) + iat_offset, ttl))
 
     async def register(self, person: Person, kind: int = pb.USER_KIND_PERSONAL, password: str = PASSWORD) -> str:
-        reply = await self.stub.RegisterUser(pb.RegisterUserRequest(
-            idempotency_key=key(), kind=kind, legal_name=person.legal_name, id_number=person.id_number,
-            phone=person.phone, email=person.email, password=password, locale="zh-CN"))
+        reply = await self.stub.RegisterUser(
+            pb.RegisterUserRequest(
+                idempotency_key=key(),
+                kind=kind,
+                legal_name=person.legal_name,
+                id_number=person.id_number,
+                phone=person.phone,
+                email=person.email,
+                password=password,
+                locale="zh-CN",
+            )
+        )
         return reply.user.user_id
 
     async def verify_contact(self, user_id: str, person: Person) -> pb.User:
-        started = await self.stub.StartVerification(pb.StartVerificationRequest(
-            idempotency_key=key(), user_id=user_id, channel=pb.VERIFICATION_CHANNEL_SMS))
-        reply = await self.stub.ConfirmVerification(pb.ConfirmVerificationRequest(
-            idempotency_key=key(), verification_id=started.verification_id,
-            code=self.notify.last_code_to(person.phone)))
+        started = await self.stub.StartVerification(
+            pb.StartVerificationRequest(idempotency_key=key(), user_id=user_id, channel=pb.VERIFICATION_CHANNEL_SMS)
+        )
+        reply = await self.stub.ConfirmVerification(
+            pb.ConfirmVerificationRequest(
+                idempotency_key=key(),
+                verification_id=started.verification_id,
+                code=self.notify.last_code_to(person.phone),
+            )
+        )
         return reply.user
 
     async def onboard(self, person: Person, kind: int = pb.USER_KIND_PERSONAL) -> str:
@@ -190,17 +217,24 @@ class IdentityEnv:
         return user_id
 
     async def login(self, person: Person, password: str = PASSWORD) -> pb.TokenPair:
-        challenge = await self.stub.Login(pb.LoginRequest(idempotency_key=key(), login=person.phone,
-                                                          password=password))
-        reply = await self.stub.CompleteLogin(pb.CompleteLoginRequest(
-            idempotency_key=key(), challenge_id=challenge.challenge_id, code=self.notify.last_code_to(person.phone)))
+        challenge = await self.stub.Login(pb.LoginRequest(idempotency_key=key(), login=person.phone, password=password))
+        reply = await self.stub.CompleteLogin(
+            pb.CompleteLoginRequest(
+                idempotency_key=key(), challenge_id=challenge.challenge_id, code=self.notify.last_code_to(person.phone)
+            )
+        )
         return reply.tokens
 
 
 def identity_settings(tmp: Path, database_url: str, **extra: Any) -> IdentitySettings:
     values: dict[str, Any] = {
-        "host": "127.0.0.1", "port": 0, "data_dir": tmp, "database_url": database_url,
-        "shutdown_grace_seconds": 0.5, "auth_mode": "enforce", "identity_master_key": MASTER_KEY,
+        "host": "127.0.0.1",
+        "port": 0,
+        "data_dir": tmp,
+        "database_url": database_url,
+        "shutdown_grace_seconds": 0.5,
+        "auth_mode": "enforce",
+        "identity_master_key": MASTER_KEY,
         "service_secret": SERVICE_SECRET,
     }
     return IdentitySettings(**{**values, **extra})
@@ -208,8 +242,9 @@ def identity_settings(tmp: Path, database_url: str, **extra: Any) -> IdentitySet
 
 async def serve_recorder(servicer: Any, add: Any, descriptor: Any, identity_target: str) -> RunningServer:
     """A stand-in service behind the platform's enforcing guard, verifying tokens from identity's keys."""
-    settings = ServiceSettings(host="127.0.0.1", port=0, auth_mode="enforce", identity_target=identity_target,
-                               service_secret=SERVICE_SECRET)
+    settings = ServiceSettings(
+        host="127.0.0.1", port=0, auth_mode="enforce", identity_target=identity_target, service_secret=SERVICE_SECRET
+    )
     return await create_server(settings, [Registration(servicer, add, descriptor)])
 
 
@@ -226,38 +261,71 @@ async def identity_env(databases: Any, tmp: Path, **extra: Any) -> AsyncIterator
         identity_port = free_port()
         identity_target = f"127.0.0.1:{identity_port}"
         recorder, risk = RecordingNotify(), RecordingRisk()
-        notify_server = await serve_recorder(recorder, notify_grpc.add_NotifyServiceServicer_to_server,
-                                             notify_pb.DESCRIPTOR.services_by_name["NotifyService"], identity_target)
+        notify_server = await serve_recorder(
+            recorder,
+            notify_grpc.add_NotifyServiceServicer_to_server,
+            notify_pb.DESCRIPTOR.services_by_name["NotifyService"],
+            identity_target,
+        )
         stack.push_async_callback(stop_server, notify_server)
-        risk_server = await serve_recorder(risk, risk_grpc.add_RiskServiceServicer_to_server,
-                                           risk_pb.DESCRIPTOR.services_by_name["RiskService"], identity_target)
+        risk_server = await serve_recorder(
+            risk,
+            risk_grpc.add_RiskServiceServicer_to_server,
+            risk_pb.DESCRIPTOR.services_by_name["RiskService"],
+            identity_target,
+        )
         stack.push_async_callback(stop_server, risk_server)
         registry = stack.enter_context(FakeRegistry())
         url = await databases.new("identity")
         settings = identity_settings(
-            tmp, url, port=identity_port, notify_target=f"127.0.0.1:{notify_server.port}",
-            risk_target=f"127.0.0.1:{risk_server.port}", identity_registry_url=registry.url,
-            identity_registry_api_key=registry.api_key, **extra)
+            tmp,
+            url,
+            port=identity_port,
+            notify_target=f"127.0.0.1:{notify_server.port}",
+            risk_target=f"127.0.0.1:{risk_server.port}",
+            identity_registry_url=registry.url,
+            identity_registry_api_key=registry.api_key,
+            **extra,
+        )
         app = await identity_app.build(settings)
         stack.push_async_callback(app.close)
         server = await start_app(app, settings)
         stack.push_async_callback(stop_server, server)
         channel = grpc.aio.insecure_channel(identity_target)
         stack.push_async_callback(channel.close)
-        yield IdentityEnv(app, server, channel, pb_grpc.IdentityServiceStub(channel), recorder, risk, registry,
-                          settings, url, [notify_server, risk_server])
+        yield IdentityEnv(
+            app,
+            server,
+            channel,
+            pb_grpc.IdentityServiceStub(channel),
+            recorder,
+            risk,
+            registry,
+            settings,
+            url,
+            [notify_server, risk_server],
+        )
 
 
-async def start_enforcing_services(stack: AsyncExitStack, databases: Any, tmp: Path,
-                                   identity_target: str) -> dict[str, str]:
+async def start_enforcing_services(
+    stack: AsyncExitStack, databases: Any, tmp: Path, identity_target: str
+) -> dict[str, str]:
     """The real notify, risk and payments in-process, enforcing auth, each with its own database and its
     own service credential (derived from the mesh secret). Returns their targets."""
     targets: dict[str, str] = {}
     for name in ("notify", "risk", "payments"):
-        common = {"host": "127.0.0.1", "port": 0, "data_dir": tmp / name, "shutdown_grace_seconds": 0.5,
-                  "database_url": await databases.new(name), "auth_mode": "enforce", "service_name": name,
-                  "service_secret": SERVICE_SECRET, "identity_target": identity_target,
-                  **{f"{n}_target": t for n, t in targets.items()}}
+        common = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "data_dir": tmp / name,
+            "shutdown_grace_seconds": 0.5,
+            "database_url": await databases.new(name),
+            "auth_mode": "enforce",
+            "service_name": name,
+            "service_secret": SERVICE_SECRET,
+            "identity_target": identity_target,
+            **{f"{n}_target": t for n, t in targets.items()},
+        }
         if name == "payments":
             settings: ServiceSettings = PaymentsSettings(**common)
             app = await payments_app.build(settings)

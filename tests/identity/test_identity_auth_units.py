@@ -30,8 +30,18 @@ KEY = Ed25519PrivateKey.generate()
 
 def _claims(**changes: object) -> dict:
     now = int(time.time())
-    return {"iss": ISSUER, "aud": AUDIENCE, "sub": "u1", "roles": ["personal"], "tier": "low", "vrf": True,
-            "iat": now, "exp": now + 60, "jti": "j1", **changes}
+    return {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "u1",
+        "roles": ["personal"],
+        "tier": "low",
+        "vrf": True,
+        "iat": now,
+        "exp": now + 60,
+        "jti": "j1",
+        **changes,
+    }
 
 
 class _Fetcher:
@@ -55,19 +65,26 @@ async def test_a_valid_token_names_its_holder() -> None:
     fetcher = _Fetcher([PublishedKey("k1", KEY.public_key())])
     principal = await _verifier(fetcher).verify(sign(_claims(), KEY, "k1"))
     assert (principal.subject, principal.roles, principal.risk_tier, principal.verified) == (
-        "u1", frozenset({"personal"}), "low", True)
+        "u1",
+        frozenset({"personal"}),
+        "low",
+        True,
+    )
     assert principal.is_customer and "payments.payment.create" in principal.permissions
 
 
-@pytest.mark.parametrize(("claims", "reason"), [
-    ({"exp": int(time.time()) - 120}, "TOKEN_EXPIRED"),
-    ({"iat": int(time.time()) + 600}, "TOKEN_INVALID"),
-    ({"iss": "someone-else"}, "TOKEN_INVALID"),
-    ({"aud": "another-audience"}, "TOKEN_INVALID"),
-    ({"roles": "admin"}, "TOKEN_INVALID"),
-    ({"sub": ""}, "TOKEN_INVALID"),
-    ({"exp": "tomorrow"}, "TOKEN_INVALID"),
-])
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"exp": int(time.time()) - 120}, "TOKEN_EXPIRED"),
+        ({"iat": int(time.time()) + 600}, "TOKEN_INVALID"),
+        ({"iss": "someone-else"}, "TOKEN_INVALID"),
+        ({"aud": "another-audience"}, "TOKEN_INVALID"),
+        ({"roles": "admin"}, "TOKEN_INVALID"),
+        ({"sub": ""}, "TOKEN_INVALID"),
+        ({"exp": "tomorrow"}, "TOKEN_INVALID"),
+    ],
+)
 async def test_bad_claims_are_refused(claims: dict, reason: str) -> None:
     fetcher = _Fetcher([PublishedKey("k1", KEY.public_key())])
     with pytest.raises(TokenError) as refused:
@@ -83,8 +100,10 @@ async def test_retired_keys_stop_at_not_after() -> None:
     assert refused.value.reason == "TOKEN_EXPIRED"
 
 
-@pytest.mark.parametrize("token", ["", "a.b", "a.b.c.d", "x" * 5000, "é.é.é", "e30.e30.AAAA",
-                                   "eyJhbGciOiJIUzI1NiIsImtpZCI6ImsxIn0.e30." + "A" * 86])
+@pytest.mark.parametrize(
+    "token",
+    ["", "a.b", "a.b.c.d", "x" * 5000, "é.é.é", "e30.e30.AAAA", "eyJhbGciOiJIUzI1NiIsImtpZCI6ImsxIn0.e30." + "A" * 86],
+)
 async def test_malformed_tokens_are_invalid(token: str) -> None:
     with pytest.raises(TokenError) as refused:
         await _verifier(_Fetcher([])).verify(token)

@@ -56,9 +56,11 @@ async def test_every_rpc_against_every_role(databases, tmp_path: Path) -> None:
             stack.push_async_callback(channel.close)
             for method in descriptor.methods:
                 request_type = _message_class(method.input_type)
-                rpc = channel.unary_unary(f"/{descriptor.full_name}/{method.name}",
-                                          request_serializer=lambda m: m.SerializeToString(),
-                                          response_deserializer=lambda b: b)
+                rpc = channel.unary_unary(
+                    f"/{descriptor.full_name}/{method.name}",
+                    request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=lambda b: b,
+                )
                 for role, token in tokens.items():
                     calls += 1
                     code, reason = await _call(rpc, request_type(), token)
@@ -66,11 +68,17 @@ async def test_every_rpc_against_every_role(databases, tmp_path: Path) -> None:
                     who = role or "no token"
                     if granted and code in _AUTH_REFUSALS:
                         problems.append(f"{method.full_name} as {who}: granted but refused {code.name} {reason}")
-                    if not granted and role is None and (code, reason) != (
-                            grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING"):
+                    if (
+                        not granted
+                        and role is None
+                        and (code, reason) != (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
+                    ):
                         problems.append(f"{method.full_name} without token: {code.name} {reason}")
-                    if not granted and role is not None and (code, reason) != (
-                            grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_MISSING"):
+                    if (
+                        not granted
+                        and role is not None
+                        and (code, reason) != (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_MISSING")
+                    ):
                         problems.append(f"{method.full_name} as {who}: not granted but {code.name} {reason}")
         assert not problems, "\n".join(problems)
         assert calls == sum(len(d.methods) for d in SERVICES.values()) * (len(ALL_ROLES) + 1)

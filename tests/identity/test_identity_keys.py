@@ -23,7 +23,8 @@ async def _send_as(env: IdentityEnv, token: str) -> None:
     """A call to the notify stand-in, which verifies tokens from identity's published keys."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{env.others[0].port}") as channel:
         await notify_grpc.NotifyServiceStub(channel).SendNotification(
-            notify_pb.SendNotificationRequest(), metadata=md(token))
+            notify_pb.SendNotificationRequest(), metadata=md(token)
+        )
 
 
 async def test_rotation_keeps_old_tokens_valid_until_they_expire(env: IdentityEnv) -> None:

@@ -30,8 +30,13 @@ from tests.identity.harness import PASSWORD, IdentityEnv, identity_env, key, md,
 
 WRONG = "not the password"
 FREE, BASE, CAP, ACCOUNT = 3, 0.1, 0.8, 6
-SETTINGS = {"host": "[::]", "identity_login_max_failures": FREE, "identity_login_base_delay_seconds": BASE,
-            "identity_login_max_delay_seconds": CAP, "identity_login_account_failures": ACCOUNT}
+SETTINGS = {
+    "host": "[::]",
+    "identity_login_max_failures": FREE,
+    "identity_login_base_delay_seconds": BASE,
+    "identity_login_max_delay_seconds": CAP,
+    "identity_login_account_failures": ACCOUNT,
+}
 
 
 @pytest.fixture
@@ -47,10 +52,10 @@ async def attacker(env: IdentityEnv) -> AsyncIterator[pb_grpc.IdentityServiceStu
         yield pb_grpc.IdentityServiceStub(channel)
 
 
-async def _login(stub: pb_grpc.IdentityServiceStub, login: str, password: str,
-                 metadata: tuple[tuple[str, str], ...] = ()) -> pb.LoginResponse:
-    return await stub.Login(pb.LoginRequest(idempotency_key=key(), login=login, password=password),
-                            metadata=metadata)
+async def _login(
+    stub: pb_grpc.IdentityServiceStub, login: str, password: str, metadata: tuple[tuple[str, str], ...] = ()
+) -> pb.LoginResponse:
+    return await stub.Login(pb.LoginRequest(idempotency_key=key(), login=login, password=password), metadata=metadata)
 
 
 async def _refused(call) -> grpc.aio.AioRpcError:
@@ -59,8 +64,9 @@ async def _refused(call) -> grpc.aio.AioRpcError:
     return refused.value
 
 
-async def _guess(stub: pb_grpc.IdentityServiceStub, login: str, failures: int,
-                 metadata: tuple[tuple[str, str], ...] = ()) -> list[float]:
+async def _guess(
+    stub: pb_grpc.IdentityServiceStub, login: str, failures: int, metadata: tuple[tuple[str, str], ...] = ()
+) -> list[float]:
     """Wrong passwords until `failures` were answered BAD_CREDENTIALS (or a challenge, once the account's
     verdicts are held), waiting out each throttle; the delays met. Stops at a refusal without a delay."""
     delays: list[float] = []
@@ -111,14 +117,19 @@ async def test_the_second_factor_lets_the_owner_in_from_a_new_address(env: Ident
     mistyped = await _login(env.stub, person.phone, WRONG)
     challenge = await _login(env.stub, person.phone, PASSWORD)
     assert [(c.challenge_channel, c.totp_accepted) for c in (mistyped, challenge)] == [
-        (pb.VERIFICATION_CHANNEL_SMS, False)] * 2
+        (pb.VERIFICATION_CHANNEL_SMS, False)
+    ] * 2
     code = await _next_code(env, person.phone, sent)
     assert len(env.notify.sent) == sent + 1  # the mistyped password sent nothing
-    wrong = await _refused(env.stub.CompleteLogin(pb.CompleteLoginRequest(
-        idempotency_key=key(), challenge_id=mistyped.challenge_id, code=code)))
+    wrong = await _refused(
+        env.stub.CompleteLogin(
+            pb.CompleteLoginRequest(idempotency_key=key(), challenge_id=mistyped.challenge_id, code=code)
+        )
+    )
     assert reason_of(wrong) == "CODE_INVALID"
-    reply = await env.stub.CompleteLogin(pb.CompleteLoginRequest(
-        idempotency_key=key(), challenge_id=challenge.challenge_id, code=code))
+    reply = await env.stub.CompleteLogin(
+        pb.CompleteLoginRequest(idempotency_key=key(), challenge_id=challenge.challenge_id, code=code)
+    )
     assert reply.tokens.access_token
 
     # The attacker's address is slowed; when it may try again, right and wrong passwords answer alike.
@@ -133,8 +144,11 @@ async def test_the_second_factor_lets_the_owner_in_from_a_new_address(env: Ident
                 await asyncio.sleep(retry_delay(error) or 0)
     assert [(a.challenge_channel, a.totp_accepted) for a in answers] == [(pb.VERIFICATION_CHANNEL_SMS, False)] * 2
     for answer in answers:
-        wrong_code = await _refused(env.stub.CompleteLogin(pb.CompleteLoginRequest(
-            idempotency_key=key(), challenge_id=answer.challenge_id, code="000000")))
+        wrong_code = await _refused(
+            env.stub.CompleteLogin(
+                pb.CompleteLoginRequest(idempotency_key=key(), challenge_id=answer.challenge_id, code="000000")
+            )
+        )
         assert reason_of(wrong_code) == "CODE_INVALID"
 
 
@@ -144,22 +158,29 @@ async def test_with_an_authenticator_the_held_verdict_follows_the_code(env: Iden
     person = new_person()
     user_id = await env.onboard(person)
     owner = md(await env.mint(["personal"], sub=user_id))
-    enrolment = await env.stub.EnrollTotp(pb.EnrollTotpRequest(idempotency_key=key(), user_id=user_id),
-                                          metadata=owner)
+    enrolment = await env.stub.EnrollTotp(pb.EnrollTotpRequest(idempotency_key=key(), user_id=user_id), metadata=owner)
     secret = parse_qs(urlparse(enrolment.provisioning_uri).query)["secret"][0]
     secret_bytes = base64.b32decode(secret + "=" * (-len(secret) % 8))
-    await env.stub.ConfirmTotp(pb.ConfirmTotpRequest(
-        idempotency_key=key(), user_id=user_id, code=totp.code_at(secret_bytes, time.time() - 30)), metadata=owner)
+    await env.stub.ConfirmTotp(
+        pb.ConfirmTotpRequest(
+            idempotency_key=key(), user_id=user_id, code=totp.code_at(secret_bytes, time.time() - 30)
+        ),
+        metadata=owner,
+    )
     await _guess(attacker, person.phone, ACCOUNT + 1)
     code = totp.code_at(secret_bytes, time.time())
     mistyped = await _login(env.stub, person.phone, WRONG)
     assert mistyped.totp_accepted
-    refused = await _refused(env.stub.CompleteLogin(pb.CompleteLoginRequest(
-        idempotency_key=key(), challenge_id=mistyped.challenge_id, code=code)))
+    refused = await _refused(
+        env.stub.CompleteLogin(
+            pb.CompleteLoginRequest(idempotency_key=key(), challenge_id=mistyped.challenge_id, code=code)
+        )
+    )
     assert (refused.code(), reason_of(refused)) == (grpc.StatusCode.UNAUTHENTICATED, "BAD_CREDENTIALS")
     challenge = await _login(env.stub, person.phone, PASSWORD)
-    reply = await env.stub.CompleteLogin(pb.CompleteLoginRequest(
-        idempotency_key=key(), challenge_id=challenge.challenge_id, code=code))
+    reply = await env.stub.CompleteLogin(
+        pb.CompleteLoginRequest(idempotency_key=key(), challenge_id=challenge.challenge_id, code=code)
+    )
     assert reply.tokens.access_token
 
 
@@ -178,9 +199,14 @@ async def test_an_attacker_is_slowed_with_growing_delays(databases, tmp_path: Pa
     RetryInfo delay), up to the cap; a forwarded-for header from an untrusted peer changes nothing. (Delays
     from 0.5 s here: each must outlast the next call's way to the check on a busy machine.)"""
     base, cap = 0.5, 2.0
-    async with identity_env(databases, tmp_path, **{**SETTINGS, "identity_login_base_delay_seconds": base,
-                                                    "identity_login_max_delay_seconds": cap}) as env, \
-            grpc.aio.insecure_channel(f"[::1]:{env.server.port}") as channel:
+    async with (
+        identity_env(
+            databases,
+            tmp_path,
+            **{**SETTINGS, "identity_login_base_delay_seconds": base, "identity_login_max_delay_seconds": cap},
+        ) as env,
+        grpc.aio.insecure_channel(f"[::1]:{env.server.port}") as channel,
+    ):
         attacker = pb_grpc.IdentityServiceStub(channel)
         person = new_person()
         await env.register(person)
@@ -195,8 +221,12 @@ async def test_an_attacker_is_slowed_with_growing_delays(databases, tmp_path: Pa
 async def test_forwarded_addresses_count_only_behind_a_trusted_proxy(databases, tmp_path: Path) -> None:
     """With the local peers named trusted proxies, X-Forwarded-For's address is the client's: two clients
     behind the proxy have their own throttles."""
-    async with identity_env(databases, tmp_path, **{**SETTINGS, "identity_login_base_delay_seconds": 30},
-                            identity_login_trusted_proxies="127.0.0.1/32, ::1/128") as env:
+    async with identity_env(
+        databases,
+        tmp_path,
+        **{**SETTINGS, "identity_login_base_delay_seconds": 30},
+        identity_login_trusted_proxies="127.0.0.1/32, ::1/128",
+    ) as env:
         person = new_person()
         await env.register(person)
         first = (("x-forwarded-for", "198.51.100.7, 127.0.0.1"),)
@@ -221,8 +251,12 @@ async def test_attempts_are_recorded_without_clear_personal_data(env: IdentityEn
         await _refused(_login(attacker, "+8613000000001", WRONG))
     rows = await _attempts(env)
     assert [(subject, outcome) for subject, _, outcome in rows] == [
-        (user_id, "PASSED"), (user_id, "COMPLETED"), (user_id, "PASSED"), (user_id, "FAILED"),
-        (rows[-1][0], "FAILED")]
+        (user_id, "PASSED"),
+        (user_id, "COMPLETED"),
+        (user_id, "PASSED"),
+        (user_id, "FAILED"),
+        (rows[-1][0], "FAILED"),
+    ]
     unknown = rows[-1][0]
     assert unknown != user_id and "8613000000001" not in unknown
     owner_address, attacker_address = rows[0][1], rows[3][1]
@@ -235,4 +269,3 @@ async def test_attempts_are_recorded_without_clear_personal_data(env: IdentityEn
     shown = repr(logs)
     for secret in ("127.0.0.1", "::1", person.phone, "8613000000001", WRONG, PASSWORD):
         assert secret not in shown
-

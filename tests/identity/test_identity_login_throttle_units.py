@@ -32,8 +32,7 @@ def test_delays_double_after_the_free_failures_up_to_the_cap() -> None:
 
 def test_a_success_from_the_address_starts_its_count_afresh_and_held_counts_as_failed() -> None:
     t = [NOW + timedelta(seconds=i) for i in range(6)]
-    assert address_failures([(FAILED, t[0]), (FAILED, t[1]), (PASSED, t[2]), (FAILED, t[3]), (HELD, t[4])]) == (
-        2, t[4])
+    assert address_failures([(FAILED, t[0]), (FAILED, t[1]), (PASSED, t[2]), (FAILED, t[3]), (HELD, t[4])]) == (2, t[4])
     assert address_failures([(FAILED, t[0]), (COMPLETED, t[1])]) == (0, None)
 
 
@@ -59,16 +58,19 @@ class _Context:
 PROXY = [ipaddress.ip_network("10.0.0.0/8")]
 
 
-@pytest.mark.parametrize(("peer", "forwarded", "trusted", "expected"), [
-    ("ipv4:203.0.113.9:5555", None, [], "203.0.113.9"),
-    ("ipv6:%5B2001:db8:1:2:3:4:5:6%5D:5555", None, [], "2001:db8:1:2::/64"),  # one /64, one client
-    ("ipv6:[::ffff:203.0.113.9]:5555", None, [], "203.0.113.9"),
-    ("ipv4:203.0.113.9:5555", "198.51.100.1", [], "203.0.113.9"),  # header from an untrusted peer: ignored
-    ("ipv4:10.1.2.3:5555", "198.51.100.1, 10.9.9.9", PROXY, "198.51.100.1"),  # trusted hops skipped
-    ("ipv4:10.1.2.3:5555", "6.6.6.6, 198.51.100.1", PROXY, "198.51.100.1"),  # what the client wrote: not read
-    ("ipv4:10.1.2.3:5555", "garbage, 10.9.9.9", PROXY, "10.9.9.9"),
-    ("ipv4:10.1.2.3:5555", None, PROXY, "10.1.2.3"),
-    ("unix:/tmp/socket", None, [], "unix:/tmp/socket"),
-])
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "trusted", "expected"),
+    [
+        ("ipv4:203.0.113.9:5555", None, [], "203.0.113.9"),
+        ("ipv6:%5B2001:db8:1:2:3:4:5:6%5D:5555", None, [], "2001:db8:1:2::/64"),  # one /64, one client
+        ("ipv6:[::ffff:203.0.113.9]:5555", None, [], "203.0.113.9"),
+        ("ipv4:203.0.113.9:5555", "198.51.100.1", [], "203.0.113.9"),  # header from an untrusted peer: ignored
+        ("ipv4:10.1.2.3:5555", "198.51.100.1, 10.9.9.9", PROXY, "198.51.100.1"),  # trusted hops skipped
+        ("ipv4:10.1.2.3:5555", "6.6.6.6, 198.51.100.1", PROXY, "198.51.100.1"),  # what the client wrote: not read
+        ("ipv4:10.1.2.3:5555", "garbage, 10.9.9.9", PROXY, "10.9.9.9"),
+        ("ipv4:10.1.2.3:5555", None, PROXY, "10.1.2.3"),
+        ("unix:/tmp/socket", None, [], "unix:/tmp/socket"),
+    ],
+)
 def test_client_address(peer: str, forwarded: str | None, trusted: list[Any], expected: str) -> None:
     assert client_address(_Context(peer, forwarded), trusted) == expected  # type: ignore[arg-type]

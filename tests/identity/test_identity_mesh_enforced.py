@@ -20,9 +20,12 @@ from tests.identity.harness import identity_env, key, md, new_person, start_enfo
 
 
 async def _wallet(stub: pay_grpc.PaymentsServiceStub, owner: str, token: str) -> str:
-    reply = await stub.OpenAccount(pay_pb.OpenAccountRequest(
-        idempotency_key=key(), owner_id=owner, kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code="CNY"),
-        metadata=md(token))
+    reply = await stub.OpenAccount(
+        pay_pb.OpenAccountRequest(
+            idempotency_key=key(), owner_id=owner, kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code="CNY"
+        ),
+        metadata=md(token),
+    )
     return reply.account.account_id
 
 
@@ -43,20 +46,33 @@ async def test_customers_pay_and_services_authenticate_to_each_other(databases, 
         stack.push_async_callback(notify_channel.close)
         payments = pay_grpc.PaymentsServiceStub(pay_channel)
         src, dst = await _wallet(payments, payer_id, payer_token), await _wallet(payments, payee_id, payee_token)
-        await payments.TopUp(pay_pb.TopUpRequest(
-            idempotency_key=key(), account_id=src, channel="test_bank",
-            amount=money_pb2.Money(currency_code="CNY", minor_units=50_000)), metadata=md(payer_token))
-        paid = await payments.CreatePayment(pay_pb.CreatePaymentRequest(
-            idempotency_key=key(), payer_account_id=src, payee_account_id=dst,
-            amount=money_pb2.Money(currency_code="CNY", minor_units=1_234),
-            capture_mode=pay_pb.CAPTURE_MODE_AUTOMATIC), metadata=md(payer_token))
+        await payments.TopUp(
+            pay_pb.TopUpRequest(
+                idempotency_key=key(),
+                account_id=src,
+                channel="test_bank",
+                amount=money_pb2.Money(currency_code="CNY", minor_units=50_000),
+            ),
+            metadata=md(payer_token),
+        )
+        paid = await payments.CreatePayment(
+            pay_pb.CreatePaymentRequest(
+                idempotency_key=key(),
+                payer_account_id=src,
+                payee_account_id=dst,
+                amount=money_pb2.Money(currency_code="CNY", minor_units=1_234),
+                capture_mode=pay_pb.CAPTURE_MODE_AUTOMATIC,
+            ),
+            metadata=md(payer_token),
+        )
         # Approved by risk (payments' risk-unavailable policy would have held it for review instead).
         assert paid.payment.status == pay_pb.PAYMENT_STATUS_CAPTURED, paid.payment
         # The payee's receipt arrived through payments' outbox relay, authenticated at notify.
         notify = notify_grpc.NotifyServiceStub(notify_channel)
         for _ in range(100):
-            listed = await notify.ListNotifications(notify_pb.ListNotificationsRequest(user_id=payee_id),
-                                                    metadata=md(payee_token))
+            listed = await notify.ListNotifications(
+                notify_pb.ListNotificationsRequest(user_id=payee_id), metadata=md(payee_token)
+            )
             if any(n.template == "payment_received" for n in listed.notifications):
                 break
             await asyncio.sleep(0.1)
@@ -64,14 +80,23 @@ async def test_customers_pay_and_services_authenticate_to_each_other(databases, 
             raise AssertionError("the payee's receipt never reached notify")
         # Customers read their own notifications only.
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await notify.ListNotifications(notify_pb.ListNotificationsRequest(user_id=payee_id),
-                                           metadata=md(payer_token))
+            await notify.ListNotifications(
+                notify_pb.ListNotificationsRequest(user_id=payee_id), metadata=md(payer_token)
+            )
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
         # Onboarding not finished: the token says so, and money does not move.
         wallet = await _wallet(payments, newcomer_id, newcomer_token)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await payments.TopUp(pay_pb.TopUpRequest(
-                idempotency_key=key(), account_id=wallet, channel="test_bank",
-                amount=money_pb2.Money(currency_code="CNY", minor_units=100)), metadata=md(newcomer_token))
+            await payments.TopUp(
+                pay_pb.TopUpRequest(
+                    idempotency_key=key(),
+                    account_id=wallet,
+                    channel="test_bank",
+                    amount=money_pb2.Money(currency_code="CNY", minor_units=100),
+                ),
+                metadata=md(newcomer_token),
+            )
         assert (refused.value.code(), reason_of(refused.value)) == (
-            grpc.StatusCode.FAILED_PRECONDITION, "VERIFICATION_REQUIRED")
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "VERIFICATION_REQUIRED",
+        )

@@ -20,14 +20,17 @@ from finmesh.platform.rpc.guard import reason_of
 from finmesh.platform.storage.db import create_engine
 from tests.identity.harness import MASTER_KEY, IdentityEnv, Person, key, md, new_person
 
-ALL_FIELDS = [pb.PERSONAL_DATA_FIELD_LEGAL_NAME, pb.PERSONAL_DATA_FIELD_ID_NUMBER, pb.PERSONAL_DATA_FIELD_PHONE,
-              pb.PERSONAL_DATA_FIELD_EMAIL]
+ALL_FIELDS = [
+    pb.PERSONAL_DATA_FIELD_LEGAL_NAME,
+    pb.PERSONAL_DATA_FIELD_ID_NUMBER,
+    pb.PERSONAL_DATA_FIELD_PHONE,
+    pb.PERSONAL_DATA_FIELD_EMAIL,
+]
 
 
 def _clear_values(person: Person) -> list[bytes]:
     """What must never be found at rest: the values, also without the country code and in other cases."""
-    values = [person.id_number, person.phone, person.phone[3:], person.email, person.email.upper(),
-              person.legal_name]
+    values = [person.id_number, person.phone, person.phone[3:], person.email, person.email.upper(), person.legal_name]
     return [v.encode() for v in values]
 
 
@@ -57,11 +60,14 @@ async def test_database_holds_no_personal_data_in_clear(env: IdentityEnv) -> Non
     for person in people:
         user_id = await env.onboard(person)
         tokens.append(await env.login(person))
-        await env.stub.EnrollTotp(pb.EnrollTotpRequest(idempotency_key=key(), user_id=user_id),
-                                  metadata=md(tokens[-1].access_token))
+        await env.stub.EnrollTotp(
+            pb.EnrollTotpRequest(idempotency_key=key(), user_id=user_id), metadata=md(tokens[-1].access_token)
+        )
         support = await env.mint(["support"])
-        await env.stub.RevealPersonalData(pb.RevealPersonalDataRequest(
-            user_id=user_id, fields=ALL_FIELDS, purpose=f"call back {person.phone}"), metadata=md(support))
+        await env.stub.RevealPersonalData(
+            pb.RevealPersonalDataRequest(user_id=user_id, fields=ALL_FIELDS, purpose=f"call back {person.phone}"),
+            metadata=md(support),
+        )
     await asyncio.sleep(0.2)  # let the outbox relay mark its events
     raw = await _raw_database(env)
     assert len(raw) > 1000
@@ -81,33 +87,48 @@ async def test_reveal_is_audited_and_least_privileged(env: IdentityEnv) -> None:
     person = new_person()
     user_id = await env.register(person)
     support = await env.mint(["support"], sub="support-agent-7")
-    revealed = await env.stub.RevealPersonalData(pb.RevealPersonalDataRequest(
-        user_id=user_id, fields=[pb.PERSONAL_DATA_FIELD_ID_NUMBER, pb.PERSONAL_DATA_FIELD_PHONE],
-        purpose="complaint 42: confirm identity"), metadata=md(support))
+    revealed = await env.stub.RevealPersonalData(
+        pb.RevealPersonalDataRequest(
+            user_id=user_id,
+            fields=[pb.PERSONAL_DATA_FIELD_ID_NUMBER, pb.PERSONAL_DATA_FIELD_PHONE],
+            purpose="complaint 42: confirm identity",
+        ),
+        metadata=md(support),
+    )
     assert (revealed.id_number, revealed.phone, revealed.email, revealed.legal_name) == (
-        person.id_number, person.phone, "", "")
+        person.id_number,
+        person.phone,
+        "",
+        "",
+    )
     admin = await env.mint(["admin"])
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await env.stub.RevealPersonalData(pb.RevealPersonalDataRequest(
-            user_id=user_id, fields=ALL_FIELDS, purpose="curious"), metadata=md(admin))
+        await env.stub.RevealPersonalData(
+            pb.RevealPersonalDataRequest(user_id=user_id, fields=ALL_FIELDS, purpose="curious"), metadata=md(admin)
+        )
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     own = await env.mint(["personal"], sub=user_id)
-    mine = await env.stub.RevealPersonalData(pb.RevealPersonalDataRequest(
-        user_id=user_id, fields=[pb.PERSONAL_DATA_FIELD_EMAIL], purpose="profile page"), metadata=md(own))
+    mine = await env.stub.RevealPersonalData(
+        pb.RevealPersonalDataRequest(user_id=user_id, fields=[pb.PERSONAL_DATA_FIELD_EMAIL], purpose="profile page"),
+        metadata=md(own),
+    )
     assert mine.email == person.email
     stranger = await env.mint(["personal"])
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await env.stub.RevealPersonalData(pb.RevealPersonalDataRequest(
-            user_id=user_id, fields=ALL_FIELDS, purpose="snooping"), metadata=md(stranger))
+        await env.stub.RevealPersonalData(
+            pb.RevealPersonalDataRequest(user_id=user_id, fields=ALL_FIELDS, purpose="snooping"), metadata=md(stranger)
+        )
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     log = await env.stub.ListPiiAccessLog(pb.ListPiiAccessLogRequest(user_id=user_id), metadata=md(admin))
     assert [(e.accessor_id, list(e.fields), e.purpose) for e in log.entries] == [
-        ("support-agent-7", [pb.PERSONAL_DATA_FIELD_ID_NUMBER, pb.PERSONAL_DATA_FIELD_PHONE],
-         "complaint 42: confirm identity"),
+        (
+            "support-agent-7",
+            [pb.PERSONAL_DATA_FIELD_ID_NUMBER, pb.PERSONAL_DATA_FIELD_PHONE],
+            "complaint 42: confirm identity",
+        ),
         (user_id, [pb.PERSONAL_DATA_FIELD_EMAIL], "profile page"),
     ]
-    page = await env.stub.ListPiiAccessLog(pb.ListPiiAccessLogRequest(user_id=user_id, page_size=1),
-                                           metadata=md(admin))
+    page = await env.stub.ListPiiAccessLog(pb.ListPiiAccessLogRequest(user_id=user_id, page_size=1), metadata=md(admin))
     assert len(page.entries) == 1 and page.next_page_token
 
 
@@ -124,8 +145,10 @@ async def test_erasure_makes_the_data_undecryptable(env: IdentityEnv) -> None:
         vault = Vault(base64.b64decode(MASTER_KEY))
         assert user_store.reveal(vault, before, "id_number") == person.id_number  # readable until erased
         admin = await env.mint(["admin"])
-        erased = await env.stub.EraseUser(pb.EraseUserRequest(idempotency_key=key(), user_id=user_id,
-                                                              reason="customer request 2026-11"), metadata=md(admin))
+        erased = await env.stub.EraseUser(
+            pb.EraseUserRequest(idempotency_key=key(), user_id=user_id, reason="customer request 2026-11"),
+            metadata=md(admin),
+        )
         assert erased.user.erased and erased.user.user_id == user_id and not erased.user.may_transact
         assert erased.user.id_number_masked == "" and erased.user.phone_masked == ""
         async with engine.connect() as conn:
@@ -149,8 +172,10 @@ async def test_erasure_makes_the_data_undecryptable(env: IdentityEnv) -> None:
         vault.decrypt(other_row.wrapped_key, user_id, "id_number", after.id_number_enc)
     support = await env.mint(["support"])
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await env.stub.RevealPersonalData(pb.RevealPersonalDataRequest(
-            user_id=user_id, fields=ALL_FIELDS, purpose="after erasure"), metadata=md(support))
+        await env.stub.RevealPersonalData(
+            pb.RevealPersonalDataRequest(user_id=user_id, fields=ALL_FIELDS, purpose="after erasure"),
+            metadata=md(support),
+        )
     assert (refused.value.code(), reason_of(refused.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "USER_ERASED")
     got = await env.stub.GetUser(pb.GetUserRequest(user_id=user_id), metadata=md(support))
     assert got.user.erased
@@ -158,8 +183,7 @@ async def test_erasure_makes_the_data_undecryptable(env: IdentityEnv) -> None:
         await env.login(person)
     assert reason_of(refused.value) == "BAD_CREDENTIALS"
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await env.stub.RefreshToken(pb.RefreshTokenRequest(idempotency_key=key(),
-                                                           refresh_token=tokens.refresh_token))
+        await env.stub.RefreshToken(pb.RefreshTokenRequest(idempotency_key=key(), refresh_token=tokens.refresh_token))
     assert reason_of(refused.value) == "TOKEN_INVALID"
     assert await env.register(person)  # the blind indexes went with the key
 

@@ -34,32 +34,58 @@ async def test_code_reaches_the_phone_through_notify(databases, tmp_path: Path) 
     identity_port = free_port()
     sms = await FakeSmsProvider().start()
     notify_settings = NotifySettings(
-        host="127.0.0.1", port=0, data_dir=tmp_path / "notify", database_url=await databases.new("notify"),
-        shutdown_grace_seconds=0.5, auth_mode="enforce", identity_target=f"127.0.0.1:{identity_port}",
-        service_name="notify", service_secret=SERVICE_SECRET, sms_url=sms.url, sms_api_key=sms.api_key)
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp_path / "notify",
+        database_url=await databases.new("notify"),
+        shutdown_grace_seconds=0.5,
+        auth_mode="enforce",
+        identity_target=f"127.0.0.1:{identity_port}",
+        service_name="notify",
+        service_secret=SERVICE_SECRET,
+        sms_url=sms.url,
+        sms_api_key=sms.api_key,
+    )
     notify = await notify_app.build(notify_settings)
     notify_server = await start_app(notify, notify_settings)
     registry = await FakeRegistry().start()
-    settings = identity_settings(tmp_path, await databases.new("identity"), port=identity_port,
-                                 notify_target=f"127.0.0.1:{notify_server.port}", identity_registry_url=registry.url,
-                                 identity_registry_api_key=registry.api_key)
+    settings = identity_settings(
+        tmp_path,
+        await databases.new("identity"),
+        port=identity_port,
+        notify_target=f"127.0.0.1:{notify_server.port}",
+        identity_registry_url=registry.url,
+        identity_registry_api_key=registry.api_key,
+    )
     identity = await identity_app.build(settings)
     identity_server = await start_app(identity, settings)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{identity_port}") as channel:
             stub = pb_grpc.IdentityServiceStub(channel)
             person = new_person()
-            user_id = (await stub.RegisterUser(pb.RegisterUserRequest(
-                idempotency_key=key(), kind=pb.USER_KIND_PERSONAL, legal_name=person.legal_name,
-                id_number=person.id_number, phone=person.phone, email=person.email,
-                password="correct horse battery", locale="en"))).user.user_id
-            started = await stub.StartVerification(pb.StartVerificationRequest(
-                idempotency_key=key(), user_id=user_id, channel=pb.VERIFICATION_CHANNEL_SMS))
+            user_id = (
+                await stub.RegisterUser(
+                    pb.RegisterUserRequest(
+                        idempotency_key=key(),
+                        kind=pb.USER_KIND_PERSONAL,
+                        legal_name=person.legal_name,
+                        id_number=person.id_number,
+                        phone=person.phone,
+                        email=person.email,
+                        password="correct horse battery",
+                        locale="en",
+                    )
+                )
+            ).user.user_id
+            started = await stub.StartVerification(
+                pb.StartVerificationRequest(idempotency_key=key(), user_id=user_id, channel=pb.VERIFICATION_CHANNEL_SMS)
+            )
             text = await _sms_to(sms, person.phone)
             assert "verification code" in text
             code = re.search(r"\b(\d{6})\b", text).group(1)
-            reply = await stub.ConfirmVerification(pb.ConfirmVerificationRequest(
-                idempotency_key=key(), verification_id=started.verification_id, code=code))
+            reply = await stub.ConfirmVerification(
+                pb.ConfirmVerificationRequest(idempotency_key=key(), verification_id=started.verification_id, code=code)
+            )
             assert reply.user.verifications.contact == pb.VERIFICATION_STATE_PASSED
     finally:
         await stop_server(identity_server)

@@ -16,9 +16,17 @@ from tests.identity.harness import PASSWORD, IdentityEnv, Person, id_number, key
 
 
 def _request(person: Person, **overrides: object) -> pb.RegisterUserRequest:
-    values = {"idempotency_key": key(), "kind": pb.USER_KIND_PERSONAL, "legal_name": person.legal_name,
-              "id_number": person.id_number, "phone": person.phone, "email": person.email, "password": PASSWORD,
-              "locale": "zh-CN", **overrides}
+    values = {
+        "idempotency_key": key(),
+        "kind": pb.USER_KIND_PERSONAL,
+        "legal_name": person.legal_name,
+        "id_number": person.id_number,
+        "phone": person.phone,
+        "email": person.email,
+        "password": PASSWORD,
+        "locale": "zh-CN",
+        **overrides,
+    }
     return pb.RegisterUserRequest(**values)  # type: ignore[arg-type]
 
 
@@ -67,8 +75,10 @@ def _invalid_numbers() -> dict[str, tuple[str, str]]:
     valid = _with_check("11010519900101123")
     return {
         "bad check digit": (_bad_check("11010519900101123"), "check digit"),
-        "bad check digit (X expected)": (_bad_check(next(f for f in (f"44030519851120{n:03d}" for n in range(1000))
-                                                         if check_char(f) == "X")), "check digit"),
+        "bad check digit (X expected)": (
+            _bad_check(next(f for f in (f"44030519851120{n:03d}" for n in range(1000)) if check_char(f) == "X")),
+            "check digit",
+        ),
         "30 February": (_with_check("11010519900230123"), "calendar date"),
         "month 13": (_with_check("11010519901301123"), "calendar date"),
         "29 February 1989": (_with_check("11010519890229123"), "calendar date"),
@@ -104,12 +114,28 @@ async def test_under_18_is_refused_and_18_today_is_accepted(env: IdentityEnv) ->
 
 async def test_every_bad_field_is_reported_at_once(env: IdentityEnv) -> None:
     """Kind, name, number, phone, e-mail, password and locale wrong together: one answer listing all seven."""
-    refused = await _refusal(env, pb.RegisterUserRequest(
-        idempotency_key=key(), legal_name="", id_number="123", phone="13800138000", email="not-an-email",
-        password="short", locale="fr"))
+    refused = await _refusal(
+        env,
+        pb.RegisterUserRequest(
+            idempotency_key=key(),
+            legal_name="",
+            id_number="123",
+            phone="13800138000",
+            email="not-an-email",
+            password="short",
+            locale="fr",
+        ),
+    )
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert sorted(field_violations_of(refused)) == [
-        "email", "id_number", "kind", "legal_name", "locale", "password", "phone"]
+        "email",
+        "id_number",
+        "kind",
+        "legal_name",
+        "locale",
+        "password",
+        "phone",
+    ]
 
 
 async def test_a_kind_must_be_chosen(env: IdentityEnv) -> None:
@@ -154,21 +180,34 @@ async def test_registration_replays_with_the_same_key(env: IdentityEnv) -> None:
 async def test_hostile_input_never_answers_internal(env: IdentityEnv) -> None:
     """Control characters, huge and odd values: INVALID_ARGUMENT, never INTERNAL or a stack trace."""
     person = new_person()
-    for overrides in ({"legal_name": "a\x00b"}, {"legal_name": "名" * 10_000}, {"email": "a@" + "b" * 300 + ".cn"},
-                      {"phone": "+86" + "1" * 40}, {"id_number": "\u202e" * 18}, {"kind": 99},
-                      {"idempotency_key": "k" * 500}, {"password": "p" * 10_000}):
+    for overrides in (
+        {"legal_name": "a\x00b"},
+        {"legal_name": "名" * 10_000},
+        {"email": "a@" + "b" * 300 + ".cn"},
+        {"phone": "+86" + "1" * 40},
+        {"id_number": "\u202e" * 18},
+        {"kind": 99},
+        {"idempotency_key": "k" * 500},
+        {"password": "p" * 10_000},
+    ):
         refused = await _refusal(env, _request(person, **overrides))
         assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT, overrides
         assert "Traceback" not in (refused.details() or "")
 
 
-@given(st.dates(min_value=date(1900, 1, 1), max_value=date(2000, 12, 31)),
-       st.from_regex(r"\A[1-6][0-9]{5}\Z"), st.from_regex(r"\A[0-9]{3}\Z"), st.integers(0, 16), st.integers(1, 9))
-def test_any_single_digit_change_breaks_the_check_digit(birth: date, region: str, seq: str, position: int,
-                                                        delta: int) -> None:
+@given(
+    st.dates(min_value=date(1900, 1, 1), max_value=date(2000, 12, 31)),
+    st.from_regex(r"\A[1-6][0-9]{5}\Z"),
+    st.from_regex(r"\A[0-9]{3}\Z"),
+    st.integers(0, 16),
+    st.integers(1, 9),
+)
+def test_any_single_digit_change_breaks_the_check_digit(
+    birth: date, region: str, seq: str, position: int, delta: int
+) -> None:
     """GB 11643's weights catch every single-digit error: a valid number stays valid, any one change does not."""
     number = id_number(birth, region, seq)
     assert parse_id_number(number, date(2026, 1, 1)).birth_date == birth
-    changed = number[:position] + str((int(number[position]) + delta) % 10) + number[position + 1:]
+    changed = number[:position] + str((int(number[position]) + delta) % 10) + number[position + 1 :]
     with pytest.raises(IdNumberError):
         parse_id_number(changed, date(2026, 1, 1))

@@ -19,14 +19,16 @@ from tests.identity.harness import IdentityEnv, key, new_person
 
 
 async def _start(env: IdentityEnv, user_id: str, channel: int = pb.VERIFICATION_CHANNEL_SMS) -> str:
-    reply = await env.stub.StartVerification(pb.StartVerificationRequest(
-        idempotency_key=key(), user_id=user_id, channel=channel))
+    reply = await env.stub.StartVerification(
+        pb.StartVerificationRequest(idempotency_key=key(), user_id=user_id, channel=channel)
+    )
     return reply.verification_id
 
 
 async def _confirm(env: IdentityEnv, verification_id: str, code: str) -> pb.User:
-    reply = await env.stub.ConfirmVerification(pb.ConfirmVerificationRequest(
-        idempotency_key=key(), verification_id=verification_id, code=code))
+    reply = await env.stub.ConfirmVerification(
+        pb.ConfirmVerificationRequest(idempotency_key=key(), verification_id=verification_id, code=code)
+    )
     return reply.user
 
 
@@ -48,7 +50,10 @@ async def test_code_goes_through_notify_as_a_security_message(env: IdentityEnv) 
     await _start(env, user_id)
     sms = env.notify.sent[-1]
     assert (sms.channel, sms.category, sms.template) == (
-        notify_pb.CHANNEL_SMS, notify_pb.CATEGORY_SECURITY, "verification_code")
+        notify_pb.CHANNEL_SMS,
+        notify_pb.CATEGORY_SECURITY,
+        "verification_code",
+    )
     assert sms.address == person.phone and sms.user_id == user_id and sms.locale == "zh-CN"
     assert len(sms.params["code"]) == 6 and sms.params["code"].isdigit() and sms.params["minutes"] == "5"
     assert env.notify.callers[-1] == "service:identity"
@@ -154,12 +159,16 @@ async def test_codes_are_stored_only_as_keyed_hashes(env: IdentityEnv) -> None:
 
 async def test_malformed_confirmations_are_invalid_argument(env: IdentityEnv) -> None:
     """Missing ids, codes that are not six digits, an unknown channel: field violations, not INTERNAL."""
-    refused = await _refused(env.stub.ConfirmVerification(pb.ConfirmVerificationRequest(
-        idempotency_key=key(), verification_id="", code="12ab")))
+    refused = await _refused(
+        env.stub.ConfirmVerification(
+            pb.ConfirmVerificationRequest(idempotency_key=key(), verification_id="", code="12ab")
+        )
+    )
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert sorted(field_violations_of(refused)) == ["code", "verification_id"]
-    refused = await _refused(env.stub.StartVerification(pb.StartVerificationRequest(
-        idempotency_key=key(), user_id="someone")))
+    refused = await _refused(
+        env.stub.StartVerification(pb.StartVerificationRequest(idempotency_key=key(), user_id="someone"))
+    )
     assert field_violations_of(refused) == ["channel"]
     refused = await _refused(_confirm(env, "no-such-verification", "123456"))
     assert reason_of(refused) == "CODE_INVALID"

@@ -16,8 +16,9 @@ from finmesh.platform.rpc.server import RunningServer, create_server
 # Health.Check stands in for an idempotent method; 32 callers keep calls queued in the server at stop().
 HEALTH_CHECK = ("grpc.health.v1.Health", "Check")
 CALLERS = 32
-SETTINGS = ServiceSettings(port=0, auth_mode="off", tracing_enabled=False, drain_delay_seconds=0.3,
-                           shutdown_grace_seconds=2)
+SETTINGS = ServiceSettings(
+    port=0, auth_mode="off", tracing_enabled=False, drain_delay_seconds=0.3, shutdown_grace_seconds=2
+)
 
 
 async def _call_until(stop: asyncio.Event, channel: grpc.aio.Channel, outcomes: Counter[str]) -> None:

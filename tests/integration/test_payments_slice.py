@@ -35,23 +35,36 @@ class Client:
         self.stub = pb_grpc.PaymentsServiceStub(channel)
 
     async def wallet(self, owner: str = "", currency: str = "CNY") -> str:
-        reply = await self.stub.OpenAccount(pb.OpenAccountRequest(
-            idempotency_key=key(), owner_id=owner or uuid.uuid4().hex, kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET,
-            currency_code=currency))
+        reply = await self.stub.OpenAccount(
+            pb.OpenAccountRequest(
+                idempotency_key=key(),
+                owner_id=owner or uuid.uuid4().hex,
+                kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET,
+                currency_code=currency,
+            )
+        )
         return reply.account.account_id
 
     async def top_up(self, account: str, minor: int) -> None:
-        await self.stub.TopUp(pb.TopUpRequest(idempotency_key=key(), account_id=account, channel="test_bank",
-                                              amount=cny(minor)))
+        await self.stub.TopUp(
+            pb.TopUpRequest(idempotency_key=key(), account_id=account, channel="test_bank", amount=cny(minor))
+        )
 
     async def balance(self, account: str) -> pb.Balance:
         return (await self.stub.GetAccount(pb.GetAccountRequest(account_id=account))).account.balance
 
-    async def pay(self, payer: str, payee: str, minor: int, idem: str | None = None,
-                  mode: int = pb.CAPTURE_MODE_AUTOMATIC) -> pb.Payment:
-        reply = await self.stub.CreatePayment(pb.CreatePaymentRequest(
-            idempotency_key=key() if idem is None else idem, payer_account_id=payer, payee_account_id=payee,
-            amount=cny(minor), capture_mode=mode))
+    async def pay(
+        self, payer: str, payee: str, minor: int, idem: str | None = None, mode: int = pb.CAPTURE_MODE_AUTOMATIC
+    ) -> pb.Payment:
+        reply = await self.stub.CreatePayment(
+            pb.CreatePaymentRequest(
+                idempotency_key=key() if idem is None else idem,
+                payer_account_id=payer,
+                payee_account_id=payee,
+                amount=cny(minor),
+                capture_mode=mode,
+            )
+        )
         return reply.payment
 
 
@@ -68,8 +81,12 @@ async def row_counts(url: str) -> tuple[int, int, int]:
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
-            return tuple([int(await conn.scalar(select(func.count()).select_from(t)))  # type: ignore[misc]
-                          for t in (transfers, entries, outbox)])
+            return tuple(
+                [
+                    int(await conn.scalar(select(func.count()).select_from(t)))  # type: ignore[misc]
+                    for t in (transfers, entries, outbox)
+                ]
+            )
     finally:
         await engine.dispose()
 
@@ -173,8 +190,11 @@ async def test_bad_amounts_are_invalid_argument_with_field(databases, tmp_path: 
         c = Client(mesh.channel("payments"))
         alice, bob = await c.wallet(), await c.wallet()
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await c.stub.CreatePayment(pb.CreatePaymentRequest(
-                idempotency_key=key(), payer_account_id=alice, payee_account_id=bob, amount=amount))
+            await c.stub.CreatePayment(
+                pb.CreatePaymentRequest(
+                    idempotency_key=key(), payer_account_id=alice, payee_account_id=bob, amount=amount
+                )
+            )
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field_violations_of(refused.value) == fields
 
@@ -227,8 +247,9 @@ async def test_manual_capture_holds_then_captures_part(databases, tmp_path: Path
         assert held.status == pb.PAYMENT_STATUS_AUTHORIZED
         bal = await c.balance(alice)
         assert (bal.available_minor_units, bal.held_minor_units, bal.total_minor_units) == (6_000, 4_000, 10_000)
-        captured = await c.stub.CapturePayment(pb.CapturePaymentRequest(
-            idempotency_key=key(), payment_id=held.payment_id, amount=cny(2_500)))
+        captured = await c.stub.CapturePayment(
+            pb.CapturePaymentRequest(idempotency_key=key(), payment_id=held.payment_id, amount=cny(2_500))
+        )
         assert captured.payment.status == pb.PAYMENT_STATUS_CAPTURED
         bal = await c.balance(alice)
         assert (bal.available_minor_units, bal.held_minor_units) == (7_500, 0)
@@ -245,8 +266,7 @@ async def test_frozen_account_cannot_pay(databases, tmp_path: Path) -> None:
         c = Client(mesh.channel("payments"))
         alice, bob = await c.wallet(), await c.wallet()
         await c.top_up(alice, 1_000)
-        await c.stub.FreezeAccount(pb.FreezeAccountRequest(idempotency_key=key(), account_id=alice,
-                                                            reason="OPERATOR"))
+        await c.stub.FreezeAccount(pb.FreezeAccountRequest(idempotency_key=key(), account_id=alice, reason="OPERATOR"))
         with pytest.raises(grpc.aio.AioRpcError) as frozen:
             await c.pay(alice, bob, 100)
         assert reason_of(frozen.value) == "ACCOUNT_FROZEN"

@@ -35,9 +35,14 @@ async def server():
     servicer = _Scripted()
     issuer = await Issuer().start()
     settings = ServiceSettings(port=0, drain_delay_seconds=0, shutdown_grace_seconds=0.5, **issuer.settings())
-    running = await create_server(settings, [
-        Registration(servicer, pb_grpc.add_RiskServiceServicer_to_server, pb.DESCRIPTOR.services_by_name["RiskService"])
-    ])
+    running = await create_server(
+        settings,
+        [
+            Registration(
+                servicer, pb_grpc.add_RiskServiceServicer_to_server, pb.DESCRIPTOR.services_by_name["RiskService"]
+            )
+        ],
+    )
     channel = acting_channel(f"127.0.0.1:{running.port}", issuer)  # GetRules as a risk officer
     yield running, servicer, channel, settings
     await channel.close()
@@ -98,8 +103,7 @@ async def test_domain_error_becomes_status_with_details_and_error_span(server, s
         await stub.GetRules(pb.GetRulesRequest())
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert reason_of(refused.value) == "INSUFFICIENT_FUNDS"
-    server_spans = [s for s in spans.get_finished_spans() if s.name.endswith("/GetRules")
-                    and s.kind.name == "SERVER"]
+    server_spans = [s for s in spans.get_finished_spans() if s.name.endswith("/GetRules") and s.kind.name == "SERVER"]
     codes = [s.attributes["rpc.grpc.status_code"] for s in server_spans]
     assert codes == [grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.FAILED_PRECONDITION.value[0]]
 

@@ -30,8 +30,13 @@ def _ca(directory: Path, label: str) -> dict[str, Path]:
     ca_cert, _ = write_pair(directory, "ca", ca)
     server_cert, server_key = write_pair(directory, "server", issue("risk", ca, dns=NAME))
     client_cert, client_key = write_pair(directory, "client", issue("payments", ca))
-    return {"ca": ca_cert, "server_cert": server_cert, "server_key": server_key,
-            "client_cert": client_cert, "client_key": client_key}
+    return {
+        "ca": ca_cert,
+        "server_cert": server_cert,
+        "server_key": server_key,
+        "client_cert": client_cert,
+        "client_key": client_key,
+    }
 
 
 @pytest.fixture
@@ -41,12 +46,23 @@ async def tls_server(tmp_path: Path):
     live.mkdir()
     for name in ("ca", "server_cert", "server_key"):
         (live / name).write_bytes(first[name].read_bytes())
-    settings = ServiceSettings(port=0, health_port=free_port(), auth_mode="off", tracing_enabled=False,
-                               tls_cert_file=str(live / "server_cert"), tls_key_file=str(live / "server_key"),
-                               tls_ca_file=str(live / "ca"))
-    running = await create_server(settings, [
-        Registration(_Rules(), pb_grpc.add_RiskServiceServicer_to_server, pb.DESCRIPTOR.services_by_name["RiskService"])
-    ])
+    settings = ServiceSettings(
+        port=0,
+        health_port=free_port(),
+        auth_mode="off",
+        tracing_enabled=False,
+        tls_cert_file=str(live / "server_cert"),
+        tls_key_file=str(live / "server_key"),
+        tls_ca_file=str(live / "ca"),
+    )
+    running = await create_server(
+        settings,
+        [
+            Registration(
+                _Rules(), pb_grpc.add_RiskServiceServicer_to_server, pb.DESCRIPTOR.services_by_name["RiskService"]
+            )
+        ],
+    )
     yield running, settings, first, live, tmp_path
     await running.drain(ServiceSettings(shutdown_grace_seconds=0))
 
@@ -76,9 +92,11 @@ async def test_plaintext_no_certificate_and_wrong_ca_are_refused(tls_server) -> 
     """Plaintext, a TLS client without a certificate, and a certificate from another CA never reach the RPC."""
     running, _, first, _, tmp = tls_server
     other = _ca(tmp / "other", "other")
-    stranger = grpc.ssl_channel_credentials(root_certificates=first["ca"].read_bytes(),
-                                            private_key=other["client_key"].read_bytes(),
-                                            certificate_chain=other["client_cert"].read_bytes())
+    stranger = grpc.ssl_channel_credentials(
+        root_certificates=first["ca"].read_bytes(),
+        private_key=other["client_key"].read_bytes(),
+        certificate_chain=other["client_cert"].read_bytes(),
+    )
     for creds in (None, _client(first, with_cert=False), stranger):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await _get_rules(running.port, creds)

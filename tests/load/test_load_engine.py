@@ -36,8 +36,9 @@ async def test_open_loop_charges_a_stall_to_every_call_due_during_it() -> None:
     """100/s for 2 s with one 500 ms stall: ~50 sends were due during the stall; measured from their intended
     send times they waited up to 500 ms, so p99 shows the stall and they are counted as late sends."""
     shown = io.StringIO()
-    result = await open_loop(stalling_call(stall_at=60), rate=100, count=200, warmup_s=0.2,
-                             progress=ProgressLine(shown))
+    result = await open_loop(
+        stalling_call(stall_at=60), rate=100, count=200, warmup_s=0.2, progress=ProgressLine(shown)
+    )
     assert result.calls == 200 and result.ok == 200
     assert re.search(r"ok/s  ok \d+  errors 0 .* p99 [1-9][\d.]* ms", shown.getvalue()), shown.getvalue()
     assert result.percentile_ms(99) >= 0.8 * STALL_S * 1000, result.latency_ms()

@@ -40,8 +40,9 @@ class Recorder(pay_grpc.PaymentsServiceServicer, id_grpc.IdentityServiceServicer
 
     async def CreatePayment(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self._record("CreatePayment", request, context)
-        return pay_pb.CreatePaymentResponse(payment=pay_pb.Payment(payment_id=uuid.uuid4().hex,
-                                                                   status=pay_pb.PAYMENT_STATUS_CAPTURED))
+        return pay_pb.CreatePaymentResponse(
+            payment=pay_pb.Payment(payment_id=uuid.uuid4().hex, status=pay_pb.PAYMENT_STATUS_CAPTURED)
+        )
 
     async def GetAccount(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self._record("GetAccount", request, context)
@@ -81,9 +82,29 @@ async def test_calls_carry_the_synthetic_mark_and_the_report_adds_up(tmp_path: P
     out = tmp_path / "out"
     try:
         code = await asyncio.to_thread(
-            _cli, "--target", f"127.0.0.1:{port}", "--scenario", "mix", "--mix", "payment=2,balance=1,registration=1",
-            "--mode", "open", "--rate", "40", "--count", "80", "--warmup", "0.5", "--token-env", TOKEN_ENV,
-            "--accounts-file", str(_accounts_file(tmp_path)), "--out", str(out), "--baseline")
+            _cli,
+            "--target",
+            f"127.0.0.1:{port}",
+            "--scenario",
+            "mix",
+            "--mix",
+            "payment=2,balance=1,registration=1",
+            "--mode",
+            "open",
+            "--rate",
+            "40",
+            "--count",
+            "80",
+            "--warmup",
+            "0.5",
+            "--token-env",
+            TOKEN_ENV,
+            "--accounts-file",
+            str(_accounts_file(tmp_path)),
+            "--out",
+            str(out),
+            "--baseline",
+        )
     finally:
         await server.stop(0)
     assert code == 0
@@ -94,8 +115,9 @@ async def test_calls_carry_the_synthetic_mark_and_the_report_adds_up(tmp_path: P
     for method, metadata, _ in recorder.calls:
         assert metadata.get("baggage") == "synthetic=true", (method, metadata)
         assert metadata.get("authorization") == f"Bearer {token}", method
-    by_method = {m: [r for mm, _, r in recorder.calls if mm == m] for m in ("CreatePayment", "GetAccount",
-                                                                            "RegisterUser")}
+    by_method = {
+        m: [r for mm, _, r in recorder.calls if mm == m] for m in ("CreatePayment", "GetAccount", "RegisterUser")
+    }
     assert [len(v) for v in by_method.values()] == [50, 25, 25]
     test_accounts = {"test-a", "test-b", "test-c"}
     for payment in by_method["CreatePayment"]:
@@ -111,13 +133,22 @@ async def test_calls_carry_the_synthetic_mark_and_the_report_adds_up(tmp_path: P
     assert doc["run"]["scenario"] == "mix" and doc["run"]["mode"] == "open" and doc["run"]["rate"] == 40
     assert (doc["calls"], doc["ok"], doc["error_count"], doc["warmup_calls"]) == (80, 80, 0, 20)
     assert sum(row["ok"] for row in doc["timeline"]) == doc["ok"]
-    assert {name: part["calls"] for name, part in doc["by_label"].items()} == {"payment": 40, "balance": 20,
-                                                                              "registration": 20}
+    assert {name: part["calls"] for name, part in doc["by_label"].items()} == {
+        "payment": 40,
+        "balance": 20,
+        "registration": 20,
+    }
     assert doc["throughput"] > 0 and 0 < doc["latency_ms"]["p50"] <= doc["latency_ms"]["max"]
     # The no-op baseline ran the payment path the same way, in the same run, and every ratio is there.
     assert (doc["baseline"]["calls"], doc["baseline"]["ok"]) == (80, 80)
-    assert set(doc["ratio_to_baseline"]) == {"latency_p50", "latency_p90", "latency_p99", "latency_p99_9",
-                                             "latency_max", "throughput"}
+    assert set(doc["ratio_to_baseline"]) == {
+        "latency_p50",
+        "latency_p90",
+        "latency_p99",
+        "latency_p99_9",
+        "latency_max",
+        "throughput",
+    }
     assert all(ratio > 0 for ratio in doc["ratio_to_baseline"].values())
 
     report = (out / "report.html").read_text(encoding="utf-8")
@@ -137,17 +168,42 @@ async def test_mutual_tls_target(tmp_path: Path, monkeypatch) -> None:
     ca_cert, _ = write_pair(tmp_path, "ca", ca)
     server_cert, server_key = write_pair(tmp_path, "server", issue("payments", ca, dns="payments.finmesh"))
     client_cert, client_key = write_pair(tmp_path, "client", issue("load", ca))
-    credentials = grpc.ssl_server_credentials([(server_key.read_bytes(), server_cert.read_bytes())],
-                                              root_certificates=ca_cert.read_bytes(), require_client_auth=True)
+    credentials = grpc.ssl_server_credentials(
+        [(server_key.read_bytes(), server_cert.read_bytes())],
+        root_certificates=ca_cert.read_bytes(),
+        require_client_auth=True,
+    )
     recorder, server, port = await _recording_server(credentials)
     monkeypatch.setenv(TOKEN_ENV, "tok")
     out = tmp_path / "out"
     try:
         code = await asyncio.to_thread(
-            _cli, "--target", f"127.0.0.1:{port}", "--scenario", "balance", "--mode", "closed", "--count", "10",
-            "--warmup", "0", "--tls-ca", str(ca_cert), "--tls-cert", str(client_cert), "--tls-key", str(client_key),
-            "--tls-server-name", "payments.finmesh", "--token-env", TOKEN_ENV,
-            "--accounts-file", str(_accounts_file(tmp_path)), "--out", str(out))
+            _cli,
+            "--target",
+            f"127.0.0.1:{port}",
+            "--scenario",
+            "balance",
+            "--mode",
+            "closed",
+            "--count",
+            "10",
+            "--warmup",
+            "0",
+            "--tls-ca",
+            str(ca_cert),
+            "--tls-cert",
+            str(client_cert),
+            "--tls-key",
+            str(client_key),
+            "--tls-server-name",
+            "payments.finmesh",
+            "--token-env",
+            TOKEN_ENV,
+            "--accounts-file",
+            str(_accounts_file(tmp_path)),
+            "--out",
+            str(out),
+        )
     finally:
         await server.stop(0)
     assert code == 0
@@ -155,14 +211,32 @@ async def test_mutual_tls_target(tmp_path: Path, monkeypatch) -> None:
     assert len(recorder.calls) == 10 and all(md["baggage"] == "synthetic=true" for _, md, _ in recorder.calls)
 
 
-def test_errors_are_counted_by_status_code_and_the_harness_exits_cleanly(tmp_path: Path, monkeypatch,
-                                                                         capsys) -> None:
+def test_errors_are_counted_by_status_code_and_the_harness_exits_cleanly(tmp_path: Path, monkeypatch, capsys) -> None:
     """Nothing listens on the target: every call is UNAVAILABLE, results are still written, exit code 1."""
     monkeypatch.setenv(TOKEN_ENV, "tok")
     out = tmp_path / "out"
-    code = _cli("--target", f"127.0.0.1:{free_port()}", "--scenario", "balance", "--mode", "closed",
-                "--concurrency", "2", "--count", "20", "--warmup", "0", "--timeout", "2", "--token-env", TOKEN_ENV,
-                "--accounts-file", str(_accounts_file(tmp_path)), "--out", str(out))
+    code = _cli(
+        "--target",
+        f"127.0.0.1:{free_port()}",
+        "--scenario",
+        "balance",
+        "--mode",
+        "closed",
+        "--concurrency",
+        "2",
+        "--count",
+        "20",
+        "--warmup",
+        "0",
+        "--timeout",
+        "2",
+        "--token-env",
+        TOKEN_ENV,
+        "--accounts-file",
+        str(_accounts_file(tmp_path)),
+        "--out",
+        str(out),
+    )
     assert code == 1
     doc = json.loads((out / "result.json").read_text(encoding="utf-8"))
     assert (doc["calls"], doc["ok"], doc["errors"]) == (20, 0, {"UNAVAILABLE": 20})
@@ -174,8 +248,21 @@ def test_a_run_that_cannot_start_says_why(tmp_path: Path, monkeypatch, capsys) -
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     assert _cli("--target", "127.0.0.1:1", "--count", "5", "--out", str(tmp_path)) == 2
     assert "--accounts-file" in capsys.readouterr().err
-    assert _cli("--target", "127.0.0.1:1", "--count", "5", "--token-env", TOKEN_ENV,
-                "--accounts-file", str(_accounts_file(tmp_path)), "--out", str(tmp_path)) == 2
+    assert (
+        _cli(
+            "--target",
+            "127.0.0.1:1",
+            "--count",
+            "5",
+            "--token-env",
+            TOKEN_ENV,
+            "--accounts-file",
+            str(_accounts_file(tmp_path)),
+            "--out",
+            str(tmp_path),
+        )
+        == 2
+    )
     assert TOKEN_ENV in capsys.readouterr().err
     assert not (tmp_path / "result.json").exists()
 
@@ -193,12 +280,15 @@ async def test_payment_runs_move_money_only_between_test_accounts(databases, tmp
 
         endpoint = Endpoint(pay.mesh.services["payments"].target, token=pay.mesh.issuer.customer(owner))
         async with grpc.aio.insecure_channel(endpoint.target) as channel:
-            accounts = await provision(pay_grpc.PaymentsServiceStub(channel), owner, endpoint.metadata(),
-                                       count=4, funding=10_000)
-        closed = await run_load(Plan(mode="closed", concurrency=4, duration_s=1.5, warmup_s=0.3),
-                                payments=endpoint, accounts=accounts)
-        opened = await run_load(Plan(mode="open", rate=25, duration_s=1.5, warmup_s=0.3),
-                                payments=endpoint, accounts=accounts)
+            accounts = await provision(
+                pay_grpc.PaymentsServiceStub(channel), owner, endpoint.metadata(), count=4, funding=10_000
+            )
+        closed = await run_load(
+            Plan(mode="closed", concurrency=4, duration_s=1.5, warmup_s=0.3), payments=endpoint, accounts=accounts
+        )
+        opened = await run_load(
+            Plan(mode="open", rate=25, duration_s=1.5, warmup_s=0.3), payments=endpoint, accounts=accounts
+        )
         for result in (closed, opened):
             assert result.ok > 0 and not result.errors, dict(result.errors)
         assert opened.calls == 38  # 25/s for 1.5 s, the last send due at 1.48 s

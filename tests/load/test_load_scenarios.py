@@ -16,8 +16,16 @@ def test_synthetic_people_are_valid_and_never_repeat() -> None:
     people = SyntheticPeople.new("run1")
     requests = [people.request(i) for i in sorted({*range(0, 2500, 7), 999, 1000, 1001, 99_999})]
     for r in requests:
-        validate_registration(kind="PERSONAL", legal_name=r.legal_name, id_number=r.id_number, phone=r.phone,
-                              email=r.email, password=r.password, locale=r.locale, today=date.today())
+        validate_registration(
+            kind="PERSONAL",
+            legal_name=r.legal_name,
+            id_number=r.id_number,
+            phone=r.phone,
+            email=r.email,
+            password=r.password,
+            locale=r.locale,
+            today=date.today(),
+        )
         assert r.email.endswith("@example.com")
     for field in ("id_number", "phone", "email", "idempotency_key"):
         assert len({getattr(r, field) for r in requests}) == len(requests), field

@@ -17,9 +17,13 @@ from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 
-REQUEST = pb.CreatePaymentRequest(idempotency_key="noop-1", payer_account_id="acc-a", payee_account_id="acc-b",
-                                  amount=money_pb2.Money(currency_code="CNY", minor_units=100),
-                                  capture_mode=pb.CAPTURE_MODE_AUTOMATIC)
+REQUEST = pb.CreatePaymentRequest(
+    idempotency_key="noop-1",
+    payer_account_id="acc-a",
+    payee_account_id="acc-b",
+    amount=money_pb2.Money(currency_code="CNY", minor_units=100),
+    capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+)
 
 
 async def _server_spans(span_dir: Path, expected: int, timeout: float = 5.0) -> dict[str, list[dict]]:

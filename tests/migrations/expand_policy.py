@@ -29,8 +29,9 @@ MARKER = "CONTRACT_AFTER_RELEASE"
 _HARMLESS = {"create_table_comment", "drop_table_comment", "create_column_comment", "bulk_insert"}
 # Calls that remove or reshape what the previous release reads or writes.
 _CONTRACT = {"drop_table", "drop_column", "drop_index", "drop_constraint", "rename_table"}
-_RECORDED = _HARMLESS | _CONTRACT | {"create_table", "add_column", "create_index", "add_constraint",
-                                     "alter_column", "execute"}
+_RECORDED = (
+    _HARMLESS | _CONTRACT | {"create_table", "add_column", "create_index", "add_constraint", "alter_column", "execute"}
+)
 # Raw SQL that only moves data (backfills) leaves the schema as the previous release knows it.
 _DATA_SQL = re.compile(r"^\s*(UPDATE|INSERT)\b", re.IGNORECASE)
 
@@ -53,14 +54,14 @@ class _Recorder:
 
         def record(*args: Any, **kw: Any) -> None:
             self.calls.append((name, args, kw))
+
         return record
 
 
 def recorded_calls(script: Script) -> tuple[list[tuple[str, tuple[Any, ...], dict[str, Any]]], str]:
     """The impl calls of `script`'s upgrade(), and any SQL that bypassed the recorder."""
     buffer = io.StringIO()
-    context = MigrationContext.configure(dialect_name="postgresql",
-                                         opts={"as_sql": True, "output_buffer": buffer})
+    context = MigrationContext.configure(dialect_name="postgresql", opts={"as_sql": True, "output_buffer": buffer})
     recorder = _Recorder(context.impl)
     context.impl = recorder  # type: ignore[assignment]
     with Operations.context(context):
@@ -82,8 +83,10 @@ def _judge(name: str, args: tuple[Any, ...], kw: dict[str, Any], new_tables: set
         if column.primary_key:
             return f"add_column {table}.{column.name}: a new primary key column"
         if not column.nullable and column.server_default is None:
-            return (f"add_column {table}.{column.name}: NOT NULL without a server default, so the "
-                    "previous release's INSERTs (which leave it out) fail")
+            return (
+                f"add_column {table}.{column.name}: NOT NULL without a server default, so the "
+                "previous release's INSERTs (which leave it out) fail"
+            )
         return None
     if name == "create_index":
         index = args[0]
@@ -137,8 +140,12 @@ def judge(script: Script) -> Verdict:
 def _is_released(commit: str, released: str) -> bool | None:
     """True when `commit` is the released commit or older; None when git cannot tell."""
     try:
-        done = subprocess.run(["git", "-C", str(REPO), "merge-base", "--is-ancestor", commit, released],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["git", "-C", str(REPO), "merge-base", "--is-ancestor", commit, released],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except OSError:
         return None
     if done.returncode not in (0, 1):
@@ -156,15 +163,19 @@ def problems(directory: ScriptDirectory, released: str) -> dict[str, list[str]]:
         if not verdict.violations:
             continue
         if verdict.contract_after is None:
-            found[script.revision] = [*verdict.violations,
-                                      f"mark it with {MARKER} = '<first release that no longer reads it>'"]
+            found[script.revision] = [
+                *verdict.violations,
+                f"mark it with {MARKER} = '<first release that no longer reads it>'",
+            ]
             continue
         shipped = _is_released(str(verdict.contract_after), released)
         if shipped is None:
             # Fail closed: without history nobody can tell whether the drop is safe yet.
             found[script.revision] = [f"{MARKER}: git cannot tell whether {verdict.contract_after!r} is released"]
         elif not shipped:
-            found[script.revision] = [f"{MARKER} = {verdict.contract_after!r} is not a release at or "
-                                      f"before deploy/RELEASED ({released[:12]}): the previous release may "
-                                      "still read what it removes"]
+            found[script.revision] = [
+                f"{MARKER} = {verdict.contract_after!r} is not a release at or "
+                f"before deploy/RELEASED ({released[:12]}): the previous release may "
+                "still read what it removes"
+            ]
     return found

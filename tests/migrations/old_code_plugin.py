@@ -58,6 +58,8 @@ def pytest_plugin_registered(plugin: Any, manager: Any) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # These names are the released tree's (deploy/RELEASED): its platform was still flat.
     # Proof for the outer test of which code ran: module files, and that the fixture was patched.
-    modules = {name: getattr(sys.modules.get(name), "__file__", None)
-               for name in ("finmesh.payments.app", "finmesh.platform.db", "tests.inprocess")}
+    modules = {
+        name: getattr(sys.modules.get(name), "__file__", None)
+        for name in ("finmesh.payments.app", "finmesh.platform.db", "tests.inprocess")
+    }
     _record({"patched": len(_patched), "modules": modules})

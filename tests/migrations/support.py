@@ -32,8 +32,10 @@ def unavailable(reason: str) -> None:
 
 def require_history(repo: os.PathLike[str], commit: str) -> None:
     """The released commit must be in a full clone of this repository."""
+
     def git(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=60)
+
     try:
         shallow = git("rev-parse", "--is-shallow-repository").stdout.strip()
     except OSError as error:

@@ -34,13 +34,15 @@ def test_history_is_one_line_from_one_baseline(service: str) -> None:
 def _synthetic(tmp_path: Path, body: str, header: str = "") -> ScriptDirectory:
     """payments' real history plus one revision whose upgrade() is `body`, in a scratch script directory."""
     root = tmp_path / "scripts"
-    shutil.copytree(Path(script_directory("payments").versions), root / "versions",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        Path(script_directory("payments").versions), root / "versions", ignore=shutil.ignore_patterns("__pycache__")
+    )
     head = script_directory("payments").get_current_head()
     (root / "versions" / "payments_9000_synthetic.py").write_text(
         "import sqlalchemy as sa\nfrom alembic import op\n\n"
         f"revision = 'payments_9000'\ndown_revision = {head!r}\n{header}\n\n"
-        "def upgrade() -> None:\n" + textwrap.indent(textwrap.dedent(body).strip(), "    ") + "\n")
+        "def upgrade() -> None:\n" + textwrap.indent(textwrap.dedent(body).strip(), "    ") + "\n"
+    )
     return ScriptDirectory(str(root))
 
 
@@ -62,12 +64,17 @@ EXPANDS = {
 
 CONTRACTS = {
     "drop column": ("op.drop_column('payments', 'review_note')", "drop_column"),
-    "drop column in batch mode": ("""
+    "drop column in batch mode": (
+        """
         with op.batch_alter_table('payments') as batch:
             batch.drop_column('review_note')
-    """, "drop_column"),
+    """,
+        "drop_column",
+    ),
     "not null without default": (
-        "op.add_column('payments', sa.Column('fee', sa.BigInteger(), nullable=False))", "NOT NULL without"),
+        "op.add_column('payments', sa.Column('fee', sa.BigInteger(), nullable=False))",
+        "NOT NULL without",
+    ),
     "rename column": ("op.alter_column('payments', 'review_note', new_column_name='note')", "renames"),
     "type change": ("op.alter_column('payments', 'amount', type_=sa.Integer())", "type"),
     "make not null": ("op.alter_column('payments', 'settlement_batch_id', nullable=False)", "NOT NULL"),

@@ -27,9 +27,11 @@ from finmesh.platform.storage.migrations import head_revisions
 from tests.migrations.expand_policy import REPO, released_commit
 from tests.migrations.support import SERVICES, diffs, migrate, require_history, revision, unavailable
 
-PG = {"host": os.environ.get("FINMESH_TEST_PG_HOST", "127.0.0.1"),
-      "port": int(os.environ.get("FINMESH_TEST_PG_PORT", "5432")),
-      "user": os.environ.get("FINMESH_TEST_PG_USER", "postgres")}
+PG = {
+    "host": os.environ.get("FINMESH_TEST_PG_HOST", "127.0.0.1"),
+    "port": int(os.environ.get("FINMESH_TEST_PG_PORT", "5432")),
+    "user": os.environ.get("FINMESH_TEST_PG_USER", "postgres"),
+}
 OLD_TEST = ["tests/integration/test_payments_slice.py", "-k", "payment_moves_exact_amounts and postgres"]
 # The previous release's imports must come from its tree, not from HEAD's editable install: this
 # drops every sys.path entry outside that tree that holds a `finmesh` package before anything imports
@@ -51,8 +53,13 @@ def _git(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _source_roots(root: Path) -> list[Path]:
-    return [root / "libs" / "platform", root / "libs" / "contracts", *sorted((root / "services").glob("*")),
-            root / "tools", root]
+    return [
+        root / "libs" / "platform",
+        root / "libs" / "contracts",
+        *sorted((root / "services").glob("*")),
+        root / "tools",
+        root,
+    ]
 
 
 async def _admin(sql: str) -> None:
@@ -108,19 +115,23 @@ def _run_old_tests(tree: Path, templates: dict[str, str], record: Path) -> subpr
     plugin_dir = record.parent / "plugin"
     plugin_dir.mkdir()
     shutil.copy(Path(__file__).with_name("old_code_plugin.py"), plugin_dir)
-    env = {**os.environ,
-           "PYTHONPATH": os.pathsep.join(str(p) for p in [*_source_roots(tree), plugin_dir]),
-           "FINMESH_OLD_CODE_TREE": str(tree),
-           "FINMESH_OLD_CODE_TEMPLATES": json.dumps(templates), "FINMESH_OLD_CODE_PG": json.dumps(PG),
-           "FINMESH_OLD_CODE_RECORD": str(record),
-           # Old code that knows this setting must not migrate or check: the schema is HEAD's to make.
-           "FINMESH_AUTO_MIGRATE": "false"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(str(p) for p in [*_source_roots(tree), plugin_dir]),
+        "FINMESH_OLD_CODE_TREE": str(tree),
+        "FINMESH_OLD_CODE_TEMPLATES": json.dumps(templates),
+        "FINMESH_OLD_CODE_PG": json.dumps(PG),
+        "FINMESH_OLD_CODE_RECORD": str(record),
+        # Old code that knows this setting must not migrate or check: the schema is HEAD's to make.
+        "FINMESH_AUTO_MIGRATE": "false",
+    }
     argv = [sys.executable, "-c", _BOOTSTRAP, "-p", "old_code_plugin", "-p", "no:cacheprovider", "-q", *OLD_TEST]
     return subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True, timeout=170)
 
 
-async def test_released_code_runs_on_the_schema_head_migrates(released_tree: Path, templates: dict[str, str],
-                                                              tmp_path: Path) -> None:
+async def test_released_code_runs_on_the_schema_head_migrates(
+    released_tree: Path, templates: dict[str, str], tmp_path: Path
+) -> None:
     """The released payments slice test passes on HEAD's schema, and leaves that schema exactly as it found it."""
     record = tmp_path / "record.jsonl"
     done = await asyncio.to_thread(_run_old_tests, released_tree, templates, record)
@@ -164,8 +175,9 @@ async def _execute(url: str, sql: str) -> None:
 
 
 @pytest.mark.parametrize("templates", ["ALTER TABLE payments DROP COLUMN risk_score"], indirect=True)
-async def test_a_schema_the_released_code_cannot_use_fails_the_run(released_tree: Path, templates: dict[str, str],
-                                                                   tmp_path: Path) -> None:
+async def test_a_schema_the_released_code_cannot_use_fails_the_run(
+    released_tree: Path, templates: dict[str, str], tmp_path: Path
+) -> None:
     """The harness is not blind: drop one column the released code writes and its test run fails."""
     record = tmp_path / "record.jsonl"
     done = await asyncio.to_thread(_run_old_tests, released_tree, templates, record)

@@ -31,16 +31,29 @@ async def _at_future_revision(databases) -> str:
 
 def _settings(url: str, tmp_path: Path, auto_migrate: bool) -> PaymentsSettings:
     # Peers are never called here; the channels only need a syntactically valid target.
-    return PaymentsSettings(host="127.0.0.1", port=0, data_dir=tmp_path, database_url=url, auto_migrate=auto_migrate,
-                            risk_target="127.0.0.1:1", notify_target="127.0.0.1:1", shutdown_grace_seconds=0.5)
+    return PaymentsSettings(
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp_path,
+        database_url=url,
+        auto_migrate=auto_migrate,
+        risk_target="127.0.0.1:1",
+        notify_target="127.0.0.1:1",
+        shutdown_grace_seconds=0.5,
+    )
 
 
 def _migrate_command(url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """`finmesh-payments migrate` as the Helm Job runs it (the console script is this module's main)."""
-    env = {**os.environ, "FINMESH_DATABASE_URL": url, "FINMESH_DATA_DIR": str(tmp_path),
-           "FINMESH_TRACING_ENABLED": "false"}
-    return subprocess.run([sys.executable, "-m", "finmesh.payments.main", "migrate"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "FINMESH_DATABASE_URL": url,
+        "FINMESH_DATA_DIR": str(tmp_path),
+        "FINMESH_TRACING_ENABLED": "false",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "finmesh.payments.main", "migrate"], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize("auto_migrate", [True, False], ids=["auto-migrate", "job-migrates"])
@@ -89,8 +102,9 @@ def test_migrate_fails_when_the_database_cannot_be_reached(tmp_path: Path) -> No
 def test_an_unknown_argument_starts_nothing(tmp_path: Path) -> None:
     """`finmesh-payments migrat` (a typo) must not fall through to serving."""
     env = {**os.environ, "FINMESH_DATA_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "finmesh.payments.main", "migrat"], env=env,
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "finmesh.payments.main", "migrat"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert done.returncode != 0 and "usage: finmesh-payments [migrate]" in done.stderr
 
 

@@ -111,14 +111,27 @@ async def eventually(fetch: Callable[[], Awaitable[Any]], ok: Callable[[Any], bo
         await asyncio.sleep(0.05)
 
 
-def settings_for(database_url: str, tmp: Path, *, smtp: FakeSmtpServer | None = None,
-                  sms: FakeSmsProvider | None = None, port: int = 0, **overrides: Any) -> NotifySettings:
+def settings_for(
+    database_url: str,
+    tmp: Path,
+    *,
+    smtp: FakeSmtpServer | None = None,
+    sms: FakeSmsProvider | None = None,
+    port: int = 0,
+    **overrides: Any,
+) -> NotifySettings:
     values: dict[str, Any] = {
-        "host": "127.0.0.1", "port": port, "data_dir": tmp, "database_url": database_url,
+        "host": "127.0.0.1",
+        "port": port,
+        "data_dir": tmp,
+        "database_url": database_url,
         "shutdown_grace_seconds": 1.0,
         # Fast retries so a test sees several attempts in well under a second.
-        "delivery_base_backoff_seconds": 0.05, "delivery_max_backoff_seconds": 0.2, "delivery_max_attempts": 4,
-        "webhook_max_attempts": 4, "worker_poll_seconds": 0.1,
+        "delivery_base_backoff_seconds": 0.05,
+        "delivery_max_backoff_seconds": 0.2,
+        "delivery_max_attempts": 4,
+        "webhook_max_attempts": 4,
+        "worker_poll_seconds": 0.1,
         "sla_check_seconds": 3600.0,  # tests sweep explicitly
         "operator_emails": [OPERATOR_EMAIL],
     }
@@ -131,8 +144,15 @@ def settings_for(database_url: str, tmp: Path, *, smtp: FakeSmtpServer | None = 
 
 
 @asynccontextmanager
-async def running_notify(databases: Any, tmp: Path, *, clock: Clock | None = None, database_url: str = "",
-                         issuer: Issuer | None = None, **kwargs: Any) -> AsyncIterator[Notify]:
+async def running_notify(
+    databases: Any,
+    tmp: Path,
+    *,
+    clock: Clock | None = None,
+    database_url: str = "",
+    issuer: Issuer | None = None,
+    **kwargs: Any,
+) -> AsyncIterator[Notify]:
     """Notify with auth enforced (keys from `issuer`, one started when not given); its client channel
     presents each RPC's production caller (tests.auth)."""
     async with AsyncExitStack() as stack:

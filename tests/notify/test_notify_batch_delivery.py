@@ -31,23 +31,35 @@ from finmesh.platform.storage.db import create_engine, create_schema
 from tests.auth import channel as acting_channel
 from tests.notify.conftest import Notify, eventually, running_notify
 
-FAST = RelayPolicy(poll_interval_seconds=0.05, base_backoff_seconds=0.01, max_backoff_seconds=0.05,
-                   max_probe_interval_seconds=0.1)
+FAST = RelayPolicy(
+    poll_interval_seconds=0.05, base_backoff_seconds=0.01, max_backoff_seconds=0.05, max_probe_interval_seconds=0.1
+)
 NOTIFY_SERVICE = "finmesh.notify.v1.NotifyService"
 
 
 def captured(account: str, sequence: int, payee: str = "payee") -> event_pb2.Event:
     """A payment event as payments' relay sends it: a receipt for the payer and one for the payee."""
-    event = event_pb2.Event(event_id=str(uuid.uuid4()), source="payments",
-                            event_type="payments.payment.captured.v1", aggregate_id=account, sequence=sequence,
-                            user_id="payer")
+    event = event_pb2.Event(
+        event_id=str(uuid.uuid4()),
+        source="payments",
+        event_type="payments.payment.captured.v1",
+        aggregate_id=account,
+        sequence=sequence,
+        user_id="payer",
+    )
     event.payload.update(_payment(f"p-{account}-{sequence}", payee))
     return event
 
 
 def _payment(payment_id: str, payee: str) -> dict[str, str]:
-    return {"payment_id": payment_id, "status": "CAPTURED", "amount_minor_units": "12345",
-            "currency_code": "CNY", "payer_user_id": "payer", "payee_user_id": payee}
+    return {
+        "payment_id": payment_id,
+        "status": "CAPTURED",
+        "amount_minor_units": "12345",
+        "currency_code": "CNY",
+        "payer_user_id": "payer",
+        "payee_user_id": payee,
+    }
 
 
 async def test_a_batch_answers_each_event_in_order(databases, tmp_path: Path) -> None:
@@ -55,8 +67,12 @@ async def test_a_batch_answers_each_event_in_order(databases, tmp_path: Path) ->
     async with running_notify(databases, tmp_path) as notify:
         earlier = captured("acc-0", 1)
         await notify.stub.DeliverEvent(pb.DeliverEventRequest(event=earlier))
-        new, bad, behind_bad, other = captured("acc-a", 1), captured("acc-b", 1), captured("acc-b", 2), captured(
-            "acc-c", 1)
+        new, bad, behind_bad, other = (
+            captured("acc-a", 1),
+            captured("acc-b", 1),
+            captured("acc-b", 2),
+            captured("acc-c", 1),
+        )
         bad.event_type = ""
         batch = [new, earlier, new, bad, behind_bad, other]
         reply = await notify.stub.DeliverEvents(pb.DeliverEventsRequest(events=batch))
@@ -65,8 +81,13 @@ async def test_a_batch_answers_each_event_in_order(databases, tmp_path: Path) ->
 
     assert [r.event_id for r in reply.results] == [e.event_id for e in batch]
     assert [pb.EventOutcome.Name(r.outcome) for r in reply.results] == [
-        "EVENT_OUTCOME_DELIVERED", "EVENT_OUTCOME_DUPLICATE", "EVENT_OUTCOME_DUPLICATE",
-        "EVENT_OUTCOME_REFUSED", "EVENT_OUTCOME_DEFERRED", "EVENT_OUTCOME_DELIVERED"]
+        "EVENT_OUTCOME_DELIVERED",
+        "EVENT_OUTCOME_DUPLICATE",
+        "EVENT_OUTCOME_DUPLICATE",
+        "EVENT_OUTCOME_REFUSED",
+        "EVENT_OUTCOME_DEFERRED",
+        "EVENT_OUTCOME_DELIVERED",
+    ]
     assert [v.field for v in reply.results[3].field_violations] == ["events[3].event_type"]
     assert len(reply.results[0].notification_ids) == 2  # payer and payee receipts
     assert not reply.results[1].notification_ids and not reply.results[2].notification_ids
@@ -92,14 +113,19 @@ async def test_racing_batches_record_each_event_once(databases, tmp_path: Path) 
     async with running_notify(databases, tmp_path) as notify:
         events = [captured(f"acc-{n % 4}", n // 4 + 1) for n in range(24)]
         batches = [events, events[:12], events[6:], list(reversed(events[:3])) + events[3:9]]
-        replies = await asyncio.gather(*(notify.stub.DeliverEvents(pb.DeliverEventsRequest(events=batch))
-                                         for batch in batches for _ in range(2)))
+        replies = await asyncio.gather(
+            *(notify.stub.DeliverEvents(pb.DeliverEventsRequest(events=batch)) for batch in batches for _ in range(2))
+        )
         counts = await _counts(notify)
-    delivered = Counter(r.event_id for reply in replies for r in reply.results
-                        if r.outcome == pb.EVENT_OUTCOME_DELIVERED)
+    delivered = Counter(
+        r.event_id for reply in replies for r in reply.results if r.outcome == pb.EVENT_OUTCOME_DELIVERED
+    )
     assert delivered == Counter({e.event_id: 1 for e in events})
-    assert all(r.outcome in (pb.EVENT_OUTCOME_DELIVERED, pb.EVENT_OUTCOME_DUPLICATE)
-               for reply in replies for r in reply.results)
+    assert all(
+        r.outcome in (pb.EVENT_OUTCOME_DELIVERED, pb.EVENT_OUTCOME_DUPLICATE)
+        for reply in replies
+        for r in reply.results
+    )
     assert counts == {"received": 24, "notifications": 48}
 
 
@@ -116,8 +142,13 @@ class Spoiling:
         for event in events:
             if (event.aggregate_id, event.sequence) in self.spoil:
                 self.spoil.discard((event.aggregate_id, event.sequence))
-                event = event_pb2.Event(event_id=event.event_id, source=event.source, event_type="",
-                                        aggregate_id=event.aggregate_id, sequence=event.sequence)
+                event = event_pb2.Event(
+                    event_id=event.event_id,
+                    source=event.source,
+                    event_type="",
+                    aggregate_id=event.aggregate_id,
+                    sequence=event.sequence,
+                )
             sent.append(event)
         self.batch_sizes.append(len(sent))
         return await self.sink.deliver_batch(sent)
@@ -143,8 +174,9 @@ async def test_a_refused_event_holds_back_its_aggregate_only(databases, tmp_path
         arrival = await _arrival(notify)
         counts = await _counts(notify)
         async with engine.connect() as conn:
-            attempts = {(r.aggregate_id, r.sequence): (r.attempts, r.last_error)
-                        for r in await conn.execute(select(table))}
+            attempts = {
+                (r.aggregate_id, r.sequence): (r.attempts, r.last_error) for r in await conn.execute(select(table))
+            }
     await engine.dispose()
 
     assert spoiling.batch_sizes[0] == 10  # the whole round in one call
@@ -171,10 +203,16 @@ class OldNotify:
         async def deliver_event(request: pb.DeliverEventRequest, context: Any) -> pb.DeliverEventResponse:
             return await real.DeliverEvent(request)
 
-        methods = grpc.method_handlers_generic_handler(NOTIFY_SERVICE, {
-            "DeliverEvent": grpc.unary_unary_rpc_method_handler(
-                deliver_event, request_deserializer=pb.DeliverEventRequest.FromString,
-                response_serializer=pb.DeliverEventResponse.SerializeToString)})
+        methods = grpc.method_handlers_generic_handler(
+            NOTIFY_SERVICE,
+            {
+                "DeliverEvent": grpc.unary_unary_rpc_method_handler(
+                    deliver_event,
+                    request_deserializer=pb.DeliverEventRequest.FromString,
+                    response_serializer=pb.DeliverEventResponse.SerializeToString,
+                )
+            },
+        )
         self.server.add_generic_rpc_handlers((_Counting(self.asked), methods))
         port = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()
@@ -261,8 +299,14 @@ async def _write(engine: Any, table: Any, accounts: list[str], per_account: int)
     for _ in range(per_account):
         for account in accounts:
             async with engine.begin() as conn:
-                await enqueue(conn, table, event_type="payments.payment.captured.v1", aggregate_id=account,
-                              user_id="payer", payload=_payment(f"p-{uuid.uuid4().hex[:8]}", "payee"))
+                await enqueue(
+                    conn,
+                    table,
+                    event_type="payments.payment.captured.v1",
+                    aggregate_id=account,
+                    user_id="payer",
+                    payload=_payment(f"p-{uuid.uuid4().hex[:8]}", "payee"),
+                )
 
 
 async def _counts(notify: Notify) -> dict[str, int]:
@@ -281,8 +325,13 @@ async def _arrival(notify: Notify) -> dict[str, list[int]]:
     engine = create_engine(notify.database_url)
     try:
         async with engine.connect() as conn:
-            rows = (await conn.execute(select(received_events.c.aggregate_id, received_events.c.sequence)
-                                       .order_by(received_events.c.received_at))).all()
+            rows = (
+                await conn.execute(
+                    select(received_events.c.aggregate_id, received_events.c.sequence).order_by(
+                        received_events.c.received_at
+                    )
+                )
+            ).all()
     finally:
         await engine.dispose()
     arrival: dict[str, list[int]] = defaultdict(list)
@@ -300,9 +349,14 @@ async def test_one_producer_span_per_batch_links_every_event_trace(databases, tm
     for n in range(4):
         with tracer.start_as_current_span(f"payment {n}") as writer:
             async with engine.begin() as conn:
-                event_id = await enqueue(conn, table, event_type="payments.payment.captured.v1",
-                                         aggregate_id=f"acc-{n % 2}", user_id="payer",
-                                         payload=_payment(f"p-{n}", "payee"))
+                event_id = await enqueue(
+                    conn,
+                    table,
+                    event_type="payments.payment.captured.v1",
+                    aggregate_id=f"acc-{n % 2}",
+                    user_id="payer",
+                    payload=_payment(f"p-{n}", "payee"),
+                )
         writers[event_id] = writer.get_span_context()
     async with running_notify(databases, tmp_path) as notify:
         # Payments' own channel (client spans carry the context), with its service token from the issuer.
@@ -321,13 +375,17 @@ async def test_one_producer_span_per_batch_links_every_event_trace(databases, tm
     [batch] = [s for s in spans.get_finished_spans() if s.name == "outbox batch send"]
     assert batch.kind == trace.SpanKind.PRODUCER and batch.attributes["messaging.batch.message_count"] == 4
     assert {(link.context.trace_id, link.context.span_id) for link in batch.links} == {
-        (w.trace_id, w.span_id) for w in writers.values()}
-    [server] = [s for s in spans.get_finished_spans()
-                if s.kind == trace.SpanKind.SERVER and s.name.endswith("NotifyService/DeliverEvents")]
+        (w.trace_id, w.span_id) for w in writers.values()
+    }
+    [server] = [
+        s
+        for s in spans.get_finished_spans()
+        if s.kind == trace.SpanKind.SERVER and s.name.endswith("NotifyService/DeliverEvents")
+    ]
     assert server.context.trace_id == batch.context.trace_id
-    assert {event_id: {traceparent.split("-")[1] for traceparent in parents}
-            for event_id, parents in receipts.items()} == {
-        event_id: {f"{w.trace_id:032x}"} for event_id, w in writers.items()}
+    assert {
+        event_id: {traceparent.split("-")[1] for traceparent in parents} for event_id, parents in receipts.items()
+    } == {event_id: {f"{w.trace_id:032x}"} for event_id, w in writers.items()}
 
 
 async def _receipts(notify: Notify) -> dict[str, set[str]]:

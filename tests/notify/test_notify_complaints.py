@@ -36,9 +36,16 @@ async def test_missed_deadlines_escalate_to_operators_once_each(databases, tmp_p
     """Opened Friday 10:00: not accepted by Saturday 10:00 -> one operator e-mail; met deadlines raise nothing."""
     clock = OffsetClock(FRIDAY_10)
     async with running_notify(databases, tmp_path, smtp=smtp, clock=clock) as notify:
-        opened = (await notify.stub.OpenComplaint(pb.OpenComplaintRequest(
-            idempotency_key=key(), user_id="c-1", subject="转账未到账",
-            body="我的转账三天没到，电话 13800138000"))).complaint
+        opened = (
+            await notify.stub.OpenComplaint(
+                pb.OpenComplaintRequest(
+                    idempotency_key=key(),
+                    user_id="c-1",
+                    subject="转账未到账",
+                    body="我的转账三天没到，电话 13800138000",
+                )
+            )
+        ).complaint
         assert opened.state == pb.COMPLAINT_STATE_OPEN and not opened.escalated
         assert minute(opened.accept_due) == datetime(2026, 3, 7, 10, 0, tzinfo=SH)
         assert minute(opened.respond_due) == datetime(2026, 3, 10, 10, 0, tzinfo=SH)  # Tuesday
@@ -75,8 +82,11 @@ async def test_a_late_step_escalates_even_before_the_sweeper_runs(databases, tmp
     """Accepting after 24 h records the missed deadline at once (and the sweeper does not repeat it)."""
     clock = OffsetClock(FRIDAY_10)
     async with running_notify(databases, tmp_path, smtp=smtp, clock=clock) as notify:
-        opened = (await notify.stub.OpenComplaint(pb.OpenComplaintRequest(
-            idempotency_key=key(), user_id="c-2", subject="扣费有误", body="多扣了一笔"))).complaint
+        opened = (
+            await notify.stub.OpenComplaint(
+                pb.OpenComplaintRequest(idempotency_key=key(), user_id="c-2", subject="扣费有误", body="多扣了一笔")
+            )
+        ).complaint
         clock.advance(timedelta(hours=30))
         accepted = await notify.stub.AdvanceComplaint(advance(opened.complaint_id, pb.COMPLAINT_STATE_ACCEPTED))
         assert accepted.complaint.escalated
@@ -89,8 +99,11 @@ async def test_holidays_push_the_deadlines_out(sqlite_databases, tmp_path: Path)
     """With Monday a configured holiday, the 2-business-day answer is due Wednesday."""
     clock = OffsetClock(FRIDAY_10)
     async with running_notify(sqlite_databases, tmp_path, clock=clock, business_holidays=[date(2026, 3, 9)]) as notify:
-        opened = (await notify.stub.OpenComplaint(pb.OpenComplaintRequest(
-            idempotency_key=key(), user_id="c-3", subject="s", body="b"))).complaint
+        opened = (
+            await notify.stub.OpenComplaint(
+                pb.OpenComplaintRequest(idempotency_key=key(), user_id="c-3", subject="s", body="b")
+            )
+        ).complaint
     assert minute(opened.respond_due) == datetime(2026, 3, 11, 10, 0, tzinfo=SH)
 
 
@@ -99,23 +112,28 @@ async def test_complaints_move_in_order_and_refuse_anything_else(databases, tmp_
     async with running_notify(databases, tmp_path) as notify:
         ids = []
         for i in range(3):
-            reply = await notify.stub.OpenComplaint(pb.OpenComplaintRequest(
-                idempotency_key=f"open-{i}", user_id="c-4", subject=f"s{i}", body="b"))
+            reply = await notify.stub.OpenComplaint(
+                pb.OpenComplaintRequest(idempotency_key=f"open-{i}", user_id="c-4", subject=f"s{i}", body="b")
+            )
             ids.append(reply.complaint.complaint_id)
-        replay = await notify.stub.OpenComplaint(pb.OpenComplaintRequest(
-            idempotency_key="open-0", user_id="c-4", subject="s0", body="b"))
+        replay = await notify.stub.OpenComplaint(
+            pb.OpenComplaintRequest(idempotency_key="open-0", user_id="c-4", subject="s0", body="b")
+        )
         assert replay.complaint.complaint_id == ids[0]
 
         with pytest.raises(grpc.aio.AioRpcError) as skipped:
             await notify.stub.AdvanceComplaint(advance(ids[0], pb.COMPLAINT_STATE_RESOLVED))
-        assert (skipped.value.code(), reason_of(skipped.value)) == (grpc.StatusCode.FAILED_PRECONDITION,
-                                                                    "INVALID_STATE")
+        assert (skipped.value.code(), reason_of(skipped.value)) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "INVALID_STATE",
+        )
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
             await notify.stub.AdvanceComplaint(advance("no-such", pb.COMPLAINT_STATE_ACCEPTED))
         assert (unknown.value.code(), reason_of(unknown.value)) == (grpc.StatusCode.NOT_FOUND, "COMPLAINT_NOT_FOUND")
         with pytest.raises(grpc.aio.AioRpcError) as bad:
-            await notify.stub.AdvanceComplaint(pb.AdvanceComplaintRequest(
-                idempotency_key=key(), complaint_id=ids[0], to_state=pb.COMPLAINT_STATE_OPEN))
+            await notify.stub.AdvanceComplaint(
+                pb.AdvanceComplaintRequest(idempotency_key=key(), complaint_id=ids[0], to_state=pb.COMPLAINT_STATE_OPEN)
+            )
         assert field_violations_of(bad.value) == ["to_state"]
         with pytest.raises(grpc.aio.AioRpcError) as empty:
             await notify.stub.OpenComplaint(pb.OpenComplaintRequest(idempotency_key=key(), user_id="c-4"))

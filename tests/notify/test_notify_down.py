@@ -39,23 +39,37 @@ async def test_notify_down_then_back_every_event_once_in_order_per_account(datab
         stub = pb_grpc.PaymentsServiceStub(mesh.channel("payments"))
 
         async def wallet(owner: str) -> str:
-            reply = await stub.OpenAccount(pb.OpenAccountRequest(
-                idempotency_key=key(), owner_id=owner, kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code="CNY"))
+            reply = await stub.OpenAccount(
+                pb.OpenAccountRequest(
+                    idempotency_key=key(), owner_id=owner, kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code="CNY"
+                )
+            )
             return reply.account.account_id
 
         payers = {f"payer-{i}": await wallet(f"payer-{i}") for i in range(3)}
         payee = await wallet("payee")
         for account in payers.values():
-            await stub.TopUp(pb.TopUpRequest(idempotency_key=key(), account_id=account, channel="test_bank",
-                                             amount=money_pb2.Money(currency_code="CNY", minor_units=100_000)))
+            await stub.TopUp(
+                pb.TopUpRequest(
+                    idempotency_key=key(),
+                    account_id=account,
+                    channel="test_bank",
+                    amount=money_pb2.Money(currency_code="CNY", minor_units=100_000),
+                )
+            )
 
         async def pay_four(account: str) -> list[int]:
             statuses = []
             for n in range(4):
-                reply = await stub.CreatePayment(pb.CreatePaymentRequest(
-                    idempotency_key=key(), payer_account_id=account, payee_account_id=payee,
-                    amount=money_pb2.Money(currency_code="CNY", minor_units=1_000 + n),
-                    capture_mode=pb.CAPTURE_MODE_AUTOMATIC))
+                reply = await stub.CreatePayment(
+                    pb.CreatePaymentRequest(
+                        idempotency_key=key(),
+                        payer_account_id=account,
+                        payee_account_id=payee,
+                        amount=money_pb2.Money(currency_code="CNY", minor_units=1_000 + n),
+                        capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+                    )
+                )
                 statuses.append(reply.payment.status)
             return statuses
 
@@ -69,12 +83,14 @@ async def test_notify_down_then_back_every_event_once_in_order_per_account(datab
         outbox = outbox_table(MetaData())
         async with running_notify(databases, tmp_path, port=port, issuer=mesh.issuer) as notify:
             await eventually(relay.pending_count, lambda pending: pending == 0, timeout=30)
-            produced = await rows(mesh.services["payments"].database_url,
-                                  select(outbox.c.event_id, outbox.c.aggregate_id, outbox.c.sequence, outbox.c.dead,
-                                         outbox.c.attempts))
+            produced = await rows(
+                mesh.services["payments"].database_url,
+                select(outbox.c.event_id, outbox.c.aggregate_id, outbox.c.sequence, outbox.c.dead, outbox.c.attempts),
+            )
             received = await rows(notify.database_url, select(received_events).order_by(received_events.c.received_at))
-            receipts = await rows(notify.database_url, select(notifications.c.event_id, notifications.c.user_id,
-                                                              notifications.c.template))
+            receipts = await rows(
+                notify.database_url, select(notifications.c.event_id, notifications.c.user_id, notifications.c.template)
+            )
 
     assert not any(r.dead for r in produced)
     assert all(r.attempts == 0 for r in produced)  # notify being down cost no event an attempt
@@ -89,5 +105,4 @@ async def test_notify_down_then_back_every_event_once_in_order_per_account(datab
     assert per_event and max(per_event.values()) <= 2  # payer and payee receipts, never doubled
     templates = Counter((r.user_id, r.template) for r in receipts)
     assert templates[("payee", "payment_received")] == 12
-    assert all(templates[(user, "payment_sent")] == 4 and templates[(user, "topup_succeeded")] == 1
-               for user in payers)
+    assert all(templates[(user, "payment_sent")] == 4 and templates[(user, "topup_succeeded")] == 1 for user in payers)

@@ -26,14 +26,28 @@ def key() -> str:
 
 def offer(user: str, phone: str = PHONE) -> pb.SendNotificationRequest:
     return pb.SendNotificationRequest(
-        idempotency_key=key(), user_id=user, channel=pb.CHANNEL_SMS, category=pb.CATEGORY_MARKETING,
-        template="marketing_offer", params={"title": "新客礼", "details": "首笔理财享加息。"}, address=phone)
+        idempotency_key=key(),
+        user_id=user,
+        channel=pb.CHANNEL_SMS,
+        category=pb.CATEGORY_MARKETING,
+        template="marketing_offer",
+        params={"title": "新客礼", "details": "首笔理财享加息。"},
+        address=phone,
+    )
 
 
 def consent(user: str, granted: bool, start: str = "", end: str = "", zone: str = "") -> pb.SetConsentRequest:
-    return pb.SetConsentRequest(idempotency_key=key(), consent=pb.Consent(
-        user_id=user, category=pb.CATEGORY_MARKETING, granted=granted, quiet_hours_start=start,
-        quiet_hours_end=end, time_zone=zone))
+    return pb.SetConsentRequest(
+        idempotency_key=key(),
+        consent=pb.Consent(
+            user_id=user,
+            category=pb.CATEGORY_MARKETING,
+            granted=granted,
+            quiet_hours_start=start,
+            quiet_hours_end=end,
+            time_zone=zone,
+        ),
+    )
 
 
 async def refused(call) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
@@ -48,8 +62,9 @@ async def test_marketing_needs_consent_and_honours_opt_out(databases, tmp_path: 
         first = offer("m-1")
         error = await refused(notify.stub.SendNotification(first))
         assert (error.code(), reason_of(error)) == (grpc.StatusCode.FAILED_PRECONDITION, "CONSENT_MISSING")
-        missing = await refused(notify.stub.GetConsent(pb.GetConsentRequest(
-            user_id="m-1", category=pb.CATEGORY_MARKETING)))
+        missing = await refused(
+            notify.stub.GetConsent(pb.GetConsentRequest(user_id="m-1", category=pb.CATEGORY_MARKETING))
+        )
         assert missing.code() == grpc.StatusCode.NOT_FOUND
 
         recorded = await notify.stub.SetConsent(consent("m-1", True))
@@ -95,9 +110,17 @@ async def test_security_codes_are_not_delayed_by_a_marketing_backlog(databases, 
         offers = [await notify.stub.SendNotification(offer("m-4")) for _ in range(12)]
         await asyncio.sleep(0.2)  # the marketing lane is busy now
         started = asyncio.get_running_loop().time()
-        code = await notify.stub.SendNotification(pb.SendNotificationRequest(
-            idempotency_key=key(), user_id="m-4", channel=pb.CHANNEL_SMS, category=pb.CATEGORY_SECURITY,
-            template="verification_code", params={"code": "900111", "minutes": "5"}, address="+8613900139002"))
+        code = await notify.stub.SendNotification(
+            pb.SendNotificationRequest(
+                idempotency_key=key(),
+                user_id="m-4",
+                channel=pb.CHANNEL_SMS,
+                category=pb.CATEGORY_SECURITY,
+                template="verification_code",
+                params={"code": "900111", "minutes": "5"},
+                address="+8613900139002",
+            )
+        )
         await notify.wait_status(code.notification.notification_id, pb.NOTIFICATION_STATUS_SENT)
         took = asyncio.get_running_loop().time() - started
         offers_sent_by_then = len(sms.to(PHONE))
@@ -110,22 +133,61 @@ async def test_security_codes_are_not_delayed_by_a_marketing_backlog(databases, 
 async def test_send_validation_names_every_bad_field(sqlite_databases, tmp_path: Path) -> None:
     """Wrong category for the template, missing params, a bad phone and locale: INVALID_ARGUMENT by field."""
     async with running_notify(sqlite_databases, tmp_path) as notify:
-        error = await refused(notify.stub.SendNotification(pb.SendNotificationRequest(
-            idempotency_key=key(), user_id="m-5", channel=pb.CHANNEL_SMS, category=pb.CATEGORY_MARKETING,
-            template="verification_code", locale="fr", params={"code": "1"}, address="13800138000")))
+        error = await refused(
+            notify.stub.SendNotification(
+                pb.SendNotificationRequest(
+                    idempotency_key=key(),
+                    user_id="m-5",
+                    channel=pb.CHANNEL_SMS,
+                    category=pb.CATEGORY_MARKETING,
+                    template="verification_code",
+                    locale="fr",
+                    params={"code": "1"},
+                    address="13800138000",
+                )
+            )
+        )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field_violations_of(error) == ["category", "locale", "params", "address"]
-        error = await refused(notify.stub.SendNotification(pb.SendNotificationRequest(
-            user_id="m-5", channel=pb.CHANNEL_WEBHOOK, category=pb.CATEGORY_SECURITY, template="welcome")))
+        error = await refused(
+            notify.stub.SendNotification(
+                pb.SendNotificationRequest(
+                    user_id="m-5", channel=pb.CHANNEL_WEBHOOK, category=pb.CATEGORY_SECURITY, template="welcome"
+                )
+            )
+        )
         assert field_violations_of(error) == ["idempotency_key"]
-        error = await refused(notify.stub.SetConsent(pb.SetConsentRequest(idempotency_key=key(), consent=pb.Consent(
-            user_id="m-5", category=pb.CATEGORY_SECURITY, granted=True, quiet_hours_start="25:00",
-            time_zone="Mars/Base"))))
-        assert field_violations_of(error) == ["consent.category", "consent.quiet_hours_end",
-                                              "consent.quiet_hours_start", "consent.time_zone"]
-        error = await refused(notify.stub.SendNotification(pb.SendNotificationRequest(
-            idempotency_key=key(), user_id="", channel=pb.CHANNEL_WEBHOOK, category=pb.CATEGORY_SECURITY,
-            template="nope")))
+        error = await refused(
+            notify.stub.SetConsent(
+                pb.SetConsentRequest(
+                    idempotency_key=key(),
+                    consent=pb.Consent(
+                        user_id="m-5",
+                        category=pb.CATEGORY_SECURITY,
+                        granted=True,
+                        quiet_hours_start="25:00",
+                        time_zone="Mars/Base",
+                    ),
+                )
+            )
+        )
+        assert field_violations_of(error) == [
+            "consent.category",
+            "consent.quiet_hours_end",
+            "consent.quiet_hours_start",
+            "consent.time_zone",
+        ]
+        error = await refused(
+            notify.stub.SendNotification(
+                pb.SendNotificationRequest(
+                    idempotency_key=key(),
+                    user_id="",
+                    channel=pb.CHANNEL_WEBHOOK,
+                    category=pb.CATEGORY_SECURITY,
+                    template="nope",
+                )
+            )
+        )
         assert field_violations_of(error) == ["user_id", "channel", "template"]
 
 
@@ -133,16 +195,22 @@ async def test_inbox_messages_are_recorded_as_sent_and_listed(sqlite_databases, 
     """The in-app inbox needs no channel: recorded is delivered; paging walks every message once."""
     async with running_notify(sqlite_databases, tmp_path) as notify:
         for _ in range(3):
-            sent = await notify.stub.SendNotification(pb.SendNotificationRequest(
-                idempotency_key=key(), user_id="m-6", channel=pb.CHANNEL_INBOX,
-                category=pb.CATEGORY_TRANSACTIONAL, template="welcome", locale="en"))
+            sent = await notify.stub.SendNotification(
+                pb.SendNotificationRequest(
+                    idempotency_key=key(),
+                    user_id="m-6",
+                    channel=pb.CHANNEL_INBOX,
+                    category=pb.CATEGORY_TRANSACTIONAL,
+                    template="welcome",
+                    locale="en",
+                )
+            )
             assert sent.notification.status == pb.NOTIFICATION_STATUS_SENT
         page = await notify.stub.ListNotifications(pb.ListNotificationsRequest(user_id="m-6", page_size=2))
-        rest = await notify.stub.ListNotifications(pb.ListNotificationsRequest(
-            user_id="m-6", page_token=page.next_page_token))
+        rest = await notify.stub.ListNotifications(
+            pb.ListNotificationsRequest(user_id="m-6", page_token=page.next_page_token)
+        )
         ids = [n.notification_id for n in [*page.notifications, *rest.notifications]]
         assert len(ids) == len(set(ids)) == 3 and not rest.next_page_token
         missing = await refused(notify.stub.GetNotification(pb.GetNotificationRequest(notification_id="nope")))
         assert (missing.code(), reason_of(missing)) == (grpc.StatusCode.NOT_FOUND, "NOTIFICATION_NOT_FOUND")
-
-

@@ -19,8 +19,9 @@ from finmesh.platform.messaging.outbox_admin import list_dead, outbox_stats, pur
 from finmesh.platform.messaging.relay import OutboxRelay, RelayPolicy, SinkUnavailable
 from finmesh.platform.storage.db import create_engine, create_schema
 
-FAST = dict(poll_interval_seconds=0.05, base_backoff_seconds=0.01, max_backoff_seconds=0.05,
-            max_probe_interval_seconds=0.1)
+FAST = dict(
+    poll_interval_seconds=0.05, base_backoff_seconds=0.01, max_backoff_seconds=0.05, max_probe_interval_seconds=0.1
+)
 
 
 class Recorder:
@@ -68,8 +69,13 @@ async def write(engine: AsyncEngine, table: Any, aggregates: list[str], per_aggr
     for i in range(per_aggregate):
         for aggregate in aggregates:
             async with engine.begin() as conn:
-                await enqueue(conn, table, event_type="test.happened.v1", aggregate_id=aggregate,
-                              payload={"i": i, "amount_minor_units": 10**15 + i})
+                await enqueue(
+                    conn,
+                    table,
+                    event_type="test.happened.v1",
+                    aggregate_id=aggregate,
+                    payload={"i": i, "amount_minor_units": 10**15 + i},
+                )
 
 
 async def until(check: Any, timeout: float = 15.0) -> None:
@@ -178,8 +184,9 @@ async def test_two_relay_replicas_never_send_an_event_twice_or_out_of_order(data
     other_engine = create_engine(url)
     sink = Recorder()
     sink.delay = 0.005
-    relays = [OutboxRelay(e, table, "test", sink.deliver, RelayPolicy(batch_size=7, **FAST))
-              for e in (engine, other_engine)]
+    relays = [
+        OutboxRelay(e, table, "test", sink.deliver, RelayPolicy(batch_size=7, **FAST)) for e in (engine, other_engine)
+    ]
     for relay in relays:
         relay.start()
     try:

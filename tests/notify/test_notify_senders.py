@@ -35,8 +35,15 @@ def key() -> str:
 
 def code_sms(user: str, code: str = "482913", phone: str = PHONE, **extra: str) -> pb.SendNotificationRequest:
     return pb.SendNotificationRequest(
-        idempotency_key=key(), user_id=user, channel=pb.CHANNEL_SMS, category=pb.CATEGORY_SECURITY,
-        template="verification_code", params={"code": code, "minutes": "5"}, address=phone, **extra)
+        idempotency_key=key(),
+        user_id=user,
+        channel=pb.CHANNEL_SMS,
+        category=pb.CATEGORY_SECURITY,
+        template="verification_code",
+        params={"code": code, "minutes": "5"},
+        address=phone,
+        **extra,
+    )
 
 
 async def test_sms_provider_failing_intermittently_is_retried_until_sent(databases, tmp_path: Path, sms) -> None:
@@ -56,7 +63,8 @@ async def test_sms_provider_failing_intermittently_is_retried_until_sent(databas
 
 
 async def test_permanently_failing_sms_is_dead_lettered_then_redriven_after_the_fix(
-        databases, tmp_path: Path, sms) -> None:
+    databases, tmp_path: Path, sms
+) -> None:
     """After max attempts the message is parked; ListDeadLetters shows it; a redrive after the fix sends it once."""
     sms.fail_number(PHONE)
     async with running_notify(databases, tmp_path, sms=sms) as notify:
@@ -66,7 +74,8 @@ async def test_permanently_failing_sms_is_dead_lettered_then_redriven_after_the_
         assert dead.attempts == 4
         letters = (await notify.stub.ListDeadLetters(pb.ListDeadLettersRequest())).dead_letters
         assert [(d.notification_id, d.channel, d.attempts, d.redriven) for d in letters] == [
-            (nid, pb.CHANNEL_SMS, 4, False)]
+            (nid, pb.CHANNEL_SMS, 4, False)
+        ]
         assert "503" in letters[0].last_error and PHONE not in letters[0].last_error
         assert sms.messages == []
 
@@ -79,8 +88,9 @@ async def test_permanently_failing_sms_is_dead_lettered_then_redriven_after_the_
         await notify.wait_status(nid, pb.NOTIFICATION_STATUS_SENT)
         assert len(sms.to(PHONE)) == 1
         with pytest.raises(grpc.aio.AioRpcError) as twice:
-            await notify.stub.RedriveDeadLetter(pb.RedriveDeadLetterRequest(
-                idempotency_key=key(), dead_letter_id=letters[0].dead_letter_id))
+            await notify.stub.RedriveDeadLetter(
+                pb.RedriveDeadLetterRequest(idempotency_key=key(), dead_letter_id=letters[0].dead_letter_id)
+            )
         assert twice.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert reason_of(twice.value) == "INVALID_STATE"
         listed = (await notify.stub.ListDeadLetters(pb.ListDeadLettersRequest())).dead_letters
@@ -98,18 +108,32 @@ async def test_provider_rejecting_the_request_dead_letters_without_retrying(data
 
 
 async def test_email_goes_over_smtp_in_the_users_locale_after_a_temporary_refusal(
-        databases, tmp_path: Path, smtp) -> None:
+    databases, tmp_path: Path, smtp
+) -> None:
     """The user registered with locale en: the code goes out in English, retried past a 451."""
     smtp.fail_next(1)
     async with running_notify(databases, tmp_path, smtp=smtp) as notify:
-        registered = event_pb2.Event(event_id=str(uuid.uuid4()), source="identity",
-                                     event_type="identity.user.registered.v1", aggregate_id="u-4", sequence=1,
-                                     user_id="u-4")
+        registered = event_pb2.Event(
+            event_id=str(uuid.uuid4()),
+            source="identity",
+            event_type="identity.user.registered.v1",
+            aggregate_id="u-4",
+            sequence=1,
+            user_id="u-4",
+        )
         registered.payload.update({"user_id": "u-4", "locale": "en"})
         await notify.stub.DeliverEvent(pb.DeliverEventRequest(event=registered))
-        sent = await notify.stub.SendNotification(pb.SendNotificationRequest(
-            idempotency_key=key(), user_id="u-4", channel=pb.CHANNEL_EMAIL, category=pb.CATEGORY_SECURITY,
-            template="verification_code", params={"code": "771234", "minutes": "10"}, address="li.lei@example.com"))
+        sent = await notify.stub.SendNotification(
+            pb.SendNotificationRequest(
+                idempotency_key=key(),
+                user_id="u-4",
+                channel=pb.CHANNEL_EMAIL,
+                category=pb.CATEGORY_SECURITY,
+                template="verification_code",
+                params={"code": "771234", "minutes": "10"},
+                address="li.lei@example.com",
+            )
+        )
         assert sent.notification.locale == "en"
         done = await notify.wait_status(sent.notification.notification_id, pb.NOTIFICATION_STATUS_SENT)
     assert done.attempts == 2
@@ -120,47 +144,62 @@ async def test_email_goes_over_smtp_in_the_users_locale_after_a_temporary_refusa
 
 
 async def test_smtp_permanent_refusal_and_unconfigured_channel_go_to_dead_letters(
-        databases, tmp_path: Path, smtp) -> None:
+    databases, tmp_path: Path, smtp
+) -> None:
     """550 for the mailbox is final; a channel without settings parks its messages for a later redrive."""
     smtp.refused_recipients.add("nobody@example.com")
     async with running_notify(databases, tmp_path, smtp=smtp) as notify:
-        mail = await notify.stub.SendNotification(pb.SendNotificationRequest(
-            idempotency_key=key(), user_id="u-5", channel=pb.CHANNEL_EMAIL, category=pb.CATEGORY_TRANSACTIONAL,
-            template="welcome", address="nobody@example.com"))
+        mail = await notify.stub.SendNotification(
+            pb.SendNotificationRequest(
+                idempotency_key=key(),
+                user_id="u-5",
+                channel=pb.CHANNEL_EMAIL,
+                category=pb.CATEGORY_TRANSACTIONAL,
+                template="welcome",
+                address="nobody@example.com",
+            )
+        )
         text = await notify.stub.SendNotification(code_sms("u-5"))  # no SMS provider configured
         for sent in (mail, text):
-            dead = await notify.wait_status(sent.notification.notification_id,
-                                            pb.NOTIFICATION_STATUS_DEAD_LETTERED)
+            dead = await notify.wait_status(sent.notification.notification_id, pb.NOTIFICATION_STATUS_DEAD_LETTERED)
             assert dead.attempts == 1
-        letters = (await notify.stub.ListDeadLetters(pb.ListDeadLettersRequest(page_size=1)))
+        letters = await notify.stub.ListDeadLetters(pb.ListDeadLettersRequest(page_size=1))
         assert len(letters.dead_letters) == 1 and letters.next_page_token
         rest = await notify.stub.ListDeadLetters(pb.ListDeadLettersRequest(page_token=letters.next_page_token))
-        assert {d.last_error for d in [*letters.dead_letters, *rest.dead_letters]} >= {
-            "SMS channel is not configured"}
+        assert {d.last_error for d in [*letters.dead_letters, *rest.dead_letters]} >= {"SMS channel is not configured"}
 
 
 async def test_webhook_is_signed_verified_by_the_receiver_and_a_replay_is_refused(
-        databases, tmp_path: Path, receiver) -> None:
+    databases, tmp_path: Path, receiver
+) -> None:
     """The receiver checks HMAC-SHA256 over timestamp.body; one failed attempt is retried; a stale replay fails."""
     receiver.fail_next(1)
     async with running_notify(databases, tmp_path) as notify:
-        created = await notify.stub.CreateWebhook(pb.CreateWebhookRequest(
-            idempotency_key="hook-1", url=receiver.url, event_types=["payments.payment.*"]))
+        created = await notify.stub.CreateWebhook(
+            pb.CreateWebhookRequest(idempotency_key="hook-1", url=receiver.url, event_types=["payments.payment.*"])
+        )
         assert created.signing_secret.startswith("whsec_")
-        replay = await notify.stub.CreateWebhook(pb.CreateWebhookRequest(
-            idempotency_key="hook-1", url=receiver.url, event_types=["payments.payment.*"]))
+        replay = await notify.stub.CreateWebhook(
+            pb.CreateWebhookRequest(idempotency_key="hook-1", url=receiver.url, event_types=["payments.payment.*"])
+        )
         assert replay == created  # the retry of a lost answer gets the secret too
         receiver.secret = created.signing_secret
-        event = event_pb2.Event(event_id=str(uuid.uuid4()), source="payments",
-                                event_type="payments.payment.captured.v1", aggregate_id="acc-1", sequence=1,
-                                user_id="u-6")
+        event = event_pb2.Event(
+            event_id=str(uuid.uuid4()),
+            source="payments",
+            event_type="payments.payment.captured.v1",
+            aggregate_id="acc-1",
+            sequence=1,
+            user_id="u-6",
+        )
         event.payload.update({"payment_id": "p-1", "status": "CAPTURED", "amount_minor_units": "1234"})
         delivered = await notify.stub.DeliverEvent(pb.DeliverEventRequest(event=event))
         again = await notify.stub.DeliverEvent(pb.DeliverEventRequest(event=event))
         assert again.duplicate and not again.notification_ids
         [body] = await receiver.wait_for(1)
-        hook_ids = [i for i in delivered.notification_ids
-                    if (await notify.notification(i)).channel == pb.CHANNEL_WEBHOOK]
+        hook_ids = [
+            i for i in delivered.notification_ids if (await notify.notification(i)).channel == pb.CHANNEL_WEBHOOK
+        ]
         [hook] = [await notify.wait_status(i, pb.NOTIFICATION_STATUS_SENT) for i in hook_ids]
     assert hook.attempts == 2
     assert body["event_id"] == event.event_id and body["data"]["amount_minor_units"] == "1234"
@@ -169,14 +208,19 @@ async def test_webhook_is_signed_verified_by_the_receiver_and_a_replay_is_refuse
     # An attacker who captured the request replays it ten minutes later: refused as stale.
     raw = json.dumps(body).encode()
     old = str(int(time.time()) - 600)
-    signature = "v1=" + hmac.new(created.signing_secret.encode(), old.encode() + b"." + raw,
-                                 hashlib.sha256).hexdigest()
+    signature = "v1=" + hmac.new(created.signing_secret.encode(), old.encode() + b"." + raw, hashlib.sha256).hexdigest()
     forged = "v1=" + hmac.new(b"guess", raw, hashlib.sha256).hexdigest()
     async with aiohttp.ClientSession() as session:
         for stamp, sig in ((old, signature), (str(int(time.time())), forged)):
-            async with session.post(receiver.url, data=raw, headers={
-                    "X-Finmesh-Timestamp": stamp, "X-Finmesh-Signature": sig,
-                    "X-Finmesh-Event-Id": event.event_id}) as response:
+            async with session.post(
+                receiver.url,
+                data=raw,
+                headers={
+                    "X-Finmesh-Timestamp": stamp,
+                    "X-Finmesh-Signature": sig,
+                    "X-Finmesh-Event-Id": event.event_id,
+                },
+            ) as response:
                 assert response.status == 401
     assert receiver.rejected == ["stale", "bad_signature"]
 
@@ -185,18 +229,25 @@ async def test_webhook_urls_must_be_https_or_loopback(databases, tmp_path: Path)
     """Plain http to another host, credentials in the URL and bad patterns are INVALID_ARGUMENT, by field."""
     async with running_notify(databases, tmp_path) as notify:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await notify.stub.CreateWebhook(pb.CreateWebhookRequest(
-                idempotency_key=key(), url="http://example.com/hook", event_types=["Bad Type", "*"]))
+            await notify.stub.CreateWebhook(
+                pb.CreateWebhookRequest(
+                    idempotency_key=key(), url="http://example.com/hook", event_types=["Bad Type", "*"]
+                )
+            )
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field_violations_of(refused.value) == ["url", "event_types[0]"]
         with pytest.raises(grpc.aio.AioRpcError) as creds:
-            await notify.stub.CreateWebhook(pb.CreateWebhookRequest(
-                idempotency_key=key(), url="https://user:pw@example.com/hook", event_types=["*"]))
+            await notify.stub.CreateWebhook(
+                pb.CreateWebhookRequest(
+                    idempotency_key=key(), url="https://user:pw@example.com/hook", event_types=["*"]
+                )
+            )
         assert field_violations_of(creds.value) == ["url"]
 
 
 async def test_the_send_joins_the_requests_trace_by_a_link_without_personal_data(
-        sqlite_databases, tmp_path: Path, sms, spans) -> None:
+    sqlite_databases, tmp_path: Path, sms, spans
+) -> None:
     """The worker's send span links to the trace of the call that queued it; no phone or code in attributes."""
     async with running_notify(sqlite_databases, tmp_path, sms=sms) as notify:
         sent = await notify.stub.SendNotification(code_sms("u-7", code="135790"))
@@ -213,8 +264,9 @@ async def test_the_send_joins_the_requests_trace_by_a_link_without_personal_data
 
 
 @asynccontextmanager
-async def answering(status: int, body: bytes = b"", content_type: str | None = None,
-                    location: str = "") -> AsyncIterator[tuple[str, list[web.Request], list[bytes]]]:
+async def answering(
+    status: int, body: bytes = b"", content_type: str | None = None, location: str = ""
+) -> AsyncIterator[tuple[str, list[web.Request], list[bytes]]]:
     """A loopback server answering every POST with `status` and `body`; it records requests and bodies."""
     seen: list[web.Request] = []
     bodies: list[bytes] = []
@@ -248,8 +300,10 @@ def sms_message() -> Outgoing:
     return Outgoing("n-2", "SMS", PHONE, "", "code 482913")
 
 
-@pytest.mark.parametrize(("body", "content_type"), [(b"ok", None), (b"ok", "text/plain"), (b"", None),
-                                                    (b'{"ok": true}', "application/json"), (b"\xff\xfe", None)])
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [(b"ok", None), (b"ok", "text/plain"), (b"", None), (b'{"ok": true}', "application/json"), (b"\xff\xfe", None)],
+)
 async def test_any_2xx_answer_delivers_whatever_its_body(body: bytes, content_type: str | None) -> None:
     """Senders do not read answers: a receiver saying 200 "ok" without a content type has the message."""
     sender, sms = WebhookSender(timeout=2), None
@@ -265,13 +319,28 @@ async def test_any_2xx_answer_delivers_whatever_its_body(body: bytes, content_ty
             await sms.close()
 
 
-@pytest.mark.parametrize(("status", "permanent"), [(400, True), (401, True), (404, True), (408, False),
-                                                   (409, False), (425, False), (429, False), (500, False),
-                                                   (503, False), (302, True), (307, True)])
+@pytest.mark.parametrize(
+    ("status", "permanent"),
+    [
+        (400, True),
+        (401, True),
+        (404, True),
+        (408, False),
+        (409, False),
+        (425, False),
+        (429, False),
+        (500, False),
+        (503, False),
+        (302, True),
+        (307, True),
+    ],
+)
 async def test_answers_map_to_retry_or_dead_letter(status: int, permanent: bool) -> None:
     """Throttling, timeouts and server errors are retried; other refusals, and redirects, are final."""
-    for make, what in ((lambda url: (WebhookSender(timeout=2), hook_message(url + "/hook")), "webhook receiver"),
-                       (lambda url: (HttpSmsSender(url, "key", timeout=2), sms_message()), "SMS provider")):
+    for make, what in (
+        (lambda url: (WebhookSender(timeout=2), hook_message(url + "/hook")), "webhook receiver"),
+        (lambda url: (HttpSmsSender(url, "key", timeout=2), sms_message()), "SMS provider"),
+    ):
         async with answering(status, b'{"error": "no"}', "application/json") as (url, _, _):
             sender, message = make(url)
             try:
@@ -285,8 +354,10 @@ async def test_answers_map_to_retry_or_dead_letter(status: int, permanent: bool)
 
 async def test_a_webhook_redirect_is_not_followed() -> None:
     """A signed event must not be bounced elsewhere: the redirect's target never hears of it."""
-    async with answering(200) as (elsewhere, bounced, _), \
-            answering(307, location=elsewhere + "/stolen") as (url, seen, _):
+    async with (
+        answering(200) as (elsewhere, bounced, _),
+        answering(307, location=elsewhere + "/stolen") as (url, seen, _),
+    ):
         sender = WebhookSender(timeout=2)
         try:
             with pytest.raises(SendError) as failed:
@@ -299,10 +370,10 @@ async def test_a_webhook_redirect_is_not_followed() -> None:
 
 async def test_an_unreachable_party_is_retried_and_named_without_the_address() -> None:
     port = free_port()  # nothing listens there
-    for sender, message, what in ((WebhookSender(timeout=2), hook_message(f"http://127.0.0.1:{port}/hook"),
-                                   "webhook receiver"),
-                                  (HttpSmsSender(f"http://127.0.0.1:{port}", "key", timeout=2), sms_message(),
-                                   "SMS provider")):
+    for sender, message, what in (
+        (WebhookSender(timeout=2), hook_message(f"http://127.0.0.1:{port}/hook"), "webhook receiver"),
+        (HttpSmsSender(f"http://127.0.0.1:{port}", "key", timeout=2), sms_message(), "SMS provider"),
+    ):
         try:
             with pytest.raises(SendError) as failed:
                 await sender.send(message)
@@ -337,5 +408,4 @@ async def test_what_the_senders_put_on_the_wire() -> None:
     assert bodies[1] == b'{"event_id": "e-1"}'
     stamp = sent_hook.headers["X-Finmesh-Timestamp"]
     assert int(stamp) >= before
-    assert signing.verify("whsec_test", stamp, sent_hook.headers["X-Finmesh-Signature"], bodies[1],
-                          time.time()) == ""
+    assert signing.verify("whsec_test", stamp, sent_hook.headers["X-Finmesh-Signature"], bodies[1], time.time()) == ""

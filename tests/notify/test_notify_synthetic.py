@@ -11,10 +11,24 @@ from tests.notify.conftest import running_notify
 
 
 def captured(payer: str, payee: str, *, synthetic: bool) -> event_pb2.Event:
-    event = event_pb2.Event(event_id=str(uuid.uuid4()), source="payments", event_type="payments.payment.captured.v1",
-                            aggregate_id=f"acc-{payer}", sequence=1, user_id=payer)
-    event.payload.update({"payment_id": uuid.uuid4().hex, "status": "CAPTURED", "amount_minor_units": "100",
-                          "currency_code": "CNY", "payer_user_id": payer, "payee_user_id": payee})
+    event = event_pb2.Event(
+        event_id=str(uuid.uuid4()),
+        source="payments",
+        event_type="payments.payment.captured.v1",
+        aggregate_id=f"acc-{payer}",
+        sequence=1,
+        user_id=payer,
+    )
+    event.payload.update(
+        {
+            "payment_id": uuid.uuid4().hex,
+            "status": "CAPTURED",
+            "amount_minor_units": "100",
+            "currency_code": "CNY",
+            "payer_user_id": payer,
+            "payee_user_id": payee,
+        }
+    )
     if synthetic:
         event.payload.update({"synthetic": True})
     return event

@@ -77,8 +77,18 @@ def test_marketing_templates_carry_an_opt_out_and_only_marketing_category() -> N
 
 
 def test_risk_alert_plans_an_operator_alert_with_every_reason() -> None:
-    planned = plan("risk.alert.raised.v1", "u1", {"alert_id": "a1", "level": "CRITICAL", "user_id": "u1",
-                                                  "account_id": "acc", "payment_id": "", "reasons": "X, Y"})
+    planned = plan(
+        "risk.alert.raised.v1",
+        "u1",
+        {
+            "alert_id": "a1",
+            "level": "CRITICAL",
+            "user_id": "u1",
+            "account_id": "acc",
+            "payment_id": "",
+            "reasons": "X, Y",
+        },
+    )
     assert [(p.user_id, p.template, p.category) for p in planned] == [(OPERATORS, "operator_risk_alert", "SECURITY")]
     assert planned[0].params["payment_id"] == "-"
     assert "X, Y" in render("operator_risk_alert", "en", planned[0].params)
@@ -121,8 +131,11 @@ def test_business_days_are_counted_in_the_business_time_zone() -> None:
 
 def test_complaint_deadlines_from_opening() -> None:
     d = complaints.deadlines(sh(2026, 3, 6, 10), BusinessCalendar())
-    assert (d.accept_due, d.respond_due, d.resolve_due) == (sh(2026, 3, 7, 10), sh(2026, 3, 10, 10),
-                                                            sh(2026, 3, 13, 10))
+    assert (d.accept_due, d.respond_due, d.resolve_due) == (
+        sh(2026, 3, 7, 10),
+        sh(2026, 3, 10, 10),
+        sh(2026, 3, 13, 10),
+    )
 
 
 def test_breaches_are_stages_past_due_and_not_reached() -> None:
@@ -153,12 +166,15 @@ def test_marketing_without_consent_or_after_opt_out_is_refused() -> None:
     assert decide_marketing(ConsentRecord(granted=True), now).send
 
 
-@pytest.mark.parametrize(("local", "until"), [
-    (sh(2026, 3, 6, 23, 30), sh(2026, 3, 7, 8, 0)),
-    (sh(2026, 3, 7, 7, 59), sh(2026, 3, 7, 8, 0)),
-    (sh(2026, 3, 7, 8, 0), None),
-    (sh(2026, 3, 6, 21, 59), None),
-])
+@pytest.mark.parametrize(
+    ("local", "until"),
+    [
+        (sh(2026, 3, 6, 23, 30), sh(2026, 3, 7, 8, 0)),
+        (sh(2026, 3, 7, 7, 59), sh(2026, 3, 7, 8, 0)),
+        (sh(2026, 3, 7, 8, 0), None),
+        (sh(2026, 3, 6, 21, 59), None),
+    ],
+)
 def test_quiet_hours_wrapping_midnight_defer_to_their_end(local: datetime, until: datetime | None) -> None:
     consent = ConsentRecord(granted=True, quiet_start="22:00", quiet_end="08:00", time_zone="Asia/Shanghai")
     decision = decide_marketing(consent, local.astimezone(UTC))

@@ -24,22 +24,35 @@ from tests.inprocess import InProcessMesh, running_mesh
 
 # "payments" keeps the whole directory within its time budget on two cores;
 # FINMESH_HYPOTHESIS_PROFILE=payments-thorough runs many more sequences.
-settings.register_profile("payments", max_examples=int(os.environ.get("FINMESH_PROPERTY_EXAMPLES", "20")),
-                          stateful_step_count=25, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("payments-thorough", max_examples=200, stateful_step_count=50, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "payments",
+    max_examples=int(os.environ.get("FINMESH_PROPERTY_EXAMPLES", "20")),
+    stateful_step_count=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "payments-thorough",
+    max_examples=200,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def payments_profile() -> settings:
     return settings.get_profile(os.environ.get("FINMESH_HYPOTHESIS_PROFILE", "payments"))
 
 
-
 # Limits far above anything a test pays, unless a test sets its own.
-GENEROUS_LIMITS = {tier: {"CNY": {"single": 10**12, "daily_amount": 10**13, "daily_count": 10**6},
-                          "USD": {"single": 10**12, "daily_amount": 10**13, "daily_count": 10**6}}
-                   for tier in ("low", "medium", "high")}
+GENEROUS_LIMITS = {
+    tier: {
+        "CNY": {"single": 10**12, "daily_amount": 10**13, "daily_count": 10**6},
+        "USD": {"single": 10**12, "daily_amount": 10**13, "daily_count": 10**6},
+    }
+    for tier in ("low", "medium", "high")
+}
 
 
 def money(minor: int, currency: str = "CNY") -> money_pb2.Money:
@@ -76,9 +89,14 @@ class Client:
 
     async def open(self, kind: int = pb.ACCOUNT_KIND_CUSTOMER_WALLET, owner: str = "", currency: str = "CNY") -> str:
         platform = kind in (pb.ACCOUNT_KIND_PLATFORM_FEE, pb.ACCOUNT_KIND_RISK_RESERVE)
-        reply = await self.stub.OpenAccount(pb.OpenAccountRequest(
-            idempotency_key=key(), owner_id="" if platform else owner or uuid.uuid4().hex, kind=kind,
-            currency_code=currency))
+        reply = await self.stub.OpenAccount(
+            pb.OpenAccountRequest(
+                idempotency_key=key(),
+                owner_id="" if platform else owner or uuid.uuid4().hex,
+                kind=kind,
+                currency_code=currency,
+            )
+        )
         return reply.account.account_id
 
     async def wallet(self, owner: str = "", currency: str = "CNY") -> str:
@@ -87,22 +105,46 @@ class Client:
     async def merchant(self, owner: str = "", currency: str = "CNY") -> str:
         return await self.open(pb.ACCOUNT_KIND_MERCHANT, owner, currency)
 
-    async def top_up(self, account: str, minor: int, channel: str = "test_bank", idem: str = "",
-                     currency: str = "CNY") -> pb.TopUpResponse:
-        return await self.stub.TopUp(pb.TopUpRequest(idempotency_key=idem or key(), account_id=account,
-                                                     channel=channel, amount=money(minor, currency)))
+    async def top_up(
+        self, account: str, minor: int, channel: str = "test_bank", idem: str = "", currency: str = "CNY"
+    ) -> pb.TopUpResponse:
+        return await self.stub.TopUp(
+            pb.TopUpRequest(
+                idempotency_key=idem or key(), account_id=account, channel=channel, amount=money(minor, currency)
+            )
+        )
 
-    async def payout(self, account: str, minor: int, channel: str = "test_bank", idem: str = "",
-                     token: str = "tok-dest-1") -> pb.PayoutResponse:
-        return await self.stub.Payout(pb.PayoutRequest(idempotency_key=idem or key(), account_id=account,
-                                                       channel=channel, amount=money(minor),
-                                                       destination_token=token))
+    async def payout(
+        self, account: str, minor: int, channel: str = "test_bank", idem: str = "", token: str = "tok-dest-1"
+    ) -> pb.PayoutResponse:
+        return await self.stub.Payout(
+            pb.PayoutRequest(
+                idempotency_key=idem or key(),
+                account_id=account,
+                channel=channel,
+                amount=money(minor),
+                destination_token=token,
+            )
+        )
 
-    async def pay(self, payer: str, payee: str, minor: int, idem: str = "", mode: int = pb.CAPTURE_MODE_AUTOMATIC,
-                  currency: str = "CNY") -> pb.Payment:
-        reply = await self.stub.CreatePayment(pb.CreatePaymentRequest(
-            idempotency_key=idem or key(), payer_account_id=payer, payee_account_id=payee,
-            amount=money(minor, currency), capture_mode=mode))
+    async def pay(
+        self,
+        payer: str,
+        payee: str,
+        minor: int,
+        idem: str = "",
+        mode: int = pb.CAPTURE_MODE_AUTOMATIC,
+        currency: str = "CNY",
+    ) -> pb.Payment:
+        reply = await self.stub.CreatePayment(
+            pb.CreatePaymentRequest(
+                idempotency_key=idem or key(),
+                payer_account_id=payer,
+                payee_account_id=payee,
+                amount=money(minor, currency),
+                capture_mode=mode,
+            )
+        )
         return reply.payment
 
     async def capture(self, payment_id: str, minor: int | None = None) -> pb.Payment:
@@ -112,8 +154,9 @@ class Client:
         return (await self.stub.CapturePayment(request)).payment
 
     async def void(self, payment_id: str) -> pb.Payment:
-        return (await self.stub.VoidPayment(pb.VoidPaymentRequest(idempotency_key=key(),
-                                                                  payment_id=payment_id))).payment
+        return (
+            await self.stub.VoidPayment(pb.VoidPaymentRequest(idempotency_key=key(), payment_id=payment_id))
+        ).payment
 
     async def refund(self, payment_id: str, minor: int | None = None) -> pb.RefundPaymentResponse:
         request = pb.RefundPaymentRequest(idempotency_key=key(), payment_id=payment_id)
@@ -123,20 +166,26 @@ class Client:
 
     async def review(self, payment_id: str, approve: bool) -> pb.Payment:
         decision = pb.REVIEW_DECISION_APPROVE if approve else pb.REVIEW_DECISION_DECLINE
-        return (await self.stub.ReviewPayment(pb.ReviewPaymentRequest(
-            idempotency_key=key(), payment_id=payment_id, decision=decision, note="checked"))).payment
+        return (
+            await self.stub.ReviewPayment(
+                pb.ReviewPaymentRequest(idempotency_key=key(), payment_id=payment_id, decision=decision, note="checked")
+            )
+        ).payment
 
     async def freeze(self, account: str, frozen: bool = True) -> None:
         if frozen:
-            await self.stub.FreezeAccount(pb.FreezeAccountRequest(idempotency_key=key(), account_id=account,
-                                                                  reason="OPERATOR"))
+            await self.stub.FreezeAccount(
+                pb.FreezeAccountRequest(idempotency_key=key(), account_id=account, reason="OPERATOR")
+            )
         else:
-            await self.stub.UnfreezeAccount(pb.UnfreezeAccountRequest(idempotency_key=key(), account_id=account,
-                                                                      reason="OPERATOR"))
+            await self.stub.UnfreezeAccount(
+                pb.UnfreezeAccountRequest(idempotency_key=key(), account_id=account, reason="OPERATOR")
+            )
 
     async def settle(self, merchant: str) -> pb.SettlementBatch:
-        return (await self.stub.RunSettlement(pb.RunSettlementRequest(idempotency_key=key(),
-                                                                      merchant_account_id=merchant))).batch
+        return (
+            await self.stub.RunSettlement(pb.RunSettlementRequest(idempotency_key=key(), merchant_account_id=merchant))
+        ).batch
 
     async def balance(self, account: str) -> pb.Balance:
         return (await self.stub.GetAccount(pb.GetAccountRequest(account_id=account))).account.balance
@@ -164,8 +213,9 @@ class Database:
     async def negative_customer_balances(self) -> list[str]:
         a = accounts.c
         async with self.engine.connect() as conn:
-            result = await conn.execute(select(a.account_id).where(
-                a.kind != "CLEARING", (a.available < 0) | (a.held < 0) | (a.unsettled < 0)))
+            result = await conn.execute(
+                select(a.account_id).where(a.kind != "CLEARING", (a.available < 0) | (a.held < 0) | (a.unsettled < 0))
+            )
             return [r.account_id for r in result]
 
     async def execute(self, statement: str, **params: Any) -> Any:

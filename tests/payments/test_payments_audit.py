@@ -16,8 +16,13 @@ from tests.payments.harness import payments_mesh
 
 def cli_verify(database_url: str) -> tuple[int, dict]:
     """`finmesh audit verify` as an operator runs it: a separate process reading the database."""
-    done = subprocess.run([sys.executable, "-m", "finmesh.payments.admin", "--database-url", database_url,
-                           "audit-verify"], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "finmesh.payments.admin", "--database-url", database_url, "audit-verify"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     return done.returncode, json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -47,10 +52,12 @@ async def test_tampered_row_is_named_by_rpc_and_cli(databases, tmp_path: Path) -
         code, report = await asyncio.to_thread(cli_verify, pay.db.url)
         assert (code, report["intact"], report["rows_checked"]) == (0, True, len(kinds))
 
-        target = await pay.db.scalar("SELECT min(sequence) FROM audit_log WHERE kind = 'transfer' "
-                                     "AND payload LIKE '%PAYMENT%'")
-        changed = await pay.db.execute("UPDATE audit_log SET payload = replace(payload, '1000', '1001') "
-                                       "WHERE sequence = :s", s=target)
+        target = await pay.db.scalar(
+            "SELECT min(sequence) FROM audit_log WHERE kind = 'transfer' AND payload LIKE '%PAYMENT%'"
+        )
+        changed = await pay.db.execute(
+            "UPDATE audit_log SET payload = replace(payload, '1000', '1001') WHERE sequence = :s", s=target
+        )
         assert changed == 1
         broken = await c.verify_audit()
         assert (broken.intact, broken.first_broken_sequence, broken.rows_checked) == (False, target, len(kinds))
@@ -77,8 +84,9 @@ async def test_removed_or_rehashed_rows_break_the_chain(databases, tmp_path: Pat
             row = (await pay.db.execute("SELECT * FROM audit_log WHERE sequence = 3"))[0]
             payload = row.payload.replace("CNY", "USD")
             new_hash = chain_hash(row.prev_hash, 3, row.recorded_at, row.kind, payload)
-            await pay.db.execute("UPDATE audit_log SET payload = :p, hash = :h WHERE sequence = 3",
-                                 p=payload, h=new_hash)
+            await pay.db.execute(
+                "UPDATE audit_log SET payload = :p, hash = :h WHERE sequence = 3", p=payload, h=new_hash
+            )
             expected = 4
         verdict = await pay.client.verify_audit()
         assert (verdict.intact, verdict.first_broken_sequence) == (False, expected)

@@ -42,19 +42,39 @@ async def test_customers_act_only_on_their_own_accounts_and_payments(databases, 
         calls = {
             "GetAccount": s.GetAccount(pb.GetAccountRequest(account_id=a_wallet), metadata=mallory),
             "ListAccounts": s.ListAccounts(pb.ListAccountsRequest(owner_id=alice), metadata=mallory),
-            "TopUp": s.TopUp(pb.TopUpRequest(idempotency_key=key(), account_id=a_wallet, channel="test_bank",
-                                             amount=money(1)), metadata=mallory),
-            "TopUp replay": s.TopUp(pb.TopUpRequest(idempotency_key=idem, account_id=a_wallet, channel="test_bank",
-                                                    amount=money(10_000)), metadata=mallory),
-            "Payout": s.Payout(pb.PayoutRequest(idempotency_key=key(), account_id=a_wallet, channel="test_bank",
-                                                amount=money(1), destination_token="tok"), metadata=mallory),
-            "CreatePayment": s.CreatePayment(pb.CreatePaymentRequest(
-                idempotency_key=key(), payer_account_id=a_wallet, payee_account_id=b_wallet, amount=money(1),
-                capture_mode=pb.CAPTURE_MODE_AUTOMATIC), metadata=mallory),
+            "TopUp": s.TopUp(
+                pb.TopUpRequest(idempotency_key=key(), account_id=a_wallet, channel="test_bank", amount=money(1)),
+                metadata=mallory,
+            ),
+            "TopUp replay": s.TopUp(
+                pb.TopUpRequest(idempotency_key=idem, account_id=a_wallet, channel="test_bank", amount=money(10_000)),
+                metadata=mallory,
+            ),
+            "Payout": s.Payout(
+                pb.PayoutRequest(
+                    idempotency_key=key(),
+                    account_id=a_wallet,
+                    channel="test_bank",
+                    amount=money(1),
+                    destination_token="tok",
+                ),
+                metadata=mallory,
+            ),
+            "CreatePayment": s.CreatePayment(
+                pb.CreatePaymentRequest(
+                    idempotency_key=key(),
+                    payer_account_id=a_wallet,
+                    payee_account_id=b_wallet,
+                    amount=money(1),
+                    capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+                ),
+                metadata=mallory,
+            ),
             "GetPayment": s.GetPayment(pb.GetPaymentRequest(payment_id=paid.payment_id), metadata=mallory),
             "ListPayments": s.ListPayments(pb.ListPaymentsRequest(account_id=a_wallet), metadata=mallory),
-            "ListLedgerEntries": s.ListLedgerEntries(pb.ListLedgerEntriesRequest(account_id=a_wallet),
-                                                     metadata=mallory),
+            "ListLedgerEntries": s.ListLedgerEntries(
+                pb.ListLedgerEntriesRequest(account_id=a_wallet), metadata=mallory
+            ),
         }
         for name, call in calls.items():
             refused = await refusal(call)
@@ -62,12 +82,14 @@ async def test_customers_act_only_on_their_own_accounts_and_payments(databases, 
 
         # The parties and support are served.
         for party in (alice, bob):
-            got = await s.GetPayment(pb.GetPaymentRequest(payment_id=paid.payment_id),
-                                     metadata=bearer(issuer.customer(party)))
+            got = await s.GetPayment(
+                pb.GetPaymentRequest(payment_id=paid.payment_id), metadata=bearer(issuer.customer(party))
+            )
             assert got.payment.payment_id == paid.payment_id
         support = bearer(issuer.mint("support"))
-        assert (await s.GetAccount(pb.GetAccountRequest(account_id=a_wallet), metadata=support)).account.owner_id \
-            == alice
+        assert (
+            await s.GetAccount(pb.GetAccountRequest(account_id=a_wallet), metadata=support)
+        ).account.owner_id == alice
         assert len((await s.ListPayments(pb.ListPaymentsRequest(account_id=b_wallet), metadata=support)).payments) == 1
         assert await c.triple(a_wallet) == (9_000, 0, 9_000)  # nothing Mallory tried moved money
         await pay.check_books()
@@ -111,12 +133,16 @@ async def test_merchants_capture_void_and_refund_only_payments_to_their_own_acco
         rival = bearer(issuer.customer(_owner(), role="enterprise"))  # a merchant, of another shop
         capture_key = key()
         calls = {
-            "CapturePayment": s.CapturePayment(pb.CapturePaymentRequest(
-                idempotency_key=capture_key, payment_id=held.payment_id), metadata=rival),
-            "VoidPayment": s.VoidPayment(pb.VoidPaymentRequest(idempotency_key=key(), payment_id=held.payment_id),
-                                         metadata=rival),
-            "RefundPayment": s.RefundPayment(pb.RefundPaymentRequest(
-                idempotency_key=key(), payment_id=captured.payment_id, reason="not mine"), metadata=rival),
+            "CapturePayment": s.CapturePayment(
+                pb.CapturePaymentRequest(idempotency_key=capture_key, payment_id=held.payment_id), metadata=rival
+            ),
+            "VoidPayment": s.VoidPayment(
+                pb.VoidPaymentRequest(idempotency_key=key(), payment_id=held.payment_id), metadata=rival
+            ),
+            "RefundPayment": s.RefundPayment(
+                pb.RefundPaymentRequest(idempotency_key=key(), payment_id=captured.payment_id, reason="not mine"),
+                metadata=rival,
+            ),
         }
         for name, call in calls.items():
             refused = await refusal(call)
@@ -124,21 +150,27 @@ async def test_merchants_capture_void_and_refund_only_payments_to_their_own_acco
         assert (await c.triple(wallet), await c.triple(shop)) == before  # nothing the rival tried moved money
 
         own = bearer(issuer.customer(shop_owner, role="enterprise"))
-        done = await s.CapturePayment(pb.CapturePaymentRequest(idempotency_key=capture_key,
-                                                               payment_id=held.payment_id), metadata=own)
+        done = await s.CapturePayment(
+            pb.CapturePaymentRequest(idempotency_key=capture_key, payment_id=held.payment_id), metadata=own
+        )
         assert done.payment.status == pb.PAYMENT_STATUS_CAPTURED
-        again = await s.CapturePayment(pb.CapturePaymentRequest(idempotency_key=capture_key,
-                                                                payment_id=held.payment_id), metadata=own)
+        again = await s.CapturePayment(
+            pb.CapturePaymentRequest(idempotency_key=capture_key, payment_id=held.payment_id), metadata=own
+        )
         assert again == done
-        voided = await s.VoidPayment(pb.VoidPaymentRequest(idempotency_key=key(), payment_id=held_too.payment_id),
-                                     metadata=own)
+        voided = await s.VoidPayment(
+            pb.VoidPaymentRequest(idempotency_key=key(), payment_id=held_too.payment_id), metadata=own
+        )
         assert voided.payment.status == pb.PAYMENT_STATUS_VOIDED
-        refunded = await s.RefundPayment(pb.RefundPaymentRequest(
-            idempotency_key=key(), payment_id=captured.payment_id, reason="returned"), metadata=own)
+        refunded = await s.RefundPayment(
+            pb.RefundPaymentRequest(idempotency_key=key(), payment_id=captured.payment_id, reason="returned"),
+            metadata=own,
+        )
         assert refunded.refund.amount.minor_units == 2_000
         # A payment that does not exist is NOT_FOUND, not a permission question.
-        missing = await refusal(s.VoidPayment(pb.VoidPaymentRequest(idempotency_key=key(), payment_id="no-such"),
-                                              metadata=rival))
+        missing = await refusal(
+            s.VoidPayment(pb.VoidPaymentRequest(idempotency_key=key(), payment_id="no-such"), metadata=rival)
+        )
         assert missing.code == grpc.StatusCode.NOT_FOUND
         await pay.check_books()
 
@@ -155,9 +187,18 @@ async def test_an_institution_batches_transfers_only_out_of_its_own_accounts(dat
         institution = bearer(issuer.customer(payroll_owner, role="institution"))
 
         def batch(*sources: str) -> Any:
-            return c.stub.BatchCreateTransfers(pb.BatchCreateTransfersRequest(idempotency_key=key(), transfers=[
-                pb.TransferSpec(reference=f"r{n}", from_account_id=source, to_account_id=salary, amount=money(100))
-                for n, source in enumerate(sources)]), metadata=institution)
+            return c.stub.BatchCreateTransfers(
+                pb.BatchCreateTransfersRequest(
+                    idempotency_key=key(),
+                    transfers=[
+                        pb.TransferSpec(
+                            reference=f"r{n}", from_account_id=source, to_account_id=salary, amount=money(100)
+                        )
+                        for n, source in enumerate(sources)
+                    ],
+                ),
+                metadata=institution,
+            )
 
         await c.top_up(payroll, 1)  # the platform's clearing account for the channel exists from here on
         for sources in ((savings,), (payroll, savings), ("clearing:test_bank:CNY",)):
@@ -180,12 +221,14 @@ async def test_customers_open_only_the_accounts_their_kind_may_hold(databases, t
             sub = _owner()
             # Customers must name themselves (the platform's check); admins open ownerless platform accounts.
             owner = "" if role == "admin" else sub
-            return s.OpenAccount(pb.OpenAccountRequest(idempotency_key=key(), owner_id=owner, kind=kind,
-                                                       currency_code="CNY"),
-                                 metadata=bearer(issuer.mint(role, sub=sub)))
+            return s.OpenAccount(
+                pb.OpenAccountRequest(idempotency_key=key(), owner_id=owner, kind=kind, currency_code="CNY"),
+                metadata=bearer(issuer.mint(role, sub=sub)),
+            )
 
-        assert (await open_as("personal", pb.ACCOUNT_KIND_CUSTOMER_WALLET)).account.kind == \
-            pb.ACCOUNT_KIND_CUSTOMER_WALLET
+        assert (
+            await open_as("personal", pb.ACCOUNT_KIND_CUSTOMER_WALLET)
+        ).account.kind == pb.ACCOUNT_KIND_CUSTOMER_WALLET
         refused = await refusal(open_as("personal", pb.ACCOUNT_KIND_MERCHANT))
         assert (refused.code, refused.reason) == DENIED
         assert (await open_as("enterprise", pb.ACCOUNT_KIND_MERCHANT)).account.kind == pb.ACCOUNT_KIND_MERCHANT
@@ -199,8 +242,10 @@ async def test_customers_open_only_the_accounts_their_kind_may_hold(databases, t
 async def test_limits_follow_the_tier_in_the_token(databases, tmp_path: Path) -> None:
     """The paying customer's token tier decides the limits, over payments' table; no tier in the token:
     the table (which also serves operators and services)."""
-    limits = {"low": {"CNY": {"single": 10_000, "daily_amount": 100_000, "daily_count": 100, "top_up": 50_000}},
-              "high": {"CNY": {"single": 1_000, "daily_amount": 100_000, "daily_count": 100, "top_up": 50_000}}}
+    limits = {
+        "low": {"CNY": {"single": 10_000, "daily_amount": 100_000, "daily_count": 100, "top_up": 50_000}},
+        "high": {"CNY": {"single": 1_000, "daily_amount": 100_000, "daily_count": 100, "top_up": 50_000}},
+    }
     async with payments_mesh(databases, tmp_path, tier_limits=limits, default_tier="low") as pay:
         c, issuer, book = pay.client, pay.mesh.issuer, pay.mesh.book
         tiered, untiered = _owner(), _owner()
@@ -216,9 +261,16 @@ async def test_limits_follow_the_tier_in_the_token(databases, tmp_path: Path) ->
         over = await refusal(c.pay(plain, shop, 1_001))  # no tier claim: the table's "high"
         assert "tier high" in over.details
         low = bearer(issuer.customer(tiered, tier="low"))
-        reply = await c.stub.CreatePayment(pb.CreatePaymentRequest(
-            idempotency_key=key(), payer_account_id=risky, payee_account_id=shop, amount=money(5_000),
-            capture_mode=pb.CAPTURE_MODE_AUTOMATIC), metadata=low)
+        reply = await c.stub.CreatePayment(
+            pb.CreatePaymentRequest(
+                idempotency_key=key(),
+                payer_account_id=risky,
+                payee_account_id=shop,
+                amount=money(5_000),
+                capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+            ),
+            metadata=low,
+        )
         assert reply.payment.status == pb.PAYMENT_STATUS_CAPTURED
         await pay.check_books()
 
@@ -231,9 +283,16 @@ async def test_malformed_risk_context_is_invalid_argument_naming_each_field(data
         await c.top_up(payer, 10_000)
 
         def create(**context: str) -> Any:
-            return c.stub.CreatePayment(pb.CreatePaymentRequest(
-                idempotency_key=key(), payer_account_id=payer, payee_account_id=payee, amount=money(100),
-                capture_mode=pb.CAPTURE_MODE_AUTOMATIC, risk_context=pb.RiskContext(**context)))
+            return c.stub.CreatePayment(
+                pb.CreatePaymentRequest(
+                    idempotency_key=key(),
+                    payer_account_id=payer,
+                    payee_account_id=payee,
+                    amount=money(100),
+                    capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+                    risk_context=pb.RiskContext(**context),
+                )
+            )
 
         bad = await refusal(create(ip_address="300.1.2.3", ip_country="C1"))
         assert bad.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -251,8 +310,9 @@ async def test_malformed_risk_context_is_invalid_argument_naming_each_field(data
 async def test_risk_refusing_the_call_is_not_treated_as_risk_unavailable(databases, tmp_path: Path) -> None:
     """Risk answering UNAUTHENTICATED (here: payments holds a wrong service credential) is a fault, not an
     outage: with the "review" policy nothing is held; the payment is refused UNAVAILABLE and nothing moves."""
-    async with payments_mesh(databases, tmp_path, risk_unavailable_policy="review",
-                             service_credential="payments.not-the-right-mac") as pay:
+    async with payments_mesh(
+        databases, tmp_path, risk_unavailable_policy="review", service_credential="payments.not-the-right-mac"
+    ) as pay:
         c = pay.client
         payer, payee = await c.wallet(), await c.wallet()
         await c.top_up(payer, 10_000)
@@ -271,8 +331,11 @@ class _RecordingRisk(risk_grpc.RiskServiceServicer):
 
     async def AssessPayment(self, request: Any, context: Any) -> Any:
         self.requests.append(request)
-        return risk_pb.AssessPaymentResponse(assessment=risk_pb.Assessment(
-            assessment_id=uuid.uuid4().hex, payment_id=request.payment_id, decision=risk_pb.DECISION_APPROVE))
+        return risk_pb.AssessPaymentResponse(
+            assessment=risk_pb.Assessment(
+                assessment_id=uuid.uuid4().hex, payment_id=request.payment_id, decision=risk_pb.DECISION_APPROVE
+            )
+        )
 
 
 async def test_risk_hears_the_payers_token_tier_and_synthetic_probes(databases, tmp_path: Path) -> None:
@@ -280,14 +343,24 @@ async def test_risk_hears_the_payers_token_tier_and_synthetic_probes(databases, 
     synthetic, others never (a probe paying a customer included), whatever the caller says."""
     issuer = await Issuer().start()
     recorder = _RecordingRisk()
-    risk = await create_server(ServiceSettings(host="127.0.0.1", port=0, **issuer.settings()), [Registration(
-        recorder, risk_grpc.add_RiskServiceServicer_to_server, risk_pb.DESCRIPTOR.services_by_name["RiskService"])])
+    risk = await create_server(
+        ServiceSettings(host="127.0.0.1", port=0, **issuer.settings()),
+        [
+            Registration(
+                recorder,
+                risk_grpc.add_RiskServiceServicer_to_server,
+                risk_pb.DESCRIPTOR.services_by_name["RiskService"],
+            )
+        ],
+    )
     probe_owner = "rollout-probe"
-    extra = {"tier_limits": GENEROUS_LIMITS, "risk_target": f"127.0.0.1:{risk.port}",
-             "synthetic_owner_ids": [probe_owner, "rollout-probe-payee"]}
+    extra = {
+        "tier_limits": GENEROUS_LIMITS,
+        "risk_target": f"127.0.0.1:{risk.port}",
+        "synthetic_owner_ids": [probe_owner, "rollout-probe-payee"],
+    }
     try:
-        async with running_mesh(databases, tmp_path, names=("payments",), payments_extra=extra,
-                                issuer=issuer) as mesh:
+        async with running_mesh(databases, tmp_path, names=("payments",), payments_extra=extra, issuer=issuer) as mesh:
             from tests.payments.harness import Client
 
             c = Client(mesh.channel("payments"))
@@ -301,8 +374,7 @@ async def test_risk_hears_the_payers_token_tier_and_synthetic_probes(databases, 
             await c.pay(probe, probe_payee, 1)
             await c.pay(probe, payee, 1)
         first, second, third = recorder.requests
-        assert (first.payer_user_id, first.payer_tier, first.synthetic) == (customer, risk_pb.RISK_TIER_MEDIUM,
-                                                                            False)
+        assert (first.payer_user_id, first.payer_tier, first.synthetic) == (customer, risk_pb.RISK_TIER_MEDIUM, False)
         assert (second.payer_user_id, second.synthetic) == (probe_owner, True)
         assert (third.payer_user_id, third.synthetic) == (probe_owner, False)
     finally:

@@ -29,8 +29,10 @@ PENDING = pb.CHANNEL_OPERATION_STATUS_PENDING
 HUGE = 2**62
 # Caps out of the way, for the tests that reach the ledger's own range.
 NO_CAPS = {
-    "tier_limits": {tier: {cur: {**row, "top_up": HUGE, "payout": HUGE} for cur, row in by_currency.items()}
-                    for tier, by_currency in GENEROUS_LIMITS.items()},
+    "tier_limits": {
+        tier: {cur: {**row, "top_up": HUGE, "payout": HUGE} for cur, row in by_currency.items()}
+        for tier, by_currency in GENEROUS_LIMITS.items()
+    },
     "channel_caps": {"*": {cur: {"top_up": HUGE, "payout": HUGE} for cur in ("CNY", "USD")}},
 }
 FINAL = {"SUCCEEDED", "FAILED", "PARKED"}
@@ -82,10 +84,14 @@ async def test_one_huge_top_up_cannot_block_a_currency(databases, tmp_path: Path
 
 async def test_tier_caps_refuse_before_the_bank_is_asked(databases, tmp_path: Path, bank: FakeBank) -> None:
     """A wallet's tier caps one top-up and one payout; the refusal names the cap; the bank never hears of it."""
-    limits = {"low": {"CNY": {"single": 10_000, "daily_amount": 10**9, "daily_count": 10**6,
-                              "top_up": 50_000, "payout": 20_000}},
-              "high": {"CNY": {"single": 1_000, "daily_amount": 10**9, "daily_count": 10**6,
-                               "top_up": 5_000, "payout": 2_000}}}
+    limits = {
+        "low": {
+            "CNY": {"single": 10_000, "daily_amount": 10**9, "daily_count": 10**6, "top_up": 50_000, "payout": 20_000}
+        },
+        "high": {
+            "CNY": {"single": 1_000, "daily_amount": 10**9, "daily_count": 10**6, "top_up": 5_000, "payout": 2_000}
+        },
+    }
     settings = {"channel_urls": {"bank": bank.url}, "tier_limits": limits, "default_tier": "low"}
     async with payments_mesh(databases, tmp_path, **settings) as pay:
         c = pay.client
@@ -96,8 +102,7 @@ async def test_tier_caps_refuse_before_the_bank_is_asked(databases, tmp_path: Pa
         assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "LIMIT_EXCEEDED")
         assert meta == {"limit": "top_up", "scope": "tier", "tier": "low", "limit_value": "50000"}
         code, reason, meta = await refused_with_metadata(c.top_up(risky, 5_001, channel="bank"))
-        assert (reason, meta["scope"], meta["tier"], meta["limit_value"]) == ("LIMIT_EXCEEDED", "tier", "high",
-                                                                              "5000")
+        assert (reason, meta["scope"], meta["tier"], meta["limit_value"]) == ("LIMIT_EXCEEDED", "tier", "high", "5000")
         assert (await c.top_up(risky, 5_000, channel="bank")).operation.status == SUCCEEDED
         code, reason, meta = await refused_with_metadata(c.payout(risky, 2_001, channel="bank"))
         assert (reason, meta["limit"], meta["limit_value"]) == ("LIMIT_EXCEEDED", "payout", "2000")
@@ -113,8 +118,7 @@ async def test_tier_caps_refuse_before_the_bank_is_asked(databases, tmp_path: Pa
 
 async def test_channel_caps_bound_every_account(databases, tmp_path: Path, bank: FakeBank) -> None:
     """A channel's cap applies to wallets and merchants alike; channels not named take the "*" caps."""
-    caps = {"bank": {"CNY": {"top_up": 30_000, "payout": 7_000}},
-            "*": {"CNY": {"top_up": 1_000, "payout": 1_000}}}
+    caps = {"bank": {"CNY": {"top_up": 30_000, "payout": 7_000}}, "*": {"CNY": {"top_up": 1_000, "payout": 1_000}}}
     settings = {"channel_urls": {"bank": bank.url}, "channel_caps": caps}
     async with payments_mesh(databases, tmp_path, **settings) as pay:
         c = pay.client
@@ -125,8 +129,12 @@ async def test_channel_caps_bound_every_account(databases, tmp_path: Path, bank:
         assert (await c.top_up(shop, 30_000, channel="bank")).operation.status == SUCCEEDED
         assert (await c.top_up(alice, 30_000, channel="bank")).operation.status == SUCCEEDED
         _, reason, meta = await refused_with_metadata(c.payout(alice, 7_001, channel="bank"))
-        assert (reason, meta["limit"], meta["scope"], meta["limit_value"]) == ("LIMIT_EXCEEDED", "payout",
-                                                                              "channel", "7000")
+        assert (reason, meta["limit"], meta["scope"], meta["limit_value"]) == (
+            "LIMIT_EXCEEDED",
+            "payout",
+            "channel",
+            "7000",
+        )
         _, reason, meta = await refused_with_metadata(c.top_up(alice, 1_001))  # test_bank: the "*" caps
         assert (reason, meta["channel"], meta["limit_value"]) == ("LIMIT_EXCEEDED", "test_bank", "1000")
         assert (await c.top_up(alice, 1_000)).operation.status == SUCCEEDED
@@ -150,15 +158,17 @@ async def test_top_up_the_ledger_could_not_post_is_never_sent(databases, tmp_pat
         await pay.check_books()
 
 
-async def test_posting_refused_after_the_bank_took_the_money_parks_once(databases, tmp_path: Path,
-                                                                         bank: FakeBank) -> None:
+async def test_posting_refused_after_the_bank_took_the_money_parks_once(
+    databases, tmp_path: Path, bank: FakeBank
+) -> None:
     """The bank booked, then the ledger cannot post (a race the pre-check cannot see): PARKED, not PENDING forever.
 
     The caller sees PENDING (the outcome is the operator's now) and replays the same bytes; the sweeper
     leaves the row alone; nothing was credited and the books balance.
     """
-    async with payments_mesh(databases, tmp_path, channel_urls={"bank": bank.url},
-                             channel_timeout_seconds=0.5, **NO_CAPS) as pay:
+    async with payments_mesh(
+        databases, tmp_path, channel_urls={"bank": bank.url}, channel_timeout_seconds=0.5, **NO_CAPS
+    ) as pay:
         c = pay.client
         mallory, alice = await c.wallet(currency="USD"), await c.wallet(currency="USD")
         bank.script("timeout")
@@ -181,12 +191,14 @@ async def test_posting_refused_after_the_bank_took_the_money_parks_once(database
         await pay.check_books()
 
 
-async def test_payout_refused_by_the_ledger_after_the_bank_paid_keeps_its_hold(databases, tmp_path: Path,
-                                                                                bank: FakeBank) -> None:
+async def test_payout_refused_by_the_ledger_after_the_bank_paid_keeps_its_hold(
+    databases, tmp_path: Path, bank: FakeBank
+) -> None:
     """The payout side of parking: the bank paid out, the clearing account cannot take it; the funds stay held
     (the money has left: it must not be spendable again) until an operator reconciles."""
-    async with payments_mesh(databases, tmp_path, channel_urls={"bank": bank.url},
-                             channel_timeout_seconds=0.5, **NO_CAPS) as pay:
+    async with payments_mesh(
+        databases, tmp_path, channel_urls={"bank": bank.url}, channel_timeout_seconds=0.5, **NO_CAPS
+    ) as pay:
         c = pay.client
         whale, bob = await c.wallet(), await c.wallet()
         await c.top_up(whale, HUGE - 500, channel="test_bank")
@@ -207,16 +219,30 @@ async def test_payout_refused_by_the_ledger_after_the_bank_paid_keeps_its_hold(d
 
 async def _legacy_refusal(pay: Any, operation_id: str) -> None:
     """What the unfixed code left behind: the caller's key answered AMOUNT_OVERFLOW, the operation PENDING."""
-    row = (await pay.db.execute("SELECT kind, idempotency_key, request_hash, idempotency_scope "
-                                "FROM channel_operations WHERE operation_id = :o", o=operation_id))[0]
+    row = (
+        await pay.db.execute(
+            "SELECT kind, idempotency_key, request_hash, idempotency_scope "
+            "FROM channel_operations WHERE operation_id = :o",
+            o=operation_id,
+        )
+    )[0]
 
     async def refuse(_: Any) -> Any:
         raise FailedPrecondition("AMOUNT_OVERFLOW", "the balance would leave the supported range")
 
     method, response_type = ("TopUp", pb.TopUpResponse) if row[0] == "TOP_UP" else ("Payout", pb.PayoutResponse)
     try:
-        await pay.app.writer.submit(Command(method=method, scope=row[3], key=row[1], fingerprint=bytes(row[2]),
-                                            response_type=response_type, action=refuse, render=lambda r: r))
+        await pay.app.writer.submit(
+            Command(
+                method=method,
+                scope=row[3],
+                key=row[1],
+                fingerprint=bytes(row[2]),
+                response_type=response_type,
+                action=refuse,
+                render=lambda r: r,
+            )
+        )
     except FailedPrecondition:
         pass
     else:
@@ -226,8 +252,9 @@ async def _legacy_refusal(pay: Any, operation_id: str) -> None:
 async def test_sweeper_converges_each_operation_once(databases, tmp_path: Path, bank: FakeBank) -> None:
     """Many sweeper passes: every overdue operation is looked up and finished once, rows stuck by the old bug
     included (their callers' keys hold a refusal); every row ends final; none is handled twice."""
-    async with payments_mesh(databases, tmp_path, channel_urls={"bank": bank.url},
-                             channel_timeout_seconds=0.5, **NO_CAPS) as pay:
+    async with payments_mesh(
+        databases, tmp_path, channel_urls={"bank": bank.url}, channel_timeout_seconds=0.5, **NO_CAPS
+    ) as pay:
         c = pay.client
         alice, bob, carol, mallory = [await c.wallet(currency="USD") for _ in range(4)]
         await c.top_up(alice, 10_000, channel="bank", currency="USD")
@@ -236,15 +263,17 @@ async def test_sweeper_converges_each_operation_once(databases, tmp_path: Path, 
         async def lost_top_up(name: str, account: str, amount: int, behaviour: str) -> None:
             bank.script(behaviour)
             idem = key()
-            assert (await refusal(c.top_up(account, amount, channel="bank", idem=idem,
-                                           currency="USD"))).reason == "CHANNEL_UNAVAILABLE"
-            rows = await pay.db.execute("SELECT operation_id FROM channel_operations WHERE idempotency_key = :k",
-                                        k=idem)
+            assert (
+                await refusal(c.top_up(account, amount, channel="bank", idem=idem, currency="USD"))
+            ).reason == "CHANNEL_UNAVAILABLE"
+            rows = await pay.db.execute(
+                "SELECT operation_id FROM channel_operations WHERE idempotency_key = :k", k=idem
+            )
             ids[name] = rows[0][0]
 
-        await lost_top_up("booked", bob, 700, "timeout")        # the bank took it: credit on sweep
-        await lost_top_up("unseen", bob, 800, "down")           # never reached the bank: FAILED
-        await lost_top_up("legacy_ok", carol, 900, "timeout")   # old bug's row, ledger can post it now
+        await lost_top_up("booked", bob, 700, "timeout")  # the bank took it: credit on sweep
+        await lost_top_up("unseen", bob, 800, "down")  # never reached the bank: FAILED
+        await lost_top_up("legacy_ok", carol, 900, "timeout")  # old bug's row, ledger can post it now
         await lost_top_up("legacy_stuck", carol, 1_100, "timeout")  # old bug's row, ledger still cannot
         await _legacy_refusal(pay, ids["legacy_ok"])
         await _legacy_refusal(pay, ids["legacy_stuck"])

@@ -78,9 +78,10 @@ async def test_payout_holds_then_settles_or_releases(databases, tmp_path: Path, 
         assert await c.triple(alice) == (6_000, 0, 6_000)
         assert (await refusal(c.payout(alice, 6_001, channel="bank"))).reason == "INSUFFICIENT_FUNDS"
         statement = bank.statement_csv().splitlines()
-        assert statement[1:] == [f"{bank.operations[op].reference},{amount},CNY,{bank.operations[op].booked_at}"
-                                 for op, amount in ((next(iter(bank.operations)), 10_000),
-                                                    (paid.operation.operation_id, -4_000))]
+        assert statement[1:] == [
+            f"{bank.operations[op].reference},{amount},CNY,{bank.operations[op].booked_at}"
+            for op, amount in ((next(iter(bank.operations)), 10_000), (paid.operation.operation_id, -4_000))
+        ]
         await pay.check_books()
 
 

@@ -43,9 +43,18 @@ async def test_mixed_operations_racing_on_one_wallet_never_overdraw(databases, t
         calls = [c.pay(alice, shop, 700) for _ in range(12)]
         calls += [c.pay(alice, bob, 500, mode=pb.CAPTURE_MODE_MANUAL) for _ in range(6)]
         calls += [c.payout(alice, 900) for _ in range(5)]
-        calls += [c.stub.BatchCreateTransfers(pb.BatchCreateTransfersRequest(idempotency_key=key(), transfers=[
-            pb.TransferSpec(reference=f"x{i}", from_account_id=alice, to_account_id=bob, amount=money(400))
-            for i in range(2)])) for _ in range(4)]
+        calls += [
+            c.stub.BatchCreateTransfers(
+                pb.BatchCreateTransfersRequest(
+                    idempotency_key=key(),
+                    transfers=[
+                        pb.TransferSpec(reference=f"x{i}", from_account_id=alice, to_account_id=bob, amount=money(400))
+                        for i in range(2)
+                    ],
+                )
+            )
+            for _ in range(4)
+        ]
         outcomes = await asyncio.gather(*(_outcome(call) for call in calls))
         taken, held = sum(o[0] for o in outcomes), sum(o[1] for o in outcomes)
         assert 0 < taken <= 10_000
@@ -100,10 +109,17 @@ async def test_a_replica_precheck_on_stale_states_never_refuses_or_overdraws(dat
 @asynccontextmanager
 async def second_replica(pay, tmp_path: Path) -> AsyncIterator[Client]:
     """A second payments process on the first one's database (blue-green's other color), and a client to it."""
-    settings = PaymentsSettings(host="127.0.0.1", port=0, data_dir=tmp_path,
-                                database_url=pay.mesh.services["payments"].database_url,
-                                risk_target=pay.mesh.services["risk"].target, notify_target="127.0.0.1:1",
-                                tier_limits=GENEROUS_LIMITS, service_name="payments", **pay.mesh.issuer.settings())
+    settings = PaymentsSettings(
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp_path,
+        database_url=pay.mesh.services["payments"].database_url,
+        risk_target=pay.mesh.services["risk"].target,
+        notify_target="127.0.0.1:1",
+        tier_limits=GENEROUS_LIMITS,
+        service_name="payments",
+        **pay.mesh.issuer.settings(),
+    )
     app = await payments_app.build(settings)
     running = await start_app(app, settings)
     try:

@@ -21,8 +21,9 @@ from tests.payments.harness import Client, Database, key, refusal
 async def _start_payments(mesh: Mesh, risk_target: str) -> ServiceProcess:
     mesh.log_dir.mkdir(parents=True, exist_ok=True)
     mesh.span_dir.mkdir(parents=True, exist_ok=True)
-    process = mesh.start_one("payments", free_port(), {"FINMESH_RISK_TARGET": risk_target,
-                                                       "FINMESH_NOTIFY_TARGET": "127.0.0.1:1"})
+    process = mesh.start_one(
+        "payments", free_port(), {"FINMESH_RISK_TARGET": risk_target, "FINMESH_NOTIFY_TARGET": "127.0.0.1:1"}
+    )
     await asyncio.to_thread(mesh.wait_ready, 60)
     return process
 
@@ -39,8 +40,13 @@ async def risk_and_payments(databases, tmp_path: Path):
         url = await databases.new("payments")
         mesh = Mesh(tmp_path / "mesh", database_urls={"payments": url})
         # The child verifies tokens with the in-process issuer's keys and gets its service token there.
-        mesh.extra_env.update({"FINMESH_AUTH_MODE": "enforce", "FINMESH_IDENTITY_TARGET": inprocess.issuer.target,
-                               "FINMESH_SERVICE_SECRET": SERVICE_SECRET})
+        mesh.extra_env.update(
+            {
+                "FINMESH_AUTH_MODE": "enforce",
+                "FINMESH_IDENTITY_TARGET": inprocess.issuer.target,
+                "FINMESH_SERVICE_SECRET": SERVICE_SECRET,
+            }
+        )
         yield mesh, inprocess.services["risk"].target, url, inprocess
         for proc in mesh.processes.values():
             if proc.process.poll() is None:
@@ -93,7 +99,8 @@ async def test_killed_between_commit_and_reply(risk_and_payments) -> None:
     db = Database(url)
     try:
         stored = await db.scalar(
-            "SELECT response FROM scoped_idempotency_keys WHERE method = 'CreatePayment' AND key = :k", k=idem)
+            "SELECT response FROM scoped_idempotency_keys WHERE method = 'CreatePayment' AND key = :k", k=idem
+        )
         assert pb.CreatePaymentResponse.FromString(stored).payment.SerializeToString() == retried.SerializeToString()
         assert await db.totals() == {"CNY": 0}
     finally:

@@ -27,16 +27,24 @@ from finmesh.platform.errors import FailedPrecondition, InvalidArgument
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def account(account_id: str, available: int = 0, kind: AccountKind = AccountKind.CUSTOMER_WALLET,
-            status: AccountStatus = AccountStatus.ACTIVE, held: int = 0, unsettled: int = 0) -> AccountState:
+def account(
+    account_id: str,
+    available: int = 0,
+    kind: AccountKind = AccountKind.CUSTOMER_WALLET,
+    status: AccountStatus = AccountStatus.ACTIVE,
+    held: int = 0,
+    unsettled: int = 0,
+) -> AccountState:
     return AccountState(account_id, "owner", kind, "CNY", status, "", available, held, unsettled, NOW)
 
 
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(1, 10_000)), max_size=60))
 def test_random_transfers_keep_the_sum_and_never_overdraw(moves: list[tuple[int, int, int]]) -> None:
     """Whatever moves are tried, refused ones change nothing, the sum stays zero, wallets stay >= 0."""
-    books = {"clearing": account("clearing", kind=AccountKind.CLEARING),
-             **{f"w{i}": account(f"w{i}") for i in range(3)}}
+    books = {
+        "clearing": account("clearing", kind=AccountKind.CLEARING),
+        **{f"w{i}": account(f"w{i}") for i in range(3)},
+    }
     names = list(books)
     for source, destination, amount in moves:
         if source == destination:
@@ -85,14 +93,18 @@ def test_payouts_name_unsettled_funds() -> None:
 
 
 def test_limits_strictest_for_unknown_tiers_and_days_in_china_time() -> None:
-    policy = LimitPolicy({"low": {"CNY": Limits(1_000, 5_000, 9)},
-                          "high": {"CNY": Limits(2_000, 3_000, 5, top_up=1_500, payout=800)}})
+    policy = LimitPolicy(
+        {"low": {"CNY": Limits(1_000, 5_000, 9)}, "high": {"CNY": Limits(2_000, 3_000, 5, top_up=1_500, payout=800)}}
+    )
     # Top-up and payout caps left out are the tier's single limit; the strictest of each applies.
     assert policy.limits_for("platinum", "CNY") == Limits(1_000, 3_000, 5, top_up=1_000, payout=800)
     assert policy.limits_for("low", "USD") is None
     assert policy.check("low", "CNY", 1_000, Usage(3_000, 1)) == Usage(4_000, 2)
-    for amount, usage, limit in ((1_001, Usage(), "single"), (900, Usage(4_200, 1), "daily_amount"),
-                                 (1, Usage(0, 9), "daily_count")):
+    for amount, usage, limit in (
+        (1_001, Usage(), "single"),
+        (900, Usage(4_200, 1), "daily_amount"),
+        (1, Usage(0, 9), "daily_count"),
+    ):
         with pytest.raises(FailedPrecondition) as refused:
             policy.check("low", "CNY", amount, usage)
         assert (refused.value.reason, refused.value.metadata["limit"]) == ("LIMIT_EXCEEDED", limit)
@@ -101,13 +113,16 @@ def test_limits_strictest_for_unknown_tiers_and_days_in_china_time() -> None:
     assert limit_day(datetime(2026, 3, 1, 15, 59, tzinfo=UTC), 480) == "2026-03-01"
 
 
-@pytest.mark.parametrize(("gross", "count", "fees", "reserve", "net"), [
-    (10_000, 1, 60 + 10, 500, 9_430),      # exact
-    (25, 1, 0 + 10, 1, 14),                # 0.15 rounds down to 0; 1.25 reserve floors to 1
-    (84, 1, 1 + 10, 4, 69),                # 0.504 rounds half up to 1
-    (5, 1, 5, 0, 0),                       # the fixed fee is capped at gross: net never negative
-    (0, 0, 0, 0, 0),
-])
+@pytest.mark.parametrize(
+    ("gross", "count", "fees", "reserve", "net"),
+    [
+        (10_000, 1, 60 + 10, 500, 9_430),  # exact
+        (25, 1, 0 + 10, 1, 14),  # 0.15 rounds down to 0; 1.25 reserve floors to 1
+        (84, 1, 1 + 10, 4, 69),  # 0.504 rounds half up to 1
+        (5, 1, 5, 0, 0),  # the fixed fee is capped at gross: net never negative
+        (0, 0, 0, 0, 0),
+    ],
+)
 def test_settlement_rounding_rules(gross: int, count: int, fees: int, reserve: int, net: int) -> None:
     """Fee rate part rounds half up, reserve rounds down, caps keep net >= 0 (60 bp + 10 fixed, reserve 500 bp)."""
     split = settlement.split(gross, count, settlement.FeeSchedule(60, 10, 500))
@@ -118,16 +133,25 @@ def test_round_half_up() -> None:
     assert [settlement.round_half_up(n, 10) for n in (4, 5, 6, 14, 15, 25)] == [0, 1, 1, 1, 2, 3]
 
 
-@given(st.integers(0, 10**15), st.integers(0, 10_000), st.integers(0, 10_000), st.integers(0, 10_000),
-       st.integers(0, 1_000))
+@given(
+    st.integers(0, 10**15),
+    st.integers(0, 10_000),
+    st.integers(0, 10_000),
+    st.integers(0, 10_000),
+    st.integers(0, 1_000),
+)
 def test_settlement_split_always_adds_up(gross: int, rate: int, fixed: int, reserve: int, count: int) -> None:
     split = settlement.split(gross, count, settlement.FeeSchedule(rate, fixed, reserve))
     assert split.fees + split.reserve + split.net == gross
     assert min(split.fees, split.reserve, split.net) >= 0
 
 
-@given(st.lists(st.tuples(st.sampled_from(["transfer", "hold", "release"]), st.integers(1, 10**9)),
-                min_size=1, max_size=30), st.data())
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["transfer", "hold", "release"]), st.integers(1, 10**9)), min_size=1, max_size=30
+    ),
+    st.data(),
+)
 def test_any_single_change_to_the_chain_is_found(records: list[tuple[str, int]], data: st.DataObject) -> None:
     """Changing any field of any record is reported at that record (or, for a rewritten hash, the next)."""
     chain, prev = [], audit.GENESIS_HASH
@@ -140,7 +164,7 @@ def test_any_single_change_to_the_chain_is_found(records: list[tuple[str, int]],
     field = data.draw(st.sampled_from(["payload", "kind", "recorded_at", "hash", "prev_hash"]))
     original = chain[index]
     tampered = audit.AuditRecord(**{**original.__dict__, field: getattr(original, field) + "x"})
-    result = audit.verify([*chain[:index], tampered, *chain[index + 1:]])
+    result = audit.verify([*chain[:index], tampered, *chain[index + 1 :]])
     assert result.first_broken_sequence == original.sequence
 
 
@@ -154,14 +178,21 @@ def test_chain_head_catches_a_cut_tail() -> None:
 def test_statement_parsing_and_matching() -> None:
     header = "channel_reference,amount_minor_units,currency_code,booked_at\n"
     statement = reconciliation.parse_statement(
-        (header + "A,100,CNY,2026-01-01T10:00:00Z\nB,-50,CNY,2026-01-01T11:00:00+08:00\n\n").encode())
+        (header + "A,100,CNY,2026-01-01T10:00:00Z\nB,-50,CNY,2026-01-01T11:00:00+08:00\n\n").encode()
+    )
     assert [(b.channel_reference, b.minor_units) for b in statement] == [("A", 100), ("B", -50)]
     assert reconciliation.statement_end(statement) == datetime(2026, 1, 1, 10, tzinfo=UTC)
-    ledger_side = [reconciliation.Booking("A", 100, "CNY"), reconciliation.Booking("B", -50, "USD"),
-                   reconciliation.Booking("C", 7, "CNY")]
+    ledger_side = [
+        reconciliation.Booking("A", 100, "CNY"),
+        reconciliation.Booking("B", -50, "USD"),
+        reconciliation.Booking("C", 7, "CNY"),
+    ]
     lines = reconciliation.match(statement, ledger_side)
     assert [(line.channel_reference, line.outcome.value) for line in lines] == [
-        ("A", "MATCHED"), ("B", "AMOUNT_MISMATCH"), ("C", "MISSING_IN_STATEMENT")]
+        ("A", "MATCHED"),
+        ("B", "AMOUNT_MISMATCH"),
+        ("C", "MISSING_IN_STATEMENT"),
+    ]
     with pytest.raises(InvalidArgument):
         reconciliation.parse_statement(b"\xff\xfe")
 
@@ -169,20 +200,38 @@ def test_statement_parsing_and_matching() -> None:
 def test_channel_caps_then_tier_caps_name_the_cap_they_enforce() -> None:
     """The channel's cap binds every account, the tier's only wallets (tier None: a merchant); both fail closed."""
     tiers = LimitPolicy({"low": {"CNY": Limits(1_000, 5_000, 9, top_up=4_000, payout=2_000)}})
-    caps = BankCapPolicy({"bank": {"CNY": BankCaps(top_up=3_000, payout=9_000)},
-                             ANY_BANK: {"CNY": BankCaps(top_up=500, payout=500)}}, tiers)
+    caps = BankCapPolicy(
+        {"bank": {"CNY": BankCaps(top_up=3_000, payout=9_000)}, ANY_BANK: {"CNY": BankCaps(top_up=500, payout=500)}},
+        tiers,
+    )
     caps.check(TOP_UP, "bank", "CNY", 3_000, "low")
     caps.check(PAYOUT, "bank", "CNY", 9_000, None)
     refusals = {
-        (TOP_UP, "bank", "CNY", 3_001, None): {"limit": "top_up", "scope": "channel", "channel": "bank",
-                                               "limit_value": "3000"},
-        (PAYOUT, "bank", "CNY", 2_001, "low"): {"limit": "payout", "scope": "tier", "tier": "low",
-                                                "limit_value": "2000"},
-        (TOP_UP, "other", "CNY", 501, None): {"limit": "top_up", "scope": "channel", "channel": "other",
-                                              "limit_value": "500"},
+        (TOP_UP, "bank", "CNY", 3_001, None): {
+            "limit": "top_up",
+            "scope": "channel",
+            "channel": "bank",
+            "limit_value": "3000",
+        },
+        (PAYOUT, "bank", "CNY", 2_001, "low"): {
+            "limit": "payout",
+            "scope": "tier",
+            "tier": "low",
+            "limit_value": "2000",
+        },
+        (TOP_UP, "other", "CNY", 501, None): {
+            "limit": "top_up",
+            "scope": "channel",
+            "channel": "other",
+            "limit_value": "500",
+        },
         (TOP_UP, "bank", "USD", 1, None): {"limit": "top_up", "scope": "channel", "channel": "bank"},
-        (PAYOUT, "bank", "CNY", 2_001, "platinum"): {"limit": "payout", "scope": "tier", "tier": "platinum",
-                                                     "limit_value": "2000"},
+        (PAYOUT, "bank", "CNY", 2_001, "platinum"): {
+            "limit": "payout",
+            "scope": "tier",
+            "tier": "platinum",
+            "limit_value": "2000",
+        },
     }
     for args, metadata in refusals.items():
         with pytest.raises(FailedPrecondition) as refused:

@@ -21,22 +21,36 @@ async def test_nul_in_an_account_id_or_description_is_invalid_argument(databases
         c = pay.client
         payer, payee = await c.wallet(), await c.wallet()
         await c.top_up(payer, 10_000)
-        for fields, named in (({"payee_account_id": payee + "\x00"}, "payee_account_id"),
-                              ({"description": "lunch\x00"}, "description")):
+        for fields, named in (
+            ({"payee_account_id": payee + "\x00"}, "payee_account_id"),
+            ({"description": "lunch\x00"}, "description"),
+        ):
             request = {"payee_account_id": payee, **fields}
-            bad = await refusal(c.stub.CreatePayment(pb.CreatePaymentRequest(
-                idempotency_key=key(), payer_account_id=payer, amount=money(100),
-                capture_mode=pb.CAPTURE_MODE_AUTOMATIC, **request)))
-            assert (bad.code, bad.reason, bad.fields) == (grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED",
-                                                          [named]), bad
+            bad = await refusal(
+                c.stub.CreatePayment(
+                    pb.CreatePaymentRequest(
+                        idempotency_key=key(),
+                        payer_account_id=payer,
+                        amount=money(100),
+                        capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+                        **request,
+                    )
+                )
+            )
+            assert (bad.code, bad.reason, bad.fields) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "VALIDATION_FAILED",
+                [named],
+            ), bad
         assert await c.triple(payer) == (10_000, 0, 10_000)
         await c.pay(payer, payee, 100)  # the service is fine afterwards
         await pay.check_books()
 
 
 @pytest.mark.parametrize("token", ["4111111111111111", CARD, "4111-1111-1111-1111"])
-async def test_a_payout_to_a_card_number_is_refused_and_nothing_is_stored(databases, tmp_path: Path,
-                                                                          token: str) -> None:
+async def test_a_payout_to_a_card_number_is_refused_and_nothing_is_stored(
+    databases, tmp_path: Path, token: str
+) -> None:
     async with payments_mesh(databases, tmp_path) as pay:
         c = pay.client
         wallet = await c.wallet()
@@ -44,21 +58,26 @@ async def test_a_payout_to_a_card_number_is_refused_and_nothing_is_stored(databa
         bad = await refusal(c.payout(wallet, 1_000, token=token))
         assert (bad.code, bad.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["destination_token"]), bad
         assert "4111" not in bad.details
-        assert await pay.db.scalar("SELECT COUNT(*) FROM channel_operations WHERE destination_token LIKE '%1111%'") \
-            == 0
+        assert await pay.db.scalar("SELECT COUNT(*) FROM channel_operations WHERE destination_token LIKE '%1111%'") == 0
         await c.payout(wallet, 1_000, token="tok-dest-1")  # a channel token still pays out
         await pay.check_books()
 
 
 async def test_a_card_number_in_a_description_is_stored_masked_and_never_logged(
-        databases, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    databases, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     async with payments_mesh(databases, tmp_path) as pay:
         c = pay.client
         payer, payee = await c.wallet(), await c.wallet()
         await c.top_up(payer, 10_000)
-        request = pb.CreatePaymentRequest(idempotency_key=key(), payer_account_id=payer, payee_account_id=payee,
-                                          amount=money(100), capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
-                                          description=f"dinner, paid by {CARD}")
+        request = pb.CreatePaymentRequest(
+            idempotency_key=key(),
+            payer_account_id=payer,
+            payee_account_id=payee,
+            amount=money(100),
+            capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+            description=f"dinner, paid by {CARD}",
+        )
         created = await c.stub.CreatePayment(request)
         masked = "dinner, paid by **** **** **** 1111"
         assert created.payment.description == masked
@@ -68,8 +87,9 @@ async def test_a_card_number_in_a_description_is_stored_masked_and_never_logged(
         listed = await c.stub.ListPayments(pb.ListPaymentsRequest(account_id=payer))
         assert got.payment.description == masked
         assert [p.description for p in listed.payments] == [masked]
-        stored = await pay.db.scalar("SELECT description FROM payments WHERE payment_id = :id",
-                                     id=created.payment.payment_id)
+        stored = await pay.db.scalar(
+            "SELECT description FROM payments WHERE payment_id = :id", id=created.payment.payment_id
+        )
         assert stored == masked
     base = tmp_path_factory.getbasetemp()
     for written in (base / "inprocess-services.log", base / "inprocess-spans.jsonl"):
@@ -89,17 +109,38 @@ async def test_control_characters_in_free_text_are_refused(databases, tmp_path: 
         await c.top_up(payer, 10_000)
         paid = await c.pay(payer, payee, 100)
         for text in HOSTILE_TEXT:
-            bad = await refusal(c.stub.CreatePayment(pb.CreatePaymentRequest(
-                idempotency_key=key(), payer_account_id=payer, payee_account_id=payee, amount=money(100),
-                capture_mode=pb.CAPTURE_MODE_AUTOMATIC, description=text)))
+            bad = await refusal(
+                c.stub.CreatePayment(
+                    pb.CreatePaymentRequest(
+                        idempotency_key=key(),
+                        payer_account_id=payer,
+                        payee_account_id=payee,
+                        amount=money(100),
+                        capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+                        description=text,
+                    )
+                )
+            )
             assert (bad.code, bad.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["description"]), text
             assert "control characters" in bad.details
-            refused = await refusal(c.stub.RefundPayment(pb.RefundPaymentRequest(
-                idempotency_key=key(), payment_id=paid.payment_id, amount=money(10), reason=text)))
+            refused = await refusal(
+                c.stub.RefundPayment(
+                    pb.RefundPaymentRequest(
+                        idempotency_key=key(), payment_id=paid.payment_id, amount=money(10), reason=text
+                    )
+                )
+            )
             assert (refused.code, refused.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["reason"]), text
-        fine = await c.stub.CreatePayment(pb.CreatePaymentRequest(
-            idempotency_key=key(), payer_account_id=payer, payee_account_id=payee, amount=money(100),
-            capture_mode=pb.CAPTURE_MODE_AUTOMATIC, description="line one\n\tline two — 谢谢 💸"))
+        fine = await c.stub.CreatePayment(
+            pb.CreatePaymentRequest(
+                idempotency_key=key(),
+                payer_account_id=payer,
+                payee_account_id=payee,
+                amount=money(100),
+                capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+                description="line one\n\tline two — 谢谢 💸",
+            )
+        )
         assert fine.payment.description == "line one\n\tline two — 谢谢 💸"
         assert await c.triple(payer) == (9_800, 0, 9_800)
         await pay.check_books()

@@ -26,8 +26,9 @@ _SERVICE = "/finmesh.payments.v1.PaymentsService/"
 
 def _raw(channel: grpc.aio.Channel, method: str) -> Any:
     """A call of `method` answering the reply's bytes as they arrived."""
-    return channel.unary_unary(_SERVICE + method, request_serializer=lambda m: m.SerializeToString(),
-                               response_deserializer=None)
+    return channel.unary_unary(
+        _SERVICE + method, request_serializer=lambda m: m.SerializeToString(), response_deserializer=None
+    )
 
 
 async def test_two_customers_with_one_key_each_get_their_own_operation(databases, tmp_path: Path) -> None:
@@ -49,13 +50,23 @@ async def test_two_customers_with_one_key_each_get_their_own_operation(databases
         requests: dict[str, dict[str, Any]] = {}
         for user in (alice, bob):
             requests[user] = {
-                "TopUp": pb.TopUpRequest(idempotency_key=shared, account_id=wallets[user], channel="test_bank",
-                                         amount=money(amounts[user])),
-                "Payout": pb.PayoutRequest(idempotency_key=shared, account_id=wallets[user], channel="test_bank",
-                                           amount=money(amounts[user] // 10), destination_token="tok-dest-1"),
+                "TopUp": pb.TopUpRequest(
+                    idempotency_key=shared, account_id=wallets[user], channel="test_bank", amount=money(amounts[user])
+                ),
+                "Payout": pb.PayoutRequest(
+                    idempotency_key=shared,
+                    account_id=wallets[user],
+                    channel="test_bank",
+                    amount=money(amounts[user] // 10),
+                    destination_token="tok-dest-1",
+                ),
                 "CreatePayment": pb.CreatePaymentRequest(
-                    idempotency_key=shared, payer_account_id=wallets[user], payee_account_id=shop,
-                    amount=money(amounts[user] // 5), capture_mode=pb.CAPTURE_MODE_AUTOMATIC),
+                    idempotency_key=shared,
+                    payer_account_id=wallets[user],
+                    payee_account_id=shop,
+                    amount=money(amounts[user] // 5),
+                    capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+                ),
             }
 
         first: dict[tuple[str, str], bytes] = {}
@@ -111,8 +122,13 @@ async def test_a_key_used_by_one_customer_reveals_nothing_to_another(databases, 
         shared = key()
         await c.pay(a_wallet, shop, 1_000, idem=shared)
 
-        probe = pb.CreatePaymentRequest(idempotency_key=shared, payer_account_id=b_wallet, payee_account_id=shop,
-                                        amount=money(1_000), capture_mode=pb.CAPTURE_MODE_AUTOMATIC)
+        probe = pb.CreatePaymentRequest(
+            idempotency_key=shared,
+            payer_account_id=b_wallet,
+            payee_account_id=shop,
+            amount=money(1_000),
+            capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+        )
         for _ in range(2):
             refused = await refusal(c.stub.CreatePayment(probe, metadata=bearer(issuer.customer(bob))))
             assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS")

@@ -139,8 +139,12 @@ async def test_limits_per_tier(databases, tmp_path: Path) -> None:
         risky_user, odd_user = "user-high", "user-odd"
         await set_tier(pay.app.engine, risky_user, "high")
         await set_tier(pay.app.engine, odd_user, "platinum")  # not configured: strictest limits apply
-        risky, odd, easy, shop = (await c.wallet(risky_user), await c.wallet(odd_user), await c.wallet(),
-                                  await c.merchant())
+        risky, odd, easy, shop = (
+            await c.wallet(risky_user),
+            await c.wallet(odd_user),
+            await c.wallet(),
+            await c.merchant(),
+        )
         for account in (risky, odd, easy):
             await c.top_up(account, 50_000)
         single = await refusal(c.pay(risky, shop, 1_001))
@@ -180,8 +184,9 @@ async def test_list_payments_and_ledger_entries_page_newest_first(databases, tmp
         assert sorted(seen) == sorted(ids) and len(seen) == 5
         entries, token = [], ""
         while True:
-            page = await c.stub.ListLedgerEntries(pb.ListLedgerEntriesRequest(account_id=alice, page_size=4,
-                                                                              page_token=token))
+            page = await c.stub.ListLedgerEntries(
+                pb.ListLedgerEntriesRequest(account_id=alice, page_size=4, page_token=token)
+            )
             entries += list(page.entries)
             token = page.next_page_token
             if not token:
@@ -203,25 +208,64 @@ async def test_every_mutating_call_replays_its_first_answer(databases, tmp_path:
         held = await c.pay(alice, shop, 3_000, mode=MANUAL)
         # (method, request, a change that keeps the request valid but makes it another request)
         requests = [
-            ("OpenAccount", pb.OpenAccountRequest(idempotency_key="o1", owner_id="u", currency_code="CNY",
-                                                  kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET), "currency_code", "USD"),
-            ("TopUp", pb.TopUpRequest(idempotency_key="t1", account_id=alice, channel="test_bank",
-                                      amount=money(500)), "channel", "test_other"),
-            ("CapturePayment", pb.CapturePaymentRequest(idempotency_key="c1", payment_id=held.payment_id,
-                                                        amount=money(2_000)), "payment_id", "other"),
-            ("RefundPayment", pb.RefundPaymentRequest(idempotency_key="r1", payment_id=held.payment_id,
-                                                      amount=money(100)), "reason", "other"),
-            ("Payout", pb.PayoutRequest(idempotency_key="p1", account_id=alice, channel="test_bank",
-                                        amount=money(100), destination_token="tok"), "destination_token", "x"),
-            ("FreezeAccount", pb.FreezeAccountRequest(idempotency_key="f1", account_id=shop, reason="OPERATOR"),
-             "reason", "other"),
-            ("RunSettlement", pb.RunSettlementRequest(idempotency_key="s1", merchant_account_id=shop),
-             "merchant_account_id", "other"),
+            (
+                "OpenAccount",
+                pb.OpenAccountRequest(
+                    idempotency_key="o1", owner_id="u", currency_code="CNY", kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET
+                ),
+                "currency_code",
+                "USD",
+            ),
+            (
+                "TopUp",
+                pb.TopUpRequest(idempotency_key="t1", account_id=alice, channel="test_bank", amount=money(500)),
+                "channel",
+                "test_other",
+            ),
+            (
+                "CapturePayment",
+                pb.CapturePaymentRequest(idempotency_key="c1", payment_id=held.payment_id, amount=money(2_000)),
+                "payment_id",
+                "other",
+            ),
+            (
+                "RefundPayment",
+                pb.RefundPaymentRequest(idempotency_key="r1", payment_id=held.payment_id, amount=money(100)),
+                "reason",
+                "other",
+            ),
+            (
+                "Payout",
+                pb.PayoutRequest(
+                    idempotency_key="p1",
+                    account_id=alice,
+                    channel="test_bank",
+                    amount=money(100),
+                    destination_token="tok",
+                ),
+                "destination_token",
+                "x",
+            ),
+            (
+                "FreezeAccount",
+                pb.FreezeAccountRequest(idempotency_key="f1", account_id=shop, reason="OPERATOR"),
+                "reason",
+                "other",
+            ),
+            (
+                "RunSettlement",
+                pb.RunSettlementRequest(idempotency_key="s1", merchant_account_id=shop),
+                "merchant_account_id",
+                "other",
+            ),
         ]
         for method, request, field, value in requests:
             call = getattr(c.stub, method)
-            caller = bearer(ActingAs(pay.mesh.issuer, pay.mesh.book).token_for(
-                f"/finmesh.payments.v1.PaymentsService/{method}", request))
+            caller = bearer(
+                ActingAs(pay.mesh.issuer, pay.mesh.book).token_for(
+                    f"/finmesh.payments.v1.PaymentsService/{method}", request
+                )
+            )
             first = await call(request, metadata=caller)
             again = await call(request, metadata=caller)
             assert first.SerializeToString() == again.SerializeToString(), method
@@ -238,14 +282,19 @@ async def test_bad_input_is_invalid_argument_with_fields(databases, tmp_path: Pa
     """Malformed requests name every bad field and never reach the ledger."""
     async with payments_mesh(databases, tmp_path) as pay:
         c = pay.client
-        opened = await refusal(c.stub.OpenAccount(pb.OpenAccountRequest(idempotency_key="x", currency_code="XXX",
-                                                                        kind=pb.ACCOUNT_KIND_CLEARING)))
+        opened = await refusal(
+            c.stub.OpenAccount(
+                pb.OpenAccountRequest(idempotency_key="x", currency_code="XXX", kind=pb.ACCOUNT_KIND_CLEARING)
+            )
+        )
         assert opened.fields == ["kind", "currency_code", "owner_id"]
-        topup = await refusal(c.stub.TopUp(pb.TopUpRequest(idempotency_key="y", account_id="",
-                                                           channel="no_such_bank", amount=money(0))))
+        topup = await refusal(
+            c.stub.TopUp(pb.TopUpRequest(idempotency_key="y", account_id="", channel="no_such_bank", amount=money(0)))
+        )
         assert topup.fields == ["account_id", "channel", "amount.minor_units"]
-        payout = await refusal(c.stub.Payout(pb.PayoutRequest(idempotency_key="z", account_id="a",
-                                                              channel="test_bank", amount=money(5))))
+        payout = await refusal(
+            c.stub.Payout(pb.PayoutRequest(idempotency_key="z", account_id="a", channel="test_bank", amount=money(5)))
+        )
         assert payout.fields == ["destination_token"]
         no_key = await refusal(c.stub.VoidPayment(pb.VoidPaymentRequest(payment_id="p")))
         assert no_key.fields == ["idempotency_key"]

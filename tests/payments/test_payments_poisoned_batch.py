@@ -54,11 +54,16 @@ def command(payer: str, payee: str, key: str, description: str, limits: usecase.
     async def action(uow: UnitOfWork) -> Any:
         return await usecase.create_payment(uow, payment_id, request, verdict, limits)
 
-    return Command(method="CreatePayment", scope=ANONYMOUS, key=key,
-                   fingerprint=f"{key}/{description}".encode("utf-8", "surrogatepass"),
-                   response_type=pb.CreatePaymentResponse, action=action,
-                   render=lambda state: pb.CreatePaymentResponse(payment=convert.payment(state)),
-                   accounts=(payer, payee))
+    return Command(
+        method="CreatePayment",
+        scope=ANONYMOUS,
+        key=key,
+        fingerprint=f"{key}/{description}".encode("utf-8", "surrogatepass"),
+        response_type=pb.CreatePaymentResponse,
+        action=action,
+        render=lambda state: pb.CreatePaymentResponse(payment=convert.payment(state)),
+        accounts=(payer, payee),
+    )
 
 
 @pytest.mark.parametrize("poison", POISONS)

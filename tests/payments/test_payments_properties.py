@@ -136,21 +136,34 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(name=st.sampled_from(NAMES), amount=st.integers(1, 50_000))
     def top_up(self, name: str, amount: int) -> None:
-        _, refused = self.call("TopUp", pb.TopUpRequest(idempotency_key=self.key(), channel="test_bank",
-                                                        account_id=self.accounts[name].account_id,
-                                                        amount=money(amount)))
+        _, refused = self.call(
+            "TopUp",
+            pb.TopUpRequest(
+                idempotency_key=self.key(),
+                channel="test_bank",
+                account_id=self.accounts[name].account_id,
+                amount=money(amount),
+            ),
+        )
         self.expect(refused, None)
         self._add(name, "available", amount)
 
-    @rule(which=st.integers(0, len(NAMES) - 1), offset=st.integers(1, len(NAMES) - 1),
-          amount=st.one_of(st.integers(1, 30_000), st.just(LARGE)), manual=st.booleans())
+    @rule(
+        which=st.integers(0, len(NAMES) - 1),
+        offset=st.integers(1, len(NAMES) - 1),
+        amount=st.one_of(st.integers(1, 30_000), st.just(LARGE)),
+        manual=st.booleans(),
+    )
     def pay(self, which: int, offset: int, amount: int, manual: bool) -> None:
         payer, payee = NAMES[which], NAMES[(which + offset) % len(NAMES)]  # never paying oneself
         source = self.accounts[payer]
         request = pb.CreatePaymentRequest(
-            idempotency_key=self.key(), payer_account_id=source.account_id,
-            payee_account_id=self.accounts[payee].account_id, amount=money(amount),
-            capture_mode=pb.CAPTURE_MODE_MANUAL if manual else pb.CAPTURE_MODE_AUTOMATIC)
+            idempotency_key=self.key(),
+            payer_account_id=source.account_id,
+            payee_account_id=self.accounts[payee].account_id,
+            amount=money(amount),
+            capture_mode=pb.CAPTURE_MODE_MANUAL if manual else pb.CAPTURE_MODE_AUTOMATIC,
+        )
         reply, refused = self.call("CreatePayment", request)
         if source.frozen:
             return self.expect(refused, "ACCOUNT_FROZEN")
@@ -195,8 +208,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(pick=st.integers(0, 10**6))
     def void(self, pick: int) -> None:
         p = self.payments[pick % len(self.payments)]
-        _, refused = self.call("VoidPayment", pb.VoidPaymentRequest(idempotency_key=self.key(),
-                                                                    payment_id=p.payment_id))
+        _, refused = self.call(
+            "VoidPayment", pb.VoidPaymentRequest(idempotency_key=self.key(), payment_id=p.payment_id)
+        )
         if p.status not in HOLDING:
             return self.expect(refused, "INVALID_STATE")
         self.expect(refused, None)
@@ -210,8 +224,10 @@ class LedgerMachine(RuleBasedStateMachine):
     def review(self, pick: int, approve: bool) -> None:
         p = self.payments[pick % len(self.payments)]
         decision = pb.REVIEW_DECISION_APPROVE if approve else pb.REVIEW_DECISION_DECLINE
-        _, refused = self.call("ReviewPayment", pb.ReviewPaymentRequest(
-            idempotency_key=self.key(), payment_id=p.payment_id, decision=decision))
+        _, refused = self.call(
+            "ReviewPayment",
+            pb.ReviewPaymentRequest(idempotency_key=self.key(), payment_id=p.payment_id, decision=decision),
+        )
         if p.status != "IN_REVIEW":
             return self.expect(refused, "INVALID_STATE")
         self.expect(refused, None)
@@ -257,8 +273,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def freeze(self, name: str, frozen: bool) -> None:
         account = self.accounts[name]
         if frozen:
-            request: Any = pb.FreezeAccountRequest(idempotency_key=self.key(), account_id=account.account_id,
-                                                   reason="PROPERTY")
+            request: Any = pb.FreezeAccountRequest(
+                idempotency_key=self.key(), account_id=account.account_id, reason="PROPERTY"
+            )
             _, refused = self.call("FreezeAccount", request)
         else:
             request = pb.UnfreezeAccountRequest(idempotency_key=self.key(), account_id=account.account_id)
@@ -266,13 +283,16 @@ class LedgerMachine(RuleBasedStateMachine):
         self.expect(refused, None)
         account.frozen = frozen
 
-    @precondition(lambda self: any(p.payee == MERCHANT and p.status in CAPTURED and not p.settled
-                                   for p in self.payments))
+    @precondition(
+        lambda self: any(p.payee == MERCHANT and p.status in CAPTURED and not p.settled for p in self.payments)
+    )
     @rule()
     def settle(self) -> None:
         merchant = self.accounts[MERCHANT]
-        reply, refused = self.call("RunSettlement", pb.RunSettlementRequest(
-            idempotency_key=self.key(), merchant_account_id=merchant.account_id))
+        reply, refused = self.call(
+            "RunSettlement",
+            pb.RunSettlementRequest(idempotency_key=self.key(), merchant_account_id=merchant.account_id),
+        )
         self.expect(refused, None)
         due = [p for p in self.payments if p.payee == MERCHANT and p.status in CAPTURED and not p.settled]
         gross = sum(p.captured - p.refunded for p in due)
@@ -281,8 +301,13 @@ class LedgerMachine(RuleBasedStateMachine):
         fees = min(gross, rate + FEES["settlement_fee_fixed_minor_units"] * count)
         reserve = min(gross - fees, gross * FEES["settlement_reserve_bp"] // 10_000)
         batch = reply.batch
-        assert (batch.gross.minor_units, batch.fees.minor_units, batch.risk_reserve.minor_units,
-                batch.net.minor_units, batch.payment_count) == (gross, fees, reserve, gross - fees - reserve, len(due))
+        assert (
+            batch.gross.minor_units,
+            batch.fees.minor_units,
+            batch.risk_reserve.minor_units,
+            batch.net.minor_units,
+            batch.payment_count,
+        ) == (gross, fees, reserve, gross - fees - reserve, len(due))
         merchant.unsettled -= gross
         merchant.available += gross - fees - reserve
         for p in due:
@@ -291,9 +316,16 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(name=st.sampled_from(NAMES), amount=st.integers(1, 40_000))
     def payout(self, name: str, amount: int) -> None:
         account = self.accounts[name]
-        _, refused = self.call("Payout", pb.PayoutRequest(
-            idempotency_key=self.key(), account_id=account.account_id, channel="test_bank", amount=money(amount),
-            destination_token="tok-property"))
+        _, refused = self.call(
+            "Payout",
+            pb.PayoutRequest(
+                idempotency_key=self.key(),
+                account_id=account.account_id,
+                channel="test_bank",
+                amount=money(amount),
+                destination_token="tok-property",
+            ),
+        )
         if account.frozen:
             return self.expect(refused, "ACCOUNT_FROZEN")
         if account.available < amount <= account.available + account.unsettled:
@@ -303,16 +335,26 @@ class LedgerMachine(RuleBasedStateMachine):
         self.expect(refused, None)
         account.available -= amount
 
-    @rule(items=st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(NAMES), st.integers(1, 20_000)),
-                         min_size=1, max_size=6))
+    @rule(
+        items=st.lists(
+            st.tuples(st.sampled_from(NAMES), st.sampled_from(NAMES), st.integers(1, 20_000)), min_size=1, max_size=6
+        )
+    )
     def batch(self, items: list[tuple[str, str, int]]) -> None:
         """An institution's batch, as the owner of its first source; a transfer out of another owner's account
         (every account here has an owner of its own) refuses the whole call and moves nothing."""
-        specs = [pb.TransferSpec(reference=f"r{i}", from_account_id=self.accounts[s].account_id,
-                                 to_account_id=self.accounts[d].account_id, amount=money(a))
-                 for i, (s, d, a) in enumerate(items)]
-        reply, refused = self.call("BatchCreateTransfers", pb.BatchCreateTransfersRequest(
-            idempotency_key=self.key(), transfers=specs))
+        specs = [
+            pb.TransferSpec(
+                reference=f"r{i}",
+                from_account_id=self.accounts[s].account_id,
+                to_account_id=self.accounts[d].account_id,
+                amount=money(a),
+            )
+            for i, (s, d, a) in enumerate(items)
+        ]
+        reply, refused = self.call(
+            "BatchCreateTransfers", pb.BatchCreateTransfersRequest(idempotency_key=self.key(), transfers=specs)
+        )
         if any(source != items[0][0] for source, _, _ in items):
             return self.expect(refused, "PERMISSION_MISSING")
         self.expect(refused, None)
@@ -369,8 +411,11 @@ class LedgerMachine(RuleBasedStateMachine):
         for name in NAMES:
             holding = sum(p.amount for p in self.payments if p.payer == name and p.status in HOLDING)
             assert self.accounts[name].held == holding, name
-        takings = sum(p.captured - p.refunded for p in self.payments
-                      if p.payee == MERCHANT and p.status in CAPTURED and not p.settled)
+        takings = sum(
+            p.captured - p.refunded
+            for p in self.payments
+            if p.payee == MERCHANT and p.status in CAPTURED and not p.settled
+        )
         assert self.accounts[MERCHANT].unsettled == takings
 
     @invariant()
@@ -392,7 +437,16 @@ async def test_random_operation_sequences_keep_the_invariants(databases, tmp_pat
         ctx = LedgerMachine.ctx
         assert ctx.examples >= 2
         # Every kind of operation ran at least once across the sequences.
-        expected = {"TopUp", "CreatePayment", "CapturePayment", "VoidPayment", "RefundPayment", "RunSettlement",
-                    "Payout", "BatchCreateTransfers", "FreezeAccount"}
+        expected = {
+            "TopUp",
+            "CreatePayment",
+            "CapturePayment",
+            "VoidPayment",
+            "RefundPayment",
+            "RunSettlement",
+            "Payout",
+            "BatchCreateTransfers",
+            "FreezeAccount",
+        }
         assert expected <= set(ctx.steps), (ctx.examples, sorted(expected - set(ctx.steps)), sorted(ctx.steps.items()))
         await under_test.check_books()

@@ -14,14 +14,14 @@ OUTCOME = pb.ReconciliationOutcome
 
 
 async def reconcile(client, csv_text: str, idem: str = "") -> pb.ReconcileStatementResponse:
-    return await client.stub.ReconcileStatement(pb.ReconcileStatementRequest(
-        idempotency_key=idem or key(), channel="bank", statement_csv=csv_text.encode()))
+    return await client.stub.ReconcileStatement(
+        pb.ReconcileStatementRequest(idempotency_key=idem or key(), channel="bank", statement_csv=csv_text.encode())
+    )
 
 
 async def test_statement_with_every_kind_of_mismatch(databases, tmp_path: Path, bank: FakeBank) -> None:
     """Matched, amount mismatch, missing in the ledger (lost reply, unknown line), missing in the statement."""
-    async with payments_mesh(databases, tmp_path, channel_urls={"bank": bank.url},
-                             channel_timeout_seconds=0.5) as pay:
+    async with payments_mesh(databases, tmp_path, channel_urls={"bank": bank.url}, channel_timeout_seconds=0.5) as pay:
         c = pay.client
         alice = await c.wallet()
         matched = (await c.top_up(alice, 5_000, channel="bank")).operation
@@ -44,8 +44,10 @@ async def test_statement_with_every_kind_of_mismatch(databases, tmp_path: Path, 
         statement.append("BNK-STRANGER,300,CNY,2026-01-01T00:00:00+00:00")
         report = await reconcile(c, "\n".join(statement) + "\n")
 
-        outcomes = {line.channel_reference: (line.outcome, line.statement_minor_units, line.ledger_minor_units)
-                    for line in report.lines}
+        outcomes = {
+            line.channel_reference: (line.outcome, line.statement_minor_units, line.ledger_minor_units)
+            for line in report.lines
+        }
         assert outcomes == {
             matched.channel_reference: (OUTCOME.RECONCILIATION_OUTCOME_MATCHED, 5_000, 5_000),
             changed.channel_reference: (OUTCOME.RECONCILIATION_OUTCOME_AMOUNT_MISMATCH, 1_250, 1_200),
@@ -70,16 +72,22 @@ async def test_bad_statements_are_refused_line_by_line(databases, tmp_path: Path
     """Wrong header, fractional amounts, bad currencies and duplicates are INVALID_ARGUMENT naming the line."""
     async with payments_mesh(databases, tmp_path) as pay:
         c = pay.client
-        header = await refusal(c.stub.ReconcileStatement(pb.ReconcileStatementRequest(
-            idempotency_key=key(), channel="bank", statement_csv=b"ref,amount\nA,1\n")))
+        header = await refusal(
+            c.stub.ReconcileStatement(
+                pb.ReconcileStatementRequest(idempotency_key=key(), channel="bank", statement_csv=b"ref,amount\nA,1\n")
+            )
+        )
         assert (header.code, header.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["statement_csv"])
-        body = ("channel_reference,amount_minor_units,currency_code,booked_at\n"
-                "A,12.34,CNY,2026-01-01T00:00:00Z\nB,5,XXX,2026-01-01T00:00:00Z\n"
-                "C,5,CNY,yesterday\nD,5,CNY,2026-01-01T00:00:00Z\nD,6,CNY,2026-01-01T00:00:00Z\n")
+        body = (
+            "channel_reference,amount_minor_units,currency_code,booked_at\n"
+            "A,12.34,CNY,2026-01-01T00:00:00Z\nB,5,XXX,2026-01-01T00:00:00Z\n"
+            "C,5,CNY,yesterday\nD,5,CNY,2026-01-01T00:00:00Z\nD,6,CNY,2026-01-01T00:00:00Z\n"
+        )
         bad = await refusal(reconcile(c, body))
         assert bad.fields == [f"statement_csv[line {n}]" for n in (2, 3, 4, 6)]
         idem = key()
         empty = await reconcile(c, "channel_reference,amount_minor_units,currency_code,booked_at\n", idem)
         assert (empty.matched_count, empty.mismatch_count) == (0, 0)
-        assert (await reconcile(c, "channel_reference,amount_minor_units,currency_code,booked_at\n",
-                                idem)).SerializeToString() == empty.SerializeToString()
+        assert (
+            await reconcile(c, "channel_reference,amount_minor_units,currency_code,booked_at\n", idem)
+        ).SerializeToString() == empty.SerializeToString()

@@ -29,8 +29,7 @@ async def _burst(client: Client, payer: str, payee: str, amounts: list[int]) -> 
     return list(await asyncio.gather(*(client.pay(payer, payee, minor) for minor in amounts)))
 
 
-async def test_a_burst_is_assessed_in_batches_each_payment_by_its_own_verdict(databases, tmp_path: Path,
-                                                                              spans) -> None:
+async def test_a_burst_is_assessed_in_batches_each_payment_by_its_own_verdict(databases, tmp_path: Path, spans) -> None:
     """With one risk call out at a time, a burst of payments waits and goes in batch calls. Risk records one
     assessment per payment, a payment over the review threshold is held alone, the books balance, and each
     payment's trace holds risk's work on it."""
@@ -55,13 +54,17 @@ async def test_a_burst_is_assessed_in_batches_each_payment_by_its_own_verdict(da
         risk_engine = pay.mesh.services["risk"].app.engine
         ids = [p.payment_id for p in payments]
         async with risk_engine.connect() as conn:
-            recorded = await conn.scalar(select(func.count()).select_from(assessments)
-                                         .where(assessments.c.payment_id.in_(ids)))
+            recorded = await conn.scalar(
+                select(func.count()).select_from(assessments).where(assessments.c.payment_id.in_(ids))
+            )
         assert recorded == BURST
 
     checks = [s for s in spans.get_finished_spans() if s.name == "risk.assess_payment"]
-    servers = {s.context.trace_id: s for s in spans.get_finished_spans()
-               if s.name == "finmesh.payments.v1.PaymentsService/CreatePayment"}
+    servers = {
+        s.context.trace_id: s
+        for s in spans.get_finished_spans()
+        if s.name == "finmesh.payments.v1.PaymentsService/CreatePayment"
+    }
     assert len(checks) == calls.batched_items
     for check in checks:  # a batched check sits in its payment's trace, under the CreatePayment span
         assert check.parent.span_id == servers[check.context.trace_id].context.span_id
@@ -76,21 +79,30 @@ class _OldRisk(risk_grpc.RiskServiceServicer):
     async def AssessPayment(self, request: Any, context: Any) -> Any:
         self.singles += 1
         await asyncio.sleep(0.02)  # long enough for the burst to queue behind the first call
-        return risk_pb.AssessPaymentResponse(assessment=risk_pb.Assessment(
-            assessment_id=uuid.uuid4().hex, payment_id=request.payment_id, decision=risk_pb.DECISION_APPROVE))
+        return risk_pb.AssessPaymentResponse(
+            assessment=risk_pb.Assessment(
+                assessment_id=uuid.uuid4().hex, payment_id=request.payment_id, decision=risk_pb.DECISION_APPROVE
+            )
+        )
 
 
 @asynccontextmanager
 async def _payments_before(risk_servicer: Any, databases: Any, tmp_path: Path) -> AsyncIterator[tuple[Client, Any]]:
     """Payments (one risk call out at a time) in front of a risk stand-in: its client and its RiskClient."""
     issuer = await Issuer().start()
-    risk = await create_server(ServiceSettings(host="127.0.0.1", port=0, **issuer.settings()), [Registration(
-        risk_servicer, risk_grpc.add_RiskServiceServicer_to_server,
-        risk_pb.DESCRIPTOR.services_by_name["RiskService"])])
+    risk = await create_server(
+        ServiceSettings(host="127.0.0.1", port=0, **issuer.settings()),
+        [
+            Registration(
+                risk_servicer,
+                risk_grpc.add_RiskServiceServicer_to_server,
+                risk_pb.DESCRIPTOR.services_by_name["RiskService"],
+            )
+        ],
+    )
     extra = {"tier_limits": GENEROUS_LIMITS, "risk_target": f"127.0.0.1:{risk.port}", "risk_max_in_flight": 1}
     try:
-        async with running_mesh(databases, tmp_path, names=("payments",), payments_extra=extra,
-                                issuer=issuer) as mesh:
+        async with running_mesh(databases, tmp_path, names=("payments",), payments_extra=extra, issuer=issuer) as mesh:
             yield Client(mesh.channel("payments")), mesh.services["payments"].app.risk
     finally:
         await risk.server.stop(0)
@@ -100,7 +112,8 @@ async def _payments_before(risk_servicer: Any, databases: Any, tmp_path: Path) -
 
 
 async def test_an_older_risk_gets_one_call_per_payment_and_is_asked_for_batches_again_later(
-        databases, tmp_path: Path) -> None:
+    databases, tmp_path: Path
+) -> None:
     old = _OldRisk()
     async with _payments_before(old, databases, tmp_path) as (c, client):
         payer, payee = await c.wallet(), await c.merchant()
@@ -121,14 +134,23 @@ class _ShortRisk(_OldRisk):
     """Answers a batch with one result too few: a broken contract."""
 
     async def AssessPayments(self, request: Any, context: Any) -> Any:
-        return risk_pb.AssessPaymentsResponse(results=[
-            risk_pb.PaymentCheckResult(assessment=risk_pb.Assessment(
-                assessment_id=uuid.uuid4().hex, payment_id=check.payment.payment_id,
-                decision=risk_pb.DECISION_APPROVE)) for check in request.checks[1:]])
+        return risk_pb.AssessPaymentsResponse(
+            results=[
+                risk_pb.PaymentCheckResult(
+                    assessment=risk_pb.Assessment(
+                        assessment_id=uuid.uuid4().hex,
+                        payment_id=check.payment.payment_id,
+                        decision=risk_pb.DECISION_APPROVE,
+                    )
+                )
+                for check in request.checks[1:]
+            ]
+        )
 
 
 async def test_a_batch_answered_with_the_wrong_number_of_results_refuses_its_payments_and_moves_nothing(
-        databases, tmp_path: Path) -> None:
+    databases, tmp_path: Path
+) -> None:
     async with _payments_before(_ShortRisk(), databases, tmp_path) as (c, _):
         payer, payee = await c.wallet(), await c.merchant()
         await c.top_up(payer, 1_000)

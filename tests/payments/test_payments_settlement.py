@@ -32,8 +32,13 @@ async def test_settlement_splits_gross_and_only_settled_funds_leave(databases, t
         batch = await c.settle(shop)
         # fees = round_half_up(29_333 * 60 / 10_000 = 175.998) + 3 * 10 = 206
         # reserve = floor(29_333 * 500 / 10_000 = 1_466.65) = 1_466; net = 29_333 - 206 - 1_466
-        assert (batch.gross.minor_units, batch.fees.minor_units, batch.risk_reserve.minor_units,
-                batch.net.minor_units, batch.payment_count) == (29_333, 206, 1_466, 27_661, 3)
+        assert (
+            batch.gross.minor_units,
+            batch.fees.minor_units,
+            batch.risk_reserve.minor_units,
+            batch.net.minor_units,
+            batch.payment_count,
+        ) == (29_333, 206, 1_466, 27_661, 3)
         assert await c.triple(shop) == (27_661, 0, 27_661)
         assert (await c.balance("platform-fee:CNY")).total_minor_units == 206
         # Opening the platform's fee account returns the one settlement credits (one per currency).
@@ -67,14 +72,20 @@ async def test_cutoff_limits_the_batch_and_bad_requests_are_refused(databases, t
         await asyncio.sleep(0.05)
         held = await c.pay(alice, shop, 2_000, mode=pb.CAPTURE_MODE_MANUAL)
         await c.capture(held.payment_id)
-        batch = (await c.stub.RunSettlement(pb.RunSettlementRequest(idempotency_key=key(), merchant_account_id=shop,
-                                                                    cutoff=cutoff))).batch
+        batch = (
+            await c.stub.RunSettlement(
+                pb.RunSettlementRequest(idempotency_key=key(), merchant_account_id=shop, cutoff=cutoff)
+            )
+        ).batch
         assert (batch.gross.minor_units, batch.payment_count) == (1_000, 1)
         rest = await c.settle(shop)
         assert (rest.gross.minor_units, rest.payment_count) == (2_000, 1)
         assert (await refusal(c.settle(alice))).reason == "INVALID_STATE"
         future = timestamp_pb2.Timestamp(seconds=int(datetime.now(UTC).timestamp()) + 3_600)
-        late = await refusal(c.stub.RunSettlement(pb.RunSettlementRequest(idempotency_key=key(),
-                                                                          merchant_account_id=shop, cutoff=future)))
+        late = await refusal(
+            c.stub.RunSettlement(
+                pb.RunSettlementRequest(idempotency_key=key(), merchant_account_id=shop, cutoff=future)
+            )
+        )
         assert late.fields == ["cutoff"]
         await pay.check_books()

@@ -28,8 +28,13 @@ REFUSED = (grpc.StatusCode.PERMISSION_DENIED, "SYNTHETIC_REAL_ACCOUNT")
 
 
 def _pay(payer: str, payee: str, minor: int, idem: str = "") -> pb.CreatePaymentRequest:
-    return pb.CreatePaymentRequest(idempotency_key=idem or key(), payer_account_id=payer, payee_account_id=payee,
-                                   amount=money(minor), capture_mode=pb.CAPTURE_MODE_AUTOMATIC)
+    return pb.CreatePaymentRequest(
+        idempotency_key=idem or key(),
+        payer_account_id=payer,
+        payee_account_id=payee,
+        amount=money(minor),
+        capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+    )
 
 
 async def _risk_synthetic_flags(url: str) -> dict[str, int]:
@@ -51,8 +56,10 @@ async def test_synthetic_payments_move_money_between_test_accounts_only(database
     async with payments_mesh(databases, tmp_path, synthetic_owner_ids=[probe_a, probe_b]) as pay:
         c, s = pay.client, pay.client.stub
         a, b, real = await c.wallet(probe_a), await c.wallet(probe_b), await c.wallet(customer)
-        await s.TopUp(pb.TopUpRequest(idempotency_key=key(), account_id=a, channel="test_bank",
-                                      amount=money(10_000)), metadata=MARK)
+        await s.TopUp(
+            pb.TopUpRequest(idempotency_key=key(), account_id=a, channel="test_bank", amount=money(10_000)),
+            metadata=MARK,
+        )
         await c.top_up(real, 10_000)
 
         marked = (await s.CreatePayment(_pay(a, b, 300), metadata=MARK)).payment
@@ -63,23 +70,37 @@ async def test_synthetic_payments_move_money_between_test_accounts_only(database
         refused_calls = {
             "pay a customer": s.CreatePayment(_pay(a, real, 100), metadata=MARK),
             "paid by a customer": s.CreatePayment(_pay(real, b, 100), metadata=MARK),
-            "top up a customer": s.TopUp(pb.TopUpRequest(idempotency_key=key(), account_id=real,
-                                                         channel="test_bank", amount=money(1)), metadata=MARK),
-            "pay out a customer": s.Payout(pb.PayoutRequest(idempotency_key=key(), account_id=real,
-                                                            channel="test_bank", amount=money(1),
-                                                            destination_token="tok"), metadata=MARK),
-            "batch touching a customer": s.BatchCreateTransfers(pb.BatchCreateTransfersRequest(
-                idempotency_key=key(), transfers=[pb.TransferSpec(reference="r1", from_account_id=a,
-                                                                  to_account_id=real, amount=money(1))]),
-                metadata=MARK),
+            "top up a customer": s.TopUp(
+                pb.TopUpRequest(idempotency_key=key(), account_id=real, channel="test_bank", amount=money(1)),
+                metadata=MARK,
+            ),
+            "pay out a customer": s.Payout(
+                pb.PayoutRequest(
+                    idempotency_key=key(),
+                    account_id=real,
+                    channel="test_bank",
+                    amount=money(1),
+                    destination_token="tok",
+                ),
+                metadata=MARK,
+            ),
+            "batch touching a customer": s.BatchCreateTransfers(
+                pb.BatchCreateTransfersRequest(
+                    idempotency_key=key(),
+                    transfers=[pb.TransferSpec(reference="r1", from_account_id=a, to_account_id=real, amount=money(1))],
+                ),
+                metadata=MARK,
+            ),
         }
         for name, call in refused_calls.items():
             refused = await refusal(call)
             assert (refused.code, refused.reason) == REFUSED, (name, refused)
         real_payment = await c.pay(real, a, 50)  # a real customer paying a test account: real, so not marked
-        refused = await refusal(s.RefundPayment(pb.RefundPaymentRequest(idempotency_key=key(),
-                                                                        payment_id=real_payment.payment_id),
-                                                metadata=MARK))
+        refused = await refusal(
+            s.RefundPayment(
+                pb.RefundPaymentRequest(idempotency_key=key(), payment_id=real_payment.payment_id), metadata=MARK
+            )
+        )
         assert (refused.code, refused.reason) == REFUSED
         after = {acct: await c.triple(acct) for acct in (a, b, real)}
         assert after[b] == before[b] and after[real][0] == before[real][0] - 50, (before, after)
@@ -88,8 +109,11 @@ async def test_synthetic_payments_move_money_between_test_accounts_only(database
         flags = await _risk_synthetic_flags(pay.mesh.services["risk"].database_url)
         assert (flags[marked.payment_id], flags[unmarked.payment_id], flags[real_payment.payment_id]) == (1, 1, 0)
         async with pay.db.engine.connect() as conn:
-            events = (await conn.execute(select(outbox.c.event_type, outbox.c.payload)
-                                         .where(outbox.c.event_type.like("payments.payment.%")))).all()
+            events = (
+                await conn.execute(
+                    select(outbox.c.event_type, outbox.c.payload).where(outbox.c.event_type.like("payments.payment.%"))
+                )
+            ).all()
         by_payment = {e.payload["payment_id"]: e.payload for e in events}
         assert by_payment[marked.payment_id].get("synthetic") is True
         assert by_payment[unmarked.payment_id].get("synthetic") is True
@@ -104,8 +128,11 @@ class _BaggageRecordingRisk(risk_grpc.RiskServiceServicer):
 
     async def AssessPayment(self, request: Any, context: Any) -> Any:
         self.marks.append((synthetic.is_synthetic(), request.synthetic))
-        return risk_pb.AssessPaymentResponse(assessment=risk_pb.Assessment(
-            assessment_id=uuid.uuid4().hex, payment_id=request.payment_id, decision=risk_pb.DECISION_APPROVE))
+        return risk_pb.AssessPaymentResponse(
+            assessment=risk_pb.Assessment(
+                assessment_id=uuid.uuid4().hex, payment_id=request.payment_id, decision=risk_pb.DECISION_APPROVE
+            )
+        )
 
 
 async def test_the_synthetic_mark_travels_from_payments_to_risk(databases, tmp_path: Path) -> None:
@@ -113,14 +140,24 @@ async def test_the_synthetic_mark_travels_from_payments_to_risk(databases, tmp_p
     sees it through finmesh.platform.observability.synthetic; an unmarked call carries no mark."""
     issuer = await Issuer().start()
     recorder = _BaggageRecordingRisk()
-    risk = await create_server(ServiceSettings(host="127.0.0.1", port=0, **issuer.settings()), [Registration(
-        recorder, risk_grpc.add_RiskServiceServicer_to_server, risk_pb.DESCRIPTOR.services_by_name["RiskService"])])
+    risk = await create_server(
+        ServiceSettings(host="127.0.0.1", port=0, **issuer.settings()),
+        [
+            Registration(
+                recorder,
+                risk_grpc.add_RiskServiceServicer_to_server,
+                risk_pb.DESCRIPTOR.services_by_name["RiskService"],
+            )
+        ],
+    )
     probe_a, probe_b = "probe-a", "probe-b"
-    extra = {"tier_limits": GENEROUS_LIMITS, "risk_target": f"127.0.0.1:{risk.port}",
-             "synthetic_owner_ids": [probe_a, probe_b]}
+    extra = {
+        "tier_limits": GENEROUS_LIMITS,
+        "risk_target": f"127.0.0.1:{risk.port}",
+        "synthetic_owner_ids": [probe_a, probe_b],
+    }
     try:
-        async with running_mesh(databases, tmp_path, names=("payments",), payments_extra=extra,
-                                issuer=issuer) as mesh:
+        async with running_mesh(databases, tmp_path, names=("payments",), payments_extra=extra, issuer=issuer) as mesh:
             c = Client(mesh.channel("payments"))
             a, b = await c.wallet(probe_a), await c.wallet(probe_b)
             await c.top_up(a, 1_000)

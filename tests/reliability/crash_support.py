@@ -36,8 +36,11 @@ from tests.auth import channel as acting_channel
 # Callees first, so payments' first calls find risk and notify up.
 ORDER = ("notify", "risk", "payments")
 # Reconnect quickly after a peer restarts: gRPC's default backoff grows to two minutes.
-FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-                  ("grpc.max_reconnect_backoff_ms", 500)]
+FAST_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
 # Retrying these with the same key is safe: the server either did nothing or stored its answer.
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 LEASE_SECONDS = 5
@@ -74,12 +77,17 @@ class Fleet:
 
     def __init__(self, data_dir: Path, urls: dict[str, str], issuer: Issuer) -> None:
         self.mesh = Mesh(data_dir, database_urls=urls, with_fakes=False)
-        self.mesh.extra_env.update({
-            "FINMESH_AUTH_MODE": "enforce", "FINMESH_IDENTITY_TARGET": issuer.target,
-            "FINMESH_SERVICE_SECRET": SERVICE_SECRET, "FINMESH_CHANNEL_SWEEP_INTERVAL_SECONDS": "3600",
-            # Events a killed (or cut off) relay had claimed come free after its lease: 30 s in production,
-            # short here so they are sent again, and deduplicated by notify, within the test.
-            "FINMESH_OUTBOX_LEASE_SECONDS": str(LEASE_SECONDS)})
+        self.mesh.extra_env.update(
+            {
+                "FINMESH_AUTH_MODE": "enforce",
+                "FINMESH_IDENTITY_TARGET": issuer.target,
+                "FINMESH_SERVICE_SECRET": SERVICE_SECRET,
+                "FINMESH_CHANNEL_SWEEP_INTERVAL_SECONDS": "3600",
+                # Events a killed (or cut off) relay had claimed come free after its lease: 30 s in production,
+                # short here so they are sent again, and deduplicated by notify, within the test.
+                "FINMESH_OUTBOX_LEASE_SECONDS": str(LEASE_SECONDS),
+            }
+        )
         self.ports = {name: free_port() for name in ORDER}
         self.kills: Counter[str] = Counter()
         self.restart_seconds: list[float] = []
@@ -124,21 +132,30 @@ class Fleet:
 # --- accounts and load --------------------------------------------------------------------------------
 
 
-async def open_wallets(target: str, run_id: str, issuer: Issuer, book: Book, payers: int, payees: int,
-                       top_up: int) -> tuple[list[str], list[str]]:
+async def open_wallets(
+    target: str, run_id: str, issuer: Issuer, book: Book, payers: int, payees: int, top_up: int
+) -> tuple[list[str], list[str]]:
     """Payer wallets topped up with `top_up` each, and payee wallets, opened by their owners."""
     async with acting_channel(target, issuer, book) as channel:
         stub = pb_grpc.PaymentsServiceStub(channel)
 
         async def wallet(i: int) -> str:
-            request = pb.OpenAccountRequest(idempotency_key=f"{run_id}-open-{i}", owner_id=f"crash-{run_id}-user-{i}",
-                                            kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code="CNY")
+            request = pb.OpenAccountRequest(
+                idempotency_key=f"{run_id}-open-{i}",
+                owner_id=f"crash-{run_id}-user-{i}",
+                kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET,
+                currency_code="CNY",
+            )
             return (await patiently(lambda: stub.OpenAccount(request, timeout=20))).account.account_id
 
         accounts = [await wallet(i) for i in range(payers + payees)]
         for i, account in enumerate(accounts[:payers]):
-            top = pb.TopUpRequest(idempotency_key=f"{run_id}-topup-{i}", account_id=account, channel="test_bank",
-                                  amount=money_pb2.Money(currency_code="CNY", minor_units=top_up))
+            top = pb.TopUpRequest(
+                idempotency_key=f"{run_id}-topup-{i}",
+                account_id=account,
+                channel="test_bank",
+                amount=money_pb2.Money(currency_code="CNY", minor_units=top_up),
+            )
             await patiently(lambda top=top: stub.TopUp(top, timeout=20))
     return accounts[:payers], accounts[payers:]
 
@@ -190,14 +207,19 @@ class LoadResult:
 
     def figures(self) -> dict[str, Any]:
         waits = sorted(c.seconds for c in self.acknowledged) or [0.0]
-        return {"calls": len(self.calls), "acknowledged": len(self.acknowledged),
-                "completed_per_s": round(len(self.calls) / self.seconds, 1), "seconds": round(self.seconds, 1),
-                "answer_p50_ms": round(waits[len(waits) // 2] * 1000),
-                "answer_p99_ms": round(waits[min(len(waits) - 1, len(waits) * 99 // 100)] * 1000),
-                "failed_attempts_by_code": dict(self.codes()), "reasons": dict(self.reasons()),
-                "abandoning_calls": sum(1 for c in self.calls if c.abandons),
-                "abandoned_unanswered": sum(1 for c in self.unanswered if c.abandons),
-                "calls_retried": sum(1 for c in self.calls if c.failures)}
+        return {
+            "calls": len(self.calls),
+            "acknowledged": len(self.acknowledged),
+            "completed_per_s": round(len(self.calls) / self.seconds, 1),
+            "seconds": round(self.seconds, 1),
+            "answer_p50_ms": round(waits[len(waits) // 2] * 1000),
+            "answer_p99_ms": round(waits[min(len(waits) - 1, len(waits) * 99 // 100)] * 1000),
+            "failed_attempts_by_code": dict(self.codes()),
+            "reasons": dict(self.reasons()),
+            "abandoning_calls": sum(1 for c in self.calls if c.abandons),
+            "abandoned_unanswered": sum(1 for c in self.unanswered if c.abandons),
+            "calls_retried": sum(1 for c in self.calls if c.failures),
+        }
 
 
 class RetryingLoad:
@@ -208,9 +230,22 @@ class RetryingLoad:
     Every `abandon_every`-th call (none when 0) gives up after its first failure instead.
     """
 
-    def __init__(self, target: str, payers: list[str], payees: list[str], run_id: str, issuer: Issuer,
-                 book: Book, *, count: int, rate: float, clients: int = 4, attempt_timeout: float = 10.0,
-                 give_up_after: float = 45.0, abandon_every: int = 0) -> None:
+    def __init__(
+        self,
+        target: str,
+        payers: list[str],
+        payees: list[str],
+        run_id: str,
+        issuer: Issuer,
+        book: Book,
+        *,
+        count: int,
+        rate: float,
+        clients: int = 4,
+        attempt_timeout: float = 10.0,
+        give_up_after: float = 45.0,
+        abandon_every: int = 0,
+    ) -> None:
         self.target, self.payers, self.payees, self.run_id = target, payers, payees, run_id
         self.interceptor = ActingAs(issuer, book)
         self.count, self.rate, self.clients = count, rate, clients
@@ -219,16 +254,22 @@ class RetryingLoad:
         self.started = asyncio.Event()
 
     def call(self, i: int) -> Call:
-        return Call(key=f"crash-{self.run_id}-{i}", description=description(self.run_id, i),
-                    payer=self.payers[i % len(self.payers)], payee=self.payees[i % len(self.payees)],
-                    amount=100 + i % 7,
-                    abandons=bool(self.abandon_every) and i % self.abandon_every == self.abandon_every - 1)
+        return Call(
+            key=f"crash-{self.run_id}-{i}",
+            description=description(self.run_id, i),
+            payer=self.payers[i % len(self.payers)],
+            payee=self.payees[i % len(self.payees)],
+            amount=100 + i % 7,
+            abandons=bool(self.abandon_every) and i % self.abandon_every == self.abandon_every - 1,
+        )
 
     async def run(self) -> LoadResult:
         # A subchannel pool per channel: otherwise channels to one target share one HTTP/2 connection.
         options = [("grpc.use_local_subchannel_pool", 1), *FAST_RECONNECT]
-        channels = [grpc.aio.insecure_channel(self.target, options=options, interceptors=[self.interceptor])
-                    for _ in range(self.clients)]
+        channels = [
+            grpc.aio.insecure_channel(self.target, options=options, interceptors=[self.interceptor])
+            for _ in range(self.clients)
+        ]
         stubs = [pb_grpc.PaymentsServiceStub(c) for c in channels]
         calls = [self.call(i) for i in range(self.count)]
         start = time.monotonic()
@@ -247,9 +288,13 @@ class RetryingLoad:
 
     async def _send(self, stub: pb_grpc.PaymentsServiceStub, call: Call) -> None:
         request = pb.CreatePaymentRequest(
-            idempotency_key=call.key, payer_account_id=call.payer, payee_account_id=call.payee,
+            idempotency_key=call.key,
+            payer_account_id=call.payer,
+            payee_account_id=call.payee,
             amount=money_pb2.Money(currency_code="CNY", minor_units=call.amount),
-            capture_mode=pb.CAPTURE_MODE_AUTOMATIC, description=call.description)
+            capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+            description=call.description,
+        )
         began = time.monotonic()
         deadline = began + self.give_up_after
         backoff = 0.05
@@ -329,8 +374,11 @@ async def audit_payments(url: str, run_id: str, calls: list[Call]) -> Books:
     for e in events:
         payload = e.payload if isinstance(e.payload, dict) else json.loads(e.payload)
         events_of[payload.get("payment_id", "")] += 1
-    answered = {a.key: pb.CreatePaymentResponse.FromString(a.response).payment.payment_id
-                for a in answers if a.response is not None}
+    answered = {
+        a.key: pb.CreatePaymentResponse.FromString(a.response).payment.payment_id
+        for a in answers
+        if a.response is not None
+    }
     key_of = {c.description: c.key for c in calls}
     for r in rows:
         payment_transfers = [t for t in transfers_of.get(r.payment_id, []) if t.kind == "PAYMENT"]
@@ -359,33 +407,60 @@ async def audit_payments(url: str, run_id: str, calls: list[Call]) -> Books:
             books.problem("ledger_not_zero", (currency, total))
     return books
 
+
 async def _payment_rows(url: str, run_id: str) -> tuple[Any, ...]:
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
-            rows = (await conn.execute(text(
-                "SELECT payment_id, description, status, amount, payer_account_id, payee_account_id "
-                "FROM payments WHERE description LIKE :p"), {"p": f"crash {run_id} #%"})).all()
-            transfers = (await conn.execute(text(
-                "SELECT t.transfer_id, t.reference, t.kind, t.amount, COUNT(e.entry_id) AS legs, "
-                "COALESCE(SUM(e.amount), 0) AS net FROM transfers t LEFT JOIN ledger_entries e "
-                "ON e.transfer_id = t.transfer_id GROUP BY t.transfer_id, t.reference, t.kind, t.amount"))).all()
-            events = (await conn.execute(text(
-                "SELECT event_id, event_type, payload FROM outbox WHERE event_type LIKE 'payments.payment.%'"))).all()
-            answers = (await conn.execute(text(
-                "SELECT key, response FROM scoped_idempotency_keys WHERE method = 'CreatePayment' AND key LIKE :p"),
-                {"p": f"crash-{run_id}-%"})).all()
-            accounts = (await conn.execute(text(
-                "SELECT a.account_id, a.currency, a.available + a.held + a.unsettled AS balance, "
-                "COALESCE((SELECT SUM(e.amount) FROM ledger_entries e WHERE e.account_id = a.account_id), 0) "
-                "AS entries FROM accounts a"))).all()
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT payment_id, description, status, amount, payer_account_id, payee_account_id "
+                        "FROM payments WHERE description LIKE :p"
+                    ),
+                    {"p": f"crash {run_id} #%"},
+                )
+            ).all()
+            transfers = (
+                await conn.execute(
+                    text(
+                        "SELECT t.transfer_id, t.reference, t.kind, t.amount, COUNT(e.entry_id) AS legs, "
+                        "COALESCE(SUM(e.amount), 0) AS net FROM transfers t LEFT JOIN ledger_entries e "
+                        "ON e.transfer_id = t.transfer_id GROUP BY t.transfer_id, t.reference, t.kind, t.amount"
+                    )
+                )
+            ).all()
+            events = (
+                await conn.execute(
+                    text("SELECT event_id, event_type, payload FROM outbox WHERE event_type LIKE 'payments.payment.%'")
+                )
+            ).all()
+            answers = (
+                await conn.execute(
+                    text(
+                        "SELECT key, response FROM scoped_idempotency_keys"
+                        " WHERE method = 'CreatePayment' AND key LIKE :p"
+                    ),
+                    {"p": f"crash-{run_id}-%"},
+                )
+            ).all()
+            accounts = (
+                await conn.execute(
+                    text(
+                        "SELECT a.account_id, a.currency, a.available + a.held + a.unsettled AS balance, "
+                        "COALESCE((SELECT SUM(e.amount) FROM ledger_entries e WHERE e.account_id = a.account_id), 0) "
+                        "AS entries FROM accounts a"
+                    )
+                )
+            ).all()
     finally:
         await engine.dispose()
     return rows, transfers, events, answers, accounts
 
 
-async def expected_balances_hold(target: str, books: Books, payers: list[str], payees: list[str], top_up: int,
-                                 issuer: Issuer, book: Book) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
+async def expected_balances_hold(
+    target: str, books: Books, payers: list[str], payees: list[str], top_up: int, issuer: Issuer, book: Book
+) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
     """Through the API: each wallet's (available, held) against what the run's payments imply (the audit
     has matched the acknowledged ones to their calls). Returns the wallets that differ."""
     expected = {a: [top_up if a in payers else 0, 0] for a in payers + payees}
@@ -458,11 +533,19 @@ async def _delivery_rows(payments_url: str, notify_url: str) -> tuple[Any, list[
         async with p_engine.connect() as conn:
             outbox = (await conn.execute(text("SELECT event_id, delivered_at, dead FROM outbox"))).all()
         async with n_engine.connect() as conn:
-            received = [r.event_id for r in await conn.execute(
-                text("SELECT event_id FROM received_events WHERE source = 'payments'"))]
-            drafted = (await conn.execute(text(
-                "SELECT event_id, user_id, channel, template, COUNT(*) AS n FROM notifications WHERE event_id <> '' "
-                "GROUP BY event_id, user_id, channel, template HAVING COUNT(*) > 1"))).all()
+            received = [
+                r.event_id
+                for r in await conn.execute(text("SELECT event_id FROM received_events WHERE source = 'payments'"))
+            ]
+            drafted = (
+                await conn.execute(
+                    text(
+                        "SELECT event_id, user_id, channel, template, COUNT(*) AS n FROM notifications"
+                        " WHERE event_id <> '' "
+                        "GROUP BY event_id, user_id, channel, template HAVING COUNT(*) > 1"
+                    )
+                )
+            ).all()
     finally:
         await p_engine.dispose()
         await n_engine.dispose()
@@ -478,9 +561,14 @@ def database_name(url: str) -> str:
 
 async def terminate_backends(admin: asyncpg.Connection, database: str) -> int:
     """Drop every connection to `database` (only that one: the server is shared); how many were dropped."""
-    return int(await admin.fetchval(
-        "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE datname = $1 AND pid <> pg_backend_pid()", database) or 0)
+    return int(
+        await admin.fetchval(
+            "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+        or 0
+    )
 
 
 class DatabaseLink:

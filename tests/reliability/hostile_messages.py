@@ -41,17 +41,66 @@ _INT_RANGES: dict[int, tuple[int, int]] = {
 # Text that has broken parsers before: control and format characters, look-alike digits,
 # astral planes, injection-shaped strings, numbers that do not fit.
 HOSTILE_TEXT = (
-    "", " ", "\x00", "a\x00b", "\t\r\n", "\u202eevil", "\ufeff", "\u200b", "\u2028", "\uffff", "\U0010ffff",
-    "\U0001f4b8" * 3, "e\u0301" * 4, "１２３４", "٣٤٥", "Ⅻ", "CNY", "cny", "XXX", "USD", "-1", "0", "1e309",
-    "NaN", "-0", "9" * 19, "9" * 40, "²", "¹²:³⁴", "24:60", "0x7fffffffffffffff", "' OR 1=1 --", "%s%n%x", "${jndi:ldap://127.0.0.1/a}",
-    "../../etc/passwd", "<script>", "null", "true", "[]", "{}", "测试用户", "+86 138 0000 0000",
-    "a@b", "@", "11010519900517001X",
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\t\r\n",
+    "\u202eevil",
+    "\ufeff",
+    "\u200b",
+    "\u2028",
+    "\uffff",
+    "\U0010ffff",
+    "\U0001f4b8" * 3,
+    "e\u0301" * 4,
+    "１２３４",
+    "٣٤٥",
+    "Ⅻ",
+    "CNY",
+    "cny",
+    "XXX",
+    "USD",
+    "-1",
+    "0",
+    "1e309",
+    "NaN",
+    "-0",
+    "9" * 19,
+    "9" * 40,
+    "²",
+    "¹²:³⁴",
+    "24:60",
+    "0x7fffffffffffffff",
+    "' OR 1=1 --",
+    "%s%n%x",
+    "${jndi:ldap://127.0.0.1/a}",
+    "../../etc/passwd",
+    "<script>",
+    "null",
+    "true",
+    "[]",
+    "{}",
+    "测试用户",
+    "+86 138 0000 0000",
+    "a@b",
+    "@",
+    "11010519900517001X",
 )
 # Bytes a string decoder would choke on: lone continuation bytes, overlong forms, encoded surrogates,
 # code points past U+10FFFF, truncated sequences.
 INVALID_UTF8 = (
-    b"\xff", b"\xfe\xff", b"\x80", b"\xc0\xaf", b"\xe0\x80\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
-    b"\xc3", b"\xe2\x82", b"ok\xffok", b"\x00\xff" * 8,
+    b"\xff",
+    b"\xfe\xff",
+    b"\x80",
+    b"\xc0\xaf",
+    b"\xe0\x80\xaf",
+    b"\xed\xa0\x80",
+    b"\xf4\x90\x80\x80",
+    b"\xc3",
+    b"\xe2\x82",
+    b"ok\xffok",
+    b"\x00\xff" * 8,
 )
 SPECIAL_FLOATS = (math.nan, math.inf, -math.inf, -0.0, 5e-324, 1.7976931348623157e308, -1.7976931348623157e308)
 
@@ -70,9 +119,11 @@ def floats_for(field_type: int) -> Strategy:
 
 def huge_text(max_chars: int) -> Strategy:
     """Long strings built by repetition: cheap to generate however long they are."""
-    return st.builds(lambda unit, times: (unit * times)[:max_chars],
-                     st.sampled_from(["a", "9", "测", "\U0001f4b8", "\x00", "ab\u202e"]),
-                     st.integers(1_000, max_chars))
+    return st.builds(
+        lambda unit, times: (unit * times)[:max_chars],
+        st.sampled_from(["a", "9", "测", "\U0001f4b8", "\x00", "ab\u202e"]),
+        st.integers(1_000, max_chars),
+    )
 
 
 def texts(max_chars: int) -> Strategy:
@@ -83,8 +134,9 @@ def texts(max_chars: int) -> Strategy:
 
 def binaries(max_bytes: int) -> Strategy:
     ordinary = st.one_of(st.sampled_from(INVALID_UTF8), st.binary(max_size=64))
-    huge = st.builds(lambda unit, times: unit * times, st.sampled_from([b"\xff", b"\x00", b"ab"]),
-                     st.integers(1_000, max_bytes))
+    huge = st.builds(
+        lambda unit, times: unit * times, st.sampled_from([b"\xff", b"\x00", b"ab"]), st.integers(1_000, max_bytes)
+    )
     return st.integers(0, 29).flatmap(lambda roll: huge if roll == 0 else ordinary)
 
 
@@ -109,8 +161,11 @@ def usual_text(name: str) -> Strategy:
 def enums_for(field: FieldDescriptor) -> Strategy:
     declared = [v.number for v in field.enum_type.values]
     # Open (proto3) enums carry undeclared numbers; a server must refuse them, not index a table with them.
-    return st.one_of(st.sampled_from(declared), st.sampled_from([max(declared) + 1, -1, 2**31 - 1, -(2**31)]),
-                     st.integers(-(2**31), 2**31 - 1))
+    return st.one_of(
+        st.sampled_from(declared),
+        st.sampled_from([max(declared) + 1, -1, 2**31 - 1, -(2**31)]),
+        st.integers(-(2**31), 2**31 - 1),
+    )
 
 
 class MessageStrategies:
@@ -123,8 +178,16 @@ class MessageStrategies:
     bad value, where a missed check does harm.
     """
 
-    def __init__(self, *, max_depth: int = 3, max_repeated: int = 4, max_chars: int = 2_000_000,
-                 hints: Hints | None = None, plausible: bool = False, hostile_one_in: int = 8) -> None:
+    def __init__(
+        self,
+        *,
+        max_depth: int = 3,
+        max_repeated: int = 4,
+        max_chars: int = 2_000_000,
+        hints: Hints | None = None,
+        plausible: bool = False,
+        hostile_one_in: int = 8,
+    ) -> None:
         self.plausible = plausible
         self.hostile_one_in = hostile_one_in
         self.max_depth = max_depth
@@ -143,9 +206,10 @@ class MessageStrategies:
     def _build(self, descriptor: Descriptor, depth: int) -> Strategy:
         cls = message_factory.GetMessageClass(descriptor)
         plain = {f.name: self._field(f, depth) for f in descriptor.fields if f.containing_oneof is None}
-        oneofs = [st.one_of(st.just({}), *[st.fixed_dictionaries({f.name: self._field(f, depth)})
-                                         for f in oneof.fields])
-                  for oneof in descriptor.oneofs]
+        oneofs = [
+            st.one_of(st.just({}), *[st.fixed_dictionaries({f.name: self._field(f, depth)}) for f in oneof.fields])
+            for oneof in descriptor.oneofs
+        ]
         # Every plain field is optional: a missing field is as hostile as a wrong one.
         present = st.fixed_dictionaries(plain) if self.plausible else st.fixed_dictionaries({}, optional=plain)
         parts = st.tuples(present, *oneofs)
@@ -179,8 +243,11 @@ class MessageStrategies:
         """A value of the shape an honest caller sends for this field."""
         kind, name = field.type, field.name
         if kind == FieldDescriptor.TYPE_MESSAGE:
-            return self.message(field.message_type, depth - 1) if depth > 0 else st.just(
-                message_factory.GetMessageClass(field.message_type)())
+            return (
+                self.message(field.message_type, depth - 1)
+                if depth > 0
+                else st.just(message_factory.GetMessageClass(field.message_type)())
+            )
         if kind == FieldDescriptor.TYPE_STRING:
             return usual_text(name)
         if kind in _INT_RANGES:
@@ -198,8 +265,11 @@ class MessageStrategies:
         kind = field.type
         if kind == FieldDescriptor.TYPE_MESSAGE or kind == FieldDescriptor.TYPE_GROUP:
             # Past the depth bound a nested message is left empty (present, all defaults).
-            return self.message(field.message_type, depth - 1) if depth > 0 else st.just(
-                message_factory.GetMessageClass(field.message_type)())
+            return (
+                self.message(field.message_type, depth - 1)
+                if depth > 0
+                else st.just(message_factory.GetMessageClass(field.message_type)())
+            )
         if kind in _INT_RANGES:
             return integers_for(kind)
         if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
@@ -220,8 +290,9 @@ def _is_repeated(field: FieldDescriptor) -> bool:
 
 
 def _is_map(field: FieldDescriptor) -> bool:
-    return (_is_repeated(field) and field.type == FieldDescriptor.TYPE_MESSAGE
-            and field.message_type.GetOptions().map_entry)
+    return (
+        _is_repeated(field) and field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
+    )
 
 
 def _assemble(cls: Callable[[], Any], descriptor: Descriptor, dicts: tuple[dict[str, Any], ...]) -> Any:
@@ -311,8 +382,9 @@ def _usual_value(field: FieldDescriptor, examples: Mapping[str, str], depth: int
 
 
 def _sweepable(field: FieldDescriptor) -> bool:
-    return not _is_repeated(field) and (field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES)
-                                        or field.type in _INT_RANGES)
+    return not _is_repeated(field) and (
+        field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES) or field.type in _INT_RANGES
+    )
 
 
 def one_bad_field(base: Any) -> Iterator[tuple[str, Any]]:
@@ -347,6 +419,7 @@ def _confused(base: Any, path: list[FieldDescriptor]) -> Iterator[tuple[str, Any
 
 
 # --- hand-made wire bytes the protobuf runtime would refuse to serialize -----------------------------
+
 
 def _varint(value: int) -> bytes:
     out = bytearray()

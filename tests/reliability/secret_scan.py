@@ -81,7 +81,7 @@ def _emails(text: str) -> Hits:
     for match in _EMAIL_DOMAIN.finditer(text):
         local = _EMAIL_LOCAL.search(text, max(0, match.start() - 64), match.start())
         if local:
-            yield local.start(), "email", text[local.start():match.end()]
+            yield local.start(), "email", text[local.start() : match.end()]
 
 
 def _regex(kind: str, pattern: str, flags: int = 0) -> Callable[[str], Hits]:
@@ -104,7 +104,7 @@ def _credentials(text: str) -> Hits:
         for service in KNOWN_SERVICES:
             start = match.start() - len(service)
             if text.startswith(service, start) and (start == 0 or text[start - 1] not in _ASCII_ALNUM):
-                yield start, "service_credential", text[start:match.end()]
+                yield start, "service_credential", text[start : match.end()]
 
 
 FINDERS: tuple[Callable[[str], Hits], ...] = (
@@ -118,8 +118,12 @@ FINDERS: tuple[Callable[[str], Hits], ...] = (
     _regex("private_key", r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----"),
     _regex("service_secret", re.escape(TEST_SERVICE_SECRET)),
     _credentials,
-    _regex("secret_field", r"\"(?:password|token|access_token|refresh_token|secret|credential|service_credential|"
-                           r"authorization|private_key|signing_secret)\"\s*:\s*\"(?!\*+\")[^\"]{6,}\"", re.IGNORECASE),
+    _regex(
+        "secret_field",
+        r"\"(?:password|token|access_token|refresh_token|secret|credential|service_credential|"
+        r"authorization|private_key|signing_secret)\"\s*:\s*\"(?!\*+\")[^\"]{6,}\"",
+        re.IGNORECASE,
+    ),
 )
 
 

@@ -71,8 +71,10 @@ class TcpProxy:
             client_writer.close()
             return
         self._writers.update((client_writer, upstream_writer))
-        pumps = [asyncio.create_task(self._pump(client_reader, upstream_writer)),
-                 asyncio.create_task(self._pump(upstream_reader, client_writer))]
+        pumps = [
+            asyncio.create_task(self._pump(client_reader, upstream_writer)),
+            asyncio.create_task(self._pump(upstream_reader, client_writer)),
+        ]
         self._tasks.update(pumps)
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)

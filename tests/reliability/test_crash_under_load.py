@@ -75,11 +75,18 @@ async def test_sigkill_each_service_under_load(databases: Any, tmp_path: Path) -
         await issuer.stop()
 
     figures = {
-        "database": databases.kind, "load": result.figures(), "kills": dict(fleet.kills),
+        "database": databases.kind,
+        "load": result.figures(),
+        "kills": dict(fleet.kills),
         "restart_to_serving_s": [round(s, 2) for s in fleet.restart_seconds],
-        "payments": {"written": books.payments, "captured": books.captured, "in_review": books.in_review,
-                     "written_unacknowledged": books.written_unacknowledged},
-        "payment_events": books.outbox_events, "outbox_drained_after_load_s": round(drain_seconds, 1),
+        "payments": {
+            "written": books.payments,
+            "captured": books.captured,
+            "in_review": books.in_review,
+            "written_unacknowledged": books.written_unacknowledged,
+        },
+        "payment_events": books.outbox_events,
+        "outbox_drained_after_load_s": round(drain_seconds, 1),
         "losses": books.losses() + sum(len(v) for v in delivery.values()) + len(wrong_balances),
         "test_seconds": round(time.monotonic() - started, 1),
     }

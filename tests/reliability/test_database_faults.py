@@ -46,8 +46,9 @@ from tests.reliability.crash_support import (
     wait_drained,
 )
 
-POSTGRES_ONLY = pytest.mark.parametrize("databases", [pytest.param("postgres", marks=pytest.mark.postgres)],
-                                        indirect=True)
+POSTGRES_ONLY = pytest.mark.parametrize(
+    "databases", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 COUNT, RATE, PAYERS, PAYEES, TOP_UP = 240, 30.0, 16, 8, 1_000_000
 # Payments' connections are dropped every FAULT_INTERVAL seconds while the load is offered, risk's and notify's
 # every third time; in the second round payments' database server is gone for OUTAGE seconds instead.
@@ -77,17 +78,29 @@ def _adapted(cause: BaseException) -> Exception:
     return adapted
 
 
-@pytest.mark.parametrize(("error", "retryable"), [
-    (_wrapped(Exception("connection is closed"), invalidated=True), True),
-    (_wrapped(AdminShutdownError("terminating connection due to administrator command")), True),
-    (_wrapped(_adapted(AdminShutdownError("terminating connection due to administrator command"))), True),
-    (_wrapped(CannotConnectNowError("the database system is starting up")), True),
-    (PoolTimeout("QueuePool limit reached"), True),
-    (ConnectionRefusedError("connect call failed"), True),
-    (IntegrityError("INSERT ...", {}, UniqueViolationError("duplicate key")), False),
-    (ValueError("a bug"), False),
-], ids=["invalidated", "admin-shutdown", "admin-shutdown-adapted", "cannot-connect-now", "pool-timeout", "refused",
-        "integrity", "bug"])
+@pytest.mark.parametrize(
+    ("error", "retryable"),
+    [
+        (_wrapped(Exception("connection is closed"), invalidated=True), True),
+        (_wrapped(AdminShutdownError("terminating connection due to administrator command")), True),
+        (_wrapped(_adapted(AdminShutdownError("terminating connection due to administrator command"))), True),
+        (_wrapped(CannotConnectNowError("the database system is starting up")), True),
+        (PoolTimeout("QueuePool limit reached"), True),
+        (ConnectionRefusedError("connect call failed"), True),
+        (IntegrityError("INSERT ...", {}, UniqueViolationError("duplicate key")), False),
+        (ValueError("a bug"), False),
+    ],
+    ids=[
+        "invalidated",
+        "admin-shutdown",
+        "admin-shutdown-adapted",
+        "cannot-connect-now",
+        "pool-timeout",
+        "refused",
+        "integrity",
+        "bug",
+    ],
+)
 def test_database_errors_map_to_unavailable_only_when_retryable(error: BaseException, retryable: bool) -> None:
     """An outage answers UNAVAILABLE with STORAGE_UNAVAILABLE (retry is safe); a bug stays INTERNAL."""
     status = unexpected_status(error)
@@ -99,8 +112,10 @@ def test_database_errors_map_to_unavailable_only_when_retryable(error: BaseExcep
 
 
 def test_storage_unavailable_is_a_contract_reason() -> None:
-    assert errors_pb2.ErrorReason.Name(errors_pb2.ERROR_REASON_STORAGE_UNAVAILABLE) == \
-        f"ERROR_REASON_{STORAGE_UNAVAILABLE}"
+    assert (
+        errors_pb2.ErrorReason.Name(errors_pb2.ERROR_REASON_STORAGE_UNAVAILABLE)
+        == f"ERROR_REASON_{STORAGE_UNAVAILABLE}"
+    )
 
 
 async def _admin() -> asyncpg.Connection:
@@ -135,8 +150,10 @@ async def test_dropped_connections_under_load(databases: Any, tmp_path: Path) ->
             dropped["payments"] += await terminate_backends(admin, names["payments"])
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.GetAccount(read, timeout=10)
-            assert (refused.value.code(), reason_of(refused.value)) == (grpc.StatusCode.UNAVAILABLE,
-                                                                        STORAGE_UNAVAILABLE)
+            assert (refused.value.code(), reason_of(refused.value)) == (
+                grpc.StatusCode.UNAVAILABLE,
+                STORAGE_UNAVAILABLE,
+            )
             assert (await patiently(lambda: stub.GetAccount(read, timeout=10))).account == before
 
         load = RetryingLoad(target, payers, payees, run, issuer, book, count=COUNT, rate=RATE, abandon_every=10)
@@ -165,12 +182,20 @@ async def test_dropped_connections_under_load(databases: Any, tmp_path: Path) ->
         await issuer.stop()
 
     figures = {
-        "database": databases.kind, "load": result.figures(), "fault_rounds": rounds,
-        "connections_dropped": dict(dropped), "payments_db_outage_s": round(link.outage_seconds, 1),
+        "database": databases.kind,
+        "load": result.figures(),
+        "fault_rounds": rounds,
+        "connections_dropped": dict(dropped),
+        "payments_db_outage_s": round(link.outage_seconds, 1),
         "connects_refused_in_outage": link.refused,
-        "payments": {"written": books.payments, "captured": books.captured, "in_review": books.in_review,
-                     "written_unacknowledged": books.written_unacknowledged},
-        "payment_events": books.outbox_events, "outbox_drained_after_load_s": round(drain_seconds, 1),
+        "payments": {
+            "written": books.payments,
+            "captured": books.captured,
+            "in_review": books.in_review,
+            "written_unacknowledged": books.written_unacknowledged,
+        },
+        "payment_events": books.outbox_events,
+        "outbox_drained_after_load_s": round(drain_seconds, 1),
         "losses": books.losses() + sum(len(v) for v in delivery.values()),
         "test_seconds": round(time.monotonic() - started, 1),
     }

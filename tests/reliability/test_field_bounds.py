@@ -34,14 +34,37 @@ _TEXT_TYPES = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES)
 
 # Values that pass each field's own checks, so only the overfilled field is wrong (baseline() fills the rest).
 VALID_LOOKING = {
-    "payer_account_id": "acc-payer", "payee_account_id": "acc-payee", "from_account_id": "acc-from",
-    "to_account_id": "acc-to", "account_id": "acc-1", "payment_id": "pay-1", "ip_address": "203.0.113.7",
-    "ip_country": "CN", "home_country": "CN", "device_id": "device-1", "currency_code": "CNY", "channel": "test_bank",
-    "locale": "en", "page_token": "", "login": "someone@example.com", "password": "correct horse battery",
-    "code": "123456", "legal_name": "张三", "id_number": "11010519491231002X", "url": "https://example.com/hook",
-    "event_types": "payments.*", "template": "verification_code", "destination_token": "tok-dest-1",
-    "user_kind": "personal", "source": "payments", "event_type": "payments.payment.captured.v1",
-    "description": "dinner", "reason": "customer asked", "note": "ok", "subject": "a question", "body": "hello",
+    "payer_account_id": "acc-payer",
+    "payee_account_id": "acc-payee",
+    "from_account_id": "acc-from",
+    "to_account_id": "acc-to",
+    "account_id": "acc-1",
+    "payment_id": "pay-1",
+    "ip_address": "203.0.113.7",
+    "ip_country": "CN",
+    "home_country": "CN",
+    "device_id": "device-1",
+    "currency_code": "CNY",
+    "channel": "test_bank",
+    "locale": "en",
+    "page_token": "",
+    "login": "someone@example.com",
+    "password": "correct horse battery",
+    "code": "123456",
+    "legal_name": "张三",
+    "id_number": "11010519491231002X",
+    "url": "https://example.com/hook",
+    "event_types": "payments.*",
+    "template": "verification_code",
+    "destination_token": "tok-dest-1",
+    "user_kind": "personal",
+    "source": "payments",
+    "event_type": "payments.payment.captured.v1",
+    "description": "dinner",
+    "reason": "customer asked",
+    "note": "ok",
+    "subject": "a question",
+    "body": "hello",
 }
 
 
@@ -60,13 +83,16 @@ class FilledField:
         return ".".join([*names, f"{leaf.name}[0]" if scalar_list else leaf.name])
 
 
-def _filled_fields(descriptor: Descriptor, steps: tuple[FieldDescriptor, ...] = (),
-                   per_item: bool = False) -> Iterator[FilledField]:
+def _filled_fields(
+    descriptor: Descriptor, steps: tuple[FieldDescriptor, ...] = (), per_item: bool = False
+) -> Iterator[FilledField]:
     for field in descriptor.fields:
         rules = rules_of(field)
         here = (*steps, field)
-        if field.type in _TEXT_TYPES or (field.message_type is not None and (
-                field.message_type.GetOptions().map_entry or field.message_type.full_name == "google.protobuf.Struct")):
+        if field.type in _TEXT_TYPES or (
+            field.message_type is not None
+            and (field.message_type.GetOptions().map_entry or field.message_type.full_name == "google.protobuf.Struct")
+        ):
             assert rules is not None, f"{descriptor.full_name}.{field.name} declares no bound"
             yield FilledField(here, rules, per_item)
         elif field.message_type is not None and not field.message_type.full_name.startswith("google.protobuf."):
@@ -154,15 +180,18 @@ STRING_CASES = [(m, f) for m, f in CASES if f.steps[-1].type != FieldDescriptor.
 
 
 @pytest.mark.parametrize(("method", "filled"), CASES, ids=_IDS)
-def test_a_field_past_its_bound_is_invalid_argument_naming_it(mesh: Mesh, method: MethodDescriptor,
-                                                              filled: FilledField) -> None:
+def test_a_field_past_its_bound_is_invalid_argument_naming_it(
+    mesh: Mesh, method: MethodDescriptor, filled: FilledField
+) -> None:
     _assert_refused(mesh, method, filled, "a" * max(filled.rules.max_length + 1, MEGABYTE))
 
 
-@pytest.mark.parametrize(("method", "filled"), STRING_CASES,
-                         ids=[f"{m.containing_service.name}.{m.name}:{f.path}" for m, f in STRING_CASES])
-def test_a_nul_in_any_string_field_is_invalid_argument_naming_it(mesh: Mesh, method: MethodDescriptor,
-                                                                 filled: FilledField) -> None:
+@pytest.mark.parametrize(
+    ("method", "filled"), STRING_CASES, ids=[f"{m.containing_service.name}.{m.name}:{f.path}" for m, f in STRING_CASES]
+)
+def test_a_nul_in_any_string_field_is_invalid_argument_naming_it(
+    mesh: Mesh, method: MethodDescriptor, filled: FilledField
+) -> None:
     """PostgreSQL cannot store U+0000: every string field refuses it at the edge, whatever its kind."""
     _assert_refused(mesh, method, filled, "ok\x00")
 
@@ -175,8 +204,10 @@ def _assert_refused(mesh: Mesh, method: MethodDescriptor, filled: FilledField, v
     roles = _granted_roles(method)
     token = mesh.token(roles) if roles else None
     stub = mesh.channel(_short(method.containing_service.full_name)).unary_unary(
-        _path(method), request_serializer=type(request).SerializeToString,
-        response_deserializer=message_factory.GetMessageClass(method.output_type).FromString)
+        _path(method),
+        request_serializer=type(request).SerializeToString,
+        response_deserializer=message_factory.GetMessageClass(method.output_type).FromString,
+    )
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     try:
         reply = stub(request, timeout=30, metadata=metadata)

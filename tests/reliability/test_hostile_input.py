@@ -70,7 +70,8 @@ from tests.reliability.hostile_messages import (
 
 # The services' background tasks (relay jitter) use `random` on their own thread while hypothesis draws.
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:Do not use the `random` module:hypothesis.errors.HypothesisDeprecationWarning")
+    "ignore:Do not use the `random` module:hypothesis.errors.HypothesisDeprecationWarning"
+)
 
 EXAMPLES = int(os.environ.get("FINMESH_HOSTILE_EXAMPLES", "12"))
 STREAMED_MESSAGES = 3  # per call of a client-streaming RPC (none exist yet; the descriptors decide)
@@ -89,6 +90,7 @@ ROLE_ORDER = ("admin", "risk_officer", "support", "institution", "enterprise", "
 
 # --- the services under test, enumerated from the generated code -----------------------------------
 
+
 def _service_modules() -> Iterator[Any]:
     """Every finmesh.<area>.v1.*_pb2 module that declares a service (new services join automatically)."""
     for root in finmesh.__path__:
@@ -101,8 +103,12 @@ def _service_modules() -> Iterator[Any]:
 
 
 def _methods() -> list[MethodDescriptor]:
-    found = {m.full_name: m for module in _service_modules()
-             for service in module.DESCRIPTOR.services_by_name.values() for m in service.methods}
+    found = {
+        m.full_name: m
+        for module in _service_modules()
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for m in service.methods
+    }
     return [found[name] for name in sorted(found)]
 
 
@@ -119,6 +125,7 @@ def _path(method: MethodDescriptor) -> str:
 
 
 # --- a mesh on a background loop ----------------------------------------------------------------------
+
 
 class _SqliteDatabases:
     """The `databases` fixture's interface, SQLite only, remembering each service's file."""
@@ -159,8 +166,10 @@ class Mesh:
     async def _start(self) -> None:
         self._dbs = _SqliteDatabases(self.tmp)
         self._env = await self._stack.enter_async_context(identity_env(self._dbs, self.tmp))
-        self.targets = {"identity": self._env.target,
-                        **await start_enforcing_services(self._stack, self._dbs, self.tmp, self._env.target)}
+        self.targets = {
+            "identity": self._env.target,
+            **await start_enforcing_services(self._stack, self._dbs, self.tmp, self._env.target),
+        }
 
     def stop(self) -> None:
         for channel in self._channels.values():
@@ -177,7 +186,8 @@ class Mesh:
         if service not in self._channels:
             assert service in self.targets, f"no server in the mesh hosts {service}: add it to this test"
             self._channels[service] = grpc.insecure_channel(
-                self.targets[service], options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+                self.targets[service], options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+            )
         return self._channels[service]
 
     # tokens, signed by identity's active key as CompleteLogin and GetServiceToken sign them
@@ -201,14 +211,16 @@ class Mesh:
         try:
             if method.client_streaming or method.server_streaming:
                 # The same message a few times up a client stream, once otherwise; every reply read.
-                stream = self.channel(service).stream_stream(_path(method), request_serializer=None,
-                                                             response_deserializer=response_cls.FromString)
+                stream = self.channel(service).stream_stream(
+                    _path(method), request_serializer=None, response_deserializer=response_cls.FromString
+                )
                 sent = [payload] * (STREAMED_MESSAGES if method.client_streaming else 1)
                 for _ in stream(iter(sent), timeout=CALL_TIMEOUT, metadata=metadata):
                     pass
             else:
-                unary = self.channel(service).unary_unary(_path(method), request_serializer=None,
-                                                          response_deserializer=response_cls.FromString)
+                unary = self.channel(service).unary_unary(
+                    _path(method), request_serializer=None, response_deserializer=response_cls.FromString
+                )
                 unary(payload, timeout=CALL_TIMEOUT, metadata=metadata)
         except grpc.RpcError as error:
             return error.code()  # type: ignore[no-any-return, attr-defined]
@@ -226,24 +238,46 @@ def _seed_payments(mesh: Mesh) -> None:
     customer = {"metadata": (("authorization", f"Bearer {mesh.token(('personal',))}"),), "timeout": 30}
 
     def rpc(name: str, request: Any, response: Any) -> Any:
-        return stub_call(f"/finmesh.payments.v1.PaymentsService/{name}",
-                         request_serializer=type(request).SerializeToString,
-                         response_deserializer=response.FromString)(request, **customer)
+        return stub_call(
+            f"/finmesh.payments.v1.PaymentsService/{name}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=response.FromString,
+        )(request, **customer)
 
     for _ in range(2):
-        opened = rpc("OpenAccount", pay_pb.OpenAccountRequest(
-            idempotency_key=uuid.uuid4().hex, owner_id=mesh.owner, kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET,
-            currency_code="CNY"), pay_pb.OpenAccountResponse)
+        opened = rpc(
+            "OpenAccount",
+            pay_pb.OpenAccountRequest(
+                idempotency_key=uuid.uuid4().hex,
+                owner_id=mesh.owner,
+                kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET,
+                currency_code="CNY",
+            ),
+            pay_pb.OpenAccountResponse,
+        )
         mesh.ids["account_id"].append(opened.account.account_id)
-        rpc("TopUp", pay_pb.TopUpRequest(idempotency_key=uuid.uuid4().hex, account_id=opened.account.account_id,
-                                         channel="test_bank", amount=money_pb2.Money(currency_code="CNY",
-                                                                                     minor_units=100_000)),
-            pay_pb.TopUpResponse)
+        rpc(
+            "TopUp",
+            pay_pb.TopUpRequest(
+                idempotency_key=uuid.uuid4().hex,
+                account_id=opened.account.account_id,
+                channel="test_bank",
+                amount=money_pb2.Money(currency_code="CNY", minor_units=100_000),
+            ),
+            pay_pb.TopUpResponse,
+        )
     payer, payee = mesh.ids["account_id"]
-    paid = rpc("CreatePayment", pay_pb.CreatePaymentRequest(
-        idempotency_key=uuid.uuid4().hex, payer_account_id=payer, payee_account_id=payee,
-        amount=money_pb2.Money(currency_code="CNY", minor_units=1_000),
-        capture_mode=pay_pb.CAPTURE_MODE_MANUAL), pay_pb.CreatePaymentResponse)
+    paid = rpc(
+        "CreatePayment",
+        pay_pb.CreatePaymentRequest(
+            idempotency_key=uuid.uuid4().hex,
+            payer_account_id=payer,
+            payee_account_id=payee,
+            amount=money_pb2.Money(currency_code="CNY", minor_units=1_000),
+            capture_mode=pay_pb.CAPTURE_MODE_MANUAL,
+        ),
+        pay_pb.CreatePaymentResponse,
+    )
     mesh.ids["payment_id"].append(paid.payment.payment_id)
 
 
@@ -259,6 +293,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 
 # --- what a call may touch ----------------------------------------------------------------------------
+
 
 def _snapshot(database: Path) -> dict[str, str]:
     """A digest of every table's rows: a refused call must leave each one as it found it."""
@@ -290,16 +325,21 @@ def _quiet(database: Path, timeout: float = 2.0) -> None:
 def _books_balance(database: Path) -> None:
     """Payments' invariants: every transfer's entries sum to zero, and so do all balances per currency."""
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as conn:
-        unbalanced = conn.execute("SELECT transfer_id, currency, SUM(amount) FROM ledger_entries "
-                                  "GROUP BY transfer_id, currency HAVING SUM(amount) != 0").fetchall()
-        totals = conn.execute("SELECT currency, SUM(available + held + unsettled) FROM accounts "
-                              "GROUP BY currency HAVING SUM(available + held + unsettled) != 0").fetchall()
+        unbalanced = conn.execute(
+            "SELECT transfer_id, currency, SUM(amount) FROM ledger_entries "
+            "GROUP BY transfer_id, currency HAVING SUM(amount) != 0"
+        ).fetchall()
+        totals = conn.execute(
+            "SELECT currency, SUM(available + held + unsettled) FROM accounts "
+            "GROUP BY currency HAVING SUM(available + held + unsettled) != 0"
+        ).fetchall()
     conn.close()
     assert not unbalanced, f"transfers whose entries do not sum to zero: {unbalanced}"
     assert not totals, f"balances that do not sum to zero: {totals}"
 
 
 # --- who calls ----------------------------------------------------------------------------------------
+
 
 def _granted_roles(method: MethodDescriptor) -> tuple[str, ...] | None:
     """The least surprising role allowed to call `method`; None for public RPCs."""
@@ -340,8 +380,9 @@ def _record(kind: str, service: str, code: grpc.StatusCode) -> None:
     CODES[service][code.name] += 1
 
 
-def _check(mesh: Mesh, method: MethodDescriptor, payload: bytes, token: str | None, kind: str,
-           what: str = "") -> grpc.StatusCode:
+def _check(
+    mesh: Mesh, method: MethodDescriptor, payload: bytes, token: str | None, kind: str, what: str = ""
+) -> grpc.StatusCode:
     service = _short(method.containing_service.full_name)
     database = mesh.database(service)
     before = _snapshot(database)
@@ -349,8 +390,9 @@ def _check(mesh: Mesh, method: MethodDescriptor, payload: bytes, token: str | No
     _record(kind, service, code)
     if code in BUG_STATUSES:
         FAILURES.append(f"{method.full_name} {code.name} ({kind} {what}, {len(payload)} bytes)")
-    assert code not in BUG_STATUSES, \
+    assert code not in BUG_STATUSES, (
         f"{method.full_name} answered {code.name} to a {len(payload)}-byte {kind} input {what}".rstrip()
+    )
     if code == grpc.StatusCode.OK:
         _quiet(database)
     else:
@@ -365,19 +407,35 @@ def _check(mesh: Mesh, method: MethodDescriptor, payload: bytes, token: str | No
 def _examples(mesh: Mesh) -> dict[str, list[str]]:
     """Real ids and well-formed values by string field name, so some inputs get past the lookups."""
     accounts, owner = mesh.ids["account_id"], [mesh.owner]
-    return {**dict.fromkeys(["account_id", "payer_account_id", "payee_account_id", "from_account_id",
-                             "to_account_id", "merchant_account_id"], accounts),
-            **dict.fromkeys(["owner_id", "user_id", "payer_user_id"], owner),
-            "payment_id": mesh.ids["payment_id"],
-            "currency_code": ["CNY", "USD", "cny", "CN"],
-            "channel": ["test_bank", "sms", "email", "push"],
-            "id_number": [id_number(date(1990, 5, 17), seq="001")],
-            "locale": ["zh-CN"], "time_zone": ["Asia/Shanghai"], "quiet_hours_start": ["22:00"],
-            "quiet_hours_end": ["07:00"], "home_country": ["CN"], "ip_country": ["CN"], "ip_address": ["127.0.0.1"],
-            # Loopback port 1: nothing listens, so a webhook notify tries to call never leaves the machine.
-            "url": ["https://127.0.0.1:1/hook"],
-            "event_type": ["payments.payment.captured.v1", "identity.user.registered.v1"],
-            "service": ["payments", "risk", "notify", "identity"]}
+    return {
+        **dict.fromkeys(
+            [
+                "account_id",
+                "payer_account_id",
+                "payee_account_id",
+                "from_account_id",
+                "to_account_id",
+                "merchant_account_id",
+            ],
+            accounts,
+        ),
+        **dict.fromkeys(["owner_id", "user_id", "payer_user_id"], owner),
+        "payment_id": mesh.ids["payment_id"],
+        "currency_code": ["CNY", "USD", "cny", "CN"],
+        "channel": ["test_bank", "sms", "email", "push"],
+        "id_number": [id_number(date(1990, 5, 17), seq="001")],
+        "locale": ["zh-CN"],
+        "time_zone": ["Asia/Shanghai"],
+        "quiet_hours_start": ["22:00"],
+        "quiet_hours_end": ["07:00"],
+        "home_country": ["CN"],
+        "ip_country": ["CN"],
+        "ip_address": ["127.0.0.1"],
+        # Loopback port 1: nothing listens, so a webhook notify tries to call never leaves the machine.
+        "url": ["https://127.0.0.1:1/hook"],
+        "event_type": ["payments.payment.captured.v1", "identity.user.registered.v1"],
+        "service": ["payments", "risk", "notify", "identity"],
+    }
 
 
 def _hints(mesh: Mesh) -> dict[str, st.SearchStrategy]:
@@ -393,8 +451,9 @@ def _settle(mesh: Mesh, timeout: float = 5.0) -> None:
             with sqlite3.connect(f"file:{mesh.database(service)}?mode=ro", uri=True, timeout=10) as conn:
                 tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
                 if "outbox" in tables:
-                    pending += conn.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND dead = 0 "
-                                            "AND attempts < 3").fetchone()[0]
+                    pending += conn.execute(
+                        "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND dead = 0 AND attempts < 3"
+                    ).fetchone()[0]
             conn.close()
         if not pending:
             return
@@ -408,9 +467,14 @@ SEED = os.environ.get("FINMESH_HOSTILE_SEED", "")
 
 
 def _hypothesis(examples: int) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    chosen = settings(max_examples=examples, derandomize=not SEED, database=None, deadline=None, print_blob=True,
-                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                             HealthCheck.large_base_example])
+    chosen = settings(
+        max_examples=examples,
+        derandomize=not SEED,
+        database=None,
+        deadline=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+    )
 
     def apply(test: Callable[..., None]) -> Callable[..., None]:
         return seed(int(SEED))(chosen(test)) if SEED else chosen(test)
@@ -423,8 +487,10 @@ def test_generated_requests_get_a_meaningful_status(mesh: Mesh, method: MethodDe
     service = _short(method.containing_service.full_name)
     tokens = {caller: _token_for(mesh, method, caller) for caller in set(CALLERS)}
     hints = _hints(mesh)
-    requests = st.one_of(request_strategy(method.input_type, hints=hints),
-                         request_strategy(method.input_type, hints=hints, plausible=True))
+    requests = st.one_of(
+        request_strategy(method.input_type, hints=hints),
+        request_strategy(method.input_type, hints=hints, plausible=True),
+    )
     _settle(mesh)
 
     @_hypothesis(EXAMPLES)
@@ -441,8 +507,9 @@ def test_undecodable_requests_are_invalid_arguments(mesh: Mesh, method: MethodDe
     """Bytes that are not the request message: random bytes, and string fields holding invalid UTF-8."""
     token = _token_for(mesh, method, "granted")
     _settle(mesh)
-    payloads = [raw_string_field(f, INVALID_UTF8[i % len(INVALID_UTF8)])
-                for i, f in enumerate(string_fields(method.input_type))]
+    payloads = [
+        raw_string_field(f, INVALID_UTF8[i % len(INVALID_UTF8)]) for i, f in enumerate(string_fields(method.input_type))
+    ]
     # Truncated varints and lengths that run past the end: never a valid message.
     payloads += [b"\x08", b"\x0a\x05ab", b"\x0a\xff\xff\xff\xff\x0f", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"]
     for payload in payloads:
@@ -473,39 +540,84 @@ def test_each_field_alone_with_confusing_values(mesh: Mesh, method: MethodDescri
 
 # Inputs the fuzzing found answering INTERNAL, kept as plain cases (each fixed in the commit that added it):
 # case -> (method, fields set on the method's baseline request, the status it must get).
-_PAY, _ID, _RISK, _NOTIFY = (f"finmesh.{name}.v1.{name.title()}Service." for name in
-                             ("payments", "identity", "risk", "notify"))
+_PAY, _ID, _RISK, _NOTIFY = (
+    f"finmesh.{name}.v1.{name.title()}Service." for name in ("payments", "identity", "risk", "notify")
+)
 REGRESSIONS: dict[str, tuple[str, dict[str, Any], grpc.StatusCode]] = {
-    "settlement cutoff before year 1": (_PAY + "RunSettlement", {"cutoff.seconds": -(2**63)},
-                                        grpc.StatusCode.INVALID_ARGUMENT),
-    "settlement cutoff with negative nanos": (_PAY + "RunSettlement", {"cutoff.seconds": 1, "cutoff.nanos": -(2**31)},
-                                              grpc.StatusCode.INVALID_ARGUMENT),
-    "service credential with non-ASCII characters": (_ID + "GetServiceToken",
-                                                     {"service": "payments", "credential": "\u202eevil"},
-                                                     grpc.StatusCode.UNAUTHENTICATED),
-    "dead-letter page token past 2**63": (_NOTIFY + "ListDeadLetters", {"page_token": "9" * 1000},
-                                          grpc.StatusCode.INVALID_ARGUMENT),
-    "dead-letter page token of superscript digits": (_NOTIFY + "ListDeadLetters", {"page_token": "²"},
-                                                     grpc.StatusCode.INVALID_ARGUMENT),
-    "PII log page token of superscript digits": (_ID + "ListPiiAccessLog", {"page_token": "²"},
-                                                 grpc.StatusCode.INVALID_ARGUMENT),
-    "risk alert page token of superscript digits": (_RISK + "ListAlerts", {"page_token": "²"},
-                                                    grpc.StatusCode.INVALID_ARGUMENT),
-    "risk alert page token past 2**63": (_RISK + "ListAlerts", {"page_token": "9" * 19},
-                                         grpc.StatusCode.INVALID_ARGUMENT),
-    "quiet hours of superscript digits": (_NOTIFY + "SetConsent", {"consent.quiet_hours_start": "¹²:³⁴"},
-                                          grpc.StatusCode.INVALID_ARGUMENT),
-    "rules holding a 5000-digit number": (_RISK + "UpdateRules", {"source": "9" * 5_000},
-                                          grpc.StatusCode.INVALID_ARGUMENT),
+    "settlement cutoff before year 1": (
+        _PAY + "RunSettlement",
+        {"cutoff.seconds": -(2**63)},
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    "settlement cutoff with negative nanos": (
+        _PAY + "RunSettlement",
+        {"cutoff.seconds": 1, "cutoff.nanos": -(2**31)},
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    "service credential with non-ASCII characters": (
+        _ID + "GetServiceToken",
+        {"service": "payments", "credential": "\u202eevil"},
+        grpc.StatusCode.UNAUTHENTICATED,
+    ),
+    "dead-letter page token past 2**63": (
+        _NOTIFY + "ListDeadLetters",
+        {"page_token": "9" * 1000},
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    "dead-letter page token of superscript digits": (
+        _NOTIFY + "ListDeadLetters",
+        {"page_token": "²"},
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    "PII log page token of superscript digits": (
+        _ID + "ListPiiAccessLog",
+        {"page_token": "²"},
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    "risk alert page token of superscript digits": (
+        _RISK + "ListAlerts",
+        {"page_token": "²"},
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    "risk alert page token past 2**63": (
+        _RISK + "ListAlerts",
+        {"page_token": "9" * 19},
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    "quiet hours of superscript digits": (
+        _NOTIFY + "SetConsent",
+        {"consent.quiet_hours_start": "¹²:³⁴"},
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    "rules holding a 5000-digit number": (
+        _RISK + "UpdateRules",
+        {"source": "9" * 5_000},
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
     "rules nested 5000 deep": (_RISK + "UpdateRules", {"source": "[" * 5_000}, grpc.StatusCode.INVALID_ARGUMENT),
-    "statement with a bare carriage return": (_PAY + "ReconcileStatement", {"statement_csv": b"\r\xc2\x80"},
-                                              grpc.StatusCode.INVALID_ARGUMENT),
-    "statement with a 5000-digit amount": (_PAY + "ReconcileStatement", {
-        "statement_csv": b"channel_reference,amount_minor_units,currency_code,booked_at\nr1," + b"9" * 5_000
-                         + b",CNY,2026-01-01T00:00:00Z\n"}, grpc.StatusCode.INVALID_ARGUMENT),
-    "statement with a cell past the csv field limit": (_PAY + "ReconcileStatement", {
-        "statement_csv": b"channel_reference,amount_minor_units,currency_code,booked_at\n" + b"r" * 200_000
-                         + b",1,CNY,2026-01-01T00:00:00Z\n"}, grpc.StatusCode.INVALID_ARGUMENT),
+    "statement with a bare carriage return": (
+        _PAY + "ReconcileStatement",
+        {"statement_csv": b"\r\xc2\x80"},
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    "statement with a 5000-digit amount": (
+        _PAY + "ReconcileStatement",
+        {
+            "statement_csv": b"channel_reference,amount_minor_units,currency_code,booked_at\nr1,"
+            + b"9" * 5_000
+            + b",CNY,2026-01-01T00:00:00Z\n"
+        },
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    "statement with a cell past the csv field limit": (
+        _PAY + "ReconcileStatement",
+        {
+            "statement_csv": b"channel_reference,amount_minor_units,currency_code,booked_at\n"
+            + b"r" * 200_000
+            + b",1,CNY,2026-01-01T00:00:00Z\n"
+        },
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
 }
 
 
@@ -533,8 +645,9 @@ def test_inputs_that_once_failed_are_refused(mesh: Mesh, case: str) -> None:
 @pytest.mark.parametrize("service", ["identity", "payments", "risk", "notify"])
 def test_a_request_past_the_size_limit_is_refused(mesh: Mesh, service: str) -> None:
     """9 MB in one string field, past the servers' 8 MB receive limit: RESOURCE_EXHAUSTED, and the server lives."""
-    method = next(m for m in METHODS if _short(m.containing_service.full_name) == service
-                  and string_fields(m.input_type))
+    method = next(
+        m for m in METHODS if _short(m.containing_service.full_name) == service and string_fields(m.input_type)
+    )
     payload = raw_string_field(string_fields(method.input_type)[0], b"a" * (9 * 1024 * 1024))
     code = _check(mesh, method, payload, _token_for(mesh, method, "granted"), "oversized")
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, code.name
@@ -599,7 +712,9 @@ def test_zz_summary(mesh: Mesh, capsys: pytest.CaptureFixture[str]) -> None:
         print(f"\nhostile input: {len(METHODS)} RPCs, {EXAMPLES} generated examples per RPC and kind")
         for service in services:
             by_kind = ", ".join(f"{kind} {TRIED[(kind, service)]}" for kind in kinds if TRIED[(kind, service)])
-            print(f"  {service:9} {sum(TRIED[(k, service)] for k in kinds):6} inputs ({by_kind}); "
-                  f"statuses {dict(CODES[service].most_common())}")
+            print(
+                f"  {service:9} {sum(TRIED[(k, service)] for k in kinds):6} inputs ({by_kind}); "
+                f"statuses {dict(CODES[service].most_common())}"
+            )
         print(f"  total     {sum(TRIED.values()):6} inputs; bug statuses or partial writes: {len(FAILURES)}")
     assert TRIED, "no input was tried"

@@ -42,6 +42,7 @@ def _slow_rules(registrations: list[Any], delay: float) -> None:
     for reg in registrations:
         original = getattr(reg.servicer, "GetRules", None)
         if original is not None:
+
             async def slow(request: Any, context: Any, original: Any = original) -> Any:
                 await asyncio.sleep(delay)
                 return await original(request, context)
@@ -50,12 +51,20 @@ def _slow_rules(registrations: list[Any], delay: float) -> None:
 
 
 @asynccontextmanager
-async def risk_server(tmp_path: Path, slow_rules: float = 0.0,
-                      **limits: Any) -> AsyncIterator[tuple[Issuer, RunningServer, risk_grpc.RiskServiceStub]]:
+async def risk_server(
+    tmp_path: Path, slow_rules: float = 0.0, **limits: Any
+) -> AsyncIterator[tuple[Issuer, RunningServer, risk_grpc.RiskServiceStub]]:
     issuer = await Issuer().start()
-    settings = ServiceSettings(host="127.0.0.1", port=0, data_dir=tmp_path, service_name="risk",
-                               database_url=f"sqlite+aiosqlite:///{tmp_path / 'risk.db'}", tracing_enabled=False,
-                               **issuer.settings(), **limits)
+    settings = ServiceSettings(
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp_path,
+        service_name="risk",
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'risk.db'}",
+        tracing_enabled=False,
+        **issuer.settings(),
+        **limits,
+    )
     app = await risk_app.build(settings)
     await app.start()
     if slow_rules:
@@ -83,8 +92,9 @@ async def _outcome(call: Any) -> grpc.StatusCode:
 
 async def _burst(stub: risk_grpc.RiskServiceStub, md: Any, count: int) -> tuple[Counter, float]:
     started = time.monotonic()
-    codes = await asyncio.gather(*(_outcome(stub.GetRules(risk_pb.GetRulesRequest(), metadata=md, timeout=10))
-                                   for _ in range(count)))
+    codes = await asyncio.gather(
+        *(_outcome(stub.GetRules(risk_pb.GetRulesRequest(), metadata=md, timeout=10)) for _ in range(count))
+    )
     return Counter(code.name for code in codes), time.monotonic() - started
 
 
@@ -99,9 +109,13 @@ def _retry_delay(error: grpc.aio.AioRpcError) -> float:
 
 async def test_one_caller_past_its_burst_is_refused_while_others_are_served(tmp_path: Path) -> None:
     rate, burst = 2.0, 10
-    async with risk_server(tmp_path, rate_limit_per_caller_rps=rate, rate_limit_per_caller_burst=burst,
-                           rate_limit_per_service_rps=1000,
-                           rate_limit_per_service_burst=1000) as (issuer, server, stub):
+    async with risk_server(
+        tmp_path,
+        rate_limit_per_caller_rps=rate,
+        rate_limit_per_caller_burst=burst,
+        rate_limit_per_service_rps=1000,
+        rate_limit_per_service_burst=1000,
+    ) as (issuer, server, stub):
         hammer = issuer.md(OFFICER)
         codes, elapsed = await _burst(stub, hammer, 40)
         granted = codes["OK"]
@@ -125,8 +139,12 @@ async def test_one_caller_past_its_burst_is_refused_while_others_are_served(tmp_
         other, _ = await _burst(stub, issuer.md(OFFICER), burst)
         assert other == Counter({"OK": burst})
         service = bearer(issuer.service("payments"))
-        assess = await asyncio.gather(*(_outcome(stub.AssessPayment(risk_pb.AssessPaymentRequest(), metadata=service,
-                                                                    timeout=10)) for _ in range(3 * burst)))
+        assess = await asyncio.gather(
+            *(
+                _outcome(stub.AssessPayment(risk_pb.AssessPaymentRequest(), metadata=service, timeout=10))
+                for _ in range(3 * burst)
+            )
+        )
         assert grpc.StatusCode.RESOURCE_EXHAUSTED not in assess
 
         # Once the bucket refilled, the first caller is served again.
@@ -153,8 +171,10 @@ async def test_in_flight_cap_refuses_instead_of_queueing(tmp_path: Path) -> None
             durations.setdefault(code, []).append(time.monotonic() - started)
 
         await asyncio.gather(*(timed() for _ in range(3 * cap)))
-        print(f"\nin-flight cap {cap}: " + ", ".join(f"{code.name} x{len(d)} (slowest {max(d):.2f}s)"
-                                                    for code, d in durations.items()))
+        print(
+            f"\nin-flight cap {cap}: "
+            + ", ".join(f"{code.name} x{len(d)} (slowest {max(d):.2f}s)" for code, d in durations.items())
+        )
         assert len(durations[grpc.StatusCode.OK]) == cap
         assert len(durations[grpc.StatusCode.RESOURCE_EXHAUSTED]) == 2 * cap
         # Refused at once, not after waiting for a slot.
@@ -177,8 +197,9 @@ def test_bucket_table_forgets_least_recent_callers() -> None:
 async def test_memory_stays_bounded_under_a_flood_of_callers(tmp_path: Path) -> None:
     """Thousands of distinct callers, each past its burst: the table keeps at most max_callers buckets."""
     max_callers, callers, per_caller = 100, 600, 3
-    async with risk_server(tmp_path, rate_limit_per_caller_rps=0.1, rate_limit_per_caller_burst=1,
-                           rate_limit_max_callers=max_callers) as (issuer, server, stub):
+    async with risk_server(
+        tmp_path, rate_limit_per_caller_rps=0.1, rate_limit_per_caller_burst=1, rate_limit_max_callers=max_callers
+    ) as (issuer, server, stub):
         tokens = [issuer.md(OFFICER) for _ in range(callers)]
         await _burst(stub, issuer.md(OFFICER), 50)  # warm up channels, caches and the handler before measuring
         tracemalloc.start()
@@ -188,7 +209,7 @@ async def test_memory_stays_bounded_under_a_flood_of_callers(tmp_path: Path) -> 
             codes: Counter = Counter()
             started = time.monotonic()
             for start in range(0, callers, 100):
-                for md in tokens[start:start + 100]:
+                for md in tokens[start : start + 100]:
                     codes.update((await _burst(stub, md, per_caller))[0])
             elapsed = time.monotonic() - started
             growth = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
@@ -197,9 +218,11 @@ async def test_memory_stays_bounded_under_a_flood_of_callers(tmp_path: Path) -> 
         rss_growth = _rss_kib() - rss_before
         limiter = server.limiter
         assert limiter is not None
-        print(f"\nflood: {callers} callers x {per_caller} calls in {elapsed:.1f}s: {dict(codes)}; limiter table "
-              f"{len(limiter.callers)} buckets; traced heap growth {growth / 1024:.0f} KiB; RSS growth "
-              f"{rss_growth} KiB")
+        print(
+            f"\nflood: {callers} callers x {per_caller} calls in {elapsed:.1f}s: {dict(codes)}; limiter table "
+            f"{len(limiter.callers)} buckets; traced heap growth {growth / 1024:.0f} KiB; RSS growth "
+            f"{rss_growth} KiB"
+        )
         assert codes["OK"] == callers and codes["RESOURCE_EXHAUSTED"] == callers * 2
         assert len(limiter.callers) == max_callers
         # Generous: the flood itself allocates (grpc, caches); a leak per caller or per refused call

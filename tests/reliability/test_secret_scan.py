@@ -32,8 +32,11 @@ def _kinds(text: str) -> list[str]:
 
 def _planted() -> dict[str, str]:
     person = new_person()
-    pem = Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()).decode()
+    pem = (
+        Ed25519PrivateKey.generate()
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode()
+    )
     token = ISSUER.customer("user-1")
     return {
         "identity_number": json.dumps({"event": "registered", "note": f"id {person.id_number}"}),
@@ -65,10 +68,19 @@ def test_identity_numbers_need_a_real_date_and_check_character() -> None:
 def test_ordinary_lines_and_masked_values_are_not_findings() -> None:
     person = new_person()
     ordinary = [
-        json.dumps({"event": "rpc_failed", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
-                    "span_id": "00f067aa0ba902b7", "start_time": 1764137112345678901,
-                    "amount_minor_units": 2_000, "port": 50051,
-                    "url": "postgresql+asyncpg://postgres@127.0.0.1:5432/test", "password": "***", "token": "***"}),
+        json.dumps(
+            {
+                "event": "rpc_failed",
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+                "span_id": "00f067aa0ba902b7",
+                "start_time": 1764137112345678901,
+                "amount_minor_units": 2_000,
+                "port": 50051,
+                "url": "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+                "password": "***",
+                "token": "***",
+            }
+        ),
         # What finmesh.platform.privacy.pii makes of the same person.
         json.dumps({"id": "****" + person.id_number[-4:], "phone": "****" + person.phone[-4:], "email": "***@***"}),
     ]
@@ -80,10 +92,20 @@ def test_what_the_service_logger_writes_is_clean() -> None:
     name and inside free text: nothing the scan looks for survives it."""
     person = new_person()
     token = ISSUER.customer("user-1")
-    fields = {"id_number": person.id_number, "phone": person.phone, "email": person.email, "password": PASSWORD,
-              "token": token, "authorization": f"Bearer {token}", "service_credential": credential_for(b"s", "risk")}
-    text = {"note": f"user {person.id_number} at {person.phone} / {person.email}", "metadata": f"Bearer {token}",
-            "raw": token}
+    fields = {
+        "id_number": person.id_number,
+        "phone": person.phone,
+        "email": person.email,
+        "password": PASSWORD,
+        "token": token,
+        "authorization": f"Bearer {token}",
+        "service_credential": credential_for(b"s", "risk"),
+    }
+    text = {
+        "note": f"user {person.id_number} at {person.phone} / {person.email}",
+        "metadata": f"Bearer {token}",
+        "raw": token,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "service.log"
         # A child process: configuring logging here would re-point the session's own log file.
@@ -93,8 +115,9 @@ def test_what_the_service_logger_writes_is_clean() -> None:
             f"configure_logging('svc', stream=open({str(log)!r}, 'w'))\n"
             "get_logger('t').info('sample', **json.loads(sys.stdin.read()))\n"
         )
-        subprocess.run([sys.executable, "-c", code], input=json.dumps({**fields, **text}), text=True, check=True,
-                       timeout=60)
+        subprocess.run(
+            [sys.executable, "-c", code], input=json.dumps({**fields, **text}), text=True, check=True, timeout=60
+        )
         findings = scan_tree([Path(tmp)]).findings
         print("\nleft unmasked by the log pipeline: " + (", ".join(sorted({f.kind for f in findings})) or "nothing"))
         assert findings == []
@@ -128,7 +151,6 @@ def test_session_log_file_is_where_in_process_services_log(tmp_path_factory: pyt
     assert marker in log.read_text(encoding="utf-8")
 
 
-
 def test_a_leak_fails_the_pytest_run_that_wrote_it() -> None:
     """The session hook itself: a passing test whose log file holds a phone number makes pytest exit non-zero,
     naming the file and line with the number masked. (A child pytest with tests/conftest.py as its plugin, its
@@ -139,9 +161,25 @@ def test_a_leak_fails_the_pytest_run_that_wrote_it() -> None:
         lines = repr(f'{{"event": "sms"}}\n{{"to": "{phone}"}}\n')
         test.write_text(f"def test_writes_a_log(tmp_path):\n    (tmp_path / 'svc.log').write_text({lines})\n")
         child = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
-             f"--basetemp={Path(tmp) / 'base'}", "--rootdir", tmp, str(test)],
-            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "tests.conftest",
+                "-p",
+                "no:cacheprovider",
+                f"--basetemp={Path(tmp) / 'base'}",
+                "--rootdir",
+                tmp,
+                str(test),
+            ],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     output = child.stdout + child.stderr
     assert child.returncode == 1, output
     assert "1 passed" in output and "svc.log:2: phone" in output, output

@@ -109,40 +109,64 @@ async def payments_mesh(tmp: Path, policy: str) -> AsyncIterator[PaymentsMesh]:
         stack.push_async_callback(issuer.stop)
 
         def common(name: str) -> dict[str, Any]:
-            return {"host": "127.0.0.1", "port": 0, "data_dir": tmp, "database_url": urls[name],
-                    "shutdown_grace_seconds": 0.5, "service_name": name, **issuer.settings()}
+            return {
+                "host": "127.0.0.1",
+                "port": 0,
+                "data_dir": tmp,
+                "database_url": urls[name],
+                "shutdown_grace_seconds": 0.5,
+                "service_name": name,
+                **issuer.settings(),
+            }
 
         notify = await _serve(stack, notify_app.build, ServiceSettings(**common("notify")))
         notify_proxy = await _proxy(stack, notify.port)
-        risk = await _serve(stack, risk_app.build, ServiceSettings(**common("risk"),
-                                                                   notify_target=notify_proxy.target))
+        risk = await _serve(stack, risk_app.build, ServiceSettings(**common("risk"), notify_target=notify_proxy.target))
         risk_proxy = await _proxy(stack, risk.port)
-        await _serve(stack, payments_app.build, PaymentsSettings(
-            **{**common("payments"), "port": (payments_port := free_port())}, risk_target=risk_proxy.target,
-            notify_target=notify_proxy.target, call_timeout_seconds=DEPENDENCY_DEADLINE,
-            risk_unavailable_policy=policy))
+        await _serve(
+            stack,
+            payments_app.build,
+            PaymentsSettings(
+                **{**common("payments"), "port": (payments_port := free_port())},
+                risk_target=risk_proxy.target,
+                notify_target=notify_proxy.target,
+                call_timeout_seconds=DEPENDENCY_DEADLINE,
+                risk_unavailable_policy=policy,
+            ),
+        )
         channel = acting_channel(f"127.0.0.1:{payments_port}", issuer)
         stack.push_async_callback(channel.close)
         yield PaymentsMesh(pay_grpc.PaymentsServiceStub(channel), risk_proxy, notify_proxy, urls)
 
 
-async def _timed_pay(stub: pay_grpc.PaymentsServiceStub, payer: str, payee: str, idem: str,
-                     minor: int = 1_000) -> tuple[Any, float]:
+async def _timed_pay(
+    stub: pay_grpc.PaymentsServiceStub, payer: str, payee: str, idem: str, minor: int = 1_000
+) -> tuple[Any, float]:
     """(the payment, or the error it was refused with; seconds the caller waited)."""
     started = time.monotonic()
     try:
-        outcome: Any = (await stub.CreatePayment(pay_pb.CreatePaymentRequest(
-            idempotency_key=idem, payer_account_id=payer, payee_account_id=payee, amount=cny(minor)),
-            timeout=CLIENT_DEADLINE)).payment
+        outcome: Any = (
+            await stub.CreatePayment(
+                pay_pb.CreatePaymentRequest(
+                    idempotency_key=idem, payer_account_id=payer, payee_account_id=payee, amount=cny(minor)
+                ),
+                timeout=CLIENT_DEADLINE,
+            )
+        ).payment
     except grpc.aio.AioRpcError as error:
         outcome = error
     return outcome, time.monotonic() - started
 
 
 async def _pay_or_raise(stub: pay_grpc.PaymentsServiceStub, payer: str, payee: str, idem: str) -> Any:
-    return (await stub.CreatePayment(pay_pb.CreatePaymentRequest(
-        idempotency_key=idem, payer_account_id=payer, payee_account_id=payee, amount=cny(1_000)),
-        timeout=CLIENT_DEADLINE)).payment
+    return (
+        await stub.CreatePayment(
+            pay_pb.CreatePaymentRequest(
+                idempotency_key=idem, payer_account_id=payer, payee_account_id=payee, amount=cny(1_000)
+            ),
+            timeout=CLIENT_DEADLINE,
+        )
+    ).payment
 
 
 async def _balance(stub: pay_grpc.PaymentsServiceStub, account: str) -> tuple[int, int]:
@@ -177,14 +201,18 @@ async def test_risk_slowed_then_partitioned_past_the_payment_deadline(tmp_path: 
         partitioned_key = key()
         outcome, waited["partitioned"] = await _timed_pay(stub, payer, payee, partitioned_key)
         _assert_policy(policy, outcome)
-        print(f"\npolicy {policy}: risk deadline {DEPENDENCY_DEADLINE}s; the caller waited "
-              + ", ".join(f"{k} {v:.2f}s" for k, v in waited.items()))
+        print(
+            f"\npolicy {policy}: risk deadline {DEPENDENCY_DEADLINE}s; the caller waited "
+            + ", ".join(f"{k} {v:.2f}s" for k, v in waited.items())
+        )
         assert max(waited.values()) <= DEPENDENCY_DEADLINE + MARGIN
 
         # Risk is back: the same keys pay once (decline: now approved; review: the held payment replays).
         mesh.risk.heal()
-        again = [(await _retry_unavailable(lambda k=k: _pay_or_raise(stub, payer, payee, k)))[0]
-                 for k in (slow_key, partitioned_key, slow_key)]
+        again = [
+            (await _retry_unavailable(lambda k=k: _pay_or_raise(stub, payer, payee, k)))[0]
+            for k in (slow_key, partitioned_key, slow_key)
+        ]
         assert not any(isinstance(p, grpc.aio.AioRpcError) for p in again), again
         assert again[0].payment_id == again[2].payment_id != again[1].payment_id
         if policy == "decline":
@@ -205,8 +233,9 @@ async def test_caller_deadline_shorter_than_the_risk_timeout_is_still_met(tmp_pa
         payee = await open_wallet(stub, owner())
         mesh.risk.blackhole()
         deadline, idem = DEPENDENCY_DEADLINE * 0.6, key()
-        request = pay_pb.CreatePaymentRequest(idempotency_key=idem, payer_account_id=payer, payee_account_id=payee,
-                                              amount=cny(1_000))
+        request = pay_pb.CreatePaymentRequest(
+            idempotency_key=idem, payer_account_id=payer, payee_account_id=payee, amount=cny(1_000)
+        )
         started = time.monotonic()
         try:
             outcome: Any = (await stub.CreatePayment(request, timeout=deadline)).payment
@@ -214,10 +243,15 @@ async def test_caller_deadline_shorter_than_the_risk_timeout_is_still_met(tmp_pa
             # Allowed, not expected: the hold's commit did not fit the 50 ms payments keeps for itself.
             outcome = error
         waited = time.monotonic() - started
-        answer = outcome.code().name if isinstance(outcome, grpc.aio.AioRpcError) else pay_pb.PaymentStatus.Name(
-            outcome.status)
-        print(f"\ncaller deadline {deadline:.2f}s < payments' risk timeout {DEPENDENCY_DEADLINE}s, risk blackholed: "
-              f"{answer} after {waited:.2f}s")
+        answer = (
+            outcome.code().name
+            if isinstance(outcome, grpc.aio.AioRpcError)
+            else pay_pb.PaymentStatus.Name(outcome.status)
+        )
+        print(
+            f"\ncaller deadline {deadline:.2f}s < payments' risk timeout {DEPENDENCY_DEADLINE}s, risk blackholed: "
+            f"{answer} after {waited:.2f}s"
+        )
         assert answer in ("PAYMENT_STATUS_IN_REVIEW", "DEADLINE_EXCEEDED")
         assert waited <= deadline + 0.2
         mesh.risk.heal()
@@ -244,8 +278,12 @@ async def _received(url: str, source: str) -> list[str]:
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
-            return [r.event_id for r in await conn.execute(
-                text("SELECT event_id FROM received_events WHERE source = :s"), {"s": source})]
+            return [
+                r.event_id
+                for r in await conn.execute(
+                    text("SELECT event_id FROM received_events WHERE source = :s"), {"s": source}
+                )
+            ]
     finally:
         await engine.dispose()
 
@@ -286,8 +324,10 @@ async def test_notify_partitioned_payments_commit_and_events_arrive_once_when_it
         mesh.notify.heal()
         drained = await _wait_delivered(mesh.urls["payments"], DRAIN_TIMEOUT)
         delivered = await _assert_exactly_once(mesh.urls["payments"], mesh.urls["notify"], "payments")
-        print(f"\nnotify blackholed: 3 payments captured in at most {max(waits):.2f}s each; {len(undelivered)} events "
-              f"held, all {delivered} delivered exactly once {drained:.1f}s after notify came back")
+        print(
+            f"\nnotify blackholed: 3 payments captured in at most {max(waits):.2f}s each; {len(undelivered)} events "
+            f"held, all {delivered} delivered exactly once {drained:.1f}s after notify came back"
+        )
         assert drained < DRAIN_TIMEOUT
 
 
@@ -322,15 +362,35 @@ async def test_notify_partitioned_identity_registers_and_codes_wait_for_it(tmp_p
         sms = await FakeSmsProvider().start()
         stack.push_async_callback(sms.stop)
         notify_url, identity_url = _sqlite(tmp_path, "notify"), _sqlite(tmp_path, "identity")
-        notify = await _serve(stack, notify_app.build, NotifySettings(
-            host="127.0.0.1", port=0, data_dir=tmp_path / "notify", database_url=notify_url,
-            shutdown_grace_seconds=0.5, auth_mode="enforce", identity_target=f"127.0.0.1:{identity_port}",
-            service_name="notify", service_secret=SERVICE_SECRET,
-            sms_url=sms.url, sms_api_key=sms.api_key))
+        notify = await _serve(
+            stack,
+            notify_app.build,
+            NotifySettings(
+                host="127.0.0.1",
+                port=0,
+                data_dir=tmp_path / "notify",
+                database_url=notify_url,
+                shutdown_grace_seconds=0.5,
+                auth_mode="enforce",
+                identity_target=f"127.0.0.1:{identity_port}",
+                service_name="notify",
+                service_secret=SERVICE_SECRET,
+                sms_url=sms.url,
+                sms_api_key=sms.api_key,
+            ),
+        )
         proxy = await _proxy(stack, notify.port)
-        await _serve(stack, identity_app.build, identity_settings(
-            tmp_path, identity_url, port=identity_port, notify_target=proxy.target,
-            call_timeout_seconds=DEPENDENCY_DEADLINE))
+        await _serve(
+            stack,
+            identity_app.build,
+            identity_settings(
+                tmp_path,
+                identity_url,
+                port=identity_port,
+                notify_target=proxy.target,
+                call_timeout_seconds=DEPENDENCY_DEADLINE,
+            ),
+        )
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{identity_port}")
         stack.push_async_callback(channel.close)
         stub = id_grpc.IdentityServiceStub(channel)
@@ -338,37 +398,61 @@ async def test_notify_partitioned_identity_registers_and_codes_wait_for_it(tmp_p
         proxy.blackhole()
         person = new_person()
         started = time.monotonic()
-        user_id = (await stub.RegisterUser(id_pb.RegisterUserRequest(
-            idempotency_key=key(), kind=id_pb.USER_KIND_PERSONAL, legal_name=person.legal_name,
-            id_number=person.id_number, phone=person.phone, email=person.email, password=PASSWORD, locale="en"),
-            timeout=CLIENT_DEADLINE)).user.user_id
+        user_id = (
+            await stub.RegisterUser(
+                id_pb.RegisterUserRequest(
+                    idempotency_key=key(),
+                    kind=id_pb.USER_KIND_PERSONAL,
+                    legal_name=person.legal_name,
+                    id_number=person.id_number,
+                    phone=person.phone,
+                    email=person.email,
+                    password=PASSWORD,
+                    locale="en",
+                ),
+                timeout=CLIENT_DEADLINE,
+            )
+        ).user.user_id
         registered_in = time.monotonic() - started
 
         verify_key = key()
         started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.StartVerification(id_pb.StartVerificationRequest(
-                idempotency_key=verify_key, user_id=user_id, channel=id_pb.VERIFICATION_CHANNEL_SMS),
-                timeout=CLIENT_DEADLINE)
+            await stub.StartVerification(
+                id_pb.StartVerificationRequest(
+                    idempotency_key=verify_key, user_id=user_id, channel=id_pb.VERIFICATION_CHANNEL_SMS
+                ),
+                timeout=CLIENT_DEADLINE,
+            )
         refused_in = time.monotonic() - started
-        assert (refused.value.code(), reason_of(refused.value)) == (grpc.StatusCode.UNAVAILABLE,
-                                                                    "CHANNEL_UNAVAILABLE")
+        assert (refused.value.code(), reason_of(refused.value)) == (grpc.StatusCode.UNAVAILABLE, "CHANNEL_UNAVAILABLE")
         # Registration hashes a password (slow on purpose) but waits for nothing of notify.
         assert registered_in <= CLIENT_DEADLINE and refused_in <= DEPENDENCY_DEADLINE + MARGIN
 
         proxy.heal()
-        started_again, retries = await _retry_unavailable(lambda: stub.StartVerification(
-            id_pb.StartVerificationRequest(idempotency_key=verify_key, user_id=user_id,
-                                           channel=id_pb.VERIFICATION_CHANNEL_SMS), timeout=5))
+        started_again, retries = await _retry_unavailable(
+            lambda: stub.StartVerification(
+                id_pb.StartVerificationRequest(
+                    idempotency_key=verify_key, user_id=user_id, channel=id_pb.VERIFICATION_CHANNEL_SMS
+                ),
+                timeout=5,
+            )
+        )
         code = re.search(r"\b(\d{6})\b", await _sms_to(sms, person.phone)).group(1)  # type: ignore[union-attr]
-        confirmed = await stub.ConfirmVerification(id_pb.ConfirmVerificationRequest(
-            idempotency_key=key(), verification_id=started_again.verification_id, code=code), timeout=5)
+        confirmed = await stub.ConfirmVerification(
+            id_pb.ConfirmVerificationRequest(
+                idempotency_key=key(), verification_id=started_again.verification_id, code=code
+            ),
+            timeout=5,
+        )
         assert confirmed.user.verifications.contact == id_pb.VERIFICATION_STATE_PASSED
         assert len([m for m in sms.messages if m["to"] == person.phone]) == 1
 
         drained = await _wait_delivered(identity_url, DRAIN_TIMEOUT)
         delivered = await _assert_exactly_once(identity_url, notify_url, "identity")
-        print(f"\nnotify blackholed: registration answered in {registered_in:.2f}s, the code refused in "
-              f"{refused_in:.2f}s (deadline {DEPENDENCY_DEADLINE}s); healed: code sent once (after {retries} "
-              f"UNAVAILABLE retries), {delivered} identity events delivered exactly once within {drained:.1f}s")
+        print(
+            f"\nnotify blackholed: registration answered in {registered_in:.2f}s, the code refused in "
+            f"{refused_in:.2f}s (deadline {DEPENDENCY_DEADLINE}s); healed: code sent once (after {retries} "
+            f"UNAVAILABLE retries), {delivered} identity events delivered exactly once within {drained:.1f}s"
+        )
         assert drained < DRAIN_TIMEOUT

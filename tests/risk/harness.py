@@ -85,14 +85,22 @@ class RiskNode:
 
 
 def settings(url: str, tmp: Path, **extra: Any) -> RiskSettings:
-    return RiskSettings(host="127.0.0.1", port=extra.pop("port", 0), data_dir=tmp, database_url=url,
-                        shutdown_grace_seconds=0.5, risk_rules_poll_seconds=0.1, risk_emergency_poll_seconds=0.1,
-                        **extra)
+    return RiskSettings(
+        host="127.0.0.1",
+        port=extra.pop("port", 0),
+        data_dir=tmp,
+        database_url=url,
+        shutdown_grace_seconds=0.5,
+        risk_rules_poll_seconds=0.1,
+        risk_emergency_poll_seconds=0.1,
+        **extra,
+    )
 
 
 @asynccontextmanager
-async def risk_node(url: str, tmp: Path, interceptors: list[Any] | None = None, issuer: Issuer | None = None,
-                    **extra: Any) -> AsyncIterator[RiskNode]:
+async def risk_node(
+    url: str, tmp: Path, interceptors: list[Any] | None = None, issuer: Issuer | None = None, **extra: Any
+) -> AsyncIterator[RiskNode]:
     """Risk with auth enforced; its client channel presents each RPC's production caller (tests.auth)."""
     async with AsyncExitStack() as stack:
         if issuer is None:

@@ -50,8 +50,15 @@ async def serving(app: Any, settings: ServiceSettings) -> AsyncIterator[Running]
 
 
 def _common(tmp: Path, url: str, issuer: Issuer, name: str, port: int = 0) -> dict[str, Any]:
-    return {"host": "127.0.0.1", "port": port, "data_dir": tmp, "database_url": url, "shutdown_grace_seconds": 0.5,
-            "service_name": name, **issuer.settings()}
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        "data_dir": tmp,
+        "database_url": url,
+        "shutdown_grace_seconds": 0.5,
+        "service_name": name,
+        **issuer.settings(),
+    }
 
 
 @dataclass
@@ -83,8 +90,9 @@ class Mesh:
 
 
 @asynccontextmanager
-async def risk_mesh(databases: Any, tmp: Path, risk_interceptors: list[Any] | None = None,
-                    **payments_extra: Any) -> AsyncIterator[Mesh]:
+async def risk_mesh(
+    databases: Any, tmp: Path, risk_interceptors: list[Any] | None = None, **payments_extra: Any
+) -> AsyncIterator[Mesh]:
     """notify, then risk and payments on reserved ports so each can name the other before it starts."""
     urls = {name: await databases.new(name) for name in ("notify", "risk", "payments")}
     risk_port, payments_port = free_port(), free_port()
@@ -94,12 +102,23 @@ async def risk_mesh(databases: Any, tmp: Path, risk_interceptors: list[Any] | No
         notify_settings = ServiceSettings(**_common(tmp, urls["notify"], issuer, "notify"))
         notify = await stack.enter_async_context(serving(await notify_app.build(notify_settings), notify_settings))
         notify_target = f"127.0.0.1:{notify.server.port}"
-        payments_settings = PaymentsSettings(**_common(tmp, urls["payments"], issuer, "payments", payments_port),
-                                             risk_target=f"127.0.0.1:{risk_port}", notify_target=notify_target,
-                                             **payments_extra)
-        risk = await stack.enter_async_context(risk_node(
-            urls["risk"], tmp, interceptors=risk_interceptors, issuer=issuer, port=risk_port,
-            payments_target=f"127.0.0.1:{payments_port}", notify_target=notify_target))
+        payments_settings = PaymentsSettings(
+            **_common(tmp, urls["payments"], issuer, "payments", payments_port),
+            risk_target=f"127.0.0.1:{risk_port}",
+            notify_target=notify_target,
+            **payments_extra,
+        )
+        risk = await stack.enter_async_context(
+            risk_node(
+                urls["risk"],
+                tmp,
+                interceptors=risk_interceptors,
+                issuer=issuer,
+                port=risk_port,
+                payments_target=f"127.0.0.1:{payments_port}",
+                notify_target=notify_target,
+            )
+        )
         mesh = Mesh(risk, payments_settings, urls, issuer)
         await mesh.start_payments()
         try:
@@ -111,12 +130,17 @@ async def risk_mesh(databases: Any, tmp: Path, risk_interceptors: list[Any] | No
 
 
 async def open_wallet(stub: pay_grpc.PaymentsServiceStub, owner: str, top_up: int = 0) -> str:
-    account = (await stub.OpenAccount(pay_pb.OpenAccountRequest(
-        idempotency_key=key(), owner_id=owner, kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET,
-        currency_code="CNY"))).account.account_id
+    account = (
+        await stub.OpenAccount(
+            pay_pb.OpenAccountRequest(
+                idempotency_key=key(), owner_id=owner, kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code="CNY"
+            )
+        )
+    ).account.account_id
     if top_up:
-        await stub.TopUp(pay_pb.TopUpRequest(idempotency_key=key(), account_id=account, channel="test_bank",
-                                             amount=cny(top_up)))
+        await stub.TopUp(
+            pay_pb.TopUpRequest(idempotency_key=key(), account_id=account, channel="test_bank", amount=cny(top_up))
+        )
     return account
 
 

@@ -24,7 +24,8 @@ async def test_large_value_payment_files_a_report(databases, tmp_path: Path) -> 
         assert (await risk.assess(declined)).decision == pb.DECISION_DECLINE
         reports = (await risk.stub.ListAmlReports(pb.ListAmlReportsRequest())).reports
         assert [(r.kind, list(r.payment_ids), r.total.minor_units, r.user_id) for r in reports] == [
-            (pb.AML_REPORT_KIND_LARGE_VALUE, [big.payment_id], 5_000_000, "whale")]
+            (pb.AML_REPORT_KIND_LARGE_VALUE, [big.payment_id], 5_000_000, "whale")
+        ]
 
 
 async def test_structuring_files_one_report_per_window(databases, tmp_path: Path) -> None:
@@ -42,7 +43,10 @@ async def test_structuring_files_one_report_per_window(databases, tmp_path: Path
         report = reply.reports[0]
         assert list(report.payment_ids) == [p.payment_id for p in split[:3]]
         assert (report.user_id, report.total.currency_code, report.total.minor_units) == (
-            "smurf", "CNY", 3 * JUST_UNDER - 3)
+            "smurf",
+            "CNY",
+            3 * JUST_UNDER - 3,
+        )
         none = await risk.stub.ListAmlReports(pb.ListAmlReportsRequest(kind=pb.AML_REPORT_KIND_LARGE_VALUE))
         assert list(none.reports) == []
 

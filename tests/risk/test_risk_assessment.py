@@ -21,7 +21,11 @@ async def test_small_payment_is_approved_low_with_rules_version(databases, tmp_p
     async with risk_node(await databases.new("risk"), tmp_path) as risk:
         a = await risk.assess(payment(minor=12_345))
         assert (a.decision, a.warning_level, a.score, list(a.reasons)) == (
-            pb.DECISION_APPROVE, pb.WARNING_LEVEL_LOW, 0, [])
+            pb.DECISION_APPROVE,
+            pb.WARNING_LEVEL_LOW,
+            0,
+            [],
+        )
         assert a.rules_version == (await risk.stub.GetRules(pb.GetRulesRequest())).version != ""
 
 
@@ -58,8 +62,11 @@ async def test_features_each_name_their_reason(databases, tmp_path: Path) -> Non
         tiered = await risk.assess(payment(payer_tier=pb.RISK_TIER_HIGH))
         assert codes(tiered) == {"TIER_HIGH"} and tiered.score == 25
 
-        await risk.stub.AddBlockListEntry(pb.AddBlockListEntryRequest(
-            idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_ACCOUNT, value="mule-account", reason="reported mule"))
+        await risk.stub.AddBlockListEntry(
+            pb.AddBlockListEntryRequest(
+                idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_ACCOUNT, value="mule-account", reason="reported mule"
+            )
+        )
         to_mule = await risk.assess(payment(payee_account_id="mule-account"))
         assert codes(to_mule) == {"BLOCK_LISTED_PAYEE"}
         assert (to_mule.decision, to_mule.warning_level) == (pb.DECISION_DECLINE, pb.WARNING_LEVEL_HIGH)
@@ -80,8 +87,10 @@ async def test_ip_velocity_counts_one_address_in_any_spelling(databases, tmp_pat
     [
         ({"payment_id": ""}, ["payment_id"]),
         ({"amount": cny(0)}, ["amount.minor_units"]),
-        ({"amount": pb.AssessPaymentRequest().amount.__class__(currency_code="XXX", minor_units=1)},
-         ["amount.currency_code"]),
+        (
+            {"amount": pb.AssessPaymentRequest().amount.__class__(currency_code="XXX", minor_units=1)},
+            ["amount.currency_code"],
+        ),
         ({"ip_address": "not-an-ip", "ip_country": "C1", "payer_tier": 9}, ["ip_address", "ip_country", "payer_tier"]),
         ({"payer_account_id": "", "ip_address": "1.2.3"}, ["payer_account_id", "ip_address"]),
         # Past the contract's bounds: the guard names each field before the handler looks.

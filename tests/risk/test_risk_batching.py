@@ -18,8 +18,13 @@ from tests.risk.harness import payment, risk_node, rules_yaml, write_atomically
 
 THREE_PER_MINUTE = [
     {"code": "VELOCITY_USER_COUNT", "subject": "user", "window_seconds": 60, "max_count": 3, "score": 50},
-    {"code": "VELOCITY_DEVICE_AMOUNT", "subject": "device", "window_seconds": 60, "max_amount": {"CNY": 250_000},
-     "score": 50},
+    {
+        "code": "VELOCITY_DEVICE_AMOUNT",
+        "subject": "device",
+        "window_seconds": 60,
+        "max_amount": {"CNY": 250_000},
+        "score": 50,
+    },
 ]
 JUST_UNDER = 4_900_000  # inside the default structuring margin below 50,000.00 CNY
 
@@ -43,8 +48,9 @@ async def test_concurrent_payments_of_one_payer_see_each_other(databases, tmp_pa
     """
     rules_file = tmp_path / "rules.yaml"
     write_atomically(rules_file, rules_yaml("batch-1", velocity=THREE_PER_MINUTE))
-    async with risk_node(await databases.new("risk"), tmp_path, risk_rules_file=str(rules_file),
-                         risk_writer_lanes=1) as risk:
+    async with risk_node(
+        await databases.new("risk"), tmp_path, risk_rules_file=str(rules_file), risk_writer_lanes=1
+    ) as risk:
         before = risk.app.writer.batches
         burst = await asyncio.gather(*(risk.assess(payment("burst-user", 1_000)) for _ in range(12)))
         assert sorted(a.decision for a in burst) == [pb.DECISION_APPROVE] * 3 + [pb.DECISION_REVIEW] * 9
@@ -70,8 +76,9 @@ async def test_lanes_keep_one_payers_payments_in_turn(databases, tmp_path: Path)
     """Several batches in flight (PostgreSQL): a payer's simultaneous payments still count each other."""
     rules_file = tmp_path / "rules.yaml"
     write_atomically(rules_file, rules_yaml("batch-2", velocity=THREE_PER_MINUTE))
-    async with risk_node(await databases.new("risk"), tmp_path, risk_rules_file=str(rules_file),
-                         risk_writer_lanes=3) as risk:
+    async with risk_node(
+        await databases.new("risk"), tmp_path, risk_rules_file=str(rules_file), risk_writer_lanes=3
+    ) as risk:
         burst = await asyncio.gather(*(risk.assess(payment(f"lanes-user-{i % 4}", 1_000)) for i in range(48)))
         assert sorted(a.decision for a in burst) == [pb.DECISION_APPROVE] * 12 + [pb.DECISION_REVIEW] * 36
 
@@ -82,15 +89,17 @@ async def test_concurrent_structuring_files_one_report(databases, tmp_path: Path
         split = [payment("smurf", JUST_UNDER - i) for i in range(4)]
         results = await asyncio.gather(*(risk.assess(p) for p in split))
         assert sorted("AML_STRUCTURING" in codes(a) for a in results) == [False, False, True, True]
-        reports = (await risk.stub.ListAmlReports(pb.ListAmlReportsRequest(
-            kind=pb.AML_REPORT_KIND_STRUCTURING))).reports
+        reports = (
+            await risk.stub.ListAmlReports(pb.ListAmlReportsRequest(kind=pb.AML_REPORT_KIND_STRUCTURING))
+        ).reports
         assert len(reports) == 1 and len(reports[0].payment_ids) == 3
         assert set(reports[0].payment_ids) < {p.payment_id for p in split}
 
 
 def _facts(payment_id: str) -> PaymentFacts:
-    return PaymentFacts(payment_id=payment_id, payer_user_id="u", payer_account_id="a", payee_account_id="b",
-                        amount=Money("CNY", 100))
+    return PaymentFacts(
+        payment_id=payment_id, payer_user_id="u", payer_account_id="a", payee_account_id="b", amount=Money("CNY", 100)
+    )
 
 
 async def test_a_failing_batch_is_committed_again_without_the_payment_that_fails_it() -> None:
@@ -107,10 +116,16 @@ async def test_a_failing_batch_is_committed_again_without_the_payment_that_fails
 
     writer = AssessmentWriter(None, lambda: None, assess=assess)  # type: ignore[arg-type]
     try:
-        results = await asyncio.gather(*(writer.submit(_facts(p)) for p in ["a", "b", "bad", "c", "d"]),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(writer.submit(_facts(p)) for p in ["a", "b", "bad", "c", "d"]), return_exceptions=True
+        )
         assert [r.row if isinstance(r, Outcome) else str(r) for r in results] == [
-            "a", "b", "this payment breaks its batch", "c", "d"]
+            "a",
+            "b",
+            "this payment breaks its batch",
+            "c",
+            "d",
+        ]
         # Submitted together, the five shared a transaction; then halves, in order, until "bad" stood alone.
         assert batches == [["a", "b", "bad", "c", "d"], ["a", "b"], ["bad", "c", "d"], ["bad"], ["c", "d"]]
         assert (await writer.submit(_facts("e"))).row == "e"
@@ -121,6 +136,7 @@ async def test_a_failing_batch_is_committed_again_without_the_payment_that_fails
 @pytest.mark.parametrize("size", [1, 5])
 async def test_stop_drains_what_is_queued(size: int) -> None:
     """Stopping the writer finishes queued assessments instead of dropping their callers."""
+
     async def assess(engine: Any, rules: Any, batch: list[PaymentFacts], now: Any, traces: Any) -> list[Outcome]:
         await asyncio.sleep(0.01)
         return [Outcome(f.payment_id) for f in batch]
@@ -169,10 +185,12 @@ async def test_load_test_traffic_stays_out_of_velocity(databases, tmp_path: Path
     rules_file = tmp_path / "rules.yaml"
     write_atomically(rules_file, rules_yaml("synthetic-1", velocity=THREE_PER_MINUTE))
     async with risk_node(await databases.new("risk"), tmp_path, risk_rules_file=str(rules_file)) as risk:
-        probes = [await risk.assess(payment("probe-user", 1_000, device_id="shared-1", synthetic=True))
-                  for _ in range(4)]
-        probes += await asyncio.gather(*(risk.assess(payment("probe-user", 1_000, device_id="shared-1",
-                                                                 synthetic=True)) for _ in range(4)))
+        probes = [
+            await risk.assess(payment("probe-user", 1_000, device_id="shared-1", synthetic=True)) for _ in range(4)
+        ]
+        probes += await asyncio.gather(
+            *(risk.assess(payment("probe-user", 1_000, device_id="shared-1", synthetic=True)) for _ in range(4))
+        )
         assert [codes(a) for a in probes] == [set()] * 8
         # A customer on the same device starts from zero: three approvals, then the user's own count trips.
         real = [await risk.assess(payment("customer", 1_000, device_id="shared-1")) for _ in range(4)]

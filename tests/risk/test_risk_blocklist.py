@@ -25,19 +25,28 @@ async def test_add_list_remove_and_expiry(databases, tmp_path: Path) -> None:
     """Entries block until removed or expired; list shows only active ones; retries replay the first answer."""
     async with risk_node(await databases.new("risk"), tmp_path) as risk:
         stub = risk.stub
-        add = pb.AddBlockListEntryRequest(idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_DEVICE, value="emulator-7",
-                                          reason="device farm")
+        add = pb.AddBlockListEntryRequest(
+            idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_DEVICE, value="emulator-7", reason="device farm"
+        )
         entry = (await stub.AddBlockListEntry(add)).entry
         assert (await stub.AddBlockListEntry(add)).entry == entry
         with pytest.raises(grpc.aio.AioRpcError) as duplicate:
-            await stub.AddBlockListEntry(pb.AddBlockListEntryRequest(
-                idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_DEVICE, value="emulator-7"))
+            await stub.AddBlockListEntry(
+                pb.AddBlockListEntryRequest(idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_DEVICE, value="emulator-7")
+            )
         assert (duplicate.value.code(), reason_of(duplicate.value)) == (
-            grpc.StatusCode.ALREADY_EXISTS, "BLOCK_LIST_ENTRY_EXISTS")
+            grpc.StatusCode.ALREADY_EXISTS,
+            "BLOCK_LIST_ENTRY_EXISTS",
+        )
 
         soon = datetime.now(UTC) + timedelta(seconds=1)
-        brief = (await stub.AddBlockListEntry(pb.AddBlockListEntryRequest(
-            idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_IP, value="::ffff:192.0.2.9", expires_at=at(soon)))).entry
+        brief = (
+            await stub.AddBlockListEntry(
+                pb.AddBlockListEntryRequest(
+                    idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_IP, value="::ffff:192.0.2.9", expires_at=at(soon)
+                )
+            )
+        ).entry
         assert brief.value == "192.0.2.9" and brief.HasField("expires_at")
 
         blocked = await risk.assess(payment(device_id="emulator-7", ip_address="192.0.2.9"))
@@ -56,8 +65,9 @@ async def test_add_list_remove_and_expiry(databases, tmp_path: Path) -> None:
         await stub.RemoveBlockListEntry(remove)  # replayed, not refused
         assert {r.code for r in (await risk.assess(payment(device_id="emulator-7"))).reasons} == set()
         with pytest.raises(grpc.aio.AioRpcError) as gone:
-            await stub.RemoveBlockListEntry(pb.RemoveBlockListEntryRequest(idempotency_key=key(),
-                                                                           entry_id=entry.entry_id))
+            await stub.RemoveBlockListEntry(
+                pb.RemoveBlockListEntryRequest(idempotency_key=key(), entry_id=entry.entry_id)
+            )
         assert (gone.value.code(), reason_of(gone.value)) == (grpc.StatusCode.NOT_FOUND, "BLOCK_LIST_ENTRY_NOT_FOUND")
 
 
@@ -65,12 +75,14 @@ async def test_bad_entries_are_invalid_argument(databases, tmp_path: Path) -> No
     """No kind, no value, a malformed IP, a past expiry and a missing key each name their field."""
     async with risk_node(await databases.new("risk"), tmp_path) as risk:
         with pytest.raises(grpc.aio.AioRpcError) as bad:
-            await risk.stub.AddBlockListEntry(pb.AddBlockListEntryRequest(
-                expires_at=at(datetime.now(UTC) - timedelta(minutes=1))))
+            await risk.stub.AddBlockListEntry(
+                pb.AddBlockListEntryRequest(expires_at=at(datetime.now(UTC) - timedelta(minutes=1)))
+            )
         assert sorted(field_violations_of(bad.value)) == ["expires_at", "idempotency_key", "kind", "value"]
         with pytest.raises(grpc.aio.AioRpcError) as ip:
-            await risk.stub.AddBlockListEntry(pb.AddBlockListEntryRequest(
-                idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_IP, value="999.1.1.1"))
+            await risk.stub.AddBlockListEntry(
+                pb.AddBlockListEntryRequest(idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_IP, value="999.1.1.1")
+            )
         assert field_violations_of(ip.value) == ["value"]
         with pytest.raises(grpc.aio.AioRpcError) as no_key:
             await risk.stub.RemoveBlockListEntry(pb.RemoveBlockListEntryRequest())

@@ -11,16 +11,25 @@ WINDOWS = {Subject.USER: {86_400, 600}, Subject.DEVICE: {600}, Subject.IP: set()
 
 def test_totals_add_up_across_currencies_for_counts_only() -> None:
     """Counts take every currency; amounts only the payment's own; windows come back in sorted order."""
-    activity = RecentActivity.of(WINDOWS, [
-        WindowTotals(Subject.USER, "u1", "CNY", counts=(2, 5), amounts=(300, 900)),
-        WindowTotals(Subject.USER, "u1", "USD", counts=(1, 1), amounts=(40, 40)),
-        WindowTotals(Subject.DEVICE, "d1", "CNY", counts=(4,), amounts=(0,)),
-    ], devices=[])
+    activity = RecentActivity.of(
+        WINDOWS,
+        [
+            WindowTotals(Subject.USER, "u1", "CNY", counts=(2, 5), amounts=(300, 900)),
+            WindowTotals(Subject.USER, "u1", "USD", counts=(1, 1), amounts=(40, 40)),
+            WindowTotals(Subject.DEVICE, "d1", "CNY", counts=(4,), amounts=(0,)),
+        ],
+        devices=[],
+    )
     values = {Subject.USER: "u1", Subject.DEVICE: "d1", Subject.IP: "10.0.0.1"}
     assert activity.tallies(values, "CNY") == {
-        (Subject.USER, 600): Tally(3, 300), (Subject.USER, 86_400): Tally(6, 900), (Subject.DEVICE, 600): Tally(4, 0)}
-    assert activity.tallies({Subject.USER: "u2"}, "USD") == {(Subject.USER, 600): Tally(0, 0),
-                                                            (Subject.USER, 86_400): Tally(0, 0)}
+        (Subject.USER, 600): Tally(3, 300),
+        (Subject.USER, 86_400): Tally(6, 900),
+        (Subject.DEVICE, 600): Tally(4, 0),
+    }
+    assert activity.tallies({Subject.USER: "u2"}, "USD") == {
+        (Subject.USER, 600): Tally(0, 0),
+        (Subject.USER, 86_400): Tally(0, 0),
+    }
 
 
 def test_recorded_payments_count_for_the_next_ones() -> None:
@@ -29,8 +38,10 @@ def test_recorded_payments_count_for_the_next_ones() -> None:
     values = {Subject.USER: "u1", Subject.DEVICE: ""}
     activity.record(values, "CNY", 500, declined=False, user="u1", device="")
     activity.record(values, "CNY", 700, declined=True, user="u1", device="")
-    assert activity.tallies(values, "CNY") == {(Subject.USER, 600): Tally(2, 500),
-                                               (Subject.USER, 86_400): Tally(2, 500)}
+    assert activity.tallies(values, "CNY") == {
+        (Subject.USER, 600): Tally(2, 500),
+        (Subject.USER, 86_400): Tally(2, 500),
+    }
     assert activity.tallies(values, "EUR")[(Subject.USER, 600)] == Tally(2, 0)
 
 
@@ -39,7 +50,8 @@ def test_devices_become_known_once_recorded() -> None:
     activity = RecentActivity.of(WINDOWS, [], devices=[("u1", "phone")])
     assert activity.device_history("u1", "laptop") == (False, True)
     assert activity.device_history("u2", "laptop") == (False, False)
-    activity.record({Subject.USER: "u1", Subject.DEVICE: "laptop"}, "CNY", 1, declined=False, user="u1",
-                    device="laptop")
+    activity.record(
+        {Subject.USER: "u1", Subject.DEVICE: "laptop"}, "CNY", 1, declined=False, user="u1", device="laptop"
+    )
     assert activity.device_history("u1", "laptop") == (True, True)
     assert activity.device_history("u2", "laptop") == (False, False)

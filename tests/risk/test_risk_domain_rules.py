@@ -34,20 +34,36 @@ def test_json_is_accepted_too() -> None:
     [
         ({"decision": {"review_score": 90, "decline_score": 80}}, "source.decision", "must not exceed"),
         ({"warning_levels": {"medium": 40, "high": 40, "critical": 95}}, "source.warning_levels", "rise strictly"),
-        ({"amount": [{"code": "A_1", "score": 10, "at_least": {"XYZ": 5}}]}, "source.amount[0].at_least",
-         "unsupported currencies"),
-        ({"amount": [{"code": "A_1", "score": 10, "at_least": {"CNY": 50000.5}}]}, "source.amount[0].at_least.CNY",
-         "got 50000.5"),
+        (
+            {"amount": [{"code": "A_1", "score": 10, "at_least": {"XYZ": 5}}]},
+            "source.amount[0].at_least",
+            "unsupported currencies",
+        ),
+        (
+            {"amount": [{"code": "A_1", "score": 10, "at_least": {"CNY": 50000.5}}]},
+            "source.amount[0].at_least.CNY",
+            "got 50000.5",
+        ),
         ({"amount": [{"code": "A_1", "score": 101, "at_least": {"CNY": 5}}]}, "source.amount[0].score", "100"),
-        ({"velocity": [{"code": "V_1", "subject": "user", "window_seconds": 60, "score": 5}]},
-         "source.velocity[0]", "exactly one of max_count and max_amount"),
-        ({"geography": {"mismatch_score": 1, "high_risk_countries": [False], "high_risk_score": 1}},
-         "source.geography.high_risk_countries[0]", "got False"),
-        ({"tiers": {"low": 0, "medium": 1, "high": 2, "unspecified": 0, "vip": 0}}, "source.tiers.vip",
-         "Extra inputs"),
-        ({"amount": [{"code": "SAME", "score": 1, "at_least": {"CNY": 1}}],
-          "velocity": [{"code": "SAME", "subject": "ip", "window_seconds": 1, "max_count": 1, "score": 1}]},
-         "source", "unique"),
+        (
+            {"velocity": [{"code": "V_1", "subject": "user", "window_seconds": 60, "score": 5}]},
+            "source.velocity[0]",
+            "exactly one of max_count and max_amount",
+        ),
+        (
+            {"geography": {"mismatch_score": 1, "high_risk_countries": [False], "high_risk_score": 1}},
+            "source.geography.high_risk_countries[0]",
+            "got False",
+        ),
+        ({"tiers": {"low": 0, "medium": 1, "high": 2, "unspecified": 0, "vip": 0}}, "source.tiers.vip", "Extra inputs"),
+        (
+            {
+                "amount": [{"code": "SAME", "score": 1, "at_least": {"CNY": 1}}],
+                "velocity": [{"code": "SAME", "subject": "ip", "window_seconds": 1, "max_count": 1, "score": 1}],
+            },
+            "source",
+            "unique",
+        ),
     ],
 )
 def test_each_mistake_is_refused_at_its_path(sections, field, words) -> None:

@@ -22,8 +22,9 @@ features = st.builds(
     PaymentFeatures,
     amount=st.builds(Money, st.sampled_from(["CNY", "USD", "JPY"]), amounts),
     tier=st.sampled_from(list(Tier)),
-    tallies=st.dictionaries(st.sampled_from([(Subject.USER, 600), (Subject.USER, 86400), (Subject.DEVICE, 600),
-                                             (Subject.IP, 60)]), tallies),
+    tallies=st.dictionaries(
+        st.sampled_from([(Subject.USER, 600), (Subject.USER, 86400), (Subject.DEVICE, 600), (Subject.IP, 60)]), tallies
+    ),
     new_device=st.booleans(),
     blocked=st.frozensets(st.sampled_from(list(BlockKind))),
     payee_blocked=st.booleans(),
@@ -121,8 +122,12 @@ def test_reports_due_skip_declines_and_repeats() -> None:
 
 
 @PROPERTY
-@given(st.integers(0, 150), st.sampled_from(["personal", "enterprise", "institution"]), st.integers(0, 10),
-       st.frozensets(st.sampled_from([BlockKind.USER, BlockKind.DEVICE, BlockKind.IP])))
+@given(
+    st.integers(0, 150),
+    st.sampled_from(["personal", "enterprise", "institution"]),
+    st.integers(0, 10),
+    st.frozensets(st.sampled_from([BlockKind.USER, BlockKind.DEVICE, BlockKind.IP])),
+)
 def test_onboarding_tier_follows_its_score(age: int, kind: str, others: int, blocked) -> None:
     """The tier is the band the capped score falls in; any block list hit makes the user HIGH."""
     verdict = assess_onboarding(OnboardingFacts(age, kind, "", others, blocked), RULES)

@@ -24,8 +24,11 @@ from tests.risk.mesh import count_rows, open_wallet, owner, risk_mesh, settle_ba
 
 
 async def _block(risk, user: str) -> None:
-    await risk.stub.AddBlockListEntry(pb.AddBlockListEntryRequest(
-        idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_USER, value=user, reason="confirmed fraud"))
+    await risk.stub.AddBlockListEntry(
+        pb.AddBlockListEntryRequest(
+            idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_USER, value=user, reason="confirmed fraud"
+        )
+    )
 
 
 async def _done_alerts(risk) -> list[pb.Alert]:
@@ -47,16 +50,22 @@ async def test_critical_payment_freezes_once_and_alerts_once(databases, tmp_path
         # A second critical payment straight to risk before the freeze lands: same incident.
         await mesh.risk.assess(payment(fraudster, payer_account_id=payer))
         with pytest.raises(grpc.aio.AioRpcError) as declined:
-            await pay.CreatePayment(pay_pb.CreatePaymentRequest(
-                idempotency_key=key(), payer_account_id=payer, payee_account_id=payee, amount=cny(1_000)))
+            await pay.CreatePayment(
+                pay_pb.CreatePaymentRequest(
+                    idempotency_key=key(), payer_account_id=payer, payee_account_id=payee, amount=cny(1_000)
+                )
+            )
         assert reason_of(declined.value) in ("RISK_DECLINED", "ACCOUNT_FROZEN")
 
         await wait_until(lambda: _done_alerts(mesh.risk))
         account = (await pay.GetAccount(pay_pb.GetAccountRequest(account_id=payer))).account
         assert account.status == pay_pb.ACCOUNT_STATUS_FROZEN
         with pytest.raises(grpc.aio.AioRpcError) as frozen:
-            await pay.CreatePayment(pay_pb.CreatePaymentRequest(
-                idempotency_key=key(), payer_account_id=payer, payee_account_id=payee, amount=cny(1_000)))
+            await pay.CreatePayment(
+                pay_pb.CreatePaymentRequest(
+                    idempotency_key=key(), payer_account_id=payer, payee_account_id=payee, amount=cny(1_000)
+                )
+            )
         assert reason_of(frozen.value) == "ACCOUNT_FROZEN"
 
         [alert] = (await mesh.risk.stub.ListAlerts(pb.ListAlertsRequest())).alerts
@@ -70,12 +79,15 @@ async def test_critical_payment_freezes_once_and_alerts_once(databases, tmp_path
         await settle_background()
 
         frozen_events = payments_outbox.c.event_type == "payments.account.frozen.v1"
-        assert await count_rows(mesh.urls["payments"], payments_outbox, frozen_events,
-                                payments_outbox.c.aggregate_id == payer) == 1
+        assert (
+            await count_rows(
+                mesh.urls["payments"], payments_outbox, frozen_events, payments_outbox.c.aggregate_id == payer
+            )
+            == 1
+        )
         assert await count_rows(mesh.urls["risk"], risk_outbox, risk_outbox.c.event_type == ALERT_EVENT) == 1
         assert await count_rows(mesh.urls["risk"], risk_outbox, risk_outbox.c.delivered_at.is_(None)) == 0
-        assert await count_rows(mesh.urls["notify"], received_events,
-                                received_events.c.event_type == ALERT_EVENT) == 1
+        assert await count_rows(mesh.urls["notify"], received_events, received_events.c.event_type == ALERT_EVENT) == 1
 
 
 async def test_freeze_is_retried_until_payments_answers(databases, tmp_path: Path) -> None:
@@ -95,8 +107,12 @@ async def test_freeze_is_retried_until_payments_answers(databases, tmp_path: Pat
         await wait_until(lambda: _done_alerts(mesh.risk), timeout=15)
         account = (await pay.GetAccount(pay_pb.GetAccountRequest(account_id=payer))).account
         assert account.status == pay_pb.ACCOUNT_STATUS_FROZEN
-        assert await count_rows(mesh.urls["payments"], payments_outbox,
-                                payments_outbox.c.event_type == "payments.account.frozen.v1") == 1
+        assert (
+            await count_rows(
+                mesh.urls["payments"], payments_outbox, payments_outbox.c.event_type == "payments.account.frozen.v1"
+            )
+            == 1
+        )
 
 
 async def test_unknown_account_parks_the_incident(databases, tmp_path: Path) -> None:
@@ -104,8 +120,11 @@ async def test_unknown_account_parks_the_incident(databases, tmp_path: Path) -> 
     async with risk_mesh(databases, tmp_path) as mesh:
         await _block(mesh.risk, "ghost")
         await mesh.risk.assess(payment("ghost", payer_account_id="no-such-account"))
-        await wait_until(lambda: count_rows(mesh.urls["risk"], alerts, alerts.c.parked.is_(True),
-                                            alerts.c.last_error == "ACCOUNT_NOT_FOUND"))
+        await wait_until(
+            lambda: count_rows(
+                mesh.urls["risk"], alerts, alerts.c.parked.is_(True), alerts.c.last_error == "ACCOUNT_NOT_FOUND"
+            )
+        )
         await settle_background()
         [alert] = (await mesh.risk.stub.ListAlerts(pb.ListAlertsRequest())).alerts
         assert not alert.emergency_response_done

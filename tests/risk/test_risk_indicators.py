@@ -25,15 +25,19 @@ def at(moment: datetime) -> timestamp_pb2.Timestamp:
 async def _raw_rows(risk) -> str:
     """Every stored assessment's time, decision and synthetic flag, for the failure message."""
     async with risk.app.engine.connect() as conn:
-        rows = (await conn.execute(select(assessments.c.created_at, assessments.c.decision,
-                                          assessments.c.synthetic))).all()
+        rows = (
+            await conn.execute(select(assessments.c.created_at, assessments.c.decision, assessments.c.synthetic))
+        ).all()
         raw = (await conn.exec_driver_sql("SELECT created_at FROM assessments")).all()
     return f"rows={rows!r} raw={raw!r}"
 
 
 async def _block_user(risk, user: str) -> None:
-    await risk.stub.AddBlockListEntry(pb.AddBlockListEntryRequest(
-        idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_USER, value=user, reason="fraud ring"))
+    await risk.stub.AddBlockListEntry(
+        pb.AddBlockListEntryRequest(
+            idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_USER, value=user, reason="fraud ring"
+        )
+    )
 
 
 async def test_indicators_count_decisions_and_alerts_per_bucket(databases, tmp_path: Path) -> None:
@@ -54,14 +58,19 @@ async def test_indicators_count_decisions_and_alerts_per_bucket(databases, tmp_p
         # the hour: seen twice as 2 + 7 of the 9).
         start = (before - timedelta(minutes=90)).replace(microsecond=0)
         assert datetime.now(UTC) < start + timedelta(hours=2)
-        reply = await risk.stub.GetRiskIndicators(pb.GetRiskIndicatorsRequest(
-            start=at(start), end=at(start + timedelta(hours=3)), bucket_seconds=3600))
-        figures = [(b.assessments, b.declines, b.reviews, b.alerts, b.decline_rate_bp, b.review_rate_bp)
-                   for b in reply.buckets]
+        reply = await risk.stub.GetRiskIndicators(
+            pb.GetRiskIndicatorsRequest(start=at(start), end=at(start + timedelta(hours=3)), bucket_seconds=3600)
+        )
+        figures = [
+            (b.assessments, b.declines, b.reviews, b.alerts, b.decline_rate_bp, b.review_rate_bp) for b in reply.buckets
+        ]
         expected = [(0, 0, 0, 0, 0, 0), (9, 1, 2, 1, 1111, 2222), (0, 0, 0, 0, 0, 0)]
         assert figures == expected, await _raw_rows(risk)  # the rows themselves, should this ever differ
         assert [b.start.ToDatetime(tzinfo=UTC) for b in reply.buckets] == [
-            start, start + timedelta(hours=1), start + timedelta(hours=2)]
+            start,
+            start + timedelta(hours=1),
+            start + timedelta(hours=2),
+        ]
 
 
 async def test_indicator_buckets_count_rows_spread_over_the_bucket(databases, tmp_path: Path) -> None:
@@ -70,16 +79,35 @@ async def test_indicator_buckets_count_rows_spread_over_the_bucket(databases, tm
     async with risk_node(await databases.new("risk"), tmp_path) as risk:
         start = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
         offsets = [0, 1, 59, 61, 1800, 3599, 3600, 3601]  # seconds after start: six in the first bucket, two next
-        rows = [{"assessment_id": f"a-{i}", "payment_id": f"p-{i}", "user_id": "u", "account_id": "acct",
-                 "payee_account_id": "payee", "currency": "CNY", "amount": 100, "device_id": "", "ip_address": "",
-                 "ip_country": "", "home_country": "", "tier": "LOW", "score": 0,
-                 "decision": "DECLINE" if i == 2 else "APPROVE", "warning_level": "LOW", "reasons": [],
-                 "rules_version": "v", "synthetic": 0, "created_at": start + timedelta(seconds=s, microseconds=250)}
-                for i, s in enumerate(offsets)]
+        rows = [
+            {
+                "assessment_id": f"a-{i}",
+                "payment_id": f"p-{i}",
+                "user_id": "u",
+                "account_id": "acct",
+                "payee_account_id": "payee",
+                "currency": "CNY",
+                "amount": 100,
+                "device_id": "",
+                "ip_address": "",
+                "ip_country": "",
+                "home_country": "",
+                "tier": "LOW",
+                "score": 0,
+                "decision": "DECLINE" if i == 2 else "APPROVE",
+                "warning_level": "LOW",
+                "reasons": [],
+                "rules_version": "v",
+                "synthetic": 0,
+                "created_at": start + timedelta(seconds=s, microseconds=250),
+            }
+            for i, s in enumerate(offsets)
+        ]
         async with risk.app.engine.begin() as conn:
             await conn.execute(insert(assessments), rows)
-        reply = await risk.stub.GetRiskIndicators(pb.GetRiskIndicatorsRequest(
-            start=at(start), end=at(start + timedelta(hours=2)), bucket_seconds=3600))
+        reply = await risk.stub.GetRiskIndicators(
+            pb.GetRiskIndicatorsRequest(start=at(start), end=at(start + timedelta(hours=2)), bucket_seconds=3600)
+        )
         assert [(b.assessments, b.declines) for b in reply.buckets] == [(6, 1), (2, 0)]
 
 
@@ -93,8 +121,9 @@ async def test_indicator_requests_are_bounded(databases, tmp_path: Path) -> None
             (now, now + timedelta(days=30), 60, ["bucket_seconds"]),
         ]:
             with pytest.raises(grpc.aio.AioRpcError) as bad:
-                await risk.stub.GetRiskIndicators(pb.GetRiskIndicatorsRequest(
-                    start=at(start), end=at(end), bucket_seconds=size))
+                await risk.stub.GetRiskIndicators(
+                    pb.GetRiskIndicatorsRequest(start=at(start), end=at(end), bucket_seconds=size)
+                )
             assert field_violations_of(bad.value) == fields
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await risk.stub.GetRiskIndicators(pb.GetRiskIndicatorsRequest(bucket_seconds=60))
@@ -111,7 +140,8 @@ async def test_alerts_list_by_minimum_level(databases, tmp_path: Path) -> None:
         await risk.assess(payment(minor=6_000_000))  # MEDIUM: no alert
         critical = await risk.stub.ListAlerts(pb.ListAlertsRequest(min_level=pb.WARNING_LEVEL_CRITICAL))
         assert [(a.level, a.account_id, a.payment_id, a.emergency_response_done) for a in critical.alerts] == [
-            (pb.WARNING_LEVEL_CRITICAL, "acct-ring", first.payment_id, False)]  # no payments target here
+            (pb.WARNING_LEVEL_CRITICAL, "acct-ring", first.payment_id, False)
+        ]  # no payments target here
         assert [r.code for r in critical.alerts[0].reasons] == ["BLOCK_LISTED_USER"]
         everything = await risk.stub.ListAlerts(pb.ListAlertsRequest())
         assert len(everything.alerts) == 1

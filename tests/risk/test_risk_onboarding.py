@@ -46,7 +46,13 @@ async def test_onboarding_replays_and_validates(databases, tmp_path: Path) -> No
         first = await risk.stub.AssessOnboarding(request)
         assert await risk.stub.AssessOnboarding(request) == first
         with pytest.raises(grpc.aio.AioRpcError) as bad:
-            await risk.stub.AssessOnboarding(onboard("", idempotency_key="", age_years=-1, user_kind="alien",
-                                                     ip_address="x"))
+            await risk.stub.AssessOnboarding(
+                onboard("", idempotency_key="", age_years=-1, user_kind="alien", ip_address="x")
+            )
         assert sorted(field_violations_of(bad.value)) == [
-            "age_years", "idempotency_key", "ip_address", "user_id", "user_kind"]
+            "age_years",
+            "idempotency_key",
+            "ip_address",
+            "user_id",
+            "user_kind",
+        ]

@@ -33,9 +33,14 @@ class SlowRisk(grpc.aio.ServerInterceptor):
 
 
 async def _pay(stub, payer: str, payee: str, idem: str = "") -> pay_pb.Payment:
-    return (await stub.CreatePayment(pay_pb.CreatePaymentRequest(
-        idempotency_key=idem or key(), payer_account_id=payer, payee_account_id=payee,
-        amount=cny(2_000)), timeout=10)).payment
+    return (
+        await stub.CreatePayment(
+            pay_pb.CreatePaymentRequest(
+                idempotency_key=idem or key(), payer_account_id=payer, payee_account_id=payee, amount=cny(2_000)
+            ),
+            timeout=10,
+        )
+    ).payment
 
 
 async def _balance(stub, account: str) -> tuple[int, int]:
@@ -47,8 +52,9 @@ async def _balance(stub, account: str) -> tuple[int, int]:
 async def test_policy_when_risk_is_slow_then_stopped(databases, tmp_path: Path, policy: str) -> None:
     """Past the deadline and with risk stopped, the configured policy decides; with risk healthy it approves."""
     slow = SlowRisk()
-    async with risk_mesh(databases, tmp_path, risk_unavailable_policy=policy, call_timeout_seconds=0.5,
-                         risk_interceptors=[slow]) as mesh:
+    async with risk_mesh(
+        databases, tmp_path, risk_unavailable_policy=policy, call_timeout_seconds=0.5, risk_interceptors=[slow]
+    ) as mesh:
         stub = mesh.pay_stub()
         payer = await open_wallet(stub, owner(), top_up=10_000)
         payee = await open_wallet(stub, owner())
@@ -61,13 +67,19 @@ async def test_policy_when_risk_is_slow_then_stopped(databases, tmp_path: Path, 
         idem = key()
         await mesh.risk.server.server.stop(0)  # risk is gone: connection refused
         held_before = (await _balance(stub, payer))[1]
-        await _expect_policy(stub, policy, payer, payee, idem=idem,
-                             expected_balance=(6_000 - 2_000, held_before + 2_000) if policy == "review"
-                             else (8_000, 0))
+        await _expect_policy(
+            stub,
+            policy,
+            payer,
+            payee,
+            idem=idem,
+            expected_balance=(6_000 - 2_000, held_before + 2_000) if policy == "review" else (8_000, 0),
+        )
 
 
-async def _expect_policy(stub, policy: str, payer: str, payee: str, expected_balance: tuple[int, int],
-                         idem: str = "") -> None:
+async def _expect_policy(
+    stub, policy: str, payer: str, payee: str, expected_balance: tuple[int, int], idem: str = ""
+) -> None:
     if policy == "review":
         held = await _pay(stub, payer, payee, idem)
         assert held.status == pay_pb.PAYMENT_STATUS_IN_REVIEW

@@ -48,17 +48,22 @@ async def test_one_refused_assessment_among_twenty_fails_alone(databases, tmp_pa
             await refuse_rows(risk.app.engine, "assessments", "device_id")
         batches: list[list[str]] = []  # the payment ids of each transaction the writer tried
 
-        async def assess(database: Any, rules: Any, batch: list[PaymentFacts], now: Any,
-                         traces: Any) -> list[Outcome]:
+        async def assess(database: Any, rules: Any, batch: list[PaymentFacts], now: Any, traces: Any) -> list[Outcome]:
             batches.append([f.payment_id for f in batch])
             return await assess_payments(database, rules, batch, now, traces)
 
         writer = AssessmentWriter(risk.app.engine, lambda: risk.app.rules.active.rules, assess=assess)
-        facts = [PaymentFacts(payment_id=uuid.uuid4().hex, payer_user_id=f"user-{i % 4}",
-                              payer_account_id=f"acct-{i % 4}", payee_account_id="acct-payee",
-                              amount=Money("CNY", 1_000 + i),
-                              device_id=poisoned_text(poison) if i == POISONED else f"device-{i}")
-                 for i in range(GOOD + 1)]
+        facts = [
+            PaymentFacts(
+                payment_id=uuid.uuid4().hex,
+                payer_user_id=f"user-{i % 4}",
+                payer_account_id=f"acct-{i % 4}",
+                payee_account_id="acct-payee",
+                amount=Money("CNY", 1_000 + i),
+                device_id=poisoned_text(poison) if i == POISONED else f"device-{i}",
+            )
+            for i in range(GOOD + 1)
+        ]
         try:
             # Queued in one step of the event loop, before the writer's task wakes: one batch takes them all.
             results = await asyncio.gather(*(writer.submit(f) for f in facts), return_exceptions=True)
@@ -69,7 +74,7 @@ async def test_one_refused_assessment_among_twenty_fails_alone(databases, tmp_pa
         ids = [f.payment_id for f in facts]
         assert batches[0] == ids, "the 21 assessments did not share a transaction"
         assert_refused_as_expected(results.pop(POISONED), poison)
-        assert [r.row.payment_id for r in results] == ids[:POISONED] + ids[POISONED + 1:]
+        assert [r.row.payment_id for r in results] == ids[:POISONED] + ids[POISONED + 1 :]
         assert await recorded(risk, ids) == set(ids) - {ids[POISONED]}
         # Asked again, the 20 get their recorded assessments (nothing assessed twice); the poisoned one fails again.
         assert_refused_as_expected(again.pop(POISONED), poison)
@@ -81,10 +86,13 @@ async def test_a_check_the_database_refuses_is_refused_alone_in_assess_payments(
     is refused INTERNAL in its own result, and the call and the other checks stand."""
     async with risk_node(await databases.new("risk"), tmp_path) as risk:
         await refuse_rows(risk.app.engine, "assessments", "device_id")
-        checks = [payment(f"user-{i % 4}", 1_000 + i, device_id=TRIGGER_VALUE if i == POISONED else f"device-{i}")
-                  for i in range(GOOD + 1)]
-        reply = await risk.stub.AssessPayments(pb.AssessPaymentsRequest(
-            checks=[pb.PaymentCheck(payment=check) for check in checks]), timeout=10)
+        checks = [
+            payment(f"user-{i % 4}", 1_000 + i, device_id=TRIGGER_VALUE if i == POISONED else f"device-{i}")
+            for i in range(GOOD + 1)
+        ]
+        reply = await risk.stub.AssessPayments(
+            pb.AssessPaymentsRequest(checks=[pb.PaymentCheck(payment=check) for check in checks]), timeout=10
+        )
 
         kinds = [r.WhichOneof("result") for r in reply.results]
         assert kinds == ["refusal" if i == POISONED else "assessment" for i in range(GOOD + 1)]
@@ -109,8 +117,9 @@ async def test_an_outage_fails_the_whole_assess_payments_call_for_the_channel_to
         servicer.writer = writer = AssessmentWriter(None, lambda: None, assess=unreachable)  # type: ignore[arg-type]
         try:
             with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await risk.stub.AssessPayments(pb.AssessPaymentsRequest(
-                    checks=[pb.PaymentCheck(payment=payment()) for _ in range(5)]), timeout=10)
+                await risk.stub.AssessPayments(
+                    pb.AssessPaymentsRequest(checks=[pb.PaymentCheck(payment=payment()) for _ in range(5)]), timeout=10
+                )
         finally:
             await writer.stop()
         assert (raised.value.code(), reason_of(raised.value)) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")

@@ -20,8 +20,13 @@ from tests.risk.harness import payment, risk_node, rules_yaml, write_atomically
 # Three payments per user per minute; the fourth trips the rule, whichever replica sees it.
 TIGHT_VELOCITY = [
     {"code": "VELOCITY_USER_COUNT", "subject": "user", "window_seconds": 60, "max_count": 3, "score": 50},
-    {"code": "VELOCITY_DEVICE_AMOUNT", "subject": "device", "window_seconds": 60, "max_amount": {"CNY": 250_000},
-     "score": 50},
+    {
+        "code": "VELOCITY_DEVICE_AMOUNT",
+        "subject": "device",
+        "window_seconds": 60,
+        "max_amount": {"CNY": 250_000},
+        "score": 50,
+    },
 ]
 
 
@@ -29,13 +34,21 @@ TIGHT_VELOCITY = [
 def risk_process(url: str, rules_file: Path, data_dir: Path, issuer: Issuer) -> Iterator[str]:
     """`finmesh.risk.main` as a child process (auth enforced, keys from `issuer`); yields its target once it
     reports its port."""
-    env = {**os.environ, "FINMESH_AUTH_MODE": "enforce", "FINMESH_IDENTITY_TARGET": issuer.target,
-           "FINMESH_SERVICE_SECRET": SERVICE_SECRET, "FINMESH_DATABASE_URL": url,
-           "FINMESH_RISK_RULES_FILE": str(rules_file),
-           "FINMESH_PORT": "0", "FINMESH_DATA_DIR": str(data_dir), "FINMESH_TRACING_ENABLED": "false",
-           "FINMESH_SHUTDOWN_GRACE_SECONDS": "0.5"}
-    proc = subprocess.Popen([sys.executable, "-m", "finmesh.risk.main"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "FINMESH_AUTH_MODE": "enforce",
+        "FINMESH_IDENTITY_TARGET": issuer.target,
+        "FINMESH_SERVICE_SECRET": SERVICE_SECRET,
+        "FINMESH_DATABASE_URL": url,
+        "FINMESH_RISK_RULES_FILE": str(rules_file),
+        "FINMESH_PORT": "0",
+        "FINMESH_DATA_DIR": str(data_dir),
+        "FINMESH_TRACING_ENABLED": "false",
+        "FINMESH_SHUTDOWN_GRACE_SECONDS": "0.5",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finmesh.risk.main"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -82,7 +95,9 @@ async def test_concurrent_replicas_never_both_approve_past_the_limit(databases, 
     url = await databases.new("risk")
     rules_file = tmp_path / "rules.yaml"
     write_atomically(rules_file, rules_yaml("shared-2", velocity=TIGHT_VELOCITY))
-    async with risk_node(url, tmp_path, risk_rules_file=str(rules_file)) as a, \
-            risk_node(url, tmp_path, risk_rules_file=str(rules_file)) as b:
+    async with (
+        risk_node(url, tmp_path, risk_rules_file=str(rules_file)) as a,
+        risk_node(url, tmp_path, risk_rules_file=str(rules_file)) as b,
+    ):
         results = await asyncio.gather(*((a if i % 2 else b).assess(payment("racer", 1_000)) for i in range(10)))
         assert sorted(r.decision for r in results) == [pb.DECISION_APPROVE] * 3 + [pb.DECISION_REVIEW] * 7

@@ -102,8 +102,10 @@ async def test_update_rules_reaches_every_replica_and_survives_restart(databases
     url = await databases.new("risk")
     rules_file = tmp_path / "rules.yaml"
     write_atomically(rules_file, rules_yaml("file-1"))
-    async with risk_node(url, tmp_path, risk_rules_file=str(rules_file)) as a, \
-            risk_node(url, tmp_path, risk_rules_file=str(rules_file)) as b:
+    async with (
+        risk_node(url, tmp_path, risk_rules_file=str(rules_file)) as a,
+        risk_node(url, tmp_path, risk_rules_file=str(rules_file)) as b,
+    ):
         source = rules_yaml("rpc-1", amount=REVIEW_FROM_1000_CNY)
         idem = key()
         reply = await a.stub.UpdateRules(pb.UpdateRulesRequest(idempotency_key=idem, source=source))
@@ -121,24 +123,30 @@ async def test_update_rules_refuses_bad_sources(databases, tmp_path: Path) -> No
     """Broken rules are INVALID_ARGUMENT naming each field; a reused version with new content is refused."""
     async with risk_node(await databases.new("risk"), tmp_path) as risk:
         active = (await risk.stub.GetRules(pb.GetRulesRequest())).version
-        bad = rules_yaml("bad-1", velocity=[{"code": "V1", "subject": "planet", "window_seconds": 0,
-                                             "max_count": 3, "score": 10}])
+        bad = rules_yaml(
+            "bad-1", velocity=[{"code": "V1", "subject": "planet", "window_seconds": 0, "max_count": 3, "score": 10}]
+        )
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await risk.stub.UpdateRules(pb.UpdateRulesRequest(idempotency_key=key(), source=bad))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert sorted(field_violations_of(refused.value)) == [
-            "source.velocity[0].code", "source.velocity[0].subject", "source.velocity[0].window_seconds"]
+            "source.velocity[0].code",
+            "source.velocity[0].subject",
+            "source.velocity[0].window_seconds",
+        ]
 
-        money_as_float = rules_yaml("bad-2", amount=[{"code": "AMOUNT_LARGE", "score": 40,
-                                                      "at_least": {"CNY": 50000.00}}])
+        money_as_float = rules_yaml(
+            "bad-2", amount=[{"code": "AMOUNT_LARGE", "score": 40, "at_least": {"CNY": 50000.00}}]
+        )
         with pytest.raises(grpc.aio.AioRpcError) as floats:
             await risk.stub.UpdateRules(pb.UpdateRulesRequest(idempotency_key=key(), source=money_as_float))
         assert field_violations_of(floats.value) == ["source.amount[0].at_least.CNY"]
 
         await risk.stub.UpdateRules(pb.UpdateRulesRequest(idempotency_key=key(), source=rules_yaml("v-9")))
         with pytest.raises(grpc.aio.AioRpcError) as conflict:
-            await risk.stub.UpdateRules(pb.UpdateRulesRequest(
-                idempotency_key=key(), source=rules_yaml("v-9", amount=REVIEW_FROM_1000_CNY)))
+            await risk.stub.UpdateRules(
+                pb.UpdateRulesRequest(idempotency_key=key(), source=rules_yaml("v-9", amount=REVIEW_FROM_1000_CNY))
+            )
         assert conflict.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert reason_of(conflict.value) == "RULES_VERSION_CONFLICT"
         assert (await risk.stub.GetRules(pb.GetRulesRequest())).version == "v-9" != active

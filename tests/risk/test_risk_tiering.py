@@ -92,23 +92,44 @@ class Tiering:
     async def customer(self) -> tuple[str, str]:
         """A registered identity user with a wallet: (user id, account id)."""
         person = new_person()
-        user = (await self.ids.RegisterUser(id_pb.RegisterUserRequest(
-            idempotency_key=key(), kind=id_pb.USER_KIND_PERSONAL, legal_name=person.legal_name,
-            id_number=person.id_number, phone=person.phone, email=person.email, password="correct horse battery",
-            locale="zh-CN"))).user.user_id
+        user = (
+            await self.ids.RegisterUser(
+                id_pb.RegisterUserRequest(
+                    idempotency_key=key(),
+                    kind=id_pb.USER_KIND_PERSONAL,
+                    legal_name=person.legal_name,
+                    id_number=person.id_number,
+                    phone=person.phone,
+                    email=person.email,
+                    password="correct horse battery",
+                    locale="zh-CN",
+                )
+            )
+        ).user.user_id
         owner = await self.token(user_claims(Subject(user, ("PERSONAL",), "LOW", True), int(time.time()), 600))
-        account = (await self.pay.OpenAccount(pay_pb.OpenAccountRequest(
-            idempotency_key=key(), owner_id=user, kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code="CNY"),
-            metadata=owner)).account.account_id
+        account = (
+            await self.pay.OpenAccount(
+                pay_pb.OpenAccountRequest(
+                    idempotency_key=key(), owner_id=user, kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code="CNY"
+                ),
+                metadata=owner,
+            )
+        ).account.account_id
         return user, account
 
     async def critical(self, user: str, account: str) -> None:
         """Block-list the user, then a payment of theirs: a critical warning opens an incident."""
-        await self.risk.AddBlockListEntry(pb.AddBlockListEntryRequest(
-            idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_USER, value=user, reason="confirmed fraud"),
-            metadata=await self.officer())
-        assessed = await self.risk.AssessPayment(payment(user, payer_account_id=account, amount=cny(1_000)),
-                                                 metadata=await self.payments_service(), timeout=10)
+        await self.risk.AddBlockListEntry(
+            pb.AddBlockListEntryRequest(
+                idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_USER, value=user, reason="confirmed fraud"
+            ),
+            metadata=await self.officer(),
+        )
+        assessed = await self.risk.AssessPayment(
+            payment(user, payer_account_id=account, amount=cny(1_000)),
+            metadata=await self.payments_service(),
+            timeout=10,
+        )
         assert assessed.assessment.warning_level == pb.WARNING_LEVEL_CRITICAL
 
     async def tier(self, user: str) -> int:
@@ -138,17 +159,23 @@ async def tier_changes(mesh: Tiering, user: str) -> list[dict[str, Any]]:
     engine = create_engine(mesh.urls["identity"])
     try:
         async with engine.connect() as conn:
-            rows = await conn.execute(select(identity_outbox.c.payload).where(
-                identity_outbox.c.event_type == TIER_CHANGED, identity_outbox.c.aggregate_id == user))
+            rows = await conn.execute(
+                select(identity_outbox.c.payload).where(
+                    identity_outbox.c.event_type == TIER_CHANGED, identity_outbox.c.aggregate_id == user
+                )
+            )
             return [dict(r.payload) for r in rows]
     finally:
         await engine.dispose()
 
 
 async def freezes(mesh: Tiering, account: str) -> int:
-    return await count(mesh.urls["payments"], payments_outbox,
-                       payments_outbox.c.event_type == "payments.account.frozen.v1",
-                       payments_outbox.c.aggregate_id == account)
+    return await count(
+        mesh.urls["payments"],
+        payments_outbox,
+        payments_outbox.c.event_type == "payments.account.frozen.v1",
+        payments_outbox.c.aggregate_id == account,
+    )
 
 
 @asynccontextmanager
@@ -159,23 +186,37 @@ async def tiering_mesh(databases: Any, tmp: Path) -> AsyncIterator[Tiering]:
     urls = {name: await databases.new(name) for name in ports}
 
     def common(name: str) -> dict[str, Any]:
-        return {"host": "127.0.0.1", "port": ports[name], "data_dir": tmp / name, "database_url": urls[name],
-                "shutdown_grace_seconds": 0.5, "auth_mode": "enforce", "service_name": name,
-                "service_secret": SERVICE_SECRET, "identity_target": targets["identity"]}
+        return {
+            "host": "127.0.0.1",
+            "port": ports[name],
+            "data_dir": tmp / name,
+            "database_url": urls[name],
+            "shutdown_grace_seconds": 0.5,
+            "auth_mode": "enforce",
+            "service_name": name,
+            "service_secret": SERVICE_SECRET,
+            "identity_target": targets["identity"],
+        }
 
     settings: dict[str, Any] = {
-        "identity": identity_settings(tmp / "identity", urls["identity"], port=ports["identity"],
-                                      notify_target=targets["notify"]),
+        "identity": identity_settings(
+            tmp / "identity", urls["identity"], port=ports["identity"], notify_target=targets["notify"]
+        ),
         "notify": ServiceSettings(**common("notify")),
-        "risk": RiskSettings(**common("risk"), payments_target=targets["payments"], notify_target=targets["notify"],
-                             risk_rules_poll_seconds=0.1, risk_emergency_poll_seconds=0.1),
-        "payments": PaymentsSettings(**common("payments"), risk_target=targets["risk"],
-                                     notify_target=targets["notify"]),
+        "risk": RiskSettings(
+            **common("risk"),
+            payments_target=targets["payments"],
+            notify_target=targets["notify"],
+            risk_rules_poll_seconds=0.1,
+            risk_emergency_poll_seconds=0.1,
+        ),
+        "payments": PaymentsSettings(
+            **common("payments"), risk_target=targets["risk"], notify_target=targets["notify"]
+        ),
     }
     async with AsyncExitStack() as stack:
         mesh = Tiering(settings, urls, {})
-        for name, build in (("notify", notify_app.build), ("risk", risk_app.build),
-                            ("payments", payments_app.build)):
+        for name, build in (("notify", notify_app.build), ("risk", risk_app.build), ("payments", payments_app.build)):
             app = await build(settings[name])
             stack.push_async_callback(app.close)
             server = await start_app(app, settings[name])
@@ -195,15 +236,20 @@ async def test_an_incident_raises_the_payers_tier_once(databases, tmp_path: Path
     async with tiering_mesh(databases, tmp_path) as mesh:
         user, account = await mesh.customer()
         await mesh.critical(user, account)
-        await mesh.risk.AssessPayment(payment(user, payer_account_id=account), timeout=10,
-                                      metadata=await mesh.payments_service())
-        await wait_until(lambda: count(mesh.urls["risk"], alerts, alerts.c.emergency_response_done.is_(True)),
-                         timeout=15)
+        await mesh.risk.AssessPayment(
+            payment(user, payer_account_id=account), timeout=10, metadata=await mesh.payments_service()
+        )
+        await wait_until(
+            lambda: count(mesh.urls["risk"], alerts, alerts.c.emergency_response_done.is_(True)), timeout=15
+        )
         assert await mesh.tier(user) == id_pb.RISK_TIER_HIGH
 
         row = await incident(mesh.urls["risk"], user)
-        channel = open_channel(f"127.0.0.1:{mesh.settings['identity'].port}", mesh.settings["risk"],
-                               idempotent_methods=IDENTITY_IDEMPOTENT_METHODS)
+        channel = open_channel(
+            f"127.0.0.1:{mesh.settings['identity'].port}",
+            mesh.settings["risk"],
+            idempotent_methods=IDENTITY_IDEMPOTENT_METHODS,
+        )
         try:
             await IdentityClient(channel).raise_tier(user, tier_key(row.alert_id), timeout=5)
         finally:
@@ -221,24 +267,34 @@ async def test_identity_down_the_tier_is_retried_until_it_answers(databases, tmp
     async with tiering_mesh(databases, tmp_path) as mesh:
         warm_user, warm_account = await mesh.customer()  # a first incident: risk now holds a service token
         await mesh.critical(warm_user, warm_account)
-        await wait_until(lambda: count(mesh.urls["risk"], alerts, alerts.c.emergency_response_done.is_(True)),
-                         timeout=15)
+        await wait_until(
+            lambda: count(mesh.urls["risk"], alerts, alerts.c.emergency_response_done.is_(True)), timeout=15
+        )
         user, account = await mesh.customer()
         officer, payments_token = await mesh.officer(), await mesh.payments_service()
-        await mesh.risk.AddBlockListEntry(pb.AddBlockListEntryRequest(
-            idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_USER, value=user, reason="confirmed fraud"),
-            metadata=officer)
+        await mesh.risk.AddBlockListEntry(
+            pb.AddBlockListEntryRequest(
+                idempotency_key=key(), kind=pb.BLOCK_LIST_KIND_USER, value=user, reason="confirmed fraud"
+            ),
+            metadata=officer,
+        )
 
         await mesh.stop_identity()
         await mesh.risk.AssessPayment(payment(user, payer_account_id=account), metadata=payments_token, timeout=10)
 
         async def frozen_and_retrying() -> bool:
             row = await incident(mesh.urls["risk"], user)
-            return (row is not None and row.frozen_at is not None and row.attempts >= 2
-                    and row.tier_raised_at is None and row.last_error.startswith("tier:"))
+            return (
+                row is not None
+                and row.frozen_at is not None
+                and row.attempts >= 2
+                and row.tier_raised_at is None
+                and row.last_error.startswith("tier:")
+            )
 
         await wait_until(frozen_and_retrying, timeout=15)
         await mesh.start_identity()
+
         async def both_done() -> bool:
             return await count(mesh.urls["risk"], alerts, alerts.c.emergency_response_done.is_(True)) == 2
 
@@ -257,9 +313,17 @@ async def test_a_user_identity_does_not_know_parks_the_incident_after_the_freeze
     async with tiering_mesh(databases, tmp_path) as mesh:
         stranger = str(uuid.uuid4())  # holds a token and a wallet, but identity never registered them
         owner = await mesh.token(user_claims(Subject(stranger, ("PERSONAL",), "LOW", True), int(time.time()), 600))
-        account = (await mesh.pay.OpenAccount(pay_pb.OpenAccountRequest(
-            idempotency_key=key(), owner_id=stranger, kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET,
-            currency_code="CNY"), metadata=owner)).account.account_id
+        account = (
+            await mesh.pay.OpenAccount(
+                pay_pb.OpenAccountRequest(
+                    idempotency_key=key(),
+                    owner_id=stranger,
+                    kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET,
+                    currency_code="CNY",
+                ),
+                metadata=owner,
+            )
+        ).account.account_id
         await mesh.critical(stranger, account)
         await wait_until(lambda: count(mesh.urls["risk"], alerts, alerts.c.parked.is_(True)), timeout=15)
         row = await incident(mesh.urls["risk"], stranger)

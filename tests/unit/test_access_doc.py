@@ -11,4 +11,5 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "ACCESS.md"
 
 def test_access_doc_matches_the_role_table() -> None:
     assert DOC.read_text() == markdown(), (
-        "docs/ACCESS.md is stale: run `.venv/bin/python -m finmesh.cli.access > docs/ACCESS.md` and commit it")
+        "docs/ACCESS.md is stale: run `.venv/bin/python -m finmesh.cli.access > docs/ACCESS.md` and commit it"
+    )

@@ -29,8 +29,9 @@ class Callee:
         await self.gate.wait()
         return item * 10
 
-    async def many(self, items: list[int], contexts: list[contextvars.Context],
-                   timeout: float) -> Sequence[int | BaseException]:
+    async def many(
+        self, items: list[int], contexts: list[contextvars.Context], timeout: float
+    ) -> Sequence[int | BaseException]:
         self.batches.append(items)
         self.batch_callers.append([c.run(caller.get) for c in contexts])
         await self.gate.wait()

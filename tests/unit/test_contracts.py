@@ -19,8 +19,12 @@ SERVICES = [
 METHODS = [m for s in SERVICES for m in s.methods]
 READS = ("Get", "List", "Verify")
 # Mutating RPCs whose natural id is their idempotency key.
-KEYED_BY_OWN_ID = {"AssessPayment": "payment_id", "AssessPayments": "checks", "DeliverEvent": "event",
-                   "DeliverEvents": "events"}
+KEYED_BY_OWN_ID = {
+    "AssessPayment": "payment_id",
+    "AssessPayments": "checks",
+    "DeliverEvent": "event",
+    "DeliverEvents": "events",
+}
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.full_name)

@@ -15,14 +15,17 @@ class _Context:
         return self._remaining
 
 
-@pytest.mark.parametrize(("remaining", "expected"), [
-    (None, 2.0),    # no caller deadline: our own default
-    (10.0, 2.0),    # plenty left: capped at the default
-    (0.3, 0.225),   # a quarter kept for the reply (e.g. committing a hold after risk timed out)
-    (0.1, 0.05),    # at least 50 ms kept
-    (1.6, 1.35),    # at most 250 ms kept
-    (0.02, 0.001),  # nothing left: fail fast downstream, never a negative timeout
-])
+@pytest.mark.parametrize(
+    ("remaining", "expected"),
+    [
+        (None, 2.0),  # no caller deadline: our own default
+        (10.0, 2.0),  # plenty left: capped at the default
+        (0.3, 0.225),  # a quarter kept for the reply (e.g. committing a hold after risk timed out)
+        (0.1, 0.05),  # at least 50 ms kept
+        (1.6, 1.35),  # at most 250 ms kept
+        (0.02, 0.001),  # nothing left: fail fast downstream, never a negative timeout
+    ],
+)
 def test_the_downstream_call_leaves_the_caller_time_for_the_reply(remaining, expected) -> None:
     assert remaining_timeout(_Context(remaining), 2.0) == pytest.approx(expected)
 

@@ -38,8 +38,9 @@ def _request_types() -> Iterator[Descriptor]:
                             yield method.input_type
 
 
-def _text_fields(descriptor: Descriptor, path: str = "", seen: frozenset[str] = frozenset()) -> Iterator[
-        tuple[str, FieldDescriptor]]:
+def _text_fields(
+    descriptor: Descriptor, path: str = "", seen: frozenset[str] = frozenset()
+) -> Iterator[tuple[str, FieldDescriptor]]:
     """Every string, bytes, map and Struct field a request of this type can carry, by path."""
     if descriptor.full_name in seen:
         return
@@ -77,14 +78,18 @@ def test_every_request_string_and_bytes_field_declares_its_bound() -> None:
 
 def test_batch_items_are_left_to_their_handler_and_bounded_all_the_same() -> None:
     """per_item fields: the guard skips them (a bad item gets its own refusal), their items still declare rules."""
-    for message, field in ((notify_pb.DeliverEventsRequest, "events"), (risk_pb.AssessPaymentsRequest, "checks"),
-                           (pay_pb.BatchCreateTransfersRequest, "transfers")):
+    for message, field in (
+        (notify_pb.DeliverEventsRequest, "events"),
+        (risk_pb.AssessPaymentsRequest, "checks"),
+        (pay_pb.BatchCreateTransfersRequest, "transfers"),
+    ):
         assert rules_of(message.DESCRIPTOR.fields_by_name[field]).per_item
         assert [s.name for s in checker_for(message.DESCRIPTOR).steps if s.name == field] == []
     events = notify_pb.DeliverEventsRequest(events=[event_pb2.Event(event_id="e" * 37)])
     checker_for(notify_pb.DeliverEventsRequest.DESCRIPTOR).check(events)  # the guard lets it through
     assert checker_for(event_pb2.Event.DESCRIPTOR).violations(events.events[0], "events[0].") == [
-        FieldViolation("events[0].event_id", "too long: at most 36 characters")]
+        FieldViolation("events[0].event_id", "too long: at most 36 characters")
+    ]
 
 
 def _violations(request: object) -> list[tuple[str, str]]:
@@ -95,8 +100,12 @@ def _violations(request: object) -> list[tuple[str, str]]:
 
 def test_over_bound_fields_are_named_by_path_without_their_value() -> None:
     request = pay_pb.CreatePaymentRequest(
-        idempotency_key="k", payer_account_id="p" * 1_000_000, payee_account_id="q" * 65,
-        risk_context=pay_pb.RiskContext(device_id="d" * 65), description="d" * 201)
+        idempotency_key="k",
+        payer_account_id="p" * 1_000_000,
+        payee_account_id="q" * 65,
+        risk_context=pay_pb.RiskContext(device_id="d" * 65),
+        description="d" * 201,
+    )
     found = _violations(request)
     assert [f for f, _ in found] == ["payer_account_id", "payee_account_id", "description", "risk_context.device_id"]
     assert all(len(d) < 100 for _, d in found)
@@ -110,9 +119,13 @@ def test_over_bound_fields_are_named_by_path_without_their_value() -> None:
 
 def test_values_at_their_bound_pass() -> None:
     request = pay_pb.CreatePaymentRequest(
-        idempotency_key="k" * 128, payer_account_id="p" * 64, payee_account_id="q" * 64, description="多" * 200,
+        idempotency_key="k" * 128,
+        payer_account_id="p" * 64,
+        payee_account_id="q" * 64,
+        description="多" * 200,
         amount=pay_pb.CreatePaymentRequest().amount.__class__(currency_code="CNY", minor_units=1),
-        risk_context=pay_pb.RiskContext(device_id="d" * 64, ip_address="2001:db8::1", ip_country="CN"))
+        risk_context=pay_pb.RiskContext(device_id="d" * 64, ip_address="2001:db8::1", ip_country="CN"),
+    )
     checker_for(request.DESCRIPTOR).check(request)
 
 
@@ -123,15 +136,18 @@ def test_violations_are_capped() -> None:
 
 @pytest.mark.parametrize("value", ["a\x00b", "\x00"])
 def test_nul_is_refused_in_every_kind_of_string(value: str) -> None:
-    for request, field in ((pay_pb.CreatePaymentRequest(payee_account_id=value), "payee_account_id"),
-                           (pay_pb.CreatePaymentRequest(description=value), "description"),
-                           (pay_pb.PayoutRequest(destination_token=value), "destination_token"),
-                           (risk_pb.UpdateRulesRequest(source=value), "source"),
-                           (pay_pb.CreatePaymentRequest().__class__(), None)):
+    for request, field in (
+        (pay_pb.CreatePaymentRequest(payee_account_id=value), "payee_account_id"),
+        (pay_pb.CreatePaymentRequest(description=value), "description"),
+        (pay_pb.PayoutRequest(destination_token=value), "destination_token"),
+        (risk_pb.UpdateRulesRequest(source=value), "source"),
+        (pay_pb.CreatePaymentRequest().__class__(), None),
+    ):
         if field is None:
             continue
         assert [f for f, _ in _violations(request)] == [field]
     from finmesh.identity.v1 import identity_service_pb2 as id_pb
+
     assert [f for f, _ in _violations(id_pb.LoginRequest(login="a@b.cn", password=value))] == ["password"]
 
 
@@ -145,8 +161,9 @@ def test_lone_surrogates_never_reach_a_handler() -> None:
         pay_pb.CreatePaymentRequest.FromString(wire)
 
 
-@pytest.mark.parametrize("text", ["red \x1b[31malert", "bell\x07", "left\u202eright", "iso\u2066late", "c1\x85",
-                                  "del\x7f", "form\x0cfeed"])
+@pytest.mark.parametrize(
+    "text", ["red \x1b[31malert", "bell\x07", "left\u202eright", "iso\u2066late", "c1\x85", "del\x7f", "form\x0cfeed"]
+)
 def test_free_text_refuses_control_characters_escapes_and_bidi_overrides(text: str) -> None:
     found = _violations(pay_pb.CreatePaymentRequest(description=text))
     assert [f for f, _ in found] == ["description"]
@@ -165,8 +182,16 @@ def test_identifiers_refuse_line_breaks_and_format_characters() -> None:
         assert [f for f, _ in _violations(pay_pb.GetAccountRequest(account_id=value))] == ["account_id"]
 
 
-@pytest.mark.parametrize("token", ["4111111111111111", "4111 1111 1111 1111", "4111-1111-1111-1111",
-                                   "tok_5500005555555559", "３７８２８２２４６３１０００５"])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "4111111111111111",
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "tok_5500005555555559",
+        "３７８２８２２４６３１０００５",
+    ],
+)
 def test_tokens_refuse_card_numbers(token: str) -> None:
     found = _violations(pay_pb.PayoutRequest(destination_token=token))
     assert found == [("destination_token", "must not be a card number: send the channel's token for it")]
@@ -217,8 +242,11 @@ def _trailer_size(status: object) -> int:
 
 def test_error_details_carry_only_an_excerpt_of_caller_input() -> None:
     huge = "x" * 1_000_000
-    not_found = to_status(NotFound("ACCOUNT_NOT_FOUND", f"account {huge} not found", account_id=huge,
-                                   **{f"k{i}": huge for i in range(100)}))
+    not_found = to_status(
+        NotFound(
+            "ACCOUNT_NOT_FOUND", f"account {huge} not found", account_id=huge, **{f"k{i}": huge for i in range(100)}
+        )
+    )
     invalid = to_status(InvalidArgument([FieldViolation(huge, huge)] * 1000, message=huge))
     for status in (not_found, invalid):
         assert _trailer_size(status) < 8 * 1024, _trailer_size(status)

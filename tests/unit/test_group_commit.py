@@ -51,7 +51,7 @@ async def test_one_bad_item_fails_alone_and_the_others_commit_in_order(size: int
     ledger = Ledger(bad={str(bad)})
     results = await commit_apart(items, ledger.commit, writer="test")
     assert isinstance(results[bad], Rejected)
-    assert results[:bad] + results[bad + 1:] == [f"ok {i}" for i in items if i != str(bad)]
+    assert results[:bad] + results[bad + 1 :] == [f"ok {i}" for i in items if i != str(bad)]
     assert ledger.committed == [i for i in items if i != str(bad)]  # in the order they came
     # Halves: the failed batch, then two transactions per level of the split at most (each item alone: size + 1).
     assert len(ledger.transactions) <= 1 + 2 * math.ceil(math.log2(size))
@@ -72,7 +72,13 @@ async def test_items_that_clash_with_each_other_commit_the_first_and_refuse_the_
     ledger = Ledger()
     results = await commit_apart(items, ledger.commit, writer="test")
     assert [type(r).__name__ if isinstance(r, Exception) else r for r in results] == [
-        "ok a", "ok k#1", "ok b", "ok c", "Rejected", "ok d"]
+        "ok a",
+        "ok k#1",
+        "ok b",
+        "ok c",
+        "Rejected",
+        "ok d",
+    ]
     assert ledger.committed == ["a", "k", "b", "c", "d"]
 
 
@@ -103,17 +109,21 @@ def _asyncpg_argument_error() -> DBAPIError:
     return DBAPIError("INSERT ...", {}, adapter)
 
 
-@pytest.mark.parametrize(("error", "refused"), [
-    (_database_error("22021"), True),            # PostgreSQL: a NUL in text
-    (_database_error("22003"), True),            # a number out of range
-    (_asyncpg_argument_error(), True),           # an unpaired surrogate, refused by asyncpg
-    ("\ud800".encode, True),                     # the same, refused by sqlite3 as UnicodeEncodeError
-    (_database_error("23505", IntegrityError), False),  # a constraint a bug violated
-    (_database_error("57P01"), False),           # the server went away: transient
-    (RuntimeError("a bug"), False),
-])
+@pytest.mark.parametrize(
+    ("error", "refused"),
+    [
+        (_database_error("22021"), True),  # PostgreSQL: a NUL in text
+        (_database_error("22003"), True),  # a number out of range
+        (_asyncpg_argument_error(), True),  # an unpaired surrogate, refused by asyncpg
+        ("\ud800".encode, True),  # the same, refused by sqlite3 as UnicodeEncodeError
+        (_database_error("23505", IntegrityError), False),  # a constraint a bug violated
+        (_database_error("57P01"), False),  # the server went away: transient
+        (RuntimeError("a bug"), False),
+    ],
+)
 async def test_an_item_that_fails_alone_gets_invalid_argument_only_for_a_value_no_database_holds(
-        error: object, refused: bool) -> None:
+    error: object, refused: bool
+) -> None:
     if callable(error):
         try:
             error()

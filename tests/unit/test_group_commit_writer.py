@@ -37,8 +37,9 @@ async def test_items_submitted_together_share_a_transaction_and_each_caller_gets
     try:
         first = asyncio.create_task(writer.submit("first"))
         await asyncio.sleep(0)  # the first goes alone: nothing else was queued
-        results = await asyncio.gather(first, *(writer.submit(i) for i in ["a", "refused", "b"]),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            first, *(writer.submit(i) for i in ["a", "refused", "b"]), return_exceptions=True
+        )
         assert [str(r) for r in results] == ["ok first", "ok a", "refused", "ok b"]
         assert isinstance(results[2], ValueError)
         assert fake.batches == [["first"], ["a", "refused", "b"]]
@@ -84,8 +85,9 @@ async def test_each_item_carries_its_callers_trace_context_and_the_lanes_run_in_
     with tracer.start_as_current_span("starter"):
         writer.start()
     try:
-        context = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
-            0x1234, 0x5678, is_remote=True, trace_flags=trace.TraceFlags(1))))
+        context = trace.set_span_in_context(
+            trace.NonRecordingSpan(trace.SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=trace.TraceFlags(1)))
+        )
         token = otel_context.attach(context)
         try:
             assert await writer.submit("traced") == "ok traced"

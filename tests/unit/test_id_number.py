@@ -21,12 +21,15 @@ def test_lower_case_x_is_normalised() -> None:
     assert parse_id_number("11010519491231002x", TODAY).value == "11010519491231002X"
 
 
-@pytest.mark.parametrize(("number", "why"), [
-    ("110105194912310021", "check digit"),
-    ("11010519491231002", "18 characters"),
-    ("110105194902300021", "calendar date"),  # 30 February
-    ("1101051949123100２X", "17 digits"),  # a full-width digit
-])
+@pytest.mark.parametrize(
+    ("number", "why"),
+    [
+        ("110105194912310021", "check digit"),
+        ("11010519491231002", "18 characters"),
+        ("110105194902300021", "calendar date"),  # 30 February
+        ("1101051949123100２X", "17 digits"),  # a full-width digit
+    ],
+)
 def test_invalid_numbers_are_refused_with_reason(number: str, why: str) -> None:
     with pytest.raises(IdNumberError, match=why):
         parse_id_number(number, TODAY)

@@ -52,8 +52,9 @@ async def engine(databases) -> AsyncIterator[AsyncEngine]:  # type: ignore[no-un
     await engine.dispose()
 
 
-async def _effect(engine: AsyncEngine, store: IdempotencyStore, request: pb.SendNotificationRequest,
-                  commit_only: bool = False) -> pb.SendNotificationResponse:
+async def _effect(
+    engine: AsyncEngine, store: IdempotencyStore, request: pb.SendNotificationRequest, commit_only: bool = False
+) -> pb.SendNotificationResponse:
     async def operation(conn):  # type: ignore[no-untyped-def]
         effect_id = str(uuid.uuid4())
         await conn.execute(insert(effects).values(effect_id=effect_id))
@@ -68,10 +69,17 @@ async def _previous_release_writes(engine: AsyncEngine, request: pb.SendNotifica
     """What the previous release stores: a row of (method, key) with no scope (it knows no such column)."""
     reply = pb.SendNotificationResponse(notification=pb.Notification(notification_id=answer_id))
     async with engine.begin() as conn:
-        await conn.execute(insert(tables.legacy).values(
-            method=METHOD, key=request.idempotency_key, request_hash=request_fingerprint(request),
-            response=reply.SerializeToString(deterministic=True), refusal=None, status_code=0,
-            created_at=datetime.now(UTC)))
+        await conn.execute(
+            insert(tables.legacy).values(
+                method=METHOD,
+                key=request.idempotency_key,
+                request_hash=request_fingerprint(request),
+                response=reply.SerializeToString(deterministic=True),
+                refusal=None,
+                status_code=0,
+                created_at=datetime.now(UTC),
+            )
+        )
 
 
 async def _previous_release_reads(engine: AsyncEngine, key: str) -> bytes | None:

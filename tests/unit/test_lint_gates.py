@@ -47,8 +47,9 @@ def test_mypy_is_strict_in_a_domain_and_default_elsewhere(tmp_path: Path) -> Non
         folder.mkdir(parents=True)
         (folder / "planted.py").write_text(body)
     config = str(ROOT / "pyproject.toml")
-    domain = run("mypy", "--config-file", config, "--no-incremental", "finmesh/payments/domain/planted.py",
-                 cwd=tmp_path)
+    domain = run(
+        "mypy", "--config-file", config, "--no-incremental", "finmesh/payments/domain/planted.py", cwd=tmp_path
+    )
     api = run("mypy", "--config-file", config, "--no-incremental", "finmesh/payments/api/planted.py", cwd=tmp_path)
     assert domain.returncode == 1 and "no-untyped-def" in domain.stdout and "return-value" in domain.stdout
     assert api.returncode == 1 and "return-value" in api.stdout and "no-untyped-def" not in api.stdout
@@ -57,17 +58,26 @@ def test_mypy_is_strict_in_a_domain_and_default_elsewhere(tmp_path: Path) -> Non
 DOMAIN = "services/payments/finmesh/payments/domain"
 
 
-@pytest.mark.parametrize(("folder", "plant", "contract"), [
-    (DOMAIN, "import sqlalchemy\n", "Domain rules import no protobuf, gRPC, SQLAlchemy or I/O"),
-    (DOMAIN, "from finmesh.risk import config\n", "Services never import each other"),
-    (DOMAIN, "from finmesh.payments.api import convert\n", "Layers only point down"),
-    ("services/payments/finmesh/payments/api", "import sqlalchemy\n", "api/ holds no SQL"),
-    ("libs/platform/finmesh/platform/storage", "import finmesh.payments.app\n",
-     "The platform never imports a service or a tool"),
-    ("libs/platform/finmesh/platform/privacy", "from finmesh.platform.rpc import server\n", "Platform layers"),
-    ("tools/finmesh/cli", "from finmesh.payments.store import schema\n",
-     "Tools and benchmarks use services' public modules only"),
-])
+@pytest.mark.parametrize(
+    ("folder", "plant", "contract"),
+    [
+        (DOMAIN, "import sqlalchemy\n", "Domain rules import no protobuf, gRPC, SQLAlchemy or I/O"),
+        (DOMAIN, "from finmesh.risk import config\n", "Services never import each other"),
+        (DOMAIN, "from finmesh.payments.api import convert\n", "Layers only point down"),
+        ("services/payments/finmesh/payments/api", "import sqlalchemy\n", "api/ holds no SQL"),
+        (
+            "libs/platform/finmesh/platform/storage",
+            "import finmesh.payments.app\n",
+            "The platform never imports a service or a tool",
+        ),
+        ("libs/platform/finmesh/platform/privacy", "from finmesh.platform.rpc import server\n", "Platform layers"),
+        (
+            "tools/finmesh/cli",
+            "from finmesh.payments.store import schema\n",
+            "Tools and benchmarks use services' public modules only",
+        ),
+    ],
+)
 def test_import_linter_refuses_a_broken_contract(folder: str, plant: str, contract: str) -> None:
     planted = ROOT / folder / "_planted_import_violation.py"
     try:

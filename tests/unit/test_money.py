@@ -15,13 +15,16 @@ def test_parse_amount_accepts_positive_known_currency() -> None:
     assert parse_amount("CNY", 1) == Money("CNY", 1)
 
 
-@pytest.mark.parametrize(("currency", "units", "fields"), [
-    ("CNY", 0, ["amount.minor_units"]),
-    ("CNY", -1, ["amount.minor_units"]),
-    ("CNY", MAX_MINOR_UNITS + 1, ["amount.minor_units"]),
-    ("cny", 5, ["amount.currency_code"]),
-    ("", 0, ["amount.currency_code", "amount.minor_units"]),
-])
+@pytest.mark.parametrize(
+    ("currency", "units", "fields"),
+    [
+        ("CNY", 0, ["amount.minor_units"]),
+        ("CNY", -1, ["amount.minor_units"]),
+        ("CNY", MAX_MINOR_UNITS + 1, ["amount.minor_units"]),
+        ("cny", 5, ["amount.currency_code"]),
+        ("", 0, ["amount.currency_code", "amount.minor_units"]),
+    ],
+)
 def test_bad_amounts_name_every_bad_field(currency: str, units: int, fields: list[str]) -> None:
     """Every problem is reported at once, by field."""
     assert [v.field for v in validate_amount(currency, units)] == fields

@@ -96,14 +96,17 @@ def test_inject_of_an_extracted_context_matches_opentelemetry(carrier: dict[str,
         assert ours == theirs
 
 
-@pytest.mark.parametrize("entries", [
-    {"synthetic": "true"},
-    {"a b": "c,d", "e=f": "g;h", "é": "ü"},
-    {"flag": True, "count": 1},
-    {"count": 1},
-    {"count": True},
-    {"x": "y" * 5000},
-])
+@pytest.mark.parametrize(
+    "entries",
+    [
+        {"synthetic": "true"},
+        {"a b": "c,d", "e=f": "g;h", "é": "ü"},
+        {"flag": True, "count": 1},
+        {"count": 1},
+        {"count": True},
+        {"x": "y" * 5000},
+    ],
+)
 def test_inject_of_baggage_values_matches_opentelemetry(entries: dict[str, object]) -> None:
     context = Context()
     for key, value in entries.items():
@@ -130,10 +133,12 @@ _hex = st.text(alphabet="0123456789abcdefABCDEF-x ", min_size=0, max_size=60)
 
 
 @settings(max_examples=300, deadline=None)
-@given(traceparent=_hex, state=st.one_of(st.none(), st.text(max_size=40)),
-       bag=st.one_of(st.none(), st.text(max_size=40)))
-def test_extract_matches_opentelemetry_on_arbitrary_headers(traceparent: str, state: str | None,
-                                                            bag: str | None) -> None:
+@given(
+    traceparent=_hex, state=st.one_of(st.none(), st.text(max_size=40)), bag=st.one_of(st.none(), st.text(max_size=40))
+)
+def test_extract_matches_opentelemetry_on_arbitrary_headers(
+    traceparent: str, state: str | None, bag: str | None
+) -> None:
     carrier = {"traceparent": traceparent}
     if state is not None:
         carrier["tracestate"] = state
@@ -143,21 +148,33 @@ def test_extract_matches_opentelemetry_on_arbitrary_headers(traceparent: str, st
 
 
 @settings(max_examples=300, deadline=None)
-@given(version=st.sampled_from(["00", "01", "fe", "ff", "0g"]),
-       trace_id=st.sampled_from(["0" * 32, "1" * 32, "a" * 32]),
-       span_id=st.sampled_from(["0" * 16, "2" * 16, "b" * 16]), flags=st.sampled_from(["00", "01", "ff", "0x"]))
-def test_extract_matches_opentelemetry_on_canonical_shapes(version: str, trace_id: str, span_id: str,
-                                                           flags: str) -> None:
+@given(
+    version=st.sampled_from(["00", "01", "fe", "ff", "0g"]),
+    trace_id=st.sampled_from(["0" * 32, "1" * 32, "a" * 32]),
+    span_id=st.sampled_from(["0" * 16, "2" * 16, "b" * 16]),
+    flags=st.sampled_from(["00", "01", "ff", "0x"]),
+)
+def test_extract_matches_opentelemetry_on_canonical_shapes(
+    version: str, trace_id: str, span_id: str, flags: str
+) -> None:
     carrier = {"traceparent": f"{version}-{trace_id}-{span_id}-{flags}"}
     assert_same_context(FinmeshPropagator().extract(carrier), stock().extract(carrier))
 
 
-@pytest.mark.parametrize(("setting", "ours"), [
-    (None, True), ("tracecontext,baggage", True), (" tracecontext , baggage ", True),
-    ("tracecontext", False), ("baggage,tracecontext", False), ("none", False),
-])
-def test_setup_installs_the_propagator_only_for_the_default_setting(monkeypatch: pytest.MonkeyPatch,
-                                                                    setting: str | None, ours: bool) -> None:
+@pytest.mark.parametrize(
+    ("setting", "ours"),
+    [
+        (None, True),
+        ("tracecontext,baggage", True),
+        (" tracecontext , baggage ", True),
+        ("tracecontext", False),
+        ("baggage,tracecontext", False),
+        ("none", False),
+    ],
+)
+def test_setup_installs_the_propagator_only_for_the_default_setting(
+    monkeypatch: pytest.MonkeyPatch, setting: str | None, ours: bool
+) -> None:
     from opentelemetry import propagate
 
     from finmesh.platform.observability.telemetry import install_propagator

@@ -30,8 +30,16 @@ class _AttributeSampler(sampling.Sampler):
     def __init__(self) -> None:
         self.seen: list[dict[str, Any]] = []
 
-    def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
-                      attributes: Any = None, links: Any = None, trace_state: Any = None) -> sampling.SamplingResult:
+    def should_sample(
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: Any = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> sampling.SamplingResult:
         self.seen.append(dict(attributes or {}))
         return sampling.SamplingResult(sampling.Decision.RECORD_AND_SAMPLE, None, None)
 
@@ -54,18 +62,24 @@ def _both_ways(provider: TracerProvider, keep: _Keep, attributes: dict[str, Any]
     return ours, sdk
 
 
-@pytest.mark.parametrize("kwargs", [
-    {},
-    {"sampler": sampling.ALWAYS_ON},
-    {"sampler": sampling.ParentBasedTraceIdRatio(1.0)},
-    {"span_limits": SpanLimits(max_span_attribute_length=5)},
-    {"span_limits": SpanLimits(max_span_attributes=2)},
-])
-@pytest.mark.parametrize("attributes", [
-    rpc_attributes(METHOD),
-    {"rpc.system": "grpc", "count": 3, "tags": ("a", "b")},
-    {"": "empty key", "rpc.method": "M"},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"sampler": sampling.ALWAYS_ON},
+        {"sampler": sampling.ParentBasedTraceIdRatio(1.0)},
+        {"span_limits": SpanLimits(max_span_attribute_length=5)},
+        {"span_limits": SpanLimits(max_span_attributes=2)},
+    ],
+)
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        rpc_attributes(METHOD),
+        {"rpc.system": "grpc", "count": 3, "tags": ("a", "b")},
+        {"": "empty key", "rpc.method": "M"},
+    ],
+)
 def test_attributes_match_the_sdk(kwargs: dict[str, Any], attributes: dict[str, Any]) -> None:
     ours, sdk = _both_ways(*_provider(**kwargs), attributes)
     assert list(ours.attributes.items()) == list(sdk.attributes.items())
@@ -88,6 +102,10 @@ def test_client_spans_keep_the_rpc_conventions() -> None:
     spans.finish(span, grpc.StatusCode.NOT_FOUND)
     exported = keep.spans[-1]
     assert exported.name == METHOD.lstrip("/") and exported.kind is SpanKind.CLIENT
-    assert dict(exported.attributes) == {"rpc.system": "grpc", "rpc.service": "finmesh.payments.v1.PaymentsService",
-                                         "rpc.method": "CreatePayment", "rpc.grpc.status_code": 5}
+    assert dict(exported.attributes) == {
+        "rpc.system": "grpc",
+        "rpc.service": "finmesh.payments.v1.PaymentsService",
+        "rpc.method": "CreatePayment",
+        "rpc.grpc.status_code": 5,
+    }
     assert carrier["traceparent"].split("-")[2] == f"{exported.context.span_id:016x}"

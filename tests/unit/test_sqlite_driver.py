@@ -77,8 +77,9 @@ async def test_hops_per_read_and_write(engine, tmp_path: Path, monkeypatch: pyte
         async with reader.connect() as conn:
             assert (await conn.execute(text("SELECT id FROM t WHERE id IN (1, 2)"))).all() == []
         assert counter.take() == ["_run", "rollback"]  # BEGIN travels with the query (the stock adapter: ~10)
-        count = await read_sync(reader, lambda conn: conn.execute(text("SELECT count(*) FROM t")).scalar(),
-                                autocommit=True)
+        count = await read_sync(
+            reader, lambda conn: conn.execute(text("SELECT count(*) FROM t")).scalar(), autocommit=True
+        )
         assert count == 0
         assert counter.take() == ["_run"]  # nothing to roll back
         async with engine.begin() as conn:

@@ -37,8 +37,12 @@ from finmesh.risk.store.schema import known_devices
 
 async def _devices(engine: Any) -> list[tuple[str, str]]:
     async with engine.connect() as conn:
-        return [tuple(r) for r in await conn.execute(select(known_devices.c.user_id, known_devices.c.device_id)
-                                                     .order_by(known_devices.c.user_id))]
+        return [
+            tuple(r)
+            for r in await conn.execute(
+                select(known_devices.c.user_id, known_devices.c.device_id).order_by(known_devices.c.user_id)
+            )
+        ]
 
 
 def test_a_coroutine_that_would_wait_for_the_loop_is_refused() -> None:
@@ -80,7 +84,8 @@ async def test_commits_are_seen_by_the_service_engine_and_failures_roll_back(tmp
 
 _kinds = MetaData()
 _sample = Table(
-    "sample", _kinds,
+    "sample",
+    _kinds,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("name", String(50), nullable=False),
     Column("amount", BigInteger, nullable=False),
@@ -95,9 +100,19 @@ _sample = Table(
 
 def _sample_rows(count: int) -> list[dict[str, Any]]:
     moment = datetime(2026, 11, 26, 12, 34, 56, 789012, tzinfo=UTC)
-    return [{"name": f"n{i} ü'\"", "amount": 10**15 + i, "at": moment, "maybe_at": None if i % 2 else moment,
-             "payload": {"amount": str(i), "nested": [1, {"x": None}], "text": "中文"}, "flag": bool(i % 2),
-             "blob": None if i % 3 else bytes([i, 0, 255]), "note": f"r{i}"} for i in range(count)]
+    return [
+        {
+            "name": f"n{i} ü'\"",
+            "amount": 10**15 + i,
+            "at": moment,
+            "maybe_at": None if i % 2 else moment,
+            "payload": {"amount": str(i), "nested": [1, {"x": None}], "text": "中文"},
+            "flag": bool(i % 2),
+            "blob": None if i % 3 else bytes([i, 0, 255]),
+            "note": f"r{i}",
+        }
+        for i in range(count)
+    ]
 
 
 def _stored(path: Path) -> list[tuple[Any, ...]]:
@@ -107,8 +122,9 @@ def _stored(path: Path) -> list[tuple[Any, ...]]:
         return raw.execute(f"SELECT {', '.join(f'quote({n})' for n in names)} FROM sample ORDER BY id").fetchall()
 
 
-async def _written_both_ways(tmp_path: Path, statement: Any, rows: list[dict[str, Any]], *,
-                             seeded: bool) -> tuple[int, int]:
+async def _written_both_ways(
+    tmp_path: Path, statement: Any, rows: list[dict[str, Any]], *, seeded: bool
+) -> tuple[int, int]:
     """`statement` executed with `rows` by SQLAlchemy's own executemany (stock.db) and on the write thread
     (fast.db), each on a new `sample` table (`seeded`: holding _sample_rows(7) first); both rowcounts."""
     stock = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'stock.db'}")
@@ -141,11 +157,26 @@ async def test_rows_inserted_on_the_thread_are_stored_exactly_as_sqlalchemy_stor
 
 async def test_many_rows_updated_on_the_thread_are_stored_exactly_as_sqlalchemy_stores_them(tmp_path: Path) -> None:
     later = datetime(2027, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
-    change = update(_sample).where(_sample.c.name == bindparam("b_name")).values(
-        amount=bindparam("b_amount"), maybe_at=bindparam("b_at"), payload=bindparam("b_payload"),
-        flag=bindparam("b_flag"))
-    changes = [{"b_name": row["name"], "b_amount": -row["amount"], "b_at": None if i % 3 else later,
-                "b_payload": {"changed": [i, "é"]}, "b_flag": not row["flag"]} for i, row in enumerate(_sample_rows(7))]
+    change = (
+        update(_sample)
+        .where(_sample.c.name == bindparam("b_name"))
+        .values(
+            amount=bindparam("b_amount"),
+            maybe_at=bindparam("b_at"),
+            payload=bindparam("b_payload"),
+            flag=bindparam("b_flag"),
+        )
+    )
+    changes = [
+        {
+            "b_name": row["name"],
+            "b_amount": -row["amount"],
+            "b_at": None if i % 3 else later,
+            "b_payload": {"changed": [i, "é"]},
+            "b_flag": not row["flag"],
+        }
+        for i, row in enumerate(_sample_rows(7))
+    ]
     assert await _written_both_ways(tmp_path, change, changes, seeded=True) == (7, 7)
     assert _stored(tmp_path / "fast.db") == _stored(tmp_path / "stock.db")
 

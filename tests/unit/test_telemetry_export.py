@@ -17,10 +17,17 @@ from finmesh.platform.privacy.pii import mask_value
 
 PHONE = "13812345678"
 ATTRIBUTE_SETS: list[dict[str, Any]] = [
-    {"rpc.system": "grpc", "rpc.service": "finmesh.payments.v1.PaymentsService", "rpc.method": "CreatePayment",
-     "rpc.grpc.status_code": 0},
-    {"rpc.method": f"Call {PHONE}", "rpc.service": "a@example.com",
-     "messaging.destination.name": "6222020200112233445"},
+    {
+        "rpc.system": "grpc",
+        "rpc.service": "finmesh.payments.v1.PaymentsService",
+        "rpc.method": "CreatePayment",
+        "rpc.grpc.status_code": 0,
+    },
+    {
+        "rpc.method": f"Call {PHONE}",
+        "rpc.service": "a@example.com",
+        "messaging.destination.name": "6222020200112233445",
+    },
     {"phone": PHONE, "code": 123456, "otp": True, "token": 0.5, "password": "", "email": "x"},
     {"note": "card 6222020200112233445 and Bearer abcdefghijkl", "count": 3, "ratio": 0.25, "ok": False},
     {"tags": ("a", PHONE), "ids": (1, 2), "名字": "张三丰 13912345678", "messaging.message.id": "evt-1"},
@@ -43,7 +50,7 @@ def _spans() -> list[ReadableSpan]:
     provider.add_span_processor(SimpleSpanProcessor(keep))
     tracer = provider.get_tracer("t")
     for attributes in ATTRIBUTE_SETS:
-        with tracer.start_as_current_span("parent \"quoted\" ü", kind=SpanKind.CLIENT) as parent:
+        with tracer.start_as_current_span('parent "quoted" ü', kind=SpanKind.CLIENT) as parent:
             link = Link(parent.get_span_context())
             span = tracer.start_span("finmesh.x.v1.S/M", kind=SpanKind.SERVER, attributes=attributes, links=[link])
             span.set_status(Status(StatusCode.ERROR, "boom"))

@@ -29,8 +29,11 @@ def roles_granted(method: Any) -> list[str]:
     policy = access_policy(method)
     if policy is None or policy.allow_unauthenticated:
         return ["anyone"]
-    return [role for role in ALL_ROLES
-            if policy.permission in ROLE_PERMISSIONS[role] and (not policy.internal_only or role == SERVICE)]
+    return [
+        role
+        for role in ALL_ROLES
+        if policy.permission in ROLE_PERMISSIONS[role] and (not policy.internal_only or role == SERVICE)
+    ]
 
 
 def markdown() -> str:
@@ -57,8 +60,9 @@ def markdown() -> str:
                 notes.append("verified")
             if policy is not None and policy.internal_only:
                 notes.append("services only")
-            lines.append(f"| `{method.name}` | `{permission or '-'}` | {', '.join(roles_granted(method))} "
-                         f"| {', '.join(notes)} |")
+            lines.append(
+                f"| `{method.name}` | `{permission or '-'}` | {', '.join(roles_granted(method))} | {', '.join(notes)} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

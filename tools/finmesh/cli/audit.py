@@ -24,14 +24,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         try:
             with grpc.insecure_channel(args.target) as channel:
                 metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
-                reply = pb_grpc.PaymentsServiceStub(channel).VerifyAuditLog(pb.VerifyAuditLogRequest(),
-                                                                            timeout=args.timeout, metadata=metadata)
+                reply = pb_grpc.PaymentsServiceStub(channel).VerifyAuditLog(
+                    pb.VerifyAuditLogRequest(), timeout=args.timeout, metadata=metadata
+                )
         except grpc.RpcError as error:
             code_name = error.code().name
             print(f"payments at {args.target} did not answer: {code_name}", file=sys.stderr)
             if code_name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-                print("auth is enforced: set FINMESH_TOKEN to an admin's or risk officer's access token",
-                      file=sys.stderr)
+                print(
+                    "auth is enforced: set FINMESH_TOKEN to an admin's or risk officer's access token", file=sys.stderr
+                )
             return 2
         intact, rows, broken = reply.intact, reply.rows_checked, reply.first_broken_sequence
         code = 0 if intact else 1
@@ -52,7 +54,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--target", default="", help="ask a running payments service (host:port)")
     source.add_argument("--database-url", default="", help="read this database directly (default: local SQLite)")
     verify.add_argument("--timeout", type=float, default=30.0)
-    verify.add_argument("--token", default=os.environ.get("FINMESH_TOKEN", ""),
-                        help="with --target: an admin's or risk officer's access token (prefer FINMESH_TOKEN: a "
-                             "command line shows in the process list)")
+    verify.add_argument(
+        "--token",
+        default=os.environ.get("FINMESH_TOKEN", ""),
+        help="with --target: an admin's or risk officer's access token (prefer FINMESH_TOKEN: a "
+        "command line shows in the process list)",
+    )
     verify.set_defaults(func=cmd_verify)

@@ -44,8 +44,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     for name, fake in mesh.fakes.items():
         print(f"  fake {name:<8} {fake.url}   (API key in {mesh.data_dir / 'fakes.json'})")
     print("auth is enforced: clients need tokens; `finmesh demo` onboards users and logs them in to get them.")
-    print("ready. Try `finmesh demo` in another terminal. A service that dies is restarted (kill one to watch); "
-          "Ctrl-C stops the mesh.", flush=True)
+    print(
+        "ready. Try `finmesh demo` in another terminal. A service that dies is restarted (kill one to watch); "
+        "Ctrl-C stops the mesh.",
+        flush=True,
+    )
     stop = False
 
     def _stop(*_: object) -> None:
@@ -71,11 +74,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     sms = load_fakes(Path(args.data_dir)).get("sms")
     if sms is None:
-        print(f"no local fakes recorded in {args.data_dir}: start the mesh with `make run` (or `finmesh up`) "
-              "so the demo can read one-time codes from the fake SMS provider", file=sys.stderr)
+        print(
+            f"no local fakes recorded in {args.data_dir}: start the mesh with `make run` (or `finmesh up`) "
+            "so the demo can read one-time codes from the fake SMS provider",
+            file=sys.stderr,
+        )
         return 1
-    provider = setup_tracing("finmesh-cli", version="cli", color="local",
-                             span_file=str(Path(args.data_dir) / "spans" / "cli.jsonl"))
+    provider = setup_tracing(
+        "finmesh-cli", version="cli", color="local", span_file=str(Path(args.data_dir) / "spans" / "cli.jsonl")
+    )
     try:
         result = asyncio.run(run_slice(_targets(args.base_port), sms))
     except (TimeoutError, OSError, aiohttp.ClientError) as error:
@@ -88,8 +95,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
     finally:
         provider.shutdown()
-    print(f"registered, verified (identity number, SMS code, real name) and logged in (password + SMS code): "
-          f"users {result.payer_user_id} and {result.payee_user_id}")
+    print(
+        f"registered, verified (identity number, SMS code, real name) and logged in (password + SMS code): "
+        f"users {result.payer_user_id} and {result.payee_user_id}"
+    )
     print(f"paid {result.paid_minor_units} CNY minor units: payment {result.payment_id}")
     print(f"payment receipts notify recorded for the payee: {result.payee_receipts}")
     print(f"trace id: {result.trace_id}  (render it with: finmesh trace)")
@@ -122,17 +131,29 @@ def cmd_health(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="finmesh", description=__doc__)
     parser.add_argument("--data-dir", default=".finmesh", help="SQLite files, span files and logs (default .finmesh)")
-    parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
-                        help="identity listens here, payments +1, risk +2, notify +3 (`up`: 0 picks free ports)")
+    parser.add_argument(
+        "--base-port",
+        type=int,
+        default=DEFAULT_BASE_PORT,
+        help="identity listens here, payments +1, risk +2, notify +3 (`up`: 0 picks free ports)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run the four services locally until Ctrl-C, restarting any that crashes")
-    up.add_argument("--restarts", type=int, default=RestartPolicy.restarts,
-                    help=f"fast crashes in a row (each within {RestartPolicy.stable_after:g} s of its start) "
-                         "restarted before giving up and stopping the mesh (default %(default)s; 0: stop at the "
-                         "first crash)")
-    up.add_argument("--restart-delay", type=float, default=RestartPolicy.first_delay,
-                    help="seconds before the first restart; doubles with each fast crash in a row, up to "
-                         f"{RestartPolicy.max_delay:g} (default %(default)s)")
+    up.add_argument(
+        "--restarts",
+        type=int,
+        default=RestartPolicy.restarts,
+        help=f"fast crashes in a row (each within {RestartPolicy.stable_after:g} s of its start) "
+        "restarted before giving up and stopping the mesh (default %(default)s; 0: stop at the "
+        "first crash)",
+    )
+    up.add_argument(
+        "--restart-delay",
+        type=float,
+        default=RestartPolicy.first_delay,
+        help="seconds before the first restart; doubles with each fast crash in a row, up to "
+        f"{RestartPolicy.max_delay:g} (default %(default)s)",
+    )
     up.set_defaults(func=cmd_up)
     sub.add_parser("demo", help="run the thin slice against a running mesh").set_defaults(func=cmd_demo)
     trace = sub.add_parser("trace", help="render a trace from the local span files as a tree")
@@ -141,8 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     health = sub.add_parser("health", help="gRPC health check of one service")
     health.add_argument("target", help="host:port")
     health.add_argument("--timeout", type=float, default=2.0)
-    health.add_argument("--tls-server-name", default="", help="name the server certificate must carry "
-                        "(default: the target's host), e.g. the Service name through a port-forward")
+    health.add_argument(
+        "--tls-server-name",
+        default="",
+        help="name the server certificate must carry "
+        "(default: the target's host), e.g. the Service name through a port-forward",
+    )
     health.set_defaults(func=cmd_health)
     add_outbox_parser(sub)
     add_rollout_parser(sub)

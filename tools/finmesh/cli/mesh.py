@@ -155,9 +155,13 @@ class Mesh:
             # One key per data dir, reused across restarts.
             key = known[name].api_key if name in known else secrets.token_urlsafe(24)
             with (self.log_dir / f"fake-{name}.log").open("ab") as log:
-                process = subprocess.Popen([sys.executable, "-m", module, "--port", str(port)],
-                                           env={**os.environ, "FINMESH_FAKE_API_KEY": key},
-                                           stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+                process = subprocess.Popen(
+                    [sys.executable, "-m", module, "--port", str(port)],
+                    env={**os.environ, "FINMESH_FAKE_API_KEY": key},
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                    start_new_session=True,
+                )
             self.fake_processes[name] = process
             _wait_listening(port, process, name, timeout)
             self.fakes[name] = Fake(f"http://127.0.0.1:{port}", key)
@@ -181,7 +185,10 @@ class Mesh:
             # A session of its own: Ctrl-C in the terminal reaches only `finmesh up`, which then
             # stops the services callers-first; a second signal racing their shutdown would kill them.
             process = subprocess.Popen(
-                [sys.executable, "-m", f"finmesh.{name}.main"], env=env, stdout=subprocess.DEVNULL, stderr=log,
+                [sys.executable, "-m", f"finmesh.{name}.main"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
                 start_new_session=True,
             )
         self.processes[name] = ServiceProcess(name, port, process, log_path)

@@ -1,9 +1,9 @@
 """`finmesh outbox`: what an operator needs for a service's relay dead letters: stats, list, redrive, purge.
 
-    finmesh outbox --service payments stats
-    finmesh outbox --service payments list
-    finmesh outbox --service payments redrive EVENT_ID [EVENT_ID ...]   (or --all)
-    finmesh outbox --database-url postgresql+asyncpg://... purge --older-than-days 30
+finmesh outbox --service payments stats
+finmesh outbox --service payments list
+finmesh outbox --service payments redrive EVENT_ID [EVENT_ID ...]   (or --all)
+finmesh outbox --database-url postgresql+asyncpg://... purge --older-than-days 30
 """
 
 from __future__ import annotations
@@ -25,10 +25,18 @@ PRODUCERS = ("payments", "identity", "risk")
 
 
 def add_outbox_parser(sub: Any) -> None:
-    parser = sub.add_parser("outbox", help="inspect a service's outbox; list and redrive dead events",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--service", choices=PRODUCERS, default="payments",
-                        help="whose outbox (its SQLite file in --data-dir unless --database-url)")
+    parser = sub.add_parser(
+        "outbox",
+        help="inspect a service's outbox; list and redrive dead events",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--service",
+        choices=PRODUCERS,
+        default="payments",
+        help="whose outbox (its SQLite file in --data-dir unless --database-url)",
+    )
     parser.add_argument("--database-url", default="", help="SQLAlchemy async URL of the service's database")
     actions = parser.add_subparsers(dest="outbox_command", required=True)
     actions.add_parser("stats", help="pending, dead and delivered counts")
@@ -63,8 +71,10 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.outbox_command == "list":
             dead = await list_dead(engine, table, limit=args.limit, after_id=args.after_id)
             for e in dead:
-                print(f"{e.id}\t{e.event_id}\t{e.event_type}\t{e.aggregate_id}#{e.sequence}\t"
-                      f"attempts={e.attempts}\t{e.occurred_at.isoformat()}\t{e.last_error}")
+                print(
+                    f"{e.id}\t{e.event_id}\t{e.event_type}\t{e.aggregate_id}#{e.sequence}\t"
+                    f"attempts={e.attempts}\t{e.occurred_at.isoformat()}\t{e.last_error}"
+                )
             print(f"{len(dead)} dead event(s)", file=sys.stderr)
         elif args.outbox_command == "redrive":
             if not args.all and not args.event_ids:

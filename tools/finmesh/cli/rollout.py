@@ -41,24 +41,40 @@ class Refused(Exception):
 
 
 def add_rollout_parser(sub: Any) -> None:
-    p = sub.add_parser("rollout", help="blue-green rollout of one service with helm and kubectl",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "rollout",
+        help="blue-green rollout of one service with helm and kubectl",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("service", choices=SERVICES)
     p.add_argument("--to", required=True, dest="version", help="image tag of the new version")
     p.add_argument("--release", default="finmesh")
     p.add_argument("--namespace", "-n", default="finmesh")
     p.add_argument("--chart", default="deploy/helm/finmesh", help="chart path or reference")
-    p.add_argument("--values", "-f", action="append", default=[],
-                   help="values file applied on every upgrade (repeatable), on top of --reuse-values")
+    p.add_argument(
+        "--values",
+        "-f",
+        action="append",
+        default=[],
+        help="values file applied on every upgrade (repeatable), on top of --reuse-values",
+    )
     p.add_argument("--kube-context", default="")
     p.add_argument("--replicas", type=int, help="size of the new color (default: the active color's)")
     p.add_argument("--dry-run", action="store_true", help="print the commands; needs no cluster")
-    p.add_argument("--current-color", choices=COLORS,
-                   help="the active color (--dry-run only; otherwise read from `helm get values`)")
+    p.add_argument(
+        "--current-color",
+        choices=COLORS,
+        help="the active color (--dry-run only; otherwise read from `helm get values`)",
+    )
     p.add_argument("--analysis-seconds", type=float, default=60.0)
     p.add_argument("--watch-seconds", type=float, default=120.0)
-    p.add_argument("--scale-down-delay", type=float, default=300.0,
-                   help="seconds the old color stays up after the flip (rollback target)")
+    p.add_argument(
+        "--scale-down-delay",
+        type=float,
+        default=300.0,
+        help="seconds the old color stays up after the flip (rollback target)",
+    )
     p.add_argument("--probe-interval", type=float, default=1.0)
     p.add_argument("--max-error-rate", type=float, default=0.01, help="of probe calls per window (0..1)")
     p.add_argument("--ready-timeout", type=int, default=300, help="seconds for kubectl rollout status")
@@ -67,11 +83,17 @@ def add_rollout_parser(sub: Any) -> None:
     p.add_argument("--synthetic-payee", default="", help="payments: test account that is paid")
     p.add_argument("--synthetic-amount", type=int, default=1, help="minor units per synthetic payment")
     p.add_argument("--synthetic-currency", default="CNY")
-    p.add_argument("--no-synthetic-payment", action="store_true",
-                   help="payments: probe with health calls only (no test accounts in this cluster)")
-    p.add_argument("--token", default=os.environ.get("FINMESH_TOKEN", ""),
-                   help="payments: access token of the test accounts' owner, presented by the read and synthetic "
-                        "probes (auth is enforced). Prefer FINMESH_TOKEN: a command line shows in the process list")
+    p.add_argument(
+        "--no-synthetic-payment",
+        action="store_true",
+        help="payments: probe with health calls only (no test accounts in this cluster)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("FINMESH_TOKEN", ""),
+        help="payments: access token of the test accounts' owner, presented by the read and synthetic "
+        "probes (auth is enforced). Prefer FINMESH_TOKEN: a command line shows in the process list",
+    )
     p.set_defaults(func=cmd_rollout)
 
 
@@ -97,29 +119,50 @@ def _synthetic(args: argparse.Namespace) -> SyntheticPayment | None:
     if args.service != "payments" or args.no_synthetic_payment:
         return None
     if not (args.synthetic_payer and args.synthetic_payee):
-        raise Refused("payments needs --synthetic-payer and --synthetic-payee (dedicated test accounts) "
-                      "for the synthetic payment through the preview Service, or --no-synthetic-payment")
+        raise Refused(
+            "payments needs --synthetic-payer and --synthetic-payee (dedicated test accounts) "
+            "for the synthetic payment through the preview Service, or --no-synthetic-payment"
+        )
     if args.synthetic_amount <= 0:
         raise Refused("--synthetic-amount must be positive")
-    return SyntheticPayment(args.synthetic_payer, args.synthetic_payee, args.synthetic_amount,
-                            args.synthetic_currency)
+    return SyntheticPayment(args.synthetic_payer, args.synthetic_payee, args.synthetic_amount, args.synthetic_currency)
 
 
 def _cluster(args: argparse.Namespace, *, dry_run: bool) -> Cluster:
-    return Cluster(release=args.release, namespace=args.namespace, chart=args.chart,
-                   values_files=tuple(args.values), kube_context=args.kube_context,
-                   helm="helm" if dry_run else _binary("helm"), kubectl="kubectl" if dry_run else _binary("kubectl"))
+    return Cluster(
+        release=args.release,
+        namespace=args.namespace,
+        chart=args.chart,
+        values_files=tuple(args.values),
+        kube_context=args.kube_context,
+        helm="helm" if dry_run else _binary("helm"),
+        kubectl="kubectl" if dry_run else _binary("kubectl"),
+    )
 
 
 def _windows(args: argparse.Namespace) -> Windows:
-    return Windows(ready_timeout=args.ready_timeout, helm_timeout=args.helm_timeout,
-                   analysis=args.analysis_seconds, watch=args.watch_seconds,
-                   scale_down_delay=args.scale_down_delay, probe_interval=args.probe_interval)
+    return Windows(
+        ready_timeout=args.ready_timeout,
+        helm_timeout=args.helm_timeout,
+        analysis=args.analysis_seconds,
+        watch=args.watch_seconds,
+        scale_down_delay=args.scale_down_delay,
+        probe_interval=args.probe_interval,
+    )
 
 
 def _release_values(runner: Runner, cluster: Cluster) -> dict[str, Any]:
-    argv = [cluster.helm, "get", "values", cluster.release, "--namespace", cluster.namespace, "--all",
-            "--output", "json"]
+    argv = [
+        cluster.helm,
+        "get",
+        "values",
+        cluster.release,
+        "--namespace",
+        cluster.namespace,
+        "--all",
+        "--output",
+        "json",
+    ]
     if cluster.kube_context:
         argv += ["--kube-context", cluster.kube_context]
     try:
@@ -146,14 +189,23 @@ def _live_plan(args: argparse.Namespace, cluster: Cluster, runner: Runner) -> tu
     if int(svc.get(new, {}).get("replicas", 0)):
         # A warm previous version or an unfinished rollout: deploying over it would
         # destroy the only way back.
-        raise Refused(f"{new} still runs {svc[new]['replicas']} replicas of {args.service} "
-                      f"(a rollout in progress or not finished): finish or roll it back first")
+        raise Refused(
+            f"{new} still runs {svc[new]['replicas']} replicas of {args.service} "
+            f"(a rollout in progress or not finished): finish or roll it back first"
+        )
     replicas = args.replicas if args.replicas is not None else int(svc.get(active, {}).get("replicas", 0))
     if replicas < 1:
         raise Refused(f"new color size {replicas}: give --replicas >= 1")
-    plan = RolloutPlan(cluster=cluster, service=args.service, version=args.version, from_color=active,
-                       replicas=replicas, fullname=fullname(cluster.release, values),
-                       grpc_port=int(values.get("grpc", {}).get("port", 50051)), windows=_windows(args))
+    plan = RolloutPlan(
+        cluster=cluster,
+        service=args.service,
+        version=args.version,
+        from_color=active,
+        replicas=replicas,
+        fullname=fullname(cluster.release, values),
+        grpc_port=int(values.get("grpc", {}).get("port", 50051)),
+        windows=_windows(args),
+    )
     return plan, values
 
 
@@ -162,8 +214,10 @@ def _print_dry_run(plan: RolloutPlan, args: argparse.Namespace, synthetic: Synth
     if args.replicas is None:
         print(f"# --replicas not given: assuming {plan.replicas} (a live run copies the active color's)")
     if synthetic is not None:
-        print(f"# synthetic payment at the start and end of each window: {synthetic.amount} {synthetic.currency} "
-              f"minor units {synthetic.payer_account_id} -> {synthetic.payee_account_id}, read back by id")
+        print(
+            f"# synthetic payment at the start and end of each window: {synthetic.amount} {synthetic.currency} "
+            f"minor units {synthetic.payer_account_id} -> {synthetic.payee_account_id}, read back by id"
+        )
     for number, step in enumerate(plan.steps(), start=1):
         print(f"# {number}. {step.title}")
         if step.note:
@@ -192,16 +246,24 @@ def _rollout(args: argparse.Namespace) -> int:
         if args.current_color is None:
             raise Refused("--dry-run needs --current-color (it does not ask the cluster)")
         cluster = _cluster(args, dry_run=True)
-        plan = RolloutPlan(cluster=cluster, service=args.service, version=args.version,
-                           from_color=args.current_color, replicas=args.replicas or _DRY_RUN_REPLICAS,
-                           fullname=fullname(args.release), windows=_windows(args))
+        plan = RolloutPlan(
+            cluster=cluster,
+            service=args.service,
+            version=args.version,
+            from_color=args.current_color,
+            replicas=args.replicas or _DRY_RUN_REPLICAS,
+            fullname=fullname(args.release),
+            windows=_windows(args),
+        )
         _print_dry_run(plan, args, synthetic)
         return 0
     if args.current_color is not None:
         raise Refused("--current-color is for --dry-run; a live rollout reads the active color from helm")
     if synthetic is not None and not args.token:
-        raise Refused("payments' probes need the test accounts' owner's access token (FINMESH_TOKEN or --token): "
-                      "auth is enforced, a probe without one is refused UNAUTHENTICATED")
+        raise Refused(
+            "payments' probes need the test accounts' owner's access token (FINMESH_TOKEN or --token): "
+            "auth is enforced, a probe without one is refused UNAUTHENTICATED"
+        )
     cluster = _cluster(args, dry_run=False)
     runner = Runner(_log)
     plan, values = _live_plan(args, cluster, runner)
@@ -210,8 +272,10 @@ def _rollout(args: argparse.Namespace) -> int:
     except TlsConfigError as error:
         raise Refused(str(error)) from error
     if values.get("mtls", {}).get("enabled") and not mtls:
-        raise Refused("the release has mTLS on: set FINMESH_TLS_CERT_FILE, FINMESH_TLS_KEY_FILE and "
-                      "FINMESH_TLS_CA_FILE so the probes can present a client certificate")
+        raise Refused(
+            "the release has mTLS on: set FINMESH_TLS_CERT_FILE, FINMESH_TLS_KEY_FILE and "
+            "FINMESH_TLS_CA_FILE so the probes can present a client certificate"
+        )
 
     def prober(target: str, server_name: str) -> Prober:
         return Prober(plan.service, target, server_name=server_name, synthetic=synthetic, token=args.token)

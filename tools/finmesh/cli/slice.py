@@ -47,8 +47,9 @@ def new_people() -> tuple[Person, Person]:
         # per region, and a bench onboarding several payers per mesh drew a taken one (identity refuses it).
         birth = (_OLDEST_BIRTH + timedelta(days=secrets.randbelow(_BIRTH_SPAN_DAYS))).strftime("%Y%m%d")
         first17 = f"{region}{birth}{secrets.randbelow(1000):03d}"
-        people.append(Person(name, first17 + check_char(first17), f"+86138{tag:08d}",
-                             f"demo-{tag:08d}-{len(people)}@example.com"))
+        people.append(
+            Person(name, first17 + check_char(first17), f"+86138{tag:08d}", f"demo-{tag:08d}-{len(people)}@example.com")
+        )
     return people[0], people[1]
 
 
@@ -106,42 +107,77 @@ class Handset:
             await asyncio.sleep(0.1)
 
     async def _messages(self, phone: str) -> list[dict[str, str]]:
-        async with self._session.get(f"{self._sms.url}/messages", params={"to": phone},
-                                     headers={"Authorization": f"Bearer {self._sms.api_key}"}) as reply:
+        async with self._session.get(
+            f"{self._sms.url}/messages", params={"to": phone}, headers={"Authorization": f"Bearer {self._sms.api_key}"}
+        ) as reply:
             reply.raise_for_status()
             return list((await reply.json())["messages"])
 
 
-async def onboard(identity: id_grpc.IdentityServiceAsyncStub, handset: Handset, person: Person, password: str,
-                   run: str, i: int, wait_seconds: float) -> tuple[str, str]:
+async def onboard(
+    identity: id_grpc.IdentityServiceAsyncStub,
+    handset: Handset,
+    person: Person,
+    password: str,
+    run: str,
+    i: int,
+    wait_seconds: float,
+) -> tuple[str, str]:
     """Register, pass all three checks (identity number at registration, SMS code, real name), then log in
     with password + SMS code. Returns (user id, access token)."""
-    reply = await identity.RegisterUser(id_pb.RegisterUserRequest(
-        idempotency_key=f"{run}-register-{i}", kind=id_pb.USER_KIND_PERSONAL,
-        legal_name=person.legal_name, id_number=person.id_number, phone=person.phone,
-        email=person.email, password=password, locale="zh-CN",
-    ), timeout=10)
+    reply = await identity.RegisterUser(
+        id_pb.RegisterUserRequest(
+            idempotency_key=f"{run}-register-{i}",
+            kind=id_pb.USER_KIND_PERSONAL,
+            legal_name=person.legal_name,
+            id_number=person.id_number,
+            phone=person.phone,
+            email=person.email,
+            password=password,
+            locale="zh-CN",
+        ),
+        timeout=10,
+    )
     user_id = reply.user.user_id
     seen = await handset.count(person.phone)
-    started = await identity.StartVerification(id_pb.StartVerificationRequest(
-        idempotency_key=f"{run}-verify-{i}", user_id=user_id, channel=id_pb.VERIFICATION_CHANNEL_SMS), timeout=10)
+    started = await identity.StartVerification(
+        id_pb.StartVerificationRequest(
+            idempotency_key=f"{run}-verify-{i}", user_id=user_id, channel=id_pb.VERIFICATION_CHANNEL_SMS
+        ),
+        timeout=10,
+    )
     code = await handset.next_code(person.phone, seen, wait_seconds)
-    await identity.ConfirmVerification(id_pb.ConfirmVerificationRequest(
-        idempotency_key=f"{run}-confirm-{i}", verification_id=started.verification_id, code=code), timeout=10)
-    await identity.CheckRealName(id_pb.CheckRealNameRequest(idempotency_key=f"{run}-realname-{i}",
-                                                            user_id=user_id), timeout=10)
+    await identity.ConfirmVerification(
+        id_pb.ConfirmVerificationRequest(
+            idempotency_key=f"{run}-confirm-{i}", verification_id=started.verification_id, code=code
+        ),
+        timeout=10,
+    )
+    await identity.CheckRealName(
+        id_pb.CheckRealNameRequest(idempotency_key=f"{run}-realname-{i}", user_id=user_id), timeout=10
+    )
     seen = await handset.count(person.phone)
-    challenge = await identity.Login(id_pb.LoginRequest(idempotency_key=f"{run}-login-{i}", login=person.phone,
-                                                        password=password), timeout=10)
+    challenge = await identity.Login(
+        id_pb.LoginRequest(idempotency_key=f"{run}-login-{i}", login=person.phone, password=password), timeout=10
+    )
     code = await handset.next_code(person.phone, seen, wait_seconds)
-    done = await identity.CompleteLogin(id_pb.CompleteLoginRequest(
-        idempotency_key=f"{run}-login2-{i}", challenge_id=challenge.challenge_id, code=code), timeout=10)
+    done = await identity.CompleteLogin(
+        id_pb.CompleteLoginRequest(idempotency_key=f"{run}-login2-{i}", challenge_id=challenge.challenge_id, code=code),
+        timeout=10,
+    )
     return user_id, done.tokens.access_token
 
 
-async def run_slice(targets: dict[str, str], sms: Fake, *, people: tuple[Person, Person] | None = None,
-                    top_up: int = 100_000, pay: int = 12_345, wait_seconds: float = 10.0,
-                    tracer_provider: trace.TracerProvider | None = None) -> SliceResult:
+async def run_slice(
+    targets: dict[str, str],
+    sms: Fake,
+    *,
+    people: tuple[Person, Person] | None = None,
+    top_up: int = 100_000,
+    pay: int = 12_345,
+    wait_seconds: float = 10.0,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> SliceResult:
     """Onboard two users (all three checks, codes read from the fake SMS provider `sms`), log both in with
     password + SMS code, open CNY wallets with their own tokens, top one up, pay the other, wait for
     notify's receipt.
@@ -153,10 +189,12 @@ async def run_slice(targets: dict[str, str], sms: Fake, *, people: tuple[Person,
     people = people or new_people()
     password = f"correct horse {run}"
     tracer = trace.get_tracer("finmesh.cli", tracer_provider=tracer_provider)
-    async with _channel(targets["identity"], tracer_provider) as id_ch, \
-            _channel(targets["payments"], tracer_provider) as pay_ch, \
-            _channel(targets["notify"], tracer_provider) as no_ch, \
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+    async with (
+        _channel(targets["identity"], tracer_provider) as id_ch,
+        _channel(targets["payments"], tracer_provider) as pay_ch,
+        _channel(targets["notify"], tracer_provider) as no_ch,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+    ):
         identity = id_grpc.IdentityServiceStub(id_ch)
         payments = pay_grpc.PaymentsServiceStub(pay_ch)
         notify = no_grpc.NotifyServiceStub(no_ch)
@@ -170,33 +208,65 @@ async def run_slice(targets: dict[str, str], sms: Fake, *, people: tuple[Person,
                 tokens.append(token)
             wallets = []
             for i, user_id in enumerate(users):
-                reply = await payments.OpenAccount(pay_pb.OpenAccountRequest(
-                    idempotency_key=f"{run}-open-{i}", owner_id=user_id,
-                    kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code="CNY",
-                ), metadata=bearer(tokens[i]), timeout=5)
+                reply = await payments.OpenAccount(
+                    pay_pb.OpenAccountRequest(
+                        idempotency_key=f"{run}-open-{i}",
+                        owner_id=user_id,
+                        kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET,
+                        currency_code="CNY",
+                    ),
+                    metadata=bearer(tokens[i]),
+                    timeout=5,
+                )
                 wallets.append(reply.account.account_id)
-            await payments.TopUp(pay_pb.TopUpRequest(
-                idempotency_key=f"{run}-topup", account_id=wallets[0], channel="test_bank",
-                amount=money_pb2.Money(currency_code="CNY", minor_units=top_up),
-            ), metadata=bearer(tokens[0]), timeout=5)
-            payment = await payments.CreatePayment(pay_pb.CreatePaymentRequest(
-                idempotency_key=f"{run}-pay", payer_account_id=wallets[0], payee_account_id=wallets[1],
-                amount=money_pb2.Money(currency_code="CNY", minor_units=pay),
-                capture_mode=pay_pb.CAPTURE_MODE_AUTOMATIC, description="demo payment",
-            ), metadata=bearer(tokens[0]), timeout=5)
+            await payments.TopUp(
+                pay_pb.TopUpRequest(
+                    idempotency_key=f"{run}-topup",
+                    account_id=wallets[0],
+                    channel="test_bank",
+                    amount=money_pb2.Money(currency_code="CNY", minor_units=top_up),
+                ),
+                metadata=bearer(tokens[0]),
+                timeout=5,
+            )
+            payment = await payments.CreatePayment(
+                pay_pb.CreatePaymentRequest(
+                    idempotency_key=f"{run}-pay",
+                    payer_account_id=wallets[0],
+                    payee_account_id=wallets[1],
+                    amount=money_pb2.Money(currency_code="CNY", minor_units=pay),
+                    capture_mode=pay_pb.CAPTURE_MODE_AUTOMATIC,
+                    description="demo payment",
+                ),
+                metadata=bearer(tokens[0]),
+                timeout=5,
+            )
         received = await _wait_for_receipt(notify, users[1], tokens[1], wait_seconds)
-    return SliceResult(trace_id, users[0], users[1], wallets[0], wallets[1], payment.payment.payment_id,
-                       top_up, pay, received, {users[0]: tokens[0], users[1]: tokens[1]}, tuple(people))
+    return SliceResult(
+        trace_id,
+        users[0],
+        users[1],
+        wallets[0],
+        wallets[1],
+        payment.payment.payment_id,
+        top_up,
+        pay,
+        received,
+        {users[0]: tokens[0], users[1]: tokens[1]},
+        tuple(people),
+    )
 
 
-async def _wait_for_receipt(notify: no_grpc.NotifyServiceAsyncStub, user_id: str, token: str,
-                            wait_seconds: float) -> int:
+async def _wait_for_receipt(
+    notify: no_grpc.NotifyServiceAsyncStub, user_id: str, token: str, wait_seconds: float
+) -> int:
     """Payment receipts notify recorded for `user_id`, read with their own token (delivery is asynchronous)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
     while True:
-        reply = await notify.ListNotifications(no_pb.ListNotificationsRequest(user_id=user_id),
-                                               metadata=bearer(token), timeout=5)
+        reply = await notify.ListNotifications(
+            no_pb.ListNotificationsRequest(user_id=user_id), metadata=bearer(token), timeout=5
+        )
         receipts = [n for n in reply.notifications if n.template == "payment_received"]
         if receipts or loop.time() > deadline:
             return len(receipts)

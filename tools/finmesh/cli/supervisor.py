@@ -87,10 +87,14 @@ class Supervisor:
             exited = f"{name} exited ({describe_exit(code)}) after {uptime:.1f}s"
             delay = self.counts.setdefault(name, CrashCount()).crashed(uptime, self.policy)
             if delay is None:
-                return (f"{exited}: {self.policy.restarts + 1} fast crashes in a row; giving up, stopping the mesh "
-                        f"(see {proc.log_path})")
-            self._say(f"{exited}; restarting it in {delay:g}s (attempt {self.counts[name].fast_in_a_row} "
-                      f"of {self.policy.restarts})")
+                return (
+                    f"{exited}: {self.policy.restarts + 1} fast crashes in a row; giving up, stopping the mesh "
+                    f"(see {proc.log_path})"
+                )
+            self._say(
+                f"{exited}; restarting it in {delay:g}s (attempt {self.counts[name].fast_in_a_row} "
+                f"of {self.policy.restarts})"
+            )
             self.restart_at[name] = now + delay
         return None
 
@@ -99,8 +103,10 @@ class Supervisor:
         proc = self.mesh.restart(name)
         self.awaiting_health[name] = now
         # The same shape as `finmesh up`'s listing: where it listens (unchanged) and the pid to kill next.
-        self._say(f"  {name:<9} {proc.target}   pid {proc.process.pid}   restarted "
-                  f"(attempt {self.counts[name].fast_in_a_row})")
+        self._say(
+            f"  {name:<9} {proc.target}   pid {proc.process.pid}   restarted "
+            f"(attempt {self.counts[name].fast_in_a_row})"
+        )
 
     def _say(self, line: str) -> None:
         print(line, file=self.out, flush=True)

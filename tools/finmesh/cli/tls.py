@@ -48,8 +48,7 @@ def client_credentials(env: Mapping[str, str] | None = None) -> grpc.ChannelCred
         raise TlsConfigError(f"{CERT_ENV} and {KEY_ENV} go together (only {', '.join(sorted(present))} is set)")
     cert = _read(env, CERT_ENV) if CERT_ENV in present else None
     key = _read(env, KEY_ENV) if KEY_ENV in present else None
-    return grpc.ssl_channel_credentials(root_certificates=_read(env, CA_ENV), private_key=key,
-                                        certificate_chain=cert)
+    return grpc.ssl_channel_credentials(root_certificates=_read(env, CA_ENV), private_key=key, certificate_chain=cert)
 
 
 def _options(server_name: str) -> list[tuple[str, str]]:
@@ -66,13 +65,15 @@ def open_channel(target: str, *, server_name: str = "", env: Mapping[str, str] |
     return grpc.secure_channel(target, credentials, options=_options(server_name))
 
 
-def health_status(target: str, *, service: str = "", timeout: float = 2.0, server_name: str = "",
-                  env: Mapping[str, str] | None = None) -> str:
+def health_status(
+    target: str, *, service: str = "", timeout: float = 2.0, server_name: str = "", env: Mapping[str, str] | None = None
+) -> str:
     """grpc.health.v1 status of `service` ("" = the whole server) at target, or the gRPC error code's name."""
     with open_channel(target, server_name=server_name, env=env) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
         except grpc.RpcError as error:
             return error.code().name
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))

@@ -41,23 +41,26 @@ class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         self.spans: list[CollectedSpan] = []
         self.lock = threading.Lock()
 
-    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest,
-               context: grpc.ServicerContext) -> trace_service_pb2.ExportTraceServiceResponse:
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
         batch = []
         for resource_spans in request.resource_spans:
             resource = {kv.key: _value(kv.value) for kv in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    batch.append(CollectedSpan(
-                        service=str(resource.get("service.name", "")),
-                        color=str(resource.get("deployment.color", "")),
-                        version=str(resource.get("service.version", "")),
-                        name=span.name,
-                        kind=trace_pb2.Span.SpanKind.Name(span.kind),
-                        start_ns=span.start_time_unix_nano,
-                        end_ns=span.end_time_unix_nano,
-                        ok=span.status.code != trace_pb2.Status.STATUS_CODE_ERROR,
-                    ))
+                    batch.append(
+                        CollectedSpan(
+                            service=str(resource.get("service.name", "")),
+                            color=str(resource.get("deployment.color", "")),
+                            version=str(resource.get("service.version", "")),
+                            name=span.name,
+                            kind=trace_pb2.Span.SpanKind.Name(span.kind),
+                            start_ns=span.start_time_unix_nano,
+                            end_ns=span.end_time_unix_nano,
+                            ok=span.status.code != trace_pb2.Status.STATUS_CODE_ERROR,
+                        )
+                    )
         with self.lock:
             self.spans.extend(batch)
         return trace_service_pb2.ExportTraceServiceResponse()

@@ -70,7 +70,8 @@ class Forwarder:
         target = self.active  # chosen once, at connect time, like a Service's conntrack entry
         try:
             upstream_reader, upstream_writer = await asyncio.wait_for(
-                asyncio.open_connection(*_split(target)), _CONNECT_TIMEOUT)
+                asyncio.open_connection(*_split(target)), _CONNECT_TIMEOUT
+            )
         except (OSError, TimeoutError):
             # The backend is gone: the client sees a reset connection (gRPC UNAVAILABLE) and retries.
             self.refused[target] += 1

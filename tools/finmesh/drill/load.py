@@ -76,9 +76,11 @@ class LoadReport:
     def summary(self) -> str:
         latencies = sorted(r.ended - r.started for r in self.acknowledged)
         p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else 0.0
-        return (f"{len(self.records)} calls in {self.seconds:.1f}s, {len(self.acknowledged)} acknowledged, "
-                f"{len(self.failed)} failed, {self.retries} retries "
-                f"({sum(1 for r in self.records if r.retried_codes)} calls retried), p99 {p99 * 1000:.0f} ms")
+        return (
+            f"{len(self.records)} calls in {self.seconds:.1f}s, {len(self.acknowledged)} acknowledged, "
+            f"{len(self.failed)} failed, {self.retries} retries "
+            f"({sum(1 for r in self.records if r.retried_codes)} calls retried), p99 {p99 * 1000:.0f} ms"
+        )
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,15 @@ class PaymentLoad:
     start) cannot run out of load before the step it wants to prove; the count is the bound.
     """
 
-    def __init__(self, target: str, payers: list[str], payees: list[str], run_id: str,
-                 shape: LoadShape | None = None,
-                 interceptors: list[grpc.aio.ClientInterceptor] | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        payers: list[str],
+        payees: list[str],
+        run_id: str,
+        shape: LoadShape | None = None,
+        interceptors: list[grpc.aio.ClientInterceptor] | None = None,
+    ) -> None:
         self._target = target
         # E.g. one that presents each payer's access token (auth is enforced by default).
         self._interceptors = interceptors or []
@@ -117,17 +125,25 @@ class PaymentLoad:
 
     def record(self, i: int) -> CallRecord:
         """The i-th call: fixed by i alone, so a retry sends the identical request."""
-        return CallRecord(index=i, key=f"drill-{self._run_id}-{i}", description=f"drill {self._run_id} #{i}",
-                          payer=self._payers[i % len(self._payers)], payee=self._payees[i % len(self._payees)],
-                          amount=100 + i % 7)
+        return CallRecord(
+            index=i,
+            key=f"drill-{self._run_id}-{i}",
+            description=f"drill {self._run_id} #{i}",
+            payer=self._payers[i % len(self._payers)],
+            payee=self._payees[i % len(self._payees)],
+            amount=100 + i % 7,
+        )
 
     async def run(self) -> LoadReport:
         s = self.shape
         # A local subchannel pool per channel: otherwise channels to one target share a
         # single HTTP/2 connection, and the drill would have one client, not several.
-        channels = [grpc.aio.insecure_channel(self._target, options=[("grpc.use_local_subchannel_pool", 1)],
-                                              interceptors=self._interceptors)
-                    for _ in range(s.clients)]
+        channels = [
+            grpc.aio.insecure_channel(
+                self._target, options=[("grpc.use_local_subchannel_pool", 1)], interceptors=self._interceptors
+            )
+            for _ in range(s.clients)
+        ]
         stubs = [pb_grpc.PaymentsServiceStub(c) for c in channels]
         gate = asyncio.Semaphore(s.max_in_flight)
         records: list[CallRecord] = []
@@ -157,9 +173,13 @@ class PaymentLoad:
     async def _call(self, stub: pb_grpc.PaymentsServiceAsyncStub, record: CallRecord) -> None:
         s = self.shape
         request = pb.CreatePaymentRequest(
-            idempotency_key=record.key, payer_account_id=record.payer, payee_account_id=record.payee,
+            idempotency_key=record.key,
+            payer_account_id=record.payer,
+            payee_account_id=record.payee,
             amount=money_pb2.Money(currency_code=s.currency, minor_units=record.amount),
-            capture_mode=pb.CAPTURE_MODE_AUTOMATIC, description=record.description)
+            capture_mode=pb.CAPTURE_MODE_AUTOMATIC,
+            description=record.description,
+        )
         record.started = time.monotonic()
         while True:
             record.attempts += 1

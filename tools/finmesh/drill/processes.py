@@ -42,8 +42,9 @@ class ServiceProcess:
         return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
 
 
-def start_service(service: str, *, color: str, version: str, env: dict[str, str], log_dir: Path,
-                  label: str = "") -> ServiceProcess:
+def start_service(
+    service: str, *, color: str, version: str, env: dict[str, str], log_dir: Path, label: str = ""
+) -> ServiceProcess:
     """Start `finmesh.<service>.main` on a free loopback port with the given color, version and FINMESH_* env."""
     port = free_port()
     log_path = log_dir / f"{label or service + '-' + color}.log"
@@ -56,8 +57,9 @@ def start_service(service: str, *, color: str, version: str, env: dict[str, str]
         "FINMESH_SERVICE_VERSION": version,
     }
     with log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", f"finmesh.{service}.main"], env=full_env,
-                                   stdout=subprocess.DEVNULL, stderr=log)
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"finmesh.{service}.main"], env=full_env, stdout=subprocess.DEVNULL, stderr=log
+        )
     return ServiceProcess(service, color, version, port, process, log_path)
 
 
@@ -97,8 +99,10 @@ class DrainReport:
         def seconds(value: float | None) -> str:
             return "never" if value is None else f"{value:.2f}s"
 
-        return (f"{self.name}: NOT_SERVING after {seconds(self.not_serving_after)}, stopped answering after "
-                f"{seconds(self.refused_after)}, exited {self.returncode} after {self.exited_after:.2f}s")
+        return (
+            f"{self.name}: NOT_SERVING after {seconds(self.not_serving_after)}, stopped answering after "
+            f"{seconds(self.refused_after)}, exited {self.returncode} after {self.exited_after:.2f}s"
+        )
 
 
 async def terminate(proc: ServiceProcess, timeout: float = 30.0) -> DrainReport:

@@ -53,8 +53,12 @@ class Booking:
     body: dict[str, Any]
 
     def answer(self) -> dict[str, Any]:
-        return {"operation_id": self.operation_id, "status": self.status, "reference": self.reference,
-                "reason": self.reason}
+        return {
+            "operation_id": self.operation_id,
+            "status": self.status,
+            "reference": self.reference,
+            "reason": self.reason,
+        }
 
 
 class FakeBank(HttpFake):
@@ -106,9 +110,14 @@ class FakeBank(HttpFake):
             self._counter += 1
             succeeded = behaviour != "fail"
             booking = Booking(
-                operation_id=operation_id, kind=kind, amount=amount, currency=str(body.get("currency_code", "")),
-                status="SUCCEEDED" if succeeded else "FAILED", reference=f"BNK{self._counter:010d}",
-                reason="" if succeeded else "DECLINED_BY_BANK", booked_at=datetime.now(UTC).isoformat(),
+                operation_id=operation_id,
+                kind=kind,
+                amount=amount,
+                currency=str(body.get("currency_code", "")),
+                status="SUCCEEDED" if succeeded else "FAILED",
+                reference=f"BNK{self._counter:010d}",
+                reason="" if succeeded else "DECLINED_BY_BANK",
+                booked_at=datetime.now(UTC).isoformat(),
                 body=body,
             )
             self.operations[operation_id] = booking
@@ -147,7 +156,7 @@ class FakeBank(HttpFake):
         if request.raw_path == "/v1/statement.csv":
             return web.Response(body=self.statement_csv().encode(), content_type="text/csv")
         if request.raw_path.startswith(LOOKUP):
-            answer = self.lookup(request.raw_path[len(LOOKUP):])
+            answer = self.lookup(request.raw_path[len(LOOKUP) :])
             return self.json_reply(answer or {"error": "unknown operation"}, 200 if answer else 404)
         return self.json_reply({"error": "no such endpoint"}, 404)
 

@@ -141,8 +141,9 @@ class HttpFake:
         return request.headers.get("Authorization") == f"Bearer {self.api_key}"
 
     def json_reply(self, body: Any, status: int = 200) -> web.Response:
-        return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json",
-                            charset=self.CHARSET)
+        return web.Response(
+            status=status, body=json.dumps(body).encode(), content_type="application/json", charset=self.CHARSET
+        )
 
     @staticmethod
     async def read_json(request: web.Request, *, if_empty: Any = None) -> Any:

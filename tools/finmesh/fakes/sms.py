@@ -90,8 +90,9 @@ class FakeSmsProvider(HttpFake):
         message_id = str(uuid.uuid4())
         if key:
             self._seen[key] = message_id
-        self.messages.append({"message_id": message_id, "to": body["to"], "text": body["text"],
-                              "reference": body.get("reference", "")})
+        self.messages.append(
+            {"message_id": message_id, "to": body["to"], "text": body["text"], "reference": body.get("reference", "")}
+        )
         self.arrived.set()
         return self.json_reply({"message_id": message_id}, 202)
 

@@ -1,6 +1,6 @@
 """A real SMTP server on loopback (aiosmtpd) that keeps what it receives and can refuse on demand.
 
-    python -m finmesh.fakes.smtp --port 2525
+python -m finmesh.fakes.smtp --port 2525
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ class _Handler:
     def __init__(self, owner: FakeSmtpServer) -> None:
         self._owner = owner
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
         if address in self._owner.refused_recipients:
             return "550 5.1.1 mailbox unavailable"
         envelope.rcpt_tos.append(address)
@@ -58,8 +57,9 @@ class FakeSmtpServer:
     async def start(self) -> FakeSmtpServer:
         loop = asyncio.get_running_loop()
         handler = _Handler(self)
-        self._server = await loop.create_server(lambda: SMTP(handler, hostname="fake-smtp.local"),
-                                                self.host, self._port)
+        self._server = await loop.create_server(
+            lambda: SMTP(handler, hostname="fake-smtp.local"), self.host, self._port
+        )
         return self
 
     async def stop(self) -> None:

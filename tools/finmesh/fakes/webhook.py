@@ -34,8 +34,14 @@ class FakeWebhookReceiver(HttpFake):
     STEPS = ("fail",)
     CHARSET = "utf-8"
 
-    def __init__(self, secret: str = "", tolerance_seconds: float = 300, host: str = "127.0.0.1",
-                 port: int = 0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        secret: str = "",
+        tolerance_seconds: float = 300,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         super().__init__(host=host, port=port)
         self.secret = secret
         self.tolerance_seconds = tolerance_seconds
@@ -66,7 +72,7 @@ class FakeWebhookReceiver(HttpFake):
         return self.accepted
 
     def check(self, timestamp: str, signature: str, body: bytes) -> str:
-        """"" if the request is authentic and fresh, else the reason it is refused."""
+        """ "" if the request is authentic and fresh, else the reason it is refused."""
         if not timestamp.isdigit() or not signature.startswith("v1="):
             return "malformed"
         if abs(self._clock() - int(timestamp)) > self.tolerance_seconds:
@@ -76,8 +82,7 @@ class FakeWebhookReceiver(HttpFake):
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        problem = self.check(request.headers.get(TIMESTAMP_HEADER, ""), request.headers.get(SIGNATURE_HEADER, ""),
-                             body)
+        problem = self.check(request.headers.get(TIMESTAMP_HEADER, ""), request.headers.get(SIGNATURE_HEADER, ""), body)
         if problem:
             self.rejected.append(problem)
             return self.json_reply({"error": problem}, 401)

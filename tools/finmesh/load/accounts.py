@@ -54,21 +54,40 @@ def load_accounts(path: Path) -> TestAccounts:
     return TestAccounts(owner, accounts, str(data.get("currency", "CNY")))
 
 
-async def provision(payments: pay_grpc.PaymentsServiceAsyncStub, owner_id: str, metadata: tuple[tuple[str, str], ...],
-                    *, count: int = 8, funding: int = DEFAULT_FUNDING, currency: str = "CNY") -> TestAccounts:
+async def provision(
+    payments: pay_grpc.PaymentsServiceAsyncStub,
+    owner_id: str,
+    metadata: tuple[tuple[str, str], ...],
+    *,
+    count: int = 8,
+    funding: int = DEFAULT_FUNDING,
+    currency: str = "CNY",
+) -> TestAccounts:
     """Open `count` wallets for the test owner (whose token is in `metadata`) and top each up with `funding`
     through the sandbox bank channel, as the demo funds its payer."""
     run = uuid.uuid4().hex[:8]
     opened = []
     for i in range(count):
-        reply = await payments.OpenAccount(pay_pb.OpenAccountRequest(
-            idempotency_key=f"load-{run}-open-{i}", owner_id=owner_id,
-            kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET, currency_code=currency,
-        ), metadata=metadata, timeout=SETUP_TIMEOUT_S)
+        reply = await payments.OpenAccount(
+            pay_pb.OpenAccountRequest(
+                idempotency_key=f"load-{run}-open-{i}",
+                owner_id=owner_id,
+                kind=pay_pb.ACCOUNT_KIND_CUSTOMER_WALLET,
+                currency_code=currency,
+            ),
+            metadata=metadata,
+            timeout=SETUP_TIMEOUT_S,
+        )
         opened.append(reply.account.account_id)
     for i, account_id in enumerate(opened):
-        await payments.TopUp(pay_pb.TopUpRequest(
-            idempotency_key=f"load-{run}-topup-{i}", account_id=account_id, channel="test_bank",
-            amount=money_pb2.Money(currency_code=currency, minor_units=funding),
-        ), metadata=metadata, timeout=SETUP_TIMEOUT_S)
+        await payments.TopUp(
+            pay_pb.TopUpRequest(
+                idempotency_key=f"load-{run}-topup-{i}",
+                account_id=account_id,
+                channel="test_bank",
+                amount=money_pb2.Money(currency_code=currency, minor_units=funding),
+            ),
+            metadata=metadata,
+            timeout=SETUP_TIMEOUT_S,
+        )
     return TestAccounts(owner_id, tuple(opened), currency)

@@ -33,12 +33,20 @@ class SetupError(Exception):
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("load", help="load-test a target: open or closed loop, HDR figures, JSON + HTML report",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "load",
+        help="load-test a target: open or closed loop, HDR figures, JSON + HTML report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--scenario", default="payment", choices=[*scenarios.NAMES, "mix"])
     p.add_argument("--mix", default=Plan.mix, help="weights for --scenario mix (default %(default)s)")
-    p.add_argument("--mode", default="open", choices=["open", "closed"],
-                   help="open: constant rate, latency from each call's intended send time; closed: fixed concurrency")
+    p.add_argument(
+        "--mode",
+        default="open",
+        choices=["open", "closed"],
+        help="open: constant rate, latency from each call's intended send time; closed: fixed concurrency",
+    )
     p.add_argument("--rate", type=float, default=100.0, help="open loop: calls per second (default %(default)s)")
     p.add_argument("--concurrency", type=int, default=16, help="closed loop: calls in flight (default %(default)s)")
     p.add_argument("--duration", type=float, help="measured seconds (default 10 unless --count is given)")
@@ -47,20 +55,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-in-flight", type=int, default=10_000, help="open loop: cap on outstanding calls")
     p.add_argument("--connections", type=int, default=1, help="HTTP/2 connections per target")
     p.add_argument("--timeout", type=float, default=10.0, help="per-call deadline in seconds")
-    p.add_argument("--target", required=True, help="payments host:port (replicas: ipv4:host:port,host:port), "
-                   "`noop` or `local`")
-    p.add_argument("--mesh-dir", type=Path, help="--target local: keep the mesh's databases, spans and logs here "
-                   "(default: a temporary directory, removed after the run)")
+    p.add_argument(
+        "--target", required=True, help="payments host:port (replicas: ipv4:host:port,host:port), `noop` or `local`"
+    )
+    p.add_argument(
+        "--mesh-dir",
+        type=Path,
+        help="--target local: keep the mesh's databases, spans and logs here "
+        "(default: a temporary directory, removed after the run)",
+    )
     p.add_argument("--identity-target", help="identity host:port for registrations (default: --target)")
     p.add_argument("--tls-ca", help="CA file: TLS (default FINMESH_TLS_CA_FILE)")
     p.add_argument("--tls-cert", help="client certificate for mTLS (default FINMESH_TLS_CERT_FILE)")
     p.add_argument("--tls-key", help="client key for mTLS (default FINMESH_TLS_KEY_FILE)")
     p.add_argument("--tls-server-name", default="", help="name the server certificate must carry")
-    p.add_argument("--token-env", default=DEFAULT_TOKEN_ENV,
-                   help="environment variable holding the test owner's bearer token (default %(default)s)")
+    p.add_argument(
+        "--token-env",
+        default=DEFAULT_TOKEN_ENV,
+        help="environment variable holding the test owner's bearer token (default %(default)s)",
+    )
     p.add_argument("--accounts-file", type=Path, help='JSON {"owner_id", "currency", "accounts": [...]}')
-    p.add_argument("--baseline", action="store_true",
-                   help="also run the payment path against the no-op baseline in this run and report ratios")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also run the payment path against the no-op baseline in this run and report ratios",
+    )
     p.add_argument("--out", type=Path, default=Path("load-results"), help="directory for result.json, report.html")
     p.add_argument("--quiet", action="store_true", help="no live progress line")
     p.set_defaults(func=cmd_load)
@@ -68,13 +87,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def plan_from(args: argparse.Namespace) -> Plan:
     duration = args.duration if args.duration is not None else (None if args.count else 10.0)
-    plan = Plan(scenario=args.scenario, mix=args.mix, mode=args.mode, rate=args.rate, concurrency=args.concurrency,
-                duration_s=duration, count=args.count, warmup_s=args.warmup, max_in_flight=args.max_in_flight,
-                connections=args.connections, timeout_s=args.timeout)
+    plan = Plan(
+        scenario=args.scenario,
+        mix=args.mix,
+        mode=args.mode,
+        rate=args.rate,
+        concurrency=args.concurrency,
+        duration_s=duration,
+        count=args.count,
+        warmup_s=args.warmup,
+        max_in_flight=args.max_in_flight,
+        connections=args.connections,
+        timeout_s=args.timeout,
+    )
     if plan.scenario == "mix":
         scenarios.parse_mix(plan.mix)  # refuse a bad mix before starting anything
-    for name, value in (("--rate", plan.rate), ("--concurrency", plan.concurrency), ("--timeout", plan.timeout_s),
-                        ("--duration", plan.duration_s or 1), ("--count", plan.count or 1)):
+    for name, value in (
+        ("--rate", plan.rate),
+        ("--concurrency", plan.concurrency),
+        ("--timeout", plan.timeout_s),
+        ("--duration", plan.duration_s or 1),
+        ("--count", plan.count or 1),
+    ):
         if value <= 0:
             raise SetupError(f"{name} must be positive")
     if plan.warmup_s < 0:
@@ -93,8 +127,9 @@ async def _remote(args: argparse.Namespace, plan: Plan) -> AsyncIterator[Targets
             raise SetupError("payment and balance scenarios need the dedicated test accounts: --accounts-file")
         accounts = load_accounts(args.accounts_file)
         if not token:
-            raise SetupError(f"no token in ${args.token_env}: the test owner's bearer token goes there "
-                             "(never on the command line)")
+            raise SetupError(
+                f"no token in ${args.token_env}: the test owner's bearer token goes there (never on the command line)"
+            )
     targets = Targets(args.target, accounts=accounts)
     if used & {"payment", "balance"}:
         targets.payments = Endpoint(args.target, tls, token)
@@ -132,8 +167,9 @@ async def _measure(args: argparse.Namespace, plan: Plan, label: str = "") -> tup
         for note in targets.notes:
             print(note, file=sys.stderr)
         try:
-            result = await run_load(plan, payments=targets.payments, identity=targets.identity,
-                                    accounts=targets.accounts, progress=progress)
+            result = await run_load(
+                plan, payments=targets.payments, identity=targets.identity, accounts=targets.accounts, progress=progress
+            )
         finally:
             if progress is not None:
                 progress.done()

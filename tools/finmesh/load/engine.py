@@ -111,13 +111,20 @@ class LoadResult:
         """The HDR percentile distribution: (percentile, latency) steps for a log-x percentile plot."""
         if self.histogram.get_total_count() == 0:
             return []
-        points = [{"percentile": round(item.percentile_level_iterated_to, 6), "ms": item.value_iterated_to / 1000.0}
-                  for item in self.histogram.get_percentile_iterator(ticks_per_half_distance)]
+        points = [
+            {"percentile": round(item.percentile_level_iterated_to, 6), "ms": item.value_iterated_to / 1000.0}
+            for item in self.histogram.get_percentile_iterator(ticks_per_half_distance)
+        ]
         return points
 
     def summary_dict(self) -> dict[str, Any]:
-        return {"calls": self.calls, "ok": self.ok, "errors": dict(sorted(self.errors.items())),
-                "throughput": round(self.throughput, 3), "latency_ms": self.latency_ms()}
+        return {
+            "calls": self.calls,
+            "ok": self.ok,
+            "errors": dict(sorted(self.errors.items())),
+            "throughput": round(self.throughput, 3),
+            "latency_ms": self.latency_ms(),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         encoded = self.histogram.encode()
@@ -209,8 +216,9 @@ def _check_bounds(duration_s: float | None, count: int | None) -> None:
         raise ValueError("count must be positive")
 
 
-async def _run_one(call: Call, i: int, intended: float, recorder: _Recorder, loop: asyncio.AbstractEventLoop,
-                   label: Label | None) -> None:
+async def _run_one(
+    call: Call, i: int, intended: float, recorder: _Recorder, loop: asyncio.AbstractEventLoop, label: Label | None
+) -> None:
     error: BaseException | None = None
     try:
         await call(i)
@@ -219,27 +227,31 @@ async def _run_one(call: Call, i: int, intended: float, recorder: _Recorder, loo
     recorder.record(intended, loop.time(), error, label(i) if label else "")
 
 
-async def _report_progress(progress: Progress, recorder: _Recorder, in_flight: Callable[[], int],
-                           loop: asyncio.AbstractEventLoop) -> None:
+async def _report_progress(
+    progress: Progress, recorder: _Recorder, in_flight: Callable[[], int], loop: asyncio.AbstractEventLoop
+) -> None:
     while True:
         await asyncio.sleep(PROGRESS_EVERY_S)
         now = loop.time()
         result = recorder.result
         recorder.fold_before(int(now - recorder.measure_from) - 1)
-        progress(Snapshot(
-            phase="warmup" if now < recorder.measure_from else "measure",
-            elapsed_s=now - recorder.measure_from,
-            calls=result.calls,
-            ok=result.ok,
-            errors=sum(result.errors.values()),
-            in_flight=in_flight(),
-            p99_ms=result.percentile_ms(99.0),
-            late_sends=result.late_sends,
-        ))
+        progress(
+            Snapshot(
+                phase="warmup" if now < recorder.measure_from else "measure",
+                elapsed_s=now - recorder.measure_from,
+                calls=result.calls,
+                ok=result.ok,
+                errors=sum(result.errors.values()),
+                in_flight=in_flight(),
+                p99_ms=result.percentile_ms(99.0),
+                late_sends=result.late_sends,
+            )
+        )
 
 
-async def _with_progress(body: Awaitable[None], progress: Progress | None, recorder: _Recorder,
-                         in_flight: Callable[[], int]) -> None:
+async def _with_progress(
+    body: Awaitable[None], progress: Progress | None, recorder: _Recorder, in_flight: Callable[[], int]
+) -> None:
     loop = asyncio.get_running_loop()
     reporter = asyncio.create_task(_report_progress(progress, recorder, in_flight, loop)) if progress else None
     try:
@@ -250,9 +262,17 @@ async def _with_progress(body: Awaitable[None], progress: Progress | None, recor
             await asyncio.gather(reporter, return_exceptions=True)
 
 
-async def open_loop(call: Call, *, rate: float, duration_s: float | None = None, count: int | None = None,
-                    warmup_s: float = 0.0, max_in_flight: int = 10_000, progress: Progress | None = None,
-                    label: Label | None = None) -> LoadResult:
+async def open_loop(
+    call: Call,
+    *,
+    rate: float,
+    duration_s: float | None = None,
+    count: int | None = None,
+    warmup_s: float = 0.0,
+    max_in_flight: int = 10_000,
+    progress: Progress | None = None,
+    label: Label | None = None,
+) -> LoadResult:
     """Send at `rate` calls/s; latency runs from each call's intended send time. `count` counts measured calls."""
     _check_bounds(duration_s, count)
     if rate <= 0:
@@ -303,9 +323,16 @@ async def open_loop(call: Call, *, rate: float, duration_s: float | None = None,
     return result
 
 
-async def closed_loop(call: Call, *, concurrency: int, duration_s: float | None = None, count: int | None = None,
-                      warmup_s: float = 0.0, progress: Progress | None = None,
-                      label: Label | None = None) -> LoadResult:
+async def closed_loop(
+    call: Call,
+    *,
+    concurrency: int,
+    duration_s: float | None = None,
+    count: int | None = None,
+    warmup_s: float = 0.0,
+    progress: Progress | None = None,
+    label: Label | None = None,
+) -> LoadResult:
     """Keep `concurrency` calls in flight; each worker sends its next call when the last one answers."""
     _check_bounds(duration_s, count)
     if concurrency <= 0:

@@ -34,19 +34,33 @@ START_TIMEOUT_S = 90.0
 TEST_ACCOUNTS = 8
 # A load run makes far more payments than a customer may in a day, and all from one caller whose per-caller
 # rate limit would otherwise be the figure measured; lifted on this throwaway mesh only.
-_LIMITS = {tier: {"CNY": {"single": 10**12, "daily_amount": 10**15, "daily_count": 10**9}}
-           for tier in ("low", "medium", "high")}
-_ENV = {"FINMESH_TIER_LIMITS": json.dumps(_LIMITS), "FINMESH_IDENTITY_ACCESS_TOKEN_TTL_SECONDS": "3600",
-        "FINMESH_RATE_LIMIT_PER_CALLER_RPS": "0"}
+_LIMITS = {
+    tier: {"CNY": {"single": 10**12, "daily_amount": 10**15, "daily_count": 10**9}}
+    for tier in ("low", "medium", "high")
+}
+_ENV = {
+    "FINMESH_TIER_LIMITS": json.dumps(_LIMITS),
+    "FINMESH_IDENTITY_ACCESS_TOKEN_TTL_SECONDS": "3600",
+    "FINMESH_RATE_LIMIT_PER_CALLER_RPS": "0",
+}
 
 
 async def _onboard_owner(mesh: Mesh) -> tuple[str, str]:
     """Onboard a synthetic person; returns (user id, access token)."""
     person = new_people()[0]
-    async with grpc.aio.insecure_channel(mesh.targets()["identity"]) as channel, \
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        return await onboard(id_grpc.IdentityServiceStub(channel), Handset(mesh.fakes["sms"], http), person,
-                              f"load owner {uuid.uuid4().hex}", f"load-{uuid.uuid4().hex[:8]}", 0, wait_seconds=20)
+    async with (
+        grpc.aio.insecure_channel(mesh.targets()["identity"]) as channel,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+    ):
+        return await onboard(
+            id_grpc.IdentityServiceStub(channel),
+            Handset(mesh.fakes["sms"], http),
+            person,
+            f"load owner {uuid.uuid4().hex}",
+            f"load-{uuid.uuid4().hex[:8]}",
+            0,
+            wait_seconds=20,
+        )
 
 
 def _restart_payments(mesh: Mesh, owner_id: str) -> None:
@@ -78,10 +92,16 @@ async def local_targets(*, data_dir: Path | None = None, quiet: bool = False) ->
             await asyncio.to_thread(_restart_payments, mesh, owner_id)
             payments = Endpoint(mesh.targets()["payments"], token=token)
             async with grpc.aio.insecure_channel(payments.target) as channel:
-                accounts = await provision(pay_grpc.PaymentsServiceStub(channel), owner_id, payments.metadata(),
-                                           count=TEST_ACCOUNTS)
+                accounts = await provision(
+                    pay_grpc.PaymentsServiceStub(channel), owner_id, payments.metadata(), count=TEST_ACCOUNTS
+                )
             note = f"test owner {owner_id}: {len(accounts.accounts)} funded test accounts"
-            yield Targets("local", payments, Endpoint(mesh.targets()["identity"], token=token), accounts,
-                          notes=[] if quiet else [note])
+            yield Targets(
+                "local",
+                payments,
+                Endpoint(mesh.targets()["identity"], token=token),
+                accounts,
+                notes=[] if quiet else [note],
+            )
         finally:
             await asyncio.to_thread(mesh.stop)

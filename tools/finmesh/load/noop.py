@@ -76,8 +76,9 @@ def _authorizer() -> Authorizer:
 
 class NoopRisk(risk_grpc.RiskServiceServicer):
     async def AssessPayment(self, request: risk_pb.AssessPaymentRequest, context: Any) -> Any:
-        return risk_pb.AssessPaymentResponse(assessment=risk_pb.Assessment(
-            payment_id=request.payment_id, decision=risk_pb.DECISION_APPROVE))
+        return risk_pb.AssessPaymentResponse(
+            assessment=risk_pb.Assessment(payment_id=request.payment_id, decision=risk_pb.DECISION_APPROVE)
+        )
 
 
 class NoopPayments(pay_grpc.PaymentsServiceServicer):
@@ -88,13 +89,24 @@ class NoopPayments(pay_grpc.PaymentsServiceServicer):
     async def CreatePayment(self, request: pay_pb.CreatePaymentRequest, context: Any) -> Any:
         payment_id = str(uuid.uuid4())
         # The same request shape the real payments sends, so both hops carry comparable bytes.
-        await self._risk.AssessPayment(risk_pb.AssessPaymentRequest(
-            payment_id=payment_id, payer_account_id=request.payer_account_id,
-            payee_account_id=request.payee_account_id, amount=request.amount),
-            timeout=remaining_timeout(context, self._timeout))
-        return pay_pb.CreatePaymentResponse(payment=pay_pb.Payment(
-            payment_id=payment_id, payer_account_id=request.payer_account_id,
-            payee_account_id=request.payee_account_id, amount=request.amount, status=pay_pb.PAYMENT_STATUS_CAPTURED))
+        await self._risk.AssessPayment(
+            risk_pb.AssessPaymentRequest(
+                payment_id=payment_id,
+                payer_account_id=request.payer_account_id,
+                payee_account_id=request.payee_account_id,
+                amount=request.amount,
+            ),
+            timeout=remaining_timeout(context, self._timeout),
+        )
+        return pay_pb.CreatePaymentResponse(
+            payment=pay_pb.Payment(
+                payment_id=payment_id,
+                payer_account_id=request.payer_account_id,
+                payee_account_id=request.payee_account_id,
+                amount=request.amount,
+                status=pay_pb.PAYMENT_STATUS_CAPTURED,
+            )
+        )
 
 
 class _StaticToken:
@@ -120,16 +132,29 @@ class _StandIn:
 
 async def _build_risk() -> _StandIn:
     risk = NoopRisk()  # type: ignore[abstract]  # answers one RPC; the generated base the rest, UNIMPLEMENTED
-    return _StandIn([Registration(risk, risk_grpc.add_RiskServiceServicer_to_server,
-                                  risk_pb.DESCRIPTOR.services_by_name["RiskService"], _authorizer())])
+    return _StandIn(
+        [
+            Registration(
+                risk,
+                risk_grpc.add_RiskServiceServicer_to_server,
+                risk_pb.DESCRIPTOR.services_by_name["RiskService"],
+                _authorizer(),
+            )
+        ]
+    )
 
 
 async def _build_payments(settings: ServiceSettings) -> _StandIn:
     channel = open_channel(settings.risk_target, settings, token_source=_StaticToken(os.environ[_SERVICE_TOKEN_ENV]))
     servicer = NoopPayments(  # type: ignore[abstract]  # answers one RPC; the generated base the rest, UNIMPLEMENTED
-        risk_grpc.RiskServiceStub(channel), settings.call_timeout_seconds)
-    registration = Registration(servicer, pay_grpc.add_PaymentsServiceServicer_to_server,
-                                pay_pb.DESCRIPTOR.services_by_name["PaymentsService"], _authorizer())
+        risk_grpc.RiskServiceStub(channel), settings.call_timeout_seconds
+    )
+    registration = Registration(
+        servicer,
+        pay_grpc.add_PaymentsServiceServicer_to_server,
+        pay_pb.DESCRIPTOR.services_by_name["PaymentsService"],
+        _authorizer(),
+    )
     return _StandIn([registration], [channel])
 
 
@@ -147,8 +172,17 @@ def serve(role: str) -> None:
 
 def mint(private_key: Ed25519PrivateKey, sub: str, roles: list[str], ttl: int = 6 * 3600) -> str:
     now = int(time.time())
-    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "roles": sorted(roles), "tier": "low", "vrf": True,
-              "iat": now, "exp": now + ttl, "jti": uuid.uuid4().hex}
+    claims = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": sub,
+        "roles": sorted(roles),
+        "tier": "low",
+        "vrf": True,
+        "iat": now,
+        "exp": now + ttl,
+        "jti": uuid.uuid4().hex,
+    }
     return sign(claims, private_key, KID)
 
 
@@ -224,9 +258,13 @@ class NoopMesh:
         assert self.data_dir is not None
         log = (self.data_dir / f"noop-{role}-{len(self.processes)}.log").open("ab")
         with log:
-            process = subprocess.Popen([sys.executable, "-m", "finmesh.load.noop", "--serve", role],
-                                       env=self._env(role, risk_target), stdout=subprocess.PIPE, stderr=log,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "finmesh.load.noop", "--serve", role],
+                env=self._env(role, risk_target),
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+            )
         proc = StandInProcess(role, process, started_at=time.monotonic())
         self.processes.append(proc)
         return proc
@@ -301,8 +339,17 @@ def _announce(mesh: NoopMesh) -> None:
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(mesh.customer_token)
-    print(json.dumps({"target": mesh.target, "token_file": str(token_file), "tracing": mesh.tracing,
-                      "pids": {f"{p.role}-{i}": p.process.pid for i, p in enumerate(mesh.processes)}}), flush=True)
+    print(
+        json.dumps(
+            {
+                "target": mesh.target,
+                "token_file": str(token_file),
+                "tracing": mesh.tracing,
+                "pids": {f"{p.role}-{i}": p.process.pid for i, p in enumerate(mesh.processes)},
+            }
+        ),
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -323,8 +370,7 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with NoopMesh(tracing=not args.no_tracing, payments=args.payments, risk=args.risk,
-                  data_dir=args.data_dir) as mesh:
+    with NoopMesh(tracing=not args.no_tracing, payments=args.payments, risk=args.risk, data_dir=args.data_dir) as mesh:
         _announce(mesh)
         while not stop[0] and all(p.process.poll() is None for p in mesh.processes):
             time.sleep(0.2)

@@ -20,8 +20,10 @@ class ProgressLine:
             text = f"{self.label}warm-up {-snap.elapsed_s:4.1f}s left  in flight {snap.in_flight}"
         else:
             rate = snap.ok / snap.elapsed_s if snap.elapsed_s > 0 else 0.0
-            text = (f"{self.label}{snap.elapsed_s:6.1f}s  {rate:8.1f} ok/s  ok {snap.ok}  errors {snap.errors}  "
-                    f"in flight {snap.in_flight}  p99 {snap.p99_ms:.1f} ms  late sends {snap.late_sends}")
+            text = (
+                f"{self.label}{snap.elapsed_s:6.1f}s  {rate:8.1f} ok/s  ok {snap.ok}  errors {snap.errors}  "
+                f"in flight {snap.in_flight}  p99 {snap.p99_ms:.1f} ms  late sends {snap.late_sends}"
+            )
         if self.in_place:
             self.stream.write("\r" + text.ljust(self._width))
             self._width = len(text)

@@ -51,8 +51,14 @@ class Plan:
         return shown
 
 
-async def run_load(plan: Plan, *, payments: Endpoint | None = None, identity: Endpoint | None = None,
-                   accounts: TestAccounts | None = None, progress: Progress | None = None) -> LoadResult:
+async def run_load(
+    plan: Plan,
+    *,
+    payments: Endpoint | None = None,
+    identity: Endpoint | None = None,
+    accounts: TestAccounts | None = None,
+    progress: Progress | None = None,
+) -> LoadResult:
     """Run `plan` against the endpoints; every call carries the synthetic mark (and the token, if any)."""
     metadata = (payments or identity or Endpoint("")).metadata()
     channels: list[grpc.aio.Channel] = []
@@ -68,11 +74,25 @@ async def run_load(plan: Plan, *, payments: Endpoint | None = None, identity: En
         call = scenarios.build(plan.scenario, ctx, plan.mix)
         label = scenarios.labeler(plan.scenario, plan.mix)
         if plan.mode == "closed":
-            return await engine.closed_loop(call, concurrency=plan.concurrency, duration_s=plan.duration_s,
-                                            count=plan.count, warmup_s=plan.warmup_s, progress=progress, label=label)
-        return await engine.open_loop(call, rate=plan.rate, duration_s=plan.duration_s, count=plan.count,
-                                      warmup_s=plan.warmup_s, max_in_flight=plan.max_in_flight, progress=progress,
-                                      label=label)
+            return await engine.closed_loop(
+                call,
+                concurrency=plan.concurrency,
+                duration_s=plan.duration_s,
+                count=plan.count,
+                warmup_s=plan.warmup_s,
+                progress=progress,
+                label=label,
+            )
+        return await engine.open_loop(
+            call,
+            rate=plan.rate,
+            duration_s=plan.duration_s,
+            count=plan.count,
+            warmup_s=plan.warmup_s,
+            max_in_flight=plan.max_in_flight,
+            progress=progress,
+            label=label,
+        )
     finally:
         for channel in channels:
             await channel.close()
@@ -90,8 +110,9 @@ def ratios(result: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float]
     return out
 
 
-def result_document(plan: Plan, target: str, result: LoadResult, baseline: LoadResult | None = None,
-                    started_at: float | None = None) -> dict[str, Any]:
+def result_document(
+    plan: Plan, target: str, result: LoadResult, baseline: LoadResult | None = None, started_at: float | None = None
+) -> dict[str, Any]:
     when = datetime.fromtimestamp(started_at or time.time(), UTC).isoformat(timespec="seconds")
     doc: dict[str, Any] = {"run": {"target": target, "started_at": when, **plan.describe()}, **result.to_dict()}
     if baseline is not None:
@@ -110,9 +131,11 @@ def write_outputs(doc: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
 
 def summary(doc: dict[str, Any]) -> str:
     lat = doc["latency_ms"]
-    line = (f"{doc['calls']} calls, {doc['ok']} ok, {doc['error_count']} errors in {doc['elapsed_s']:.2f}s: "
-            f"{doc['throughput']:.1f} ok/s; p50 {lat['p50']:.2f} p90 {lat['p90']:.2f} p99 {lat['p99']:.2f} "
-            f"p99.9 {lat['p99_9']:.2f} max {lat['max']:.2f} ms")
+    line = (
+        f"{doc['calls']} calls, {doc['ok']} ok, {doc['error_count']} errors in {doc['elapsed_s']:.2f}s: "
+        f"{doc['throughput']:.1f} ok/s; p50 {lat['p50']:.2f} p90 {lat['p90']:.2f} p99 {lat['p99']:.2f} "
+        f"p99.9 {lat['p99_9']:.2f} max {lat['max']:.2f} ms"
+    )
     if doc["errors"]:
         line += "; errors: " + ", ".join(f"{k}={v}" for k, v in doc["errors"].items())
     if doc["late_sends"]:
@@ -120,8 +143,10 @@ def summary(doc: dict[str, Any]) -> str:
     for name, part in doc.get("by_label", {}).items():
         lat = part["latency_ms"]
         errors = sum(part["errors"].values())
-        line += (f"\n  {name}: {part['calls']} calls, {part['ok']} ok, {errors} errors; "
-                 f"p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} max {lat['max']:.2f} ms")
+        line += (
+            f"\n  {name}: {part['calls']} calls, {part['ok']} ok, {errors} errors; "
+            f"p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} max {lat['max']:.2f} ms"
+        )
     if "ratio_to_baseline" in doc:
         r = doc["ratio_to_baseline"]
         line += "\nvs no-op baseline (same run): " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items())

@@ -68,12 +68,18 @@ def payment(ctx: Context) -> Call:
     currency = ctx.accounts.currency if ctx.accounts else "CNY"
 
     async def call(i: int) -> None:
-        reply = await _pick(ctx.payments, i, "payments").CreatePayment(pay_pb.CreatePaymentRequest(
-            idempotency_key=f"load-{ctx.run}-pay-{i}",  # fresh per call: every call is a new payment
-            payer_account_id=accounts[i % n], payee_account_id=accounts[(i + 1) % n],
-            amount=money_pb2.Money(currency_code=currency, minor_units=_AMOUNTS[(i // n) % len(_AMOUNTS)]),
-            capture_mode=pay_pb.CAPTURE_MODE_AUTOMATIC, description="finmesh load synthetic payment",
-        ), metadata=ctx.metadata, timeout=ctx.timeout_s)
+        reply = await _pick(ctx.payments, i, "payments").CreatePayment(
+            pay_pb.CreatePaymentRequest(
+                idempotency_key=f"load-{ctx.run}-pay-{i}",  # fresh per call: every call is a new payment
+                payer_account_id=accounts[i % n],
+                payee_account_id=accounts[(i + 1) % n],
+                amount=money_pb2.Money(currency_code=currency, minor_units=_AMOUNTS[(i // n) % len(_AMOUNTS)]),
+                capture_mode=pay_pb.CAPTURE_MODE_AUTOMATIC,
+                description="finmesh load synthetic payment",
+            ),
+            metadata=ctx.metadata,
+            timeout=ctx.timeout_s,
+        )
         if reply.payment.status not in _ACCEPTED:
             raise UnexpectedOutcome(pay_pb.PaymentStatus.Name(reply.payment.status))
 
@@ -86,7 +92,9 @@ def balance(ctx: Context) -> Call:
     async def call(i: int) -> None:
         await _pick(ctx.payments, i, "payments").GetAccount(
             pay_pb.GetAccountRequest(account_id=accounts[i % len(accounts)]),
-            metadata=ctx.metadata, timeout=ctx.timeout_s)
+            metadata=ctx.metadata,
+            timeout=ctx.timeout_s,
+        )
 
     return call
 
@@ -113,23 +121,29 @@ class SyntheticPeople:
         birth = self.base_birth + timedelta(days=i // 1000)
         first17 = f"110105{birth:%Y%m%d}{i % 1000:03d}"
         return id_pb.RegisterUserRequest(
-            idempotency_key=f"load-{self.run}-register-{i}", kind=id_pb.USER_KIND_PERSONAL,
-            legal_name="压测用户", id_number=first17 + check_char(first17), phone=f"{self.phone_prefix}{i:06d}",
-            email=f"load-{self.run}-{i}@example.com", password=self.password, locale="zh-CN")
+            idempotency_key=f"load-{self.run}-register-{i}",
+            kind=id_pb.USER_KIND_PERSONAL,
+            legal_name="压测用户",
+            id_number=first17 + check_char(first17),
+            phone=f"{self.phone_prefix}{i:06d}",
+            email=f"load-{self.run}-{i}@example.com",
+            password=self.password,
+            locale="zh-CN",
+        )
 
 
 def registration(ctx: Context) -> Call:
     people = SyntheticPeople.new(ctx.run)
 
     async def call(i: int) -> None:
-        await _pick(ctx.identity, i, "identity").RegisterUser(people.request(i), metadata=ctx.metadata,
-                                                               timeout=ctx.timeout_s)
+        await _pick(ctx.identity, i, "identity").RegisterUser(
+            people.request(i), metadata=ctx.metadata, timeout=ctx.timeout_s
+        )
 
     return call
 
 
-SCENARIOS: dict[str, Callable[[Context], Call]] = {"payment": payment, "balance": balance,
-                                                   "registration": registration}
+SCENARIOS: dict[str, Callable[[Context], Call]] = {"payment": payment, "balance": balance, "registration": registration}
 
 
 def parse_mix(text: str) -> dict[str, int]:

@@ -50,9 +50,11 @@ class Tls:
                 # The path is configuration; the file's content never appears in messages.
                 raise TlsConfigError(f"{path}: {error.strerror}") from error
 
-        return grpc.ssl_channel_credentials(root_certificates=read(self.ca),
-                                            private_key=read(self.key) if self.key else None,
-                                            certificate_chain=read(self.cert) if self.cert else None)
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca),
+            private_key=read(self.key) if self.key else None,
+            certificate_chain=read(self.cert) if self.cert else None,
+        )
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,10 @@ class Driver:
     def run(self) -> int:
         """Deploy, analyse, promote, watch, scale down; exit code from finmesh.rollout.plan."""
         p, w = self.plan, self.plan.windows
-        self.log(f"rollout {p.service} to {p.version}: {p.from_color} -> {p.to_color} "
-                 f"(release {p.cluster.release}, namespace {p.cluster.namespace})")
+        self.log(
+            f"rollout {p.service} to {p.version}: {p.from_color} -> {p.to_color} "
+            f"(release {p.cluster.release}, namespace {p.cluster.namespace})"
+        )
         try:
             self._command(p.deploy(), w.helm_timeout + 30, f"deploy {p.to_color}")
             self._command(p.wait_ready(), w.ready_timeout + 30, f"{p.to_color} did not become ready")
@@ -89,8 +91,10 @@ class Driver:
             if problems:
                 raise _Abort(f"{name}: {'; '.join(problems)}")
             tally = ProbeTally()
-            with self.runner.port_forward(p.port_forward(service_name)) as port, \
-                    self.probers(f"127.0.0.1:{port}", service_name) as prober:
+            with (
+                self.runner.port_forward(p.port_forward(service_name)) as port,
+                self.probers(f"127.0.0.1:{port}", service_name) as prober,
+            ):
                 failure = prober.synthetic_call()
                 if failure:
                     raise _Abort(f"{name}: {failure}")

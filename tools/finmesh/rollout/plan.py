@@ -107,12 +107,14 @@ class RolloutPlan:
 
     def pod_selector(self, color: str) -> str:
         """The labels of one color's server pods (templates/_helpers.tpl "finmesh.selectorLabels")."""
-        return ",".join([
-            f"app.kubernetes.io/name={self.service}",
-            f"app.kubernetes.io/instance={self.cluster.release}",
-            "app.kubernetes.io/component=server",
-            f"finmesh.io/color={color}",
-        ])
+        return ",".join(
+            [
+                f"app.kubernetes.io/name={self.service}",
+                f"app.kubernetes.io/instance={self.cluster.release}",
+                "app.kubernetes.io/component=server",
+                f"finmesh.io/color={color}",
+            ]
+        )
 
     # --- helm -------------------------------------------------------------------------------------
 
@@ -129,11 +131,16 @@ class RolloutPlan:
         integer, which the schema rightly refuses.
         """
         return [
-            "--set", f"{self._key('activeColor')}={active}",
-            "--set-string", f"{self._key(self.to_color, 'tag')}={self.version}",
-            "--set", f"{self._key(self.to_color, 'replicas')}={new_replicas}",
-            "--set", f"{self._key('preview', 'enabled')}={'true' if preview else 'false'}",
-            "--set-string", f"{self._key('migration', 'color')}={migration_color}",
+            "--set",
+            f"{self._key('activeColor')}={active}",
+            "--set-string",
+            f"{self._key(self.to_color, 'tag')}={self.version}",
+            "--set",
+            f"{self._key(self.to_color, 'replicas')}={new_replicas}",
+            "--set",
+            f"{self._key('preview', 'enabled')}={'true' if preview else 'false'}",
+            "--set-string",
+            f"{self._key('migration', 'color')}={migration_color}",
         ]
 
     def _upgrade(self, sets: list[str], *, hooks: bool) -> tuple[str, ...]:
@@ -158,8 +165,9 @@ class RolloutPlan:
         migration.color names the new color, so its code runs the expand step
         whether or not the tags are semantic versions.
         """
-        sets = self._sets(active=self.from_color, preview=False, new_replicas=self.replicas,
-                          migration_color=self.to_color)
+        sets = self._sets(
+            active=self.from_color, preview=False, new_replicas=self.replicas, migration_color=self.to_color
+        )
         return self._upgrade(sets, hooks=True)
 
     def preview_on(self) -> tuple[str, ...]:
@@ -200,16 +208,19 @@ class RolloutPlan:
         return (*argv, *args)
 
     def wait_ready(self) -> tuple[str, ...]:
-        return self._kubectl("rollout", "status", f"deployment/{self.deployment(self.to_color)}",
-                             f"--timeout={self.windows.ready_timeout}s")
+        return self._kubectl(
+            "rollout",
+            "status",
+            f"deployment/{self.deployment(self.to_color)}",
+            f"--timeout={self.windows.ready_timeout}s",
+        )
 
     def get_pods(self, color: str) -> tuple[str, ...]:
         return self._kubectl("get", "pods", "--selector", self.pod_selector(color), "--output", "json")
 
     def port_forward(self, service_name: str) -> tuple[str, ...]:
         """Forward a free local port to a Service (kubectl picks one of its ready pods)."""
-        return self._kubectl("port-forward", f"service/{service_name}", f":{self.grpc_port}",
-                             "--address", "127.0.0.1")
+        return self._kubectl("port-forward", f"service/{service_name}", f":{self.grpc_port}", "--address", "127.0.0.1")
 
     # --- the whole script, for --dry-run ----------------------------------------------------------
 
@@ -219,23 +230,31 @@ class RolloutPlan:
         analysis = (self.get_pods(new), self.port_forward(self.preview_service), self.get_pods(new))
         watch = (self.get_pods(new), self.port_forward(self.active_service), self.get_pods(new))
         return [
-            Step(f"deploy {new} with {self.version} ({self.replicas} replicas), preview Service off",
-                 (self.deploy(),)),
+            Step(f"deploy {new} with {self.version} ({self.replicas} replicas), preview Service off", (self.deploy(),)),
             Step(f"wait until every {new} pod is ready", (self.wait_ready(),)),
             Step(f"preview Service {self.preview_service} on (selects {new}, now ready)", (self.preview_on(),)),
-            Step(f"analysis for {w.analysis:g}s through {self.preview_service}", analysis,
-                 note=(f"pods of {new} ready with zero restarts at start and end; gRPC health and probe calls "
-                       f"every {w.probe_interval:g}s through the port-forward; error rate under the threshold")),
+            Step(
+                f"analysis for {w.analysis:g}s through {self.preview_service}",
+                analysis,
+                note=(
+                    f"pods of {new} ready with zero restarts at start and end; gRPC health and probe calls "
+                    f"every {w.probe_interval:g}s through the port-forward; error rate under the threshold"
+                ),
+            ),
             Step(f"promote: {self.active_service} selects {new}", (self.promote(),)),
-            Step(f"watch for {w.watch:g}s through {self.active_service}", watch,
-                 note="the same checks as the analysis, now on live traffic's Service"),
-            Step(f"keep {old} warm until {w.scale_down_delay:g}s after the flip, then scale it to 0",
-                 (self.finish(),)),
+            Step(
+                f"watch for {w.watch:g}s through {self.active_service}",
+                watch,
+                note="the same checks as the analysis, now on live traffic's Service",
+            ),
+            Step(f"keep {old} warm until {w.scale_down_delay:g}s after the flip, then scale it to 0", (self.finish(),)),
         ]
 
     def rollback_step(self) -> Step:
-        return Step(f"on any failure: {self.active_service} back to {self.from_color}, {self.to_color} to 0",
-                    (self.back_to_old(),))
+        return Step(
+            f"on any failure: {self.active_service} back to {self.from_color}, {self.to_color} to 0",
+            (self.back_to_old(),),
+        )
 
 
 # --- decisions ------------------------------------------------------------------------------------
@@ -256,8 +275,15 @@ class PodState:
 
 
 # Waiting reasons that mean a container crashed or cannot start at all.
-_BAD_WAITING = {"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError",
-                "CreateContainerError", "InvalidImageName", "RunContainerError"}
+_BAD_WAITING = {
+    "CrashLoopBackOff",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "InvalidImageName",
+    "RunContainerError",
+}
 
 
 def parse_pods(doc: dict[str, Any]) -> list[PodState]:
@@ -275,15 +301,17 @@ def parse_pods(doc: dict[str, Any]) -> list[PodState]:
             if last:
                 reasons.append(f"last exit {last.get('reason', 'terminated')} (code {last.get('exitCode', '?')})")
         conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
-        pods.append(PodState(
-            name=meta.get("name", "?"),
-            uid=meta.get("uid", ""),
-            phase=status.get("phase", "Unknown"),
-            ready=conditions.get("Ready") == "True",
-            restarts=sum(int(cs.get("restartCount", 0)) for cs in containers),
-            reasons=tuple(reasons),
-            deleting=bool(meta.get("deletionTimestamp")),
-        ))
+        pods.append(
+            PodState(
+                name=meta.get("name", "?"),
+                uid=meta.get("uid", ""),
+                phase=status.get("phase", "Unknown"),
+                ready=conditions.get("Ready") == "True",
+                restarts=sum(int(cs.get("restartCount", 0)) for cs in containers),
+                reasons=tuple(reasons),
+                deleting=bool(meta.get("deletionTimestamp")),
+            )
+        )
     return pods
 
 
@@ -311,10 +339,14 @@ def judge_pods(pods: list[PodState], expected: int, baseline: list[PodState] | N
     if baseline is not None:
         before = {p.uid: p.name for p in baseline}
         now = {p.uid: p.name for p in pods}
-        problems += [f"pod {name} is gone (replaced during the window)" for uid, name in before.items()
-                     if uid not in now]
-        problems += [f"pod {name} is new (a replacement appeared during the window)" for uid, name in now.items()
-                     if uid not in before]
+        problems += [
+            f"pod {name} is gone (replaced during the window)" for uid, name in before.items() if uid not in now
+        ]
+        problems += [
+            f"pod {name} is new (a replacement appeared during the window)"
+            for uid, name in now.items()
+            if uid not in before
+        ]
     return problems
 
 
@@ -343,6 +375,8 @@ def judge_probes(tally: ProbeTally, max_error_rate: float, min_calls: int = 3) -
     if tally.calls < min_calls:
         return [f"only {tally.calls} probe calls completed (need {min_calls} to judge)"]
     if tally.error_rate > max_error_rate:
-        return [f"error rate {tally.error_rate:.1%} over {tally.calls} probe calls exceeds {max_error_rate:.1%} "
-                f"({tally.by_reason})"]
+        return [
+            f"error rate {tally.error_rate:.1%} over {tally.calls} probe calls exceeds {max_error_rate:.1%} "
+            f"({tally.by_reason})"
+        ]
     return []

@@ -32,8 +32,16 @@ class SyntheticPayment:
 class Prober:
     """Probe calls against one target. Each method returns None on success, else a short failure reason."""
 
-    def __init__(self, service: str, target: str, *, server_name: str = "",
-                 synthetic: SyntheticPayment | None = None, timeout: float = 3.0, token: str = "") -> None:
+    def __init__(
+        self,
+        service: str,
+        target: str,
+        *,
+        server_name: str = "",
+        synthetic: SyntheticPayment | None = None,
+        timeout: float = 3.0,
+        token: str = "",
+    ) -> None:
         self._service = service
         self._synthetic = synthetic
         # The test accounts' owner's access token, for the read and the synthetic payment (never logged).
@@ -60,8 +68,10 @@ class Prober:
                     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             if self._synthetic is not None:
                 pay_grpc.PaymentsServiceStub(self._channel).GetAccount(
-                    pay_pb.GetAccountRequest(account_id=self._synthetic.payer_account_id), timeout=self._timeout,
-                    metadata=self._metadata)
+                    pay_pb.GetAccountRequest(account_id=self._synthetic.payer_account_id),
+                    timeout=self._timeout,
+                    metadata=self._metadata,
+                )
         except grpc.RpcError as error:
             return error.code().name
         return None
@@ -73,14 +83,21 @@ class Prober:
         s = self._synthetic
         stub = pay_grpc.PaymentsServiceStub(self._channel)
         try:
-            created = stub.CreatePayment(pay_pb.CreatePaymentRequest(
-                idempotency_key=f"rollout-synthetic-{uuid.uuid4().hex}",
-                payer_account_id=s.payer_account_id, payee_account_id=s.payee_account_id,
-                amount=money_pb2.Money(currency_code=s.currency, minor_units=s.amount),
-                capture_mode=pay_pb.CAPTURE_MODE_AUTOMATIC, description="finmesh rollout synthetic payment",
-            ), timeout=self._timeout, metadata=self._metadata).payment
-            read = stub.GetPayment(pay_pb.GetPaymentRequest(payment_id=created.payment_id),
-                                   timeout=self._timeout, metadata=self._metadata).payment
+            created = stub.CreatePayment(
+                pay_pb.CreatePaymentRequest(
+                    idempotency_key=f"rollout-synthetic-{uuid.uuid4().hex}",
+                    payer_account_id=s.payer_account_id,
+                    payee_account_id=s.payee_account_id,
+                    amount=money_pb2.Money(currency_code=s.currency, minor_units=s.amount),
+                    capture_mode=pay_pb.CAPTURE_MODE_AUTOMATIC,
+                    description="finmesh rollout synthetic payment",
+                ),
+                timeout=self._timeout,
+                metadata=self._metadata,
+            ).payment
+            read = stub.GetPayment(
+                pay_pb.GetPaymentRequest(payment_id=created.payment_id), timeout=self._timeout, metadata=self._metadata
+            ).payment
         except grpc.RpcError as error:
             return f"synthetic payment: {error.code().name}: {error.details()}"
         if read.payment_id != created.payment_id or read.status not in _ACCEPTED:

@@ -38,8 +38,15 @@ class HttpClient:
         self._headers = dict(headers or {})
         self._session: aiohttp.ClientSession | None = None
 
-    async def request(self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None,
-                      headers: Mapping[str, str] | None = None) -> HttpAnswer:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> HttpAnswer:
         """`path` is appended to the base URL (or is the whole URL when the client has no base)."""
         if self._session is None:
             # Created on first use, inside the running loop aiohttp binds it to.
@@ -49,8 +56,9 @@ class HttpClient:
         if json_body is not None:
             sent_headers.setdefault("Content-Type", "application/json")
         try:
-            async with self._session.request(method, self._base + path, data=payload, headers=sent_headers,
-                                             allow_redirects=False) as response:
+            async with self._session.request(
+                method, self._base + path, data=payload, headers=sent_headers, allow_redirects=False
+            ) as response:
                 raw = await response.read()
                 ok = 200 <= response.status < 300
                 return HttpAnswer(response.status, _json_or_none(raw) if ok and _is_json(response) else None)

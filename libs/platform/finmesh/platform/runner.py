@@ -48,13 +48,19 @@ async def _serve(name: str, settings: ServiceSettings, build: Callable[[], Await
 
 def run_service(name: str, settings: ServiceSettings, build: Callable[[], Awaitable[ServiceApp]]) -> None:
     """Entry point body shared by every service's main()."""
-    configure_logging(name, level=settings.log_level, version=settings.service_version,
-                      color=settings.deployment_color, stream=sys.stderr)
+    configure_logging(
+        name,
+        level=settings.log_level,
+        version=settings.service_version,
+        color=settings.deployment_color,
+        stream=sys.stderr,
+    )
     provider = None
     if settings.tracing_enabled:
         span_file = settings.span_file
-        provider = setup_tracing(name, version=settings.service_version, color=settings.deployment_color,
-                                 span_file=span_file)
+        provider = setup_tracing(
+            name, version=settings.service_version, color=settings.deployment_color, span_file=span_file
+        )
     try:
         asyncio.run(_serve(name, settings, build))
     finally:
@@ -87,8 +93,13 @@ def run_migrate(name: str) -> int:
     a service's own settings cannot block a migration.
     """
     settings = ServiceSettings()
-    configure_logging(name, level=settings.log_level, version=settings.service_version,
-                      color=settings.deployment_color, stream=sys.stderr)
+    configure_logging(
+        name,
+        level=settings.log_level,
+        version=settings.service_version,
+        color=settings.deployment_color,
+        stream=sys.stderr,
+    )
     log = get_logger(f"finmesh.{name}")
     try:
         result = asyncio.run(_migrate(name, settings))
@@ -98,6 +109,10 @@ def run_migrate(name: str) -> int:
     if result.ahead:
         log.info("database ahead of code", revision=list(result.before))
     else:
-        log.info("migrated" if result.changed else "already at head", revision=list(result.after),
-                 before=list(result.before), adopted=result.adopted)
+        log.info(
+            "migrated" if result.changed else "already at head",
+            revision=list(result.after),
+            before=list(result.before),
+            adopted=result.adopted,
+        )
     return 0

@@ -55,34 +55,55 @@ class IdentityApp:
 def _registry(settings: IdentitySettings) -> Registry:
     if not settings.identity_registry_url:
         return NoRegistry()
-    return HttpRegistry(settings.identity_registry_url, settings.identity_registry_api_key.get_secret_value(),
-                        timeout=settings.call_timeout_seconds)
+    return HttpRegistry(
+        settings.identity_registry_url,
+        settings.identity_registry_api_key.get_secret_value(),
+        timeout=settings.call_timeout_seconds,
+    )
 
 
 async def build(settings: IdentitySettings) -> IdentityApp:
     engine = create_engine(settings.database_url_for("identity"), pool_size=settings.db_pool_size)
     await prepare_schema(engine, "identity", migrate=settings.auto_migrate)
     vault = Vault(settings.master_key())
-    keys = KeyRing(engine, vault, max_token_ttl=max(settings.identity_access_token_ttl_seconds,
-                                                    settings.identity_service_token_ttl_seconds))
+    keys = KeyRing(
+        engine,
+        vault,
+        max_token_ttl=max(settings.identity_access_token_ttl_seconds, settings.identity_service_token_ttl_seconds),
+    )
     await keys.ensure_key()
     tokens = LocalServiceTokens(keys, settings.identity_service_token_ttl_seconds)
-    notify_channel = open_channel(settings.notify_target, settings, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS,
-                                  token_source=tokens)
+    notify_channel = open_channel(
+        settings.notify_target, settings, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS, token_source=tokens
+    )
     channels = [notify_channel]
     risk = None
     if settings.risk_target:
-        risk_channel = open_channel(settings.risk_target, settings, idempotent_methods=RISK_IDEMPOTENT_METHODS,
-                                    token_source=tokens)
+        risk_channel = open_channel(
+            settings.risk_target, settings, idempotent_methods=RISK_IDEMPOTENT_METHODS, token_source=tokens
+        )
         channels.append(risk_channel)
         risk = RiskClient(risk_channel)
     relay = OutboxRelay(engine, outbox, "identity", NotifyEventSink(notify_channel).deliver)
-    deps = Deps(engine=engine, vault=vault, keys=keys, settings=settings, mesh_secret=mesh_secret(settings),
-                idem=IdempotencyStore(engine, idempotency, to_status),
-                sealed=SealedIdempotencyStore(engine, idempotency, to_status, vault),
-                notify=NotifyClient(notify_channel), risk=risk, registry=_registry(settings), on_commit=relay.wake)
+    deps = Deps(
+        engine=engine,
+        vault=vault,
+        keys=keys,
+        settings=settings,
+        mesh_secret=mesh_secret(settings),
+        idem=IdempotencyStore(engine, idempotency, to_status),
+        sealed=SealedIdempotencyStore(engine, idempotency, to_status, vault),
+        notify=NotifyClient(notify_channel),
+        risk=risk,
+        registry=_registry(settings),
+        on_commit=relay.wake,
+    )
     # Identity verifies tokens from its own key table: no call to itself, and rotations seen at once.
     authorizer = Authorizer(TokenVerifier(KeyCache(keys.published, refresh_seconds=5.0)))
-    registration = Registration(IdentityServicer(deps), pb_grpc.add_IdentityServiceServicer_to_server,
-                                pb.DESCRIPTOR.services_by_name["IdentityService"], authorizer=authorizer)
+    registration = Registration(
+        IdentityServicer(deps),
+        pb_grpc.add_IdentityServiceServicer_to_server,
+        pb.DESCRIPTOR.services_by_name["IdentityService"],
+        authorizer=authorizer,
+    )
     return IdentityApp([registration], engine, relay, deps, channels)

@@ -35,9 +35,15 @@ class IdentitySettings(ServiceSettings):
     identity_login_max_failures: int = Field(default=5, ge=1)
     identity_login_base_delay_seconds: float = Field(default=1.0, gt=0)
     # FINMESH_IDENTITY_LOGIN_LOCK_SECONDS (the old fixed lock) is still read, as the cap of the delays.
-    identity_login_max_delay_seconds: float = Field(default=900.0, gt=0, validation_alias=AliasChoices(
-        "identity_login_max_delay_seconds", "FINMESH_IDENTITY_LOGIN_MAX_DELAY_SECONDS",
-        "FINMESH_IDENTITY_LOGIN_LOCK_SECONDS"))
+    identity_login_max_delay_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "identity_login_max_delay_seconds",
+            "FINMESH_IDENTITY_LOGIN_MAX_DELAY_SECONDS",
+            "FINMESH_IDENTITY_LOGIN_LOCK_SECONDS",
+        ),
+    )
     identity_login_account_failures: int = Field(default=20, ge=1)
     identity_login_window_seconds: int = Field(default=86_400, ge=60)
     # An address the owner completed a login from (second factor included) within this many days is theirs.
@@ -55,8 +61,11 @@ class IdentitySettings(ServiceSettings):
         return value
 
     def trusted_proxies(self) -> list[Network]:
-        return [ipaddress.ip_network(p.strip(), strict=False)
-                for p in self.identity_login_trusted_proxies.split(",") if p.strip()]
+        return [
+            ipaddress.ip_network(p.strip(), strict=False)
+            for p in self.identity_login_trusted_proxies.split(",")
+            if p.strip()
+        ]
 
     def master_key(self) -> bytes:
         if self.identity_master_key.get_secret_value():

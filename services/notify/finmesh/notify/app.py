@@ -59,17 +59,27 @@ class NotifyApp:
 def build_senders(s: NotifySettings) -> dict[str, Sender]:
     """One sender per external channel, from settings; a channel without an endpoint dead-letters its messages."""
     return {
-        "EMAIL": SmtpSender(s.smtp_host, s.smtp_port, s.smtp_sender, username=s.smtp_username,
-                            password=s.smtp_password.get_secret_value(), starttls=s.smtp_starttls,
-                            timeout=s.smtp_timeout_seconds) if s.smtp_host else Unconfigured("EMAIL"),
+        "EMAIL": SmtpSender(
+            s.smtp_host,
+            s.smtp_port,
+            s.smtp_sender,
+            username=s.smtp_username,
+            password=s.smtp_password.get_secret_value(),
+            starttls=s.smtp_starttls,
+            timeout=s.smtp_timeout_seconds,
+        )
+        if s.smtp_host
+        else Unconfigured("EMAIL"),
         "SMS": HttpSmsSender(s.sms_url, s.sms_api_key.get_secret_value(), s.sms_timeout_seconds)
-        if s.sms_url else Unconfigured("SMS"),
+        if s.sms_url
+        else Unconfigured("SMS"),
         "WEBHOOK": WebhookSender(s.webhook_timeout_seconds),
     }
 
 
-async def build(settings: ServiceSettings, *, clock: Clock | None = None,
-                senders: dict[str, Sender] | None = None) -> NotifyApp:
+async def build(
+    settings: ServiceSettings, *, clock: Clock | None = None, senders: dict[str, Sender] | None = None
+) -> NotifyApp:
     s = notify_settings(settings)
     clock = clock or SystemClock()
     engine = create_engine(s.database_url_for("notify"), pool_size=s.db_pool_size)
@@ -80,9 +90,15 @@ async def build(settings: ServiceSettings, *, clock: Clock | None = None,
     deps = Deps(engine, IdempotencyStore(engine, idempotency, to_status), composer, s, clock, worker.wake)
     sla = ComplaintSla(deps)
     servicer = NotifyServicer(
-        intake=EventIntake(deps), notifications=Notifications(deps), consents=Consents(deps),
-        webhooks=Webhooks(deps), dead_letters=DeadLetters(deps), complaints=Complaints(deps, sla),
-        webhook_allow_loopback_http=s.webhook_allow_loopback_http)
-    registration = Registration(servicer, pb_grpc.add_NotifyServiceServicer_to_server,
-                                pb.DESCRIPTOR.services_by_name["NotifyService"])
+        intake=EventIntake(deps),
+        notifications=Notifications(deps),
+        consents=Consents(deps),
+        webhooks=Webhooks(deps),
+        dead_letters=DeadLetters(deps),
+        complaints=Complaints(deps, sla),
+        webhook_allow_loopback_http=s.webhook_allow_loopback_http,
+    )
+    registration = Registration(
+        servicer, pb_grpc.add_NotifyServiceServicer_to_server, pb.DESCRIPTOR.services_by_name["NotifyService"]
+    )
     return NotifyApp([registration], engine, s, worker, sla, senders)

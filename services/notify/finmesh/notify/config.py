@@ -66,8 +66,9 @@ class NotifySettings(ServiceSettings):
     business_extra_workdays: DateList = Field(default_factory=list)
     sla_check_seconds: float = Field(default=60.0, gt=0)
 
-    @field_validator("operator_emails", "operator_phones", "business_holidays", "business_extra_workdays",
-                     mode="before")
+    @field_validator(
+        "operator_emails", "operator_phones", "business_holidays", "business_extra_workdays", mode="before"
+    )
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -86,14 +87,17 @@ class NotifySettings(ServiceSettings):
 
     def retry_policy(self, channel: str) -> RetryPolicy:
         if channel == "WEBHOOK":
-            return RetryPolicy(self.webhook_max_attempts, self.delivery_base_backoff_seconds,
-                               self.webhook_max_backoff_seconds)
-        return RetryPolicy(self.delivery_max_attempts, self.delivery_base_backoff_seconds,
-                           self.delivery_max_backoff_seconds)
+            return RetryPolicy(
+                self.webhook_max_attempts, self.delivery_base_backoff_seconds, self.webhook_max_backoff_seconds
+            )
+        return RetryPolicy(
+            self.delivery_max_attempts, self.delivery_base_backoff_seconds, self.delivery_max_backoff_seconds
+        )
 
     def calendar(self) -> BusinessCalendar:
-        return BusinessCalendar(self.business_time_zone, frozenset(self.business_holidays),
-                                frozenset(self.business_extra_workdays))
+        return BusinessCalendar(
+            self.business_time_zone, frozenset(self.business_holidays), frozenset(self.business_extra_workdays)
+        )
 
 
 def _exclusive(path: Any) -> Any:

@@ -38,8 +38,13 @@ async def verify_database(url: str) -> Verification:
 
 def report(result: Verification) -> tuple[int, str]:
     """Exit code and the one JSON line operators (and scripts) read."""
-    line = json.dumps({"intact": result.intact, "rows_checked": result.rows_checked,
-                       "first_broken_sequence": result.first_broken_sequence})
+    line = json.dumps(
+        {
+            "intact": result.intact,
+            "rows_checked": result.rows_checked,
+            "first_broken_sequence": result.first_broken_sequence,
+        }
+    )
     return (0 if result.intact else 1), line
 
 
@@ -52,8 +57,9 @@ async def _set_tier(url: str, user_id: str, tier: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="finmesh-payments-admin", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="finmesh-payments-admin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--database-url", default="", help="SQLAlchemy async URL (default: the service's setting)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("audit-verify", help="walk the hash-chained audit log and name the first broken record")

@@ -73,24 +73,60 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
     notify_channel = open_channel(settings.notify_target, settings, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS)
     # On an SQLite file the ledger writer's and the relay's transactions run on one thread of their own.
     write_thread = write_thread_for(engine, "payments-sqlite-writer")
-    relay = OutboxRelay(engine, outbox, "payments", NotifyEventSink(notify_channel).deliver,
-                        RelayPolicy(lease_seconds=settings.outbox_lease_seconds), thread=write_thread)
-    writer = LedgerWriter(engine, tier_source or TableTierSource(settings.default_tier), to_status,
-                          max_batch=settings.writer_max_batch, on_commit=relay.wake,
-                          limits_utc_offset_minutes=settings.limits_utc_offset_minutes,
-                          test_owners=frozenset(settings.synthetic_owner_ids), thread=write_thread)
+    relay = OutboxRelay(
+        engine,
+        outbox,
+        "payments",
+        NotifyEventSink(notify_channel).deliver,
+        RelayPolicy(lease_seconds=settings.outbox_lease_seconds),
+        thread=write_thread,
+    )
+    writer = LedgerWriter(
+        engine,
+        tier_source or TableTierSource(settings.default_tier),
+        to_status,
+        max_batch=settings.writer_max_batch,
+        on_commit=relay.wake,
+        limits_utc_offset_minutes=settings.limits_utc_offset_minutes,
+        test_owners=frozenset(settings.synthetic_owner_ids),
+        thread=write_thread,
+    )
     # FINMESH_CHANNEL_*: the banks, by the payment channel each serves.
     banks = Banks(settings.channel_urls, settings.channel_timeout_seconds, settings.channel_sandbox)
-    sweeper = PendingOperationSweeper(engine, writer, banks, SWEEP_ANSWERS,
-                                      grace_seconds=settings.channel_pending_grace_seconds,
-                                      interval_seconds=settings.channel_sweep_interval_seconds,
-                                      authorization_ttl_seconds=settings.authorization_ttl_seconds)
+    sweeper = PendingOperationSweeper(
+        engine,
+        writer,
+        banks,
+        SWEEP_ANSWERS,
+        grace_seconds=settings.channel_pending_grace_seconds,
+        interval_seconds=settings.channel_sweep_interval_seconds,
+        authorization_ttl_seconds=settings.authorization_ttl_seconds,
+    )
     reader = create_read_engine(settings.database_url_for("payments"), pool_size=settings.db_read_pool_size)
     risk = RiskClient(risk_channel, max_in_flight=settings.risk_max_in_flight)
-    deps = Dependencies(reads=Reads(reader), writer=writer,
-                        idempotency=IdempotencyStore(engine, idempotency, to_status),
-                        risk=risk, banks=banks, settings=settings)
-    registration = Registration(PaymentsServicer(deps), pb_grpc.add_PaymentsServiceServicer_to_server,
-                                pb.DESCRIPTOR.services_by_name["PaymentsService"])
-    return PaymentsApp(settings, [registration], relay, writer, sweeper, engine, reader, banks,
-                       [risk_channel, notify_channel], write_thread, risk)
+    deps = Dependencies(
+        reads=Reads(reader),
+        writer=writer,
+        idempotency=IdempotencyStore(engine, idempotency, to_status),
+        risk=risk,
+        banks=banks,
+        settings=settings,
+    )
+    registration = Registration(
+        PaymentsServicer(deps),
+        pb_grpc.add_PaymentsServiceServicer_to_server,
+        pb.DESCRIPTOR.services_by_name["PaymentsService"],
+    )
+    return PaymentsApp(
+        settings,
+        [registration],
+        relay,
+        writer,
+        sweeper,
+        engine,
+        reader,
+        banks,
+        [risk_channel, notify_channel],
+        write_thread,
+        risk,
+    )

@@ -24,8 +24,9 @@ class PaymentsSettings(ServiceSettings):
     # in minor units, e.g. FINMESH_TIER_LIMITS='{"low": {"CNY": {"single": 5000000, ...}}}'.
     # top_up / payout cap one top-up / payout of a customer wallet; left out, they are `single`.
     tier_limits: dict[str, dict[str, dict[str, int]]] = Field(
-        default_factory=lambda: {tier: {currency: vars(limits) for currency, limits in row.items()}
-                                 for tier, row in DEFAULT_LIMITS.items()}
+        default_factory=lambda: {
+            tier: {currency: vars(limits) for currency, limits in row.items()} for tier, row in DEFAULT_LIMITS.items()
+        }
     )
     # Tier of users payments has no tier for (see store.tiers).
     default_tier: str = "medium"
@@ -49,8 +50,10 @@ class PaymentsSettings(ServiceSettings):
     # leaves out). A channel and currency with no cap is refused, e.g.
     # FINMESH_CHANNEL_CAPS='{"icbc": {"CNY": {"top_up": 5000000, "payout": 5000000}}, "*": {...}}'.
     channel_caps: dict[str, dict[str, dict[str, int]]] = Field(
-        default_factory=lambda: {channel: {currency: vars(caps) for currency, caps in row.items()}
-                                 for channel, row in DEFAULT_BANK_CAPS.items()}
+        default_factory=lambda: {
+            channel: {currency: vars(caps) for currency, caps in row.items()}
+            for channel, row in DEFAULT_BANK_CAPS.items()
+        }
     )
     # test_* channels without a URL are served by an in-process sandbox bank that confirms at once;
     # production sets false.
@@ -86,9 +89,12 @@ class PaymentsSettings(ServiceSettings):
         return {tier: {cur: Limits(**values) for cur, values in row.items()} for tier, row in self.tier_limits.items()}
 
     def bank_cap_table(self) -> dict[str, dict[str, BankCaps]]:
-        return {channel: {cur: BankCaps(**values) for cur, values in row.items()}
-                for channel, row in self.channel_caps.items()}
+        return {
+            channel: {cur: BankCaps(**values) for cur, values in row.items()}
+            for channel, row in self.channel_caps.items()
+        }
 
     def fee_schedule(self) -> FeeSchedule:
-        return FeeSchedule(self.settlement_fee_rate_bp, self.settlement_fee_fixed_minor_units,
-                           self.settlement_reserve_bp)
+        return FeeSchedule(
+            self.settlement_fee_rate_bp, self.settlement_fee_fixed_minor_units, self.settlement_reserve_bp
+        )

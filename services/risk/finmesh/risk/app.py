@@ -72,8 +72,12 @@ async def build(settings: ServiceSettings) -> RiskApp:
     await prepare_schema(engine, "risk", migrate=config.auto_migrate)
     # Stored answers to callers' idempotency keys (a refusal is stored as the status the caller got).
     answers = IdempotencyStore(engine, idempotency, to_status)
-    rules = RulesRegistry(engine, answers, file=Path(config.risk_rules_file) if config.risk_rules_file else None,
-                          poll_seconds=config.risk_rules_poll_seconds)
+    rules = RulesRegistry(
+        engine,
+        answers,
+        file=Path(config.risk_rules_file) if config.risk_rules_file else None,
+        poll_seconds=config.risk_rules_poll_seconds,
+    )
     await rules.load()
     channels: list[grpc.aio.Channel] = []
     relay = None
@@ -94,9 +98,14 @@ async def build(settings: ServiceSettings) -> RiskApp:
             raise_tier = IdentityClient(identity).raise_tier
         else:
             _log.warning("risk_tier_updates_disabled", why="no identity target: incidents do not raise tiers")
-        responder = EmergencyResponder(engine, PaymentsClient(payments).freeze, ResponsePolicy(
-            poll_seconds=config.risk_emergency_poll_seconds, call_timeout_seconds=config.call_timeout_seconds),
-            raise_tier=raise_tier)
+        responder = EmergencyResponder(
+            engine,
+            PaymentsClient(payments).freeze,
+            ResponsePolicy(
+                poll_seconds=config.risk_emergency_poll_seconds, call_timeout_seconds=config.call_timeout_seconds
+            ),
+            raise_tier=raise_tier,
+        )
     else:
         _log.warning("emergency_freeze_disabled", why="no payments target: incidents wait unfrozen")
 
@@ -105,12 +114,21 @@ async def build(settings: ServiceSettings) -> RiskApp:
             if worker is not None:
                 worker.wake()
 
-    writer = AssessmentWriter(engine, lambda: rules.active.rules,
-                              lanes=1 if is_sqlite(engine) else config.risk_writer_lanes,
-                              linger_seconds=config.risk_writer_linger_ms / 1000)
-    servicer = RiskServicer(rules=rules, writer=writer, onboarding=Onboarding(answers),
-                            block_list=BlockList(engine, answers), monitoring=Monitoring(engine),
-                            on_incident=on_incident)
-    registration = Registration(servicer, pb_grpc.add_RiskServiceServicer_to_server,
-                                pb.DESCRIPTOR.services_by_name["RiskService"])
+    writer = AssessmentWriter(
+        engine,
+        lambda: rules.active.rules,
+        lanes=1 if is_sqlite(engine) else config.risk_writer_lanes,
+        linger_seconds=config.risk_writer_linger_ms / 1000,
+    )
+    servicer = RiskServicer(
+        rules=rules,
+        writer=writer,
+        onboarding=Onboarding(answers),
+        block_list=BlockList(engine, answers),
+        monitoring=Monitoring(engine),
+        on_incident=on_incident,
+    )
+    registration = Registration(
+        servicer, pb_grpc.add_RiskServiceServicer_to_server, pb.DESCRIPTOR.services_by_name["RiskService"]
+    )
     return RiskApp([registration], engine, rules, writer, relay, responder, channels)

@@ -120,14 +120,17 @@ def _check_customer(request: Any, principal: Principal, owned_field: str, permis
         if owner != principal.subject:
             raise PermissionDenied("PERMISSION_MISSING", "customers may only act on their own data")
     if permission in VERIFIED_ONLY and not principal.verified:
-        raise FailedPrecondition("VERIFICATION_REQUIRED",
-                                 "complete the identity, contact and real-name checks before transacting")
+        raise FailedPrecondition(
+            "VERIFICATION_REQUIRED", "complete the identity, contact and real-name checks before transacting"
+        )
 
 
 def remote_authorizer(settings: ServiceSettings) -> Authorizer:
     """The authorizer of a service other than identity: keys fetched from identity and cached."""
     if not settings.identity_target:
         _log.warning("auth_without_identity", why="FINMESH_IDENTITY_TARGET unset: every token will be refused")
-    keys = KeyCache(remote_fetcher(settings.identity_target, settings.call_timeout_seconds),
-                    refresh_seconds=settings.auth_keys_refresh_seconds)
+    keys = KeyCache(
+        remote_fetcher(settings.identity_target, settings.call_timeout_seconds),
+        refresh_seconds=settings.auth_keys_refresh_seconds,
+    )
     return Authorizer(TokenVerifier(keys))

@@ -59,15 +59,23 @@ def remote_fetcher(identity_target: str, timeout: float = 2.0) -> KeyFetcher:
             raise ConnectionError("no identity target configured")
         async with grpc.aio.insecure_channel(identity_target) as channel:
             reply = await id_grpc.IdentityServiceStub(channel).GetPublicKeys(
-                id_pb.GetPublicKeysRequest(), timeout=timeout)
+                id_pb.GetPublicKeysRequest(), timeout=timeout
+            )
         return keys_from_proto(reply)
 
     return fetch
 
 
 class KeyCache:
-    def __init__(self, fetch: KeyFetcher, *, refresh_seconds: float = 60.0, unknown_kid_interval: float = 5.0,
-                 unknown_kid_fetches_per_second: int = 5, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        fetch: KeyFetcher,
+        *,
+        refresh_seconds: float = 60.0,
+        unknown_kid_interval: float = 5.0,
+        unknown_kid_fetches_per_second: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._fetch = fetch
         self._refresh_seconds = refresh_seconds
         self._unknown_kid_interval = unknown_kid_interval
@@ -150,8 +158,14 @@ class KeyCache:
 class TokenVerifier:
     """Checks an access token locally and says who holds it."""
 
-    def __init__(self, keys: KeyCache, *, leeway_seconds: float = 30.0, cache_size: int = 4096,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        keys: KeyCache,
+        *,
+        leeway_seconds: float = 30.0,
+        cache_size: int = 4096,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._keys = keys
         self._leeway = leeway_seconds
         self._clock = clock

@@ -25,18 +25,34 @@ OPERATOR_ROLES = frozenset({SUPPORT, RISK_OFFICER, ADMIN})
 ALL_ROLES = (PERSONAL, ENTERPRISE, INSTITUTION, SUPPORT, RISK_OFFICER, ADMIN, SERVICE)
 
 # What every customer may do with their own user, money and messages.
-_CUSTOMER = frozenset({
-    "identity.user.read", "identity.session.revoke", "identity.mfa.manage", "identity.pii.reveal",
-    "payments.account.open", "payments.account.read", "payments.topup.create", "payments.payout.create",
-    "payments.payment.create", "payments.payment.read",
-    # Their own accounts' statements: payments checks ownership (api/ownership.py).
-    "payments.ledger.read",
-    "notify.notification.read", "notify.consent.read", "notify.consent.write", "notify.complaint.open",
-    # Not notify.complaint.read: ListComplaints is not scoped to a user, so it stays with support.
-})
+_CUSTOMER = frozenset(
+    {
+        "identity.user.read",
+        "identity.session.revoke",
+        "identity.mfa.manage",
+        "identity.pii.reveal",
+        "payments.account.open",
+        "payments.account.read",
+        "payments.topup.create",
+        "payments.payout.create",
+        "payments.payment.create",
+        "payments.payment.read",
+        # Their own accounts' statements: payments checks ownership (api/ownership.py).
+        "payments.ledger.read",
+        "notify.notification.read",
+        "notify.consent.read",
+        "notify.consent.write",
+        "notify.complaint.open",
+        # Not notify.complaint.read: ListComplaints is not scoped to a user, so it stays with support.
+    }
+)
 # Merchants (enterprises, institutions) also capture and refund, see their settlements, receive webhooks.
-_MERCHANT = _CUSTOMER | {"payments.payment.capture", "payments.payment.refund", "payments.settlement.read",
-                         "notify.webhook.write"}
+_MERCHANT = _CUSTOMER | {
+    "payments.payment.capture",
+    "payments.payment.refund",
+    "payments.settlement.read",
+    "notify.webhook.write",
+}
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     PERSONAL: _CUSTOMER,
@@ -45,40 +61,83 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     INSTITUTION: _MERCHANT | {"payments.transfer.batch"},
     # Front-line help: look a customer up, read their payments and messages, handle complaints.
     # Clear personal data only through RevealPersonalData, which is audited.
-    SUPPORT: frozenset({
-        "identity.user.read", "identity.session.revoke", "identity.pii.reveal",
-        "payments.account.read", "payments.payment.read", "payments.payment.refund",
-        # "Where is my money?": the account's statement, as its owner sees it.
-        "payments.ledger.read",
-        "notify.notification.read", "notify.consent.read", "notify.consent.write",
-        "notify.complaint.open", "notify.complaint.read", "notify.complaint.handle",
-        "notify.deadletter.read", "risk.blocklist.read",
-    }),
+    SUPPORT: frozenset(
+        {
+            "identity.user.read",
+            "identity.session.revoke",
+            "identity.pii.reveal",
+            "payments.account.read",
+            "payments.payment.read",
+            "payments.payment.refund",
+            # "Where is my money?": the account's statement, as its owner sees it.
+            "payments.ledger.read",
+            "notify.notification.read",
+            "notify.consent.read",
+            "notify.consent.write",
+            "notify.complaint.open",
+            "notify.complaint.read",
+            "notify.complaint.handle",
+            "notify.deadletter.read",
+            "risk.blocklist.read",
+        }
+    ),
     # Risk control (seed 6.x): rules, block lists, reviews, freezes, tiers, AML and alerts.
-    RISK_OFFICER: frozenset({
-        "identity.user.read", "identity.tier.write", "identity.pii.reveal",
-        "payments.account.read", "payments.account.freeze", "payments.payment.read",
-        "payments.payment.review", "payments.ledger.read", "payments.audit.verify",
-        "risk.rules.read", "risk.rules.write", "risk.blocklist.read", "risk.blocklist.write",
-        "risk.aml.read", "risk.alert.read", "risk.indicators.read",
-    }),
+    RISK_OFFICER: frozenset(
+        {
+            "identity.user.read",
+            "identity.tier.write",
+            "identity.pii.reveal",
+            "payments.account.read",
+            "payments.account.freeze",
+            "payments.payment.read",
+            "payments.payment.review",
+            "payments.ledger.read",
+            "payments.audit.verify",
+            "risk.rules.read",
+            "risk.rules.write",
+            "risk.blocklist.read",
+            "risk.blocklist.write",
+            "risk.aml.read",
+            "risk.alert.read",
+            "risk.indicators.read",
+        }
+    ),
     # Platform operations: keys, roles, erasure, the PII audit trail, settlement and reconciliation.
     # Deliberately no clear personal data and no money movement of its own.
-    ADMIN: frozenset({
-        "identity.user.read", "identity.keys.rotate", "identity.role.assign", "identity.user.erase",
-        "identity.pii.audit", "identity.session.revoke",
-        "payments.account.open", "payments.account.read", "payments.ledger.read",
-        "payments.settlement.run", "payments.settlement.read", "payments.reconciliation.run",
-        "payments.audit.verify", "risk.rules.read", "risk.indicators.read",
-        "notify.deadletter.read", "notify.deadletter.redrive", "notify.webhook.write",
-    }),
+    ADMIN: frozenset(
+        {
+            "identity.user.read",
+            "identity.keys.rotate",
+            "identity.role.assign",
+            "identity.user.erase",
+            "identity.pii.audit",
+            "identity.session.revoke",
+            "payments.account.open",
+            "payments.account.read",
+            "payments.ledger.read",
+            "payments.settlement.run",
+            "payments.settlement.read",
+            "payments.reconciliation.run",
+            "payments.audit.verify",
+            "risk.rules.read",
+            "risk.indicators.read",
+            "notify.deadletter.read",
+            "notify.deadletter.redrive",
+            "notify.webhook.write",
+        }
+    ),
     # Service tokens: exactly the calls services make to each other.
-    SERVICE: frozenset({
-        "risk.payment.assess", "risk.onboarding.assess",          # payments -> risk, identity -> risk
-        "notify.event.deliver", "notify.notification.send",        # outbox relays, codes and alerts
-        "payments.account.freeze",                                 # risk's emergency response
-        "identity.tier.write", "identity.user.read",               # risk re-tiers users on events
-    }),
+    SERVICE: frozenset(
+        {
+            "risk.payment.assess",
+            "risk.onboarding.assess",  # payments -> risk, identity -> risk
+            "notify.event.deliver",
+            "notify.notification.send",  # outbox relays, codes and alerts
+            "payments.account.freeze",  # risk's emergency response
+            "identity.tier.write",
+            "identity.user.read",  # risk re-tiers users on events
+        }
+    ),
 }
 
 # RPCs where a customer may only name themselves: full method -> request field (dotted path) holding
@@ -99,9 +158,14 @@ OWNED_FIELDS: dict[str, str] = {
 }
 
 # Moving money needs all three onboarding checks (seed 3.1); the token says whether they passed.
-VERIFIED_ONLY = frozenset({
-    "payments.topup.create", "payments.payout.create", "payments.payment.create", "payments.transfer.batch",
-})
+VERIFIED_ONLY = frozenset(
+    {
+        "payments.topup.create",
+        "payments.payout.create",
+        "payments.payment.create",
+        "payments.transfer.batch",
+    }
+)
 
 
 @lru_cache(maxsize=256)

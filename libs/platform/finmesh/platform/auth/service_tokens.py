@@ -100,8 +100,15 @@ def own_credential(settings: ServiceSettings) -> tuple[str, str]:
 class RemoteServiceTokens:
     """Service tokens from identity's GetServiceToken, cached and renewed ahead of expiry."""
 
-    def __init__(self, identity_target: str, service: str, credential: str, *, timeout: float = 2.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        identity_target: str,
+        service: str,
+        credential: str,
+        *,
+        timeout: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._target = identity_target
         self._service = service
         self._credential = credential
@@ -129,7 +136,8 @@ class RemoteServiceTokens:
             async with grpc.aio.insecure_channel(self._target) as channel:
                 reply = await id_grpc.IdentityServiceStub(channel).GetServiceToken(
                     id_pb.GetServiceTokenRequest(service=self._service, credential=self._credential),
-                    timeout=self._timeout)
+                    timeout=self._timeout,
+                )
         except grpc.aio.AioRpcError as error:
             # Keep the current token while it lasts; try again shortly, not on every call.
             self._retry_at = self._clock() + 2.0
@@ -146,8 +154,7 @@ def default_token_source(settings: ServiceSettings) -> TokenSource | None:
     if not credential or not settings.identity_target:
         _log.warning("no_service_token", why="service credential or FINMESH_IDENTITY_TARGET missing")
         return None
-    return RemoteServiceTokens(settings.identity_target, service, credential,
-                               timeout=settings.call_timeout_seconds)
+    return RemoteServiceTokens(settings.identity_target, service, credential, timeout=settings.call_timeout_seconds)
 
 
 def main() -> None:

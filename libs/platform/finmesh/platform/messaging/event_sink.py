@@ -12,8 +12,10 @@ from finmesh.notify.v1 import notify_service_pb2 as notify_pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as notify_grpc
 from finmesh.platform.messaging.relay import BatchOutcome, BatchUnsupported, SinkUnavailable
 
-NOTIFY_IDEMPOTENT_METHODS = [("finmesh.notify.v1.NotifyService", "DeliverEvent"),
-                             ("finmesh.notify.v1.NotifyService", "DeliverEvents")]
+NOTIFY_IDEMPOTENT_METHODS = [
+    ("finmesh.notify.v1.NotifyService", "DeliverEvent"),
+    ("finmesh.notify.v1.NotifyService", "DeliverEvents"),
+]
 
 # Notify is down or shedding load: the relay pauses as a whole instead of
 # charging the event an attempt (see finmesh.platform.messaging.relay.SinkUnavailable).
@@ -37,8 +39,7 @@ class NotifyEventSink:
     async def deliver_batch(self, events: Sequence[event_pb2.Event]) -> list[BatchOutcome]:
         """One outcome per event, in order (OutboxRelay finds this beside `deliver` and prefers it)."""
         try:
-            reply = await self._stub.DeliverEvents(notify_pb.DeliverEventsRequest(events=events),
-                                                   timeout=self._timeout)
+            reply = await self._stub.DeliverEvents(notify_pb.DeliverEventsRequest(events=events), timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             if error.code() in _SINK_DOWN:
                 raise SinkUnavailable(f"notify {error.code().name}") from error

@@ -161,4 +161,3 @@ def row_to_event(row: Any, source: str) -> event_pb2.Event:
 def aware(moment: datetime) -> datetime:
     """A stored time, UTC-aware: SQLite returns naive datetimes, and every time we store is UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-

@@ -42,14 +42,17 @@ async def list_dead(engine: AsyncEngine, table: Table, *, limit: int = 100, afte
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
-                select(t).where(t.c.dead.is_(True), t.c.delivered_at.is_(None), t.c.id > after_id)
-                .order_by(t.c.id).limit(limit)
+                select(t)
+                .where(t.c.dead.is_(True), t.c.delivered_at.is_(None), t.c.id > after_id)
+                .order_by(t.c.id)
+                .limit(limit)
             )
         ).all()
         await conn.rollback()
     return [
-        DeadEvent(r.id, r.event_id, r.event_type, r.aggregate_id, r.sequence, r.attempts, r.last_error,
-                  aware(r.occurred_at))
+        DeadEvent(
+            r.id, r.event_id, r.event_type, r.aggregate_id, r.sequence, r.attempts, r.last_error, aware(r.occurred_at)
+        )
         for r in rows
     ]
 
@@ -75,12 +78,12 @@ async def redrive_dead(engine: AsyncEngine, table: Table, event_ids: Sequence[st
 async def outbox_stats(engine: AsyncEngine, table: Table) -> OutboxStats:
     t = table
     async with engine.connect() as conn:
-        pending = await conn.scalar(
-            select(func.count()).where(t.c.delivered_at.is_(None), t.c.dead.is_(False)))
+        pending = await conn.scalar(select(func.count()).where(t.c.delivered_at.is_(None), t.c.dead.is_(False)))
         dead = await conn.scalar(select(func.count()).where(t.c.delivered_at.is_(None), t.c.dead.is_(True)))
         delivered = await conn.scalar(select(func.count()).where(t.c.delivered_at.is_not(None)))
         oldest = await conn.scalar(
-            select(func.min(t.c.occurred_at)).where(t.c.delivered_at.is_(None), t.c.dead.is_(False)))
+            select(func.min(t.c.occurred_at)).where(t.c.delivered_at.is_(None), t.c.dead.is_(False))
+        )
         await conn.rollback()
     return OutboxStats(int(pending or 0), int(dead or 0), int(delivered or 0), aware(oldest) if oldest else None)
 

@@ -58,7 +58,9 @@ def _sink_is_down(exc: BaseException) -> bool:
     if isinstance(exc, (SinkUnavailable, ConnectionError)):
         return True
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
-        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,19 @@ BATCH_REPROBE_SECONDS = 60.0
 
 
 # The columns a relay reads of a claimed event: what the consumer gets and what a failure updates.
-_SENT_COLUMNS = ("id", "event_id", "event_type", "aggregate_id", "sequence", "user_id", "payload", "traceparent",
-                 "tracestate", "occurred_at", "attempts")
+_SENT_COLUMNS = (
+    "id",
+    "event_id",
+    "event_type",
+    "aggregate_id",
+    "sequence",
+    "user_id",
+    "payload",
+    "traceparent",
+    "tracestate",
+    "occurred_at",
+    "attempts",
+)
 
 
 class _RelayStatements:
@@ -126,39 +139,65 @@ class _RelayStatements:
         live = (t.c.delivered_at.is_(None), t.c.dead.is_(False))
         due = (*live, t.c.next_attempt_at <= bindparam("now"))
         earlier = t.alias("earlier")
-        is_head = ~exists().where(earlier.c.aggregate_id == t.c.aggregate_id, earlier.c.sequence < t.c.sequence,
-                                  earlier.c.delivered_at.is_(None), earlier.c.dead.is_(False))
+        is_head = ~exists().where(
+            earlier.c.aggregate_id == t.c.aggregate_id,
+            earlier.c.sequence < t.c.sequence,
+            earlier.c.delivered_at.is_(None),
+            earlier.c.dead.is_(False),
+        )
         sent = [t.c[name] for name in _SENT_COLUMNS]
         aggregates = t.c.aggregate_id.in_(bindparam("aggregates", expanding=True))
         ids = t.c.id.in_(bindparam("ids", expanding=True))
 
         def heads(limit: int) -> Any:
-            return (select(*sent).where(*due, is_head).order_by(t.c.id).limit(limit)
-                    .with_for_update(skip_locked=True, of=t))
+            return (
+                select(*sent).where(*due, is_head).order_by(t.c.id).limit(limit).with_for_update(skip_locked=True, of=t)
+            )
 
         # Heads first, so one aggregate stuck in backoff cannot fill the batch and starve the others;
         # while the consumer is down a single head is enough to probe it.
         self.heads = heads(batch_size)
         self.probe_head = heads(1)
         # The heads' aggregates' later due events (the heads themselves are read once, above).
-        self.followers = (select(*sent).where(*due, aggregates, t.c.id.not_in(bindparam("heads", expanding=True)))
-                          .order_by(t.c.id).limit(batch_size).with_for_update(skip_locked=True, of=t))
-        self.pending = select(t.c.id, t.c.aggregate_id).where(*live, aggregates, t.c.id <= bindparam("last_id")) \
+        self.followers = (
+            select(*sent)
+            .where(*due, aggregates, t.c.id.not_in(bindparam("heads", expanding=True)))
             .order_by(t.c.id)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True, of=t)
+        )
+        self.pending = (
+            select(t.c.id, t.c.aggregate_id).where(*live, aggregates, t.c.id <= bindparam("last_id")).order_by(t.c.id)
+        )
         self.lease = update(t).where(ids).values(next_attempt_at=bindparam("until"))
         self.release = update(t).where(ids, *live).values(next_attempt_at=bindparam("at"))
         self.mark_delivered = update(t).where(ids).values(delivered_at=bindparam("at"))
-        self.record_failure = update(t).where(t.c.id == bindparam("b_id")).values(
-            attempts=bindparam("b_attempts"), dead=bindparam("b_dead"), next_attempt_at=bindparam("b_retry_at"),
-            last_error=bindparam("b_last_error"))
+        self.record_failure = (
+            update(t)
+            .where(t.c.id == bindparam("b_id"))
+            .values(
+                attempts=bindparam("b_attempts"),
+                dead=bindparam("b_dead"),
+                next_attempt_at=bindparam("b_retry_at"),
+                last_error=bindparam("b_last_error"),
+            )
+        )
 
 
 class OutboxRelay:
     """Delivers pending outbox events through `deliver`, in order per aggregate, at least once."""
 
-    def __init__(self, engine: AsyncEngine, table: Table, source: str, deliver: Deliver,
-                 policy: RelayPolicy | None = None, *, deliver_batch: DeliverBatch | None = None,
-                 thread: SqliteWriteThread | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        table: Table,
+        source: str,
+        deliver: Deliver,
+        policy: RelayPolicy | None = None,
+        *,
+        deliver_batch: DeliverBatch | None = None,
+        thread: SqliteWriteThread | None = None,
+    ) -> None:
         self._engine = engine
         # On an SQLite file, the service's write thread (finmesh.platform.storage.sqlite_thread) runs the relay's
         # transactions too: a hand-off per transaction instead of a greenlet and a hop per statement.
@@ -243,8 +282,11 @@ class OutboxRelay:
 
     def _batching(self) -> bool:
         # While the consumer is down a single event probes it, as one call per event always did.
-        return (self._deliver_batch is not None and not self._outages
-                and asyncio.get_running_loop().time() >= self._batch_off_until)
+        return (
+            self._deliver_batch is not None
+            and not self._outages
+            and asyncio.get_running_loop().time() >= self._batch_off_until
+        )
 
     async def _deliver_runs(self, runs: list[list[Any]], round_state: _Round, delivered_ids: list[int]) -> None:
         """One call per event, runs side by side, each run in order and stopped by its first failure."""
@@ -260,7 +302,7 @@ class OutboxRelay:
                     outcome = await self._deliver_one(row)
                     if outcome != "delivered":
                         round_state.sink_down |= outcome == "sink_down"
-                        await self._release([r.id for r in run[index + 1:]])
+                        await self._release([r.id for r in run[index + 1 :]])
                         break
                     delivered_ids.append(row.id)
 
@@ -283,7 +325,7 @@ class OutboxRelay:
                 if round_state.sink_down or asyncio.get_running_loop().time() > round_state.deadline:
                     break
                 # An aggregate stopped by a refusal in an earlier chunk sends nothing more this round.
-                chunk = [row for row in rows[start:start + BATCH_LIMIT] if row.aggregate_id not in stopped]
+                chunk = [row for row in rows[start : start + BATCH_LIMIT] if row.aggregate_id not in stopped]
                 if not chunk:
                     continue
                 outcomes = await self._send_batch(chunk, round_state)
@@ -326,8 +368,9 @@ class OutboxRelay:
                         _log.warning("outbox_sink_unavailable", source=self._source, error=type(exc).__name__)
                     round_state.sink_down = True
                 else:
-                    _log.warning("outbox_batch_failed", source=self._source, events=len(chunk),
-                                 error=type(exc).__name__)
+                    _log.warning(
+                        "outbox_batch_failed", source=self._source, events=len(chunk), error=type(exc).__name__
+                    )
         return None
 
     async def _transaction(self, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
@@ -349,15 +392,26 @@ class OutboxRelay:
             if not heads:
                 return []
             aggregates = sorted({row.aggregate_id for row in heads})
-            followers = (await conn.execute(sql.followers, {"now": now, "aggregates": aggregates,
-                                                            "heads": [row.id for row in heads]})).all()
+            followers = (
+                await conn.execute(
+                    sql.followers, {"now": now, "aggregates": aggregates, "heads": [row.id for row in heads]}
+                )
+            ).all()
             candidates = list({row.id: row for row in [*heads, *followers]}.values())
-            pending = (await conn.execute(sql.pending, {"aggregates": aggregates,
-                                                        "last_id": max(row.id for row in candidates)})).all()
+            pending = (
+                await conn.execute(
+                    sql.pending, {"aggregates": aggregates, "last_id": max(row.id for row in candidates)}
+                )
+            ).all()
             runs = head_runs(candidates, pending)
             if runs:
-                await conn.execute(sql.lease, {"ids": [row.id for run in runs for row in run],
-                                               "until": now + timedelta(seconds=self._policy.lease_seconds)})
+                await conn.execute(
+                    sql.lease,
+                    {
+                        "ids": [row.id for run in runs for row in run],
+                        "until": now + timedelta(seconds=self._policy.lease_seconds),
+                    },
+                )
             return runs
 
         runs = await self._transaction(claim)
@@ -391,8 +445,9 @@ class OutboxRelay:
             return
         for attempt in (1, 2):
             try:
-                await self._transaction(lambda conn: conn.execute(self._sql.mark_delivered,
-                                                                  {"ids": row_ids, "at": datetime.now(UTC)}))
+                await self._transaction(
+                    lambda conn: conn.execute(self._sql.mark_delivered, {"ids": row_ids, "at": datetime.now(UTC)})
+                )
                 break
             except Exception as exc:
                 # The consumer has the events: a dropped connection here would leave them (and every later
@@ -406,10 +461,21 @@ class OutboxRelay:
         attempts = row.attempts + 1
         dead = attempts >= self._policy.max_attempts
         retry_at = datetime.now(UTC) + timedelta(seconds=self._policy.backoff(row.attempts))
-        _log.warning("outbox_delivery_failed", source=self._source, event_id=row.event_id, attempts=attempts,
-                     dead=dead, error=type(exc).__name__)
-        failure = {"b_id": row.id, "b_attempts": attempts, "b_dead": dead, "b_retry_at": retry_at,
-                   "b_last_error": f"{type(exc).__name__}: {exc}"[:500]}
+        _log.warning(
+            "outbox_delivery_failed",
+            source=self._source,
+            event_id=row.event_id,
+            attempts=attempts,
+            dead=dead,
+            error=type(exc).__name__,
+        )
+        failure = {
+            "b_id": row.id,
+            "b_attempts": attempts,
+            "b_dead": dead,
+            "b_retry_at": retry_at,
+            "b_last_error": f"{type(exc).__name__}: {exc}"[:500],
+        }
         await self._transaction(lambda conn: conn.execute(self._sql.record_failure, failure))
         self._held.discard(row.id)
 
@@ -448,16 +514,23 @@ def _batch_span(rows: list[Any]) -> Any:
     if len(rows) == 1:
         row = rows[0]
         return _tracer.start_as_current_span(
-            f"{row.event_type} send", context=_parent_of(row), kind=trace.SpanKind.PRODUCER,
-            attributes={**_SEND_ATTRIBUTES, "messaging.message.id": row.event_id})
+            f"{row.event_type} send",
+            context=_parent_of(row),
+            kind=trace.SpanKind.PRODUCER,
+            attributes={**_SEND_ATTRIBUTES, "messaging.message.id": row.event_id},
+        )
     links = []
     for row in rows:
         producer = _span_context(row.traceparent)
         if producer is not None:
             links.append(trace.Link(producer, {"messaging.message.id": row.event_id}))
     return _tracer.start_as_current_span(
-        "outbox batch send", context=otel_context.Context(), kind=trace.SpanKind.PRODUCER, links=links,
-        attributes={**_SEND_ATTRIBUTES, "messaging.batch.message_count": len(rows)})
+        "outbox batch send",
+        context=otel_context.Context(),
+        kind=trace.SpanKind.PRODUCER,
+        links=links,
+        attributes={**_SEND_ATTRIBUTES, "messaging.batch.message_count": len(rows)},
+    )
 
 
 def _parent_of(row: Any) -> Any:

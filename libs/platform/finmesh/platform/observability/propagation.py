@@ -70,8 +70,12 @@ class FinmeshPropagator(textmap.TextMapPropagator):
     def fields(self) -> set[str]:
         return self._stock.fields
 
-    def extract(self, carrier: textmap.CarrierT, context: Context | None = None,
-                getter: textmap.Getter[textmap.CarrierT] = textmap.default_getter) -> Context:
+    def extract(
+        self,
+        carrier: textmap.CarrierT,
+        context: Context | None = None,
+        getter: textmap.Getter[textmap.CarrierT] = textmap.default_getter,
+    ) -> Context:
         if context is not None or getter is not textmap.default_getter or type(carrier) is not dict:
             return self._stock.extract(carrier, context, getter=getter)
         headers = cast("dict[str, Any]", carrier)  # checked just above: mypy narrows no TypeVar by type()
@@ -96,21 +100,31 @@ class FinmeshPropagator(textmap.TextMapPropagator):
         if not _canonical(traceparent):
             context = self._tracecontext.extract(carrier, Context())
             return context.get(_SPAN_KEY)
-        version, trace_id, span_id, flags = (traceparent[0:2], traceparent[3:35], traceparent[36:52],
-                                             traceparent[53:55])
+        version, trace_id, span_id, flags = (
+            traceparent[0:2],
+            traceparent[3:35],
+            traceparent[36:52],
+            traceparent[53:55],
+        )
         if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN or version == "ff":
             return None
         span_context = trace.SpanContext(
-            trace_id=int(trace_id, 16), span_id=int(span_id, 16), is_remote=True,
-            trace_flags=_FLAGS[flags], trace_state=self._trace_state(tracestate))
+            trace_id=int(trace_id, 16),
+            span_id=int(span_id, 16),
+            is_remote=True,
+            trace_flags=_FLAGS[flags],
+            trace_state=self._trace_state(tracestate),
+        )
         return trace.NonRecordingSpan(span_context)
 
     def _trace_state(self, header: str | None) -> TraceState | None:
         if header is None:
             return None
         if len(header) > _TRACECONTEXT_MAXIMUM_TRACESTATE_LENGTH:
-            _logger.warning("tracestate header exceeded the maximum length of %d characters",
-                            _TRACECONTEXT_MAXIMUM_TRACESTATE_LENGTH)
+            _logger.warning(
+                "tracestate header exceeded the maximum length of %d characters",
+                _TRACECONTEXT_MAXIMUM_TRACESTATE_LENGTH,
+            )
             return None
         state = self._tracestates.get(header)
         if state is None:
@@ -126,12 +140,19 @@ class FinmeshPropagator(textmap.TextMapPropagator):
             entries = self._parsed_baggage.put(header, parsed if parsed is not None else _NO_CHANGE)
         return entries
 
-    def inject(self, carrier: textmap.CarrierT, context: Context | None = None,
-               setter: textmap.Setter[textmap.CarrierT] = textmap.default_setter) -> None:
+    def inject(
+        self,
+        carrier: textmap.CarrierT,
+        context: Context | None = None,
+        setter: textmap.Setter[textmap.CarrierT] = textmap.default_setter,
+    ) -> None:
         span_context = trace.get_current_span(context).get_span_context()
         if span_context != trace.INVALID_SPAN_CONTEXT:  # OTel's test (not is_valid): same headers out
-            setter.set(carrier, "traceparent",
-                       f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}")
+            setter.set(
+                carrier,
+                "traceparent",
+                f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}",
+            )
             if span_context.trace_state:
                 setter.set(carrier, "tracestate", span_context.trace_state.to_header())
         entries = otel_baggage._get_baggage_value(context)
@@ -162,5 +183,10 @@ def _is_str_or_none(*values: Any) -> bool:
 
 def _canonical(traceparent: str) -> bool:
     """version-traceid-spanid-flags, nothing around it: the form every W3C implementation sends."""
-    return (len(traceparent) == 55 and traceparent[2] == "-" and traceparent[35] == "-"
-            and traceparent[52] == "-" and traceparent.translate(_DELETE_HEX) == "---")
+    return (
+        len(traceparent) == 55
+        and traceparent[2] == "-"
+        and traceparent[35] == "-"
+        and traceparent[52] == "-"
+        and traceparent.translate(_DELETE_HEX) == "---"
+    )

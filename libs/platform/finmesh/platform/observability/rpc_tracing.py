@@ -28,10 +28,16 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 _tracer = trace.get_tracer("finmesh.grpc")
 
 # Codes that mean the server failed (OTel semantic conventions for gRPC server spans).
-SERVER_FAULTS = frozenset({
-    grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
-    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
-})
+SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 _PROPAGATED = ("traceparent", "tracestate", "baggage")
 _ROOT = otel_context.Context()
 
@@ -39,11 +45,22 @@ _ROOT = otel_context.Context()
 def _attribute_blind(sampler: Any) -> bool:
     """Whether the sampler decides without looking at the span's attributes (the SDK's built-in ones)."""
     if isinstance(sampler, sampling.ParentBased):
-        return all(_attribute_blind(delegate) for delegate in (
-            sampler._root, sampler._remote_parent_sampled, sampler._remote_parent_not_sampled,
-            sampler._local_parent_sampled, sampler._local_parent_not_sampled))
-    return type(sampler) in (sampling.StaticSampler, sampling._AlwaysOn, sampling._AlwaysOff,
-                             sampling.TraceIdRatioBased)
+        return all(
+            _attribute_blind(delegate)
+            for delegate in (
+                sampler._root,
+                sampler._remote_parent_sampled,
+                sampler._remote_parent_not_sampled,
+                sampler._local_parent_sampled,
+                sampler._local_parent_not_sampled,
+            )
+        )
+    return type(sampler) in (
+        sampling.StaticSampler,
+        sampling._AlwaysOn,
+        sampling._AlwaysOff,
+        sampling.TraceIdRatioBased,
+    )
 
 
 # id(provider) -> (provider, attribute-blind sampler?): decided once per provider (holding it keeps the id valid).
@@ -69,13 +86,19 @@ def _start_span(tracer: Any, provider: Any, name: str, attributes: dict[str, str
     they go straight into the span's attribute dict. Anything else: the SDK's own path.
     """
     if not _attributes_after_start(provider):
-        return tracer.start_span(name, attributes=attributes, record_exception=False,
-                                 set_status_on_exception=False, **kwargs)
+        return tracer.start_span(
+            name, attributes=attributes, record_exception=False, set_status_on_exception=False, **kwargs
+        )
     span = tracer.start_span(name, record_exception=False, set_status_on_exception=False, **kwargs)
     bounded = getattr(span, "_attributes", None)
-    if (type(bounded) is BoundedAttributes and bounded.max_value_len is None and not bounded._immutable
-            and not bounded._dict and (bounded.maxlen is None or len(attributes) <= bounded.maxlen)
-            and all(type(key) is str and key and type(value) is str for key, value in attributes.items())):
+    if (
+        type(bounded) is BoundedAttributes
+        and bounded.max_value_len is None
+        and not bounded._immutable
+        and not bounded._dict
+        and (bounded.maxlen is None or len(attributes) <= bounded.maxlen)
+        and all(type(key) is str and key and type(value) is str for key, value in attributes.items())
+    ):
         bounded._dict.update(attributes)
     else:
         span.set_attributes(attributes)  # validated (or ignored by a non-recording span) as the SDK does
@@ -115,10 +138,18 @@ def batch_item_span(name: str, traceparent: str, tracestate: str, batch: trace.L
     the batch call's span, after OTel's convention for batch messaging. An item without context stays in the
     batch call's trace.
     """
-    parent = (propagate.extract({"traceparent": traceparent, "tracestate": tracestate}) if traceparent
-              else otel_context.get_current())
-    span = _tracer.start_span(name, context=parent, links=[batch] if batch.context.is_valid else None,
-                              record_exception=False, set_status_on_exception=False)
+    parent = (
+        propagate.extract({"traceparent": traceparent, "tracestate": tracestate})
+        if traceparent
+        else otel_context.get_current()
+    )
+    span = _tracer.start_span(
+        name,
+        context=parent,
+        links=[batch] if batch.context.is_valid else None,
+        record_exception=False,
+        set_status_on_exception=False,
+    )
     token = otel_context.attach(trace.set_span_in_context(span, parent))
     try:
         yield span
@@ -170,8 +201,7 @@ class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         self._spans = ClientSpans(tracer_provider)
 
-    async def intercept_unary_unary(self, continuation: Any, details: grpc.aio.ClientCallDetails,
-                                    request: Any) -> Any:
+    async def intercept_unary_unary(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
         span, carrier = self._spans.start(method)
         code = None

@@ -59,10 +59,16 @@ class MaskingExporter(SpanExporter):
 # Attribute keys the platform sets (rpc_tracing, outbox) with a handful of values each (service, method and
 # topic names): masking such a value is a pure function of it, so its result is memoized instead of
 # scanned by the PII patterns on every span. Every other string is masked as before, every time.
-_PLATFORM_KEYS = frozenset({
-    "rpc.system", "rpc.service", "rpc.method",
-    "messaging.system", "messaging.operation.type", "messaging.destination.name",
-})
+_PLATFORM_KEYS = frozenset(
+    {
+        "rpc.system",
+        "rpc.service",
+        "rpc.method",
+        "messaging.system",
+        "messaging.operation.type",
+        "messaging.destination.name",
+    }
+)
 _MASKED_PLATFORM_VALUES: dict[str, str] = {}
 _PLAIN_NUMBERS = (int, float, bool)
 
@@ -151,8 +157,7 @@ def span_to_json(span: ReadableSpan, *, mask: bool = False) -> str:
     attributes = _masked_attributes(span.attributes) if mask else dict(span.attributes or {})
     parent_id = f'"{parent.span_id:016x}"' if parent else "null"
     links = ",".join(
-        f'{{"trace_id":"{link.context.trace_id:032x}","span_id":"{link.context.span_id:016x}"}}'
-        for link in span.links
+        f'{{"trace_id":"{link.context.trace_id:032x}","span_id":"{link.context.span_id:016x}"}}' for link in span.links
     )
     return (
         f'{{"trace_id":"{ctx.trace_id:032x}","span_id":"{ctx.span_id:016x}",'

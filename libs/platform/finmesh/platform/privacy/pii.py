@@ -10,9 +10,25 @@ from finmesh.platform.privacy.pan import CANDIDATE, mask_pans
 # Keys whose values are never shown, whatever they look like.
 SENSITIVE_KEYS = frozenset(
     {
-        "password", "token", "access_token", "refresh_token", "secret", "code", "otp",
-        "id_number", "phone", "email", "legal_name", "address", "authorization",
-        "signing_secret", "private_key", "data_key", "credential", "service_credential", "service_secret",
+        "password",
+        "token",
+        "access_token",
+        "refresh_token",
+        "secret",
+        "code",
+        "otp",
+        "id_number",
+        "phone",
+        "email",
+        "legal_name",
+        "address",
+        "authorization",
+        "signing_secret",
+        "private_key",
+        "data_key",
+        "credential",
+        "service_credential",
+        "service_secret",
     }
 )
 

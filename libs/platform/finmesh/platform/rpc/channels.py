@@ -48,7 +48,7 @@ def _service_config(idempotent_methods: list[tuple[str, str]], spread: bool = Fa
                         "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
                     },
                 }
-            ]
+            ],
         }
     )
 
@@ -97,10 +97,14 @@ class MeshChannel(grpc.aio.Channel):
         self._spans = spans
         self._tokens = tokens
 
-    def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                    _registered_method: bool | None = False) -> Any:
-        inner = self._channel.unary_unary(method, request_serializer, response_deserializer,
-                                          _registered_method)  # type: ignore[call-arg]  # grpc's own 4th, not in its stub
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        inner = self._channel.unary_unary(method, request_serializer, response_deserializer, _registered_method)  # type: ignore[call-arg]  # grpc's own 4th, not in its stub
         return _MeshUnaryUnary(inner, method, self._spans, self._tokens)
 
     def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
@@ -140,25 +144,52 @@ class _MeshUnaryUnary:
         self._spans = spans
         self._tokens = tokens
 
-    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None, credentials: Any = None,
-                 wait_for_ready: bool | None = None, compression: Any = None) -> Awaitable[Any]:
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Awaitable[Any]:
         return self._call(request, timeout, list(metadata or ()), credentials, wait_for_ready, compression)
 
-    async def _call(self, request: Any, timeout: float | None, metadata: list[Any], credentials: Any,
-                    wait_for_ready: bool | None, compression: Any) -> Any:
+    async def _call(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: list[Any],
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> Any:
         if self._tokens is not None:
             token = await self._tokens.token()
             if token:
                 metadata.append(("authorization", f"Bearer {token}"))
         if self._spans is None:
-            return await self._inner(request, timeout=timeout, metadata=metadata, credentials=credentials,
-                                     wait_for_ready=wait_for_ready, compression=compression)
+            return await self._inner(
+                request,
+                timeout=timeout,
+                metadata=metadata,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
         span, carrier = self._spans.start(self._method)
         metadata.extend(carrier.items())
         code = None
         try:
-            response = await self._inner(request, timeout=timeout, metadata=metadata, credentials=credentials,
-                                         wait_for_ready=wait_for_ready, compression=compression)
+            response = await self._inner(
+                request,
+                timeout=timeout,
+                metadata=metadata,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
         except grpc.aio.AioRpcError as error:
             code = error.code()
             raise

@@ -40,8 +40,7 @@ class _Waiting(Generic[Item, Result]):
 
 
 class Coalescer(Generic[Item, Result]):
-    def __init__(self, one: One[Item, Result], many: Many[Item, Result], *, max_in_flight: int,
-                 max_batch: int) -> None:
+    def __init__(self, one: One[Item, Result], many: Many[Item, Result], *, max_in_flight: int, max_batch: int) -> None:
         if max_in_flight < 1 or max_batch < 1:
             raise ValueError("max_in_flight and max_batch must be at least 1")
         self._one = one

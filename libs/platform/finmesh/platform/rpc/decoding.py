@@ -65,7 +65,8 @@ class _TolerantServer:
 
     def add_registered_method_handlers(self, service_name: str, handlers: Mapping[str, Any]) -> None:
         self._server.add_registered_method_handlers(
-            service_name, {name: _tolerant_handler(h) for name, h in handlers.items()})
+            service_name, {name: _tolerant_handler(h) for name, h in handlers.items()}
+        )
 
 
 def tolerant_server(server: grpc.aio.Server) -> Any:

@@ -226,8 +226,11 @@ def _compile(descriptor: Descriptor) -> list[_Step]:
         repeated = field.is_repeated
         if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
             if rules is not None:
-                quick = not repeated and rules.kind in (IDENTIFIER, SECRET, DOCUMENT) \
+                quick = (
+                    not repeated
+                    and rules.kind in (IDENTIFIER, SECRET, DOCUMENT)
                     and field.type == FieldDescriptor.TYPE_STRING
+                )
                 steps.append(_Step(field.name, rules.max_length, rules.kind, repeated=repeated, quick=quick))
         elif field.message_type is None:
             continue

@@ -61,15 +61,18 @@ def to_status(error: DomainError) -> status_pb2.Status:
     """A google.rpc.Status carrying ErrorInfo (and BadRequest for field violations), every text bounded."""
     code = _CODES.get(error.kind, grpc.StatusCode.FAILED_PRECONDITION)
     details = []
-    metadata = {excerpt(k, MAX_METADATA_KEY): excerpt(v, MAX_METADATA_VALUE)
-                for k, v in list(error.metadata.items())[:MAX_METADATA_ENTRIES]}
+    metadata = {
+        excerpt(k, MAX_METADATA_KEY): excerpt(v, MAX_METADATA_VALUE)
+        for k, v in list(error.metadata.items())[:MAX_METADATA_ENTRIES]
+    }
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
     details.append(_pack(info))
     if isinstance(error, InvalidArgument):
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=excerpt(v.field, MAX_FIELD_PATH),
-                                                            description=excerpt(v.description, MAX_DESCRIPTION))
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=excerpt(v.field, MAX_FIELD_PATH), description=excerpt(v.description, MAX_DESCRIPTION)
+                )
                 for v in error.violations[:MAX_VIOLATIONS]
             ]
         )
@@ -99,8 +102,9 @@ def unexpected_status(exc: BaseException) -> status_pb2.Status:
         # The call may be retried with the same idempotency key: what did not commit is rolled back,
         # what did commit is answered from its stored reply.
         info = error_details_pb2.ErrorInfo(reason=STORAGE_UNAVAILABLE, domain=ERROR_DOMAIN)
-        return status_pb2.Status(code=code_pb2.UNAVAILABLE, message="storage temporarily unavailable; retry",
-                                 details=[_pack(info)])
+        return status_pb2.Status(
+            code=code_pb2.UNAVAILABLE, message="storage temporarily unavailable; retry", details=[_pack(info)]
+        )
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
 
 
@@ -109,8 +113,13 @@ Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 AuthCheck = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
-def guarded(method: Handler, full_method: str = "", traced: bool = True, check: AuthCheck | None = None,
-            fields: FieldChecker | None = None) -> Handler:
+def guarded(
+    method: Handler,
+    full_method: str = "",
+    traced: bool = True,
+    check: AuthCheck | None = None,
+    fields: FieldChecker | None = None,
+) -> Handler:
     """Wrap one servicer method: a server span, the auth check, the request's field rules (finmesh.platform.
     field_rules), domain errors as rich statuses, bugs as INTERNAL."""
     name = full_method.lstrip("/") or method.__qualname__

@@ -88,8 +88,9 @@ class RateLimited(StoredRefusal):
     """A ready-made RESOURCE_EXHAUSTED status with a RetryInfo (the guard sends a StoredRefusal's status as it
     is). Identity's login throttle answers with it too, under its own reason."""
 
-    def __init__(self, retry_after: float, reason: str = "RATE_LIMITED",
-                 message: str = "too many calls; retry later") -> None:
+    def __init__(
+        self, retry_after: float, reason: str = "RATE_LIMITED", message: str = "too many calls; retry later"
+    ) -> None:
         millis = max(1, int(retry_after * 1000 + 0.999))
         status = to_status(ResourceExhausted(reason, message, retry_after_ms=str(millis)))
         delay = duration_pb2.Duration()

@@ -36,18 +36,27 @@ _V1ALPHA_PACKAGE, _V1_PACKAGE = "grpc.reflection.v1alpha", "grpc.reflection.v1"
 
 def enable_reflection(server: grpc.aio.Server, services: Sequence[ServiceDescriptor]) -> None:
     """Serve reflection (v1 and v1alpha) for `services`, health, reflection itself and the error details."""
-    pool = reflection_pool([*(s.file for s in services), *ERROR_DETAIL_FILES, health_pb2.DESCRIPTOR,
-                            reflection_pb2.DESCRIPTOR])
+    pool = reflection_pool(
+        [*(s.file for s in services), *ERROR_DETAIL_FILES, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR]
+    )
     pool.Add(_v1_file())
     names = [*(s.full_name for s in services), health.SERVICE_NAME, reflection.SERVICE_NAME, V1_SERVICE_NAME]
     servicer = reflection.aio.ReflectionServicer(names, pool=pool)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(V1_SERVICE_NAME, {
-        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
-            servicer.ServerReflectionInfo,
-            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString),
-    }),))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                V1_SERVICE_NAME,
+                {
+                    "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                        servicer.ServerReflectionInfo,
+                        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                    ),
+                },
+            ),
+        )
+    )
 
 
 def reflection_pool(files: Iterable[FileDescriptor]) -> descriptor_pool.DescriptorPool:

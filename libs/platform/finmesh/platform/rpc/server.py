@@ -90,8 +90,11 @@ async def create_server(
 ) -> RunningServer:
     """Build and start a server on settings.host:settings.port (0 = any free port)."""
     # Tracing is not an interceptor: guard_servicer opens each RPC's server span (see rpc_tracing).
-    server = grpc.aio.server(interceptors=list(interceptors or []), options=server_options(settings),
-                             maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None)
+    server = grpc.aio.server(
+        interceptors=list(interceptors or []),
+        options=server_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+    )
     limiter = RateLimiter.from_settings(settings)
     names = []
     authorizers = []
@@ -103,8 +106,10 @@ async def create_server(
         if limiter is not None:
             # One limiter per server: a caller's bucket is shared by all the services it hosts.
             authorizer = LimitedAuthorizer(authorizer, limiter)
-        reg.add_to_server(guard_servicer(reg.servicer, reg.descriptor, traced=settings.tracing_enabled,
-                                         authorizer=authorizer), tolerant_server(server))
+        reg.add_to_server(
+            guard_servicer(reg.servicer, reg.descriptor, traced=settings.tracing_enabled, authorizer=authorizer),
+            tolerant_server(server),
+        )
         names.append(reg.descriptor.full_name)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -114,8 +119,15 @@ async def create_server(
     port = server.add_secure_port(address, server_credentials(tls)) if tls else server.add_insecure_port(address)
     await server.start()
     probe_server = await _start_probe_server(settings, health_servicer) if tls and settings.health_port else None
-    running = RunningServer(server=server, port=port, health=health_servicer, service_names=names,
-                            authorizers=authorizers, probe_server=probe_server, limiter=limiter)
+    running = RunningServer(
+        server=server,
+        port=port,
+        health=health_servicer,
+        service_names=names,
+        authorizers=authorizers,
+        probe_server=probe_server,
+        limiter=limiter,
+    )
     await running.set_serving(True)
     return running
 

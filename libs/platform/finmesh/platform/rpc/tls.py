@@ -63,8 +63,10 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
             return None
 
     return grpc.dynamic_ssl_server_credentials(
-        _configuration(files), fetch,  # type: ignore[arg-type]  # None keeps the certificates (grpc's docs); its stub says no
-        require_client_authentication=True)
+        _configuration(files),
+        fetch,  # type: ignore[arg-type]  # None keeps the certificates (grpc's docs); its stub says no
+        require_client_authentication=True,
+    )
 
 
 def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:

@@ -39,12 +39,10 @@ ENGINE_DEFAULTS: dict[str, Any] = {"hide_parameters": True}
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """Engine for `url`. SQLite gets WAL and BEGIN IMMEDIATE so writers queue instead of deadlocking."""
     if make_url(url).get_backend_name() == "sqlite":
-        engine = create_async_engine(url, connect_args={"timeout": 30}, module=sqlite_driver.dbapi(),
-                                     **ENGINE_DEFAULTS)
+        engine = create_async_engine(url, connect_args={"timeout": 30}, module=sqlite_driver.dbapi(), **ENGINE_DEFAULTS)
         tune_sqlite(engine.sync_engine)
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-                               **ENGINE_DEFAULTS)
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, **ENGINE_DEFAULTS)
 
 
 def tune_sqlite(engine: Any) -> None:
@@ -85,8 +83,14 @@ def create_read_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
         # No pre-ping: a read on a connection that died fails as UNAVAILABLE and is simply retried,
         # and the ping would double the round trips of every short read.
         return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_recycle=300, **ENGINE_DEFAULTS)
-    engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=pool_size, max_overflow=0,
-                                 module=sqlite_driver.dbapi(), **ENGINE_DEFAULTS)
+    engine = create_async_engine(
+        url,
+        connect_args={"timeout": 30},
+        pool_size=pool_size,
+        max_overflow=0,
+        module=sqlite_driver.dbapi(),
+        **ENGINE_DEFAULTS,
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _: Any) -> None:
@@ -214,8 +218,11 @@ def failure_facts(exc: BaseException) -> dict[str, str]:
     (it carries the SQL and its parameters, which may be personal data)."""
     driver = getattr(exc, "orig", None)
     cause = driver.__cause__ if driver is not None and driver.__cause__ is not None else driver
-    return {"error": type(exc).__name__, "driver_error": type(cause).__name__ if cause is not None else "",
-            "sqlstate": _sqlstate(driver) or ""}
+    return {
+        "error": type(exc).__name__,
+        "driver_error": type(cause).__name__ if cause is not None else "",
+        "sqlstate": _sqlstate(driver) or "",
+    }
 
 
 def _sqlstate(error: BaseException | None) -> str | None:

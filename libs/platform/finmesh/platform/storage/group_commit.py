@@ -49,8 +49,9 @@ _log = get_logger("finmesh.platform.storage.group_commit")
 UNSTORABLE = "holds a value that cannot be stored (such as a NUL character, or an unpaired surrogate in text)"
 
 
-async def commit_apart(items: Sequence[T], commit: Callable[[list[T]], Awaitable[Sequence[R]]],
-                       *, writer: str) -> list[R | Exception]:
+async def commit_apart(
+    items: Sequence[T], commit: Callable[[list[T]], Awaitable[Sequence[R]]], *, writer: str
+) -> list[R | Exception]:
     """`commit(items)`'s results, one per item; if its transaction fails, the items' own: each item's
     result from a smaller transaction that committed, or the error that failed it alone.
 
@@ -90,8 +91,9 @@ CommitBatch = Callable[[list[T], list[otel_context.Context]], Awaitable[Sequence
 class Split(Protocol):
     """How a batch is committed around its transaction: commit_apart (bench.poisoned swaps in the old way)."""
 
-    def __call__(self, items: Sequence[T], commit: Callable[[list[T]], Awaitable[Sequence[R]]],
-                 *, writer: str) -> Awaitable[list[R | Exception]]: ...
+    def __call__(
+        self, items: Sequence[T], commit: Callable[[list[T]], Awaitable[Sequence[R]]], *, writer: str
+    ) -> Awaitable[list[R | Exception]]: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -112,8 +114,16 @@ class GroupCommitWriter(Generic[T, R]):
     another's. `name` names the writer's tasks and log lines.
     """
 
-    def __init__(self, name: str, commit_batch: CommitBatch[T, R], *, max_batch: int, lanes: int = 1,
-                 linger_seconds: float = 0.0, exclusive: Callable[[T], bool] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        commit_batch: CommitBatch[T, R],
+        *,
+        max_batch: int,
+        lanes: int = 1,
+        linger_seconds: float = 0.0,
+        exclusive: Callable[[T], bool] | None = None,
+    ) -> None:
         self.name = name
         self._commit_batch = commit_batch
         self._max_batch = max_batch
@@ -140,8 +150,10 @@ class GroupCommitWriter(Generic[T, R]):
     def start(self) -> None:
         if not self.running:
             # A context of their own: the lanes must not run inside the trace of whoever started them.
-            self._tasks = [asyncio.create_task(self._run(), name=f"{self.name}-writer-{lane}",
-                                               context=contextvars.Context()) for lane in range(self._lanes)]
+            self._tasks = [
+                asyncio.create_task(self._run(), name=f"{self.name}-writer-{lane}", context=contextvars.Context())
+                for lane in range(self._lanes)
+            ]
 
     async def stop(self, drain_seconds: float = 5.0) -> None:
         """Finish what is queued (up to `drain_seconds`), then stop; what is left is cancelled."""

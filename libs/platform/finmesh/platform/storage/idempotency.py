@@ -162,6 +162,7 @@ class StoredRefusal(Exception):
 
 # --- stored answers: looked up and recorded in batches (payments' ledger writer) or one at a time -------
 
+
 @dataclass(frozen=True)
 class Answer:
     """The answer to one caller's key. `scope` None: nobody's in particular, for operations the previous
@@ -177,17 +178,39 @@ class Answer:
     created_at: datetime | None = None
 
     @classmethod
-    def of(cls, method: str, scope: str | None, key: str, fingerprint: bytes, *, response: Message | None = None,
-           refusal: status_pb2.Status | None = None, now: datetime | None = None) -> Answer:
-        return cls(method, scope, key, fingerprint,
-                   response=response.SerializeToString(deterministic=True) if response is not None else None,
-                   refusal=refusal.SerializeToString() if refusal is not None else None,
-                   status_code=refusal.code if refusal is not None else 0, created_at=now or datetime.now(UTC))
+    def of(
+        cls,
+        method: str,
+        scope: str | None,
+        key: str,
+        fingerprint: bytes,
+        *,
+        response: Message | None = None,
+        refusal: status_pb2.Status | None = None,
+        now: datetime | None = None,
+    ) -> Answer:
+        return cls(
+            method,
+            scope,
+            key,
+            fingerprint,
+            response=response.SerializeToString(deterministic=True) if response is not None else None,
+            refusal=refusal.SerializeToString() if refusal is not None else None,
+            status_code=refusal.code if refusal is not None else 0,
+            created_at=now or datetime.now(UTC),
+        )
 
     def row(self) -> dict[str, Any]:
-        return {"method": self.method, "key": self.key, "scope": self.scope, "request_hash": self.request_hash,
-                "response": self.response, "refusal": self.refusal, "status_code": self.status_code,
-                "created_at": self.created_at}
+        return {
+            "method": self.method,
+            "key": self.key,
+            "scope": self.scope,
+            "request_hash": self.request_hash,
+            "response": self.response,
+            "refusal": self.refusal,
+            "status_code": self.status_code,
+            "created_at": self.created_at,
+        }
 
 
 @cache
@@ -197,10 +220,12 @@ def _lookup_statement(tables: IdempotencyTables) -> Any:
     s, o = tables.scoped.c, tables.legacy.c
     keys: BindParameter[Any] = bindparam("keys", expanding=True)
     return union_all(
-        select(s.method, s.key, s.scope, s.request_hash, s.response, s.refusal)
-        .where(s.method == bindparam("method"), s.key.in_(keys)),
-        select(o.method, o.key, o.scope, o.request_hash, o.response, o.refusal)
-        .where(o.method == bindparam("method"), o.key.in_(keys), o.scope.is_(None)),
+        select(s.method, s.key, s.scope, s.request_hash, s.response, s.refusal).where(
+            s.method == bindparam("method"), s.key.in_(keys)
+        ),
+        select(o.method, o.key, o.scope, o.request_hash, o.response, o.refusal).where(
+            o.method == bindparam("method"), o.key.in_(keys), o.scope.is_(None)
+        ),
     )
 
 
@@ -227,7 +252,9 @@ async def stored_answers(conn: Any, tables: IdempotencyTables, wanted: Iterable[
     for method, key_set in sorted(by_method.items()):
         keys = sorted(key_set)
         for start in range(0, len(keys), 300):
-            result = await conn.execute(_lookup_statement(tables), {"method": method, "keys": keys[start:start + 300]})
+            result = await conn.execute(
+                _lookup_statement(tables), {"method": method, "keys": keys[start : start + 300]}
+            )
             for row in result:
                 found.add(row._mapping)
     return found
@@ -241,8 +268,9 @@ def _mirror_statement(legacy: Table, dialect: str) -> Any:
     return sqlite.insert(legacy).on_conflict_do_nothing()
 
 
-async def record_answers(conn: Any, tables: IdempotencyTables, scoped: list[dict[str, Any]],
-                         legacy: list[dict[str, Any]]) -> int:
+async def record_answers(
+    conn: Any, tables: IdempotencyTables, scoped: list[dict[str, Any]], legacy: list[dict[str, Any]]
+) -> int:
     """Store answer rows (Answer.row) in `conn`'s transaction: `scoped` in the new table (a key taken by the
     same caller is an IntegrityError, as before), `legacy` in the old one where the key is free. Returns how
     many old-table rows were written (-1 when the driver cannot tell)."""
@@ -250,16 +278,18 @@ async def record_answers(conn: Any, tables: IdempotencyTables, scoped: list[dict
     if not legacy:
         return 0
     # One row alone, not as a list: a driver's executemany may not count the rows it wrote.
-    result = await conn.execute(_mirror_statement(tables.legacy, conn.dialect.name),
-                                legacy[0] if len(legacy) == 1 else legacy)
+    result = await conn.execute(
+        _mirror_statement(tables.legacy, conn.dialect.name), legacy[0] if len(legacy) == 1 else legacy
+    )
     return result.rowcount if result.rowcount is not None else -1
 
 
 def replay_stored(prior: Mapping[str, Any], fingerprint: bytes, response_type: type[M]) -> M:
     """The stored answer (a stored refusal is raised); IDEMPOTENCY_KEY_REUSED for another request."""
     if prior["request_hash"] != fingerprint:
-        raise FailedPrecondition("IDEMPOTENCY_KEY_REUSED",
-                                 "this idempotency key was already used with a different request")
+        raise FailedPrecondition(
+            "IDEMPOTENCY_KEY_REUSED", "this idempotency key was already used with a different request"
+        )
     if prior["refusal"] is not None:
         raise StoredRefusal(status_pb2.Status.FromString(prior["refusal"]))
     return response_type.FromString(prior["response"])
@@ -296,8 +326,9 @@ class KeyedCall(Generic[T, Reply]):
 class IdempotencyStore:
     """Runs a mutating operation at most once per caller and (method, key)."""
 
-    def __init__(self, engine: AsyncEngine, tables: IdempotencyTables,
-                 to_status: Callable[[DomainError], status_pb2.Status]):
+    def __init__(
+        self, engine: AsyncEngine, tables: IdempotencyTables, to_status: Callable[[DomainError], status_pb2.Status]
+    ):
         self._engine = engine
         self._tables = tables
         self._to_status = to_status
@@ -367,8 +398,7 @@ class IdempotencyStore:
             # The old table has the key already. Another caller's mirror is no matter; a row of the previous
             # release (scope NULL) committed since we looked may be this caller's own retry on the other color.
             o = self._tables.legacy.c
-            holder = (await conn.execute(select(o.scope).where(o.method == answer.method,
-                                                               o.key == answer.key))).first()
+            holder = (await conn.execute(select(o.scope).where(o.method == answer.method, o.key == answer.key))).first()
             if holder is not None and holder.scope is None:
                 raise _KeyTakenMeanwhile
 

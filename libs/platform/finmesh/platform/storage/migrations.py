@@ -109,8 +109,9 @@ def current_heads(connection: Connection) -> tuple[str, ...]:
 
 def schema_diffs(connection: Connection, metadata: MetaData) -> list[Any]:
     """Alembic's autogenerate diffs between the live schema and `metadata` (empty: identical)."""
-    context = MigrationContext.configure(connection, opts={
-        "target_metadata": metadata, "compare_type": True, "compare_server_default": True})
+    context = MigrationContext.configure(
+        connection, opts={"target_metadata": metadata, "compare_type": True, "compare_server_default": True}
+    )
     return list(compare_metadata(context, metadata))
 
 
@@ -124,8 +125,9 @@ def _is_ahead(heads: tuple[str, ...], script: ScriptDirectory, service: str) -> 
     unknown = [rev for rev in heads if rev not in known]
     foreign = [rev for rev in unknown if not rev.startswith(f"{service}_")]
     if foreign:
-        raise RuntimeError(f"{service}: database is at {foreign}, which is not one of {service}'s revisions: "
-                           "wrong database?")
+        raise RuntimeError(
+            f"{service}: database is at {foreign}, which is not one of {service}'s revisions: wrong database?"
+        )
     return bool(unknown)
 
 
@@ -153,9 +155,11 @@ def _adopt(connection: Connection, service: str, config: Config) -> None:
     """
     diffs = schema_diffs(connection, service_package(service).metadata)
     if diffs:
-        raise RuntimeError(f"{service}: database has tables but no {VERSION_TABLE}, and they differ from "
-                           f"this code's schema ({len(diffs)} differences, first: {diffs[0]!r}); "
-                           "migrate it by hand or start from an empty database")
+        raise RuntimeError(
+            f"{service}: database has tables but no {VERSION_TABLE}, and they differ from "
+            f"this code's schema ({len(diffs)} differences, first: {diffs[0]!r}); "
+            "migrate it by hand or start from an empty database"
+        )
     config.attributes["connection"] = connection
     command.stamp(config, "heads")
 
@@ -177,8 +181,10 @@ def _check_sync(connection: Connection, service: str) -> MigrationResult:
     # At head, or at a descendant of every head this code has: nothing missing.
     reached = {r.revision for rev in heads for r in script.iterate_revisions(rev, "base")}
     if not wanted <= reached:
-        raise DatabaseBehind(f"{service}: database at {heads or 'no revision'}, this code needs "
-                             f"{sorted(wanted)}: run `finmesh-{service} migrate`")
+        raise DatabaseBehind(
+            f"{service}: database at {heads or 'no revision'}, this code needs "
+            f"{sorted(wanted)}: run `finmesh-{service} migrate`"
+        )
     return MigrationResult(heads, heads)
 
 
@@ -215,12 +221,13 @@ async def new_revision(service: str, message: str, scratch_dir: Path) -> str:
     try:
         await upgrade(engine, service)
         async with engine.connect() as conn:
+
             def generate(connection: Connection) -> str:
                 config = alembic_config(service)
                 config.attributes["connection"] = connection
-                made = command.revision(config, message=message, autogenerate=True,
-                                        rev_id=f"{service}_{number:04d}")
+                made = command.revision(config, message=message, autogenerate=True, rev_id=f"{service}_{number:04d}")
                 return str(made.path)  # type: ignore[union-attr]  # one head, so one Script (a list is for many)
+
             return await conn.run_sync(generate)
     finally:
         await engine.dispose()

@@ -52,8 +52,9 @@ def _is_begin(operation: Any) -> bool:
     return isinstance(operation, str) and operation.lstrip()[:5].upper() == "BEGIN"
 
 
-def _run(connection: sqlite3.Connection, begin: str | None, operation: str, parameters: Any,
-         many: bool) -> tuple[Any, list[Any] | None, int, int | None]:
+def _run(
+    connection: sqlite3.Connection, begin: str | None, operation: str, parameters: Any, many: bool
+) -> tuple[Any, list[Any] | None, int, int | None]:
     """On the connection's thread: the transaction's BEGIN if it is pending, then the whole statement."""
     if begin is not None:
         connection.execute(begin)
@@ -100,7 +101,8 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         async with adapter._execute_mutex:
             begin, adapter.pending_begin = adapter.pending_begin, None
             description, rows, rowcount, lastrowid = await driver._execute(  # type: ignore[no-untyped-call]  # aiosqlite's own, unannotated
-                _run, driver._conn, begin, operation, parameters, many)
+                _run, driver._conn, begin, operation, parameters, many
+            )
         outcome.description, outcome.rowcount, outcome.lastrowid = description, rowcount, lastrowid
         self._rows = collections.deque(rows) if rows is not None else collections.deque()
 

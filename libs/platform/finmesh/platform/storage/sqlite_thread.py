@@ -48,8 +48,13 @@ class InThreadConnection:
             plan = _executemany_plan(statement, tuple(parameters[0]), self.dialect)
             if plan is not None:
                 sql, binds = plan
-                return self.sync.exec_driver_sql(sql, [tuple(row[key] if process is None else process(row[key])
-                                                             for key, process in binds) for row in parameters])
+                return self.sync.exec_driver_sql(
+                    sql,
+                    [
+                        tuple(row[key] if process is None else process(row[key]) for key, process in binds)
+                        for row in parameters
+                    ],
+                )
         return self.sync.execute(statement, parameters)
 
 
@@ -94,12 +99,19 @@ def _plan(statement: Any, keys: tuple[str, ...], dialect: Any) -> tuple[str, lis
     if not isinstance(statement, Insert | Update) or dialect.paramstyle != "qmark":
         return None
     compiled = statement.compile(dialect=dialect, column_keys=list(keys))
-    if (not compiled.positional or compiled.insert_prefetch or compiled.update_prefetch
-            or compiled.effective_returning or compiled.literal_execute_params or compiled.post_compile_params
-            or sorted(compiled.positiontup or ()) != sorted(keys)):
+    if (
+        not compiled.positional
+        or compiled.insert_prefetch
+        or compiled.update_prefetch
+        or compiled.effective_returning
+        or compiled.literal_execute_params
+        or compiled.post_compile_params
+        or sorted(compiled.positiontup or ()) != sorted(keys)
+    ):
         return None
-    return compiled.string, [(name, _processor(compiled.binds[name].type, dialect))
-                             for name in compiled.positiontup or ()]
+    return compiled.string, [
+        (name, _processor(compiled.binds[name].type, dialect)) for name in compiled.positiontup or ()
+    ]
 
 
 def _processor(type_: Any, dialect: Any) -> Callable[[Any], Any] | None:
@@ -148,8 +160,13 @@ class SqliteWriteThread:
 
     def __init__(self, engine: AsyncEngine, name: str = "sqlite-writer") -> None:
         self.engine = engine  # the service's engine: its write gate orders this thread's transactions with the others
-        self._sync = create_sync_engine(engine.url.set(drivername="sqlite"), connect_args={"timeout": 30},
-                                        pool_size=1, max_overflow=0, **ENGINE_DEFAULTS)
+        self._sync = create_sync_engine(
+            engine.url.set(drivername="sqlite"),
+            connect_args={"timeout": 30},
+            pool_size=1,
+            max_overflow=0,
+            **ENGINE_DEFAULTS,
+        )
         tune_sqlite(self._sync)  # the settings the service's own engine has
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         # Kept open between transactions (used only on the worker thread): a pool checkout and the rollback
@@ -189,8 +206,9 @@ class SqliteWriteThread:
         self._sync.dispose()
 
 
-async def write_transaction(database: AsyncEngine | SqliteWriteThread,
-                            work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+async def write_transaction(
+    database: AsyncEngine | SqliteWriteThread, work: Callable[[Any], Coroutine[Any, Any, T]]
+) -> T:
     """Run `work(conn)` in one write transaction, taking turns with the process's other writers: on the
     SQLite write thread where the service has one, else on the engine (behind its write gate)."""
     if isinstance(database, SqliteWriteThread):

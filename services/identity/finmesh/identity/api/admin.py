@@ -26,9 +26,16 @@ class AdminRpcs:
         if request.role not in _ASSIGNABLE:
             raise InvalidArgument(FieldViolation("role", "SUPPORT, RISK_OFFICER or ADMIN"))
         return await roles.assign_role(
-            d, KeyedCall("AssignRole", request, pb.AssignRoleResponse,
-                         lambda user: pb.AssignRoleResponse(user=convert.user(user))),
-            request.user_id, _ASSIGNABLE[request.role])
+            d,
+            KeyedCall(
+                "AssignRole",
+                request,
+                pb.AssignRoleResponse,
+                lambda user: pb.AssignRoleResponse(user=convert.user(user)),
+            ),
+            request.user_id,
+            _ASSIGNABLE[request.role],
+        )
 
     async def SetRiskTier(self, request: pb.SetRiskTierRequest, context: Context) -> pb.SetRiskTierResponse:
         d = self.deps
@@ -39,6 +46,14 @@ class AdminRpcs:
         v.require(bool(_REASON.match(request.reason)), "reason", "an upper-case code, e.g. ONBOARDING or RISK_EVENT")
         v.raise_if_any()
         return await tiers.set_risk_tier(
-            d, KeyedCall("SetRiskTier", request, pb.SetRiskTierResponse,
-                         lambda user: pb.SetRiskTierResponse(user=convert.user(user))),
-            request.user_id, convert.TIERS[request.tier], request.reason)
+            d,
+            KeyedCall(
+                "SetRiskTier",
+                request,
+                pb.SetRiskTierResponse,
+                lambda user: pb.SetRiskTierResponse(user=convert.user(user)),
+            ),
+            request.user_id,
+            convert.TIERS[request.tier],
+            request.reason,
+        )

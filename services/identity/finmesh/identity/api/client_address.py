@@ -57,4 +57,3 @@ def client_address(context: Context, trusted: Sequence[Network]) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         return str(ipaddress.ip_network(f"{address}/{_IPV6_PREFIX}", strict=False))
     return str(address)
-

@@ -16,8 +16,10 @@ from finmesh.platform.storage.idempotency import KeyedCall, validate_key
 
 def _challenge(challenge: login.LoginChallenge) -> pb.LoginResponse:
     return pb.LoginResponse(
-        challenge_id=challenge.challenge_id, totp_accepted=challenge.totp,
-        challenge_channel=pb.VERIFICATION_CHANNEL_UNSPECIFIED if challenge.totp else pb.VERIFICATION_CHANNEL_SMS)
+        challenge_id=challenge.challenge_id,
+        totp_accepted=challenge.totp,
+        challenge_channel=pb.VERIFICATION_CHANNEL_UNSPECIFIED if challenge.totp else pb.VERIFICATION_CHANNEL_SMS,
+    )
 
 
 class LoginRpcs:
@@ -33,17 +35,31 @@ class LoginRpcs:
         v.raise_if_any()
         try:
             return await login.login(
-                d, KeyedCall("Login", d.fingerprinted(request, "login", "password"), pb.LoginResponse, _challenge),
-                request.login, request.password, client_address(context, d.trusted_proxies), deadline(context, d))
+                d,
+                KeyedCall("Login", d.fingerprinted(request, "login", "password"), pb.LoginResponse, _challenge),
+                request.login,
+                request.password,
+                client_address(context, d.trusted_proxies),
+                deadline(context, d),
+            )
         except login.TooManyAttempts as refused:
             # RESOURCE_EXHAUSTED with a RetryInfo saying when this address may try again.
-            raise RateLimited(refused.wait, "TOO_MANY_ATTEMPTS", "too many failed logins from here; retry later") \
-                from None
+            raise RateLimited(
+                refused.wait, "TOO_MANY_ATTEMPTS", "too many failed logins from here; retry later"
+            ) from None
 
     async def CompleteLogin(self, request: pb.CompleteLoginRequest, context: Context) -> pb.CompleteLoginResponse:
         d = self.deps
         validate_code_request(request.idempotency_key, request.challenge_id, request.code, "challenge_id")
         return await login.complete(
-            d, KeyedCall("CompleteLogin", d.fingerprinted(request, "code"), pb.CompleteLoginResponse,
-                         lambda tokens: pb.CompleteLoginResponse(tokens=convert.token_pair(tokens))),
-            request.challenge_id, request.code, client_address(context, d.trusted_proxies))
+            d,
+            KeyedCall(
+                "CompleteLogin",
+                d.fingerprinted(request, "code"),
+                pb.CompleteLoginResponse,
+                lambda tokens: pb.CompleteLoginResponse(tokens=convert.token_pair(tokens)),
+            ),
+            request.challenge_id,
+            request.code,
+            client_address(context, d.trusted_proxies),
+        )

@@ -22,9 +22,12 @@ class TotpRpcs:
         require_user_id(request.user_id)
         require_owner(request.user_id, "authenticator")
         return await mfa.enroll(
-            d, KeyedCall("EnrollTotp", request, pb.EnrollTotpResponse,
-                         lambda uri: pb.EnrollTotpResponse(provisioning_uri=uri)),
-            request.user_id)
+            d,
+            KeyedCall(
+                "EnrollTotp", request, pb.EnrollTotpResponse, lambda uri: pb.EnrollTotpResponse(provisioning_uri=uri)
+            ),
+            request.user_id,
+        )
 
     async def ConfirmTotp(self, request: pb.ConfirmTotpRequest, context: Context) -> pb.ConfirmTotpResponse:
         d = self.deps
@@ -34,6 +37,13 @@ class TotpRpcs:
             raise InvalidArgument(FieldViolation("code", "six digits"))
         require_owner(request.user_id, "authenticator")
         return await mfa.confirm(
-            d, KeyedCall("ConfirmTotp", d.fingerprinted(request, "code"), pb.ConfirmTotpResponse,
-                         lambda user: pb.ConfirmTotpResponse(user=convert.user(user))),
-            request.user_id, request.code)
+            d,
+            KeyedCall(
+                "ConfirmTotp",
+                d.fingerprinted(request, "code"),
+                pb.ConfirmTotpResponse,
+                lambda user: pb.ConfirmTotpResponse(user=convert.user(user)),
+            ),
+            request.user_id,
+            request.code,
+        )

@@ -18,15 +18,26 @@ class RegistrationRpcs:
     async def RegisterUser(self, request: pb.RegisterUserRequest, context: Context) -> pb.RegisterUserResponse:
         d = self.deps
         reg = validate_registration(
-            kind=convert.KINDS.get(request.kind, "?"), legal_name=request.legal_name, id_number=request.id_number,
-            phone=request.phone, email=request.email, password=request.password, locale=request.locale,
+            kind=convert.KINDS.get(request.kind, "?"),
+            legal_name=request.legal_name,
+            id_number=request.id_number,
+            phone=request.phone,
+            email=request.email,
+            password=request.password,
+            locale=request.locale,
             today=d.today(),
         )
         keyed = d.fingerprinted(request, "legal_name", "id_number", "phone", "email", "password")
         return await register_user(
-            d, KeyedCall("RegisterUser", keyed, pb.RegisterUserResponse,
-                         lambda user: pb.RegisterUserResponse(user=convert.user(user))),
-            reg)
+            d,
+            KeyedCall(
+                "RegisterUser",
+                keyed,
+                pb.RegisterUserResponse,
+                lambda user: pb.RegisterUserResponse(user=convert.user(user)),
+            ),
+            reg,
+        )
 
     async def GetUser(self, request: pb.GetUserRequest, context: Context) -> pb.GetUserResponse:
         require_user_id(request.user_id)

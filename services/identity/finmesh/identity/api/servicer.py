@@ -14,7 +14,16 @@ from finmesh.identity.usecases.deps import Deps
 from finmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 
 
-class IdentityServicer(RegistrationRpcs, VerificationRpcs, LoginRpcs, TokenRpcs, TotpRpcs, KeyRpcs, AdminRpcs,
-                       PersonalDataRpcs, pb_grpc.IdentityServiceServicer):
+class IdentityServicer(
+    RegistrationRpcs,
+    VerificationRpcs,
+    LoginRpcs,
+    TokenRpcs,
+    TotpRpcs,
+    KeyRpcs,
+    AdminRpcs,
+    PersonalDataRpcs,
+    pb_grpc.IdentityServiceServicer,
+):
     def __init__(self, deps: Deps) -> None:
         self.deps = deps

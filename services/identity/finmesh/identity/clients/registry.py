@@ -48,8 +48,9 @@ class HttpRegistry:
 
     async def check(self, legal_name: str, id_number: str) -> Match:
         try:
-            answer = await self._http.request("POST", "/v1/verify",
-                                              json_body={"legal_name": legal_name, "id_number": id_number})
+            answer = await self._http.request(
+                "POST", "/v1/verify", json_body={"legal_name": legal_name, "id_number": id_number}
+            )
         except HttpUnreachable as error:
             raise RegistryUnavailable(str(error)) from None
         # A non-2xx answer has no body: it falls through to "unexpected" like any other unusable answer.

@@ -27,9 +27,15 @@ class RiskClient:
     async def onboarding_tier(self, *, user_id: str, age_years: int, kind: str, timeout: float) -> str:
         """LOW, MEDIUM or HIGH from risk's onboarding assessment ("" for a tier this code does not know)."""
         try:
-            reply = await self._stub.AssessOnboarding(risk_pb.AssessOnboardingRequest(
-                idempotency_key=f"identity-onboarding-{user_id}", user_id=user_id, age_years=age_years,
-                user_kind=kind.lower()), timeout=timeout)
+            reply = await self._stub.AssessOnboarding(
+                risk_pb.AssessOnboardingRequest(
+                    idempotency_key=f"identity-onboarding-{user_id}",
+                    user_id=user_id,
+                    age_years=age_years,
+                    user_kind=kind.lower(),
+                ),
+                timeout=timeout,
+            )
         except grpc.aio.AioRpcError as error:
             raise AssessmentFailed(error.code().name) from None
         return _TIERS.get(reply.tier, "")

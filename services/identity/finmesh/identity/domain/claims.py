@@ -22,17 +22,26 @@ class Subject:
 
 def user_claims(subject: Subject, now: int, ttl: int) -> dict[str, Any]:
     return {
-        "iss": ISSUER, "aud": AUDIENCE, "sub": subject.user_id,
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": subject.user_id,
         "roles": sorted(role.lower() for role in subject.roles),
         # Payments applies per-tier limits from this, without calling identity.
         "tier": "" if subject.risk_tier == "UNSPECIFIED" else subject.risk_tier.lower(),
         "vrf": subject.verified,
-        "iat": now, "exp": now + ttl, "jti": str(uuid.uuid4()),
+        "iat": now,
+        "exp": now + ttl,
+        "jti": str(uuid.uuid4()),
     }
 
 
 def service_claims(service: str, now: int, ttl: int) -> dict[str, Any]:
     return {
-        "iss": ISSUER, "aud": AUDIENCE, "sub": f"service:{service}", "roles": [SERVICE],
-        "iat": now, "exp": now + ttl, "jti": str(uuid.uuid4()),
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": f"service:{service}",
+        "roles": [SERVICE],
+        "iat": now,
+        "exp": now + ttl,
+        "jti": str(uuid.uuid4()),
     }

@@ -29,8 +29,7 @@ class Steps(Protocol):
 
 def fully_verified(user: Steps) -> bool:
     """Every step passed and the personal data not erased: the user may transact."""
-    return (user.id_number_check, user.contact_check, user.real_name_check) == (PASSED,) * 3 \
-        and user.erased_at is None
+    return (user.id_number_check, user.contact_check, user.real_name_check) == (PASSED,) * 3 and user.erased_at is None
 
 
 def completes_onboarding(user: Steps, step: str) -> bool:

@@ -59,5 +59,6 @@ def validate_registration(
         raise InvalidArgument(violations)
     if underage or parsed is None:
         raise FailedPrecondition("UNDERAGE", "the holder of this identity number is under 18")
-    return Registration(kind, name, parsed.value, parsed.birth_date, phone, normalized_email, password,
-                        locale or "zh-CN")
+    return Registration(
+        kind, name, parsed.value, parsed.birth_date, phone, normalized_email, password, locale or "zh-CN"
+    )

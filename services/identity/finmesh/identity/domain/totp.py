@@ -27,7 +27,7 @@ def step_of(unix_seconds: float) -> int:
 def hotp(secret: bytes, counter: int) -> str:
     digest = hmac.new(secret, struct.pack(">Q", counter), hashlib.sha1).digest()
     offset = digest[-1] & 0x0F
-    value = struct.unpack(">I", digest[offset:offset + 4])[0] & 0x7FFFFFFF
+    value = struct.unpack(">I", digest[offset : offset + 4])[0] & 0x7FFFFFFF
     return f"{value % 10**DIGITS:0{DIGITS}d}"
 
 
@@ -47,6 +47,13 @@ def matching_step(secret: bytes, code: str, unix_seconds: float, last_step: int)
 def provisioning_uri(secret: bytes, account: str, issuer: str = "finmesh") -> str:
     """otpauth:// URI that authenticator apps read (usually from a QR code)."""
     label = quote(f"{issuer}:{account}")
-    params = urlencode({"secret": base64.b32encode(secret).decode().rstrip("="), "issuer": issuer,
-                        "algorithm": "SHA1", "digits": DIGITS, "period": PERIOD})
+    params = urlencode(
+        {
+            "secret": base64.b32encode(secret).decode().rstrip("="),
+            "issuer": issuer,
+            "algorithm": "SHA1",
+            "digits": DIGITS,
+            "period": PERIOD,
+        }
+    )
     return f"otpauth://totp/{label}?{params}"

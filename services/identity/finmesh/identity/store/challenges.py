@@ -11,11 +11,31 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from finmesh.identity.store.schema import challenges as t
 
 
-async def add(conn: AsyncConnection, *, challenge_id: str, user_id: str, purpose: str, channel: str,
-              code_hash: str | None, now: datetime, expires_at: datetime, password_ok: bool | None = None) -> None:
-    await conn.execute(insert(t).values(challenge_id=challenge_id, user_id=user_id, purpose=purpose,
-                                        channel=channel, code_hash=code_hash, created_at=now,
-                                        expires_at=expires_at, attempts=0, password_ok=password_ok))
+async def add(
+    conn: AsyncConnection,
+    *,
+    challenge_id: str,
+    user_id: str,
+    purpose: str,
+    channel: str,
+    code_hash: str | None,
+    now: datetime,
+    expires_at: datetime,
+    password_ok: bool | None = None,
+) -> None:
+    await conn.execute(
+        insert(t).values(
+            challenge_id=challenge_id,
+            user_id=user_id,
+            purpose=purpose,
+            channel=channel,
+            code_hash=code_hash,
+            created_at=now,
+            expires_at=expires_at,
+            attempts=0,
+            password_ok=password_ok,
+        )
+    )
 
 
 async def get(conn: AsyncConnection, challenge_id: str) -> Any:
@@ -23,8 +43,11 @@ async def get(conn: AsyncConnection, challenge_id: str) -> Any:
 
 
 async def count_since(conn: AsyncConnection, user_id: str, purpose: str, since: datetime) -> int:
-    query = select(func.count()).select_from(t).where(t.c.user_id == user_id, t.c.purpose == purpose,
-                                                      t.c.created_at >= since)
+    query = (
+        select(func.count())
+        .select_from(t)
+        .where(t.c.user_id == user_id, t.c.purpose == purpose, t.c.created_at >= since)
+    )
     return int(await conn.scalar(query) or 0)
 
 
@@ -36,8 +59,9 @@ async def take_attempt(conn: AsyncConnection, challenge_id: str) -> Any:
 
 async def use(conn: AsyncConnection, challenge_id: str, now: datetime) -> bool:
     """Spend the challenge; False if a concurrent attempt spent it first."""
-    result = await conn.execute(update(t).where(t.c.challenge_id == challenge_id, t.c.used_at.is_(None))
-                                .values(used_at=now))
+    result = await conn.execute(
+        update(t).where(t.c.challenge_id == challenge_id, t.c.used_at.is_(None)).values(used_at=now)
+    )
     return result.rowcount == 1
 
 

@@ -23,15 +23,25 @@ async def settle(conn: AsyncConnection, attempt_id: int, outcome: str, at: datet
     await conn.execute(update(t).where(t.c.id == attempt_id).values(outcome=outcome, at=at))
 
 
-async def history(conn: AsyncConnection, *, subject: str, address: str, now: datetime, window: timedelta,
-                  known_for: timedelta) -> History:
+async def history(
+    conn: AsyncConnection, *, subject: str, address: str, now: datetime, window: timedelta, known_for: timedelta
+) -> History:
     since = now - window
     # Bounded: the throttle lets one address fail only so often within the window.
-    rows = await conn.execute(select(t.c.outcome, t.c.at).where(t.c.subject == subject, t.c.address == address,
-                                                                t.c.at >= since).order_by(t.c.at, t.c.id))
+    rows = await conn.execute(
+        select(t.c.outcome, t.c.at)
+        .where(t.c.subject == subject, t.c.address == address, t.c.at >= since)
+        .order_by(t.c.at, t.c.id)
+    )
     failures, last = address_failures((outcome, utc(at)) for outcome, at in rows)
-    account = await conn.scalar(select(func.count()).select_from(t).where(
-        t.c.subject == subject, t.c.at >= since, t.c.outcome.in_(COUNTED)))
-    known = await conn.scalar(select(exists().where(
-        t.c.subject == subject, t.c.address == address, t.c.outcome == COMPLETED, t.c.at >= now - known_for)))
+    account = await conn.scalar(
+        select(func.count()).select_from(t).where(t.c.subject == subject, t.c.at >= since, t.c.outcome.in_(COUNTED))
+    )
+    known = await conn.scalar(
+        select(
+            exists().where(
+                t.c.subject == subject, t.c.address == address, t.c.outcome == COMPLETED, t.c.at >= now - known_for
+            )
+        )
+    )
     return History(failures, last, int(account or 0), bool(known))

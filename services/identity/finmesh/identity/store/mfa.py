@@ -30,8 +30,7 @@ async def accept_step(conn: AsyncConnection, user_id: str, step: int, *, enable:
     values: dict[str, Any] = {"last_step": step}
     if enable:
         values["enabled"] = True
-    result = await conn.execute(update(totp).where(totp.c.user_id == user_id, totp.c.last_step < step)
-                                .values(**values))
+    result = await conn.execute(update(totp).where(totp.c.user_id == user_id, totp.c.last_step < step).values(**values))
     return result.rowcount == 1
 
 

@@ -11,10 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from finmesh.identity.store.schema import pii_access_log as t
 
 
-async def record(conn: AsyncConnection, *, user_id: str, accessor_id: str, fields: list[str], purpose: str,
-                 now: datetime) -> None:
-    await conn.execute(insert(t).values(user_id=user_id, accessor_id=accessor_id, fields=",".join(fields),
-                                        purpose=purpose, accessed_at=now))
+async def record(
+    conn: AsyncConnection, *, user_id: str, accessor_id: str, fields: list[str], purpose: str, now: datetime
+) -> None:
+    await conn.execute(
+        insert(t).values(
+            user_id=user_id, accessor_id=accessor_id, fields=",".join(fields), purpose=purpose, accessed_at=now
+        )
+    )
 
 
 async def page(conn: AsyncConnection, *, user_id: str, after_id: int, limit: int) -> list[Any]:

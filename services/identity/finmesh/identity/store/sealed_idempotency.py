@@ -25,8 +25,9 @@ def _bound_to(method: str, scope: str | None, key: str) -> str:
 class SealedIdempotencyStore(IdempotencyStore):
     """Same semantics as IdempotencyStore; tokens and TOTP secrets never lie in the table in clear."""
 
-    def __init__(self, engine: AsyncEngine, tables: IdempotencyTables,
-                 to_status: Callable[[DomainError], Any], vault: Vault) -> None:
+    def __init__(
+        self, engine: AsyncEngine, tables: IdempotencyTables, to_status: Callable[[DomainError], Any], vault: Vault
+    ) -> None:
         # to_status makes a google.rpc Status: typed Any here because that package ships no stubs.
         super().__init__(engine, tables, to_status)
         self._vault = vault
@@ -34,14 +35,18 @@ class SealedIdempotencyStore(IdempotencyStore):
     def _rows(self, answer: Answer) -> tuple[dict[str, Any], dict[str, Any]]:
         scoped, mirror = answer.row(), answer.row()
         if answer.response is not None:
-            scoped["response"] = self._vault.seal(_PURPOSE, _bound_to(answer.method, answer.scope, answer.key),
-                                                  answer.response)
-            mirror["response"] = self._vault.seal(_PURPOSE, _bound_to(answer.method, None, answer.key),
-                                                  answer.response)
+            scoped["response"] = self._vault.seal(
+                _PURPOSE, _bound_to(answer.method, answer.scope, answer.key), answer.response
+            )
+            mirror["response"] = self._vault.seal(_PURPOSE, _bound_to(answer.method, None, answer.key), answer.response)
         return scoped, mirror
 
     def _replay(self, row: Mapping[str, Any], fingerprint: bytes, response_type: type[M]) -> M:
         if row["response"] is not None and row["request_hash"] == fingerprint:
-            row = {**row, "response": self._vault.unseal(_PURPOSE, _bound_to(row["method"], row["scope"], row["key"]),
-                                                         row["response"])}
+            row = {
+                **row,
+                "response": self._vault.unseal(
+                    _PURPOSE, _bound_to(row["method"], row["scope"], row["key"]), row["response"]
+                ),
+            }
         return super()._replay(row, fingerprint, response_type)

@@ -18,12 +18,20 @@ def token_hash(refresh_token: str) -> str:
     return hashlib.sha256(refresh_token.encode()).hexdigest()
 
 
-async def add(conn: AsyncConnection, *, user_id: str, family_id: str, refresh_token: str, now: datetime,
-              expires_at: datetime) -> str:
+async def add(
+    conn: AsyncConnection, *, user_id: str, family_id: str, refresh_token: str, now: datetime, expires_at: datetime
+) -> str:
     session_id = str(uuid.uuid4())
-    await conn.execute(insert(t).values(session_id=session_id, family_id=family_id, user_id=user_id,
-                                        token_hash=token_hash(refresh_token), created_at=now,
-                                        expires_at=expires_at))
+    await conn.execute(
+        insert(t).values(
+            session_id=session_id,
+            family_id=family_id,
+            user_id=user_id,
+            token_hash=token_hash(refresh_token),
+            created_at=now,
+            expires_at=expires_at,
+        )
+    )
     return session_id
 
 
@@ -33,14 +41,18 @@ async def find(conn: AsyncConnection, refresh_token: str) -> Any:
 
 async def spend(conn: AsyncConnection, session_id: str, now: datetime) -> bool:
     """Mark used; False if a concurrent refresh spent it first."""
-    result = await conn.execute(update(t).where(t.c.session_id == session_id, t.c.used_at.is_(None),
-                                                t.c.revoked_at.is_(None)).values(used_at=now))
+    result = await conn.execute(
+        update(t)
+        .where(t.c.session_id == session_id, t.c.used_at.is_(None), t.c.revoked_at.is_(None))
+        .values(used_at=now)
+    )
     return result.rowcount == 1
 
 
 async def revoke_family(conn: AsyncConnection, family_id: str, now: datetime) -> int:
-    result = await conn.execute(update(t).where(t.c.family_id == family_id, t.c.revoked_at.is_(None))
-                                .values(revoked_at=now))
+    result = await conn.execute(
+        update(t).where(t.c.family_id == family_id, t.c.revoked_at.is_(None)).values(revoked_at=now)
+    )
     return int(result.rowcount)
 
 

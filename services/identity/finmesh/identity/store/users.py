@@ -16,18 +16,23 @@ from finmesh.platform.privacy.pii import mask_email, mask_middle, mask_name
 
 async def any_holds(conn: AsyncConnection, vault: Vault, reg: Registration) -> bool:
     """True if any user already has this identity number, phone or e-mail."""
-    query = select(users.c.user_id).where(
-        or_(
-            users.c.id_number_index == vault.blind_index("id_number", reg.id_number),
-            users.c.phone_index == vault.blind_index("phone", reg.phone),
-            users.c.email_index == vault.blind_index("email", reg.email),
+    query = (
+        select(users.c.user_id)
+        .where(
+            or_(
+                users.c.id_number_index == vault.blind_index("id_number", reg.id_number),
+                users.c.phone_index == vault.blind_index("phone", reg.phone),
+                users.c.email_index == vault.blind_index("email", reg.email),
+            )
         )
-    ).limit(1)
+        .limit(1)
+    )
     return (await conn.scalar(query)) is not None
 
 
-async def insert_user(conn: AsyncConnection, vault: Vault, user_id: str, reg: Registration, password_hash: str,
-                      roles: str) -> Any:
+async def insert_user(
+    conn: AsyncConnection, vault: Vault, user_id: str, reg: Registration, password_hash: str, roles: str
+) -> Any:
     key = vault.new_wrapped_key(user_id)
 
     def seal(field: str, value: str) -> bytes:
@@ -100,11 +105,23 @@ async def erase(conn: AsyncConnection, user_id: str, now: datetime) -> None:
     still singles them out); masked forms go because they are partly clear.
     The user id stays, so ledger and audit records keep their pseudonymous owner.
     """
-    await conn.execute(update(users).where(users.c.user_id == user_id).values(
-        wrapped_key=None, id_number_index=None, phone_index=None, email_index=None,
-        legal_name_masked="", id_number_masked="", phone_masked="", email_masked="",
-        password_hash="", roles="", erased_at=now,
-    ))
+    await conn.execute(
+        update(users)
+        .where(users.c.user_id == user_id)
+        .values(
+            wrapped_key=None,
+            id_number_index=None,
+            phone_index=None,
+            email_index=None,
+            legal_name_masked="",
+            id_number_masked="",
+            phone_masked="",
+            email_masked="",
+            password_hash="",
+            roles="",
+            erased_at=now,
+        )
+    )
 
 
 def reveal(vault: Vault, row: Any, field: str) -> str:

@@ -22,24 +22,48 @@ def code_hash(vault: Vault, challenge_id: str, code: str) -> str:
     return vault.mac("one-time-code", f"{challenge_id}:{code}")
 
 
-async def add(conn: AsyncConnection, d: Deps, *, challenge_id: str, user_id: str, purpose: str, channel: str,
-              code: str | None, now: datetime, password_ok: bool | None = None) -> datetime:
+async def add(
+    conn: AsyncConnection,
+    d: Deps,
+    *,
+    challenge_id: str,
+    user_id: str,
+    purpose: str,
+    channel: str,
+    code: str | None,
+    now: datetime,
+    password_ok: bool | None = None,
+) -> datetime:
     """A new challenge for `code` (None: no code was sent, e.g. TOTP); returns when it expires."""
     expires_at = now + timedelta(seconds=d.settings.identity_code_ttl_seconds)
-    await challenges.add(conn, challenge_id=challenge_id, user_id=user_id, purpose=purpose, channel=channel,
-                         code_hash=code_hash(d.vault, challenge_id, code) if code else None, now=now,
-                         expires_at=expires_at, password_ok=password_ok)
+    await challenges.add(
+        conn,
+        challenge_id=challenge_id,
+        user_id=user_id,
+        purpose=purpose,
+        channel=channel,
+        code_hash=code_hash(d.vault, challenge_id, code) if code else None,
+        now=now,
+        expires_at=expires_at,
+        password_ok=password_ok,
+    )
     return expires_at
 
 
-async def send(d: Deps, deadline: Deadline, row: Any, challenge_id: str, channel: str, address: str,
-               code: str) -> None:
+async def send(d: Deps, deadline: Deadline, row: Any, challenge_id: str, channel: str, address: str, code: str) -> None:
     """Through notify, before the challenge is stored: a failed send leaves nothing behind."""
     if d.notify is None:
         raise Unavailable("CHANNEL_UNAVAILABLE", "no notify target configured: codes cannot be sent")
-    await d.notify.send_code(challenge_id=challenge_id, user_id=row.user_id, channel=channel, address=address,
-                             code=code, minutes=max(d.settings.identity_code_ttl_seconds // 60, 1),
-                             locale=row.locale, timeout=deadline())
+    await d.notify.send_code(
+        challenge_id=challenge_id,
+        user_id=row.user_id,
+        channel=channel,
+        address=address,
+        code=code,
+        minutes=max(d.settings.identity_code_ttl_seconds // 60, 1),
+        locale=row.locale,
+        timeout=deadline(),
+    )
 
 
 async def take_attempt(d: Deps, challenge_id: str) -> None:
@@ -73,14 +97,14 @@ def check_live(d: Deps, row: Any, now: datetime) -> None:
 
 def check(d: Deps, row: Any, code: str, now: datetime) -> None:
     """The one check of a sent code: live, and the code the one sent; else the refusal."""
-    otp.check_code(_state(row), code_hash(d.vault, row.challenge_id, code), now,
-                   d.settings.identity_code_max_attempts)
+    otp.check_code(_state(row), code_hash(d.vault, row.challenge_id, code), now, d.settings.identity_code_max_attempts)
 
 
 def passes(d: Deps, row: Any, code: str, now: datetime) -> bool:
     """Whether check() would pass, without refusing (nor counting an attempt)."""
-    return otp.code_passes(_state(row), code_hash(d.vault, row.challenge_id, code), now,
-                           d.settings.identity_code_max_attempts)
+    return otp.code_passes(
+        _state(row), code_hash(d.vault, row.challenge_id, code), now, d.settings.identity_code_max_attempts
+    )
 
 
 async def spend(conn: AsyncConnection, challenge_id: str, now: datetime) -> None:

@@ -52,10 +52,12 @@ class Deps:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.login_policy = Policy(free_failures=s.identity_login_max_failures,
-                                   base_delay=s.identity_login_base_delay_seconds,
-                                   max_delay=s.identity_login_max_delay_seconds,
-                                   account_failures=s.identity_login_account_failures)
+        self.login_policy = Policy(
+            free_failures=s.identity_login_max_failures,
+            base_delay=s.identity_login_base_delay_seconds,
+            max_delay=s.identity_login_max_delay_seconds,
+            account_failures=s.identity_login_account_failures,
+        )
         self.trusted_proxies = s.trusted_proxies()
 
     def now(self) -> datetime:

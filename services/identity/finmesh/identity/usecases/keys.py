@@ -42,8 +42,15 @@ LEEWAY_SECONDS = 60
 
 
 class KeyRing:
-    def __init__(self, engine: AsyncEngine, vault: Vault, *, max_token_ttl: int,
-                 clock: Callable[[], float] = time.time, reload_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        vault: Vault,
+        *,
+        max_token_ttl: int,
+        clock: Callable[[], float] = time.time,
+        reload_seconds: float = 5.0,
+    ) -> None:
         self._engine = engine
         self._vault = vault
         self._overlap = timedelta(seconds=max_token_ttl + LEEWAY_SECONDS)
@@ -78,9 +85,14 @@ class KeyRing:
 
     async def published(self) -> list[PublishedKey]:
         """Identity's own verifier reads the keys straight from its database (no RPC to itself)."""
-        return [PublishedKey(r.kid, Ed25519PublicKey.from_public_bytes(r.public_key),
-                             n.timestamp() if (n := utc_or_none(r.not_after)) else None)
-                for r in await self.published_rows()]
+        return [
+            PublishedKey(
+                r.kid,
+                Ed25519PublicKey.from_public_bytes(r.public_key),
+                n.timestamp() if (n := utc_or_none(r.not_after)) else None,
+            )
+            for r in await self.published_rows()
+        ]
 
     async def rotate(self, conn: AsyncConnection) -> str:
         """Inside the caller's transaction: retire the active key, start a new one. Returns its kid."""
@@ -104,7 +116,8 @@ class KeyRing:
         if self._signer is None:
             await self._reload()  # only before ensure_key ran: no caller transaction to wait behind
         elif time.monotonic() - self._loaded_at > self._reload_seconds and (
-                self._reloading is None or self._reloading.done()):
+            self._reloading is None or self._reloading.done()
+        ):
             self._reloading = asyncio.create_task(self._reload())
         assert self._signer is not None
         return self._signer
@@ -135,8 +148,10 @@ class SigningKey:
 async def public_keys(d: Deps) -> tuple[str, list[SigningKey]]:
     """GetPublicKeys: the active key id and every key whose tokens may still be live."""
     active = await d.keys.active_kid()
-    return active, [SigningKey(r.kid, r.public_key, utc(r.created_at), utc_or_none(r.not_after))
-                    for r in await d.keys.published_rows()]
+    return active, [
+        SigningKey(r.kid, r.public_key, utc(r.created_at), utc_or_none(r.not_after))
+        for r in await d.keys.published_rows()
+    ]
 
 
 async def rotate(d: Deps, call: KeyedCall[str, Reply]) -> Reply:

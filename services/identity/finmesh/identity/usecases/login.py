@@ -46,8 +46,9 @@ def address_key(d: Deps, address: str) -> str:
     return d.vault.mac("login-address", address)[:16]
 
 
-async def login(d: Deps, call: KeyedCall[LoginChallenge, Reply], login_name: str, password: str, address: str,
-                deadline: Deadline) -> Reply:
+async def login(
+    d: Deps, call: KeyedCall[LoginChallenge, Reply], login_name: str, password: str, address: str, deadline: Deadline
+) -> Reply:
     """Login from the client `address` (api.client_address): a challenge for the second factor, or
     BAD_CREDENTIALS; TooManyAttempts while the throttle makes this address wait."""
     prior = await replay(d.idem, call)
@@ -81,8 +82,7 @@ async def login(d: Deps, call: KeyedCall[LoginChallenge, Reply], login_name: str
     return reply
 
 
-async def complete(d: Deps, call: KeyedCall[tokens.Tokens, Reply], challenge_id: str, code: str,
-                   address: str) -> Reply:
+async def complete(d: Deps, call: KeyedCall[tokens.Tokens, Reply], challenge_id: str, code: str, address: str) -> Reply:
     """CompleteLogin: the second factor, then (held under the throttle) the password's verdict, then tokens.
     The answer carries tokens: stored sealed."""
     prior = await replay(d.sealed, call)
@@ -143,34 +143,61 @@ async def _start_attempt(d: Deps, login_name: str, address: str, now: datetime) 
     async with d.engine.connect() as conn:
         row = await users.find_by_login(conn, d.vault, login_name)
         # Logins no user has are throttled alike: the throttle must not tell which logins exist.
-        subject = (row.user_id if row is not None
-                   else d.vault.mac("login-subject", users.normalized_login(login_name))[:32])
+        subject = (
+            row.user_id if row is not None else d.vault.mac("login-subject", users.normalized_login(login_name))[:32]
+        )
         history = await login_attempts.history(
-            conn, subject=subject, address=address, now=now,
+            conn,
+            subject=subject,
+            address=address,
+            now=now,
             window=timedelta(seconds=d.settings.identity_login_window_seconds),
-            known_for=timedelta(days=d.settings.identity_login_known_address_days))
+            known_for=timedelta(days=d.settings.identity_login_known_address_days),
+        )
         totp_on = row is not None and await mfa.totp_enabled(conn, row.user_id)
     verdict = throttle.judge(history, d.login_policy, now)
     if verdict.wait > 0:
         # Not recorded and not logged one by one: refusals are what a flood is made of (the span has each).
         raise TooManyAttempts(verdict.wait)
     async with d.engine.begin() as conn:
-        attempt_id = await login_attempts.record(conn, subject=subject, address=address, outcome=throttle.FAILED,
-                                                 at=now)
+        attempt_id = await login_attempts.record(
+            conn, subject=subject, address=address, outcome=throttle.FAILED, at=now
+        )
     if history.address_failures + 1 >= d.login_policy.free_failures:
-        _log.info("login_slowed", user_id=row.user_id if row is not None else "",
-                  next_wait_seconds=throttle.backoff(history.address_failures + 1, d.login_policy))
+        _log.info(
+            "login_slowed",
+            user_id=row.user_id if row is not None else "",
+            next_wait_seconds=throttle.backoff(history.address_failures + 1, d.login_policy),
+        )
     return _Attempt(row, subject, attempt_id, verdict, totp_on)
 
 
-async def _add_challenge(d: Deps, conn: Any, attempt: _Attempt, challenge_id: str, code: str | None,
-                         now: datetime, *, password_ok: bool | None) -> None:
-    await codes.add(conn, d, challenge_id=challenge_id, user_id=attempt.user_id, purpose="LOGIN",
-                    channel="TOTP" if attempt.totp_on else "SMS", code=code, now=now, password_ok=password_ok)
+async def _add_challenge(
+    d: Deps,
+    conn: Any,
+    attempt: _Attempt,
+    challenge_id: str,
+    code: str | None,
+    now: datetime,
+    *,
+    password_ok: bool | None,
+) -> None:
+    await codes.add(
+        conn,
+        d,
+        challenge_id=challenge_id,
+        user_id=attempt.user_id,
+        purpose="LOGIN",
+        channel="TOTP" if attempt.totp_on else "SMS",
+        code=code,
+        now=now,
+        password_ok=password_ok,
+    )
 
 
-async def _held_challenge(d: Deps, call: KeyedCall[LoginChallenge, Reply], attempt: _Attempt, ok: bool,
-                          now: datetime) -> Reply:
+async def _held_challenge(
+    d: Deps, call: KeyedCall[LoginChallenge, Reply], attempt: _Attempt, ok: bool, now: datetime
+) -> Reply:
     """Under the account's global throttle, from an address not the owner's: a challenge whatever the password,
     its verdict told by CompleteLogin once the second factor passes. Only a right password sends an SMS, and
     after the answer, so neither the answer nor its timing tells a guesser anything."""

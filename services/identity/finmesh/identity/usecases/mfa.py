@@ -69,8 +69,7 @@ async def confirm(d: Deps, call: KeyedCall[UserView, Reply], user_id: str, code:
     return reply
 
 
-async def check_login_code(d: Deps, conn: AsyncConnection, challenge: Any, row: Any, code: str,
-                           now: datetime) -> None:
+async def check_login_code(d: Deps, conn: AsyncConnection, challenge: Any, row: Any, code: str, now: datetime) -> None:
     """A login challenge answered from the authenticator: the challenge live (codes.check_live), then the code
     of a time step within the window and newer than the last one accepted."""
     codes.check_live(d, challenge, now)

@@ -43,8 +43,14 @@ async def record_verified(conn: AsyncConnection, row: Any, tier: str) -> Any:
     and record the onboarding tier (if risk gave one). The user's row as it now stands."""
     if not fully_verified(row):
         return row
-    await enqueue(conn, outbox, event_type="identity.user.verified.v1", aggregate_id=row.user_id,
-                  user_id=row.user_id, payload={"user_id": row.user_id})
+    await enqueue(
+        conn,
+        outbox,
+        event_type="identity.user.verified.v1",
+        aggregate_id=row.user_id,
+        user_id=row.user_id,
+        payload={"user_id": row.user_id},
+    )
     if not tier or row.risk_tier != "UNSPECIFIED":
         return row
     await write_tier(conn, row.user_id, tier, "ONBOARDING")

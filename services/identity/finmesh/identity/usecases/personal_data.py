@@ -35,8 +35,14 @@ async def reveal(d: Deps, user_id: str, fields: list[str], purpose: str) -> dict
     # The access is on record (committed) before any clear value leaves this service.
     async with d.engine.begin() as conn:
         row = await load_user(conn, user_id)
-        await pii_log.record(conn, user_id=row.user_id, accessor_id=accessor_id(), fields=fields,
-                             purpose=mask_text(purpose.strip()), now=d.now())
+        await pii_log.record(
+            conn,
+            user_id=row.user_id,
+            accessor_id=accessor_id(),
+            fields=fields,
+            purpose=mask_text(purpose.strip()),
+            now=d.now(),
+        )
     _log.info("pii_revealed", user_id=row.user_id, accessor_id=accessor_id(), fields=fields)
     return {name: users.reveal(d.vault, row, name) for name in fields}
 
@@ -52,8 +58,14 @@ async def erase(d: Deps, call: KeyedCall[UserView, Reply], user_id: str) -> Repl
             await mfa.delete_totp(conn, row.user_id)
             await sessions.revoke_user(conn, row.user_id, now)
             await challenges.forget_user(conn, row.user_id, now)
-            await enqueue(conn, outbox, event_type="identity.user.erased.v1", aggregate_id=row.user_id,
-                          user_id=row.user_id, payload={"user_id": row.user_id})
+            await enqueue(
+                conn,
+                outbox,
+                event_type="identity.user.erased.v1",
+                aggregate_id=row.user_id,
+                user_id=row.user_id,
+                payload={"user_id": row.user_id},
+            )
         return view(await users.get_user(conn, row.user_id))
 
     reply = await call.run(d.idem, op)
@@ -67,6 +79,8 @@ async def access_log(d: Deps, user_id: str, after_id: int, size: int) -> tuple[l
     whether more follow."""
     async with d.engine.connect() as conn:
         rows = await pii_log.page(conn, user_id=user_id, after_id=after_id, limit=size + 1)
-    entries = [PiiAccess(r.id, r.user_id, r.accessor_id, r.purpose, [f for f in r.fields.split(",") if f],
-                         utc(r.accessed_at)) for r in rows[:size]]
+    entries = [
+        PiiAccess(r.id, r.user_id, r.accessor_id, r.purpose, [f for f in r.fields.split(",") if f], utc(r.accessed_at))
+        for r in rows[:size]
+    ]
     return entries, len(rows) > size

@@ -37,8 +37,14 @@ async def register_user(d: Deps, call: KeyedCall[UserView, Reply], reg: Registra
         if await users.any_holds(conn, d.vault, reg):
             raise AlreadyExists("DUPLICATE_IDENTITY", _DUPLICATE)
         row = await users.insert_user(conn, d.vault, user_id, reg, password_hash, roles=reg.kind)
-        await enqueue(conn, outbox, event_type="identity.user.registered.v1", aggregate_id=user_id,
-                      user_id=user_id, payload={"user_id": user_id, "kind": reg.kind, "locale": reg.locale})
+        await enqueue(
+            conn,
+            outbox,
+            event_type="identity.user.registered.v1",
+            aggregate_id=user_id,
+            user_id=user_id,
+            payload={"user_id": user_id, "kind": reg.kind, "locale": reg.locale},
+        )
         return view(row)
 
     try:

@@ -21,8 +21,14 @@ _log = get_logger("finmesh.identity")
 async def write_tier(conn: AsyncConnection, user_id: str, tier: str, reason: str) -> None:
     """In the caller's transaction: the new tier, and an event so the mesh hears of it."""
     await users.set_tier(conn, user_id, tier)
-    await enqueue(conn, outbox, event_type="identity.user.tier_changed.v1", aggregate_id=user_id,
-                  user_id=user_id, payload={"user_id": user_id, "tier": tier, "reason": reason})
+    await enqueue(
+        conn,
+        outbox,
+        event_type="identity.user.tier_changed.v1",
+        aggregate_id=user_id,
+        user_id=user_id,
+        payload={"user_id": user_id, "tier": tier, "reason": reason},
+    )
 
 
 async def set_tier(d: Deps, user_id: str, tier: str, reason: str) -> None:

@@ -50,12 +50,16 @@ async def issue(d: Deps, conn: AsyncConnection, row: Any, family_id: str, now: d
     """A new access token and a new refresh token (one more link of the login's family)."""
     refresh_token = "rt_" + secrets.token_urlsafe(32)
     refresh_expires = now + timedelta(seconds=d.settings.identity_refresh_token_ttl_seconds)
-    await sessions.add(conn, user_id=row.user_id, family_id=family_id, refresh_token=refresh_token, now=now,
-                       expires_at=refresh_expires)
+    await sessions.add(
+        conn, user_id=row.user_id, family_id=family_id, refresh_token=refresh_token, now=now, expires_at=refresh_expires
+    )
     claims = user_claims(subject_of(row), int(now.timestamp()), d.settings.identity_access_token_ttl_seconds)
-    return Tokens(access_token=await d.keys.sign(claims),
-                  access_expires_at=datetime.fromtimestamp(claims["exp"], now.tzinfo),
-                  refresh_token=refresh_token, refresh_expires_at=refresh_expires)
+    return Tokens(
+        access_token=await d.keys.sign(claims),
+        access_expires_at=datetime.fromtimestamp(claims["exp"], now.tzinfo),
+        refresh_token=refresh_token,
+        refresh_expires_at=refresh_expires,
+    )
 
 
 async def refresh(d: Deps, call: KeyedCall[Tokens, Reply], refresh_token: str) -> Reply:

@@ -43,11 +43,22 @@ def roles_of(row: Any) -> list[str]:
 
 def view(row: Any, *, totp_enabled: bool = False) -> UserView:
     return UserView(
-        user_id=row.user_id, kind=row.kind, legal_name_masked=row.legal_name_masked,
-        id_number_masked=row.id_number_masked, phone_masked=row.phone_masked, email_masked=row.email_masked,
-        id_number_check=row.id_number_check, contact_check=row.contact_check, real_name_check=row.real_name_check,
-        may_transact=fully_verified(row), risk_tier=row.risk_tier, roles=roles_of(row), totp_enabled=totp_enabled,
-        locale=row.locale, created_at=utc(row.created_at), erased=row.erased_at is not None,
+        user_id=row.user_id,
+        kind=row.kind,
+        legal_name_masked=row.legal_name_masked,
+        id_number_masked=row.id_number_masked,
+        phone_masked=row.phone_masked,
+        email_masked=row.email_masked,
+        id_number_check=row.id_number_check,
+        contact_check=row.contact_check,
+        real_name_check=row.real_name_check,
+        may_transact=fully_verified(row),
+        risk_tier=row.risk_tier,
+        roles=roles_of(row),
+        totp_enabled=totp_enabled,
+        locale=row.locale,
+        created_at=utc(row.created_at),
+        erased=row.erased_at is not None,
     )
 
 

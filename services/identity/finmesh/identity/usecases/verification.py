@@ -30,8 +30,9 @@ class CodeSent:
     expires_at: datetime
 
 
-async def start_verification(d: Deps, call: KeyedCall[CodeSent, Reply], user_id: str, channel: str,
-                             deadline: Deadline) -> Reply:
+async def start_verification(
+    d: Deps, call: KeyedCall[CodeSent, Reply], user_id: str, channel: str, deadline: Deadline
+) -> Reply:
     """A code to the user's phone (SMS) or e-mail (EMAIL)."""
     prior = await replay(d.idem, call)
     if prior is not None:
@@ -46,20 +47,31 @@ async def start_verification(d: Deps, call: KeyedCall[CodeSent, Reply], user_id:
         raise ResourceExhausted("RATE_LIMITED", "too many codes requested; try again later")
     challenge_id, code = str(uuid.uuid4()), new_code()
     # Send first, store after: a failed send leaves nothing behind and the same key can be retried.
-    await codes.send(d, deadline, row, challenge_id, channel, users.reveal(d.vault, row, _ADDRESS_FIELD[channel]),
-                     code)
+    await codes.send(d, deadline, row, challenge_id, channel, users.reveal(d.vault, row, _ADDRESS_FIELD[channel]), code)
 
     async def op(conn: Any) -> CodeSent:
-        return CodeSent(challenge_id, await codes.add(conn, d, challenge_id=challenge_id, user_id=row.user_id,
-                                                      purpose="CONTACT", channel=channel, code=code, now=now))
+        return CodeSent(
+            challenge_id,
+            await codes.add(
+                conn,
+                d,
+                challenge_id=challenge_id,
+                user_id=row.user_id,
+                purpose="CONTACT",
+                channel=channel,
+                code=code,
+                now=now,
+            ),
+        )
 
     reply = await commit(d.idem, call, op)
     _log.info("verification_started", user_id=row.user_id, channel=channel)
     return reply
 
 
-async def confirm_verification(d: Deps, call: KeyedCall[UserView, Reply], verification_id: str, code: str,
-                               deadline: Deadline) -> Reply:
+async def confirm_verification(
+    d: Deps, call: KeyedCall[UserView, Reply], verification_id: str, code: str, deadline: Deadline
+) -> Reply:
     prior = await replay(d.idem, call)
     if prior is not None:
         return prior
@@ -88,8 +100,9 @@ async def confirm_verification(d: Deps, call: KeyedCall[UserView, Reply], verifi
     return reply
 
 
-async def _contact_tier(d: Deps, verification_id: str, code: str, now: datetime,
-                        deadline: Deadline) -> tuple[bool, str]:
+async def _contact_tier(
+    d: Deps, verification_id: str, code: str, now: datetime, deadline: Deadline
+) -> tuple[bool, str]:
     """Whether this confirmation is the user's last onboarding step, and if so risk's tier for them.
     Risk is asked only for a code that will pass: a wrong guess costs no assessment."""
     async with d.engine.connect() as conn:
@@ -115,8 +128,9 @@ async def check_real_name(d: Deps, call: KeyedCall[UserView, Reply], user_id: st
     matched = True
     if row.real_name_check != "PASSED":
         try:
-            match = await d.registry.check(users.reveal(d.vault, row, "legal_name"),
-                                           users.reveal(d.vault, row, "id_number"))
+            match = await d.registry.check(
+                users.reveal(d.vault, row, "legal_name"), users.reveal(d.vault, row, "id_number")
+            )
         except RegistryUnavailable:
             raise Unavailable("REGISTRY_UNAVAILABLE", "the identity registry did not answer; retry") from None
         matched = match.matched

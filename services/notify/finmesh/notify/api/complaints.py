@@ -20,9 +20,16 @@ class ComplaintRpcs:
     async def OpenComplaint(self, request: pb.OpenComplaintRequest, context: Context) -> Any:
         validate.complaint_open(request)
         reply = await self._complaints.open(
-            KeyedCall("OpenComplaint", request, pb.OpenComplaintResponse,
-                      lambda row: pb.OpenComplaintResponse(complaint=convert.complaint(row))),
-            request.user_id, request.subject, request.body)
+            KeyedCall(
+                "OpenComplaint",
+                request,
+                pb.OpenComplaintResponse,
+                lambda row: pb.OpenComplaintResponse(complaint=convert.complaint(row)),
+            ),
+            request.user_id,
+            request.subject,
+            request.body,
+        )
         # The stored reply holds no complaint text (an erasure could not reach it there).
         reply.complaint.subject = await self._complaints.subject(reply.complaint.complaint_id)
         _log.info("complaint_opened", complaint_id=reply.complaint.complaint_id)
@@ -31,9 +38,16 @@ class ComplaintRpcs:
     async def AdvanceComplaint(self, request: pb.AdvanceComplaintRequest, context: Context) -> Any:
         target = validate.complaint_advance(request)
         reply = await self._complaints.advance(
-            KeyedCall("AdvanceComplaint", request, pb.AdvanceComplaintResponse,
-                      lambda row: pb.AdvanceComplaintResponse(complaint=convert.complaint(row))),
-            request.complaint_id, target, request.note)
+            KeyedCall(
+                "AdvanceComplaint",
+                request,
+                pb.AdvanceComplaintResponse,
+                lambda row: pb.AdvanceComplaintResponse(complaint=convert.complaint(row)),
+            ),
+            request.complaint_id,
+            target,
+            request.note,
+        )
         reply.complaint.subject = await self._complaints.subject(reply.complaint.complaint_id)
         _log.info("complaint_advanced", complaint_id=request.complaint_id, state=target)
         return reply

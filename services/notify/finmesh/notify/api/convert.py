@@ -94,5 +94,9 @@ def complaint(row: Mapping[str, Any]) -> pb.Complaint:
 
 def webhook(row: Mapping[str, Any]) -> pb.Webhook:
     """`row` carries the opened `url` (finmesh.notify.usecases.webhooks)."""
-    return pb.Webhook(webhook_id=row["webhook_id"], url=row["url"], event_types=list(row["event_types"]),
-                      created_at=ts(row["created_at"]))
+    return pb.Webhook(
+        webhook_id=row["webhook_id"],
+        url=row["url"],
+        event_types=list(row["event_types"]),
+        created_at=ts(row["created_at"]),
+    )

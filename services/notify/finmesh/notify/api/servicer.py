@@ -24,9 +24,17 @@ _log = get_logger("finmesh.notify")
 
 
 class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
-    def __init__(self, *, intake: EventIntake, notifications: Notifications, consents: Consents,
-                 webhooks: Webhooks, dead_letters: DeadLetters, complaints: Complaints,
-                 webhook_allow_loopback_http: bool) -> None:
+    def __init__(
+        self,
+        *,
+        intake: EventIntake,
+        notifications: Notifications,
+        consents: Consents,
+        webhooks: Webhooks,
+        dead_letters: DeadLetters,
+        complaints: Complaints,
+        webhook_allow_loopback_http: bool,
+    ) -> None:
         self._intake = intake
         self._notifications = notifications
         self._consents = consents
@@ -53,9 +61,13 @@ class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
                 results.append(refused[i])
                 continue
             outcome = next(outcomes)
-            results.append(pb.EventResult(
-                event_id=event.event_id, notification_ids=outcome.notification_ids,
-                outcome=pb.EVENT_OUTCOME_DUPLICATE if outcome.duplicate else pb.EVENT_OUTCOME_DELIVERED))
+            results.append(
+                pb.EventResult(
+                    event_id=event.event_id,
+                    notification_ids=outcome.notification_ids,
+                    outcome=pb.EVENT_OUTCOME_DUPLICATE if outcome.duplicate else pb.EVENT_OUTCOME_DELIVERED,
+                )
+            )
         return pb.DeliverEventsResponse(results=results)
 
     # -- notifications -----------------------------------------------------------------------
@@ -63,11 +75,21 @@ class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
     async def SendNotification(self, request: pb.SendNotificationRequest, context: Context) -> Any:
         send = validate.send(request)
         reply = await self._notifications.send(
-            KeyedCall("SendNotification", request, pb.SendNotificationResponse,
-                      lambda row: pb.SendNotificationResponse(notification=convert.notification(row))),
-            send)
-        _log.info("notification_accepted", notification_id=reply.notification.notification_id,
-                  channel=send.channel, category=send.category, template=send.template)
+            KeyedCall(
+                "SendNotification",
+                request,
+                pb.SendNotificationResponse,
+                lambda row: pb.SendNotificationResponse(notification=convert.notification(row)),
+            ),
+            send,
+        )
+        _log.info(
+            "notification_accepted",
+            notification_id=reply.notification.notification_id,
+            channel=send.channel,
+            category=send.category,
+            template=send.template,
+        )
         return reply
 
     async def GetNotification(self, request: pb.GetNotificationRequest, context: Context) -> Any:
@@ -96,9 +118,18 @@ class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
         validate.consent(request)
         c = request.consent
         reply = await self._consents.set_marketing(
-            KeyedCall("SetConsent", request, pb.SetConsentResponse,
-                      lambda row: pb.SetConsentResponse(consent=convert.consent(row))),
-            c.user_id, c.granted, c.quiet_hours_start, c.quiet_hours_end, c.time_zone)
+            KeyedCall(
+                "SetConsent",
+                request,
+                pb.SetConsentResponse,
+                lambda row: pb.SetConsentResponse(consent=convert.consent(row)),
+            ),
+            c.user_id,
+            c.granted,
+            c.quiet_hours_start,
+            c.quiet_hours_end,
+            c.time_zone,
+        )
         _log.info("consent_recorded", user_id=c.user_id, granted=c.granted)
         return reply
 
@@ -114,9 +145,15 @@ class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
     async def CreateWebhook(self, request: pb.CreateWebhookRequest, context: Context) -> Any:
         validate.webhook(request, self._webhook_allow_loopback_http)
         reply = await self._webhooks.create(
-            KeyedCall("CreateWebhook", request, pb.CreateWebhookResponse,
-                      lambda row: pb.CreateWebhookResponse(webhook=convert.webhook(row))),
-            request.url, list(request.event_types))
+            KeyedCall(
+                "CreateWebhook",
+                request,
+                pb.CreateWebhookResponse,
+                lambda row: pb.CreateWebhookResponse(webhook=convert.webhook(row)),
+            ),
+            request.url,
+            list(request.event_types),
+        )
         reply.signing_secret = await self._webhooks.signing_secret(reply.webhook.webhook_id)
         _log.info("webhook_created", webhook_id=reply.webhook.webhook_id, event_types=list(request.event_types))
         return reply
@@ -141,11 +178,19 @@ class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
         validate_key(request.idempotency_key)
         v.raise_if_any()
         reply = await self._dead_letters.redrive(
-            KeyedCall("RedriveDeadLetter", request, pb.RedriveDeadLetterResponse,
-                      lambda row: pb.RedriveDeadLetterResponse(notification=convert.notification(row))),
-            request.dead_letter_id)
-        _log.info("dead_letter_redriven", dead_letter_id=request.dead_letter_id,
-                  notification_id=reply.notification.notification_id)
+            KeyedCall(
+                "RedriveDeadLetter",
+                request,
+                pb.RedriveDeadLetterResponse,
+                lambda row: pb.RedriveDeadLetterResponse(notification=convert.notification(row)),
+            ),
+            request.dead_letter_id,
+        )
+        _log.info(
+            "dead_letter_redriven",
+            dead_letter_id=request.dead_letter_id,
+            notification_id=reply.notification.notification_id,
+        )
         return reply
 
 
@@ -160,7 +205,9 @@ def _refusals(events: Any) -> dict[int, pb.EventResult]:
             refused[i] = pb.EventResult(event_id=excerpt(event.event_id, 64), outcome=pb.EVENT_OUTCOME_DEFERRED)
         elif violations := validate.event_violations(event, f"events[{i}]"):
             stopped.add(aggregate)
-            refused[i] = pb.EventResult(event_id=excerpt(event.event_id, 64), outcome=pb.EVENT_OUTCOME_REFUSED,
-                                        field_violations=[pb.FieldViolation(field=v.field, description=v.description)
-                                                          for v in violations])
+            refused[i] = pb.EventResult(
+                event_id=excerpt(event.event_id, 64),
+                outcome=pb.EVENT_OUTCOME_REFUSED,
+                field_violations=[pb.FieldViolation(field=v.field, description=v.description) for v in violations],
+            )
     return refused

@@ -23,10 +23,16 @@ _E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)+$")
 _EVENT_PATTERN = re.compile(r"^(\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?)$")
 SEND_CHANNELS = {pb.CHANNEL_SMS: "SMS", pb.CHANNEL_EMAIL: "EMAIL", pb.CHANNEL_INBOX: "INBOX"}
-CATEGORIES = {pb.CATEGORY_SECURITY: "SECURITY", pb.CATEGORY_TRANSACTIONAL: "TRANSACTIONAL",
-              pb.CATEGORY_MARKETING: "MARKETING"}
-TARGET_STATES = {pb.COMPLAINT_STATE_ACCEPTED: "ACCEPTED", pb.COMPLAINT_STATE_RESPONDED: "RESPONDED",
-                 pb.COMPLAINT_STATE_RESOLVED: "RESOLVED"}
+CATEGORIES = {
+    pb.CATEGORY_SECURITY: "SECURITY",
+    pb.CATEGORY_TRANSACTIONAL: "TRANSACTIONAL",
+    pb.CATEGORY_MARKETING: "MARKETING",
+}
+TARGET_STATES = {
+    pb.COMPLAINT_STATE_ACCEPTED: "ACCEPTED",
+    pb.COMPLAINT_STATE_RESPONDED: "RESPONDED",
+    pb.COMPLAINT_STATE_RESOLVED: "RESOLVED",
+}
 ALL_STATES = {pb.COMPLAINT_STATE_OPEN: "OPEN", **TARGET_STATES}
 _EVENT_RULES = checker_for(event_pb2.Event.DESCRIPTOR)
 
@@ -39,8 +45,9 @@ def page(v: Validator, page_size: int, token: str, *, numeric_token: bool = Fals
     v.require(page_size >= 0, "page_size", "must not be negative")
     if token and numeric_token:
         # ASCII digits that fit a BIGINT: str.isdigit alone passes "²" (int() refuses it) and numbers past 2**63.
-        v.require(token.isascii() and token.isdigit() and len(token) <= 18, "page_token",
-                  "not a token this service issued")
+        v.require(
+            token.isascii() and token.isdigit() and len(token) <= 18, "page_token", "not a token this service issued"
+        )
     return min(page_size or 50, MAX_PAGE)
 
 
@@ -80,12 +87,18 @@ def send(r: pb.SendNotificationRequest) -> SendRequest:
     v.require(bool(category), "category", "one of SECURITY, TRANSACTIONAL, MARKETING")
     template = TEMPLATES.get(r.template)
     if v.require(template is not None, "template", "unknown template") and category and template:
-        v.require(category in template.categories, "category",
-                  f"template {r.template} is for {', '.join(sorted(template.categories))} messages")
+        v.require(
+            category in template.categories,
+            "category",
+            f"template {r.template} is for {', '.join(sorted(template.categories))} messages",
+        )
     v.require(r.locale in ("", *LOCALES), "locale", f"empty or one of {', '.join(LOCALES)}")
     params = dict(r.params)
-    v.require(len(params) <= 20 and all(len(k) <= 40 and len(x) <= 500 for k, x in params.items()),
-              "params", "at most 20 entries, keys up to 40 and values up to 500 characters")
+    v.require(
+        len(params) <= 20 and all(len(k) <= 40 and len(x) <= 500 for k, x in params.items()),
+        "params",
+        "at most 20 entries, keys up to 40 and values up to 500 characters",
+    )
     if template is not None:
         missing = missing_params(r.template, params)
         v.require(not missing, "params", f"missing {', '.join(missing)}")
@@ -105,14 +118,18 @@ def consent(r: pb.SetConsentRequest) -> None:
     c = r.consent
     _id(v, c.user_id, "consent.user_id")
     if v.require(c.category != pb.CATEGORY_UNSPECIFIED, "consent.category", "required"):
-        v.require(c.category == pb.CATEGORY_MARKETING, "consent.category",
-                  "only marketing needs consent; security and transactional messages are always sent")
+        v.require(
+            c.category == pb.CATEGORY_MARKETING,
+            "consent.category",
+            "only marketing needs consent; security and transactional messages are always sent",
+        )
     start, end = c.quiet_hours_start, c.quiet_hours_end
     v.require(bool(start) == bool(end), "consent.quiet_hours_end", "set both ends of quiet hours, or neither")
     for field, value in (("consent.quiet_hours_start", start), ("consent.quiet_hours_end", end)):
         v.require(not value or parse_hhmm(value) is not None, field, "HH:MM, 24-hour")
-    v.require(not c.time_zone or valid_time_zone(c.time_zone), "consent.time_zone",
-              "an IANA time zone such as Asia/Shanghai")
+    v.require(
+        not c.time_zone or valid_time_zone(c.time_zone), "consent.time_zone", "an IANA time zone such as Asia/Shanghai"
+    )
     v.raise_if_any()
 
 
@@ -127,12 +144,18 @@ def get_consent(r: pb.GetConsentRequest) -> str:
 def webhook(r: pb.CreateWebhookRequest, allow_loopback_http: bool) -> None:
     validate_key(r.idempotency_key)
     v = Validator()
-    v.require(_url_ok(r.url, allow_loopback_http), "url",
-              "an https URL without credentials (plain http only to a loopback address)")
+    v.require(
+        _url_ok(r.url, allow_loopback_http),
+        "url",
+        "an https URL without credentials (plain http only to a loopback address)",
+    )
     v.require(0 < len(r.event_types) <= 20, "event_types", "1 to 20 event types")
     for i, pattern in enumerate(r.event_types):
-        v.require(len(pattern) <= 100 and bool(_EVENT_PATTERN.match(pattern)), f"event_types[{i}]",
-                  'an event type, a prefix ending in ".*", or "*"')
+        v.require(
+            len(pattern) <= 100 and bool(_EVENT_PATTERN.match(pattern)),
+            f"event_types[{i}]",
+            'an event type, a prefix ending in ".*", or "*"',
+        )
     v.raise_if_any()
 
 

@@ -43,14 +43,16 @@ def check_transition(current: str, target: str) -> None:
     if target not in ORDER[1:]:
         raise ValueError(target)
     if ORDER.index(target) != ORDER.index(current) + 1:
-        raise FailedPrecondition("INVALID_STATE", f"a complaint in state {current} cannot move to {target}",
-                                 state=current)
+        raise FailedPrecondition(
+            "INVALID_STATE", f"a complaint in state {current} cannot move to {target}", state=current
+        )
 
 
 def breached_stages(state: str, deadlines: Deadlines, now: datetime, already: set[str]) -> list[str]:
     """Stages whose deadline passed before the complaint reached them, not yet escalated."""
     reached = ORDER.index(state)
     return [
-        stage for stage, meets in STAGES
+        stage
+        for stage, meets in STAGES
         if ORDER.index(meets) > reached and now >= deadlines.due(stage) and stage not in already
     ]

@@ -44,16 +44,20 @@ def flat_payload(data: dict[str, Any]) -> dict[str, str]:
 
 def webhook_body(event: IncomingEvent) -> str:
     """What a webhook receiver gets: the event itself, as JSON."""
-    return json.dumps({
-        "event_id": event.event_id,
-        "event_type": event.event_type,
-        "source": event.source,
-        "aggregate_id": event.aggregate_id,
-        "sequence": event.sequence,
-        "occurred_at": event.occurred_at,
-        "user_id": event.user_id,
-        "data": event.data,
-    }, ensure_ascii=False, sort_keys=True)
+    return json.dumps(
+        {
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "source": event.source,
+            "aggregate_id": event.aggregate_id,
+            "sequence": event.sequence,
+            "occurred_at": event.occurred_at,
+            "user_id": event.user_id,
+            "data": event.data,
+        },
+        ensure_ascii=False,
+        sort_keys=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -95,8 +99,7 @@ def plan(event_type: str, user_id: str, payload: dict[str, str]) -> list[Planned
         }
         return [Planned(user_id, "topup_succeeded", "TRANSACTIONAL", "INBOX", params)]
     if event_type == "payments.account.frozen.v1":
-        return [Planned(user_id, "account_frozen", "SECURITY", "INBOX",
-                        {"account_id": payload.get("account_id", "")})]
+        return [Planned(user_id, "account_frozen", "SECURITY", "INBOX", {"account_id": payload.get("account_id", "")})]
     if event_type == "identity.user.registered.v1":
         return [Planned(user_id, "welcome", "TRANSACTIONAL", "INBOX", {})]
     if event_type.startswith("risk.alert.raised."):

@@ -19,9 +19,15 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"{SCHEME}={mac.hexdigest()}"
 
 
-def verify(secret: str, timestamp_header: str, signature_header: str, body: bytes, now: float,
-           tolerance: float = DEFAULT_TOLERANCE_SECONDS) -> str:
-    """"" when valid, else why not ("stale", "malformed", "mismatch"). Comparison is constant-time."""
+def verify(
+    secret: str,
+    timestamp_header: str,
+    signature_header: str,
+    body: bytes,
+    now: float,
+    tolerance: float = DEFAULT_TOLERANCE_SECONDS,
+) -> str:
+    """ "" when valid, else why not ("stale", "malformed", "mismatch"). Comparison is constant-time."""
     # isascii: str.isdigit() accepts digits like "²" that int() refuses.
     if not (timestamp_header.isascii() and timestamp_header.isdigit()):
         return "malformed"

@@ -28,13 +28,17 @@ async def insert_complaint(conn: AsyncConnection, values: dict[str, Any]) -> Any
 async def move(conn: AsyncConnection, row: Any, target: str, note: bytes | None, now: datetime) -> Any:
     """Change state (guarded by the state we read, so a concurrent move loses cleanly) and log it."""
     result = await conn.execute(
-        update(c).where(c.c.complaint_id == row.complaint_id, c.c.state == row.state)
+        update(c)
+        .where(c.c.complaint_id == row.complaint_id, c.c.state == row.state)
         .values(state=target, **{_STAMP[target]: now})
     )
     if not result.rowcount:
         return None
-    await conn.execute(insert(complaint_events).values(
-        complaint_id=row.complaint_id, from_state=row.state, to_state=target, note_sealed=note, at=now))
+    await conn.execute(
+        insert(complaint_events).values(
+            complaint_id=row.complaint_id, from_state=row.state, to_state=target, note_sealed=note, at=now
+        )
+    )
     return await get(conn, row.complaint_id)
 
 
@@ -49,10 +53,15 @@ async def page(conn: AsyncConnection, state: str, after: str, limit: int) -> lis
 
 async def overdue(conn: AsyncConnection, now: datetime, limit: int = 500) -> list[Any]:
     """Unresolved complaints with at least one deadline passed (escalated ones too: a later stage may be due)."""
-    query = select(c).where(
-        c.c.state != "RESOLVED",
-        or_(c.c.accept_due <= now, c.c.respond_due <= now, c.c.resolve_due <= now),
-    ).order_by(c.c.complaint_id).limit(limit)
+    query = (
+        select(c)
+        .where(
+            c.c.state != "RESOLVED",
+            or_(c.c.accept_due <= now, c.c.respond_due <= now, c.c.resolve_due <= now),
+        )
+        .order_by(c.c.complaint_id)
+        .limit(limit)
+    )
     return list((await conn.execute(query)).all())
 
 
@@ -65,8 +74,9 @@ async def claim_escalation(conn: AsyncConnection, complaint_id: str, stage: str,
     """True for the one caller that records this missed deadline first."""
     try:
         async with conn.begin_nested():
-            await conn.execute(insert(complaint_escalations).values(
-                complaint_id=complaint_id, stage=stage, escalated_at=now))
+            await conn.execute(
+                insert(complaint_escalations).values(complaint_id=complaint_id, stage=stage, escalated_at=now)
+            )
     except IntegrityError:
         return False
     await conn.execute(update(c).where(c.c.complaint_id == complaint_id).values(escalated=True))

@@ -57,19 +57,27 @@ async def forget(conn: AsyncConnection, user_id: str, event_id: str, now: dateti
     mine = (n.user_id == user_id, n.channel.in_(_PERSONAL_CHANNELS))
     # Dead letters too, so a redrive cannot bring a message to an erased person back.
     cancelled = await conn.execute(
-        update(notifications).where(*mine, n.status.in_((QUEUED, DEAD)))
-        .values(status=FAILED, next_attempt_at=None, last_error=USER_ERASED))
+        update(notifications)
+        .where(*mine, n.status.in_((QUEUED, DEAD)))
+        .values(status=FAILED, next_attempt_at=None, last_error=USER_ERASED)
+    )
     scrubbed = await conn.execute(
-        update(notifications).where(*mine, n.body_sealed != ERASED)
-        .values(address_sealed=None, subject_sealed=None, body_sealed=ERASED))
+        update(notifications)
+        .where(*mine, n.body_sealed != ERASED)
+        .values(address_sealed=None, subject_sealed=None, body_sealed=ERASED)
+    )
     await conn.execute(delete(profiles).where(profiles.c.user_id == user_id))
     await conn.execute(delete(consents).where(consents.c.user_id == user_id))
     ids = list((await conn.scalars(select(complaints.c.complaint_id).where(complaints.c.user_id == user_id))).all())
     if ids:
-        await conn.execute(update(complaints).where(complaints.c.complaint_id.in_(ids))
-                           .values(subject_sealed=ERASED, body_sealed=ERASED))
-        await conn.execute(update(complaint_events).where(complaint_events.c.complaint_id.in_(ids))
-                           .values(note_sealed=None))
+        await conn.execute(
+            update(complaints)
+            .where(complaints.c.complaint_id.in_(ids))
+            .values(subject_sealed=ERASED, body_sealed=ERASED)
+        )
+        await conn.execute(
+            update(complaint_events).where(complaint_events.c.complaint_id.in_(ids)).values(note_sealed=None)
+        )
     return Forgotten(cancelled.rowcount, scrubbed.rowcount, len(ids))
 
 
@@ -77,7 +85,14 @@ async def withdraw(conn: AsyncConnection, notification_id: str) -> None:
     """One queued message found to be for an erased user at send time (it raced the erasure): never send it,
     and overwrite what it holds."""
     await conn.execute(
-        update(notifications).where(notifications.c.notification_id == notification_id,
-                                     notifications.c.status == QUEUED)
-        .values(status=FAILED, next_attempt_at=None, last_error=USER_ERASED, address_sealed=None,
-                subject_sealed=None, body_sealed=ERASED))
+        update(notifications)
+        .where(notifications.c.notification_id == notification_id, notifications.c.status == QUEUED)
+        .values(
+            status=FAILED,
+            next_attempt_at=None,
+            last_error=USER_ERASED,
+            address_sealed=None,
+            subject_sealed=None,
+            body_sealed=ERASED,
+        )
+    )

@@ -19,8 +19,9 @@ async def locales(conn: AsyncConnection, user_ids: set[str]) -> dict[str, str]:
     return {row.user_id: row.locale for row in rows}
 
 
-async def remember(conn: AsyncConnection, user_id: str, now: datetime, *, locale: str = "",
-                   time_zone: str = "") -> None:
+async def remember(
+    conn: AsyncConnection, user_id: str, now: datetime, *, locale: str = "", time_zone: str = ""
+) -> None:
     """Upsert the non-empty fields (portable: update, then insert when nothing was there)."""
     values = {k: v for k, v in (("locale", locale), ("time_zone", time_zone)) if v}
     if not values:

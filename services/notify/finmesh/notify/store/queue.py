@@ -28,18 +28,21 @@ async def add(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
 async def claim(engine: AsyncEngine, category: str, now: datetime, limit: int, lease_seconds: float) -> list[Any]:
     """Take up to `limit` due messages of one lane; other workers skip them until the lease runs out."""
     async with engine.begin() as conn:
-        rows = list((
-            await conn.execute(
-                select(n)
-                .where(n.c.status == QUEUED, n.c.category == category, n.c.next_attempt_at <= now)
-                .order_by(n.c.next_attempt_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).all())
+        rows = list(
+            (
+                await conn.execute(
+                    select(n)
+                    .where(n.c.status == QUEUED, n.c.category == category, n.c.next_attempt_at <= now)
+                    .order_by(n.c.next_attempt_at)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+        )
         if rows:
             await conn.execute(
-                update(n).where(n.c.notification_id.in_([r.notification_id for r in rows]))
+                update(n)
+                .where(n.c.notification_id.in_([r.notification_id for r in rows]))
                 .values(next_attempt_at=now + timedelta(seconds=lease_seconds))
             )
     return rows
@@ -51,8 +54,8 @@ async def release(engine: AsyncEngine, notification_ids: list[str], now: datetim
         return
     async with engine.begin() as conn:
         await conn.execute(
-            update(n).where(n.c.notification_id.in_(notification_ids), n.c.status == QUEUED,
-                            n.c.next_attempt_at > now)
+            update(n)
+            .where(n.c.notification_id.in_(notification_ids), n.c.status == QUEUED, n.c.next_attempt_at > now)
             .values(next_attempt_at=now)
         )
 
@@ -60,8 +63,10 @@ async def release(engine: AsyncEngine, notification_ids: list[str], now: datetim
 async def next_due(engine: AsyncEngine, category: str) -> datetime | None:
     async with engine.connect() as conn:
         return await conn.scalar(
-            select(n.c.next_attempt_at).where(n.c.status == QUEUED, n.c.category == category)
-            .order_by(n.c.next_attempt_at).limit(1)
+            select(n.c.next_attempt_at)
+            .where(n.c.status == QUEUED, n.c.category == category)
+            .order_by(n.c.next_attempt_at)
+            .limit(1)
         )
 
 
@@ -73,12 +78,12 @@ async def _set(engine: AsyncEngine, notification_id: str, **values: Any) -> None
 
 
 async def mark_sent(engine: AsyncEngine, notification_id: str, attempts: int, now: datetime) -> None:
-    await _set(engine, notification_id, status=SENT, attempts=attempts, sent_at=now, next_attempt_at=None,
-               last_error="")
+    await _set(
+        engine, notification_id, status=SENT, attempts=attempts, sent_at=now, next_attempt_at=None, last_error=""
+    )
 
 
-async def schedule_retry(engine: AsyncEngine, notification_id: str, attempts: int, at: datetime,
-                         error: str) -> None:
+async def schedule_retry(engine: AsyncEngine, notification_id: str, attempts: int, at: datetime, error: str) -> None:
     await _set(engine, notification_id, attempts=attempts, next_attempt_at=at, last_error=error[:300])
 
 
@@ -91,19 +96,29 @@ async def mark_failed(engine: AsyncEngine, notification_id: str, reason: str) ->
     await _set(engine, notification_id, status=FAILED, next_attempt_at=None, last_error=reason[:300])
 
 
-async def dead_letter(engine: AsyncEngine, notification_id: str, channel: str, attempts: int, error: str,
-                      now: datetime) -> str:
+async def dead_letter(
+    engine: AsyncEngine, notification_id: str, channel: str, attempts: int, error: str, now: datetime
+) -> str:
     """Park the message and record a dead letter, in one transaction."""
     dead_letter_id = str(uuid.uuid4())
     async with engine.begin() as conn:
         result = await conn.execute(
-            update(n).where(n.c.notification_id == notification_id, n.c.status == QUEUED)
+            update(n)
+            .where(n.c.notification_id == notification_id, n.c.status == QUEUED)
             .values(status=DEAD, attempts=attempts, next_attempt_at=None, last_error=error[:300])
         )
         if result.rowcount:
-            await conn.execute(insert(dead_letters).values(
-                dead_letter_id=dead_letter_id, notification_id=notification_id, channel=channel,
-                attempts=attempts, last_error=error[:300], created_at=now, redriven=False))
+            await conn.execute(
+                insert(dead_letters).values(
+                    dead_letter_id=dead_letter_id,
+                    notification_id=notification_id,
+                    channel=channel,
+                    attempts=attempts,
+                    last_error=error[:300],
+                    created_at=now,
+                    redriven=False,
+                )
+            )
     return dead_letter_id
 
 
@@ -120,18 +135,21 @@ async def redrive(conn: AsyncConnection, dead_letter_id: str, now: datetime) -> 
         raise NotFound("DEAD_LETTER_NOT_FOUND", "dead letter not found")
     if letter.redriven:
         raise FailedPrecondition("INVALID_STATE", "this dead letter was already redriven")
-    message = (await conn.execute(select(n.c.status, n.c.last_error)
-                                  .where(n.c.notification_id == letter.notification_id))).one()
+    message = (
+        await conn.execute(select(n.c.status, n.c.last_error).where(n.c.notification_id == letter.notification_id))
+    ).one()
     if message.status == FAILED and message.last_error == USER_ERASED:
         raise FailedPrecondition(USER_ERASED, "the recipient was erased; the message is gone")
     claimed = await conn.execute(
-        update(d).where(d.c.dead_letter_id == dead_letter_id, d.c.redriven.is_(False))
+        update(d)
+        .where(d.c.dead_letter_id == dead_letter_id, d.c.redriven.is_(False))
         .values(redriven=True, redriven_at=now)
     )
     if not claimed.rowcount:
         raise FailedPrecondition("INVALID_STATE", "this dead letter was already redriven")
     await conn.execute(
-        update(n).where(n.c.notification_id == letter.notification_id, n.c.status == DEAD)
+        update(n)
+        .where(n.c.notification_id == letter.notification_id, n.c.status == DEAD)
         .values(status=QUEUED, attempts=0, next_attempt_at=now, last_error="")
     )
     return (await conn.execute(select(n).where(n.c.notification_id == letter.notification_id))).one()

@@ -19,16 +19,28 @@ async def record(conn: AsyncConnection, events: Sequence[IncomingEvent], now: da
     received_at steps a microsecond per event, so the batch's arrival order stays readable from the table
     as it was when each event came in its own call."""
     statement = _INSERT[conn.dialect.name]
-    rows = [{"event_id": e.event_id, "source": e.source, "event_type": e.event_type, "aggregate_id": e.aggregate_id,
-             "sequence": e.sequence, "received_at": now + timedelta(microseconds=i)} for i, e in enumerate(events)]
+    rows = [
+        {
+            "event_id": e.event_id,
+            "source": e.source,
+            "event_type": e.event_type,
+            "aggregate_id": e.aggregate_id,
+            "sequence": e.sequence,
+            "received_at": now + timedelta(microseconds=i),
+        }
+        for i, e in enumerate(events)
+    ]
     # Parameters apart from the statement (executemany with RETURNING): the statement compiles once and is
     # cached, where VALUES built from the rows compiled afresh for every batch (most of intake's CPU).
     return set((await conn.execute(statement, rows)).scalars())
 
 
 def _insert(dialect: Any) -> Any:
-    return (dialect.insert(received_events).on_conflict_do_nothing(index_elements=[received_events.c.event_id])
-            .returning(received_events.c.event_id))
+    return (
+        dialect.insert(received_events)
+        .on_conflict_do_nothing(index_elements=[received_events.c.event_id])
+        .returning(received_events.c.event_id)
+    )
 
 
 _INSERT = {"postgresql": _insert(postgresql), "sqlite": _insert(sqlite)}

@@ -52,23 +52,38 @@ class Complaints:
             await erasure.refuse_if_erased(conn, user_id)
             cid = new_complaint_id(int(now.timestamp() * 1000))
             due = deadlines(now, d.settings.calendar())
-            row = await store.insert_complaint(conn, {
-                "complaint_id": cid, "user_id": user_id,
-                "subject_sealed": d.sealer.seal(f"{cid}:subject", subject.strip()),
-                "body_sealed": d.sealer.seal(f"{cid}:body", body),
-                "state": OPEN, "opened_at": now, "accept_due": due.accept_due, "respond_due": due.respond_due,
-                "resolve_due": due.resolve_due, "escalated": False,
-            })
+            row = await store.insert_complaint(
+                conn,
+                {
+                    "complaint_id": cid,
+                    "user_id": user_id,
+                    "subject_sealed": d.sealer.seal(f"{cid}:subject", subject.strip()),
+                    "body_sealed": d.sealer.seal(f"{cid}:body", body),
+                    "state": OPEN,
+                    "opened_at": now,
+                    "accept_due": due.accept_due,
+                    "respond_due": due.respond_due,
+                    "resolve_due": due.resolve_due,
+                    "escalated": False,
+                },
+            )
             known = await profiles.locales(conn, {user_id})
-            receipt = Draft(user_id, "INBOX", "TRANSACTIONAL", "complaint_received",
-                            resolve_locale("", known.get(user_id, "")), {"complaint_id": cid})
+            receipt = Draft(
+                user_id,
+                "INBOX",
+                "TRANSACTIONAL",
+                "complaint_received",
+                resolve_locale("", known.get(user_id, "")),
+                {"complaint_id": cid},
+            )
             await queue.add(conn, [d.composer.row(receipt, now)])
             return _view(row, "")
 
         return await call.run(d.idempotency, work)
 
-    async def advance(self, call: KeyedCall[Mapping[str, Any], Reply], complaint_id: str, target: str,
-                      note: str) -> Reply:
+    async def advance(
+        self, call: KeyedCall[Mapping[str, Any], Reply], complaint_id: str, target: str, note: str
+    ) -> Reply:
         """Accept, respond or resolve: the next step only."""
         d = self._deps
 

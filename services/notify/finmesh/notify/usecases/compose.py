@@ -70,16 +70,33 @@ class Composer:
         nid = row.notification_id
         address = url or (self._sealer.open(f"{nid}:address", row.address_sealed) if row.address_sealed else "")
         subject = self._sealer.open(f"{nid}:subject", row.subject_sealed) if row.subject_sealed else ""
-        return Outgoing(nid, row.channel, address, subject, self._sealer.open(f"{nid}:body", row.body_sealed),
-                        event_id=row.event_id, secret=secret)
+        return Outgoing(
+            nid,
+            row.channel,
+            address,
+            subject,
+            self._sealer.open(f"{nid}:body", row.body_sealed),
+            event_id=row.event_id,
+            secret=secret,
+        )
 
 
-def operator_drafts(template: str, category: str, params: dict[str, str], *, locale: str, emails: list[str],
-                    phones: list[str], event_id: str = "") -> list[Draft]:
+def operator_drafts(
+    template: str,
+    category: str,
+    params: dict[str, str],
+    *,
+    locale: str,
+    emails: list[str],
+    phones: list[str],
+    event_id: str = "",
+) -> list[Draft]:
     """An inbox record for the operators' console, plus an e-mail (and SMS) to each configured operator."""
     drafts = [Draft(OPERATORS, "INBOX", category, template, locale, params, event_id=event_id)]
-    drafts += [Draft(OPERATORS, "EMAIL", category, template, locale, params, address=a, event_id=event_id)
-               for a in emails]
-    drafts += [Draft(OPERATORS, "SMS", category, template, locale, params, address=a, event_id=event_id)
-               for a in phones]
+    drafts += [
+        Draft(OPERATORS, "EMAIL", category, template, locale, params, address=a, event_id=event_id) for a in emails
+    ]
+    drafts += [
+        Draft(OPERATORS, "SMS", category, template, locale, params, address=a, event_id=event_id) for a in phones
+    ]
     return drafts

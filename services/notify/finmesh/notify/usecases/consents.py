@@ -17,18 +17,33 @@ class Consents:
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
 
-    async def set_marketing(self, call: KeyedCall[Mapping[str, Any], Reply], user_id: str, granted: bool,
-                            quiet_hours_start: str, quiet_hours_end: str, time_zone: str) -> Reply:
+    async def set_marketing(
+        self,
+        call: KeyedCall[Mapping[str, Any], Reply],
+        user_id: str,
+        granted: bool,
+        quiet_hours_start: str,
+        quiet_hours_end: str,
+        time_zone: str,
+    ) -> Reply:
         d = self._deps
 
         async def work(conn: AsyncConnection) -> Mapping[str, Any]:
             now = d.clock.now()
             await erasure.refuse_if_erased(conn, user_id)
             zone = time_zone or DEFAULT_TIME_ZONE
-            row = await consents.record(conn, {
-                "user_id": user_id, "category": "MARKETING", "granted": granted,
-                "quiet_hours_start": quiet_hours_start, "quiet_hours_end": quiet_hours_end, "time_zone": zone,
-            }, now)
+            row = await consents.record(
+                conn,
+                {
+                    "user_id": user_id,
+                    "category": "MARKETING",
+                    "granted": granted,
+                    "quiet_hours_start": quiet_hours_start,
+                    "quiet_hours_end": quiet_hours_end,
+                    "time_zone": zone,
+                },
+                now,
+            )
             await profiles.remember(conn, user_id, now, time_zone=zone)
             return row._mapping
 

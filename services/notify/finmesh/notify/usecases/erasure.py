@@ -25,8 +25,13 @@ async def forget(conn: AsyncConnection, event: IncomingEvent, now: datetime) -> 
         _intake_log.error("erasure_without_user", event_id=event.event_id)
         return
     forgotten = await store.forget(conn, user_id, event.event_id, now)
-    _intake_log.info("user_forgotten", event_id=event.event_id, cancelled=forgotten.cancelled,
-              messages=forgotten.messages, complaints=forgotten.complaints)
+    _intake_log.info(
+        "user_forgotten",
+        event_id=event.event_id,
+        cancelled=forgotten.cancelled,
+        messages=forgotten.messages,
+        complaints=forgotten.complaints,
+    )
 
 
 async def withdrawn_at_send(engine: AsyncEngine, row: Any) -> bool:

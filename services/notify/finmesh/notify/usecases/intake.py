@@ -166,8 +166,11 @@ class EventIntake:
                 # Before this event's own drafts, so a webhook subscribed to erasures still hears of it.
                 await erasure.forget(conn, event, now)
                 lookups.invalidate()
-            if (event.event_type == USER_REGISTERED and item.payload.get("locale")
-                    and not await erasure_store.is_erased(conn, event.user_id)):
+            if (
+                event.event_type == USER_REGISTERED
+                and item.payload.get("locale")
+                and not await erasure_store.is_erased(conn, event.user_id)
+            ):
                 await profiles.remember(conn, event.user_id, now, locale=item.payload["locale"])
                 lookups.invalidate()
             drafts = await self._drafts(lookups, item)
@@ -186,19 +189,31 @@ class EventIntake:
             return
         # One line per batch. Synthetic events are counted apart from real traffic, so figures drawn from
         # these lines can leave them out.
-        _log.info("events_received", events=len(fresh) - len(synthetic), duplicates=duplicates,
-                  notifications=len(rows), synthetic=len(synthetic),
-                  suppressed=sum(len(item.planned) for item in synthetic))
+        _log.info(
+            "events_received",
+            events=len(fresh) - len(synthetic),
+            duplicates=duplicates,
+            notifications=len(rows),
+            synthetic=len(synthetic),
+            suppressed=sum(len(item.planned) for item in synthetic),
+        )
 
     @staticmethod
     def _log_one(item: _Incoming) -> None:
         event = item.event
         if item.synthetic:
-            _log.info("event_received", event_id=event.event_id, event_type=event.event_type, notifications=0,
-                      synthetic=True, suppressed=len(item.planned))
+            _log.info(
+                "event_received",
+                event_id=event.event_id,
+                event_type=event.event_type,
+                notifications=0,
+                synthetic=True,
+                suppressed=len(item.planned),
+            )
         else:
-            _log.info("event_received", event_id=event.event_id, event_type=event.event_type,
-                      notifications=len(item.rows))
+            _log.info(
+                "event_received", event_id=event.event_id, event_type=event.event_type, notifications=len(item.rows)
+            )
 
     async def _drafts(self, lookups: _Lookups, item: _Incoming) -> list[Draft]:
         event = item.event
@@ -211,21 +226,39 @@ class EventIntake:
         s = self._deps.settings
         for p in planned:
             if p.user_id == OPERATORS:
-                drafts += operator_drafts(p.template, p.category, p.params, locale=s.operator_locale,
-                                          emails=s.operator_emails, phones=s.operator_phones,
-                                          event_id=event.event_id)
+                drafts += operator_drafts(
+                    p.template,
+                    p.category,
+                    p.params,
+                    locale=s.operator_locale,
+                    emails=s.operator_emails,
+                    phones=s.operator_phones,
+                    event_id=event.event_id,
+                )
                 if not (s.operator_emails or s.operator_phones):
                     _log.warning("operator_alert_inbox_only", event_id=event.event_id, template=p.template)
             else:
                 locale = resolve_locale("", known.get(p.user_id, ""))
-                drafts.append(Draft(p.user_id, p.channel, p.category, p.template, locale, p.params,
-                                    event_id=event.event_id))
+                drafts.append(
+                    Draft(p.user_id, p.channel, p.category, p.template, locale, p.params, event_id=event.event_id)
+                )
         body = None
         for hook in await lookups.hooks():
             if webhook_matches(list(hook.event_types), event.event_type):
                 body = body or webhook_body(event)
-                drafts.append(Draft(event.user_id, "WEBHOOK", "TRANSACTIONAL", "webhook", "", {},
-                                    webhook_id=hook.webhook_id, event_id=event.event_id, raw_body=body))
+                drafts.append(
+                    Draft(
+                        event.user_id,
+                        "WEBHOOK",
+                        "TRANSACTIONAL",
+                        "webhook",
+                        "",
+                        {},
+                        webhook_id=hook.webhook_id,
+                        event_id=event.event_id,
+                        raw_body=body,
+                    )
+                )
         return drafts
 
 

@@ -53,9 +53,15 @@ class Notifications:
                     raise FailedPrecondition(decision.refusal, _REFUSALS[decision.refusal])
                 not_before = decision.not_before
             known = await profiles.locales(conn, {send.user_id})
-            draft = Draft(send.user_id, send.channel, send.category, send.template,
-                          resolve_locale(send.locale, known.get(send.user_id, "")), send.params,
-                          address=send.address)
+            draft = Draft(
+                send.user_id,
+                send.channel,
+                send.category,
+                send.template,
+                resolve_locale(send.locale, known.get(send.user_id, "")),
+                send.params,
+                address=send.address,
+            )
             row = d.composer.row(draft, now, not_before)
             await queue.add(conn, [row])
             return row

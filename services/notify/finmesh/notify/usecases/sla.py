@@ -17,8 +17,10 @@ from finmesh.platform.observability.logs import get_logger
 
 _log = get_logger("finmesh.notify.sla")
 
-_STAGE_NAMES = {"zh-CN": {"accept": "受理", "respond": "答复", "resolve": "办结"},
-                "en": {"accept": "accept", "respond": "respond", "resolve": "resolve"}}
+_STAGE_NAMES = {
+    "zh-CN": {"accept": "受理", "respond": "答复", "resolve": "办结"},
+    "en": {"accept": "accept", "respond": "respond", "resolve": "resolve"},
+}
 
 
 def _aware(moment: datetime) -> datetime:
@@ -74,10 +76,15 @@ class ComplaintSla:
             raised.append(stage)
             s = self._deps.settings
             locale = s.operator_locale if s.operator_locale in _STAGE_NAMES else "zh-CN"
-            params = {"complaint_id": row.complaint_id, "stage": _STAGE_NAMES[locale][stage],
-                      "due": deadlines_of(row).due(stage).isoformat(timespec="minutes"), "state": row.state}
-            drafts = operator_drafts("complaint_escalated", "TRANSACTIONAL", params, locale=locale,
-                                     emails=s.operator_emails, phones=[])
+            params = {
+                "complaint_id": row.complaint_id,
+                "stage": _STAGE_NAMES[locale][stage],
+                "due": deadlines_of(row).due(stage).isoformat(timespec="minutes"),
+                "state": row.state,
+            }
+            drafts = operator_drafts(
+                "complaint_escalated", "TRANSACTIONAL", params, locale=locale, emails=s.operator_emails, phones=[]
+            )
             await queue.add(conn, [self._deps.composer.row(d, now) for d in drafts])
             _log.warning("complaint_escalated", complaint_id=row.complaint_id, stage=stage)
         return raised

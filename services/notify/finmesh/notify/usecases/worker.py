@@ -33,8 +33,14 @@ LANES = ("SECURITY", "TRANSACTIONAL", "MARKETING")
 
 
 class DeliveryWorker:
-    def __init__(self, engine: AsyncEngine, composer: Composer, senders: dict[str, Sender],
-                 settings: NotifySettings, clock: Clock) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        composer: Composer,
+        senders: dict[str, Sender],
+        settings: NotifySettings,
+        clock: Clock,
+    ) -> None:
         self._engine = engine
         self._composer = composer
         self._senders = senders
@@ -112,8 +118,12 @@ class DeliveryWorker:
             f"notify send {row.channel.lower()}",
             kind=trace.SpanKind.CLIENT,
             links=[trace.Link(link)] if link.is_valid else None,
-            attributes={"notify.notification_id": row.notification_id, "notify.channel": row.channel,
-                        "notify.category": row.category, "notify.attempt": row.attempts + 1},
+            attributes={
+                "notify.notification_id": row.notification_id,
+                "notify.channel": row.channel,
+                "notify.category": row.category,
+                "notify.attempt": row.attempts + 1,
+            },
         ) as span:
             if row.channel != "WEBHOOK" and await erasure.withdrawn_at_send(self._engine, row):
                 return
@@ -131,8 +141,7 @@ class DeliveryWorker:
                 await self._failed(row, attempts, type(error).__name__, False)
                 return
             await queue.mark_sent(self._engine, row.notification_id, attempts, self._clock.now())
-            _log.info("notification_sent", notification_id=row.notification_id, channel=row.channel,
-                      attempts=attempts)
+            _log.info("notification_sent", notification_id=row.notification_id, channel=row.channel, attempts=attempts)
 
     async def _open(self, row: Any) -> Outgoing:
         if row.channel != "WEBHOOK":
@@ -142,8 +151,11 @@ class DeliveryWorker:
         if hook is None or not hook.active:
             raise SendError("webhook no longer registered", permanent=True)
         sealer = self._composer.sealer
-        return self._composer.outgoing(row, url=sealer.open(f"{hook.webhook_id}:url", hook.url_sealed),
-                                       secret=sealer.open(f"{hook.webhook_id}:secret", hook.secret_sealed))
+        return self._composer.outgoing(
+            row,
+            url=sealer.open(f"{hook.webhook_id}:url", hook.url_sealed),
+            secret=sealer.open(f"{hook.webhook_id}:secret", hook.secret_sealed),
+        )
 
     async def _marketing_still_allowed(self, row: Any) -> bool:
         """Consent is checked again at send time: an opt-out while the message waited wins."""
@@ -162,12 +174,22 @@ class DeliveryWorker:
     async def _failed(self, row: Any, attempts: int, error: str, permanent: bool) -> None:
         policy = self._settings.retry_policy(row.channel)
         if permanent or policy.exhausted(attempts):
-            await queue.dead_letter(self._engine, row.notification_id, row.channel, attempts, error,
-                                    self._clock.now())
-            _log.warning("notification_dead_lettered", notification_id=row.notification_id, channel=row.channel,
-                         attempts=attempts, permanent=permanent, error=error)
+            await queue.dead_letter(self._engine, row.notification_id, row.channel, attempts, error, self._clock.now())
+            _log.warning(
+                "notification_dead_lettered",
+                notification_id=row.notification_id,
+                channel=row.channel,
+                attempts=attempts,
+                permanent=permanent,
+                error=error,
+            )
             return
         retry_at = self._clock.now() + timedelta(seconds=policy.delay(attempts))
         await queue.schedule_retry(self._engine, row.notification_id, attempts, retry_at, error)
-        _log.info("notification_retry_scheduled", notification_id=row.notification_id, channel=row.channel,
-                  attempts=attempts, error=error)
+        _log.info(
+            "notification_retry_scheduled",
+            notification_id=row.notification_id,
+            channel=row.channel,
+            attempts=attempts,
+            error=error,
+        )

@@ -23,25 +23,38 @@ class AccountsRpcs(ServicerBase):
             # Before the field checks: a customer asking for a platform account hears "not yours to open".
             require_openable(convert.OPENABLE_KINDS[request.kind])
         v = Validator()
-        v.require(request.kind in convert.OPENABLE_KINDS, "kind",
-                  "one of CUSTOMER_WALLET, MERCHANT, PLATFORM_FEE, RISK_RESERVE (clearing accounts open by themselves)")
+        v.require(
+            request.kind in convert.OPENABLE_KINDS,
+            "kind",
+            "one of CUSTOMER_WALLET, MERCHANT, PLATFORM_FEE, RISK_RESERVE (clearing accounts open by themselves)",
+        )
         v.violations.extend(validate_currency(request.currency_code))
-        v.require(len(request.owner_id) <= MAX_ID and request.owner_id.isprintable(), "owner_id",
-                  f"at most {MAX_ID} printable characters")
+        v.require(
+            len(request.owner_id) <= MAX_ID and request.owner_id.isprintable(),
+            "owner_id",
+            f"at most {MAX_ID} printable characters",
+        )
         kind = convert.OPENABLE_KINDS.get(request.kind)
         platform = kind in (AccountKind.PLATFORM_FEE, AccountKind.RISK_RESERVE)
-        v.require(bool(request.owner_id) != platform, "owner_id",
-                  "platform accounts have no owner" if platform else "required for customer and merchant accounts")
+        v.require(
+            bool(request.owner_id) != platform,
+            "owner_id",
+            "platform accounts have no owner" if platform else "required for customer and merchant accounts",
+        )
         v.require(not request.channel, "channel", "only clearing accounts have a channel")
         v.raise_if_any()
         assert kind is not None
 
         async def action(uow: UnitOfWork) -> Any:
-            return await usecase.open_account(uow, owner_id=request.owner_id, kind=kind,
-                                              currency=request.currency_code)
+            return await usecase.open_account(uow, owner_id=request.owner_id, kind=kind, currency=request.currency_code)
 
-        return await self.submit("OpenAccount", request, pb.OpenAccountResponse, action,
-                                 lambda state: pb.OpenAccountResponse(account=convert.account(state)))
+        return await self.submit(
+            "OpenAccount",
+            request,
+            pb.OpenAccountResponse,
+            action,
+            lambda state: pb.OpenAccountResponse(account=convert.account(state)),
+        )
 
     async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> Any:
         require_id(request.account_id, "account_id")
@@ -58,8 +71,10 @@ class AccountsRpcs(ServicerBase):
         found = await self.deps.reads.accounts_of(request.owner_id, request.page_token[:MAX_ID], size + 1)
         more = len(found) > size
         found = found[:size]
-        return pb.ListAccountsResponse(accounts=[convert.account(rows.account_state(r)) for r in found],
-                                       next_page_token=found[-1].account_id if more else "")
+        return pb.ListAccountsResponse(
+            accounts=[convert.account(rows.account_state(r)) for r in found],
+            next_page_token=found[-1].account_id if more else "",
+        )
 
     async def FreezeAccount(self, request: pb.FreezeAccountRequest, context: Context) -> Any:
         return await self._set_frozen("FreezeAccount", request, True, pb.FreezeAccountResponse)
@@ -73,5 +88,6 @@ class AccountsRpcs(ServicerBase):
         async def action(uow: UnitOfWork) -> Any:
             return await usecase.set_frozen(uow, request.account_id, frozen, request.reason)
 
-        return await self.submit(method, request, response_type, action,
-                                 lambda state: response_type(account=convert.account(state)))
+        return await self.submit(
+            method, request, response_type, action, lambda state: response_type(account=convert.account(state))
+        )

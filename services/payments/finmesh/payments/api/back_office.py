@@ -52,12 +52,16 @@ class BackOfficeRpcs(ServicerBase):
         async def action(uow: UnitOfWork) -> Any:
             return await settlement.run(uow, batch_id, request.merchant_account_id, cutoff, schedule)
 
-        return await self.submit("RunSettlement", request, pb.RunSettlementResponse, action,
-                                 lambda batch: pb.RunSettlementResponse(batch=convert.settlement_batch(batch)),
-                                 exclusive=True)
+        return await self.submit(
+            "RunSettlement",
+            request,
+            pb.RunSettlementResponse,
+            action,
+            lambda batch: pb.RunSettlementResponse(batch=convert.settlement_batch(batch)),
+            exclusive=True,
+        )
 
-    async def ListSettlementBatches(self, request: pb.ListSettlementBatchesRequest,
-                                    context: Context) -> Any:
+    async def ListSettlementBatches(self, request: pb.ListSettlementBatchesRequest, context: Context) -> Any:
         require_id(request.merchant_account_id, "merchant_account_id")
         size = page_size(request.page_size)
         after = decode_time_token(request.page_token)
@@ -65,11 +69,11 @@ class BackOfficeRpcs(ServicerBase):
         more = len(found) > size
         found = found[:size]
         token = encode_token(found[-1].created_at.isoformat(), found[-1].batch_id) if more else ""
-        return pb.ListSettlementBatchesResponse(batches=[convert.settlement_row(r) for r in found],
-                                                next_page_token=token)
+        return pb.ListSettlementBatchesResponse(
+            batches=[convert.settlement_row(r) for r in found], next_page_token=token
+        )
 
-    async def ReconcileStatement(self, request: pb.ReconcileStatementRequest,
-                                 context: Context) -> Any:
+    async def ReconcileStatement(self, request: pb.ReconcileStatementRequest, context: Context) -> Any:
         validate_key(request.idempotency_key)
         v = Validator()
         v.require(valid_id(request.channel) and request.channel.isidentifier(), "channel", "required: a channel name")
@@ -78,15 +82,19 @@ class BackOfficeRpcs(ServicerBase):
         statement = reconciliation.parse_statement(request.statement_csv)
 
         def render(report: Report) -> pb.ReconcileStatementResponse:
-            return pb.ReconcileStatementResponse(report_id=report.report_id,
-                                                 lines=[convert.reconciliation_line(line) for line in report.lines],
-                                                 matched_count=report.matched,
-                                                 mismatch_count=len(report.lines) - report.matched)
+            return pb.ReconcileStatementResponse(
+                report_id=report.report_id,
+                lines=[convert.reconciliation_line(line) for line in report.lines],
+                matched_count=report.matched,
+                mismatch_count=len(report.lines) - report.matched,
+            )
 
-        return await reconcile_statement(self.deps.idempotency, request, pb.ReconcileStatementResponse,
-                                         request.channel, statement, render)
+        return await reconcile_statement(
+            self.deps.idempotency, request, pb.ReconcileStatementResponse, request.channel, statement, render
+        )
 
     async def VerifyAuditLog(self, request: pb.VerifyAuditLogRequest, context: Context) -> Any:
         result = await self.deps.reads.verify_audit()
-        return pb.VerifyAuditLogResponse(intact=result.intact, rows_checked=result.rows_checked,
-                                         first_broken_sequence=result.first_broken_sequence)
+        return pb.VerifyAuditLogResponse(
+            intact=result.intact, rows_checked=result.rows_checked, first_broken_sequence=result.first_broken_sequence
+        )

@@ -84,18 +84,36 @@ class ServicerBase:
         if synthetic.requested(context):
             await ownership.require_test_payment(self.deps.reads, payment_id, self.deps.writer.test_owners)
 
-    async def submit(self, method: str, request: Any, response_type: type[Message], action: Action,
-                     render: Callable[[Any], Message], *, record_success: bool = True,
-                     exclusive: bool = False, accounts: tuple[str, ...] = (), fingerprint: bytes = b"") -> Any:
+    async def submit(
+        self,
+        method: str,
+        request: Any,
+        response_type: type[Message],
+        action: Action,
+        render: Callable[[Any], Message],
+        *,
+        record_success: bool = True,
+        exclusive: bool = False,
+        accounts: tuple[str, ...] = (),
+        fingerprint: bytes = b"",
+    ) -> Any:
         """Run `action` in the ledger writer under the request's idempotency key (`fingerprint`: the request's,
         when the caller has it already)."""
         validate_key(request.idempotency_key)
-        reply = await self.deps.writer.submit(Command(
-            method=method, scope=caller_scope(request), key=request.idempotency_key,
-            fingerprint=fingerprint or request_fingerprint(request),
-            response_type=response_type, action=_as_caller(action), render=render, record_success=record_success,
-            exclusive=exclusive, accounts=accounts,
-        ))
+        reply = await self.deps.writer.submit(
+            Command(
+                method=method,
+                scope=caller_scope(request),
+                key=request.idempotency_key,
+                fingerprint=fingerprint or request_fingerprint(request),
+                response_type=response_type,
+                action=_as_caller(action),
+                render=render,
+                record_success=record_success,
+                exclusive=exclusive,
+                accounts=accounts,
+            )
+        )
         if record_success and method in self.deps.settings.failpoint_kill_after_commit:
             # Fault injection for crash tests: the answer is committed, the reply never leaves.
             os.kill(os.getpid(), signal.SIGKILL)

@@ -108,25 +108,42 @@ def bank_operation(op: BankOperation) -> pb.ChannelOperation:
 def settlement_batch(batch: Batch) -> pb.SettlementBatch:
     s, c = batch.split, batch.currency
     return pb.SettlementBatch(
-        batch_id=batch.batch_id, merchant_account_id=batch.merchant_account_id, cutoff=timestamp(batch.cutoff),
-        gross=money(c, s.gross), fees=money(c, s.fees), risk_reserve=money(c, s.reserve), net=money(c, s.net),
-        payment_count=s.payment_count, created_at=timestamp(batch.created_at),
+        batch_id=batch.batch_id,
+        merchant_account_id=batch.merchant_account_id,
+        cutoff=timestamp(batch.cutoff),
+        gross=money(c, s.gross),
+        fees=money(c, s.fees),
+        risk_reserve=money(c, s.reserve),
+        net=money(c, s.net),
+        payment_count=s.payment_count,
+        created_at=timestamp(batch.created_at),
     )
 
 
 def settlement_row(row: Any) -> pb.SettlementBatch:
     c = row.currency
     return pb.SettlementBatch(
-        batch_id=row.batch_id, merchant_account_id=row.merchant_account_id, cutoff=timestamp(row.cutoff),
-        gross=money(c, row.gross), fees=money(c, row.fees), risk_reserve=money(c, row.risk_reserve),
-        net=money(c, row.net), payment_count=row.payment_count, created_at=timestamp(row.created_at),
+        batch_id=row.batch_id,
+        merchant_account_id=row.merchant_account_id,
+        cutoff=timestamp(row.cutoff),
+        gross=money(c, row.gross),
+        fees=money(c, row.fees),
+        risk_reserve=money(c, row.risk_reserve),
+        net=money(c, row.net),
+        payment_count=row.payment_count,
+        created_at=timestamp(row.created_at),
     )
 
 
 def ledger_entry(row: Any) -> pb.LedgerEntry:
     return pb.LedgerEntry(
-        entry_id=str(row.entry_id), transfer_id=row.transfer_id, account_id=row.account_id,
-        amount_minor_units=row.amount, currency_code=row.currency, kind=row.kind, created_at=timestamp(row.created_at),
+        entry_id=str(row.entry_id),
+        transfer_id=row.transfer_id,
+        account_id=row.account_id,
+        amount_minor_units=row.amount,
+        currency_code=row.currency,
+        kind=row.kind,
+        created_at=timestamp(row.created_at),
     )
 
 

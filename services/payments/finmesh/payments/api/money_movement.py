@@ -43,8 +43,7 @@ class MoneyMovementRpcs(ServicerBase):
     async def Payout(self, request: pb.PayoutRequest, context: Context) -> Any:
         return await self._bank_operation("Payout", usecase.PAYOUT, request, pb.PayoutResponse, context)
 
-    async def _bank_operation(self, method: str, kind: str, request: Any, response_type: Any,
-                                 context: Context) -> Any:
+    async def _bank_operation(self, method: str, kind: str, request: Any, response_type: Any, context: Context) -> Any:
         bank = self._validate_bank_request(request, payout=kind == usecase.PAYOUT)
         # Before the replay: another customer's key must not read this one's stored answer.
         await require_account_owner(self.deps.reads, request.account_id)
@@ -55,12 +54,18 @@ class MoneyMovementRpcs(ServicerBase):
         scope = caller_scope(request)
         operation = usecase.OperationRequest(
             operation_id=str(uuid.uuid5(_OPERATION_NAMESPACE, f"{method}:{request.idempotency_key}")),
-            own_operation_id=str(uuid.uuid5(_OPERATION_NAMESPACE,
-                                            derived_id_name(method, scope, request.idempotency_key))),
-            idempotency_scope=scope, kind=kind, account_id=request.account_id, channel=request.channel,
-            currency=request.amount.currency_code, amount=request.amount.minor_units,
+            own_operation_id=str(
+                uuid.uuid5(_OPERATION_NAMESPACE, derived_id_name(method, scope, request.idempotency_key))
+            ),
+            idempotency_scope=scope,
+            kind=kind,
+            account_id=request.account_id,
+            channel=request.channel,
+            currency=request.amount.currency_code,
+            amount=request.amount.minor_units,
             destination_token=getattr(request, "destination_token", ""),
-            idempotency_key=request.idempotency_key, request_hash=request_fingerprint(request),
+            idempotency_key=request.idempotency_key,
+            request_hash=request_fingerprint(request),
         )
 
         begun: list[str] = []  # the id begin settled on (see usecase.begin), read once the writer has run it
@@ -73,16 +78,18 @@ class MoneyMovementRpcs(ServicerBase):
         # Step 1: check the caps and that the ledger could post it, record the operation (a payout also holds
         # the funds). Only a refusal is final here, unless a concurrent call with this key has finished
         # meanwhile: then its answer is.
-        started = await self.submit(method, request, response_type, begin, lambda _: response_type(),
-                                    record_success=False)
+        started = await self.submit(
+            method, request, response_type, begin, lambda _: response_type(), record_success=False
+        )
         if started.HasField("operation"):
             return started
         operation = dataclasses.replace(operation, operation_id=begun[0])
         try:
             answer = await bank.execute(operation.order())
         except BankUnavailable:
-            raise Unavailable("CHANNEL_UNAVAILABLE",
-                              f"channel {request.channel} did not answer; retry with the same key") from None
+            raise Unavailable(
+                "CHANNEL_UNAVAILABLE", f"channel {request.channel} did not answer; retry with the same key"
+            ) from None
 
         async def finish(uow: UnitOfWork) -> Any:
             return await usecase.finish(uow, operation.operation_id, answer)
@@ -99,31 +106,34 @@ class MoneyMovementRpcs(ServicerBase):
         v.violations.extend(amount_violations(request))
         if payout:
             # Its bound, and that it is no card number, are the contract's field rules (checked by the guard).
-            v.require(bool(request.destination_token), "destination_token",
-                      "required: the channel's opaque destination reference")
+            v.require(
+                bool(request.destination_token),
+                "destination_token",
+                "required: the channel's opaque destination reference",
+            )
         v.raise_if_any()
         assert bank is not None
         return bank
 
-    async def BatchCreateTransfers(self, request: pb.BatchCreateTransfersRequest,
-                                   context: Context) -> Any:
+    async def BatchCreateTransfers(self, request: pb.BatchCreateTransfersRequest, context: Context) -> Any:
         validate_key(request.idempotency_key)
         items, unreadable = _batch_items(request)
         # Every source is checked (one foreign source refuses the whole call), except the ids that break the
         # contract's field rules: such an item moves nothing, and its value may not even be storable.
         looked_up = [i for index, i in enumerate(items) if index not in unreadable]
         await require_own_sources(self.deps.reads, [i.source for i in looked_up if i.source])
-        await self.require_test_accounts(context,
-                                         sorted({a for i in looked_up for a in (i.source, i.destination) if a}))
+        await self.require_test_accounts(
+            context, sorted({a for i in looked_up for a in (i.source, i.destination) if a})
+        )
 
         async def action(uow: UnitOfWork) -> Any:
             return await transfers.run(uow, items)
 
-        return await self.submit("BatchCreateTransfers", request, pb.BatchCreateTransfersResponse, action,
-                                 _render_batch)
+        return await self.submit(
+            "BatchCreateTransfers", request, pb.BatchCreateTransfersResponse, action, _render_batch
+        )
 
-    async def ListLedgerEntries(self, request: pb.ListLedgerEntriesRequest,
-                                context: Context) -> Any:
+    async def ListLedgerEntries(self, request: pb.ListLedgerEntriesRequest, context: Context) -> Any:
         require_id(request.account_id, "account_id")
         await require_account_owner(self.deps.reads, request.account_id)
         size = page_size(request.page_size)
@@ -133,8 +143,10 @@ class MoneyMovementRpcs(ServicerBase):
         found = await self.deps.reads.entries_of(request.account_id, int(token[0]) if token else None, size + 1)
         more = len(found) > size
         found = found[:size]
-        return pb.ListLedgerEntriesResponse(entries=[convert.ledger_entry(r) for r in found],
-                                            next_page_token=encode_token(found[-1].entry_id) if more else "")
+        return pb.ListLedgerEntriesResponse(
+            entries=[convert.ledger_entry(r) for r in found],
+            next_page_token=encode_token(found[-1].entry_id) if more else "",
+        )
 
 
 def operation_reply(response_type: Any) -> Any:
@@ -157,13 +169,19 @@ def _batch_items(request: pb.BatchCreateTransfersRequest) -> tuple[list[transfer
     unreadable: set[int] = set()
     for index, spec in enumerate(request.transfers):
         if not valid_id(spec.reference) or spec.reference in seen:
-            bad_references.append(FieldViolation(f"transfers[{index}].reference",
-                                                 "required, unique within the batch, at most 64 characters"))
+            bad_references.append(
+                FieldViolation(
+                    f"transfers[{index}].reference", "required, unique within the batch, at most 64 characters"
+                )
+            )
         seen.add(spec.reference)
         v = Validator()
         # The contract's field rules, which the guard leaves to each item (the transfers field is per_item).
-        broken = [found for found in _TRANSFER_RULES.violations(spec, f"transfers[{index}].")
-                  if not found.field.endswith(".reference")]
+        broken = [
+            found
+            for found in _TRANSFER_RULES.violations(spec, f"transfers[{index}].")
+            if not found.field.endswith(".reference")
+        ]
         v.violations += broken
         if any(found.field.endswith("_account_id") for found in broken):
             unreadable.add(index)
@@ -172,13 +190,22 @@ def _batch_items(request: pb.BatchCreateTransfersRequest) -> tuple[list[transfer
         if spec.from_account_id and spec.from_account_id == spec.to_account_id:
             v.violations.append(FieldViolation(f"transfers[{index}].to_account_id", "must differ from from_account_id"))
         if spec.HasField("amount"):
-            v.violations.extend(validate_amount(spec.amount.currency_code, spec.amount.minor_units,
-                                                f"transfers[{index}].amount"))
+            v.violations.extend(
+                validate_amount(spec.amount.currency_code, spec.amount.minor_units, f"transfers[{index}].amount")
+            )
         else:
             v.violations.append(FieldViolation(f"transfers[{index}].amount", "required"))
         problem = InvalidArgument(v.violations) if v.violations else None
-        items.append(transfers.Item(spec.reference, spec.from_account_id, spec.to_account_id,
-                                    spec.amount.currency_code, spec.amount.minor_units, problem))
+        items.append(
+            transfers.Item(
+                spec.reference,
+                spec.from_account_id,
+                spec.to_account_id,
+                spec.amount.currency_code,
+                spec.amount.minor_units,
+                problem,
+            )
+        )
     if bad_references:
         raise InvalidArgument(bad_references[:20])
     return items, unreadable
@@ -193,8 +220,12 @@ def _render_batch(results: list[transfers.ItemResult]) -> pb.BatchCreateTransfer
             reply.results.add(reference=result.reference, transfer_id=result.transfer_id, status_code="OK")
         else:
             # DomainError kinds are the gRPC code names in lower case.
-            reply.results.add(reference=result.reference, status_code=result.error.kind.upper(),
-                              reason=result.error.reason, message=result.error.message)
+            reply.results.add(
+                reference=result.reference,
+                status_code=result.error.kind.upper(),
+                reason=result.error.reason,
+                message=result.error.message,
+            )
     reply.posted_count = posted
     reply.refused_count = len(results) - posted
     return reply

@@ -53,8 +53,14 @@ def _payment_reply(response_type: Any) -> Any:
 
 class PaymentRpcs(ServicerBase):
     async def CreatePayment(self, request: pb.CreatePaymentRequest, context: Context) -> Any:
-        validate_payment_request(request.payer_account_id, request.payee_account_id, request.amount.currency_code,
-                                 request.amount.minor_units, request.description, request.HasField("amount"))
+        validate_payment_request(
+            request.payer_account_id,
+            request.payee_account_id,
+            request.amount.currency_code,
+            request.amount.minor_units,
+            request.description,
+            request.HasField("amount"),
+        )
         if request.capture_mode not in convert.CAPTURE_MODES:
             raise InvalidArgument(FieldViolation("capture_mode", "unknown capture mode"))
         risk_context = validate_risk_context(request.risk_context)
@@ -69,8 +75,15 @@ class PaymentRpcs(ServicerBase):
         fingerprint = request_fingerprint(request)
         now = datetime.now(UTC)
         day = limit_day(now, self.deps.limits.utc_offset_minutes)
-        found = await self.deps.prechecks.check(payment, "CreatePayment", caller_scope(request),
-                                                request.idempotency_key, day, now, synthetic.requested(context))
+        found = await self.deps.prechecks.check(
+            payment,
+            "CreatePayment",
+            caller_scope(request),
+            request.idempotency_key,
+            day,
+            now,
+            synthetic.requested(context),
+        )
         if found.prior is not None:
             return replay_stored(found.prior, fingerprint, pb.CreatePaymentResponse)
         if found.refusal is not None:
@@ -86,11 +99,22 @@ class PaymentRpcs(ServicerBase):
         async def action(uow: UnitOfWork) -> Any:
             return await usecase.create_payment(uow, payment_id, payment, verdict, limits)
 
-        reply = await self.submit("CreatePayment", request, pb.CreatePaymentResponse, action,
-                                  _payment_reply(pb.CreatePaymentResponse),
-                                  accounts=parties, fingerprint=fingerprint)
-        _log.info("payment_created", payment_id=payment_id, status=pb.PaymentStatus.Name(reply.payment.status),
-                  risk_decision=verdict.decision.value, **({"synthetic": True} if test_payment else {}))
+        reply = await self.submit(
+            "CreatePayment",
+            request,
+            pb.CreatePaymentResponse,
+            action,
+            _payment_reply(pb.CreatePaymentResponse),
+            accounts=parties,
+            fingerprint=fingerprint,
+        )
+        _log.info(
+            "payment_created",
+            payment_id=payment_id,
+            status=pb.PaymentStatus.Name(reply.payment.status),
+            risk_decision=verdict.decision.value,
+            **({"synthetic": True} if test_payment else {}),
+        )
         return reply
 
     async def _refuse(self, method: str, request: Any, response_type: Any, error: DomainError) -> Any:
@@ -107,8 +131,16 @@ class PaymentRpcs(ServicerBase):
 
         return await self.submit(method, request, response_type, refuse, _payment_reply(response_type))
 
-    async def _assess(self, payment_id: str, payment: PaymentRequest, payer: AccountState, tier: str,
-                      risk_context: RiskFacts, context: Context, test_payment: bool) -> RiskVerdict:
+    async def _assess(
+        self,
+        payment_id: str,
+        payment: PaymentRequest,
+        payer: AccountState,
+        tier: str,
+        risk_context: RiskFacts,
+        context: Context,
+        test_payment: bool,
+    ) -> RiskVerdict:
         settings = self.deps.settings
         facts = PaymentFacts(
             payment_id=payment_id,
@@ -131,8 +163,9 @@ class PaymentRpcs(ServicerBase):
                 # Risk answered, but refused the call: a bug or a misconfiguration (credentials, keys, contract).
                 # Never approve or hold funds on a risk check that did not happen: refuse, retryable once fixed.
                 _log.error("risk_call_refused", code=error.code().name)
-                raise Unavailable("RISK_UNAVAILABLE",
-                                  "risk control refused the check; retry with the same key later") from None
+                raise Unavailable(
+                    "RISK_UNAVAILABLE", "risk control refused the check; retry with the same key later"
+                ) from None
             _log.warning("risk_unavailable", code=error.code().name, policy=settings.risk_unavailable_policy)
             if settings.risk_unavailable_policy == "decline":
                 raise Unavailable("RISK_UNAVAILABLE", "risk control did not answer; retry with the same key") from None
@@ -150,8 +183,9 @@ class PaymentRpcs(ServicerBase):
         async def action(uow: UnitOfWork) -> Any:
             return await usecase.capture_payment(uow, request.payment_id, minor_units)
 
-        return await self.submit("CapturePayment", request, pb.CapturePaymentResponse, action,
-                                 _payment_reply(pb.CapturePaymentResponse))
+        return await self.submit(
+            "CapturePayment", request, pb.CapturePaymentResponse, action, _payment_reply(pb.CapturePaymentResponse)
+        )
 
     async def VoidPayment(self, request: pb.VoidPaymentRequest, context: Context) -> Any:
         require_id(request.payment_id, "payment_id")
@@ -161,8 +195,9 @@ class PaymentRpcs(ServicerBase):
         async def action(uow: UnitOfWork) -> Any:
             return await usecase.void_payment(uow, request.payment_id)
 
-        return await self.submit("VoidPayment", request, pb.VoidPaymentResponse, action,
-                                 _payment_reply(pb.VoidPaymentResponse))
+        return await self.submit(
+            "VoidPayment", request, pb.VoidPaymentResponse, action, _payment_reply(pb.VoidPaymentResponse)
+        )
 
     async def ReviewPayment(self, request: pb.ReviewPaymentRequest, context: Context) -> Any:
         v = Validator()
@@ -175,8 +210,9 @@ class PaymentRpcs(ServicerBase):
         async def action(uow: UnitOfWork) -> Any:
             return await usecase.review_payment(uow, request.payment_id, decision, request.note)
 
-        return await self.submit("ReviewPayment", request, pb.ReviewPaymentResponse, action,
-                                 _payment_reply(pb.ReviewPaymentResponse))
+        return await self.submit(
+            "ReviewPayment", request, pb.ReviewPaymentResponse, action, _payment_reply(pb.ReviewPaymentResponse)
+        )
 
     async def RefundPayment(self, request: pb.RefundPaymentRequest, context: Context) -> Any:
         v = Validator()
@@ -193,9 +229,13 @@ class PaymentRpcs(ServicerBase):
             return await usecase.refund_payment(uow, request.payment_id, currency, minor_units, request.reason)
 
         def render(result: usecase.RefundResult) -> pb.RefundPaymentResponse:
-            refund = pb.Refund(refund_id=result.refund_id, payment_id=result.payment.payment_id,
-                               amount=convert.money(result.payment.currency, result.amount), reason=result.reason,
-                               created_at=convert.timestamp(result.payment.updated_at))
+            refund = pb.Refund(
+                refund_id=result.refund_id,
+                payment_id=result.payment.payment_id,
+                amount=convert.money(result.payment.currency, result.amount),
+                reason=result.reason,
+                created_at=convert.timestamp(result.payment.updated_at),
+            )
             return pb.RefundPaymentResponse(refund=refund, payment=convert.payment(result.payment))
 
         return await self.submit("RefundPayment", request, pb.RefundPaymentResponse, action, render)
@@ -217,5 +257,6 @@ class PaymentRpcs(ServicerBase):
         more = len(found) > size
         found = found[:size]
         token = encode_token(found[-1].created_at.isoformat(), found[-1].payment_id) if more else ""
-        return pb.ListPaymentsResponse(payments=[convert.payment(rows.payment_state(r)) for r in found],
-                                       next_page_token=token)
+        return pb.ListPaymentsResponse(
+            payments=[convert.payment(rows.payment_state(r)) for r in found], next_page_token=token
+        )

@@ -28,8 +28,11 @@ def validate_risk_context(context: pb.RiskContext) -> RiskFacts:
     """The validated context (country upper-cased); INVALID_ARGUMENT naming every bad field."""
     v = Validator()
     device = context.device_id
-    v.require(len(device) <= MAX_DEVICE_ID and device.isprintable(), "risk_context.device_id",
-              f"at most {MAX_DEVICE_ID} printable characters")
+    v.require(
+        len(device) <= MAX_DEVICE_ID and device.isprintable(),
+        "risk_context.device_id",
+        f"at most {MAX_DEVICE_ID} printable characters",
+    )
     ip = context.ip_address
     if ip:
         try:
@@ -38,7 +41,10 @@ def validate_risk_context(context: pb.RiskContext) -> RiskFacts:
             ok = False
         v.require(ok, "risk_context.ip_address", "an IPv4 or IPv6 address, or empty")
     country = context.ip_country.upper()
-    v.require(country == "" or (len(country) == 2 and country.isascii() and country.isalpha()),
-              "risk_context.ip_country", "ISO 3166-1 alpha-2 code (two letters), or empty")
+    v.require(
+        country == "" or (len(country) == 2 and country.isascii() and country.isalpha()),
+        "risk_context.ip_country",
+        "ISO 3166-1 alpha-2 code (two letters), or empty",
+    )
     v.raise_if_any()
     return RiskFacts(device, ip, country)

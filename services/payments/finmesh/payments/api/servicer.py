@@ -10,7 +10,6 @@ from finmesh.payments.api.payments import PaymentRpcs
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 
 
-class PaymentsServicer(AccountsRpcs, PaymentRpcs, MoneyMovementRpcs, BackOfficeRpcs,
-                       pb_grpc.PaymentsServiceServicer):
+class PaymentsServicer(AccountsRpcs, PaymentRpcs, MoneyMovementRpcs, BackOfficeRpcs, pb_grpc.PaymentsServiceServicer):
     def __init__(self, deps: Dependencies) -> None:
         self.deps = deps

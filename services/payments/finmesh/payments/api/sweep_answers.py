@@ -24,8 +24,11 @@ def _voided(reply: Any) -> bool:
 SWEEP_ANSWERS = SweepAnswers(
     top_up=Answer("TopUp", pb.TopUpResponse, operation_reply(pb.TopUpResponse)),
     payout=Answer("Payout", pb.PayoutResponse, operation_reply(pb.PayoutResponse)),
-    expiry=Answer("ExpireAuthorization", pb.VoidPaymentResponse,
-                  lambda state: pb.VoidPaymentResponse(payment=convert.payment(state))),
+    expiry=Answer(
+        "ExpireAuthorization",
+        pb.VoidPaymentResponse,
+        lambda state: pb.VoidPaymentResponse(payment=convert.payment(state)),
+    ),
     expiry_fingerprint=_expiry_fingerprint,
     voided=_voided,
 )

@@ -62,7 +62,8 @@ class RiskClient:
     def __init__(self, channel: grpc.aio.Channel, *, max_in_flight: int = 1, max_batch: int = 64) -> None:
         self._stub = risk_grpc.RiskServiceStub(channel)
         self._calls: Coalescer[risk_pb.AssessPaymentRequest, RiskVerdict] = Coalescer(
-            self._assess_one, self._assess_many, max_in_flight=max_in_flight, max_batch=max_batch)
+            self._assess_one, self._assess_many, max_in_flight=max_in_flight, max_batch=max_batch
+        )
         self._batch_unsupported_until = 0.0
 
     @property
@@ -88,12 +89,15 @@ class RiskClient:
         reply = await self._stub.AssessPayment(request, timeout=timeout)
         return _verdict(reply.assessment)
 
-    async def _assess_many(self, requests: list[risk_pb.AssessPaymentRequest], contexts: list[contextvars.Context],
-                           timeout: float) -> list[RiskVerdict | BaseException]:
+    async def _assess_many(
+        self, requests: list[risk_pb.AssessPaymentRequest], contexts: list[contextvars.Context], timeout: float
+    ) -> list[RiskVerdict | BaseException]:
         if time.monotonic() < self._batch_unsupported_until:
             return await self._each_alone(requests, contexts, timeout)
-        checks = [risk_pb.PaymentCheck(payment=request, **_trace_context(context))
-                  for request, context in zip(requests, contexts, strict=True)]
+        checks = [
+            risk_pb.PaymentCheck(payment=request, **_trace_context(context))
+            for request, context in zip(requests, contexts, strict=True)
+        ]
         try:
             reply = await self._stub.AssessPayments(risk_pb.AssessPaymentsRequest(checks=checks), timeout=timeout)
         except grpc.aio.AioRpcError as error:
@@ -104,14 +108,19 @@ class RiskClient:
             return await self._each_alone(requests, contexts, timeout)
         if len(reply.results) != len(requests):  # a broken contract: refuse the checks, as any risk fault is
             raise _error(grpc.StatusCode.UNKNOWN, f"risk answered {len(reply.results)} results for {len(requests)}")
-        return [_verdict(result.assessment) if result.HasField("assessment") else _refused(result.refusal)
-                for result in reply.results]
+        return [
+            _verdict(result.assessment) if result.HasField("assessment") else _refused(result.refusal)
+            for result in reply.results
+        ]
 
-    async def _each_alone(self, requests: list[risk_pb.AssessPaymentRequest], contexts: list[contextvars.Context],
-                          timeout: float) -> list[RiskVerdict | BaseException]:
+    async def _each_alone(
+        self, requests: list[risk_pb.AssessPaymentRequest], contexts: list[contextvars.Context], timeout: float
+    ) -> list[RiskVerdict | BaseException]:
         # Each in its own caller's context, so each call is traced in its payment's trace, as a lone call is.
-        calls = [asyncio.get_running_loop().create_task(self._assess_one(request, timeout), context=context)
-                 for request, context in zip(requests, contexts, strict=True)]
+        calls = [
+            asyncio.get_running_loop().create_task(self._assess_one(request, timeout), context=context)
+            for request, context in zip(requests, contexts, strict=True)
+        ]
         return await asyncio.gather(*calls, return_exceptions=True)
 
 
@@ -142,8 +151,9 @@ def _verdict(a: risk_pb.Assessment) -> RiskVerdict:
 def _refused(refusal: risk_pb.CheckRefusal) -> grpc.aio.AioRpcError:
     """A refused check as the error AssessPayment would have raised for it alone."""
     code = _CODES.get(refusal.code, grpc.StatusCode.UNKNOWN)
-    return _error(code if code is not grpc.StatusCode.OK else grpc.StatusCode.UNKNOWN,
-                  f"{refusal.reason}: {refusal.message}")
+    return _error(
+        code if code is not grpc.StatusCode.OK else grpc.StatusCode.UNKNOWN, f"{refusal.reason}: {refusal.message}"
+    )
 
 
 def _error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
@@ -161,5 +171,7 @@ _TRACE_CONTEXT = TraceContextTextMapPropagator()
 
 
 # AssessPayment and AssessPayments are idempotent on payment_id, so the channel may retry them.
-RISK_IDEMPOTENT_METHODS = [("finmesh.risk.v1.RiskService", "AssessPayment"),
-                           ("finmesh.risk.v1.RiskService", "AssessPayments")]
+RISK_IDEMPOTENT_METHODS = [
+    ("finmesh.risk.v1.RiskService", "AssessPayment"),
+    ("finmesh.risk.v1.RiskService", "AssessPayments"),
+]

@@ -36,8 +36,9 @@ def chain_hash(prev_hash: str, sequence: int, recorded_at: str, kind: str, paylo
 
 def append(prev_hash: str, sequence: int, recorded_at: str, kind: str, payload: dict[str, Any]) -> AuditRecord:
     text = canonical(payload)
-    return AuditRecord(sequence, recorded_at, kind, text, prev_hash,
-                       chain_hash(prev_hash, sequence, recorded_at, kind, text))
+    return AuditRecord(
+        sequence, recorded_at, kind, text, prev_hash, chain_hash(prev_hash, sequence, recorded_at, kind, text)
+    )
 
 
 @dataclass

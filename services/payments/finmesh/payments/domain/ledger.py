@@ -115,16 +115,29 @@ class Transfer:
         return sum(p.amount for p in self.postings if p.amount > 0)
 
 
-def move(kind: TransferKind, source: str, destination: str, currency: str, amount: int, *,
-         reference: str = "", source_bucket: Bucket = Bucket.AVAILABLE,
-         destination_bucket: Bucket = Bucket.AVAILABLE) -> Transfer:
+def move(
+    kind: TransferKind,
+    source: str,
+    destination: str,
+    currency: str,
+    amount: int,
+    *,
+    reference: str = "",
+    source_bucket: Bucket = Bucket.AVAILABLE,
+    destination_bucket: Bucket = Bucket.AVAILABLE,
+) -> Transfer:
     """The simple transfer: debit `source`, credit `destination`."""
-    return Transfer(kind, currency, (Posting(source, -amount, source_bucket),
-                                     Posting(destination, amount, destination_bucket)), reference)
+    return Transfer(
+        kind,
+        currency,
+        (Posting(source, -amount, source_bucket), Posting(destination, amount, destination_bucket)),
+        reference,
+    )
 
 
-def post(accounts: dict[str, AccountState], transfer: Transfer, *,
-         allow_frozen: bool = False) -> dict[str, AccountState]:
+def post(
+    accounts: dict[str, AccountState], transfer: Transfer, *, allow_frozen: bool = False
+) -> dict[str, AccountState]:
     """The accounts after `transfer`, or a refusal naming the first rule it breaks; inputs stay untouched.
 
     A debit from the held bucket spends funds reserved earlier, so it is
@@ -137,15 +150,19 @@ def post(accounts: dict[str, AccountState], transfer: Transfer, *,
         if account is None:
             raise FailedPrecondition("ACCOUNT_NOT_FOUND", "account not found", account_id=posting.account_id)
         if account.currency != transfer.currency:
-            raise FailedPrecondition("CURRENCY_MISMATCH", f"account is in {account.currency}, not {transfer.currency}",
-                                     account_id=account.account_id)
+            raise FailedPrecondition(
+                "CURRENCY_MISMATCH",
+                f"account is in {account.currency}, not {transfer.currency}",
+                account_id=account.account_id,
+            )
         if posting.amount < 0:
             _check_debit(account, posting, allow_frozen=allow_frozen)
         balance = account.bucket(posting.bucket) + posting.amount
         total = account.total + posting.amount
         if not -MAX_MINOR_UNITS <= balance <= MAX_MINOR_UNITS or not -MAX_MINOR_UNITS <= total <= MAX_MINOR_UNITS:
-            raise FailedPrecondition("AMOUNT_OVERFLOW", "the balance would leave the supported range",
-                                     account_id=account.account_id)
+            raise FailedPrecondition(
+                "AMOUNT_OVERFLOW", "the balance would leave the supported range", account_id=account.account_id
+            )
         after[posting.account_id] = account.with_bucket(posting.bucket, balance)
     return {account_id: after[account_id] for account_id in {p.account_id for p in transfer.postings}}
 
@@ -176,8 +193,12 @@ def hold_settled(account: AccountState, amount: int) -> AccountState:
     """Reserve settled funds for money leaving the platform; unsettled takings are named as such."""
     unsettled_would_cover = account.available < amount <= account.available + account.unsettled
     if account.status is not AccountStatus.FROZEN and unsettled_would_cover:
-        raise FailedPrecondition("UNSETTLED_FUNDS", "part of the balance is not settled yet; run settlement first",
-                                 account_id=account.account_id, available_minor_units=str(account.available))
+        raise FailedPrecondition(
+            "UNSETTLED_FUNDS",
+            "part of the balance is not settled yet; run settlement first",
+            account_id=account.account_id,
+            available_minor_units=str(account.available),
+        )
     return hold(account, amount)
 
 

@@ -73,8 +73,9 @@ class LimitPolicy:
         """The usage after this payment, or LIMIT_EXCEEDED naming the limit it breaks."""
         limits = self.limits_for(tier, currency)
         if limits is None:
-            raise FailedPrecondition("LIMIT_EXCEEDED", f"no payment limits are configured for {currency}",
-                                     limit="currency", tier=tier)
+            raise FailedPrecondition(
+                "LIMIT_EXCEEDED", f"no payment limits are configured for {currency}", limit="currency", tier=tier
+            )
         if amount > limits.single:
             raise _exceeded("single", tier, limits.single)
         if usage.amount + amount > limits.daily_amount:
@@ -111,22 +112,38 @@ class BankCapPolicy:
         """Refuse LIMIT_EXCEEDED naming the cap `amount` breaks; `tier` None: not a wallet, no tier cap."""
         caps = self._banks.get(channel, {}).get(currency) or self._banks.get(ANY_BANK, {}).get(currency)
         if caps is None:
-            raise FailedPrecondition("LIMIT_EXCEEDED", f"no {_words(operation)} cap is configured for {currency} "
-                                     "through this channel", limit=operation, scope="channel", channel=channel)
+            raise FailedPrecondition(
+                "LIMIT_EXCEEDED",
+                f"no {_words(operation)} cap is configured for {currency} through this channel",
+                limit=operation,
+                scope="channel",
+                channel=channel,
+            )
         if amount > caps.cap(operation):
             raise FailedPrecondition(
-                "LIMIT_EXCEEDED", f"the {_words(operation)} cap of channel {channel} is {caps.cap(operation)}",
-                limit=operation, scope="channel", channel=channel, limit_value=str(caps.cap(operation)))
+                "LIMIT_EXCEEDED",
+                f"the {_words(operation)} cap of channel {channel} is {caps.cap(operation)}",
+                limit=operation,
+                scope="channel",
+                channel=channel,
+                limit_value=str(caps.cap(operation)),
+            )
         if tier is None:
             return
         limits = self._tiers.limits_for(tier, currency)
         if limits is None:
-            raise FailedPrecondition("LIMIT_EXCEEDED", f"no limits are configured for {currency}",
-                                     limit=operation, scope="tier", tier=tier)
+            raise FailedPrecondition(
+                "LIMIT_EXCEEDED", f"no limits are configured for {currency}", limit=operation, scope="tier", tier=tier
+            )
         if amount > limits.cap(operation):
             raise FailedPrecondition(
-                "LIMIT_EXCEEDED", f"the {_words(operation)} cap of tier {tier} is {limits.cap(operation)}",
-                limit=operation, scope="tier", tier=tier, limit_value=str(limits.cap(operation)))
+                "LIMIT_EXCEEDED",
+                f"the {_words(operation)} cap of tier {tier} is {limits.cap(operation)}",
+                limit=operation,
+                scope="tier",
+                tier=tier,
+                limit_value=str(limits.cap(operation)),
+            )
 
 
 def _words(name: str) -> str:
@@ -134,8 +151,13 @@ def _words(name: str) -> str:
 
 
 def _exceeded(limit: str, tier: str, value: int) -> FailedPrecondition:
-    return FailedPrecondition("LIMIT_EXCEEDED", f"the {limit.replace('_', ' ')} limit of tier {tier} is {value}",
-                              limit=limit, tier=tier, limit_value=str(value))
+    return FailedPrecondition(
+        "LIMIT_EXCEEDED",
+        f"the {limit.replace('_', ' ')} limit of tier {tier} is {value}",
+        limit=limit,
+        tier=tier,
+        limit_value=str(value),
+    )
 
 
 def limit_day(moment: datetime, utc_offset_minutes: int) -> str:
@@ -148,18 +170,21 @@ def limit_day(moment: datetime, utc_offset_minutes: int) -> str:
 # what it may pay at once (50,000 / 20,000 / 5,000 yuan), except that a high-risk wallet pays out at most
 # 2,000 yuan at a time: money leaving the platform is where fraud cashes out.
 DEFAULT_LIMITS: dict[str, dict[str, Limits]] = {
-    "low": {"CNY": Limits(single=5_000_000, daily_amount=20_000_000, daily_count=200,
-                          top_up=5_000_000, payout=5_000_000)},
-    "medium": {"CNY": Limits(single=2_000_000, daily_amount=5_000_000, daily_count=100,
-                             top_up=2_000_000, payout=2_000_000)},
-    "high": {"CNY": Limits(single=500_000, daily_amount=1_000_000, daily_count=20,
-                           top_up=500_000, payout=200_000)},
+    "low": {
+        "CNY": Limits(single=5_000_000, daily_amount=20_000_000, daily_count=200, top_up=5_000_000, payout=5_000_000)
+    },
+    "medium": {
+        "CNY": Limits(single=2_000_000, daily_amount=5_000_000, daily_count=100, top_up=2_000_000, payout=2_000_000)
+    },
+    "high": {"CNY": Limits(single=500_000, daily_amount=1_000_000, daily_count=20, top_up=500_000, payout=200_000)},
 }
 
 # Every bank by default: one million major units per top-up or payout in each supported currency
 # (CNY 1,000,000.00, JPY 1,000,000), a bank transfer's order of size. Far below the ledger's range
 # (2^62 minor units), so no one operation can bring a clearing account near it.
 DEFAULT_BANK_CAPS: dict[str, dict[str, BankCaps]] = {
-    ANY_BANK: {currency: BankCaps(top_up=10 ** (6 + exponent), payout=10 ** (6 + exponent))
-                  for currency, exponent in CURRENCIES.items()},
+    ANY_BANK: {
+        currency: BankCaps(top_up=10 ** (6 + exponent), payout=10 ** (6 + exponent))
+        for currency, exponent in CURRENCIES.items()
+    },
 }

@@ -118,8 +118,12 @@ def decide(decision: RiskDecision, mode: CaptureMode) -> Outcome:
 
 
 def _invalid_state(payment: PaymentState, action: str) -> FailedPrecondition:
-    return FailedPrecondition("INVALID_STATE", f"a {payment.status.value.lower()} payment cannot be {action}",
-                              payment_id=payment.payment_id, status=payment.status.value)
+    return FailedPrecondition(
+        "INVALID_STATE",
+        f"a {payment.status.value.lower()} payment cannot be {action}",
+        payment_id=payment.payment_id,
+        status=payment.status.value,
+    )
 
 
 def capture(payment: PaymentState, requested: int | None, now: datetime) -> tuple[PaymentState, int]:
@@ -147,8 +151,14 @@ def review(payment: PaymentState, decision: ReviewDecision, note: str, now: date
         return replace(payment, status=PaymentStatus.DECLINED, review_note=note, updated_at=now)
     if payment.capture_mode is CaptureMode.MANUAL:
         return replace(payment, status=PaymentStatus.AUTHORIZED, review_note=note, updated_at=now)
-    return replace(payment, status=PaymentStatus.CAPTURED, captured=payment.amount, captured_at=now,
-                   review_note=note, updated_at=now)
+    return replace(
+        payment,
+        status=PaymentStatus.CAPTURED,
+        captured=payment.amount,
+        captured_at=now,
+        review_note=note,
+        updated_at=now,
+    )
 
 
 def refund(payment: PaymentState, currency: str, requested: int | None, now: datetime) -> tuple[PaymentState, int]:
@@ -156,13 +166,16 @@ def refund(payment: PaymentState, currency: str, requested: int | None, now: dat
     if payment.status not in CAPTURED_STATES:
         raise _invalid_state(payment, "refunded")
     if currency != payment.currency:
-        raise FailedPrecondition("CURRENCY_MISMATCH", f"the payment is in {payment.currency}, not {currency}",
-                                 payment_id=payment.payment_id)
+        raise FailedPrecondition(
+            "CURRENCY_MISMATCH", f"the payment is in {payment.currency}, not {currency}", payment_id=payment.payment_id
+        )
     amount = payment.refundable if requested is None else requested
     if amount <= 0 or amount > payment.refundable:
         raise FailedPrecondition(
-            "REFUND_EXCEEDS_CAPTURED", "refunds may not exceed what was captured",
-            payment_id=payment.payment_id, refundable_minor_units=str(payment.refundable),
+            "REFUND_EXCEEDS_CAPTURED",
+            "refunds may not exceed what was captured",
+            payment_id=payment.payment_id,
+            refundable_minor_units=str(payment.refundable),
         )
     refunded = payment.refunded + amount
     status = PaymentStatus.REFUNDED if refunded == payment.captured else PaymentStatus.PARTIALLY_REFUNDED

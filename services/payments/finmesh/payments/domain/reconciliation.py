@@ -113,12 +113,20 @@ def match(statement: list[Booking], ledger: list[Booking]) -> list[Line]:
     for booking in statement:
         ours = by_reference.pop(booking.channel_reference, None)
         if ours is None:
-            lines.append(Line(booking.channel_reference, Outcome.MISSING_IN_LEDGER, booking.minor_units, 0,
-                              booking.currency))
+            lines.append(
+                Line(booking.channel_reference, Outcome.MISSING_IN_LEDGER, booking.minor_units, 0, booking.currency)
+            )
             continue
         same = ours.minor_units == booking.minor_units and ours.currency == booking.currency
-        lines.append(Line(booking.channel_reference, Outcome.MATCHED if same else Outcome.AMOUNT_MISMATCH,
-                          booking.minor_units, ours.minor_units, booking.currency))
+        lines.append(
+            Line(
+                booking.channel_reference,
+                Outcome.MATCHED if same else Outcome.AMOUNT_MISMATCH,
+                booking.minor_units,
+                ours.minor_units,
+                booking.currency,
+            )
+        )
     for ours in by_reference.values():
         lines.append(Line(ours.channel_reference, Outcome.MISSING_IN_STATEMENT, 0, ours.minor_units, ours.currency))
     return lines

@@ -46,7 +46,8 @@ def round_half_up(numerator: int, denominator: int) -> int:
 def split(gross: int, payment_count: int, schedule: FeeSchedule) -> Split:
     if gross < 0 or payment_count < 0:
         raise ValueError("gross and count must not be negative")
-    fees = min(gross, round_half_up(gross * schedule.rate_bp, BASIS_POINTS)
-               + schedule.fixed_minor_units * payment_count)
+    fees = min(
+        gross, round_half_up(gross * schedule.rate_bp, BASIS_POINTS) + schedule.fixed_minor_units * payment_count
+    )
     reserve = min(gross - fees, gross * schedule.reserve_bp // BASIS_POINTS)
     return Split(gross=gross, fees=fees, reserve=reserve, net=gross - fees - reserve, payment_count=payment_count)

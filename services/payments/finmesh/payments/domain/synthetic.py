@@ -24,5 +24,6 @@ def require_test_accounts(owners: dict[str, str], test_owners: Collection[str]) 
     """Refuse a marked call on any account (account id -> owner id) not owned by a test owner."""
     for account_id, owner_id in owners.items():
         if not (owner_id and owner_id in test_owners):
-            raise PermissionDenied(REAL_ACCOUNT, "synthetic traffic may move money only between test accounts",
-                                   account_id=account_id)
+            raise PermissionDenied(
+                REAL_ACCOUNT, "synthetic traffic may move money only between test accounts", account_id=account_id
+            )

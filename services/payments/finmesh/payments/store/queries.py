@@ -35,8 +35,9 @@ async def accounts_of(conn: AsyncConnection, owner_id: str, after: str, limit: i
     return (await conn.execute(query.order_by(a.account_id).limit(limit))).all()
 
 
-async def payments_of(conn: AsyncConnection, account_id: str, after: tuple[datetime, str] | None,
-                      limit: int) -> Sequence[Any]:
+async def payments_of(
+    conn: AsyncConnection, account_id: str, after: tuple[datetime, str] | None, limit: int
+) -> Sequence[Any]:
     """Payments the account paid or received, newest first."""
     p = payments.c
     query = select(payments).where(or_(p.payer_account_id == account_id, p.payee_account_id == account_id))
@@ -54,8 +55,9 @@ async def entries_of(conn: AsyncConnection, account_id: str, before: int | None,
     return (await conn.execute(query.order_by(e.entry_id.desc()).limit(limit))).all()
 
 
-async def settlements_of(conn: AsyncConnection, merchant_id: str, after: tuple[datetime, str] | None,
-                         limit: int) -> Sequence[Any]:
+async def settlements_of(
+    conn: AsyncConnection, merchant_id: str, after: tuple[datetime, str] | None, limit: int
+) -> Sequence[Any]:
     s = settlement_batches.c
     query = select(settlement_batches).where(s.merchant_account_id == merchant_id)
     if after is not None:
@@ -70,16 +72,21 @@ async def settlements_of(conn: AsyncConnection, merchant_id: str, after: tuple[d
 async def overdue_operations(conn: AsyncConnection, cutoff: datetime, limit: int) -> list[rows.BankOperation]:
     """PENDING top-ups and payouts created up to `cutoff`, oldest first."""
     c = channel_operations.c
-    found = await conn.execute(select(channel_operations).where(c.status == "PENDING", c.created_at <= cutoff)
-                               .order_by(c.created_at).limit(limit))
+    found = await conn.execute(
+        select(channel_operations)
+        .where(c.status == "PENDING", c.created_at <= cutoff)
+        .order_by(c.created_at)
+        .limit(limit)
+    )
     return [rows.bank_operation(r) for r in found]
 
 
 async def stale_authorizations(conn: AsyncConnection, cutoff: datetime, limit: int) -> list[str]:
     """Ids of payments AUTHORIZED (not captured) up to `cutoff`, oldest first."""
     p = payments.c
-    found = await conn.execute(select(p.payment_id).where(p.status == "AUTHORIZED", p.created_at <= cutoff)
-                               .order_by(p.created_at).limit(limit))
+    found = await conn.execute(
+        select(p.payment_id).where(p.status == "AUTHORIZED", p.created_at <= cutoff).order_by(p.created_at).limit(limit)
+    )
     return [r.payment_id for r in found]
 
 
@@ -92,14 +99,15 @@ def _signed(row: Any) -> Booking:
     return Booking(row.channel_reference, sign * int(row.amount), row.currency)
 
 
-async def ledger_bookings(conn: AsyncConnection, channel: str, references: list[str],
-                          statement_end: datetime | None) -> list[Booking]:
+async def ledger_bookings(
+    conn: AsyncConnection, channel: str, references: list[str], statement_end: datetime | None
+) -> list[Booking]:
     """Succeeded operations the statement should show: those it names, and unreconciled ones up to its end."""
     c = channel_operations.c
     base = select(channel_operations).where(c.channel == channel, c.status == "SUCCEEDED")
     found: dict[str, Any] = {}
     for start in range(0, len(references), 500):
-        chunk = references[start:start + 500]
+        chunk = references[start : start + 500]
         found.update({r.channel_reference: r for r in await conn.execute(base.where(c.channel_reference.in_(chunk)))})
     open_query = base.where(c.reconciliation_report_id.is_(None))
     if statement_end is not None:
@@ -111,19 +119,37 @@ async def ledger_bookings(conn: AsyncConnection, channel: str, references: list[
 async def save_report(conn: AsyncConnection, channel: str, lines: list[Line], now: datetime) -> str:
     report_id = str(uuid.uuid4())
     matched = [line.channel_reference for line in lines if line.outcome is Outcome.MATCHED]
-    await conn.execute(insert(reconciliation_reports).values(
-        report_id=report_id, channel=channel, matched_count=len(matched),
-        mismatch_count=len(lines) - len(matched), created_at=now))
+    await conn.execute(
+        insert(reconciliation_reports).values(
+            report_id=report_id,
+            channel=channel,
+            matched_count=len(matched),
+            mismatch_count=len(lines) - len(matched),
+            created_at=now,
+        )
+    )
     if lines:
-        await conn.execute(insert(reconciliation_lines), [
-            {"report_id": report_id, "channel_reference": line.channel_reference, "outcome": line.outcome.value,
-             "statement_minor_units": line.statement_minor_units, "ledger_minor_units": line.ledger_minor_units,
-             "currency": line.currency} for line in lines])
+        await conn.execute(
+            insert(reconciliation_lines),
+            [
+                {
+                    "report_id": report_id,
+                    "channel_reference": line.channel_reference,
+                    "outcome": line.outcome.value,
+                    "statement_minor_units": line.statement_minor_units,
+                    "ledger_minor_units": line.ledger_minor_units,
+                    "currency": line.currency,
+                }
+                for line in lines
+            ],
+        )
     c = channel_operations.c
     for start in range(0, len(matched), 500):
-        await conn.execute(update(channel_operations).where(
-            c.channel == channel, c.channel_reference.in_(matched[start:start + 500])
-        ).values(reconciliation_report_id=report_id))
+        await conn.execute(
+            update(channel_operations)
+            .where(c.channel == channel, c.channel_reference.in_(matched[start : start + 500]))
+            .values(reconciliation_report_id=report_id)
+        )
     return report_id
 
 
@@ -136,9 +162,9 @@ async def verify_audit(conn: AsyncConnection, page: int = 5000) -> audit.Verific
     after = 0
     while True:
         result = await conn.execute(
-            select(audit_log).where(audit_log.c.sequence > after).order_by(audit_log.c.sequence).limit(page))
-        records = [audit.AuditRecord(r.sequence, r.recorded_at, r.kind, r.payload, r.prev_hash, r.hash)
-                   for r in result]
+            select(audit_log).where(audit_log.c.sequence > after).order_by(audit_log.c.sequence).limit(page)
+        )
+        records = [audit.AuditRecord(r.sequence, r.recorded_at, r.kind, r.payload, r.prev_hash, r.hash) for r in result]
         if not records:
             break
         audit.verify(records, state)

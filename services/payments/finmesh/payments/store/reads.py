@@ -63,8 +63,7 @@ class Reads:
         async with self._engine.connect() as conn:
             return await queries.entries_of(conn, account_id, before, limit)
 
-    async def settlements_of(self, merchant_id: str, after: tuple[datetime, str] | None,
-                             limit: int) -> Sequence[Any]:
+    async def settlements_of(self, merchant_id: str, after: tuple[datetime, str] | None, limit: int) -> Sequence[Any]:
         async with self._engine.connect() as conn:
             return await queries.settlements_of(conn, merchant_id, after, limit)
 
@@ -77,9 +76,12 @@ class Reads:
         async with self._engine.connect() as conn:
             return (await stored_answers(conn, idempotency, [(method, key)])).get(method, scope, key)
 
-    async def payment_snapshot(self, method: str, scope: str, key: str, parties: tuple[str, str],
-                               day: str) -> PaymentSnapshot:
+    async def payment_snapshot(
+        self, method: str, scope: str, key: str, parties: tuple[str, str], day: str
+    ) -> PaymentSnapshot:
         """store.precheck.payment_snapshot in one statement, without a transaction around it (it needs none)."""
-        return await read_sync(self._engine, lambda conn: precheck.payment_snapshot(conn, method, scope, key,
-                                                                                    parties, day),
-                               autocommit=True)
+        return await read_sync(
+            self._engine,
+            lambda conn: precheck.payment_snapshot(conn, method, scope, key, parties, day),
+            autocommit=True,
+        )

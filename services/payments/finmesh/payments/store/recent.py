@@ -63,11 +63,14 @@ class RecentStates:
     def fill(self, accounts: Iterable[AccountState], usage: Iterable[tuple[tuple[str, str, str], Usage]]) -> None:
         """States a reader saw: kept only where nothing is known yet (the writer may have committed newer ones
         while the read was under way)."""
-        self.remember((a for a in accounts if a.account_id not in self._accounts),
-                      ((k, v) for k, v in usage if k not in self._usage))
+        self.remember(
+            (a for a in accounts if a.account_id not in self._accounts),
+            ((k, v) for k, v in usage if k not in self._usage),
+        )
 
-    def payment_states(self, parties: tuple[str, str],
-                       day: str) -> tuple[dict[str, AccountState], dict[tuple[str, str, str], Usage | None]] | None:
+    def payment_states(
+        self, parties: tuple[str, str], day: str
+    ) -> tuple[dict[str, AccountState], dict[tuple[str, str, str], Usage | None]] | None:
         """What CreatePayment's pre-check needs: both parties, and the payer's usage on `day` if it is a wallet
         (limits apply to wallets); None unless all of it is known here."""
         payer, payee = (self._accounts.get(account_id) for account_id in parties)

@@ -38,9 +38,16 @@ def _values(state: Any) -> dict[str, Any]:
 
 def account_state(row: Any) -> AccountState:
     return AccountState(
-        account_id=row.account_id, owner_id=row.owner_id, kind=AccountKind(row.kind), currency=row.currency,
-        status=AccountStatus(row.status), channel=row.channel, available=int(row.available), held=int(row.held),
-        unsettled=int(row.unsettled), created_at=aware(row.created_at),
+        account_id=row.account_id,
+        owner_id=row.owner_id,
+        kind=AccountKind(row.kind),
+        currency=row.currency,
+        status=AccountStatus(row.status),
+        channel=row.channel,
+        available=int(row.available),
+        held=int(row.held),
+        unsettled=int(row.unsettled),
+        created_at=aware(row.created_at),
     )
 
 
@@ -53,13 +60,24 @@ def account_values(state: AccountState) -> dict[str, Any]:
 
 def payment_state(row: Any) -> PaymentState:
     return PaymentState(
-        payment_id=row.payment_id, payer_account_id=row.payer_account_id, payee_account_id=row.payee_account_id,
-        currency=row.currency, amount=int(row.amount), captured=int(row.captured), refunded=int(row.refunded),
-        status=PaymentStatus(row.status), capture_mode=CaptureMode(row.capture_mode), description=row.description,
-        risk_assessment_id=row.risk_assessment_id, risk_score=row.risk_score, risk_decision=row.risk_decision,
-        risk_reasons=row.risk_reasons, created_at=aware(row.created_at),
+        payment_id=row.payment_id,
+        payer_account_id=row.payer_account_id,
+        payee_account_id=row.payee_account_id,
+        currency=row.currency,
+        amount=int(row.amount),
+        captured=int(row.captured),
+        refunded=int(row.refunded),
+        status=PaymentStatus(row.status),
+        capture_mode=CaptureMode(row.capture_mode),
+        description=row.description,
+        risk_assessment_id=row.risk_assessment_id,
+        risk_score=row.risk_score,
+        risk_decision=row.risk_decision,
+        risk_reasons=row.risk_reasons,
+        created_at=aware(row.created_at),
         updated_at=aware(row.updated_at),
-        captured_at=aware(row.captured_at), settlement_batch_id=row.settlement_batch_id,
+        captured_at=aware(row.captured_at),
+        settlement_batch_id=row.settlement_batch_id,
         review_note=row.review_note,
     )
 
@@ -94,11 +112,21 @@ class BankOperation:
 
 def bank_operation(row: Any) -> BankOperation:
     return BankOperation(
-        operation_id=row.operation_id, kind=row.kind, account_id=row.account_id, channel=row.channel,
-        currency=row.currency, amount=int(row.amount), status=row.status, channel_reference=row.channel_reference,
-        destination_token=row.destination_token, failure_reason=row.failure_reason,
-        idempotency_key=row.idempotency_key, request_hash=row.request_hash, transfer_id=row.transfer_id,
-        created_at=aware(row.created_at), updated_at=aware(row.updated_at),
+        operation_id=row.operation_id,
+        kind=row.kind,
+        account_id=row.account_id,
+        channel=row.channel,
+        currency=row.currency,
+        amount=int(row.amount),
+        status=row.status,
+        channel_reference=row.channel_reference,
+        destination_token=row.destination_token,
+        failure_reason=row.failure_reason,
+        idempotency_key=row.idempotency_key,
+        request_hash=row.request_hash,
+        transfer_id=row.transfer_id,
+        created_at=aware(row.created_at),
+        updated_at=aware(row.updated_at),
         idempotency_scope=row.idempotency_scope,
     )
 

@@ -34,7 +34,8 @@ class TierSource(Protocol):
 
 # Built once: building the statement costs more than running it.
 _TIERS_OF = select(account_tiers.c.owner_id, account_tiers.c.tier).where(
-    account_tiers.c.owner_id.in_(bindparam("owners", expanding=True)))
+    account_tiers.c.owner_id.in_(bindparam("owners", expanding=True))
+)
 
 
 class TableTierSource:
@@ -66,8 +67,12 @@ class PrincipalTierSource:
         wanted = set(owner_ids)
         principal = current_principal()
         found: dict[str, str] = {}
-        if (principal is not None and principal.is_customer and principal.subject in wanted
-                and principal.risk_tier in self.TOKEN_TIERS):
+        if (
+            principal is not None
+            and principal.is_customer
+            and principal.subject in wanted
+            and principal.risk_tier in self.TOKEN_TIERS
+        ):
             found[principal.subject] = principal.risk_tier
         rest = wanted - found.keys()
         if rest:
@@ -82,7 +87,8 @@ async def set_tier(engine: AsyncEngine, owner_id: str, tier: str) -> None:
     now = datetime.now(UTC)
     t = account_tiers.c
     async with engine.begin() as conn:
-        result = await conn.execute(update(account_tiers).where(t.owner_id == owner_id).values(tier=tier,
-                                                                                                 updated_at=now))
+        result = await conn.execute(
+            update(account_tiers).where(t.owner_id == owner_id).values(tier=tier, updated_at=now)
+        )
         if result.rowcount == 0:
             await conn.execute(insert(account_tiers).values(owner_id=owner_id, tier=tier, updated_at=now))

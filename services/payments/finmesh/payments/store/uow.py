@@ -52,35 +52,68 @@ def _ids(name: str = "ids") -> Any:
 # cache key) costs more CPU than SQLite takes to run it, and a writer batch runs about fifteen.
 _ACCOUNTS_BY_ID = select(accounts).where(accounts.c.account_id.in_(_ids()))
 _PAYMENTS_BY_ID = select(payments).where(payments.c.payment_id.in_(_ids()))
-_UNSETTLED = select(payments).where(
-    payments.c.payee_account_id == bindparam("payee"), payments.c.settlement_batch_id.is_(None),
-    payments.c.status.in_(_ids("statuses")), payments.c.captured_at <= bindparam("cutoff"),
-).order_by(payments.c.captured_at, payments.c.payment_id)
+_UNSETTLED = (
+    select(payments)
+    .where(
+        payments.c.payee_account_id == bindparam("payee"),
+        payments.c.settlement_batch_id.is_(None),
+        payments.c.status.in_(_ids("statuses")),
+        payments.c.captured_at <= bindparam("cutoff"),
+    )
+    .order_by(payments.c.captured_at, payments.c.payment_id)
+)
 # `count` read as `usage_count`: a row's own count() (it is a tuple) would hide the column from the type checker.
-_USAGE_OF_DAY = select(daily_usage.c.owner_id, daily_usage.c.currency, daily_usage.c.amount,
-                       daily_usage.c.count.label("usage_count")).where(
-    daily_usage.c.day == bindparam("day"), daily_usage.c.owner_id.in_(_ids("owners")))
+_USAGE_OF_DAY = select(
+    daily_usage.c.owner_id, daily_usage.c.currency, daily_usage.c.amount, daily_usage.c.count.label("usage_count")
+).where(daily_usage.c.day == bindparam("day"), daily_usage.c.owner_id.in_(_ids("owners")))
 _USAGE_ONE = select(daily_usage.c.amount, daily_usage.c.count.label("usage_count")).where(
-    daily_usage.c.owner_id == bindparam("owner"), daily_usage.c.currency == bindparam("currency"),
-    daily_usage.c.day == bindparam("day"))
+    daily_usage.c.owner_id == bindparam("owner"),
+    daily_usage.c.currency == bindparam("currency"),
+    daily_usage.c.day == bindparam("day"),
+)
 _OPERATION = select(channel_operations).where(channel_operations.c.operation_id == bindparam("operation_id"))
-_UPDATE_OPERATION = update(channel_operations).where(
-    channel_operations.c.operation_id == bindparam("b_operation_id")).values(
-    status=bindparam("b_status"), channel_reference=bindparam("b_channel_reference"),
-    failure_reason=bindparam("b_failure_reason"), transfer_id=bindparam("b_transfer_id"),
-    updated_at=bindparam("b_updated_at"))
-_UPDATE_BALANCES = update(accounts).where(accounts.c.account_id == bindparam("b_id")).values(
-    status=bindparam("b_status"), available=bindparam("b_available"), held=bindparam("b_held"),
-    unsettled=bindparam("b_unsettled"))
+_UPDATE_OPERATION = (
+    update(channel_operations)
+    .where(channel_operations.c.operation_id == bindparam("b_operation_id"))
+    .values(
+        status=bindparam("b_status"),
+        channel_reference=bindparam("b_channel_reference"),
+        failure_reason=bindparam("b_failure_reason"),
+        transfer_id=bindparam("b_transfer_id"),
+        updated_at=bindparam("b_updated_at"),
+    )
+)
+_UPDATE_BALANCES = (
+    update(accounts)
+    .where(accounts.c.account_id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        available=bindparam("b_available"),
+        held=bindparam("b_held"),
+        unsettled=bindparam("b_unsettled"),
+    )
+)
 _INSERT_USAGE = insert(daily_usage).values(
-    owner_id=bindparam("b_owner"), currency=bindparam("b_currency"), day=bindparam("b_day"),
-    amount=bindparam("b_amount"), count=bindparam("b_count"))
-_UPDATE_USAGE = update(daily_usage).where(
-    daily_usage.c.owner_id == bindparam("b_owner"), daily_usage.c.currency == bindparam("b_currency"),
-    daily_usage.c.day == bindparam("b_day"),
-).values(amount=bindparam("b_amount"), count=bindparam("b_count"))
-_LAST_SEQUENCES = select(outbox.c.aggregate_id, func.max(outbox.c.sequence)).where(
-    outbox.c.aggregate_id.in_(_ids())).group_by(outbox.c.aggregate_id)
+    owner_id=bindparam("b_owner"),
+    currency=bindparam("b_currency"),
+    day=bindparam("b_day"),
+    amount=bindparam("b_amount"),
+    count=bindparam("b_count"),
+)
+_UPDATE_USAGE = (
+    update(daily_usage)
+    .where(
+        daily_usage.c.owner_id == bindparam("b_owner"),
+        daily_usage.c.currency == bindparam("b_currency"),
+        daily_usage.c.day == bindparam("b_day"),
+    )
+    .values(amount=bindparam("b_amount"), count=bindparam("b_count"))
+)
+_LAST_SEQUENCES = (
+    select(outbox.c.aggregate_id, func.max(outbox.c.sequence))
+    .where(outbox.c.aggregate_id.in_(_ids()))
+    .group_by(outbox.c.aggregate_id)
+)
 _update_payments: Any = None
 
 
@@ -88,14 +121,18 @@ def _payment_update(columns: Iterable[str]) -> Any:
     """UPDATE payments of every column (bound as b_<column>); built on first use (its columns are the rows')."""
     global _update_payments
     if _update_payments is None:
-        _update_payments = update(payments).where(payments.c.payment_id == bindparam("b_payment_id")).values(
-            **{k: bindparam(f"b_{k}") for k in columns if k != "payment_id"})
+        _update_payments = (
+            update(payments)
+            .where(payments.c.payment_id == bindparam("b_payment_id"))
+            .values(**{k: bindparam(f"b_{k}") for k in columns if k != "payment_id"})
+        )
     return _update_payments
 
 
 class UnitOfWork:
-    def __init__(self, conn: Connection, now: datetime, tier_source: TierSource,
-                 test_owners: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, conn: Connection, now: datetime, tier_source: TierSource, test_owners: frozenset[str] = frozenset()
+    ) -> None:
         self.conn = conn
         self.now = now
         self._tier_source = tier_source
@@ -113,7 +150,12 @@ class UnitOfWork:
         self._tiers: dict[str, str] = {}
         # Rows only ever appended; a checkpoint remembers their lengths.
         self._appended: dict[str, list[Any]] = {
-            "transfers": [], "entries": [], "refunds": [], "settlements": [], "events": [], "audit": [],
+            "transfers": [],
+            "entries": [],
+            "refunds": [],
+            "settlements": [],
+            "events": [],
+            "audit": [],
         }
         self._journal: list[tuple[dict[Any, Any], Any, Any]] = []
         self._carrier: dict[str, str] = {}
@@ -146,13 +188,18 @@ class UnitOfWork:
     async def load_accounts(self, account_ids: Iterable[str]) -> None:
         wanted = [a for a in set(account_ids) if a and a not in self._accounts]
         for chunk in _chunks(wanted):
-            found = {r.account_id: rows.account_state(r) for r in
-                     await self.conn.execute(_ACCOUNTS_BY_ID, {"ids": chunk})}
+            found = {
+                r.account_id: rows.account_state(r) for r in await self.conn.execute(_ACCOUNTS_BY_ID, {"ids": chunk})
+            }
             for account_id in chunk:
                 self._accounts[account_id] = self._accounts_loaded[account_id] = found.get(account_id)
 
-    def preload(self, account_ids: Iterable[str], found: dict[str, AccountState],
-                usage: dict[tuple[str, str, str], Usage | None]) -> None:
+    def preload(
+        self,
+        account_ids: Iterable[str],
+        found: dict[str, AccountState],
+        usage: dict[tuple[str, str, str], Usage | None],
+    ) -> None:
         """Take states read elsewhere (store.precheck) instead of reading them again; missing ids are unknown."""
         for account_id in account_ids:
             self._accounts[account_id] = self._accounts_loaded[account_id] = found.get(account_id)
@@ -167,25 +214,44 @@ class UnitOfWork:
     def put_account(self, state: AccountState) -> None:
         self._set(self._accounts, state.account_id, state)
 
-    async def open_account(self, *, account_id: str | None = None, owner_id: str, kind: AccountKind,
-                           currency: str, channel: str = "") -> AccountState:
+    async def open_account(
+        self, *, account_id: str | None = None, owner_id: str, kind: AccountKind, currency: str, channel: str = ""
+    ) -> AccountState:
         state = AccountState(
-            account_id=account_id or str(uuid.uuid4()), owner_id=owner_id, kind=kind, currency=currency,
-            status=AccountStatus.ACTIVE, channel=channel, available=0, held=0, unsettled=0, created_at=self.now,
+            account_id=account_id or str(uuid.uuid4()),
+            owner_id=owner_id,
+            kind=kind,
+            currency=currency,
+            status=AccountStatus.ACTIVE,
+            channel=channel,
+            available=0,
+            held=0,
+            unsettled=0,
+            created_at=self.now,
         )
         self.put_account(state)
-        self.audit("account_opened", {"account_id": state.account_id, "owner_id": owner_id, "kind": kind.value,
-                                      "currency": currency, "channel": channel})
+        self.audit(
+            "account_opened",
+            {
+                "account_id": state.account_id,
+                "owner_id": owner_id,
+                "kind": kind.value,
+                "currency": currency,
+                "channel": channel,
+            },
+        )
         return state
 
-    async def ensure_account(self, account_id: str, *, kind: AccountKind, currency: str,
-                             channel: str = "") -> AccountState:
+    async def ensure_account(
+        self, account_id: str, *, kind: AccountKind, currency: str, channel: str = ""
+    ) -> AccountState:
         """A platform account (clearing, fee, reserve) with a fixed id, opened on first use."""
         existing = await self.account(account_id)
         if existing is not None:
             return existing
-        return await self.open_account(account_id=account_id, owner_id="", kind=kind, currency=currency,
-                                       channel=channel)
+        return await self.open_account(
+            account_id=account_id, owner_id="", kind=kind, currency=currency, channel=channel
+        )
 
     # -- ledger movements --------------------------------------------------------
 
@@ -197,21 +263,38 @@ class UnitOfWork:
         for state in ledger.post(current, transfer, allow_frozen=allow_frozen).values():
             self.put_account(state)
         transfer_id = str(uuid.uuid4())
-        self._appended["transfers"].append({
-            "transfer_id": transfer_id, "kind": transfer.kind.value, "currency": transfer.currency,
-            "amount": transfer.amount, "reference": transfer.reference, "created_at": self.now,
-        })
+        self._appended["transfers"].append(
+            {
+                "transfer_id": transfer_id,
+                "kind": transfer.kind.value,
+                "currency": transfer.currency,
+                "amount": transfer.amount,
+                "reference": transfer.reference,
+                "created_at": self.now,
+            }
+        )
         self._appended["entries"].extend(
-            {"transfer_id": transfer_id, "account_id": p.account_id, "amount": p.amount,
-             "currency": transfer.currency, "kind": transfer.kind.value, "bucket": p.bucket.value,
-             "created_at": self.now}
+            {
+                "transfer_id": transfer_id,
+                "account_id": p.account_id,
+                "amount": p.amount,
+                "currency": transfer.currency,
+                "kind": transfer.kind.value,
+                "bucket": p.bucket.value,
+                "created_at": self.now,
+            }
             for p in transfer.postings
         )
-        self.audit("transfer", {
-            "transfer_id": transfer_id, "kind": transfer.kind.value, "currency": transfer.currency,
-            "reference": transfer.reference,
-            "postings": [[p.account_id, p.bucket.value, p.amount] for p in transfer.postings],
-        })
+        self.audit(
+            "transfer",
+            {
+                "transfer_id": transfer_id,
+                "kind": transfer.kind.value,
+                "currency": transfer.currency,
+                "reference": transfer.reference,
+                "postings": [[p.account_id, p.bucket.value, p.amount] for p in transfer.postings],
+            },
+        )
         return transfer_id
 
     async def hold(self, account_id: str, amount: int, reference: str, *, settled_only: bool = False) -> None:
@@ -219,8 +302,9 @@ class UnitOfWork:
         if account is None:
             raise RuntimeError(f"hold on unknown account {account_id}")
         self.put_account(ledger.hold_settled(account, amount) if settled_only else ledger.hold(account, amount))
-        self.audit("hold", {"account_id": account_id, "amount": amount, "currency": account.currency,
-                            "reference": reference})
+        self.audit(
+            "hold", {"account_id": account_id, "amount": amount, "currency": account.currency, "reference": reference}
+        )
 
     async def release(self, account_id: str, amount: int, reference: str) -> None:
         if amount == 0:
@@ -229,8 +313,10 @@ class UnitOfWork:
         if account is None:
             raise RuntimeError(f"release on unknown account {account_id}")
         self.put_account(ledger.release(account, amount))
-        self.audit("release", {"account_id": account_id, "amount": amount, "currency": account.currency,
-                               "reference": reference})
+        self.audit(
+            "release",
+            {"account_id": account_id, "amount": amount, "currency": account.currency, "reference": reference},
+        )
 
     def set_status(self, account: AccountState, status: AccountStatus, reason: str) -> AccountState:
         changed = replace(account, status=status)
@@ -243,8 +329,9 @@ class UnitOfWork:
     async def load_payments(self, payment_ids: Iterable[str]) -> None:
         wanted = [p for p in set(payment_ids) if p and p not in self._payments]
         for chunk in _chunks(wanted):
-            found = {r.payment_id: rows.payment_state(r) for r in
-                     await self.conn.execute(_PAYMENTS_BY_ID, {"ids": chunk})}
+            found = {
+                r.payment_id: rows.payment_state(r) for r in await self.conn.execute(_PAYMENTS_BY_ID, {"ids": chunk})
+            }
             for payment_id in chunk:
                 self._payments[payment_id] = self._payments_loaded[payment_id] = found.get(payment_id)
 
@@ -258,8 +345,9 @@ class UnitOfWork:
 
         Settlement runs as an exclusive command, so the query sees every earlier change.
         """
-        result = await self.conn.execute(_UNSETTLED, {
-            "payee": payee_account_id, "statuses": [s.value for s in CAPTURED_STATES], "cutoff": cutoff})
+        result = await self.conn.execute(
+            _UNSETTLED, {"payee": payee_account_id, "statuses": [s.value for s in CAPTURED_STATES], "cutoff": cutoff}
+        )
         found = []
         for row in result:
             state = rows.payment_state(row)
@@ -318,8 +406,7 @@ class UnitOfWork:
     async def bank_operation(self, operation_id: str) -> BankOperation | None:
         if operation_id not in self._ops:
             row = (await self.conn.execute(_OPERATION, {"operation_id": operation_id})).first()
-            self._ops[operation_id] = self._ops_loaded[operation_id] = (
-                None if row is None else rows.bank_operation(row))
+            self._ops[operation_id] = self._ops_loaded[operation_id] = None if row is None else rows.bank_operation(row)
         return self._ops[operation_id]
 
     def put_bank_operation(self, op: BankOperation) -> None:
@@ -343,9 +430,19 @@ class UnitOfWork:
         if new_accounts:
             await insert_rows(conn, accounts, [rows.account_values(s) for s in new_accounts])
         if changed_accounts:
-            await conn.execute(_UPDATE_BALANCES, [
-                {"b_id": s.account_id, "b_status": s.status.value, "b_available": s.available, "b_held": s.held,
-                 "b_unsettled": s.unsettled} for s in changed_accounts])
+            await conn.execute(
+                _UPDATE_BALANCES,
+                [
+                    {
+                        "b_id": s.account_id,
+                        "b_status": s.status.value,
+                        "b_available": s.available,
+                        "b_held": s.held,
+                        "b_unsettled": s.unsettled,
+                    }
+                    for s in changed_accounts
+                ],
+            )
         if appended["transfers"]:
             await insert_rows(conn, transfers, appended["transfers"])
             await insert_rows(conn, entries, appended["entries"])
@@ -372,10 +469,20 @@ class UnitOfWork:
         if new:
             await insert_rows(self.conn, channel_operations, [rows.bank_operation_values(o) for o in new])
         if changed:
-            await self.conn.execute(_UPDATE_OPERATION, [
-                {"b_operation_id": op.operation_id, "b_status": op.status, "b_channel_reference": op.channel_reference,
-                 "b_failure_reason": op.failure_reason, "b_transfer_id": op.transfer_id,
-                 "b_updated_at": op.updated_at} for op in changed])
+            await self.conn.execute(
+                _UPDATE_OPERATION,
+                [
+                    {
+                        "b_operation_id": op.operation_id,
+                        "b_status": op.status,
+                        "b_channel_reference": op.channel_reference,
+                        "b_failure_reason": op.failure_reason,
+                        "b_transfer_id": op.transfer_id,
+                        "b_updated_at": op.updated_at,
+                    }
+                    for op in changed
+                ],
+            )
 
     async def _flush_usage(self) -> None:
         new: list[dict[str, Any]] = []
@@ -384,8 +491,13 @@ class UnitOfWork:
             loaded = self._usage_loaded.get((owner_id, currency, day))
             if usage is None or usage == loaded:
                 continue
-            values = {"b_owner": owner_id, "b_currency": currency, "b_day": day, "b_amount": usage.amount,
-                      "b_count": usage.count}
+            values = {
+                "b_owner": owner_id,
+                "b_currency": currency,
+                "b_day": day,
+                "b_amount": usage.amount,
+                "b_count": usage.count,
+            }
             (new if loaded is None else changed).append(values)
         if new:
             await self.conn.execute(_INSERT_USAGE, new)
@@ -404,12 +516,23 @@ class UnitOfWork:
         values = []
         for event_type, aggregate_id, user_id, payload, carrier in events:
             last[aggregate_id] = last.get(aggregate_id, 0) + 1
-            values.append({
-                "event_id": str(uuid.uuid4()), "event_type": event_type, "aggregate_id": aggregate_id,
-                "sequence": last[aggregate_id], "user_id": user_id, "payload": payload,
-                "traceparent": carrier.get("traceparent", ""), "tracestate": carrier.get("tracestate", ""),
-                "occurred_at": self.now, "next_attempt_at": self.now, "attempts": 0, "last_error": "", "dead": False,
-            })
+            values.append(
+                {
+                    "event_id": str(uuid.uuid4()),
+                    "event_type": event_type,
+                    "aggregate_id": aggregate_id,
+                    "sequence": last[aggregate_id],
+                    "user_id": user_id,
+                    "payload": payload,
+                    "traceparent": carrier.get("traceparent", ""),
+                    "tracestate": carrier.get("tracestate", ""),
+                    "occurred_at": self.now,
+                    "next_attempt_at": self.now,
+                    "attempts": 0,
+                    "last_error": "",
+                    "dead": False,
+                }
+            )
         await insert_rows(self.conn, outbox, values)
 
     async def _flush_audit(self, sequence: int, prev_hash: str) -> tuple[int, str]:
@@ -422,8 +545,16 @@ class UnitOfWork:
             sequence += 1
             record = audit_append(prev_hash, sequence, recorded_at, kind, payload)
             prev_hash = record.hash
-            values.append({"sequence": record.sequence, "recorded_at": record.recorded_at, "kind": record.kind,
-                           "payload": record.payload, "prev_hash": record.prev_hash, "hash": record.hash})
+            values.append(
+                {
+                    "sequence": record.sequence,
+                    "recorded_at": record.recorded_at,
+                    "kind": record.kind,
+                    "payload": record.payload,
+                    "prev_hash": record.prev_hash,
+                    "hash": record.hash,
+                }
+            )
         await insert_rows(self.conn, audit_log, values)
         return sequence, prev_hash
 
@@ -456,5 +587,4 @@ def _diff(current: dict[Any, Any], loaded: dict[Any, Any]) -> tuple[list[Any], l
 def _chunks(items: Collection[str]) -> Iterable[list[str]]:
     items = list(items)
     for start in range(0, len(items), _CHUNK):
-        yield items[start:start + _CHUNK]
-
+        yield items[start : start + _CHUNK]

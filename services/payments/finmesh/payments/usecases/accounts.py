@@ -12,8 +12,12 @@ async def open_account(uow: UnitOfWork, *, owner_id: str, kind: AccountKind, cur
     if kind in (AccountKind.PLATFORM_FEE, AccountKind.RISK_RESERVE):
         return await uow.ensure_account(platform_account_id(kind, currency), kind=kind, currency=currency)
     account = await uow.open_account(owner_id=owner_id, kind=kind, currency=currency)
-    uow.emit("payments.account.opened.v1", account.account_id, owner_id,
-             {"account_id": account.account_id, "kind": kind.value, "currency_code": currency})
+    uow.emit(
+        "payments.account.opened.v1",
+        account.account_id,
+        owner_id,
+        {"account_id": account.account_id, "kind": kind.value, "currency_code": currency},
+    )
     return account
 
 
@@ -26,6 +30,10 @@ async def set_frozen(uow: UnitOfWork, account_id: str, frozen: bool, reason: str
     if account.status is status:
         return account
     changed = uow.set_status(account, status, reason)
-    uow.emit(f"payments.account.{status.value.lower()}.v1", account_id, account.owner_id,
-             {"account_id": account_id, "reason": reason})
+    uow.emit(
+        f"payments.account.{status.value.lower()}.v1",
+        account_id,
+        account.owner_id,
+        {"account_id": account_id, "reason": reason},
+    )
     return changed

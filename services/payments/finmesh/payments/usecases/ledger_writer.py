@@ -46,8 +46,9 @@ Action = Callable[[UnitOfWork], Awaitable[Any]]
 
 # Built once (see store.uow: building a statement costs more than running it).
 _HEAD_FOR_UPDATE = select(audit_head.c.sequence, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
-_MOVE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(sequence=bindparam("b_sequence"),
-                                                                   hash=bindparam("b_hash"))
+_MOVE_HEAD = (
+    update(audit_head).where(audit_head.c.id == 1).values(sequence=bindparam("b_sequence"), hash=bindparam("b_hash"))
+)
 
 
 @dataclass
@@ -74,12 +75,21 @@ class Command:
 
 
 class LedgerWriter(GroupCommitWriter[Command, Message]):
-    def __init__(self, engine: AsyncEngine, tier_source: TierSource,
-                 to_status: Callable[[DomainError], status_pb2.Status], *, max_batch: int = 256,
-                 on_commit: Callable[[], None] | None = None, limits_utc_offset_minutes: int = 480,
-                 test_owners: frozenset[str] = frozenset(), thread: SqliteWriteThread | None = None) -> None:
-        super().__init__("payments-ledger", self._commit_commands, max_batch=max_batch,
-                         exclusive=lambda command: command.exclusive)
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        tier_source: TierSource,
+        to_status: Callable[[DomainError], status_pb2.Status],
+        *,
+        max_batch: int = 256,
+        on_commit: Callable[[], None] | None = None,
+        limits_utc_offset_minutes: int = 480,
+        test_owners: frozenset[str] = frozenset(),
+        thread: SqliteWriteThread | None = None,
+    ) -> None:
+        super().__init__(
+            "payments-ledger", self._commit_commands, max_batch=max_batch, exclusive=lambda command: command.exclusive
+        )
         self._limits_offset = limits_utc_offset_minutes
         self.test_owners = test_owners
         self._engine = engine
@@ -111,8 +121,9 @@ class LedgerWriter(GroupCommitWriter[Command, Message]):
             self._on_commit()
         return outcomes
 
-    async def _transaction(self, conn: Any, batch: list[Command],
-                           now: datetime) -> tuple[list[Message | Exception], UnitOfWork]:
+    async def _transaction(
+        self, conn: Any, batch: list[Command], now: datetime
+    ) -> tuple[list[Message | Exception], UnitOfWork]:
         """The batch's reads, commands and writes in the transaction `conn` is in (committed by the caller)."""
         head = (await conn.execute(_HEAD_FOR_UPDATE)).one()
         stored = await self._stored_answers(conn, batch)
@@ -125,7 +136,8 @@ class LedgerWriter(GroupCommitWriter[Command, Message]):
         answers: dict[tuple[str, str | None, str], Answer] = {}
         for command in batch:
             prior = stored.get(command.method, command.scope, command.key) or _row_of(
-                answers.get((command.method, command.scope, command.key)))
+                answers.get((command.method, command.scope, command.key))
+            )
             if prior is not None:
                 outcomes.append(_replay(prior, command))
                 continue
@@ -137,14 +149,19 @@ class LedgerWriter(GroupCommitWriter[Command, Message]):
         if answers:
             # The old table gets a mirror of each (see platform.idempotency); no race to check for here: the
             # previous release's writer takes the same head lock before it looks keys up.
-            await record_answers(conn, idempotency, [a.row() for a in answers.values() if a.scope is not None],
-                                 [a.row() for a in answers.values()])
+            await record_answers(
+                conn,
+                idempotency,
+                [a.row() for a in answers.values() if a.scope is not None],
+                [a.row() for a in answers.values()],
+            )
         if sequence != head.sequence:
             await conn.execute(_MOVE_HEAD, {"b_sequence": sequence, "b_hash": head_hash})
         return outcomes, uow
 
-    async def _apply(self, uow: UnitOfWork, command: Command,
-                     now: datetime) -> tuple[Message | Exception, Answer | None]:
+    async def _apply(
+        self, uow: UnitOfWork, command: Command, now: datetime
+    ) -> tuple[Message | Exception, Answer | None]:
         token = uow.checkpoint(command.carrier)
         try:
             reply = command.render(await command.action(uow))
@@ -162,10 +179,12 @@ class LedgerWriter(GroupCommitWriter[Command, Message]):
         return await stored_answers(conn, idempotency, ((c.method, c.key) for c in batch))
 
 
-def _answer(command: Command, now: datetime, *, response: Message | None = None,
-            refusal: status_pb2.Status | None = None) -> Answer:
-    return Answer.of(command.method, command.scope, command.key, command.fingerprint, response=response,
-                     refusal=refusal, now=now)
+def _answer(
+    command: Command, now: datetime, *, response: Message | None = None, refusal: status_pb2.Status | None = None
+) -> Answer:
+    return Answer.of(
+        command.method, command.scope, command.key, command.fingerprint, response=response, refusal=refusal, now=now
+    )
 
 
 def _row_of(answer: Answer | None) -> dict[str, Any] | None:
@@ -177,4 +196,3 @@ def _replay(prior: Any, command: Command) -> Message | Exception:
         return replay_stored(prior, command.fingerprint, command.response_type)
     except (FailedPrecondition, StoredRefusal) as error:
         return error
-

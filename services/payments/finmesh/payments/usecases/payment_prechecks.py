@@ -49,8 +49,9 @@ class PaymentPrechecks:
         self._writer = writer
         self._limits = limits
 
-    async def check(self, payment: PaymentRequest, method: str, scope: str, key: str, day: str, now: datetime,
-                    marked: bool) -> Precheck:
+    async def check(
+        self, payment: PaymentRequest, method: str, scope: str, key: str, day: str, now: datetime, marked: bool
+    ) -> Precheck:
         """`scope`, `key`: the caller's idempotency key; `day`: the payer's limit day; `marked`: the call is marked
         synthetic. PERMISSION_DENIED, raised, when a customer pays from an account they do not own (before
         the replay: another customer's key must not read this one's stored answer)."""
@@ -59,8 +60,9 @@ class PaymentPrechecks:
         if checked is not None:
             return Precheck(checked=checked)
         snapshot = await self._reads.payment_snapshot(method, scope, key, parties, day)
-        self._writer.recent.fill(snapshot.accounts.values(),
-                                 [(k, v) for k, v in snapshot.usage.items() if v is not None])
+        self._writer.recent.fill(
+            snapshot.accounts.values(), [(k, v) for k, v in snapshot.usage.items() if v is not None]
+        )
         require_own_account(snapshot.accounts.get(payment.payer_account_id))
         if snapshot.prior is not None:
             return Precheck(prior=snapshot.prior)
@@ -69,8 +71,9 @@ class PaymentPrechecks:
         except DomainError as error:
             return Precheck(refusal=error)
 
-    async def _on_recent(self, payment: PaymentRequest, parties: tuple[str, str], day: str, now: datetime,
-                         marked: bool) -> Checked | None:
+    async def _on_recent(
+        self, payment: PaymentRequest, parties: tuple[str, str], day: str, now: datetime, marked: bool
+    ) -> Checked | None:
         """The check on the states the ledger writer last committed, when it has them all and they pass; None
         means: read the database and check again. Replays need no check here: the writer answers a used key
         from its stored answer."""
@@ -84,8 +87,15 @@ class PaymentPrechecks:
         except DomainError:
             return None
 
-    async def _on(self, accounts: dict[str, AccountState], usage: dict[Any, Any], payment: PaymentRequest,
-                  parties: tuple[str, str], now: datetime, marked: bool) -> Checked:
+    async def _on(
+        self,
+        accounts: dict[str, AccountState],
+        usage: dict[Any, Any],
+        payment: PaymentRequest,
+        parties: tuple[str, str],
+        now: datetime,
+        marked: bool,
+    ) -> Checked:
         # The states usually answer every check; a connection opens only if one needs more (a tier).
         async with self._reads.on_demand() as conn:
             uow = UnitOfWork(conn, now, self._writer.tier_source)
@@ -95,15 +105,18 @@ class PaymentPrechecks:
     async def _check(self, uow: UnitOfWork, payment: PaymentRequest, marked: bool) -> Checked:
         """The rules, on a unit of work that is never flushed (`uow`, preloaded). A call marked synthetic must
         name test accounts only (owners never change, so this check holds)."""
-        payer, payee = await usecase.parties(uow, payment.payer_account_id, payment.payee_account_id,
-                                             payment.amount.currency)
+        payer, payee = await usecase.parties(
+            uow, payment.payer_account_id, payment.payee_account_id, payment.amount.currency
+        )
         if marked:
-            require_test_accounts({payer.account_id: payer.owner_id, payee.account_id: payee.owner_id},
-                                  self._writer.test_owners)
+            require_test_accounts(
+                {payer.account_id: payer.owner_id, payee.account_id: payee.owner_id}, self._writer.test_owners
+            )
         if payer.status is AccountStatus.FROZEN:
             raise FailedPrecondition("ACCOUNT_FROZEN", "account is frozen", account_id=payer.account_id)
         await usecase.check_limits(uow, self._limits, payer, payment.amount.minor_units)
         if payer.available < payment.amount.minor_units:
-            raise FailedPrecondition("INSUFFICIENT_FUNDS", "insufficient available balance",
-                                     account_id=payer.account_id)
+            raise FailedPrecondition(
+                "INSUFFICIENT_FUNDS", "insufficient available balance", account_id=payer.account_id
+            )
         return Checked(payer, payee, await uow.tier(payer.owner_id) if payer.owner_id else "")

@@ -47,11 +47,13 @@ async def parties(uow: UnitOfWork, payer_id: str, payee_id: str, currency: str) 
         if account is None:
             raise FailedPrecondition("ACCOUNT_NOT_FOUND", "account not found", account_id=account_id)
         if account.kind not in CUSTOMER_KINDS:
-            raise FailedPrecondition("INVALID_STATE", "payments move between wallets and merchant accounts only",
-                                     account_id=account_id)
+            raise FailedPrecondition(
+                "INVALID_STATE", "payments move between wallets and merchant accounts only", account_id=account_id
+            )
         if account.currency != currency:
-            raise FailedPrecondition("CURRENCY_MISMATCH", f"account is in {account.currency}, not {currency}",
-                                     account_id=account_id)
+            raise FailedPrecondition(
+                "CURRENCY_MISMATCH", f"account is in {account.currency}, not {currency}", account_id=account_id
+            )
         found.append(account)
     return found[0], found[1]
 
@@ -66,25 +68,45 @@ async def check_limits(uow: UnitOfWork, limits: LimitRules, payer: AccountState,
     uow.put_usage(payer.owner_id, payer.currency, day, limits.policy.check(tier, payer.currency, amount, usage))
 
 
-async def create_payment(uow: UnitOfWork, payment_id: str, request: PaymentRequest, verdict: RiskVerdict,
-                         limits: LimitRules) -> PaymentState:
+async def create_payment(
+    uow: UnitOfWork, payment_id: str, request: PaymentRequest, verdict: RiskVerdict, limits: LimitRules
+) -> PaymentState:
     """Record the payment and move or hold its money as risk's verdict and the capture mode say."""
     amount = request.amount
     payer, payee = await parties(uow, request.payer_account_id, request.payee_account_id, amount.currency)
     outcome = rules.decide(verdict.decision, request.capture_mode)
     await check_limits(uow, limits, payer, amount.minor_units)
     if outcome.capture:
-        await uow.transfer(move(TransferKind.PAYMENT, payer.account_id, payee.account_id, amount.currency,
-                                amount.minor_units, reference=payment_id,
-                                destination_bucket=takings_bucket(payee.kind)))
+        await uow.transfer(
+            move(
+                TransferKind.PAYMENT,
+                payer.account_id,
+                payee.account_id,
+                amount.currency,
+                amount.minor_units,
+                reference=payment_id,
+                destination_bucket=takings_bucket(payee.kind),
+            )
+        )
     else:
         await uow.hold(payer.account_id, amount.minor_units, reference=payment_id)
     payment = PaymentState(
-        payment_id=payment_id, payer_account_id=payer.account_id, payee_account_id=payee.account_id,
-        currency=amount.currency, amount=amount.minor_units, captured=amount.minor_units if outcome.capture else 0,
-        refunded=0, status=outcome.status, capture_mode=request.capture_mode, description=request.description,
-        risk_assessment_id=verdict.assessment_id, risk_score=verdict.score, risk_decision=verdict.decision.value,
-        risk_reasons=",".join(verdict.reasons)[:500], created_at=uow.now, updated_at=uow.now,
+        payment_id=payment_id,
+        payer_account_id=payer.account_id,
+        payee_account_id=payee.account_id,
+        currency=amount.currency,
+        amount=amount.minor_units,
+        captured=amount.minor_units if outcome.capture else 0,
+        refunded=0,
+        status=outcome.status,
+        capture_mode=request.capture_mode,
+        description=request.description,
+        risk_assessment_id=verdict.assessment_id,
+        risk_score=verdict.score,
+        risk_decision=verdict.decision.value,
+        risk_reasons=",".join(verdict.reasons)[:500],
+        created_at=uow.now,
+        updated_at=uow.now,
         captured_at=uow.now if outcome.capture else None,
     )
     uow.put_payment(payment)
@@ -103,9 +125,18 @@ async def _capture_hold(uow: UnitOfWork, payment: PaymentState, amount: int) -> 
     """Move `amount` of the payer's hold to the payee."""
     payee = await uow.account(payment.payee_account_id)
     assert payee is not None  # payments reference accounts that exist; accounts are never deleted
-    await uow.transfer(move(TransferKind.CAPTURE, payment.payer_account_id, payment.payee_account_id,
-                            payment.currency, amount, reference=payment.payment_id, source_bucket=Bucket.HELD,
-                            destination_bucket=takings_bucket(payee.kind)))
+    await uow.transfer(
+        move(
+            TransferKind.CAPTURE,
+            payment.payer_account_id,
+            payment.payee_account_id,
+            payment.currency,
+            amount,
+            reference=payment.payment_id,
+            source_bucket=Bucket.HELD,
+            destination_bucket=takings_bucket(payee.kind),
+        )
+    )
 
 
 async def capture_payment(uow: UnitOfWork, payment_id: str, minor_units: int | None) -> PaymentState:
@@ -149,8 +180,9 @@ async def review_payment(uow: UnitOfWork, payment_id: str, decision: rules.Revie
     return reviewed
 
 
-async def refund_payment(uow: UnitOfWork, payment_id: str, currency: str | None, minor_units: int | None,
-                         reason: str) -> RefundResult:
+async def refund_payment(
+    uow: UnitOfWork, payment_id: str, currency: str | None, minor_units: int | None, reason: str
+) -> RefundResult:
     """Give captured money back to the payer: from the payee's takings if not settled yet, else its balance."""
     payment = await _require(uow, payment_id)
     refunded, amount = rules.refund(payment, currency or payment.currency, minor_units, uow.now)
@@ -158,12 +190,29 @@ async def refund_payment(uow: UnitOfWork, payment_id: str, currency: str | None,
     assert payee is not None
     source = takings_bucket(payee.kind) if payment.settlement_batch_id is None else Bucket.AVAILABLE
     refund_id = str(uuid.uuid4())
-    transfer_id = await uow.transfer(move(TransferKind.REFUND, payment.payee_account_id, payment.payer_account_id,
-                                          payment.currency, amount, reference=payment_id,
-                                          source_bucket=source))
+    transfer_id = await uow.transfer(
+        move(
+            TransferKind.REFUND,
+            payment.payee_account_id,
+            payment.payer_account_id,
+            payment.currency,
+            amount,
+            reference=payment_id,
+            source_bucket=source,
+        )
+    )
     uow.put_payment(refunded)
-    uow.add_refund({"refund_id": refund_id, "payment_id": payment_id, "currency": payment.currency,
-                    "amount": amount, "reason": reason, "transfer_id": transfer_id, "created_at": uow.now})
+    uow.add_refund(
+        {
+            "refund_id": refund_id,
+            "payment_id": payment_id,
+            "currency": payment.currency,
+            "amount": amount,
+            "reason": reason,
+            "transfer_id": transfer_id,
+            "created_at": uow.now,
+        }
+    )
     await _announce(uow, refunded, refund_minor_units=amount)
     return RefundResult(refund_id, refunded, amount, reason)
 
@@ -175,16 +224,21 @@ async def _announce(uow: UnitOfWork, payment: PaymentState, **extra: Any) -> Non
     if between_test_accounts((payer.owner_id, payee.owner_id), uow.test_owners):
         # Consumers (notify) keep test traffic away from people and out of their figures.
         extra["synthetic"] = True
-    uow.emit(f"payments.payment.{payment.status.value.lower()}.v1", payment.payer_account_id, payer.owner_id, {
-        "payment_id": payment.payment_id,
-        "status": payment.status.value,
-        "payer_account_id": payment.payer_account_id,
-        "payee_account_id": payment.payee_account_id,
-        "payer_user_id": payer.owner_id,
-        "payee_user_id": payee.owner_id,
-        "amount_minor_units": payment.amount,
-        "captured_minor_units": payment.captured,
-        "refunded_minor_units": payment.refunded,
-        "currency_code": payment.currency,
-        **extra,
-    })
+    uow.emit(
+        f"payments.payment.{payment.status.value.lower()}.v1",
+        payment.payer_account_id,
+        payer.owner_id,
+        {
+            "payment_id": payment.payment_id,
+            "status": payment.status.value,
+            "payer_account_id": payment.payer_account_id,
+            "payee_account_id": payment.payee_account_id,
+            "payer_user_id": payer.owner_id,
+            "payee_user_id": payee.owner_id,
+            "amount_minor_units": payment.amount,
+            "captured_minor_units": payment.captured,
+            "refunded_minor_units": payment.refunded,
+            "currency_code": payment.currency,
+            **extra,
+        },
+    )

@@ -29,8 +29,14 @@ class Report:
     matched: int
 
 
-async def reconcile_statement(idempotency: IdempotencyStore, request: Any, response_type: type[M], channel: str,
-                              statement: list[matching.Booking], render: Callable[[Report], M]) -> M:
+async def reconcile_statement(
+    idempotency: IdempotencyStore,
+    request: Any,
+    response_type: type[M],
+    channel: str,
+    statement: list[matching.Booking],
+    render: Callable[[Report], M],
+) -> M:
     """The report on `statement` (the bank's bookings for `channel`), rendered, under `request`'s key: a retry
     gets the stored answer, not a second report."""
 
@@ -40,10 +46,10 @@ async def reconcile_statement(idempotency: IdempotencyStore, request: Any, respo
     return await idempotency.run("ReconcileStatement", request, response_type, reconcile)
 
 
-async def _reconcile(conn: AsyncConnection, channel: str, statement: list[matching.Booking],
-                     now: datetime) -> Report:
-    ledger = await queries.ledger_bookings(conn, channel, [b.channel_reference for b in statement],
-                                           matching.statement_end(statement))
+async def _reconcile(conn: AsyncConnection, channel: str, statement: list[matching.Booking], now: datetime) -> Report:
+    ledger = await queries.ledger_bookings(
+        conn, channel, [b.channel_reference for b in statement], matching.statement_end(statement)
+    )
     lines = matching.match(statement, ledger)
     report_id = await queries.save_report(conn, channel, lines, now)
     return Report(report_id, lines, sum(1 for line in lines if line.outcome is matching.Outcome.MATCHED))

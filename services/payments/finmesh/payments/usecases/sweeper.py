@@ -67,9 +67,17 @@ class SweepAnswers:
 
 
 class PendingOperationSweeper:
-    def __init__(self, engine: AsyncEngine, writer: LedgerWriter, banks: Banks, answers: SweepAnswers, *,
-                 grace_seconds: float, interval_seconds: float,
-                 authorization_ttl_seconds: float = 7 * 24 * 3600) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        writer: LedgerWriter,
+        banks: Banks,
+        answers: SweepAnswers,
+        *,
+        grace_seconds: float,
+        interval_seconds: float,
+        authorization_ttl_seconds: float = 7 * 24 * 3600,
+    ) -> None:
         self._authorization_ttl = timedelta(seconds=authorization_ttl_seconds)
         self._engine = engine
         self._writer = writer
@@ -125,11 +133,18 @@ class PendingOperationSweeper:
             async def action(uow: UnitOfWork, payment_id: str = payment_id) -> Any:
                 return await payments_usecase.expire_authorization(uow, payment_id)
 
-            reply = await self._writer.submit(Command(
-                # The service's own job: no caller, the anonymous scope.
-                method=answer.method, scope=ANONYMOUS, key=key,
-                fingerprint=self._answers.expiry_fingerprint(key, payment_id),
-                response_type=answer.response_type, action=action, render=answer.render))
+            reply = await self._writer.submit(
+                Command(
+                    # The service's own job: no caller, the anonymous scope.
+                    method=answer.method,
+                    scope=ANONYMOUS,
+                    key=key,
+                    fingerprint=self._answers.expiry_fingerprint(key, payment_id),
+                    response_type=answer.response_type,
+                    action=action,
+                    render=answer.render,
+                )
+            )
             expired += self._answers.voided(reply)
         if expired:
             _log.info("authorizations_expired", count=expired)
@@ -156,8 +171,15 @@ class PendingOperationSweeper:
             return result
 
         def command(method: str, scope: str | None, key: str) -> Command:
-            return Command(method=method, scope=scope, key=key, fingerprint=op.request_hash or b"",
-                           response_type=recorded.response_type, action=finish, render=recorded.render)
+            return Command(
+                method=method,
+                scope=scope,
+                key=key,
+                fingerprint=op.request_hash or b"",
+                response_type=recorded.response_type,
+                action=finish,
+                render=recorded.render,
+            )
 
         try:
             try:

@@ -67,8 +67,9 @@ class OperationRequest:
 
     def order(self) -> BankOrder:
         """What the bank is asked to do."""
-        return BankOrder(self.operation_id, self.kind, self.account_id, self.currency, self.amount,
-                         self.destination_token)
+        return BankOrder(
+            self.operation_id, self.kind, self.account_id, self.currency, self.amount, self.destination_token
+        )
 
 
 async def _account_for(uow: UnitOfWork, request: OperationRequest) -> AccountState:
@@ -76,11 +77,17 @@ async def _account_for(uow: UnitOfWork, request: OperationRequest) -> AccountSta
     if account is None:
         raise FailedPrecondition("ACCOUNT_NOT_FOUND", "account not found", account_id=request.account_id)
     if account.kind not in CUSTOMER_KINDS:
-        raise FailedPrecondition("INVALID_STATE", "top-ups and payouts serve wallets and merchant accounts only",
-                                 account_id=request.account_id)
+        raise FailedPrecondition(
+            "INVALID_STATE",
+            "top-ups and payouts serve wallets and merchant accounts only",
+            account_id=request.account_id,
+        )
     if account.currency != request.currency:
-        raise FailedPrecondition("CURRENCY_MISMATCH", f"account is in {account.currency}, not {request.currency}",
-                                 account_id=request.account_id)
+        raise FailedPrecondition(
+            "CURRENCY_MISMATCH",
+            f"account is in {account.currency}, not {request.currency}",
+            account_id=request.account_id,
+        )
     return account
 
 
@@ -98,8 +105,9 @@ async def begin(uow: UnitOfWork, request: OperationRequest, policy: caps.BankCap
         existing = await uow.bank_operation(request.operation_id)
     if existing is not None:
         if existing.request_hash != request.request_hash:
-            raise FailedPrecondition("IDEMPOTENCY_KEY_REUSED",
-                                     "this idempotency key was already used with a different request")
+            raise FailedPrecondition(
+                "IDEMPOTENCY_KEY_REUSED", "this idempotency key was already used with a different request"
+            )
         return existing
     account = await _account_for(uow, request)
     tier = await uow.tier(account.owner_id) if account.kind is AccountKind.CUSTOMER_WALLET else None
@@ -108,11 +116,22 @@ async def begin(uow: UnitOfWork, request: OperationRequest, policy: caps.BankCap
         # Frozen accounts cannot be paid out; only settled (collected) funds leave.
         await uow.hold(request.account_id, request.amount, reference=request.operation_id, settled_only=True)
     op = BankOperation(
-        operation_id=request.operation_id, kind=request.kind, account_id=request.account_id,
-        channel=request.channel, currency=request.currency, amount=request.amount, status="PENDING",
-        channel_reference="", destination_token=request.destination_token, failure_reason="",
-        idempotency_key=request.idempotency_key, request_hash=request.request_hash, transfer_id=None,
-        created_at=uow.now, updated_at=uow.now, idempotency_scope=request.idempotency_scope,
+        operation_id=request.operation_id,
+        kind=request.kind,
+        account_id=request.account_id,
+        channel=request.channel,
+        currency=request.currency,
+        amount=request.amount,
+        status="PENDING",
+        channel_reference="",
+        destination_token=request.destination_token,
+        failure_reason="",
+        idempotency_key=request.idempotency_key,
+        request_hash=request.request_hash,
+        transfer_id=None,
+        created_at=uow.now,
+        updated_at=uow.now,
+        idempotency_scope=request.idempotency_scope,
     )
     await _require_postable(uow, op)
     uow.put_bank_operation(op)
@@ -124,8 +143,15 @@ def _transfer(op: BankOperation) -> Transfer:
     clearing = clearing_account_id(op.channel, op.currency)
     if op.kind == TOP_UP:
         return move(TransferKind.TOP_UP, clearing, op.account_id, op.currency, op.amount, reference=op.operation_id)
-    return move(TransferKind.PAYOUT, op.account_id, clearing, op.currency, op.amount, reference=op.operation_id,
-                source_bucket=Bucket.HELD)
+    return move(
+        TransferKind.PAYOUT,
+        op.account_id,
+        clearing,
+        op.currency,
+        op.amount,
+        reference=op.operation_id,
+        source_bucket=Bucket.HELD,
+    )
 
 
 async def _require_postable(uow: UnitOfWork, op: BankOperation) -> None:
@@ -141,8 +167,12 @@ async def _require_postable(uow: UnitOfWork, op: BankOperation) -> None:
 
 
 async def _clearing_account(uow: UnitOfWork, op: BankOperation) -> AccountState:
-    return await uow.ensure_account(clearing_account_id(op.channel, op.currency), kind=AccountKind.CLEARING,
-                                    currency=op.currency, channel=op.channel)
+    return await uow.ensure_account(
+        clearing_account_id(op.channel, op.currency),
+        kind=AccountKind.CLEARING,
+        currency=op.currency,
+        channel=op.channel,
+    )
 
 
 async def finish(uow: UnitOfWork, operation_id: str, answer: BankAnswer) -> tuple[BankOperation, AccountState]:
@@ -170,19 +200,40 @@ async def _apply_answer(uow: UnitOfWork, op: BankOperation, answer: BankAnswer) 
             # operation). Retrying cannot help: park it, final, for an operator. A top-up credits nothing;
             # a payout keeps its hold, so the money that left is not spendable twice.
             status, failure_reason = PARKED, f"LEDGER_REFUSED:{refusal.reason}"
-            _log.error("channel_operation_parked", operation_id=op.operation_id, kind=op.kind, channel=op.channel,
-                       currency=op.currency, amount_minor_units=op.amount, reason=failure_reason,
-                       account_id=refusal.metadata.get("account_id", ""))
+            _log.error(
+                "channel_operation_parked",
+                operation_id=op.operation_id,
+                kind=op.kind,
+                channel=op.channel,
+                currency=op.currency,
+                amount_minor_units=op.amount,
+                reason=failure_reason,
+                account_id=refusal.metadata.get("account_id", ""),
+            )
     elif op.kind == PAYOUT:
         await uow.release(op.account_id, op.amount, reference=op.operation_id)
-    done = replace(op, status=status,
-                   channel_reference=answer.reference[:64], failure_reason=failure_reason[:100],
-                   transfer_id=transfer_id, updated_at=uow.now)
+    done = replace(
+        op,
+        status=status,
+        channel_reference=answer.reference[:64],
+        failure_reason=failure_reason[:100],
+        transfer_id=transfer_id,
+        updated_at=uow.now,
+    )
     uow.put_bank_operation(done)
     account = await uow.account(op.account_id)
     assert account is not None
-    uow.emit(f"payments.{'topup' if op.kind == TOP_UP else 'payout'}.{done.status.lower()}.v1", op.account_id,
-             account.owner_id, {"account_id": op.account_id, "operation_id": op.operation_id,
-                                "amount_minor_units": op.amount, "currency_code": op.currency,
-                                "channel": op.channel, "failure_reason": done.failure_reason})
+    uow.emit(
+        f"payments.{'topup' if op.kind == TOP_UP else 'payout'}.{done.status.lower()}.v1",
+        op.account_id,
+        account.owner_id,
+        {
+            "account_id": op.account_id,
+            "operation_id": op.operation_id,
+            "amount_minor_units": op.amount,
+            "currency_code": op.currency,
+            "channel": op.channel,
+            "failure_reason": done.failure_reason,
+        },
+    )
     return done

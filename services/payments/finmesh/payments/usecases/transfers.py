@@ -40,10 +40,19 @@ async def run(uow: UnitOfWork, items: list[Item]) -> list[ItemResult]:
                 account = await uow.account(account_id)
                 if account is not None and account.kind in MAY_GO_NEGATIVE:
                     # A clearing account may go negative: moving from it would mint money.
-                    raise FailedPrecondition("INVALID_STATE", "clearing accounts move only through channel operations",
-                                             account_id=account_id)
-            transfer_id = await uow.transfer(move(TransferKind.TRANSFER, item.source, item.destination,
-                                                  item.currency, item.amount, reference=item.reference))
+                    raise FailedPrecondition(
+                        "INVALID_STATE", "clearing accounts move only through channel operations", account_id=account_id
+                    )
+            transfer_id = await uow.transfer(
+                move(
+                    TransferKind.TRANSFER,
+                    item.source,
+                    item.destination,
+                    item.currency,
+                    item.amount,
+                    reference=item.reference,
+                )
+            )
         except DomainError as error:
             uow.rollback(token)
             results.append(ItemResult(item.reference, error=error))

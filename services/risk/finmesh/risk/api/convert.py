@@ -33,14 +33,21 @@ def domain_reasons(values: tuple[Reason, ...]) -> list[pb.Reason]:
 
 
 def onboarding_reply(verdict: OnboardingVerdict) -> pb.AssessOnboardingResponse:
-    return pb.AssessOnboardingResponse(tier=pb.RiskTier.Value(f"RISK_TIER_{verdict.tier.value}"),
-                                       score=verdict.score, reasons=domain_reasons(verdict.reasons))
+    return pb.AssessOnboardingResponse(
+        tier=pb.RiskTier.Value(f"RISK_TIER_{verdict.tier.value}"),
+        score=verdict.score,
+        reasons=domain_reasons(verdict.reasons),
+    )
 
 
 def indicator_bucket(bucket: IndicatorBucket) -> pb.IndicatorBucket:
     return pb.IndicatorBucket(
-        start=timestamp(bucket.start), assessments=bucket.assessments, declines=bucket.declines,
-        reviews=bucket.reviews, alerts=bucket.alerts, decline_rate_bp=bucket.decline_rate_bp,
+        start=timestamp(bucket.start),
+        assessments=bucket.assessments,
+        declines=bucket.declines,
+        reviews=bucket.reviews,
+        alerts=bucket.alerts,
+        decline_rate_bp=bucket.decline_rate_bp,
         review_rate_bp=bucket.review_rate_bp,
     )
 
@@ -98,10 +105,14 @@ def alert(row: Any) -> pb.Alert:
 def refusal(error: DomainError, field_prefix: str) -> pb.CheckRefusal:
     """A check's refusal: the status AssessPayment would have answered, fields named from the batch request."""
     violations = error.violations if isinstance(error, InvalidArgument) else []
-    return pb.CheckRefusal(code=to_status(error).code, reason=error.reason, message=error.message,
-                           field_violations=[errors_pb2.FieldViolation(field=field_prefix + v.field,
-                                                                       description=v.description)
-                                             for v in violations])
+    return pb.CheckRefusal(
+        code=to_status(error).code,
+        reason=error.reason,
+        message=error.message,
+        field_violations=[
+            errors_pb2.FieldViolation(field=field_prefix + v.field, description=v.description) for v in violations
+        ],
+    )
 
 
 def unexpected_refusal(error: Exception) -> pb.CheckRefusal:

@@ -30,8 +30,16 @@ _CHECK_RULES = checker_for(pb.PaymentCheck.DESCRIPTOR)
 
 
 class RiskServicer(pb_grpc.RiskServiceServicer):
-    def __init__(self, *, rules: RulesRegistry, writer: AssessmentWriter, onboarding: Onboarding,
-                 block_list: BlockList, monitoring: Monitoring, on_incident: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        *,
+        rules: RulesRegistry,
+        writer: AssessmentWriter,
+        onboarding: Onboarding,
+        block_list: BlockList,
+        monitoring: Monitoring,
+        on_incident: Callable[[], None] | None = None,
+    ):
         self._rules = rules
         self.writer = writer
         self._onboarding = onboarding
@@ -77,20 +85,34 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
         if outcome.raised_alert:
             self._on_incident()
         row = outcome.row
-        _log.info("payment_assessed", payment_id=row.payment_id, decision=row.decision, score=row.score,
-                  warning_level=row.warning_level, reasons=[r["code"] for r in row.reasons],
-                  rules_version=row.rules_version)
+        _log.info(
+            "payment_assessed",
+            payment_id=row.payment_id,
+            decision=row.decision,
+            score=row.score,
+            warning_level=row.warning_level,
+            reasons=[r["code"] for r in row.reasons],
+            rules_version=row.rules_version,
+        )
         return convert.assessment(row)
 
     async def AssessOnboarding(self, request: pb.AssessOnboardingRequest, context: grpc.aio.ServicerContext) -> Any:
         ip, country = validate.onboarding(request)
         rules = self._rules.active.rules
         call = KeyedCall("AssessOnboarding", request, pb.AssessOnboardingResponse, convert.onboarding_reply)
-        reply = await self._onboarding.assess(call, rules, user_id=request.user_id, age_years=request.age_years,
-                                              user_kind=request.user_kind, device_id=request.device_id,
-                                              ip_address=ip, ip_country=country)
-        _log.info("onboarding_assessed", tier=pb.RiskTier.Name(reply.tier), score=reply.score,
-                  rules_version=rules.version)
+        reply = await self._onboarding.assess(
+            call,
+            rules,
+            user_id=request.user_id,
+            age_years=request.age_years,
+            user_kind=request.user_kind,
+            device_id=request.device_id,
+            ip_address=ip,
+            ip_country=country,
+        )
+        _log.info(
+            "onboarding_assessed", tier=pb.RiskTier.Name(reply.tier), score=reply.score, rules_version=rules.version
+        )
         return reply
 
     # -- rules --------------------------------------------------------------------
@@ -98,47 +120,65 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
     async def GetRules(self, request: pb.GetRulesRequest, context: grpc.aio.ServicerContext) -> Any:
         await self._rules.refresh()  # another replica may have activated newer rules since the last poll
         active = self._rules.active
-        return pb.GetRulesResponse(version=active.rules.version, source=active.source,
-                                   activated_at=convert.timestamp(active.activated_at),
-                                   rules_file_error=self._rules.file_error)
+        return pb.GetRulesResponse(
+            version=active.rules.version,
+            source=active.source,
+            activated_at=convert.timestamp(active.activated_at),
+            rules_file_error=self._rules.file_error,
+        )
 
     async def UpdateRules(self, request: pb.UpdateRulesRequest, context: grpc.aio.ServicerContext) -> Any:
         validate.idempotency_key(request.idempotency_key)
-        return await self._rules.update(KeyedCall("UpdateRules", request, pb.UpdateRulesResponse,
-                                                  lambda rules: pb.UpdateRulesResponse(version=rules.version)),
-                                        request.source)
+        return await self._rules.update(
+            KeyedCall(
+                "UpdateRules",
+                request,
+                pb.UpdateRulesResponse,
+                lambda rules: pb.UpdateRulesResponse(version=rules.version),
+            ),
+            request.source,
+        )
 
     # -- block lists ----------------------------------------------------------------
 
-    async def AddBlockListEntry(self, request: pb.AddBlockListEntryRequest,
-                                context: grpc.aio.ServicerContext) -> Any:
+    async def AddBlockListEntry(self, request: pb.AddBlockListEntryRequest, context: grpc.aio.ServicerContext) -> Any:
         now = datetime.now(UTC)
         kind, value, expires = validate.block_entry(request, now)
         call: KeyedCall[Any, pb.AddBlockListEntryResponse] = KeyedCall(
-            "AddBlockListEntry", request, pb.AddBlockListEntryResponse,
-            lambda row: pb.AddBlockListEntryResponse(entry=convert.block_entry(row)))
-        reply = await self._block_list.add(call, kind=kind, value=value, reason=request.reason, expires_at=expires,
-                                           now=now)
+            "AddBlockListEntry",
+            request,
+            pb.AddBlockListEntryResponse,
+            lambda row: pb.AddBlockListEntryResponse(entry=convert.block_entry(row)),
+        )
+        reply = await self._block_list.add(
+            call, kind=kind, value=value, reason=request.reason, expires_at=expires, now=now
+        )
         _log.info("block_list_entry_added", entry_id=reply.entry.entry_id, kind=kind.value)
         return reply
 
-    async def RemoveBlockListEntry(self, request: pb.RemoveBlockListEntryRequest,
-                                   context: grpc.aio.ServicerContext) -> Any:
+    async def RemoveBlockListEntry(
+        self, request: pb.RemoveBlockListEntryRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
         validate.removal(request)
         call: KeyedCall[None, pb.RemoveBlockListEntryResponse] = KeyedCall(
-            "RemoveBlockListEntry", request, pb.RemoveBlockListEntryResponse,
-            lambda _: pb.RemoveBlockListEntryResponse())
+            "RemoveBlockListEntry",
+            request,
+            pb.RemoveBlockListEntryResponse,
+            lambda _: pb.RemoveBlockListEntryResponse(),
+        )
         reply = await self._block_list.remove(call, request.entry_id)
         _log.info("block_list_entry_removed", entry_id=request.entry_id)
         return reply
 
-    async def ListBlockListEntries(self, request: pb.ListBlockListEntriesRequest,
-                                   context: grpc.aio.ServicerContext) -> Any:
+    async def ListBlockListEntries(
+        self, request: pb.ListBlockListEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
         kind = validate.optional_kind(request.kind, validate.BLOCK_KINDS, pb.BLOCK_LIST_KIND_UNSPECIFIED, "kind")
         size, before = validate.page(request.page_size, request.page_token)
         rows = await self._block_list.page(kind, before, size)
-        return pb.ListBlockListEntriesResponse(entries=[convert.block_entry(r) for r in rows[:size]],
-                                               next_page_token=_next_token(rows, size))
+        return pb.ListBlockListEntriesResponse(
+            entries=[convert.block_entry(r) for r in rows[:size]], next_page_token=_next_token(rows, size)
+        )
 
     # -- reports, alerts, indicators ----------------------------------------------------
 
@@ -146,18 +186,19 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
         kind = validate.optional_kind(request.kind, validate.AML_KINDS, pb.AML_REPORT_KIND_UNSPECIFIED, "kind")
         size, before = validate.page(request.page_size, request.page_token)
         rows = await self._monitoring.aml_reports(kind, before, size)
-        return pb.ListAmlReportsResponse(reports=[convert.aml_report(r) for r in rows[:size]],
-                                         next_page_token=_next_token(rows, size))
+        return pb.ListAmlReportsResponse(
+            reports=[convert.aml_report(r) for r in rows[:size]], next_page_token=_next_token(rows, size)
+        )
 
     async def ListAlerts(self, request: pb.ListAlertsRequest, context: grpc.aio.ServicerContext) -> Any:
         level = validate.optional_kind(request.min_level, validate.LEVELS, pb.WARNING_LEVEL_UNSPECIFIED, "min_level")
         size, before = validate.page(request.page_size, request.page_token)
         rows = await self._monitoring.alerts(level, before, size)
-        return pb.ListAlertsResponse(alerts=[convert.alert(r) for r in rows[:size]],
-                                     next_page_token=_next_token(rows, size))
+        return pb.ListAlertsResponse(
+            alerts=[convert.alert(r) for r in rows[:size]], next_page_token=_next_token(rows, size)
+        )
 
-    async def GetRiskIndicators(self, request: pb.GetRiskIndicatorsRequest,
-                                context: grpc.aio.ServicerContext) -> Any:
+    async def GetRiskIndicators(self, request: pb.GetRiskIndicatorsRequest, context: grpc.aio.ServicerContext) -> Any:
         start, end, size = validate.indicator_range(request)
         buckets = await self._monitoring.indicators(start, end, size)
         return pb.GetRiskIndicatorsResponse(buckets=[convert.indicator_bucket(b) for b in buckets])

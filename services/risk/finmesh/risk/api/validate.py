@@ -26,19 +26,26 @@ MAX_REASON = 200
 MAX_CHECKS = 64  # AssessPayments: checks per call
 
 TIERS: dict[int, Tier] = {
-    pb.RISK_TIER_UNSPECIFIED: Tier.UNSPECIFIED, pb.RISK_TIER_LOW: Tier.LOW, pb.RISK_TIER_MEDIUM: Tier.MEDIUM,
+    pb.RISK_TIER_UNSPECIFIED: Tier.UNSPECIFIED,
+    pb.RISK_TIER_LOW: Tier.LOW,
+    pb.RISK_TIER_MEDIUM: Tier.MEDIUM,
     pb.RISK_TIER_HIGH: Tier.HIGH,
 }
 BLOCK_KINDS: dict[int, BlockKind] = {
-    pb.BLOCK_LIST_KIND_USER: BlockKind.USER, pb.BLOCK_LIST_KIND_DEVICE: BlockKind.DEVICE,
-    pb.BLOCK_LIST_KIND_IP: BlockKind.IP, pb.BLOCK_LIST_KIND_ACCOUNT: BlockKind.ACCOUNT,
+    pb.BLOCK_LIST_KIND_USER: BlockKind.USER,
+    pb.BLOCK_LIST_KIND_DEVICE: BlockKind.DEVICE,
+    pb.BLOCK_LIST_KIND_IP: BlockKind.IP,
+    pb.BLOCK_LIST_KIND_ACCOUNT: BlockKind.ACCOUNT,
 }
 AML_KINDS: dict[int, AmlKind] = {
-    pb.AML_REPORT_KIND_LARGE_VALUE: AmlKind.LARGE_VALUE, pb.AML_REPORT_KIND_STRUCTURING: AmlKind.STRUCTURING,
+    pb.AML_REPORT_KIND_LARGE_VALUE: AmlKind.LARGE_VALUE,
+    pb.AML_REPORT_KIND_STRUCTURING: AmlKind.STRUCTURING,
 }
 LEVELS: dict[int, WarningLevel] = {
-    pb.WARNING_LEVEL_LOW: WarningLevel.LOW, pb.WARNING_LEVEL_MEDIUM: WarningLevel.MEDIUM,
-    pb.WARNING_LEVEL_HIGH: WarningLevel.HIGH, pb.WARNING_LEVEL_CRITICAL: WarningLevel.CRITICAL,
+    pb.WARNING_LEVEL_LOW: WarningLevel.LOW,
+    pb.WARNING_LEVEL_MEDIUM: WarningLevel.MEDIUM,
+    pb.WARNING_LEVEL_HIGH: WarningLevel.HIGH,
+    pb.WARNING_LEVEL_CRITICAL: WarningLevel.CRITICAL,
 }
 
 
@@ -51,8 +58,11 @@ def _id(v: Validator, value: str, field: str, *, required: bool) -> None:
 
 def _country(v: Validator, value: str, field: str) -> str:
     code = value.upper()
-    v.require(code == "" or (len(code) == 2 and code.isascii() and code.isalpha()), field,
-              "ISO 3166-1 alpha-2 code (two letters) or empty")
+    v.require(
+        code == "" or (len(code) == 2 and code.isascii() and code.isalpha()),
+        field,
+        "ISO 3166-1 alpha-2 code (two letters) or empty",
+    )
     return code
 
 
@@ -158,8 +168,11 @@ def block_entry(request: pb.AddBlockListEntryRequest, now: datetime) -> tuple[Bl
     if request.kind == pb.BLOCK_LIST_KIND_IP:
         value = _ip(v, request.value, "value")
     _id(v, request.value, "value", required=True)
-    v.require(len(request.reason) <= MAX_REASON and request.reason.isprintable(), "reason",
-              f"at most {MAX_REASON} printable characters")
+    v.require(
+        len(request.reason) <= MAX_REASON and request.reason.isprintable(),
+        "reason",
+        f"at most {MAX_REASON} printable characters",
+    )
     expires = _time(v, request.expires_at, "expires_at") if request.HasField("expires_at") else None
     if expires is not None:
         v.require(expires > now, "expires_at", "must be in the future (leave unset for no expiry)")
@@ -171,8 +184,9 @@ def removal(request: pb.RemoveBlockListEntryRequest) -> None:
     v = Validator()
     _key(v, request.idempotency_key)
     value = request.entry_id
-    v.require(0 < len(value) <= MAX_ID and value.isprintable(), "entry_id",
-              "required: an id returned by AddBlockListEntry")
+    v.require(
+        0 < len(value) <= MAX_ID and value.isprintable(), "entry_id", "required: an id returned by AddBlockListEntry"
+    )
     v.raise_if_any()
 
 
@@ -190,8 +204,11 @@ def page(page_size: int, page_token: str) -> tuple[int, int | None]:
     v = Validator()
     v.require(page_size >= 0, "page_size", "must not be negative")
     # ASCII digits that fit a BIGINT: str.isdigit passes "²" (int() refuses it), 19 nines pass 2**63.
-    v.require(page_token == "" or (page_token.isascii() and page_token.isdigit() and len(page_token) <= 18),
-              "page_token", "a token returned by the previous page")
+    v.require(
+        page_token == "" or (page_token.isascii() and page_token.isdigit() and len(page_token) <= 18),
+        "page_token",
+        "a token returned by the previous page",
+    )
     v.raise_if_any()
     return min(page_size or 50, MAX_PAGE), int(page_token) if page_token else None
 
@@ -205,7 +222,10 @@ def indicator_range(request: pb.GetRiskIndicatorsRequest) -> tuple[datetime, dat
     assert start is not None and end is not None
     start = start.replace(microsecond=0)  # buckets start on whole seconds, as the database counts them
     if v.require(end > start, "end", "must be after start"):
-        v.require(bucket_count(start, end, request.bucket_seconds) <= MAX_BUCKETS, "bucket_seconds",
-                  f"at most {MAX_BUCKETS} buckets per request; widen the buckets or narrow the range")
+        v.require(
+            bucket_count(start, end, request.bucket_seconds) <= MAX_BUCKETS,
+            "bucket_seconds",
+            f"at most {MAX_BUCKETS} buckets per request; widen the buckets or narrow the range",
+        )
     v.raise_if_any()
     return start, end, request.bucket_seconds

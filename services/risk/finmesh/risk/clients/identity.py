@@ -27,8 +27,9 @@ class IdentityClient:
         (one tier change and one tier_changed event per incident)."""
         try:
             await self._stub.SetRiskTier(
-                id_pb.SetRiskTierRequest(idempotency_key=idempotency_key, user_id=user_id,
-                                         tier=id_pb.RISK_TIER_HIGH, reason=TIER_REASON),
+                id_pb.SetRiskTierRequest(
+                    idempotency_key=idempotency_key, user_id=user_id, tier=id_pb.RISK_TIER_HIGH, reason=TIER_REASON
+                ),
                 timeout=timeout,
             )
         except grpc.aio.AioRpcError as error:

@@ -26,8 +26,9 @@ class PaymentsClient:
         """Freeze `account_id`; the key makes a repeated call (after a crash) a replay, not a second freeze."""
         try:
             await self._stub.FreezeAccount(
-                pay_pb.FreezeAccountRequest(idempotency_key=idempotency_key, account_id=account_id,
-                                            reason=FREEZE_REASON),
+                pay_pb.FreezeAccountRequest(
+                    idempotency_key=idempotency_key, account_id=account_id, reason=FREEZE_REASON
+                ),
                 timeout=timeout,
             )
         except grpc.aio.AioRpcError as error:

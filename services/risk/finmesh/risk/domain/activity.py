@@ -35,8 +35,12 @@ class RecentActivity:
     devices: dict[str, set[str]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, windows: Mapping[Subject, Iterable[int]], totals: Iterable[WindowTotals],
-           devices: Iterable[tuple[str, str]]) -> RecentActivity:
+    def of(
+        cls,
+        windows: Mapping[Subject, Iterable[int]],
+        totals: Iterable[WindowTotals],
+        devices: Iterable[tuple[str, str]],
+    ) -> RecentActivity:
         activity = cls({s: tuple(sorted(w)) for s, w in windows.items() if w})
         for t in totals:
             for seconds, count, amount in zip(activity.windows.get(t.subject, ()), t.counts, t.amounts, strict=True):
@@ -64,8 +68,17 @@ class RecentActivity:
         seen = self.devices.get(user, ())
         return device in seen, bool(seen)
 
-    def record(self, values: Mapping[Subject, str], currency: str, amount: int, *, declined: bool,
-               user: str, device: str, velocity: bool = True) -> None:
+    def record(
+        self,
+        values: Mapping[Subject, str],
+        currency: str,
+        amount: int,
+        *,
+        declined: bool,
+        user: str,
+        device: str,
+        velocity: bool = True,
+    ) -> None:
         """Count a decided payment: it lies inside every window that ends now (unless `velocity` is off:
         load-test traffic, which the velocity totals read from the database leave out too)."""
         for subject, seconds_set in self.windows.items() if velocity else ():

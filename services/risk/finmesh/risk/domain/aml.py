@@ -31,8 +31,9 @@ def is_structuring(amount: Money, earlier_just_under: int, rule: StructuringRule
     return is_just_under(amount, rule) and earlier_just_under + 1 >= rule.min_count
 
 
-def reports_due(amount: Money, decision: Decision, earlier_just_under: int, structuring_reported: bool,
-                rules: AmlRules) -> list[AmlKind]:
+def reports_due(
+    amount: Money, decision: Decision, earlier_just_under: int, structuring_reported: bool, rules: AmlRules
+) -> list[AmlKind]:
     """Which AML reports this payment files.
 
     Declined payments move no money, so they file nothing. Structuring is

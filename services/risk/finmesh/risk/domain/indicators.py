@@ -26,8 +26,13 @@ class IndicatorBucket:
         return rate_bp(self.reviews, self.assessments)
 
 
-def buckets(start: datetime, end: datetime, bucket_seconds: int, counted: Mapping[int, tuple[int, int, int]],
-            raised: Mapping[int, int]) -> list[IndicatorBucket]:
+def buckets(
+    start: datetime,
+    end: datetime,
+    bucket_seconds: int,
+    counted: Mapping[int, tuple[int, int, int]],
+    raised: Mapping[int, int],
+) -> list[IndicatorBucket]:
     """Every bucket of [start, end), empty ones too: `counted` maps a bucket's index to (assessments, declines,
     reviews), `raised` to its alerts."""
     result = []

@@ -39,13 +39,22 @@ def assess_onboarding(facts: OnboardingFacts, rules: Rules) -> OnboardingVerdict
     if kind_score:
         reasons.append(Reason(f"ONBOARDING_KIND_{facts.user_kind.upper()}", kind_score, f"{facts.user_kind} user"))
     if facts.other_users_on_device >= r.shared_device.min_other_users and r.shared_device.score:
-        reasons.append(Reason("ONBOARDING_SHARED_DEVICE", r.shared_device.score,
-                              f"device already used by {facts.other_users_on_device} other users"))
+        reasons.append(
+            Reason(
+                "ONBOARDING_SHARED_DEVICE",
+                r.shared_device.score,
+                f"device already used by {facts.other_users_on_device} other users",
+            )
+        )
     if facts.ip_country in rules.geography.high_risk_countries and r.high_risk_country_score:
-        reasons.append(Reason("ONBOARDING_HIGH_RISK_COUNTRY", r.high_risk_country_score,
-                              f"IP country {facts.ip_country}"))
-    reasons.extend(Reason(f"BLOCK_LISTED_{kind.value}", r.block_list_score, f"{kind.value.lower()} is on a block list")
-                   for kind in sorted(facts.blocked) if r.block_list_score)
+        reasons.append(
+            Reason("ONBOARDING_HIGH_RISK_COUNTRY", r.high_risk_country_score, f"IP country {facts.ip_country}")
+        )
+    reasons.extend(
+        Reason(f"BLOCK_LISTED_{kind.value}", r.block_list_score, f"{kind.value.lower()} is on a block list")
+        for kind in sorted(facts.blocked)
+        if r.block_list_score
+    )
     score = min(MAX_SCORE, sum(x.score for x in reasons))
     return OnboardingVerdict(tier_for(score, rules), score, tuple(reasons))
 

@@ -254,8 +254,9 @@ def parse_rules(source: str, field: str = "source") -> Rules:
     except (ValueError, RecursionError):
         # The parser's own limits, reached by a caller's document: int() refuses numbers over 4300 digits,
         # and nesting deeper than the stack (a few thousand "[") overflows it.
-        raise RulesError([FieldViolation(field, "not valid YAML or JSON: a number too long or nesting too deep")]
-                         ) from None
+        raise RulesError(
+            [FieldViolation(field, "not valid YAML or JSON: a number too long or nesting too deep")]
+        ) from None
     if not isinstance(document, dict):
         raise RulesError([FieldViolation(field, "must be a mapping with version, decision, ... at the top")])
     try:

@@ -82,8 +82,11 @@ def warning_level(score: int, levels: WarningThresholds) -> WarningLevel:
 
 def _amount(f: PaymentFeatures, rules: Rules) -> list[Reason]:
     # Amount rules are tiers: only the highest-scoring one the amount reaches counts.
-    hits = [r for r in rules.amount if (floor := r.at_least.get(f.amount.currency)) is not None
-            and f.amount.minor_units >= floor]
+    hits = [
+        r
+        for r in rules.amount
+        if (floor := r.at_least.get(f.amount.currency)) is not None and f.amount.minor_units >= floor
+    ]
     if not hits:
         return []
     top = max(hits, key=lambda r: r.score)
@@ -98,24 +101,41 @@ def _velocity(f: PaymentFeatures, rules: Rules) -> list[Reason]:
         if tally is None:
             continue
         if rule.max_count is not None and tally.count + 1 > rule.max_count:
-            reasons.append(Reason(rule.code, rule.score, f"{tally.count + 1} payments by the {rule.subject.value} "
-                                  f"in {rule.window_seconds}s (limit {rule.max_count})"))
+            reasons.append(
+                Reason(
+                    rule.code,
+                    rule.score,
+                    f"{tally.count + 1} payments by the {rule.subject.value} "
+                    f"in {rule.window_seconds}s (limit {rule.max_count})",
+                )
+            )
         limit = rule.max_amount.get(f.amount.currency) if rule.max_amount is not None else None
         if limit is not None and tally.amount + f.amount.minor_units > limit:
-            reasons.append(Reason(rule.code, rule.score, f"{tally.amount + f.amount.minor_units} {f.amount.currency} "
-                                  f"minor units by the {rule.subject.value} in {rule.window_seconds}s "
-                                  f"(limit {limit})"))
+            reasons.append(
+                Reason(
+                    rule.code,
+                    rule.score,
+                    f"{tally.amount + f.amount.minor_units} {f.amount.currency} "
+                    f"minor units by the {rule.subject.value} in {rule.window_seconds}s "
+                    f"(limit {limit})",
+                )
+            )
     return reasons
 
 
 def _new_device(f: PaymentFeatures, rules: Rules) -> list[Reason]:
-    return [Reason("NEW_DEVICE", rules.new_device.score, "first payment from this device for the user")] \
-        if f.new_device and rules.new_device.score else []
+    return (
+        [Reason("NEW_DEVICE", rules.new_device.score, "first payment from this device for the user")]
+        if f.new_device and rules.new_device.score
+        else []
+    )
 
 
 def _block_list(f: PaymentFeatures, rules: Rules) -> list[Reason]:
-    reasons = [Reason(f"BLOCK_LISTED_{kind.value}", rules.block_list.score, f"{kind.value.lower()} is on a block list")
-               for kind in sorted(f.blocked)]
+    reasons = [
+        Reason(f"BLOCK_LISTED_{kind.value}", rules.block_list.score, f"{kind.value.lower()} is on a block list")
+        for kind in sorted(f.blocked)
+    ]
     if f.payee_blocked:
         reasons.append(Reason("BLOCK_LISTED_PAYEE", rules.block_list.payee_score, "payee account is on a block list"))
     return reasons
@@ -125,8 +145,13 @@ def _geography(f: PaymentFeatures, rules: Rules) -> list[Reason]:
     geo = rules.geography
     reasons = []
     if f.ip_country and f.home_country and f.ip_country != f.home_country and geo.mismatch_score:
-        reasons.append(Reason("GEO_MISMATCH", geo.mismatch_score,
-                              f"IP country {f.ip_country} differs from home country {f.home_country}"))
+        reasons.append(
+            Reason(
+                "GEO_MISMATCH",
+                geo.mismatch_score,
+                f"IP country {f.ip_country} differs from home country {f.home_country}",
+            )
+        )
     if f.ip_country in geo.high_risk_countries and geo.high_risk_score:
         reasons.append(Reason("GEO_HIGH_RISK_COUNTRY", geo.high_risk_score, f"IP country {f.ip_country}"))
     return reasons
@@ -144,8 +169,13 @@ def _aml(f: PaymentFeatures, rules: Rules) -> list[Reason]:
         reasons.append(Reason("AML_LARGE_VALUE", rules.aml.large_value.score, "large-value transaction"))
     rule = rules.aml.structuring
     if aml.is_structuring(f.amount, f.earlier_just_under, rule):
-        reasons.append(Reason("AML_STRUCTURING", rule.score, f"{f.earlier_just_under + 1} payments just under the "
-                              f"reporting threshold in {rule.window_seconds}s"))
+        reasons.append(
+            Reason(
+                "AML_STRUCTURING",
+                rule.score,
+                f"{f.earlier_just_under + 1} payments just under the reporting threshold in {rule.window_seconds}s",
+            )
+        )
     return reasons
 
 

@@ -14,8 +14,12 @@ from finmesh.risk.store.schema import alerts, outbox
 
 async def open_incident(conn: AsyncConnection, account_id: str, since: datetime) -> Any:
     """The account's latest incident raised after `since`, if any."""
-    query = (select(alerts).where(alerts.c.account_id == account_id, alerts.c.created_at > since)
-             .order_by(alerts.c.seq.desc()).limit(1))
+    query = (
+        select(alerts)
+        .where(alerts.c.account_id == account_id, alerts.c.created_at > since)
+        .order_by(alerts.c.seq.desc())
+        .limit(1)
+    )
     return (await conn.execute(query)).first()
 
 
@@ -32,8 +36,12 @@ async def due(conn: AsyncConnection, now: datetime, limit: int) -> list[Any]:
     a = alerts.c
     query = (
         select(alerts)
-        .where(a.emergency_response_done.is_(False), a.parked.is_(False), a.next_attempt_at <= now,
-               or_(a.lease_until.is_(None), a.lease_until < now))
+        .where(
+            a.emergency_response_done.is_(False),
+            a.parked.is_(False),
+            a.next_attempt_at <= now,
+            or_(a.lease_until.is_(None), a.lease_until < now),
+        )
         .order_by(a.seq)
         .limit(limit)
     )
@@ -45,8 +53,12 @@ async def claim(conn: AsyncConnection, alert_id: str, now: datetime, lease_until
     a = alerts.c
     result = await conn.execute(
         update(alerts)
-        .where(a.alert_id == alert_id, a.emergency_response_done.is_(False), a.parked.is_(False),
-               or_(a.lease_until.is_(None), a.lease_until < now))
+        .where(
+            a.alert_id == alert_id,
+            a.emergency_response_done.is_(False),
+            a.parked.is_(False),
+            or_(a.lease_until.is_(None), a.lease_until < now),
+        )
         .values(lease_until=lease_until)
     )
     return bool(result.rowcount)

@@ -47,8 +47,15 @@ async def earlier_just_under(
     a = assessments.c
     query = (
         select(a.payment_id, a.amount)
-        .where(a.user_id == user_id, a.currency == currency, a.amount >= low, a.amount < high,
-               a.created_at > since, a.decision != Decision.DECLINE.value, a.synthetic == 0)
+        .where(
+            a.user_id == user_id,
+            a.currency == currency,
+            a.amount >= low,
+            a.amount < high,
+            a.created_at > since,
+            a.decision != Decision.DECLINE.value,
+            a.synthetic == 0,
+        )
         .order_by(a.created_at, a.payment_id)
     )
     return list((await conn.execute(query)).all())

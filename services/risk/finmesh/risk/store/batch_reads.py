@@ -43,9 +43,15 @@ class BatchReads:
     totals: list[WindowTotals]
 
 
-async def read(conn: AsyncConnection, *, payment_ids: Iterable[str], device_users: Iterable[str],
-               block_candidates: Iterable[tuple[str, str]],
-               velocity: Mapping[Subject, tuple[Sequence[int], Iterable[str]]], now: datetime) -> BatchReads:
+async def read(
+    conn: AsyncConnection,
+    *,
+    payment_ids: Iterable[str],
+    device_users: Iterable[str],
+    block_candidates: Iterable[tuple[str, str]],
+    velocity: Mapping[Subject, tuple[Sequence[int], Iterable[str]]],
+    now: datetime,
+) -> BatchReads:
     """`velocity` maps a subject to (its windows sorted widest last, the values to count).
 
     Parts with nothing to look up (no payment names a device, say) are left out of the statement: each
@@ -85,8 +91,15 @@ async def read(conn: AsyncConnection, *, payment_ids: Iterable[str], device_user
                 reads.listed.add((r[1], r[2]))
         else:
             subject, n = shape.velocity[tag - _VELOCITY]
-            reads.totals.append(WindowTotals(subject, r[1], r[2], tuple(int(c) for c in r[3:3 + n]),
-                                             tuple(int(a) for a in r[3 + width:3 + width + n])))
+            reads.totals.append(
+                WindowTotals(
+                    subject,
+                    r[1],
+                    r[2],
+                    tuple(int(c) for c in r[3 : 3 + n]),
+                    tuple(int(a) for a in r[3 + width : 3 + width + n]),
+                )
+            )
     return reads
 
 
@@ -118,8 +131,11 @@ def _query(shape: _Shape, dialect: str) -> Any:
     if shape.devices:
         parts.append(select(*row(_DEVICE, d.user_id, d.device_id)).where(one_of(dialect, d.user_id, "users")))
     if shape.listed:
-        parts.append(select(*row(_LISTED, b.kind, b.value)).where(one_of(dialect, b.kind, "kinds"),
-                                                                  one_of(dialect, b.value, "values"), active))
+        parts.append(
+            select(*row(_LISTED, b.kind, b.value)).where(
+                one_of(dialect, b.kind, "kinds"), one_of(dialect, b.value, "values"), active
+            )
+        )
     counted = a.decision != Decision.DECLINE.value
     # Load-test traffic is scored but stays out of everyone's velocity (its own included): a harness
     # running against a live deployment must neither hold customers sharing an address nor trip itself.
@@ -134,8 +150,14 @@ def _query(shape: _Shape, dialect: str) -> Any:
         narrower = [a.created_at > bindparam(f"since_{i}_{w}") for w in range(windows - 1)]
         pad = [zero] * (width - windows)
         counts = [func.sum(case((inside, one), else_=zero)) for inside in narrower] + [func.count()] + pad
-        amounts = ([func.sum(case((and_(inside, counted), a.amount), else_=zero)) for inside in narrower]
-                   + [func.sum(case((counted, a.amount), else_=zero))] + pad)
-        parts.append(select(*row(_VELOCITY + i, column, a.currency, counts + amounts))
-                     .where(one_of(dialect, column, f"values_{i}"), widest, real).group_by(column, a.currency))
+        amounts = (
+            [func.sum(case((and_(inside, counted), a.amount), else_=zero)) for inside in narrower]
+            + [func.sum(case((counted, a.amount), else_=zero))]
+            + pad
+        )
+        parts.append(
+            select(*row(_VELOCITY + i, column, a.currency, counts + amounts))
+            .where(one_of(dialect, column, f"values_{i}"), widest, real)
+            .group_by(column, a.currency)
+        )
     return union_all(*parts)

@@ -14,8 +14,9 @@ from finmesh.risk.store.schema import block_list
 
 
 def _active(now: datetime | BindParameter[Any]) -> ColumnElement[bool]:
-    return and_(block_list.c.removed_at.is_(None),
-                or_(block_list.c.expires_at.is_(None), block_list.c.expires_at > now))
+    return and_(
+        block_list.c.removed_at.is_(None), or_(block_list.c.expires_at.is_(None), block_list.c.expires_at > now)
+    )
 
 
 async def hits(conn: AsyncConnection, candidates: Iterable[tuple[str, str]], now: datetime) -> set[tuple[str, str]]:
@@ -33,8 +34,12 @@ async def hits(conn: AsyncConnection, candidates: Iterable[tuple[str, str]], now
 @functools.cache
 def _hits_query(pairs: int) -> Any:
     """Built once per number of pairs and reused with bound values (expression building is the costly part)."""
-    matches = or_(*(and_(block_list.c.kind == bindparam(f"kind_{i}"), block_list.c.value == bindparam(f"value_{i}"))
-                    for i in range(pairs)))
+    matches = or_(
+        *(
+            and_(block_list.c.kind == bindparam(f"kind_{i}"), block_list.c.value == bindparam(f"value_{i}"))
+            for i in range(pairs)
+        )
+    )
     return select(block_list.c.kind, block_list.c.value).where(matches, _active(bindparam("now")))
 
 

@@ -26,8 +26,9 @@ def _bucket(conn: AsyncConnection, column: Any, start: datetime, bucket_seconds:
     return (cast(func.strftime("%s", column), Integer) - start_epoch) // size
 
 
-async def assessment_buckets(conn: AsyncConnection, start: datetime, end: datetime,
-                             bucket_seconds: int) -> dict[int, tuple[int, int, int]]:
+async def assessment_buckets(
+    conn: AsyncConnection, start: datetime, end: datetime, bucket_seconds: int
+) -> dict[int, tuple[int, int, int]]:
     """bucket index -> (assessments, declines, reviews); synthetic load-test traffic is left out."""
     a = assessments.c
     bucket = _bucket(conn, a.created_at, start, bucket_seconds).label("bucket")
@@ -47,6 +48,5 @@ async def assessment_buckets(conn: AsyncConnection, start: datetime, end: dateti
 
 async def alert_buckets(conn: AsyncConnection, start: datetime, end: datetime, bucket_seconds: int) -> dict[int, int]:
     bucket = _bucket(conn, alerts.c.created_at, start, bucket_seconds).label("bucket")
-    query = (select(bucket, func.count()).where(alerts.c.created_at >= start, alerts.c.created_at < end)
-             .group_by(bucket))
+    query = select(bucket, func.count()).where(alerts.c.created_at >= start, alerts.c.created_at < end).group_by(bucket)
     return {int(r[0]): int(r[1]) for r in (await conn.execute(query)).all()}

@@ -26,8 +26,12 @@ async def hashes_of_version(conn: AsyncConnection, version: str) -> set[str]:
     return set((await conn.execute(select(t.c.content_hash).where(t.c.version == version))).scalars())
 
 
-async def activate(conn: AsyncConnection, *, version: str, source: str, content_hash: str, origin: str,
-                   now: datetime) -> Any:
-    statement = insert(t).values(version=version, source=source, content_hash=content_hash, origin=origin,
-                                 activated_at=now).returning(*t.c)
+async def activate(
+    conn: AsyncConnection, *, version: str, source: str, content_hash: str, origin: str, now: datetime
+) -> Any:
+    statement = (
+        insert(t)
+        .values(version=version, source=source, content_hash=content_hash, origin=origin, activated_at=now)
+        .returning(*t.c)
+    )
     return (await conn.execute(statement)).one()

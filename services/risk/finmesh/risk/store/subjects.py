@@ -44,8 +44,9 @@ async def lock_many(conn: AsyncConnection, subject_keys: Iterable[str], now: dat
 
 
 _upsert = pg_insert(subjects)
-_LOCK = _upsert.on_conflict_do_update(index_elements=[subjects.c.subject_key],
-                                      set_={"touched_at": _upsert.excluded.touched_at})
+_LOCK = _upsert.on_conflict_do_update(
+    index_elements=[subjects.c.subject_key], set_={"touched_at": _upsert.excluded.touched_at}
+)
 
 
 async def remember_devices(conn: AsyncConnection, pairs: Iterable[tuple[str, str]], now: datetime) -> None:

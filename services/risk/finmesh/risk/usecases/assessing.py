@@ -64,9 +64,13 @@ class PaymentFacts:
         return {Subject.USER: self.payer_user_id, Subject.DEVICE: self.device_id, Subject.IP: self.ip_address}
 
     def block_candidates(self) -> list[tuple[str, str]]:
-        return [(BlockKind.USER.value, self.payer_user_id), (BlockKind.DEVICE.value, self.device_id),
-                (BlockKind.IP.value, self.ip_address), (BlockKind.ACCOUNT.value, self.payer_account_id),
-                (BlockKind.ACCOUNT.value, self.payee_account_id)]
+        return [
+            (BlockKind.USER.value, self.payer_user_id),
+            (BlockKind.DEVICE.value, self.device_id),
+            (BlockKind.IP.value, self.ip_address),
+            (BlockKind.ACCOUNT.value, self.payer_account_id),
+            (BlockKind.ACCOUNT.value, self.payee_account_id),
+        ]
 
 
 @dataclass(frozen=True)
@@ -75,8 +79,13 @@ class Outcome:
     raised_alert: bool = False  # a new incident: wake the relay and the emergency responder
 
 
-async def assess_payments(database: AsyncEngine | SqliteWriteThread, rules: Rules, batch: Sequence[PaymentFacts],
-                          now: datetime, traces: Sequence[Any] | None = None) -> list[Outcome]:
+async def assess_payments(
+    database: AsyncEngine | SqliteWriteThread,
+    rules: Rules,
+    batch: Sequence[PaymentFacts],
+    now: datetime,
+    traces: Sequence[Any] | None = None,
+) -> list[Outcome]:
     """Assess each payment once per payment id; a repeated id gets the recorded assessment.
 
     A batch that fails (a payment id recorded meanwhile by another replica
@@ -94,7 +103,8 @@ async def assess_payments(database: AsyncEngine | SqliteWriteThread, rules: Rule
             # The thread's connection answers every call the stores make of an AsyncConnection (execute, scalar,
             # dialect): the same store code runs on either.
             return await database.transaction(
-                lambda conn: _assess_batch(cast(AsyncConnection, conn), rules, batch, now, traced))
+                lambda conn: _assess_batch(cast(AsyncConnection, conn), rules, batch, now, traced)
+            )
         async with write_gate(database), database.begin() as conn:
             return await _assess_batch(conn, rules, batch, now, traced)
     except IntegrityError:
@@ -112,8 +122,9 @@ async def assess_payments(database: AsyncEngine | SqliteWriteThread, rules: Rule
 class _Batch:
     """What one batch's transaction reads once and then keeps up to date in memory."""
 
-    def __init__(self, conn: AsyncConnection, rules: Rules, now: datetime, activity: RecentActivity,
-                 listed: set[tuple[str, str]]) -> None:
+    def __init__(
+        self, conn: AsyncConnection, rules: Rules, now: datetime, activity: RecentActivity, listed: set[tuple[str, str]]
+    ) -> None:
         self.conn, self.rules, self.now = conn, rules, now
         self.activity = activity
         self.listed = listed
@@ -126,14 +137,19 @@ class _Batch:
         self.pending = []
 
 
-async def _assess_batch(conn: AsyncConnection, rules: Rules, facts: Sequence[PaymentFacts], now: datetime,
-                        traces: Sequence[Any]) -> list[Outcome]:
+async def _assess_batch(
+    conn: AsyncConnection, rules: Rules, facts: Sequence[PaymentFacts], now: datetime, traces: Sequence[Any]
+) -> list[Outcome]:
     await subjects.lock_many(conn, (f.lock_key for f in facts), now)
     windows = {subject: tuple(sorted(seconds)) for subject, seconds in rules.velocity_windows().items() if seconds}
     reads = await batch_reads.read(
-        conn, payment_ids=[f.payment_id for f in facts], device_users=[f.payer_user_id for f in facts if f.device_id],
+        conn,
+        payment_ids=[f.payment_id for f in facts],
+        device_users=[f.payer_user_id for f in facts if f.device_id],
         block_candidates=[c for f in facts for c in f.block_candidates()],
-        velocity={s: (w, [f.subject_values[s] for f in facts]) for s, w in windows.items()}, now=now)
+        velocity={s: (w, [f.subject_values[s] for f in facts]) for s, w in windows.items()},
+        now=now,
+    )
     # Replays are rare: only they fetch whole stored rows.
     recorded = await assessments.find_by_payments(conn, reads.recorded) if reads.recorded else {}
     batch = _Batch(conn, rules, now, RecentActivity.of(windows, reads.totals, reads.devices), reads.listed)
@@ -181,9 +197,15 @@ async def _assess_one(batch: _Batch, facts: PaymentFacts) -> Outcome:
         created_at=now,
     )
     batch.pending.append(values)
-    batch.activity.record(facts.subject_values, facts.amount.currency, facts.amount.minor_units,
-                          declined=verdict.decision is Decision.DECLINE, user=facts.payer_user_id,
-                          device=facts.device_id, velocity=not facts.synthetic)
+    batch.activity.record(
+        facts.subject_values,
+        facts.amount.currency,
+        facts.amount.minor_units,
+        declined=verdict.decision is Decision.DECLINE,
+        user=facts.payer_user_id,
+        device=facts.device_id,
+        velocity=not facts.synthetic,
+    )
     if facts.payer_user_id and facts.device_id and not known_device:
         batch.new_devices.append((facts.payer_user_id, facts.device_id))
     row = SimpleNamespace(**values)  # what the inserted row will read back as
@@ -198,8 +220,12 @@ async def _features(batch: _Batch, facts: PaymentFacts) -> tuple[PaymentFeatures
     known, has_devices = False, False
     if facts.payer_user_id and facts.device_id:
         known, has_devices = batch.activity.device_history(facts.payer_user_id, facts.device_id)
-    payer_hits = {(BlockKind.USER, facts.payer_user_id), (BlockKind.DEVICE, facts.device_id),
-                  (BlockKind.IP, facts.ip_address), (BlockKind.ACCOUNT, facts.payer_account_id)}
+    payer_hits = {
+        (BlockKind.USER, facts.payer_user_id),
+        (BlockKind.DEVICE, facts.device_id),
+        (BlockKind.IP, facts.ip_address),
+        (BlockKind.ACCOUNT, facts.payer_account_id),
+    }
     blocked = frozenset(kind for kind, value in payer_hits if value and (kind.value, value) in batch.listed)
     earlier = await _earlier_just_under(batch, facts)
     features = PaymentFeatures(
@@ -222,15 +248,18 @@ async def _earlier_just_under(batch: _Batch, facts: PaymentFacts) -> list[Any]:
         return []  # only a payment that is itself just under the threshold can complete the pattern
     low, high = aml.just_under_range(facts.amount.currency, rule) or (0, 0)
     await batch.flush()  # rare: the batch's earlier payments must be in the table this reads
-    return await assessments.earlier_just_under(batch.conn, facts.payer_user_id, facts.amount.currency, low, high,
-                                                window_start(batch.now, rule.window_seconds))
+    return await assessments.earlier_just_under(
+        batch.conn, facts.payer_user_id, facts.amount.currency, low, high, window_start(batch.now, rule.window_seconds)
+    )
 
 
-async def _file_aml_reports(conn: AsyncConnection, rules: Rules, facts: PaymentFacts, verdict: Verdict,
-                            earlier: list[Any], now: datetime) -> None:
+async def _file_aml_reports(
+    conn: AsyncConnection, rules: Rules, facts: PaymentFacts, verdict: Verdict, earlier: list[Any], now: datetime
+) -> None:
     structuring_since = window_start(now, rules.aml.structuring.window_seconds)
     already = bool(earlier) and await aml_store.reported_since(
-        conn, facts.payer_user_id, AmlKind.STRUCTURING.value, structuring_since)
+        conn, facts.payer_user_id, AmlKind.STRUCTURING.value, structuring_since
+    )
     for kind in aml.reports_due(facts.amount, verdict.decision, len(earlier), already, rules.aml):
         payments = [(facts.payment_id, facts.amount.minor_units)]
         if kind is AmlKind.STRUCTURING:
@@ -249,8 +278,9 @@ async def _file_aml_reports(conn: AsyncConnection, rules: Rules, facts: PaymentF
         )
 
 
-async def _raise_incident(conn: AsyncConnection, rules: Rules, facts: PaymentFacts, verdict: Verdict,
-                          now: datetime) -> bool:
+async def _raise_incident(
+    conn: AsyncConnection, rules: Rules, facts: PaymentFacts, verdict: Verdict, now: datetime
+) -> bool:
     """Open an incident for a critical warning, unless the account already has one open."""
     if verdict.warning_level is not WarningLevel.CRITICAL:
         return False
@@ -261,9 +291,19 @@ async def _raise_incident(conn: AsyncConnection, rules: Rules, facts: PaymentFac
     reasons = [r.code for r in verdict.reasons]
     # The payer's lock is held, so this account's events get their sequence numbers in commit order.
     event_id = await enqueue(
-        conn, outbox, event_type=ALERT_EVENT, aggregate_id=facts.payer_account_id, user_id=facts.payer_user_id,
-        payload={"alert_id": alert_id, "level": verdict.warning_level.value, "user_id": facts.payer_user_id,
-                 "account_id": facts.payer_account_id, "payment_id": facts.payment_id, "reasons": reasons},
+        conn,
+        outbox,
+        event_type=ALERT_EVENT,
+        aggregate_id=facts.payer_account_id,
+        user_id=facts.payer_user_id,
+        payload={
+            "alert_id": alert_id,
+            "level": verdict.warning_level.value,
+            "user_id": facts.payer_user_id,
+            "account_id": facts.payer_account_id,
+            "payment_id": facts.payment_id,
+            "reasons": reasons,
+        },
     )
     await alerts.insert_alert(
         conn,

@@ -28,14 +28,22 @@ from finmesh.risk.usecases.assessing import Outcome, PaymentFacts, assess_paymen
 
 
 class AssessmentWriter(GroupCommitWriter[PaymentFacts, Outcome]):
-    def __init__(self, engine: AsyncEngine, rules: Callable[[], Rules], *, max_batch: int = 128, lanes: int = 1,
-                 linger_seconds: float = 0.0,
-                 assess: Callable[..., Awaitable[list[Outcome]]] = assess_payments) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        rules: Callable[[], Rules],
+        *,
+        max_batch: int = 128,
+        lanes: int = 1,
+        linger_seconds: float = 0.0,
+        assess: Callable[..., Awaitable[list[Outcome]]] = assess_payments,
+    ) -> None:
         # Lanes: one on SQLite (one writer at a time anyway); on PostgreSQL more let one batch's round trips
         # overlap another's: batches that share a payer wait on its row lock, as replicas do. Lingering under
         # load shares a transaction's fixed cost, ~1 ms of CPU, among more payments.
-        super().__init__("risk-assessment", self._assess_batch, max_batch=max_batch, lanes=lanes,
-                         linger_seconds=linger_seconds)
+        super().__init__(
+            "risk-assessment", self._assess_batch, max_batch=max_batch, lanes=lanes, linger_seconds=linger_seconds
+        )
         # On an SQLite file each batch runs on a thread of its own: one hand-off per batch, not one per driver call.
         thread = write_thread_for(engine, "risk-sqlite-writer") if engine is not None else None
         self._database: AsyncEngine | SqliteWriteThread = thread or engine

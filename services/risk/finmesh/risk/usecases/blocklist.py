@@ -19,17 +19,33 @@ class BlockList:
         self._engine = engine
         self._answers = answers
 
-    async def add(self, call: KeyedCall[Any, Reply], *, kind: BlockKind, value: str, reason: str,
-                  expires_at: datetime | None, now: datetime) -> Reply:
+    async def add(
+        self,
+        call: KeyedCall[Any, Reply],
+        *,
+        kind: BlockKind,
+        value: str,
+        reason: str,
+        expires_at: datetime | None,
+        now: datetime,
+    ) -> Reply:
         """List `value`; one active entry per (kind, value), so a second is refused with the first one's id."""
 
         async def add(conn: AsyncConnection) -> Any:
             existing = await store.find_active(conn, kind.value, value, now)
             if existing is not None:
-                raise AlreadyExists("BLOCK_LIST_ENTRY_EXISTS", "an active entry already blocks this value",
-                                    entry_id=existing.entry_id)
-            return await store.add(conn, entry_id=str(uuid.uuid4()), kind=kind.value, value=value, reason=reason,
-                                   created_at=now, expires_at=expires_at)
+                raise AlreadyExists(
+                    "BLOCK_LIST_ENTRY_EXISTS", "an active entry already blocks this value", entry_id=existing.entry_id
+                )
+            return await store.add(
+                conn,
+                entry_id=str(uuid.uuid4()),
+                kind=kind.value,
+                value=value,
+                reason=reason,
+                created_at=now,
+                expires_at=expires_at,
+            )
 
         return await call.run(self._answers, add)
 
@@ -38,8 +54,9 @@ class BlockList:
 
         async def remove(conn: AsyncConnection) -> None:
             if not await store.remove(conn, entry_id, datetime.now(UTC)):
-                raise NotFound("BLOCK_LIST_ENTRY_NOT_FOUND", "no active block list entry with this id",
-                               entry_id=entry_id)
+                raise NotFound(
+                    "BLOCK_LIST_ENTRY_NOT_FOUND", "no active block list entry with this id", entry_id=entry_id
+                )
 
         return await call.run(self._answers, remove)
 

@@ -58,8 +58,14 @@ class ResponsePolicy:
 
 
 class EmergencyResponder:
-    def __init__(self, engine: AsyncEngine, freeze: Freeze, policy: ResponsePolicy | None = None, *,
-                 raise_tier: RaiseTier | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        freeze: Freeze,
+        policy: ResponsePolicy | None = None,
+        *,
+        raise_tier: RaiseTier | None = None,
+    ) -> None:
         self._engine = engine
         self._freeze = freeze
         # None: no identity to tell (a deployment without FINMESH_IDENTITY_TARGET); incidents finish untiered.
@@ -109,15 +115,17 @@ class EmergencyResponder:
         # Steps that succeeded in this attempt, saved with whatever happens next so they are not repeated.
         progress: dict[str, Any] = {}
         if row.frozen_at is None:
-            if not await self._step(row, progress, "freeze",
-                                    lambda: self._freeze(row.account_id, freeze_key(row.alert_id), timeout)):
+            if not await self._step(
+                row, progress, "freeze", lambda: self._freeze(row.account_id, freeze_key(row.alert_id), timeout)
+            ):
                 return 0
             progress["frozen_at"] = datetime.now(UTC)
             _log.info("emergency_account_frozen", alert_id=row.alert_id)
         if self._raise_tier is not None and row.user_id and row.tier_raised_at is None:
             raise_tier = self._raise_tier
-            if not await self._step(row, progress, "tier",
-                                    lambda: raise_tier(row.user_id, tier_key(row.alert_id), timeout)):
+            if not await self._step(
+                row, progress, "tier", lambda: raise_tier(row.user_id, tier_key(row.alert_id), timeout)
+            ):
                 return 0
             progress["tier_raised_at"] = datetime.now(UTC)
             _log.info("emergency_tier_raised", alert_id=row.alert_id)
@@ -126,15 +134,17 @@ class EmergencyResponder:
             await conn.rollback()
         if not alerted:
             # Acted on; the operator alert is still on its way through the outbox: look again soon.
-            await self._settle(row.alert_id, **progress,
-                               next_attempt_at=datetime.now(UTC) + timedelta(seconds=self._policy.poll_seconds))
+            await self._settle(
+                row.alert_id,
+                **progress,
+                next_attempt_at=datetime.now(UTC) + timedelta(seconds=self._policy.poll_seconds),
+            )
             return 0
         await self._settle(row.alert_id, **progress, emergency_response_done=True, last_error="")
         _log.info("emergency_response_done", alert_id=row.alert_id)
         return 1
 
-    async def _step(self, row: Any, progress: dict[str, Any], step: str,
-                    call: Callable[[], Awaitable[None]]) -> bool:
+    async def _step(self, row: Any, progress: dict[str, Any], step: str, call: Callable[[], Awaitable[None]]) -> bool:
         """Make one call; on failure record it (retry with backoff, or park on a final refusal) and say so."""
         try:
             await call()
@@ -146,11 +156,21 @@ class EmergencyResponder:
             # Doubling stops at 20 failures, as it did before the schedule was shared (the cap is reached long
             # before with the default numbers).
             delay = self._policy.backoff.delay(min(row.attempts, 20))
-            _log.warning("emergency_step_retry", alert_id=row.alert_id, step=step, attempts=row.attempts + 1,
-                         error=type(error).__name__, retry_in_seconds=round(delay, 2))
-            await self._settle(row.alert_id, **progress, attempts=row.attempts + 1,
-                               last_error=f"{step}: {type(error).__name__}"[:200],
-                               next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay))
+            _log.warning(
+                "emergency_step_retry",
+                alert_id=row.alert_id,
+                step=step,
+                attempts=row.attempts + 1,
+                error=type(error).__name__,
+                retry_in_seconds=round(delay, 2),
+            )
+            await self._settle(
+                row.alert_id,
+                **progress,
+                attempts=row.attempts + 1,
+                last_error=f"{step}: {type(error).__name__}"[:200],
+                next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay),
+            )
             return False
         return True
 

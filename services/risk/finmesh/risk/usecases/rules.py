@@ -38,8 +38,9 @@ class ActiveRules:
 
 
 class RulesRegistry:
-    def __init__(self, engine: AsyncEngine, answers: IdempotencyStore, *, file: Path | None = None,
-                 poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self, engine: AsyncEngine, answers: IdempotencyStore, *, file: Path | None = None, poll_seconds: float = 1.0
+    ) -> None:
         self._engine = engine
         self._answers = answers
         self._file = file
@@ -69,8 +70,13 @@ class RulesRegistry:
             row = await store.latest(conn)
             if row is None:
                 if self._file is not None and self.file_error:
-                    raise RulesError([FieldViolation("file", f"{self._file} refused and no rules were ever "
-                                                                     f"active: {self.file_error}")])
+                    raise RulesError(
+                        [
+                            FieldViolation(
+                                "file", f"{self._file} refused and no rules were ever active: {self.file_error}"
+                            )
+                        ]
+                    )
                 source = DEFAULT_RULES_FILE.read_text(encoding="utf-8")
                 row = await self.activate(conn, source, parse_rules(source), "default")
         self._adopt(row)
@@ -139,11 +145,15 @@ class RulesRegistry:
             if newest is not None and newest.content_hash == digest:
                 return newest
         if await store.hashes_of_version(conn, rules.version) - {digest}:
-            raise FailedPrecondition("RULES_VERSION_CONFLICT",
-                                     f"version {rules.version!r} was activated before with different content; "
-                                     "give changed rules a new version", version=rules.version)
-        row = await store.activate(conn, version=rules.version, source=source, content_hash=digest, origin=origin,
-                                   now=datetime.now(UTC))
+            raise FailedPrecondition(
+                "RULES_VERSION_CONFLICT",
+                f"version {rules.version!r} was activated before with different content; "
+                "give changed rules a new version",
+                version=rules.version,
+            )
+        row = await store.activate(
+            conn, version=rules.version, source=source, content_hash=digest, origin=origin, now=datetime.now(UTC)
+        )
         _log.info("rules_activated", version=rules.version, origin=origin, activation_id=row.id)
         return row
 
@@ -178,8 +188,12 @@ class RulesRegistry:
     def _refuse(self, message: str, digest: str) -> None:
         self._file_hash = digest
         if message != self.file_error:
-            _log.error("rules_file_refused", path=str(self._file), error=message,
-                       active_version=self._active.rules.version if self._active else "")
+            _log.error(
+                "rules_file_refused",
+                path=str(self._file),
+                error=message,
+                active_version=self._active.rules.version if self._active else "",
+            )
         self.file_error = message
 
     def _adopt(self, row: Any) -> None:

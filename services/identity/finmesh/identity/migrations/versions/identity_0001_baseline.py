@@ -11,137 +11,145 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = 'identity_0001'
+revision: str = "identity_0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-
 def upgrade() -> None:
-    op.create_table('challenges',
-    sa.Column('challenge_id', sa.String(length=36), nullable=False),
-    sa.Column('user_id', sa.String(length=36), nullable=False),
-    sa.Column('purpose', sa.String(length=12), nullable=False),
-    sa.Column('channel', sa.String(length=8), nullable=False),
-    sa.Column('code_hash', sa.String(length=64), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('challenge_id')
+    op.create_table(
+        "challenges",
+        sa.Column("challenge_id", sa.String(length=36), nullable=False),
+        sa.Column("user_id", sa.String(length=36), nullable=False),
+        sa.Column("purpose", sa.String(length=12), nullable=False),
+        sa.Column("channel", sa.String(length=8), nullable=False),
+        sa.Column("code_hash", sa.String(length=64), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("challenge_id"),
     )
-    op.create_index('ix_challenges_user_created', 'challenges', ['user_id', 'created_at'], unique=False)
+    op.create_index("ix_challenges_user_created", "challenges", ["user_id", "created_at"], unique=False)
 
-    op.create_table('idempotency_keys',
-    sa.Column('method', sa.String(length=100), nullable=False),
-    sa.Column('key', sa.String(length=128), nullable=False),
-    sa.Column('request_hash', sa.LargeBinary(length=32), nullable=False),
-    sa.Column('response', sa.LargeBinary(), nullable=True),
-    sa.Column('refusal', sa.LargeBinary(), nullable=True),
-    sa.Column('status_code', sa.Integer(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('method', 'key')
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("method", sa.String(length=100), nullable=False),
+        sa.Column("key", sa.String(length=128), nullable=False),
+        sa.Column("request_hash", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("response", sa.LargeBinary(), nullable=True),
+        sa.Column("refusal", sa.LargeBinary(), nullable=True),
+        sa.Column("status_code", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("method", "key"),
     )
-    op.create_table('login_throttle',
-    sa.Column('user_id', sa.String(length=36), nullable=False),
-    sa.Column('failures', sa.Integer(), nullable=False),
-    sa.Column('locked_until', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('user_id')
+    op.create_table(
+        "login_throttle",
+        sa.Column("user_id", sa.String(length=36), nullable=False),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("user_id"),
     )
-    op.create_table('outbox',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('event_id', sa.String(length=36), nullable=False),
-    sa.Column('event_type', sa.String(length=100), nullable=False),
-    sa.Column('aggregate_id', sa.String(length=64), nullable=False),
-    sa.Column('sequence', sa.BigInteger(), nullable=False),
-    sa.Column('user_id', sa.String(length=64), nullable=False),
-    sa.Column('payload', sa.JSON(), nullable=False),
-    sa.Column('traceparent', sa.String(length=64), nullable=False),
-    sa.Column('tracestate', sa.String(length=512), nullable=False),
-    sa.Column('occurred_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('delivered_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('last_error', sa.String(length=500), nullable=False),
-    sa.Column('dead', sa.Boolean(), nullable=False),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('aggregate_id', 'sequence', name='uq_outbox_aggregate_sequence'),
-    sa.UniqueConstraint('event_id')
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("event_id", sa.String(length=36), nullable=False),
+        sa.Column("event_type", sa.String(length=100), nullable=False),
+        sa.Column("aggregate_id", sa.String(length=64), nullable=False),
+        sa.Column("sequence", sa.BigInteger(), nullable=False),
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("traceparent", sa.String(length=64), nullable=False),
+        sa.Column("tracestate", sa.String(length=512), nullable=False),
+        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_error", sa.String(length=500), nullable=False),
+        sa.Column("dead", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("aggregate_id", "sequence", name="uq_outbox_aggregate_sequence"),
+        sa.UniqueConstraint("event_id"),
     )
-    op.create_index('ix_outbox_pending', 'outbox', ['delivered_at', 'dead', 'id'], unique=False)
+    op.create_index("ix_outbox_pending", "outbox", ["delivered_at", "dead", "id"], unique=False)
 
-    op.create_table('pii_access_log',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('user_id', sa.String(length=36), nullable=False),
-    sa.Column('accessor_id', sa.String(length=64), nullable=False),
-    sa.Column('fields', sa.String(length=100), nullable=False),
-    sa.Column('purpose', sa.String(length=200), nullable=False),
-    sa.Column('accessed_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('id')
+    op.create_table(
+        "pii_access_log",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("user_id", sa.String(length=36), nullable=False),
+        sa.Column("accessor_id", sa.String(length=64), nullable=False),
+        sa.Column("fields", sa.String(length=100), nullable=False),
+        sa.Column("purpose", sa.String(length=200), nullable=False),
+        sa.Column("accessed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index(op.f('ix_pii_access_log_user_id'), 'pii_access_log', ['user_id'], unique=False)
+    op.create_index(op.f("ix_pii_access_log_user_id"), "pii_access_log", ["user_id"], unique=False)
 
-    op.create_table('sessions',
-    sa.Column('session_id', sa.String(length=36), nullable=False),
-    sa.Column('family_id', sa.String(length=36), nullable=False),
-    sa.Column('user_id', sa.String(length=36), nullable=False),
-    sa.Column('token_hash', sa.String(length=64), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('session_id'),
-    sa.UniqueConstraint('token_hash')
+    op.create_table(
+        "sessions",
+        sa.Column("session_id", sa.String(length=36), nullable=False),
+        sa.Column("family_id", sa.String(length=36), nullable=False),
+        sa.Column("user_id", sa.String(length=36), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("session_id"),
+        sa.UniqueConstraint("token_hash"),
     )
-    op.create_index(op.f('ix_sessions_family_id'), 'sessions', ['family_id'], unique=False)
-    op.create_index(op.f('ix_sessions_user_id'), 'sessions', ['user_id'], unique=False)
+    op.create_index(op.f("ix_sessions_family_id"), "sessions", ["family_id"], unique=False)
+    op.create_index(op.f("ix_sessions_user_id"), "sessions", ["user_id"], unique=False)
 
-    op.create_table('signing_keys',
-    sa.Column('kid', sa.String(length=40), nullable=False),
-    sa.Column('public_key', sa.LargeBinary(), nullable=False),
-    sa.Column('private_key_enc', sa.LargeBinary(), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('retired_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('not_after', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('kid')
+    op.create_table(
+        "signing_keys",
+        sa.Column("kid", sa.String(length=40), nullable=False),
+        sa.Column("public_key", sa.LargeBinary(), nullable=False),
+        sa.Column("private_key_enc", sa.LargeBinary(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("not_after", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("kid"),
     )
-    op.create_table('totp',
-    sa.Column('user_id', sa.String(length=36), nullable=False),
-    sa.Column('secret_enc', sa.LargeBinary(), nullable=False),
-    sa.Column('enabled', sa.Boolean(), nullable=False),
-    sa.Column('last_step', sa.BigInteger(), nullable=False),
-    sa.PrimaryKeyConstraint('user_id')
+    op.create_table(
+        "totp",
+        sa.Column("user_id", sa.String(length=36), nullable=False),
+        sa.Column("secret_enc", sa.LargeBinary(), nullable=False),
+        sa.Column("enabled", sa.Boolean(), nullable=False),
+        sa.Column("last_step", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("user_id"),
     )
-    op.create_table('users',
-    sa.Column('user_id', sa.String(length=36), nullable=False),
-    sa.Column('kind', sa.String(length=12), nullable=False),
-    sa.Column('wrapped_key', sa.LargeBinary(), nullable=True),
-    sa.Column('legal_name_enc', sa.LargeBinary(), nullable=True),
-    sa.Column('id_number_enc', sa.LargeBinary(), nullable=True),
-    sa.Column('phone_enc', sa.LargeBinary(), nullable=True),
-    sa.Column('email_enc', sa.LargeBinary(), nullable=True),
-    sa.Column('id_number_index', sa.String(length=64), nullable=True),
-    sa.Column('phone_index', sa.String(length=64), nullable=True),
-    sa.Column('email_index', sa.String(length=64), nullable=True),
-    sa.Column('legal_name_masked', sa.String(length=60), nullable=False),
-    sa.Column('id_number_masked', sa.String(length=18), nullable=False),
-    sa.Column('phone_masked', sa.String(length=20), nullable=False),
-    sa.Column('email_masked', sa.String(length=80), nullable=False),
-    sa.Column('birth_year', sa.String(length=4), nullable=False),
-    sa.Column('password_hash', sa.String(length=200), nullable=False),
-    sa.Column('locale', sa.String(length=10), nullable=False),
-    sa.Column('risk_tier', sa.String(length=12), nullable=False),
-    sa.Column('id_number_check', sa.String(length=12), nullable=False),
-    sa.Column('contact_check', sa.String(length=12), nullable=False),
-    sa.Column('real_name_check', sa.String(length=12), nullable=False),
-    sa.Column('roles', sa.String(length=200), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('erased_at', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('user_id'),
-    sa.UniqueConstraint('email_index'),
-    sa.UniqueConstraint('id_number_index'),
-    sa.UniqueConstraint('phone_index')
+    op.create_table(
+        "users",
+        sa.Column("user_id", sa.String(length=36), nullable=False),
+        sa.Column("kind", sa.String(length=12), nullable=False),
+        sa.Column("wrapped_key", sa.LargeBinary(), nullable=True),
+        sa.Column("legal_name_enc", sa.LargeBinary(), nullable=True),
+        sa.Column("id_number_enc", sa.LargeBinary(), nullable=True),
+        sa.Column("phone_enc", sa.LargeBinary(), nullable=True),
+        sa.Column("email_enc", sa.LargeBinary(), nullable=True),
+        sa.Column("id_number_index", sa.String(length=64), nullable=True),
+        sa.Column("phone_index", sa.String(length=64), nullable=True),
+        sa.Column("email_index", sa.String(length=64), nullable=True),
+        sa.Column("legal_name_masked", sa.String(length=60), nullable=False),
+        sa.Column("id_number_masked", sa.String(length=18), nullable=False),
+        sa.Column("phone_masked", sa.String(length=20), nullable=False),
+        sa.Column("email_masked", sa.String(length=80), nullable=False),
+        sa.Column("birth_year", sa.String(length=4), nullable=False),
+        sa.Column("password_hash", sa.String(length=200), nullable=False),
+        sa.Column("locale", sa.String(length=10), nullable=False),
+        sa.Column("risk_tier", sa.String(length=12), nullable=False),
+        sa.Column("id_number_check", sa.String(length=12), nullable=False),
+        sa.Column("contact_check", sa.String(length=12), nullable=False),
+        sa.Column("real_name_check", sa.String(length=12), nullable=False),
+        sa.Column("roles", sa.String(length=200), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("erased_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("user_id"),
+        sa.UniqueConstraint("email_index"),
+        sa.UniqueConstraint("id_number_index"),
+        sa.UniqueConstraint("phone_index"),
     )
 
 

@@ -13,15 +13,15 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = 'identity_0002'
-down_revision: str | Sequence[str] | None = 'identity_0001'
+revision: str = "identity_0002"
+down_revision: str | Sequence[str] | None = "identity_0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_index('ix_outbox_aggregate_pending', 'outbox', ['aggregate_id', 'delivered_at', 'dead', 'sequence'])
+    op.create_index("ix_outbox_aggregate_pending", "outbox", ["aggregate_id", "delivered_at", "dead", "sequence"])
 
 
 def downgrade() -> None:
-    op.drop_index('ix_outbox_aggregate_pending', table_name='outbox')
+    op.drop_index("ix_outbox_aggregate_pending", table_name="outbox")

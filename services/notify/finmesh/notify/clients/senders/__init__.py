@@ -42,8 +42,15 @@ def http_failure(status: int, what: str) -> SendError:
     return SendError(f"{what} answered HTTP {status}", permanent=not transient)
 
 
-async def post(client: HttpClient, path: str, what: str, *, json_body: Any = None, data: bytes | None = None,
-               headers: Mapping[str, str] | None = None) -> None:
+async def post(
+    client: HttpClient,
+    path: str,
+    what: str,
+    *,
+    json_body: Any = None,
+    data: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> None:
     """POST one message: any 2xx answer delivers it; anything else is a SendError (`what` names the party)."""
     try:
         answer = await client.request("POST", path, json_body=json_body, data=data, headers=headers)

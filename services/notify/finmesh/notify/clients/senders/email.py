@@ -12,8 +12,17 @@ from finmesh.notify.clients.senders import Outgoing, SendError
 
 
 class SmtpSender:
-    def __init__(self, host: str, port: int, sender: str, *, username: str = "", password: str = "",
-                 starttls: bool = False, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        *,
+        username: str = "",
+        password: str = "",
+        starttls: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
         self._host, self._port, self._sender = host, port, sender
         self._username, self._password = username, password
         self._starttls, self._timeout = starttls, timeout

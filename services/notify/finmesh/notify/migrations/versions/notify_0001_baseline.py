@@ -11,147 +11,157 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = 'notify_0001'
+revision: str = "notify_0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-
 def upgrade() -> None:
-    op.create_table('complaint_escalations',
-    sa.Column('complaint_id', sa.String(length=36), nullable=False),
-    sa.Column('stage', sa.String(length=10), nullable=False),
-    sa.Column('escalated_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('complaint_id', 'stage')
+    op.create_table(
+        "complaint_escalations",
+        sa.Column("complaint_id", sa.String(length=36), nullable=False),
+        sa.Column("stage", sa.String(length=10), nullable=False),
+        sa.Column("escalated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("complaint_id", "stage"),
     )
-    op.create_table('complaint_events',
-    sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('complaint_id', sa.String(length=36), nullable=False),
-    sa.Column('from_state', sa.String(length=10), nullable=False),
-    sa.Column('to_state', sa.String(length=10), nullable=False),
-    sa.Column('note_sealed', sa.LargeBinary(), nullable=True),
-    sa.Column('at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('seq')
+    op.create_table(
+        "complaint_events",
+        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("complaint_id", sa.String(length=36), nullable=False),
+        sa.Column("from_state", sa.String(length=10), nullable=False),
+        sa.Column("to_state", sa.String(length=10), nullable=False),
+        sa.Column("note_sealed", sa.LargeBinary(), nullable=True),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("seq"),
     )
-    op.create_index('ix_complaint_events_complaint', 'complaint_events', ['complaint_id'], unique=False)
+    op.create_index("ix_complaint_events_complaint", "complaint_events", ["complaint_id"], unique=False)
 
-    op.create_table('complaints',
-    sa.Column('complaint_id', sa.String(length=36), nullable=False),
-    sa.Column('user_id', sa.String(length=64), nullable=False),
-    sa.Column('subject_sealed', sa.LargeBinary(), nullable=False),
-    sa.Column('body_sealed', sa.LargeBinary(), nullable=False),
-    sa.Column('state', sa.String(length=10), nullable=False),
-    sa.Column('opened_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('accept_due', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('respond_due', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('resolve_due', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('accepted_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('responded_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('resolved_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('escalated', sa.Boolean(), nullable=False),
-    sa.PrimaryKeyConstraint('complaint_id')
+    op.create_table(
+        "complaints",
+        sa.Column("complaint_id", sa.String(length=36), nullable=False),
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("subject_sealed", sa.LargeBinary(), nullable=False),
+        sa.Column("body_sealed", sa.LargeBinary(), nullable=False),
+        sa.Column("state", sa.String(length=10), nullable=False),
+        sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("accept_due", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("respond_due", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("resolve_due", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("accepted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("responded_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("escalated", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("complaint_id"),
     )
-    op.create_index('ix_complaints_state', 'complaints', ['state', 'opened_at'], unique=False)
+    op.create_index("ix_complaints_state", "complaints", ["state", "opened_at"], unique=False)
 
-    op.create_table('consent_log',
-    sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('user_id', sa.String(length=64), nullable=False),
-    sa.Column('category', sa.String(length=15), nullable=False),
-    sa.Column('granted', sa.Boolean(), nullable=False),
-    sa.Column('quiet_hours_start', sa.String(length=5), nullable=False),
-    sa.Column('quiet_hours_end', sa.String(length=5), nullable=False),
-    sa.Column('time_zone', sa.String(length=64), nullable=False),
-    sa.Column('recorded_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('seq')
+    op.create_table(
+        "consent_log",
+        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("category", sa.String(length=15), nullable=False),
+        sa.Column("granted", sa.Boolean(), nullable=False),
+        sa.Column("quiet_hours_start", sa.String(length=5), nullable=False),
+        sa.Column("quiet_hours_end", sa.String(length=5), nullable=False),
+        sa.Column("time_zone", sa.String(length=64), nullable=False),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("seq"),
     )
-    op.create_index('ix_consent_log_user', 'consent_log', ['user_id', 'category'], unique=False)
+    op.create_index("ix_consent_log_user", "consent_log", ["user_id", "category"], unique=False)
 
-    op.create_table('consents',
-    sa.Column('user_id', sa.String(length=64), nullable=False),
-    sa.Column('category', sa.String(length=15), nullable=False),
-    sa.Column('granted', sa.Boolean(), nullable=False),
-    sa.Column('quiet_hours_start', sa.String(length=5), nullable=False),
-    sa.Column('quiet_hours_end', sa.String(length=5), nullable=False),
-    sa.Column('time_zone', sa.String(length=64), nullable=False),
-    sa.Column('recorded_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('user_id', 'category')
+    op.create_table(
+        "consents",
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("category", sa.String(length=15), nullable=False),
+        sa.Column("granted", sa.Boolean(), nullable=False),
+        sa.Column("quiet_hours_start", sa.String(length=5), nullable=False),
+        sa.Column("quiet_hours_end", sa.String(length=5), nullable=False),
+        sa.Column("time_zone", sa.String(length=64), nullable=False),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("user_id", "category"),
     )
-    op.create_table('dead_letters',
-    sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('dead_letter_id', sa.String(length=36), nullable=False),
-    sa.Column('notification_id', sa.String(length=36), nullable=False),
-    sa.Column('channel', sa.String(length=10), nullable=False),
-    sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('last_error', sa.String(length=300), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('redriven', sa.Boolean(), nullable=False),
-    sa.Column('redriven_at', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('seq'),
-    sa.UniqueConstraint('dead_letter_id')
+    op.create_table(
+        "dead_letters",
+        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("dead_letter_id", sa.String(length=36), nullable=False),
+        sa.Column("notification_id", sa.String(length=36), nullable=False),
+        sa.Column("channel", sa.String(length=10), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("last_error", sa.String(length=300), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("redriven", sa.Boolean(), nullable=False),
+        sa.Column("redriven_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("seq"),
+        sa.UniqueConstraint("dead_letter_id"),
     )
-    op.create_index('ix_dead_letters_notification', 'dead_letters', ['notification_id'], unique=False)
+    op.create_index("ix_dead_letters_notification", "dead_letters", ["notification_id"], unique=False)
 
-    op.create_table('idempotency_keys',
-    sa.Column('method', sa.String(length=100), nullable=False),
-    sa.Column('key', sa.String(length=128), nullable=False),
-    sa.Column('request_hash', sa.LargeBinary(length=32), nullable=False),
-    sa.Column('response', sa.LargeBinary(), nullable=True),
-    sa.Column('refusal', sa.LargeBinary(), nullable=True),
-    sa.Column('status_code', sa.Integer(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('method', 'key')
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("method", sa.String(length=100), nullable=False),
+        sa.Column("key", sa.String(length=128), nullable=False),
+        sa.Column("request_hash", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("response", sa.LargeBinary(), nullable=True),
+        sa.Column("refusal", sa.LargeBinary(), nullable=True),
+        sa.Column("status_code", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("method", "key"),
     )
-    op.create_table('notifications',
-    sa.Column('notification_id', sa.String(length=36), nullable=False),
-    sa.Column('event_id', sa.String(length=36), nullable=False),
-    sa.Column('user_id', sa.String(length=64), nullable=False),
-    sa.Column('channel', sa.String(length=10), nullable=False),
-    sa.Column('category', sa.String(length=15), nullable=False),
-    sa.Column('template', sa.String(length=40), nullable=False),
-    sa.Column('locale', sa.String(length=10), nullable=False),
-    sa.Column('subject_sealed', sa.LargeBinary(), nullable=True),
-    sa.Column('body_sealed', sa.LargeBinary(), nullable=False),
-    sa.Column('address_sealed', sa.LargeBinary(), nullable=True),
-    sa.Column('webhook_id', sa.String(length=36), nullable=False),
-    sa.Column('status', sa.String(length=15), nullable=False),
-    sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('last_error', sa.String(length=300), nullable=False),
-    sa.Column('traceparent', sa.String(length=64), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('notification_id')
+    op.create_table(
+        "notifications",
+        sa.Column("notification_id", sa.String(length=36), nullable=False),
+        sa.Column("event_id", sa.String(length=36), nullable=False),
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("channel", sa.String(length=10), nullable=False),
+        sa.Column("category", sa.String(length=15), nullable=False),
+        sa.Column("template", sa.String(length=40), nullable=False),
+        sa.Column("locale", sa.String(length=10), nullable=False),
+        sa.Column("subject_sealed", sa.LargeBinary(), nullable=True),
+        sa.Column("body_sealed", sa.LargeBinary(), nullable=False),
+        sa.Column("address_sealed", sa.LargeBinary(), nullable=True),
+        sa.Column("webhook_id", sa.String(length=36), nullable=False),
+        sa.Column("status", sa.String(length=15), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.String(length=300), nullable=False),
+        sa.Column("traceparent", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("notification_id"),
     )
-    op.create_index('ix_notifications_queue', 'notifications', ['status', 'category', 'next_attempt_at'], unique=False)
-    op.create_index('ix_notifications_user', 'notifications', ['user_id', 'created_at'], unique=False)
+    op.create_index("ix_notifications_queue", "notifications", ["status", "category", "next_attempt_at"], unique=False)
+    op.create_index("ix_notifications_user", "notifications", ["user_id", "created_at"], unique=False)
 
-    op.create_table('profiles',
-    sa.Column('user_id', sa.String(length=64), nullable=False),
-    sa.Column('locale', sa.String(length=10), nullable=False),
-    sa.Column('time_zone', sa.String(length=64), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('user_id')
+    op.create_table(
+        "profiles",
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("locale", sa.String(length=10), nullable=False),
+        sa.Column("time_zone", sa.String(length=64), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("user_id"),
     )
-    op.create_table('received_events',
-    sa.Column('event_id', sa.String(length=36), nullable=False),
-    sa.Column('source', sa.String(length=20), nullable=False),
-    sa.Column('event_type', sa.String(length=100), nullable=False),
-    sa.Column('aggregate_id', sa.String(length=64), nullable=False),
-    sa.Column('sequence', sa.BigInteger(), nullable=False),
-    sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('event_id')
+    op.create_table(
+        "received_events",
+        sa.Column("event_id", sa.String(length=36), nullable=False),
+        sa.Column("source", sa.String(length=20), nullable=False),
+        sa.Column("event_type", sa.String(length=100), nullable=False),
+        sa.Column("aggregate_id", sa.String(length=64), nullable=False),
+        sa.Column("sequence", sa.BigInteger(), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("event_id"),
     )
-    op.create_index('ix_received_aggregate', 'received_events', ['source', 'aggregate_id', 'sequence'], unique=False)
+    op.create_index("ix_received_aggregate", "received_events", ["source", "aggregate_id", "sequence"], unique=False)
 
-    op.create_table('webhooks',
-    sa.Column('webhook_id', sa.String(length=36), nullable=False),
-    sa.Column('url_sealed', sa.LargeBinary(), nullable=False),
-    sa.Column('event_types', sa.JSON(), nullable=False),
-    sa.Column('secret_sealed', sa.LargeBinary(), nullable=False),
-    sa.Column('active', sa.Boolean(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('webhook_id')
+    op.create_table(
+        "webhooks",
+        sa.Column("webhook_id", sa.String(length=36), nullable=False),
+        sa.Column("url_sealed", sa.LargeBinary(), nullable=False),
+        sa.Column("event_types", sa.JSON(), nullable=False),
+        sa.Column("secret_sealed", sa.LargeBinary(), nullable=False),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("webhook_id"),
     )
 
 

@@ -10,20 +10,21 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = 'notify_0002'
-down_revision: str | Sequence[str] | None = 'notify_0001'
+revision: str = "notify_0002"
+down_revision: str | Sequence[str] | None = "notify_0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_table('erased_users',
-    sa.Column('user_id', sa.String(length=64), nullable=False),
-    sa.Column('event_id', sa.String(length=36), nullable=False),
-    sa.Column('erased_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('user_id')
+    op.create_table(
+        "erased_users",
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("event_id", sa.String(length=36), nullable=False),
+        sa.Column("erased_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("user_id"),
     )
 
 
 def downgrade() -> None:
-    op.drop_table('erased_users')
+    op.drop_table("erased_users")

@@ -27,27 +27,28 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = 'notify_0003'
-down_revision: str | Sequence[str] | None = 'notify_0002'
+revision: str = "notify_0003"
+down_revision: str | Sequence[str] | None = "notify_0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_table('scoped_idempotency_keys',
-    sa.Column('method', sa.String(length=100), nullable=False),
-    sa.Column('key', sa.String(length=128), nullable=False),
-    sa.Column('scope', sa.String(length=200), nullable=False),
-    sa.Column('request_hash', sa.LargeBinary(length=32), nullable=False),
-    sa.Column('response', sa.LargeBinary(), nullable=True),
-    sa.Column('refusal', sa.LargeBinary(), nullable=True),
-    sa.Column('status_code', sa.Integer(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('method', 'key', 'scope')
+    op.create_table(
+        "scoped_idempotency_keys",
+        sa.Column("method", sa.String(length=100), nullable=False),
+        sa.Column("key", sa.String(length=128), nullable=False),
+        sa.Column("scope", sa.String(length=200), nullable=False),
+        sa.Column("request_hash", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("response", sa.LargeBinary(), nullable=True),
+        sa.Column("refusal", sa.LargeBinary(), nullable=True),
+        sa.Column("status_code", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("method", "key", "scope"),
     )
-    op.add_column('idempotency_keys', sa.Column('scope', sa.String(length=200), nullable=True))
+    op.add_column("idempotency_keys", sa.Column("scope", sa.String(length=200), nullable=True))
 
 
 def downgrade() -> None:
-    op.drop_column('idempotency_keys', 'scope')
-    op.drop_table('scoped_idempotency_keys')
+    op.drop_column("idempotency_keys", "scope")
+    op.drop_table("scoped_idempotency_keys")

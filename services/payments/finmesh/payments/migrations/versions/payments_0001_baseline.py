@@ -11,210 +11,237 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = 'payments_0001'
+revision: str = "payments_0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-
 def upgrade() -> None:
-    op.create_table('account_tiers',
-    sa.Column('owner_id', sa.String(length=64), nullable=False),
-    sa.Column('tier', sa.String(length=20), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('owner_id')
+    op.create_table(
+        "account_tiers",
+        sa.Column("owner_id", sa.String(length=64), nullable=False),
+        sa.Column("tier", sa.String(length=20), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("owner_id"),
     )
-    op.create_table('accounts',
-    sa.Column('account_id', sa.String(length=64), nullable=False),
-    sa.Column('owner_id', sa.String(length=64), nullable=False),
-    sa.Column('kind', sa.String(length=20), nullable=False),
-    sa.Column('currency', sa.String(length=3), nullable=False),
-    sa.Column('status', sa.String(length=10), nullable=False),
-    sa.Column('channel', sa.String(length=40), nullable=False),
-    sa.Column('available', sa.BigInteger(), nullable=False),
-    sa.Column('held', sa.BigInteger(), nullable=False),
-    sa.Column('unsettled', sa.BigInteger(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('account_id')
+    op.create_table(
+        "accounts",
+        sa.Column("account_id", sa.String(length=64), nullable=False),
+        sa.Column("owner_id", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=20), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("status", sa.String(length=10), nullable=False),
+        sa.Column("channel", sa.String(length=40), nullable=False),
+        sa.Column("available", sa.BigInteger(), nullable=False),
+        sa.Column("held", sa.BigInteger(), nullable=False),
+        sa.Column("unsettled", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("account_id"),
     )
-    op.create_index('ix_accounts_owner', 'accounts', ['owner_id'], unique=False)
+    op.create_index("ix_accounts_owner", "accounts", ["owner_id"], unique=False)
 
-    op.create_table('audit_head',
-    sa.Column('id', sa.Integer(), autoincrement=False, nullable=False),
-    sa.Column('sequence', sa.BigInteger(), nullable=False),
-    sa.Column('hash', sa.String(length=64), nullable=False),
-    sa.PrimaryKeyConstraint('id')
+    op.create_table(
+        "audit_head",
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("sequence", sa.BigInteger(), nullable=False),
+        sa.Column("hash", sa.String(length=64), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
     )
-    op.create_table('audit_log',
-    sa.Column('sequence', sa.BigInteger(), autoincrement=False, nullable=False),
-    sa.Column('recorded_at', sa.String(length=40), nullable=False),
-    sa.Column('kind', sa.String(length=30), nullable=False),
-    sa.Column('payload', sa.Text(), nullable=False),
-    sa.Column('prev_hash', sa.String(length=64), nullable=False),
-    sa.Column('hash', sa.String(length=64), nullable=False),
-    sa.PrimaryKeyConstraint('sequence')
+    op.create_table(
+        "audit_log",
+        sa.Column("sequence", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("recorded_at", sa.String(length=40), nullable=False),
+        sa.Column("kind", sa.String(length=30), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
+        sa.Column("prev_hash", sa.String(length=64), nullable=False),
+        sa.Column("hash", sa.String(length=64), nullable=False),
+        sa.PrimaryKeyConstraint("sequence"),
     )
-    op.create_table('channel_operations',
-    sa.Column('operation_id', sa.String(length=36), nullable=False),
-    sa.Column('kind', sa.String(length=10), nullable=False),
-    sa.Column('account_id', sa.String(length=64), nullable=False),
-    sa.Column('channel', sa.String(length=40), nullable=False),
-    sa.Column('currency', sa.String(length=3), nullable=False),
-    sa.Column('amount', sa.BigInteger(), nullable=False),
-    sa.Column('status', sa.String(length=12), nullable=False),
-    sa.Column('channel_reference', sa.String(length=64), nullable=False),
-    sa.Column('destination_token', sa.String(length=128), nullable=False),
-    sa.Column('failure_reason', sa.String(length=100), nullable=False),
-    sa.Column('idempotency_key', sa.String(length=128), nullable=False),
-    sa.Column('request_hash', sa.LargeBinary(length=32), nullable=True),
-    sa.Column('transfer_id', sa.String(length=36), nullable=True),
-    sa.Column('reconciliation_report_id', sa.String(length=36), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('operation_id')
+    op.create_table(
+        "channel_operations",
+        sa.Column("operation_id", sa.String(length=36), nullable=False),
+        sa.Column("kind", sa.String(length=10), nullable=False),
+        sa.Column("account_id", sa.String(length=64), nullable=False),
+        sa.Column("channel", sa.String(length=40), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("status", sa.String(length=12), nullable=False),
+        sa.Column("channel_reference", sa.String(length=64), nullable=False),
+        sa.Column("destination_token", sa.String(length=128), nullable=False),
+        sa.Column("failure_reason", sa.String(length=100), nullable=False),
+        sa.Column("idempotency_key", sa.String(length=128), nullable=False),
+        sa.Column("request_hash", sa.LargeBinary(length=32), nullable=True),
+        sa.Column("transfer_id", sa.String(length=36), nullable=True),
+        sa.Column("reconciliation_report_id", sa.String(length=36), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("operation_id"),
     )
-    op.create_index('ix_channel_operations_channel', 'channel_operations', ['channel', 'status'], unique=False)
-    op.create_index('ix_channel_operations_pending', 'channel_operations', ['status', 'created_at'], unique=False)
+    op.create_index("ix_channel_operations_channel", "channel_operations", ["channel", "status"], unique=False)
+    op.create_index("ix_channel_operations_pending", "channel_operations", ["status", "created_at"], unique=False)
 
-    op.create_table('daily_usage',
-    sa.Column('owner_id', sa.String(length=64), nullable=False),
-    sa.Column('currency', sa.String(length=3), nullable=False),
-    sa.Column('day', sa.String(length=10), nullable=False),
-    sa.Column('amount', sa.BigInteger(), nullable=False),
-    sa.Column('count', sa.Integer(), nullable=False),
-    sa.PrimaryKeyConstraint('owner_id', 'currency', 'day')
+    op.create_table(
+        "daily_usage",
+        sa.Column("owner_id", sa.String(length=64), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("day", sa.String(length=10), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("owner_id", "currency", "day"),
     )
-    op.create_table('idempotency_keys',
-    sa.Column('method', sa.String(length=100), nullable=False),
-    sa.Column('key', sa.String(length=128), nullable=False),
-    sa.Column('request_hash', sa.LargeBinary(length=32), nullable=False),
-    sa.Column('response', sa.LargeBinary(), nullable=True),
-    sa.Column('refusal', sa.LargeBinary(), nullable=True),
-    sa.Column('status_code', sa.Integer(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('method', 'key')
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("method", sa.String(length=100), nullable=False),
+        sa.Column("key", sa.String(length=128), nullable=False),
+        sa.Column("request_hash", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("response", sa.LargeBinary(), nullable=True),
+        sa.Column("refusal", sa.LargeBinary(), nullable=True),
+        sa.Column("status_code", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("method", "key"),
     )
-    op.create_table('outbox',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('event_id', sa.String(length=36), nullable=False),
-    sa.Column('event_type', sa.String(length=100), nullable=False),
-    sa.Column('aggregate_id', sa.String(length=64), nullable=False),
-    sa.Column('sequence', sa.BigInteger(), nullable=False),
-    sa.Column('user_id', sa.String(length=64), nullable=False),
-    sa.Column('payload', sa.JSON(), nullable=False),
-    sa.Column('traceparent', sa.String(length=64), nullable=False),
-    sa.Column('tracestate', sa.String(length=512), nullable=False),
-    sa.Column('occurred_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('delivered_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('last_error', sa.String(length=500), nullable=False),
-    sa.Column('dead', sa.Boolean(), nullable=False),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('aggregate_id', 'sequence', name='uq_outbox_aggregate_sequence'),
-    sa.UniqueConstraint('event_id')
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("event_id", sa.String(length=36), nullable=False),
+        sa.Column("event_type", sa.String(length=100), nullable=False),
+        sa.Column("aggregate_id", sa.String(length=64), nullable=False),
+        sa.Column("sequence", sa.BigInteger(), nullable=False),
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("traceparent", sa.String(length=64), nullable=False),
+        sa.Column("tracestate", sa.String(length=512), nullable=False),
+        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_error", sa.String(length=500), nullable=False),
+        sa.Column("dead", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("aggregate_id", "sequence", name="uq_outbox_aggregate_sequence"),
+        sa.UniqueConstraint("event_id"),
     )
-    op.create_index('ix_outbox_pending', 'outbox', ['delivered_at', 'dead', 'id'], unique=False)
+    op.create_index("ix_outbox_pending", "outbox", ["delivered_at", "dead", "id"], unique=False)
 
-    op.create_table('payments',
-    sa.Column('payment_id', sa.String(length=36), nullable=False),
-    sa.Column('payer_account_id', sa.String(length=64), nullable=False),
-    sa.Column('payee_account_id', sa.String(length=64), nullable=False),
-    sa.Column('currency', sa.String(length=3), nullable=False),
-    sa.Column('amount', sa.BigInteger(), nullable=False),
-    sa.Column('captured', sa.BigInteger(), nullable=False),
-    sa.Column('refunded', sa.BigInteger(), nullable=False),
-    sa.Column('status', sa.String(length=20), nullable=False),
-    sa.Column('capture_mode', sa.String(length=10), nullable=False),
-    sa.Column('description', sa.String(length=200), nullable=False),
-    sa.Column('risk_assessment_id', sa.String(length=64), nullable=False),
-    sa.Column('risk_score', sa.Integer(), nullable=False),
-    sa.Column('risk_decision', sa.String(length=10), nullable=False),
-    sa.Column('risk_reasons', sa.String(length=500), nullable=False),
-    sa.Column('review_note', sa.String(length=500), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('captured_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('settlement_batch_id', sa.String(length=36), nullable=True),
-    sa.PrimaryKeyConstraint('payment_id')
+    op.create_table(
+        "payments",
+        sa.Column("payment_id", sa.String(length=36), nullable=False),
+        sa.Column("payer_account_id", sa.String(length=64), nullable=False),
+        sa.Column("payee_account_id", sa.String(length=64), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("captured", sa.BigInteger(), nullable=False),
+        sa.Column("refunded", sa.BigInteger(), nullable=False),
+        sa.Column("status", sa.String(length=20), nullable=False),
+        sa.Column("capture_mode", sa.String(length=10), nullable=False),
+        sa.Column("description", sa.String(length=200), nullable=False),
+        sa.Column("risk_assessment_id", sa.String(length=64), nullable=False),
+        sa.Column("risk_score", sa.Integer(), nullable=False),
+        sa.Column("risk_decision", sa.String(length=10), nullable=False),
+        sa.Column("risk_reasons", sa.String(length=500), nullable=False),
+        sa.Column("review_note", sa.String(length=500), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("captured_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("settlement_batch_id", sa.String(length=36), nullable=True),
+        sa.PrimaryKeyConstraint("payment_id"),
     )
-    op.create_index('ix_payments_payee', 'payments', ['payee_account_id', 'created_at'], unique=False)
-    op.create_index('ix_payments_payer', 'payments', ['payer_account_id', 'created_at'], unique=False)
-    op.create_index('ix_payments_unsettled', 'payments', ['payee_account_id', 'settlement_batch_id', 'captured_at'],
-                    unique=False)
+    op.create_index("ix_payments_payee", "payments", ["payee_account_id", "created_at"], unique=False)
+    op.create_index("ix_payments_payer", "payments", ["payer_account_id", "created_at"], unique=False)
+    op.create_index(
+        "ix_payments_unsettled", "payments", ["payee_account_id", "settlement_batch_id", "captured_at"], unique=False
+    )
 
-    op.create_table('reconciliation_reports',
-    sa.Column('report_id', sa.String(length=36), nullable=False),
-    sa.Column('channel', sa.String(length=40), nullable=False),
-    sa.Column('matched_count', sa.Integer(), nullable=False),
-    sa.Column('mismatch_count', sa.Integer(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('report_id')
+    op.create_table(
+        "reconciliation_reports",
+        sa.Column("report_id", sa.String(length=36), nullable=False),
+        sa.Column("channel", sa.String(length=40), nullable=False),
+        sa.Column("matched_count", sa.Integer(), nullable=False),
+        sa.Column("mismatch_count", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("report_id"),
     )
-    op.create_table('settlement_batches',
-    sa.Column('batch_id', sa.String(length=36), nullable=False),
-    sa.Column('merchant_account_id', sa.String(length=64), nullable=False),
-    sa.Column('currency', sa.String(length=3), nullable=False),
-    sa.Column('cutoff', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('gross', sa.BigInteger(), nullable=False),
-    sa.Column('fees', sa.BigInteger(), nullable=False),
-    sa.Column('risk_reserve', sa.BigInteger(), nullable=False),
-    sa.Column('net', sa.BigInteger(), nullable=False),
-    sa.Column('payment_count', sa.Integer(), nullable=False),
-    sa.Column('transfer_id', sa.String(length=36), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('batch_id')
+    op.create_table(
+        "settlement_batches",
+        sa.Column("batch_id", sa.String(length=36), nullable=False),
+        sa.Column("merchant_account_id", sa.String(length=64), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("cutoff", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("gross", sa.BigInteger(), nullable=False),
+        sa.Column("fees", sa.BigInteger(), nullable=False),
+        sa.Column("risk_reserve", sa.BigInteger(), nullable=False),
+        sa.Column("net", sa.BigInteger(), nullable=False),
+        sa.Column("payment_count", sa.Integer(), nullable=False),
+        sa.Column("transfer_id", sa.String(length=36), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("batch_id"),
     )
-    op.create_index('ix_settlement_merchant', 'settlement_batches', ['merchant_account_id', 'created_at'], unique=False)
+    op.create_index("ix_settlement_merchant", "settlement_batches", ["merchant_account_id", "created_at"], unique=False)
 
-    op.create_table('transfers',
-    sa.Column('transfer_id', sa.String(length=36), nullable=False),
-    sa.Column('kind', sa.String(length=20), nullable=False),
-    sa.Column('currency', sa.String(length=3), nullable=False),
-    sa.Column('amount', sa.BigInteger(), nullable=False),
-    sa.Column('reference', sa.String(length=64), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('transfer_id')
+    op.create_table(
+        "transfers",
+        sa.Column("transfer_id", sa.String(length=36), nullable=False),
+        sa.Column("kind", sa.String(length=20), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("reference", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("transfer_id"),
     )
-    op.create_table('ledger_entries',
-    sa.Column('entry_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('transfer_id', sa.String(length=36), nullable=False),
-    sa.Column('account_id', sa.String(length=64), nullable=False),
-    sa.Column('amount', sa.BigInteger(), nullable=False),
-    sa.Column('currency', sa.String(length=3), nullable=False),
-    sa.Column('kind', sa.String(length=20), nullable=False),
-    sa.Column('bucket', sa.String(length=10), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['account_id'], ['accounts.account_id'], ),
-    sa.ForeignKeyConstraint(['transfer_id'], ['transfers.transfer_id'], ),
-    sa.PrimaryKeyConstraint('entry_id')
+    op.create_table(
+        "ledger_entries",
+        sa.Column("entry_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("transfer_id", sa.String(length=36), nullable=False),
+        sa.Column("account_id", sa.String(length=64), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("kind", sa.String(length=20), nullable=False),
+        sa.Column("bucket", sa.String(length=10), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"],
+            ["accounts.account_id"],
+        ),
+        sa.ForeignKeyConstraint(
+            ["transfer_id"],
+            ["transfers.transfer_id"],
+        ),
+        sa.PrimaryKeyConstraint("entry_id"),
     )
-    op.create_index('ix_entries_account', 'ledger_entries', ['account_id', 'entry_id'], unique=False)
+    op.create_index("ix_entries_account", "ledger_entries", ["account_id", "entry_id"], unique=False)
 
-    op.create_table('reconciliation_lines',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('report_id', sa.String(length=36), nullable=False),
-    sa.Column('channel_reference', sa.String(length=64), nullable=False),
-    sa.Column('outcome', sa.String(length=24), nullable=False),
-    sa.Column('statement_minor_units', sa.BigInteger(), nullable=False),
-    sa.Column('ledger_minor_units', sa.BigInteger(), nullable=False),
-    sa.Column('currency', sa.String(length=3), nullable=False),
-    sa.ForeignKeyConstraint(['report_id'], ['reconciliation_reports.report_id'], ),
-    sa.PrimaryKeyConstraint('id')
+    op.create_table(
+        "reconciliation_lines",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("report_id", sa.String(length=36), nullable=False),
+        sa.Column("channel_reference", sa.String(length=64), nullable=False),
+        sa.Column("outcome", sa.String(length=24), nullable=False),
+        sa.Column("statement_minor_units", sa.BigInteger(), nullable=False),
+        sa.Column("ledger_minor_units", sa.BigInteger(), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["report_id"],
+            ["reconciliation_reports.report_id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
     )
-    op.create_table('refunds',
-    sa.Column('refund_id', sa.String(length=36), nullable=False),
-    sa.Column('payment_id', sa.String(length=36), nullable=False),
-    sa.Column('currency', sa.String(length=3), nullable=False),
-    sa.Column('amount', sa.BigInteger(), nullable=False),
-    sa.Column('reason', sa.String(length=200), nullable=False),
-    sa.Column('transfer_id', sa.String(length=36), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['payment_id'], ['payments.payment_id'], ),
-    sa.PrimaryKeyConstraint('refund_id')
+    op.create_table(
+        "refunds",
+        sa.Column("refund_id", sa.String(length=36), nullable=False),
+        sa.Column("payment_id", sa.String(length=36), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("reason", sa.String(length=200), nullable=False),
+        sa.Column("transfer_id", sa.String(length=36), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["payment_id"],
+            ["payments.payment_id"],
+        ),
+        sa.PrimaryKeyConstraint("refund_id"),
     )
-    op.create_index('ix_refunds_payment', 'refunds', ['payment_id'], unique=False)
+    op.create_index("ix_refunds_payment", "refunds", ["payment_id"], unique=False)
 
 
 def downgrade() -> None:

@@ -11,169 +11,179 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = 'risk_0001'
+revision: str = "risk_0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-
 def upgrade() -> None:
-    op.create_table('alerts',
-    sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('alert_id', sa.String(length=36), nullable=False),
-    sa.Column('level', sa.String(length=10), nullable=False),
-    sa.Column('user_id', sa.String(length=64), nullable=False),
-    sa.Column('account_id', sa.String(length=64), nullable=False),
-    sa.Column('payment_id', sa.String(length=64), nullable=False),
-    sa.Column('reasons', sa.JSON(), nullable=False),
-    sa.Column('rules_version', sa.String(length=40), nullable=False),
-    sa.Column('event_id', sa.String(length=36), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('frozen_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('emergency_response_done', sa.Boolean(), nullable=False),
-    sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('parked', sa.Boolean(), nullable=False),
-    sa.Column('last_error', sa.String(length=200), nullable=False),
-    sa.PrimaryKeyConstraint('seq'),
-    sa.UniqueConstraint('alert_id')
+    op.create_table(
+        "alerts",
+        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("alert_id", sa.String(length=36), nullable=False),
+        sa.Column("level", sa.String(length=10), nullable=False),
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("account_id", sa.String(length=64), nullable=False),
+        sa.Column("payment_id", sa.String(length=64), nullable=False),
+        sa.Column("reasons", sa.JSON(), nullable=False),
+        sa.Column("rules_version", sa.String(length=40), nullable=False),
+        sa.Column("event_id", sa.String(length=36), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("frozen_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("emergency_response_done", sa.Boolean(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("parked", sa.Boolean(), nullable=False),
+        sa.Column("last_error", sa.String(length=200), nullable=False),
+        sa.PrimaryKeyConstraint("seq"),
+        sa.UniqueConstraint("alert_id"),
     )
-    op.create_index('ix_alerts_account_time', 'alerts', ['account_id', 'created_at'], unique=False)
-    op.create_index('ix_alerts_pending', 'alerts', ['emergency_response_done', 'parked', 'next_attempt_at'],
-                    unique=False)
-    op.create_index('ix_alerts_time', 'alerts', ['created_at'], unique=False)
+    op.create_index("ix_alerts_account_time", "alerts", ["account_id", "created_at"], unique=False)
+    op.create_index(
+        "ix_alerts_pending", "alerts", ["emergency_response_done", "parked", "next_attempt_at"], unique=False
+    )
+    op.create_index("ix_alerts_time", "alerts", ["created_at"], unique=False)
 
-    op.create_table('aml_reports',
-    sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('report_id', sa.String(length=36), nullable=False),
-    sa.Column('kind', sa.String(length=12), nullable=False),
-    sa.Column('user_id', sa.String(length=64), nullable=False),
-    sa.Column('payment_id', sa.String(length=64), nullable=False),
-    sa.Column('payment_ids', sa.JSON(), nullable=False),
-    sa.Column('currency', sa.String(length=3), nullable=False),
-    sa.Column('total', sa.BigInteger(), nullable=False),
-    sa.Column('rules_version', sa.String(length=40), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('seq'),
-    sa.UniqueConstraint('kind', 'payment_id', name='uq_aml_reports_kind_payment'),
-    sa.UniqueConstraint('report_id')
+    op.create_table(
+        "aml_reports",
+        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("report_id", sa.String(length=36), nullable=False),
+        sa.Column("kind", sa.String(length=12), nullable=False),
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("payment_id", sa.String(length=64), nullable=False),
+        sa.Column("payment_ids", sa.JSON(), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("total", sa.BigInteger(), nullable=False),
+        sa.Column("rules_version", sa.String(length=40), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("seq"),
+        sa.UniqueConstraint("kind", "payment_id", name="uq_aml_reports_kind_payment"),
+        sa.UniqueConstraint("report_id"),
     )
-    op.create_index('ix_aml_reports_user_kind_time', 'aml_reports', ['user_id', 'kind', 'created_at'], unique=False)
+    op.create_index("ix_aml_reports_user_kind_time", "aml_reports", ["user_id", "kind", "created_at"], unique=False)
 
-    op.create_table('assessments',
-    sa.Column('assessment_id', sa.String(length=36), nullable=False),
-    sa.Column('payment_id', sa.String(length=64), nullable=False),
-    sa.Column('user_id', sa.String(length=64), nullable=False),
-    sa.Column('account_id', sa.String(length=64), nullable=False),
-    sa.Column('payee_account_id', sa.String(length=64), nullable=False),
-    sa.Column('currency', sa.String(length=3), nullable=False),
-    sa.Column('amount', sa.BigInteger(), nullable=False),
-    sa.Column('device_id', sa.String(length=64), nullable=False),
-    sa.Column('ip_address', sa.String(length=64), nullable=False),
-    sa.Column('ip_country', sa.String(length=2), nullable=False),
-    sa.Column('home_country', sa.String(length=2), nullable=False),
-    sa.Column('tier', sa.String(length=12), nullable=False),
-    sa.Column('score', sa.Integer(), nullable=False),
-    sa.Column('decision', sa.String(length=10), nullable=False),
-    sa.Column('warning_level', sa.String(length=10), nullable=False),
-    sa.Column('reasons', sa.JSON(), nullable=False),
-    sa.Column('rules_version', sa.String(length=40), nullable=False),
-    sa.Column('synthetic', sa.Integer(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('assessment_id'),
-    sa.UniqueConstraint('payment_id')
+    op.create_table(
+        "assessments",
+        sa.Column("assessment_id", sa.String(length=36), nullable=False),
+        sa.Column("payment_id", sa.String(length=64), nullable=False),
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("account_id", sa.String(length=64), nullable=False),
+        sa.Column("payee_account_id", sa.String(length=64), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("device_id", sa.String(length=64), nullable=False),
+        sa.Column("ip_address", sa.String(length=64), nullable=False),
+        sa.Column("ip_country", sa.String(length=2), nullable=False),
+        sa.Column("home_country", sa.String(length=2), nullable=False),
+        sa.Column("tier", sa.String(length=12), nullable=False),
+        sa.Column("score", sa.Integer(), nullable=False),
+        sa.Column("decision", sa.String(length=10), nullable=False),
+        sa.Column("warning_level", sa.String(length=10), nullable=False),
+        sa.Column("reasons", sa.JSON(), nullable=False),
+        sa.Column("rules_version", sa.String(length=40), nullable=False),
+        sa.Column("synthetic", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("assessment_id"),
+        sa.UniqueConstraint("payment_id"),
     )
-    op.create_index('ix_assessments_device_time', 'assessments', ['device_id', 'created_at'], unique=False)
-    op.create_index('ix_assessments_ip_time', 'assessments', ['ip_address', 'created_at'], unique=False)
-    op.create_index('ix_assessments_time', 'assessments', ['created_at'], unique=False)
-    op.create_index('ix_assessments_user_time', 'assessments', ['user_id', 'created_at'], unique=False)
+    op.create_index("ix_assessments_device_time", "assessments", ["device_id", "created_at"], unique=False)
+    op.create_index("ix_assessments_ip_time", "assessments", ["ip_address", "created_at"], unique=False)
+    op.create_index("ix_assessments_time", "assessments", ["created_at"], unique=False)
+    op.create_index("ix_assessments_user_time", "assessments", ["user_id", "created_at"], unique=False)
 
-    op.create_table('block_list',
-    sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('entry_id', sa.String(length=36), nullable=False),
-    sa.Column('kind', sa.String(length=10), nullable=False),
-    sa.Column('value', sa.String(length=64), nullable=False),
-    sa.Column('reason', sa.String(length=200), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('removed_at', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('seq'),
-    sa.UniqueConstraint('entry_id')
+    op.create_table(
+        "block_list",
+        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("entry_id", sa.String(length=36), nullable=False),
+        sa.Column("kind", sa.String(length=10), nullable=False),
+        sa.Column("value", sa.String(length=64), nullable=False),
+        sa.Column("reason", sa.String(length=200), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("removed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("seq"),
+        sa.UniqueConstraint("entry_id"),
     )
-    op.create_index('ix_block_list_kind_value', 'block_list', ['kind', 'value'], unique=False)
+    op.create_index("ix_block_list_kind_value", "block_list", ["kind", "value"], unique=False)
 
-    op.create_table('idempotency_keys',
-    sa.Column('method', sa.String(length=100), nullable=False),
-    sa.Column('key', sa.String(length=128), nullable=False),
-    sa.Column('request_hash', sa.LargeBinary(length=32), nullable=False),
-    sa.Column('response', sa.LargeBinary(), nullable=True),
-    sa.Column('refusal', sa.LargeBinary(), nullable=True),
-    sa.Column('status_code', sa.Integer(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('method', 'key')
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("method", sa.String(length=100), nullable=False),
+        sa.Column("key", sa.String(length=128), nullable=False),
+        sa.Column("request_hash", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("response", sa.LargeBinary(), nullable=True),
+        sa.Column("refusal", sa.LargeBinary(), nullable=True),
+        sa.Column("status_code", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("method", "key"),
     )
-    op.create_table('known_devices',
-    sa.Column('user_id', sa.String(length=64), nullable=False),
-    sa.Column('device_id', sa.String(length=64), nullable=False),
-    sa.Column('first_seen_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('user_id', 'device_id')
+    op.create_table(
+        "known_devices",
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("device_id", sa.String(length=64), nullable=False),
+        sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("user_id", "device_id"),
     )
-    op.create_index('ix_known_devices_device', 'known_devices', ['device_id'], unique=False)
+    op.create_index("ix_known_devices_device", "known_devices", ["device_id"], unique=False)
 
-    op.create_table('onboarding_assessments',
-    sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('assessment_id', sa.String(length=36), nullable=False),
-    sa.Column('user_id', sa.String(length=64), nullable=False),
-    sa.Column('tier', sa.String(length=12), nullable=False),
-    sa.Column('score', sa.Integer(), nullable=False),
-    sa.Column('reasons', sa.JSON(), nullable=False),
-    sa.Column('rules_version', sa.String(length=40), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('seq'),
-    sa.UniqueConstraint('assessment_id')
+    op.create_table(
+        "onboarding_assessments",
+        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("assessment_id", sa.String(length=36), nullable=False),
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("tier", sa.String(length=12), nullable=False),
+        sa.Column("score", sa.Integer(), nullable=False),
+        sa.Column("reasons", sa.JSON(), nullable=False),
+        sa.Column("rules_version", sa.String(length=40), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("seq"),
+        sa.UniqueConstraint("assessment_id"),
     )
-    op.create_index('ix_onboarding_user', 'onboarding_assessments', ['user_id'], unique=False)
+    op.create_index("ix_onboarding_user", "onboarding_assessments", ["user_id"], unique=False)
 
-    op.create_table('outbox',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('event_id', sa.String(length=36), nullable=False),
-    sa.Column('event_type', sa.String(length=100), nullable=False),
-    sa.Column('aggregate_id', sa.String(length=64), nullable=False),
-    sa.Column('sequence', sa.BigInteger(), nullable=False),
-    sa.Column('user_id', sa.String(length=64), nullable=False),
-    sa.Column('payload', sa.JSON(), nullable=False),
-    sa.Column('traceparent', sa.String(length=64), nullable=False),
-    sa.Column('tracestate', sa.String(length=512), nullable=False),
-    sa.Column('occurred_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('delivered_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('last_error', sa.String(length=500), nullable=False),
-    sa.Column('dead', sa.Boolean(), nullable=False),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('aggregate_id', 'sequence', name='uq_outbox_aggregate_sequence'),
-    sa.UniqueConstraint('event_id')
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("event_id", sa.String(length=36), nullable=False),
+        sa.Column("event_type", sa.String(length=100), nullable=False),
+        sa.Column("aggregate_id", sa.String(length=64), nullable=False),
+        sa.Column("sequence", sa.BigInteger(), nullable=False),
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("traceparent", sa.String(length=64), nullable=False),
+        sa.Column("tracestate", sa.String(length=512), nullable=False),
+        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_error", sa.String(length=500), nullable=False),
+        sa.Column("dead", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("aggregate_id", "sequence", name="uq_outbox_aggregate_sequence"),
+        sa.UniqueConstraint("event_id"),
     )
-    op.create_index('ix_outbox_pending', 'outbox', ['delivered_at', 'dead', 'id'], unique=False)
+    op.create_index("ix_outbox_pending", "outbox", ["delivered_at", "dead", "id"], unique=False)
 
-    op.create_table('rules_activations',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('version', sa.String(length=40), nullable=False),
-    sa.Column('source', sa.Text(), nullable=False),
-    sa.Column('content_hash', sa.String(length=64), nullable=False),
-    sa.Column('origin', sa.String(length=10), nullable=False),
-    sa.Column('activated_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('id')
+    op.create_table(
+        "rules_activations",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("version", sa.String(length=40), nullable=False),
+        sa.Column("source", sa.Text(), nullable=False),
+        sa.Column("content_hash", sa.String(length=64), nullable=False),
+        sa.Column("origin", sa.String(length=10), nullable=False),
+        sa.Column("activated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index('ix_rules_activations_origin', 'rules_activations', ['origin', 'id'], unique=False)
-    op.create_index('ix_rules_activations_version', 'rules_activations', ['version'], unique=False)
+    op.create_index("ix_rules_activations_origin", "rules_activations", ["origin", "id"], unique=False)
+    op.create_index("ix_rules_activations_version", "rules_activations", ["version"], unique=False)
 
-    op.create_table('subjects',
-    sa.Column('subject_key', sa.String(length=80), nullable=False),
-    sa.Column('touched_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('subject_key')
+    op.create_table(
+        "subjects",
+        sa.Column("subject_key", sa.String(length=80), nullable=False),
+        sa.Column("touched_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("subject_key"),
     )
 
 

@@ -12,16 +12,16 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = 'risk_0002'
-down_revision: str | Sequence[str] | None = 'risk_0001'
+revision: str = "risk_0002"
+down_revision: str | Sequence[str] | None = "risk_0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column('alerts', sa.Column('tier_raised_at', sa.DateTime(timezone=True), nullable=True))
+    op.add_column("alerts", sa.Column("tier_raised_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('alerts') as batch_op:
-        batch_op.drop_column('tier_raised_at')
+    with op.batch_alter_table("alerts") as batch_op:
+        batch_op.drop_column("tier_raised_at")

@@ -13,15 +13,15 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = 'risk_0004'
-down_revision: str | Sequence[str] | None = 'risk_0003'
+revision: str = "risk_0004"
+down_revision: str | Sequence[str] | None = "risk_0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_index('ix_outbox_aggregate_pending', 'outbox', ['aggregate_id', 'delivered_at', 'dead', 'sequence'])
+    op.create_index("ix_outbox_aggregate_pending", "outbox", ["aggregate_id", "delivered_at", "dead", "sequence"])
 
 
 def downgrade() -> None:
-    op.drop_index('ix_outbox_aggregate_pending', table_name='outbox')
+    op.drop_index("ix_outbox_aggregate_pending", table_name="outbox")
