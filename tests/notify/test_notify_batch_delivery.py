@@ -96,6 +96,20 @@ async def test_a_batch_answers_each_event_in_order(databases, tmp_path: Path) ->
     assert counts == {"received": 3, "notifications": 6}
 
 
+async def test_an_event_stamped_outside_the_timestamp_range_is_refused_by_name(databases, tmp_path: Path) -> None:
+    """A producer's broken timestamp is that event's INVALID field, never the batch's INTERNAL."""
+    async with running_notify(databases, tmp_path) as notify:
+        broken, fine = captured("acc-t", 1), captured("acc-u", 1)
+        broken.occurred_at.seconds, broken.occurred_at.nanos = 1, -2_147_483_648
+        reply = await notify.stub.DeliverEvents(pb.DeliverEventsRequest(events=[broken, fine]))
+
+    assert [pb.EventOutcome.Name(r.outcome) for r in reply.results] == [
+        "EVENT_OUTCOME_REFUSED",
+        "EVENT_OUTCOME_DELIVERED",
+    ]
+    assert [v.field for v in reply.results[0].field_violations] == ["events[0].occurred_at"]
+
+
 async def test_a_batch_as_a_whole_is_bounded(databases, tmp_path: Path) -> None:
     """No events, or more than 500: INVALID_ARGUMENT naming `events`, nothing recorded."""
     async with running_notify(databases, tmp_path) as notify:

@@ -6,6 +6,8 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
+from google.protobuf import timestamp_pb2
+
 from finmesh.common.v1 import event_pb2
 from finmesh.notify.domain.consent import parse_hhmm, valid_time_zone
 from finmesh.notify.domain.templates import LOCALES, TEMPLATES, missing_params
@@ -63,8 +65,19 @@ def event_violations(e: event_pb2.Event, name: str) -> list[FieldViolation]:
     v.require(bool(e.event_id), f"{name}.event_id", "required")
     v.require(bool(e.source), f"{name}.source", "required")
     v.require(bool(e.event_type), f"{name}.event_type", "required")
+    # Within google.protobuf.Timestamp's own range: outside it the event cannot be written as JSON (webhook
+    # bodies, intake), and a producer sending it is broken.
+    v.require(_valid_timestamp(e.occurred_at), f"{name}.occurred_at", "not a valid timestamp")
     # The bounds the contract declares on Event (the guard leaves DeliverEvents' items to this check).
     return v.violations + _EVENT_RULES.violations(e, f"{name}.")
+
+
+# 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the range google.protobuf.Timestamp defines.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def _valid_timestamp(moment: timestamp_pb2.Timestamp) -> bool:
+    return _MIN_SECONDS <= moment.seconds <= _MAX_SECONDS and 0 <= moment.nanos < 1_000_000_000
 
 
 def event_batch(r: pb.DeliverEventsRequest) -> None:
