@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.common.v1 import event_pb2
 from finmesh.platform.observability.telemetry import inject_context
+from finmesh.platform.storage.db import aware
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -156,8 +157,3 @@ def row_to_event(row: Any, source: str) -> event_pb2.Event:
     event.occurred_at.nanos = since.microseconds * 1_000
     _fill_struct(event.payload, row.payload)
     return event
-
-
-def aware(moment: datetime) -> datetime:
-    """A stored time, UTC-aware: SQLite returns naive datetimes, and every time we store is UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from finmesh.platform.messaging.outbox import aware
+from finmesh.platform.storage.db import aware
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import contextlib
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar, overload
 
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Connection, make_url
@@ -25,6 +26,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.util import greenlet_spawn
 
 from finmesh.platform.storage import sqlite_driver
+
+
+@overload
+def aware(moment: datetime) -> datetime: ...
+
+
+@overload
+def aware(moment: None) -> None: ...
+
+
+def aware(moment: datetime | None) -> datetime | None:
+    """A stored time, UTC-aware: SQLite hands back naive datetimes, and every time the mesh stores is UTC."""
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

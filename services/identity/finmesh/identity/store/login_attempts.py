@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.identity.domain.login_throttle import COMPLETED, COUNTED, History, address_failures
 from finmesh.identity.store.schema import login_attempts as t
-from finmesh.identity.store.times import utc
+from finmesh.platform.storage.db import aware
 
 
 async def record(conn: AsyncConnection, *, subject: str, address: str, outcome: str, at: datetime) -> int:
@@ -33,7 +33,7 @@ async def history(
         .where(t.c.subject == subject, t.c.address == address, t.c.at >= since)
         .order_by(t.c.at, t.c.id)
     )
-    failures, last = address_failures((outcome, utc(at)) for outcome, at in rows)
+    failures, last = address_failures((outcome, aware(at)) for outcome, at in rows)
     account = await conn.scalar(
         select(func.count()).select_from(t).where(t.c.subject == subject, t.c.at >= since, t.c.outcome.in_(COUNTED))
     )

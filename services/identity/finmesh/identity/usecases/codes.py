@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from finmesh.identity.domain import otp
 from finmesh.identity.domain.vault import Vault
 from finmesh.identity.store import challenges
-from finmesh.identity.store.times import utc
 from finmesh.identity.usecases.deps import Deadline, Deps
 from finmesh.platform.errors import FailedPrecondition, Unavailable
+from finmesh.platform.storage.db import aware
 
 
 def code_hash(vault: Vault, challenge_id: str, code: str) -> str:
@@ -87,7 +87,7 @@ async def get(conn: AsyncConnection, challenge_id: str, purpose: str, *, unknown
 
 
 def _state(row: Any) -> otp.ChallengeState:
-    return otp.ChallengeState(utc(row.expires_at), row.attempts, row.used_at is not None, row.code_hash)
+    return otp.ChallengeState(aware(row.expires_at), row.attempts, row.used_at is not None, row.code_hash)
 
 
 def check_live(d: Deps, row: Any, now: datetime) -> None:

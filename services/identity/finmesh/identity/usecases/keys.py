@@ -28,9 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finmesh.identity.domain.vault import Vault
 from finmesh.identity.store import keys
-from finmesh.identity.store.times import utc, utc_or_none
 from finmesh.platform.auth.keys import PublishedKey
 from finmesh.platform.auth.tokens import sign
+from finmesh.platform.storage.db import aware
 from finmesh.platform.storage.idempotency import KeyedCall, Reply
 
 if TYPE_CHECKING:  # Deps holds the key ring: a run-time import would be circular
@@ -89,7 +89,7 @@ class KeyRing:
             PublishedKey(
                 r.kid,
                 Ed25519PublicKey.from_public_bytes(r.public_key),
-                n.timestamp() if (n := utc_or_none(r.not_after)) else None,
+                n.timestamp() if (n := aware(r.not_after)) else None,
             )
             for r in await self.published_rows()
         ]
@@ -149,8 +149,7 @@ async def public_keys(d: Deps) -> tuple[str, list[SigningKey]]:
     """GetPublicKeys: the active key id and every key whose tokens may still be live."""
     active = await d.keys.active_kid()
     return active, [
-        SigningKey(r.kid, r.public_key, utc(r.created_at), utc_or_none(r.not_after))
-        for r in await d.keys.published_rows()
+        SigningKey(r.kid, r.public_key, aware(r.created_at), aware(r.not_after)) for r in await d.keys.published_rows()
     ]
 
 

@@ -8,13 +8,13 @@ from typing import Any
 
 from finmesh.identity.store import challenges, mfa, pii_log, sessions, users
 from finmesh.identity.store.schema import outbox
-from finmesh.identity.store.times import utc
 from finmesh.identity.usecases.deps import Deps
 from finmesh.identity.usecases.users import UserView, load_user, view
 from finmesh.platform.auth.context import accessor_id
 from finmesh.platform.messaging.outbox import enqueue
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.privacy.pii import mask_text
+from finmesh.platform.storage.db import aware
 from finmesh.platform.storage.idempotency import KeyedCall, Reply
 
 _log = get_logger("finmesh.identity")
@@ -80,7 +80,9 @@ async def access_log(d: Deps, user_id: str, after_id: int, size: int) -> tuple[l
     async with d.engine.connect() as conn:
         rows = await pii_log.page(conn, user_id=user_id, after_id=after_id, limit=size + 1)
     entries = [
-        PiiAccess(r.id, r.user_id, r.accessor_id, r.purpose, [f for f in r.fields.split(",") if f], utc(r.accessed_at))
+        PiiAccess(
+            r.id, r.user_id, r.accessor_id, r.purpose, [f for f in r.fields.split(",") if f], aware(r.accessed_at)
+        )
         for r in rows[:size]
     ]
     return entries, len(rows) > size

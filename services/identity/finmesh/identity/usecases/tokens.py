@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from finmesh.identity.domain.claims import Subject, service_claims, user_claims
 from finmesh.identity.domain.onboarding import fully_verified
 from finmesh.identity.store import sessions, users
-from finmesh.identity.store.times import utc
 from finmesh.identity.usecases.deps import Deps
 from finmesh.identity.usecases.idempotency import commit, commit_own, replay
 from finmesh.identity.usecases.keys import KeyRing
@@ -23,6 +22,7 @@ from finmesh.platform.auth.context import require_owner
 from finmesh.platform.auth.service_tokens import check_credential
 from finmesh.platform.errors import Unauthenticated
 from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.db import aware
 from finmesh.platform.storage.idempotency import KeyedCall, Reply
 
 _log = get_logger("finmesh.identity")
@@ -85,7 +85,7 @@ async def refresh(d: Deps, call: KeyedCall[Tokens, Reply], refresh_token: str) -
         session = await sessions.find(conn, refresh_token)
         if session is None or session.revoked_at is not None or session.used_at is not None:
             raise Unauthenticated("TOKEN_INVALID", "unknown or revoked refresh token")
-        if utc(session.expires_at) <= now:
+        if aware(session.expires_at) <= now:
             raise Unauthenticated("TOKEN_EXPIRED", "refresh token expired; log in again")
         row = await users.get_user(conn, session.user_id)
         if row is None or row.erased_at is not None:

@@ -10,9 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from finmesh.identity.domain.onboarding import fully_verified
 from finmesh.identity.store import mfa, users
-from finmesh.identity.store.times import utc
 from finmesh.identity.usecases.deps import Deps
 from finmesh.platform.errors import FailedPrecondition, NotFound
+from finmesh.platform.storage.db import aware
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def view(row: Any, *, totp_enabled: bool = False) -> UserView:
         roles=roles_of(row),
         totp_enabled=totp_enabled,
         locale=row.locale,
-        created_at=utc(row.created_at),
+        created_at=aware(row.created_at),
         erased=row.erased_at is not None,
     )
 

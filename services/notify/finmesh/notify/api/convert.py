@@ -4,7 +4,7 @@ out as protobuf messages."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
@@ -12,6 +12,7 @@ from google.protobuf import json_format, timestamp_pb2
 from finmesh.common.v1 import event_pb2
 from finmesh.notify.domain.events import IncomingEvent
 from finmesh.notify.v1 import notify_service_pb2 as pb
+from finmesh.platform.storage.db import aware
 
 
 def incoming_event(event: event_pb2.Event) -> IncomingEvent:
@@ -33,7 +34,7 @@ def ts(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     if moment is None:
         return None
     out = timestamp_pb2.Timestamp()
-    out.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    out.FromDatetime(aware(moment))
     return out
 
 

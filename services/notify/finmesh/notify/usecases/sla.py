@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,6 +14,7 @@ from finmesh.notify.store import queue
 from finmesh.notify.usecases.compose import operator_drafts
 from finmesh.notify.usecases.deps import Deps
 from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.db import aware
 
 _log = get_logger("finmesh.notify.sla")
 
@@ -23,12 +24,8 @@ _STAGE_NAMES = {
 }
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def deadlines_of(row: Any) -> Deadlines:
-    return Deadlines(_aware(row.accept_due), _aware(row.respond_due), _aware(row.resolve_due))
+    return Deadlines(aware(row.accept_due), aware(row.respond_due), aware(row.resolve_due))
 
 
 class ComplaintSla:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any
 
 from opentelemetry import trace
@@ -25,6 +25,7 @@ from finmesh.notify.usecases.clock import Clock
 from finmesh.notify.usecases.compose import Composer
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.observability.telemetry import extract_context
+from finmesh.platform.storage.db import aware
 
 _log = get_logger("finmesh.notify.worker")
 _tracer = trace.get_tracer("finmesh.notify")
@@ -93,7 +94,7 @@ class DeliveryWorker:
         due = await queue.next_due(self._engine, lane)
         if due is None:
             return poll
-        due = due if due.tzinfo else due.replace(tzinfo=UTC)
+        due = aware(due)
         return min(poll, max((due - self._clock.now()).total_seconds(), 0.01))
 
     async def drain_once(self, lane: str) -> int:

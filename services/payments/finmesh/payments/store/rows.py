@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
-from typing import Any, overload
+from datetime import datetime
+from typing import Any
 
 from finmesh.payments.domain.ledger import AccountKind, AccountState, AccountStatus
 from finmesh.payments.domain.payments import CaptureMode, PaymentState, PaymentStatus
-
-
-@overload
-def aware(moment: datetime) -> datetime: ...
-
-
-@overload
-def aware(moment: None) -> None: ...
-
-
-def aware(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+from finmesh.platform.storage.db import aware
 
 
 @functools.cache

@@ -11,10 +11,10 @@ from google.rpc import error_details_pb2  # type: ignore[import-untyped]  # .pyi
 from finmesh.common.v1 import errors_pb2, money_pb2
 from finmesh.platform.errors import DomainError, InvalidArgument
 from finmesh.platform.rpc.guard import to_status, unexpected_status
+from finmesh.platform.storage.db import aware
 from finmesh.risk.domain.indicators import IndicatorBucket
 from finmesh.risk.domain.onboarding import OnboardingVerdict
 from finmesh.risk.domain.values import Reason
-from finmesh.risk.store.common import aware
 from finmesh.risk.v1 import risk_service_pb2 as pb
 
 

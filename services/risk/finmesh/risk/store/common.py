@@ -5,29 +5,13 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any, overload
+from typing import Any
 
 from sqlalchemy import String, Table, TypeDecorator, any_, bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
-
-
-@overload
-def aware(moment: datetime) -> datetime: ...
-
-
-@overload
-def aware(moment: None) -> None: ...
-
-
-def aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every time risk stores is UTC."""
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def one_of(dialect: str, column: Any, name: str) -> Any:

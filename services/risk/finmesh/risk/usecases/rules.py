@@ -20,11 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finmesh.platform.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.storage.db import aware
 from finmesh.platform.storage.idempotency import IdempotencyStore, KeyedCall, Reply
 from finmesh.risk.config import DEFAULT_RULES_FILE
 from finmesh.risk.domain.rules import Rules, RulesError, content_hash, parse_rules
 from finmesh.risk.store import rules as store
-from finmesh.risk.store.common import aware
 
 _log = get_logger("finmesh.risk.rules")
 
