@@ -176,7 +176,7 @@ class Figures:
 async def _database_url(kind: str, tmp: Path) -> str | None:
     if kind == "sqlite":
         return f"sqlite+aiosqlite:///{tmp / 'bench-payments.db'}"
-    import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
+    import asyncpg
 
     name = f"fmbench_ledger_{uuid.uuid4().hex[:8]}"
     try:

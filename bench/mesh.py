@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
+import asyncpg
 import grpc
 
 from finmesh.cli.mesh import SERVICES, Mesh, fake_env, free_port
@@ -682,6 +682,11 @@ def _noop_pids(mesh: NoopMesh) -> dict[str, int]:
     return {f"noop-{p.role}": p.process.pid for p in mesh.processes}
 
 
+def _pair(text: str) -> tuple[int, int]:
+    payments, risk = text.split("x")
+    return int(payments), int(risk)
+
+
 def parse(argv: list[str] | None) -> Args:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per round")
@@ -694,8 +699,8 @@ def parse(argv: list[str] | None) -> Args:
     a = parser.parse_args(argv)
     if a.quick:
         a.seconds, a.rounds, a.starts, a.replicas = 3.0, 2, 1, "1x1,2x2" if a.replicas else ""
-    replicas = [tuple(int(x) for x in pair.split("x")) for pair in a.replicas.split(",") if pair]
-    return Args(a.seconds, a.rounds, a.concurrency, warmup=1.0, db=a.db, payers=3, starts=a.starts, replicas=replicas)  # type: ignore[arg-type]
+    replicas = [_pair(pair) for pair in a.replicas.split(",") if pair]
+    return Args(a.seconds, a.rounds, a.concurrency, warmup=1.0, db=a.db, payers=3, starts=a.starts, replicas=replicas)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,9 +31,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
+import asyncpg
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking ships no type hints
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.load import Round, closed_loop, median
 from finmesh.common.v1 import money_pb2

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking ships no type hints
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # Start order: callees first, so a caller's first calls find them up.
 SERVICES = ("notify", "risk", "payments", "identity")

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking ships no type hints
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 CERT_ENV, KEY_ENV, CA_ENV = "FINMESH_TLS_CERT_FILE", "FINMESH_TLS_KEY_FILE", "FINMESH_TLS_CA_FILE"
 

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking ships no type hints
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from finmesh.cli.tls import open_channel
 from finmesh.common.v1 import money_pb2

@@ -11,8 +11,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]  # googleapis-common-protos has .pyi files but no py.typed
-from grpc_status import rpc_status  # type: ignore[import-untyped]  # its stubs (types-grpcio-status) are not in the dev set
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from finmesh.platform.auth.context import acting_as
 from finmesh.platform.errors import DomainError, FieldViolation, InvalidArgument

@@ -33,7 +33,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import error_details_pb2  # type: ignore[import-untyped]  # googleapis-common-protos has .pyi files but no py.typed
+from google.rpc import error_details_pb2
 
 from finmesh.platform.auth.context import Principal
 from finmesh.platform.config import ServiceSettings

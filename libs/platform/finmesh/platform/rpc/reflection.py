@@ -18,9 +18,9 @@ from collections.abc import Iterable, Sequence
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]  # googleapis-common-protos has .pyi files but no py.typed
-from grpc_health.v1 import health, health_pb2  # type: ignore[import-untyped]  # no stubs in the dev set
-from grpc_reflection.v1alpha import (  # type: ignore[import-untyped]  # no stubs in the dev set
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2
+from grpc_reflection.v1alpha import (
     reflection,
     reflection_pb2,
     reflection_pb2_grpc,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # no stubs in the dev set
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from finmesh.platform.auth.access import remote_authorizer
 from finmesh.platform.config import ServiceSettings

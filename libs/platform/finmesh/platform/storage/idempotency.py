@@ -25,7 +25,7 @@ from functools import cache
 from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
-from google.rpc import status_pb2  # type: ignore[import-untyped]  # googleapis-common-protos has .pyi files but no py.typed
+from google.rpc import status_pb2
 from sqlalchemy import (
     BindParameter,
     Column,

@@ -14,7 +14,7 @@ from finmesh.platform.storage.db import aware
 
 async def record(conn: AsyncConnection, *, subject: str, address: str, outcome: str, at: datetime) -> int:
     result = await conn.execute(insert(t).values(subject=subject, address=address, outcome=outcome, at=at))
-    return int(result.inserted_primary_key[0])  # type: ignore[index]
+    return int(result.inserted_primary_key[0])  # type: ignore[index]  # typed Optional; an INSERT always has one
 
 
 async def settle(conn: AsyncConnection, attempt_id: int, outcome: str, at: datetime) -> None:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.message import Message
-from google.rpc import status_pb2  # type: ignore[import-untyped]  # googleapis-common-protos has .pyi files but no py.typed
+from google.rpc import status_pb2
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine

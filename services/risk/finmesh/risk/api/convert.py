@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from google.rpc import error_details_pb2  # type: ignore[import-untyped]  # .pyi stubs but no py.typed marker
+from google.rpc import error_details_pb2
 
 from finmesh.common.v1 import errors_pb2, money_pb2
 from finmesh.platform.errors import DomainError, InvalidArgument
