@@ -316,11 +316,32 @@ class KeyedCall(Generic[T, Reply]):
 
     async def run(self, answers: IdempotencyStore, change: Callable[[AsyncConnection], Awaitable[T]]) -> Reply:
         """The stored answer to the key, or `change` made and its reply stored in one transaction."""
+        prior = await self.replay(answers)
+        return prior if prior is not None else await self.commit(answers, change)
+
+    # Apart, for use cases that do outside work between the two (send a code, ask a registry, hash a password).
+
+    async def replay(self, answers: IdempotencyStore) -> Reply | None:
+        """The caller's stored answer (a stored refusal is raised), or None for a new key."""
+        return await answers.replay(self.method, self.request, self.reply_type)
+
+    async def commit(self, answers: IdempotencyStore, change: Callable[[AsyncConnection], Awaitable[T]]) -> Reply:
+        """`change` made and its reply stored in one transaction (a refusal is stored as the answer too)."""
+        return (await self.commit_own(answers, change))[0]
+
+    async def commit_own(
+        self, answers: IdempotencyStore, change: Callable[[AsyncConnection], Awaitable[T]]
+    ) -> tuple[Reply, bool]:
+        """commit(), and whether the answer is this call's own: a concurrent call with the same key may have
+        committed first, and then its answer is the answer (that call made the change, and reports it)."""
+        made: list[Reply] = []
 
         async def answered(conn: AsyncConnection) -> Reply:
-            return self.reply(await change(conn))
+            made.append(self.reply(await change(conn)))
+            return made[-1]
 
-        return await answers.run(self.method, self.request, self.reply_type, answered)
+        reply = await answers.commit(self.method, self.request, self.reply_type, answered)
+        return reply, bool(made) and reply is made[-1]
 
 
 class IdempotencyStore:

@@ -16,7 +16,6 @@ from finmesh.identity.domain.otp import new_code
 from finmesh.identity.store import login_attempts, mfa, users
 from finmesh.identity.usecases import codes, tokens
 from finmesh.identity.usecases.deps import Deadline, Deps
-from finmesh.identity.usecases.idempotency import commit, replay
 from finmesh.identity.usecases.mfa import check_login_code
 from finmesh.platform.errors import DomainError, Unauthenticated
 from finmesh.platform.observability.logs import get_logger
@@ -51,7 +50,7 @@ async def login(
 ) -> Reply:
     """Login from the client `address` (api.client_address): a challenge for the second factor, or
     BAD_CREDENTIALS; TooManyAttempts while the throttle makes this address wait."""
-    prior = await replay(d.idem, call)
+    prior = await call.replay(d.idem)
     if prior is not None:
         return prior
     now = d.now()
@@ -77,7 +76,7 @@ async def login(
         await _add_challenge(d, conn, attempt, challenge_id, code, now, password_ok=None)
         return LoginChallenge(challenge_id, attempt.totp_on)
 
-    reply = await commit(d.idem, call, op)
+    reply = await call.commit(d.idem, op)
     _log.info("login_challenged", user_id=row.user_id, second_factor="TOTP" if attempt.totp_on else "SMS")
     return reply
 
@@ -85,7 +84,7 @@ async def login(
 async def complete(d: Deps, call: KeyedCall[tokens.Tokens, Reply], challenge_id: str, code: str, address: str) -> Reply:
     """CompleteLogin: the second factor, then (held under the throttle) the password's verdict, then tokens.
     The answer carries tokens: stored sealed."""
-    prior = await replay(d.sealed, call)
+    prior = await call.replay(d.sealed)
     if prior is not None:
         return prior
     await codes.take_attempt(d, challenge_id)
@@ -107,7 +106,7 @@ async def complete(d: Deps, call: KeyedCall[tokens.Tokens, Reply], challenge_id:
         await login_attempts.record(conn, subject=row.user_id, address=address, outcome=throttle.COMPLETED, at=now)
         return await tokens.issue(d, conn, row, str(uuid.uuid4()), now)
 
-    reply = await commit(d.sealed, call, op)
+    reply = await call.commit(d.sealed, op)
     _log.info("login_completed", challenge_id=challenge_id)
     return reply
 
@@ -209,7 +208,7 @@ async def _held_challenge(
         await _add_challenge(d, conn, attempt, challenge_id, code, now, password_ok=ok)
         return LoginChallenge(challenge_id, attempt.totp_on)
 
-    reply = await commit(d.idem, call, op)
+    reply = await call.commit(d.idem, op)
     _log.info("login_verdict_held", user_id=attempt.user_id)
     if code is not None:
         _sending.add(task := asyncio.create_task(_send_held_code(d, attempt.row, challenge_id, code)))

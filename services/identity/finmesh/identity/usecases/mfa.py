@@ -13,7 +13,6 @@ from finmesh.identity.domain import totp
 from finmesh.identity.store import mfa, users
 from finmesh.identity.usecases import codes
 from finmesh.identity.usecases.deps import Deps
-from finmesh.identity.usecases.idempotency import commit, replay
 from finmesh.identity.usecases.users import UserView, load_user, view
 from finmesh.platform.errors import FailedPrecondition
 from finmesh.platform.observability.logs import get_logger
@@ -30,7 +29,7 @@ def totp_secret(d: Deps, row: Any, enrolment: Any) -> bytes:
 async def enroll(d: Deps, call: KeyedCall[str, Reply], user_id: str) -> Reply:
     """EnrollTotp: a new secret, not enabled until confirmed; the answer gets its otpauth:// URI."""
     # The answer carries the secret: stored sealed, so a replay shows the same secret and nothing else can.
-    prior = await replay(d.sealed, call)
+    prior = await call.replay(d.sealed)
     if prior is not None:
         return prior
 
@@ -43,14 +42,14 @@ async def enroll(d: Deps, call: KeyedCall[str, Reply], user_id: str) -> Reply:
         await mfa.put_totp(conn, row.user_id, sealed)
         return totp.provisioning_uri(secret, row.user_id)
 
-    reply = await commit(d.sealed, call, op)
+    reply = await call.commit(d.sealed, op)
     _log.info("totp_enrolment_started", user_id=user_id)
     return reply
 
 
 async def confirm(d: Deps, call: KeyedCall[UserView, Reply], user_id: str, code: str) -> Reply:
     """ConfirmTotp: the enrolment's first code enables it."""
-    prior = await replay(d.idem, call)
+    prior = await call.replay(d.idem)
     if prior is not None:
         return prior
 
@@ -64,7 +63,7 @@ async def confirm(d: Deps, call: KeyedCall[UserView, Reply], user_id: str, code:
             raise FailedPrecondition("CODE_INVALID", "wrong authenticator code")
         return view(await users.get_user(conn, row.user_id), totp_enabled=True)
 
-    reply = await commit(d.idem, call, op)
+    reply = await call.commit(d.idem, op)
     _log.info("totp_enabled", user_id=user_id)
     return reply
 

@@ -12,7 +12,6 @@ from finmesh.identity.domain.registration import Registration
 from finmesh.identity.store import users
 from finmesh.identity.store.schema import outbox
 from finmesh.identity.usecases.deps import Deps
-from finmesh.identity.usecases.idempotency import commit_own, replay
 from finmesh.identity.usecases.users import UserView, view
 from finmesh.platform.errors import AlreadyExists
 from finmesh.platform.messaging.outbox import enqueue
@@ -26,7 +25,7 @@ _DUPLICATE = "an account with some of these details already exists"
 
 
 async def register_user(d: Deps, call: KeyedCall[UserView, Reply], reg: Registration) -> Reply:
-    prior = await replay(d.idem, call)
+    prior = await call.replay(d.idem)
     if prior is not None:
         return prior
     # argon2 is deliberately slow: keep it off the event loop.
@@ -48,7 +47,7 @@ async def register_user(d: Deps, call: KeyedCall[UserView, Reply], reg: Registra
         return view(row)
 
     try:
-        reply, own = await commit_own(d.idem, call, create)
+        reply, own = await call.commit_own(d.idem, create)
     except IntegrityError:
         raise AlreadyExists("DUPLICATE_IDENTITY", _DUPLICATE) from None  # lost a race on a blind index
     d.on_commit()

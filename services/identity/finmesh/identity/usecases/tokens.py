@@ -15,7 +15,6 @@ from finmesh.identity.domain.claims import Subject, service_claims, user_claims
 from finmesh.identity.domain.onboarding import fully_verified
 from finmesh.identity.store import sessions, users
 from finmesh.identity.usecases.deps import Deps
-from finmesh.identity.usecases.idempotency import commit, commit_own, replay
 from finmesh.identity.usecases.keys import KeyRing
 from finmesh.identity.usecases.users import roles_of
 from finmesh.platform.auth.context import require_owner
@@ -65,7 +64,7 @@ async def issue(d: Deps, conn: AsyncConnection, row: Any, family_id: str, now: d
 async def refresh(d: Deps, call: KeyedCall[Tokens, Reply], refresh_token: str) -> Reply:
     """RefreshToken: fresh claims (role, tier and verification changes reach the new access token). The answer
     carries tokens: stored sealed."""
-    prior = await replay(d.sealed, call)
+    prior = await call.replay(d.sealed)
     if prior is not None:
         return prior
     now = d.now()
@@ -94,13 +93,13 @@ async def refresh(d: Deps, call: KeyedCall[Tokens, Reply], refresh_token: str) -
             raise Unauthenticated("TOKEN_INVALID", "refresh token already used; log in again")
         return await issue(d, conn, row, session.family_id, now)
 
-    return await commit(d.sealed, call, op)
+    return await call.commit(d.sealed, op)
 
 
 async def revoke(d: Deps, call: KeyedCall[int, Reply], *, refresh_token: str, user_id: str) -> Reply:
     """RevokeToken: one login (by any of its refresh tokens) or every login of a user; the answer gets how
     many were live. Only the owner (or an operator) may."""
-    prior = await replay(d.idem, call)
+    prior = await call.replay(d.idem)
     if prior is not None:
         return prior
     now = d.now()
@@ -119,7 +118,7 @@ async def revoke(d: Deps, call: KeyedCall[int, Reply], *, refresh_token: str, us
         count = 1 if await sessions.revoke_family(conn, session.family_id, now) else 0
         return count
 
-    reply, own = await commit_own(d.idem, call, op)
+    reply, own = await call.commit_own(d.idem, op)
     if own:
         _log.info("sessions_revoked", count=count)
     return reply

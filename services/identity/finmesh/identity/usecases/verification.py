@@ -13,7 +13,6 @@ from finmesh.identity.domain.otp import new_code
 from finmesh.identity.store import challenges, mfa, users
 from finmesh.identity.usecases import codes, onboarding
 from finmesh.identity.usecases.deps import Deadline, Deps
-from finmesh.identity.usecases.idempotency import commit, replay
 from finmesh.identity.usecases.users import UserView, load_user, view
 from finmesh.platform.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from finmesh.platform.observability.logs import get_logger
@@ -34,7 +33,7 @@ async def start_verification(
     d: Deps, call: KeyedCall[CodeSent, Reply], user_id: str, channel: str, deadline: Deadline
 ) -> Reply:
     """A code to the user's phone (SMS) or e-mail (EMAIL)."""
-    prior = await replay(d.idem, call)
+    prior = await call.replay(d.idem)
     if prior is not None:
         return prior
     now = d.now()
@@ -64,7 +63,7 @@ async def start_verification(
             ),
         )
 
-    reply = await commit(d.idem, call, op)
+    reply = await call.commit(d.idem, op)
     _log.info("verification_started", user_id=row.user_id, channel=channel)
     return reply
 
@@ -72,7 +71,7 @@ async def start_verification(
 async def confirm_verification(
     d: Deps, call: KeyedCall[UserView, Reply], verification_id: str, code: str, deadline: Deadline
 ) -> Reply:
-    prior = await replay(d.idem, call)
+    prior = await call.replay(d.idem)
     if prior is not None:
         return prior
     await codes.take_attempt(d, verification_id)
@@ -92,7 +91,7 @@ async def confirm_verification(
         return view(user, totp_enabled=await mfa.totp_enabled(conn, row.user_id))
 
     # A concurrent call with the same key may answer instead: same request, so the same challenge and user.
-    reply = await commit(d.idem, call, op)
+    reply = await call.commit(d.idem, op)
     d.on_commit()
     _log.info("contact_verified", user_id=user_id)
     if not last_step:
@@ -120,7 +119,7 @@ async def _contact_tier(
 async def check_real_name(d: Deps, call: KeyedCall[UserView, Reply], user_id: str, deadline: Deadline) -> Reply:
     """Ask the registry whether it holds the user's legal name for their identity number (once passed, never
     again)."""
-    prior = await replay(d.idem, call)
+    prior = await call.replay(d.idem)
     if prior is not None:
         return prior
     async with d.engine.connect() as conn:
@@ -150,7 +149,7 @@ async def check_real_name(d: Deps, call: KeyedCall[UserView, Reply], user_id: st
         return view(user, totp_enabled=await mfa.totp_enabled(conn, row.user_id))
 
     try:
-        reply = await commit(d.idem, call, op)
+        reply = await call.commit(d.idem, op)
     finally:
         _log.info("real_name_checked", user_id=row.user_id, matched=matched)
     d.on_commit()
