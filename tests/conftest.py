@@ -9,7 +9,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from finmesh.platform.observability.logs import configure_logging
 from finmesh.platform.observability.telemetry import JsonlSpanExporter, MaskingExporter
+from tests import metrics as test_metrics
 from tests.reliability.secret_scan import scan_tree
 
 PG_HOST = os.environ.get("FINMESH_TEST_PG_HOST", "127.0.0.1")
@@ -32,6 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
     provider = TracerProvider(resource=Resource.create({"service.name": "finmesh-tests"}))
     provider.add_span_processor(SimpleSpanProcessor(_SPANS))
     trace.set_tracer_provider(provider)
+    # In-process services record into this one provider: tests read it through tests/metrics.py.
+    metrics.set_meter_provider(test_metrics.provider())
 
 
 @pytest.fixture
