@@ -26,6 +26,13 @@ class ServiceSettings(BaseSettings):
     # Where spans go when OTEL_EXPORTER_OTLP_ENDPOINT is unset; empty keeps them in memory only.
     span_file: str = ""
     tracing_enabled: bool = True
+    # Metrics (finmesh.platform.observability.metrics): recorded unless disabled, and served as Prometheus
+    # exposition on http://host:metrics_port/metrics; 0 picks a free port (the runner prints it), -1 serves
+    # none (OTLP export, when configured, still runs). The chart sets 9464, the OTel Prometheus default.
+    metrics_enabled: bool = True
+    metrics_port: int = Field(default=0, ge=-1, le=65535)
+    # How often gauges read from a database (queue depths, outbox backlog, overdue complaints) are sampled.
+    metrics_sample_seconds: float = Field(default=15.0, gt=0)
     # At start, upgrade the database to this code's newest migration (finmesh.platform.storage.migrations), so
     # `make run` works on a fresh machine. Production sets it false: the Helm Job runs `migrate` first,
     # and a server then only checks that no migration it needs is missing.
