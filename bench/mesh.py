@@ -9,7 +9,8 @@ hops with empty handlers on the same server stack (finmesh.load.noop). Figures:
 
 a) closed-loop throughput, real vs no-op, both at 100% trace sampling (ratio);
 b) p99 in open loop at 70% of the real path's measured maximum, for both;
-c) tracing overhead on the real path: tracing on vs FINMESH_TRACING_ENABLED=false;
+c) tracing overhead on the real path: tracing on vs FINMESH_TRACING_ENABLED=false; and the metrics' overhead:
+   metrics on (every set-up but one, the no-op chain included) vs FINMESH_METRICS_ENABLED=false, both traced;
 d) cold start, spawn → SERVING per service (the runner's port line, printed once health says SERVING);
 e) resident memory per service process, idle and under load (VmRSS);
 f) throughput with 1-3 replicas of payments and risk (PostgreSQL when it answers: SQLite replicas contend for
@@ -126,6 +127,7 @@ class RealMesh:
     label: str
     tracing: bool
     db: str
+    metrics: bool = True
     payers: list[Payer] = field(default_factory=list)
     mesh: Mesh | None = None
     replicas: dict[str, list[subprocess.Popen[bytes]]] = field(default_factory=lambda: {"payments": [], "risk": []})
@@ -140,6 +142,7 @@ class RealMesh:
         env = {
             **BASE_ENV,
             "FINMESH_TRACING_ENABLED": "true" if self.tracing else "false",
+            "FINMESH_METRICS_ENABLED": "true" if self.metrics else "false",
             "FINMESH_RISK_RULES_FILE": str(_velocity_lifted_rules(Path(self._tmp.name))),
         }
         self.mesh = Mesh(Path(self._tmp.name), database_urls=self._pg_urls, extra_env=env)
@@ -489,13 +492,15 @@ async def measure(args: Args) -> None:
     if args.db == "postgres" and not pg:
         raise SystemExit("--db postgres: nothing answers on 127.0.0.1:5432")
     real_on, real_off = RealMesh("traced", True, args.db), RealMesh("untraced", False, args.db)
+    real_unmetered = RealMesh("unmetered", True, args.db, metrics=False)
     noop_on, noop_off = NoopMesh(tracing=True, extra_env=BASE_ENV), NoopMesh(tracing=False, extra_env=BASE_ENV)
+    noop_unmetered = NoopMesh(tracing=True, extra_env={**BASE_ENV, "FINMESH_METRICS_ENABLED": "false"})
     replica_mesh: RealMesh | None = None
     try:
         t = time.monotonic()
-        await asyncio.gather(real_on.start(args.payers), real_off.start(args.payers))
-        await noop_on.__aenter__()
-        await noop_off.__aenter__()
+        await asyncio.gather(real_on.start(args.payers), real_off.start(args.payers), real_unmetered.start(args.payers))
+        for noop in (noop_on, noop_off, noop_unmetered):
+            await noop.__aenter__()
         print(
             f"set up in {time.monotonic() - t:.0f} s ({args.payers} onboarded payers per mesh, {args.db})", flush=True
         )
@@ -520,6 +525,19 @@ async def measure(args: Args) -> None:
             "no-op untraced": Target(
                 "no-op untraced", noop_off.target, [Payer("a", "b", noop_off.metadata())], lambda: _noop_pids(noop_off)
             ),
+            "real unmetered": Target(
+                "real unmetered",
+                real_unmetered.target,
+                real_unmetered.payers,
+                real_unmetered.pids,
+                real_unmetered.backend_pids if args.db == "postgres" else None,
+            ),
+            "no-op unmetered": Target(
+                "no-op unmetered",
+                noop_unmetered.target,
+                [Payer("a", "b", noop_unmetered.metadata())],
+                lambda: _noop_pids(noop_unmetered),
+            ),
         }
         await asyncio.sleep(2)
         idle = {name: rss_kib(pid) for name, pid in {**real_on.pids(), **_noop_pids(noop_on)}.items()}
@@ -528,16 +546,17 @@ async def measure(args: Args) -> None:
         await cold_start_phase(args, real_on)
         if args.replicas:
             await real_off.stop()
+            await real_unmetered.stop()
             replica_db = "postgres" if pg else "sqlite"
             replica_mesh = (
                 real_on if replica_db == args.db else await RealMesh("replicas", True, replica_db).start(args.payers)
             )
             await replica_phase(args, replica_mesh)
     finally:
-        for mesh in (real_on, real_off, replica_mesh):
+        for mesh in (real_on, real_off, real_unmetered, replica_mesh):
             if mesh is not None:
                 await mesh.stop()
-        for noop in (noop_on, noop_off):
+        for noop in (noop_on, noop_off, noop_unmetered):
             await noop.__aexit__(None, None, None)
         print(f"\nload average at end: {load_average()}")
 
@@ -568,7 +587,7 @@ async def closed_phase(args: Args, targets: dict[str, Target], idle: dict[str, i
     )
     print(f"  {'set-up':<16}{'payments/s':>11}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}  errors")
     for name, results in closed.items():
-        base = rate["no-op untraced"] if "untraced" in name else rate["no-op traced"]
+        base = rate[name.replace("real", "no-op")] if name.startswith("real") else rate[name]
         p50 = med([x.percentile_ms(50) for x in results])
         p99 = med([x.percentile_ms(99) for x in results])
         print(f"  {name:<16}{rate[name]:>11.0f}{rate[name] / base:>8.2f}{p50:>9.1f}{p99:>9.1f}  {_errors(results)}")
@@ -576,6 +595,10 @@ async def closed_phase(args: Args, targets: dict[str, Target], idle: dict[str, i
     print(
         f"  (c) tracing overhead on the real path: {1 - rate['real traced'] / rate['real untraced']:.0%} of "
         f"throughput; on the no-op chain: {1 - rate['no-op traced'] / rate['no-op untraced']:.0%}"
+    )
+    print(
+        f"  (c) metrics overhead on the real path: {1 - rate['real traced'] / rate['real unmetered']:.1%} of "
+        f"throughput; on the no-op chain: {1 - rate['no-op traced'] / rate['no-op unmetered']:.1%}"
     )
     print(f"  payment outcomes (real traced): {dict(targets['real traced'].statuses)}")
     _print_cpu(usage)
@@ -608,6 +631,11 @@ def _print_cpu(usage: dict[str, Usage]) -> None:
         f"CPU per payment: real +{total['real traced'] - total['real untraced']:.2f} ms "
         f"({1 - total['real untraced'] / total['real traced']:.0%}), no-op "
         f"+{total['no-op traced'] - total['no-op untraced']:.2f} ms"
+    )
+    print(
+        f"  metrics' CPU per payment: real +{total['real traced'] - total['real unmetered']:.2f} ms "
+        f"({1 - total['real unmetered'] / total['real traced']:.1%}), no-op "
+        f"+{total['no-op traced'] - total['no-op unmetered']:.2f} ms"
     )
 
 

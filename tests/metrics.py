@@ -32,10 +32,15 @@ def _matches(point: Any, attributes: dict[str, Any]) -> bool:
     return all(point.attributes.get(key) == value for key, value in attributes.items())
 
 
-def value(name: str, **attributes: Any) -> float:
+def _wanted(attributes: dict[str, Any] | None, simple: dict[str, Any]) -> dict[str, Any]:
+    return {**(attributes or {}), **simple}
+
+
+def value(name: str, attributes: dict[str, Any] | None = None, /, **simple: Any) -> float:
     """The sum over the points of counter, up-down counter or gauge `name` whose attributes include these
-    (dots in attribute names are written as '__': rpc__method="Assess"); a histogram's count."""
-    wanted = {key.replace("__", "."): v for key, v in attributes.items()}
+    (dotted names in the dict: value("rpc.server.call.duration", {"rpc.method": "Assess"}), plain ones as
+    keywords: value("finmesh.payments", status="CAPTURED")); for a histogram, its count."""
+    wanted = _wanted(attributes, simple)
     total = 0.0
     for point in _points(name):
         if _matches(point, wanted):
@@ -43,8 +48,8 @@ def value(name: str, **attributes: Any) -> float:
     return total
 
 
-def histogram_sum(name: str, **attributes: Any) -> float:
-    wanted = {key.replace("__", "."): v for key, v in attributes.items()}
+def histogram_sum(name: str, attributes: dict[str, Any] | None = None, /, **simple: Any) -> float:
+    wanted = _wanted(attributes, simple)
     return sum(p.sum for p in _points(name) if _matches(p, wanted) and isinstance(p, HistogramDataPoint))
 
 

@@ -18,14 +18,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# "  payments  127.0.0.1:41234   pid 5678   log: ..." as `finmesh up` lists each service when ready.
-_SERVICE_LINE = re.compile(r"^\s+(identity|payments|risk|notify)\s+(\S+:\d+)\s+pid (\d+)")
+# "  payments  127.0.0.1:41234   pid 5678   metrics: http://127.0.0.1:41240/metrics   log: ..." as
+# `finmesh up` lists each service when ready.
+_SERVICE_LINE = re.compile(r"^\s+(identity|payments|risk|notify)\s+(\S+:\d+)\s+pid (\d+)(?:\s+metrics: (\S+))?")
 
 
 @dataclass
 class Service:
     target: str
     pid: int
+    metrics: str = ""  # its /metrics URL
 
 
 class FinmeshUp:
@@ -71,7 +73,7 @@ class FinmeshUp:
                 )
             self.output.append(line)
             if (service := _SERVICE_LINE.match(line)) is not None:
-                self.services[service[1]] = Service(service[2], int(service[3]))
+                self.services[service[1]] = Service(service[2], int(service[3]), service[4] or "")
             if (match := re.search(pattern, line)) is not None:
                 return match
 

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -53,6 +54,11 @@ def test_a_killed_service_comes_back_on_its_port_and_answers(up_factory) -> None
 
     assert is_serving(payments.target)
     assert asyncio.run(_pay_and_read_balances(payments.target, demo, 1_000)) == [6_500, 3_500]
+    # The restarted process serves its metrics where `finmesh up` said, so Prometheus' target still holds.
+    assert payments.metrics.startswith("http://127.0.0.1:")
+    with urllib.request.urlopen(payments.metrics, timeout=5) as reply:
+        exposition = reply.read().decode()
+    assert 'rpc_method="CreatePayment"' in exposition and 'service_name="payments"' in exposition
     assert {n: s.pid for n, s in up.services.items() if n != "payments"} == others, "only payments restarted"
     assert up.interrupt() == 0
     assert up.output[-1] == "stopped: " + ", ".join(f"{n}=0" for n in services), up.output[-1]

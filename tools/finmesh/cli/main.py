@@ -40,7 +40,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     for name, target in mesh.targets().items():
         proc = mesh.processes[name]
-        print(f"  {name:<9} {target}   pid {proc.process.pid}   log: {proc.log_path}")
+        print(
+            f"  {name:<9} {target}   pid {proc.process.pid}   metrics: http://{proc.metrics_target}/metrics   "
+            f"log: {proc.log_path}"
+        )
     for name, fake in mesh.fakes.items():
         print(f"  fake {name:<8} {fake.url}   (API key in {mesh.data_dir / 'fakes.json'})")
     print("auth is enforced: clients need tokens; `finmesh demo` onboards users and logs them in to get them.")

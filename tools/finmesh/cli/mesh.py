@@ -42,11 +42,17 @@ class ServiceProcess:
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    metrics_port: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_target(self) -> str:
+        """Where Prometheus scrapes this service (host:port; the path is /metrics)."""
+        return f"127.0.0.1:{self.metrics_port}"
 
 
 @dataclass(frozen=True)
@@ -132,16 +138,23 @@ class Mesh:
             return {name: self.base_port + i for i, name in enumerate(("identity", "payments", "risk", "notify"))}
         return {name: free_port() for name in SERVICES}
 
+    def metrics_ports(self) -> dict[str, int]:
+        """Each service's /metrics port: base port + 10 onwards (after the fakes), or free ports."""
+        if self.base_port:
+            return {name: self.base_port + 10 + i for i, name in enumerate(("identity", "payments", "risk", "notify"))}
+        return {name: free_port() for name in SERVICES}
+
     def start(self, timeout: float = 30.0) -> None:
         self.span_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         ports = self.ports()
+        metrics_ports = self.metrics_ports()
         self.service_env = {f"FINMESH_{name.upper()}_TARGET": f"127.0.0.1:{port}" for name, port in ports.items()}
         try:
             if self.with_fakes:
                 self.service_env.update(self.start_fakes(timeout))
             for name in SERVICES:
-                self.start_one(name, ports[name], self.service_env)
+                self.start_one(name, ports[name], self.service_env, metrics_ports[name])
             self.wait_ready(timeout)
         except BaseException:
             self.stop()  # leave no fake or service behind
@@ -168,11 +181,14 @@ class Mesh:
         _write_fakes(self.data_dir, self.fakes)
         return fake_env(self.fakes)
 
-    def start_one(self, name: str, port: int, targets: dict[str, str]) -> ServiceProcess:
+    def start_one(self, name: str, port: int, targets: dict[str, str], metrics_port: int = 0) -> ServiceProcess:
+        if not metrics_port:
+            metrics_port = free_port()
         env = {
             **os.environ,
             **targets,
             "FINMESH_PORT": str(port),
+            "FINMESH_METRICS_PORT": str(metrics_port),
             "FINMESH_DATA_DIR": str(self.data_dir),
             "FINMESH_SPAN_FILE": str(self.span_dir / f"{name}.jsonl"),
             "OTEL_BSP_SCHEDULE_DELAY": "200",
@@ -191,12 +207,14 @@ class Mesh:
                 stderr=log,
                 start_new_session=True,
             )
-        self.processes[name] = ServiceProcess(name, port, process, log_path)
+        self.processes[name] = ServiceProcess(name, port, process, log_path, metrics_port)
         return self.processes[name]
 
     def restart(self, name: str) -> ServiceProcess:
-        """Start a service that exited again, on its port and data dir: callers and printed addresses still hold."""
-        return self.start_one(name, self.processes[name].port, self.service_env)
+        """Start a service that exited again, on its ports and data dir: callers, Prometheus and printed
+        addresses still hold."""
+        old = self.processes[name]
+        return self.start_one(name, old.port, self.service_env, old.metrics_port)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.observability.logs import configure_logging, get_logger
+from finmesh.platform.observability.metrics import MetricsEndpoint, setup_metrics
 from finmesh.platform.observability.telemetry import setup_tracing
 from finmesh.platform.rpc.server import Registration, RunningServer, create_server, wait_for_termination_signal
 from finmesh.platform.storage.db import create_engine
@@ -32,13 +33,16 @@ async def start_app(app: ServiceApp, settings: ServiceSettings) -> RunningServer
     return await create_server(settings, app.registrations)
 
 
-async def _serve(name: str, settings: ServiceSettings, build: Callable[[], Awaitable[ServiceApp]]) -> None:
+async def _serve(
+    name: str, settings: ServiceSettings, build: Callable[[], Awaitable[ServiceApp]], metrics: MetricsEndpoint | None
+) -> None:
     log = get_logger(f"finmesh.{name}")
     app = await build()
     running = await start_app(app, settings)
-    log.info("serving", port=running.port, host=settings.host)
-    # One machine-readable line on stdout so supervisors and tests learn the port.
-    print(json.dumps({"service": name, "port": running.port}), flush=True)
+    metrics_port = metrics.port if metrics is not None else 0
+    log.info("serving", port=running.port, host=settings.host, metrics_port=metrics_port)
+    # One machine-readable line on stdout so supervisors and tests learn the ports.
+    print(json.dumps({"service": name, "port": running.port, "metrics_port": metrics_port}), flush=True)
     await wait_for_termination_signal()
     log.info("draining", grace_seconds=settings.shutdown_grace_seconds)
     await running.drain(settings)
@@ -61,11 +65,23 @@ def run_service(name: str, settings: ServiceSettings, build: Callable[[], Awaita
         provider = setup_tracing(
             name, version=settings.service_version, color=settings.deployment_color, span_file=span_file
         )
+    metrics = None
+    if settings.metrics_enabled:
+        # Before the app is built: its instruments then record into this provider from the first call.
+        metrics = setup_metrics(
+            name,
+            version=settings.service_version,
+            color=settings.deployment_color,
+            host=settings.host,
+            port=None if settings.metrics_port < 0 else settings.metrics_port,
+        )
     try:
-        asyncio.run(_serve(name, settings, build))
+        asyncio.run(_serve(name, settings, build, metrics))
     finally:
         if provider is not None:
             provider.shutdown()  # flushes spans still in the batch queue
+        if metrics is not None:
+            metrics.shutdown()
 
 
 def migrate_requested(name: str, argv: list[str] | None = None) -> bool:

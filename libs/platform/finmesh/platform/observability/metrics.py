@@ -22,9 +22,9 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
 
 from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.observability.resource import resource_for
 
 _log = get_logger("finmesh.metrics")
 
@@ -43,18 +43,6 @@ RESOURCE_LABELS = frozenset({"service.name", "service.version", "deployment.colo
 def meter(name: str) -> metrics.Meter:
     """The meter for instrumentation scope `name` (a module's dotted name, e.g. "finmesh.payments")."""
     return metrics.get_meter(name)
-
-
-def resource_for(service: str, *, version: str, color: str) -> Resource:
-    """The resource tracing and metrics share."""
-    return Resource.create(
-        {
-            "service.name": service,
-            "service.namespace": "finmesh",
-            "service.version": version,
-            "deployment.color": color,
-        }
-    )
 
 
 @dataclass

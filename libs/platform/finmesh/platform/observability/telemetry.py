@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import Status
 
 from finmesh.platform.observability.propagation import FinmeshPropagator
+from finmesh.platform.observability.resource import resource_for
 from finmesh.platform.privacy.pii import SENSITIVE_KEYS, mask_text, mask_value
 
 
@@ -209,15 +210,7 @@ def _resource_json(resource: Resource) -> str:
 
 def setup_tracing(service: str, *, version: str, color: str, span_file: str = "") -> TracerProvider:
     """Install the process-wide tracer provider for `service` and return it (call shutdown on exit)."""
-    resource = Resource.create(
-        {
-            "service.name": service,
-            "service.namespace": "finmesh",
-            "service.version": version,
-            "deployment.color": color,
-        }
-    )
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource_for(service, version=version, color=color))
     exporter = _choose_exporter(span_file)
     if exporter is not None:
         masked = exporter if isinstance(exporter, JsonlSpanExporter) else MaskingExporter(exporter)

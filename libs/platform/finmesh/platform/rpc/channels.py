@@ -1,8 +1,9 @@
-"""Outgoing gRPC channels: tracing, retries only for idempotent methods, deadlines inherited."""
+"""Outgoing gRPC channels: tracing, metrics, retries only for idempotent methods, deadlines inherited."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -10,6 +11,7 @@ import grpc
 
 from finmesh.platform.auth.service_tokens import TokenSource, default_token_source
 from finmesh.platform.config import ServiceSettings
+from finmesh.platform.observability.rpc_metrics import ClientCallMetrics
 from finmesh.platform.observability.rpc_tracing import ClientSpans
 from finmesh.platform.rpc.tls import TlsFiles, channel_credentials
 
@@ -60,9 +62,9 @@ def open_channel(
     idempotent_methods: list[tuple[str, str]] | None = None,
     token_source: TokenSource | None = None,
 ) -> grpc.aio.Channel:
-    """An aio channel to `target` with tracing, per-method retry policy, mutual TLS when
+    """An aio channel to `target` with tracing and call metrics, per-method retry policy, mutual TLS when
     FINMESH_TLS_* files are set and, when FINMESH_AUTH_MODE=enforce, this service's token on
-    every unary call (see auth_service; MeshChannel adds both)."""
+    every unary call (see auth_service; MeshChannel adds them)."""
     if token_source is None and settings.auth_mode == "enforce":
         token_source = default_token_source(settings)
     options = [
@@ -81,21 +83,30 @@ def open_channel(
     else:
         channel = grpc.aio.insecure_channel(target, options=options)
     spans = ClientSpans() if settings.tracing_enabled else None
-    if spans is None and token_source is None:
+    metrics = ClientCallMetrics() if settings.metrics_enabled else None
+    if spans is None and token_source is None and metrics is None:
         return channel
-    return MeshChannel(channel, spans, token_source)
+    return MeshChannel(channel, spans, token_source, metrics)
 
 
 class MeshChannel(grpc.aio.Channel):
     """A channel whose unary calls carry a CLIENT span's context (and the current baggage) and this service's
-    token. Done here rather than by client interceptors: grpc.aio runs every intercepted call through an extra
-    task and call object, which on a short call costs more than the span itself. Calls return awaitables
-    (`await stub.Method(request)`), as every caller here uses them; other call shapes pass through untouched."""
+    token, and record their duration. Done here rather than by client interceptors: grpc.aio runs every
+    intercepted call through an extra task and call object, which on a short call costs more than the span
+    itself. Calls return awaitables (`await stub.Method(request)`), as every caller here uses them; other call
+    shapes pass through untouched."""
 
-    def __init__(self, channel: grpc.aio.Channel, spans: ClientSpans | None, tokens: TokenSource | None) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        spans: ClientSpans | None,
+        tokens: TokenSource | None,
+        metrics: ClientCallMetrics | None = None,
+    ) -> None:
         self._channel = channel
         self._spans = spans
         self._tokens = tokens
+        self._metrics = metrics
 
     def unary_unary(
         self,
@@ -105,7 +116,7 @@ class MeshChannel(grpc.aio.Channel):
         _registered_method: bool | None = False,
     ) -> Any:
         inner = self._channel.unary_unary(method, request_serializer, response_deserializer, _registered_method)  # type: ignore[call-arg]  # grpc's own 4th, not in its stub
-        return _MeshUnaryUnary(inner, method, self._spans, self._tokens)
+        return _MeshUnaryUnary(inner, method, self._spans, self._tokens, self._metrics)
 
     def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
         return self._channel.unary_stream(*args, **kwargs)
@@ -136,13 +147,21 @@ class MeshChannel(grpc.aio.Channel):
 
 
 class _MeshUnaryUnary:
-    __slots__ = ("_inner", "_method", "_spans", "_tokens")
+    __slots__ = ("_inner", "_method", "_metrics", "_spans", "_tokens")
 
-    def __init__(self, inner: Any, method: str, spans: ClientSpans | None, tokens: TokenSource | None) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        method: str,
+        spans: ClientSpans | None,
+        tokens: TokenSource | None,
+        metrics: ClientCallMetrics | None,
+    ) -> None:
         self._inner = inner
         self._method = method
         self._spans = spans
         self._tokens = tokens
+        self._metrics = metrics
 
     def __call__(
         self,
@@ -169,17 +188,11 @@ class _MeshUnaryUnary:
             token = await self._tokens.token()
             if token:
                 metadata.append(("authorization", f"Bearer {token}"))
-        if self._spans is None:
-            return await self._inner(
-                request,
-                timeout=timeout,
-                metadata=metadata,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
-        span, carrier = self._spans.start(self._method)
-        metadata.extend(carrier.items())
+        span = None
+        if self._spans is not None:
+            span, carrier = self._spans.start(self._method)
+            metadata.extend(carrier.items())
+        started = time.perf_counter()
         code = None
         try:
             response = await self._inner(
@@ -197,7 +210,12 @@ class _MeshUnaryUnary:
             code = grpc.StatusCode.OK
             return response
         finally:
-            self._spans.finish(span, code)
+            # A call that never finished (cancelled by our own caller) has no code: no span status, and its
+            # duration counts as CANCELLED.
+            if self._metrics is not None:
+                self._metrics.record(self._method, started, code or grpc.StatusCode.CANCELLED)
+            if span is not None:
+                ClientSpans.finish(span, code)
 
 
 def remaining_timeout(context: grpc.aio.ServicerContext[Any, Any] | None, default: float) -> float:

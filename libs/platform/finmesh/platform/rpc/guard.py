@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 from finmesh.platform.auth.context import acting_as
 from finmesh.platform.errors import DomainError, FieldViolation, InvalidArgument
 from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.observability.rpc_metrics import ServerCallMetrics, ended_code
 from finmesh.platform.observability.rpc_tracing import finish_server_span, rpc_attributes, server_span
 from finmesh.platform.rpc.decoding import Undecodable
 from finmesh.platform.rpc.field_rules import MAX_VIOLATIONS, FieldChecker, checker_for
@@ -119,11 +120,13 @@ def guarded(
     traced: bool = True,
     check: AuthCheck | None = None,
     fields: FieldChecker | None = None,
+    metered: bool = True,
 ) -> Handler:
-    """Wrap one servicer method: a server span, the auth check, the request's field rules (finmesh.platform.
-    field_rules), domain errors as rich statuses, bugs as INTERNAL."""
+    """Wrap one servicer method: a server span and the call's metrics, the auth check, the request's field
+    rules (finmesh.platform.field_rules), domain errors as rich statuses, bugs as INTERNAL."""
     name = full_method.lstrip("/") or method.__qualname__
     attributes = rpc_attributes(full_method or name)
+    metrics = ServerCallMetrics(full_method or name) if metered else None
 
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if check is None:
@@ -140,17 +143,39 @@ def guarded(
 
     @functools.wraps(method)
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if metrics is None:
+            return await answer(request, context)
+        started = metrics.start()
+        code, reason = grpc.StatusCode.OK, ""
+        try:
+            return await answer(request, context)
+        except _Refused as refused:
+            code, reason = refused.code, refused.reason
+            if code is grpc.StatusCode.RESOURCE_EXHAUSTED and not reason:
+                reason = _reason_in(refused.status)  # a stored refusal: a rate limit, a login throttle
+            await abort_with(context, refused.status)
+        except asyncio.CancelledError:
+            code = ended_code(context)  # gRPC cancelled the handler: the caller left or its deadline passed
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN  # a handler aborted by itself
+            raise
+        finally:
+            metrics.finish(started, code, reason)
+
+    async def answer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         with server_span(name, attributes, context) if traced else contextlib.nullcontext() as span:
             try:
                 response = await run(request, context)
             except DomainError as error:
                 status = to_status(error)
+                reason = error.reason
             except StoredRefusal as refusal:
-                status = refusal.status
+                status, reason = refusal.status, ""
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:  # noqa: BLE001 - last line of defence: never leak a stack trace
-                status = unexpected_status(exc)
+                status, reason = unexpected_status(exc), ""
                 if status.code == code_pb2.UNAVAILABLE:
                     # An outage, not a bug: no traceback, and no SQL text (its parameters may be personal data).
                     _log.warning("rpc_storage_unavailable", method=name, **failure_facts(exc))
@@ -160,14 +185,26 @@ def guarded(
                 if span is not None:
                     finish_server_span(span, grpc.StatusCode.OK)
                 return response
+            code = _CODE_BY_NUMBER[status.code]
             if span is not None:
-                finish_server_span(span, _CODE_BY_NUMBER[status.code])
+                finish_server_span(span, code)
+            if metrics is not None:
+                raise _Refused(status, code, reason)  # aborted by `call`, once its metrics know the code
             await abort_with(context, status)
 
     return call
 
 
-def guard_servicer(servicer: Any, service_descriptor: Any, *, traced: bool = True, authorizer: Any = None) -> Any:
+class _Refused(Exception):
+    """A call answered with an error status: carries it from the span's scope to where metrics record it."""
+
+    def __init__(self, status: status_pb2.Status, code: grpc.StatusCode, reason: str) -> None:
+        self.status, self.code, self.reason = status, code, reason
+
+
+def guard_servicer(
+    servicer: Any, service_descriptor: Any, *, traced: bool = True, metered: bool = True, authorizer: Any = None
+) -> Any:
     """Replace every RPC method of `servicer` (per the proto descriptor) with its guarded form.
 
     With an `authorizer` (finmesh.platform.auth.access.Authorizer), each RPC first checks the caller
@@ -178,10 +215,11 @@ def guard_servicer(servicer: Any, service_descriptor: Any, *, traced: bool = Tru
         full_method = f"/{service_descriptor.full_name}/{rpc.name}"
         check = authorizer.bind(rpc, full_method) if authorizer is not None else None
         if method is not None and inspect.iscoroutinefunction(method):
-            setattr(servicer, rpc.name, guarded(method, full_method, traced, check, checker_for(rpc.input_type)))
+            guard = guarded(method, full_method, traced, check, checker_for(rpc.input_type), metered)
+            setattr(servicer, rpc.name, guard)
         elif check is not None:
             # Not implemented yet: still authorize first, so an unimplemented RPC tells strangers nothing.
-            setattr(servicer, rpc.name, guarded(_unimplemented, full_method, traced, check))
+            setattr(servicer, rpc.name, guarded(_unimplemented, full_method, traced, check, metered=metered))
     return servicer
 
 
@@ -192,8 +230,10 @@ async def _unimplemented(request: Any, context: grpc.aio.ServicerContext[Any, An
 def reason_of(error: grpc.aio.AioRpcError) -> str:
     """The ErrorInfo reason carried by a failed call, or "" (for clients and tests)."""
     status = rpc_status.from_call(error)
-    if status is None:
-        return ""
+    return "" if status is None else _reason_in(status)
+
+
+def _reason_in(status: Any) -> str:  # a google.rpc.Status; its details are typed loosely by the stubs
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()

@@ -1,4 +1,5 @@
-"""gRPC aio server bootstrap: health, reflection (v1 and v1alpha), tracing, bounded connection age, graceful drain."""
+"""gRPC aio server bootstrap: health, reflection (v1 and v1alpha), tracing and metrics, bounded connection age,
+graceful drain."""
 
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ async def create_server(
     interceptors: list[grpc.aio.ServerInterceptor] | None = None,
 ) -> RunningServer:
     """Build and start a server on settings.host:settings.port (0 = any free port)."""
-    # Tracing is not an interceptor: guard_servicer opens each RPC's server span (see rpc_tracing).
+    # Tracing and metrics are not interceptors: guard_servicer opens each RPC's server span and records its
+    # duration (see rpc_tracing, rpc_metrics).
     server = grpc.aio.server(
         interceptors=list(interceptors or []),
         options=server_options(settings),
@@ -107,7 +109,13 @@ async def create_server(
             # One limiter per server: a caller's bucket is shared by all the services it hosts.
             authorizer = LimitedAuthorizer(authorizer, limiter)
         reg.add_to_server(
-            guard_servicer(reg.servicer, reg.descriptor, traced=settings.tracing_enabled, authorizer=authorizer),
+            guard_servicer(
+                reg.servicer,
+                reg.descriptor,
+                traced=settings.tracing_enabled,
+                metered=settings.metrics_enabled,
+                authorizer=authorizer,
+            ),
             tolerant_server(server),
         )
         names.append(reg.descriptor.full_name)
