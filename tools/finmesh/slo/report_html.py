@@ -54,6 +54,7 @@ def error_chart(report: Report, service: ServiceReport) -> str:
         x_label=f"days of the window (ending {_when(report.at)})",
         y_label="calls failed by the server (%)",
         x_max=days,
+        markers=True,  # a step with calls between steps without shows as a dot
     )
 
 
