@@ -30,6 +30,7 @@ import pytest
 
 from finmesh.platform.observability.metrics import LATENCY_BUCKETS
 from finmesh.slo import report as r
+from finmesh.slo.objectives import LatencyObjective
 from finmesh.slo.report_cli import add_report_parser
 from finmesh.slo.report_html import render
 
@@ -309,6 +310,12 @@ def test_an_error_answer_is_exit_2(prometheus: str, capsys: pytest.CaptureFixtur
     # Not Prometheus' API at this path: a 404, as from a wrong base URL.
     assert _run(["--prometheus", prometheus + "/not-the-api", "--at", str(END)]) == 2
     assert "HTTP 404" in capsys.readouterr().err
+
+
+def test_a_threshold_that_is_no_bucket_bound_is_a_clear_error(prometheus: str) -> None:
+    odd = LatencyObjective("payments-odd", "payments", "CreatePayment", 0.3, 0.99)
+    with pytest.raises(r.PrometheusError, match=r"payments-odd: no bucket bound at 0.3 s"):
+        asyncio.run(r.collect(prometheus, "1d", at=END, availability=(), latency=(odd,)))
 
 
 def test_a_query_prometheus_rejects_raises(prometheus: str) -> None:

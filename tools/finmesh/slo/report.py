@@ -259,7 +259,10 @@ async def _latency(prom: Prometheus, objective: LatencyObjective, window: str, a
         asyncio.gather(*(prom.instant(latency_buckets_query(objective, w), at) for w in windows)),
         asyncio.gather(*(prom.instant(quantile_query(objective, window, q), at) for q in QUANTILES)),
     )
-    counts = [counts_from_buckets(buckets(r), objective.threshold_seconds) if r else Counts(0, 0) for r in counted]
+    try:
+        counts = [counts_from_buckets(buckets(r), objective.threshold_seconds) if r else Counts(0, 0) for r in counted]
+    except ValueError as error:  # the services export other buckets than the objectives were written for
+        raise PrometheusError(f"{objective.name}: {error}") from None
     return LatencyFigures(
         name=objective.name,
         service=objective.service,
