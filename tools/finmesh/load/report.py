@@ -48,8 +48,10 @@ def line_chart(
     x_label: str,
     y_label: str,
     x_max: float | None = None,
+    markers: bool = False,
 ) -> str:
-    """An SVG line chart; each series is (name, color, points). Empty series are drawn as a note."""
+    """An SVG line chart; each series is (name, color, points). Empty series are drawn as a note. `markers` dots
+    every point: for sparse series, whose lone points a line alone would not show."""
     points = [p for _, _, pts in series for p in pts]
     plot_w, plot_h = W - LEFT - RIGHT, H - TOP - BOTTOM
     out = [
@@ -94,6 +96,8 @@ def line_chart(
                 f'<polyline class="series" data-name="{html.escape(name)}" fill="none" stroke="{color}" '
                 f'stroke-width="1.8" points="{path}"/>'
             )
+            if markers:
+                out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}"/>' for x, y in pts]
         out.append(
             f'<rect x="{LEFT + 10 + n * 150}" y="{TOP + 8}" width="12" height="3" fill="{color}"/>'
             f'<text x="{LEFT + 26 + n * 150}" y="{TOP + 13}" font-size="11">{html.escape(name)}</text>'
