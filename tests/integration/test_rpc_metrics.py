@@ -4,11 +4,13 @@ and the /metrics endpoint a real process serves."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 
 import grpc
 import pytest
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.errors import FailedPrecondition
@@ -205,3 +207,61 @@ def test_metrics_endpoint_serves_prometheus_exposition_with_resource_labels() ->
         assert label in line
     assert line.endswith(" 1.0")
     assert "otel_scope_name" not in text  # no scope labels: the names say who recorded them
+
+
+_OTLP = """
+import grpc
+from finmesh.platform.observability.metrics import setup_metrics
+from finmesh.platform.observability.rpc_metrics import ServerCallMetrics
+endpoint = setup_metrics("risk", version="2.0.0", color="blue", host="127.0.0.1", port=None)
+calls = ServerCallMetrics("/finmesh.risk.v1.RiskService/AssessPayment")
+calls.finish(calls.start(), grpc.StatusCode.UNAVAILABLE)
+endpoint.shutdown()  # flushes the periodic reader: one export before the process ends
+"""
+
+
+class _Collector(metrics_service_pb2_grpc.MetricsServiceServicer):
+    """A bare OTLP/gRPC metrics receiver, as a collector listens on 4317."""
+
+    def __init__(self) -> None:
+        self.requests: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
+
+    async def Export(self, request, context):
+        self.requests.append(request)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
+async def test_otlp_export_when_an_endpoint_is_configured() -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT adds OTLP export: the collector gets the RPC histogram with the resource."""
+    collector = _Collector()
+    server = grpc.aio.server()
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        env = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        }
+        process = await asyncio.create_subprocess_exec(sys.executable, "-c", _OTLP, env=env)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+    finally:
+        await server.stop(0)
+    exported = [
+        (resource_metrics.resource, metric)
+        for request in collector.requests
+        for resource_metrics in request.resource_metrics
+        for scope in resource_metrics.scope_metrics
+        for metric in scope.metrics
+    ]
+    durations = [(r, m) for r, m in exported if m.name == "rpc.server.call.duration"]
+    assert durations, [m.name for _, m in exported]
+    resource, metric = durations[0]
+    attributes = {a.key: a.value.string_value for a in resource.attributes}
+    assert (
+        attributes.items() >= {"service.name": "risk", "service.version": "2.0.0", "deployment.color": "blue"}.items()
+    )
+    (point,) = metric.histogram.data_points
+    assert point.count == 1
+    assert {a.key: a.value.string_value for a in point.attributes}["rpc.response.status_code"] == "UNAVAILABLE"
