@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lock proto proto-check lint fmt test test-fast run demo trace bench helm-check image check clean
+.PHONY: setup lock proto proto-check lint fmt test test-fast run demo trace bench helm-check prometheus-tools image check clean
 
 setup: $(STAMP)
 
@@ -90,6 +90,11 @@ bench: setup
 helm-check: setup
 	tools/helm_tools.sh >/dev/null
 	$(BIN)/pytest tests/deploy -q
+
+# promtool (rule checks and rule unit tests in tests/slo) and prometheus (the end-to-end scrape test), from
+# Debian's prometheus package; nothing when both are on PATH already.
+prometheus-tools:
+	tools/prometheus_tools.sh
 
 # Only where a container engine exists (not on these machines).
 image:

@@ -48,6 +48,9 @@ class BurnRateAlert:
     short_window: str
     factor: float
     severity: str  # "page" or "ticket"
+    # How long both windows must stay over before it fires: a blip that a longer window would outlast anyway
+    # does not page (the windows, not this, carry the detection; it stays a fraction of the short window).
+    hold: str = "0m"
 
 
 AVAILABILITY = tuple(AvailabilityObjective(service, 0.9995) for service in SERVICES)
@@ -64,8 +67,37 @@ LATENCY = (
 
 # 2% of a 30-day budget in 1 h, 5% in 6 h (page); 10% in 1 d, 10% in 3 d (ticket).
 BURN_RATE_ALERTS = (
-    BurnRateAlert("1h", "5m", 14.4, "page"),
-    BurnRateAlert("6h", "30m", 6.0, "page"),
-    BurnRateAlert("1d", "2h", 3.0, "ticket"),
-    BurnRateAlert("3d", "6h", 1.0, "ticket"),
+    BurnRateAlert("1h", "5m", 14.4, "page", hold="2m"),
+    BurnRateAlert("6h", "30m", 6.0, "page", hold="15m"),
+    BurnRateAlert("1d", "2h", 3.0, "ticket", hold="1h"),
+    BurnRateAlert("3d", "6h", 1.0, "ticket", hold="3h"),
 )
+
+
+# What burns slower than a budget: work waiting too long, or a state that must not last.
+
+
+@dataclass(frozen=True)
+class QueueAgeLimit:
+    """Notify's oldest waiting message per lane: the age past which the lane is stuck, not merely retrying."""
+
+    lane: str
+    max_age_seconds: float
+    severity: str
+
+
+# An outbox event undelivered this long means its consumer is down or failing every attempt (the relay
+# retries within seconds); held 10 minutes so a consumer's restart or a rollout does not alert.
+OUTBOX_MAX_AGE_SECONDS = 300.0
+OUTBOX_AGE_HOLD = "10m"
+# Dead letters wait for an operator's redrive; 15 minutes lets a redrive already under way finish.
+DEAD_LETTERS_HOLD = "15m"
+# A service whose metrics are gone is blind to every other alert here.
+METRICS_ABSENT_HOLD = "5m"
+# Lanes retry with backoff up to notify's delivery_max_backoff_seconds (15 min), so a limit is above a few
+# retries. MARKETING has none: quiet hours hold its messages for the night on purpose.
+NOTIFY_QUEUE_AGE_LIMITS = (
+    QueueAgeLimit("SECURITY", 600.0, "page"),  # sign-in codes: a user is waiting
+    QueueAgeLimit("TRANSACTIONAL", 1800.0, "ticket"),
+)
+NOTIFY_QUEUE_AGE_HOLD = "10m"
