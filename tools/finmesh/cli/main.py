@@ -18,6 +18,8 @@ from finmesh.cli.supervisor import RestartPolicy, Supervisor
 from finmesh.cli.tls import TlsConfigError, health_status
 from finmesh.cli.traces import latest_trace_id, load_spans, render_tree
 from finmesh.load import cli as load_cli
+from finmesh.slo import cli as slo_cli
+from finmesh.slo.report_cli import add_report_parser
 
 DEFAULT_BASE_PORT = 50051
 NAMES = ("identity", "payments", "risk", "notify")
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     add_rollout_parser(sub)
     audit.add_parser(sub)
     load_cli.add_parser(sub)
+    add_report_parser(slo_cli.add_parser(sub))
     args = parser.parse_args(argv)
     return int(args.func(args))
 
