@@ -32,11 +32,13 @@ def delta(before: dict[tuple[str, str, str], float]) -> dict[tuple[str, str, str
 
 async def test_assessments_count_decisions_levels_and_rules_once_each(databases, tmp_path: Path) -> None:
     """Three payments, one per decision, count once each by decision, level and rule; a repeated payment id
-    and a rollout probe's payment count nothing; every decision and level is a series before any traffic."""
+    and a rollout probe's payment count nothing; every decision, level and rule id of the rules file is a
+    series before any traffic."""
     async with risk_node(await databases.new("risk"), tmp_path) as risk:
         levels = metrics.attribute_values(WARNINGS, "level")
         assert {"LOW", "MEDIUM", "HIGH", "CRITICAL"} <= levels
         assert {"APPROVE", "REVIEW", "DECLINE"} <= metrics.attribute_values(DECISIONS, "decision")
+        assert {"VELOCITY_IP_COUNT", "AMOUNT_VERY_LARGE"} <= metrics.attribute_values(RULES, "rule")  # from the file
         before = reading()
         commits = metrics.histogram_sum(BATCH, batch="commit")
 

@@ -48,7 +48,7 @@ class RiskApp:
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     async def start(self) -> None:
-        assessment_metrics.start_series()
+        assessment_metrics.start_series(self.rules.active.rules)
         self.rules.start()
         self.writer.start()
         if self.relay is not None:

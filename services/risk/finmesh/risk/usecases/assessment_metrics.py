@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from finmesh.platform.observability.metrics import BATCH_BUCKETS, meter
+from finmesh.risk.domain.rules import Rules
 from finmesh.risk.domain.values import Decision, WarningLevel
 
 _meter = meter("finmesh.risk")
@@ -60,12 +61,15 @@ class BoundedLabels:
 rule_label = BoundedLabels(MAX_RULE_LABELS)
 
 
-def start_series() -> None:
-    """Every decision and warning level from the first scrape, so rate() and absent() work before traffic."""
+def start_series(rules: Rules) -> None:
+    """Every decision and warning level from the first scrape, so rate() and absent() work before traffic;
+    and the rules file's own rule ids (the built-in ones, NEW_DEVICE and the like, appear when they fire)."""
     for decision in Decision:
         _decisions.add(0, {"decision": decision.value})
     for level in WarningLevel:
         _warnings.add(0, {"level": level.value})
+    for rule in (*rules.amount, *rules.velocity):
+        _rules_fired.add(0, {"rule": rule_label(rule.code)})
 
 
 def assessed(rows: Iterable[Any]) -> None:
