@@ -68,8 +68,8 @@ def start_series(rules: Rules) -> None:
         _decisions.add(0, {"decision": decision.value})
     for level in WarningLevel:
         _warnings.add(0, {"level": level.value})
-    for rule in (*rules.amount, *rules.velocity):
-        _rules_fired.add(0, {"rule": rule_label(rule.code)})
+    for code in [r.code for r in rules.amount] + [r.code for r in rules.velocity]:
+        _rules_fired.add(0, {"rule": rule_label(code)})
 
 
 def assessed(rows: Iterable[Any]) -> None:
