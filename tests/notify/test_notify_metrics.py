@@ -4,6 +4,7 @@ clock the test moves. The gauges are set by the app's own background sampler (ev
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -176,3 +177,48 @@ async def test_complaints_show_due_soon_then_overdue_until_the_stage_is_met(data
         )
         await gauge(OVERDUE, 0)
         assert metrics.value(DUE_SOON) == 0
+
+
+def offer(user: str, phone: str) -> pb.SendNotificationRequest:
+    return pb.SendNotificationRequest(
+        idempotency_key=key(),
+        user_id=user,
+        channel=pb.CHANNEL_SMS,
+        category=pb.CATEGORY_MARKETING,
+        template="marketing_offer",
+        params={"title": "新客礼", "details": "首笔理财享加息。"},
+        address=phone,
+    )
+
+
+def marketing_consent(user: str, granted: bool) -> pb.SetConsentRequest:
+    return pb.SetConsentRequest(
+        idempotency_key=key(),
+        consent=pb.Consent(
+            user_id=user,
+            category=pb.CATEGORY_MARKETING,
+            granted=granted,
+            quiet_hours_start="22:00",
+            quiet_hours_end="08:00",
+            time_zone="Asia/Shanghai",
+        ),
+    )
+
+
+async def test_an_opt_out_while_an_offer_waits_counts_it_suppressed(databases, tmp_path: Path, sms) -> None:
+    """Two offers at 23:30 wait for 08:00; at 08:00 one goes out, the other's user opted out meanwhile."""
+    clock = OffsetClock(datetime(2026, 3, 6, 23, 30, tzinfo=SH))
+    async with running_notify(databases, tmp_path, sms=sms, clock=clock) as notify:
+        before = deliveries()
+        for user in ("m-1", "m-2"):
+            await notify.stub.SetConsent(marketing_consent(user, True))
+        waiting = await notify.stub.SendNotification(offer("m-1", PHONE))
+        dropped = await notify.stub.SendNotification(offer("m-2", "+8613900139001"))
+        await asyncio.sleep(0.3)  # queued for 08:00 at intake: the worker does not touch them before
+        assert changed(before) == {}
+        await notify.stub.SetConsent(marketing_consent("m-2", False))
+        clock.set(datetime(2026, 3, 7, 8, 0, 1, tzinfo=SH))
+        notify.app.worker.wake("MARKETING")
+        await notify.wait_status(waiting.notification.notification_id, pb.NOTIFICATION_STATUS_SENT)
+        await notify.wait_status(dropped.notification.notification_id, pb.NOTIFICATION_STATUS_FAILED)
+        assert changed(before) == {("SMS", "sent"): 1, ("SMS", "suppressed"): 1}
