@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -14,6 +15,7 @@ from finmesh.notify.clients.senders.webhook import WebhookSender
 from finmesh.notify.config import NotifySettings, notify_settings
 from finmesh.notify.store.schema import idempotency
 from finmesh.notify.store.sealing import Sealer
+from finmesh.notify.usecases.backlog import Backlog
 from finmesh.notify.usecases.clock import Clock, SystemClock
 from finmesh.notify.usecases.complaints import Complaints
 from finmesh.notify.usecases.compose import Composer
@@ -28,6 +30,7 @@ from finmesh.notify.usecases.worker import DeliveryWorker
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as pb_grpc
 from finmesh.platform.config import ServiceSettings
+from finmesh.platform.observability.metrics import sample_every
 from finmesh.platform.rpc.guard import to_status
 from finmesh.platform.rpc.server import Registration
 from finmesh.platform.storage.db import create_engine
@@ -43,12 +46,23 @@ class NotifyApp:
     worker: DeliveryWorker
     sla: ComplaintSla
     senders: dict[str, Sender]
+    backlog: Backlog
+    _sampler: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
         self.worker.start()
         self.sla.start()
+        if self.settings.metrics_enabled:
+            self._sampler = asyncio.create_task(
+                sample_every(self.settings.metrics_sample_seconds, self.backlog.sample, name="notify-backlog"),
+                name="notify-backlog-gauges",
+            )
 
     async def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            await asyncio.gather(self._sampler, return_exceptions=True)
+            self._sampler = None
         await self.sla.stop()
         await self.worker.stop()
         for sender in self.senders.values():
@@ -101,4 +115,4 @@ async def build(
     registration = Registration(
         servicer, pb_grpc.add_NotifyServiceServicer_to_server, pb.DESCRIPTOR.services_by_name["NotifyService"]
     )
-    return NotifyApp([registration], engine, s, worker, sla, senders)
+    return NotifyApp([registration], engine, s, worker, sla, senders, Backlog(engine, clock, senders))

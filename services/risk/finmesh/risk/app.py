@@ -24,6 +24,7 @@ from finmesh.risk.clients.identity import IDENTITY_IDEMPOTENT_METHODS, IdentityC
 from finmesh.risk.clients.payments import PAYMENTS_IDEMPOTENT_METHODS, PaymentsClient
 from finmesh.risk.config import RiskSettings
 from finmesh.risk.store.schema import idempotency, outbox
+from finmesh.risk.usecases import assessment_metrics
 from finmesh.risk.usecases.assessment_writer import AssessmentWriter
 from finmesh.risk.usecases.blocklist import BlockList
 from finmesh.risk.usecases.emergency import EmergencyResponder, ResponsePolicy
@@ -47,6 +48,7 @@ class RiskApp:
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     async def start(self) -> None:
+        assessment_metrics.start_series(self.rules.active.rules)
         self.rules.start()
         self.writer.start()
         if self.relay is not None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from finmesh.notify.domain.complaints import ACCEPTED, OPEN, RESPONDED
 from finmesh.notify.store.schema import complaint_escalations, complaint_events, complaints
 
 c = complaints
@@ -81,3 +82,20 @@ async def claim_escalation(conn: AsyncConnection, complaint_id: str, stage: str,
         return False
     await conn.execute(update(c).where(c.c.complaint_id == complaint_id).values(escalated=True))
     return True
+
+
+async def deadline_counts(conn: AsyncConnection, now: datetime, soon: datetime) -> tuple[int, int]:
+    """Unresolved complaints whose current stage's deadline passed, and those whose falls in (now, soon].
+
+    A complaint's current deadline is the next one it has not met (accept while OPEN, respond while
+    ACCEPTED, resolve while RESPONDED); the later ones never come before it, so it alone says whether the
+    complaint is late. Reads the unresolved ones only, through ix_complaints_state."""
+    due = case(
+        (c.c.state == OPEN, c.c.accept_due),
+        (c.c.state == ACCEPTED, c.c.respond_due),
+        else_=c.c.resolve_due,
+    )
+    late = func.coalesce(func.sum(case((due <= now, 1), else_=0)), 0)
+    near = func.coalesce(func.sum(case(((due > now) & (due <= soon), 1), else_=0)), 0)
+    row = (await conn.execute(select(late, near).where(c.c.state.in_((OPEN, ACCEPTED, RESPONDED))))).one()
+    return int(row[0]), int(row[1])

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finmesh.notify.store.schema import dead_letters, notifications
@@ -68,6 +68,22 @@ async def next_due(engine: AsyncEngine, category: str) -> datetime | None:
             .order_by(n.c.next_attempt_at)
             .limit(1)
         )
+
+
+async def waiting_by_lane(conn: AsyncConnection) -> dict[str, tuple[int, datetime | None]]:
+    """Per lane: the messages waiting to be sent (due, retrying or claimed) and when the oldest was created.
+
+    Reads the queued rows only, through ix_notifications_queue (status first): counting them costs what the
+    backlog is, never the whole history of sent messages."""
+    query = select(n.c.category, func.count(), func.min(n.c.created_at)).where(n.c.status == QUEUED)
+    return {row[0]: (int(row[1]), row[2]) for row in await conn.execute(query.group_by(n.c.category))}
+
+
+async def dead_lettered_by_channel(conn: AsyncConnection) -> dict[str, int]:
+    """Per channel: messages dead-lettered and not redriven since. A dead letter whose recipient was erased
+    meanwhile is left out: it can never be redriven (its message is FAILED), so nothing is waiting on it."""
+    query = select(n.c.channel, func.count()).where(n.c.status == DEAD).group_by(n.c.channel)
+    return {row[0]: int(row[1]) for row in await conn.execute(query)}
 
 
 async def _set(engine: AsyncEngine, notification_id: str, **values: Any) -> None:

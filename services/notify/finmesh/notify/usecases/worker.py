@@ -20,7 +20,7 @@ from finmesh.notify.config import NotifySettings
 from finmesh.notify.domain.consent import decide_marketing
 from finmesh.notify.store import consents, queue
 from finmesh.notify.store import webhooks as webhook_store
-from finmesh.notify.usecases import erasure
+from finmesh.notify.usecases import erasure, metrics
 from finmesh.notify.usecases.clock import Clock
 from finmesh.notify.usecases.compose import Composer
 from finmesh.platform.observability.logs import get_logger
@@ -57,6 +57,7 @@ class DeliveryWorker:
         }
 
     def start(self) -> None:
+        metrics.start_series(self._senders)
         self._tasks = [asyncio.create_task(self._run(lane), name=f"notify-{lane.lower()}") for lane in LANES]
 
     async def stop(self) -> None:
@@ -127,6 +128,7 @@ class DeliveryWorker:
             },
         ) as span:
             if row.channel != "WEBHOOK" and await erasure.withdrawn_at_send(self._engine, row):
+                metrics.delivered(row.channel, metrics.SUPPRESSED)
                 return
             if row.category == "MARKETING" and not await self._marketing_still_allowed(row):
                 return
@@ -142,6 +144,7 @@ class DeliveryWorker:
                 await self._failed(row, attempts, type(error).__name__, False)
                 return
             await queue.mark_sent(self._engine, row.notification_id, attempts, self._clock.now())
+            metrics.delivered(row.channel, metrics.SENT)
             _log.info("notification_sent", notification_id=row.notification_id, channel=row.channel, attempts=attempts)
 
     async def _open(self, row: Any) -> Outgoing:
@@ -165,10 +168,12 @@ class DeliveryWorker:
         decision = decide_marketing(record, self._clock.now())
         if not decision.send:
             await queue.mark_failed(self._engine, row.notification_id, decision.refusal)
+            metrics.delivered(row.channel, metrics.SUPPRESSED)
             _log.info("notification_withdrawn", notification_id=row.notification_id, reason=decision.refusal)
             return False
         if decision.not_before is not None:
             await queue.defer(self._engine, row.notification_id, decision.not_before)
+            metrics.delivered(row.channel, metrics.DEFERRED)
             return False
         return True
 
@@ -176,6 +181,7 @@ class DeliveryWorker:
         policy = self._settings.retry_policy(row.channel)
         if permanent or policy.exhausted(attempts):
             await queue.dead_letter(self._engine, row.notification_id, row.channel, attempts, error, self._clock.now())
+            metrics.delivered(row.channel, metrics.DEAD_LETTERED)
             _log.warning(
                 "notification_dead_lettered",
                 notification_id=row.notification_id,
@@ -187,6 +193,7 @@ class DeliveryWorker:
             return
         retry_at = self._clock.now() + timedelta(seconds=policy.delay(attempts))
         await queue.schedule_retry(self._engine, row.notification_id, attempts, retry_at, error)
+        metrics.delivered(row.channel, metrics.RETRIED)
         _log.info(
             "notification_retry_scheduled",
             notification_id=row.notification_id,

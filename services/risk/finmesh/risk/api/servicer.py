@@ -17,6 +17,7 @@ from finmesh.platform.rpc.field_rules import checker_for
 from finmesh.platform.storage.db import is_transient
 from finmesh.platform.storage.idempotency import KeyedCall
 from finmesh.risk.api import convert, validate
+from finmesh.risk.usecases import assessment_metrics
 from finmesh.risk.usecases.assessment_writer import AssessmentWriter
 from finmesh.risk.usecases.blocklist import BlockList
 from finmesh.risk.usecases.monitoring import Monitoring
@@ -55,6 +56,7 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
 
     async def AssessPayments(self, request: pb.AssessPaymentsRequest, context: grpc.aio.ServicerContext) -> Any:
         validate.check_count(len(request.checks))
+        assessment_metrics.request_batch(len(request.checks))
         # Each check is its own task, so each runs in its payment's trace; they meet in the writer's next batch.
         batch = trace.Link(trace.get_current_span().get_span_context())
         results = await asyncio.gather(*(self._check(i, check, batch) for i, check in enumerate(request.checks)))

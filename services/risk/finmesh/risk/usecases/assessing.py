@@ -77,6 +77,7 @@ class PaymentFacts:
 class Outcome:
     row: Any  # the assessment row
     raised_alert: bool = False  # a new incident: wake the relay and the emergency responder
+    fresh: bool = False  # assessed in this batch (not a recorded verdict answered again): counted once committed
 
 
 async def assess_payments(
@@ -210,10 +211,10 @@ async def _assess_one(batch: _Batch, facts: PaymentFacts) -> Outcome:
         batch.new_devices.append((facts.payer_user_id, facts.device_id))
     row = SimpleNamespace(**values)  # what the inserted row will read back as
     if facts.synthetic:
-        return Outcome(row)  # load-test traffic is scored like any other, but files no report and freezes nothing
+        return Outcome(row, fresh=True)  # load-test traffic is scored like any other, but files and freezes nothing
     await _file_aml_reports(batch.conn, rules, facts, verdict, earlier, now)
     raised = await _raise_incident(batch.conn, rules, facts, verdict, now)
-    return Outcome(row, raised_alert=raised)
+    return Outcome(row, raised_alert=raised, fresh=True)
 
 
 async def _features(batch: _Batch, facts: PaymentFacts) -> tuple[PaymentFeatures, list[Any], bool]:

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from finmesh.platform.storage.group_commit import GroupCommitWriter
 from finmesh.platform.storage.sqlite_thread import SqliteWriteThread, write_thread_for
 from finmesh.risk.domain.rules import Rules
+from finmesh.risk.usecases import assessment_metrics
 from finmesh.risk.usecases.assessing import Outcome, PaymentFacts, assess_payments
 
 
@@ -63,4 +64,8 @@ class AssessmentWriter(GroupCommitWriter[PaymentFacts, Outcome]):
 
     async def _assess_batch(self, batch: list[PaymentFacts], traces: list[Any]) -> list[Outcome]:
         # The callers' traces: the alert event a payment raises carries its caller's trace.
-        return await self._assess(self._database, self._rules(), batch, datetime.now(UTC), traces)
+        outcomes = await self._assess(self._database, self._rules(), batch, datetime.now(UTC), traces)
+        # Only now, committed: a batch that failed is committed again in halves and counted there.
+        assessment_metrics.committed_batch(len(batch))
+        assessment_metrics.assessed(o.row for o in outcomes if o.fresh)
+        return outcomes
