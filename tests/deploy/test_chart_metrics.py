@@ -160,7 +160,7 @@ def test_network_policy_admits_scrapers_to_the_metrics_port_only(helm: Any) -> N
 
 
 def test_metrics_off_removes_port_services_and_annotations(helm: Any) -> None:
-    """metrics.enabled=false: no metrics port, Service, annotation or NetworkPolicy rule, and the servers record nothing."""
+    """metrics.enabled=false: no metrics port, Service, annotation or NetworkPolicy rule; the servers record nothing."""
     docs = helm.render("default", "--set", "metrics.enabled=false")
     assert not [n for n in objects(docs, "Service") if "-metrics-" in n]
     for deployment in objects(docs, "Deployment").values():
@@ -445,7 +445,7 @@ def test_every_panel_has_title_unique_id_and_a_place_of_its_own() -> None:
         assert title.strip()
         pos = panel["gridPos"]
         assert all(isinstance(pos[k], int) for k in ("h", "w", "x", "y")), title
-        assert pos["w"] > 0 and pos["h"] > 0 and 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, title
+        assert pos["w"] > 0 and pos["h"] > 0 and pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, title
         for x in range(pos["x"], pos["x"] + pos["w"]):
             for y in range(pos["y"], pos["y"] + pos["h"]):
                 assert (x, y) not in cells, f"{title} overlaps {cells[(x, y)]}"
