@@ -175,20 +175,16 @@ def test_metrics_off_removes_port_services_and_annotations(helm: Any) -> None:
         assert (data["FINMESH_METRICS_ENABLED"], data["FINMESH_METRICS_PORT"]) == ("false", "-1")
 
 
+# More cases as files in values/invalid/metrics-*.yaml, which test_helm_chart.py also lints.
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (
-            ["metrics.enabled=false", "metrics.serviceMonitor.enabled=true"],
-            "metrics.serviceMonitor.enabled is true but metrics.enabled is false",
-        ),
-        (["metrics.port=50051"], "metrics.port (50051) must differ from grpc.port"),
         (["mtls.enabled=true", "metrics.port=50052"], "metrics.port (50052) must differ from mtls.healthPort"),
-        (["metrics.serviceMonitor.interval=30 seconds"], "metrics.serviceMonitor.interval"),
-        (["metrics.scrape=true"], "scrape"),
+        (["metrics.prometheusRule.enabled=true", "metrics.enabled=false"], "metrics.prometheusRule.enabled is true"),
+        (["metrics.scrape=true"], "metrics: Additional property scrape is not allowed"),
         (["metrics.dashboard.labels.bad label=1"], "bad label"),
     ],
-    ids=["monitor-without-metrics", "port-clash", "health-port-clash", "bad-interval", "unknown-key", "bad-label"],
+    ids=["health-port-clash", "rule-without-metrics", "unknown-key", "bad-label"],
 )
 def test_invalid_metrics_values_are_rejected(helm: Any, settings: list[str], message: str) -> None:
     """The schema and the templates refuse metrics values that would deploy something broken."""
