@@ -153,7 +153,7 @@ def test_network_policy_admits_scrapers_to_the_metrics_port_only(helm: Any) -> N
         for name, policy in objects(helm.render(value_set), "NetworkPolicy").items():
             grpc_rule, metrics_rule = policy["spec"]["ingress"]
             assert grpc_rule["ports"] == [{"port": 50051, "protocol": "TCP"}], name
-            expected = {"ports": [{"port": METRICS_PORT, "protocol": "TCP"}]}
+            expected: dict[str, Any] = {"ports": [{"port": METRICS_PORT, "protocol": "TCP"}]}
             if peers is not None:
                 expected["from"] = peers
             assert metrics_rule == expected, name
