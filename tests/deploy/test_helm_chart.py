@@ -317,7 +317,9 @@ def test_network_policies_admit_only_callers_and_tests(helm: Any) -> None:
             "app.kubernetes.io/instance": RELEASE,
             "app.kubernetes.io/component": "server",
         }
-        (rule,) = spec["ingress"]
+        # The second rule opens the metrics port to scrapers (tests/deploy/test_chart_metrics.py).
+        rule, metrics_rule = spec["ingress"]
+        assert metrics_rule == {"ports": [{"port": 9464, "protocol": "TCP"}]}
         assert rule["ports"] == [{"port": 50051, "protocol": "TCP"}]
         callers, tests = set(), []
         for peer in rule["from"]:

@@ -28,6 +28,8 @@ change here rolls both colors (a flip of activeColor changes nothing here).
   "OTEL_TRACES_SAMPLER_ARG" $root.Values.otel.samplerArg
   "FINMESH_AUTH_MODE" $root.Values.auth.mode
   "FINMESH_SERVICE_NAME" .name
+  "FINMESH_METRICS_ENABLED" (toString $root.Values.metrics.enabled)
+  "FINMESH_METRICS_PORT" (ternary (toString $root.Values.metrics.port) "-1" $root.Values.metrics.enabled)
 -}}
 {{- with $svc.registry -}}
 {{- if .url -}}

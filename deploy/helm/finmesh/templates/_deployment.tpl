@@ -40,6 +40,11 @@ spec:
         {{- include "finmesh.podLabels" . | nindent 8 }}
       annotations:
         checksum/config: {{ include "finmesh.configData" . | sha256sum }}
+        {{- if $root.Values.metrics.enabled }}
+        prometheus.io/scrape: "true"
+        prometheus.io/port: {{ $root.Values.metrics.port | quote }}
+        prometheus.io/path: /metrics
+        {{- end }}
         {{- with $root.Values.podAnnotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -76,6 +81,11 @@ spec:
             {{- if $mtls }}
             - name: health
               containerPort: {{ $root.Values.mtls.healthPort }}
+              protocol: TCP
+            {{- end }}
+            {{- if $root.Values.metrics.enabled }}
+            - name: metrics
+              containerPort: {{ $root.Values.metrics.port }}
               protocol: TCP
             {{- end }}
           envFrom:

@@ -1,7 +1,8 @@
 {{/*
 Ingress to a service's gRPC port (both colors) only from: the services whose
 "calls" list names it, this release's helm test pods, and
-services.<name>.networkPolicy.extraFrom. Nothing else may connect.
+services.<name>.networkPolicy.extraFrom; to its metrics port only from
+metrics.networkPolicy.from (from anywhere when empty). Nothing else may connect.
 */}}
 {{- define "finmesh.networkPolicy" -}}
 {{- $root := .root -}}
@@ -40,5 +41,15 @@ spec:
       ports:
         - port: {{ $root.Values.grpc.port }}
           protocol: TCP
+    {{- if $root.Values.metrics.enabled }}
+    # The metrics port alone, from the scrapers (metrics.networkPolicy.from; none listed: any source).
+    - ports:
+        - port: {{ $root.Values.metrics.port }}
+          protocol: TCP
+      {{- with $root.Values.metrics.networkPolicy.from }}
+      from:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+    {{- end }}
 {{- end -}}
 {{- end -}}

@@ -12,9 +12,11 @@ Everything one service needs. templates/<service>.yaml calls it with
 {{ include "finmesh.activeService" . }}
 {{ include "finmesh.previewService" . }}
 {{ include "finmesh.networkPolicy" . }}
+{{ include "finmesh.serviceMonitor" . }}
 {{- range $color := list "blue" "green" }}
 {{- $c := dict "root" $.root "name" $.name "color" $color }}
 {{ include "finmesh.deployment" $c }}
+{{ include "finmesh.metricsService" $c }}
 {{ include "finmesh.hpa" $c }}
 {{ include "finmesh.pdb" $c }}
 {{- end }}
