@@ -64,9 +64,7 @@ class _MeasuredQueuePool(AsyncAdaptedQueuePool):
 
 @cache
 def _pool_class(name: str) -> type[_MeasuredQueuePool]:
-    return type(
-        "MeasuredQueuePool", (_MeasuredQueuePool,), {"pool_name": name, "attributes": {POOL_NAME: name}}
-    )
+    return type("MeasuredQueuePool", (_MeasuredQueuePool,), {"pool_name": name, "attributes": {POOL_NAME: name}})
 
 
 def measure(engine: Engine, name: str) -> None:
