@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Iterable
 from functools import cache
 from time import perf_counter
-from typing import Any
+from typing import Any, ClassVar
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from sqlalchemy.engine import Engine
@@ -48,8 +48,8 @@ class _MeasuredQueuePool(AsyncAdaptedQueuePool):
     """The async queue pool, timing each checkout. A subclass per pool name (see _pool_class), so the pool an
     engine's dispose() recreates (same class) keeps measuring under the same name."""
 
-    pool_name = ""
-    attributes: dict[str, str] = {}
+    pool_name: ClassVar[str] = ""
+    attributes: ClassVar[dict[str, str]] = {}
 
     def _do_get(self) -> Any:
         name = self.pool_name
