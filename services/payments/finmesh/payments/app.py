@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 import grpc
@@ -16,17 +18,19 @@ from finmesh.payments.config import PaymentsSettings
 from finmesh.payments.store.reads import Reads
 from finmesh.payments.store.schema import idempotency, outbox
 from finmesh.payments.store.tiers import TableTierSource, TierSource
+from finmesh.payments.usecases import metrics
 from finmesh.payments.usecases.ledger_writer import LedgerWriter
 from finmesh.payments.usecases.sweeper import PendingOperationSweeper
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
 from finmesh.platform.messaging.relay import OutboxRelay, RelayPolicy
+from finmesh.platform.observability.metrics import sample_every
 from finmesh.platform.rpc.channels import open_channel
 from finmesh.platform.rpc.guard import to_status
 from finmesh.platform.rpc.server import Registration
 from finmesh.platform.storage.db import create_engine, create_read_engine
-from finmesh.platform.storage.idempotency import IdempotencyStore
+from finmesh.platform.storage.idempotency import IdempotencyStore, count_replays_of
 from finmesh.platform.storage.migrations import prepare_schema
 from finmesh.platform.storage.sqlite_thread import SqliteWriteThread, write_thread_for
 
@@ -44,14 +48,31 @@ class PaymentsApp:
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     write_thread: SqliteWriteThread | None = None
     risk: RiskClient | None = None
+    probes: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         await self.writer.prepare()
         self.writer.start()
         self.relay.start()
         self.sweeper.start()
+        metrics.start_counters()
+        count_replays_of(IDEMPOTENT_METHODS)
+        # The full check reads every account: four times rarer than the gauges that read queues.
+        every = self.settings.metrics_sample_seconds * 4
+        self.probes.append(
+            asyncio.create_task(
+                sample_every(every, self.check_ledger, name="ledger_invariant"), name="payments-ledger-invariant"
+            )
+        )
+
+    async def check_ledger(self) -> None:
+        await metrics.check_ledger(self.reader)
 
     async def close(self) -> None:
+        for probe in self.probes:
+            probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self.probes)
         await self.sweeper.stop()
         await self.writer.stop()
         await self.relay.stop()
@@ -66,6 +87,14 @@ class PaymentsApp:
         await self.reader.dispose()
 
 
+# The mutating methods: each answers a retry from its idempotency key (their replays are counted).
+IDEMPOTENT_METHODS = tuple(
+    method.name
+    for method in pb.DESCRIPTOR.services_by_name["PaymentsService"].methods
+    if "idempotency_key" in method.input_type.fields_by_name
+)
+
+
 async def build(settings: PaymentsSettings, tier_source: TierSource | None = None) -> PaymentsApp:
     engine = create_engine(settings.database_url_for("payments"), pool_size=settings.db_pool_size)
     await prepare_schema(engine, "payments", migrate=settings.auto_migrate)
@@ -78,7 +107,9 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
         outbox,
         "payments",
         NotifyEventSink(notify_channel).deliver,
-        RelayPolicy(lease_seconds=settings.outbox_lease_seconds),
+        RelayPolicy(
+            lease_seconds=settings.outbox_lease_seconds, metrics_sample_seconds=settings.metrics_sample_seconds
+        ),
         thread=write_thread,
     )
     writer = LedgerWriter(

@@ -12,6 +12,10 @@ A sink that offers `deliver_batch` gets each round's claimed runs in one call
 event stop only its own aggregate. Sinks without it, and consumers too old to
 take batches, get one call per event. Each send is a PRODUCER span that
 continues the trace that wrote the event.
+
+The relay also samples its outbox for the metrics (finmesh.platform.messaging.outbox_metrics) every
+RelayPolicy.metrics_sample_seconds, between rounds: every service with an outbox reports its backlog
+without wiring of its own.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.common.v1 import event_pb2
 from finmesh.platform.backoff import Backoff
+from finmesh.platform.messaging import outbox_metrics
 from finmesh.platform.messaging.outbox import row_to_event
 from finmesh.platform.messaging.outbox_admin import redrive_dead
 from finmesh.platform.observability.logs import get_logger
@@ -77,6 +82,9 @@ class RelayPolicy:
     lease_seconds: float = 10.0
     # While the consumer is down, probe it at least this often.
     max_probe_interval_seconds: float = 5.0
+    # How often the backlog gauges are sampled (ServiceSettings.metrics_sample_seconds; 0: never). Rounds come
+    # at least every max_probe_interval_seconds, so a sample is at most that much late.
+    metrics_sample_seconds: float = 15.0
 
     def backoff(self, attempts: int) -> float:
         """The wait before an event's next try (`attempts` counts its failures so far)."""
@@ -197,6 +205,7 @@ class OutboxRelay:
         *,
         deliver_batch: DeliverBatch | None = None,
         thread: SqliteWriteThread | None = None,
+        consumer: str = "notify",
     ) -> None:
         self._engine = engine
         # On an SQLite file, the service's write thread (finmesh.platform.storage.sqlite_thread) runs the relay's
@@ -216,6 +225,9 @@ class OutboxRelay:
         # Consecutive rounds in which the consumer was unreachable.
         self._outages = 0
         self._held: set[int] = set()
+        # The consumer the backlog gauges are labelled with (outbox_metrics), and when they are due next.
+        self._sampler = outbox_metrics.OutboxSampler(table, consumer)
+        self._next_sample = 0.0
 
     @property
     def policy(self) -> RelayPolicy:
@@ -244,6 +256,7 @@ class OutboxRelay:
             except Exception:  # noqa: BLE001 - the relay must outlive a database hiccup
                 _log.exception("outbox_drain_failed", source=self._source)
                 handled = 0
+            await self._sample_when_due()
             if self._outages:
                 # Wakes are ignored while the consumer is down: each commit must not become a probe.
                 await asyncio.sleep(self._policy.probe_delay(self._outages))
@@ -253,6 +266,23 @@ class OutboxRelay:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._policy.poll_interval_seconds)
+
+    async def _sample_when_due(self) -> None:
+        interval = self._policy.metrics_sample_seconds
+        now = asyncio.get_running_loop().time()
+        if interval <= 0 or now < self._next_sample:
+            return
+        self._next_sample = now + interval
+        try:
+            await self.sample_metrics()
+        except Exception as exc:  # noqa: BLE001 - a gauge must never stop delivery
+            _log.warning("outbox_sample_failed", source=self._source, error=type(exc).__name__)
+
+    async def sample_metrics(self) -> None:
+        """Set the backlog gauges from the outbox now (the relay's loop does it every metrics_sample_seconds)."""
+        # A write transaction like the relay's others: on SQLite the writer engine begins IMMEDIATE anyway, and
+        # taking turns through the gate keeps the sample from waiting in SQLite's busy handler.
+        await self._transaction(self._sampler.sample)
 
     async def drain_once(self) -> int:
         """Claim due events and try each once, in order per aggregate; return how many were delivered."""

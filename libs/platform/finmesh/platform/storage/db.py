@@ -25,7 +25,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
-from finmesh.platform.storage import sqlite_driver
+from finmesh.platform.storage import pool_metrics, sqlite_driver
 
 
 @overload
@@ -52,13 +52,19 @@ def is_sqlite(engine: AsyncEngine) -> bool:
 ENGINE_DEFAULTS: dict[str, Any] = {"hide_parameters": True}
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """Engine for `url`. SQLite gets WAL and BEGIN IMMEDIATE so writers queue instead of deadlocking."""
+def create_engine(url: str, *, pool_size: int = 10, name: str = "primary") -> AsyncEngine:
+    """Engine for `url`. SQLite gets WAL and BEGIN IMMEDIATE so writers queue instead of deadlocking.
+
+    `name`: the pool's name in the connection pool metrics (finmesh.platform.storage.pool_metrics)."""
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_async_engine(url, connect_args={"timeout": 30}, module=sqlite_driver.dbapi(), **ENGINE_DEFAULTS)
         tune_sqlite(engine.sync_engine)
-        return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, **ENGINE_DEFAULTS)
+    else:
+        engine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, **ENGINE_DEFAULTS
+        )
+    pool_metrics.measure(engine.sync_engine, name)
+    return engine
 
 
 def tune_sqlite(engine: Any) -> None:
@@ -90,7 +96,7 @@ async def create_schema(engine: AsyncEngine, metadata: MetaData) -> None:
         await conn.run_sync(metadata.create_all)
 
 
-def create_read_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
+def create_read_engine(url: str, *, pool_size: int = 20, name: str = "read") -> AsyncEngine:
     """An engine for reads only: on SQLite, transactions begin DEFERRED (a WAL snapshot, never
     waiting for the writer) and query_only makes an accidental write an error; on PostgreSQL, a
     pool of its own so reads never starve the writer of connections. The pool has no overflow:
@@ -98,7 +104,9 @@ def create_read_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     if make_url(url).get_backend_name() != "sqlite":
         # No pre-ping: a read on a connection that died fails as UNAVAILABLE and is simply retried,
         # and the ping would double the round trips of every short read.
-        return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_recycle=300, **ENGINE_DEFAULTS)
+        reads = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_recycle=300, **ENGINE_DEFAULTS)
+        pool_metrics.measure(reads.sync_engine, name)
+        return reads
     engine = create_async_engine(
         url,
         connect_args={"timeout": 30},
@@ -121,6 +129,7 @@ def create_read_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
         if not conn.get_execution_options().get(_AUTOCOMMIT_READS):
             conn.exec_driver_sql("BEGIN")
 
+    pool_metrics.measure(engine.sync_engine, name)
     return engine
 
 

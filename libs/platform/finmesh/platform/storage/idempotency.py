@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finmesh.platform.auth.context import current_principal
 from finmesh.platform.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument
+from finmesh.platform.observability.metrics import meter
 from finmesh.platform.storage.sqlite_thread import insert_rows
 
 M = TypeVar("M", bound=Message)
@@ -284,12 +285,29 @@ async def record_answers(
     return result.rowcount if result.rowcount is not None else -1
 
 
+_replays = meter("finmesh.platform.storage").create_counter(
+    "finmesh.idempotency.replays",
+    unit="{replay}",
+    description="Calls answered with the answer stored under their idempotency key (a retry, not a new change)",
+)
+
+
+def count_replays_of(methods: Iterable[str]) -> None:
+    """Start the replay counter of each of `methods` at zero, so its series exists before the first retry."""
+    for method in methods:
+        _replays.add(0, {"rpc.method": method})
+
+
 def replay_stored(prior: Mapping[str, Any], fingerprint: bytes, response_type: type[M]) -> M:
-    """The stored answer (a stored refusal is raised); IDEMPOTENCY_KEY_REUSED for another request."""
+    """The stored answer (a stored refusal is raised); IDEMPOTENCY_KEY_REUSED for another request.
+
+    `prior`: the stored row, with the `method` it answers (the replay is counted under it)."""
     if prior["request_hash"] != fingerprint:
         raise FailedPrecondition(
             "IDEMPOTENCY_KEY_REUSED", "this idempotency key was already used with a different request"
         )
+    # Every replay passes here (the stores', payments' writer and pre-check): the one place that counts them.
+    _replays.add(1, {"rpc.method": prior["method"]})
     if prior["refusal"] is not None:
         raise StoredRefusal(status_pb2.Status.FromString(prior["refusal"]))
     return response_type.FromString(prior["response"])

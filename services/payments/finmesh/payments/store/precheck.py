@@ -96,9 +96,15 @@ def payment_snapshot(
             None if row.usage_count is None else Usage(int(row.usage_amount), row.usage_count)
         )
         if row.request_hash is not None:
-            snapshot.prior = {"request_hash": row.request_hash, "response": row.response, "refusal": row.refusal}
+            snapshot.prior = {
+                "method": method,
+                "request_hash": row.request_hash,
+                "response": row.response,
+                "refusal": row.refusal,
+            }
         elif row.older_request_hash is not None:
             snapshot.prior = {
+                "method": method,
                 "request_hash": row.older_request_hash,
                 "response": row.older_response,
                 "refusal": row.older_refusal,

@@ -10,7 +10,7 @@ holds the audit head lock, which makes it the only writer of balances.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -159,6 +159,8 @@ class UnitOfWork:
         }
         self._journal: list[tuple[dict[Any, Any], Any, Any]] = []
         self._carrier: dict[str, str] = {}
+        # Run once the batch has committed (metrics of what it did); a batch that fails runs none.
+        self._after_commit: list[Callable[[], None]] = []
 
     # -- checkpoints ---------------------------------------------------------
 
@@ -564,6 +566,16 @@ class UnitOfWork:
 
     def usage_states(self) -> list[tuple[tuple[str, str, str], Usage]]:
         return [(key, usage) for key, usage in self._usage.items() if usage is not None]
+
+    def after_commit(self, hook: Callable[[], None]) -> None:
+        """Run `hook` when this unit's transaction has committed (not undone by a checkpoint's rollback: a use
+        case adds it once it knows its command's outcome, a refusal included)."""
+        self._after_commit.append(hook)
+
+    def committed(self) -> None:
+        """Called by the writer after the commit."""
+        for hook in self._after_commit:
+            hook()
 
     @property
     def wrote_events(self) -> bool:

@@ -19,6 +19,7 @@ a few multi-row ones.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from finmesh.payments.store.recent import RecentStates
 from finmesh.payments.store.schema import audit_head, idempotency
 from finmesh.payments.store.tiers import PrincipalTierSource, TierSource
 from finmesh.payments.store.uow import UnitOfWork
+from finmesh.payments.usecases import metrics
 from finmesh.platform.errors import DomainError, FailedPrecondition, InvalidArgument
 from finmesh.platform.observability.telemetry import inject_context
 from finmesh.platform.storage.group_commit import GroupCommitWriter
@@ -114,7 +116,12 @@ class LedgerWriter(GroupCommitWriter[Command, Message]):
         """One batch's transaction; each command's reply, or its refusal (the callers' traces travel in their
         commands' carriers, taken where each command was made)."""
         now = datetime.now(UTC)
+        start = time.perf_counter()
         outcomes, uow = await write_transaction(self._database, lambda conn: self._transaction(conn, batch, now))
+        # Committed transactions only: a failed one is committed again in parts (group_commit), each recorded.
+        metrics.ledger_commit_duration.record(time.perf_counter() - start)
+        metrics.ledger_batch_size.record(len(batch))
+        uow.committed()
         # Committed: these are the ledger's states now (until another replica writes), for the pre-checks.
         self.recent.remember(uow.account_states(), uow.usage_states())
         if uow.wrote_events:

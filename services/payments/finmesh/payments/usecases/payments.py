@@ -21,7 +21,8 @@ from finmesh.payments.domain.limits import LimitPolicy, limit_day
 from finmesh.payments.domain.payments import PaymentRequest, PaymentState, PaymentStatus
 from finmesh.payments.domain.synthetic import between_test_accounts
 from finmesh.payments.store.uow import UnitOfWork
-from finmesh.platform.errors import FailedPrecondition, NotFound
+from finmesh.payments.usecases import metrics
+from finmesh.platform.errors import DomainError, FailedPrecondition, NotFound
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,18 @@ async def create_payment(
     uow: UnitOfWork, payment_id: str, request: PaymentRequest, verdict: RiskVerdict, limits: LimitRules
 ) -> PaymentState:
     """Record the payment and move or hold its money as risk's verdict and the capture mode say."""
+    try:
+        payment = await _create_payment(uow, payment_id, request, verdict, limits)
+    except DomainError as refusal:
+        metrics.count_payment_refusal(uow, refusal, verdict.decision)
+        raise
+    metrics.count_payment(uow, payment.status, verdict.decision)
+    return payment
+
+
+async def _create_payment(
+    uow: UnitOfWork, payment_id: str, request: PaymentRequest, verdict: RiskVerdict, limits: LimitRules
+) -> PaymentState:
     amount = request.amount
     payer, payee = await parties(uow, request.payer_account_id, request.payee_account_id, amount.currency)
     outcome = rules.decide(verdict.decision, request.capture_mode)

@@ -35,6 +35,7 @@ from finmesh.payments.domain.ledger import (
 )
 from finmesh.payments.store.rows import BankOperation
 from finmesh.payments.store.uow import UnitOfWork
+from finmesh.payments.usecases import metrics
 from finmesh.platform.errors import FailedPrecondition
 from finmesh.platform.observability.logs import get_logger
 
@@ -135,6 +136,7 @@ async def begin(uow: UnitOfWork, request: OperationRequest, policy: caps.BankCap
     )
     await _require_postable(uow, op)
     uow.put_bank_operation(op)
+    metrics.count_channel_operation(uow, op.kind, op.status)
     return op
 
 
@@ -221,6 +223,7 @@ async def _apply_answer(uow: UnitOfWork, op: BankOperation, answer: BankAnswer) 
         updated_at=uow.now,
     )
     uow.put_bank_operation(done)
+    metrics.count_channel_operation(uow, op.kind, done.status)
     account = await uow.account(op.account_id)
     assert account is not None
     uow.emit(
