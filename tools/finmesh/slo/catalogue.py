@@ -66,7 +66,7 @@ CATALOGUE = (
     # Platform RPC
     Metric("rpc_server_call_duration_seconds", "histogram", _RPC_LABELS),
     Metric("rpc_client_call_duration_seconds", "histogram", _RPC_LABELS),
-    _m("finmesh_rpc_server_active_calls", "gauge", "rpc_service", "rpc_method"),
+    _m("finmesh_rpc_server_active_calls", "gauge", "rpc_system_name", "rpc_service", "rpc_method"),
     _m("finmesh_rpc_server_refusals_total", "counter", "reason"),
     # Platform storage and messaging (every service)
     _m("finmesh_outbox_backlog", "gauge", "consumer"),
@@ -87,7 +87,7 @@ CATALOGUE = (
     _m("finmesh_risk_decisions_total", "counter", "decision"),
     _m("finmesh_risk_warnings_total", "counter", "level"),
     _m("finmesh_risk_rules_fired_total", "counter", "rule"),
-    _m("finmesh_risk_assessment_batch_size", "histogram"),
+    _m("finmesh_risk_assessment_batch_size", "histogram", "batch"),  # batch: request (one call) | commit
     # notify
     _m("finmesh_notify_deliveries_total", "counter", "channel", "outcome"),
     _m("finmesh_notify_queue_depth", "gauge", "lane"),

@@ -24,7 +24,7 @@ from finmesh.platform.auth.access import Authorizer
 from finmesh.platform.auth.keys import KeyCache, TokenVerifier
 from finmesh.platform.auth.service_tokens import mesh_secret
 from finmesh.platform.messaging.event_sink import NotifyEventSink
-from finmesh.platform.messaging.relay import OutboxRelay
+from finmesh.platform.messaging.relay import OutboxRelay, RelayPolicy
 from finmesh.platform.rpc.channels import open_channel
 from finmesh.platform.rpc.guard import to_status
 from finmesh.platform.rpc.server import Registration
@@ -84,7 +84,13 @@ async def build(settings: IdentitySettings) -> IdentityApp:
         )
         channels.append(risk_channel)
         risk = RiskClient(risk_channel)
-    relay = OutboxRelay(engine, outbox, "identity", NotifyEventSink(notify_channel).deliver)
+    relay = OutboxRelay(
+        engine,
+        outbox,
+        "identity",
+        NotifyEventSink(notify_channel).deliver,
+        RelayPolicy(metrics_sample_seconds=settings.metrics_sample_seconds),
+    )
     deps = Deps(
         engine=engine,
         vault=vault,

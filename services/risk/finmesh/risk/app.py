@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
-from finmesh.platform.messaging.relay import OutboxRelay
+from finmesh.platform.messaging.relay import OutboxRelay, RelayPolicy
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.rpc.channels import open_channel
 from finmesh.platform.rpc.guard import to_status
@@ -86,7 +86,13 @@ async def build(settings: ServiceSettings) -> RiskApp:
     if config.notify_target:
         notify = open_channel(config.notify_target, config, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS)
         channels.append(notify)
-        relay = OutboxRelay(engine, outbox, "risk", NotifyEventSink(notify, config.call_timeout_seconds).deliver)
+        relay = OutboxRelay(
+            engine,
+            outbox,
+            "risk",
+            NotifyEventSink(notify, config.call_timeout_seconds).deliver,
+            RelayPolicy(metrics_sample_seconds=config.metrics_sample_seconds),
+        )
     else:
         _log.warning("operator_alerts_disabled", why="no notify target: alert events wait in the outbox")
     responder = None

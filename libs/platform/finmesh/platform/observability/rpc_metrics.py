@@ -66,6 +66,17 @@ _meter.create_observable_up_down_counter(
 )
 
 
+# Refusal reasons a server gives by itself: the per-caller rate limit, identity's login throttle, deadlines.
+REFUSAL_REASONS = ("RATE_LIMITED", "TOO_MANY_ATTEMPTS", "DEADLINE_EXCEEDED")
+
+
+def start_refusal_series() -> None:
+    """Export each refusal reason at zero from the start, so rate() and alerts see the first refusal.
+    Call once the process's meter provider is installed (records before it are dropped)."""
+    for reason in REFUSAL_REASONS:
+        _refusals.add(0, {"reason": reason})
+
+
 def _split(full_method: str) -> tuple[str, str]:
     service, _, method = full_method.lstrip("/").partition("/")
     return service, method

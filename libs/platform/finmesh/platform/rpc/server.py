@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from finmesh.platform.auth.access import remote_authorizer
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.observability.rpc_metrics import start_refusal_series
 from finmesh.platform.rpc.decoding import tolerant_server
 from finmesh.platform.rpc.guard import guard_servicer
 from finmesh.platform.rpc.ratelimit import LimitedAuthorizer, RateLimiter
@@ -98,6 +99,8 @@ async def create_server(
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
     limiter = RateLimiter.from_settings(settings)
+    if settings.metrics_enabled:
+        start_refusal_series()
     names = []
     authorizers = []
     for reg in registrations:
