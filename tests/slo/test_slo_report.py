@@ -16,23 +16,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
-import socket
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
+from finmesh.cli.mesh import free_port
 from finmesh.platform.observability.metrics import LATENCY_BUCKETS
 from finmesh.slo import report as r
 from finmesh.slo.objectives import LatencyObjective
 from finmesh.slo.report_cli import add_report_parser
 from finmesh.slo.report_html import render
+from tests.prometheus import Prometheus, binary
 
 END = 1_736_121_600  # 2025-01-06T00:00:00Z: long past, so the backfilled blocks never meet Prometheus' head
 STEP = 900
@@ -116,83 +112,23 @@ def openmetrics() -> str:
 # --- a real Prometheus ------------------------------------------------------------------------------------------
 
 
-def _unavailable(reason: str) -> NoReturn:
-    # The reason shows in pytest's summary (-ra is in addopts).
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: the SLO report test must run)", pytrace=False)
-    pytest.skip(reason)
-
-
-def _binary(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path="/usr/bin")
-    if found is None:
-        _unavailable(f"{name} not found (Debian package `prometheus`; tools/prometheus_tools.sh installs it)")
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"prometheus exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"prometheus not ready in 30 s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    promtool, server = _binary("promtool"), _binary("prometheus")
     tmp = tmp_path_factory.mktemp("prometheus")
-    data, source = tmp / "data", tmp / "rpc.om"
+    server = Prometheus(tmp, retention="100y")
+    source = tmp / "rpc.om"
     source.write_text(openmetrics(), encoding="utf-8")
     subprocess.run(
-        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(source), str(data)],
+        [str(binary("promtool")), "tsdb", "create-blocks-from", "openmetrics", str(source), str(server.data_dir)],
         check=True,
         capture_output=True,
         timeout=120,
     )
-    config = tmp / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 1m\n", encoding="utf-8")
-    port = _free_port()
-    log = tmp / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                server,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={data}",
-                # Retention counts back from the newest block; the data must outlive any clock.
-                "--storage.tsdb.retention.time=100y",
-                f"--web.listen-address=127.0.0.1:{port}",
-                # Its info lines name the Debian packager's e-mail, which the session's secret scan rightly flags.
-                "--log.level=warn",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    server.start(interval="1m")
     try:
-        _wait_ready(url, proc, log)
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +238,7 @@ def _run(argv: list[str]) -> int:
 
 
 def test_unreachable_prometheus_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _run(["--prometheus", f"http://127.0.0.1:{_free_port()}", "--at", str(END)]) == 2
+    assert _run(["--prometheus", f"http://127.0.0.1:{free_port()}", "--at", str(END)]) == 2
     assert "unreachable" in capsys.readouterr().err
 
 
