@@ -33,6 +33,8 @@ def _matches(point: Any, attributes: dict[str, Any]) -> bool:
 
 
 def _wanted(attributes: dict[str, Any] | None, simple: dict[str, Any]) -> dict[str, Any]:
+    # A keyword like rpc__method would match nothing, and a test asserting a delta of 0 would pass blind.
+    assert not any("__" in key for key in simple), f"dotted attribute names go in the dict: {sorted(simple)}"
     return {**(attributes or {}), **simple}
 
 

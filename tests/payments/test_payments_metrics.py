@@ -24,7 +24,7 @@ def _readings() -> dict[str, float]:
         "top_up_succeeded": metrics.value(CHANNEL, operation="top_up", state="SUCCEEDED"),
         "payout_pending": metrics.value(CHANNEL, operation="payout", state="PENDING"),
         "payout_succeeded": metrics.value(CHANNEL, operation="payout", state="SUCCEEDED"),
-        "replays": metrics.value("finmesh.idempotency.replays", rpc__method="CreatePayment"),
+        "replays": metrics.value("finmesh.idempotency.replays", {"rpc.method": "CreatePayment"}),
         "batches": metrics.value("finmesh.ledger.batch_size"),
         "commands": metrics.histogram_sum("finmesh.ledger.batch_size"),
         "commits": metrics.value("finmesh.ledger.commit_duration"),
