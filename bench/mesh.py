@@ -9,8 +9,8 @@ hops with empty handlers on the same server stack (finmesh.load.noop). Figures:
 
 a) closed-loop throughput, real vs no-op, both at 100% trace sampling (ratio);
 b) p99 in open loop at 70% of the real path's measured maximum, for both;
-c) tracing overhead on the real path: tracing on vs FINMESH_TRACING_ENABLED=false; and the metrics' overhead:
-   metrics on (every set-up but one, the no-op chain included) vs FINMESH_METRICS_ENABLED=false, both traced;
+c) tracing overhead on the real path: tracing on vs FINMESH_TRACING_ENABLED=false (metrics on in every set-up,
+   the no-op chain's included; what they cost: bench.metrics);
 d) cold start, spawn → SERVING per service (the runner's port line, printed once health says SERVING);
 e) resident memory per service process, idle and under load (VmRSS);
 f) throughput with 1-3 replicas of payments and risk (PostgreSQL when it answers: SQLite replicas contend for
@@ -455,6 +455,26 @@ async def open_round(target: Target, rate: float, seconds: float, warmup: float)
 # --- report ---------------------------------------------------------------------------------------------
 
 
+async def settle(quiet_share: float = 0.05, longest: float = 5.0) -> None:
+    """Wait (at most `longest` s) until the machine is idle: while a mesh still catches up on the work its round
+    left it, the next round would measure that contention instead of its own cost."""
+    deadline = time.monotonic() + longest
+    cores = os.cpu_count() or 1
+    while time.monotonic() < deadline:
+        before = _busy_seconds()
+        await asyncio.sleep(0.25)
+        if (_busy_seconds() - before) / (0.25 * cores) < quiet_share:
+            return
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy so far (/proc/stat: user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -492,14 +512,12 @@ async def measure(args: Args) -> None:
     if args.db == "postgres" and not pg:
         raise SystemExit("--db postgres: nothing answers on 127.0.0.1:5432")
     real_on, real_off = RealMesh("traced", True, args.db), RealMesh("untraced", False, args.db)
-    real_unmetered = RealMesh("unmetered", True, args.db, metrics=False)
     noop_on, noop_off = NoopMesh(tracing=True, extra_env=BASE_ENV), NoopMesh(tracing=False, extra_env=BASE_ENV)
-    noop_unmetered = NoopMesh(tracing=True, extra_env={**BASE_ENV, "FINMESH_METRICS_ENABLED": "false"})
     replica_mesh: RealMesh | None = None
     try:
         t = time.monotonic()
-        await asyncio.gather(real_on.start(args.payers), real_off.start(args.payers), real_unmetered.start(args.payers))
-        for noop in (noop_on, noop_off, noop_unmetered):
+        await asyncio.gather(real_on.start(args.payers), real_off.start(args.payers))
+        for noop in (noop_on, noop_off):
             await noop.__aenter__()
         print(
             f"set up in {time.monotonic() - t:.0f} s ({args.payers} onboarded payers per mesh, {args.db})", flush=True
@@ -513,7 +531,7 @@ async def measure(args: Args) -> None:
                 real_on.backend_pids if args.db == "postgres" else None,
             ),
             "no-op traced": Target(
-                "no-op traced", noop_on.target, [Payer("a", "b", noop_on.metadata())], lambda: _noop_pids(noop_on)
+                "no-op traced", noop_on.target, [Payer("a", "b", noop_on.metadata())], lambda: noop_pids(noop_on)
             ),
             "real untraced": Target(
                 "real untraced",
@@ -523,40 +541,26 @@ async def measure(args: Args) -> None:
                 real_off.backend_pids if args.db == "postgres" else None,
             ),
             "no-op untraced": Target(
-                "no-op untraced", noop_off.target, [Payer("a", "b", noop_off.metadata())], lambda: _noop_pids(noop_off)
-            ),
-            "real unmetered": Target(
-                "real unmetered",
-                real_unmetered.target,
-                real_unmetered.payers,
-                real_unmetered.pids,
-                real_unmetered.backend_pids if args.db == "postgres" else None,
-            ),
-            "no-op unmetered": Target(
-                "no-op unmetered",
-                noop_unmetered.target,
-                [Payer("a", "b", noop_unmetered.metadata())],
-                lambda: _noop_pids(noop_unmetered),
+                "no-op untraced", noop_off.target, [Payer("a", "b", noop_off.metadata())], lambda: noop_pids(noop_off)
             ),
         }
         await asyncio.sleep(2)
-        idle = {name: rss_kib(pid) for name, pid in {**real_on.pids(), **_noop_pids(noop_on)}.items()}
+        idle = {name: rss_kib(pid) for name, pid in {**real_on.pids(), **noop_pids(noop_on)}.items()}
         real_max = await closed_phase(args, targets, idle)
         await open_phase(args, targets, round(0.7 * real_max, 1))
         await cold_start_phase(args, real_on)
         if args.replicas:
             await real_off.stop()
-            await real_unmetered.stop()
             replica_db = "postgres" if pg else "sqlite"
             replica_mesh = (
                 real_on if replica_db == args.db else await RealMesh("replicas", True, replica_db).start(args.payers)
             )
             await replica_phase(args, replica_mesh)
     finally:
-        for mesh in (real_on, real_off, real_unmetered, replica_mesh):
+        for mesh in (real_on, real_off, replica_mesh):
             if mesh is not None:
                 await mesh.stop()
-        for noop in (noop_on, noop_off, noop_unmetered):
+        for noop in (noop_on, noop_off):
             await noop.__aexit__(None, None, None)
         print(f"\nload average at end: {load_average()}")
 
@@ -568,7 +572,12 @@ async def closed_phase(args: Args, targets: dict[str, Target], idle: dict[str, i
     for r in range(args.rounds):
         order = list(targets.values())
         order = order[r % len(order) :] + order[: r % len(order)]
+        # Every other round backwards: a real mesh's round leaves work behind (its outbox relay and notify catch
+        # up for a second or two), so a fixed successor would always run against that and look dearer.
+        if r % 2:
+            order.reverse()
         for target in order:
+            await settle()
             closed[target.name].append(
                 await closed_round(target, args.concurrency, args.seconds, args.warmup, usage[target.name])
             )
@@ -595,10 +604,6 @@ async def closed_phase(args: Args, targets: dict[str, Target], idle: dict[str, i
     print(
         f"  (c) tracing overhead on the real path: {1 - rate['real traced'] / rate['real untraced']:.0%} of "
         f"throughput; on the no-op chain: {1 - rate['no-op traced'] / rate['no-op untraced']:.0%}"
-    )
-    print(
-        f"  (c) metrics overhead on the real path: {1 - rate['real traced'] / rate['real unmetered']:.1%} of "
-        f"throughput; on the no-op chain: {1 - rate['no-op traced'] / rate['no-op unmetered']:.1%}"
     )
     print(f"  payment outcomes (real traced): {dict(targets['real traced'].statuses)}")
     _print_cpu(usage)
@@ -631,11 +636,6 @@ def _print_cpu(usage: dict[str, Usage]) -> None:
         f"CPU per payment: real +{total['real traced'] - total['real untraced']:.2f} ms "
         f"({1 - total['real untraced'] / total['real traced']:.0%}), no-op "
         f"+{total['no-op traced'] - total['no-op untraced']:.2f} ms"
-    )
-    print(
-        f"  metrics' CPU per payment: real +{total['real traced'] - total['real unmetered']:.2f} ms "
-        f"({1 - total['real unmetered'] / total['real traced']:.1%}), no-op "
-        f"+{total['no-op traced'] - total['no-op unmetered']:.2f} ms"
     )
 
 
@@ -706,7 +706,7 @@ async def replica_phase(args: Args, mesh: RealMesh) -> None:
         )
 
 
-def _noop_pids(mesh: NoopMesh) -> dict[str, int]:
+def noop_pids(mesh: NoopMesh) -> dict[str, int]:
     return {f"noop-{p.role}": p.process.pid for p in mesh.processes}
 
 

@@ -7,7 +7,15 @@ import subprocess
 import sys
 
 # Each entry is a module under bench/ with a main(); missing ones are reported, not fatal.
-BENCHMARKS = ["bench.tracing", "bench.fields", "bench.ledger", "bench.poisoned", "bench.risk", "bench.mesh"]
+BENCHMARKS = [
+    "bench.tracing",
+    "bench.fields",
+    "bench.ledger",
+    "bench.poisoned",
+    "bench.risk",
+    "bench.mesh",
+    "bench.metrics",
+]
 
 
 def main() -> int:
