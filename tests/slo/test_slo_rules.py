@@ -96,3 +96,16 @@ def test_latency_thresholds_are_bucket_bounds() -> None:
 
     for objective in objectives.LATENCY:
         assert objective.threshold_seconds in LATENCY_BUCKETS, objective.name
+
+
+def test_every_alert_links_to_a_runbook_section() -> None:
+    """Each alert's runbook_url names a section docs/RUNBOOK.md has: the person paged lands on what to do."""
+    runbook = (REPO / "docs" / "RUNBOOK.md").read_text(encoding="utf-8")
+    sections = {line[3:].strip() for line in runbook.splitlines() if line.startswith("## ")}
+    alerts = [rule for group in rules.rules()["groups"] for rule in group["rules"] if "alert" in rule]
+    missing = {
+        rule["alert"]: rule["annotations"]["runbook_url"]
+        for rule in alerts
+        if rule["annotations"]["runbook_url"].partition("#")[2] not in sections
+    }
+    assert alerts and not missing, missing

@@ -94,6 +94,10 @@ OUTBOX_AGE_HOLD = "10m"
 DEAD_LETTERS_HOLD = "15m"
 # A service whose metrics are gone is blind to every other alert here.
 METRICS_ABSENT_HOLD = "5m"
+# Payments checks the ledger every four metric samples (a minute by default): a check older than 15 minutes
+# has stopped running, and FinmeshLedgerInvariantViolated can no longer page.
+LEDGER_CHECK_MAX_AGE_SECONDS = 900.0
+LEDGER_CHECK_HOLD = "10m"
 # Lanes retry with backoff up to notify's delivery_max_backoff_seconds (15 min), so a limit is above a few
 # retries. MARKETING has none: quiet hours hold its messages for the night on purpose.
 NOTIFY_QUEUE_AGE_LIMITS = (

@@ -278,6 +278,17 @@ def _slow_burn_alerts(scale: _Scale) -> list[dict[str, Any]]:
             "before anything else moves it.",
             "ledger-invariant-violated",
         ),
+        _alert(
+            "FinmeshLedgerCheckStale",
+            "time() - max by (service_name) (finmesh_ledger_invariant_last_check_timestamp_seconds)"
+            f" > {scale.age(o.LEDGER_CHECK_MAX_AGE_SECONDS)}\n",
+            scale.hold(o.LEDGER_CHECK_HOLD),
+            "ticket",
+            {},
+            "The ledger invariant check has not run for {{ $value | humanizeDuration }}",
+            "Payments' periodic ledger check stopped: an unbalanced ledger would page no one until it runs again.",
+            "ledger-check-stale",
+        ),
     ]
     for limit in o.NOTIFY_QUEUE_AGE_LIMITS:
         alerts.append(
