@@ -294,6 +294,23 @@ def test_prometheus_rule_holds_the_rule_file_groups(helm: Any) -> None:
     assert rule["metadata"]["labels"]["app.kubernetes.io/component"] == "monitoring"
 
 
+def test_runbook_links_point_where_the_runbook_is_published(helm: Any) -> None:
+    """With runbookBaseURL set every alert links to its section there; the rules are otherwise the file's."""
+    base = "https://git.example.com/finmesh/blob/v1/docs/RUNBOOK.md"
+    rule = objects(
+        helm.render(MONITORING_ON, "--set", f"metrics.prometheusRule.runbookBaseURL={base}"), "PrometheusRule"
+    )[FULLNAME]
+    expected = yaml.safe_load(RULES_FILE.read_text())["groups"]
+    links = []
+    for group in expected:
+        for rule_def in group["rules"]:
+            if "alert" in rule_def:
+                anchor = rule_def["annotations"]["runbook_url"].partition("#")[2]
+                rule_def["annotations"]["runbook_url"] = f"{base}#{anchor}"
+                links.append(anchor)
+    assert links and rule["spec"]["groups"] == expected
+
+
 def test_dashboard_ships_as_a_sidecar_configmap(helm: Any) -> None:
     """The dashboard JSON, unchanged, in a ConfigMap with the sidecar's label and folder annotation."""
     configmap = objects(helm.render(MONITORING_ON), "ConfigMap")[f"{FULLNAME}-dashboard"]
