@@ -452,9 +452,6 @@ async def open_round(target: Target, rate: float, seconds: float, warmup: float)
         await target.close()
 
 
-# --- report ---------------------------------------------------------------------------------------------
-
-
 async def settle(quiet_share: float = 0.05, longest: float = 5.0) -> None:
     """Wait (at most `longest` s) until the machine is idle: while a mesh still catches up on the work its round
     left it, the next round would measure that contention instead of its own cost."""
@@ -473,6 +470,9 @@ def _busy_seconds() -> float:
         fields = [int(x) for x in f.readline().split()[1:]]
     busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]
     return busy / os.sysconf("SC_CLK_TCK")
+
+
+# --- report ---------------------------------------------------------------------------------------------
 
 
 def med(values: list[float]) -> float:

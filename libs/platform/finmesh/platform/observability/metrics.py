@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,8 +51,7 @@ class MetricsEndpoint:
     provider: MeterProvider
     host: str = ""
     port: int = 0  # 0: no /metrics server
-    _server: Any = None
-    _thread: threading.Thread | None = None
+    _server: Any = None  # the exposition's HTTP server (its thread stops with it)
 
     @property
     def address(self) -> str:
@@ -100,9 +98,9 @@ def setup_metrics(service: str, *, version: str, color: str, host: str, port: in
         from prometheus_client import start_http_server
 
         # The exposition server is a thread of its own: a scrape never waits for the event loop.
-        server, thread = start_http_server(port, addr=host)
+        server, _thread = start_http_server(port, addr=host)
         endpoint.host, endpoint.port = host, int(server.server_port)
-        endpoint._server, endpoint._thread = server, thread
+        endpoint._server = server
     return endpoint
 
 
