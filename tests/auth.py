@@ -52,6 +52,7 @@ class _KeysServicer(id_grpc.IdentityServiceServicer):
         self._issuer = issuer
 
     async def GetPublicKeys(self, request: Any, context: Any) -> Any:
+        self._issuer.keys_served += 1
         raw = self._issuer.public_key_bytes
         return id_pb.GetPublicKeysResponse(
             keys=[id_pb.PublicKey(key_id=self._issuer.kid, algorithm="EdDSA", public_key=raw)],
@@ -81,6 +82,7 @@ class Issuer:
     kid: str = field(default_factory=lambda: "test-" + uuid.uuid4().hex[:8])
     server: RunningServer | None = None
     service_tokens_issued: int = 0
+    keys_served: int = 0
     tier_updates: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property

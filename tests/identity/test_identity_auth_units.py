@@ -13,7 +13,7 @@ from finmesh.identity.v1 import identity_service_pb2
 from finmesh.notify.v1 import notify_service_pb2
 from finmesh.payments.v1 import payments_service_pb2
 from finmesh.platform.auth.access import access_policy
-from finmesh.platform.auth.keys import KeyCache, PublishedKey, TokenVerifier
+from finmesh.platform.auth.keys import KeyCache, KeysUnavailable, PublishedKey, TokenVerifier
 from finmesh.platform.auth.roles import ALL_ROLES, OWNED_FIELDS, ROLE_PERMISSIONS, SERVICE, VERIFIED_ONLY
 from finmesh.platform.auth.service_tokens import check_credential, credential_for
 from finmesh.platform.auth.tokens import AUDIENCE, ISSUER, TokenError, sign
@@ -172,3 +172,17 @@ def test_totp_matches_rfc_6238_vectors() -> None:
     assert totp.matching_step(secret, "287082", 59, last_step=0) == 1
     assert totp.matching_step(secret, "287082", 59, last_step=1) is None  # used once already
     assert base64.b32decode(base64.b32encode(totp.new_secret())).__len__() == 20
+
+
+async def test_a_cold_cache_with_identity_unreachable_says_unavailable_and_recovers() -> None:
+    """Before the first fetch succeeds the service cannot tell a good token from a forged one: the caller
+    hears a retryable UNAVAILABLE, not a token refusal, and its retry verifies once identity answers."""
+    fetcher = _Fetcher([PublishedKey("k1", KEY.public_key())])
+    fetcher.down = True
+    verifier = _verifier(fetcher, unknown_kid_interval=60)
+    token = sign(_claims(), KEY, "k1")
+    with pytest.raises(KeysUnavailable):
+        await verifier.verify(token)
+    fetcher.down = False
+    assert (await verifier.verify(token)).subject == "u1"
+    await verifier.close()

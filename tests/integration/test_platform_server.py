@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,6 +18,7 @@ from finmesh.risk.v1 import risk_service_pb2 as pb
 from finmesh.risk.v1 import risk_service_pb2_grpc as pb_grpc
 from tests.auth import Issuer
 from tests.auth import channel as acting_channel
+from tests.reliability.tcp_proxy import TcpProxy
 
 
 class _Scripted(pb_grpc.RiskServiceServicer):
@@ -137,3 +140,68 @@ async def test_connection_loss_is_unavailable(server) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await pb_grpc.RiskServiceStub(channel).GetRules(pb.GetRulesRequest())
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def _risk_server(issuer: Issuer, identity_target: str):
+    settings = ServiceSettings(
+        port=0,
+        shutdown_grace_seconds=0.5,
+        call_timeout_seconds=0.3,
+        **{**issuer.settings(), "identity_target": identity_target},
+    )
+    return await create_server(
+        settings,
+        [
+            Registration(
+                _Scripted(), pb_grpc.add_RiskServiceServicer_to_server, pb.DESCRIPTOR.services_by_name["RiskService"]
+            )
+        ],
+    )
+
+
+async def _stop(running) -> None:
+    await running.server.stop(0)
+    for authorizer in running.authorizers:
+        await authorizer.close()
+
+
+async def test_keys_are_fetched_at_start_so_calls_verify_while_identity_is_away() -> None:
+    issuer = await Issuer().start()
+    identity = await TcpProxy(issuer.server.port).start()
+    running = await _risk_server(issuer, identity.target)
+    channel = acting_channel(f"127.0.0.1:{running.port}", issuer)
+    try:
+        async with asyncio.timeout(5):
+            while issuer.keys_served == 0:
+                await asyncio.sleep(0.01)
+        identity.blackhole()  # after the start-up fetch, before any call
+        assert (await pb_grpc.RiskServiceStub(channel).GetRules(pb.GetRulesRequest(), timeout=5)).version == "v1"
+    finally:
+        await channel.close()
+        await _stop(running)
+        await identity.stop()
+        await issuer.stop()
+
+
+async def test_before_any_key_is_fetched_an_unreachable_identity_is_a_retryable_refusal() -> None:
+    """Not TOKEN_INVALID: a client does not retry a refused token, and this one is good."""
+    issuer = await Issuer().start()
+    identity = await TcpProxy(issuer.server.port).start()
+    identity.blackhole()
+    running = await _risk_server(issuer, identity.target)
+    channel = acting_channel(f"127.0.0.1:{running.port}", issuer)
+    stub = pb_grpc.RiskServiceStub(channel)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.GetRules(pb.GetRulesRequest(), timeout=5)
+        assert (refused.value.code(), reason_of(refused.value)) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "AUTH_KEYS_UNAVAILABLE",
+        )
+        identity.heal()
+        assert (await stub.GetRules(pb.GetRulesRequest(), timeout=5)).version == "v1"
+    finally:
+        await channel.close()
+        await _stop(running)
+        await identity.stop()
+        await issuer.stop()

@@ -66,6 +66,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_TOKEN_INVALID: _ErrorReason.ValueType  # 51
     ERROR_REASON_TOKEN_EXPIRED: _ErrorReason.ValueType  # 52
     ERROR_REASON_PERMISSION_MISSING: _ErrorReason.ValueType  # 53
+    ERROR_REASON_AUTH_KEYS_UNAVAILABLE: _ErrorReason.ValueType  # 54
+    """UNAVAILABLE: the service has not yet loaded identity's signing keys and
+    cannot reach identity; retry.
+    """
     ERROR_REASON_CONSENT_MISSING: _ErrorReason.ValueType  # 60
     """Notify reasons."""
     ERROR_REASON_QUIET_HOURS: _ErrorReason.ValueType  # 61
@@ -127,6 +131,10 @@ ERROR_REASON_TOKEN_MISSING: ErrorReason.ValueType  # 50
 ERROR_REASON_TOKEN_INVALID: ErrorReason.ValueType  # 51
 ERROR_REASON_TOKEN_EXPIRED: ErrorReason.ValueType  # 52
 ERROR_REASON_PERMISSION_MISSING: ErrorReason.ValueType  # 53
+ERROR_REASON_AUTH_KEYS_UNAVAILABLE: ErrorReason.ValueType  # 54
+"""UNAVAILABLE: the service has not yet loaded identity's signing keys and
+cannot reach identity; retry.
+"""
 ERROR_REASON_CONSENT_MISSING: ErrorReason.ValueType  # 60
 """Notify reasons."""
 ERROR_REASON_QUIET_HOURS: ErrorReason.ValueType  # 61

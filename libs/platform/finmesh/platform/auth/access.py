@@ -19,7 +19,7 @@ import grpc
 
 from finmesh.common.v1 import options_pb2
 from finmesh.platform.auth.context import Principal
-from finmesh.platform.auth.keys import KeyCache, TokenVerifier, remote_fetcher
+from finmesh.platform.auth.keys import KeyCache, KeysUnavailable, TokenVerifier, remote_fetcher
 from finmesh.platform.auth.roles import OWNED_FIELDS, VERIFIED_ONLY
 from finmesh.platform.auth.tokens import TokenError
 from finmesh.platform.config import ServiceSettings
@@ -29,10 +29,13 @@ from finmesh.platform.errors import (
     InvalidArgument,
     PermissionDenied,
     Unauthenticated,
+    Unavailable,
 )
 from finmesh.platform.observability.logs import get_logger
 
 _log = get_logger("finmesh.auth")
+
+KEY_FETCH_MIN_TIMEOUT = 2.0  # seconds
 
 Check = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Principal | None]]
 
@@ -94,14 +97,20 @@ class Authorizer:
             return await self._verifier.verify(token)
         except TokenError as error:
             raise Unauthenticated(error.reason, error.message) from None
+        except KeysUnavailable:
+            raise Unavailable("AUTH_KEYS_UNAVAILABLE", "identity's signing keys are not loaded yet; retry") from None
 
     async def _principal_or_none(self, token: str) -> Principal | None:
         if not token:
             return None
         try:
-            return await self._verifier.verify(token)
-        except TokenError:
+            return await self._verify(token)
+        except Unauthenticated:
             return None
+
+    def warm(self) -> None:
+        """Fetch the keys at start, not on the first call."""
+        self._verifier.warm()
 
     async def close(self) -> None:
         await self._verifier.close()
@@ -129,8 +138,10 @@ def remote_authorizer(settings: ServiceSettings) -> Authorizer:
     """The authorizer of a service other than identity: keys fetched from identity and cached."""
     if not settings.identity_target:
         _log.warning("auth_without_identity", why="FINMESH_IDENTITY_TARGET unset: every token will be refused")
+    # A key fetch is rare and, warmed at start, off the request path: a deadline tuned for hot calls would
+    # fail it on a busy node and leave the service refusing good tokens.
     keys = KeyCache(
-        remote_fetcher(settings.identity_target, settings.call_timeout_seconds),
+        remote_fetcher(settings.identity_target, max(settings.call_timeout_seconds, KEY_FETCH_MIN_TIMEOUT)),
         refresh_seconds=settings.auth_keys_refresh_seconds,
     )
     return Authorizer(TokenVerifier(keys))

@@ -41,6 +41,11 @@ class PublishedKey:
 KeyFetcher = Callable[[], Awaitable[list[PublishedKey]]]
 
 
+class KeysUnavailable(Exception):
+    """No key was ever fetched and identity cannot be reached: a token can be neither trusted nor refused,
+    so the caller must hear a retryable answer, not a verdict on its token."""
+
+
 def keys_from_proto(reply: id_pb.GetPublicKeysResponse) -> list[PublishedKey]:
     keys = []
     for key in reply.keys:
@@ -97,8 +102,16 @@ class KeyCache:
             return key
         # Unknown kid: a rotation we have not seen yet, or a forged token. Ask identity, rate-limited.
         if self._inflight is not None or self._may_fetch_for(kid, now):
-            await self.refresh()
+            fetched = await self.refresh()
+            if not fetched and self._fetched_at is None:
+                self._misses.pop(kid, None)  # the caller's retry may ask again once identity answers
+        if self._fetched_at is None:
+            raise KeysUnavailable
         return self._keys.get(kid)
+
+    def warm(self) -> None:
+        """Start the first fetch now, so that the first call does not wait for it (or fail on it)."""
+        self._refresh_in_background()
 
     def _may_fetch_for(self, kid: str, now: float) -> bool:
         last = self._misses.get(kid)
@@ -209,6 +222,9 @@ class TokenVerifier:
             token_id=str(claims.get("jti", "")),
             expires_at=claims["exp"],
         ), key.not_after
+
+    def warm(self) -> None:
+        self._keys.warm()
 
     async def close(self) -> None:
         await self._keys.close()

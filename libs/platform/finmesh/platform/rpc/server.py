@@ -129,6 +129,8 @@ async def create_server(
     tls = TlsFiles.from_settings(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
     port = server.add_secure_port(address, server_credentials(tls)) if tls else server.add_insecure_port(address)
     await server.start()
+    for authorizer in authorizers:
+        authorizer.warm()
     probe_server = await _start_probe_server(settings, health_servicer) if tls and settings.health_port else None
     running = RunningServer(
         server=server,
