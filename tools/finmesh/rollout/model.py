@@ -83,6 +83,29 @@ class AnalysisResult:
 
 
 @dataclass(frozen=True)
+class Thresholds:
+    """What the candidate must meet in each measurement (chart values `rollouts.analysis`, or flags).
+
+    Passing a measurement means, over the same `window` for both colors:
+    - error rate <= max(max_error_rate, stable's error rate + max_error_rate_increase): a candidate is not
+      blamed for a fault the stable color shows too (a dependency down);
+    - latency p99 <= stable's p99 * max_latency_p99_ratio + latency_slack_seconds;
+    - at least min_call_rate calls/s reached the candidate, else the measurement is Inconclusive.
+    More than `failure_limit` consecutive failed measurements fail the analysis.
+    """
+
+    max_error_rate: float = 0.01
+    max_error_rate_increase: float = 0.005
+    max_latency_p99_ratio: float = 1.5
+    latency_slack_seconds: float = 0.025
+    min_call_rate: float = 0.2
+    window: str = "1m"  # PromQL range of each measurement
+    interval_seconds: float = 10.0  # between measurements
+    failure_limit: int = 0
+    inconclusive_limit: int = 3  # consecutive Inconclusive measurements before the analysis is Inconclusive
+
+
+@dataclass(frozen=True)
 class ColorView:
     tag: str
     replicas: int
