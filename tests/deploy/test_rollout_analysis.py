@@ -324,8 +324,9 @@ def test_prometheus_down_is_an_error() -> None:
 
 def test_a_refused_query_names_prometheus_error_bounded(prometheus: str) -> None:
     """Prometheus' own error text (a parse error here) is in the exception, cut to a bound."""
-    with pytest.raises(PrometheusError, match=r"HTTP 400 \(bad_data\): .*parse error") as caught:
-        PrometheusClient(prometheus).query("sum(" + "x" * 5000)
+    # Prometheus echoes the unknown name whole.
+    with pytest.raises(PrometheusError, match=r"HTTP 400 \(bad_data\): .*unknown function") as caught:
+        PrometheusClient(prometheus).query("no_such_function_" + "x" * 5000 + "(up)")
     assert len(str(caught.value)) < MAX_ERROR_CHARS + 100
 
 
@@ -368,6 +369,15 @@ def test_contracts_gate_refuses_a_removed_field(trees: gates.Versions) -> None:
     assert "payments_service.proto" in result.reason and 'field "2" with name "owner_id"' in result.reason
     # Another service's rollout is not refused for it.
     assert gates.contracts_gate("risk", trees).passed
+
+
+def test_contracts_gate_fails_when_buf_cannot_compare(trees: gates.Versions) -> None:
+    """A candidate tree buf cannot even compile is no evidence of compatibility."""
+    _edit(trees.candidate, "payments", "message Account {\n", "message Account {\n  this is not proto\n")
+    result = gates.contracts_gate("payments", trees)
+    assert not result.passed and result.reason.startswith("not checked: buf cannot compile the protos: "), result.reason
+    missing = gates.contracts_gate("payments", gates.Versions(trees.stable / "nowhere", trees.stable))
+    assert not missing.passed and missing.reason.startswith("not checked: buf breaking failed:"), missing.reason
 
 
 # --- gates: migrations ------------------------------------------------------------------------------------------

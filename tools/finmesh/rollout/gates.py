@@ -144,9 +144,15 @@ def contracts_gate(service: str, versions: Versions, *, buf: str | None = None) 
         )
     except subprocess.TimeoutExpired:
         return GateResult("contracts", False, f"not checked: buf breaking ran over {BUF_TIMEOUT_SECONDS:g} s")
+    except OSError as error:  # no such candidate tree, buf not executable
+        return GateResult("contracts", False, f"not checked: buf breaking did not run: {error}")
     findings = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode not in (0, 100) or (done.returncode == 100 and not findings):
         return GateResult("contracts", False, f"not checked: buf breaking failed: {done.stderr.strip()[:300]}")
+    # buf reports protos it cannot compile as findings too (type COMPILE, exit 100): nothing was compared.
+    broken = [f for f in findings if f.get("type") == "COMPILE"]
+    if broken:
+        return GateResult("contracts", False, f"not checked: buf cannot compile the protos: {_finding(broken[0])}")
     mine = (f"protos/finmesh/{service}/", "protos/finmesh/common/")
     breaking = [f for f in findings if str(f.get("path", "")).startswith(mine)]
     if not breaking:
@@ -154,11 +160,13 @@ def contracts_gate(service: str, versions: Versions, *, buf: str | None = None) 
         return GateResult(
             "contracts", True, f"{service}'s contracts are wire-compatible with the stable version's{others}"
         )
-    named = "; ".join(
-        f"{f['path']}:{f.get('start_line', '?')}: {f.get('message', f.get('type'))}" for f in breaking[:MAX_FINDINGS]
-    )
+    named = "; ".join(_finding(f) for f in breaking[:MAX_FINDINGS])
     more = f" (and {len(breaking) - MAX_FINDINGS} more)" if len(breaking) > MAX_FINDINGS else ""
     return GateResult("contracts", False, f"buf breaking: {named}{more}")
+
+
+def _finding(finding: dict[str, Any]) -> str:
+    return f"{finding.get('path')}:{finding.get('start_line', '?')}: {finding.get('message', finding.get('type'))}"
 
 
 # --- migrations ------------------------------------------------------------------------------------------------
