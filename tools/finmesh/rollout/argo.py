@@ -57,15 +57,15 @@ THRESHOLD_ARGS = {
     "min-call-rate": "minCallRate",
 }
 
-LATEST = replace(queries.ARGO, color="{{args.%s}}" % LATEST_HASH)
-STABLE = replace(queries.ARGO, color="{{args.%s}}" % STABLE_HASH)
+LATEST = replace(queries.ARGO, color="{{args." + LATEST_HASH + "}}")
+STABLE = replace(queries.ARGO, color="{{args." + STABLE_HASH + "}}")
 
 SUCCESS = "len(result) > 0 && result[0] <= 0"
 FAILURE = "len(result) > 0 && result[0] > 0"
 
 
 def _arg(name: str) -> str:
-    return "{{args.%s}}" % name
+    return "{{args." + name + "}}"
 
 
 def _when_enough_calls(expr: str) -> str:
@@ -75,7 +75,9 @@ def _when_enough_calls(expr: str) -> str:
 
 def error_rate_query() -> str:
     """latest's error rate minus its limit: max(maxErrorRate, stable's + maxErrorRateIncrease)."""
-    baseline = f"clamp_min(({queries.error_rate(STABLE)}) + {_arg('max-error-rate-increase')}, {_arg('max-error-rate')})"
+    baseline = (
+        f"clamp_min(({queries.error_rate(STABLE)}) + {_arg('max-error-rate-increase')}, {_arg('max-error-rate')})"
+    )
     limit = f"(({baseline}) >= 0) or vector({_arg('max-error-rate')})"
     return _when_enough_calls(f"({queries.error_rate(LATEST)}) - ({limit})")
 
