@@ -418,6 +418,9 @@ SCENARIOS: dict[str, tuple[tuple[float, float, str], tuple[float, float, str] | 
     "slow": ((10, 0, "0.1"), (10, 0, "0.01"), 1, 0),
     "too-few-calls": ((0.1, 0.05, "0.1"), (10, 0, "0.01"), None, None),
     "no-stable-baseline": ((10, 0.05, "0.1"), None, 1, 1),
+    # The stable ReplicaSet is still scraped but took no call in the window: its rates are NaN (0/0).
+    "stable-idle": ((10, 0.05, "0.1"), (0, 0, "0.01"), 1, 1),
+    "stable-idle-errors": ((9, 1, "0.1"), (0, 0, "0.01"), 0, 1),
     "no-stable-baseline-errors": ((9, 1, "0.1"), None, 0, 1),
 }
 
