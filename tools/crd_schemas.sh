@@ -11,8 +11,8 @@
 # (pkg/apis/rollouts/v1alpha1, a release with consecutiveSuccessLimit, so v1.8 or later), not from
 # its CRD YAML: it checks types, enums and required fields (the Rollout's pod template through
 # kubernetes-models' core PodTemplateSpec), but its schemas never set additionalProperties: false,
-# so an unknown or misspelt field passes. tests/deploy/test_chart_rollouts.py adds that check from
-# the package's type declarations. Every tarball of its dependency tree is pinned by version and
+# so an unknown or misspelt field passes (tests/deploy/test_chart_rollouts.py checks the Rollout's pod
+# template strictly with the core schemas instead). Every tarball of its dependency tree is pinned by version and
 # SHA-256 and unpacked flat into node_modules (the tree has no two versions of one package), so a
 # changed or republished package cannot slip in and no resolver picks newer versions.
 #
@@ -108,7 +108,7 @@ _install() {
     specs+=("$spec")
     sums+=("$sum")
   done <<<"$PINS"
-  echo "crd_schemas: fetching ${specs[0]} (${#specs[@]} pinned packages with its dependencies)" >&2
+  echo "crd_schemas: fetching the CRD models (${#specs[@]} pinned packages with their dependencies)" >&2
   # One npm call for the whole tree; --prefer-offline reuses npm's cache, so fresh clones rarely download.
   local -a tarballs
   mapfile -t tarballs < <(cd "$work/packs" && npm pack --silent --prefer-offline "${specs[@]}")
