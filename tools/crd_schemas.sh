@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Installs the prometheus-operator CRD validators into .tools/crd-schemas, idempotently, and prints
-# the path of a node script that validates objects with them.
+# Installs the prometheus-operator and Argo Rollouts CRD validators into .tools/crd-schemas,
+# idempotently, and prints the path of a node script that validates objects with them.
 #
 # The npm package @kubernetes-models/prometheus-operator is generated from the operator's released
 # CRDs (5.0.1: v0.90.1's stripped-down-crds.yaml). It ships those schemas compiled into validation
 # functions (ajv standalone code), not as JSON files, so the checks run under node, the way the
-# package's own model classes run them. Every tarball of its dependency tree is pinned by version and
+# package's own model classes run them.
+#
+# @kubernetes-models/argo-rollouts (2.0.0) is generated from Argo Rollouts' Go types
+# (pkg/apis/rollouts/v1alpha1, a release with consecutiveSuccessLimit, so v1.8 or later), not from
+# its CRD YAML: it checks types, enums and required fields (the Rollout's pod template through
+# kubernetes-models' core PodTemplateSpec), but its schemas never set additionalProperties: false,
+# so an unknown or misspelt field passes (tests/deploy/test_chart_rollouts.py checks the Rollout's pod
+# template strictly with the core schemas instead). Every tarball of its dependency tree is pinned by version and
 # SHA-256 and unpacked flat into node_modules (the tree has no two versions of one package), so a
 # changed or republished package cannot slip in and no resolver picks newer versions.
 #
@@ -22,6 +29,8 @@ DEST=$TOOLS_DIR/crd-schemas
 # name@version sha256 of each tarball (npm pack), the whole dependency tree.
 PINS='
 @kubernetes-models/prometheus-operator@5.0.1 01774d72551a4f4f6aa5ef441f5efbf966be4975e05b874aba5918a4c4b809e5
+@kubernetes-models/argo-rollouts@2.0.0 3bee5717bb8cb4db784f7da9e582fdd5c6350a311e1aabee8fd44a707e246a51
+kubernetes-models@5.1.0 a7b5c0d34639c52699fc2998879590b20d57558598fb35b219b3e5a5871aa0c0
 @kubernetes-models/apimachinery@3.0.2 c4cbb5e7021158d1279180ccb7abb31ae0467165217eced89a9ec9273362227e
 @kubernetes-models/base@6.0.1 51f7197cfa4e961708b2e04f900a6566e7bbdfa96d4547ad4c848e03ca0cff3c
 @kubernetes-models/validate@5.0.2 a559fe29f5c7ef844fc80c7972b30d0c92b0c4f0591d7a5fc14d39d3926785af
@@ -56,8 +65,13 @@ read -r -d '' VALIDATOR <<'JS' || true
 import { readFileSync } from "node:fs";
 import * as v1 from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
 import * as v1alpha1 from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1alpha1";
+import * as argo from "@kubernetes-models/argo-rollouts/argoproj.io/v1alpha1";
 
-const versions = { "monitoring.coreos.com/v1": v1, "monitoring.coreos.com/v1alpha1": v1alpha1 };
+const versions = {
+  "monitoring.coreos.com/v1": v1,
+  "monitoring.coreos.com/v1alpha1": v1alpha1,
+  "argoproj.io/v1alpha1": argo,
+};
 const objects = JSON.parse(readFileSync(0, "utf8"));
 const results = objects.map((object) => {
   const Kind = versions[object.apiVersion]?.[object.kind];
@@ -94,7 +108,7 @@ _install() {
     specs+=("$spec")
     sums+=("$sum")
   done <<<"$PINS"
-  echo "crd_schemas: fetching ${specs[0]} (${#specs[@]} pinned packages with its dependencies)" >&2
+  echo "crd_schemas: fetching the CRD models (${#specs[@]} pinned packages with their dependencies)" >&2
   # One npm call for the whole tree; --prefer-offline reuses npm's cache, so fresh clones rarely download.
   local -a tarballs
   mapfile -t tarballs < <(cd "$work/packs" && npm pack --silent --prefer-offline "${specs[@]}")

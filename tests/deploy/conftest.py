@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ CHART = REPO / "deploy" / "helm" / "finmesh"
 VALUES_DIR = Path(__file__).resolve().parent / "values"
 INVALID_DIR = VALUES_DIR / "invalid"
 HELM_TOOLS = REPO / "tools" / "helm_tools.sh"
+CRD_SCHEMAS = REPO / "tools" / "crd_schemas.sh"
 
 # kubectl-v30 ships helm for Kubernetes 1.30; kubernetes-validate has its schemas offline.
 KUBE_VERSION = "1.30.0"
@@ -193,3 +195,24 @@ def need_fixture() -> Any:
 def need_tool_fixture() -> Any:
     """need_tool(name, package): path of a dev dependency's executable, or fail (CI) / skip."""
     return need_tool
+
+
+@pytest.fixture(scope="session")
+def crd_validator() -> Any:
+    """validate(docs) -> errors per doc, by the CRD validators of @kubernetes-models/prometheus-operator and
+    @kubernetes-models/argo-rollouts (tools/crd_schemas.sh)."""
+    node = need_tool("node", "nodejs")
+    proc = subprocess.run(["bash", str(CRD_SCHEMAS)], capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        _unavailable(f"tools/crd_schemas.sh could not install the CRD schemas: {proc.stderr.strip()[-500:]}")
+    script = proc.stdout.strip().splitlines()[-1]
+
+    def validate(docs: list[dict[str, Any]]) -> list[list[str]]:
+        run = subprocess.run(
+            [str(node), script], input=json.dumps(docs), capture_output=True, text=True, timeout=120, check=False
+        )
+        assert run.returncode == 0, run.stderr
+        results: list[list[str]] = json.loads(run.stdout)
+        return results
+
+    return validate

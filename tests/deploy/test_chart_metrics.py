@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +15,12 @@ import yaml
 from finmesh.slo.catalogue import CATALOGUE, RESOURCE_LABELS, TARGET_LABELS, series_labels
 from finmesh.slo.objectives import AVAILABILITY, LATENCY, SERVER_FAULT_CODES
 
-# Fixtures (helm, chart_values, need, need_tool) and the `value_set` parametrization live in conftest.py.
+# Fixtures (helm, chart_values, need, need_tool, crd_validator) and the `value_set` parametrization live in conftest.py.
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "finmesh"
 RULES_FILE = CHART / "files" / "prometheus" / "finmesh-rules.yaml"
 DASHBOARD_FILE = CHART / "files" / "grafana" / "finmesh-overview.json"
-CRD_SCHEMAS = REPO / "tools" / "crd_schemas.sh"
 SERVICES = ("identity", "payments", "risk", "notify")
 COLORS = ("blue", "green")
 FULLNAME = "fm-finmesh"
@@ -48,32 +45,6 @@ def _enabled(values: dict[str, Any]) -> list[str]:
 
 def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return selector.items() <= labels.items()
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: deployment checks must run)", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def crd_validator(need_tool: Any) -> Any:
-    """validate(docs) -> errors per doc, by the CRD validators of @kubernetes-models/prometheus-operator."""
-    node = need_tool("node", "nodejs")
-    proc = subprocess.run(["bash", str(CRD_SCHEMAS)], capture_output=True, text=True, timeout=600, check=False)
-    if proc.returncode != 0:
-        _unavailable(f"tools/crd_schemas.sh could not install the CRD schemas: {proc.stderr.strip()[-500:]}")
-    script = proc.stdout.strip().splitlines()[-1]
-
-    def validate(docs: list[dict[str, Any]]) -> list[list[str]]:
-        run = subprocess.run(
-            [str(node), script], input=json.dumps(docs), capture_output=True, text=True, timeout=120, check=False
-        )
-        assert run.returncode == 0, run.stderr
-        results: list[list[str]] = json.loads(run.stdout)
-        return results
-
-    return validate
 
 
 # ---- the metrics port, on every value set ------------------------------------------------------------

@@ -14,12 +14,11 @@ import asyncio
 import math
 import re
 import time
-import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from finmesh.platform.http import HttpClient, HttpUnreachable
+from finmesh.rollout.prometheus import PrometheusClient, PrometheusError, number
 from finmesh.slo.objectives import (
     AVAILABILITY,
     LATENCY,
@@ -38,10 +37,6 @@ PARALLEL_QUERIES = 8
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
-
-
-class PrometheusError(Exception):
-    """Prometheus could not be reached, or answered with an error: the report cannot be made."""
 
 
 # --- the arithmetic -------------------------------------------------------------------------------------------
@@ -180,69 +175,44 @@ def quantile_query(objective: LatencyObjective, window: str, quantile: float) ->
 
 
 class Prometheus:
-    """Prometheus' HTTP API (/api/v1/query, /api/v1/query_range), through the platform's HTTP client."""
+    """Prometheus' HTTP API for asyncio: the tools' one client (finmesh.rollout.prometheus), each query in a
+    thread, at most PARALLEL_QUERIES at once."""
 
     def __init__(self, url: str, *, timeout_seconds: float = 30.0) -> None:
         self.url = url.rstrip("/")
-        self._http = HttpClient(self.url, timeout_seconds=timeout_seconds)
+        self._client = PrometheusClient(self.url, timeout_seconds=timeout_seconds)
         self._slots = asyncio.Semaphore(PARALLEL_QUERIES)
 
-    async def _call(self, path: str, params: dict[str, str]) -> Any:
-        # POSTed as a form: long selectors never meet a URL length limit (the API takes both).
-        body = urllib.parse.urlencode(params).encode()
-        headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        async with self._slots:
-            try:
-                answer = await self._http.request("POST", path, data=body, headers=headers)
-            except HttpUnreachable as error:
-                raise PrometheusError(f"Prometheus at {self.url} is unreachable ({error})") from None
-        if answer.status != 200 or not isinstance(answer.body, dict):
-            raise PrometheusError(
-                f"Prometheus at {self.url} answered HTTP {answer.status} to {path} {params['query']!r}"
-                + ("" if answer.status != 200 else " without a JSON body: is this Prometheus' address?")
-            )
-        if answer.body.get("status") != "success":
-            raise PrometheusError(f"Prometheus at {self.url} answered an error: {answer.body.get('error')}")
-        return answer.body["data"]
-
     async def instant(self, query: str, at: float) -> list[dict[str, Any]]:
-        data = await self._call("/api/v1/query", {"query": query, "time": _ts(at)})
-        return list(data["result"]) if data.get("resultType") == "vector" else []
+        async with self._slots:
+            return await asyncio.to_thread(self._client.query, query, at)
 
     async def range(self, query: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
-        params = {"query": query, "start": _ts(start), "end": _ts(end), "step": _ts(step)}
-        return list((await self._call("/api/v1/query_range", params))["result"])
+        async with self._slots:
+            return await asyncio.to_thread(self._client.query_range, query, start, end, step)
 
     async def close(self) -> None:
-        await self._http.close()
-
-
-def _ts(value: float) -> str:
-    return f"{value:.3f}"
-
-
-def _number(text: str) -> float:
-    return float(text)  # Prometheus writes "NaN", "+Inf", "-Inf" as float() reads them
+        """Nothing stays open between queries (kept so callers need not know)."""
 
 
 def by_label(result: Iterable[dict[str, Any]], label: str) -> dict[str, float]:
-    return {s["metric"].get(label, ""): _number(s["value"][1]) for s in result}
+    return {s["metric"].get(label, ""): number(s["value"][1]) for s in result}
 
 
 def buckets(result: Iterable[dict[str, Any]]) -> dict[float, float]:
     # By number, not by text: exporters write a bound as "1", "1.0" or "1e+00".
-    return {_number(s["metric"]["le"]): _number(s["value"][1]) for s in result}
+    return {number(s["metric"]["le"]): number(s["value"][1]) for s in result}
 
 
 def finite_or_none(result: list[dict[str, Any]]) -> float | None:
     if not result:
         return None
-    value = _number(result[0]["value"][1])
+    value = number(result[0]["value"][1])
     return value if math.isfinite(value) else None
 
 
 def points(result: Iterable[dict[str, Any]], label: str) -> dict[str, list[tuple[float, float]]]:
-    return {s["metric"].get(label, ""): [(float(t), _number(v)) for t, v in s["values"]] for s in result}
+    return {s["metric"].get(label, ""): [(float(t), number(v)) for t, v in s["values"]] for s in result}
 
 
 async def _availability(prom: Prometheus, window: str, at: float) -> dict[str, Counts]:

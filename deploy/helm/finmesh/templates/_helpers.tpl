@@ -38,7 +38,9 @@ The color whose image runs the migration Job: services.<name>.migration.color
 if set; else the active color if the other one is off; else, when both tags
 are semantic versions, the color with the newer one (so promotion and
 rollback never run an older migrate against a newer schema); else the
-preview color while preview is on; else the active color.
+preview color while preview is on; else the active color. Under
+rollouts.engine=argo, always the active color: its tag is the Rollout's, the
+version being rolled out, and migrations are expand-only.
 */}}
 {{- define "finmesh.migrationColor" -}}
 {{- $svc := index .root.Values.services .name -}}
@@ -47,7 +49,9 @@ preview color while preview is on; else the active color.
 {{- $activeTag := (index $svc $active).tag -}}
 {{- $otherTag := (index $svc $other).tag -}}
 {{- $semver := `^v?[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$` -}}
-{{- if $svc.migration.color -}}
+{{- if eq .root.Values.rollouts.engine "argo" -}}
+{{- $active -}}
+{{- else if $svc.migration.color -}}
 {{- $svc.migration.color -}}
 {{- else if eq (int (index $svc $other).replicas) 0 -}}
 {{- $active -}}
@@ -277,5 +281,23 @@ tolerations:
 {{- end -}}
 {{- if has .name $svc.calls -}}
 {{- fail (printf "services.%s.calls lists %s itself" .name .name) -}}
+{{- end -}}
+{{- if eq .root.Values.rollouts.engine "argo" -}}
+{{- if $svc.canary.enabled -}}
+{{- fail (printf "services.%s.canary.enabled is for rollouts.engine finmesh; under argo set services.%s.rollout.strategy: canary" .name .name) -}}
+{{- end -}}
+{{- if $svc.preview.enabled -}}
+{{- fail (printf "services.%s.preview.enabled is for rollouts.engine finmesh; under argo the Rollout owns the preview Service (rollout.strategy: blueGreen)" .name) -}}
+{{- end -}}
+{{- if not .root.Values.rollouts.analysis.prometheusAddress -}}
+{{- fail "rollouts.engine argo needs rollouts.analysis.prometheusAddress: the AnalysisTemplates query that Prometheus" -}}
+{{- end -}}
+{{- else if $svc.canary.enabled -}}
+{{- if $svc.preview.enabled -}}
+{{- fail (printf "services.%s.canary.enabled and services.%s.preview.enabled exclude each other: during a canary the active Service carries both colors" .name .name) -}}
+{{- end -}}
+{{- if eq (int (index $svc $other).replicas) 0 -}}
+{{- fail (printf "services.%s.canary.enabled is true but services.%s.%s.replicas is 0: a canary needs pods of both colors behind the active Service" .name .name $other) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}

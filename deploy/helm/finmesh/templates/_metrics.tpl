@@ -3,7 +3,9 @@ Scraping both colors. The active and preview Services follow activeColor, so
 scraping through them would lose the color that is not selected (and switch
 colors under a query on every flip). Each color gets a headless metrics
 Service of its own instead: a flip changes nothing here, and every target
-keeps its color.
+keeps its color. Under rollouts.engine=argo (.color "") one metrics Service
+selects all the service's pods: each pod's series carry its pod-template hash
+as deployment_color, and the ServiceMonitor copies the hash label as well.
 */}}
 {{- define "finmesh.metricsService" -}}
 {{- if .root.Values.metrics.enabled }}
@@ -11,7 +13,7 @@ keeps its color.
 apiVersion: v1
 kind: Service
 metadata:
-  name: {{ include "finmesh.base" . }}-metrics-{{ .color }}
+  name: {{ include "finmesh.base" . }}-metrics{{ with .color }}-{{ . }}{{ end }}
   labels:
     {{- include "finmesh.labels" . | nindent 4 }}
     finmesh.io/role: metrics
@@ -20,7 +22,9 @@ spec:
   clusterIP: None
   selector:
     {{- include "finmesh.selectorLabels" . | nindent 4 }}
-    finmesh.io/color: {{ .color }}
+    {{- with .color }}
+    finmesh.io/color: {{ . }}
+    {{- end }}
   ports:
     - name: metrics
       port: {{ .root.Values.metrics.port }}
@@ -60,6 +64,9 @@ spec:
     - app.kubernetes.io/name
     - app.kubernetes.io/version
     - finmesh.io/color
+    {{- if eq .root.Values.rollouts.engine "argo" }}
+    - rollouts-pod-template-hash
+    {{- end }}
   endpoints:
     - port: metrics
       path: /metrics
