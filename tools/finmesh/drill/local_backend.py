@@ -30,7 +30,9 @@ import fcntl
 import json
 import math
 import os
+import random
 import threading
+import time
 from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,7 @@ class LocalBackend:
         pods: int = 20,
         faulty: Mapping[str, Faults] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        seed: int | None = None,
     ) -> None:
         self._loop = loop or asyncio.get_running_loop()
         self._state_dir = state_dir
@@ -92,7 +95,9 @@ class LocalBackend:
         self._lock = threading.RLock()
         self.processes: list[ServiceProcess] = []  # every process ever started, for exit codes and clean-up
         self.drains: list[DrainReport] = []  # every scale-down or replacement, in order
-        self.actions: list[tuple[str, ...]] = []  # what the rollout asked, in order (the drill's evidence)
+        # What the rollout asked, in order: (time.monotonic(), verb, *arguments) (the drill's evidence).
+        self.actions: list[tuple[Any, ...]] = []
+        self._rng = random.Random(seed)
         state_dir.mkdir(parents=True, exist_ok=True)
         log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -100,7 +105,8 @@ class LocalBackend:
 
     async def add_service(self, service: str, env: dict[str, str], *, color: str, version: str) -> None:
         """Start `service` at `version` on `color`, the stable color, with all the pods behind the active Service."""
-        active, preview = Forwarder(), Forwarder()
+        # Seeded: the active Service's random picks are then the same from run to run (see finmesh.drill.forwarder).
+        active, preview = Forwarder(rng=random.Random(self._rng.random())), Forwarder()
         await active.start()
         await preview.start()
         state = _Service(env, color, active, preview, {c: _Color(metrics_port=free_port()) for c in COLORS})
@@ -155,11 +161,11 @@ class LocalBackend:
             )
 
     def deploy(self, service: str, color: str, version: str, replicas: int) -> None:
-        self.actions.append(("deploy", service, color, version, str(replicas)))
+        self.actions.append((time.monotonic(), "deploy", service, color, version, str(replicas)))
         self._wait(self._deploy(service, color, version, replicas))
 
     def set_preview(self, service: str, on: bool) -> None:
-        self.actions.append(("set_preview", service, str(on)))
+        self.actions.append((time.monotonic(), "set_preview", service, str(on)))
         with self._lock:
             state = self._services[service]
             candidate = self._candidate(state)
@@ -169,7 +175,7 @@ class LocalBackend:
             state.preview = on
 
     def set_weight(self, service: str, candidate: str, weight: int) -> int:
-        self.actions.append(("set_weight", service, candidate, str(weight)))
+        self.actions.append((time.monotonic(), "set_weight", service, candidate, str(weight)))
         with self._lock:
             state = self._services[service]
             if candidate == state.active:
@@ -187,7 +193,7 @@ class LocalBackend:
             return effective
 
     def set_active(self, service: str, color: str) -> None:
-        self.actions.append(("set_active", service, color))
+        self.actions.append((time.monotonic(), "set_active", service, color))
         with self._lock:
             state = self._services[service]
             if not state.colors[color].running:
@@ -200,7 +206,7 @@ class LocalBackend:
                 state.preview_service.set_weights({self._target(state, other): 1} if other else {})
 
     def scale_down(self, service: str, color: str) -> None:
-        self.actions.append(("scale_down", service, color))
+        self.actions.append((time.monotonic(), "scale_down", service, color))
         with self._lock:
             state = self._services[service]
             if color == state.active:
