@@ -25,21 +25,24 @@ import pytest
 
 from finmesh.common.v1 import money_pb2
 from finmesh.drill.faulty import Faults
-from finmesh.drill.load import AccountReads, LoadShape, PaymentLoad
+from finmesh.drill.load import AccountReads, LoadReport, LoadShape, PaymentLoad
 from finmesh.drill.local_backend import LocalBackend
 from finmesh.drill.processes import start_service, wait_serving
 from finmesh.drill.share import ShareSampler, share_between
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.rollout.analysis import PrometheusAnalyzer
-from finmesh.rollout.controller import Controller
-from finmesh.rollout.model import Analysis, SetWeight, Thresholds
+from finmesh.rollout.model import Analysis, SetWeight, Step, Thresholds
 from tests.auth import SERVICE_SECRET, ActingAs, Book, Issuer
 from tests.auth import channel as acting_channel
-from tests.deploy.test_bluegreen_drill import TOP_UP, _check_books, _payment_rows
+from tests.deploy.test_bluegreen_drill import TOP_UP, _payment_rows
 from tests.prometheus import Prometheus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+# The Controller (fix/rollout-core) may land after this drill: until then the drill skips, saying why.
+Controller = pytest.importorskip(
+    "finmesh.rollout.controller", reason="finmesh.rollout.controller (the rollout Controller) is not merged yet"
+).Controller
 
 # Risk's velocity rule allows 20 payments per payer in 10 minutes: enough payers for the whole run.
 PAYERS, PAYEES = 96, 8
@@ -66,7 +69,11 @@ THRESHOLDS = Thresholds(
     inconclusive_limit=3,
 )
 ANALYSIS = 6.0  # seconds of each analysis step
-CANARY_STEPS = [
+# The queries select a color, not a version (finmesh.rollout.queries): after a color's process stops, its
+# series stay in the window for that long, and would be judged as the next version deployed on that color.
+# So the next rollout onto a color starts one window (+ scrapes) after the last one scaled it down.
+COLOR_REUSE_SECONDS = 10 + 2
+CANARY_STEPS: list[Step] = [
     SetWeight(10),
     Analysis(ANALYSIS),
     SetWeight(25),
@@ -75,7 +82,7 @@ CANARY_STEPS = [
     Analysis(ANALYSIS),
     SetWeight(100),
 ]
-BLUE_GREEN_STEPS = [Analysis(ANALYSIS), SetWeight(100), Analysis(ANALYSIS)]
+BLUE_GREEN_STEPS: list[Step] = [Analysis(ANALYSIS), SetWeight(100), Analysis(ANALYSIS)]
 
 
 async def _open_accounts(target: str, run_id: str, issuer: Issuer, book: Book) -> tuple[list[str], list[str]]:
@@ -108,6 +115,44 @@ async def _open_accounts(target: str, run_id: str, issuer: Issuer, book: Book) -
                 timeout=10,
             )
     return payers, payees
+
+
+async def _check_books(
+    target: str, report: LoadReport, payers: list[str], payees: list[str], issuer: Issuer, book: Book
+) -> None:
+    """As the blue-green drill's check, reading at most 100 payments at a time (~1300 at once, its way, came
+    back CANCELLED here): every acknowledged payment reads back as answered; every balance is exactly what
+    those payments imply; the audit chain is intact."""
+    async with acting_channel(target, issuer, book) as channel:
+        stub = pb_grpc.PaymentsServiceStub(channel)
+        gate = asyncio.Semaphore(100)
+
+        async def read(payment_id: str) -> Any:
+            async with gate:
+                return (await stub.GetPayment(pb.GetPaymentRequest(payment_id=payment_id), timeout=10)).payment
+
+        stored = await asyncio.gather(*(read(r.payment_id) for r in report.acknowledged))
+        expected: dict[str, Counter[str]] = {a: Counter() for a in payers + payees}
+        for record, p in zip(report.acknowledged, stored, strict=True):
+            assert (p.payer_account_id, p.payee_account_id, p.amount.minor_units, p.status) == (
+                record.payer,
+                record.payee,
+                record.amount,
+                record.status,
+            ), record
+            assert p.status in (pb.PAYMENT_STATUS_CAPTURED, pb.PAYMENT_STATUS_IN_REVIEW), p
+            expected[record.payer]["available"] -= record.amount
+            if p.status == pb.PAYMENT_STATUS_CAPTURED:
+                expected[record.payee]["available"] += record.amount
+            else:  # in review: the payer's funds are held
+                expected[record.payer]["held"] += record.amount
+        for account in payers + payees:
+            balance = (await stub.GetAccount(pb.GetAccountRequest(account_id=account), timeout=10)).account.balance
+            top_up = TOP_UP if account in payers else 0
+            want = (top_up + expected[account]["available"], expected[account]["held"])
+            assert (balance.available_minor_units, balance.held_minor_units) == want, account
+        audit = await stub.VerifyAuditLog(pb.VerifyAuditLogRequest(), timeout=30)
+        assert audit.intact, f"audit chain broken at {audit.first_broken_sequence}"
 
 
 def _at(backend: LocalBackend, verb: str, *args: str, after: float = 0.0) -> float:
@@ -173,6 +218,7 @@ async def test_canary_drill(tmp_path: Path) -> None:
         a_start = time.monotonic()
         good = await asyncio.to_thread(controller.start, "payments", "2", "canary", CANARY_STEPS)
         a_end = time.monotonic()
+        await asyncio.sleep(COLOR_REUSE_SECONDS)  # blue 1's series leave the window
 
         # (b) a bad version, canary: aborted at the first analysis.
         b_start = time.monotonic()
@@ -180,13 +226,24 @@ async def test_canary_drill(tmp_path: Path) -> None:
         b_end = time.monotonic()
         bad_step = _at(backend, "set_weight", "payments", "blue", "10", after=b_start)
         bad_abort = _at(backend, "set_active", "payments", "green", after=bad_step)
+        # The abort is done when the bad version has drained and exited: until then connections pinned to it
+        # (for up to 1.1 x max connection age) and calls in its drain delay still reach it.
+        bad_drain = backend.drains[-1]
+        bad_gone = _at(backend, "scale_down", "payments", "blue", after=bad_abort) + bad_drain.exited_after
+        await asyncio.sleep(COLOR_REUSE_SECONDS)  # blue 3's series leave the window
 
         # (c) blue-green with analysis before and after promotion, then undo while green is warm.
         c_start = time.monotonic()
         preview_reads = AccountReads(
             backend.preview_target("payments"), payers[:8], rate=5.0, clients=2, interceptors=[ActingAs(issuer, book)]
         )
-        previewing = asyncio.create_task(preview_reads.run())
+
+        async def through_preview() -> None:
+            while not backend.view("payments").preview:  # the preview Service has pods only once deployed
+                await asyncio.sleep(0.1)
+            await preview_reads.run()
+
+        previewing = asyncio.create_task(through_preview())
         promoted = await asyncio.to_thread(
             controller.start, "payments", "4", "blueGreen", BLUE_GREEN_STEPS, scale_down_delay=600.0
         )
@@ -200,11 +257,11 @@ async def test_canary_drill(tmp_path: Path) -> None:
         report = await paying
         stop_sampling.set()
         await sampling
-        history = await asyncio.to_thread(controller.history, "payments")
         rows, totals = await _payment_rows(database["payments"], run_id)
         await _check_books(target, report, payers, payees, issuer, book)
         elapsed = time.monotonic() - started
     finally:
+        print("\n".join(lines))  # the Controller's and the analysis' own lines: what an SRE would read
         await backend.close()
         for proc in helpers:
             if proc.process.poll() is None:
@@ -218,7 +275,7 @@ async def test_canary_drill(tmp_path: Path) -> None:
     def failed(since: float, until: float) -> list[Any]:
         return [r for r in report.failed if since <= r.started < until]
 
-    during = [r for r in sampler.readings if bad_step <= r.at <= bad_abort + 1.0]
+    during = [r for r in sampler.readings if bad_step <= r.at <= bad_gone + 0.5]
     bad_share = share_between(during[0], during[-1], "blue") if len(during) > 1 else None
     bad_calls = during[-1].calls.get("blue", 0) - during[0].calls.get("blue", 0) if len(during) > 1 else 0
     figures = {
@@ -228,9 +285,11 @@ async def test_canary_drill(tmp_path: Path) -> None:
             "phase": bad.phase,
             "message": bad.message,
             "seconds from 10 % to abort": round(bad_abort - bad_step, 1),
+            "seconds from abort to the bad version's exit": round(bad_gone - bad_abort, 1),
+            "calls failed after the flip back, before that exit": len(failed(bad_abort, bad_gone)),
             "calls that reached the bad version": bad_calls,
             "their share of the calls meanwhile": None if bad_share is None else round(bad_share, 3),
-            "calls failed (all during the bad step)": len(failed(b_start, b_end)),
+            "calls failed (all before the bad version's exit)": len(failed(b_start, b_end)),
             "seconds": round(b_end - b_start, 1),
         },
         "(c) blue-green 2 -> 4, undo": {
@@ -243,7 +302,6 @@ async def test_canary_drill(tmp_path: Path) -> None:
         "drill seconds": round(elapsed, 1),
     }
     print("\ncanary drill: " + json.dumps(figures, default=str, indent=1))
-    print("\n".join(lines[-60:]))
 
     # (a) the good version went through every step to stable, no call failed.
     assert good.phase == "Healthy", (good.message, lines[-20:])
@@ -253,11 +311,11 @@ async def test_canary_drill(tmp_path: Path) -> None:
     assert not any(a[1] == "set_weight" and a[3:5] == ("blue", "25") for a in backend.actions), backend.actions
     # The bad version got about its weight of the calls, bounded by twice that.
     assert bad_calls > 0 and bad_share is not None and bad_share < 2 * 0.10, figures
-    # Failures only from calls that started before the abort, and after it none (retries included).
-    assert failed(bad_abort, float("inf")) == [], [(r.index, r.error) for r in failed(bad_abort, float("inf"))]
+    # Failures only from calls that started before the bad version was gone, and after that none.
+    assert failed(bad_gone, float("inf")) == [], [(r.index, r.error) for r in failed(bad_gone, float("inf"))]
     assert all("INTERNAL" in r.error for r in report.failed), [r.error for r in report.failed][:5]
     # (c) promoted after a successful pre-promotion analysis, undone back to green 2; the preview served.
-    assert promoted.phase == "Healthy" and promoted.promoted, promoted.message
+    assert promoted.promoted and promoted.phase == "Progressing", promoted.message  # green kept warm for undo
     assert undone.phase == "RolledBack", undone.message
     assert backend.view("payments").active == "green" and backend.view("payments").colors["green"].tag == "2"
     assert sum(preview_reads.report.failed.values()) == 0 and preview_reads.report.answered > 0
