@@ -169,6 +169,8 @@ class Controller:
         if strategy not in STRATEGIES:
             raise Refused(f"strategy {strategy!r}: one of {', '.join(STRATEGIES)}")
         steps = list(steps) if steps is not None else steps_for(strategy, rollout_values)
+        if strategy == "canary" and not (steps and steps[-1] == SetWeight(100)):
+            steps.append(SetWeight(100))  # as in the values: the end of the canary steps is 100%
         try:
             validate_steps(strategy, steps)
         except ValueError as error:
@@ -210,7 +212,8 @@ class Controller:
             rec,
             "start",
             reason,
-            f"{strategy} {rec.stable_color} {rec.stable_version} -> {candidate} {version}, {size} replicas, steps "
+            f"{strategy} {rec.stable_color} {rec.stable_version or '(tag unknown)'} -> {candidate} {version}, "
+            f"{size} replicas, steps "
             + ", ".join(describe_step(s, strategy) for s in steps)
             + (f"; {self.analysis_note}" if self.analysis_note else ""),
         )
@@ -229,6 +232,10 @@ class Controller:
 
     def history(self, service: str) -> list[Event]:
         return self._get(service)[0].history
+
+    def record(self, service: str) -> Record:
+        """The record as it is (no side effect, unlike `status`); Refused when there is none."""
+        return self._get(service)[0]
 
     def pause(self, service: str, reason: str = "") -> Record:
         def change(rec: Record) -> bool:
@@ -295,6 +302,9 @@ class Controller:
 
     def abort(self, service: str, reason: str = "") -> Record:
         """Traffic back on the stable color at once and the candidate down; phase Degraded."""
+        rec = self.record(service)
+        if rec.done:
+            raise Refused(f"{service} is {rec.phase}: nothing to abort")
         message = f"aborted by {self.actor}" + (f": {bounded(reason)}" if reason else "")
         return self._abort(service, message, verb="abort", reason=reason)
 
@@ -351,6 +361,7 @@ class Controller:
                     continue
                 if wait_scale_down and not rec.scaled_down:
                     at = rec.scale_down_at() or self.clock()
+                    self.log(f"{service}: keeping {rec.stable_color} warm until {iso(at)} (scaleDownDelay)")
                     self._wait(service, at - self.clock(), lambda r: r.done)
                     continue
                 return
@@ -429,9 +440,11 @@ class Controller:
 
     def _deploy(self, rec: Record) -> None:
         b, s = self.backend, rec.service
-        self.log(f"{s}: deploy {rec.candidate_version} on {rec.candidate_color} ({rec.replicas} replicas)")
+        # A canary starts as one pod taking no traffic (its setWeight steps size it); blueGreen at full size.
+        size = 1 if rec.strategy == "canary" else rec.replicas
+        self.log(f"{s}: deploy {rec.candidate_version} on {rec.candidate_color} ({size} replicas)")
         try:
-            b.deploy(s, rec.candidate_color, rec.candidate_version, rec.replicas)
+            b.deploy(s, rec.candidate_color, rec.candidate_version, size)
             if rec.strategy == "blueGreen":
                 # Only now, the candidate's pods being ready: the preview Service never shows pods that are not.
                 b.set_preview(s, True)
