@@ -886,8 +886,8 @@ async def test_payments_analysis_pays_between_the_test_accounts(
     actives = [_sets(c)["services.payments.activeColor"] for c in cluster.upgrades()]
     if funded:
         assert received.available_minor_units == 4 * 7
-        assert actives == ["blue", "blue", "green", "green"]
+        assert actives == ["blue", "blue", "green", "green"]  # deploy, preview, promotion, scale-down
     else:
         assert received.available_minor_units == 0
-        assert "ABORT: analysis: synthetic payment: " in out
+        assert "pre-promotion analysis Failed: synthetic payment: FAILED_PRECONDITION" in out
         assert "green" not in actives

@@ -411,7 +411,8 @@ class KubeAnalyzer:
             problems += end
         except CommandFailed as error:
             return _failed([str(error)])
-        problems += judge_probes(tally, self.max_error_rate)
+        if tally.calls or not problems:  # a window cut short by a failure is not also "too few probe calls"
+            problems += judge_probes(tally, self.max_error_rate)
         probes = Measurement(
             "probe_error_rate",
             f"gRPC health{' + synthetic payment' if service == 'payments' else ''} via port-forward {resource}",
