@@ -126,6 +126,7 @@ class ScriptedAnalyzer:
         self.verdicts = verdicts or [AnalysisResult("Successful", "error rate 0.000 <= 0.010")]
         self.calls: list[tuple[str, str, float]] = []
         self.during: dict[int, Callable[[], None]] = {}
+        self.ran: list[float] = []  # seconds each analysis measured before it returned
 
     def analyse(
         self, service: str, candidate: str, stable: str, seconds: float, *, stop: Callable[[], bool] = lambda: False
@@ -139,6 +140,7 @@ class ScriptedAnalyzer:
                 self.during.pop(n)()
             if stop():
                 break
+        self.ran.append(seconds - (deadline - self.clock()))
         return self.verdicts[min(n, len(self.verdicts) - 1)]
 
 
@@ -317,6 +319,7 @@ def test_pause_during_analysis_stops_the_driver_and_resume_measures_again(backen
     rec = alice.start("payments", "0.2.0", strategy="blueGreen")
     assert rec.phase == "Paused" and rec.pause_reason == "paused by bob: incident" and rec.step_index == 0
     assert backend.active == "blue" and rec.lease is None
+    assert analyzer.ran[0] <= 20  # stopped within a measurement interval or two, not after the full 60 s
     rec = operator(backend, clock, analyzer, actor="bob").resume("payments")
     assert len(analyzer.calls) == 3 and backend.active == "green"
 
@@ -328,7 +331,7 @@ def test_abort_from_another_operator_during_analysis_wins(backend: MemoryBackend
     analyzer.during[0] = lambda: operator(backend, clock, actor="bob").abort("payments", reason="pager")
     rec = alice.start("payments", "0.2.0", strategy="blueGreen")
     assert rec.phase == "Degraded" and "aborted by bob: pager" in rec.message
-    assert "active green" not in backend.actions and len(analyzer.calls) == 1
+    assert "active green" not in backend.actions and len(analyzer.calls) == 1 and analyzer.ran[0] <= 20
 
 
 def test_promote_full_skips_the_remaining_steps(backend: MemoryBackend, clock: Clock) -> None:
