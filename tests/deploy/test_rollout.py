@@ -276,6 +276,8 @@ class FakeCluster:
             str(CHART),
             "--probe-interval",
             "0.1",
+            # The promotion gates compare this repository's HEAD with itself: compatible, nothing to migrate.
+            *(("--source", str(REPO), "--stable-ref", "HEAD", "--candidate-ref", "HEAD") if verb == "start" else ()),
             *extra,
         ]
 
@@ -640,8 +642,29 @@ def test_a_second_operator_sees_and_continues_the_rollout(cluster: FakeCluster, 
     assert acts[0] == ("alice", "start") and ("alice", "paused") in acts
     assert ("bob", "promote") in acts and ("bob", "undo") in acts
     assert next(e for e in history if e["verb"] == "undo")["reason"] == "p99 up"
+    # bob's promote checked the gates alice's start named (this repository's HEAD against itself).
+    assert ("bob", "gates") in acts and next(e for e in history if e["verb"] == "gates")["detail"] == (
+        "promotion gates passed"
+    )
     # The rollout is over: abort has nothing left to do.
     assert cluster.cli("abort", "risk").returncode == 2
+
+
+def test_start_is_refused_when_the_gates_could_never_look(cluster: FakeCluster, health_servers: dict[str, int]) -> None:
+    """Without the two versions' sources the contracts and migrations gates would refuse at promotion: say so
+    at start, before anything changes; skipping a gate needs a reason."""
+    cluster.scenario.write_text(json.dumps(_scenario(health_servers)))
+    argv = cluster.argv("start", "risk", "--to", "0.2.0")
+    at = argv.index("--stable-ref")
+    without_refs = argv[:at] + argv[at + 4 :]
+    for extra, why in (
+        ((), "give --stable-ref and --candidate-ref"),
+        (("--stable-ref", "HEAD", "--candidate-ref", "no-such-ref"), "'no-such-ref' is no commit"),
+        (("--skip-gate", "contracts", "--skip-gate", "migrations"), "--skip-gate needs --reason"),
+    ):
+        done = subprocess.run([*without_refs, *extra], capture_output=True, text=True, env=cluster.env(), timeout=60)
+        assert (done.returncode, why in done.stderr) == (2, True), done.stderr
+    assert cluster.upgrades() == []
 
 
 def test_the_configmap_record_refuses_stale_writes(
@@ -867,7 +890,20 @@ async def test_payments_analysis_pays_between_the_test_accounts(
             "forward": {"fm-finmesh-payments-preview": port, "fm-finmesh-payments": port},
         }
         argv, env = cluster.prepare(
-            scenario, "payments", "--synthetic-payer", payer, "--synthetic-payee", payee, "--synthetic-amount", "7"
+            scenario,
+            "payments",
+            "--synthetic-payer",
+            payer,
+            "--synthetic-payee",
+            payee,
+            "--synthetic-amount",
+            "7",
+            # No Prometheus here to read the candidate's ledger check from (tests/deploy/test_rollout_analysis.py
+            # proves that gate); the record shows the skip and why.
+            "--skip-gate",
+            "ledger",
+            "--reason",
+            "no Prometheus in this test",
         )
         # The probes act as the test accounts' owner (auth is enforced); the token goes by environment.
         env["FINMESH_TOKEN"] = mesh.issuer.customer("rollout-test-0")

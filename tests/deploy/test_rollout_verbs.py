@@ -427,3 +427,24 @@ def test_canary_abort_at_the_first_analysis_puts_all_traffic_on_stable(backend: 
     rec = operator(backend, clock, ScriptedAnalyzer(clock, [FAILED])).start("risk", "0.2.0", "canary", steps)
     assert rec.phase == "Degraded" and rec.weight == 0 and "error_rate" in rec.message
     assert backend.actions[-2:] == ["active blue", "scale down green"] and backend.weight() == 0
+
+
+def test_failed_gates_hold_the_rollout_before_promotion_until_they_pass(backend: MemoryBackend, clock: Clock) -> None:
+    """A gate refusal pauses at the promotion step with the reasons; neither promote nor resume goes around it."""
+    refusals = ["contracts: field 3 deleted from finmesh.payments.v1.Payment"]
+    checked: list[int] = []
+
+    def gates(rec: Record) -> list[str]:
+        checked.append(rec.step_index)
+        return list(refusals)
+
+    c = operator(backend, clock, gates=gates)
+    rec = c.start("payments", "0.2.0", steps=BG_MANUAL[:1] + BG_MANUAL[2:])
+    assert rec.phase == "Paused" and not rec.promoted and backend.active == "blue"
+    assert "promotion refused: contracts: field 3 deleted" in rec.pause_reason
+    assert operator(backend, clock, actor="bob", gates=gates).promote("payments").phase == "Paused"
+    assert backend.active == "blue" and len(checked) == 2
+    refusals.clear()
+    rec = operator(backend, clock, actor="bob", gates=gates).resume("payments", reason="contract restored")
+    assert rec.promoted and backend.active == "green" and len(checked) == 3
+    assert [e.verb for e in rec.history].count("gates") == 3

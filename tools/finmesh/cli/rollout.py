@@ -15,7 +15,7 @@ nothing changed; 3 a command failed and so did the way back: read the record;
 from __future__ import annotations
 
 import argparse
-import importlib
+import contextlib
 import json
 import os
 import shutil
@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from finmesh.cli.tls import TlsConfigError, client_credentials
+from finmesh.rollout.analysis import PrometheusAnalyzer
 from finmesh.rollout.commands import CommandFailed, Runner
-from finmesh.rollout.controller import BackendFailed, Controller, Refused
+from finmesh.rollout.controller import BackendFailed, Controller, Gates, Refused
+from finmesh.rollout.gates import GATES, check_gates, resolves, versions_from_git
 from finmesh.rollout.kube import KubeAnalyzer, KubeBackend
 from finmesh.rollout.model import STRATEGIES, Analyzer, Step, Thresholds
 from finmesh.rollout.plan import (
@@ -93,6 +95,14 @@ def add_rollout_parser(sub: Any) -> None:
             v.add_argument("--replicas", type=int, help="size of the candidate (default: the stable color's)")
             v.add_argument("--scale-down-delay", type=float, help="seconds the old color stays warm after promotion")
             v.add_argument("--current-color", choices=COLORS, help="the active color (--dry-run only)")
+            g = v.add_argument_group("promotion gates (checked before the candidate takes all traffic)")
+            g.add_argument(
+                "--stable-ref", default="", help="git ref of the stable version's source (contracts, migrations)"
+            )
+            g.add_argument("--candidate-ref", default="", help="git ref of the candidate's source")
+            g.add_argument(
+                "--skip-gate", action="append", default=[], choices=GATES, help="pass over a gate (needs --reason)"
+            )
         if verb == "promote":
             v.add_argument("--full", action="store_true", help="skip every remaining step and analysis")
         if verb in _DRIVING:
@@ -111,6 +121,7 @@ def _common() -> argparse.ArgumentParser:
     c.add_argument("--chart", default="deploy/helm/finmesh", help="chart path or reference")
     c.add_argument("--values", "-f", action="append", default=[], help="values file applied on every upgrade")
     c.add_argument("--kube-context", default="")
+    c.add_argument("--source", default=".", help="the git repository the gates read --stable-ref/--candidate-ref from")
     c.add_argument("--output", "-o", choices=("text", "json"), default="text")
     c.add_argument("--dry-run", action="store_true", help="print the helm/kubectl calls; change nothing")
     c.add_argument("--actor", default="", help="who acts (default: $FINMESH_ACTOR, else user@host)")
@@ -190,22 +201,58 @@ def _thresholds(args: argparse.Namespace, values: dict[str, Any]) -> Thresholds:
     )
 
 
-def _metrics(args: argparse.Namespace, values: dict[str, Any], thresholds: Thresholds) -> tuple[Analyzer | None, str]:
+def _prometheus_url(args: argparse.Namespace, values: dict[str, Any]) -> str:
+    if args.prometheus is not None:
+        return str(args.prometheus)
+    return str(((values.get("rollouts") or {}).get("analysis") or {}).get("prometheusAddress") or "")
+
+
+def _metrics(url: str, thresholds: Thresholds) -> tuple[Analyzer | None, str]:
     """The Prometheus analyzer, or None and why (the record says so: the analysis is then probes only)."""
-    url = (
-        args.prometheus
-        if args.prometheus is not None
-        else (values.get("rollouts") or {}).get("analysis", {}).get("prometheusAddress", "")
-    )
     if not url:
         return None, "probes only: no Prometheus address (--prometheus or rollouts.analysis.prometheusAddress)"
-    try:
-        # Imported by name: the metric analysis is its own module, and a build without it still rolls out.
-        module = importlib.import_module("finmesh.rollout.analysis")
-    except ImportError:
-        return None, "probes only: metric analysis (finmesh.rollout.analysis) is not installed"
-    analyzer: Analyzer = module.PrometheusAnalyzer(url, thresholds)
-    return analyzer, f"metric analysis against {url} and probes"
+    return PrometheusAnalyzer(url, thresholds), f"metric analysis against {url} and probes"
+
+
+def _gate_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What `start` keeps in the record for the gates; refused now if a gate could never look."""
+    skip = sorted(set(args.skip_gate))
+    if skip and not args.reason:
+        raise Refused("--skip-gate needs --reason: the record shows who passed over which gate and why")
+    refs = {"stableRef": args.stable_ref, "candidateRef": args.candidate_ref}
+    if not {"contracts", "migrations"} <= set(skip):
+        if not (args.stable_ref and args.candidate_ref):
+            raise Refused(
+                "the contracts and migrations gates compare the two versions' sources: give --stable-ref and "
+                "--candidate-ref (git refs in --source), or --skip-gate with a --reason"
+            )
+        for ref in refs.values():
+            if not resolves(Path(args.source), ref):
+                raise Refused(f"{ref!r} is no commit in {args.source} (--source)")
+    return {**refs, "skip": skip}
+
+
+def _gates(args: argparse.Namespace, url: str) -> Gates:
+    def check(rec: Record) -> list[str]:
+        settings = rec.gates
+        with contextlib.ExitStack() as stack:
+            versions = None
+            if settings.get("stableRef") and settings.get("candidateRef"):
+                versions = stack.enter_context(
+                    versions_from_git(Path(args.source), settings["stableRef"], settings["candidateRef"])
+                )
+            results = check_gates(
+                rec.service,
+                rec.candidate_color,
+                versions=versions,
+                prometheus_url=url or None,
+                skip=settings.get("skip", ()),
+            )
+        for result in results:
+            _log(f"gate {result.line()}")
+        return [r.line() for r in results if not r.passed]
+
+    return check
 
 
 def _steps(text: str | None) -> list[Step] | None:
@@ -275,7 +322,8 @@ def _rollout(args: argparse.Namespace) -> int:
     if args.verb == "start":
         _refuse_start(args, values, synthetic)
     thresholds = _thresholds(args, values)
-    metrics, note = _metrics(args, values, thresholds) if driving else (None, "")
+    url = _prometheus_url(args, values)
+    metrics, note = _metrics(url, thresholds) if driving else (None, "")
     clock, sleep = _clocks(args.dry_run)
 
     def prober(target: str, server_name: str) -> Prober:
@@ -296,6 +344,7 @@ def _rollout(args: argparse.Namespace) -> int:
         analysis_note=note,
         # A dry run's clock jumps: one slice per wait, rather than a re-read every 2 s of a simulated 300 s.
         poll_seconds=1e9 if args.dry_run else 2.0,
+        gates=None if args.dry_run else _gates(args, url),
     )
     rec = _verb(controller, args)
     if args.verb == "history":
@@ -335,6 +384,7 @@ def _verb(c: Controller, args: argparse.Namespace) -> Record:
             reason=reason,
             scale_down_delay=args.scale_down_delay,
             run=False,
+            gates={} if args.dry_run else _gate_settings(args),
         )
         return c.run(rec.service, take_over=args.take_over, wait_scale_down=args.dry_run)
     if args.verb == "run":

@@ -60,6 +60,9 @@ from finmesh.rollout.record import (
     validate_steps,
 )
 
+# The promotion gates of a rollout: one line per refusal, none when promotion may go ahead.
+Gates = Callable[[Record], list[str]]
+
 HEARTBEAT_SECONDS = 10.0  # a driver refreshes its lease at least this often (LEASE_SECONDS is 30)
 _SAVE_ATTEMPTS = 20
 
@@ -89,6 +92,7 @@ class Controller:
         values: Mapping[str, Any] | None = None,
         analysis_note: str = "",
         poll_seconds: float = 2.0,
+        gates: Gates | None = None,
     ) -> None:
         self.backend = backend
         self.analyzer = analyzer
@@ -99,6 +103,7 @@ class Controller:
         self.values = values or {}
         self.analysis_note = analysis_note
         self.poll_seconds = poll_seconds
+        self.gates = gates
         self._token = uuid.uuid4().hex[:12]
         self._host = socket.gethostname()
 
@@ -151,8 +156,10 @@ class Controller:
         *,
         scale_down_delay: float | None = None,
         run: bool = True,
+        gates: Mapping[str, Any] | None = None,
     ) -> Record:
-        """Record a new rollout of `service` to `version` on the other color, then `run` it (unless run=False)."""
+        """Record a new rollout of `service` to `version` on the other color, then `run` it (unless run=False).
+        `gates`: what the promotion gates compare (Record.gates), kept in the record for every later verb."""
         old, revision = self._load(service)
         if old is not None and old.promoted and not old.done:
             raise Refused(
@@ -207,6 +214,7 @@ class Controller:
             analysis_note=self.analysis_note,
             started=iso(now),
             history=list(old.history) if old else [],
+            gates=dict(gates or {}),
         )
         self._event(
             rec,
@@ -366,6 +374,8 @@ class Controller:
                     continue
                 return
             if isinstance(step, SetWeight):
+                if step.weight == 100 and not self._gates_pass(rec):
+                    continue  # held paused: the loop stops on the next read
                 self._set_weight(rec, step)
             elif isinstance(step, Pause):
                 self._pause_step(rec, step)
@@ -484,6 +494,35 @@ class Controller:
                 self._event(r, "setWeight", "", f"{step.weight}% asked, {effective}% of pods on {cand}")
 
         self._commit(rec, change)
+
+    def _gates_pass(self, rec: Record) -> bool:
+        """Promotion gates (contracts, migrations, ledger), checked at every attempt to promote: a refusal holds
+        the rollout paused with the reasons; `resume` or `promote` checks again, only `abort` gives up. No verb
+        goes around a gate: an operator who must (no source tree where the tool runs) says so with --skip-gate,
+        which the record shows."""
+        if self.gates is None:
+            return True
+        try:
+            refusals = self.gates(rec)
+        except Exception as error:  # noqa: BLE001 -- gates that cannot look refuse, never grant
+            refusals = [f"gates could not run: {error}"]
+        if not refusals:
+
+            def passed(r: Record) -> None:
+                self._event(r, "gates", "", "promotion gates passed")
+
+            self._commit(rec, passed)
+            return True
+        why = bounded("promotion refused: " + "; ".join(refusals), 600)
+        self.log(f"{rec.service}: {why}")
+
+        def hold(r: Record) -> None:
+            r.paused = True
+            r.pause_reason = why + " (fix and `resume`, or `abort`)"
+            self._event(r, "gates", "", why)
+
+        self._commit(rec, hold)
+        return False
 
     def _pause_step(self, rec: Record, step: Pause) -> None:
         if step.seconds is None:

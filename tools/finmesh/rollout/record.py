@@ -268,6 +268,9 @@ class Record:
     lease: Lease | None = None
     history: list[Event] = field(default_factory=list)
     started: str = ""
+    # What the promotion gates compare, fixed at start so that any operator's later verb checks the same:
+    # {"stableRef": git ref, "candidateRef": git ref, "skip": [gate names an operator chose to pass over]}.
+    gates: dict[str, Any] = field(default_factory=dict)
 
     # -- derived --
 
@@ -329,6 +332,7 @@ class Record:
             "pauseUntil": None if self.pause_until is None else iso(self.pause_until),
             "lease": None if self.lease is None else self.lease.to_json(),
             "started": self.started,
+            "gates": self.gates,
             "history": [e.to_json() for e in self.history],
         }
 
@@ -362,6 +366,7 @@ class Record:
                 lease=Lease.from_json(doc["lease"]) if doc.get("lease") else None,
                 history=[Event(**e) for e in doc.get("history", [])],
                 started=str(doc.get("started", "")),
+                gates=dict(doc.get("gates") or {}),
             )
         except (KeyError, TypeError, ValueError) as error:
             if isinstance(error, InvalidRecord):
