@@ -185,7 +185,9 @@ class Mesh:
         if not metrics_port:
             metrics_port = free_port()
         env = {
-            **os.environ,
+            # Not the shell's OTEL_SERVICE_NAME: it would win over each service's own name (the resource puts the
+            # environment first), and four processes would report as one.
+            **{k: v for k, v in os.environ.items() if k != "OTEL_SERVICE_NAME"},
             **targets,
             "FINMESH_PORT": str(port),
             "FINMESH_METRICS_PORT": str(metrics_port),

@@ -71,7 +71,7 @@ class SliceResult:
 
 
 def _channel(target: str, provider: trace.TracerProvider | None) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, interceptors=[TracingClientInterceptor(provider)])
+    return grpc.aio.insecure_channel(target, interceptors=[TracingClientInterceptor(provider, target=target)])
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -29,6 +29,9 @@ class CollectedSpan:
     start_ns: int
     end_ns: int
     ok: bool  # status not ERROR
+    # The span's attributes and its whole resource, for tests of the semantic conventions (tests/load).
+    attributes: dict[str, Any] = field(default_factory=dict)
+    resource: dict[str, Any] = field(default_factory=dict)
 
 
 def _value(v: common_pb2.AnyValue) -> Any:
@@ -59,6 +62,8 @@ class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                             start_ns=span.start_time_unix_nano,
                             end_ns=span.end_time_unix_nano,
                             ok=span.status.code != trace_pb2.Status.STATUS_CODE_ERROR,
+                            attributes={kv.key: _value(kv.value) for kv in span.attributes},
+                            resource=resource,
                         )
                     )
         with self.lock:
