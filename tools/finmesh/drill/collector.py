@@ -2,8 +2,8 @@
 
 The drill points the services' OTel exporters here (OTEL_EXPORTER_OTLP_ENDPOINT),
 so it sees what a collector in the cluster would see: the resource of each
-span, where deployment.color and service.version live. The JSONL span files
-keep only service.name, so they cannot show the color.
+span, where deployment.color and service.version live: the drill proves the
+export path production uses, not only the local JSONL span files.
 """
 
 from __future__ import annotations
