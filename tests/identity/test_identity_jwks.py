@@ -93,6 +93,7 @@ async def test_jwks_serves_okp_ed25519_keys_with_caching_headers(env: IdentityEn
         status, headers, body = await get()
         assert status == 200 and headers["Content-Type"].startswith("application/jwk-set+json")
         assert headers["Cache-Control"] == "public, max-age=60"
+        assert headers["Server"] == "finmesh-identity"  # no aiohttp or Python version for scanners
         published = {k.key_id: k.public_key for k in (await env.stub.GetPublicKeys(pb.GetPublicKeysRequest())).keys}
         assert [k["kid"] for k in body["keys"]] == list(published)
         for jwk in body["keys"]:

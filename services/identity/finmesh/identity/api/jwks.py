@@ -36,6 +36,7 @@ class JwksEndpoint:
         """Listen on host:port (0: a free port); returns the port."""
         app = web.Application()
         app.router.add_get(PATH, self._jwks)  # answers HEAD too
+        app.on_response_prepare.append(_without_server_banner)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_SECONDS)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
@@ -72,3 +73,8 @@ class JwksEndpoint:
 def _etags(header: str) -> set[str]:
     """The entity tags of an If-None-Match header (weak ones compared as strong: the body is the same bytes)."""
     return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+
+
+async def _without_server_banner(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp announces itself and Python's version; an edge-facing endpoint need not tell a scanner either.
+    response.headers["Server"] = "finmesh-identity"
