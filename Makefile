@@ -96,6 +96,12 @@ helm-check: setup
 prometheus-tools:
 	tools/prometheus_tools.sh
 
+# clients/node: `npm ci` of its package-lock.json and the TypeScript contracts (buf.gen.ts.yaml) in
+# clients/node/gen, for the Node contract test (tests/integration/test_node_client.py); needs node 20+ and npm.
+.PHONY: node-client
+node-client: setup
+	tools/node_client.sh
+
 # Only where a container engine exists (not on these machines).
 image:
 	docker build -f deploy/docker/Dockerfile --build-arg SERVICE=$(SERVICE) --build-arg VERSION=$(VERSION) \

@@ -3,6 +3,7 @@ temporary directory, listening on loopback only, stopped and removed by the test
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -140,3 +141,24 @@ class Prometheus:
                 self.process.kill()
                 self.process.wait(5)
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def backfilled(workdir: Path, openmetrics: str) -> Iterator[str]:
+    """A Prometheus holding exactly `openmetrics` (series with their own timestamps, promtool-backfilled, kept
+    for 100 years) and scraping nothing: a test reads figures it knows. Yields its URL."""
+    server = Prometheus(workdir, retention="100y")
+    source = workdir / "backfill.om"
+    workdir.mkdir(parents=True, exist_ok=True)
+    source.write_text(openmetrics, encoding="utf-8")
+    subprocess.run(
+        [str(binary("promtool")), "tsdb", "create-blocks-from", "openmetrics", str(source), str(server.data_dir)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    server.start(interval="1m")
+    try:
+        yield server.url
+    finally:
+        server.stop()

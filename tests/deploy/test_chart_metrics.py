@@ -122,6 +122,8 @@ def test_network_policy_admits_scrapers_to_the_metrics_port_only(helm: Any) -> N
         (MONITORING_ON, [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]),
     ):
         for name, policy in objects(helm.render(value_set), "NetworkPolicy").items():
+            if name.endswith("-jwks"):
+                continue  # identity's JWKS port alone (tests/deploy/test_chart_jwks.py)
             grpc_rule, metrics_rule = policy["spec"]["ingress"]
             assert grpc_rule["ports"] == [{"port": 50051, "protocol": "TCP"}], name
             expected: dict[str, Any] = {"ports": [{"port": METRICS_PORT, "protocol": "TCP"}]}
@@ -137,7 +139,8 @@ def test_metrics_off_removes_port_services_and_annotations(helm: Any) -> None:
     for deployment in objects(docs, "Deployment").values():
         template = deployment["spec"]["template"]
         (container,) = template["spec"]["containers"]
-        assert [p["name"] for p in container["ports"]] == ["grpc"]
+        jwks = ["jwks"] if deployment["metadata"]["labels"]["app.kubernetes.io/name"] == "identity" else []
+        assert [p["name"] for p in container["ports"]] == ["grpc", *jwks]
         assert not [a for a in template["metadata"]["annotations"] if a.startswith("prometheus.io/")]
     for policy in objects(docs, "NetworkPolicy").values():
         assert len(policy["spec"]["ingress"]) == 1

@@ -163,10 +163,13 @@ def test_active_and_preview_services_select_the_right_color(helm: Any, value_set
             assert preview != active
             assert services[preview_name]["spec"]["selector"] == {**selector, "finmesh.io/color": preview}
             assert services[preview_name]["metadata"]["labels"]["finmesh.io/role"] == "preview"
+        # Identity's Services also carry its JWKS (tests/deploy/test_chart_jwks.py).
+        jwks = [{"name": "jwks", "port": 8080, "targetPort": "jwks", "protocol": "TCP", "appProtocol": "http"}]
         for service in (active_service, services.get(preview_name)):
             if service is not None:
                 assert service["spec"]["ports"] == [
-                    {"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP"}
+                    {"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP"},
+                    *(jwks if name == "identity" else []),
                 ]
 
 
@@ -308,7 +311,8 @@ def test_hpa_and_pdb_cover_running_colors(helm: Any, value_set: str, chart_value
 def test_network_policies_admit_only_callers_and_tests(helm: Any) -> None:
     """A service's gRPC port admits its callers' server pods (any color) and its own helm test pods, nothing else."""
     policies = objects(helm.render("default"), "NetworkPolicy")
-    assert set(policies) == {base_name(name) for name in SERVICES}
+    # Plus identity's JWKS port policy (tests/deploy/test_chart_jwks.py).
+    assert set(policies) == {base_name(name) for name in SERVICES} | {f"{base_name('identity')}-jwks"}
     for name in SERVICES:
         spec = policies[base_name(name)]["spec"]
         assert spec["policyTypes"] == ["Ingress"]

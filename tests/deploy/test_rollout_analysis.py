@@ -30,7 +30,7 @@ from finmesh.rollout.model import AnalysisResult, Thresholds
 from finmesh.rollout.prometheus import MAX_ERROR_CHARS, PrometheusClient, PrometheusError
 from tests.migrations.expand_policy import released_commit
 from tests.migrations.support import require_history
-from tests.prometheus import Prometheus, binary
+from tests.prometheus import backfilled
 
 REPO = Path(__file__).resolve().parents[2]
 END = 1_736_121_600  # 2025-01-06T00:00:00Z: long past, so the backfilled blocks never meet Prometheus' head
@@ -110,21 +110,8 @@ def openmetrics() -> str:
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("prometheus")
-    server = Prometheus(tmp, retention="100y")
-    source = tmp / "rpc.om"
-    source.write_text(openmetrics(), encoding="utf-8")
-    subprocess.run(
-        [str(binary("promtool")), "tsdb", "create-blocks-from", "openmetrics", str(source), str(server.data_dir)],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    server.start(interval="1m")
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    with backfilled(tmp_path_factory.mktemp("prometheus"), openmetrics()) as url:
+        yield url
 
 
 class FakeTime:

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # "  payments  127.0.0.1:41234   pid 5678   metrics: http://127.0.0.1:41240/metrics   log: ..." as
-# `finmesh up` lists each service when ready.
-_SERVICE_LINE = re.compile(r"^\s+(identity|payments|risk|notify)\s+(\S+:\d+)\s+pid (\d+)(?:\s+metrics: (\S+))?")
+# `finmesh up` lists each service when ready; identity's line ends "   jwks: http://127.0.0.1:41250/...".
+_SERVICE_LINE = re.compile(
+    r"^\s+(identity|payments|risk|notify)\s+(\S+:\d+)\s+pid (\d+)(?:\s+metrics: (\S+))?(?:.*\s+jwks: (\S+))?"
+)
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Service:
     target: str
     pid: int
     metrics: str = ""  # its /metrics URL
+    jwks: str = ""  # identity's JWKS URL
 
 
 class FinmeshUp:
@@ -73,7 +76,7 @@ class FinmeshUp:
                 )
             self.output.append(line)
             if (service := _SERVICE_LINE.match(line)) is not None:
-                self.services[service[1]] = Service(service[2], int(service[3]), service[4] or "")
+                self.services[service[1]] = Service(service[2], int(service[3]), service[4] or "", service[5] or "")
             if (match := re.search(pattern, line)) is not None:
                 return match
 

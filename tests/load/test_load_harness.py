@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import socket
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -150,8 +153,18 @@ async def test_calls_carry_the_synthetic_mark_and_the_report_adds_up(tmp_path: P
         "throughput",
     }
     assert all(ratio > 0 for ratio in doc["ratio_to_baseline"].values())
+    # Where and from which code it ran, so the figures can be read on another machine.
+    facts = doc["machine"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert facts["git_commit"] == head and isinstance(facts["git_dirty"], bool)
+    assert (facts["host"], facts["cpu_count"]) == (socket.gethostname(), os.cpu_count())
+    assert facts["finmesh_version"] == "0.1.0" and facts["grpcio"] == grpc.__version__
+    assert facts["python"].startswith("3.") and 1 <= facts["cpus_usable"] <= facts["cpu_count"]
+    for when in ("start", "end"):
+        assert len(facts["load_average"][when]) == 3 and all(v >= 0 for v in facts["load_average"][when])
 
     report = (out / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Machine and code</h2>" in report and head in report and f"<td>{grpc.__version__}</td>" in report
     svgs = re.findall(r"<svg.*?</svg>", report, re.S)
     assert len(svgs) == 3 and "http://" not in report.replace("http://www.w3.org/2000/svg", "")
     for svg in svgs:
@@ -160,6 +173,14 @@ async def test_calls_carry_the_synthetic_mark_and_the_report_adds_up(tmp_path: P
     for series in ("p50 per second", "p99 per second", "this run", "no-op baseline"):
         points = re.search(rf'data-name="{series}"[^>]*points="([^"]+)"', report)
         assert points and len(points.group(1).split()) >= 2, series
+
+    # A run compared with itself: every ratio 1, nothing differs.
+    capsys.readouterr()
+    assert _cli("--compare", str(out / "result.json"), str(out / "result.json")) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^throughput .* 1\.00×$", printed, re.M) and re.search(r"^p99 .* 1\.00×$", printed, re.M)
+    assert f"- same host: {socket.gethostname()}" in printed and f"- same commit {head[:12]}" in printed
+    assert "differ" not in printed.replace("they may differ", "")
 
 
 async def test_mutual_tls_target(tmp_path: Path, monkeypatch) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from finmesh.slo import report as r
 from finmesh.slo.objectives import LatencyObjective
 from finmesh.slo.report_cli import add_report_parser
 from finmesh.slo.report_html import render
-from tests.prometheus import Prometheus, binary
+from tests.prometheus import backfilled
 
 END = 1_736_121_600  # 2025-01-06T00:00:00Z: long past, so the backfilled blocks never meet Prometheus' head
 STEP = 900
@@ -114,21 +113,8 @@ def openmetrics() -> str:
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("prometheus")
-    server = Prometheus(tmp, retention="100y")
-    source = tmp / "rpc.om"
-    source.write_text(openmetrics(), encoding="utf-8")
-    subprocess.run(
-        [str(binary("promtool")), "tsdb", "create-blocks-from", "openmetrics", str(source), str(server.data_dir)],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    server.start(interval="1m")
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    with backfilled(tmp_path_factory.mktemp("prometheus"), openmetrics()) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,9 @@ def _both_ways(provider: TracerProvider, keep: _Keep, attributes: dict[str, Any]
     "attributes",
     [
         rpc_attributes(METHOD),
+        {**rpc_attributes(METHOD), "server.address": "risk", "server.port": 50051},  # an int, as the SDK keeps it
         {"rpc.system": "grpc", "count": 3, "tags": ("a", "b")},
+        {"rpc.system": "grpc", "ok": True, "ratio": 0.5},  # a bool and a float: the SDK's path
         {"": "empty key", "rpc.method": "M"},
     ],
 )

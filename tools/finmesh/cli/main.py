@@ -1,4 +1,4 @@
-"""`finmesh` command: up, demo, trace, health, outbox, rollout, audit, load."""
+"""`finmesh` command: up, demo, token, trace, health, outbox, rollout, audit, load."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 
-from finmesh.cli import audit
+from finmesh.cli import audit, token
 from finmesh.cli.mesh import Mesh, load_fakes
 from finmesh.cli.outbox_cmd import add_outbox_parser
 from finmesh.cli.rollout import add_rollout_parser
@@ -42,9 +42,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     for name, target in mesh.targets().items():
         proc = mesh.processes[name]
+        # Identity's JWKS goes last on its line: tests/e2e/finmesh_up.py reads the fields before it.
+        jwks = f"   jwks: {proc.jwks_url}" if proc.jwks_url else ""
         print(
             f"  {name:<9} {target}   pid {proc.process.pid}   metrics: http://{proc.metrics_target}/metrics   "
-            f"log: {proc.log_path}"
+            f"log: {proc.log_path}{jwks}"
         )
     for name, fake in mesh.fakes.items():
         print(f"  fake {name:<8} {fake.url}   (API key in {mesh.data_dir / 'fakes.json'})")
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     health.set_defaults(func=cmd_health)
     add_outbox_parser(sub)
+    token.add_parser(sub)
     add_rollout_parser(sub)
     audit.add_parser(sub)
     load_cli.add_parser(sub)

@@ -43,6 +43,8 @@ class ServiceProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     metrics_port: int = 0
+    # Identity's JWKS (GET /.well-known/jwks.json); 0 for the other services.
+    jwks_port: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -54,6 +56,10 @@ class ServiceProcess:
         """Where Prometheus scrapes this service (host:port; the path is /metrics)."""
         return f"127.0.0.1:{self.metrics_port}"
 
+    @property
+    def jwks_url(self) -> str:
+        return f"http://127.0.0.1:{self.jwks_port}/.well-known/jwks.json" if self.jwks_port else ""
+
 
 @dataclass(frozen=True)
 class Fake:
@@ -64,6 +70,8 @@ class Fake:
 
 
 FAKES_FILE = "fakes.json"
+# Where a running mesh's services listen, for commands run beside it (`finmesh token`): no secrets in it.
+MESH_FILE = "mesh.json"
 # Fake name -> (module, the env a service reads its URL and key from).
 _FAKES = {
     "sms": ("finmesh.fakes.sms", "FINMESH_SMS_URL", "FINMESH_SMS_API_KEY"),
@@ -94,6 +102,14 @@ def _write_fakes(data_dir: Path, fakes: dict[str, Fake]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump({n: {"url": x.url, "api_key": x.api_key} for n, x in fakes.items()}, f)
+
+
+def load_targets(data_dir: Path) -> dict[str, str]:
+    """The targets (host:port) of the mesh last started in `data_dir` (empty when none was)."""
+    path = Path(data_dir) / MESH_FILE
+    if not path.exists():
+        return {}
+    return dict(json.loads(path.read_text(encoding="utf-8"))["targets"])
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes], name: str, timeout: float) -> None:
@@ -144,6 +160,10 @@ class Mesh:
             return {name: self.base_port + 10 + i for i, name in enumerate(("identity", "payments", "risk", "notify"))}
         return {name: free_port() for name in SERVICES}
 
+    def jwks_port(self) -> int:
+        """Identity's JWKS port: base port + 14 (after the metrics ports), or a free port."""
+        return self.base_port + 14 if self.base_port else free_port()
+
     def start(self, timeout: float = 30.0) -> None:
         self.span_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -154,8 +174,11 @@ class Mesh:
             if self.with_fakes:
                 self.service_env.update(self.start_fakes(timeout))
             for name in SERVICES:
-                self.start_one(name, ports[name], self.service_env, metrics_ports[name])
+                jwks_port = self.jwks_port() if name == "identity" else 0
+                self.start_one(name, ports[name], self.service_env, metrics_ports[name], jwks_port)
             self.wait_ready(timeout)
+            record = {"targets": self.targets(), "jwks_url": self.processes["identity"].jwks_url}
+            (self.data_dir / MESH_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         except BaseException:
             self.stop()  # leave no fake or service behind
             raise
@@ -181,17 +204,24 @@ class Mesh:
         _write_fakes(self.data_dir, self.fakes)
         return fake_env(self.fakes)
 
-    def start_one(self, name: str, port: int, targets: dict[str, str], metrics_port: int = 0) -> ServiceProcess:
+    def start_one(
+        self, name: str, port: int, targets: dict[str, str], metrics_port: int = 0, jwks_port: int = 0
+    ) -> ServiceProcess:
         if not metrics_port:
             metrics_port = free_port()
+        if name == "identity" and not jwks_port:
+            jwks_port = free_port()
         env = {
-            **os.environ,
+            # Not the shell's OTEL_SERVICE_NAME: it would win over each service's own name (the resource puts the
+            # environment first), and four processes would report as one.
+            **{k: v for k, v in os.environ.items() if k != "OTEL_SERVICE_NAME"},
             **targets,
             "FINMESH_PORT": str(port),
             "FINMESH_METRICS_PORT": str(metrics_port),
             "FINMESH_DATA_DIR": str(self.data_dir),
             "FINMESH_SPAN_FILE": str(self.span_dir / f"{name}.jsonl"),
             "OTEL_BSP_SCHEDULE_DELAY": "200",
+            **({"FINMESH_JWKS_PORT": str(jwks_port)} if jwks_port else {}),
             **self.extra_env,
         }
         if name in self.database_urls:
@@ -207,14 +237,14 @@ class Mesh:
                 stderr=log,
                 start_new_session=True,
             )
-        self.processes[name] = ServiceProcess(name, port, process, log_path, metrics_port)
+        self.processes[name] = ServiceProcess(name, port, process, log_path, metrics_port, jwks_port)
         return self.processes[name]
 
     def restart(self, name: str) -> ServiceProcess:
         """Start a service that exited again, on its ports and data dir: callers, Prometheus and printed
         addresses still hold."""
         old = self.processes[name]
-        return self.start_one(name, old.port, self.service_env, old.metrics_port)
+        return self.start_one(name, old.port, self.service_env, old.metrics_port, old.jwks_port)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

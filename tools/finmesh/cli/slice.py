@@ -71,7 +71,7 @@ class SliceResult:
 
 
 def _channel(target: str, provider: trace.TracerProvider | None) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, interceptors=[TracingClientInterceptor(provider)])
+    return grpc.aio.insecure_channel(target, interceptors=[TracingClientInterceptor(provider, target=target)])
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -156,16 +156,30 @@ async def onboard(
     await identity.CheckRealName(
         id_pb.CheckRealNameRequest(idempotency_key=f"{run}-realname-{i}", user_id=user_id), timeout=10
     )
-    seen = await handset.count(person.phone)
+    tokens = await login(identity, handset, person.phone, password, run, i, wait_seconds)
+    return user_id, tokens.access_token
+
+
+async def login(
+    identity: id_grpc.IdentityServiceAsyncStub,
+    handset: Handset,
+    phone: str,
+    password: str,
+    run: str,
+    i: int,
+    wait_seconds: float,
+) -> id_pb.TokenPair:
+    """Password, then the SMS code the fake provider received: the login's tokens."""
+    seen = await handset.count(phone)
     challenge = await identity.Login(
-        id_pb.LoginRequest(idempotency_key=f"{run}-login-{i}", login=person.phone, password=password), timeout=10
+        id_pb.LoginRequest(idempotency_key=f"{run}-login-{i}", login=phone, password=password), timeout=10
     )
-    code = await handset.next_code(person.phone, seen, wait_seconds)
+    code = await handset.next_code(phone, seen, wait_seconds)
     done = await identity.CompleteLogin(
         id_pb.CompleteLoginRequest(idempotency_key=f"{run}-login2-{i}", challenge_id=challenge.challenge_id, code=code),
         timeout=10,
     )
-    return user_id, done.tokens.access_token
+    return done.tokens
 
 
 async def run_slice(

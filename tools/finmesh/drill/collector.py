@@ -2,15 +2,15 @@
 
 The drill points the services' OTel exporters here (OTEL_EXPORTER_OTLP_ENDPOINT),
 so it sees what a collector in the cluster would see: the resource of each
-span, where deployment.color and service.version live. The JSONL span files
-keep only service.name, so they cannot show the color.
+span, where deployment.color and service.version live: the drill proves the
+export path production uses, not only the local JSONL span files.
 """
 
 from __future__ import annotations
 
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -29,6 +29,9 @@ class CollectedSpan:
     start_ns: int
     end_ns: int
     ok: bool  # status not ERROR
+    # The span's attributes and its whole resource, for tests of the semantic conventions (tests/load).
+    attributes: dict[str, Any] = field(default_factory=dict)
+    resource: dict[str, Any] = field(default_factory=dict)
 
 
 def _value(v: common_pb2.AnyValue) -> Any:
@@ -59,6 +62,8 @@ class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                             start_ns=span.start_time_unix_nano,
                             end_ns=span.end_time_unix_nano,
                             ok=span.status.code != trace_pb2.Status.STATUS_CODE_ERROR,
+                            attributes={kv.key: _value(kv.value) for kv in span.attributes},
+                            resource=resource,
                         )
                     )
         with self.lock:

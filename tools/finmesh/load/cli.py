@@ -3,6 +3,8 @@
 Targets: `host:port` (payments; `--identity-target` for registrations, default the same address), `noop` (the
 no-op baseline topology, started here), or `local` (a mesh of the four services started here on loopback with
 its own test owner and funded test accounts). Every run is bounded by --duration or --count.
+
+`finmesh load --compare a.json b.json` prints two runs' figures and their ratios (b ÷ a) instead of running.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from finmesh.cli.tls import TlsConfigError
-from finmesh.load import scenarios
+from finmesh.load import compare, machine, scenarios
 from finmesh.load.accounts import AccountsFileError, TestAccounts, load_accounts
 from finmesh.load.engine import LoadResult
 from finmesh.load.progress import ProgressLine
@@ -55,8 +58,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-in-flight", type=int, default=10_000, help="open loop: cap on outstanding calls")
     p.add_argument("--connections", type=int, default=1, help="HTTP/2 connections per target")
     p.add_argument("--timeout", type=float, default=10.0, help="per-call deadline in seconds")
+    p.add_argument("--target", help="payments host:port (replicas: ipv4:host:port,host:port), `noop` or `local`")
     p.add_argument(
-        "--target", required=True, help="payments host:port (replicas: ipv4:host:port,host:port), `noop` or `local`"
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("A_JSON", "B_JSON"),
+        help="run nothing: print two result.json files' throughput, p50/p90/p99 and errors, and b ÷ a",
     )
     p.add_argument(
         "--mesh-dir",
@@ -178,13 +186,16 @@ async def _measure(args: argparse.Namespace, plan: Plan, label: str = "") -> tup
 
 async def _main(args: argparse.Namespace) -> int:
     plan = plan_from(args)
+    if not args.target:
+        raise SetupError("--target is required (or --compare A_JSON B_JSON to compare two results)")
     started = time.time()
+    facts = await asyncio.to_thread(machine.machine_facts)  # git runs in a subprocess
     description, result = await _measure(args, plan)
     baseline = None
     if args.baseline:
         baseline_args = argparse.Namespace(**{**vars(args), "target": "noop"})
         _, baseline = await _measure(baseline_args, replace(plan, scenario="payment"), label="baseline ")
-    doc = result_document(plan, description, result, baseline, started_at=started)
+    doc = result_document(plan, description, result, baseline, started_at=started, machine=machine.finish(facts))
     result_path, report_path = write_outputs(doc, args.out)
     print(summary(doc))
     print(f"wrote {result_path} and {report_path}")
@@ -193,7 +204,9 @@ async def _main(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     """Exit 0: every measured call succeeded; 1: the run finished with errors (counted in the results);
-    2: the run could not start."""
+    2: the run could not start. With --compare: 0, or 2 when a file cannot be read."""
+    if args.compare:
+        return _compare(*args.compare)
     try:
         return asyncio.run(_main(args))
     except (SetupError, AccountsFileError, TlsConfigError, ValueError, RuntimeError, TimeoutError) as error:
@@ -202,3 +215,19 @@ def cmd_load(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("load: interrupted; no results written", file=sys.stderr)
         return 130
+
+
+def _compare(path_a: Path, path_b: Path) -> int:
+    docs = []
+    for path in (path_a, path_b):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            compare.figure(doc, "p50")  # a result document, not some other JSON
+            docs.append(doc)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            print(
+                f"load --compare: {path}: not a readable result.json ({type(error).__name__}: {error})", file=sys.stderr
+            )
+            return 2
+    print(compare.render(docs[0], docs[1], str(path_a), str(path_b)))
+    return 0

@@ -174,6 +174,33 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table>{body}</table>"
 
 
+def _machine(facts: dict[str, Any]) -> list[tuple[str, str]]:
+    """The `machine` section as rows: what a reader on another machine needs to weigh the figures."""
+    commit = facts.get("git_commit") or "unknown"
+    if facts.get("git_dirty"):
+        commit += " (uncommitted changes)"
+    loads = facts.get("load_average") or {}
+
+    def load(when: str) -> str:
+        values = loads.get(when)
+        return " / ".join(f"{v:g}" for v in values) if values else "unknown"
+
+    cores = str(facts.get("cpu_count"))
+    if facts.get("cpus_usable") and facts.get("cpus_usable") != facts.get("cpu_count"):
+        cores = f"{facts['cpus_usable']} usable of {facts['cpu_count']}"
+    return [
+        ("commit", commit),
+        ("finmesh", str(facts.get("finmesh_version"))),
+        ("host", str(facts.get("host"))),
+        ("cores", cores),
+        ("load average 1/5/15 min, start", load("start")),
+        ("load average 1/5/15 min, end", load("end")),
+        ("Python", str(facts.get("python"))),
+        ("grpcio", str(facts.get("grpcio"))),
+        ("platform", str(facts.get("platform"))),
+    ]
+
+
 def _figures(result: dict[str, Any]) -> list[tuple[str, str]]:
     lat = result["latency_ms"]
     rows = [
@@ -222,6 +249,10 @@ def render(data: dict[str, Any]) -> str:
         f"{html.escape(str(run.get('scenario', '')))}</title><style>{STYLE}</style></head><body>",
         "<h1>finmesh load</h1>",
         _table([(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in run.items()]),
+    ]
+    if data.get("machine"):
+        parts += ["<h2>Machine and code</h2>", _table(_machine(data["machine"]))]
+    parts += [
         "<h2>Figures</h2>",
         _table(_figures(data)),
     ]

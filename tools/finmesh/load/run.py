@@ -1,7 +1,8 @@
 """One load run: channels to the targets, the scenario's call, the engine, and the result document.
 
-The result document is the run's JSON: what ran (`run`), this run's figures at the top level (see
-LoadResult.to_dict), and, when the no-op baseline was measured in the same run, its figures and the ratios.
+The result document is the run's JSON: what ran (`run`), where and from which code (`machine`, see
+finmesh.load.machine), this run's figures at the top level (see LoadResult.to_dict), and, when the no-op baseline
+was measured in the same run, its figures and the ratios.
 """
 
 from __future__ import annotations
@@ -111,10 +112,18 @@ def ratios(result: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float]
 
 
 def result_document(
-    plan: Plan, target: str, result: LoadResult, baseline: LoadResult | None = None, started_at: float | None = None
+    plan: Plan,
+    target: str,
+    result: LoadResult,
+    baseline: LoadResult | None = None,
+    started_at: float | None = None,
+    machine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     when = datetime.fromtimestamp(started_at or time.time(), UTC).isoformat(timespec="seconds")
-    doc: dict[str, Any] = {"run": {"target": target, "started_at": when, **plan.describe()}, **result.to_dict()}
+    doc: dict[str, Any] = {"run": {"target": target, "started_at": when, **plan.describe()}}
+    if machine is not None:
+        doc["machine"] = machine
+    doc.update(result.to_dict())
     if baseline is not None:
         doc["baseline"] = baseline.to_dict()
         doc["ratio_to_baseline"] = ratios(doc, doc["baseline"])

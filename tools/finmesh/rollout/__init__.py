@@ -1,1 +1,1 @@
-"""Blue-green rollout of one finmesh service with the real helm and kubectl (`finmesh rollout`)."""
+"""Progressive delivery of one finmesh service (`finmesh rollout <verb>`): record, controller, backends."""

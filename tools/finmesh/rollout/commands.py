@@ -33,12 +33,12 @@ class Runner:
         self._log = log
         self._default_timeout = default_timeout
 
-    def run(self, argv: tuple[str, ...], *, timeout: float | None = None) -> str:
-        """Run argv to completion and return its stdout; CommandFailed on any failure."""
+    def run(self, argv: tuple[str, ...], *, timeout: float | None = None, stdin: str | None = None) -> str:
+        """Run argv to completion (`stdin` fed to it, never logged) and return its stdout; CommandFailed on failure."""
         timeout = timeout or self._default_timeout
         self._log(f"$ {shlex.join(argv)}")
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, input=stdin)
         except FileNotFoundError as error:
             raise CommandFailed(argv, f"not found ({error.filename})") from error
         except subprocess.TimeoutExpired as error:
@@ -49,8 +49,8 @@ class Runner:
             raise CommandFailed(argv, f"exit {proc.returncode}: {tail}")
         return proc.stdout
 
-    def run_json(self, argv: tuple[str, ...], *, timeout: float | None = None) -> Any:
-        out = self.run(argv, timeout=timeout)
+    def run_json(self, argv: tuple[str, ...], *, timeout: float | None = None, stdin: str | None = None) -> Any:
+        out = self.run(argv, timeout=timeout, stdin=stdin)
         try:
             return json.loads(out or "null")
         except json.JSONDecodeError as error:

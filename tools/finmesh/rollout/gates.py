@@ -213,6 +213,14 @@ def _commit(repo: Path, ref: str) -> str:
     return done.stdout.decode().strip() if done.returncode == 0 else ref
 
 
+def resolves(repo: Path, ref: str) -> bool:
+    """Is `ref` a commit in `repo` (what a rollout checks at start, not at promotion)?"""
+    try:
+        return _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 # --- ledger ----------------------------------------------------------------------------------------------------
 
 

@@ -31,6 +31,9 @@ change here rolls both colors (a flip of activeColor changes nothing here).
   "FINMESH_METRICS_ENABLED" (toString $root.Values.metrics.enabled)
   "FINMESH_METRICS_PORT" (ternary (toString $root.Values.metrics.port) "-1" $root.Values.metrics.enabled)
 -}}
+{{- if eq .name "identity" -}}
+{{- $_ := set $data "FINMESH_JWKS_PORT" (include "finmesh.jwksPortSetting" .) -}}
+{{- end -}}
 {{- with $svc.registry -}}
 {{- if .url -}}
 {{- $_ := set $data "FINMESH_IDENTITY_REGISTRY_URL" .url -}}

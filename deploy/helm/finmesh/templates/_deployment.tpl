@@ -105,6 +105,7 @@ spec:
           containerPort: {{ $root.Values.metrics.port }}
           protocol: TCP
         {{- end }}
+        {{- include "finmesh.jwksContainerPort" . | nindent 8 }}
       envFrom:
         - configMapRef:
             name: {{ include "finmesh.base" . }}-config

@@ -28,6 +28,7 @@ spec:
       port: {{ .root.Values.grpc.port }}
       targetPort: grpc
       protocol: TCP
+    {{- include "finmesh.jwksServicePort" . | nindent 4 }}
 {{- end -}}
 
 {{- define "finmesh.activeService" -}}

@@ -40,9 +40,11 @@ async def _serve(
     app = await build()
     running = await start_app(app, settings)
     metrics_port = metrics.port if metrics is not None else 0
-    log.info("serving", port=running.port, host=settings.host, metrics_port=metrics_port)
+    # A service with HTTP listeners of its own (identity's JWKS) names them: {"jwks_port": ...}.
+    http_ports: dict[str, int] = app.http_ports() if hasattr(app, "http_ports") else {}
+    log.info("serving", port=running.port, host=settings.host, metrics_port=metrics_port, **http_ports)
     # One machine-readable line on stdout so supervisors and tests learn the ports.
-    print(json.dumps({"service": name, "port": running.port, "metrics_port": metrics_port}), flush=True)
+    print(json.dumps({"service": name, "port": running.port, "metrics_port": metrics_port, **http_ports}), flush=True)
     await wait_for_termination_signal()
     log.info("draining", grace_seconds=settings.shutdown_grace_seconds)
     await running.drain(settings)

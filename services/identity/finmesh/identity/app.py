@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from finmesh.identity.api.jwks import JwksEndpoint
 from finmesh.identity.api.servicer import IdentityServicer
 from finmesh.identity.clients.notify import NOTIFY_IDEMPOTENT_METHODS, NotifyClient
 from finmesh.identity.clients.registry import HttpRegistry, NoRegistry, Registry
@@ -40,11 +41,21 @@ class IdentityApp:
     relay: OutboxRelay
     deps: Deps
     channels: list[grpc.aio.Channel] = field(default_factory=list)
+    # The JWKS listener (None: FINMESH_JWKS_PORT=-1).
+    jwks: JwksEndpoint | None = None
 
     async def start(self) -> None:
         self.relay.start()
+        if self.jwks is not None:
+            await self.jwks.start(self.deps.settings.host, self.deps.settings.jwks_port)
+
+    def http_ports(self) -> dict[str, int]:
+        """What the runner announces besides the gRPC and metrics ports."""
+        return {"jwks_port": self.jwks.port if self.jwks is not None else 0}
 
     async def close(self) -> None:
+        if self.jwks is not None:
+            await self.jwks.stop()
         await self.relay.stop()
         await self.deps.registry.close()
         for channel in self.channels:
@@ -112,4 +123,5 @@ async def build(settings: IdentitySettings) -> IdentityApp:
         pb.DESCRIPTOR.services_by_name["IdentityService"],
         authorizer=authorizer,
     )
-    return IdentityApp([registration], engine, relay, deps, channels)
+    jwks = JwksEndpoint(deps) if settings.jwks_port >= 0 else None
+    return IdentityApp([registration], engine, relay, deps, channels, jwks)

@@ -51,6 +51,9 @@ class IdentitySettings(ServiceSettings):
     # Comma-separated addresses or networks (CIDR) of proxies whose X-Forwarded-For is believed. Empty: the
     # client address is the gRPC peer's, and a forwarded header is ignored.
     identity_login_trusted_proxies: str = ""
+    # FINMESH_JWKS_PORT: GET /.well-known/jwks.json (finmesh.identity.api.jwks) on host:jwks_port, for edge
+    # proxies and JWT libraries; 0 picks a free port (the runner prints it), -1 serves none. The chart sets 8080.
+    jwks_port: int = Field(default=0, ge=-1, le=65535)
 
     @field_validator("identity_login_trusted_proxies")
     @classmethod

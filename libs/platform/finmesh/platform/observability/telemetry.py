@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing: one provider per process, OTLP or a local JSONL span file, PII-masked."""
+"""OpenTelemetry tracing: one provider per process, to OTLP and/or a local JSONL span file, PII-masked."""
 
 from __future__ import annotations
 
@@ -63,8 +63,12 @@ class MaskingExporter(SpanExporter):
 _PLATFORM_KEYS = frozenset(
     {
         "rpc.system",
+        "rpc.system.name",
         "rpc.service",
         "rpc.method",
+        "rpc.response.status_code",
+        "error.type",
+        "server.address",
         "messaging.system",
         "messaging.operation.type",
         "messaging.destination.name",
@@ -211,10 +215,8 @@ def _resource_json(resource: Resource) -> str:
 def setup_tracing(service: str, *, version: str, color: str, span_file: str = "") -> TracerProvider:
     """Install the process-wide tracer provider for `service` and return it (call shutdown on exit)."""
     provider = TracerProvider(resource=resource_for(service, version=version, color=color))
-    exporter = _choose_exporter(span_file)
-    if exporter is not None:
-        masked = exporter if isinstance(exporter, JsonlSpanExporter) else MaskingExporter(exporter)
-        provider.add_span_processor(BatchSpanProcessor(masked))
+    for exporter in span_exporters(span_file):
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     install_propagator()
     return provider
@@ -231,14 +233,19 @@ def install_propagator() -> None:
         propagate.set_global_textmap(FinmeshPropagator())
 
 
-def _choose_exporter(span_file: str) -> SpanExporter | None:
+def span_exporters(span_file: str) -> list[SpanExporter]:
+    """Every exporter that applies, each masking personal data: OTLP when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT
+    is set, and the JSONL span file when one is configured. Both at once is the usual local setup with a
+    collector: `finmesh trace` reads the file whatever else receives the spans. Each gets its own batch
+    processor, so a slow or absent collector never holds up the file."""
+    exporters: list[SpanExporter] = []
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        return OTLPSpanExporter()
+        exporters.append(MaskingExporter(OTLPSpanExporter()))
     if span_file:
-        return JsonlSpanExporter(span_file, mask=True)
-    return None
+        exporters.append(JsonlSpanExporter(span_file, mask=True))
+    return exporters
 
 
 def inject_context() -> dict[str, str]:

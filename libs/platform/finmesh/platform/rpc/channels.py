@@ -82,7 +82,7 @@ def open_channel(
         channel = grpc.aio.secure_channel(target, channel_credentials(tls), options=options)
     else:
         channel = grpc.aio.insecure_channel(target, options=options)
-    spans = ClientSpans() if settings.tracing_enabled else None
+    spans = ClientSpans(target=target) if settings.tracing_enabled else None
     metrics = ClientCallMetrics() if settings.metrics_enabled else None
     if spans is None and token_source is None and metrics is None:
         return channel
@@ -189,8 +189,9 @@ class _MeshUnaryUnary:
             if token:
                 metadata.append(("authorization", f"Bearer {token}"))
         span = None
-        if self._spans is not None:
-            span, carrier = self._spans.start(self._method)
+        spans = self._spans
+        if spans is not None:
+            span, carrier = spans.start(self._method)
             metadata.extend(carrier.items())
         started = time.perf_counter()
         code = None
@@ -214,8 +215,8 @@ class _MeshUnaryUnary:
             # duration counts as CANCELLED.
             if self._metrics is not None:
                 self._metrics.record(self._method, started, code or grpc.StatusCode.CANCELLED)
-            if span is not None:
-                ClientSpans.finish(span, code)
+            if spans is not None and span is not None:
+                spans.finish(span, code)
 
 
 def remaining_timeout(context: grpc.aio.ServicerContext[Any, Any] | None, default: float) -> float:

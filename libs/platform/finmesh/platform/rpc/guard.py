@@ -18,7 +18,7 @@ from finmesh.platform.auth.context import acting_as
 from finmesh.platform.errors import DomainError, FieldViolation, InvalidArgument
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.observability.rpc_metrics import ServerCallMetrics, ended_code
-from finmesh.platform.observability.rpc_tracing import finish_server_span, rpc_attributes, server_span
+from finmesh.platform.observability.rpc_tracing import ServerEndpoint, finish_server_span, rpc_attributes, server_span
 from finmesh.platform.rpc.decoding import Undecodable
 from finmesh.platform.rpc.field_rules import MAX_VIOLATIONS, FieldChecker, checker_for
 from finmesh.platform.storage.db import failure_facts, is_transient
@@ -121,11 +121,16 @@ def guarded(
     check: AuthCheck | None = None,
     fields: FieldChecker | None = None,
     metered: bool = True,
+    endpoint: ServerEndpoint | None = None,
 ) -> Handler:
     """Wrap one servicer method: a server span and the call's metrics, the auth check, the request's field
-    rules (finmesh.platform.field_rules), domain errors as rich statuses, bugs as INTERNAL."""
+    rules (finmesh.platform.field_rules), domain errors as rich statuses, bugs as INTERNAL.
+
+    `endpoint` gives the span its server.address / server.port once the server's port is bound."""
     name = full_method.lstrip("/") or method.__qualname__
     attributes = rpc_attributes(full_method or name)
+    if endpoint is not None:
+        endpoint.register(attributes)
     metrics = ServerCallMetrics(full_method or name) if metered else None
 
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -203,7 +208,13 @@ class _Refused(Exception):
 
 
 def guard_servicer(
-    servicer: Any, service_descriptor: Any, *, traced: bool = True, metered: bool = True, authorizer: Any = None
+    servicer: Any,
+    service_descriptor: Any,
+    *,
+    traced: bool = True,
+    metered: bool = True,
+    authorizer: Any = None,
+    endpoint: ServerEndpoint | None = None,
 ) -> Any:
     """Replace every RPC method of `servicer` (per the proto descriptor) with its guarded form.
 
@@ -215,11 +226,15 @@ def guard_servicer(
         full_method = f"/{service_descriptor.full_name}/{rpc.name}"
         check = authorizer.bind(rpc, full_method) if authorizer is not None else None
         if method is not None and inspect.iscoroutinefunction(method):
-            guard = guarded(method, full_method, traced, check, checker_for(rpc.input_type), metered)
+            guard = guarded(method, full_method, traced, check, checker_for(rpc.input_type), metered, endpoint)
             setattr(servicer, rpc.name, guard)
         elif check is not None:
             # Not implemented yet: still authorize first, so an unimplemented RPC tells strangers nothing.
-            setattr(servicer, rpc.name, guarded(_unimplemented, full_method, traced, check, metered=metered))
+            setattr(
+                servicer,
+                rpc.name,
+                guarded(_unimplemented, full_method, traced, check, metered=metered, endpoint=endpoint),
+            )
     return servicer
 
 

@@ -16,6 +16,7 @@ from finmesh.platform.auth.access import remote_authorizer
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.observability.rpc_metrics import start_refusal_series
+from finmesh.platform.observability.rpc_tracing import ServerEndpoint
 from finmesh.platform.rpc.decoding import tolerant_server
 from finmesh.platform.rpc.guard import guard_servicer
 from finmesh.platform.rpc.ratelimit import LimitedAuthorizer, RateLimiter
@@ -103,6 +104,7 @@ async def create_server(
         start_refusal_series()
     names = []
     authorizers = []
+    endpoint = ServerEndpoint()  # server.address / server.port of the spans, once the port is bound
     for reg in registrations:
         authorizer = None
         if settings.auth_mode == "enforce":
@@ -118,6 +120,7 @@ async def create_server(
                 traced=settings.tracing_enabled,
                 metered=settings.metrics_enabled,
                 authorizer=authorizer,
+                endpoint=endpoint,
             ),
             tolerant_server(server),
         )
@@ -128,6 +131,7 @@ async def create_server(
     address = f"{settings.host}:{settings.port}"
     tls = TlsFiles.from_settings(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
     port = server.add_secure_port(address, server_credentials(tls)) if tls else server.add_insecure_port(address)
+    endpoint.bind(settings.host, port)
     await server.start()
     for authorizer in authorizers:
         authorizer.warm()
