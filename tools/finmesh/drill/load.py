@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import grpc
@@ -31,6 +32,23 @@ from finmesh.platform.backoff import Backoff
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 # The drill's client retry waits as before the one Backoff: 50 ms doubling to 0.5 s, ceilings without jitter.
 _RETRY_WAIT = Backoff(0.05, 0.5)
+
+
+def client_channel(target: str, interceptors: list[grpc.aio.ClientInterceptor] | None = None) -> grpc.aio.Channel:
+    """One client's channel, i.e. one HTTP/2 connection through the Service stand-in, set as the mesh's own
+    (finmesh.platform.rpc.channels.open_channel: pick_first to one Service address, 30 s keepalive, reconnect
+    backoff capped at 5 s). After a server's GOAWAY (max connection age), grpc-core reconnects by itself on the
+    next call, through the Service, so a new connection is routed afresh; nothing here has to.
+
+    A local subchannel pool: otherwise every channel to one target in this process would share a single
+    connection, and the drill would have one client, not several (in a cluster each client pod has its own).
+    """
+    options = [
+        ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
+    ]
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors or [])
 
 
 @dataclass
@@ -136,14 +154,7 @@ class PaymentLoad:
 
     async def run(self) -> LoadReport:
         s = self.shape
-        # A local subchannel pool per channel: otherwise channels to one target share a
-        # single HTTP/2 connection, and the drill would have one client, not several.
-        channels = [
-            grpc.aio.insecure_channel(
-                self._target, options=[("grpc.use_local_subchannel_pool", 1)], interceptors=self._interceptors
-            )
-            for _ in range(s.clients)
-        ]
+        channels = [client_channel(self._target, self._interceptors) for _ in range(s.clients)]
         stubs = [pb_grpc.PaymentsServiceStub(c) for c in channels]
         gate = asyncio.Semaphore(s.max_in_flight)
         records: list[CallRecord] = []
@@ -196,3 +207,77 @@ class PaymentLoad:
             record.status = reply.payment.status
             break
         record.ended = time.monotonic()
+
+
+@dataclass
+class ReadReport:
+    """Outcomes of a read load: calls answered, and those that failed after the retry policy, by code."""
+
+    answered: int = 0
+    retries: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        failed = sum(self.failed.values())
+        return f"{self.answered} answered, {failed} failed {dict(self.failed)}, {self.retries} retries"
+
+
+class AccountReads:
+    """GetAccount of `accounts` in rotation through `target` at `rate` calls/s over `clients` connections,
+    until `stop()`: a light load whose only purpose is to be spread over colors (the canary share)."""
+
+    def __init__(
+        self,
+        target: str,
+        accounts: list[str],
+        *,
+        rate: float,
+        clients: int,
+        interceptors: list[grpc.aio.ClientInterceptor] | None = None,
+        deadline: float = 5.0,
+        attempts: int = 8,
+    ) -> None:
+        self._target, self._accounts, self._interceptors = target, accounts, interceptors
+        self.rate, self.clients, self.deadline, self.attempts = rate, clients, deadline, attempts
+        self.report = ReadReport()
+        self._stopped = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def run(self) -> ReadReport:
+        channels = [client_channel(self._target, self._interceptors) for _ in range(self.clients)]
+        stubs = [pb_grpc.PaymentsServiceStub(c) for c in channels]
+        calls: set[asyncio.Task[None]] = set()
+        start = time.monotonic()
+        try:
+            i = 0
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), start + i / self.rate - time.monotonic())
+                if self._stopped.is_set():
+                    break
+                request = pb.GetAccountRequest(account_id=self._accounts[i % len(self._accounts)])
+                task = asyncio.create_task(self._call(stubs[i % len(stubs)], request))
+                calls.add(task)
+                task.add_done_callback(calls.discard)
+                i += 1
+            await asyncio.gather(*calls)
+        finally:
+            for channel in channels:
+                await channel.close()
+        return self.report
+
+    async def _call(self, stub: pb_grpc.PaymentsServiceAsyncStub, request: pb.GetAccountRequest) -> None:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                await stub.GetAccount(request, timeout=self.deadline)
+            except grpc.aio.AioRpcError as error:
+                if error.code() in _RETRYABLE and attempt < self.attempts:
+                    self.report.retries += 1
+                    await asyncio.sleep(_RETRY_WAIT.ceiling(attempt - 1))
+                    continue
+                self.report.failed[error.code().name] += 1
+                return
+            self.report.answered += 1
+            return

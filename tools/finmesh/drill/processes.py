@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from finmesh.cli.mesh import free_port
+from finmesh.drill.faulty import Faults
 
 
 @dataclass
@@ -28,6 +29,7 @@ class ServiceProcess:
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    metrics_port: int = 0  # where it serves /metrics (FINMESH_METRICS_PORT)
 
     @property
     def name(self) -> str:
@@ -37,16 +39,32 @@ class ServiceProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def metrics_target(self) -> str:
+        return f"127.0.0.1:{self.metrics_port}"
+
     def log_lines(self) -> list[dict[str, object]]:
         """The JSON log lines it wrote to stderr (anything else, e.g. a traceback, raises)."""
         return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
 
 
 def start_service(
-    service: str, *, color: str, version: str, env: dict[str, str], log_dir: Path, label: str = ""
+    service: str,
+    *,
+    color: str,
+    version: str,
+    env: dict[str, str],
+    log_dir: Path,
+    label: str = "",
+    faults: Faults | None = None,
 ) -> ServiceProcess:
-    """Start `finmesh.<service>.main` on a free loopback port with the given color, version and FINMESH_* env."""
+    """Start `finmesh.<service>.main` on a free loopback port with the given color, version and FINMESH_* env.
+
+    With `faults`, the same service as a bad build (finmesh.drill.faulty). /metrics is served on
+    FINMESH_METRICS_PORT from `env`, else on a free port chosen here (the process reports it only on stdout).
+    """
     port = free_port()
+    metrics_port = int(env.get("FINMESH_METRICS_PORT") or free_port())
     log_path = log_dir / f"{label or service + '-' + color}.log"
     full_env = {
         **os.environ,
@@ -55,12 +73,14 @@ def start_service(
         "FINMESH_PORT": str(port),
         "FINMESH_DEPLOYMENT_COLOR": color,
         "FINMESH_SERVICE_VERSION": version,
+        "FINMESH_METRICS_PORT": str(metrics_port),
     }
+    command = [sys.executable, "-m", f"finmesh.{service}.main"]
+    if faults is not None:
+        command = [sys.executable, "-m", "finmesh.drill.faulty", service, *faults.argv()]
     with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", f"finmesh.{service}.main"], env=full_env, stdout=subprocess.DEVNULL, stderr=log
-        )
-    return ServiceProcess(service, color, version, port, process, log_path)
+        process = subprocess.Popen(command, env=full_env, stdout=subprocess.DEVNULL, stderr=log)
+    return ServiceProcess(service, color, version, port, process, log_path, metrics_port)
 
 
 async def health(channel: grpc.aio.Channel, timeout: float = 1.0) -> str:
