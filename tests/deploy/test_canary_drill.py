@@ -69,10 +69,6 @@ THRESHOLDS = Thresholds(
     inconclusive_limit=3,
 )
 ANALYSIS = 6.0  # seconds of each analysis step
-# The queries select a color, not a version (finmesh.rollout.queries): after a color's process stops, its
-# series stay in the window for that long, and would be judged as the next version deployed on that color.
-# So the next rollout onto a color starts one window (+ scrapes) after the last one scaled it down.
-COLOR_REUSE_SECONDS = 10 + 2
 CANARY_STEPS: list[Step] = [
     SetWeight(10),
     Analysis(ANALYSIS),
@@ -218,7 +214,6 @@ async def test_canary_drill(tmp_path: Path) -> None:
         a_start = time.monotonic()
         good = await asyncio.to_thread(controller.start, "payments", "2", "canary", CANARY_STEPS)
         a_end = time.monotonic()
-        await asyncio.sleep(COLOR_REUSE_SECONDS)  # blue 1's series leave the window
 
         # (b) a bad version, canary: aborted at the first analysis.
         b_start = time.monotonic()
@@ -230,7 +225,6 @@ async def test_canary_drill(tmp_path: Path) -> None:
         # (for up to 1.1 x max connection age) and calls in its drain delay still reach it.
         bad_drain = backend.drains[-1]
         bad_gone = _at(backend, "scale_down", "payments", "blue", after=bad_abort) + bad_drain.exited_after
-        await asyncio.sleep(COLOR_REUSE_SECONDS)  # blue 3's series leave the window
 
         # (c) blue-green with analysis before and after promotion, then undo while green is warm.
         c_start = time.monotonic()

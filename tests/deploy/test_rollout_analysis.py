@@ -80,9 +80,10 @@ def _histogram(lines: list[str], labels: dict[str, str], per_step: dict[float, i
 
 
 def openmetrics() -> str:
-    def labels(color: str, service: str, method: str, code: str) -> dict[str, str]:
+    def labels(color: str, service: str, method: str, code: str, version: str = "2") -> dict[str, str]:
         return {
             "service_name": "payments",
+            "service_version": version,
             "deployment_color": color,
             "rpc_service": service,
             "rpc_method": method,
@@ -90,10 +91,14 @@ def openmetrics() -> str:
         }
 
     lines = [f"# TYPE {METRIC} histogram"]
-    for color, calls in TRAFFIC.items():
+    # "reused": a color whose window still holds the calls of the faulty version it ran before ("1").
+    runs = [(color, "1" if color == "blue" else "2", calls) for color, calls in TRAFFIC.items()]
+    runs += [("reused", "1", TRAFFIC["faulty"]), ("reused", "2", TRAFFIC["good"])]
+    for color, version, calls in runs:
         for code in sorted({c for c, _ in calls}):
             per_step = {bound: n for (c, bound), n in calls.items() if c == code}
-            _histogram(lines, labels(color, "finmesh.payments.v1.PaymentService", "CreatePayment", code), per_step)
+            series = labels(color, "finmesh.payments.v1.PaymentService", "CreatePayment", code, version)
+            _histogram(lines, series, per_step)
     # Probes reach the idle color: health calls are not traffic to judge by.
     _histogram(lines, labels("idle", "grpc.health.v1.Health", "Check", "OK"), {0.001: 30})
     for gauge in ("finmesh_ledger_invariant_violations", "finmesh_ledger_invariant_last_check_timestamp_seconds"):
@@ -287,6 +292,18 @@ def test_a_candidate_failing_a_fifth_of_its_calls_fails_on_error_rate(prometheus
     assert result.phase == "Failed"
     assert result.message.startswith("error_rate of payments/faulty 0.200 > limit 0.010 (stable blue 0.000) over 1m")
     assert 'deployment_color="faulty"' in result.message  # the query, as sent
+
+
+def test_a_reused_color_is_judged_by_the_calls_of_the_version_it_runs_now(prometheus: str) -> None:
+    """Told the versions, the analysis reads only version 2's calls on the color the faulty version 1 left."""
+    fake = FakeTime(END - 60)
+    analyzer = PrometheusAnalyzer(prometheus, T, clock=fake.clock, sleep=fake.sleep)
+    result = analyzer.analyse("payments", "reused", "blue", 60, versions=("2", "1"))
+    assert result.phase == "Successful", result.message
+    assert 'service_version="2"' in {m.metric: m.query for m in result.measurements}["error_rate"]
+    fake = FakeTime(END - 60)
+    blind = PrometheusAnalyzer(prometheus, T, clock=fake.clock, sleep=fake.sleep)
+    assert blind.analyse("payments", "reused", "blue", 60).phase == "Failed"  # both versions' calls summed
 
 
 def test_a_slow_candidate_fails_on_latency_p99(prometheus: str) -> None:

@@ -127,11 +127,20 @@ class ScriptedAnalyzer:
         self.calls: list[tuple[str, str, float]] = []
         self.during: dict[int, Callable[[], None]] = {}
         self.ran: list[float] = []  # seconds each analysis measured before it returned
+        self.versions: list[tuple[str, str]] = []  # (candidate, stable) versions each analysis was told
 
     def analyse(
-        self, service: str, candidate: str, stable: str, seconds: float, *, stop: Callable[[], bool] = lambda: False
+        self,
+        service: str,
+        candidate: str,
+        stable: str,
+        seconds: float,
+        *,
+        stop: Callable[[], bool] = lambda: False,
+        versions: tuple[str, str] = ("", ""),
     ) -> AnalysisResult:
         n = len(self.calls)
+        self.versions.append(versions)
         self.calls.append((candidate, stable, seconds))
         deadline = self.clock() + seconds
         while self.clock() < deadline:
@@ -226,6 +235,8 @@ def test_blue_green_runs_to_the_warm_hold_and_a_later_run_scales_the_old_color_d
     rec = c.start("payments", "0.2.0", strategy="blueGreen", scale_down_delay=300)
     assert backend.actions == ["deploy green 0.2.0 x4", "preview on", "active green"]
     assert analyzer.calls == [("green", "blue", 60), ("green", "blue", 120)]
+    # Each color is judged by its own version's calls only (a reused color still has the old one's in the window).
+    assert analyzer.versions == [("0.2.0", "0.1.0"), ("0.2.0", "0.1.0")]
     assert rec.phase == "Progressing" and rec.promoted and not rec.scaled_down and rec.lease is None
     assert c.run("payments").phase == "Progressing"  # the delay is not over: nothing to do yet
     clock.sleep(300)

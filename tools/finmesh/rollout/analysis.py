@@ -45,9 +45,9 @@ class ColorValues:
     latency_p99: float | None = None  # seconds
 
 
-def color_queries(service: str, color: str, window: str) -> dict[str, str]:
+def color_queries(service: str, color: str, window: str, version: str = "") -> dict[str, str]:
     """The PromQL of each metric for one color (queries.py: the same strings Argo's templates hold)."""
-    s = queries.Selector(service, color, window)
+    s = queries.Selector(service, color, window, version)
     return {
         "call_rate": queries.call_rate(s),
         "error_rate": queries.error_rate(s),
@@ -272,23 +272,32 @@ class PrometheusAnalyzer:
         self.thresholds = thresholds or Thresholds()
         self.clock, self.sleep, self.log = clock, sleep, log
 
-    def values(self, service: str, color: str, at: float) -> tuple[ColorValues, dict[str, str]]:
+    def values(self, service: str, color: str, at: float, version: str = "") -> tuple[ColorValues, dict[str, str]]:
         """One color's figures at `at`, and the queries that gave them."""
-        asked = color_queries(service, color, self.thresholds.window)
+        asked = color_queries(service, color, self.thresholds.window, version)
         got = {metric: self.prometheus.value(expr, at) for metric, expr in asked.items()}
         return ColorValues(color, got["call_rate"], got["error_rate"], got["latency_p99"]), asked
 
-    def measure(self, service: str, candidate: str, stable: str, at: float) -> AnalysisResult:
+    def measure(
+        self, service: str, candidate: str, stable: str, at: float, versions: tuple[str, str] = ("", "")
+    ) -> AnalysisResult:
         """One measurement (raises PrometheusError)."""
-        mine, asked = self.values(service, candidate, at)
-        theirs, _ = self.values(service, stable, at)
+        mine, asked = self.values(service, candidate, at, versions[0])
+        theirs, _ = self.values(service, stable, at, versions[1])
         return judge(service, mine, theirs, self.thresholds, asked)
 
     def analyse(
-        self, service: str, candidate: str, stable: str, seconds: float, *, stop: Callable[[], bool] = lambda: False
+        self,
+        service: str,
+        candidate: str,
+        stable: str,
+        seconds: float,
+        *,
+        stop: Callable[[], bool] = lambda: False,
+        versions: tuple[str, str] = ("", ""),
     ) -> AnalysisResult:
         return run_analysis(
-            lambda at: self.measure(service, candidate, stable, at),
+            lambda at: self.measure(service, candidate, stable, at, versions),
             self.thresholds,
             seconds,
             what=f"{service}/{candidate}",

@@ -574,7 +574,14 @@ class Controller:
             result = AnalysisResult("Successful", "no analyzer: the step only waited")
         else:
             try:
-                result = self.analyzer.analyse(s, rec.candidate_color, rec.stable_color, step.seconds, stop=stop)
+                result = self.analyzer.analyse(
+                    s,
+                    rec.candidate_color,
+                    rec.stable_color,
+                    step.seconds,
+                    stop=stop,
+                    versions=(rec.candidate_version, rec.stable_version),
+                )
             except Exception as error:  # noqa: BLE001 -- an analyzer that cannot judge is an analysis Error
                 result = AnalysisResult("Error", f"analysis could not run: {error}")
             if interrupted or self._interrupted(s, index):

@@ -389,7 +389,14 @@ class KubeAnalyzer:
         return f"deployment/{b.deployment(service, candidate)}", b.active_service(service)
 
     def analyse(
-        self, service: str, candidate: str, stable: str, seconds: float, *, stop: Callable[[], bool] = lambda: False
+        self,
+        service: str,
+        candidate: str,
+        stable: str,
+        seconds: float,
+        *,
+        stop: Callable[[], bool] = lambda: False,
+        versions: tuple[str, str] = ("", ""),
     ) -> AnalysisResult:
         b = self.backend
         resource, server_name = self._target(service, candidate)
@@ -406,7 +413,9 @@ class KubeAnalyzer:
             baseline, problems = self._pods(service, candidate, expected)
             if problems:
                 return _failed(problems)
-            tally, metric, problems = self._window(service, candidate, stable, seconds, resource, server_name, stop)
+            tally, metric, problems = self._window(
+                service, (candidate, stable), versions, seconds, resource, server_name, stop
+            )
             _, end = self._pods(service, candidate, expected, baseline)
             problems += end
         except CommandFailed as error:
@@ -439,8 +448,8 @@ class KubeAnalyzer:
     def _window(
         self,
         service: str,
-        candidate: str,
-        stable: str,
+        colors: tuple[str, str],
+        versions: tuple[str, str],
         seconds: float,
         resource: str,
         server_name: str,
@@ -471,7 +480,9 @@ class KubeAnalyzer:
             metric: AnalysisResult | None = None
             try:
                 if self.metrics is not None:
-                    metric = self.metrics.analyse(service, candidate, stable, seconds, stop=lambda: failing() or stop())
+                    metric = self.metrics.analyse(
+                        service, *colors, seconds, stop=lambda: failing() or stop(), versions=versions
+                    )
                 else:
                     deadline = self.clock() + seconds
                     while (left := deadline - self.clock()) > 0 and not failing() and not stop():

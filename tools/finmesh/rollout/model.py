@@ -155,6 +155,15 @@ class Conflict(Exception):
 
 class Analyzer(Protocol):
     def analyse(
-        self, service: str, candidate: str, stable: str, seconds: float, *, stop: Callable[[], bool] = lambda: False
+        self,
+        service: str,
+        candidate: str,
+        stable: str,
+        seconds: float,
+        *,
+        stop: Callable[[], bool] = lambda: False,
+        versions: tuple[str, str] = ("", ""),
     ) -> AnalysisResult:
-        """Measure every interval for `seconds` (or until `stop()` is true) and give the verdict."""
+        """Measure every interval for `seconds` (or until `stop()` is true) and give the verdict. `versions`:
+        what the candidate and the stable color run ("" = any), so that neither is judged by a former version's
+        calls still inside the window."""

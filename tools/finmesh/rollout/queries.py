@@ -30,9 +30,13 @@ class Selector:
     service: str
     color: str
     window: str
+    # The version the color runs now ("" = any). A color is reused rollout after rollout: without the version,
+    # the window's first minute would judge the new version by the calls its color answered as the old one.
+    version: str = ""
 
     def labels(self, *extra: str) -> str:
-        parts = [f'service_name="{self.service}"', f'deployment_color="{self.color}"', _NOT_HEALTH, *extra]
+        version = [f'service_version="{self.version}"'] if self.version else []
+        parts = [f'service_name="{self.service}"', f'deployment_color="{self.color}"', *version, _NOT_HEALTH, *extra]
         return "{" + ", ".join(parts) + "}"
 
 
