@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import time
 import uuid
@@ -55,7 +56,7 @@ async def chain(args: argparse.Namespace, prefix: str) -> dict[str, float]:
         for mesh in meshes.values():
             await mesh.__aenter__()
         targets = [
-            Target(name, mesh.target, [Payer("a", "b", mesh.metadata())], lambda mesh=mesh: noop_pids(mesh))
+            Target(name, mesh.target, [Payer("a", "b", mesh.metadata())], functools.partial(noop_pids, mesh))
             for name, mesh in meshes.items()
         ]
         results: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
