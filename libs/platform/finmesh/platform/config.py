@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,6 +74,22 @@ class ServiceSettings(BaseSettings):
     rate_limit_per_service_burst: int = Field(default=10000, ge=1)
     # Most callers remembered (least recently seen forgotten first): bounds the limiter's memory.
     rate_limit_max_callers: int = Field(default=10_000, ge=1)
+    # Where the buckets live (finmesh.platform.rpc.shared_buckets): "local", in this process (a limit of N is
+    # N per pod), or "redis", in the Redis at redis_url, shared by every replica of both colors. With Redis
+    # slower than redis_timeout_seconds or down, each pod uses its local buckets until a probe (backing off
+    # from 0.1 s to redis_probe_max_seconds) finds Redis again.
+    rate_limit_backend: Literal["local", "redis"] = "local"
+    # redis:// or rediss:// (TLS); it may hold credentials, so it is a secret (never logged). A non-empty
+    # redis_password replaces the URL's password (the chart takes it from a Secret).
+    redis_url: SecretStr = SecretStr("")
+    redis_password: SecretStr = SecretStr("")
+    # Every bucket key starts with it: several meshes (or tests) can share one Redis.
+    redis_key_prefix: str = "finmesh:ratelimit:"
+    # One bucket check may take this long before the pod falls back to its local buckets.
+    redis_timeout_seconds: float = Field(default=0.025, gt=0, le=5)
+    redis_probe_max_seconds: float = Field(default=5.0, gt=0)
+    # Connections per process to Redis; a check waiting longer than the timeout for one falls back too.
+    redis_max_connections: int = Field(default=32, ge=1, le=1000)
     # In-flight calls per server (gRPC answers RESOURCE_EXHAUSTED beyond it, never queues); 0 = no cap.
     max_concurrent_rpcs: int = Field(default=1000, ge=0)
     # PostgreSQL connections per process: the main engine keeps db_pool_size and may open as many again
@@ -89,6 +105,12 @@ class ServiceSettings(BaseSettings):
     # With TLS on, also serve grpc.health.v1 alone in plaintext here, for the kubelet's gRPC
     # probe (it cannot present a client certificate); 0 = off.
     health_port: int = Field(default=0, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _redis_backend_needs_an_address(self) -> ServiceSettings:
+        if self.rate_limit_backend == "redis" and not self.redis_url.get_secret_value():
+            raise ValueError("FINMESH_RATE_LIMIT_BACKEND=redis needs FINMESH_REDIS_URL (redis:// or rediss://)")
+        return self
 
     def database_url_for(self, service: str) -> str:
         """The configured URL, or the embedded SQLite default for this service."""
