@@ -112,13 +112,13 @@ async def running_mesh(
                 app = await risk_app.build(settings)
             elif name == "payments":
                 targets.setdefault("notify_target", f"127.0.0.1:{notify_port or 1}")
-                settings = PaymentsSettings(
-                    **_common(tmp, mesh.issuer, name, **_with(common, database_url=url, **targets, **(payments_extra or {})))
-                )
+                extra = _with(common, database_url=url, **targets, **(payments_extra or {}))
+                settings = PaymentsSettings(**_common(tmp, mesh.issuer, name, **extra))
                 app = await payments_app.build(settings)
             else:
                 targets.setdefault("notify_target", f"127.0.0.1:{notify_port or 1}")
-                settings = IdentitySettings(**_common(tmp, mesh.issuer, name, **_with(common, database_url=url, **targets)))
+                extra = _with(common, database_url=url, **targets)
+                settings = IdentitySettings(**_common(tmp, mesh.issuer, name, **extra))
                 app = await identity_app.build(settings)
             server = await start_app(app, settings)
             mesh.services[name] = Service(name, app, server, url)

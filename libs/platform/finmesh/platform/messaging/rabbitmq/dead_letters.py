@@ -85,7 +85,10 @@ async def redrive_dead_letters(broker: Broker, consumer: str, message_ids: Seque
         channel = await connection.channel(publisher_confirms=True)
         queue = await channel.declare_queue(broker.dead_letter_queue(consumer), passive=True)
         redriven = 0
-        for _ in range(WALK_LIMIT):
+        # Only the letters there now: one still poisonous comes back while we walk, and must wait for the next
+        # command rather than go round again.
+        there = int(queue.declaration_result.message_count or 0)
+        for _ in range(min(there, WALK_LIMIT)):
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
                 break

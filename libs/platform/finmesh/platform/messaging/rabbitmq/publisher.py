@@ -20,6 +20,7 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
+from opentelemetry import trace
 from pamqp import commands as spec
 
 from finmesh.common.v1 import event_pb2
@@ -81,7 +82,9 @@ class RabbitEventSink:
         routing_key = self._broker.routing_key(event.aggregate_id, event.event_type)
         # Alone, the relay's send span (a child of the producing trace) is current; in a batch each message
         # continues its own producing trace instead of the batch's.
-        parent = None if alone else extract_context({"traceparent": event.traceparent, "tracestate": event.tracestate})
+        in_send = alone and trace.get_current_span().get_span_context().is_valid
+        carrier = {"traceparent": event.traceparent, "tracestate": event.tracestate}
+        parent = None if in_send else extract_context(carrier)
         with publish_span(self._exchange, routing_key, event.event_id, parent):
             headers: dict[str, Any] = {
                 **inject_context(),
