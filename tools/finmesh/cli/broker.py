@@ -9,7 +9,9 @@ the AMQP URL.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +20,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+import aio_pika
+import aiormq
 from yarl import URL
 
 LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -84,3 +88,53 @@ def delete_vhost(name: str, url: str = "") -> None:
     if _management("DELETE", f"/api/vhosts/{urllib.parse.quote(name, safe='')}", None, url):
         return
     _rabbitmqctl("delete_vhost", name)
+
+
+def local_vhost(data_dir: str) -> str:
+    """The vhost of the local mesh in `data_dir`: one per data dir, like its SQLite files."""
+    return "finmesh-local-" + hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:10]
+
+
+def local_events_env(data_dir: str) -> dict[str, str]:
+    """Create the local mesh's vhost and return the services' environment for the rabbitmq transport."""
+    vhost = local_vhost(data_dir)
+    create_vhost(vhost)
+    return {
+        "FINMESH_EVENTS_TRANSPORT": "rabbitmq",
+        "FINMESH_RABBITMQ_URL": amqp_url(),
+        "FINMESH_RABBITMQ_VHOST": vhost,
+    }
+
+
+async def _waiting(url: str, prefix: str = "finmesh") -> int:
+    """Messages still in the vhost's consumer and dead-letter queues of notify (what deleting it would lose)."""
+    connection = await aio_pika.connect(url, timeout=5)
+    async with connection:
+        waiting = 0
+        for name in (f"{prefix}.notify.dead", *(f"{prefix}.notify.{k}" for k in range(64))):
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                if name != f"{prefix}.notify.dead":
+                    break  # partitions are numbered from 0 without gaps
+                continue
+            waiting += int(queue.declaration_result.message_count or 0)
+            await channel.close()
+        return waiting
+
+
+def clean_local_vhost(data_dir: str) -> str:
+    """After the local mesh stopped: delete its vhost when no message waits in it, else keep it for the next
+    `finmesh up --events rabbitmq` on this data dir (its undelivered messages are the mesh's state, as the
+    outbox rows in its SQLite files are). Returns what it did, for the operator."""
+    vhost = local_vhost(data_dir)
+    url = str(URL(amqp_url()).with_path("/" + vhost))
+    try:
+        waiting = asyncio.run(_waiting(url))
+    except (OSError, aiormq.exceptions.AMQPError) as error:
+        return f"kept vhost {vhost} (could not count its messages: {type(error).__name__})"
+    if waiting:
+        return f"kept vhost {vhost}: {waiting} message(s) wait in it for the next `finmesh up --events rabbitmq`"
+    delete_vhost(vhost)
+    return f"deleted vhost {vhost} (nothing waited in it)"

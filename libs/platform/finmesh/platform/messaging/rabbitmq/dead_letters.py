@@ -64,7 +64,7 @@ async def list_dead_letters(broker: Broker, consumer: str, *, limit: int = 100) 
     try:
         channel = await connection.channel()
         queue = await channel.declare_queue(broker.dead_letter_queue(consumer), passive=True)
-        found = []
+        found: list[DeadLetter] = []
         while len(found) < limit:
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
