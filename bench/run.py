@@ -15,6 +15,7 @@ BENCHMARKS = [
     "bench.risk",
     "bench.mesh",
     "bench.metrics",
+    "bench.events",
 ]
 
 
