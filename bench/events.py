@@ -180,8 +180,8 @@ async def mesh_phase(args: argparse.Namespace, vhost: str) -> None:
             for name in names[i % len(names) :] + names[: i % len(names)]:
                 await settle()
                 result = await closed_round(targets[name], args.concurrency, args.seconds, 1.0)
-                rates[name].append(result.throughput())
-                print(f"  round {i + 1} {name:<11} {result.throughput():7.0f} payments/s", flush=True)
+                rates[name].append(result.throughput)
+                print(f"  round {i + 1} {name:<11} {result.throughput:7.0f} payments/s", flush=True)
     finally:
         for m in meshes.values():
             await m.stop()

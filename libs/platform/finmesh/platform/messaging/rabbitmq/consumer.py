@@ -121,10 +121,7 @@ class EventConsumer:
                 first = await _next(inbox, lost)
                 if first is None:
                     break
-                batch = [first]
-                while not inbox.empty() and len(batch) < self.broker.prefetch:
-                    batch.append(inbox.get_nowait())
-                await self._process(channel, batch, lost)
+                await self._process(channel, await _gather(first, inbox, self.broker.prefetch), lost)
             raise ConnectionError("connection to the broker lost")
         finally:
             with contextlib.suppress(Exception):
@@ -146,6 +143,12 @@ class EventConsumer:
             outcomes = await self._outcomes([event for _, event in decoded], lost)
         if outcomes is None:
             return  # the connection went while the database was down: the broker delivers them again
+        if all(outcome.taken for outcome in outcomes):
+            # One frame for the batch: every earlier delivery on this channel is settled already (acked, dead-
+            # lettered or requeued in an earlier batch); later ones wait in the inbox with higher tags.
+            await max(decoded, key=lambda pair: pair[0].delivery_tag or 0)[0].ack(multiple=True)
+            self.acked += len(decoded)
+            return
         for (message, _), outcome in zip(decoded, outcomes, strict=True):
             if outcome.taken:
                 await message.ack()
@@ -228,6 +231,24 @@ def _queue_of(message: AbstractIncomingMessage, broker: Broker, consumer: str) -
     """The partition queue a message came from: its routing key starts with the partition number."""
     partition = (message.routing_key or "0").split(".", 1)[0]
     return broker.queue(consumer, int(partition) if partition.isdigit() else 0)
+
+
+async def _gather(
+    first: AbstractIncomingMessage, inbox: asyncio.Queue[AbstractIncomingMessage], most: int
+) -> list[AbstractIncomingMessage]:
+    """`first` and what arrives right behind it: a burst comes in one frame after another, each handed over by
+    a task of its own, so a batch taken at the first message would hold one or two and cost a transaction each.
+    Lets the loop run while the inbox still grows (never waits on an idle broker)."""
+    batch = [first]
+    while len(batch) < most:
+        while not inbox.empty() and len(batch) < most:
+            batch.append(inbox.get_nowait())
+        await asyncio.sleep(0)
+        if inbox.empty():
+            await asyncio.sleep(0)
+            if inbox.empty():
+                break
+    return batch
 
 
 async def _next(inbox: asyncio.Queue[AbstractIncomingMessage], lost: asyncio.Event) -> AbstractIncomingMessage | None:
