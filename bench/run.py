@@ -16,6 +16,7 @@ BENCHMARKS = [
     "bench.mesh",
     "bench.metrics",
     "bench.ratelimit",
+    "bench.events",
 ]
 
 

@@ -106,6 +106,33 @@ class ServiceSettings(BaseSettings):
     # probe (it cannot present a client certificate); 0 = off.
     health_port: int = Field(default=0, ge=0, le=65535)
 
+    # Events between services (finmesh.platform.messaging): "grpc" (the default, no broker) has each producer's
+    # outbox relay call notify's DeliverEvents; "rabbitmq" has it publish to a topic exchange per producer
+    # (finmesh.platform.messaging.rabbitmq), where each consumer has its own queue. Both ends read these.
+    events_transport: Literal["grpc", "rabbitmq"] = "grpc"
+    # amqp://user:password@host:5672/vhost (amqps:// for TLS). Carries the credentials: from a Secret, never
+    # logged (finmesh.platform.messaging.rabbitmq.topology.redacted shows it without them).
+    rabbitmq_url: SecretStr = SecretStr("")
+    # When set, the virtual host to use instead of the URL's (`finmesh up --events rabbitmq` and the tests give
+    # each mesh its own).
+    rabbitmq_vhost: str = ""
+    # Exchanges are <prefix>.<producer>.events, queues <prefix>.<consumer>.<partition>.
+    events_exchange_prefix: str = Field(default="finmesh", pattern=r"^[a-z][a-z0-9_-]{0,30}$")
+    # Queues per consumer (single active consumer each); an aggregate's events always go to the same one, so
+    # replicas share the work and order per aggregate holds. Producers and consumers must agree on it.
+    events_partitions: int = Field(default=1, ge=1, le=64)
+    # A consumer's deliveries of one message before it goes to the dead letters (quorum x-delivery-limit).
+    events_max_deliveries: int = Field(default=5, ge=1, le=1000)
+    # Unacknowledged messages a consumer holds at once (its largest batch).
+    events_prefetch: int = Field(default=200, ge=1, le=5000)
+
+    @model_validator(mode="after")
+    def _broker_named(self) -> ServiceSettings:
+        # Fail at start, not at the first event: a rabbitmq transport without a broker would fill the outbox.
+        if self.events_transport == "rabbitmq" and not self.rabbitmq_url.get_secret_value():
+            raise ValueError("FINMESH_EVENTS_TRANSPORT=rabbitmq needs FINMESH_RABBITMQ_URL (amqp://user:pass@host/)")
+        return self
+
     @model_validator(mode="after")
     def _redis_backend_needs_an_address(self) -> ServiceSettings:
         if self.rate_limit_backend == "redis" and not self.redis_url.get_secret_value():

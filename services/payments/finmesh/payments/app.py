@@ -23,7 +23,7 @@ from finmesh.payments.usecases.ledger_writer import LedgerWriter
 from finmesh.payments.usecases.sweeper import PendingOperationSweeper
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
+from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, EventSink, event_sink_for
 from finmesh.platform.messaging.relay import OutboxRelay, RelayPolicy
 from finmesh.platform.observability.metrics import sample_every
 from finmesh.platform.rpc.channels import open_channel
@@ -49,6 +49,7 @@ class PaymentsApp:
     write_thread: SqliteWriteThread | None = None
     risk: RiskClient | None = None
     probes: list[asyncio.Task[None]] = field(default_factory=list)
+    sink: EventSink | None = None
 
     async def start(self) -> None:
         await self.writer.prepare()
@@ -76,6 +77,8 @@ class PaymentsApp:
         await self.sweeper.stop()
         await self.writer.stop()
         await self.relay.stop()
+        if self.sink is not None:
+            await self.sink.close()
         if self.write_thread is not None:
             await self.write_thread.close()
         if self.risk is not None:
@@ -102,15 +105,18 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
     notify_channel = open_channel(settings.notify_target, settings, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS)
     # On an SQLite file the ledger writer's and the relay's transactions run on one thread of their own.
     write_thread = write_thread_for(engine, "payments-sqlite-writer")
+    # Notify's DeliverEvents, or the broker (FINMESH_EVENTS_TRANSPORT).
+    sink = event_sink_for(settings, "payments", notify_channel)
     relay = OutboxRelay(
         engine,
         outbox,
         "payments",
-        NotifyEventSink(notify_channel).deliver,
+        sink.deliver,
         RelayPolicy(
             lease_seconds=settings.outbox_lease_seconds, metrics_sample_seconds=settings.metrics_sample_seconds
         ),
         thread=write_thread,
+        consumer=sink.name,
     )
     writer = LedgerWriter(
         engine,
@@ -160,4 +166,5 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
         [risk_channel, notify_channel],
         write_thread,
         risk,
+        sink=sink,
     )
