@@ -66,9 +66,11 @@ THRESHOLDS = Thresholds(
     latency_slack_seconds=0.5,
     min_call_rate=0.2,
     failure_limit=0,
-    inconclusive_limit=3,
+    # The candidate's series start at its first calls, up to 1.1 x max connection age after the step, and
+    # rate() needs two scrapes: the first measurements of a step have no data (Argo's initialDelay).
+    inconclusive_limit=6,
 )
-ANALYSIS = 6.0  # seconds of each analysis step
+ANALYSIS = 8.0  # seconds of each analysis step
 CANARY_STEPS: list[Step] = [
     SetWeight(10),
     Analysis(ANALYSIS),
@@ -214,11 +216,13 @@ async def test_canary_drill(tmp_path: Path) -> None:
         a_start = time.monotonic()
         good = await asyncio.to_thread(controller.start, "payments", "2", "canary", CANARY_STEPS)
         a_end = time.monotonic()
+        assert good.phase == "Healthy", (good.message, lines[-30:])
 
         # (b) a bad version, canary: aborted at the first analysis.
         b_start = time.monotonic()
         bad = await asyncio.to_thread(controller.start, "payments", "3", "canary", CANARY_STEPS)
         b_end = time.monotonic()
+        assert bad.phase == "Degraded" and "error_rate" in bad.message, (bad.phase, bad.message, lines[-30:])
         bad_step = _at(backend, "set_weight", "payments", "blue", "10", after=b_start)
         bad_abort = _at(backend, "set_active", "payments", "green", after=bad_step)
         # The abort is done when the bad version has drained and exited: until then connections pinned to it

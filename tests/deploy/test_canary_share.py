@@ -36,7 +36,15 @@ STEPS = (10, 25, 50)
 MAX_AGE = 2  # FINMESH_MAX_CONNECTION_AGE_SECONDS
 CLIENTS, RATE = 64, 128.0  # client connections, reads per second (2 per connection and second)
 WINDOW = 6.0  # seconds each share is measured over, as a PromQL rate() window would
-TOLERANCE = 0.05  # ±5 points
+TOLERANCE = 0.05  # ±5 points: what the docs' figures quote
+# A window sees only about CLIENTS x (WINDOW / MAX_AGE + 1) picks (256 here), not the step's hundreds: the
+# share of one window strays from the step's picks by sigma = sqrt(w (1 - w) / 256), 2.7 points at 25 %, so
+# ±5 points is under 2 sigma and fails one run in twenty on noise alone. The test holds each window to 3 sigma.
+WINDOW_PICKS = CLIENTS * (WINDOW / MAX_AGE + 1)
+
+
+def window_tolerance(weight: float) -> float:
+    return max(TOLERANCE, 3 * math.sqrt(weight * (1 - weight) / WINDOW_PICKS))
 # grpc-core jitters max connection age by ±10 %; a pinned connection then moves at its next call.
 TRANSITION = 1.1 * MAX_AGE + 2 * CLIENTS / RATE
 HOLD = TRANSITION + WINDOW + 2.5
@@ -133,6 +141,9 @@ async def test_canary_share_follows_each_step_within_the_bound(tmp_path: Path) -
             "share of new connections": round(picked, 3),
             "4 sigma of that share": round(4 * math.sqrt(weight / 100 * (1 - weight / 100) / len(picks)), 3),
             "share within ±5 points of the picks (and staying) after": settle_time(series, at, picked, TOLERANCE),
+            "share within 3 sigma of a window's picks (and staying) after": settle_time(
+                series, at, picked, window_tolerance(weight / 100)
+            ),
             "share within ±5 points of the weight (and staying) after": settle_time(
                 series, at, weight / 100, TOLERANCE
             ),
@@ -147,7 +158,7 @@ async def test_canary_share_follows_each_step_within_the_bound(tmp_path: Path) -
         # What max connection age bounds: how long a connection stays where the previous weights sent it.
         assert step["last pinned connection gone after"] <= TRANSITION + 0.5, (weight, step)
         # Then the share of calls follows the routing within the window (+ margin).
-        settled = step["share within ±5 points of the picks (and staying) after"]
+        settled = step["share within 3 sigma of a window's picks (and staying) after"]
         assert settled is not None and settled <= TRANSITION + WINDOW + 1.5, (
             weight,
             step,

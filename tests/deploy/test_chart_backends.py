@@ -14,7 +14,7 @@ import pytest
 
 from tests.deploy.test_helm_chart import EXPECTED_CALLERS, SERVICES, _container, base_name, env_of, objects
 
-BACKEND_SECRET_ENV = {"FINMESH_REDIS_URL", "FINMESH_REDIS_PASSWORD", "FINMESH_EVENTS_RABBITMQ_URL"}
+BACKEND_SECRET_ENV = {"FINMESH_REDIS_URL", "FINMESH_REDIS_PASSWORD", "FINMESH_RABBITMQ_URL"}
 
 
 def _deployments(docs: tuple[dict[str, Any], ...], name: str) -> list[dict[str, Any]]:
@@ -26,7 +26,7 @@ def test_defaults_need_no_redis_and_no_broker(helm: Any) -> None:
     for name in SERVICES:
         data = objects(docs, "ConfigMap")[f"{base_name(name)}-config"]["data"]
         assert (data["FINMESH_RATE_LIMIT_BACKEND"], data["FINMESH_EVENTS_TRANSPORT"]) == ("local", "grpc")
-        assert not [key for key in data if key.startswith(("FINMESH_REDIS_", "FINMESH_EVENTS_RABBITMQ_"))]
+        assert not [key for key in data if key.startswith(("FINMESH_REDIS_", "FINMESH_RABBITMQ_", "FINMESH_EVENTS_EXCHANGE_"))]
         for deployment in _deployments(docs, name):
             assert not BACKEND_SECRET_ENV & set(env_of(_container(deployment)))
     assert not [p for p in objects(docs, "NetworkPolicy") if p.endswith("-egress")]
@@ -42,13 +42,13 @@ def test_redis_and_broker_settings_with_credentials_from_secrets(helm: Any, monk
         assert data["FINMESH_REDIS_URL"] == "rediss://redis-master.cache.svc.cluster.local:6380/0"
         assert data["FINMESH_REDIS_KEY_PREFIX"] == "prod:ratelimit:"
         assert data["FINMESH_EVENTS_TRANSPORT"] == "rabbitmq"
-        assert data["FINMESH_EVENTS_RABBITMQ_VHOST"] == "finmesh"
-        assert data["FINMESH_EVENTS_RABBITMQ_EXCHANGE_PREFIX"] == "finmesh.events"
-        assert "FINMESH_EVENTS_RABBITMQ_URL" not in data and "FINMESH_REDIS_PASSWORD" not in data
+        assert data["FINMESH_RABBITMQ_VHOST"] == "finmesh"
+        assert data["FINMESH_EVENTS_EXCHANGE_PREFIX"] == "finmesh-events"
+        assert "FINMESH_RABBITMQ_URL" not in data and "FINMESH_REDIS_PASSWORD" not in data
         for deployment in _deployments(docs, name):
             env = env_of(_container(deployment))
             assert env["FINMESH_REDIS_PASSWORD"] == {"secretKeyRef": {"name": "finmesh-redis", "key": "password"}}
-            assert env["FINMESH_EVENTS_RABBITMQ_URL"] == {
+            assert env["FINMESH_RABBITMQ_URL"] == {
                 "secretKeyRef": {"name": "finmesh-rabbitmq", "key": "amqp-url"}
             }
             assert "FINMESH_REDIS_URL" not in env  # the plain URL comes from the ConfigMap
@@ -58,7 +58,13 @@ def test_redis_and_broker_settings_with_credentials_from_secrets(helm: Any, monk
                 if key.startswith("FINMESH_"):
                     patch.setenv(key, value)
             patch.setenv("FINMESH_REDIS_PASSWORD", "from-the-secret")
+            patch.setenv("FINMESH_RABBITMQ_URL", "amqps://finmesh:from-the-secret@broker:5671/")
             settings = ServiceSettings()
+        assert (settings.events_transport, settings.rabbitmq_vhost, settings.events_exchange_prefix) == (
+            "rabbitmq",
+            "finmesh",
+            "finmesh-events",
+        )
         assert settings.rate_limit_backend == "redis"
         assert settings.redis_url.get_secret_value().startswith("rediss://")
         assert (settings.redis_timeout_seconds, settings.redis_key_prefix) == (0.01, "prod:ratelimit:")

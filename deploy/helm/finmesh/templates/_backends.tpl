@@ -12,9 +12,9 @@ redisPassword: FINMESH_REDIS_PASSWORD
 redisKeyPrefix: FINMESH_REDIS_KEY_PREFIX
 redisTimeout: FINMESH_REDIS_TIMEOUT_SECONDS
 eventsTransport: FINMESH_EVENTS_TRANSPORT
-rabbitmqUrl: FINMESH_EVENTS_RABBITMQ_URL
-rabbitmqVhost: FINMESH_EVENTS_RABBITMQ_VHOST
-rabbitmqExchangePrefix: FINMESH_EVENTS_RABBITMQ_EXCHANGE_PREFIX
+rabbitmqUrl: FINMESH_RABBITMQ_URL
+rabbitmqVhost: FINMESH_RABBITMQ_VHOST
+rabbitmqExchangePrefix: FINMESH_EVENTS_EXCHANGE_PREFIX
 {{- end -}}
 
 {{/* The ConfigMap entries of the backends (a dict, merged into finmesh.configData). */}}
