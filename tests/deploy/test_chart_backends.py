@@ -26,7 +26,8 @@ def test_defaults_need_no_redis_and_no_broker(helm: Any) -> None:
     for name in SERVICES:
         data = objects(docs, "ConfigMap")[f"{base_name(name)}-config"]["data"]
         assert (data["FINMESH_RATE_LIMIT_BACKEND"], data["FINMESH_EVENTS_TRANSPORT"]) == ("local", "grpc")
-        assert not [key for key in data if key.startswith(("FINMESH_REDIS_", "FINMESH_RABBITMQ_", "FINMESH_EVENTS_EXCHANGE_"))]
+        backend_keys = ("FINMESH_REDIS_", "FINMESH_RABBITMQ_", "FINMESH_EVENTS_EXCHANGE_")
+        assert not [key for key in data if key.startswith(backend_keys)]
         for deployment in _deployments(docs, name):
             assert not BACKEND_SECRET_ENV & set(env_of(_container(deployment)))
     assert not [p for p in objects(docs, "NetworkPolicy") if p.endswith("-egress")]
