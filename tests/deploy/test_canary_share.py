@@ -45,6 +45,8 @@ WINDOW_PICKS = CLIENTS * (WINDOW / MAX_AGE + 1)
 
 def window_tolerance(weight: float) -> float:
     return max(TOLERANCE, 3 * math.sqrt(weight * (1 - weight) / WINDOW_PICKS))
+
+
 # grpc-core jitters max connection age by ±10 %; a pinned connection then moves at its next call.
 TRANSITION = 1.1 * MAX_AGE + 2 * CLIENTS / RATE
 HOLD = TRANSITION + WINDOW + 2.5

@@ -49,9 +49,7 @@ def test_redis_and_broker_settings_with_credentials_from_secrets(helm: Any, monk
         for deployment in _deployments(docs, name):
             env = env_of(_container(deployment))
             assert env["FINMESH_REDIS_PASSWORD"] == {"secretKeyRef": {"name": "finmesh-redis", "key": "password"}}
-            assert env["FINMESH_RABBITMQ_URL"] == {
-                "secretKeyRef": {"name": "finmesh-rabbitmq", "key": "amqp-url"}
-            }
+            assert env["FINMESH_RABBITMQ_URL"] == {"secretKeyRef": {"name": "finmesh-rabbitmq", "key": "amqp-url"}}
             assert "FINMESH_REDIS_URL" not in env  # the plain URL comes from the ConfigMap
         # The services read these names (a misspelt one would leave the limiter local, silently).
         with monkeypatch.context() as patch:
