@@ -1,5 +1,7 @@
 """Where outbox relays hand events: notify's DeliverEvents, a round's events per call (DeliverEvent, one per
-call, for an older notify). Both are idempotent on event id, so retried."""
+call, for an older notify); any other consumer's finmesh.common.v1.EventIntakeService/DeliverEvents (the one
+contract every consumer but notify serves, so a producer needs no code per consumer). All are idempotent on
+event id, so retried."""
 
 from __future__ import annotations
 
@@ -7,10 +9,14 @@ from collections.abc import Sequence
 
 import grpc
 
+from finmesh.common.v1 import event_intake_pb2 as intake_pb
+from finmesh.common.v1 import event_intake_pb2_grpc as intake_grpc
 from finmesh.common.v1 import event_pb2
 from finmesh.notify.v1 import notify_service_pb2 as notify_pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as notify_grpc
-from finmesh.platform.messaging.relay import BatchOutcome, BatchUnsupported, SinkUnavailable
+from finmesh.platform.messaging.relay import BatchOutcome, BatchUnsupported, EventRefused, SinkUnavailable
+
+INTAKE_IDEMPOTENT_METHODS = [("finmesh.common.v1.EventIntakeService", "DeliverEvents")]
 
 NOTIFY_IDEMPOTENT_METHODS = [
     ("finmesh.notify.v1.NotifyService", "DeliverEvent"),
@@ -57,3 +63,44 @@ def _outcome(result: notify_pb.EventResult) -> BatchOutcome:
         return BatchOutcome(taken=False, deferred=True)
     reasons = "; ".join(f"{v.field}: {v.description}" for v in result.field_violations)
     return BatchOutcome(taken=False, error=f"notify refused {result.event_id}: {reasons or 'no reason given'}")
+
+
+_INTAKE_TAKEN = (intake_pb.EVENT_OUTCOME_DELIVERED, intake_pb.EVENT_OUTCOME_DUPLICATE)
+# Besides down or shedding load: a consumer from before it served the intake (a rollout that reaches the
+# producers first) answers UNIMPLEMENTED. Its events wait, probed with backoff, instead of each failing its
+# way to the dead letters.
+_INTAKE_NOT_READY = (*_SINK_DOWN, grpc.StatusCode.UNIMPLEMENTED)
+
+
+class IntakeEventSink:
+    """A consumer serving finmesh.common.v1.EventIntakeService (risk, and any consumer added later)."""
+
+    def __init__(self, channel: grpc.aio.Channel, consumer: str, timeout: float = 5.0) -> None:
+        self._stub = intake_grpc.EventIntakeServiceStub(channel)
+        self._consumer = consumer
+        self._timeout = timeout
+
+    async def deliver(self, event: event_pb2.Event) -> None:
+        """One event: a batch of one (the relay prefers deliver_batch, and probes a down consumer with this)."""
+        [outcome] = await self.deliver_batch([event])
+        if not outcome.taken:
+            raise EventRefused(outcome.error or f"{self._consumer} deferred {event.event_id}")
+
+    async def deliver_batch(self, events: Sequence[event_pb2.Event]) -> list[BatchOutcome]:
+        try:
+            reply = await self._stub.DeliverEvents(intake_pb.DeliverEventsRequest(events=events), timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _INTAKE_NOT_READY:
+                raise SinkUnavailable(f"{self._consumer} {error.code().name}") from error
+            raise
+        return [self._outcome(result) for result in reply.results]
+
+    def _outcome(self, result: intake_pb.EventResult) -> BatchOutcome:
+        if result.outcome in _INTAKE_TAKEN:
+            return BatchOutcome(taken=True)
+        if result.outcome == intake_pb.EVENT_OUTCOME_DEFERRED:
+            return BatchOutcome(taken=False, deferred=True)
+        reasons = "; ".join(f"{v.field}: {v.description}" for v in result.field_violations)
+        return BatchOutcome(
+            taken=False, error=f"{self._consumer} refused {result.event_id}: {reasons or 'no reason given'}"
+        )
