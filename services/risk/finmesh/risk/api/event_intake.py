@@ -8,6 +8,7 @@ request order.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -29,31 +30,36 @@ class EventIntakeServicer(pb_grpc.EventIntakeServiceServicer):
 
     async def DeliverEvents(self, request: pb.DeliverEventsRequest, context: grpc.aio.ServicerContext) -> Any:
         event_intake.check_batch(request)
-        results = event_intake.refusals(request.events)
-        taken: list[tuple[int, IncomingEvent]] = []
-        stopped: set[tuple[str, str]] = set()
-        for i, event in enumerate(request.events):
-            if i in results:
-                continue
-            aggregate = (event.source, event.aggregate_id)
-            if aggregate in stopped:
-                results[i] = event_intake.deferred(event)
-                continue
-            change = read(event.event_type, event.user_id, _flat(event))
-            if isinstance(change, Problem):
-                stopped.add(aggregate)
-                results[i] = event_intake.refused(
-                    event, [FieldViolation(f"events[{i}].{change.field}", change.description)]
-                )
-                continue
-            taken.append((i, IncomingEvent(_envelope(event), change)))
-        duplicates = await self._intake.deliver_batch([e for _, e in taken]) if taken else []
-        for (i, _), duplicate in zip(taken, duplicates, strict=True):
-            results[i] = pb.EventResult(
-                event_id=request.events[i].event_id,
-                outcome=pb.EVENT_OUTCOME_DUPLICATE if duplicate else pb.EVENT_OUTCOME_DELIVERED,
+        return pb.DeliverEventsResponse(results=await take_events(self._intake, request.events))
+
+
+async def take_events(intake: UserEventIntake, events: Sequence[event_pb2.Event]) -> list[pb.EventResult]:
+    """One result per event, in order: what DeliverEvents answers (and what a broker consumer would ack)."""
+    results = event_intake.refusals(events)
+    taken: list[tuple[int, IncomingEvent]] = []
+    stopped: set[tuple[str, str]] = set()
+    for i, event in enumerate(events):
+        if i in results:
+            continue
+        aggregate = (event.source, event.aggregate_id)
+        if aggregate in stopped:
+            results[i] = event_intake.deferred(event)
+            continue
+        change = read(event.event_type, event.user_id, _flat(event))
+        if isinstance(change, Problem):
+            stopped.add(aggregate)
+            results[i] = event_intake.refused(
+                event, [FieldViolation(f"events[{i}].{change.field}", change.description)]
             )
-        return pb.DeliverEventsResponse(results=[results[i] for i in range(len(request.events))])
+            continue
+        taken.append((i, IncomingEvent(_envelope(event), change)))
+    duplicates = await intake.deliver_batch([e for _, e in taken]) if taken else []
+    for (i, _), duplicate in zip(taken, duplicates, strict=True):
+        results[i] = pb.EventResult(
+            event_id=events[i].event_id,
+            outcome=pb.EVENT_OUTCOME_DUPLICATE if duplicate else pb.EVENT_OUTCOME_DELIVERED,
+        )
+    return [results[i] for i in range(len(events))]
 
 
 def _envelope(event: event_pb2.Event) -> Taken:
