@@ -128,6 +128,8 @@ class RealMesh:
     tracing: bool
     db: str
     metrics: bool = True
+    # More environment for every service (bench.events: the events transport).
+    extra_env: dict[str, str] = field(default_factory=dict)
     payers: list[Payer] = field(default_factory=list)
     mesh: Mesh | None = None
     replicas: dict[str, list[subprocess.Popen[bytes]]] = field(default_factory=lambda: {"payments": [], "risk": []})
@@ -144,6 +146,7 @@ class RealMesh:
             "FINMESH_TRACING_ENABLED": "true" if self.tracing else "false",
             "FINMESH_METRICS_ENABLED": "true" if self.metrics else "false",
             "FINMESH_RISK_RULES_FILE": str(_velocity_lifted_rules(Path(self._tmp.name))),
+            **self.extra_env,
         }
         self.mesh = Mesh(Path(self._tmp.name), database_urls=self._pg_urls, extra_env=env)
         await asyncio.to_thread(self.mesh.start, 60)

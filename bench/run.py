@@ -15,6 +15,8 @@ BENCHMARKS = [
     "bench.risk",
     "bench.mesh",
     "bench.metrics",
+    "bench.ratelimit",
+    "bench.events",
 ]
 
 

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from finmesh.platform.observability.logs import configure_logging
 from finmesh.platform.observability.telemetry import JsonlSpanExporter, MaskingExporter
 from tests import metrics as test_metrics
+from tests.rabbitmq import events_transport, rabbitmq  # noqa: F401 - fixtures for every suite
 from tests.reliability.secret_scan import scan_tree
 
 PG_HOST = os.environ.get("FINMESH_TEST_PG_HOST", "127.0.0.1")

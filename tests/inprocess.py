@@ -76,6 +76,10 @@ def _common(tmp: Path, issuer: Issuer, name: str, **extra: Any) -> dict[str, Any
     }
 
 
+def _with(common: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    return {**(common or {}), **extra}
+
+
 @asynccontextmanager
 async def running_mesh(
     databases: Any,
@@ -84,8 +88,10 @@ async def running_mesh(
     payments_extra: dict[str, Any] | None = None,
     notify_port: int = 0,
     issuer: Issuer | None = None,
+    common: dict[str, Any] | None = None,
 ) -> AsyncIterator[InProcessMesh]:
-    """Start `names` in dependency order; payments and identity get the others' targets.
+    """Start `names` in dependency order; payments and identity get the others' targets; every service gets
+    `common`'s settings besides (the events transport, say).
 
     Auth is enforced everywhere; `issuer` (one is started when not given) signs the tokens
     and stands in for identity's key and service-token endpoints.
@@ -98,21 +104,21 @@ async def running_mesh(
             targets = {f"{n}_target": s.target for n, s in mesh.services.items()}
             if name == "notify":
                 settings: ServiceSettings = ServiceSettings(
-                    **_common(tmp, mesh.issuer, name, database_url=url, port=notify_port)
+                    **_common(tmp, mesh.issuer, name, **_with(common, database_url=url, port=notify_port))
                 )
                 app = await notify_app.build(settings)
             elif name == "risk":
-                settings = ServiceSettings(**_common(tmp, mesh.issuer, name, database_url=url))
+                settings = ServiceSettings(**_common(tmp, mesh.issuer, name, **_with(common, database_url=url)))
                 app = await risk_app.build(settings)
             elif name == "payments":
                 targets.setdefault("notify_target", f"127.0.0.1:{notify_port or 1}")
-                settings = PaymentsSettings(
-                    **_common(tmp, mesh.issuer, name, database_url=url, **targets, **(payments_extra or {}))
-                )
+                extra = _with(common, database_url=url, **targets, **(payments_extra or {}))
+                settings = PaymentsSettings(**_common(tmp, mesh.issuer, name, **extra))
                 app = await payments_app.build(settings)
             else:
                 targets.setdefault("notify_target", f"127.0.0.1:{notify_port or 1}")
-                settings = IdentitySettings(**_common(tmp, mesh.issuer, name, database_url=url, **targets))
+                extra = _with(common, database_url=url, **targets)
+                settings = IdentitySettings(**_common(tmp, mesh.issuer, name, **extra))
                 app = await identity_app.build(settings)
             server = await start_app(app, settings)
             mesh.services[name] = Service(name, app, server, url)

@@ -43,6 +43,7 @@ EXPECTED_SELECTORS: dict[str, dict[str, tuple[str, str | None]]] = {
     "minimal": {"identity": ("blue", None), "payments": ("blue", None), "risk": ("blue", None)},
     "auth-registry-rules": _ALL_BLUE,
     "auth-off": _ALL_BLUE,
+    "shared-backends": _ALL_BLUE,
 }
 
 # Who may connect to whom (the callers in values.yaml: services.<caller>.calls).

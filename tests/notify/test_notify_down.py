@@ -1,4 +1,8 @@
-"""Notify down while payments keep working: when it returns, every event arrives exactly once, in order."""
+"""Notify down while payments keep working: when it returns, every event arrives exactly once, in order.
+
+On both events transports: with the gRPC relay the events wait in payments' outbox, with RabbitMQ in notify's
+queue on the broker (the outbox hands them over at once).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import MetaData, select
 
 from finmesh.common.v1 import money_pb2
+from finmesh.notify.api.events_consumer import BINDINGS
 from finmesh.notify.store.schema import notifications, received_events
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
@@ -17,6 +22,7 @@ from finmesh.platform.messaging.outbox import outbox_table
 from finmesh.platform.storage.db import create_engine
 from tests.inprocess import running_mesh
 from tests.notify.conftest import eventually, free_port, running_notify
+from tests.rabbitmq import Vhost
 
 
 def key() -> str:
@@ -32,10 +38,18 @@ async def rows(url: str, query) -> list:  # type: ignore[no-untyped-def]
         await engine.dispose()
 
 
-async def test_notify_down_then_back_every_event_once_in_order_per_account(databases, tmp_path: Path) -> None:
+async def test_notify_down_then_back_every_event_once_in_order_per_account(
+    databases, tmp_path: Path, events_transport: Vhost | None
+) -> None:
     """Payments succeed with notify unreachable; once notify starts on its port the backlog drains exactly once."""
     port = free_port()
-    async with running_mesh(databases, tmp_path, names=("risk", "payments"), notify_port=port) as mesh:
+    transport = events_transport.settings() if events_transport else {}
+    if events_transport:
+        # Notify's queues exist from its first start in any deployment; this notify has not started yet.
+        await events_transport.declare("notify", BINDINGS)
+    async with running_mesh(
+        databases, tmp_path, names=("risk", "payments"), notify_port=port, common=transport
+    ) as mesh:
         stub = pb_grpc.PaymentsServiceStub(mesh.channel("payments"))
 
         async def wallet(owner: str) -> str:
@@ -77,12 +91,20 @@ async def test_notify_down_then_back_every_event_once_in_order_per_account(datab
         assert all(s == pb.PAYMENT_STATUS_CAPTURED for statuses in results for s in statuses)
         relay = mesh.services["payments"].app.relay
         await asyncio.sleep(0.5)  # the relay keeps probing an absent notify meanwhile
-        backlog = await relay.pending_count()
+        if events_transport:
+            backlog = await events_transport.depth("finmesh.notify.0")
+        else:
+            backlog = await relay.pending_count()
         assert backlog >= 15  # 3 top-ups + 12 payments, none delivered
 
         outbox = outbox_table(MetaData())
-        async with running_notify(databases, tmp_path, port=port, issuer=mesh.issuer) as notify:
+        async with running_notify(databases, tmp_path, port=port, issuer=mesh.issuer, **transport) as notify:
             await eventually(relay.pending_count, lambda pending: pending == 0, timeout=30)
+            await eventually(
+                lambda: rows(notify.database_url, select(received_events.c.event_id)),
+                lambda got: len(got) >= backlog,
+                timeout=30,
+            )
             produced = await rows(
                 mesh.services["payments"].database_url,
                 select(outbox.c.event_id, outbox.c.aggregate_id, outbox.c.sequence, outbox.c.dead, outbox.c.attempts),

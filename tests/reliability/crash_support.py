@@ -75,8 +75,9 @@ class Fleet:
     reconnect to it.
     """
 
-    def __init__(self, data_dir: Path, urls: dict[str, str], issuer: Issuer) -> None:
+    def __init__(self, data_dir: Path, urls: dict[str, str], issuer: Issuer, env: dict[str, str] | None = None) -> None:
         self.mesh = Mesh(data_dir, database_urls=urls, with_fakes=False)
+        self.mesh.extra_env.update(env or {})  # the events transport, say
         self.mesh.extra_env.update(
             {
                 "FINMESH_AUTH_MODE": "enforce",
@@ -508,6 +509,17 @@ async def wait_drained(url: str, timeout: float) -> tuple[float, tuple[int, int]
         counts = await outbox_pending(url)
         if counts[0] == 0 or time.monotonic() - started > timeout:
             return time.monotonic() - started, counts
+        await asyncio.sleep(0.5)
+
+
+async def wait_received(payments_url: str, notify_url: str, timeout: float) -> float:
+    """Seconds until notify has received every event payments' outbox handed over (or `timeout`): on the broker
+    transport the outbox drains into notify's queue, which notify empties after."""
+    started = time.monotonic()
+    while True:
+        outbox, received, _ = await patiently(lambda: _delivery_rows(payments_url, notify_url))
+        if {r.event_id for r in outbox} <= set(received) or time.monotonic() - started > timeout:
+            return time.monotonic() - started
         await asyncio.sleep(0.5)
 
 

@@ -183,10 +183,24 @@ def _assert_policy(policy: str, outcome: Any) -> None:
         assert (outcome.status, list(outcome.risk.reasons)) == (pay_pb.PAYMENT_STATUS_IN_REVIEW, ["RISK_UNAVAILABLE"])
 
 
+async def _warm(stub: pay_grpc.PaymentsServiceStub, attempts: int = 10) -> None:
+    """Pay from wallets of its own until risk approves within the deadline. A cold mesh's first call to risk
+    (payments' service token, the connection, risk's key cache) can outlast the 0.5 s deadline on a busy
+    machine; the test's own wallets must not hold a payment that went to review for that."""
+    payer, payee = await open_wallet(stub, owner(), top_up=attempts * 100), await open_wallet(stub, owner())
+    for _ in range(attempts):
+        outcome, _ = await _timed_pay(stub, payer, payee, key(), minor=100)
+        if getattr(outcome, "status", None) == pay_pb.PAYMENT_STATUS_CAPTURED:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"risk never approved within {DEPENDENCY_DEADLINE}s while healthy: {outcome}")
+
+
 @pytest.mark.parametrize("policy", ["decline", "review"])
 async def test_risk_slowed_then_partitioned_past_the_payment_deadline(tmp_path: Path, policy: str) -> None:
     async with payments_mesh(tmp_path, policy) as mesh:
         stub = mesh.payments
+        await _warm(stub)
         payer = await open_wallet(stub, owner(), top_up=10_000)
         payee = await open_wallet(stub, owner())
         captured, _ = await _timed_pay(stub, payer, payee, key())

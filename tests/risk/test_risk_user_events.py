@@ -47,6 +47,7 @@ from tests.identity.harness import (
     serve_recorder,
     stop_server,
 )
+from tests.rabbitmq import Vhost
 from tests.reliability.tcp_proxy import TcpProxy
 
 RISK_TYPES = {"identity.user.verified.v1", "identity.user.tier_changed.v1", "identity.user.erased.v1"}
@@ -76,9 +77,11 @@ def _service(tmp: Path, name: str, url: str, identity_target: str, **targets: st
 
 
 @asynccontextmanager
-async def _mesh(databases: Any, tmp: Path) -> AsyncIterator[Mesh]:
+async def _mesh(databases: Any, tmp: Path, transport: Vhost | None = None) -> AsyncIterator[Mesh]:
     """Real identity, risk and payments; notify is a recorder (it hands identity the SMS codes). Identity's
-    events reach risk through a proxy the test can take down; its onboarding calls go to risk directly."""
+    events reach risk through a proxy the test can take down (or, with `transport`, through the broker on the
+    test's vhost); its onboarding calls go to risk directly."""
+    broker = transport.settings() if transport is not None else {}
     async with AsyncExitStack() as stack:
         identity_target = f"127.0.0.1:{free_port()}"
         notify = RecordingNotify()
@@ -90,11 +93,13 @@ async def _mesh(databases: Any, tmp: Path) -> AsyncIterator[Mesh]:
         )
         stack.push_async_callback(stop_server, notify_server)
         notify_target = f"127.0.0.1:{notify_server.port}"
-        risk_settings = ServiceSettings(**_service(tmp, "risk", await databases.new("risk"), identity_target))
+        risk_settings = ServiceSettings(**_service(tmp, "risk", await databases.new("risk"), identity_target), **broker)
         risk = await risk_app.build(risk_settings)
         stack.push_async_callback(risk.close)
         risk_server = await start_app(risk, risk_settings)
         stack.push_async_callback(stop_server, risk_server)
+        if risk.events is not None:  # its queues exist before identity publishes
+            await asyncio.wait_for(risk.events.ready.wait(), 15)
         risk_target = f"127.0.0.1:{risk_server.port}"
         proxy = await TcpProxy(risk_server.port).start()
         stack.push_async_callback(lambda: proxy.stop())
@@ -124,6 +129,7 @@ async def _mesh(databases: Any, tmp: Path) -> AsyncIterator[Mesh]:
             events_consumer_targets=f"risk={proxy.target}",
             identity_registry_url=registry.url,
             identity_registry_api_key=registry.api_key,
+            **broker,
         )
         app = await identity_app.build(settings)
         stack.push_async_callback(app.close)
@@ -210,12 +216,13 @@ async def _reasons(mesh: Mesh, payment_id: str) -> tuple[str, set[str]]:
 
 
 async def test_a_verified_users_country_reaches_risk_and_fires_the_geography_rule_through_payments(
-    databases, tmp_path: Path
+    databases, tmp_path: Path, events_transport: Vhost | None
 ) -> None:
-    """Identity verifies a user; its verified event carries the country of residence (CN) to risk. A payment
-    through payments from a US address is scored GEO_MISMATCH; one from CN is not. Erasing the user then
-    reaches risk: their devices and addresses are gone, the erasure recorded."""
-    async with _mesh(databases, tmp_path) as mesh:
+    """Identity verifies a user; its verified event carries the country of residence (CN) to risk, through
+    identity's relay to risk (gRPC) or risk's own queues on identity's exchange (RabbitMQ). A payment through
+    payments from a US address is scored GEO_MISMATCH; one from CN is not. Erasing the user then reaches
+    risk: their devices and addresses are gone, the erasure recorded."""
+    async with _mesh(databases, tmp_path, events_transport) as mesh:
         env = mesh.identity
         payer, payee = new_person(), new_person()
         payer_id, payee_id = await env.onboard(payer), await env.onboard(payee)

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import grpc
+from yarl import URL
 
-from finmesh.cli import audit, token
+from finmesh.cli import audit, broker, token
 from finmesh.cli.mesh import Mesh, load_fakes
 from finmesh.cli.outbox_cmd import add_outbox_parser
 from finmesh.cli.rollout import add_rollout_parser
@@ -31,9 +32,26 @@ def _targets(base_port: int) -> dict[str, str]:
     return {name: f"127.0.0.1:{base_port + i}" for i, name in enumerate(NAMES)}
 
 
+def broker_address(url: str) -> str:
+    """host:port of an AMQP URL: never its credentials."""
+    parsed = URL(url)
+    return f"{parsed.host}:{parsed.port}"
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     mesh = Mesh(Path(args.data_dir), base_port=args.base_port or None)
     print(f"starting finmesh in {mesh.data_dir} (SQLite, spans and logs under it) ...", flush=True)
+    if args.events == "rabbitmq":
+        try:
+            mesh.extra_env.update(broker.local_events_env(args.data_dir))
+        except broker.BrokerAdminError as error:
+            print(f"failed: no vhost for the mesh on RabbitMQ: {error}", file=sys.stderr)
+            return 1
+        print(
+            f"events over RabbitMQ at {broker_address(broker.amqp_url())}, vhost {broker.local_vhost(args.data_dir)} "
+            "(deleted at stop when no message waits in it)",
+            flush=True,
+        )
     try:
         mesh.start()
     except (RuntimeError, TimeoutError) as error:
@@ -70,6 +88,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(gave_up, file=sys.stderr, flush=True)
     codes = mesh.stop()
     print("stopped: " + ", ".join(f"{n}={c}" for n, c in codes.items()), flush=True)
+    if args.events == "rabbitmq":
+        print(broker.clean_local_vhost(args.data_dir), flush=True)
     return 0 if gave_up is None else 1
 
 
@@ -160,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         default=RestartPolicy.first_delay,
         help="seconds before the first restart; doubles with each fast crash in a row, up to "
         f"{RestartPolicy.max_delay:g} (default %(default)s)",
+    )
+    up.add_argument(
+        "--events",
+        choices=("grpc", "rabbitmq"),
+        default="grpc",
+        help="how events travel: grpc (each relay calls notify; no broker) or rabbitmq (the machine's RabbitMQ, "
+        "FINMESH_RABBITMQ_URL or guest on 127.0.0.1:5672, in a vhost of this data dir's own)",
     )
     up.set_defaults(func=cmd_up)
     sub.add_parser("demo", help="run the thin slice against a running mesh").set_defaults(func=cmd_demo)

@@ -52,6 +52,9 @@ change here rolls both colors (a flip of activeColor changes nothing here).
 {{- $_ := set $data "OTEL_EXPORTER_OTLP_ENDPOINT" . -}}
 {{- $_ := set $data "OTEL_EXPORTER_OTLP_PROTOCOL" $root.Values.otel.protocol -}}
 {{- end -}}
+{{- range $key, $value := include "finmesh.backendConfig" . | fromYaml -}}
+{{- $_ := set $data $key (toString $value) -}}
+{{- end -}}
 {{- range $key, $value := $svc.config -}}
 {{- $_ := set $data $key (toString $value) -}}
 {{- end -}}

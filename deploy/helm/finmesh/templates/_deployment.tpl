@@ -112,6 +112,7 @@ spec:
       env:
         {{- include "finmesh.databaseEnv" . | nindent 8 }}
         {{- with include "finmesh.authEnv" . | trim }}{{ . | nindent 8 }}{{ end }}
+        {{- with include "finmesh.backendSecretEnv" . | trim }}{{ . | nindent 8 }}{{ end }}
         - name: K8S_POD_NAME
           valueFrom:
             fieldRef:

@@ -14,6 +14,7 @@ with its AnalysisTemplates (argo, _rollout.tpl).
 {{ include "finmesh.activeService" . }}
 {{ include "finmesh.previewService" . }}
 {{ include "finmesh.networkPolicy" . }}
+{{ include "finmesh.egressPolicy" . }}
 {{ include "finmesh.serviceMonitor" . }}
 {{- if eq .root.Values.rollouts.engine "argo" }}
 {{- $c := dict "root" .root "name" .name "color" "" }}

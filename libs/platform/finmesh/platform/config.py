@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -81,6 +81,22 @@ class ServiceSettings(BaseSettings):
     rate_limit_per_service_burst: int = Field(default=10000, ge=1)
     # Most callers remembered (least recently seen forgotten first): bounds the limiter's memory.
     rate_limit_max_callers: int = Field(default=10_000, ge=1)
+    # Where the buckets live (finmesh.platform.rpc.shared_buckets): "local", in this process (a limit of N is
+    # N per pod), or "redis", in the Redis at redis_url, shared by every replica of both colors. With Redis
+    # slower than redis_timeout_seconds or down, each pod uses its local buckets until a probe (backing off
+    # from 0.1 s to redis_probe_max_seconds) finds Redis again.
+    rate_limit_backend: Literal["local", "redis"] = "local"
+    # redis:// or rediss:// (TLS); it may hold credentials, so it is a secret (never logged). A non-empty
+    # redis_password replaces the URL's password (the chart takes it from a Secret).
+    redis_url: SecretStr = SecretStr("")
+    redis_password: SecretStr = SecretStr("")
+    # Every bucket key starts with it: several meshes (or tests) can share one Redis.
+    redis_key_prefix: str = "finmesh:ratelimit:"
+    # One bucket check may take this long before the pod falls back to its local buckets.
+    redis_timeout_seconds: float = Field(default=0.025, gt=0, le=5)
+    redis_probe_max_seconds: float = Field(default=5.0, gt=0)
+    # Connections per process to Redis; a check waiting longer than the timeout for one falls back too.
+    redis_max_connections: int = Field(default=32, ge=1, le=1000)
     # In-flight calls per server (gRPC answers RESOURCE_EXHAUSTED beyond it, never queues); 0 = no cap.
     max_concurrent_rpcs: int = Field(default=1000, ge=0)
     # PostgreSQL connections per process: the main engine keeps db_pool_size and may open as many again
@@ -96,6 +112,39 @@ class ServiceSettings(BaseSettings):
     # With TLS on, also serve grpc.health.v1 alone in plaintext here, for the kubelet's gRPC
     # probe (it cannot present a client certificate); 0 = off.
     health_port: int = Field(default=0, ge=0, le=65535)
+
+    # Events between services (finmesh.platform.messaging): "grpc" (the default, no broker) has each producer's
+    # outbox relay call notify's DeliverEvents; "rabbitmq" has it publish to a topic exchange per producer
+    # (finmesh.platform.messaging.rabbitmq), where each consumer has its own queue. Both ends read these.
+    events_transport: Literal["grpc", "rabbitmq"] = "grpc"
+    # amqp://user:password@host:5672/vhost (amqps:// for TLS). Carries the credentials: from a Secret, never
+    # logged (finmesh.platform.messaging.rabbitmq.topology.redacted shows it without them).
+    rabbitmq_url: SecretStr = SecretStr("")
+    # When set, the virtual host to use instead of the URL's (`finmesh up --events rabbitmq` and the tests give
+    # each mesh its own).
+    rabbitmq_vhost: str = ""
+    # Exchanges are <prefix>.<producer>.events, queues <prefix>.<consumer>.<partition>.
+    events_exchange_prefix: str = Field(default="finmesh", pattern=r"^[a-z][a-z0-9_-]{0,30}$")
+    # Queues per consumer (single active consumer each); an aggregate's events always go to the same one, so
+    # replicas share the work and order per aggregate holds. Producers and consumers must agree on it.
+    events_partitions: int = Field(default=1, ge=1, le=64)
+    # A consumer's deliveries of one message before it goes to the dead letters (quorum x-delivery-limit).
+    events_max_deliveries: int = Field(default=5, ge=1, le=1000)
+    # Unacknowledged messages a consumer holds at once (its largest batch).
+    events_prefetch: int = Field(default=200, ge=1, le=5000)
+
+    @model_validator(mode="after")
+    def _broker_named(self) -> ServiceSettings:
+        # Fail at start, not at the first event: a rabbitmq transport without a broker would fill the outbox.
+        if self.events_transport == "rabbitmq" and not self.rabbitmq_url.get_secret_value():
+            raise ValueError("FINMESH_EVENTS_TRANSPORT=rabbitmq needs FINMESH_RABBITMQ_URL (amqp://user:pass@host/)")
+        return self
+
+    @model_validator(mode="after")
+    def _redis_backend_needs_an_address(self) -> ServiceSettings:
+        if self.rate_limit_backend == "redis" and not self.redis_url.get_secret_value():
+            raise ValueError("FINMESH_RATE_LIMIT_BACKEND=redis needs FINMESH_REDIS_URL (redis:// or rediss://)")
+        return self
 
     def database_url_for(self, service: str) -> str:
         """The configured URL, or the embedded SQLite default for this service."""

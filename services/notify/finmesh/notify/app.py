@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from finmesh.notify.api import events_consumer
 from finmesh.notify.api.servicer import NotifyServicer
 from finmesh.notify.clients.senders import Sender, Unconfigured
 from finmesh.notify.clients.senders.email import SmtpSender
@@ -30,6 +31,8 @@ from finmesh.notify.usecases.worker import DeliveryWorker
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as pb_grpc
 from finmesh.platform.config import ServiceSettings
+from finmesh.platform.messaging.rabbitmq.consumer import EventConsumer
+from finmesh.platform.messaging.rabbitmq.topology import Broker
 from finmesh.platform.observability.metrics import sample_every
 from finmesh.platform.rpc.guard import to_status
 from finmesh.platform.rpc.server import Registration
@@ -47,10 +50,14 @@ class NotifyApp:
     sla: ComplaintSla
     senders: dict[str, Sender]
     backlog: Backlog
+    # FINMESH_EVENTS_TRANSPORT=rabbitmq: events from the broker (DeliverEvents keeps answering as well).
+    events: EventConsumer | None = None
     _sampler: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
         self.worker.start()
+        if self.events is not None:
+            self.events.start()
         self.sla.start()
         if self.settings.metrics_enabled:
             self._sampler = asyncio.create_task(
@@ -63,6 +70,8 @@ class NotifyApp:
             self._sampler.cancel()
             await asyncio.gather(self._sampler, return_exceptions=True)
             self._sampler = None
+        if self.events is not None:
+            await self.events.stop()
         await self.sla.stop()
         await self.worker.stop()
         for sender in self.senders.values():
@@ -103,8 +112,14 @@ async def build(
     worker = DeliveryWorker(engine, composer, senders, s, clock)
     deps = Deps(engine, IdempotencyStore(engine, idempotency, to_status), composer, s, clock, worker.wake)
     sla = ComplaintSla(deps)
+    intake = EventIntake(deps)
+    events = None
+    if s.events_transport == "rabbitmq":
+        events = EventConsumer(
+            Broker.from_settings(s), "notify", events_consumer.BINDINGS, events_consumer.handler(intake)
+        )
     servicer = NotifyServicer(
-        intake=EventIntake(deps),
+        intake=intake,
         notifications=Notifications(deps),
         consents=Consents(deps),
         webhooks=Webhooks(deps),
@@ -115,4 +130,4 @@ async def build(
     registration = Registration(
         servicer, pb_grpc.add_NotifyServiceServicer_to_server, pb.DESCRIPTOR.services_by_name["NotifyService"]
     )
-    return NotifyApp([registration], engine, s, worker, sla, senders, Backlog(engine, clock, senders))
+    return NotifyApp([registration], engine, s, worker, sla, senders, Backlog(engine, clock, senders), events)

@@ -24,7 +24,7 @@ from finmesh.payments.usecases.sweeper import PendingOperationSweeper
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from finmesh.platform.messaging.consumers import EventRelays, event_relays
-from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS
+from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, EventSink
 from finmesh.platform.messaging.relay import RelayPolicy
 from finmesh.platform.observability.metrics import sample_every
 from finmesh.platform.rpc.channels import open_channel
@@ -50,6 +50,8 @@ class PaymentsApp:
     write_thread: SqliteWriteThread | None = None
     risk: RiskClient | None = None
     probes: list[asyncio.Task[None]] = field(default_factory=list)
+    # The broker's publisher on FINMESH_EVENTS_TRANSPORT=rabbitmq (closed with the relays), for tests to watch.
+    sink: EventSink | None = None
 
     async def start(self) -> None:
         await self.writer.prepare()
@@ -164,4 +166,5 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
         [risk_channel, notify_channel],
         write_thread,
         risk,
+        sink=relay.sinks[0] if relay.sinks else None,
     )

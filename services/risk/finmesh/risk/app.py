@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from finmesh.common.v1 import event_intake_pb2, event_intake_pb2_grpc
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.messaging.consumers import EventRelays, event_relays
+from finmesh.platform.messaging.rabbitmq.consumer import EventConsumer
+from finmesh.platform.messaging.rabbitmq.topology import Broker
 from finmesh.platform.messaging.relay import RelayPolicy
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.rpc.channels import open_channel
@@ -20,6 +22,7 @@ from finmesh.platform.rpc.server import Registration
 from finmesh.platform.storage.db import create_engine, is_sqlite
 from finmesh.platform.storage.idempotency import IdempotencyStore
 from finmesh.platform.storage.migrations import prepare_schema
+from finmesh.risk.api import event_intake
 from finmesh.risk.api.event_intake import EventIntakeServicer
 from finmesh.risk.api.servicer import RiskServicer
 from finmesh.risk.clients.identity import IDENTITY_IDEMPOTENT_METHODS, IdentityClient
@@ -49,6 +52,8 @@ class RiskApp:
     relay: EventRelays | None = None
     responder: EmergencyResponder | None = None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
+    # FINMESH_EVENTS_TRANSPORT=rabbitmq: identity's user events from the broker (DeliverEvents keeps answering).
+    events: EventConsumer | None = None
 
     async def start(self) -> None:
         assessment_metrics.start_series(self.rules.active.rules)
@@ -58,8 +63,12 @@ class RiskApp:
             self.relay.start()
         if self.responder is not None:
             self.responder.start()
+        if self.events is not None:
+            self.events.start()
 
     async def close(self) -> None:
+        if self.events is not None:
+            await self.events.stop()
         if self.responder is not None:
             await self.responder.stop()
         if self.relay is not None:
@@ -139,10 +148,16 @@ async def build(settings: ServiceSettings) -> RiskApp:
     registration = Registration(
         servicer, pb_grpc.add_RiskServiceServicer_to_server, pb.DESCRIPTOR.services_by_name["RiskService"]
     )
-    # Identity's user events (country of residence, tier, erasure), from its outbox relay.
+    # Identity's user events (country of residence, tier, erasure), from its outbox relay or the broker.
+    user_events = UserEventIntake(engine)
+    events = None
+    if config.events_transport == "rabbitmq":
+        events = EventConsumer(
+            Broker.from_settings(config), "risk", event_intake.BINDINGS, event_intake.handler(user_events)
+        )
     intake = Registration(
-        EventIntakeServicer(UserEventIntake(engine)),
+        EventIntakeServicer(user_events),
         event_intake_pb2_grpc.add_EventIntakeServiceServicer_to_server,
         event_intake_pb2.DESCRIPTOR.services_by_name["EventIntakeService"],
     )
-    return RiskApp([registration, intake], engine, rules, writer, relay, responder, channels)
+    return RiskApp([registration, intake], engine, rules, writer, relay, responder, channels, events)

@@ -7,6 +7,10 @@ is served through its own NotifyService contract and takes every event; every ot
 finmesh.common.v1.EventIntakeService. So adding a consumer is configuration at the producers and the intake
 at the consumer: no producer code.
 
+On FINMESH_EVENTS_TRANSPORT=rabbitmq the broker fans out instead: the producer runs one relay, publishing to
+its exchange (finmesh.platform.messaging.rabbitmq), and each consumer binds its own queues to the types it
+takes (its bindings, in the consumer's code or settings); the consumer list here is then not read.
+
 Why a relay per consumer and not one relay calling each: a consumer that is down or slow would hold back
 the others (a relay round waits for its sink), and a retry to one would resend to all. Each relay has its own
 claims, leases, backoff and dead letters (finmesh.platform.messaging.fanout keeps their state).
@@ -30,6 +34,8 @@ from finmesh.platform.messaging.event_sink import (
     NotifyEventSink,
 )
 from finmesh.platform.messaging.fanout import ROW_CONSUMER, FanOut, fanout_tables_of
+from finmesh.platform.messaging.rabbitmq.publisher import RabbitEventSink
+from finmesh.platform.messaging.rabbitmq.topology import Broker
 from finmesh.platform.messaging.relay import OutboxRelay, RelayPolicy
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.storage.sqlite_thread import SqliteWriteThread
@@ -102,6 +108,8 @@ class EventRelays:
     """A producer's relays, one per consumer; started, woken and stopped together."""
 
     relays: list[OutboxRelay] = field(default_factory=list)
+    # The relays' sinks, closed with them (the broker's publisher holds a connection).
+    sinks: list[Any] = field(default_factory=list)
     # The channels opened here for consumers (closed with the relays).
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
@@ -127,6 +135,9 @@ class EventRelays:
     async def stop(self) -> None:
         for relay in self.relays:
             await relay.stop()
+        for sink in self.sinks:
+            await sink.close()
+        self.sinks.clear()
         for channel in self.channels:
             await channel.close()
         self.channels.clear()
@@ -154,6 +165,13 @@ def event_relays(
     """A relay per configured consumer (consumers_of). `known` reuses channels the service already has open
     (notify's, say) instead of opening a second one to the same target."""
     group = EventRelays()
+    if getattr(settings, "events_transport", "grpc") == "rabbitmq":
+        publisher = RabbitEventSink(Broker.from_settings(settings), source)
+        group.sinks.append(publisher)
+        group.relays.append(
+            OutboxRelay(engine, outbox, source, publisher.deliver, policy, thread=thread, consumer=publisher.name)
+        )
+        return group
     call_timeout = timeout if timeout is not None else float(settings.call_timeout_seconds)
     for consumer in consumers_of(settings):
         notify = consumer.name == ROW_CONSUMER

@@ -18,7 +18,14 @@ probes must see a busy server as alive. Overall overload is bounded by the
 server's in-flight cap (grpc `maximum_concurrent_rpcs`, answered
 RESOURCE_EXHAUSTED by gRPC itself), which does count them.
 
-Memory is bounded: at most `max_callers` buckets are kept, least recently
+Each bucket is a caller's for one method (a caller flooding one method keeps
+its budget on the others). They live in this process (FINMESH_RATE_LIMIT_BACKEND
+=local: N per second per pod), or in Redis, shared by every replica of both
+colors (=redis; finmesh.platform.rpc.shared_buckets), with this process's as the
+fallback while Redis is down or slow. The in-flight cap is per pod either way:
+it protects this process's memory and CPU, which no other pod shares.
+
+Memory is bounded: at most `max_callers` local buckets are kept, least recently
 used dropped first. A dropped caller comes back with a full bucket, which only
 errs towards serving.
 """
@@ -40,6 +47,7 @@ from finmesh.platform.config import ServiceSettings
 from finmesh.platform.errors import DomainError, ResourceExhausted
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.rpc.guard import to_status
+from finmesh.platform.rpc.shared_buckets import SharedBuckets
 from finmesh.platform.storage.idempotency import StoredRefusal
 
 _log = get_logger("finmesh.ratelimit")
@@ -112,9 +120,17 @@ def peer_host(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 class RateLimiter:
     """Buckets for users (and peers) and, larger, for finmesh services; wraps each RPC's auth check."""
 
-    def __init__(self, callers: TokenBuckets, services: TokenBuckets, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        callers: TokenBuckets,
+        services: TokenBuckets,
+        clock: Callable[[], float] = time.monotonic,
+        shared: SharedBuckets | None = None,
+    ):
         self.callers = callers
         self.services = services
+        # Redis' buckets when configured; `callers` and `services` are then the fallback.
+        self.shared = shared
         self.refused = 0
         self._clock = clock
         self._logged_at = float("-inf")
@@ -127,15 +143,24 @@ class RateLimiter:
         size = settings.rate_limit_max_callers
         callers = TokenBuckets(settings.rate_limit_per_caller_rps, settings.rate_limit_per_caller_burst, size)
         services = TokenBuckets(settings.rate_limit_per_service_rps, settings.rate_limit_per_service_burst, size)
-        return cls(callers, services)
+        shared = SharedBuckets.from_settings(settings) if settings.rate_limit_backend == "redis" else None
+        limiter = cls(callers, services, shared=shared)
+        _log.info("rate_limits", **(shared.describe() if shared is not None else {"backend": "local"}))
+        return limiter
 
-    def admit(self, principal: Principal | None, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+    async def admit(
+        self, principal: Principal | None, context: grpc.aio.ServicerContext[Any, Any], method: str
+    ) -> None:
         if principal is not None and principal.is_service:
-            key, buckets = principal.subject, self.services
+            kind, caller, buckets = "services", principal.subject, self.services
         else:
-            key = principal.subject if principal is not None else peer_host(context)
-            buckets = self.callers
-        wait = buckets.take(key)
+            caller = principal.subject if principal is not None else peer_host(context)
+            kind, buckets = "callers", self.callers
+        wait = None
+        if self.shared is not None:
+            wait = await self.shared.take(kind, method, caller, buckets.rate, buckets.burst)
+        if wait is None:
+            wait = buckets.take(f"{caller}\0{method}")
         if wait:
             self.refused += 1
             self._log_refusals(method)
@@ -150,7 +175,7 @@ class RateLimiter:
             _log.warning("rpc_rate_limited", method=method, refused_so_far=self.refused)
 
     def guard(self, check: Check | None, full_method: str) -> Check:
-        """The auth check (if any), then one token from the caller's bucket."""
+        """The auth check (if any), then one token from the caller's bucket for this method."""
         method = full_method.lstrip("/")
 
         async def limited(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -158,12 +183,16 @@ class RateLimiter:
                 principal = await check(request, context) if check is not None else None
             except DomainError:
                 # Refused by auth: the caller is not established, its address is.
-                self.admit(None, context, method)
+                await self.admit(None, context, method)
                 raise
-            self.admit(principal, context, method)
+            await self.admit(principal, context, method)
             return principal
 
         return limited
+
+    async def close(self) -> None:
+        if self.shared is not None:
+            await self.shared.close()
 
 
 class LimitedAuthorizer:

@@ -70,6 +70,8 @@ class RunningServer:
             await self.probe_server.stop(0)
         for authorizer in self.authorizers:
             await authorizer.close()
+        if self.limiter is not None:
+            await self.limiter.close()
 
 
 def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:

@@ -39,7 +39,8 @@ class JwksEndpoint:
         app.on_response_prepare.append(_without_server_banner)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_SECONDS)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        # The gRPC server takes "[::]" for an IPv6 address; a socket wants it without the brackets.
+        site = web.TCPSite(runner, host.removeprefix("[").removesuffix("]"), port)
         await site.start()
         self._runner = runner
         self.port = site.port  # the bound one, also when 0 asked for a free port

@@ -3,8 +3,10 @@ the work."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from finmesh.common.v1 import event_pb2
 from finmesh.notify.api import Context, convert, validate
 from finmesh.notify.api.complaints import ComplaintRpcs
 from finmesh.notify.usecases.complaints import Complaints
@@ -52,23 +54,7 @@ class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
 
     async def DeliverEvents(self, request: pb.DeliverEventsRequest, context: Context) -> Any:
         validate.event_batch(request)
-        refused = _refusals(request.events)
-        taken = [convert.incoming_event(e) for i, e in enumerate(request.events) if i not in refused]
-        outcomes = iter(await self._intake.deliver_batch(taken) if taken else [])
-        results = []
-        for i, event in enumerate(request.events):
-            if i in refused:
-                results.append(refused[i])
-                continue
-            outcome = next(outcomes)
-            results.append(
-                pb.EventResult(
-                    event_id=event.event_id,
-                    notification_ids=outcome.notification_ids,
-                    outcome=pb.EVENT_OUTCOME_DUPLICATE if outcome.duplicate else pb.EVENT_OUTCOME_DELIVERED,
-                )
-            )
-        return pb.DeliverEventsResponse(results=results)
+        return pb.DeliverEventsResponse(results=await take_events(self._intake, request.events))
 
     # -- notifications -----------------------------------------------------------------------
 
@@ -192,6 +178,30 @@ class NotifyServicer(ComplaintRpcs, pb_grpc.NotifyServiceServicer):
             notification_id=reply.notification.notification_id,
         )
         return reply
+
+
+async def take_events(intake: EventIntake, events: Sequence[event_pb2.Event]) -> list[pb.EventResult]:
+    """One result per event, in order: the valid ones taken by the intake (deduplicated by event id, one
+    transaction), the invalid ones refused with their violations and their aggregate's later ones deferred.
+    DeliverEvents answers these; on the broker transport the consumer acknowledges by them
+    (finmesh.notify.api.events_consumer)."""
+    refused = _refusals(events)
+    taken = [convert.incoming_event(e) for i, e in enumerate(events) if i not in refused]
+    outcomes = iter(await intake.deliver_batch(taken) if taken else [])
+    results = []
+    for i, event in enumerate(events):
+        if i in refused:
+            results.append(refused[i])
+            continue
+        outcome = next(outcomes)
+        results.append(
+            pb.EventResult(
+                event_id=event.event_id,
+                notification_ids=outcome.notification_ids,
+                outcome=pb.EVENT_OUTCOME_DUPLICATE if outcome.duplicate else pb.EVENT_OUTCOME_DELIVERED,
+            )
+        )
+    return results
 
 
 def _refusals(events: Any) -> dict[int, pb.EventResult]:

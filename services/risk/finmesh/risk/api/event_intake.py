@@ -1,4 +1,5 @@
-"""EventIntakeService servicer (finmesh.common.v1): identity's user events from its outbox relay, into risk.
+"""EventIntakeService servicer (finmesh.common.v1): identity's user events from its outbox relay, into risk; and
+the same intake for the broker's consumer (FINMESH_EVENTS_TRANSPORT=rabbitmq: `BINDINGS`, `handler`).
 
 Envelope checks are the shared contract's (finmesh.platform.rpc.event_intake); then each event's payload is
 read as risk reads it (finmesh.risk.domain.user_events): a payload that is not what its type promises is
@@ -18,10 +19,26 @@ from finmesh.common.v1 import event_intake_pb2 as pb
 from finmesh.common.v1 import event_intake_pb2_grpc as pb_grpc
 from finmesh.common.v1 import event_pb2
 from finmesh.platform.errors import FieldViolation
+from finmesh.platform.messaging.event_sink import intake_outcome_of
+from finmesh.platform.messaging.rabbitmq.consumer import Binding, Handle
+from finmesh.platform.messaging.relay import BatchOutcome
 from finmesh.platform.rpc import event_intake
-from finmesh.risk.domain.user_events import Problem, read
+from finmesh.risk.domain.user_events import ERASED, TIER_CHANGED, VERIFIED, Problem, read
 from finmesh.risk.store.user_profiles import Taken
 from finmesh.risk.usecases.intake import IncomingEvent, UserEventIntake
+
+# FINMESH_EVENTS_TRANSPORT=rabbitmq: risk's queues take these types from identity's exchange (on gRPC,
+# identity's FINMESH_EVENTS_FILTERS names the same three).
+BINDINGS: list[Binding] = [("identity", event_type) for event_type in (VERIFIED, TIER_CHANGED, ERASED)]
+
+
+def handler(intake: UserEventIntake) -> Handle:
+    """The broker consumer's handle: the events judged and taken exactly as a DeliverEvents call's."""
+
+    async def handle(events: Sequence[event_pb2.Event]) -> list[BatchOutcome]:
+        return [intake_outcome_of(result, "risk") for result in await take_events(intake, events)]
+
+    return handle
 
 
 class EventIntakeServicer(pb_grpc.EventIntakeServiceServicer):
