@@ -8,6 +8,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from finmesh.common.v1 import event_intake_pb2
 from finmesh.identity.domain import totp
 from finmesh.identity.v1 import identity_service_pb2
 from finmesh.notify.v1 import notify_service_pb2
@@ -24,6 +25,7 @@ DESCRIPTORS = [
     payments_service_pb2.DESCRIPTOR.services_by_name["PaymentsService"],
     risk_service_pb2.DESCRIPTOR.services_by_name["RiskService"],
     notify_service_pb2.DESCRIPTOR.services_by_name["NotifyService"],
+    event_intake_pb2.DESCRIPTOR.services_by_name["EventIntakeService"],
 ]
 KEY = Ed25519PrivateKey.generate()
 

@@ -115,9 +115,13 @@ def _methods() -> list[MethodDescriptor]:
 METHODS = _methods()
 
 
+# Shared contracts (finmesh.common.v1) and the server of the mesh that serves them.
+_SHARED_HOSTS = {"finmesh.common.v1.EventIntakeService": "risk"}
+
+
 def _short(service_full_name: str) -> str:
     """finmesh.payments.v1.PaymentsService -> payments (the mesh's name for the server hosting it)."""
-    return service_full_name.split(".")[1]
+    return _SHARED_HOSTS.get(service_full_name) or service_full_name.split(".")[1]
 
 
 def _path(method: MethodDescriptor) -> str:

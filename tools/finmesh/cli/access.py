@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from finmesh.common.v1 import event_intake_pb2
 from finmesh.identity.v1 import identity_service_pb2
 from finmesh.notify.v1 import notify_service_pb2
 from finmesh.payments.v1 import payments_service_pb2
@@ -21,6 +22,8 @@ SERVICES: dict[str, Any] = {
     "payments": payments_service_pb2.DESCRIPTOR.services_by_name["PaymentsService"],
     "risk": risk_service_pb2.DESCRIPTOR.services_by_name["RiskService"],
     "notify": notify_service_pb2.DESCRIPTOR.services_by_name["NotifyService"],
+    # The one intake contract every event consumer but notify serves (risk today).
+    "event intake (risk)": event_intake_pb2.DESCRIPTOR.services_by_name["EventIntakeService"],
 }
 
 

@@ -4,6 +4,7 @@ finmesh outbox --service payments stats
 finmesh outbox --service payments list
 finmesh outbox --service payments redrive EVENT_ID [EVENT_ID ...]   (or --all)
 finmesh outbox --database-url postgresql+asyncpg://... purge --older-than-days 30
+finmesh outbox --service identity --consumer risk list       (each consumer has its own dead events)
 
 With FINMESH_EVENTS_TRANSPORT=rabbitmq an event can also die on the far side of the broker, in a consumer's
 dead letters (refused by it, or failing FINMESH_EVENTS_MAX_DELIVERIES times); --broker lists and redrives those,
@@ -27,6 +28,7 @@ from sqlalchemy import MetaData
 
 from finmesh.cli.broker import amqp_url
 from finmesh.platform.config import ServiceSettings
+from finmesh.platform.messaging.fanout import ROW_CONSUMER, fanout_tables
 from finmesh.platform.messaging.outbox import outbox_table
 from finmesh.platform.messaging.outbox_admin import list_dead, outbox_stats, purge_delivered, redrive_dead
 from finmesh.platform.messaging.rabbitmq.dead_letters import list_dead_letters, redrive_dead_letters
@@ -50,7 +52,11 @@ def add_outbox_parser(sub: Any) -> None:
         help="whose outbox (its SQLite file in --data-dir unless --database-url)",
     )
     parser.add_argument("--database-url", default="", help="SQLAlchemy async URL of the service's database")
-    parser.add_argument("--consumer", default="notify", help="with --broker: whose dead letters (its queue name)")
+    parser.add_argument(
+        "--consumer",
+        default=ROW_CONSUMER,
+        help="whose deliveries (stats, list, redrive): notify, risk, ...; with --broker: whose dead letters",
+    )
     actions = parser.add_subparsers(dest="outbox_command", required=True)
     actions.add_parser("stats", help="pending, dead and delivered counts")
     listing = actions.add_parser("list", help="dead events, oldest first")
@@ -99,14 +105,17 @@ async def _run(args: argparse.Namespace) -> int:
     if getattr(args, "broker", False):
         return await _broker(args)
     engine = create_engine(_url(args))
-    table = outbox_table(MetaData())
+    metadata = MetaData()
+    table = outbox_table(metadata)
+    fanout_tables(metadata)
+    consumer = args.consumer
     try:
         if args.outbox_command == "stats":
-            stats = await outbox_stats(engine, table)
+            stats = await outbox_stats(engine, table, consumer=consumer)
             oldest = stats.oldest_pending_at.isoformat() if stats.oldest_pending_at else "-"
             print(f"pending {stats.pending}  dead {stats.dead}  delivered {stats.delivered}  oldest pending {oldest}")
         elif args.outbox_command == "list":
-            dead = await list_dead(engine, table, limit=args.limit, after_id=args.after_id)
+            dead = await list_dead(engine, table, limit=args.limit, after_id=args.after_id, consumer=consumer)
             for e in dead:
                 print(
                     f"{e.id}\t{e.event_id}\t{e.event_type}\t{e.aggregate_id}#{e.sequence}\t"
@@ -117,7 +126,7 @@ async def _run(args: argparse.Namespace) -> int:
             if not args.all and not args.event_ids:
                 print("name event ids, or pass --all", file=sys.stderr)
                 return 2
-            count = await redrive_dead(engine, table, None if args.all else args.event_ids)
+            count = await redrive_dead(engine, table, None if args.all else args.event_ids, consumer=consumer)
             print(f"redriven {count} event(s)")
             if not args.all and count < len(args.event_ids):
                 print("some ids were not dead (or unknown)", file=sys.stderr)

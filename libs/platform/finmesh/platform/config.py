@@ -50,6 +50,13 @@ class ServiceSettings(BaseSettings):
     payments_target: str = ""
     risk_target: str = ""
     notify_target: str = ""
+    # Who gets this service's outbox events (finmesh.platform.messaging.consumers): comma-separated consumer
+    # names, each through its own relay and delivery state; a consumer's target is its <name>_target above,
+    # or an entry of events_consumer_targets ("audit=audit:50060,..."). events_filters narrows the event
+    # types a consumer takes ("risk=identity.user.verified.v1|identity.user.*;audit=*"); notify takes all.
+    events_consumers: str = "notify"
+    events_filters: str = ""
+    events_consumer_targets: str = ""
     # "enforce" (the default): every RPC checks the caller's token against the permission its proto
     # declares (finmesh.platform.auth.access). "off" lets every call through: only for a test or drill that
     # says why it needs it.

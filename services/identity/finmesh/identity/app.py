@@ -1,4 +1,5 @@
-"""Wires the identity service: database, vault, signing keys, clients, servicer, outbox relay to notify."""
+"""Wires the identity service: database, vault, signing keys, clients, servicer, outbox relays to its event consumers
+(notify and risk by default: FINMESH_EVENTS_CONSUMERS)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from finmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from finmesh.platform.auth.access import Authorizer
 from finmesh.platform.auth.keys import KeyCache, TokenVerifier
 from finmesh.platform.auth.service_tokens import mesh_secret
-from finmesh.platform.messaging.event_sink import NotifyEventSink
-from finmesh.platform.messaging.relay import OutboxRelay, RelayPolicy
+from finmesh.platform.messaging.consumers import EventRelays, event_relays
+from finmesh.platform.messaging.relay import RelayPolicy
 from finmesh.platform.rpc.channels import open_channel
 from finmesh.platform.rpc.guard import to_status
 from finmesh.platform.rpc.server import Registration
@@ -38,7 +39,7 @@ from finmesh.platform.storage.migrations import prepare_schema
 class IdentityApp:
     registrations: list[Registration]
     engine: AsyncEngine
-    relay: OutboxRelay
+    relay: EventRelays
     deps: Deps
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     # The JWKS listener (None: FINMESH_JWKS_PORT=-1).
@@ -95,12 +96,15 @@ async def build(settings: IdentitySettings) -> IdentityApp:
         )
         channels.append(risk_channel)
         risk = RiskClient(risk_channel)
-    relay = OutboxRelay(
+    relay = event_relays(
         engine,
         outbox,
         "identity",
-        NotifyEventSink(notify_channel).deliver,
+        settings,
+        lambda target, methods: open_channel(target, settings, idempotent_methods=methods, token_source=tokens),
         RelayPolicy(metrics_sample_seconds=settings.metrics_sample_seconds),
+        timeout=5.0,
+        known={"notify": notify_channel},
     )
     deps = Deps(
         engine=engine,

@@ -14,6 +14,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class IdentitySettings(ServiceSettings):
+    # Identity's user events go to notify (messages) and to risk: the country of residence its geography rule
+    # needs, the tier it keeps in step, and erasure (finmesh.risk.usecases.intake).
+    events_consumers: str = "notify,risk"
+    events_filters: str = "risk=identity.user.verified.v1|identity.user.tier_changed.v1|identity.user.erased.v1"
     # Base64 of 32 random bytes. Production takes it from a Secret (or KMS);
     # left empty, a key is generated once into data_dir for local runs.
     identity_master_key: SecretStr = SecretStr("")

@@ -23,8 +23,9 @@ from finmesh.payments.usecases.ledger_writer import LedgerWriter
 from finmesh.payments.usecases.sweeper import PendingOperationSweeper
 from finmesh.payments.v1 import payments_service_pb2 as pb
 from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, EventSink, event_sink_for
-from finmesh.platform.messaging.relay import OutboxRelay, RelayPolicy
+from finmesh.platform.messaging.consumers import EventRelays, event_relays
+from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, EventSink
+from finmesh.platform.messaging.relay import RelayPolicy
 from finmesh.platform.observability.metrics import sample_every
 from finmesh.platform.rpc.channels import open_channel
 from finmesh.platform.rpc.guard import to_status
@@ -39,7 +40,7 @@ from finmesh.platform.storage.sqlite_thread import SqliteWriteThread, write_thre
 class PaymentsApp:
     settings: PaymentsSettings
     registrations: list[Registration]
-    relay: OutboxRelay
+    relay: EventRelays
     writer: LedgerWriter
     sweeper: PendingOperationSweeper
     engine: AsyncEngine
@@ -49,6 +50,7 @@ class PaymentsApp:
     write_thread: SqliteWriteThread | None = None
     risk: RiskClient | None = None
     probes: list[asyncio.Task[None]] = field(default_factory=list)
+    # The broker's publisher on FINMESH_EVENTS_TRANSPORT=rabbitmq (closed with the relays), for tests to watch.
     sink: EventSink | None = None
 
     async def start(self) -> None:
@@ -77,8 +79,6 @@ class PaymentsApp:
         await self.sweeper.stop()
         await self.writer.stop()
         await self.relay.stop()
-        if self.sink is not None:
-            await self.sink.close()
         if self.write_thread is not None:
             await self.write_thread.close()
         if self.risk is not None:
@@ -105,18 +105,18 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
     notify_channel = open_channel(settings.notify_target, settings, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS)
     # On an SQLite file the ledger writer's and the relay's transactions run on one thread of their own.
     write_thread = write_thread_for(engine, "payments-sqlite-writer")
-    # Notify's DeliverEvents, or the broker (FINMESH_EVENTS_TRANSPORT).
-    sink = event_sink_for(settings, "payments", notify_channel)
-    relay = OutboxRelay(
+    relay = event_relays(
         engine,
         outbox,
         "payments",
-        sink.deliver,
+        settings,
+        lambda target, methods: open_channel(target, settings, idempotent_methods=methods),
         RelayPolicy(
             lease_seconds=settings.outbox_lease_seconds, metrics_sample_seconds=settings.metrics_sample_seconds
         ),
         thread=write_thread,
-        consumer=sink.name,
+        timeout=5.0,
+        known={"notify": notify_channel},
     )
     writer = LedgerWriter(
         engine,
@@ -166,5 +166,5 @@ async def build(settings: PaymentsSettings, tier_source: TierSource | None = Non
         [risk_channel, notify_channel],
         write_thread,
         risk,
-        sink=sink,
+        sink=relay.sinks[0] if relay.sinks else None,
     )

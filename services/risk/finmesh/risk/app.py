@@ -1,5 +1,5 @@
-"""Wires the risk service: database, rules watch, outbox relay to notify, emergency response (freezes through
-payments, tier raises through identity)."""
+"""Wires the risk service: database, rules watch, event intake (identity's user events), outbox relays to its
+consumers (notify), emergency response (freezes through payments, tier raises through identity)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from pathlib import Path
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from finmesh.common.v1 import event_intake_pb2, event_intake_pb2_grpc
 from finmesh.platform.config import ServiceSettings
-from finmesh.platform.messaging.event_sink import NOTIFY_IDEMPOTENT_METHODS, NotifyEventSink
-from finmesh.platform.messaging.relay import OutboxRelay, RelayPolicy
+from finmesh.platform.messaging.consumers import EventRelays, event_relays
+from finmesh.platform.messaging.rabbitmq.consumer import EventConsumer
+from finmesh.platform.messaging.rabbitmq.topology import Broker
+from finmesh.platform.messaging.relay import RelayPolicy
 from finmesh.platform.observability.logs import get_logger
 from finmesh.platform.rpc.channels import open_channel
 from finmesh.platform.rpc.guard import to_status
@@ -19,6 +22,8 @@ from finmesh.platform.rpc.server import Registration
 from finmesh.platform.storage.db import create_engine, is_sqlite
 from finmesh.platform.storage.idempotency import IdempotencyStore
 from finmesh.platform.storage.migrations import prepare_schema
+from finmesh.risk.api import event_intake
+from finmesh.risk.api.event_intake import EventIntakeServicer
 from finmesh.risk.api.servicer import RiskServicer
 from finmesh.risk.clients.identity import IDENTITY_IDEMPOTENT_METHODS, IdentityClient
 from finmesh.risk.clients.payments import PAYMENTS_IDEMPOTENT_METHODS, PaymentsClient
@@ -28,6 +33,7 @@ from finmesh.risk.usecases import assessment_metrics
 from finmesh.risk.usecases.assessment_writer import AssessmentWriter
 from finmesh.risk.usecases.blocklist import BlockList
 from finmesh.risk.usecases.emergency import EmergencyResponder, ResponsePolicy
+from finmesh.risk.usecases.intake import UserEventIntake
 from finmesh.risk.usecases.monitoring import Monitoring
 from finmesh.risk.usecases.onboarding import Onboarding
 from finmesh.risk.usecases.rules import RulesRegistry
@@ -43,9 +49,11 @@ class RiskApp:
     engine: AsyncEngine
     rules: RulesRegistry
     writer: AssessmentWriter
-    relay: OutboxRelay | None = None
+    relay: EventRelays | None = None
     responder: EmergencyResponder | None = None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
+    # FINMESH_EVENTS_TRANSPORT=rabbitmq: identity's user events from the broker (DeliverEvents keeps answering).
+    events: EventConsumer | None = None
 
     async def start(self) -> None:
         assessment_metrics.start_series(self.rules.active.rules)
@@ -55,8 +63,12 @@ class RiskApp:
             self.relay.start()
         if self.responder is not None:
             self.responder.start()
+        if self.events is not None:
+            self.events.start()
 
     async def close(self) -> None:
+        if self.events is not None:
+            await self.events.stop()
         if self.responder is not None:
             await self.responder.stop()
         if self.relay is not None:
@@ -82,19 +94,16 @@ async def build(settings: ServiceSettings) -> RiskApp:
     )
     await rules.load()
     channels: list[grpc.aio.Channel] = []
-    relay = None
-    if config.notify_target:
-        notify = open_channel(config.notify_target, config, idempotent_methods=NOTIFY_IDEMPOTENT_METHODS)
-        channels.append(notify)
-        relay = OutboxRelay(
-            engine,
-            outbox,
-            "risk",
-            NotifyEventSink(notify, config.call_timeout_seconds).deliver,
-            RelayPolicy(metrics_sample_seconds=config.metrics_sample_seconds),
-        )
-    else:
-        _log.warning("operator_alerts_disabled", why="no notify target: alert events wait in the outbox")
+    relay = event_relays(
+        engine,
+        outbox,
+        "risk",
+        config,
+        lambda target, methods: open_channel(target, config, idempotent_methods=methods),
+        RelayPolicy(metrics_sample_seconds=config.metrics_sample_seconds),
+    )
+    if not relay.relays:
+        _log.warning("operator_alerts_disabled", why="no event consumer configured: alert events wait in the outbox")
     responder = None
     if config.payments_target:
         payments = open_channel(config.payments_target, config, idempotent_methods=PAYMENTS_IDEMPOTENT_METHODS)
@@ -139,4 +148,16 @@ async def build(settings: ServiceSettings) -> RiskApp:
     registration = Registration(
         servicer, pb_grpc.add_RiskServiceServicer_to_server, pb.DESCRIPTOR.services_by_name["RiskService"]
     )
-    return RiskApp([registration], engine, rules, writer, relay, responder, channels)
+    # Identity's user events (country of residence, tier, erasure), from its outbox relay or the broker.
+    user_events = UserEventIntake(engine)
+    events = None
+    if config.events_transport == "rabbitmq":
+        events = EventConsumer(
+            Broker.from_settings(config), "risk", event_intake.BINDINGS, event_intake.handler(user_events)
+        )
+    intake = Registration(
+        EventIntakeServicer(user_events),
+        event_intake_pb2_grpc.add_EventIntakeServiceServicer_to_server,
+        event_intake_pb2.DESCRIPTOR.services_by_name["EventIntakeService"],
+    )
+    return RiskApp([registration, intake], engine, rules, writer, relay, responder, channels, events)

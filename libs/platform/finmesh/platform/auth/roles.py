@@ -133,6 +133,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
             "risk.onboarding.assess",  # payments -> risk, identity -> risk
             "notify.event.deliver",
             "notify.notification.send",  # outbox relays, codes and alerts
+            "events.event.deliver",  # outbox relays to every other consumer (EventIntakeService)
             "payments.account.freeze",  # risk's emergency response
             "identity.tier.write",
             "identity.user.read",  # risk re-tiers users on events

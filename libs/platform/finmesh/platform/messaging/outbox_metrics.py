@@ -30,14 +30,29 @@ _parked = _meter.create_gauge(
 
 
 class OutboxSampler:
-    """Reads one outbox's backlog and sets the gauges under `consumer`."""
+    """Reads one outbox's backlog for `consumer` and sets the gauges under its name.
 
-    def __init__(self, table: Table, consumer: str) -> None:
+    Notify's backlog is on the outbox rows themselves; any other consumer's on its rows in `deliveries`
+    (finmesh.platform.messaging.fanout), read through ix_outbox_deliveries_pending the same way."""
+
+    def __init__(self, table: Table, consumer: str, deliveries: Table | None = None) -> None:
         t = self._table = table
         self._attributes = {"consumer": consumer}
-        undelivered = t.c.delivered_at.is_(None)
-        self._counts = select(t.c.dead, func.count()).where(undelivered).group_by(t.c.dead)
-        self._oldest = select(t.c.occurred_at).where(undelivered, t.c.dead.is_(False)).order_by(t.c.id).limit(1)
+        if deliveries is None:
+            undelivered = t.c.delivered_at.is_(None)
+            self._counts = select(t.c.dead, func.count()).where(undelivered).group_by(t.c.dead)
+            self._oldest = select(t.c.occurred_at).where(undelivered, t.c.dead.is_(False)).order_by(t.c.id).limit(1)
+            return
+        d = deliveries
+        undelivered_d = (d.c.consumer == consumer, d.c.delivered_at.is_(None))
+        self._counts = select(d.c.dead, func.count()).where(*undelivered_d).group_by(d.c.dead)
+        self._oldest = (
+            select(t.c.occurred_at)
+            .select_from(d.join(t, t.c.id == d.c.outbox_id))
+            .where(*undelivered_d, d.c.dead.is_(False))
+            .order_by(d.c.outbox_id)
+            .limit(1)
+        )
 
     async def sample(self, conn: Any) -> None:
         """Set the gauges from `conn` (an AsyncConnection, or a write thread's connection)."""

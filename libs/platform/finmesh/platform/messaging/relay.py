@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from finmesh.common.v1 import event_pb2
 from finmesh.platform.backoff import Backoff
 from finmesh.platform.messaging import outbox_metrics
+from finmesh.platform.messaging.fanout import ROW_CONSUMER, FanOut
 from finmesh.platform.messaging.outbox import row_to_event
 from finmesh.platform.messaging.outbox_admin import redrive_dead
 from finmesh.platform.observability.logs import get_logger
@@ -141,25 +142,44 @@ _SENT_COLUMNS = (
 
 class _RelayStatements:
     """A relay's statements, built once per table: building a SELECT with a WHERE clause (and its cache key)
-    costs more CPU than SQLite takes to run it, and every round runs five of them."""
+    costs more CPU than SQLite takes to run it, and every round runs five of them.
 
-    def __init__(self, t: Table, batch_size: int) -> None:
-        live = (t.c.delivered_at.is_(None), t.c.dead.is_(False))
-        due = (*live, t.c.next_attempt_at <= bindparam("now"))
-        earlier = t.alias("earlier")
+    Notify's relay keeps its delivery state on the outbox row itself; any other consumer's relay on its rows
+    in outbox_deliveries (finmesh.platform.messaging.fanout), joined to the outbox for what it sends. The
+    statements are the same but for the table they claim and mark, keyed by the outbox id either way."""
+
+    def __init__(self, t: Table, batch_size: int, fan_out: FanOut | None = None) -> None:
+        s = fan_out.deliveries if fan_out is not None else t
+        key = s.c.outbox_id if fan_out is not None else t.c.id
+        mine = (s.c.consumer == fan_out.consumer,) if fan_out is not None else ()
+        live = (*mine, s.c.delivered_at.is_(None), s.c.dead.is_(False))
+        due = (*live, s.c.next_attempt_at <= bindparam("now"))
+        earlier = s.alias("earlier")
+        same_consumer = (earlier.c.consumer == s.c.consumer,) if fan_out is not None else ()
         is_head = ~exists().where(
-            earlier.c.aggregate_id == t.c.aggregate_id,
-            earlier.c.sequence < t.c.sequence,
+            *same_consumer,
+            earlier.c.aggregate_id == s.c.aggregate_id,
+            earlier.c.sequence < s.c.sequence,
             earlier.c.delivered_at.is_(None),
             earlier.c.dead.is_(False),
         )
-        sent = [t.c[name] for name in _SENT_COLUMNS]
-        aggregates = t.c.aggregate_id.in_(bindparam("aggregates", expanding=True))
-        ids = t.c.id.in_(bindparam("ids", expanding=True))
+        if fan_out is None:
+            sent = [t.c[name] for name in _SENT_COLUMNS]
+            source: Any = t
+        else:
+            sent = [t.c[name] for name in _SENT_COLUMNS if name != "attempts"] + [s.c.attempts]
+            source = s.join(t, t.c.id == s.c.outbox_id)
+        aggregates = s.c.aggregate_id.in_(bindparam("aggregates", expanding=True))
+        ids = key.in_(bindparam("ids", expanding=True))
 
         def heads(limit: int) -> Any:
             return (
-                select(*sent).where(*due, is_head).order_by(t.c.id).limit(limit).with_for_update(skip_locked=True, of=t)
+                select(*sent)
+                .select_from(source)
+                .where(*due, is_head)
+                .order_by(key)
+                .limit(limit)
+                .with_for_update(skip_locked=True, of=s)
             )
 
         # Heads first, so one aggregate stuck in backoff cannot fill the batch and starve the others;
@@ -169,20 +189,23 @@ class _RelayStatements:
         # The heads' aggregates' later due events (the heads themselves are read once, above).
         self.followers = (
             select(*sent)
-            .where(*due, aggregates, t.c.id.not_in(bindparam("heads", expanding=True)))
-            .order_by(t.c.id)
+            .select_from(source)
+            .where(*due, aggregates, key.not_in(bindparam("heads", expanding=True)))
+            .order_by(key)
             .limit(batch_size)
-            .with_for_update(skip_locked=True, of=t)
+            .with_for_update(skip_locked=True, of=s)
         )
         self.pending = (
-            select(t.c.id, t.c.aggregate_id).where(*live, aggregates, t.c.id <= bindparam("last_id")).order_by(t.c.id)
+            select(key.label("id"), s.c.aggregate_id)
+            .where(*live, aggregates, key <= bindparam("last_id"))
+            .order_by(key)
         )
-        self.lease = update(t).where(ids).values(next_attempt_at=bindparam("until"))
-        self.release = update(t).where(ids, *live).values(next_attempt_at=bindparam("at"))
-        self.mark_delivered = update(t).where(ids).values(delivered_at=bindparam("at"))
+        self.lease = update(s).where(*mine, ids).values(next_attempt_at=bindparam("until"))
+        self.release = update(s).where(ids, *live).values(next_attempt_at=bindparam("at"))
+        self.mark_delivered = update(s).where(*mine, ids).values(delivered_at=bindparam("at"))
         self.record_failure = (
-            update(t)
-            .where(t.c.id == bindparam("b_id"))
+            update(s)
+            .where(*mine, key == bindparam("b_id"))
             .values(
                 attempts=bindparam("b_attempts"),
                 dead=bindparam("b_dead"),
@@ -190,6 +213,7 @@ class _RelayStatements:
                 last_error=bindparam("b_last_error"),
             )
         )
+        self.pending_count = select(func.count()).select_from(s).where(*mine, s.c.delivered_at.is_(None))
 
 
 class OutboxRelay:
@@ -205,7 +229,8 @@ class OutboxRelay:
         *,
         deliver_batch: DeliverBatch | None = None,
         thread: SqliteWriteThread | None = None,
-        consumer: str = "notify",
+        consumer: str = ROW_CONSUMER,
+        fan_out: FanOut | None = None,
     ) -> None:
         self._engine = engine
         # On an SQLite file, the service's write thread (finmesh.platform.storage.sqlite_thread) runs the relay's
@@ -219,22 +244,31 @@ class OutboxRelay:
         self._deliver_batch = deliver_batch or getattr(getattr(deliver, "__self__", None), "deliver_batch", None)
         self._batch_off_until = 0.0
         self._policy = policy or RelayPolicy()
-        self._sql = _RelayStatements(table, self._policy.batch_size)
+        # Set for every consumer but notify: its own delivery rows, copied from the outbox each round.
+        self._fan_out = fan_out
+        self._consumer = fan_out.consumer if fan_out is not None else consumer
+        self._sql = _RelayStatements(table, self._policy.batch_size, fan_out)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Consecutive rounds in which the consumer was unreachable.
         self._outages = 0
         self._held: set[int] = set()
         # The consumer the backlog gauges are labelled with (outbox_metrics), and when they are due next.
-        self._sampler = outbox_metrics.OutboxSampler(table, consumer)
+        self._sampler = outbox_metrics.OutboxSampler(
+            table, self._consumer, fan_out.deliveries if fan_out is not None else None
+        )
         self._next_sample = 0.0
 
     @property
     def policy(self) -> RelayPolicy:
         return self._policy
 
+    @property
+    def consumer(self) -> str:
+        return self._consumer
+
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"{self._source}-outbox-relay")
+        self._task = asyncio.create_task(self._run(), name=f"{self._source}-outbox-relay-{self._consumer}")
 
     async def stop(self) -> None:
         if self._task:
@@ -254,7 +288,7 @@ class OutboxRelay:
             try:
                 handled = await self.drain_once()
             except Exception:  # noqa: BLE001 - the relay must outlive a database hiccup
-                _log.exception("outbox_drain_failed", source=self._source)
+                _log.exception("outbox_drain_failed", source=self._source, consumer=self._consumer)
                 handled = 0
             await self._sample_when_due()
             if self._outages:
@@ -276,7 +310,7 @@ class OutboxRelay:
         try:
             await self.sample_metrics()
         except Exception as exc:  # noqa: BLE001 - a gauge must never stop delivery
-            _log.warning("outbox_sample_failed", source=self._source, error=type(exc).__name__)
+            _log.warning("outbox_sample_failed", source=self._source, consumer=self._consumer, error=type(exc).__name__)
 
     async def sample_metrics(self) -> None:
         """Set the backlog gauges from the outbox now (the relay's loop does it every metrics_sample_seconds)."""
@@ -286,6 +320,8 @@ class OutboxRelay:
 
     async def drain_once(self) -> int:
         """Claim due events and try each once, in order per aggregate; return how many were delivered."""
+        if self._fan_out is not None:
+            await self._transaction(self._fan_out.step)
         runs = await self._claim()
         if not runs:
             return 0
@@ -306,7 +342,7 @@ class OutboxRelay:
             self._outages += 1
         else:
             if self._outages:
-                _log.info("outbox_sink_back", source=self._source, outages=self._outages)
+                _log.info("outbox_sink_back", source=self._source, consumer=self._consumer, outages=self._outages)
             self._outages = 0
         return delivered
 
@@ -382,24 +418,38 @@ class OutboxRelay:
     async def _send_batch(self, chunk: list[Any], round_state: _Round) -> Sequence[BatchOutcome] | None:
         """The consumer's outcomes for `chunk`, or None when the round must go on without batching."""
         assert self._deliver_batch is not None
-        with _batch_span(chunk) as span:
+        with _batch_span(chunk, self._consumer) as span:
             try:
                 outcomes = await self._deliver_batch([row_to_event(row, self._source) for row in chunk])
                 if len(outcomes) != len(chunk):
                     raise ValueError(f"{len(outcomes)} outcomes for {len(chunk)} events")
                 return outcomes
             except BatchUnsupported:
-                _log.info("outbox_batch_unsupported", source=self._source, reprobe_s=BATCH_REPROBE_SECONDS)
+                _log.info(
+                    "outbox_batch_unsupported",
+                    source=self._source,
+                    consumer=self._consumer,
+                    reprobe_s=BATCH_REPROBE_SECONDS,
+                )
                 self._batch_off_until = asyncio.get_running_loop().time() + BATCH_REPROBE_SECONDS
             except Exception as exc:  # noqa: BLE001 - the round goes on one event per call
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
                 if _sink_is_down(exc):
                     if not self._outages:
-                        _log.warning("outbox_sink_unavailable", source=self._source, error=type(exc).__name__)
+                        _log.warning(
+                            "outbox_sink_unavailable",
+                            source=self._source,
+                            consumer=self._consumer,
+                            error=type(exc).__name__,
+                        )
                     round_state.sink_down = True
                 else:
                     _log.warning(
-                        "outbox_batch_failed", source=self._source, events=len(chunk), error=type(exc).__name__
+                        "outbox_batch_failed",
+                        source=self._source,
+                        consumer=self._consumer,
+                        events=len(chunk),
+                        error=type(exc).__name__,
                     )
         return None
 
@@ -456,14 +506,19 @@ class OutboxRelay:
         self._held.difference_update(ids)
 
     async def _deliver_one(self, row: Any) -> str:
-        with _batch_span([row]) as span:
+        with _batch_span([row], self._consumer) as span:
             try:
                 await self._deliver(row_to_event(row, self._source))
             except Exception as exc:  # noqa: BLE001 - any failure is retried later
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
                 if _sink_is_down(exc):
                     if not self._outages:
-                        _log.warning("outbox_sink_unavailable", source=self._source, error=type(exc).__name__)
+                        _log.warning(
+                            "outbox_sink_unavailable",
+                            source=self._source,
+                            consumer=self._consumer,
+                            error=type(exc).__name__,
+                        )
                     await self._release([row.id])
                     return "sink_down"
                 await self._record_failure(row, exc)
@@ -494,6 +549,7 @@ class OutboxRelay:
         _log.warning(
             "outbox_delivery_failed",
             source=self._source,
+            consumer=self._consumer,
             event_id=row.event_id,
             attempts=attempts,
             dead=dead,
@@ -511,14 +567,13 @@ class OutboxRelay:
 
     async def redrive(self, event_id: str) -> bool:
         """Put a dead event back in line (after an operator fixed the cause)."""
-        count = await redrive_dead(self._engine, self._table, [event_id])
+        count = await redrive_dead(self._engine, self._table, [event_id], consumer=self._consumer)
         self.wake()
         return bool(count)
 
     async def pending_count(self) -> int:
-        t = self._table
         async with self._engine.connect() as conn:
-            count = await conn.scalar(select(func.count()).where(t.c.delivered_at.is_(None)))
+            count = await conn.scalar(self._sql.pending_count)
             await conn.rollback()
         return int(count or 0)
 
@@ -535,7 +590,7 @@ def _runs_of(rows: list[Any]) -> list[list[Any]]:
     return list(runs.values())
 
 
-def _batch_span(rows: list[Any]) -> Any:
+def _batch_span(rows: list[Any], consumer: str) -> Any:
     """The PRODUCER span of one batch call.
 
     A batch of one is the single event's span, a child of the trace that wrote the event, exactly as one
@@ -547,7 +602,11 @@ def _batch_span(rows: list[Any]) -> Any:
             f"{row.event_type} send",
             context=_parent_of(row),
             kind=trace.SpanKind.PRODUCER,
-            attributes={**_SEND_ATTRIBUTES, "messaging.message.id": row.event_id},
+            attributes={
+                **_SEND_ATTRIBUTES,
+                "messaging.destination.name": consumer,
+                "messaging.message.id": row.event_id,
+            },
         )
     links = []
     for row in rows:
@@ -559,7 +618,11 @@ def _batch_span(rows: list[Any]) -> Any:
         context=otel_context.Context(),
         kind=trace.SpanKind.PRODUCER,
         links=links,
-        attributes={**_SEND_ATTRIBUTES, "messaging.batch.message_count": len(rows)},
+        attributes={
+            **_SEND_ATTRIBUTES,
+            "messaging.destination.name": consumer,
+            "messaging.batch.message_count": len(rows),
+        },
     )
 
 
@@ -585,7 +648,6 @@ _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _SEND_ATTRIBUTES = {
     "messaging.system": "finmesh.outbox",
     "messaging.operation.type": "send",
-    "messaging.destination.name": "notify",
 }
 
 

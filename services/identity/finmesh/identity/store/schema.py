@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table
 
+from finmesh.platform.messaging.fanout import fanout_tables
 from finmesh.platform.messaging.outbox import outbox_table
 from finmesh.platform.storage.idempotency import idempotency_tables
 
@@ -138,3 +139,5 @@ pii_access_log = Table(
 # Stored answers per caller (and the previous release's table, see finmesh.platform.storage.idempotency).
 idempotency = idempotency_tables(metadata)
 outbox = outbox_table(metadata)
+# Delivery state of every event consumer but notify (finmesh.platform.messaging.fanout).
+outbox_deliveries, outbox_cursors = fanout_tables(metadata)

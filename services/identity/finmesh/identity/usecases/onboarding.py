@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from finmesh.identity.clients.risk import AssessmentFailed
 from finmesh.identity.domain.id_number import age_on, parse_id_number
 from finmesh.identity.domain.onboarding import completes_onboarding, fully_verified
+from finmesh.identity.domain.residence import country_of_residence
 from finmesh.identity.store import users
 from finmesh.identity.store.schema import outbox
 from finmesh.identity.usecases.deps import Deadline, Deps
@@ -49,7 +50,8 @@ async def record_verified(conn: AsyncConnection, row: Any, tier: str) -> Any:
         event_type="identity.user.verified.v1",
         aggregate_id=row.user_id,
         user_id=row.user_id,
-        payload={"user_id": row.user_id},
+        # A code, not the document it was read from: what risk's geography rule needs and no more.
+        payload={"user_id": row.user_id, "country_of_residence": country_of_residence()},
     )
     if not tier or row.risk_tier != "UNSPECIFIED":
         return row

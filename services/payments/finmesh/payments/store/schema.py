@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
 )
 
+from finmesh.platform.messaging.fanout import fanout_tables
 from finmesh.platform.messaging.outbox import outbox_table
 from finmesh.platform.storage.idempotency import idempotency_tables
 
@@ -217,3 +218,5 @@ audit_head = Table(
 # Stored answers per caller (and the previous release's table, see finmesh.platform.storage.idempotency).
 idempotency = idempotency_tables(metadata)
 outbox = outbox_table(metadata)
+# Delivery state of every event consumer but notify (finmesh.platform.messaging.fanout).
+outbox_deliveries, outbox_cursors = fanout_tables(metadata)

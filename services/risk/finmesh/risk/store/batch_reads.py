@@ -2,9 +2,10 @@
 
 Which of the payments were assessed before, the devices known for the
 payers, the block-list entries naming any of the batch's users, devices,
-IPs or accounts, and the velocity totals of every subject: four kinds of
-rows, tagged and joined by UNION ALL into one shape (tag, two strings,
-counts and amounts per window). A round trip through SQLAlchemy and the
+IPs or accounts, the payers' countries of residence (from identity's
+events), and the velocity totals of every subject: five kinds of rows,
+tagged and joined by UNION ALL into one shape (tag, two strings, counts and
+amounts per window). A round trip through SQLAlchemy and the
 driver costs more than these indexed reads themselves, and on SQLite every
 statement is a hop to the driver's thread and back.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +25,7 @@ from finmesh.risk.domain.activity import WindowTotals
 from finmesh.risk.domain.values import Decision, Subject
 from finmesh.risk.domain.windows import window_start
 from finmesh.risk.store.common import one_of
-from finmesh.risk.store.schema import assessments, block_list, known_devices
+from finmesh.risk.store.schema import assessments, block_list, known_devices, user_profiles
 
 _SUBJECT_COLUMNS = {
     Subject.USER: assessments.c.user_id,
@@ -32,7 +33,8 @@ _SUBJECT_COLUMNS = {
     Subject.IP: assessments.c.ip_address,
 }
 _CUSTOM_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")  # until this transaction ends
-_RECORDED, _DEVICE, _LISTED, _VELOCITY = 0, 1, 2, 3  # row tags; velocity rows are tagged 3 + subject index
+# Row tags; velocity rows are tagged 4 + subject index.
+_RECORDED, _DEVICE, _LISTED, _RESIDENCE, _VELOCITY = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class BatchReads:
     devices: list[tuple[str, str]]  # (user, device) known
     listed: set[tuple[str, str]]  # (kind, value) actively block-listed, among those asked about
     totals: list[WindowTotals]
+    countries: dict[str, str] = field(default_factory=dict)  # user -> country of residence, where known
 
 
 async def read(
@@ -51,6 +54,7 @@ async def read(
     block_candidates: Iterable[tuple[str, str]],
     velocity: Mapping[Subject, tuple[Sequence[int], Iterable[str]]],
     now: datetime,
+    residents: Iterable[str] = (),
 ) -> BatchReads:
     """`velocity` maps a subject to (its windows sorted widest last, the values to count).
 
@@ -62,6 +66,9 @@ async def read(
     params: dict[str, Any] = {"ids": sorted(set(payment_ids))}
     if users:
         params["users"] = users
+    residing = sorted({u for u in residents if u})
+    if residing:
+        params["residents"] = residing
     if pairs:
         params.update(kinds=sorted({k for k, _ in pairs}), values=sorted({v for _, v in pairs}), now=now)
     counted: list[tuple[Subject, int]] = []
@@ -72,7 +79,7 @@ async def read(
             counted.append((subject, len(windows)))
             params[f"values_{i}"] = present
             params.update({f"since_{i}_{w}": window_start(now, seconds) for w, seconds in enumerate(windows)})
-    shape = _Shape(devices=bool(users), listed=bool(pairs), velocity=tuple(counted))
+    shape = _Shape(devices=bool(users), listed=bool(pairs), velocity=tuple(counted), residence=bool(residing))
     width = shape.width
     if conn.dialect.name == "postgresql":
         # Plan this statement for its values each time. After five runs of a prepared statement PostgreSQL may
@@ -89,6 +96,8 @@ async def read(
         elif tag == _LISTED:
             if (r[1], r[2]) in pairs:  # kinds and values are matched apart: keep the pairs asked about
                 reads.listed.add((r[1], r[2]))
+        elif tag == _RESIDENCE:
+            reads.countries[r[1]] = r[2]
         else:
             subject, n = shape.velocity[tag - _VELOCITY]
             reads.totals.append(
@@ -110,6 +119,7 @@ class _Shape:
     devices: bool
     listed: bool
     velocity: tuple[tuple[Subject, int], ...]
+    residence: bool = False
 
     @property
     def width(self) -> int:
@@ -134,6 +144,13 @@ def _query(shape: _Shape, dialect: str) -> Any:
         parts.append(
             select(*row(_LISTED, b.kind, b.value)).where(
                 one_of(dialect, b.kind, "kinds"), one_of(dialect, b.value, "values"), active
+            )
+        )
+    if shape.residence:
+        p = user_profiles.c
+        parts.append(
+            select(*row(_RESIDENCE, p.user_id, p.country_of_residence)).where(
+                one_of(dialect, p.user_id, "residents"), p.country_of_residence != ""
             )
         )
     counted = a.decision != Decision.DECLINE.value

@@ -17,6 +17,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from finmesh.platform.messaging.fanout import fanout_tables
 from finmesh.platform.messaging.outbox import outbox_table
 from finmesh.platform.storage.idempotency import idempotency_tables
 
@@ -170,6 +171,44 @@ onboarding_assessments = Table(
     Index("ix_onboarding_user", "user_id"),
 )
 
+# What risk keeps about each user from identity's events (finmesh.risk.usecases.intake): the country of
+# residence the geography rule compares a payment's IP country with, and the tier. No name, no number: a code.
+user_profiles = Table(
+    "user_profiles",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("country_of_residence", String(2), nullable=False, default=""),
+    Column("tier", String(12), nullable=False, default="UNSPECIFIED"),
+    # The newest identity event applied (its aggregate sequence): an older one arriving late changes nothing.
+    Column("sequence", BigInteger, nullable=False, default=0),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# One row per event ever taken from a producer: the dedupe (redeliveries are answered DUPLICATE).
+consumed_events = Table(
+    "consumed_events",
+    metadata,
+    Column("event_id", String(36), primary_key=True),
+    Column("source", String(20), nullable=False),
+    Column("event_type", String(100), nullable=False),
+    Column("aggregate_id", String(64), nullable=False),
+    Column("sequence", BigInteger, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+# Users identity erased, and what risk removed of theirs (the record an auditor asks for).
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("event_id", String(36), nullable=False),
+    Column("erased_at", DateTime(timezone=True), nullable=False),
+    Column("devices_deleted", Integer, nullable=False),
+    Column("assessments_anonymised", Integer, nullable=False),
+)
+
 # Stored answers per caller (and the previous release's table, see finmesh.platform.storage.idempotency).
 idempotency = idempotency_tables(metadata)
 outbox = outbox_table(metadata)
+# Delivery state of every event consumer but notify (finmesh.platform.messaging.fanout).
+outbox_deliveries, outbox_cursors = fanout_tables(metadata)

@@ -11,6 +11,7 @@ each had committed alone.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -150,7 +151,11 @@ async def _assess_batch(
         block_candidates=[c for f in facts for c in f.block_candidates()],
         velocity={s: (w, [f.subject_values[s] for f in facts]) for s, w in windows.items()},
         now=now,
+        # Payments does not know the payer's home country: risk learned it from identity's events.
+        residents=[f.payer_user_id for f in facts if not f.home_country],
     )
+    if reads.countries:
+        facts = [_with_home_country(f, reads.countries) for f in facts]
     # Replays are rare: only they fetch whole stored rows.
     recorded = await assessments.find_by_payments(conn, reads.recorded) if reads.recorded else {}
     batch = _Batch(conn, rules, now, RecentActivity.of(windows, reads.totals, reads.devices), reads.listed)
@@ -170,6 +175,13 @@ async def _assess_batch(
     await batch.flush()
     await subjects.remember_devices(conn, batch.new_devices, now)
     return answers
+
+
+def _with_home_country(facts: PaymentFacts, countries: dict[str, str]) -> PaymentFacts:
+    """The payer's country of residence from identity's events (finmesh.risk.usecases.intake), where the caller
+    sent none: recorded with the assessment, so its reasons can be read again later."""
+    country = countries.get(facts.payer_user_id, "") if not facts.home_country else ""
+    return dataclasses.replace(facts, home_country=country) if country else facts
 
 
 async def _assess_one(batch: _Batch, facts: PaymentFacts) -> Outcome:
