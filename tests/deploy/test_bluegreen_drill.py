@@ -21,19 +21,14 @@ from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import text
 
-from finmesh.common.v1 import money_pb2
 from finmesh.drill.collector import SpanCollector
 from finmesh.drill.forwarder import Forwarder
-from finmesh.drill.load import LoadReport, LoadShape, PaymentLoad
+from finmesh.drill.load import LoadShape, PaymentLoad
 from finmesh.drill.processes import DrainReport, ServiceProcess, start_service, terminate, wait_serving
-from finmesh.payments.store.ledger import totals_by_currency
 from finmesh.payments.v1 import payments_service_pb2 as pb
-from finmesh.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from finmesh.platform.storage.db import create_engine
 from tests.auth import SERVICE_SECRET, ActingAs, Book, Issuer
-from tests.auth import channel as acting_channel
+from tests.deploy.drill_books import check_books, open_accounts, payment_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
@@ -98,92 +93,6 @@ class Drill:
                 proc.process.wait()
 
 
-async def _open_accounts(target: str, run_id: str, issuer: Issuer, book: Book) -> tuple[list[str], list[str]]:
-    """Payer wallets topped up with TOP_UP each, and payee wallets, opened through the forwarder by their owners."""
-    async with acting_channel(target, issuer, book) as channel:
-        stub = pb_grpc.PaymentsServiceStub(channel)
-
-        async def wallet(i: int) -> str:
-            reply = await stub.OpenAccount(
-                pb.OpenAccountRequest(
-                    idempotency_key=f"{run_id}-open-{i}",
-                    owner_id=f"drill-{run_id}-user-{i}",
-                    kind=pb.ACCOUNT_KIND_CUSTOMER_WALLET,
-                    currency_code="CNY",
-                ),
-                timeout=10,
-            )
-            return reply.account.account_id
-
-        accounts = await asyncio.gather(*(wallet(i) for i in range(PAYERS + PAYEES)))
-        payers, payees = list(accounts[:PAYERS]), list(accounts[PAYERS:])
-        await asyncio.gather(
-            *(
-                stub.TopUp(
-                    pb.TopUpRequest(
-                        idempotency_key=f"{run_id}-topup-{i}",
-                        account_id=account,
-                        channel="test_bank",
-                        amount=money_pb2.Money(currency_code="CNY", minor_units=TOP_UP),
-                    ),
-                    timeout=10,
-                )
-                for i, account in enumerate(payers)
-            )
-        )
-    return payers, payees
-
-
-async def _payment_rows(database_url: str, run_id: str) -> tuple[list[tuple[str, str]], dict[str, int]]:
-    """Read-only: (payment_id, description) of this run's payments, and payments' own per-currency totals."""
-    engine = create_engine(database_url)
-    try:
-        async with engine.connect() as conn:
-            rows = await conn.execute(
-                text("SELECT payment_id, description FROM payments WHERE description LIKE :p"),
-                {"p": f"drill {run_id} #%"},
-            )
-            found = [(r.payment_id, r.description) for r in rows]
-            totals = await totals_by_currency(conn)
-    finally:
-        await engine.dispose()
-    return found, totals
-
-
-async def _check_books(
-    target: str, report: LoadReport, payers: list[str], payees: list[str], issuer: Issuer, book: Book
-) -> None:
-    """Every acknowledged payment reads back as answered; every balance is exactly what those payments imply."""
-    async with acting_channel(target, issuer, book) as channel:
-        stub = pb_grpc.PaymentsServiceStub(channel)
-        stored = await asyncio.gather(
-            *(stub.GetPayment(pb.GetPaymentRequest(payment_id=r.payment_id), timeout=10) for r in report.acknowledged)
-        )
-        expected: dict[str, Counter[str]] = {a: Counter() for a in payers + payees}
-        for record, reply in zip(report.acknowledged, stored, strict=True):
-            p = reply.payment
-            assert (p.payer_account_id, p.payee_account_id, p.amount.minor_units, p.status) == (
-                record.payer,
-                record.payee,
-                record.amount,
-                record.status,
-            ), record
-            assert p.status in (pb.PAYMENT_STATUS_CAPTURED, pb.PAYMENT_STATUS_IN_REVIEW), p
-            if p.status == pb.PAYMENT_STATUS_CAPTURED:
-                expected[record.payer]["available"] -= record.amount
-                expected[record.payee]["available"] += record.amount
-            else:  # in review: the payer's funds are held, the payee has nothing yet
-                expected[record.payer]["available"] -= record.amount
-                expected[record.payer]["held"] += record.amount
-        for account in payers + payees:
-            balance = (await stub.GetAccount(pb.GetAccountRequest(account_id=account), timeout=10)).account.balance
-            top_up = TOP_UP if account in payers else 0
-            want = (top_up + expected[account]["available"], expected[account]["held"])
-            assert (balance.available_minor_units, balance.held_minor_units) == want, account
-        audit = await stub.VerifyAuditLog(pb.VerifyAuditLogRequest(), timeout=30)
-        assert audit.intact, f"audit chain broken at {audit.first_broken_sequence} (two writers on one chain?)"
-
-
 def _served_during_drain(spans: list[Any], color: str, version: str, drain: DrainReport) -> tuple[int, int]:
     """(calls in flight at SIGTERM, calls started after SIGTERM) that this color finished successfully."""
     mine = [
@@ -224,7 +133,9 @@ async def test_blue_green_drill_under_load(databases: Any, tmp_path: Path, colle
         await wait_serving(blue)
         forwarder = Forwarder(blue.target)
         await forwarder.start()
-        payers, payees = await _open_accounts(forwarder.target, run_id, issuer, book)
+        payers, payees = await open_accounts(
+            forwarder.target, run_id, issuer, book, payers=PAYERS, payees=PAYEES, top_up=TOP_UP
+        )
 
         payments_load = PaymentLoad(
             forwarder.target, payers, payees, run_id, LOAD, interceptors=[ActingAs(issuer, book)]
@@ -251,8 +162,8 @@ async def test_blue_green_drill_under_load(databases: Any, tmp_path: Path, colle
         payments_load.stop()
 
         report = await load
-        rows, totals = await _payment_rows(urls["payments"], run_id)
-        await _check_books(blue2.target, report, payers, payees, issuer, book)
+        rows, totals = await payment_rows(urls["payments"], run_id)
+        await check_books(blue2.target, report, payers, payees, issuer, book, TOP_UP)
         drill.stop()  # flushes every exporter, so the collector has all spans
         exit_codes = {proc.name: proc.process.returncode for proc in drill.processes}
         elapsed = time.monotonic() - started
