@@ -44,6 +44,8 @@ def test_identity_serves_the_jwks_on_a_named_port_its_services_expose(
             with monkeypatch.context() as env:
                 for key, value in data.items():
                     env.setenv(key, value)
+                # What the pod gets from Secrets, not the ConfigMap (the shared-backends values name a broker).
+                env.setenv("FINMESH_RABBITMQ_URL", "amqp://finmesh:from-the-secret@broker/")
                 assert IdentitySettings().jwks_port == JWKS_PORT
             for color in ("blue", "green"):
                 (container,) = deployments[f"{base}-{color}"]["spec"]["template"]["spec"]["containers"]

@@ -68,6 +68,8 @@ CATALOGUE = (
     Metric("rpc_client_call_duration_seconds", "histogram", _RPC_LABELS),
     _m("finmesh_rpc_server_active_calls", "gauge", "rpc_system_name", "rpc_service", "rpc_method"),
     _m("finmesh_rpc_server_refusals_total", "counter", "reason"),
+    _m("finmesh_ratelimit_backend", "gauge", "backend"),
+    _m("finmesh_ratelimit_fallbacks_total", "counter", "reason"),
     # Platform storage and messaging (every service)
     _m("finmesh_outbox_backlog", "gauge", "consumer"),
     _m("finmesh_outbox_oldest_age_seconds", "gauge", "consumer"),

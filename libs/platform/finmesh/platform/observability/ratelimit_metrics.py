@@ -54,6 +54,12 @@ _meter.create_observable_gauge(
 def track_backend(store: _HasBackend) -> None:
     """Report `store.backend_in_use` in the backend gauge while the store lives; zero the fallback series."""
     _stores.add(store)
+    start_fallback_series()
+
+
+def start_fallback_series() -> None:
+    """Every server exports the fallback counter from its start, at zero on a pod with local buckets only: a
+    rate() over it, or an alert on it, needs the series before the first outage."""
     for reason in ("timeout", "error"):
         _fallbacks.add(0, {"reason": reason})
 

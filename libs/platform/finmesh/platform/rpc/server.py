@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from finmesh.platform.auth.access import remote_authorizer
 from finmesh.platform.config import ServiceSettings
 from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.observability.ratelimit_metrics import start_fallback_series
 from finmesh.platform.observability.rpc_metrics import start_refusal_series
 from finmesh.platform.observability.rpc_tracing import ServerEndpoint
 from finmesh.platform.rpc.decoding import tolerant_server
@@ -104,6 +105,7 @@ async def create_server(
     limiter = RateLimiter.from_settings(settings)
     if settings.metrics_enabled:
         start_refusal_series()
+        start_fallback_series()
     names = []
     authorizers = []
     endpoint = ServerEndpoint()  # server.address / server.port of the spans, once the port is bound
