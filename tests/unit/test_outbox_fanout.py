@@ -95,6 +95,11 @@ async def test_a_consumer_down_holds_back_no_other_and_gets_its_events_once_in_o
             sequences = [s for _, a, s in audit.taken if a == aggregate]
             assert sequences == sorted(sequences), (aggregate, sequences)
         assert len(notify.taken) == 30
+        # The sink has the events before the relay's transaction marks them delivered: wait for that commit.
+        for _ in range(250):
+            if await relays[1].pending_count() == 0:
+                break
+            await asyncio.sleep(0.02)
         assert await relays[1].pending_count() == 0
     finally:
         for relay in relays:
