@@ -8,7 +8,7 @@ is the consumer's: dedupe by event id and apply, in request order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence, Sized
 
 from google.protobuf import timestamp_pb2
 
@@ -25,24 +25,46 @@ _EVENT_RULES = checker_for(event_pb2.Event.DESCRIPTOR)
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
 
-def check_batch(request: pb.DeliverEventsRequest) -> None:
-    """The request as a whole (INVALID_ARGUMENT); each event is judged on its own by refusals()."""
+def check_batch(events: Sized) -> None:
+    """The request's events as a whole (INVALID_ARGUMENT); each event is judged on its own by not_taken()."""
     v = Validator()
-    v.require(0 < len(request.events) <= MAX_EVENTS, "events", f"between 1 and {MAX_EVENTS} events")
+    v.require(0 < len(events) <= MAX_EVENTS, "events", f"between 1 and {MAX_EVENTS} events")
     v.raise_if_any()
 
 
-def event_violations(e: event_pb2.Event, name: str) -> list[FieldViolation]:
-    """What is wrong with one event's envelope, its fields named under `name` ("events[3]")."""
+def event_violations(e: event_pb2.Event, name: str, *, ordered: bool = True) -> list[FieldViolation]:
+    """What is wrong with one event's envelope, its fields named under `name` ("event", "events[3]").
+    `ordered`: the consumer applies events in order per aggregate, so it needs the aggregate and position
+    (notify, which only reacts to each event, takes them without)."""
     v = Validator()
     v.require(bool(e.event_id), f"{name}.event_id", "required")
     v.require(bool(e.source), f"{name}.source", "required")
     v.require(bool(e.event_type), f"{name}.event_type", "required")
-    v.require(bool(e.aggregate_id), f"{name}.aggregate_id", "required")
-    v.require(e.sequence > 0, f"{name}.sequence", "a positive position in the aggregate")
+    if ordered:
+        v.require(bool(e.aggregate_id), f"{name}.aggregate_id", "required")
+        v.require(e.sequence > 0, f"{name}.sequence", "a positive position in the aggregate")
+    # Within google.protobuf.Timestamp's own range: outside it the event cannot be written as JSON (webhook
+    # bodies, intake), and a producer sending it is broken.
     v.require(_valid_timestamp(e.occurred_at), f"{name}.occurred_at", "not a valid timestamp")
     # The bounds the contract declares on Event (the guard leaves DeliverEvents' items to this check).
     return v.violations + _EVENT_RULES.violations(e, f"{name}.")
+
+
+def not_taken(
+    events: Sequence[event_pb2.Event], violations_of: Callable[[event_pb2.Event, str], list[FieldViolation]]
+) -> dict[int, list[FieldViolation]]:
+    """The events not to take, by position: an invalid one with its violations, and every later event of its
+    aggregate with none (deferred: taking it would put the aggregate's events out of order)."""
+    stopped: set[tuple[str, str]] = set()
+    found: dict[int, list[FieldViolation]] = {}
+    for i, event in enumerate(events):
+        aggregate = (event.source, event.aggregate_id)
+        if aggregate in stopped:
+            found[i] = []
+        elif violations := violations_of(event, f"events[{i}]"):
+            stopped.add(aggregate)
+            found[i] = violations
+    return found
 
 
 def refused(event: event_pb2.Event, violations: Sequence[FieldViolation]) -> pb.EventResult:
@@ -56,16 +78,10 @@ def refused(event: event_pb2.Event, violations: Sequence[FieldViolation]) -> pb.
 def refusals(events: Sequence[event_pb2.Event]) -> dict[int, pb.EventResult]:
     """Results of the events not taken for their envelope, by position: the invalid ones, and every later
     event of their aggregate."""
-    results: dict[int, pb.EventResult] = {}
-    stopped: set[tuple[str, str]] = set()
-    for i, event in enumerate(events):
-        aggregate = (event.source, event.aggregate_id)
-        if aggregate in stopped:
-            results[i] = deferred(event)
-        elif violations := event_violations(event, f"events[{i}]"):
-            stopped.add(aggregate)
-            results[i] = refused(event, violations)
-    return results
+    return {
+        i: refused(events[i], violations) if violations else deferred(events[i])
+        for i, violations in not_taken(events, event_violations).items()
+    }
 
 
 def deferred(event: event_pb2.Event) -> pb.EventResult:

@@ -19,6 +19,7 @@ from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.notify.v1 import notify_service_pb2_grpc as pb_grpc
 from finmesh.platform.errors import NotFound, Validator
 from finmesh.platform.observability.logs import get_logger
+from finmesh.platform.rpc import event_intake
 from finmesh.platform.rpc.guard import excerpt
 from finmesh.platform.storage.idempotency import KeyedCall, validate_key
 
@@ -207,17 +208,15 @@ async def take_events(intake: EventIntake, events: Sequence[event_pb2.Event]) ->
 def _refusals(events: Any) -> dict[int, pb.EventResult]:
     """Results of the events not taken, by position: the invalid ones, and every later event of their
     aggregate (taking those would put the aggregate's events out of order)."""
-    refused: dict[int, pb.EventResult] = {}
-    stopped: set[tuple[str, str]] = set()
-    for i, event in enumerate(events):
-        aggregate = (event.source, event.aggregate_id)
-        if aggregate in stopped:
-            refused[i] = pb.EventResult(event_id=excerpt(event.event_id, 64), outcome=pb.EVENT_OUTCOME_DEFERRED)
-        elif violations := validate.event_violations(event, f"events[{i}]"):
-            stopped.add(aggregate)
-            refused[i] = pb.EventResult(
-                event_id=excerpt(event.event_id, 64),
-                outcome=pb.EVENT_OUTCOME_REFUSED,
-                field_violations=[pb.FieldViolation(field=v.field, description=v.description) for v in violations],
-            )
-    return refused
+    results = {}
+    for i, violations in event_intake.not_taken(events, validate.event_violations).items():
+        event_id = excerpt(events[i].event_id, 64)
+        if not violations:
+            results[i] = pb.EventResult(event_id=event_id, outcome=pb.EVENT_OUTCOME_DEFERRED)
+            continue
+        results[i] = pb.EventResult(
+            event_id=event_id,
+            outcome=pb.EVENT_OUTCOME_REFUSED,
+            field_violations=[pb.FieldViolation(field=v.field, description=v.description) for v in violations],
+        )
+    return results

@@ -6,21 +6,17 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
-from google.protobuf import timestamp_pb2
-
 from finmesh.common.v1 import event_pb2
 from finmesh.notify.domain.consent import parse_hhmm, valid_time_zone
 from finmesh.notify.domain.templates import LOCALES, TEMPLATES, missing_params
 from finmesh.notify.usecases.notifications import SendRequest
 from finmesh.notify.v1 import notify_service_pb2 as pb
 from finmesh.platform.errors import FieldViolation, Validator
-from finmesh.platform.rpc.field_rules import checker_for
+from finmesh.platform.rpc import event_intake
 from finmesh.platform.storage.idempotency import validate_key
 
 MAX_ID = 64
 MAX_PAGE = 500
-# Events per DeliverEvents call (the contract's bound; relays split bigger rounds).
-MAX_EVENTS = 500
 _E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)+$")
 _EVENT_PATTERN = re.compile(r"^(\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?)$")
@@ -36,7 +32,6 @@ TARGET_STATES = {
     pb.COMPLAINT_STATE_RESOLVED: "RESOLVED",
 }
 ALL_STATES = {pb.COMPLAINT_STATE_OPEN: "OPEN", **TARGET_STATES}
-_EVENT_RULES = checker_for(event_pb2.Event.DESCRIPTOR)
 
 
 def _id(v: Validator, value: str, field: str) -> None:
@@ -60,31 +55,14 @@ def event(e: event_pb2.Event) -> None:
 
 
 def event_violations(e: event_pb2.Event, name: str) -> list[FieldViolation]:
-    """What is wrong with one event, its fields named under `name` ("event", "events[3]")."""
-    v = Validator()
-    v.require(bool(e.event_id), f"{name}.event_id", "required")
-    v.require(bool(e.source), f"{name}.source", "required")
-    v.require(bool(e.event_type), f"{name}.event_type", "required")
-    # Within google.protobuf.Timestamp's own range: outside it the event cannot be written as JSON (webhook
-    # bodies, intake), and a producer sending it is broken.
-    v.require(_valid_timestamp(e.occurred_at), f"{name}.occurred_at", "not a valid timestamp")
-    # The bounds the contract declares on Event (the guard leaves DeliverEvents' items to this check).
-    return v.violations + _EVENT_RULES.violations(e, f"{name}.")
-
-
-# 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the range google.protobuf.Timestamp defines.
-_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
-
-
-def _valid_timestamp(moment: timestamp_pb2.Timestamp) -> bool:
-    return _MIN_SECONDS <= moment.seconds <= _MAX_SECONDS and 0 <= moment.nanos < 1_000_000_000
+    """What is wrong with one event, its fields named under `name` ("event", "events[3]"): notify reacts to
+    each event on its own, so it needs no aggregate position (finmesh.platform.rpc.event_intake)."""
+    return event_intake.event_violations(e, name, ordered=False)
 
 
 def event_batch(r: pb.DeliverEventsRequest) -> None:
     """The request as a whole; each event is judged on its own (a bad one must not fail its neighbours)."""
-    v = Validator()
-    v.require(0 < len(r.events) <= MAX_EVENTS, "events", f"between 1 and {MAX_EVENTS} events")
-    v.raise_if_any()
+    event_intake.check_batch(r.events)
 
 
 def send(r: pb.SendNotificationRequest) -> SendRequest:

@@ -46,7 +46,7 @@ class EventIntakeServicer(pb_grpc.EventIntakeServiceServicer):
         self._intake = intake
 
     async def DeliverEvents(self, request: pb.DeliverEventsRequest, context: grpc.aio.ServicerContext) -> Any:
-        event_intake.check_batch(request)
+        event_intake.check_batch(request.events)
         return pb.DeliverEventsResponse(results=await take_events(self._intake, request.events))
 
 
