@@ -23,13 +23,12 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from google.protobuf.message import DecodeError
 
 from finmesh.common.v1 import event_pb2
 from finmesh.platform.backoff import Backoff
-from finmesh.platform.messaging.rabbitmq.topology import HEADER_ERROR, HEADER_QUEUE, Broker, declare_consumer
+from finmesh.platform.messaging.rabbitmq.topology import HEADER_ERROR, HEADER_QUEUE, Broker, copy_of, declare_consumer
 from finmesh.platform.messaging.rabbitmq.tracing import process_span
 from finmesh.platform.messaging.relay import BatchOutcome
 from finmesh.platform.observability.logs import get_logger
@@ -204,16 +203,7 @@ class EventConsumer:
         headers = dict(message.headers or {})
         headers[HEADER_ERROR] = reason[:500]
         headers.setdefault(HEADER_QUEUE, _queue_of(message, self.broker, self.consumer))
-        copy = aio_pika.Message(
-            message.body,
-            headers=headers,
-            content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message.message_id,
-            type=message.type,
-            app_id=message.app_id,
-            timestamp=message.timestamp,
-        )
+        copy = copy_of(message, headers)
         exchange = await channel.get_exchange(self.broker.dead_letter_exchange(self.consumer), ensure=False)
         await exchange.publish(copy, routing_key=message.routing_key or "")
         await message.ack()

@@ -13,11 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from pamqp import commands as spec
 
-from finmesh.platform.messaging.rabbitmq.topology import HEADER_ERROR, HEADER_QUEUE, Broker
+from finmesh.platform.messaging.rabbitmq.topology import HEADER_ERROR, HEADER_QUEUE, Broker, copy_of
 
 # Messages looked at per command at most (the DLQ is walked in one channel, every message held until the end).
 WALK_LIMIT = 10_000
@@ -97,19 +96,7 @@ async def redrive_dead_letters(broker: Broker, consumer: str, message_ids: Seque
             dead = describe(message, broker, consumer)
             headers = {k: v for k, v in (message.headers or {}).items() if k not in (HEADER_ERROR, "x-death")}
             headers["x-finmesh-redriven"] = True
-            result = await channel.default_exchange.publish(
-                aio_pika.Message(
-                    message.body,
-                    headers=headers,
-                    content_type=message.content_type,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    message_id=message.message_id,
-                    type=message.type,
-                    app_id=message.app_id,
-                    timestamp=message.timestamp,
-                ),
-                routing_key=dead.queue,
-            )
+            result = await channel.default_exchange.publish(copy_of(message, headers), routing_key=dead.queue)
             if not isinstance(result, spec.Basic.Ack):
                 # Returned (no such queue) or refused: it stays a dead letter.
                 raise RuntimeError(f"queue {dead.queue} did not take {message.message_id}; it stays dead")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from yarl import URL
 
 from finmesh.platform.config import ServiceSettings
@@ -135,3 +135,17 @@ async def declare_consumer(
             await queue.bind(exchanges[producer], routing_key=f"{partition}.{pattern}")
         queues.append(queue)
     return queues
+
+
+def copy_of(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """The same event, persistent, with `headers`: what a dead-lettering and a redrive publish again."""
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        type=message.type,
+        app_id=message.app_id,
+        timestamp=message.timestamp,
+    )
